@@ -1,0 +1,87 @@
+"""Launchers for the CPU kernels on numpy arrays: pick the contiguous or strided kernel, allocate.
+
+Every launcher writes into a caller-given `out` of x's shape (any layout), so the torch bridge
+can hand in `torch.empty_like(x)` and keep channels_last and other dense layouts as torch does.
+"""
+import math
+
+import numpy as np
+
+from .kernels import dropout_cpu
+from .mask import keep_threshold, kernel_rng_args, split_u64
+
+
+def span_view(a):
+    """(base, strides): a 1-D view starting at a's first element covering the memory it spans,
+    and a's strides in elements. Requires non-negative strides."""
+    strides = np.array(a.strides, dtype=np.int64) // a.itemsize
+    span = 1 + int(np.sum(strides * (np.array(a.shape, dtype=np.int64) - 1)))
+    return np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(a.itemsize,)), strides
+
+
+def _positive_strides(a):
+    return all(s >= 0 for s in a.strides)
+
+
+def dropout_into(x, out, p, seed, offset, scale):
+    """out[...] = where(dropout_mask(x.shape, p, seed, offset), x * scale, 0)."""
+    if x.size == 0:
+        return out
+    args = kernel_rng_args(seed, offset, p)
+    scale = x.dtype.type(scale)
+    if x.flags.c_contiguous and out.flags.c_contiguous:
+        dropout_cpu.dropout_flat(x.reshape(-1), out.reshape(-1), *args, scale)
+        return out
+    if not _positive_strides(x):
+        x = np.ascontiguousarray(x)
+    if not _positive_strides(out):
+        tmp = np.empty(out.shape, out.dtype)
+        dropout_into(x, tmp, p, seed, offset, scale)
+        out[...] = tmp
+        return out
+    if x.ndim == 0:
+        x, out = x.reshape(1), out.reshape(1)
+    xb, xs = span_view(x)
+    ob, os = span_view(out)
+    dropout_cpu.dropout_strided(xb, 0, xs, ob, 0, os, np.array(x.shape, dtype=np.int64), *args, scale)
+    return out
+
+
+def _view3(a, shape3):
+    """a as an (A, B, L) view, or None when its strides do not allow one without a copy."""
+    v = a.view()
+    try:
+        v.shape = shape3
+    except AttributeError:
+        return None
+    return v
+
+
+def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim):
+    """Dropout with one mask element per index of x's first `group_ndim` dims (spatial dropout,
+    DropPath): mask = dropout_mask(x.shape[:group_ndim], p, seed, offset), broadcast over the rest."""
+    if x.size == 0:
+        return out
+    lead = x.shape[:group_ndim]
+    keep = np.empty(math.prod(lead), dtype=np.bool_)
+    key_lo, key_hi = split_u64(seed)
+    off_lo, off_hi = split_u64(offset)
+    dropout_cpu.keep_mask(keep, key_lo, key_hi, off_lo, off_hi, np.uint64(keep_threshold(p)))
+    shape3 = (math.prod(lead[:-1]), lead[-1], math.prod(x.shape[group_ndim:]))
+    xv = _view3(x, shape3)
+    if xv is None:
+        xv = np.ascontiguousarray(x).reshape(shape3)
+    ov = _view3(out, shape3)
+    if ov is None:
+        tmp = np.empty(shape3, out.dtype)
+        dropout_cpu.apply_group_mask(xv, tmp, keep, x.dtype.type(scale))
+        out[...] = tmp.reshape(out.shape)
+        return out
+    dropout_cpu.apply_group_mask(xv, ov, keep, x.dtype.type(scale))
+    return out
+
+
+def scale_into(x, out, scale):
+    """out = x * scale (classic dropout at eval)."""
+    np.multiply(x, x.dtype.type(scale), out=out)
+    return out

@@ -1,0 +1,65 @@
+"""Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011).
+
+A counter-based generator: four 32-bit output words are a pure function of a 128-bit counter
+(c0, c1, c2, c3) and a 64-bit key (k0, k1). Each of the 10 rounds is
+
+    (hi0, lo0) = mulhilo(0xD2511F53, c0)          (hi1, lo1) = mulhilo(0xCD9E8D57, c2)
+    c = (hi1 ^ c1 ^ k0,  lo1,  hi0 ^ c3 ^ k1,  lo0)
+    k = (k0 + 0x9E3779B9, k1 + 0xBB67AE85)  mod 2^32          (the key bump, after each round)
+
+`philox_round_trip` below is plain Python on uint64 scalars holding 32-bit values, written once
+and compiled for both targets: `numba.njit` here and `numba.cuda.jit(device=True)` in
+kernels/dropout_cuda.py. Every product of two 32-bit values fits in uint64, and every sum is
+masked back to 32 bits, so the same source is exact under numpy scalars (the CUDA simulator),
+LLVM on the CPU, and NVVM on the GPU: masks are bit-identical across devices by construction.
+"""
+import numpy as np
+import numba
+
+from .config import JIT_OPTIONS, cpu_kernel
+
+M0 = np.uint64(0xD2511F53)
+M1 = np.uint64(0xCD9E8D57)
+W0 = np.uint64(0x9E3779B9)
+W1 = np.uint64(0xBB67AE85)
+MASK32 = np.uint64(0xFFFFFFFF)
+SHIFT32 = np.uint64(32)
+ROUNDS = 10
+
+
+def philox_rounds(c0, c1, c2, c3, k0, k1, rounds):
+    """Philox4x32 with `rounds` rounds; every argument is a uint64 holding a 32-bit value."""
+    for _ in range(rounds):
+        p0 = M0 * c0
+        p1 = M1 * c2
+        c0, c1, c2, c3 = (p1 >> SHIFT32) ^ c1 ^ k0, p1 & MASK32, (p0 >> SHIFT32) ^ c3 ^ k1, p0 & MASK32
+        k0 = (k0 + W0) & MASK32
+        k1 = (k1 + W1) & MASK32
+    return c0, c1, c2, c3
+
+
+def make_philox_block(rounds_fn):
+    """Bind `philox_rounds` compiled for one target into the block function of the mask contract."""
+    def philox_block(block, off_lo, off_hi, key_lo, key_hi):
+        """The four words of 4-element block `block`: counter = (block lo, block hi, offset lo, offset hi)."""
+        return rounds_fn(block & MASK32, block >> SHIFT32, off_lo, off_hi, key_lo, key_hi, ROUNDS)
+    return philox_block
+
+
+philox_rounds_cpu = numba.njit(inline="always", **JIT_OPTIONS)(philox_rounds)
+philox_block_cpu = numba.njit(inline="always", **JIT_OPTIONS)(make_philox_block(philox_rounds_cpu))
+
+
+@cpu_kernel
+def philox4x32_array(counters, key, rounds, out):
+    """out[i, :] = Philox4x32-`rounds`(counters[i, :], key); counters (n, 4) uint32, key (2,) uint32."""
+    k0 = np.uint64(key[0])
+    k1 = np.uint64(key[1])
+    for i in numba.prange(counters.shape[0]):
+        r0, r1, r2, r3 = philox_rounds_cpu(np.uint64(counters[i, 0]), np.uint64(counters[i, 1]),
+                                           np.uint64(counters[i, 2]), np.uint64(counters[i, 3]),
+                                           k0, k1, rounds)
+        out[i, 0] = np.uint32(r0)
+        out[i, 1] = np.uint32(r1)
+        out[i, 2] = np.uint32(r2)
+        out[i, 3] = np.uint32(r3)
