@@ -1,0 +1,229 @@
+"""fastdrop.dropout and the spatial variants against a plain reference that takes the kernel's mask."""
+import numpy as np
+import pytest
+import torch
+
+import fastdrop
+
+DTYPES = [(np.float32, 0.0), (np.float64, 0.0)]  # (dtype, atol): the op is exact in its dtype
+SHAPES = [(), (1,), (1, 1, 1023), (3, 7, 256), (5, 1023), (0, 3), (4, 6, 5, 3)]
+
+
+def reference(x, p, seed, offset=0, mode="inverted", mask_shape=None):
+    """where(mask, x * scale, 0) with the mask broadcast from its own shape."""
+    shape = x.shape if mask_shape is None else mask_shape
+    m = fastdrop.dropout_mask(shape, p, seed, offset)
+    m = m.reshape(m.shape + (1,) * (x.ndim - m.ndim))
+    scale = x.dtype.type(1.0 if mode == "classic" or p == 1 else 1.0 / (1.0 - p))
+    return np.where(m, x * scale, x.dtype.type(0))
+
+
+@pytest.mark.parametrize("dtype, atol", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("mode", ["inverted", "classic"])
+def test_numpy_matches_reference(dtype, atol, shape, p, mode):
+    x = np.asarray(np.random.randn(*shape), dtype=dtype)
+    y = fastdrop.dropout(x, p, seed=1234, mode=mode)
+    assert type(y) is np.ndarray and y.dtype == dtype and y.shape == x.shape
+    np.testing.assert_array_equal(y, reference(x, p, 1234, mode=mode))
+
+
+@pytest.mark.parametrize("view", [
+    lambda a: a.T,
+    lambda a: a[::2, 1::3],
+    lambda a: a[::-1],
+    lambda a: a[:, ::-2],
+    lambda a: np.broadcast_to(a[:1], a.shape),
+])
+def test_numpy_strided_inputs(view):
+    x = view(np.random.randn(64, 96).astype(np.float32))
+    y = fastdrop.dropout(x, 0.3, seed=5, offset=2)
+    np.testing.assert_array_equal(y, reference(np.ascontiguousarray(x), 0.3, 5, offset=2))
+
+
+def test_numpy_read_only_input_and_inplace():
+    x = np.random.randn(10, 10)
+    x.setflags(write=False)
+    np.testing.assert_array_equal(fastdrop.dropout(x, 0.5, seed=1), reference(x, 0.5, 1))
+    with pytest.raises(ValueError, match="read-only"):
+        fastdrop.dropout(x, 0.5, seed=1, inplace=True)
+    z = x.copy()
+    out = fastdrop.dropout(z, 0.5, seed=1, inplace=True)
+    assert out is z
+    np.testing.assert_array_equal(z, reference(x, 0.5, 1))
+
+
+def test_numpy_float16_rounds_once():
+    x = np.random.randn(33, 17).astype(np.float16)
+    y = fastdrop.dropout(x, 0.3, seed=2)
+    assert y.dtype == np.float16
+    ref = reference(x.astype(np.float32), 0.3, 2).astype(np.float16)
+    np.testing.assert_array_equal(y, ref)
+
+
+def test_trivial_cases():
+    x = np.random.randn(8, 8).astype(np.float32)
+    assert fastdrop.dropout(x, 0.0) is x
+    assert fastdrop.dropout(x, 0.7, training=False) is x
+    np.testing.assert_array_equal(fastdrop.dropout(x, 0.25, training=False, mode="classic"),
+                                  x * np.float32(0.75))
+    x[0, 0] = np.nan
+    x[0, 1] = np.inf
+    y = fastdrop.dropout(x, 1.0, seed=3)
+    assert (y == 0).all() and not np.signbit(y).any()
+
+
+def test_non_finite_values_propagate_where_kept():
+    x = np.full((64,), np.nan, np.float32)
+    x[::3] = np.inf
+    y = fastdrop.dropout(x, 0.5, seed=8)
+    m = fastdrop.dropout_mask(x.shape, 0.5, 8)
+    assert np.isnan(y[m & ~np.isinf(x)]).all() and np.isinf(y[m & np.isinf(x)]).all()
+    assert (y[~m] == 0).all()
+
+
+def test_seed_none_numpy_source():
+    x = np.ones(1000, np.float32)
+    fastdrop.manual_seed(7)
+    a, b = fastdrop.dropout(x, 0.5), fastdrop.dropout(x, 0.5)
+    fastdrop.manual_seed(7)
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(fastdrop.dropout(x, 0.5), a)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), float("inf")])
+def test_bad_p(bad):
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        fastdrop.dropout(np.ones(3), bad)
+
+
+@pytest.mark.parametrize("x", [np.ones(3, np.int32), np.ones(3, bool), np.ones(3, np.complex64),
+                               torch.ones(3, dtype=torch.int64)])
+def test_bad_dtype(x):
+    with pytest.raises(TypeError, match="floating point"):
+        fastdrop.dropout(x, 0.5, seed=0)
+
+
+def test_bad_container_seed_mode():
+    with pytest.raises(TypeError, match="numpy array, a torch tensor"):
+        fastdrop.dropout([1.0, 2.0], 0.5)
+    with pytest.raises(ValueError, match="seed"):
+        fastdrop.dropout(np.ones(3), 0.5, seed=-1)
+    with pytest.raises(ValueError, match="seed"):
+        fastdrop.dropout(np.ones(3), 0.5, seed=2**64)
+    with pytest.raises(TypeError, match="seed"):
+        fastdrop.dropout(np.ones(3), 0.5, seed=1.5)
+    with pytest.raises(ValueError, match="mode"):
+        fastdrop.dropout(np.ones(3), 0.5, mode="dropconnect")
+
+
+# ---- torch tensors -------------------------------------------------------------------------
+
+TORCH_DTYPES = [(torch.float32, 0.0), (torch.float64, 0.0)]
+
+
+@pytest.mark.parametrize("dtype, atol", TORCH_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", ["inverted", "classic"])
+def test_torch_matches_reference(dtype, atol, shape, mode):
+    x = torch.randn(shape, dtype=dtype)
+    y = fastdrop.dropout(x, 0.4, seed=99, mode=mode)
+    assert isinstance(y, torch.Tensor) and y.dtype == dtype and y.shape == x.shape
+    np.testing.assert_array_equal(y.numpy(), reference(x.numpy(), 0.4, 99, mode=mode))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_torch_half_types(dtype):
+    x = torch.randn(7, 33).to(dtype)
+    y = fastdrop.dropout(x, 0.3, seed=4)
+    assert y.dtype == dtype
+    ref = torch.from_numpy(reference(x.float().numpy(), 0.3, 4)).to(dtype)
+    assert torch.equal(y, ref)
+
+
+def test_torch_layouts_preserved():
+    x = torch.randn(2, 3, 5, 7).to(memory_format=torch.channels_last)
+    y = fastdrop.dropout(x, 0.5, seed=1)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_array_equal(y.numpy(), reference(x.contiguous().numpy(), 0.5, 1))
+    xt = torch.randn(40, 30).t()
+    yt = fastdrop.dropout(xt, 0.5, seed=1)
+    assert yt.stride() == xt.stride()
+    np.testing.assert_array_equal(yt.numpy(), reference(xt.contiguous().numpy(), 0.5, 1))
+    xs = torch.randn(40, 30)[::3, 1::2]
+    np.testing.assert_array_equal(fastdrop.dropout(xs, 0.5, seed=1).numpy(),
+                                  reference(xs.contiguous().numpy(), 0.5, 1))
+
+
+def test_torch_gradcheck_and_no_saved_mask():
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    for mode in ("inverted", "classic"):
+        f = lambda t: fastdrop.dropout(t, 0.35, seed=3, offset=1, mode=mode)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (x,))
+        assert torch.autograd.gradgradcheck(f, (x,))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = fastdrop.dropout(x, 0.5, seed=3)
+    assert saved == []
+    y.sum().backward()
+    m = torch.from_numpy(fastdrop.dropout_mask(x.shape, 0.5, 3))
+    assert torch.equal(x.grad, m.double() * 2.0)
+
+
+def test_torch_seed_none_uses_torch_generator():
+    x = torch.ones(1000)
+    torch.manual_seed(11)
+    a, b = fastdrop.dropout(x, 0.5), fastdrop.dropout(x, 0.5)
+    torch.manual_seed(11)
+    assert not torch.equal(a, b)
+    assert torch.equal(fastdrop.dropout(x, 0.5), a)
+
+
+def test_torch_inplace():
+    x = torch.randn(6, 6)
+    ref = reference(x.numpy().copy(), 0.5, 2)
+    leaf = torch.randn(3, requires_grad=True)
+    with pytest.raises(ValueError, match="leaf"):
+        fastdrop.dropout(leaf, 0.5, inplace=True)
+    y = fastdrop.dropout(x, 0.5, seed=2, inplace=True)
+    assert y is x
+    np.testing.assert_array_equal(x.numpy(), ref)
+    a = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    h = a * 1.0
+    fastdrop.dropout(h, 0.5, seed=2, inplace=True).sum().backward()
+    assert torch.equal(a.grad, torch.from_numpy(reference(np.ones((4, 4)), 0.5, 2)))
+
+
+# ---- spatial -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn, shape, lead", [
+    (fastdrop.dropout1d, (4, 6, 9), 2), (fastdrop.dropout1d, (6, 9), 1),
+    (fastdrop.dropout2d, (4, 6, 5, 3), 2), (fastdrop.dropout3d, (2, 3, 4, 5, 2), 2),
+    (fastdrop.dropout3d, (3, 4, 5, 2), 1),
+])
+def test_spatial_matches_reference(fn, shape, lead):
+    x = np.random.randn(*shape)
+    y = fn(x, 0.5, seed=21)
+    np.testing.assert_array_equal(y, reference(x, 0.5, 21, mask_shape=shape[:lead]))
+    xt = torch.from_numpy(x).to(memory_format=torch.channels_last) if len(shape) == 4 else torch.from_numpy(x)
+    yt = fn(xt, 0.5, seed=21)
+    np.testing.assert_array_equal(yt.numpy(), y)
+    if len(shape) == 4:
+        assert yt.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_spatial_rank_rules():
+    with pytest.raises(ValueError, match="dropout1d: Expected 2D or 3D"):
+        fastdrop.dropout1d(np.ones((2, 3, 4, 5)), 0.5)
+    with pytest.raises(RuntimeError):  # torch raises RuntimeError here; RankError is both
+        fastdrop.dropout3d(np.ones((2, 3)), 0.5)
+    with pytest.warns(UserWarning, match="3D input"):
+        fastdrop.dropout2d(np.ones((2, 3, 4)), 0.5, seed=0)
+    with pytest.raises(ValueError, match="at least 2"):
+        fastdrop.dropout2d(np.ones(3), 0.5)
+
+
+def test_spatial_gradcheck():
+    x = torch.randn(2, 3, 4, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: fastdrop.dropout2d(t, 0.5, seed=4), (x,))

@@ -1,0 +1,88 @@
+"""fastdrop.nn modules as drop-in replacements for torch's dropout modules."""
+import numpy as np
+import pytest
+import torch
+
+import fastdrop
+import fastdrop.nn as fnn
+
+PAIRS = [(fnn.Dropout, torch.nn.Dropout, (8, 16)), (fnn.Dropout1d, torch.nn.Dropout1d, (4, 6, 9)),
+         (fnn.Dropout2d, torch.nn.Dropout2d, (4, 6, 5, 3)), (fnn.Dropout3d, torch.nn.Dropout3d, (2, 3, 4, 5, 2))]
+
+
+@pytest.mark.parametrize("ours, theirs, shape", PAIRS)
+def test_constructor_and_repr_match_torch(ours, theirs, shape):
+    assert repr(ours(0.3)) == repr(theirs(0.3))
+    assert repr(ours(0.3, inplace=True)) == repr(theirs(0.3, inplace=True))
+    assert "mode=classic" in repr(ours(0.3, mode="classic"))
+    for bad in (-0.5, 1.5):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            theirs(bad)
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            ours(bad)
+    with pytest.raises(ValueError, match="mode"):
+        ours(0.5, mode="gaussian")
+    assert ours(0.5).state_dict() == {}
+
+
+@pytest.mark.parametrize("ours, theirs, shape", PAIRS)
+def test_train_eval_behaviour(ours, theirs, shape):
+    x = torch.randn(shape)
+    m = ours(0.5)
+    y = m(x)
+    zero_units = (y == 0)
+    assert torch.equal(y[~zero_units], x[~zero_units] * 2)
+    m.eval()
+    assert m(x) is x
+    c = ours(0.25, mode="classic").eval()
+    assert torch.allclose(c(x), x * 0.75)
+
+
+@pytest.mark.parametrize("ours, theirs, shape", PAIRS)
+def test_empty_and_half(ours, theirs, shape):
+    empty = torch.empty((0,) + shape[1:])
+    assert ours(0.5)(empty).shape == empty.shape
+    for dtype in (torch.float16, torch.bfloat16):
+        x = torch.randn(shape, dtype=dtype)
+        assert ours(0.5)(x).dtype == dtype
+
+
+def test_reproducible_with_manual_seed_and_keep_rate_matches_torch():
+    x = torch.ones(512, 512)
+    torch.manual_seed(3)
+    a = fnn.Dropout(0.3)(x)
+    torch.manual_seed(3)
+    assert torch.equal(fnn.Dropout(0.3)(x), a)
+    # Same distribution as torch's: keep fraction within binomial noise of 0.7, same scale.
+    ours, theirs = (a != 0).double().mean().item(), (torch.nn.Dropout(0.3)(x) != 0).double().mean().item()
+    sd = np.sqrt(0.21 / x.numel())
+    assert abs(ours - 0.7) < 6 * sd and abs(theirs - 0.7) < 6 * sd
+    assert torch.allclose(a[a != 0], torch.tensor(1 / 0.7))
+
+
+def test_in_a_model_trains():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), fnn.Dropout(0.2),
+                                torch.nn.Linear(64, 1))
+    x = torch.randn(256, 20)
+    y = x[:, :1] * 2 - x[:, 1:2]
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    first = None
+    for _ in range(200):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first
+
+
+def test_inplace_module_writes_the_same_result():
+    x = torch.randn(10, 10)
+    h = x.clone()
+    torch.manual_seed(5)
+    y = fnn.Dropout(0.5, inplace=True)(h)
+    assert y is h
+    torch.manual_seed(5)
+    assert torch.equal(fnn.Dropout(0.5)(x), h)
+    assert not torch.equal(h, x)
