@@ -1,0 +1,87 @@
+"""torch.autograd bridge for the fused dense layers (fastdrop.linear).
+
+Forward saves x and weight (the tensors the caller already holds, so no new memory) and four
+Python scalars (p, seed, offset, scale); backward regenerates the mask from (seed, offset) inside
+the kernel. Nothing of size N x I, O x I or N x O x I is saved: no mask, no masked copy.
+
+Kernels run on 2-D C-contiguous float32/float64 views: CPU tensors go to fastdrop.linear.CPU as
+numpy views (zero copy), CUDA tensors to fastdrop._cuda_linear as Numba device arrays (zero copy
+through __cuda_array_interface__). float16/bfloat16 are computed in float32 and cast back once.
+"""
+import math
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import linear as _linear
+
+HALF_TYPES = (torch.float16, torch.bfloat16)
+DROPOUT, BATCH, SAMPLE = "dropout", "batch", "sample"
+
+
+def _backend(t):
+    """(kernels, tensor -> kernel array, kernel array -> tensor) for t's device."""
+    if t.is_cuda:
+        from numba import cuda
+        dev = t.device
+        return (_linear.cuda_kernels(), lambda a: cuda.as_cuda_array(a),
+                lambda a: torch.as_tensor(a, device=dev))
+    if t.device.type != "cpu":
+        raise ValueError(f"fastdrop runs on CPU and CUDA tensors, got device {t.device}")
+    return _linear.CPU, lambda a: a.numpy(), torch.from_numpy
+
+
+def _compute_dtype(t):
+    return torch.float32 if t.dtype in HALF_TYPES else t.dtype
+
+
+def _as2d(t, ct):
+    """t as a 2-D (prod(leading dims), last dim) C-contiguous tensor of dtype ct, detached."""
+    return t.detach().reshape(math.prod(t.shape[:-1]), t.shape[-1]).to(ct).contiguous()
+
+
+class DenseDropFunction(torch.autograd.Function):
+    """y = op(x, weight, bias) for op in (dropout -> linear, batch DropConnect, per-sample DropConnect)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, p, seed, offset, scale, op):
+        ctx.save_for_backward(x, weight)
+        ctx.rng = (p, seed, offset, scale, op)
+        kern, to_k, from_k = _backend(x)
+        ct = _compute_dtype(x)
+        x2d, w = _as2d(x, ct), weight.detach().to(ct).contiguous()
+        b = None if bias is None else to_k(bias.detach().to(ct).contiguous())
+        if op == DROPOUT:
+            y = kern.dropout_linear_forward(to_k(x2d), to_k(w), b, p, seed, offset, scale)
+        else:
+            y = kern.dropconnect_forward(to_k(x2d), to_k(w), b, p, seed, offset, scale, op == SAMPLE)
+        return from_k(y).reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        p, seed, offset, scale, op = ctx.rng
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        kern, to_k, from_k = _backend(x)
+        ct = _compute_dtype(x)
+        x2d, w, g = _as2d(x, ct), weight.detach().to(ct).contiguous(), _as2d(grad, ct)
+        args = (to_k(g), to_k(x2d), to_k(w), p, seed, offset, scale)
+        # The CPU kernels skip the GEMMs of gradients nobody asked for; the CUDA module computes all.
+        flags = dict(need_x=need_x, need_w=need_w) if kern is _linear.CPU else {}
+        if op == DROPOUT:
+            gx, gw, gb = kern.dropout_linear_backward(*args, **flags)
+        else:
+            gx, gw, gb = kern.dropconnect_backward(*args, op == SAMPLE, **flags)
+        gx = from_k(gx).reshape(x.shape).to(x.dtype) if need_x else None
+        gw = from_k(gw).to(weight.dtype) if need_w else None
+        gb = from_k(gb).to(weight.dtype) if need_b else None
+        return gx, gw, gb, None, None, None, None, None
+
+
+def dropout_linear(x, weight, bias, p, seed, offset, scale):
+    return DenseDropFunction.apply(x, weight, bias, p, seed, offset, scale, DROPOUT)
+
+
+def dropconnect_linear(x, weight, bias, p, seed, offset, scale, per_sample):
+    return DenseDropFunction.apply(x, weight, bias, p, seed, offset, scale, SAMPLE if per_sample else BATCH)

@@ -1,0 +1,186 @@
+"""CPU kernels for the fused dense layers: dropout -> linear and DropConnect.
+
+Notation: x is (N, I) (leading dims flattened), W is (O, I), b is (O,), s the scale (1/(1-p)
+inverted, 1 classic), M the keep-mask of the README's contract, drawn over the shape named below.
+
+    dropout_linear          y = (x ⊙ M s) Wᵀ + b              M over (N, I)
+                            gx = (g W) ⊙ M s,  gW = gᵀ (x ⊙ M s),  gb = Σ_n g
+    DropConnect, batch      y = x (W ⊙ M s)ᵀ + b              M over (O, I)
+                            gx = g (W ⊙ M s),  gW = (gᵀ x) ⊙ M s,  gb = Σ_n g
+    DropConnect, per sample y[n,o] = s Σ_i x[n,i] W[o,i] M[n,o,i] + b[o]     M over (N, O, I)
+                            gx[n,i] = s Σ_o g[n,o] W[o,i] M[n,o,i]
+                            gW[o,i] = s Σ_n g[n,o] x[n,i] M[n,o,i]
+
+Each forward and each backward is one compiled call. In the first two the mask is applied to a
+scratch copy of one operand (x or W, never saved) and the products go through `np.dot`, i.e. BLAS
+(scipy's OpenBLAS): a GEMM is compute-bound, a fused mask-while-loading loop in Numba would be a
+hand-written GEMM at a fraction of BLAS speed, while the masked copy costs one streaming pass over
+an operand that is O-times smaller than the GEMM's work (measured in docs/threads.md).
+
+The per-sample (N, O, I) mask cannot be materialized, so those kernels are a fused loop: for each
+(n, o) row the I mask words are generated into a small buffer (vectorized Philox, as in
+dropout_cpu) and consumed at once by the dot product / the two gradient updates; backward
+regenerates the same words. Work is split by output rows, so gW rows are private to a thread; gx
+gets one partial buffer per thread (T x N x I, independent of O) reduced afterwards.
+"""
+import numpy as np
+import numba
+
+from .config import CPU_BLOCKS_PER_CHUNK, cpu_kernel
+from .dropout_cpu import dropout_flat, fill_words
+
+CHUNK = 4 * CPU_BLOCKS_PER_CHUNK
+# Output rows per parallel task of the per-sample forward: (n, 16-row block) tasks give both cores
+# work even for N = 1 and keep a task's W rows (16 x I) in L2. (Kept here, not in config.py,
+# because config.py belongs to the dropout kernels' owner; it is this file's only knob.)
+LINEAR_ROWS_PER_TASK = 16
+
+
+@cpu_kernel
+def _add_bias(y, b):
+    for n in numba.prange(y.shape[0]):
+        for o in range(y.shape[1]):
+            y[n, o] += b[o]
+
+
+@cpu_kernel
+def _mask_two(x, xm, gx, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """xm = x ⊙ M s and gx ⊙= M s in one pass over the same mask words (flat, contiguous)."""
+    n = x.size
+    zero = x.dtype.type(0)
+    for c in numba.prange((n + CHUNK - 1) // CHUNK):
+        buf = np.empty(CHUNK, np.uint32)
+        start = c * CHUNK
+        m = min(CHUNK, n - start)
+        fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
+        for k in range(m):
+            keep = np.uint64(buf[k]) < thr
+            xm[start + k] = x[start + k] * scale if keep else zero
+            gx[start + k] = gx[start + k] * scale if keep else zero
+
+
+# ---- dropout -> linear -------------------------------------------------------------------------
+
+@cpu_kernel(parallel=False)  # serial driver: its callees are the parallel kernels
+def dropout_linear_fwd(x, w, b, has_bias, xm, y, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """y = (x ⊙ M s) Wᵀ + b; xm is an (N, I) scratch buffer."""
+    dropout_flat(x.reshape(-1), xm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
+    np.dot(xm, w.T, y)
+    if has_bias:
+        _add_bias(y, b)
+
+
+@cpu_kernel(parallel=False)  # serial driver: its callees are the parallel kernels
+def dropout_linear_bwd(g, x, w, xm, gx, gw, gb, ones, need_x, need_w, key_lo, key_hi, off_lo, off_hi,
+                       thr, scale):
+    """gx = (g W) ⊙ M s, gW = gᵀ (x ⊙ M s), gb = onesᵀ g (a GEMV; ones has N entries).
+
+    need_x / need_w skip the GEMM of a gradient nobody asked for (a first layer's gx)."""
+    if need_x:
+        np.dot(g, w, gx)
+        _mask_two(x.reshape(-1), xm.reshape(-1), gx.reshape(-1), key_lo, key_hi, off_lo, off_hi,
+                  thr, scale)
+    elif need_w:
+        dropout_flat(x.reshape(-1), xm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
+    if need_w:
+        np.dot(g.T, xm, gw)
+    np.dot(ones, g, gb)
+
+
+# ---- DropConnect with one mask per call ---------------------------------------------------------
+
+@cpu_kernel(parallel=False)  # serial driver: its callees are the parallel kernels
+def dropconnect_fwd(x, w, b, has_bias, wm, y, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """y = x (W ⊙ M s)ᵀ + b; wm is an (O, I) scratch buffer."""
+    dropout_flat(w.reshape(-1), wm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
+    np.dot(x, wm.T, y)
+    if has_bias:
+        _add_bias(y, b)
+
+
+@cpu_kernel(parallel=False)  # serial driver: its callees are the parallel kernels
+def dropconnect_bwd(g, x, w, wm, gx, gw, gb, ones, need_x, need_w, key_lo, key_hi, off_lo, off_hi,
+                    thr, scale):
+    """gx = g (W ⊙ M s), gW = (gᵀ x) ⊙ M s, gb = onesᵀ g."""
+    if need_x:
+        dropout_flat(w.reshape(-1), wm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
+        np.dot(g, wm, gx)
+    if need_w:
+        np.dot(g.T, x, gw)
+        dropout_flat(gw.reshape(-1), gw.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
+    np.dot(ones, g, gb)
+
+
+# ---- DropConnect with one mask per example (fused, never materialized) --------------------------
+
+@cpu_kernel
+def dropconnect_sample_fwd(x, w, b, has_bias, y, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """y[n, o] = s Σ_i x[n, i] W[o, i] M[n, o, i] + b[o]; tasks are (n, block of output rows)."""
+    nn, ni = x.shape
+    no = w.shape[0]
+    nblk = (no + LINEAR_ROWS_PER_TASK - 1) // LINEAR_ROWS_PER_TASK
+    zero = x.dtype.type(0)
+    for task in numba.prange(nn * nblk):
+        n = task // nblk
+        o0 = (task - n * nblk) * LINEAR_ROWS_PER_TASK
+        buf = np.empty(CHUNK + 8, np.uint32)
+        for o in range(o0, min(no, o0 + LINEAR_ROWS_PER_TASK)):
+            acc = zero
+            j = 0
+            while j < ni:
+                seg = min(ni - j, CHUNK)
+                first = (n * no + o) * ni + j
+                b0 = first // 4
+                fill_words(buf, b0, (first + seg - 1) // 4 - b0 + 1, off_lo, off_hi, key_lo, key_hi)
+                shift = first - 4 * b0
+                for k in range(seg):
+                    prod = x[n, j + k] * w[o, j + k]
+                    acc += prod if np.uint64(buf[shift + k]) < thr else zero
+                j += seg
+            y[n, o] = acc * scale + (b[o] if has_bias else zero)
+
+
+@cpu_kernel
+def dropconnect_sample_bwd(g, x, w, gx_part, gx, gw, gb, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """Both weight-side gradients in one pass over the regenerated mask words.
+
+    Thread t owns output rows [t O / T, (t+1) O / T): it writes gW and gb rows no other thread
+    touches, and adds its share of gx into gx_part[t] (T = gx_part.shape[0]); the partials are
+    summed afterwards, in parallel over the elements of gx.
+    """
+    nn, ni = x.shape
+    no = w.shape[0]
+    nt = gx_part.shape[0]
+    zero = x.dtype.type(0)
+    for t in numba.prange(nt):
+        part = gx_part[t]
+        part[:, :] = zero
+        buf = np.empty(CHUNK + 8, np.uint32)
+        for o in range(t * no // nt, (t + 1) * no // nt):
+            gw[o, :] = zero
+            gbo = zero
+            for n in range(nn):
+                gno = g[n, o]
+                gbo += gno
+                gs = gno * scale
+                j = 0
+                while j < ni:
+                    seg = min(ni - j, CHUNK)
+                    first = (n * no + o) * ni + j
+                    b0 = first // 4
+                    fill_words(buf, b0, (first + seg - 1) // 4 - b0 + 1, off_lo, off_hi, key_lo, key_hi)
+                    shift = first - 4 * b0
+                    for k in range(seg):
+                        # selects, not a branch: the loop stays vectorizable
+                        keep = np.uint64(buf[shift + k]) < thr
+                        gw[o, j + k] += gs * x[n, j + k] if keep else zero
+                        part[n, j + k] += gs * w[o, j + k] if keep else zero
+                    j += seg
+            gb[o] = gbo
+    for e in numba.prange(nn * ni):
+        n = e // ni
+        i = e - n * ni
+        acc = zero
+        for t in range(nt):
+            acc += gx_part[t, n, i]
+        gx[n, i] = acc
