@@ -5,6 +5,7 @@ used, and the CUDA kernels compile on the first CUDA input.
 """
 from ._seeds import manual_seed
 from .functional import RankError, dropout, dropout1d, dropout2d, dropout3d
+from .linear import dropout_linear, dropconnect_linear
 from .mask import dropout_mask, keep_threshold, philox4x32
 
 __version__ = "0.1.0"
@@ -19,4 +20,5 @@ def __getattr__(name):
 
 
 __all__ = ["dropout", "dropout1d", "dropout2d", "dropout3d", "dropout_mask", "philox4x32",
-           "keep_threshold", "manual_seed", "RankError", "nn"]
+           "keep_threshold", "manual_seed", "RankError", "nn",
+           "dropout_linear", "dropconnect_linear"]

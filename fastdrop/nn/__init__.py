@@ -1,4 +1,5 @@
 """Drop-in torch.nn modules backed by fastdrop's kernels (imports torch)."""
 from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
+from .linear import DropoutLinear, DropConnectLinear
 
-__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d"]
+__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropoutLinear", "DropConnectLinear"]

@@ -1,0 +1,61 @@
+"""Drop-in dense layers with fused dropout / DropConnect: nn.Linear's parameters, init and
+state_dict keys (`weight`, `bias`), so a trained nn.Linear's state loads into them unchanged.
+
+seed=None on every call: masks come from torch's generator, so `torch.manual_seed` makes a model
+reproducible, and successive calls draw fresh masks.
+"""
+import torch
+
+from .. import linear as L
+from .._checks import check_mode, check_p
+
+
+class _DropLinear(torch.nn.Linear):
+    """nn.Linear (same __init__, reset_parameters, state_dict) plus a drop probability."""
+
+    def __init__(self, in_features, out_features, bias=True, p=0.5, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.p = check_p(p)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, p={self.p}"
+
+
+class DropoutLinear(_DropLinear):
+    """linear(dropout(x, p), weight, bias) in one fused call; see fastdrop.dropout_linear.
+
+    Example:
+        >>> layer = fastdrop.nn.DropoutLinear(1024, 1024, p=0.5)
+        >>> layer.load_state_dict(torch.nn.Linear(1024, 1024).state_dict())
+    """
+
+    def __init__(self, in_features, out_features, bias=True, p=0.5, mode="inverted", device=None,
+                 dtype=None):
+        super().__init__(in_features, out_features, bias, p, device, dtype)
+        self.mode = check_mode(mode)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.mode == "inverted" else f", mode={self.mode}")
+
+    def forward(self, x):
+        return L.dropout_linear(x, self.weight, self.bias, self.p, training=self.training, mode=self.mode)
+
+
+class DropConnectLinear(_DropLinear):
+    """A linear layer with DropConnect on its weights (Wan et al. 2013); see fastdrop.dropconnect_linear.
+
+    per_sample=True draws a different weight mask for every example (never materialized);
+    at eval the layer is the mean network (plain nn.Linear).
+    """
+
+    def __init__(self, in_features, out_features, bias=True, p=0.5, per_sample=False, device=None,
+                 dtype=None):
+        super().__init__(in_features, out_features, bias, p, device, dtype)
+        self.per_sample = bool(per_sample)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", per_sample={self.per_sample}"
+
+    def forward(self, x):
+        return L.dropconnect_linear(x, self.weight, self.bias, self.p, training=self.training,
+                                    per_sample=self.per_sample)
