@@ -1,0 +1,164 @@
+"""CUDA dropout kernels against the CPU path: masks and outputs bit for bit (same seed, offset)."""
+import numpy as np
+import pytest
+from numba import cuda
+
+import fastdrop
+from fastdrop import _cuda
+from fastdrop.kernels import dropout_cuda as K
+from fastdrop.mask import kernel_rng_args
+
+pytestmark = pytest.mark.cudasim
+
+SHAPES = [(1,), (7,), (3, 5), (2, 3, 4), (33,)]
+SEEDS_OFFSETS = [(0, 0), (12345, 1), (2**32 + 17, 2**32 + 5), (2**64 - 1, 2**63 + 11)]
+PS = [0.0, 0.1, 0.5, 0.9, 1.0]
+DTYPES = [np.float32, np.float64, np.float16]
+
+
+def train_scale(p, mode="inverted"):
+    return 1.0 if mode == "classic" or p == 1.0 else 1.0 / (1.0 - p)
+
+
+def same_bits(a, b):
+    """Bit-for-bit equality (NaN payloads and signed zeros included)."""
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(
+        a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}"))
+
+
+def data(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(0,), (4, 0)])
+@pytest.mark.parametrize("p", PS)
+@pytest.mark.parametrize("seed, offset", SEEDS_OFFSETS)
+def test_device_mask_is_the_cpu_mask(shape, p, seed, offset):
+    got = _cuda.dropout_mask_device(shape, p, seed, offset).copy_to_host()
+    assert got.dtype == np.bool_ and got.shape == shape
+    np.testing.assert_array_equal(got, fastdrop.dropout_mask(shape, p, seed, offset))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("p", PS)
+def test_dropout_bit_identical_to_cpu(rng, shape, dtype, p):
+    x = data(rng, shape, dtype)
+    for seed, offset in SEEDS_OFFSETS[1:3]:
+        got = _cuda.dropout_array(cuda.to_device(x), p, seed, offset, train_scale(p), 0, False)
+        assert same_bits(got.copy_to_host(), fastdrop.dropout(x, p, seed=seed, offset=offset))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mode", ["inverted", "classic"])
+def test_grid_stride_loop_covers_everything(rng, dtype, mode):
+    """A grid far smaller than the data: each thread walks several Philox blocks."""
+    x = data(rng, (101,), dtype)
+    out = cuda.device_array_like(x)
+    K.dropout_flat[1, 4](cuda.to_device(x), out, *kernel_rng_args(7, 9, 0.3),
+                         dtype(train_scale(0.3, mode)))
+    assert same_bits(out.copy_to_host(), fastdrop.dropout(x, 0.3, seed=7, offset=9, mode=mode))
+
+
+@pytest.mark.parametrize("shape, group_ndim", [((2, 3, 4), 2), ((2, 3, 4), 1), ((3, 5), 1),
+                                               ((2, 3, 2, 2), 2), ((33, 1), 1), ((1, 7), 1)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 1.0])
+def test_grouped_bit_identical_to_cpu(rng, shape, group_ndim, dtype, p):
+    x = data(rng, shape, dtype)
+    seed, offset = 2**32 + 17, 2**32 + 5
+    got = _cuda.dropout_array(cuda.to_device(x), p, seed, offset, train_scale(p), group_ndim, False)
+    # The CPU path of the same op (what dropout1d/2d/3d run for numpy input).
+    work = x.astype(np.float32) if dtype == np.float16 else x
+    ref = np.empty_like(work)
+    fastdrop._cpu.grouped_dropout_into(work, ref, p, seed, offset, train_scale(p), group_ndim)
+    assert same_bits(got.copy_to_host(), ref.astype(dtype))
+    keep = fastdrop.dropout_mask(shape[:group_ndim], p, seed, offset)
+    kept = np.broadcast_to(keep.reshape(keep.shape + (1,) * (len(shape) - group_ndim)), shape)
+    assert not np.any(got.copy_to_host()[~kept])
+
+
+def test_spatial_dropout_matches_public_cpu_api(rng):
+    x = data(rng, (2, 3, 2, 2), np.float32)
+    got = _cuda.dropout_array(cuda.to_device(x), 0.5, 11, 0, 2.0, 2, False)
+    assert same_bits(got.copy_to_host(), fastdrop.dropout2d(x, 0.5, seed=11))
+    x3 = data(rng, (3, 4, 5), np.float64)
+    got = _cuda.dropout_array(cuda.to_device(x3), 0.25, 11, 3, 1 / 0.75, 2, False)
+    assert same_bits(got.copy_to_host(), fastdrop.dropout1d(x3, 0.25, seed=11, offset=3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group_ndim", [0, 1])
+def test_inplace_writes_x_and_returns_it(rng, dtype, group_ndim):
+    x = data(rng, (3, 5), dtype)
+    d = cuda.to_device(x)
+    got = _cuda.dropout_array(d, 0.5, 3, 4, 2.0, group_ndim, True)
+    assert got is d
+    ref = fastdrop.dropout1d(x, 0.5, seed=3, offset=4) if group_ndim else \
+        fastdrop.dropout(x, 0.5, seed=3, offset=4)
+    assert same_bits(d.copy_to_host(), ref)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("group_ndim", [0, 1])
+def test_non_contiguous_input(rng, inplace, group_ndim):
+    """Strided device arrays are copied to a contiguous buffer first; the mask follows the logical
+    C-order index, so the result equals the CPU result on the same strided view."""
+    base = data(rng, (4, 10), np.float32)
+    view = base[:, ::3]
+    d = cuda.to_device(base)[:, ::3]
+    assert not d.is_c_contiguous()
+    got = _cuda.dropout_array(d, 0.5, 9, 1, 2.0, group_ndim, inplace)
+    ref = fastdrop.dropout1d(view, 0.5, seed=9, offset=1) if group_ndim else \
+        fastdrop.dropout(view, 0.5, seed=9, offset=1)
+    assert same_bits(got.copy_to_host(), ref)
+    if inplace:
+        assert got is d
+
+
+def test_p0_is_identity_and_p1_gives_zeros_even_for_nan():
+    x = np.array([1.5, -2.0, np.nan, np.inf, -0.0, 3.0, 1e-40], np.float32)
+    same = _cuda.dropout_array(cuda.to_device(x), 0.0, 5, 0, 1.0, 0, False).copy_to_host()
+    assert same_bits(same, x)
+    zeros = _cuda.dropout_array(cuda.to_device(x), 1.0, 5, 0, 1.0, 0, False).copy_to_host()
+    assert same_bits(zeros, np.zeros_like(x))
+
+
+def test_nan_and_inf_propagate_in_kept_elements():
+    x = np.array([np.nan, np.inf, -np.inf] * 11, np.float64)
+    got = _cuda.dropout_array(cuda.to_device(x), 0.5, 1, 2, 2.0, 0, False).copy_to_host()
+    assert same_bits(got, fastdrop.dropout(x, 0.5, seed=1, offset=2))
+    keep = fastdrop.dropout_mask(x.shape, 0.5, 1, 2)
+    assert keep.any() and (~keep).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_classic_eval_scale(rng, dtype, inplace):
+    x = data(rng, (2, 3, 4), dtype)
+    d = cuda.to_device(x)
+    got = _cuda.scale_array(d, 1.0 - 0.3, inplace)
+    assert (got is d) == inplace
+    ref = fastdrop.dropout(x, 0.3, training=False, mode="classic")
+    assert same_bits(got.copy_to_host(), ref)
+
+
+def test_classic_training_mode(rng):
+    x = data(rng, (33,), np.float32)
+    got = _cuda.dropout_array(cuda.to_device(x), 0.4, 8, 0, 1.0, 0, False)
+    assert same_bits(got.copy_to_host(), fastdrop.dropout(x, 0.4, seed=8, mode="classic"))
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (2, 0, 3)])
+def test_zero_d_and_empty(shape):
+    x = np.full(shape, 2.5, np.float32)
+    got = _cuda.dropout_array(cuda.to_device(x), 0.5, 1, 0, 2.0, 0, False).copy_to_host()
+    assert same_bits(got, fastdrop.dropout(x, 0.5, seed=1))
+
+
+def test_scale_non_contiguous(rng):
+    base = data(rng, (3, 8), np.float64)
+    d = cuda.to_device(base)[:, 1::2]
+    got = _cuda.scale_array(d, 0.5, False)
+    assert same_bits(got.copy_to_host(), base[:, 1::2] * 0.5)

@@ -1,0 +1,73 @@
+"""CUDA data without a GPU (and without the simulator) gets a clear RuntimeError, never a silent
+CPU fallback; and `import fastdrop` alone never loads numba.cuda."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastdrop
+
+NO_CUDA = os.environ.get("NUMBA_ENABLE_CUDASIM") != "1"
+
+
+class FakeDeviceArray:
+    """Looks like a CUDA device array to the dispatcher; its pointer is never dereferenced."""
+
+    def __init__(self, shape=(3, 4), dtype=np.float32):
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": self.dtype.str,
+                                         "data": (0, False), "strides": None, "version": 3}
+
+
+def _gpu_present():
+    from numba import cuda
+    return cuda.is_available()
+
+
+needs_no_gpu = pytest.mark.skipif(not NO_CUDA or _gpu_present(),
+                                  reason="a GPU or the CUDA simulator is available here")
+
+
+@needs_no_gpu
+@pytest.mark.parametrize("call", [
+    lambda x: fastdrop.dropout(x, 0.5, seed=1),
+    lambda x: fastdrop.dropout(x, 0.5),
+    lambda x: fastdrop.dropout(x, 0.5, seed=1, inplace=True),
+    lambda x: fastdrop.dropout1d(x, 0.5, seed=1),
+    lambda x: fastdrop.dropout(x, 0.5, training=False, mode="classic"),
+], ids=["dropout", "seed-none", "inplace", "dropout1d", "classic-eval"])
+def test_cuda_input_without_gpu_raises(call):
+    with pytest.raises(RuntimeError, match=r"needs a CUDA GPU \(or NUMBA_ENABLE_CUDASIM=1"):
+        call(FakeDeviceArray())
+
+
+@needs_no_gpu
+def test_device_mask_without_gpu_raises():
+    from fastdrop import _cuda
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        _cuda.dropout_mask_device((3, 4), 0.5, 1)
+
+
+def test_trivial_cases_need_no_gpu():
+    """p=0 and inverted eval return x untouched before any dispatch: no device work at all."""
+    x = FakeDeviceArray()
+    assert fastdrop.dropout(x, 0.0, seed=1) is x
+    assert fastdrop.dropout(x, 0.5, training=False) is x
+
+
+def test_bad_arguments_are_rejected_before_the_device():
+    with pytest.raises(ValueError, match="1.5"):
+        fastdrop.dropout(FakeDeviceArray(), 1.5, seed=1)
+    with pytest.raises(TypeError, match="floating point"):
+        fastdrop.dropout(FakeDeviceArray(dtype=np.int32), 0.5, seed=1)
+
+
+def test_import_fastdrop_does_not_load_numba_cuda():
+    code = ("import sys, numpy as np, fastdrop; fastdrop.dropout(np.ones(8, np.float32), 0.5, seed=1); "
+            "fastdrop.dropout_mask((4,), 0.5, 1); print('numba.cuda' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
