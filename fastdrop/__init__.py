@@ -7,6 +7,7 @@ from ._seeds import manual_seed
 from .functional import RankError, dropout, dropout1d, dropout2d, dropout3d
 from .linear import dropout_linear, dropconnect_linear
 from .mask import dropout_mask, keep_threshold, philox4x32
+from .variants import drop_path, dropout_matmul, max_norm_, max_norm_hook, mc_predict
 
 __version__ = "0.1.0"
 
@@ -21,4 +22,5 @@ def __getattr__(name):
 
 __all__ = ["dropout", "dropout1d", "dropout2d", "dropout3d", "dropout_mask", "philox4x32",
            "keep_threshold", "manual_seed", "RankError", "nn",
-           "dropout_linear", "dropconnect_linear"]
+           "dropout_linear", "dropconnect_linear",
+           "drop_path", "dropout_matmul", "max_norm_", "max_norm_hook", "mc_predict"]

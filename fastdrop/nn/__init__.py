@@ -1,5 +1,6 @@
 """Drop-in torch.nn modules backed by fastdrop's kernels (imports torch)."""
+from .drop_path import DropPath
 from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 from .linear import DropoutLinear, DropConnectLinear
 
-__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropoutLinear", "DropConnectLinear"]
+__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropoutLinear", "DropConnectLinear", "DropPath"]

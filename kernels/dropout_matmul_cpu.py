@@ -1,0 +1,48 @@
+"""CPU kernel for dropout fused with the following matmul: out = dropout(a) @ b, batched.
+
+The mask is the contract's mask over a's own shape: element (g, i, k) of a (g the flat batch index)
+has logical index (g*M + i)*K + k. A task owns a tile of consecutive rows of one batch entry; its
+mask words are consecutive, so they are generated in bulk (as in dropout_cpu), applied while
+copying the tile into a small scratch matrix, and the scratch is multiplied by b through BLAS
+(np.dot). The masked a is never materialized as a whole, and backward regenerates the tile masks.
+"""
+import numpy as np
+import numba
+
+from .config import cpu_kernel
+from .dropout_cpu import fill_words
+
+# Elements of a per task tile (rows * K ~ 16K): the masked tile (64 KiB in float32) stays in L2
+# while BLAS reads it. (Knob kept here, not in config.py, which another helper owns.)
+MATMUL_TILE_ELEMS = 16384
+
+
+@cpu_kernel
+def dropout_matmul(a, b, out, a_batched, b_batched, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """out[g] = (mask_g * a[g'] * scale) @ b[g''] for C-contiguous a (Ga, M, K), b (Gb, K, N),
+    out (G, M, N); g' = g if a_batched else 0 (same for b). Mask over a's (Ga, M, K) indices."""
+    nbatch = out.shape[0]
+    M = a.shape[1]
+    K = a.shape[2]
+    rows_per_tile = max(1, min(M, MATMUL_TILE_ELEMS // max(K, 1)))
+    ntiles = (M + rows_per_tile - 1) // rows_per_tile
+    zero = a.dtype.type(0)
+    for job in numba.prange(nbatch * ntiles):
+        g = job // ntiles
+        i0 = (job - g * ntiles) * rows_per_tile
+        i1 = min(M, i0 + rows_per_tile)
+        ga = g if a_batched else 0
+        gb = g if b_batched else 0
+        n = (i1 - i0) * K
+        tile = np.empty((i1 - i0, K), a.dtype)
+        first = (ga * M + i0) * K
+        b0 = first // 4
+        nblocks = (first + n - 1) // 4 - b0 + 1
+        buf = np.empty(4 * nblocks, np.uint32)
+        fill_words(buf, b0, nblocks, off_lo, off_hi, key_lo, key_hi)
+        shift = first - 4 * b0
+        for r in range(i1 - i0):
+            for k in range(K):
+                v = a[ga, i0 + r, k]
+                tile[r, k] = v * scale if np.uint64(buf[shift + r * K + k]) < thr else zero
+        out[g, i0:i1, :] = np.dot(tile, b[gb])
