@@ -78,7 +78,7 @@ def dropout(x, p, seed, offset, scale, group_ndim, inplace):
 
 def _compiled_dropout(x, p, seed, offset, scale, group_ndim, inplace):
     from . import _ops
-    seed_t = torch.ops.fastdrop.draw_seed() if seed is None else _ops.seed_tensor(seed)
+    seed_t = torch.ops.fastdrop.draw_seed(_ops.trace_token()) if seed is None else _ops.seed_tensor(seed)
     out = torch.ops.fastdrop.dropout(x, seed_t, p, _ops.to_i64(offset), scale, group_ndim)
     if inplace:
         return x.copy_(out)

@@ -47,11 +47,12 @@ def _apply(x, p, training, seed, offset, mode, group_ndim, inplace=False):
         return _scaled(x, kind, 1.0 - p, inplace)
     if p == 0.0:
         return x
-    seed = _resolve_seed(seed, kind)
     scale = _train_scale(p, mode)
     if kind == TORCH:
+        # seed=None is drawn inside the bridge, as a traceable op under torch.compile.
         from . import _torch_bridge
         return _torch_bridge.dropout(x, p, seed, offset, scale, group_ndim, inplace)
+    seed = _resolve_seed(seed, kind)
     if kind == CUDA_ARRAY:
         from . import _cuda
         return _cuda.dropout_array(x, p, seed, offset, scale, group_ndim, inplace)

@@ -1,0 +1,137 @@
+"""torch.compile and the torch.library custom ops (fastdrop/_ops.py).
+
+A compiled model built from fastdrop modules has no graph break (fullgraph=True) and gives the
+same outputs and gradients as eager after the same torch.manual_seed, because a seed=None draw is
+the opaque `fastdrop::draw_seed` op, which consumes torch's generator exactly as eager does.
+Compiling is slow on the 2-core machine, so each test compiles once.
+"""
+import numpy as np
+import pytest
+import torch
+
+import fastdrop
+from fastdrop import _ops
+
+torch._dynamo.config.cache_size_limit = 64
+
+
+class Net(torch.nn.Module):
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.l1 = torch.nn.Linear(8, 16)
+        self.d1 = fastdrop.nn.Dropout(0.3, inplace=inplace)
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.d2 = fastdrop.nn.Dropout2d(0.5)
+        self.d3 = fastdrop.nn.Dropout(0.2)
+        self.l2 = torch.nn.Linear(64, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.d1(self.l1(x)))  # linear saves no output: inplace is legal here
+        h = self.d2(self.conv(h.view(-1, 1, 4, 4)))
+        # the same module twice: two independent draws
+        return self.l2(self.d3(h.flatten(1))) + self.l2(self.d3(h.flatten(1)))
+
+
+def run(model, x, seed):
+    model.zero_grad()
+    torch.manual_seed(seed)
+    y = model(x)
+    y.square().sum().backward()
+    return y.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_compiled_model_matches_eager(inplace):
+    torch.manual_seed(0)
+    model = Net(inplace)
+    x = torch.randn(5, 8)
+    explain = torch._dynamo.explain(model)(x)
+    assert explain.graph_break_count == 0 and explain.graph_count == 1
+    compiled = torch.compile(model, fullgraph=True)
+    for seed in (1, 2):
+        y_e, g_e = run(model, x, seed)
+        y_c, g_c = run(compiled, x, seed)
+        torch.testing.assert_close(y_c, y_e, rtol=1e-5, atol=1e-6)
+        for a, b in zip(g_c, g_e):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # without re-seeding, successive compiled calls draw new masks, in eager's order
+    torch.manual_seed(3)
+    eager = [model(x).detach() for _ in range(2)]
+    torch.manual_seed(3)
+    comp = [compiled(x).detach() for _ in range(2)]
+    assert not torch.equal(comp[0], comp[1])
+    for a, b in zip(comp, eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_functional_explicit_seed_and_eval():
+    def f(x, training):
+        a = fastdrop.dropout(x, 0.4, seed=2**64 - 1, offset=2**63 + 5, training=training)
+        b = fastdrop.dropout3d(x.view(2, 3, 2, 2, 2), 0.5, seed=7, training=training)
+        return a + b.view_as(x) + fastdrop.dropout(x, 0.0)
+    x = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(f, fullgraph=True)
+    for training in (True, False):
+        torch.testing.assert_close(compiled(x, training), f(x, training), rtol=0, atol=0)
+    keep = fastdrop.dropout_mask(x.shape, 0.4, 2**64 - 1, 2**63 + 5)
+    y = compiled(x, True) - fastdrop.dropout3d(x.view(2, 3, 2, 2, 2), 0.5, seed=7).view_as(x) - x
+    torch.testing.assert_close(y, x.detach() * torch.from_numpy(keep) / 0.6)
+
+
+def test_compiled_dynamic_shapes_no_recompile():
+    torch._dynamo.reset()
+    f = torch.compile(lambda x: fastdrop.dropout(x, 0.5, seed=3) * 2, fullgraph=True, dynamic=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for n in (5, 17, 33):
+            x = torch.randn(n)
+            torch.testing.assert_close(f(x), fastdrop.dropout(x, 0.5, seed=3) * 2)
+
+
+def test_opcheck_dropout_op():
+    # schema, fake (meta) implementation, autograd registration, and AOT dispatch
+    seed = _ops.seed_tensor(2**64 - 3)
+    for x, group_ndim in ((torch.randn(3, 5, requires_grad=True), 0),
+                          (torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True), 2),
+                          (torch.randn(4, 6)[:, ::2].requires_grad_(), 0)):
+        torch.library.opcheck(torch.ops.fastdrop.dropout, (x, seed, 0.3, -5, 1 / 0.7, group_ndim))
+
+
+def test_op_matches_mask_contract_and_backward():
+    x = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    seed, offset = 2**64 - 2, 2**64 - 9
+    y = torch.ops.fastdrop.dropout(x, _ops.seed_tensor(seed), 0.25, _ops.to_i64(offset), 4 / 3, 0)
+    keep = torch.from_numpy(fastdrop.dropout_mask(x.shape, 0.25, seed, offset))
+    torch.testing.assert_close(y, torch.where(keep, x * (4 / 3), 0))
+    torch.testing.assert_close(y, fastdrop.dropout(x, 0.25, seed=seed, offset=offset))
+    g = torch.randn_like(x)
+    (gx,) = torch.autograd.grad(y, x, g, create_graph=True)
+    torch.testing.assert_close(gx, torch.where(keep, g * (4 / 3), 0))
+    # double backward: d/dg <gx, h> = dropout(h)
+    h = torch.randn_like(x)
+    g.requires_grad_()
+    (gx,) = torch.autograd.grad(torch.ops.fastdrop.dropout(x, _ops.seed_tensor(seed), 0.25,
+                                                          _ops.to_i64(offset), 4 / 3, 0), x, g,
+                                create_graph=True)
+    (gg,) = torch.autograd.grad(gx, g, h)
+    torch.testing.assert_close(gg, torch.where(keep, h * (4 / 3), 0))
+
+
+def test_op_saves_no_mask():
+    saved = []
+
+    def pack(t):
+        saved.append(tuple(t.shape))
+        return t
+
+    x = torch.randn(64, 32, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = torch.ops.fastdrop.dropout(x, _ops.seed_tensor(1), 0.5, 0, 2.0, 0)
+        z = fastdrop.nn.Dropout(0.5)(x)
+    (y + z).sum().backward()
+    assert all(np.prod(s) <= 1 for s in saved), saved
+
+
+def test_seed_encoding_roundtrip():
+    for v in (0, 1, 2**63 - 1, 2**63, 2**64 - 1):
+        assert int(_ops.seed_tensor(v)) & (2**64 - 1) == v
+        assert _ops.to_i64(v) & (2**64 - 1) == v
