@@ -1,0 +1,444 @@
+"""DropPath, max-norm, dropout_matmul and MC dropout against boring references that take the
+kernel's own mask (fastdrop.dropout_mask)."""
+import numpy as np
+import pytest
+import torch
+
+import fastdrop
+from fastdrop.nn import DropPath
+
+
+# ----------------------------------------------------------------------------- references
+def timm_drop_path(x, p, keep, scale_by_keep=True):
+    """timm.layers.drop_path with its bernoulli draw replaced by the given per-sample keep mask."""
+    if p == 0.0:
+        return x
+    keep_prob = 1 - p
+    rnd = torch.as_tensor(keep, dtype=x.dtype).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+    if keep_prob > 0.0 and scale_by_keep:
+        rnd = rnd / keep_prob
+    return x * rnd
+
+
+def torchvision_stochastic_depth(x, p, mode, keep):
+    """torchvision.ops.stochastic_depth with the bernoulli draw replaced by `keep`."""
+    if p == 0.0:
+        return x
+    survival = 1.0 - p
+    size = [x.shape[0]] + [1] * (x.ndim - 1) if mode == "row" else [1] * x.ndim
+    noise = torch.as_tensor(keep, dtype=x.dtype).reshape(size)
+    if survival > 0.0:
+        noise = noise / survival
+    return x * noise
+
+
+SHAPES = [(1,), (5,), (3, 7), (4, 3, 17), (2, 1, 1, 1023)]
+
+
+# ----------------------------------------------------------------------------- drop_path
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("p", [0.0, 0.2, 0.5, 1.0])
+@pytest.mark.parametrize("scale_by_keep", [True, False])
+def test_drop_path_matches_timm(shape, p, scale_by_keep):
+    x = torch.randn(shape)
+    keep = fastdrop.dropout_mask(shape[:1], p, 11, 3)
+    y = fastdrop.drop_path(x, p, seed=11, offset=3, scale_by_keep=scale_by_keep)
+    torch.testing.assert_close(y, timm_drop_path(x, p, keep, scale_by_keep), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["row", "batch"])
+@pytest.mark.parametrize("p", [0.3, 0.9])
+def test_drop_path_matches_torchvision(mode, p):
+    x = torch.randn(6, 3, 5, dtype=torch.float64)
+    for seed in range(20):
+        keep = fastdrop.dropout_mask((6,) if mode == "row" else (1,), p, seed)
+        y = fastdrop.drop_path(x, p, seed=seed, mode=mode)
+        torch.testing.assert_close(y, torchvision_stochastic_depth(x, p, mode, keep))
+
+
+def test_drop_path_batch_mode_is_one_draw_and_both_outcomes_occur():
+    x = torch.ones(8, 4)
+    outcomes = {float(fastdrop.drop_path(x, 0.5, seed=s, mode="batch").sum()) for s in range(40)}
+    assert outcomes == {0.0, 64.0}
+
+
+def test_drop_path_eval_and_classic():
+    x = torch.randn(4, 5)
+    assert fastdrop.drop_path(x, 0.3, training=False) is x
+    torch.testing.assert_close(fastdrop.drop_path(x, 0.3, training=False, scaling="classic"), x * 0.7)
+    keep = fastdrop.dropout_mask((4,), 0.3, 2)
+    y = fastdrop.drop_path(x, 0.3, seed=2, scaling="classic")
+    torch.testing.assert_close(y, x * torch.as_tensor(keep, dtype=x.dtype)[:, None])
+
+
+def test_drop_path_numpy_float16_and_inplace():
+    x = np.random.randn(6, 9).astype(np.float16)
+    keep = fastdrop.dropout_mask((6,), 0.5, 4)
+    y = fastdrop.drop_path(x, 0.5, seed=4)
+    assert y.dtype == np.float16
+    np.testing.assert_allclose(y, (x.astype(np.float32) * keep[:, None] * 2).astype(np.float16))
+    z = np.random.randn(6, 9)
+    ref = z * keep[:, None] * 2
+    out = fastdrop.drop_path(z, 0.5, seed=4, inplace=True)
+    assert out is z
+    np.testing.assert_array_equal(z, ref)
+
+
+def test_drop_path_gradient_is_the_same_mask():
+    x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: fastdrop.drop_path(t, 0.4, seed=9), (x,))
+    assert torch.autograd.gradcheck(lambda t: fastdrop.drop_path(t, 0.4, seed=8, mode="batch"), (x,))
+
+
+def test_drop_path_errors():
+    x = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="'batch' or 'row'"):
+        fastdrop.drop_path(x, 0.1, mode="col")
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        fastdrop.drop_path(x, 1.5)
+    with pytest.raises(ValueError, match="0-d"):
+        fastdrop.drop_path(torch.tensor(1.0), 0.1)
+    with pytest.raises(TypeError):
+        fastdrop.drop_path(torch.ones(3, 4, dtype=torch.int64), 0.1, mode="batch")
+
+
+def test_drop_path_module():
+    m = DropPath(0.25, mode="batch")
+    assert "p=0.25" in repr(m) and "mode=batch" in repr(m)
+    x = torch.randn(4, 6)
+    assert m.eval()(x) is x
+    with pytest.raises(ValueError):
+        DropPath(0.1, mode="col")
+    with pytest.raises(ValueError):
+        DropPath(-0.1)
+    torch.manual_seed(3)
+    a = DropPath(0.5).train()(x)
+    torch.manual_seed(3)
+    b = DropPath(0.5).train()(x)
+    torch.testing.assert_close(a, b)
+
+
+# ----------------------------------------------------------------------------- max-norm
+def ref_max_norm(w, c, dims, eps=1e-7):
+    w = np.asarray(w, np.float64)
+    norms = np.sqrt((w ** 2).sum(axis=tuple(dims), keepdims=True))
+    return np.where(norms > c, w * (c / (norms + eps)), w)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 11), (33, 1023), (64, 3)])
+def test_max_norm_rows_match_torch_renorm(dtype, atol, shape):
+    w = torch.randn(shape, dtype=dtype) * 2
+    c = float(np.median(w.norm(dim=1)))  # about half the rows are outside the ball
+    ref = torch.renorm(w, 2, 0, c)
+    out = fastdrop.max_norm_(w, c)
+    assert out is w
+    torch.testing.assert_close(w, ref, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(7, 11), (1023, 5), (3, 130)])
+def test_max_norm_columns_match_torch_renorm(shape):
+    w = torch.randn(shape, dtype=torch.float64)
+    c = float(np.median(w.norm(dim=0)))
+    ref = torch.renorm(w, 2, 1, c)
+    fastdrop.max_norm_(w, c, dim=0)
+    torch.testing.assert_close(w, ref, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("dims", [(1, 2, 3), (0,), (1, 3), (-1,), (0, 1, 2, 3)])
+def test_max_norm_conv_and_odd_dims(dims):
+    w = np.random.randn(6, 3, 5, 4)
+    c = 2.5
+    ref = ref_max_norm(w, c, [d % 4 for d in dims])
+    fastdrop.max_norm_(w, c, dim=dims)
+    np.testing.assert_allclose(w, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_max_norm_units_inside_the_ball_are_untouched_bitwise():
+    w = torch.randn(50, 20)
+    w[::2] *= 10
+    before = w.clone()
+    norms = before.norm(dim=1)
+    fastdrop.max_norm_(w, 3.0)
+    inside = norms <= 3.0
+    assert inside.any() and (~inside).any()
+    assert torch.equal(w[inside], before[inside])
+    assert (w.norm(dim=1) <= 3.0 + 1e-5).all()
+
+
+def test_max_norm_non_contiguous_half_and_numpy():
+    base = torch.randn(12, 20, dtype=torch.float64) * 3
+    view = base[::2, 1::3]
+    ref = torch.renorm(view.clone(), 2, 0, 1.5)
+    fastdrop.max_norm_(view, 1.5)
+    torch.testing.assert_close(view, ref, atol=1e-12, rtol=0)
+    for dt in (torch.float16, torch.bfloat16):
+        h = (torch.randn(9, 17) * 3).to(dt)
+        ref = torch.renorm(h.float(), 2, 0, 2.0).to(dt)
+        fastdrop.max_norm_(h, 2.0)
+        torch.testing.assert_close(h, ref, atol=1e-2, rtol=1e-2)
+    n = np.random.randn(5, 8).astype(np.float32) * 3
+    ref = ref_max_norm(n, 2.0, [1])
+    fastdrop.max_norm_(n, 2.0)
+    np.testing.assert_allclose(n, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_max_norm_errors_name_the_value():
+    w = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="dim 2 is out of range"):
+        fastdrop.max_norm_(w, 1.0, dim=2)
+    with pytest.raises(ValueError, match="repeated"):
+        fastdrop.max_norm_(w, 1.0, dim=(1, -1))
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="max_value"):
+            fastdrop.max_norm_(w, bad)
+    with pytest.raises(TypeError, match="max_value"):
+        fastdrop.max_norm_(w, "3")
+    with pytest.raises(TypeError, match="floating point"):
+        fastdrop.max_norm_(torch.ones(3, 4, dtype=torch.int32), 1.0)
+    with pytest.raises(ValueError, match="0-d"):
+        fastdrop.max_norm_(torch.tensor(2.0), 1.0)
+    with pytest.raises(ValueError, match="read-only"):
+        ro = np.ones((3, 4))
+        ro.flags.writeable = False
+        fastdrop.max_norm_(ro, 1.0)
+
+
+def test_max_norm_bumps_the_autograd_version():
+    w = torch.randn(4, 5, requires_grad=True)
+    y = (w * w).sum()
+    fastdrop.max_norm_(w, 0.1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
+def test_max_norm_hook_constrains_every_step():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=5.0)
+    handle = fastdrop.max_norm_hook(opt, [model[0], model[2]], max_value=1.0)
+    x, t = torch.randn(64, 8), torch.randn(64, 4)
+    for _ in range(5):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), t).backward()
+        opt.step()
+        for layer in (model[0], model[2]):
+            assert (layer.weight.norm(dim=1) <= 1.0 + 1e-5).all()
+    handle.remove()
+    with torch.no_grad():
+        model[0].weight.mul_(10)
+    opt.step()
+    assert (model[0].weight.norm(dim=1) > 1.0).any()
+    with pytest.raises(ValueError, match="out of range"):
+        fastdrop.max_norm_hook(opt, model[0], 1.0, dim=3)
+    with pytest.raises(TypeError, match="no weight"):
+        fastdrop.max_norm_hook(opt, [model[1]], 1.0)
+
+
+# ----------------------------------------------------------------------------- dropout_matmul
+def ref_dropout_matmul(a, b, keep, scale):
+    return (a * torch.as_tensor(keep, dtype=a.dtype) * scale) @ b
+
+
+MATMUL_SHAPES = [((3, 5), (5, 4)), ((2, 3, 7), (2, 7, 9)), ((2, 2, 33, 17), (2, 2, 17, 5)),
+                 ((4, 1, 1023), (1023, 3)), ((6, 13), (3, 13, 2)), ((1, 1), (1, 1))]
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("shapes", MATMUL_SHAPES)
+def test_dropout_matmul_forward(dtype, tol, shapes):
+    a, b = torch.randn(shapes[0], dtype=dtype), torch.randn(shapes[1], dtype=dtype)
+    keep = fastdrop.dropout_mask(a.shape, 0.3, 21, 5)
+    out = fastdrop.dropout_matmul(a, b, 0.3, seed=21, offset=5)
+    torch.testing.assert_close(out, ref_dropout_matmul(a, b, keep, 1 / 0.7), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("shapes", [((2, 3, 7), (2, 7, 4)), ((2, 3, 7), (7, 4)), ((3, 7), (2, 7, 4))])
+def test_dropout_matmul_gradcheck(shapes):
+    a = torch.randn(shapes[0], dtype=torch.float64, requires_grad=True)
+    b = torch.randn(shapes[1], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: fastdrop.dropout_matmul(a, b, 0.4, seed=3), (a, b))
+
+
+def test_dropout_matmul_saves_inputs_only():
+    a = torch.randn(4, 16, 16, requires_grad=True)
+    b = torch.randn(4, 16, 8, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = fastdrop.dropout_matmul(a, b, 0.5, seed=1)
+    assert sum(t.numel() for t in saved) == a.numel() + b.numel()
+    assert all(t.dtype != torch.bool for t in saved)
+    out.sum().backward()
+    keep = torch.as_tensor(fastdrop.dropout_mask(a.shape, 0.5, 1))
+    torch.testing.assert_close(a.grad, keep * 2.0 * b.sum(-1)[:, None, :].expand_as(a))
+
+
+def test_dropout_matmul_eval_classic_numpy_and_edges():
+    a, b = torch.randn(3, 4), torch.randn(4, 2)
+    torch.testing.assert_close(fastdrop.dropout_matmul(a, b, 0.3, training=False), a @ b)
+    torch.testing.assert_close(fastdrop.dropout_matmul(a, b, 0.3, training=False, mode="classic"), 0.7 * (a @ b))
+    keep = fastdrop.dropout_mask(a.shape, 0.3, 2)
+    torch.testing.assert_close(fastdrop.dropout_matmul(a, b, 0.3, seed=2, mode="classic"),
+                               ref_dropout_matmul(a, b, keep, 1.0))
+    assert (fastdrop.dropout_matmul(a, b, 1.0, seed=2) == 0).all()
+    an, bn = a.numpy().astype(np.float64), b.numpy().astype(np.float64)
+    out = fastdrop.dropout_matmul(an, bn, 0.3, seed=2)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float64
+    np.testing.assert_allclose(out, (an * keep / 0.7) @ bn, rtol=1e-12)
+    assert fastdrop.dropout_matmul(torch.randn(2, 0, 3), torch.randn(2, 3, 4), 0.5, seed=0).shape == (2, 0, 4)
+    assert (fastdrop.dropout_matmul(torch.randn(2, 0), torch.randn(0, 4), 0.5, seed=0) == 0).all()
+
+
+def test_dropout_matmul_errors():
+    with pytest.raises(ValueError, match="cannot be multiplied"):
+        fastdrop.dropout_matmul(torch.randn(3, 4), torch.randn(5, 2), 0.1)
+    with pytest.raises(ValueError, match="batch dims"):
+        fastdrop.dropout_matmul(torch.randn(2, 3, 4), torch.randn(3, 4, 2), 0.1)
+    with pytest.raises(TypeError, match="same dtype"):
+        fastdrop.dropout_matmul(torch.randn(3, 4), torch.randn(4, 2, dtype=torch.float64), 0.1)
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        fastdrop.dropout_matmul(torch.randn(4), torch.randn(4, 2), 0.1)
+
+
+def test_attention_use():
+    q, k, v = torch.randn(2, 3, 10, 8), torch.randn(2, 3, 10, 8), torch.randn(2, 3, 10, 8)
+    attn = torch.softmax(q @ k.mT / 8 ** 0.5, -1)
+    keep = fastdrop.dropout_mask(attn.shape, 0.1, 5)
+    torch.testing.assert_close(fastdrop.dropout_matmul(attn, v, 0.1, seed=5),
+                               ref_dropout_matmul(attn, v, keep, 1 / 0.9), atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- MC dropout
+def mlp(p=0.5, bn=False):
+    layers = [torch.nn.Linear(6, 16)] + ([torch.nn.BatchNorm1d(16)] if bn else []) + \
+        [torch.nn.ReLU(), fastdrop.nn.Dropout(p), torch.nn.Linear(16, 16), torch.nn.ReLU(),
+         fastdrop.nn.Dropout(p), torch.nn.Linear(16, 3)]
+    return torch.nn.Sequential(*layers).double()
+
+
+def manual_mc(model, x, samples, seed, offset=0):
+    """The contract written out: sample t, dropout call k -> dropout_mask(shape, p, seed, offset + t*2^32 + k)."""
+    outs = []
+    with torch.no_grad():
+        for t in range(samples):
+            h, k = x, 0
+            for layer in model:
+                if isinstance(layer, fastdrop.nn.Dropout):
+                    keep = fastdrop.dropout_mask(h.shape, layer.p, seed, offset + t * 2 ** 32 + k)
+                    h = h * torch.as_tensor(keep, dtype=h.dtype) / (1 - layer.p)
+                    k += 1
+                else:
+                    h = layer(h)
+            outs.append(h)
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("chunk, fused", [(None, True), (1, True), (3, False), (32, False)])
+def test_mc_predict_follows_the_mask_contract(chunk, fused):
+    model = mlp().eval()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    ys = manual_mc(model, x, 7, seed=13, offset=2)
+    r = fastdrop.mc_predict(model, x, samples=7, seed=13, offset=2, chunk=chunk, fused=fused)
+    torch.testing.assert_close(r.mean, ys.mean(0))
+    torch.testing.assert_close(r.var, ys.var(0))
+    assert r.entropy is None and r.mutual_info is None
+
+
+def test_mc_predict_logits_statistics():
+    model = mlp().eval()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    probs = torch.softmax(manual_mc(model, x, 9, seed=1), -1)
+    r = fastdrop.mc_predict(model, x, samples=9, seed=1, logits=True, chunk=4)
+    mean = probs.mean(0)
+    entropy = -(mean * mean.log()).sum(-1)
+    expected_entropy = -(probs * probs.log()).sum(-1).mean(0)
+    torch.testing.assert_close(r.mean, mean)
+    torch.testing.assert_close(r.var, probs.var(0))
+    torch.testing.assert_close(r.entropy, entropy)
+    torch.testing.assert_close(r.mutual_info, entropy - expected_entropy)
+    assert (r.mutual_info >= 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mc_predict_fused_head_matches_unfused(dtype):
+    head = torch.nn.Sequential(torch.nn.Linear(6, 40), torch.nn.Tanh(), fastdrop.nn.Dropout(0.3),
+                               torch.nn.Linear(40, 5)).to(dtype).eval()
+    x = torch.randn(37, 6, dtype=dtype)
+    a = fastdrop.mc_predict(head, x, samples=11, seed=4, fused=True)
+    b = fastdrop.mc_predict(head, x, samples=11, seed=4, fused=False, chunk=1)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    for u, v in zip(a[:2], b[:2]):
+        torch.testing.assert_close(u, v, atol=tol, rtol=tol)
+
+
+def test_mc_predict_dropout_linear_head():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(),
+                                fastdrop.nn.DropoutLinear(12, 4, p=0.4)).double().eval()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    a = fastdrop.mc_predict(model, x, samples=6, seed=8)
+    b = fastdrop.mc_predict(model, x, samples=6, seed=8, fused=False, chunk=1)
+    torch.testing.assert_close(a.mean, b.mean)
+    torch.testing.assert_close(a.var, b.var)
+    h = model[1](model[0](x))
+    ys = torch.stack([torch.nn.functional.linear(
+        h * torch.as_tensor(fastdrop.dropout_mask(h.shape, 0.4, 8, t * 2 ** 32)) / 0.6,
+        model[2].weight, model[2].bias) for t in range(6)])
+    torch.testing.assert_close(a.mean, ys.mean(0))
+
+
+def test_mc_predict_restores_state_and_leaves_batchnorm_alone():
+    model = mlp(bn=True)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(32, 6, dtype=torch.float64))
+    model.eval()
+    bn = model[1]
+    stats = (bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked))
+    x = torch.randn(8, 6, dtype=torch.float64)
+    r = fastdrop.mc_predict(model, x, samples=5, seed=0)
+    assert r.var.sum() > 0  # dropout was active
+    assert not any(m.training for m in model.modules())
+    assert "forward" not in model[3].__dict__
+    torch.testing.assert_close((bn.running_mean, bn.running_var, int(bn.num_batches_tracked)), stats)
+    torch.testing.assert_close(model(x), model(x))  # back to deterministic eval
+    # A model left in training mode: BatchNorm would see the batch, so samples are not batched.
+    model.train()
+    model[3].eval()
+    fastdrop.mc_predict(model, x, samples=3, seed=0)
+    assert model[3].training is False and model[1].training is True
+    with pytest.raises(ValueError, match="eval mode"):
+        fastdrop.mc_predict(model, x, samples=3, seed=0, chunk=2)
+
+
+def test_mc_predict_spatial_and_drop_path_modules():
+    model = torch.nn.Sequential(torch.nn.Conv1d(2, 4, 3), fastdrop.nn.Dropout1d(0.5), torch.nn.Flatten(),
+                                DropPath(0.3), torch.nn.Linear(4 * 6, 2)).double().eval()
+    x = torch.randn(3, 2, 8, dtype=torch.float64)
+    a = fastdrop.mc_predict(model, x, samples=6, seed=2, chunk=1)
+    b = fastdrop.mc_predict(model, x, samples=6, seed=2, chunk=6)
+    torch.testing.assert_close(a, b)
+    assert a.var.sum() > 0
+
+
+def test_mc_predict_one_sample_and_errors():
+    model = mlp().eval()
+    x = torch.randn(2, 6, dtype=torch.float64)
+    r = fastdrop.mc_predict(model, x, samples=1, seed=0)
+    assert (r.var == 0).all()
+    with pytest.raises(ValueError, match="samples"):
+        fastdrop.mc_predict(model, x, samples=0)
+    with pytest.raises(TypeError, match="nn.Module"):
+        fastdrop.mc_predict(lambda t: t, x)
+    with pytest.raises(ValueError, match="chunk"):
+        fastdrop.mc_predict(model, x, chunk=0)
+    with pytest.raises(ValueError, match="offset"):
+        fastdrop.mc_predict(model, x, samples=4, offset=2 ** 64 - 10)
+
+
+def test_mc_predict_seed_none_uses_torch_generator():
+    model = mlp().eval()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    torch.manual_seed(5)
+    a = fastdrop.mc_predict(model, x, samples=4)
+    torch.manual_seed(5)
+    b = fastdrop.mc_predict(model, x, samples=4)
+    torch.testing.assert_close(a, b)
