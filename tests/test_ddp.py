@@ -1,0 +1,152 @@
+"""DistributedDataParallel with fastdrop layers: 2 processes, gloo backend, loopback only.
+
+One spawn (process start-up dominates: torch + numba import) runs every check:
+- seed=None masks differ across ranks by default (rank r runs at offset + r * 2**48) and are equal
+  after fastdrop._distributed.set_rank_streams(False);
+- p = 0.5 training: DDP's all-reduced gradients and parameters equal a single-process run that
+  replays both ranks' micro-batches with the same masks (rank emulated) and averages;
+- p = 0 training equals plain single-process training on the global batch.
+"""
+import os
+import socket
+import time
+
+import pytest
+import torch
+
+import fastdrop
+from fastdrop import _distributed
+
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available() or not dist.is_gloo_available():
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+WORLD = 2
+STEPS = 3
+GLOBAL_BATCH = 8
+TIMEOUT_S = 120
+
+
+def make_model(p):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), fastdrop.nn.Dropout(p), torch.nn.ReLU(),
+                               torch.nn.Unflatten(1, (4, 4)), fastdrop.nn.Dropout1d(p),
+                               torch.nn.Flatten(), torch.nn.Linear(16, 1))
+
+
+def data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(GLOBAL_BATCH, 6, generator=g), torch.randn(GLOBAL_BATCH, 1, generator=g)
+
+
+def micro_batch(rank):
+    x, y = data()
+    sl = slice(rank * GLOBAL_BATCH // WORLD, (rank + 1) * GLOBAL_BATCH // WORLD)
+    return x[sl], y[sl]
+
+
+def train(model, forward_backward):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(STEPS):
+        opt.zero_grad()
+        forward_backward(step)
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def worker(rank, port, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD)
+    try:
+        results = {}
+        torch.manual_seed(7)
+        results["mask_default"] = fastdrop.dropout(torch.ones(256), 0.5) != 0
+        previous = _distributed.set_rank_streams(False)
+        torch.manual_seed(7)
+        results["mask_shared"] = fastdrop.dropout(torch.ones(256), 0.5) != 0
+        _distributed.set_rank_streams(previous)
+        results["explicit_seed"] = fastdrop.dropout(torch.ones(256), 0.5, seed=3) != 0
+
+        x, y = micro_batch(rank)
+        for p in (0.5, 0.0):
+            model = make_model(p)
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+
+            def forward_backward(step):
+                torch.manual_seed(100 + step)  # the same generator state on every rank
+                torch.nn.functional.mse_loss(ddp(x), y).backward()
+            results[f"params_{p}"] = train(model, forward_backward)
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out_dir = str(tmp_path_factory.mktemp("ddp"))
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    ctx = torch.multiprocessing.start_processes(worker, args=(free_port(), out_dir), nprocs=WORLD,
+                                                join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail(f"DDP workers did not finish within {TIMEOUT_S} s")
+    return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)]
+
+
+def test_ranks_draw_different_masks_by_default(ranks):
+    a, b = ranks[0]["mask_default"], ranks[1]["mask_default"]
+    assert not torch.equal(a, b)
+    torch.manual_seed(7)
+    seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+    for r in range(WORLD):
+        expected = fastdrop.dropout_mask((256,), 0.5, seed, r << _distributed.RANK_SHIFT)
+        assert torch.equal(ranks[r]["mask_default"], torch.from_numpy(expected))
+
+
+def test_rank_streams_off_gives_equal_masks(ranks):
+    assert torch.equal(ranks[0]["mask_shared"], ranks[1]["mask_shared"])
+    assert torch.equal(ranks[0]["explicit_seed"], ranks[1]["explicit_seed"])
+    assert torch.equal(ranks[0]["explicit_seed"],
+                       torch.from_numpy(fastdrop.dropout_mask((256,), 0.5, 3)))
+
+
+def test_ddp_dropout_training_matches_single_process_replay(ranks, monkeypatch):
+    """Both ranks' micro-batches replayed in one process with the same masks (the rank is
+    emulated), gradients averaged as DDP's all-reduce does: same parameters after 3 SGD steps."""
+    model = make_model(0.5)
+
+    def forward_backward(step):
+        for r in range(WORLD):
+            monkeypatch.setattr(_distributed, "_rank", lambda r=r: r)
+            torch.manual_seed(100 + step)
+            x, y = micro_batch(r)
+            (torch.nn.functional.mse_loss(model(x), y) / WORLD).backward()
+    expected = train(model, forward_backward)
+    for r in range(WORLD):
+        for got, want in zip(ranks[r]["params_0.5"], expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_ddp_without_dropout_matches_global_batch(ranks):
+    model = make_model(0.0)
+    x, y = data()
+    expected = train(model, lambda step: torch.nn.functional.mse_loss(model(x), y).backward())
+    for r in range(WORLD):
+        for got, want in zip(ranks[r]["params_0.0"], expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_stream_offset_without_distributed():
+    assert _distributed.stream_offset(5) == 5  # no process group in this process: rank 0
+    with pytest.raises(TypeError):
+        _distributed.set_rank_streams(1)
