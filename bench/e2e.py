@@ -1,0 +1,144 @@
+"""End-to-end row: a 64 -> 512 -> 512 -> 10 MLP with dropout (0.2 on the input, 0.5 after each hidden
+layer) trained on scikit-learn's digits (bundled with sklearn, no download) for a fixed number of
+epochs, with torch.nn.Dropout, fastdrop.nn.Dropout, or no dropout at all ("none", the floor).
+
+Same initial weights (torch.manual_seed(seed) before building the model) and the same batch order
+(a separate generator) for every provider and seed; only the masks differ. Providers are
+interleaved per seed (A B C, then C B A, ...). Reported: median epoch time with its spread, and the
+final test accuracy per seed, compared with Welch's t-test and a 95% CI of the mean difference.
+
+Why "none": the dropout cost inside the loop is epoch(provider) - epoch(none); the micro-benchmark
+predicts it as steps_per_epoch x (fwd+bwd time of the three dropout calls at the loop's shapes),
+measured here in the same process. If fastdrop's in-loop cost is far above its prediction, dropout
+is slowing the ops around it (thread pools, caches), and the report says so.
+"""
+import time
+
+import numpy as np
+
+BATCH = 64
+P_IN, P_HIDDEN = 0.2, 0.5
+KINDS = ("torch", "fastdrop", "none")
+
+
+def digits_split(limit=None):
+    """Digits scaled to [0, 1], a fixed 75/25 train/test split (seed 0)."""
+    import torch
+    from sklearn.datasets import load_digits
+    x, y = load_digits(return_X_y=True)
+    if limit:
+        x, y = x[:limit], y[:limit]
+    x = torch.tensor(x / 16.0, dtype=torch.float32)
+    y = torch.tensor(y, dtype=torch.int64)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    cut = (3 * len(x)) // 4
+    return x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
+
+
+def make_mlp(kind, seed):
+    import torch
+    import fastdrop
+    nn = torch.nn
+    drop = {"torch": nn.Dropout, "fastdrop": fastdrop.nn.Dropout,
+            "none": lambda p: nn.Identity()}[kind]
+    torch.manual_seed(seed)
+    return nn.Sequential(drop(P_IN), nn.Linear(64, 512), nn.ReLU(), drop(P_HIDDEN),
+                         nn.Linear(512, 512), nn.ReLU(), drop(P_HIDDEN), nn.Linear(512, 10))
+
+
+def train(kind, seed, epochs, data):
+    """Returns (epoch times in s, final test accuracy)."""
+    import torch
+    xtr, ytr, xte, yte = data
+    model = make_mlp(kind, seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    order = torch.Generator().manual_seed(1000 + seed)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    times = []
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(xtr), generator=order)
+        t0 = time.perf_counter()
+        for i in range(0, len(xtr), BATCH):
+            idx = perm[i:i + BATCH]
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(xtr[idx]), ytr[idx]).backward()
+            opt.step()
+        times.append(time.perf_counter() - t0)
+    model.eval()
+    with torch.no_grad():
+        acc = (model(xte).argmax(1) == yte).float().mean().item()
+    return times, acc
+
+
+def _dropout_step_cost(kind, reps):
+    """Median seconds of the fwd+bwd of the loop's three dropout calls at the loop's shapes."""
+    import torch
+    import fastdrop
+    cls = torch.nn.Dropout if kind == "torch" else fastdrop.nn.Dropout
+    layers = [(cls(P_IN), torch.randn(BATCH, 64, requires_grad=True)),
+              (cls(P_HIDDEN), torch.randn(BATCH, 512, requires_grad=True)),
+              (cls(P_HIDDEN), torch.randn(BATCH, 512, requires_grad=True))]
+    grads = [torch.randn_like(x) for _, x in layers]
+
+    def step():
+        for (layer, x), g in zip(layers, grads):
+            torch.autograd.grad(layer(x), x, g)
+    for _ in range(5):
+        step()
+    samples = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(20):
+            step()
+        samples.append((time.perf_counter() - t0) / 20)
+    return float(np.median(samples))
+
+
+def run(seeds=(0, 1, 2, 3, 4), epochs=20, limit=None, progress=None):
+    """The e2e comparison; returns a JSON-able dict."""
+    from scipy import stats
+    data = digits_split(limit)
+    steps = -(-len(data[0]) // BATCH)
+    # Warm-up outside the timing: JIT load, thread pools, allocator.
+    for kind in KINDS:
+        train(kind, 12345, 1, data)
+    epoch_times = {k: [] for k in KINDS}
+    accs = {k: [] for k in KINDS}
+    for j, seed in enumerate(seeds):
+        order = KINDS if j % 2 == 0 else KINDS[::-1]
+        for kind in order:
+            times, acc = train(kind, seed, epochs, data)
+            epoch_times[kind] += times
+            accs[kind].append(acc)
+        if progress:
+            progress(f"seed {seed}: " + ", ".join(f"{k} acc {accs[k][-1]:.3f}" for k in KINDS))
+    reps = 3 if limit else 9
+    micro = {}
+    for kind in ("torch", "fastdrop", "torch", "fastdrop"):  # interleaved, keep the second pair
+        micro[kind] = _dropout_step_cost(kind, reps)
+    out = {"model": "64-512-512-10 MLP, ReLU, dropout 0.2 (input) / 0.5 (hidden), SGD(0.05, m=0.9)",
+           "batch": BATCH, "epochs": epochs, "seeds": list(seeds), "steps_per_epoch": steps,
+           "train_size": len(data[0]), "test_size": len(data[2]), "providers": {}}
+    none_med = float(np.median(epoch_times["none"]))
+    for kind in KINDS:
+        t = np.array(epoch_times[kind])
+        row = {"epoch_median_s": float(np.median(t)),
+               "epoch_q1_s": float(np.percentile(t, 25)), "epoch_q3_s": float(np.percentile(t, 75)),
+               "test_acc": accs[kind], "test_acc_mean": float(np.mean(accs[kind])),
+               "test_acc_std": float(np.std(accs[kind], ddof=1)) if len(accs[kind]) > 1 else 0.0}
+        if kind != "none":
+            row["dropout_cost_in_loop_s"] = row["epoch_median_s"] - none_med
+            row["dropout_cost_predicted_s"] = steps * micro[kind]
+            row["micro_dropout_step_s"] = micro[kind]
+        out["providers"][kind] = row
+    a, b = np.array(accs["fastdrop"]), np.array(accs["torch"])
+    if len(a) > 1:
+        test = stats.ttest_ind(a, b, equal_var=False)
+        ci = test.confidence_interval(0.95)  # Welch-Satterthwaite t interval
+        out["accuracy_test"] = {"welch_t": float(test.statistic), "p_value": float(test.pvalue),
+                                "mean_diff": float(a.mean() - b.mean()),
+                                "ci95": [float(ci.low), float(ci.high)]}
+    out["speedup_epoch"] = (out["providers"]["torch"]["epoch_median_s"]
+                            / out["providers"]["fastdrop"]["epoch_median_s"])
+    return out
