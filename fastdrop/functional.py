@@ -52,6 +52,9 @@ def _apply(x, p, training, seed, offset, mode, group_ndim, inplace=False):
         # seed=None is drawn inside the bridge, as a traceable op under torch.compile.
         from . import _torch_bridge
         return _torch_bridge.dropout(x, p, seed, offset, scale, group_ndim, inplace)
+    if kind == NUMPY and inplace and not x.flags.writeable:
+        # before the seed draw: a refused call leaves the seed stream untouched
+        raise ValueError("inplace=True needs a writeable array; x is read-only")
     seed = _resolve_seed(seed, kind)
     if kind == CUDA_ARRAY:
         from . import _cuda
@@ -60,8 +63,6 @@ def _apply(x, p, training, seed, offset, mode, group_ndim, inplace=False):
 
 
 def _numpy_dropout(x, p, seed, offset, scale, group_ndim, inplace):
-    if inplace and not x.flags.writeable:
-        raise ValueError("inplace=True needs a writeable array; x is read-only")
     work = x.astype(np.float32) if x.dtype == np.float16 else x
     out = work if inplace and work is x else np.empty_like(work)
     if group_ndim:

@@ -11,6 +11,7 @@ faster (Philox is vectorized and the op is near its memory floor), and 32 bits k
 probability within 2^-32 of 1 - p.
 """
 import math
+import os
 
 import numpy as np
 
@@ -67,6 +68,19 @@ def philox4x32(counter, key, rounds=10):
     return out.reshape(c.shape)
 
 
+def _check_allocatable(nbytes):
+    """Refuse, before allocating, a request larger than the machine's physical memory: with
+    memory overcommit numpy's allocation can succeed and the kernel's writes then get the
+    process killed instead of raising."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        total = 1 << 63
+    if nbytes > total:
+        raise MemoryError(f"dropout_mask: the requested mask needs {nbytes} bytes, more than this "
+                          f"machine's {total} bytes of physical memory")
+
+
 def dropout_mask(shape, p, seed, offset=0):
     """The keep-mask that `fastdrop.dropout(x, p, seed=seed)` applies to an x of this shape.
 
@@ -81,6 +95,7 @@ def dropout_mask(shape, p, seed, offset=0):
     p = check_p(p)
     seed = check_u64(seed, "seed")
     offset = check_u64(offset, "offset")
+    _check_allocatable(math.prod(shape))
     out = np.empty(shape, dtype=np.bool_)
     if out.size:
         keep_mask(out.reshape(-1), *kernel_rng_args(seed, offset, p))
