@@ -9,14 +9,88 @@ numpy views (zero copy), CUDA tensors to fastdrop._cuda_linear as Numba device a
 through __cuda_array_interface__). float16/bfloat16 are computed in float32 and cast back once.
 """
 import math
+import types
 
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
 from . import linear as _linear
+from .kernels import dropout_cpu, linear_cpu
+from .mask import kernel_rng_args
 
 HALF_TYPES = (torch.float16, torch.bfloat16)
 DROPOUT, BATCH, SAMPLE = "dropout", "batch", "sample"
+
+
+# ---- CPU tensors: Numba masks, torch GEMMs ------------------------------------------------------
+# For tensors the GEMMs go through torch (MKL on torch's OpenMP pool, which Numba's "omp" threading
+# layer shares: one libgomp per process), not through np.dot in the kernel (scipy's OpenBLAS, a
+# second pool): alternating two spinning pools on the same cores cost 4-5x (docs/threads.md).
+# The per-sample DropConnect kernels use no BLAS and are called as they are.
+
+def _mask_into(src, dst, p, seed, offset, scale):
+    """dst = src ⊙ M s (flat contiguous tensors; dst may be src), Numba's parallel kernel."""
+    dropout_cpu.dropout_flat(src.numpy().reshape(-1), dst.numpy().reshape(-1),
+                             *kernel_rng_args(seed, offset, p), np.dtype(_NP[src.dtype]).type(scale))
+    return dst
+
+
+_NP = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _addmm(b, a, m):
+    return torch.mm(a, m) if b is None else torch.addmm(b, a, m)
+
+
+def _t_dropout_linear_forward(x2d, w, b, p, seed, offset, scale):
+    if x2d.numel() == 0:
+        return _addmm(b, x2d, w.t())
+    return _addmm(b, _mask_into(x2d, torch.empty_like(x2d), p, seed, offset, scale), w.t())
+
+
+def _t_dropout_linear_backward(g, x2d, w, p, seed, offset, scale, need_x=True, need_w=True):
+    gb = g.sum(0)
+    gx = gw = None
+    if x2d.numel() == 0:
+        return torch.zeros_like(x2d), torch.mm(g.t(), x2d), gb
+    xm = torch.empty_like(x2d)
+    if need_x:
+        gx = torch.mm(g, w)
+        linear_cpu.mask_pair(x2d.numpy().reshape(-1), xm.numpy().reshape(-1), gx.numpy().reshape(-1),
+                             *kernel_rng_args(seed, offset, p), np.dtype(_NP[x2d.dtype]).type(scale))
+    elif need_w:
+        _mask_into(x2d, xm, p, seed, offset, scale)
+    if need_w:
+        gw = torch.mm(g.t(), xm)
+    return gx, gw, gb
+
+
+def _t_dropconnect_forward(x2d, w, b, p, seed, offset, scale, per_sample):
+    if per_sample:
+        b = None if b is None else b.numpy()
+        return torch.from_numpy(_linear.CPU.dropconnect_forward(x2d.numpy(), w.numpy(), b, p, seed,
+                                                                offset, scale, True))
+    return _addmm(b, x2d, _mask_into(w, torch.empty_like(w), p, seed, offset, scale).t())
+
+
+def _t_dropconnect_backward(g, x2d, w, p, seed, offset, scale, per_sample, need_x=True, need_w=True):
+    if per_sample:
+        return tuple(torch.from_numpy(a) for a in _linear.CPU.dropconnect_backward(
+            g.numpy(), x2d.numpy(), w.numpy(), p, seed, offset, scale, True))
+    gx = gw = None
+    if need_x:
+        gx = torch.mm(g, _mask_into(w, torch.empty_like(w), p, seed, offset, scale))
+    if need_w:
+        gw = torch.mm(g.t(), x2d)
+        _mask_into(gw, gw, p, seed, offset, scale)
+    return gx, gw, g.sum(0)
+
+
+TORCH_CPU = types.SimpleNamespace(dropout_linear_forward=_t_dropout_linear_forward,
+                                  dropout_linear_backward=_t_dropout_linear_backward,
+                                  dropconnect_forward=_t_dropconnect_forward,
+                                  dropconnect_backward=_t_dropconnect_backward)
 
 
 def _backend(t):
@@ -28,7 +102,8 @@ def _backend(t):
                 lambda a: torch.as_tensor(a, device=dev))
     if t.device.type != "cpu":
         raise ValueError(f"fastdrop runs on CPU and CUDA tensors, got device {t.device}")
-    return _linear.CPU, lambda a: a.numpy(), torch.from_numpy
+    ident = lambda a: a  # noqa: E731
+    return TORCH_CPU, ident, ident
 
 
 def _compute_dtype(t):
@@ -68,11 +143,13 @@ class DenseDropFunction(torch.autograd.Function):
         x2d, w, g = _as2d(x, ct), weight.detach().to(ct).contiguous(), _as2d(grad, ct)
         args = (to_k(g), to_k(x2d), to_k(w), p, seed, offset, scale)
         # The CPU kernels skip the GEMMs of gradients nobody asked for; the CUDA module computes all.
-        flags = dict(need_x=need_x, need_w=need_w) if kern is _linear.CPU else {}
+        flags = dict(need_x=need_x, need_w=need_w) if kern is TORCH_CPU else {}
         if op == DROPOUT:
             gx, gw, gb = kern.dropout_linear_backward(*args, **flags)
         else:
             gx, gw, gb = kern.dropconnect_backward(*args, op == SAMPLE, **flags)
+        if x2d.numel() == 0:
+            gx = torch.zeros_like(x2d)
         gx = from_k(gx).reshape(x.shape).to(x.dtype) if need_x else None
         gw = from_k(gw).to(weight.dtype) if need_w else None
         gb = from_k(gb).to(weight.dtype) if need_b else None

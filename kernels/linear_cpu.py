@@ -26,8 +26,8 @@ gets one partial buffer per thread (T x N x I, independent of O) reduced afterwa
 import numpy as np
 import numba
 
-from .config import CPU_BLOCKS_PER_CHUNK, cpu_kernel
-from .dropout_cpu import dropout_flat, fill_words
+from .config import CPU_BLOCKS_PER_CHUNK, JIT_OPTIONS, cpu_kernel
+from .dropout_cpu import fill_words
 
 CHUNK = 4 * CPU_BLOCKS_PER_CHUNK
 # Output rows per parallel task of the per-sample forward: (n, 16-row block) tasks give both cores
@@ -36,16 +36,44 @@ CHUNK = 4 * CPU_BLOCKS_PER_CHUNK
 LINEAR_ROWS_PER_TASK = 16
 
 
-@cpu_kernel
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _mask_copy(src, dst, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """dst = src ⊙ M s for flat contiguous arrays (dst may alias src); serial on purpose, see above."""
+    n = src.size
+    zero = src.dtype.type(0)
+    buf = np.empty(CHUNK, np.uint32)
+    for start in range(0, n, CHUNK):
+        m = min(CHUNK, n - start)
+        fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
+        for k in range(m):
+            dst[start + k] = src[start + k] * scale if np.uint64(buf[k]) < thr else zero
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _mask_pair(x, xm, gx, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """xm = x ⊙ M s and gx ⊙= M s in one pass over the same mask words (flat, contiguous)."""
+    n = x.size
+    zero = x.dtype.type(0)
+    buf = np.empty(CHUNK, np.uint32)
+    for start in range(0, n, CHUNK):
+        m = min(CHUNK, n - start)
+        fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
+        for k in range(m):
+            keep = np.uint64(buf[k]) < thr
+            xm[start + k] = x[start + k] * scale if keep else zero
+            gx[start + k] = gx[start + k] * scale if keep else zero
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
 def _add_bias(y, b):
-    for n in numba.prange(y.shape[0]):
+    for n in range(y.shape[0]):
         for o in range(y.shape[1]):
             y[n, o] += b[o]
 
 
 @cpu_kernel
-def _mask_two(x, xm, gx, key_lo, key_hi, off_lo, off_hi, thr, scale):
-    """xm = x ⊙ M s and gx ⊙= M s in one pass over the same mask words (flat, contiguous)."""
+def mask_pair(x, xm, gx, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """Parallel `_mask_pair` (the torch path's backward, whose GEMMs run on torch's own pool)."""
     n = x.size
     zero = x.dtype.type(0)
     for c in numba.prange((n + CHUNK - 1) // CHUNK):
@@ -59,18 +87,18 @@ def _mask_two(x, xm, gx, key_lo, key_hi, off_lo, off_hi, thr, scale):
             gx[start + k] = gx[start + k] * scale if keep else zero
 
 
-# ---- dropout -> linear -------------------------------------------------------------------------
+# ---- dropout -> linear (numpy arrays: one compiled call, BLAS only) ----------------------------
 
-@cpu_kernel(parallel=False)  # serial driver: its callees are the parallel kernels
+@cpu_kernel(parallel=False)
 def dropout_linear_fwd(x, w, b, has_bias, xm, y, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """y = (x ⊙ M s) Wᵀ + b; xm is an (N, I) scratch buffer."""
-    dropout_flat(x.reshape(-1), xm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
+    _mask_copy(x.reshape(-1), xm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
     np.dot(xm, w.T, y)
     if has_bias:
         _add_bias(y, b)
 
 
-@cpu_kernel(parallel=False)  # serial driver: its callees are the parallel kernels
+@cpu_kernel(parallel=False)
 def dropout_linear_bwd(g, x, w, xm, gx, gw, gb, ones, need_x, need_w, key_lo, key_hi, off_lo, off_hi,
                        thr, scale):
     """gx = (g W) ⊙ M s, gW = gᵀ (x ⊙ M s), gb = onesᵀ g (a GEMV; ones has N entries).
@@ -78,36 +106,36 @@ def dropout_linear_bwd(g, x, w, xm, gx, gw, gb, ones, need_x, need_w, key_lo, ke
     need_x / need_w skip the GEMM of a gradient nobody asked for (a first layer's gx)."""
     if need_x:
         np.dot(g, w, gx)
-        _mask_two(x.reshape(-1), xm.reshape(-1), gx.reshape(-1), key_lo, key_hi, off_lo, off_hi,
-                  thr, scale)
+        _mask_pair(x.reshape(-1), xm.reshape(-1), gx.reshape(-1), key_lo, key_hi, off_lo, off_hi,
+                   thr, scale)
     elif need_w:
-        dropout_flat(x.reshape(-1), xm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
+        _mask_copy(x.reshape(-1), xm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
     if need_w:
         np.dot(g.T, xm, gw)
     np.dot(ones, g, gb)
 
 
-# ---- DropConnect with one mask per call ---------------------------------------------------------
+# ---- DropConnect with one mask per call (numpy arrays) -----------------------------------------
 
-@cpu_kernel(parallel=False)  # serial driver: its callees are the parallel kernels
+@cpu_kernel(parallel=False)
 def dropconnect_fwd(x, w, b, has_bias, wm, y, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """y = x (W ⊙ M s)ᵀ + b; wm is an (O, I) scratch buffer."""
-    dropout_flat(w.reshape(-1), wm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
+    _mask_copy(w.reshape(-1), wm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
     np.dot(x, wm.T, y)
     if has_bias:
         _add_bias(y, b)
 
 
-@cpu_kernel(parallel=False)  # serial driver: its callees are the parallel kernels
+@cpu_kernel(parallel=False)
 def dropconnect_bwd(g, x, w, wm, gx, gw, gb, ones, need_x, need_w, key_lo, key_hi, off_lo, off_hi,
                     thr, scale):
     """gx = g (W ⊙ M s), gW = (gᵀ x) ⊙ M s, gb = onesᵀ g."""
     if need_x:
-        dropout_flat(w.reshape(-1), wm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
+        _mask_copy(w.reshape(-1), wm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
         np.dot(g, wm, gx)
     if need_w:
         np.dot(g.T, x, gw)
-        dropout_flat(gw.reshape(-1), gw.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
+        _mask_copy(gw.reshape(-1), gw.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
     np.dot(ones, g, gb)
 
 

@@ -1,0 +1,236 @@
+"""dropout_linear, its autograd, the DropoutLinear module, and the validation shared with DropConnect.
+
+References are plain numpy/torch that take the kernel's own mask (fastdrop.dropout_mask)."""
+import numpy as np
+import pytest
+import torch
+
+import fastdrop
+from fastdrop import dropout_linear, dropconnect_linear
+
+# (N-shape, in, out): odd on purpose; N-shape may have several leading dims.
+SHAPES = [((1,), 1, 1), ((3,), 7, 5), ((5,), 1023, 3), ((2, 3), 7, 4), ((4,), 33, 65)]
+NP_DTYPES = [(np.float32, 1e-4, 1e-4), (np.float64, 1e-10, 1e-10)]
+TORCH_DTYPES = [(torch.float32, 1e-4, 1e-4), (torch.float64, 1e-10, 1e-10)]
+
+
+def _data(lead, i, o, dtype, rng, bias=True):
+    x = rng.standard_normal(lead + (i,)).astype(dtype)
+    w = rng.standard_normal((o, i)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype) if bias else None
+    return x, w, b
+
+
+def ref_dropout_linear(x, w, b, mask, scale):
+    y = (x * mask * scale) @ w.T
+    return y if b is None else y + b
+
+
+@pytest.mark.parametrize("lead,i,o", SHAPES)
+@pytest.mark.parametrize("dtype,atol,rtol", NP_DTYPES)
+@pytest.mark.parametrize("mode", ["inverted", "classic"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_numpy_forward_matches_reference(lead, i, o, dtype, atol, rtol, mode, bias):
+    rng = np.random.default_rng(1)
+    x, w, b = _data(lead, i, o, dtype, rng, bias)
+    p, seed, offset = 0.3, 12345, 7
+    y = dropout_linear(x, w, b, p, seed=seed, offset=offset, mode=mode)
+    mask = fastdrop.dropout_mask(x.shape, p, seed, offset)
+    scale = 1 / (1 - p) if mode == "inverted" else 1.0
+    assert y.dtype == dtype and y.shape == lead + (o,)
+    np.testing.assert_allclose(y, ref_dropout_linear(x, w, b, mask, scale), atol=atol, rtol=rtol)
+
+
+def test_mask_contract_is_exact():
+    """With W = identity and x = 1 the output is the scaled mask itself."""
+    n, i, p = 6, 37, 0.4
+    x = np.ones((n, i), np.float64)
+    y = dropout_linear(x, np.eye(i), None, p, seed=99, offset=3)
+    mask = fastdrop.dropout_mask((n, i), p, 99, 3)
+    np.testing.assert_array_equal(y != 0, mask)
+    np.testing.assert_allclose(y[mask], 1 / (1 - p), rtol=1e-15)
+    # and the torch path uses the same bits
+    yt = dropout_linear(torch.ones(n, i, dtype=torch.float64), torch.eye(i, dtype=torch.float64), None, p,
+                        seed=99, offset=3)
+    np.testing.assert_array_equal(yt.numpy() != 0, mask)
+
+
+@pytest.mark.parametrize("lead,i,o", SHAPES)
+@pytest.mark.parametrize("dtype,atol,rtol", TORCH_DTYPES)
+@pytest.mark.parametrize("mode", ["inverted", "classic"])
+def test_torch_forward_backward_match_reference(lead, i, o, dtype, atol, rtol, mode):
+    x = torch.randn(*lead, i, dtype=dtype, requires_grad=True)
+    w = torch.randn(o, i, dtype=dtype, requires_grad=True)
+    b = torch.randn(o, dtype=dtype, requires_grad=True)
+    p, seed = 0.25, 2024
+    y = dropout_linear(x, w, b, p, seed=seed, mode=mode)
+    mask = torch.from_numpy(fastdrop.dropout_mask(tuple(x.shape), p, seed)).to(dtype)
+    scale = 1 / (1 - p) if mode == "inverted" else 1.0
+    yr = torch.nn.functional.linear(x * mask * scale, w, b)
+    torch.testing.assert_close(y, yr, atol=atol, rtol=rtol)
+    g = torch.randn_like(y)
+    for a, r in zip(torch.autograd.grad(y, (x, w, b), g), torch.autograd.grad(yr, (x, w, b), g)):
+        torch.testing.assert_close(a, r, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("mode", ["inverted", "classic"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("lead", [(3,), (2, 3)])
+def test_gradcheck(mode, bias, lead):
+    x = torch.randn(*lead, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True) if bias else None
+    fn = lambda x, w, b: dropout_linear(x, w, b, 0.4, seed=5, mode=mode)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+def test_only_some_grads_requested():
+    """A first layer: x needs no grad, and backward skips its GEMM but still gets W right."""
+    x = torch.randn(6, 9, dtype=torch.float64)
+    w = torch.randn(3, 9, dtype=torch.float64, requires_grad=True)
+    y = dropout_linear(x, w, None, 0.5, seed=1)
+    (gw,) = torch.autograd.grad(y.sum(), (w,))
+    mask = torch.from_numpy(fastdrop.dropout_mask((6, 9), 0.5, 1)).double()
+    torch.testing.assert_close(gw, (x * mask * 2).sum(0).expand(3, 9))
+
+
+def _saved_bytes(fn):
+    saved = []
+
+    def pack(t):
+        saved.append(t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(saved)
+
+
+def test_saves_only_x_and_weight():
+    x = torch.randn(64, 128, requires_grad=True)
+    lin = torch.nn.Linear(128, 32)
+    fd = fastdrop.nn.DropoutLinear(128, 32, p=0.5)
+    ours = _saved_bytes(lambda: fd(x))
+    assert ours == x.nbytes + fd.weight.nbytes
+    theirs = _saved_bytes(lambda: lin(torch.nn.functional.dropout(x, 0.5)))
+    assert theirs > ours  # torch keeps the mask and the dropped copy of x
+
+
+def test_eval_rules():
+    rng = np.random.default_rng(0)
+    x, w, b = _data((4,), 6, 3, np.float64, rng)
+    plain = x @ w.T + b
+    np.testing.assert_allclose(dropout_linear(x, w, b, 0.3, training=False), plain)
+    np.testing.assert_allclose(dropout_linear(x, w, b, 0.3, training=False, mode="classic"),
+                               (0.7 * x) @ w.T + b)
+    np.testing.assert_allclose(dropout_linear(x, w, b, 0.0, seed=1), plain)
+    np.testing.assert_allclose(dropout_linear(x, w, b, 1.0, seed=1), np.broadcast_to(b, (4, 3)))
+
+
+def test_seed_none_draws_from_the_generators():
+    x, w = torch.randn(8, 16), torch.randn(4, 16)
+    torch.manual_seed(3)
+    a = dropout_linear(x, w)
+    torch.manual_seed(3)
+    assert torch.equal(a, dropout_linear(x, w))
+    assert not torch.equal(a, dropout_linear(x, w))
+    xn, wn = x.numpy(), w.numpy()
+    fastdrop.manual_seed(3)
+    an = dropout_linear(xn, wn)
+    fastdrop.manual_seed(3)
+    np.testing.assert_array_equal(an, dropout_linear(xn, wn))
+
+
+def test_non_contiguous_inputs():
+    base = torch.randn(7, 10, dtype=torch.float64)
+    x = base.t()[:, ::2]  # (10, 4) non-contiguous
+    w = torch.randn(6, 4, dtype=torch.float64).t().contiguous().t()  # contiguous values, F-order
+    wt = torch.randn(4, 6, dtype=torch.float64).t()  # (6, 4) non-contiguous
+    for weight in (w, wt):
+        y = dropout_linear(x, weight, None, 0.5, seed=8)
+        ref = dropout_linear(x.contiguous(), weight.contiguous(), None, 0.5, seed=8)
+        torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    yn = dropout_linear(x.numpy(), wt.numpy(), None, 0.5, seed=8)
+    np.testing.assert_allclose(yn, ref.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fn", ["dropout", "batch", "sample"])
+def test_half_precision_computes_in_float32(dtype, fn):
+    x = torch.randn(3, 7, 17).to(dtype).requires_grad_()
+    w = torch.randn(5, 17).to(dtype).requires_grad_()
+    b = torch.randn(5).to(dtype)
+    call = {"dropout": lambda x, w, b: dropout_linear(x, w, b, 0.3, seed=4),
+            "batch": lambda x, w, b: dropconnect_linear(x, w, b, 0.3, seed=4),
+            "sample": lambda x, w, b: dropconnect_linear(x, w, b, 0.3, seed=4, per_sample=True)}[fn]
+    y = call(x, w, b)
+    assert y.dtype == dtype
+    ref = call(x.detach().float(), w.detach().float(), b.float())
+    torch.testing.assert_close(y.float(), ref.to(dtype).float())
+    y.sum().backward()
+    assert x.grad.dtype == dtype and w.grad.dtype == dtype
+
+
+@pytest.mark.parametrize("fn", [dropout_linear, dropconnect_linear])
+def test_validation_errors_name_the_problem(fn):
+    x, w = np.ones((3, 4), np.float32), np.ones((5, 4), np.float32)
+    with pytest.raises(ValueError, match=r"\(3, 6\).*\(5, 4\)"):
+        fn(np.ones((3, 6), np.float32), w, seed=0)
+    with pytest.raises(ValueError, match=r"bias has shape \(4,\)"):
+        fn(x, w, np.ones(4, np.float32), seed=0)
+    with pytest.raises(TypeError, match="float32.*float64"):
+        fn(x, w.astype(np.float64), seed=0)
+    with pytest.raises(TypeError, match="floating point"):
+        fn(x.astype(np.int32), w.astype(np.int32), seed=0)
+    with pytest.raises(TypeError, match="numpy.*torch"):
+        fn(x, torch.ones(5, 4), seed=0)
+    with pytest.raises(ValueError, match="p=1.5"):
+        fn(x, w, p=1.5, seed=0)
+    with pytest.raises(ValueError, match=r"\(3, 6\)"):
+        fn(torch.ones(3, 6), torch.ones(5, 4), seed=0)
+    with pytest.raises(TypeError, match="torch.float32.*torch.float64"):
+        fn(torch.ones(3, 4), torch.ones(5, 4, dtype=torch.float64), seed=0)
+
+
+def test_empty_batch():
+    x = torch.zeros(0, 4, requires_grad=True)
+    w = torch.randn(3, 4, requires_grad=True)
+    y = dropout_linear(x, w, None, 0.5, seed=1)
+    assert y.shape == (0, 3)
+    y.sum().backward()
+    assert torch.equal(w.grad, torch.zeros(3, 4))
+
+
+# ---- module ------------------------------------------------------------------------------------
+
+def test_module_matches_nn_linear_init_and_state_dict():
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(13, 7)
+    torch.manual_seed(0)
+    m = fastdrop.nn.DropoutLinear(13, 7, p=0.2)
+    assert torch.equal(ref.weight, m.weight) and torch.equal(ref.bias, m.bias)
+    assert list(m.state_dict()) == list(ref.state_dict()) == ["weight", "bias"]
+    trained = torch.nn.Linear(13, 7)
+    m.load_state_dict(trained.state_dict())
+    x = torch.randn(4, 13)
+    m.eval()
+    torch.testing.assert_close(m(x), trained(x))
+    assert "DropoutLinear(in_features=13, out_features=7, bias=True, p=0.2)" == repr(m)
+    assert "mode=classic" in repr(fastdrop.nn.DropoutLinear(2, 2, mode="classic"))
+    assert fastdrop.nn.DropoutLinear(3, 2, bias=False).bias is None
+
+
+def test_module_training_and_reproducibility():
+    m = fastdrop.nn.DropoutLinear(32, 8, p=0.5)
+    x = torch.randn(16, 32)
+    torch.manual_seed(11)
+    a = m(x)
+    torch.manual_seed(11)
+    assert torch.equal(a, m(x))
+    assert not torch.equal(a, m(x))
+    m.eval()
+    torch.testing.assert_close(m(x), torch.nn.functional.linear(x, m.weight, m.bias))
+    with pytest.raises(ValueError, match="p=-0.1"):
+        fastdrop.nn.DropoutLinear(3, 2, p=-0.1)
+    with pytest.raises(ValueError, match="mode"):
+        fastdrop.nn.DropoutLinear(3, 2, mode="bogus")
