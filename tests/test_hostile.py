@@ -1,0 +1,155 @@
+"""Hostile and bad inputs: each is refused with a clear ValueError / TypeError (or MemoryError for
+impossible sizes) before any work, and changes no state: the input is not modified, and neither
+fastdrop's numpy seed stream nor torch's generator is consumed. docs/robustness.md lists them."""
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import fastdrop
+from fastdrop import _seeds
+
+NAN, INF = float("nan"), float("inf")
+
+
+def x_np():
+    return np.arange(1, 25, dtype=np.float32).reshape(2, 3, 4)
+
+
+def x_t():
+    return torch.arange(1, 25, dtype=torch.float32).reshape(2, 3, 4)
+
+
+def read_only(a):
+    a.flags.writeable = False
+    return a
+
+
+F = fastdrop
+CASES = [
+    # (id, input factory, call, exception, message fragment)
+    ("p-tensor", x_np, lambda x: F.dropout(x, torch.tensor(0.5)), TypeError, "p must be a real"),
+    ("p-str", x_np, lambda x: F.dropout(x, "0.5"), TypeError, "p must be a real"),
+    ("p-none", x_np, lambda x: F.dropout(x, None), TypeError, "p must be a real"),
+    ("p-bool", x_np, lambda x: F.dropout(x, True), TypeError, "p must be a real"),
+    ("p-complex", x_np, lambda x: F.dropout(x, 0.5j), TypeError, "p must be a real"),
+    ("p-nan", x_np, lambda x: F.dropout(x, NAN), ValueError, "p=nan"),
+    ("p-nan-eval", x_np, lambda x: F.dropout(x, NAN, training=False), ValueError, "p=nan"),
+    ("p-inf", x_np, lambda x: F.dropout(x, INF), ValueError, "p=inf"),
+    ("p-neg", x_np, lambda x: F.dropout(x, -0.1), ValueError, "p=-0.1"),
+    ("p-above-1", x_np, lambda x: F.dropout(x, 1.5), ValueError, "p=1.5"),
+    ("p-tensor-torch", x_t, lambda x: F.dropout(x, torch.tensor(0.5)), TypeError, "p must be a real"),
+    ("p-nan-torch", x_t, lambda x: F.dropout2d(x.view(1, 2, 3, 4), NAN), ValueError, "p=nan"),
+    ("seed-neg", x_np, lambda x: F.dropout(x, 0.5, seed=-1), ValueError, "seed must be in"),
+    ("seed-2^64", x_np, lambda x: F.dropout(x, 0.5, seed=2**64), ValueError, "seed must be in"),
+    ("seed-float", x_np, lambda x: F.dropout(x, 0.5, seed=1.0), TypeError, "seed must be an int"),
+    ("seed-tensor", x_t, lambda x: F.dropout(x, 0.5, seed=torch.tensor(3)), TypeError, "seed must be an int"),
+    ("seed-neg-torch", x_t, lambda x: F.dropout(x, 0.5, seed=-5), ValueError, "seed must be in"),
+    ("offset-neg", x_np, lambda x: F.dropout(x, 0.5, offset=-1), ValueError, "offset must be in"),
+    ("offset-2^64", x_t, lambda x: F.dropout(x, 0.5, offset=2**64), ValueError, "offset must be in"),
+    ("offset-2^64-p0", x_np, lambda x: F.dropout(x, 0.0, offset=2**64), ValueError, "offset must be in"),
+    ("offset-str", x_np, lambda x: F.dropout(x, 0.5, offset="1"), TypeError, "offset must be an int"),
+    ("mode", x_np, lambda x: F.dropout(x, 0.5, mode="paper"), ValueError, "mode must be one of"),
+    ("int-array", lambda: np.ones(3, np.int32), lambda x: F.dropout(x, 0.5), TypeError, "floating point"),
+    ("bool-array", lambda: np.ones(3, bool), lambda x: F.dropout(x, 0.5), TypeError, "floating point"),
+    ("complex-array", lambda: np.ones(3, np.complex64), lambda x: F.dropout(x, 0.5), TypeError, "floating point"),
+    ("object-array", lambda: np.ones(3, object), lambda x: F.dropout(x, 0.5), TypeError, "floating point"),
+    ("int-tensor", lambda: torch.ones(3, dtype=torch.int64), lambda x: F.dropout(x, 0.5), TypeError, "floating point"),
+    ("complex-tensor", lambda: torch.ones(3, dtype=torch.complex64), lambda x: F.dropout(x, 0.5), TypeError, "floating point"),
+    ("list", lambda: [1.0, 2.0], lambda x: F.dropout(x, 0.5), TypeError, "numpy array, a torch tensor"),
+    ("python-float", lambda: 1.0, lambda x: F.dropout(x, 0.5), TypeError, "numpy array, a torch tensor"),
+    ("meta-tensor", lambda: torch.ones(3, device="meta"), lambda x: F.dropout(x, 0.5), ValueError, "device meta"),
+    ("read-only-inplace", lambda: read_only(x_np()), lambda x: F.dropout(x, 0.5, inplace=True), ValueError, "read-only"),
+    ("inplace-leaf", lambda: torch.ones(3, requires_grad=True),
+     lambda x: F.dropout(x, 0.5, inplace=True), ValueError, "leaf"),
+    ("dropout1d-4d", lambda: np.ones((2, 2, 2, 2), np.float32), lambda x: F.dropout1d(x, 0.5), ValueError, "4D input"),
+    ("dropout1d-1d", lambda: np.ones(3, np.float32), lambda x: F.dropout1d(x, 0.5), ValueError, "1D input"),
+    ("dropout2d-1d", lambda: np.ones(3, np.float32), lambda x: F.dropout2d(x, 0.5), ValueError, "at least 2 dimensions"),
+    ("dropout2d-0d-torch", lambda: torch.ones(()), lambda x: F.dropout2d(x, 0.5), RuntimeError, "at least 2 dimensions"),
+    ("dropout3d-3d", x_np, lambda x: F.dropout3d(x, 0.5), ValueError, "3D input"),
+    ("dropout3d-6d-torch", lambda: torch.ones((1,) * 6), lambda x: F.dropout3d(x, 0.5), ValueError, "6D input"),
+    ("module-p-nan", x_t, lambda x: F.nn.Dropout(NAN), ValueError, "p=nan"),
+    ("module-p-tensor", x_t, lambda x: F.nn.Dropout2d(torch.tensor(0.1)), TypeError, "p must be a real"),
+    ("module-p-2", x_t, lambda x: F.nn.Dropout3d(2), ValueError, "p=2.0"),
+    ("module-mode", x_t, lambda x: F.nn.Dropout(0.1, mode="x"), ValueError, "mode must be one of"),
+    ("manual_seed-neg", x_np, lambda x: F.manual_seed(-1), ValueError, "seed must be in"),
+    ("mask-neg-shape", x_np, lambda x: F.dropout_mask((-1, 3), 0.5, 1), ValueError, "non-negative"),
+    ("mask-float-shape", x_np, lambda x: F.dropout_mask((2.0,), 0.5, 1), ValueError, "non-negative"),
+    ("mask-none-shape", x_np, lambda x: F.dropout_mask(None, 0.5, 1), TypeError, "sequence of ints"),
+    ("mask-seed-2^64", x_np, lambda x: F.dropout_mask((3,), 0.5, 2**64), ValueError, "seed must be in"),
+    ("mask-p-nan", x_np, lambda x: F.dropout_mask((3,), NAN, 1), ValueError, "p=nan"),
+    ("mask-1TiB", x_np, lambda x: F.dropout_mask((2**40,), 0.5, 1), MemoryError, "physical memory"),
+    ("mask-2^80", x_np, lambda x: F.dropout_mask((2**40, 2**40), 0.5, 1), MemoryError, "physical memory"),
+    ("philox-key-range", x_np, lambda x: F.philox4x32([0, 0, 0, 0], [2**32, 0]), ValueError, "2^32"),
+    ("philox-float", x_np, lambda x: F.philox4x32([0.0, 0, 0, 0], [0, 0]), TypeError, "integers"),
+    ("philox-shape", x_np, lambda x: F.philox4x32([0, 0, 0], [0, 0]), ValueError, "shape (..., 4)"),
+]
+
+
+def snapshot(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().clone() if x.device.type != "meta" else None
+    return copy.deepcopy(x)
+
+
+def same(a, b):
+    if isinstance(a, torch.Tensor):
+        return b is None or torch.equal(a.detach(), b)
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and np.array_equal(a, b)
+    return a == b
+
+
+@pytest.mark.parametrize("make_x, call, exc, fragment",
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_refused_cleanly_without_state_change(make_x, call, exc, fragment):
+    x = make_x()
+    before = snapshot(x)
+    np_state = copy.deepcopy(_seeds._numpy_source.bit_generator.state)
+    torch_state = torch.get_rng_state()
+    with pytest.raises(exc, match=fragment.replace("(", r"\(").replace(")", r"\)").replace("^", r"\^")):
+        call(x)
+    assert same(x, before), "input modified"
+    assert _seeds._numpy_source.bit_generator.state == np_state, "numpy seed stream consumed"
+    assert torch.equal(torch.get_rng_state(), torch_state), "torch generator consumed"
+
+
+@pytest.mark.parametrize("make", [lambda a: a, lambda a: a[:, ::2], lambda a: a.transpose(2, 0, 1),
+                                  lambda a: a[::-1]])
+def test_read_only_numpy_input_is_fine(make):
+    base = read_only(np.random.rand(4, 6, 5).astype(np.float32))
+    x = make(base)
+    assert not x.flags.writeable
+    y = fastdrop.dropout(x, 0.3, seed=9)
+    keep = fastdrop.dropout_mask(x.shape, 0.3, 9)
+    np.testing.assert_array_equal(y, np.where(keep, x * np.float32(1 / 0.7), 0))
+    y2 = fastdrop.dropout2d(x[None], 0.5, seed=9)[0]
+    keep2 = fastdrop.dropout_mask((1, x.shape[0]), 0.5, 9)[0]
+    np.testing.assert_array_equal(y2, np.where(keep2[:, None, None], x * np.float32(2), 0))
+    # a broadcast (zero-stride, read-only) input
+    b = np.broadcast_to(np.float32(3), (5, 7))
+    np.testing.assert_array_equal(fastdrop.dropout(b, 0.5, seed=1),
+                                  np.where(fastdrop.dropout_mask((5, 7), 0.5, 1), np.float32(6), 0))
+
+
+@pytest.mark.parametrize("to", [np.asarray, torch.from_numpy])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_finite_values_propagate_in_kept_elements(to, dtype):
+    vals = np.array([np.nan, np.inf, -np.inf, 1e38, -0.0, 1.0], dtype)
+    x = np.tile(vals, 20)
+    y = np.asarray(fastdrop.dropout(to(x.copy()), 0.5, seed=4))
+    keep = fastdrop.dropout_mask(x.shape, 0.5, 4)
+    with np.errstate(over="ignore"):
+        expected = np.where(keep, x * dtype(2), dtype(0))
+    np.testing.assert_array_equal(y, expected)  # NaN == NaN position-wise here
+    assert np.isnan(y[keep & np.isnan(x)]).all() and keep[np.isnan(x)].any()
+    assert (y[~keep] == 0).all()  # dropped elements are exact zeros, even where x is NaN
+
+
+def test_dropout_mask_just_under_the_memory_limit_is_not_refused():
+    # the check is on bytes, not elements: a moderate mask is computed normally
+    assert fastdrop.dropout_mask((3, 5), 0.5, 1).shape == (3, 5)
+    assert fastdrop.dropout_mask((0, 2**62), 0.5, 1).shape == (0, 2**62)
+    assert math.prod((0, 2**62)) == 0
