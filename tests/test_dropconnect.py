@@ -1,0 +1,221 @@
+"""DropConnect (batch and per-sample masks), its autograd, moment matching and DropConnectLinear.
+
+References materialize the kernel's own mask (fastdrop.dropout_mask) at tiny sizes."""
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import fastdrop
+from fastdrop import dropconnect_linear
+
+SHAPES = [((1,), 1, 1), ((3,), 7, 5), ((5,), 1023, 3), ((2, 3), 7, 4), ((3,), 33, 65)]
+NP_DTYPES = [(np.float32, 2e-4, 1e-4), (np.float64, 1e-10, 1e-10)]
+TORCH_DTYPES = [(torch.float32, 2e-4, 1e-4), (torch.float64, 1e-10, 1e-10)]
+
+
+def ref_batch(x, w, b, mask, scale):
+    y = x @ (w * mask * scale).T
+    return y if b is None else y + b
+
+
+def ref_sample(x, w, b, mask, scale):
+    """mask (N, O, I); x (..., I)."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if isinstance(x, torch.Tensor):
+        y = torch.einsum("ni,noi->no", x2, w * mask * scale)
+    else:
+        y = np.einsum("ni,noi->no", x2, w * mask * scale)
+    y = y.reshape(*lead, w.shape[0])
+    return y if b is None else y + b
+
+
+def _mask(x_shape, w_shape, p, seed, offset, per_sample):
+    if per_sample:
+        return fastdrop.dropout_mask((int(np.prod(x_shape[:-1])),) + tuple(w_shape), p, seed, offset)
+    return fastdrop.dropout_mask(tuple(w_shape), p, seed, offset)
+
+
+@pytest.mark.parametrize("lead,i,o", SHAPES)
+@pytest.mark.parametrize("dtype,atol,rtol", NP_DTYPES)
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_numpy_forward_matches_reference(lead, i, o, dtype, atol, rtol, per_sample, bias):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(lead + (i,)).astype(dtype)
+    w = rng.standard_normal((o, i)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype) if bias else None
+    p, seed, offset = 0.35, 777, 5
+    y = dropconnect_linear(x, w, b, p, seed=seed, offset=offset, per_sample=per_sample)
+    mask = _mask(x.shape, w.shape, p, seed, offset, per_sample)
+    ref = (ref_sample if per_sample else ref_batch)(x, w, b, mask, 1 / (1 - p))
+    assert y.dtype == dtype and y.shape == lead + (o,)
+    np.testing.assert_allclose(y, ref, atol=atol * np.sqrt(i), rtol=rtol)
+
+
+@pytest.mark.parametrize("lead,i,o", SHAPES)
+@pytest.mark.parametrize("dtype,atol,rtol", TORCH_DTYPES)
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_torch_forward_backward_match_reference(lead, i, o, dtype, atol, rtol, per_sample):
+    x = torch.randn(*lead, i, dtype=dtype, requires_grad=True)
+    w = torch.randn(o, i, dtype=dtype, requires_grad=True)
+    b = torch.randn(o, dtype=dtype, requires_grad=True)
+    p, seed = 0.5, 31337
+    y = dropconnect_linear(x, w, b, p, seed=seed, per_sample=per_sample)
+    mask = torch.from_numpy(_mask(tuple(x.shape), tuple(w.shape), p, seed, 0, per_sample)).to(dtype)
+    yr = (ref_sample if per_sample else ref_batch)(x, w, b, mask, 2.0)
+    tol = dict(atol=atol * i ** 0.5, rtol=rtol)
+    torch.testing.assert_close(y, yr, **tol)
+    g = torch.randn_like(y)
+    for a, r in zip(torch.autograd.grad(y, (x, w, b), g), torch.autograd.grad(yr, (x, w, b), g)):
+        torch.testing.assert_close(a, r, **tol)
+
+
+def test_per_sample_mask_contract_is_exact():
+    """I = 1: y[n, o] = x[n] W[o] M[n, o, 0] s shows the whole (N, O, 1) mask; with N = 1 the
+    weight gradient shows the (1, O, I) mask in backward."""
+    n, o, p = 9, 13, 0.4
+    y = dropconnect_linear(np.ones((n, 1)), np.ones((o, 1)), None, p, seed=4, offset=2, per_sample=True)
+    np.testing.assert_array_equal(y != 0, fastdrop.dropout_mask((n, o, 1), p, 4, 2)[..., 0])
+    x = torch.ones(1, 21, dtype=torch.float64)
+    w = torch.ones(o, 21, dtype=torch.float64, requires_grad=True)
+    dropconnect_linear(x, w, None, p, seed=4, offset=2, per_sample=True).sum().backward()
+    np.testing.assert_array_equal(w.grad.numpy() != 0, fastdrop.dropout_mask((1, o, 21), p, 4, 2)[0])
+    # batch mask: x = identity shows W ⊙ M s
+    wb = np.ones((o, 21))
+    yb = dropconnect_linear(np.eye(21), wb, None, p, seed=4, offset=2)
+    np.testing.assert_array_equal(yb.T != 0, fastdrop.dropout_mask((o, 21), p, 4, 2))
+
+
+def test_per_sample_masks_differ_between_examples():
+    x = np.ones((2, 64))
+    y = dropconnect_linear(x, np.ones((3, 64)), None, 0.5, seed=1, per_sample=True)
+    assert not np.array_equal(y[0], y[1])
+    yb = dropconnect_linear(x, np.ones((3, 64)), None, 0.5, seed=1)
+    np.testing.assert_array_equal(yb[0], yb[1])
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("lead", [(3,), (2, 2)])
+def test_gradcheck(per_sample, bias, lead):
+    x = torch.randn(*lead, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True) if bias else None
+    fn = lambda x, w, b: dropconnect_linear(x, w, b, 0.4, seed=9, per_sample=per_sample)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_saves_only_x_and_weight(per_sample):
+    saved = []
+
+    def pack(t):
+        saved.append(t.untyped_storage().nbytes())
+        return t
+
+    x = torch.randn(16, 64, requires_grad=True)
+    m = fastdrop.nn.DropConnectLinear(64, 32, per_sample=per_sample)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        m(x)
+    assert sum(saved) == x.nbytes + m.weight.nbytes
+
+
+def test_per_sample_memory_does_not_grow_with_n_out_in():
+    """numpy allocations (tracemalloc) of a per-sample forward + backward stay O(N I + O I + N O),
+    far below one byte per (n, o, i) mask entry."""
+    n, i, o = 64, 256, 256
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, i), dtype=np.float32)
+    w = rng.standard_normal((o, i), dtype=np.float32)
+    g = rng.standard_normal((n, o), dtype=np.float32)
+    from fastdrop.linear import CPU
+    CPU.dropconnect_forward(x, w, None, 0.5, 1, 0, 2.0, True)  # compile outside the trace
+    CPU.dropconnect_backward(g, x, w, 0.5, 1, 0, 2.0, True)
+    tracemalloc.start()
+    CPU.dropconnect_forward(x, w, None, 0.5, 1, 0, 2.0, True)
+    CPU.dropconnect_backward(g, x, w, 0.5, 1, 0, 2.0, True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < n * o * i // 8, peak
+
+
+def test_eval_is_the_mean_network():
+    x, w, b = torch.randn(4, 6), torch.randn(3, 6), torch.randn(3)
+    for per_sample in (False, True):
+        y = dropconnect_linear(x, w, b, 0.5, training=False, per_sample=per_sample)
+        torch.testing.assert_close(y, torch.nn.functional.linear(x, w, b))
+
+
+def test_moment_matching_moments_match_per_sample_dropconnect():
+    """The Gaussian's mean and variance are those of the per-sample DropConnect pre-activation:
+    R copies of one example each get their own mask; compare sample moments with scipy.stats."""
+    rng = np.random.default_rng(5)
+    i, o, r, p = 40, 3, 4000, 0.3
+    x1 = rng.standard_normal(i)
+    w = rng.standard_normal((o, i))
+    u = dropconnect_linear(np.tile(x1, (r, 1)), w, None, p, seed=123, per_sample=True)
+    mean = x1 @ w.T
+    var = p / (1 - p) * (x1 ** 2) @ (w ** 2).T
+    for k in range(o):
+        assert stats.ttest_1samp(u[:, k], mean[k]).pvalue > 1e-4
+        chi2 = (r - 1) * u[:, k].var(ddof=1) / var[k]
+        assert stats.chi2.cdf(chi2, r - 1) > 1e-4 and stats.chi2.sf(chi2, r - 1) > 1e-4
+    # identity activation: the average of the Gaussian draws estimates the mean
+    ident = dropconnect_linear(x1[None], w, None, p, training=False, activation=lambda a: a,
+                               samples=4000, seed=1)
+    np.testing.assert_allclose(ident[0], mean, atol=5 * np.sqrt(var / 4000).max())
+
+
+def test_moment_matching_relu_close_to_monte_carlo():
+    """E[relu(u)] from moment matching vs the average of relu over real DropConnect draws."""
+    torch.manual_seed(0)
+    i, o, r, p = 256, 4, 3000, 0.5
+    x1 = torch.randn(1, i, dtype=torch.float64)
+    w = torch.randn(o, i, dtype=torch.float64) / i ** 0.5
+    mc = torch.relu(dropconnect_linear(x1.expand(r, i), w, None, p, seed=3, per_sample=True)).mean(0)
+    mm = dropconnect_linear(x1, w, None, p, training=False, activation=torch.relu, samples=2000, seed=3)[0]
+    sd = torch.relu(dropconnect_linear(x1.expand(r, i), w, None, p, seed=3, per_sample=True)).std(0)
+    assert (mm - mc).abs().max() < 5 * sd.max() / r ** 0.5 + 0.02
+    assert not torch.allclose(mm, torch.relu(x1 @ w.T)[0], atol=1e-3)  # it is not relu(mean)
+
+
+def test_moment_matching_seeded_and_in_both_kinds():
+    x, w = np.random.default_rng(0).standard_normal((3, 8)), np.random.default_rng(1).standard_normal((2, 8))
+    a = dropconnect_linear(x, w, None, 0.5, training=False, activation=np.tanh, seed=4, samples=16)
+    b = dropconnect_linear(x, w, None, 0.5, training=False, activation=np.tanh, seed=4, samples=16)
+    np.testing.assert_array_equal(a, b)
+    t = dropconnect_linear(torch.tensor(x), torch.tensor(w), None, 0.5, training=False,
+                           activation=torch.tanh, seed=4, samples=16)
+    assert t.shape == (3, 2)
+    # training with an activation: activation applied to the dropped layer
+    y = dropconnect_linear(x, w, None, 0.5, seed=4)
+    np.testing.assert_allclose(dropconnect_linear(x, w, None, 0.5, seed=4, activation=np.tanh), np.tanh(y))
+    with pytest.raises(ValueError, match="p < 1"):
+        dropconnect_linear(x, w, None, 1.0, training=False, activation=np.tanh)
+    with pytest.raises(TypeError, match="callable"):
+        dropconnect_linear(x, w, None, 0.5, activation="relu")
+    with pytest.raises(ValueError, match="samples"):
+        dropconnect_linear(x, w, None, 0.5, training=False, activation=np.tanh, samples=0)
+
+
+def test_module():
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(9, 5)
+    torch.manual_seed(0)
+    m = fastdrop.nn.DropConnectLinear(9, 5, p=0.3, per_sample=True)
+    assert torch.equal(ref.weight, m.weight) and torch.equal(ref.bias, m.bias)
+    m.load_state_dict(torch.nn.Linear(9, 5).state_dict())
+    assert repr(m) == "DropConnectLinear(in_features=9, out_features=5, bias=True, p=0.3, per_sample=True)"
+    x = torch.randn(4, 9)
+    torch.manual_seed(2)
+    a = m(x)
+    torch.manual_seed(2)
+    assert torch.equal(a, m(x))
+    m.eval()
+    torch.testing.assert_close(m(x), torch.nn.functional.linear(x, m.weight, m.bias))
+    with pytest.raises(ValueError, match="p=2"):
+        fastdrop.nn.DropConnectLinear(3, 2, p=2)
