@@ -129,7 +129,7 @@ def ref_max_norm(w, c, dims, eps=1e-7):
 @pytest.mark.parametrize("shape", [(1, 1), (7, 11), (33, 1023), (64, 3)])
 def test_max_norm_rows_match_torch_renorm(dtype, atol, shape):
     w = torch.randn(shape, dtype=dtype) * 2
-    c = float(np.median(w.norm(dim=1)))  # about half the rows are outside the ball
+    c = 0.999 * float(np.median(w.norm(dim=1)))  # about half outside; none on the boundary
     ref = torch.renorm(w, 2, 0, c)
     out = fastdrop.max_norm_(w, c)
     assert out is w
@@ -139,7 +139,7 @@ def test_max_norm_rows_match_torch_renorm(dtype, atol, shape):
 @pytest.mark.parametrize("shape", [(7, 11), (1023, 5), (3, 130)])
 def test_max_norm_columns_match_torch_renorm(shape):
     w = torch.randn(shape, dtype=torch.float64)
-    c = float(np.median(w.norm(dim=0)))
+    c = 0.999 * float(np.median(w.norm(dim=0)))
     ref = torch.renorm(w, 2, 1, c)
     fastdrop.max_norm_(w, c, dim=0)
     torch.testing.assert_close(w, ref, atol=1e-12, rtol=0)
