@@ -125,15 +125,16 @@ def ref_max_norm(w, c, dims, eps=1e-7):
     return np.where(norms > c, w * (c / (norms + eps)), w)
 
 
-@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+# torch.renorm sums float32 in float32, we sum in float64: allow float32 rounding of the scale.
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
 @pytest.mark.parametrize("shape", [(1, 1), (7, 11), (33, 1023), (64, 3)])
-def test_max_norm_rows_match_torch_renorm(dtype, atol, shape):
+def test_max_norm_rows_match_torch_renorm(dtype, tol, shape):
     w = torch.randn(shape, dtype=dtype) * 2
     c = 0.999 * float(np.median(w.norm(dim=1)))  # about half outside; none on the boundary
     ref = torch.renorm(w, 2, 0, c)
     out = fastdrop.max_norm_(w, c)
     assert out is w
-    torch.testing.assert_close(w, ref, atol=atol, rtol=0)
+    torch.testing.assert_close(w, ref, atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("shape", [(7, 11), (1023, 5), (3, 130)])
