@@ -4,7 +4,7 @@ epochs, with torch.nn.Dropout, fastdrop.nn.Dropout, or no dropout at all ("none"
 
 Same initial weights (torch.manual_seed(seed) before building the model) and the same batch order
 (a separate generator) for every provider and seed; only the masks differ. Providers are
-interleaved per seed (A B C, then C B A, ...). Reported: median epoch time with its spread, and the
+interleaved epoch by epoch (A B C, then C B A, ...). Reported: median epoch time with its spread, and the
 final test accuracy per seed, compared with Welch's t-test and a 95% CI of the mean difference.
 
 Why "none": the dropout cost inside the loop is epoch(provider) - epoch(none); the micro-benchmark
@@ -46,29 +46,35 @@ def make_mlp(kind, seed):
                          nn.Linear(512, 512), nn.ReLU(), drop(P_HIDDEN), nn.Linear(512, 10))
 
 
-def train(kind, seed, epochs, data):
-    """Returns (epoch times in s, final test accuracy)."""
-    import torch
-    xtr, ytr, xte, yte = data
-    model = make_mlp(kind, seed)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    order = torch.Generator().manual_seed(1000 + seed)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    times = []
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(xtr), generator=order)
+class Trainer:
+    """One model, optimizer and batch order; `epoch()` trains one epoch and returns its seconds."""
+
+    def __init__(self, kind, seed, data):
+        import torch
+        self.data = data
+        self.model = make_mlp(kind, seed)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)
+        self.order = torch.Generator().manual_seed(1000 + seed)
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+
+    def epoch(self):
+        import torch
+        xtr, ytr = self.data[0], self.data[1]
+        self.model.train()
+        perm = torch.randperm(len(xtr), generator=self.order)
         t0 = time.perf_counter()
         for i in range(0, len(xtr), BATCH):
             idx = perm[i:i + BATCH]
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(xtr[idx]), ytr[idx]).backward()
-            opt.step()
-        times.append(time.perf_counter() - t0)
-    model.eval()
-    with torch.no_grad():
-        acc = (model(xte).argmax(1) == yte).float().mean().item()
-    return times, acc
+            self.opt.zero_grad(set_to_none=True)
+            self.loss_fn(self.model(xtr[idx]), ytr[idx]).backward()
+            self.opt.step()
+        return time.perf_counter() - t0
+
+    def accuracy(self):
+        import torch
+        self.model.eval()
+        with torch.no_grad():
+            return (self.model(self.data[2]).argmax(1) == self.data[3]).float().mean().item()
 
 
 def _dropout_step_cost(kind, reps):
@@ -102,15 +108,18 @@ def run(seeds=(0, 1, 2, 3, 4), epochs=20, limit=None, progress=None):
     steps = -(-len(data[0]) // BATCH)
     # Warm-up outside the timing: JIT load, thread pools, allocator.
     for kind in KINDS:
-        train(kind, 12345, 1, data)
+        Trainer(kind, 12345, data).epoch()
     epoch_times = {k: [] for k in KINDS}
     accs = {k: [] for k in KINDS}
-    for j, seed in enumerate(seeds):
-        order = KINDS if j % 2 == 0 else KINDS[::-1]
-        for kind in order:
-            times, acc = train(kind, seed, epochs, data)
-            epoch_times[kind] += times
-            accs[kind].append(acc)
+    for seed in seeds:
+        # The three providers train side by side, epoch by epoch (A B C, C B A, ...), so a burst
+        # of load from other processes hits all of them alike.
+        trainers = {k: Trainer(k, seed, data) for k in KINDS}
+        for e in range(epochs):
+            for kind in (KINDS if e % 2 == 0 else KINDS[::-1]):
+                epoch_times[kind].append(trainers[kind].epoch())
+        for kind in KINDS:
+            accs[kind].append(trainers[kind].accuracy())
         if progress:
             progress(f"seed {seed}: " + ", ".join(f"{k} acc {accs[k][-1]:.3f}" for k in KINDS))
     reps = 3 if limit else 9

@@ -442,22 +442,30 @@ def markdown(res):
 
 
 def e2e_note(e):
-    f = e["providers"]["fastdrop"]
-    t = e["providers"]["torch"]
+    """Compare each provider's in-loop dropout cost with its micro-benchmark prediction. An excess
+    shared by torch and fastdrop is the machine (load, caches); one only fastdrop shows means its
+    calls slow the ops around them (thread pools) and is flagged."""
+    f, t = e["providers"]["fastdrop"], e["providers"]["torch"]
     lines = []
     for name, r in (("fastdrop", f), ("torch", t)):
         lines.append(f"{name}: dropout costs {fmt_time(r['dropout_cost_in_loop_s'])} per epoch in the "
-                     f"loop (epoch - epoch without dropout); the micro-benchmark of the same three "
-                     f"dropout calls predicts {fmt_time(r['dropout_cost_predicted_s'])}.")
-    excess = f["dropout_cost_in_loop_s"] - f["dropout_cost_predicted_s"]
-    if excess > max(0.25 * f["dropout_cost_predicted_s"], 0.02 * e["providers"]["none"]["epoch_median_s"]):
-        lines.append(f"fastdrop's in-loop cost exceeds its prediction by {fmt_time(excess)} per "
-                     "epoch: the dropout calls are slowing the ops around them (see the report "
-                     "notes on thread pools), not only costing their own time.")
+                     f"loop (epoch minus the no-dropout epoch); the micro-benchmark of the same three "
+                     f"calls x {e['steps_per_epoch']} steps predicts "
+                     f"{fmt_time(r['dropout_cost_predicted_s'])}.")
+    fx = f["dropout_cost_in_loop_s"] - f["dropout_cost_predicted_s"]
+    tx = t["dropout_cost_in_loop_s"] - t["dropout_cost_predicted_s"]
+    margin = max(0.25 * f["dropout_cost_predicted_s"], 0.03 * e["providers"]["none"]["epoch_median_s"])
+    if fx > tx + margin:
+        lines.append(f"fastdrop's in-loop cost exceeds its prediction by {fmt_time(fx)} per epoch "
+                     f"(torch's by {fmt_time(tx)}): fastdrop's calls slow the loop beyond their own "
+                     "time.")
+    elif fx > margin:
+        lines.append(f"Both exceed their predictions (fastdrop by {fmt_time(fx)}, torch by "
+                     f"{fmt_time(tx)} per epoch): the excess is shared, so it is the loop's context "
+                     "(other processes, caches), not fastdrop.")
     else:
-        lines.append("fastdrop's in-loop cost is within its micro-benchmark prediction (noise "
-                     "margin: 25% of the prediction or 2% of the epoch): no hidden slowdown of the "
-                     "ops around it.")
+        lines.append("fastdrop's in-loop cost is within its micro-benchmark prediction (margin: "
+                     "25% of the prediction or 3% of the epoch).")
     return " ".join(lines)
 
 
