@@ -186,7 +186,7 @@ def _plain_linear(x, weight, bias, kind, x_scale=1.0):
 def _numpy_call(op, x, weight, bias, p, seed, offset, scale, *extra):
     """Run a CPU forward on numpy data of any dtype / layout / leading dims."""
     dt = np.float32 if x.dtype == np.float16 else x.dtype
-    x2d = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=dt)
+    x2d = np.ascontiguousarray(x.reshape(math.prod(x.shape[:-1]), x.shape[-1]), dtype=dt)
     w = np.ascontiguousarray(weight, dtype=dt)
     b = None if bias is None else np.ascontiguousarray(bias, dtype=dt)
     y = op(x2d, w, b, p, seed, offset, scale, *extra)

@@ -192,6 +192,16 @@ def test_validation_errors_name_the_problem(fn):
         fn(torch.ones(3, 4), torch.ones(5, 4, dtype=torch.float64), seed=0)
 
 
+@pytest.mark.parametrize("fn", [dropout_linear, dropconnect_linear])
+def test_unbatched_and_zero_features(fn):
+    x, w, b = np.arange(5.0), np.ones((3, 5)), np.arange(3.0)
+    y = fn(x, w, b, 0.5, seed=2)
+    assert y.shape == (3,)
+    np.testing.assert_allclose(y, fn(x[None], w, b, 0.5, seed=2)[0])
+    assert fn(torch.tensor(x), torch.tensor(w), torch.tensor(b), 0.5, seed=2).shape == (3,)
+    np.testing.assert_array_equal(fn(np.ones((2, 0)), np.ones((3, 0)), b, 0.5, seed=2), [b, b])
+
+
 def test_empty_batch():
     x = torch.zeros(0, 4, requires_grad=True)
     w = torch.randn(3, 4, requires_grad=True)
