@@ -153,3 +153,16 @@ def test_dropout_mask_just_under_the_memory_limit_is_not_refused():
     assert fastdrop.dropout_mask((3, 5), 0.5, 1).shape == (3, 5)
     assert fastdrop.dropout_mask((0, 2**62), 0.5, 1).shape == (0, 2**62)
     assert math.prod((0, 2**62)) == 0
+
+
+@pytest.mark.skipif(not __import__("numba").config.BOUNDSCHECK,
+                    reason="only in the NUMBA_BOUNDSCHECK=1 pass of scripts/test.sh")
+def test_boundscheck_pass_is_effective():
+    """The pass really checks bounds: kernels are compiled serial (tests/boundscheck_plugin.py) and
+    a launch whose output is too short raises IndexError instead of writing past it."""
+    from fastdrop.kernels import dropout_cpu
+    from fastdrop.mask import kernel_rng_args
+    assert dropout_cpu.dropout_flat.targetoptions.get("parallel") is False
+    x, out = np.ones(4096, np.float32), np.empty(4000, np.float32)
+    with pytest.raises(IndexError):
+        dropout_cpu.dropout_flat(x, out, *kernel_rng_args(1, 0, 0.5), np.float32(2))

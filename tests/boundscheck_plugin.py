@@ -1,0 +1,31 @@
+"""pytest plugin for the NUMBA_BOUNDSCHECK=1 pass of scripts/test.sh (loaded with -p).
+
+Numba ignores boundscheck inside the prange loops of parallel=True functions (checked with
+numba 0.68.1: a parallel kernel reading past its array returns garbage even with
+NUMBA_BOUNDSCHECK=1, the same code with parallel=False raises IndexError). So in this pass
+fastdrop's kernels are compiled serial (prange runs as range; same results by construction, the
+mask is a pure function of the element index), which makes every index bounds-checked. The
+patch must be in place before fastdrop is imported: the kernels are compiled at import.
+The pass needs its own NUMBA_CACHE_DIR: the on-disk cache is not keyed on boundscheck/parallel.
+"""
+import functools
+
+import numba
+
+_njit = numba.njit
+
+
+@functools.wraps(_njit)
+def _serial_njit(*args, **kwargs):
+    if kwargs.get("parallel"):
+        kwargs["parallel"] = False
+    return _njit(*args, **kwargs)
+
+
+if numba.config.BOUNDSCHECK:
+    numba.njit = _serial_njit
+
+
+def pytest_report_header(config):
+    state = "on, kernels compiled serial" if numba.config.BOUNDSCHECK else "off"
+    return f"fastdrop: Numba boundscheck {state}"
