@@ -12,6 +12,7 @@ predicts it as steps_per_epoch x (fwd+bwd time of the three dropout calls at the
 measured here in the same process. If fastdrop's in-loop cost is far above its prediction, dropout
 is slowing the ops around it (thread pools, caches), and the report says so.
 """
+import os
 import time
 
 import numpy as np
@@ -151,3 +152,44 @@ def run(seeds=(0, 1, 2, 3, 4), epochs=20, limit=None, progress=None):
     out["speedup_epoch"] = (out["providers"]["torch"]["epoch_median_s"]
                             / out["providers"]["fastdrop"]["epoch_median_s"])
     return out
+
+
+PROBES = {  # name -> environment for a probe subprocess (thread pools of numba and torch)
+    "as configured": {},
+    "NUMBA_NUM_THREADS=1": {"NUMBA_NUM_THREADS": "1"},
+    "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "torch.set_num_threads(1)": {"FASTDROP_E2E_TORCH_THREADS": "1"},
+}
+
+
+def thread_probes(seeds=(0, 1), epochs=5, limit=None, names=tuple(PROBES)):
+    """Why e2e may fall short of the micro-benchmarks: the same comparison in fresh subprocesses
+    with numba's pool serial, libgomp threads sleeping instead of spinning, or torch serial."""
+    import json
+    import os
+    import subprocess
+    import sys
+    out = {}
+    for name in names:
+        env = PROBES[name]
+        args = [sys.executable, os.path.abspath(__file__), json.dumps(
+            {"seeds": list(seeds), "epochs": epochs, "limit": limit})]
+        res = subprocess.run(args, env=dict(os.environ, **env), capture_output=True, text=True,
+                             timeout=600)
+        if res.returncode != 0:
+            out[name] = {"error": (res.stderr.strip().splitlines() or ["failed"])[-1]}
+            continue
+        out[name] = json.loads(
+            [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+    return out
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    kw = json.loads(sys.argv[1])
+    if os.environ.get("FASTDROP_E2E_TORCH_THREADS"):
+        import torch
+        torch.set_num_threads(int(os.environ["FASTDROP_E2E_TORCH_THREADS"]))
+    kw["seeds"] = tuple(kw["seeds"])
+    print("RESULT " + json.dumps(run(**kw)))
