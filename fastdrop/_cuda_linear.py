@@ -1,0 +1,107 @@
+"""Launchers for the fused dense-layer CUDA kernels (kernels/linear_cuda.py), called by
+fastdrop.linear / fastdrop._torch_linear with 2-D C-contiguous numba device arrays of one dtype
+(float32 or float64): x2d (N, in), w (out, in), b (out,) or None, g (N, out). Same four functions
+and signatures as the CPU launchers in fastdrop.linear (`CPU`).
+
+Masks (scale = multiplier of kept elements):
+    dropout_linear        M = dropout_mask((N, in), p, seed, offset) on x
+    batch DropConnect     M = dropout_mask((out, in), p, seed, offset) on W
+    per-sample DropConnect M = dropout_mask((N, out, in), p, seed, offset), never materialized
+The products (every one a single fused kernel launch; the mask is regenerated inside):
+    dropout_linear   y = (x⊙M s) Wᵀ + b     gx = M s ⊙ (g W)     gW = gᵀ (x⊙M s)
+    DropConnect      y = x (W⊙M s)ᵀ + b     gx = g (W⊙M s)       gW = M s ⊙ (gᵀ x)
+    per-sample       y[n] = (W⊙M[n] s) x[n] + b, gx[n] = (W⊙M[n] s)ᵀ g[n], gW = Σ_n M[n] s ⊙ g[n] x[n]ᵀ
+and gb = g.sum(0) always. Every function takes an optional `stream` (default: numba's default
+stream) so the torch bridge can launch on torch's current stream.
+"""
+from numba import cuda
+
+from ._cuda import launch_shape, require_gpu
+from .kernels import linear_cuda as L
+from .kernels.config import CUDA_MAX_BLOCKS
+from .mask import kernel_rng_args
+
+THREADS_2D = (L.TILE, L.TILE)
+
+
+def _tiles(M, Nc):
+    return max(1, min(CUDA_MAX_BLOCKS, -(-M // L.TILE) * -(-Nc // L.TILE)))
+
+
+def _bias_arg(b, dtype, stream):
+    if b is None:
+        return cuda.device_array(1, dtype=dtype, stream=stream), False
+    return b, True
+
+
+def _gemm(A, B, shape, bias, a_trans, b_trans, mask_on, p, seed, offset, scale, stream):
+    """C (shape) = opA @ opB (+ bias) with one 2-D mask (linear_cuda.masked_gemm)."""
+    C = cuda.device_array(shape, dtype=A.dtype, stream=stream)
+    if C.size == 0:
+        return C
+    bb, has_bias = _bias_arg(bias, A.dtype, stream)
+    L.masked_gemm[_tiles(*shape), THREADS_2D, stream](
+        A, B, C, bb, has_bias, a_trans, b_trans, mask_on, *kernel_rng_args(seed, offset, p),
+        A.dtype.type(scale))
+    return C
+
+
+def _sample_gemm(A, B, shape, bias, a_trans, b_trans, product, dims, p, seed, offset, scale, stream):
+    """C (shape) for per-example DropConnect (linear_cuda.sample_gemm); dims = (N, out, in)."""
+    C = cuda.device_array(shape, dtype=A.dtype, stream=stream)
+    if C.size == 0:
+        return C
+    bb, has_bias = _bias_arg(bias, A.dtype, stream)
+    L.sample_gemm[_tiles(*shape), THREADS_2D, stream](
+        A, B, C, bb, has_bias, a_trans, b_trans, product, *dims, *kernel_rng_args(seed, offset, p),
+        A.dtype.type(scale))
+    return C
+
+
+def _bias_grad(g, stream):
+    gb = cuda.device_array(g.shape[1], dtype=g.dtype, stream=stream)
+    if gb.size:
+        blocks, threads = launch_shape(g.shape[1])
+        L.column_sums[blocks, threads, stream](g, gb)
+    return gb
+
+
+def dropout_linear_forward(x2d, w, b, p, seed, offset, scale, stream=0):
+    """y (N, out) = (x2d ⊙ M * scale) @ w.T + b,  M = dropout_mask(x2d.shape, p, seed, offset)."""
+    require_gpu()
+    return _gemm(x2d, w, (x2d.shape[0], w.shape[0]), b, False, True, L.MASK_A,
+                 p, seed, offset, scale, stream)
+
+
+def dropout_linear_backward(g, x2d, w, p, seed, offset, scale, stream=0):
+    """(grad_x, grad_w, grad_b) of dropout_linear_forward for the output gradient g (N, out)."""
+    require_gpu()
+    gx = _gemm(g, w, x2d.shape, None, False, False, L.MASK_C, p, seed, offset, scale, stream)
+    gw = _gemm(g, x2d, w.shape, None, True, False, L.MASK_B, p, seed, offset, scale, stream)
+    return gx, gw, _bias_grad(g, stream)
+
+
+def dropconnect_forward(x2d, w, b, p, seed, offset, scale, per_sample, stream=0):
+    """y (N, out) = x2d @ (w ⊙ M * scale).T + b; M = dropout_mask(w.shape, ...) or, per_sample,
+    row n uses dropout_mask((N, out, in), ...)[n]."""
+    require_gpu()
+    shape = (x2d.shape[0], w.shape[0])
+    if per_sample:
+        return _sample_gemm(x2d, w, shape, b, False, True, L.SAMPLE_FWD, (x2d.shape[0], *w.shape),
+                            p, seed, offset, scale, stream)
+    return _gemm(x2d, w, shape, b, False, True, L.MASK_B, p, seed, offset, scale, stream)
+
+
+def dropconnect_backward(g, x2d, w, p, seed, offset, scale, per_sample, stream=0):
+    """(grad_x, grad_w, grad_b) of dropconnect_forward for the output gradient g (N, out)."""
+    require_gpu()
+    if per_sample:
+        dims = (x2d.shape[0], *w.shape)
+        gx = _sample_gemm(g, w, x2d.shape, None, False, False, L.SAMPLE_GRAD_X, dims,
+                          p, seed, offset, scale, stream)
+        gw = _sample_gemm(g, x2d, w.shape, None, True, False, L.SAMPLE_GRAD_W, dims,
+                          p, seed, offset, scale, stream)
+    else:
+        gx = _gemm(g, w, x2d.shape, None, False, False, L.MASK_B, p, seed, offset, scale, stream)
+        gw = _gemm(g, x2d, w.shape, None, True, False, L.MASK_C, p, seed, offset, scale, stream)
+    return gx, gw, _bias_grad(g, stream)
