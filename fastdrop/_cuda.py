@@ -41,9 +41,10 @@ def as_device_array(x):
     """x as a numba device array sharing its memory (no copy)."""
     if SIMULATOR:
         return x  # the simulator's arrays expose no __cuda_array_interface__; use them as they are
-    if cuda.is_cuda_ndarray(x):
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    if isinstance(x, DeviceNDArray):
         return x
-    return cuda.as_cuda_array(x)
+    return cuda.as_cuda_array(x)  # CuPy & co: a view; syncs on the stream x's owner exports
 
 
 def _compute_scalar(dtype, value):
@@ -94,7 +95,7 @@ def _contiguous(x):
     if x.is_c_contiguous():
         return x
     tmp = cuda.device_array(x.shape, x.dtype)
-    tmp[...] = x  # numba's strided device-to-device assignment kernel
+    tmp[:] = x  # numba's strided device-to-device assignment kernel (it takes no Ellipsis)
     return tmp
 
 
@@ -115,7 +116,7 @@ def dropout_array(x, p, seed, offset, scale, group_ndim, inplace):
     out = cuda.device_array(xd.shape, xd.dtype)
     _run(src, out, p, seed, offset, scale, group_ndim)
     if inplace:
-        xd[...] = out
+        xd[:] = out
         return x
     return out
 
@@ -135,7 +136,7 @@ def scale_array(x, factor, inplace):
     blocks, threads = launch_shape(xd.size)
     K.scale[blocks, threads](_flat(src), _flat(out), _compute_scalar(xd.dtype, factor))
     if inplace and out is not xd:
-        xd[...] = out
+        xd[:] = out
     return x if inplace else out
 
 
