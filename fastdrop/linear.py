@@ -124,6 +124,7 @@ def cuda_kernels():
 
 def _device_array_call(name, x, weight, bias, p, seed, offset, scale, *extra):
     """One forward of fastdrop._cuda_linear on CUDA device arrays (no autograd)."""
+    kernels = cuda_kernels()  # first: a clear error where there is no GPU
     from numba import cuda
     x, w = cuda.as_cuda_array(x), cuda.as_cuda_array(weight)
     b = None if bias is None else cuda.as_cuda_array(bias)
@@ -131,7 +132,7 @@ def _device_array_call(name, x, weight, bias, p, seed, offset, scale, *extra):
         if a is not None and not a.is_c_contiguous():
             raise ValueError(f"CUDA device array {nm} must be C-contiguous (copy it first)")
     x2d = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
-    y = getattr(cuda_kernels(), name)(x2d, w, b, p, seed, offset, scale, *extra)
+    y = getattr(kernels, name)(x2d, w, b, p, seed, offset, scale, *extra)
     return y.reshape(tuple(x.shape[:-1]) + (w.shape[0],))
 
 

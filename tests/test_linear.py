@@ -202,6 +202,22 @@ def test_unbatched_and_zero_features(fn):
     np.testing.assert_array_equal(fn(np.ones((2, 0)), np.ones((3, 0)), b, 0.5, seed=2), [b, b])
 
 
+class _FakeDeviceArray:
+    """Claims to live on a GPU (__cuda_array_interface__) in a session that has none."""
+    def __init__(self, shape):
+        self.shape, self.dtype = shape, np.dtype(np.float32)
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": "<f4", "data": (0, False), "version": 3}
+
+
+@pytest.mark.parametrize("fn", [dropout_linear, dropconnect_linear])
+def test_cuda_arrays_dispatch_to_the_cuda_module(fn):
+    import numba.cuda
+    if numba.cuda.is_available():
+        pytest.skip("a GPU (or the simulator) is present; tests/cuda covers the kernels")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        fn(_FakeDeviceArray((3, 4)), _FakeDeviceArray((2, 4)), None, 0.5, seed=0)
+
+
 def test_empty_batch():
     x = torch.zeros(0, 4, requires_grad=True)
     w = torch.randn(3, 4, requires_grad=True)
