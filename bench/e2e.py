@@ -102,7 +102,7 @@ def _dropout_step_cost(kind, reps):
     return float(np.median(samples))
 
 
-def run(seeds=(0, 1, 2, 3, 4), epochs=20, limit=None, progress=None):
+def run(seeds=(0, 1, 2, 3, 4), epochs=20, limit=None, progress=None, micro_reps=9):
     """The e2e comparison; returns a JSON-able dict."""
     from scipy import stats
     data = digits_split(limit)
@@ -123,10 +123,9 @@ def run(seeds=(0, 1, 2, 3, 4), epochs=20, limit=None, progress=None):
             accs[kind].append(trainers[kind].accuracy())
         if progress:
             progress(f"seed {seed}: " + ", ".join(f"{k} acc {accs[k][-1]:.3f}" for k in KINDS))
-    reps = 3 if limit else 9
     micro = {}
     for kind in ("torch", "fastdrop", "torch", "fastdrop"):  # interleaved, keep the second pair
-        micro[kind] = _dropout_step_cost(kind, reps)
+        micro[kind] = _dropout_step_cost(kind, micro_reps)
     out = {"model": "64-512-512-10 MLP, ReLU, dropout 0.2 (input) / 0.5 (hidden), SGD(0.05, m=0.9)",
            "batch": BATCH, "epochs": epochs, "seeds": list(seeds), "steps_per_epoch": steps,
            "train_size": len(data[0]), "test_size": len(data[2]), "providers": {}}
@@ -173,7 +172,8 @@ def thread_probes(seeds=(0, 1), epochs=5, limit=None, names=tuple(PROBES)):
     for name in names:
         env = PROBES[name]
         args = [sys.executable, os.path.abspath(__file__), json.dumps(
-            {"seeds": list(seeds), "epochs": epochs, "limit": limit})]
+            {"seeds": list(seeds), "epochs": epochs, "limit": limit,
+             "micro_reps": 3 if limit else 9})]
         res = subprocess.run(args, env=dict(os.environ, **env), capture_output=True, text=True,
                              timeout=600)
         if res.returncode != 0:

@@ -554,8 +554,8 @@ def main(argv=None):
                                                   names=("as configured",))
             res["e2e"] = res["e2e_probes"]["as configured"]
         else:
-            kw = dict(seeds=(0, 1), epochs=3) if mode == "quick" else dict(seeds=(0, 1, 2, 3, 4),
-                                                                          epochs=20)
+            kw = (dict(seeds=(0, 1), epochs=2, micro_reps=3) if mode == "quick"
+                  else dict(seeds=(0, 1, 2, 3, 4), epochs=20))
             res["e2e"] = e2e.run(progress=log, **kw)
         res["e2e_note"] = e2e_note(res["e2e"])
         log(res["e2e_note"])
@@ -563,10 +563,12 @@ def main(argv=None):
             log("end to end under thread-pool settings (fresh subprocess each) ...")
             res["e2e_probes"] = e2e.thread_probes(seeds=(0, 1), epochs=5)
             for name, r in res["e2e_probes"].items():
-                log(f"  {name}: " + (r["error"] if "error" in r else
-                                     f"epoch torch {fmt_time(r['providers']['torch']['epoch_median_s'])}, "
-                                     f"fastdrop {fmt_time(r['providers']['fastdrop']['epoch_median_s'])}"
-                                     f", none {fmt_time(r['providers']['none']['epoch_median_s'])}"))
+                if "error" in r:
+                    log(f"  {name}: ERROR {r['error']}")
+                    continue
+                ep = {k: fmt_time(v["epoch_median_s"]) for k, v in r["providers"].items()}
+                log(f"  {name}: epoch torch {ep['torch']}, fastdrop {ep['fastdrop']}, "
+                    f"none {ep['none']}")
 
     res["loadavg_at_end"] = os.getloadavg()
     res["wall_s"] = time.perf_counter() - T0
