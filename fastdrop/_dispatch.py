@@ -11,12 +11,19 @@ def is_torch_tensor(x):
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+def is_simulator_array(x):
+    """A device array of Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1): it has no
+    __cuda_array_interface__, but the simulated kernels take it like a real device array."""
+    sim = sys.modules.get("numba.cuda.simulator.cudadrv.devicearray")
+    return sim is not None and isinstance(x, sim.FakeCUDAArray)
+
+
 def array_kind(x, name="x"):
     if isinstance(x, np.ndarray):
         return NUMPY
     if is_torch_tensor(x):
         return TORCH
-    if hasattr(x, "__cuda_array_interface__"):
+    if hasattr(x, "__cuda_array_interface__") or is_simulator_array(x):
         return CUDA_ARRAY
     raise TypeError(f"{name} must be a numpy array, a torch tensor or a CUDA device array "
                     f"(__cuda_array_interface__), got {type(x).__name__}")
