@@ -67,7 +67,7 @@ def dropout(x, p, seed, offset, scale, group_ndim, inplace):
     """Dropout of tensor x with autograd; seed=None draws the seed from torch's generator."""
     if inplace and x.requires_grad and x.is_leaf and torch.is_grad_enabled():
         raise ValueError("inplace dropout on a leaf tensor that requires grad is not allowed")
-    if x.device.type not in ("cpu", "cuda"):
+    if not (x.is_cpu or x.is_cuda):
         # before the seed draw, so a refused call leaves torch's generator untouched
         raise ValueError(f"fastdrop runs on CPU and CUDA tensors, got device {x.device}")
     if seed is None:
