@@ -30,9 +30,11 @@ DROPOUT, BATCH, SAMPLE = "dropout", "batch", "sample"
 # The per-sample DropConnect kernels use no BLAS and are called as they are.
 
 def _mask_into(src, dst, p, seed, offset, scale):
-    """dst = src ⊙ M s (flat contiguous tensors; dst may be src), Numba's parallel kernel."""
-    dropout_cpu.dropout_flat(src.numpy().reshape(-1), dst.numpy().reshape(-1),
-                             *kernel_rng_args(seed, offset, p), np.dtype(_NP[src.dtype]).type(scale))
+    """dst = src ⊙ M s (flat contiguous tensors; dst may be src)."""
+    kern = (dropout_cpu.dropout_flat if src.numel() >= linear_cpu.PARALLEL_MASK_MIN
+            else linear_cpu.mask_copy_serial)
+    kern(src.numpy().reshape(-1), dst.numpy().reshape(-1), *kernel_rng_args(seed, offset, p),
+         np.dtype(_NP[src.dtype]).type(scale))
     return dst
 
 
@@ -57,8 +59,10 @@ def _t_dropout_linear_backward(g, x2d, w, p, seed, offset, scale, need_x=True, n
     xm = torch.empty_like(x2d)
     if need_x:
         gx = torch.mm(g, w)
-        linear_cpu.mask_pair(x2d.numpy().reshape(-1), xm.numpy().reshape(-1), gx.numpy().reshape(-1),
-                             *kernel_rng_args(seed, offset, p), np.dtype(_NP[x2d.dtype]).type(scale))
+        kern = (linear_cpu.mask_pair if x2d.numel() >= linear_cpu.PARALLEL_MASK_MIN
+                else linear_cpu.mask_pair_serial)
+        kern(x2d.numpy().reshape(-1), xm.numpy().reshape(-1), gx.numpy().reshape(-1),
+             *kernel_rng_args(seed, offset, p), np.dtype(_NP[x2d.dtype]).type(scale))
     elif need_w:
         _mask_into(x2d, xm, p, seed, offset, scale)
     if need_w:

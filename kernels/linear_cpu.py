@@ -42,6 +42,10 @@ CHUNK = 4 * CPU_BLOCKS_PER_CHUNK
 # work even for N = 1 and keep a task's W rows (16 x I) in L2. (Kept here, not in config.py,
 # because config.py belongs to the dropout kernels' owner; it is this file's only knob.)
 LINEAR_ROWS_PER_TASK = 16
+# The torch path masks an operand with a serial loop below this many elements and with Numba's
+# parallel kernel above: waking Numba's OpenMP pool (a second libgomp, docs/threads.md) costs more
+# than it saves on small operands and leaves spinning threads next to torch's own pool.
+PARALLEL_MASK_MIN = 1 << 21
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
@@ -79,9 +83,20 @@ def _add_bias(y, b):
             y[n, o] += b[o]
 
 
+@cpu_kernel(parallel=False)
+def mask_copy_serial(src, dst, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """`_mask_copy` as its own entry point: the torch path's mask below PARALLEL_MASK_MIN."""
+    _mask_copy(src, dst, key_lo, key_hi, off_lo, off_hi, thr, scale)
+
+
+@cpu_kernel(parallel=False)
+def mask_pair_serial(x, xm, gx, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    _mask_pair(x, xm, gx, key_lo, key_hi, off_lo, off_hi, thr, scale)
+
+
 @cpu_kernel
 def mask_pair(x, xm, gx, key_lo, key_hi, off_lo, off_hi, thr, scale):
-    """Parallel `_mask_pair` (the torch path's backward, whose GEMMs run on torch's own pool)."""
+    """Parallel `_mask_pair`, for operands of PARALLEL_MASK_MIN elements or more."""
     n = x.size
     zero = x.dtype.type(0)
     for c in numba.prange((n + CHUNK - 1) // CHUNK):

@@ -90,6 +90,19 @@ def test_per_sample_mask_contract_is_exact():
     np.testing.assert_array_equal(yb.T != 0, fastdrop.dropout_mask((o, 21), p, 4, 2))
 
 
+def test_large_weight_takes_the_parallel_mask_kernel():
+    from fastdrop.kernels.linear_cpu import PARALLEL_MASK_MIN
+    o, i = PARALLEL_MASK_MIN // 1024 + 1, 1024
+    x = torch.randn(3, i, requires_grad=True)
+    w = torch.randn(o, i, requires_grad=True)
+    y = dropconnect_linear(x, w, None, 0.5, seed=6)
+    yr = ref_batch(x, w, None, torch.from_numpy(fastdrop.dropout_mask((o, i), 0.5, 6)), 2.0)
+    torch.testing.assert_close(y, yr, atol=1e-3, rtol=1e-4)
+    g = torch.randn_like(y)
+    for a, r in zip(torch.autograd.grad(y, (x, w), g), torch.autograd.grad(yr, (x, w), g)):
+        torch.testing.assert_close(a, r, atol=1e-3, rtol=1e-4)
+
+
 def test_per_sample_masks_differ_between_examples():
     x = np.ones((2, 64))
     y = dropconnect_linear(x, np.ones((3, 64)), None, 0.5, seed=1, per_sample=True)

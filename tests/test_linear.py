@@ -55,6 +55,21 @@ def test_mask_contract_is_exact():
     np.testing.assert_array_equal(yt.numpy() != 0, mask)
 
 
+def test_large_operands_take_the_parallel_mask_kernels():
+    """Above PARALLEL_MASK_MIN the torch path masks with the parallel kernels: same bits."""
+    from fastdrop.kernels.linear_cpu import PARALLEL_MASK_MIN
+    n, i = PARALLEL_MASK_MIN // 512 + 3, 512
+    x = torch.randn(n, i, requires_grad=True)
+    w = torch.randn(3, i, requires_grad=True)
+    y = dropout_linear(x, w, None, 0.5, seed=6)
+    mask = torch.from_numpy(fastdrop.dropout_mask((n, i), 0.5, 6))
+    yr = torch.nn.functional.linear(x * mask * 2.0, w)
+    torch.testing.assert_close(y, yr, atol=1e-4, rtol=1e-4)
+    g = torch.randn_like(y)
+    for a, r in zip(torch.autograd.grad(y, (x, w), g), torch.autograd.grad(yr, (x, w), g)):
+        torch.testing.assert_close(a, r, atol=1e-3, rtol=1e-4)
+
+
 @pytest.mark.parametrize("lead,i,o", SHAPES)
 @pytest.mark.parametrize("dtype,atol,rtol", TORCH_DTYPES)
 @pytest.mark.parametrize("mode", ["inverted", "classic"])
