@@ -121,11 +121,29 @@ def _fwd_bwd(fn, inputs, g, sync):
 
 
 # ----------------------------------------------------------------------------------------- dropout
-def dropout_case(shape, p, dtype, backward, spatial=False):
+def _with_numba_threads(fn, threads):
+    """fn run with Numba's pool limited to `threads` (restored after): the serial-kernel probe."""
+    import numba
+
+    def run():
+        prev = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            fn()
+        finally:
+            numba.set_num_threads(prev)
+    return run
+
+
+def dropout_case(shape, p, dtype, backward, spatial=False, numba_threads=None):
+    """numba_threads=1: fastdrop with Numba's pool serial (a diagnostic row: is the parallel
+    fork/join worth it at this size, and on a loaded machine?)."""
     n = math.prod(shape)
     itemsize = np.dtype(dtype).itemsize
     passes = 2 if backward else 1  # fwd: read x, write y; bwd: read g, write grad_x
     op = ("dropout2d" if spatial else "dropout") + ("_fwd_bwd" if backward else "_fwd")
+    if numba_threads:
+        op += f"[numba_threads={numba_threads}]"
 
     def build(device):
         import torch
@@ -137,11 +155,15 @@ def dropout_case(shape, p, dtype, backward, spatial=False):
         th = (torch.nn.Dropout2d if spatial else torch.nn.Dropout)(p)
         floor = _copy_floor(n * itemsize, passes, dtype, device)
         if not backward:
-            return {"fastdrop": _fwd(fd, x, sync), "torch": _fwd(th, x, sync), "floor": floor}
-        x.requires_grad_(True)
-        g = torch.randn(shape, dtype=td, device=device)
-        return {"fastdrop": _fwd_bwd(lambda: fd(x), [x], g, sync),
-                "torch": _fwd_bwd(lambda: th(x), [x], g, sync), "floor": floor}
+            fns = {"fastdrop": _fwd(fd, x, sync), "torch": _fwd(th, x, sync), "floor": floor}
+        else:
+            x.requires_grad_(True)
+            g = torch.randn(shape, dtype=td, device=device)
+            fns = {"fastdrop": _fwd_bwd(lambda: fd(x), [x], g, sync),
+                   "torch": _fwd_bwd(lambda: th(x), [x], g, sync), "floor": floor}
+        if numba_threads:
+            fns["fastdrop"] = _with_numba_threads(fns["fastdrop"], numba_threads)
+        return fns
 
     return Case(op, tuple(shape), p, dtype, "memory", 2 * passes * n * itemsize, build,
                 floor_name=f"numpy copy x{passes}", size=n)
@@ -373,6 +395,10 @@ def all_cases(mode="default"):
             cases += [dropout_case(big, 0.1, "float32", backward),
                       dropout_case(big, 0.9, "float32", backward),
                       dropout_case(big, 0.5, "float64", backward)]
+        # Diagnostic rows: the same kernels with Numba's pool serial.
+        for shape in [(64, 512), (256, 1024), big]:
+            cases.append(dropout_case(shape, 0.5, "float32", False, numba_threads=1))
+        cases.append(dropout_case((64, 512), 0.5, "float32", True, numba_threads=1))
     cases += [dropout_case((8, 16, 32, 32), 0.5, "float32", True, spatial=True),
               dropout_case((32, 64, 56, 56), 0.5, "float32", True, spatial=True)]
     for n, fin, fout in [(64, 512, 512), (256, 1024, 1024), (8192, 512, 512)]:

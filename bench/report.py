@@ -183,6 +183,7 @@ def run_case(case, device, mode):
     row["fastdrop_rate"] = case.work / fd / 1e9
     row["torch_rate"] = case.work / th / 1e9
     row["rate_unit"] = "GB/s" if case.kind == "memory" else "GFLOP/s"
+    row["loadavg_after"] = os.getloadavg()[0]
     return row
 
 
@@ -298,14 +299,14 @@ def fmt_bytes(b):
 
 def micro_table(rows):
     head = ("| op | shape | p | dtype | fastdrop | torch | speedup | fastdrop rate | torch rate "
-            "| floor | floor time | fastdrop / floor |")
-    lines = [head, "|" + "---|" * 12]
+            "| floor | floor time | fastdrop / floor | load |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         dev = "" if r["device"] == "cpu" else f" ({r['device']})"
         pre = f"| {r['op']}{dev} | {r['shape']} | {r['p']} | {r['dtype']} |"
         if "timings" not in r:
             why = r.get("skipped") or r.get("error")
-            lines.append(pre + f" {'skipped' if 'skipped' in r else 'ERROR'}: {why} |" + " |" * 7)
+            lines.append(pre + f" {'skipped' if 'skipped' in r else 'ERROR'}: {why} |" + " |" * 8)
             continue
         t = r["timings"]
 
@@ -314,7 +315,7 @@ def micro_table(rows):
         lines.append(pre + f" {cell('fastdrop')} | {cell('torch')} | **{r['speedup']:.2f}x** | "
                      f"{r['fastdrop_rate']:.1f} {r['rate_unit']} | {r['torch_rate']:.1f} "
                      f"{r['rate_unit']} | {r['floor']} | {fmt_time(t['floor']['median_s'])} | "
-                     f"{r['fastdrop_vs_floor']:.2f}x |")
+                     f"{r['fastdrop_vs_floor']:.2f}x | {r['loadavg_after']:.1f} |")
     return "\n".join(lines)
 
 
@@ -435,7 +436,8 @@ def markdown(res):
              "median. Rates count the useful bytes (read x + write y, and read grad + write grad_x "
              "for fwd+bwd) or the GEMM flops, not torch's extra mask traffic. Floor: a numpy copy "
              "of the same bytes into a preallocated array (one per pass), or the bare layer "
-             "without dropout, in the same process.", "",
+             "without dropout, in the same process. Load = the machine's 1-minute load average "
+             "after the row (2 cores: above 2 means other processes competed for the CPU).", "",
              "## Micro-benchmarks", "", micro_table(res["micro"]), "",
              "## Memory per layer (fwd+bwd)", "",
              "Saved = bytes held for backward (saved_tensors_hooks, each storage once); extra = "
