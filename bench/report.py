@@ -141,7 +141,7 @@ def measure(providers, rounds, sample_s, cap_s):
     names = list(providers)
     for fn in providers.values():  # warm-up: compile / cache load, thread pools, page faults
         fn()
-        fn()
+    # The calibration call is the second warm-up call.
     number = {k: calibrate(providers[k], sample_s) for k in names}
     samples = {k: [] for k in names}
     start = time.perf_counter()
