@@ -85,7 +85,31 @@ CASES = [
     ("philox-key-range", x_np, lambda x: F.philox4x32([0, 0, 0, 0], [2**32, 0]), ValueError, "2^32"),
     ("philox-float", x_np, lambda x: F.philox4x32([0.0, 0, 0, 0], [0, 0]), TypeError, "integers"),
     ("philox-shape", x_np, lambda x: F.philox4x32([0, 0, 0], [0, 0]), ValueError, "shape (..., 4)"),
+    # fused dense layers (fastdrop.linear): mismatched shapes, dtypes, kinds and devices
+    ("linear-w-dtype", x_np, lambda x: F.dropout_linear(x, np.ones((2, 4), np.float64)), TypeError, "must match"),
+    ("linear-w-shape", x_np, lambda x: F.dropout_linear(x, np.ones((2, 3), np.float32)), ValueError, "weight must be"),
+    ("linear-b-shape", x_np, lambda x: F.dropout_linear(x, np.ones((2, 4), np.float32), np.ones(3, np.float32)),
+     ValueError, "bias has shape"),
+    ("linear-x-0d", lambda: np.ones((), np.float32), lambda x: F.dropout_linear(x, np.ones((2, 1), np.float32)),
+     ValueError, "at least 1 dimension"),
+    ("linear-kinds", x_np, lambda x: F.dropout_linear(x, torch.ones(2, 4)), TypeError, "same kind"),
+    ("linear-torch-dtype", x_t, lambda x: F.dropout_linear(x, torch.ones(2, 4, dtype=torch.float64)),
+     TypeError, "must match"),
+    ("linear-devices", x_t, lambda x: F.dropout_linear(x, torch.ones(2, 4, device="meta")), ValueError, "on meta"),
+    ("linear-p-nan", x_np, lambda x: F.dropout_linear(x, np.ones((2, 4), np.float32), p=NAN), ValueError, "p=nan"),
+    ("dropconnect-w-shape", x_t, lambda x: F.dropconnect_linear(x, torch.ones(2, 3)), ValueError, "weight must be"),
+    ("dropconnect-dtype", x_np, lambda x: F.dropconnect_linear(x, np.ones((2, 4), np.float64)), TypeError, "must match"),
 ]
+
+
+@pytest.mark.xfail(reason="fastdrop.linear draws the torch seed before refusing a meta tensor "
+                          "(reported; not this module's file)", strict=False)
+def test_dropconnect_meta_device_changes_no_state():
+    x = torch.ones(4, 3, device="meta")
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError, match="device meta"):
+        F.dropconnect_linear(x, torch.ones(2, 3, device="meta"))
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def snapshot(x):
