@@ -2,8 +2,8 @@
 
 Two ops:
 
-- `fastdrop::draw_seed() -> Tensor`: the seed a seed=None call uses, drawn from torch's default
-  CPU generator exactly as eager fastdrop draws it (`torch.randint(0, 2**63 - 1, ())`), returned
+- `fastdrop::draw_seed(token) -> Tensor`: the seed a seed=None call uses, drawn from torch's
+  default CPU generator by the same function as in eager mode (`_seeds.draw_torch_seed`), returned
   as a 0-d int64 tensor. It is an opaque op tagged `nondeterministic_seeded`, so under
   torch.compile Inductor neither replaces the draw with its own RNG (which would give other
   seeds than eager), nor merges two draws (CSE), nor recomputes one in backward.
@@ -21,9 +21,8 @@ import itertools
 
 import torch
 
+from . import _seeds
 from ._checks import MAX_U64
-
-SEED_HIGH = (1 << 63) - 1  # seeds drawn for seed=None lie in [0, 2**63 - 1), as in _seeds
 
 
 def to_i64(value):
@@ -39,7 +38,7 @@ def seed_tensor(seed):
                          tags=(torch.Tag.nondeterministic_seeded,))
 def draw_seed(token: int) -> torch.Tensor:
     """`token` is ignored; see `trace_token`."""
-    return torch.randint(0, SEED_HIGH, (), dtype=torch.int64)
+    return torch.tensor(_seeds.draw_torch_seed(), dtype=torch.int64)
 
 
 @draw_seed.register_fake
