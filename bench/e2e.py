@@ -158,6 +158,8 @@ PROBES = {  # name -> environment for a probe subprocess (thread pools of numba 
     "NUMBA_NUM_THREADS=1": {"NUMBA_NUM_THREADS": "1"},
     "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
     "torch.set_num_threads(1)": {"FASTDROP_E2E_TORCH_THREADS": "1"},
+    # The first setting again: if it differs from the first run, the machine's load drifted.
+    "as configured (repeat)": {},
 }
 
 
