@@ -91,9 +91,14 @@ def free_port():
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out_dir = str(tmp_path_factory.mktemp("ddp"))
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    ctx = torch.multiprocessing.start_processes(worker, args=(free_port(), out_dir), nprocs=WORLD,
-                                                join=False, start_method="spawn")
+    saved_env = os.environ.get("GLOO_SOCKET_IFNAME")
+    os.environ["GLOO_SOCKET_IFNAME"] = saved_env or "lo"  # loopback only; inherited by the spawn
+    try:
+        ctx = torch.multiprocessing.start_processes(worker, args=(free_port(), out_dir),
+                                                    nprocs=WORLD, join=False, start_method="spawn")
+    finally:
+        if saved_env is None:
+            del os.environ["GLOO_SOCKET_IFNAME"]
     deadline = time.monotonic() + TIMEOUT_S
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
