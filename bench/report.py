@@ -53,6 +53,26 @@ MEMORY_OPS = {  # mode -> case ids measured for memory
     "quick": ["dropout_fwd_bwd|4096x4096|p=0.5|float32"],
     "tiny": ["dropout_linear_fwd_bwd|4x8x6|p=0.5|float32"],
 }
+# The issues' performance targets: (case id, quantity, bound, what it says). "speedup" = torch /
+# fastdrop; "floor_ratio" = fastdrop / floor (for the dense layers the floor is a bare nn.Linear).
+TARGETS = [
+    ("dropout_fwd|4096x4096|p=0.5|float32", "speedup", ">=", 10.0,
+     "dropout fwd 4096x4096 f32 >= 10x torch.nn.Dropout (issue 2)"),
+    ("dropout_fwd_bwd|4096x4096|p=0.5|float32", "speedup", ">=", 10.0,
+     "dropout fwd+bwd 4096x4096 f32 >= 10x (issue 2: 'also forward+backward')"),
+    ("dropout_linear_fwd_bwd|256x1024x1024|p=0.5|float32", "speedup", ">=", 1.5,
+     "DropoutLinear fwd+bwd 256x1024->1024 >= 1.5x Dropout+Linear (issue 3)"),
+    ("dropout_linear_fwd_bwd|256x1024x1024|p=0.5|float32", "fastdrop_vs_floor", "<=", 1.2,
+     "DropoutLinear fwd+bwd within 1.2x of a bare nn.Linear (issue 3)"),
+    ("dropconnect_per_sample_fwd_bwd|64x512x512|p=0.5|float32", "speedup", ">=", 10.0,
+     "per-sample DropConnect fwd+bwd 64x512->512 >= 10x bernoulli+einsum (issue 3)"),
+    ("drop_path_fwd_bwd|256x197x384|p=0.1|float32", "speedup", ">=", 3.0,
+     "DropPath >= 3x the torch composite (issue 5)"),
+    ("max_norm_|4096x4096|p=0.0|float32", "speedup", ">=", 3.0,
+     "max_norm_ >= 3x torch renorm_ (issue 5)"),
+    ("mc_predict|256x64x512x10x32|p=0.5|float32", "speedup", ">=", 2.0,
+     "mc_predict T=32 >= 2x T separate torch forwards (issue 5)"),
+]
 T0 = time.perf_counter()
 
 
@@ -319,6 +339,23 @@ def micro_table(rows):
     return "\n".join(lines)
 
 
+def targets_table(rows):
+    by_id = {r["id"]: r for r in rows if r["device"] == "cpu"}
+    lines = ["| target | measured | met? |", "|---|---|---|"]
+    for cid, key, op, bound, text in TARGETS:
+        r = by_id.get(cid)
+        if r is None or key not in r:
+            why = "not in this run" if r is None else (r.get("skipped") or r.get("error"))
+            lines.append(f"| {text} | {why} | - |")
+            continue
+        v = r[key]
+        ok = v >= bound if op == ">=" else v <= bound
+        lines.append(f"| {text} | {v:.2f}x (±{r['timings']['fastdrop']['iqr_pct']:.0f}% / "
+                     f"±{r['timings']['torch' if key == 'speedup' else 'floor']['iqr_pct']:.0f}%) "
+                     f"| {'yes' if ok else '**no**'} |")
+    return "\n".join(lines)
+
+
 def memory_table(rows):
     lines = ["| layer | shape | dtype | fastdrop saved (extra) | torch saved (extra) "
              "| fastdrop peak RSS delta | torch peak RSS delta |", "|" + "---|" * 7]
@@ -438,6 +475,7 @@ def markdown(res):
              "of the same bytes into a preallocated array (one per pass), or the bare layer "
              "without dropout, in the same process. Load = the machine's 1-minute load average "
              "after the row (2 cores: above 2 means other processes competed for the CPU).", "",
+             "## Targets (CPU, this run)", "", targets_table(res["micro"]), "",
              "## Micro-benchmarks", "", micro_table(res["micro"]), "",
              "## Memory per layer (fwd+bwd)", "",
              "Saved = bytes held for backward (saved_tensors_hooks, each storage once); extra = "
