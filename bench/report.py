@@ -332,10 +332,10 @@ def micro_table(rows):
 
         def cell(k):
             return f"{fmt_time(t[k]['median_s'])} ±{t[k]['iqr_pct']:.0f}%"
-        lines.append(pre + f" {cell('fastdrop')} | {cell('torch')} | **{r['speedup']:.2f}x** | "
+        lines.append(pre + f" {cell('fastdrop')} | {cell('torch')} | **{r['speedup']:.3g}x** | "
                      f"{r['fastdrop_rate']:.1f} {r['rate_unit']} | {r['torch_rate']:.1f} "
                      f"{r['rate_unit']} | {r['floor']} | {fmt_time(t['floor']['median_s'])} | "
-                     f"{r['fastdrop_vs_floor']:.2f}x | {r['loadavg_after']:.1f} |")
+                     f"{r['fastdrop_vs_floor']:.3g}x | {r['loadavg_after']:.1f} |")
     return "\n".join(lines)
 
 
