@@ -5,7 +5,8 @@ One spawn (process start-up dominates: torch + numba import) runs every check:
   after fastdrop._distributed.set_rank_streams(False);
 - p = 0.5 training: DDP's all-reduced gradients and parameters equal a single-process run that
   replays both ranks' micro-batches with the same masks (rank emulated) and averages;
-- p = 0 training equals plain single-process training on the global batch.
+- p = 0 training equals plain single-process training on the global batch;
+- a torch.compile'd dropout draws the same rank-separated masks as eager.
 """
 import os
 import socket
@@ -67,6 +68,9 @@ def worker(rank, port, out_dir):
         results["mask_shared"] = fastdrop.dropout(torch.ones(256), 0.5) != 0
         _distributed.set_rank_streams(previous)
         results["explicit_seed"] = fastdrop.dropout(torch.ones(256), 0.5, seed=3) != 0
+        compiled = torch.compile(lambda t: fastdrop.dropout(t, 0.5), fullgraph=True)
+        torch.manual_seed(7)
+        results["mask_compiled"] = compiled(torch.ones(256)) != 0
 
         x, y = micro_batch(rank)
         for p in (0.5, 0.0):
@@ -116,6 +120,11 @@ def test_ranks_draw_different_masks_by_default(ranks):
     for r in range(WORLD):
         expected = fastdrop.dropout_mask((256,), 0.5, seed, r << _distributed.RANK_SHIFT)
         assert torch.equal(ranks[r]["mask_default"], torch.from_numpy(expected))
+
+
+def test_compiled_dropout_uses_the_rank_streams(ranks):
+    for r in range(WORLD):
+        assert torch.equal(ranks[r]["mask_compiled"], ranks[r]["mask_default"])
 
 
 def test_rank_streams_off_gives_equal_masks(ranks):
