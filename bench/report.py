@@ -265,6 +265,49 @@ def peak_rss(case_id, provider, mode):
     return json.loads(line[len("RESULT "):])
 
 
+BIG_PER_SAMPLE = (2048, 1024, 1024)  # N, in, out: torch's composite needs 3 x 8 GiB here
+
+
+def big_per_sample_child(n, fin, fout):
+    """One per-sample DropConnect fwd+bwd at a size torch's composite cannot hold: time and peak
+    RSS increase (the JIT is warmed on a tiny input first, so the big call runs once)."""
+    import torch
+    import fastdrop
+    xs, ws, bs = torch.randn(4, 8), torch.randn(6, 8), torch.randn(6)
+    for t in (xs, ws, bs):
+        t.requires_grad_(True)
+    fastdrop.dropconnect_linear(xs, ws, bs, 0.5, per_sample=True).sum().backward()
+    x = torch.randn(n, fin, requires_grad=True)
+    w = torch.randn(fout, fin, requires_grad=True)
+    b = torch.randn(fout, requires_grad=True)
+    g = torch.randn(n, fout)
+    gc.collect()
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    t0 = time.perf_counter()
+    torch.autograd.grad(fastdrop.dropconnect_linear(x, w, b, 0.5, per_sample=True), [x, w, b], g)
+    dt = time.perf_counter() - t0
+    peak = _status_kib("VmHWM")
+    print("RESULT " + json.dumps({"time_s": dt, "peak_rss_delta_bytes": (peak - before) * 1024}))
+
+
+def big_per_sample_row():
+    n, fin, fout = BIG_PER_SAMPLE
+    row = {"op": "dropconnect_per_sample_fwd_bwd", "shape": shape_str(BIG_PER_SAMPLE),
+           "torch_composite_bytes": 3 * n * fin * fout * 4,
+           "torch_note": "not run: bernoulli mask, W*M and W*M/(1-p) are 3 x N*out*in float32 "
+                         "in forward, more than this machine's memory"}
+    res = subprocess.run([sys.executable, os.path.abspath(__file__), "--big-per-sample-child"],
+                         capture_output=True, text=True, timeout=600)
+    if res.returncode != 0:
+        row["error"] = (res.stderr.strip().splitlines() or ["failed"])[-1]
+        return row
+    row.update(json.loads([ln for ln in res.stdout.splitlines()
+                           if ln.startswith("RESULT ")][-1][len("RESULT "):]))
+    return row
+
+
 def memory_rows(mode):
     cases = {c.id: c for c in all_cases(mode)}
     rows = []
@@ -446,6 +489,18 @@ def plot(rows, path):
     plt.close(fig)
 
 
+def big_md(b):
+    if not b:
+        return ""
+    head = (f"Per-sample DropConnect fwd+bwd at N x in x out = {b['shape']} (fresh subprocess, "
+            "JIT warmed on a tiny input): ")
+    if "error" in b:
+        return head + f"ERROR {b['error']}\n"
+    return head + (f"fastdrop {fmt_time(b['time_s'])}, peak RSS +{fmt_bytes(b['peak_rss_delta_bytes'])}"
+                   f"; torch's composite would need {fmt_bytes(b['torch_composite_bytes'])} of "
+                   f"forward temporaries ({b['torch_note']}).\n")
+
+
 def _clean(o):
     """NaN/inf are not JSON: write them as null."""
     if isinstance(o, float) and not math.isfinite(o):
@@ -483,6 +538,7 @@ def markdown(res):
              "resident-memory increase during one fwd+bwd call (fresh subprocess, after a warm-up "
              "call), outputs and gradients included; allocations small enough to reuse heap pages that are "
              "already resident show as 0.", "", memory_table(res["memory"]), "",
+             big_md(res.get("big_per_sample")),
              "## Compile time and import", "", compile_table(res["compile"], res["import"]), ""]
     if e2e:
         parts += ["## End to end: digits MLP", "",
@@ -542,9 +598,13 @@ def main(argv=None):
     ap.add_argument("--no-e2e", action="store_true")
     ap.add_argument("--peak-child", nargs=3, metavar=("CASE_ID", "PROVIDER", "MODE"),
                     help=argparse.SUPPRESS)
+    ap.add_argument("--big-per-sample-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.peak_child:
         peak_child(*args.peak_child)
+        return 0
+    if args.big_per_sample_child:
+        big_per_sample_child(*BIG_PER_SAMPLE)
         return 0
     mode = "tiny" if args.tiny else "quick" if args.quick else "default"
     import compile_time
@@ -585,6 +645,11 @@ def main(argv=None):
 
     log("memory: saved-for-backward bytes and peak RSS (fresh subprocess per layer) ...")
     res["memory"] = memory_rows(mode)
+    import fastdrop
+    if mode == "default" and hasattr(fastdrop, "dropconnect_linear"):
+        log(f"per-sample DropConnect fwd+bwd at {shape_str(BIG_PER_SAMPLE)} (fresh subprocess) ...")
+        res["big_per_sample"] = big_per_sample_row()
+        log(big_md(res["big_per_sample"]).strip())
 
     if not args.no_e2e:
         log("end to end: digits MLP, torch vs fastdrop vs no dropout ...")
