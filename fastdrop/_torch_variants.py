@@ -1,6 +1,5 @@
 """torch side of fastdrop.variants: max-norm on tensors, the dropout_matmul autograd Function,
 and the MC-dropout driver. Imports torch (fastdrop.variants imports this module lazily)."""
-import math
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -9,7 +8,7 @@ import torch
 from . import _torch_bridge, variants
 from ._checks import check_u64
 from .kernels import mc_dropout_cpu
-from .mask import kernel_rng_args, split_u64
+from .mask import kernel_rng_args
 
 HALF_TYPES = (torch.float16, torch.bfloat16)
 
@@ -51,18 +50,17 @@ def _masked(a, p, seed, offset, scale):
 
 
 def _matmul_forward(a, b, p, seed, offset, scale):
-    batch, M, K, N, _, _ = variants._matmul_shapes(a.shape, b.shape)
     if a.is_cuda:
         from .kernels import variants_cuda
         return variants_cuda.dropout_matmul_tensor(a, b, p, seed, offset, scale)
     if a.device.type != "cpu" or b.device.type != "cpu":
         raise ValueError(f"dropout_matmul needs a and b on the same CPU or CUDA device, got "
                          f"{a.device} and {b.device}")
-    if a.dtype in HALF_TYPES:
-        return _matmul_forward(a.float(), b.float(), p, seed, offset, scale).to(a.dtype)
-    out = torch.empty(batch + (M, N), dtype=a.dtype)
-    variants.matmul_into(a.detach().numpy(), b.detach().numpy(), out.numpy(), p, seed, offset, scale)
-    return out
+    # Measured on the 2-core machine: fastdrop's parallel mask kernel into a temporary, then torch's
+    # GEMM (MKL on torch's OpenMP pool, which Numba's omp layer shares) beats a tiled kernel calling
+    # np.dot per tile (scipy's OpenBLAS, a second spinning pool) by about 3x; see
+    # kernels/dropout_matmul_cpu.py. The temporary lives for this call only; nothing is saved.
+    return torch.matmul(_masked(a.detach(), p, seed, offset, scale), b.detach())
 
 
 class DropoutMatmul(torch.autograd.Function):
@@ -223,21 +221,21 @@ def _fused_head(rest):
 
 
 def _run_fused_head(h, head, seed, offsets):
+    """All samples of [Dropout, Linear] on h at once: one kernel call writes the n masked copies
+    of h (mask t with offsets[t]), one torch GEMM multiplies them by the weight."""
     p, mode, weight, bias = head
     scale = 1.0 if (mode == "classic" or p == 1.0) else 1.0 / (1.0 - p)
     n = len(offsets)
-    lead = h.shape[:-1]
-    h2 = h.detach().reshape(-1, h.shape[-1]).contiguous()
-    dt = h2.numpy().dtype
-    w_t = weight.detach().to(h2.dtype).mT.contiguous().numpy()
-    b = bias.detach().to(h2.dtype).numpy() if bias is not None else np.zeros(1, dt)
-    out = torch.empty(n, h2.shape[0], weight.shape[0], dtype=h2.dtype)
+    h2 = h.detach().contiguous()
+    hn = h2.numpy().reshape(1, -1)
+    masked = torch.empty((n,) + tuple(h2.shape), dtype=h2.dtype)
     lo = np.array([o & 0xFFFFFFFF for o in offsets], np.uint64)
     hi = np.array([o >> 32 for o in offsets], np.uint64)
     key_lo, key_hi, _, _, thr = kernel_rng_args(seed, 0, p)
-    mc_dropout_cpu.dropout_linear_samples(h2.numpy(), w_t, b, bias is not None, out.numpy(), lo, hi,
-                                          key_lo, key_hi, thr, dt.type(scale))
-    return out.reshape(n, *lead, weight.shape[0])
+    mc_dropout_cpu.dropout_samples(np.broadcast_to(hn, (n, hn.shape[1])), masked.numpy().reshape(n, -1),
+                                   lo, hi, key_lo, key_hi, thr, hn.dtype.type(scale))
+    return torch.nn.functional.linear(masked, weight.to(h2.dtype),
+                                      None if bias is None else bias.to(h2.dtype))
 
 
 def mc_predict(model, x, samples, seed, offset, logits, chunk, fused):

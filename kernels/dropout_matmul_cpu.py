@@ -4,10 +4,15 @@ The mask is the contract's mask over a's own shape: element (g, i, k) of a (g th
 has logical index (g*M + i)*K + k. A task owns a tile of consecutive rows of one batch entry; its
 mask words are consecutive, so they are generated in bulk (as in dropout_cpu), applied while
 copying the tile into a small scratch matrix, and the scratch is multiplied by b through BLAS
-(np.dot). The masked a is never materialized as a whole, and backward regenerates the tile masks.
+(np.dot). The masked a is never materialized as a whole.
+
+This kernel serves numpy inputs only, and its tile loop is serial on purpose: np.dot is scipy's
+OpenBLAS with its own thread pool, and calling it from inside a prange loop (Numba's OpenMP pool)
+nests two pools on 2 cores: OpenBLAS warns "Detect OpenMP Loop and this application may hang" and
+the call ran 3x slower than torch's composite. Torch tensors take fastdrop's parallel mask kernel
+followed by torch's GEMM on torch's own OpenMP pool instead (fastdrop/_torch_variants.py).
 """
 import numpy as np
-import numba
 
 from .config import cpu_kernel
 from .dropout_cpu import fill_words
@@ -17,7 +22,7 @@ from .dropout_cpu import fill_words
 MATMUL_TILE_ELEMS = 16384
 
 
-@cpu_kernel
+@cpu_kernel(parallel=False)
 def dropout_matmul(a, b, out, a_batched, b_batched, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """out[g] = (mask_g * a[g'] * scale) @ b[g''] for C-contiguous a (Ga, M, K), b (Gb, K, N),
     out (G, M, N); g' = g if a_batched else 0 (same for b). Mask over a's (Ga, M, K) indices."""
@@ -27,7 +32,7 @@ def dropout_matmul(a, b, out, a_batched, b_batched, key_lo, key_hi, off_lo, off_
     rows_per_tile = max(1, min(M, MATMUL_TILE_ELEMS // max(K, 1)))
     ntiles = (M + rows_per_tile - 1) // rows_per_tile
     zero = a.dtype.type(0)
-    for job in numba.prange(nbatch * ntiles):
+    for job in range(nbatch * ntiles):
         g = job // ntiles
         i0 = (job - g * ntiles) * rows_per_tile
         i1 = min(M, i0 + rows_per_tile)
