@@ -135,3 +135,12 @@ def test_seed_encoding_roundtrip():
     for v in (0, 1, 2**63 - 1, 2**63, 2**64 - 1):
         assert int(_ops.seed_tensor(v)) & (2**64 - 1) == v
         assert _ops.to_i64(v) & (2**64 - 1) == v
+
+
+def test_compiled_inplace_on_graph_input_and_half_types():
+    f = torch.compile(lambda x: fastdrop.dropout(x, 0.5, seed=1, inplace=True), fullgraph=True)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(10, dtype=dtype)
+        expected = fastdrop.dropout(x.clone(), 0.5, seed=1)
+        y = f(x)
+        assert y is x and torch.equal(x, expected)
