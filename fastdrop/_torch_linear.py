@@ -16,7 +16,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import linear as _linear
-from .kernels import dropout_cpu, linear_cpu
+from .kernels import linear_cpu
 from .mask import kernel_rng_args
 
 HALF_TYPES = (torch.float16, torch.bfloat16)
@@ -24,14 +24,15 @@ DROPOUT, BATCH, SAMPLE = "dropout", "batch", "sample"
 
 
 # ---- CPU tensors: Numba masks, torch GEMMs ------------------------------------------------------
-# For tensors the GEMMs go through torch (MKL on torch's OpenMP pool, which Numba's "omp" threading
-# layer shares: one libgomp per process), not through np.dot in the kernel (scipy's OpenBLAS, a
-# second pool): alternating two spinning pools on the same cores cost 4-5x (docs/threads.md).
-# The per-sample DropConnect kernels use no BLAS and are called as they are.
+# For tensors the GEMMs go through torch (MKL on torch's OpenMP pool), not through np.dot inside
+# a Numba kernel (scipy's OpenBLAS, another pool whose spinning threads slow the torch ops that
+# follow), and masks below PARALLEL_MASK_MIN elements run serially so that Numba's own OpenMP
+# pool (a second libgomp) is not woken for 0.1 ms of work (docs/threads.md). The per-sample
+# DropConnect kernels use no BLAS and run on Numba's pool: they are all the work there is.
 
 def _mask_into(src, dst, p, seed, offset, scale):
     """dst = src ⊙ M s (flat contiguous tensors; dst may be src)."""
-    kern = (dropout_cpu.dropout_flat if src.numel() >= linear_cpu.PARALLEL_MASK_MIN
+    kern = (linear_cpu.mask_copy if src.numel() >= linear_cpu.PARALLEL_MASK_MIN
             else linear_cpu.mask_copy_serial)
     kern(src.numpy().reshape(-1), dst.numpy().reshape(-1), *kernel_rng_args(seed, offset, p),
          np.dtype(_NP[src.dtype]).type(scale))
