@@ -115,6 +115,17 @@ def machine_info():
                                       "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "KMP_BLOCKTIME")
            if k in os.environ}
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    torch.nn.functional.dropout(torch.ones(1 << 16), 0.5)  # starts torch's OpenMP pool
+    try:  # every OpenMP runtime loaded: numba's and torch's may be two different libgomp copies
+        with open("/proc/self/maps") as f:
+            omp = sorted({ln.split()[-1] for ln in f
+                          if re.search(r"lib(g|i)?omp[^/]*\.so", ln.split()[-1])})
+    except OSError:
+        omp = []
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+    except Exception:
+        blas = "unknown"
     return {
         "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_gib, 1),
         "hostname": platform.node(), "python": platform.python_version(),
@@ -123,7 +134,8 @@ def machine_info():
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "numba_threads": numba.get_num_threads(), "numba_threading_layer": layer,
-        "thread_env": env, "cuda": torch.cuda.is_available(),
+        "thread_env": env, "openmp_runtimes": omp, "numpy_blas": blas,
+        "cuda": torch.cuda.is_available(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "loadavg_at_start": os.getloadavg(),
     }
@@ -521,7 +533,9 @@ def markdown(res):
              f"{info['torch']} ({info['torch_threads']} threads), numba {info['numba']} "
              f"({info['numba_threads']} threads, threading layer `{info['numba_threading_layer']}`), "
              f"numpy {info['numpy']}, Python {info['python']}; fastdrop {info['git_commit']}; "
-             f"thread env {info['thread_env'] or 'unset'}; GPU: {info['gpu'] or 'none (CPU only)'}.",
+             f"thread env {info['thread_env'] or 'unset'}; OpenMP runtimes loaded: "
+             f"{', '.join(info['openmp_runtimes']) or 'none found'}; numpy BLAS "
+             f"{info['numpy_blas']}; GPU: {info['gpu'] or 'none (CPU only)'}.",
              f"Load average at start {tuple(round(x, 2) for x in info['loadavg_at_start'])}, at end "
              f"{tuple(round(x, 2) for x in res['loadavg_at_end'])}; run took "
              f"{res['wall_s']:.0f} s.", "",
