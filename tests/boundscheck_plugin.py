@@ -15,11 +15,21 @@ import numba
 _njit = numba.njit
 
 
+_patched = []  # the kernels compiled serial, reported at the end if the pass never ran them
+
+
 @functools.wraps(_njit)
 def _serial_njit(*args, **kwargs):
-    if kwargs.get("parallel"):
-        kwargs["parallel"] = False
-    return _njit(*args, **kwargs)
+    if not kwargs.get("parallel"):
+        return _njit(*args, **kwargs)
+    kwargs["parallel"] = False
+    decorate = _njit(**kwargs)
+
+    def wrap(fn):
+        dispatcher = decorate(fn)
+        _patched.append(dispatcher)
+        return dispatcher
+    return wrap(args[0]) if args else wrap
 
 
 if numba.config.BOUNDSCHECK:
@@ -29,3 +39,12 @@ if numba.config.BOUNDSCHECK:
 def pytest_report_header(config):
     state = "on, kernels compiled serial" if numba.config.BOUNDSCHECK else "off"
     return f"fastdrop: Numba boundscheck {state}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not numba.config.BOUNDSCHECK:
+        return
+    unused = [f"{d.py_func.__module__}.{d.py_func.__name__}" for d in _patched if not d.signatures]
+    terminalreporter.write_line(f"fastdrop boundscheck pass: {len(_patched) - len(unused)} of "
+                                f"{len(_patched)} parallel kernels ran bounds-checked"
+                                + (f"; never called: {', '.join(unused)}" if unused else ""))
