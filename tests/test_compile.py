@@ -144,3 +144,15 @@ def test_compiled_inplace_on_graph_input_and_half_types():
         expected = fastdrop.dropout(x.clone(), 0.5, seed=1)
         y = f(x)
         assert y is x and torch.equal(x, expected)
+
+
+def test_compiled_graph_saves_only_seeds():
+    f = torch.compile(lambda x: fastdrop.dropout2d(fastdrop.dropout(x, 0.5) * 3, 0.5), fullgraph=True)
+    x = torch.randn(4, 8, 3, 3, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t,
+                                                  lambda t: t):
+        y = f(x)
+    y.sum().backward()
+    assert saved == [(), ()]  # the two 0-d seeds, no mask and no activation
+    assert x.grad is not None
