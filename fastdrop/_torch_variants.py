@@ -147,8 +147,10 @@ def _elementwise_samples(x, p, mode, seed, offsets):
     lo = np.array([o & 0xFFFFFFFF for o in offsets], np.uint64)
     hi = np.array([o >> 32 for o in offsets], np.uint64)
     key_lo, key_hi, _, _, thr = kernel_rng_args(seed, 0, p)
-    mc_dropout_cpu.dropout_samples(xc.numpy().reshape(n, -1), out.numpy().reshape(n, -1), lo, hi,
-                                   key_lo, key_hi, thr, xc.numpy().dtype.type(scale))
+    kern = mc_dropout_cpu.dropout_samples if xc.numel() >= mc_dropout_cpu.PARALLEL_MIN else \
+        mc_dropout_cpu.dropout_samples_serial
+    kern(xc.numpy().reshape(n, -1), out.numpy().reshape(n, -1), lo, hi, key_lo, key_hi, thr,
+         xc.numpy().dtype.type(scale))
     return out
 
 
@@ -232,8 +234,10 @@ def _run_fused_head(h, head, seed, offsets):
     lo = np.array([o & 0xFFFFFFFF for o in offsets], np.uint64)
     hi = np.array([o >> 32 for o in offsets], np.uint64)
     key_lo, key_hi, _, _, thr = kernel_rng_args(seed, 0, p)
-    mc_dropout_cpu.dropout_samples(np.broadcast_to(hn, (n, hn.shape[1])), masked.numpy().reshape(n, -1),
-                                   lo, hi, key_lo, key_hi, thr, hn.dtype.type(scale))
+    kern = mc_dropout_cpu.dropout_samples if masked.numel() >= mc_dropout_cpu.PARALLEL_MIN else \
+        mc_dropout_cpu.dropout_samples_serial
+    kern(np.broadcast_to(hn, (n, hn.shape[1])), masked.numpy().reshape(n, -1), lo, hi, key_lo, key_hi,
+         thr, hn.dtype.type(scale))
     return torch.nn.functional.linear(masked, weight.to(h2.dtype),
                                       None if bias is None else bias.to(h2.dtype))
 

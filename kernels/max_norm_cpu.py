@@ -9,20 +9,25 @@ vectors to constrain. Rows: one prange task per row, norm then scale while the r
 cache, and rows inside the ball are only read, never written. Columns (the reduced axis is the
 strided one): per-task blocks of columns, float64 partial sums per column, then one scaling pass;
 tasks own disjoint columns, so there are no races. Sums are accumulated in float64.
+
+The row kernel is compiled with fastmath={"reassoc"} on top of the house options: without it LLVM
+must keep the sum's sequential order and cannot vectorize the reduction (4.8 ms vs 1.0 ms for a
+4096x4096 float32 weight on the 2-core machine). Only reassociation is allowed (no NaN/inf or
+contraction assumptions); the result differs from a sequential sum by float64 rounding only.
 """
 import math
 
 import numpy as np
 import numba
 
-from .config import cpu_kernel
+from .config import JIT_OPTIONS, cpu_kernel
 
 # Columns per task in `max_norm_cols`: 64 float64 partial sums stay in registers/L1.
 # (Knob kept here, not in config.py, which another helper owns.)
 MAX_NORM_COL_BLOCK = 64
 
 
-@cpu_kernel
+@numba.njit(parallel=True, fastmath={"reassoc"}, **JIT_OPTIONS)
 def max_norm_rows(w, max_value, eps):
     """Constrain each row of the 2-D array w (any strides) in place."""
     ncols = w.shape[1]

@@ -31,3 +31,10 @@ def dropout_samples(x, out, off_lo, off_hi, key_lo, key_hi, thr, scale):
         fill_words(buf, start // 4, (m + 3) // 4, off_lo[t], off_hi[t], key_lo, key_hi)
         for k in range(m):
             out[t, start + k] = x[t, start + k] * scale if np.uint64(buf[k]) < thr else zero
+
+
+# The same loop compiled serial (prange runs as range): used below PARALLEL_MIN elements, where
+# waking Numba's OpenMP pool (a second OpenMP runtime next to torch's, docs/threads.md) between
+# torch's GEMMs costs more than the mask work.
+dropout_samples_serial = cpu_kernel(parallel=False)(dropout_samples.py_func)
+PARALLEL_MIN = 1 << 21
