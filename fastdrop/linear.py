@@ -61,9 +61,9 @@ def _cpu_dropout_linear_forward(x2d, w, b, p, seed, offset, scale):
 def _cpu_dropout_linear_backward(g, x2d, w, p, seed, offset, scale, need_x=True, need_w=True):
     gx = np.zeros_like(x2d)
     gw = np.zeros_like(w)
-    gb = g.sum(0) if g.shape[0] else np.zeros(w.shape[0], g.dtype)
+    gb = np.zeros(w.shape[0], g.dtype)  # the kernels overwrite it (onesᵀ g)
     if g.size == 0 or x2d.size == 0:
-        return gx, gw, gb
+        return gx, gw, g.sum(0, dtype=g.dtype)
     xm = np.empty_like(x2d) if need_x or need_w else x2d
     linear_cpu.dropout_linear_bwd(g, x2d, w, xm, gx, gw, gb, _ones(g.shape[0], g.dtype), need_x, need_w,
                                   *kernel_rng_args(seed, offset, p), x2d.dtype.type(scale))
@@ -89,9 +89,9 @@ def _cpu_dropconnect_forward(x2d, w, b, p, seed, offset, scale, per_sample):
 def _cpu_dropconnect_backward(g, x2d, w, p, seed, offset, scale, per_sample, need_x=True, need_w=True):
     gx = np.zeros_like(x2d)
     gw = np.zeros_like(w)
-    gb = g.sum(0) if g.shape[0] else np.zeros(w.shape[0], g.dtype)
+    gb = np.zeros(w.shape[0], g.dtype)  # the kernels overwrite it (onesᵀ g)
     if g.size == 0 or x2d.size == 0:
-        return gx, gw, gb
+        return gx, gw, g.sum(0, dtype=g.dtype)
     args = (*kernel_rng_args(seed, offset, p), x2d.dtype.type(scale))
     if per_sample:
         import numba

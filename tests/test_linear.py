@@ -215,6 +215,13 @@ def test_unbatched_and_zero_features(fn):
     np.testing.assert_allclose(y, fn(x[None], w, b, 0.5, seed=2)[0])
     assert fn(torch.tensor(x), torch.tensor(w), torch.tensor(b), 0.5, seed=2).shape == (3,)
     np.testing.assert_array_equal(fn(np.ones((2, 0)), np.ones((3, 0)), b, 0.5, seed=2), [b, b])
+    bt = torch.tensor(b, requires_grad=True)
+    fn(torch.ones(2, 0, dtype=torch.float64), torch.ones(3, 0, dtype=torch.float64), bt, 0.5, seed=2).sum().backward()
+    torch.testing.assert_close(bt.grad, torch.full((3,), 2.0, dtype=torch.float64))
+    from fastdrop.linear import CPU
+    for ps in (False, True):
+        gx, gw, gb = CPU.dropconnect_backward(np.ones((2, 3)), np.ones((2, 0)), np.ones((3, 0)), 0.5, 1, 0, 2.0, ps)
+        np.testing.assert_array_equal(gb, [2.0, 2.0, 2.0])
 
 
 class _FakeDeviceArray:
