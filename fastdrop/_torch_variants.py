@@ -80,21 +80,44 @@ class DropoutMatmul(torch.autograd.Function):
     def backward(ctx, g):
         a, b = ctx.saved_tensors
         p, seed, offset, scale = ctx.rng
-        grad_a = grad_b = None
+        need_a, need_b = ctx.needs_input_grad[:2]
         batched = g.dim() > 2
-        if ctx.needs_input_grad[0]:
+        ga = ad = None
+        if need_a:
             ga = g @ b.mT
             if batched and a.dim() == 2:  # a was broadcast over the batch: sum its gradients
                 ga = ga.reshape(-1, *ga.shape[-2:]).sum(0)
-            grad_a = _masked(ga.contiguous(), p, seed, offset, scale)
-        if ctx.needs_input_grad[1]:
-            ad = _masked(a.detach(), p, seed, offset, scale)
+        if need_a and need_b and _pair_ok(a, ga):
+            # Both masks in one parallel region, between the torch GEMMs (docs/threads.md: every
+            # switch between Numba's pool and torch's costs a wait on the other's spinning threads).
+            ga, ad = _masked_pair(ga, a.detach(), p, seed, offset, scale)
+        else:
+            ga = _masked(ga.contiguous(), p, seed, offset, scale) if need_a else None
+            ad = _masked(a.detach(), p, seed, offset, scale) if need_b else None
+        grad_b = None
+        if need_b:
             if batched and b.dim() == 2:  # b was broadcast: one (K, N) gradient summed over rows
                 grad_b = ad.expand(*g.shape[:-2], *a.shape[-2:]).reshape(-1, a.shape[-1]).mT @ \
                     g.reshape(-1, g.shape[-1])
             else:
                 grad_b = ad.mT @ g
-        return grad_a, grad_b, None, None, None, None
+        return ga, grad_b, None, None, None, None
+
+
+def _pair_ok(a, ga):
+    return (not a.is_cuda and a.dtype in (torch.float32, torch.float64) and ga.dtype == a.dtype
+            and ga.shape == a.shape)
+
+
+def _masked_pair(x1, x2, p, seed, offset, scale):
+    from .kernels import dropout_matmul_cpu
+    x1, x2 = x1.contiguous(), x2.contiguous()
+    o1, o2 = torch.empty_like(x1), torch.empty_like(x2)
+    if x1.numel():
+        dropout_matmul_cpu.dropout_pair(x1.numpy().reshape(-1), x2.numpy().reshape(-1), o1.numpy().reshape(-1),
+                                        o2.numpy().reshape(-1), *kernel_rng_args(seed, offset, p),
+                                        x1.numpy().dtype.type(scale))
+    return o1, o2
 
 
 # ----------------------------------------------------------------------------- MC dropout

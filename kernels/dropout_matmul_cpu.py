@@ -13,9 +13,10 @@ the call ran 3x slower than torch's composite. Torch tensors take fastdrop's par
 followed by torch's GEMM on torch's own OpenMP pool instead (fastdrop/_torch_variants.py).
 """
 import numpy as np
+import numba
 
 from .config import cpu_kernel
-from .dropout_cpu import fill_words
+from .dropout_cpu import CHUNK, fill_words
 
 # Elements of a per task tile (rows * K ~ 16K): the masked tile (64 KiB in float32) stays in L2
 # while BLAS reads it. (Knob kept here, not in config.py, which another helper owns.)
@@ -51,3 +52,24 @@ def dropout_matmul(a, b, out, a_batched, b_batched, key_lo, key_hi, off_lo, off_
                 v = a[ga, i0 + r, k]
                 tile[r, k] = v * scale if np.uint64(buf[shift + r * K + k]) < thr else zero
         out[g, i0:i1, :] = np.dot(tile, b[gb])
+
+
+@cpu_kernel
+def dropout_pair(x1, x2, out1, out2, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """out1 = where(mask, x1 * scale, 0) and out2 = where(mask, x2 * scale, 0) with one mask, for
+    flat contiguous arrays of equal size: dropout_matmul's backward masks a (for grad_b) and
+    g @ b^T (for grad_a) in one parallel region, generating the mask once."""
+    n = x1.size
+    zero = x1.dtype.type(0)
+    for c in numba.prange((n + CHUNK - 1) // CHUNK):
+        buf = np.empty(CHUNK, np.uint32)
+        start = c * CHUNK
+        m = min(CHUNK, n - start)
+        fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
+        for k in range(m):
+            if np.uint64(buf[k]) < thr:
+                out1[start + k] = x1[start + k] * scale
+                out2[start + k] = x2[start + k] * scale
+            else:
+                out1[start + k] = zero
+                out2[start + k] = zero
