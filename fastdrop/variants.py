@@ -8,8 +8,11 @@
   vector is projected onto the L2 ball of radius c, in place. For torch's (out, in) layout the
   incoming vector of unit o is the row weight[o, :], hence dim=1 (Keras stores (in, out) and uses
   axis=0). max_norm_hook applies it after every optimizer step.
-- dropout_matmul: dropout(a) @ b (attention: dropout(softmax(QK^T)) @ V) in one compiled call;
-  backward regenerates the mask from (seed, offset).
+- dropout_matmul: dropout(a) @ b (attention: dropout(softmax(QK^T)) @ V); backward regenerates
+  the mask from (seed, offset), nothing but a and b is saved. CPU tensors: fastdrop's mask kernel
+  into a temporary, then torch's GEMM (measured faster than a tiled kernel calling BLAS per tile,
+  see kernels/dropout_matmul_cpu.py); numpy: the tiled kernel; CUDA: a tiled kernel that masks a
+  while loading its tiles.
 - mc_predict (Gal & Ghahramani 2016): predictive mean/variance with fastdrop's dropout kept on.
 
 Every op takes the scaling rule where it is meaningful: "inverted" (kept values scaled by 1/(1-p)
@@ -309,8 +312,9 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     Fast paths (same masks, same contract): for an nn.Sequential, the layers before the first
     fastdrop dropout module are deterministic and run once; samples are evaluated `chunk` at a
     time as one batched forward (auto: when no other module is in training mode); and a tail
-    `[fastdrop.nn.Dropout, nn.Linear]` (or a DropoutLinear) is evaluated for all samples in one
-    kernel call (`fused=True`, CPU).
+    `[fastdrop.nn.Dropout, nn.Linear]` (or a DropoutLinear) is evaluated for all samples of a
+    chunk with one mask-kernel call (T masked copies of the hidden activation) and one torch GEMM
+    (`fused=True`, CPU float32/float64).
 
     Args:
         model: a torch.nn.Module mapping x (N, ...) to (N, ...) outputs.
