@@ -31,11 +31,14 @@ DROPOUT, BATCH, SAMPLE = "dropout", "batch", "sample"
 # DropConnect kernels use no BLAS and run on Numba's pool: they are all the work there is.
 
 def _mask_into(src, dst, p, seed, offset, scale):
-    """dst = src ⊙ M s (flat contiguous tensors; dst may be src)."""
-    kern = (linear_cpu.mask_copy if src.numel() >= linear_cpu.PARALLEL_MASK_MIN
-            else linear_cpu.mask_copy_serial)
-    kern(src.numpy().reshape(-1), dst.numpy().reshape(-1), *kernel_rng_args(seed, offset, p),
-         np.dtype(_NP[src.dtype]).type(scale))
+    """dst = src ⊙ M s (contiguous tensors; dst is src or does not overlap it)."""
+    big = src.numel() >= linear_cpu.PARALLEL_MASK_MIN
+    args = (*kernel_rng_args(seed, offset, p), np.dtype(_NP[src.dtype]).type(scale))
+    if dst is src:
+        (linear_cpu.mask_inplace if big else linear_cpu.mask_inplace_serial)(src.numpy().reshape(-1), *args)
+    else:
+        (linear_cpu.mask_copy if big else linear_cpu.mask_copy_serial)(src.numpy().reshape(-1),
+                                                                       dst.numpy().reshape(-1), *args)
     return dst
 
 

@@ -50,7 +50,7 @@ PARALLEL_MASK_MIN = 1 << 21
 
 @numba.njit(inline="always", **JIT_OPTIONS)
 def _mask_copy(src, dst, key_lo, key_hi, off_lo, off_hi, thr, scale):
-    """dst = src ⊙ M s for flat contiguous arrays (dst may alias src); serial on purpose, see above."""
+    """dst = src ⊙ M s for flat contiguous, non-overlapping arrays; serial on purpose, see above."""
     n = src.size
     zero = src.dtype.type(0)
     buf = np.empty(CHUNK, np.uint32)
@@ -60,6 +60,20 @@ def _mask_copy(src, dst, key_lo, key_hi, off_lo, off_hi, thr, scale):
         ss, ds = src[start:start + m], dst[start:start + m]
         for k in range(m):
             ds[k] = ss[k] * scale if np.uint64(buf[k]) < thr else zero
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _mask_inplace(a, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """a ⊙= M s. Its own loop: `_mask_copy(a, a)` fails LLVM's overlap check and runs scalar (4x)."""
+    n = a.size
+    zero = a.dtype.type(0)
+    buf = np.empty(CHUNK, np.uint32)
+    for start in range(0, n, CHUNK):
+        m = min(CHUNK, n - start)
+        fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
+        s_ = a[start:start + m]
+        for k in range(m):
+            s_[k] = s_[k] * scale if np.uint64(buf[k]) < thr else zero
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
@@ -91,6 +105,26 @@ def _add_bias(y, b):
 def mask_copy_serial(src, dst, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """`_mask_copy` as its own entry point: the torch path's mask below PARALLEL_MASK_MIN."""
     _mask_copy(src, dst, key_lo, key_hi, off_lo, off_hi, thr, scale)
+
+
+@cpu_kernel(parallel=False)
+def mask_inplace_serial(a, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    _mask_inplace(a, key_lo, key_hi, off_lo, off_hi, thr, scale)
+
+
+@cpu_kernel
+def mask_inplace(a, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """Parallel `_mask_inplace`, for operands of PARALLEL_MASK_MIN elements or more."""
+    n = a.size
+    zero = a.dtype.type(0)
+    for c in numba.prange((n + CHUNK - 1) // CHUNK):
+        buf = np.empty(CHUNK, np.uint32)
+        start = c * CHUNK
+        m = min(CHUNK, n - start)
+        fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
+        s_ = a[start:start + m]
+        for k in range(m):
+            s_[k] = s_[k] * scale if np.uint64(buf[k]) < thr else zero
 
 
 @cpu_kernel
@@ -180,7 +214,7 @@ def dropconnect_bwd(g, x, w, wm, gx, gw, gb, ones, need_x, need_w, key_lo, key_h
         np.dot(g, wm, gx)
     if need_w:
         np.dot(g.T, x, gw)
-        _mask_copy(gw.reshape(-1), gw.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
+        _mask_inplace(gw.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
     np.dot(ones, g, gb)
 
 
