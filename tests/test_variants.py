@@ -443,3 +443,30 @@ def test_mc_predict_seed_none_uses_torch_generator():
     torch.manual_seed(5)
     b = fastdrop.mc_predict(model, x, samples=4)
     torch.testing.assert_close(a, b)
+
+
+class TwoCalls(torch.nn.Module):
+    """Not a Sequential, and one dropout module called twice per forward (calls k = 0 and 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2, self.drop = torch.nn.Linear(6, 9), torch.nn.Linear(9, 4), fastdrop.nn.Dropout(0.3)
+
+    def forward(self, x):
+        return self.drop(self.l2(self.drop(torch.relu(self.l1(x)))))
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_mc_predict_custom_module_counts_calls(chunk):
+    model = TwoCalls().double().eval()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    outs = []
+    for t in range(5):
+        h = torch.relu(model.l1(x))
+        h = h * torch.as_tensor(fastdrop.dropout_mask(h.shape, 0.3, 6, t * 2 ** 32)) / 0.7
+        h = model.l2(h)
+        outs.append(h * torch.as_tensor(fastdrop.dropout_mask(h.shape, 0.3, 6, t * 2 ** 32 + 1)) / 0.7)
+    ys = torch.stack(outs)
+    r = fastdrop.mc_predict(model, x, samples=5, seed=6, chunk=chunk)
+    torch.testing.assert_close(r.mean, ys.mean(0))
+    torch.testing.assert_close(r.var, ys.var(0))
