@@ -149,6 +149,8 @@ def _check_operands(x, weight, bias):
             raise TypeError(f"x is a {kind} but {name} is a {k}; pass both as the same kind of array")
         if kind == TORCH and a.device != x.device:
             raise ValueError(f"x is on {x.device} but {name} is on {a.device}")
+    if kind == TORCH and x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"fastdrop runs on CPU and CUDA tensors, got device {x.device}")
     dtype = dtype_of(x, kind)
     if dtype != "bfloat16":
         check_float_dtype(dtype)
