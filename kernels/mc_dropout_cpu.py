@@ -12,29 +12,42 @@ OpenMP pool, see dropout_matmul_cpu.)
 import numpy as np
 import numba
 
-from .config import cpu_kernel
+from .config import JIT_OPTIONS, cpu_kernel
 from .dropout_cpu import CHUNK, fill_words
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _samples_chunk(x, out, job, nchunks, off_lo, off_hi, key_lo, key_hi, thr, scale):
+    """Chunk `job` of the (sample, chunk) grid: mask words with sample t's offset, then apply."""
+    L = x.shape[1]
+    t = job // nchunks
+    start = (job - t * nchunks) * CHUNK
+    m = min(CHUNK, L - start)
+    buf = np.empty(CHUNK, np.uint32)
+    fill_words(buf, start // 4, (m + 3) // 4, off_lo[t], off_hi[t], key_lo, key_hi)
+    zero = x.dtype.type(0)
+    for k in range(m):
+        out[t, start + k] = x[t, start + k] * scale if np.uint64(buf[k]) < thr else zero
 
 
 @cpu_kernel
 def dropout_samples(x, out, off_lo, off_hi, key_lo, key_hi, thr, scale):
     """out[t] = where(mask(offset=offsets[t]), x[t] * scale, 0) for (T, L) x (rows contiguous or
     broadcast) and C-contiguous out."""
-    L = x.shape[1]
-    nchunks = (L + CHUNK - 1) // CHUNK
-    zero = x.dtype.type(0)
+    nchunks = (x.shape[1] + CHUNK - 1) // CHUNK
     for job in numba.prange(x.shape[0] * nchunks):
-        t = job // nchunks
-        start = (job - t * nchunks) * CHUNK
-        m = min(CHUNK, L - start)
-        buf = np.empty(CHUNK, np.uint32)
-        fill_words(buf, start // 4, (m + 3) // 4, off_lo[t], off_hi[t], key_lo, key_hi)
-        for k in range(m):
-            out[t, start + k] = x[t, start + k] * scale if np.uint64(buf[k]) < thr else zero
+        _samples_chunk(x, out, job, nchunks, off_lo, off_hi, key_lo, key_hi, thr, scale)
 
 
-# The same loop compiled serial (prange runs as range): used below PARALLEL_MIN elements, where
-# waking Numba's OpenMP pool (a second OpenMP runtime next to torch's, docs/threads.md) between
-# torch's GEMMs costs more than the mask work.
-dropout_samples_serial = cpu_kernel(parallel=False)(dropout_samples.py_func)
+# The same loop, serial: used below PARALLEL_MIN elements, where waking Numba's OpenMP pool (a
+# second OpenMP runtime next to torch's, docs/threads.md) between torch's GEMMs costs more than the
+# mask work. A function of its own (not a re-jit of dropout_samples.py_func): Numba's on-disk cache
+# keys entries by bytecode and signature, not by the parallel flag.
+@cpu_kernel(parallel=False)
+def dropout_samples_serial(x, out, off_lo, off_hi, key_lo, key_hi, thr, scale):
+    nchunks = (x.shape[1] + CHUNK - 1) // CHUNK
+    for job in range(x.shape[0] * nchunks):
+        _samples_chunk(x, out, job, nchunks, off_lo, off_hi, key_lo, key_hi, thr, scale)
+
+
 PARALLEL_MIN = 1 << 21

@@ -470,3 +470,22 @@ def test_mc_predict_custom_module_counts_calls(chunk):
     r = fastdrop.mc_predict(model, x, samples=5, seed=6, chunk=chunk)
     torch.testing.assert_close(r.mean, ys.mean(0))
     torch.testing.assert_close(r.var, ys.var(0))
+
+
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_mc_sample_kernels_parallel_and_serial_follow_the_contract(broadcast):
+    from fastdrop.kernels import mc_dropout_cpu
+    from fastdrop.mask import kernel_rng_args
+    T, L, p, seed = 3, 5000, 0.3, 77
+    offsets = [9, 2 ** 32 + 1, 2 ** 40 + 3]
+    x = np.random.randn(1 if broadcast else T, L).astype(np.float32)
+    xs = np.broadcast_to(x, (T, L)) if broadcast else x
+    lo = np.array([o & 0xFFFFFFFF for o in offsets], np.uint64)
+    hi = np.array([o >> 32 for o in offsets], np.uint64)
+    key_lo, key_hi, _, _, thr = kernel_rng_args(seed, 0, p)
+    expected = np.stack([np.where(fastdrop.dropout_mask((L,), p, seed, o), xs[t] * np.float32(1 / 0.7), 0)
+                         for t, o in enumerate(offsets)])
+    for kern in (mc_dropout_cpu.dropout_samples, mc_dropout_cpu.dropout_samples_serial):
+        out = np.empty((T, L), np.float32)
+        kern(xs, out, lo, hi, key_lo, key_hi, thr, np.float32(1 / 0.7))
+        np.testing.assert_array_equal(out, expected)
