@@ -10,12 +10,15 @@ through __cuda_array_interface__). float16/bfloat16 are computed in float32 and 
 """
 import math
 import types
+from typing import List, Optional
 
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import _distributed, _ops, _seeds
 from . import linear as _linear
+from ._checks import MAX_U64
 from .kernels import linear_cpu
 from .mask import kernel_rng_args
 
@@ -123,6 +126,38 @@ def _as2d(t, ct):
     return t.detach().reshape(math.prod(t.shape[:-1]), t.shape[-1]).to(ct).contiguous()
 
 
+def _forward(x, weight, bias, p, seed, offset, scale, op):
+    """The forward kernel on tensors (no autograd)."""
+    kern, to_k, from_k = _backend(x)
+    ct = _compute_dtype(x)
+    x2d, w = _as2d(x, ct), weight.detach().to(ct).contiguous()
+    b = None if bias is None else to_k(bias.detach().to(ct).contiguous())
+    if op == DROPOUT:
+        y = kern.dropout_linear_forward(to_k(x2d), to_k(w), b, p, seed, offset, scale)
+    else:
+        y = kern.dropconnect_forward(to_k(x2d), to_k(w), b, p, seed, offset, scale, op == SAMPLE)
+    return from_k(y).reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
+
+
+def _backward(grad, x, weight, p, seed, offset, scale, op, need_x, need_w):
+    """(gx, gw, gb) from the regenerated mask; gx / gw are None where not needed."""
+    kern, to_k, from_k = _backend(x)
+    ct = _compute_dtype(x)
+    x2d, w, g = _as2d(x, ct), weight.detach().to(ct).contiguous(), _as2d(grad, ct)
+    args = (to_k(g), to_k(x2d), to_k(w), p, seed, offset, scale)
+    # The CPU kernels skip the GEMMs of gradients nobody asked for; the CUDA module computes all.
+    flags = dict(need_x=need_x, need_w=need_w) if kern is TORCH_CPU else {}
+    if op == DROPOUT:
+        gx, gw, gb = kern.dropout_linear_backward(*args, **flags)
+    else:
+        gx, gw, gb = kern.dropconnect_backward(*args, op == SAMPLE, **flags)
+    if x2d.numel() == 0:
+        gx = torch.zeros_like(x2d)
+    gx = from_k(gx).reshape(x.shape).to(x.dtype) if need_x else None
+    gw = from_k(gw).to(weight.dtype) if need_w else None
+    return gx, gw, from_k(gb).to(weight.dtype)
+
+
 class DenseDropFunction(torch.autograd.Function):
     """y = op(x, weight, bias) for op in (dropout -> linear, batch DropConnect, per-sample DropConnect)."""
 
@@ -130,43 +165,86 @@ class DenseDropFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, p, seed, offset, scale, op):
         ctx.save_for_backward(x, weight)
         ctx.rng = (p, seed, offset, scale, op)
-        kern, to_k, from_k = _backend(x)
-        ct = _compute_dtype(x)
-        x2d, w = _as2d(x, ct), weight.detach().to(ct).contiguous()
-        b = None if bias is None else to_k(bias.detach().to(ct).contiguous())
-        if op == DROPOUT:
-            y = kern.dropout_linear_forward(to_k(x2d), to_k(w), b, p, seed, offset, scale)
-        else:
-            y = kern.dropconnect_forward(to_k(x2d), to_k(w), b, p, seed, offset, scale, op == SAMPLE)
-        return from_k(y).reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
+        return _forward(x, weight, bias, p, seed, offset, scale, op)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        p, seed, offset, scale, op = ctx.rng
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        kern, to_k, from_k = _backend(x)
-        ct = _compute_dtype(x)
-        x2d, w, g = _as2d(x, ct), weight.detach().to(ct).contiguous(), _as2d(grad, ct)
-        args = (to_k(g), to_k(x2d), to_k(w), p, seed, offset, scale)
-        # The CPU kernels skip the GEMMs of gradients nobody asked for; the CUDA module computes all.
-        flags = dict(need_x=need_x, need_w=need_w) if kern is TORCH_CPU else {}
-        if op == DROPOUT:
-            gx, gw, gb = kern.dropout_linear_backward(*args, **flags)
-        else:
-            gx, gw, gb = kern.dropconnect_backward(*args, op == SAMPLE, **flags)
-        if x2d.numel() == 0:
-            gx = torch.zeros_like(x2d)
-        gx = from_k(gx).reshape(x.shape).to(x.dtype) if need_x else None
-        gw = from_k(gw).to(weight.dtype) if need_w else None
-        gb = from_k(gb).to(weight.dtype) if need_b else None
-        return gx, gw, gb, None, None, None, None, None
+        gx, gw, gb = _backward(grad, x, weight, *ctx.rng, need_x, need_w)
+        return gx, gw, gb if need_b else None, None, None, None, None, None
+
+
+# ---- torch.compile: the same computation as torch.library custom ops ------------------------------
+# Dynamo cannot trace into Numba dispatchers; as in fastdrop._ops (and for the reasons given
+# there: eager overhead, generator-faithful seeds) the custom ops are used only while compiling.
+
+_OPS = (DROPOUT, BATCH, SAMPLE)
+
+
+@torch.library.custom_op("fastdrop::dense_drop", mutates_args=())
+def dense_drop(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], seed: torch.Tensor,
+               p: float, offset: int, scale: float, op: int) -> torch.Tensor:
+    return _forward(x, weight, bias, p, int(seed) & MAX_U64, offset & MAX_U64, scale, _OPS[op])
+
+
+@dense_drop.register_fake
+def _(x, weight, bias, seed, p, offset, scale, op):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.custom_op("fastdrop::dense_drop_backward", mutates_args=())
+def dense_drop_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, seed: torch.Tensor,
+                        p: float, offset: int, scale: float, op: int, need_x: bool,
+                        need_w: bool) -> List[torch.Tensor]:
+    gx, gw, gb = _backward(grad, x, weight, p, int(seed) & MAX_U64, offset & MAX_U64, scale, _OPS[op],
+                           need_x, need_w)
+    # custom ops return tensors only: empty placeholders for gradients nobody asked for
+    return [gx if need_x else x.new_empty(0), gw if need_w else weight.new_empty(0), gb]
+
+
+@dense_drop_backward.register_fake
+def _(grad, x, weight, seed, p, offset, scale, op, need_x, need_w):
+    return [torch.empty_like(x) if need_x else x.new_empty(0),
+            torch.empty_like(weight) if need_w else weight.new_empty(0), weight.new_empty(weight.shape[0])]
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, seed, p, offset, scale, op = inputs
+    ctx.save_for_backward(x, weight, seed)
+    ctx.rng = (p, offset, scale, op)
+    ctx.has_bias = bias is not None
+
+
+def _op_backward(ctx, grad):
+    x, weight, seed = ctx.saved_tensors
+    need_x, need_w = ctx.needs_input_grad[:2]
+    gx, gw, gb = torch.ops.fastdrop.dense_drop_backward(grad, x, weight, seed, *ctx.rng, need_x, need_w)
+    return (gx if need_x else None, gw if need_w else None, gb if ctx.has_bias else None,
+            None, None, None, None, None)
+
+
+dense_drop.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+def _apply(x, weight, bias, p, seed, offset, scale, op):
+    """Resolve seed=None (torch's generator, rank-separated offset) and run eager or compiled."""
+    if seed is None:
+        offset = _distributed.stream_offset(offset)
+    if torch.compiler.is_compiling():
+        seed_t = (torch.ops.fastdrop.draw_seed(_ops.trace_token()) if seed is None
+                  else _ops.seed_tensor(seed))
+        return torch.ops.fastdrop.dense_drop(x, weight, bias, seed_t, p, _ops.to_i64(offset), scale,
+                                             _OPS.index(op))
+    if seed is None:
+        seed = _seeds.draw_torch_seed()
+    return DenseDropFunction.apply(x, weight, bias, p, seed, offset, scale, op)
 
 
 def dropout_linear(x, weight, bias, p, seed, offset, scale):
-    return DenseDropFunction.apply(x, weight, bias, p, seed, offset, scale, DROPOUT)
+    return _apply(x, weight, bias, p, seed, offset, scale, DROPOUT)
 
 
 def dropconnect_linear(x, weight, bias, p, seed, offset, scale, per_sample):
-    return DenseDropFunction.apply(x, weight, bias, p, seed, offset, scale, SAMPLE if per_sample else BATCH)
+    return _apply(x, weight, bias, p, seed, offset, scale, SAMPLE if per_sample else BATCH)

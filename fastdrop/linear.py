@@ -226,11 +226,12 @@ def dropout_linear(x, weight, bias=None, p=0.5, *, training=True, seed=None, off
         return _plain_linear(x, weight, bias, kind, 1.0 if mode == "inverted" else 1.0 - p)
     if p == 0.0:
         return _plain_linear(x, weight, bias, kind)
-    seed = _resolve_seed(seed, kind)
     scale = _train_scale(p, mode)
     if kind == TORCH:
+        # seed=None is drawn inside, as a traceable op under torch.compile
         from . import _torch_linear
         return _torch_linear.dropout_linear(x, weight, bias, p, seed, offset, scale)
+    seed = _resolve_seed(seed, kind)
     if kind == CUDA_ARRAY:
         return _device_array_call("dropout_linear_forward", x, weight, bias, p, seed, offset, scale)
     return _numpy_call(CPU.dropout_linear_forward, x, weight, bias, p, seed, offset, scale)
@@ -279,15 +280,16 @@ def dropconnect_linear(x, weight, bias=None, p=0.5, *, training=True, seed=None,
     if p == 0.0:
         y = _plain_linear(x, weight, bias, kind)
     else:
-        seed = _resolve_seed(seed, kind)
         scale = _train_scale(p, "inverted")
         if kind == TORCH:
             from . import _torch_linear
             y = _torch_linear.dropconnect_linear(x, weight, bias, p, seed, offset, scale, bool(per_sample))
         elif kind == CUDA_ARRAY:
+            seed = _resolve_seed(seed, kind)
             y = _device_array_call("dropconnect_forward", x, weight, bias, p, seed, offset, scale,
                                   bool(per_sample))
         else:
+            seed = _resolve_seed(seed, kind)
             y = _numpy_call(CPU.dropconnect_forward, x, weight, bias, p, seed, offset, scale,
                             bool(per_sample))
     return y if activation is None else activation(y)

@@ -286,3 +286,25 @@ def test_module_training_and_reproducibility():
         fastdrop.nn.DropoutLinear(3, 2, p=-0.1)
     with pytest.raises(ValueError, match="mode"):
         fastdrop.nn.DropoutLinear(3, 2, mode="bogus")
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    """Under torch.compile the layers are torch.library custom ops (no graph break), and a compiled
+    model gives the eager masks and gradients after the same torch.manual_seed."""
+    torch._dynamo.reset()
+    m = torch.nn.Sequential(fastdrop.nn.DropoutLinear(8, 4), torch.nn.ReLU(),
+                            fastdrop.nn.DropConnectLinear(4, 2, per_sample=True), torch.nn.ReLU(),
+                            fastdrop.nn.DropConnectLinear(2, 3, bias=False))
+    c = torch.compile(m, backend="aot_eager", fullgraph=True)
+    x = torch.randn(3, 8, requires_grad=True)
+
+    def run(f):
+        torch.manual_seed(0)
+        m.zero_grad()
+        x.grad = None
+        y = f(x)
+        y.square().sum().backward()
+        return [y.detach()] + [p.grad.clone() for p in m.parameters()] + [x.grad.clone()]
+
+    for a, b in zip(run(c), run(m)):
+        torch.testing.assert_close(a, b)
