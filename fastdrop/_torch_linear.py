@@ -4,6 +4,12 @@ Forward saves x and weight (the tensors the caller already holds, so no new memo
 Python scalars (p, seed, offset, scale); backward regenerates the mask from (seed, offset) inside
 the kernel. Nothing of size N x I, O x I or N x O x I is saved: no mask, no masked copy.
 
+Eager calls go through `DenseDropFunction` (an autograd.Function: less per-call overhead); under
+torch.compile the same forward/backward run as the custom ops `fastdrop::dense_drop` and
+`fastdrop::dense_drop_backward` (opaque to Dynamo, with fake shapes), which save x, weight and
+the 0-d seed tensor; seed=None is then the `fastdrop::draw_seed` op of fastdrop._ops, so compiled
+and eager models draw the same masks after the same torch.manual_seed.
+
 Kernels run on 2-D C-contiguous float32/float64 views: CPU tensors go to fastdrop.linear.CPU as
 numpy views (zero copy), CUDA tensors to fastdrop._cuda_linear as Numba device arrays (zero copy
 through __cuda_array_interface__). float16/bfloat16 are computed in float32 and cast back once.
