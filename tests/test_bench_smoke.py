@@ -1,7 +1,7 @@
 """The benchmarks must never rot: run every pytest-benchmark suite on tiny shapes with
 --benchmark-disable (each benchmark called once), and the report in its tiny mode, in subprocesses
-(the suites and the report set up their own processes, threads and caches). Both start at once so
-the two cores overlap their interpreter start-ups and imports."""
+(the suites and the report set up their own processes, threads and caches). One after the other:
+run side by side on 2 cores, their thread pools contend and both get slower."""
 import json
 import os
 import subprocess
@@ -27,12 +27,15 @@ def _finish(proc):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-report")
-    suites = _start(["-m", "pytest", "bench", "-q", "--benchmark-disable", "-p", "no:cacheprovider"])
-    report = _start(["bench/report.py", "--tiny", "--out", str(out), "--machine", "smoke"])
+    procs = []
     try:
-        yield {"suites": _finish(suites), "report": _finish(report), "out": out}
+        procs.append(_start(["-m", "pytest", "bench", "-q", "--benchmark-disable",
+                             "-p", "no:cacheprovider"]))
+        suites = _finish(procs[-1])
+        procs.append(_start(["bench/report.py", "--tiny", "--out", str(out), "--machine", "smoke"]))
+        yield {"suites": suites, "report": _finish(procs[-1]), "out": out}
     finally:
-        for p in (suites, report):
+        for p in procs:
             if p.poll() is None:
                 p.kill()
 
