@@ -3,6 +3,7 @@
 `import fastdrop` loads no torch and no CUDA: the torch bridge and `fastdrop.nn` import torch when
 used, and the CUDA kernels compile on the first CUDA input.
 """
+from ._distributed import set_rank_streams
 from ._seeds import manual_seed
 from .functional import RankError, dropout, dropout1d, dropout2d, dropout3d
 from .linear import dropout_linear, dropconnect_linear
@@ -21,6 +22,6 @@ def __getattr__(name):
 
 
 __all__ = ["dropout", "dropout1d", "dropout2d", "dropout3d", "dropout_mask", "philox4x32",
-           "keep_threshold", "manual_seed", "RankError", "nn",
+           "keep_threshold", "manual_seed", "set_rank_streams", "RankError", "nn",
            "dropout_linear", "dropconnect_linear",
            "drop_path", "dropout_matmul", "max_norm_", "max_norm_hook", "mc_predict"]

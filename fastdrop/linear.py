@@ -125,15 +125,16 @@ def cuda_kernels():
 def _device_array_call(name, x, weight, bias, p, seed, offset, scale, *extra):
     """One forward of fastdrop._cuda_linear on CUDA device arrays (no autograd)."""
     kernels = cuda_kernels()  # first: a clear error where there is no GPU
-    from numba import cuda
-    x, w = cuda.as_cuda_array(x), cuda.as_cuda_array(weight)
-    b = None if bias is None else cuda.as_cuda_array(bias)
+    from ._cuda import as_device_array  # real device arrays and the simulator's alike
+    x, w = as_device_array(x), as_device_array(weight)
+    b = None if bias is None else as_device_array(bias)
     for nm, a in (("x", x), ("weight", w), ("bias", b)):
         if a is not None and not a.is_c_contiguous():
             raise ValueError(f"CUDA device array {nm} must be C-contiguous (copy it first)")
-    x2d = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+    xs = tuple(x.shape)
+    x2d = x.reshape(math.prod(xs[:-1]), xs[-1])
     y = getattr(kernels, name)(x2d, w, b, p, seed, offset, scale, *extra)
-    return y.reshape(tuple(x.shape[:-1]) + (w.shape[0],))
+    return y.reshape(xs[:-1] + (tuple(w.shape)[0],))
 
 
 # ---- validation ---------------------------------------------------------------------------------
@@ -157,14 +158,15 @@ def _check_operands(x, weight, bias):
     for name, a in (("weight", weight), ("bias", bias)):
         if a is not None and a.dtype != x.dtype:
             raise TypeError(f"x has dtype {x.dtype} but {name} has dtype {a.dtype}; they must match")
-    if len(x.shape) < 1:
-        raise ValueError(f"x must have at least 1 dimension (..., in_features), got shape {tuple(x.shape)}")
-    if len(weight.shape) != 2 or weight.shape[1] != x.shape[-1]:
-        raise ValueError(f"x has shape {tuple(x.shape)} and weight has shape {tuple(weight.shape)}: "
-                         f"weight must be (out_features, {x.shape[-1]})")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({weight.shape[0]},) for weight "
-                         f"of shape {tuple(weight.shape)}")
+    xs, ws = tuple(x.shape), tuple(weight.shape)  # tuples: device arrays' shapes may not take [-1]
+    if len(xs) < 1:
+        raise ValueError(f"x must have at least 1 dimension (..., in_features), got shape {xs}")
+    if len(ws) != 2 or ws[1] != xs[-1]:
+        raise ValueError(f"x has shape {xs} and weight has shape {ws}: "
+                         f"weight must be (out_features, {xs[-1]})")
+    if bias is not None and tuple(bias.shape) != (ws[0],):
+        raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({ws[0]},) for weight "
+                         f"of shape {ws}")
     return kind
 
 

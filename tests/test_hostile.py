@@ -102,8 +102,6 @@ CASES = [
 ]
 
 
-@pytest.mark.xfail(reason="fastdrop.linear draws the torch seed before refusing a meta tensor "
-                          "(reported; not this module's file)", strict=False)
 def test_dropconnect_meta_device_changes_no_state():
     x = torch.ones(4, 3, device="meta")
     state = torch.get_rng_state()

@@ -1,0 +1,61 @@
+"""The public API on CUDA device arrays gives what it gives on numpy arrays: the dispatcher, the
+launchers and the kernels together (bit for bit where the op is elementwise, float tolerance for
+the products). Tiny shapes: the simulator runs every thread in Python."""
+import numpy as np
+import pytest
+from numba import cuda
+
+import fastdrop
+
+
+def _host(a):
+    return a.copy_to_host()
+
+
+@pytest.mark.parametrize("fn, shape", [
+    (fastdrop.dropout, (3, 5)), (fastdrop.dropout, (7,)), (fastdrop.dropout1d, (2, 3, 4)),
+    (fastdrop.dropout2d, (2, 3, 2, 2)), (fastdrop.dropout3d, (1, 2, 2, 2, 2)),
+    (fastdrop.drop_path, (3, 2, 2)),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_elementwise_ops_bit_identical(fn, shape, dtype):
+    x = np.random.randn(*shape).astype(dtype)
+    seed = 2**40 + 17
+    y = fn(cuda.to_device(x), 0.5, seed=seed, offset=3)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    np.testing.assert_array_equal(_host(y).view(np.uint8), fn(x, 0.5, seed=seed, offset=3).view(np.uint8))
+
+
+def test_modes_and_trivial_cases():
+    x = np.random.randn(4, 3).astype(np.float32)
+    d = cuda.to_device(x)
+    assert fastdrop.dropout(d, 0.0) is d
+    assert fastdrop.dropout(d, 0.5, training=False) is d
+    np.testing.assert_array_equal(_host(fastdrop.dropout(d, 0.25, training=False, mode="classic")),
+                                  fastdrop.dropout(x, 0.25, training=False, mode="classic"))
+    np.testing.assert_array_equal(_host(fastdrop.dropout(d, 0.4, seed=1, mode="classic")),
+                                  fastdrop.dropout(x, 0.4, seed=1, mode="classic"))
+    assert (_host(fastdrop.dropout(d, 1.0, seed=1)) == 0).all()
+
+
+def test_seed_none_uses_the_numpy_source():
+    x = np.ones(16, np.float32)
+    fastdrop.manual_seed(5)
+    a = _host(fastdrop.dropout(cuda.to_device(x), 0.5))
+    fastdrop.manual_seed(5)
+    np.testing.assert_array_equal(a, fastdrop.dropout(x, 0.5))
+
+
+@pytest.mark.parametrize("fn, kw", [
+    (fastdrop.dropout_linear, {}), (fastdrop.dropout_linear, {"mode": "classic"}),
+    (fastdrop.dropconnect_linear, {}), (fastdrop.dropconnect_linear, {"per_sample": True}),
+])
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_dense_layers_match_cpu(fn, kw, dtype, rtol):
+    x = np.random.randn(2, 3, 5).astype(dtype)
+    w = np.random.randn(4, 5).astype(dtype)
+    b = np.random.randn(4).astype(dtype)
+    y = _host(fn(cuda.to_device(x), cuda.to_device(w), cuda.to_device(b), 0.5, seed=9, **kw))
+    ref = fn(x, w, b, 0.5, seed=9, **kw)
+    assert y.shape == ref.shape == (2, 3, 4)
+    np.testing.assert_allclose(y, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
