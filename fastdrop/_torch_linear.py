@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 from . import _distributed, _ops, _seeds
 from . import linear as _linear
 from ._checks import MAX_U64
-from .kernels import linear_cpu
+from .kernels import dropout_cpu, linear_cpu
 from .mask import kernel_rng_args
 
 HALF_TYPES = (torch.float16, torch.bfloat16)
@@ -46,7 +46,7 @@ def _mask_into(src, dst, p, seed, offset, scale):
     if dst is src:
         (linear_cpu.mask_inplace if big else linear_cpu.mask_inplace_serial)(src.numpy().reshape(-1), *args)
     else:
-        (linear_cpu.mask_copy if big else linear_cpu.mask_copy_serial)(src.numpy().reshape(-1),
+        (dropout_cpu.dropout_flat if big else linear_cpu.mask_copy_serial)(src.numpy().reshape(-1),
                                                                        dst.numpy().reshape(-1), *args)
     return dst
 

@@ -19,9 +19,9 @@ Two paths for the first two ops, chosen by measurement (docs/threads.md):
   the masked copy is one streaming pass over an operand O times smaller than the GEMM's work
   (0.09 ms next to a 2.5 ms GEMM at 256x1024->1024). The masking loop is serial: it is that cheap,
   and it keeps Numba's thread pool asleep while OpenBLAS's threads run.
-- torch tensors: fastdrop._torch_linear applies the masks with `mask_copy` / `mask_pair` here
-  (serial below PARALLEL_MASK_MIN elements, parallel above) and runs the GEMMs with torch, on
-  torch's own thread pool.
+- torch tensors: fastdrop._torch_linear applies the masks with `mask_copy_serial` / `mask_pair`
+  here (serial below PARALLEL_MASK_MIN elements, parallel above; the parallel masked copy is
+  dropout_cpu.dropout_flat itself) and runs the GEMMs with torch, on torch's own thread pool.
 Masking loops index chunk-sized slices (`xs[k]`), not `x[start + k]`: measured 2.5x faster for a
 copy and 10x for the in-place gradient update, which otherwise does not vectorize.
 
@@ -125,21 +125,6 @@ def mask_inplace(a, key_lo, key_hi, off_lo, off_hi, thr, scale):
         s_ = a[start:start + m]
         for k in range(m):
             s_[k] = s_[k] * scale if np.uint64(buf[k]) < thr else zero
-
-
-@cpu_kernel
-def mask_copy(src, dst, key_lo, key_hi, off_lo, off_hi, thr, scale):
-    """Parallel `_mask_copy`, for operands of PARALLEL_MASK_MIN elements or more."""
-    n = src.size
-    zero = src.dtype.type(0)
-    for c in numba.prange((n + CHUNK - 1) // CHUNK):
-        buf = np.empty(CHUNK, np.uint32)
-        start = c * CHUNK
-        m = min(CHUNK, n - start)
-        fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
-        ss, ds = src[start:start + m], dst[start:start + m]
-        for k in range(m):
-            ds[k] = ss[k] * scale if np.uint64(buf[k]) < thr else zero
 
 
 @cpu_kernel(parallel=False)
