@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from .kernels import dropout_cpu
+from .kernels.config import CPU_PARALLEL_MIN
 from .mask import keep_threshold, kernel_rng_args, split_u64
 
 
@@ -30,7 +31,8 @@ def dropout_into(x, out, p, seed, offset, scale):
     args = kernel_rng_args(seed, offset, p)
     scale = x.dtype.type(scale)
     if x.flags.c_contiguous and out.flags.c_contiguous:
-        dropout_cpu.dropout_flat(x.reshape(-1), out.reshape(-1), *args, scale)
+        kernel = dropout_cpu.dropout_flat if x.size >= CPU_PARALLEL_MIN else dropout_cpu.dropout_flat_serial
+        kernel(x.reshape(-1), out.reshape(-1), *args, scale)
         return out
     if not _positive_strides(x):
         x = np.ascontiguousarray(x)

@@ -46,7 +46,7 @@ def _mask_into(src, dst, p, seed, offset, scale):
     if dst is src:
         (linear_cpu.mask_inplace if big else linear_cpu.mask_inplace_serial)(src.numpy().reshape(-1), *args)
     else:
-        (dropout_cpu.dropout_flat if big else linear_cpu.mask_copy_serial)(src.numpy().reshape(-1),
+        (dropout_cpu.dropout_flat if big else dropout_cpu.dropout_flat_serial)(src.numpy().reshape(-1),
                                                                        dst.numpy().reshape(-1), *args)
     return dst
 

@@ -46,20 +46,35 @@ def keep_mask(out, key_lo, key_hi, off_lo, off_hi, thr):
             os[k] = np.uint64(buf[k]) < thr
 
 
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _dropout_chunk(x, out, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """Chunk c of `dropout_flat`: elements [c * CHUNK, (c + 1) * CHUNK)."""
+    start = c * CHUNK
+    m = min(CHUNK, x.size - start)
+    fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
+    zero = x.dtype.type(0)
+    xs = x[start:start + m]
+    os = out[start:start + m]
+    for k in range(m):
+        os[k] = xs[k] * scale if np.uint64(buf[k]) < thr else zero
+
+
 @cpu_kernel
 def dropout_flat(x, out, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """out = where(mask, x * scale, 0) for flat contiguous x, out (out may alias x)."""
-    n = x.size
-    zero = x.dtype.type(0)
-    for c in numba.prange((n + CHUNK - 1) // CHUNK):
+    for c in numba.prange((x.size + CHUNK - 1) // CHUNK):
         buf = np.empty(CHUNK, np.uint32)
-        start = c * CHUNK
-        m = min(CHUNK, n - start)
-        fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
-        xs = x[start:start + m]
-        os = out[start:start + m]
-        for k in range(m):
-            os[k] = xs[k] * scale if np.uint64(buf[k]) < thr else zero
+        _dropout_chunk(x, out, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale)
+
+
+@cpu_kernel(parallel=False)
+def dropout_flat_serial(x, out, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """`dropout_flat` on the calling thread, for inputs below CPU_PARALLEL_MIN elements: waking
+    Numba's thread pool costs more than it saves there (its own function, not a flag: Numba's
+    disk cache does not key on `parallel`)."""
+    buf = np.empty(CHUNK, np.uint32)
+    for c in range((x.size + CHUNK - 1) // CHUNK):
+        _dropout_chunk(x, out, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale)
 
 
 @cpu_kernel
@@ -113,9 +128,11 @@ def apply_group_mask(x, out, keep, scale):
     for g in numba.prange(x.shape[0] * nb):
         a = g // nb
         b = g - a * nb
+        xr = x[a, b]  # row slices: the loops below vectorize (indexing x[a, b, k] does not)
+        orow = out[a, b]
         if keep[g]:
-            for k in range(x.shape[2]):
-                out[a, b, k] = x[a, b, k] * scale
+            for k in range(xr.size):
+                orow[k] = xr[k] * scale
         else:
-            for k in range(x.shape[2]):
-                out[a, b, k] = zero
+            for k in range(xr.size):
+                orow[k] = zero
