@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import _cpu, _distributed, _seeds
+from ._alloc import empty_like
 
 HALF_TYPES = (torch.float16, torch.bfloat16)
 
@@ -37,7 +38,7 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
             return res.to(x.dtype)
         return out.copy_(res)
     if out is None:
-        out = torch.empty_like(x)
+        out = empty_like(x)
     xn = x.detach().numpy()
     on = out.detach().numpy()
     if group_ndim:
