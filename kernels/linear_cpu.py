@@ -35,7 +35,7 @@ import numpy as np
 import numba
 
 from .config import CPU_BLOCKS_PER_CHUNK, JIT_OPTIONS, cpu_kernel
-from .dropout_cpu import fill_words
+from .dropout_cpu import dropout_flat_serial, fill_words
 
 CHUNK = 4 * CPU_BLOCKS_PER_CHUNK
 # Output rows per parallel task of the per-sample forward: (n, 16-row block) tasks give both cores
@@ -49,22 +49,9 @@ PARALLEL_MASK_MIN = 1 << 21
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _mask_copy(src, dst, key_lo, key_hi, off_lo, off_hi, thr, scale):
-    """dst = src ⊙ M s for flat contiguous, non-overlapping arrays; serial on purpose, see above."""
-    n = src.size
-    zero = src.dtype.type(0)
-    buf = np.empty(CHUNK, np.uint32)
-    for start in range(0, n, CHUNK):
-        m = min(CHUNK, n - start)
-        fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
-        ss, ds = src[start:start + m], dst[start:start + m]
-        for k in range(m):
-            ds[k] = ss[k] * scale if np.uint64(buf[k]) < thr else zero
-
-
-@numba.njit(inline="always", **JIT_OPTIONS)
 def _mask_inplace(a, key_lo, key_hi, off_lo, off_hi, thr, scale):
-    """a ⊙= M s. Its own loop: `_mask_copy(a, a)` fails LLVM's overlap check and runs scalar (4x)."""
+    """a ⊙= M s. Its own loop: `dropout_flat_serial(a, a)` fails LLVM's overlap check and runs
+    scalar (4x)."""
     n = a.size
     zero = a.dtype.type(0)
     buf = np.empty(CHUNK, np.uint32)
@@ -150,7 +137,7 @@ def mask_pair(x, xm, gx, key_lo, key_hi, off_lo, off_hi, thr, scale):
 @cpu_kernel(parallel=False)
 def dropout_linear_fwd(x, w, b, has_bias, xm, y, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """y = (x ⊙ M s) Wᵀ + b; xm is an (N, I) scratch buffer."""
-    _mask_copy(x.reshape(-1), xm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
+    dropout_flat_serial(x.reshape(-1), xm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
     np.dot(xm, w.T, y)
     if has_bias:
         _add_bias(y, b)
@@ -167,7 +154,7 @@ def dropout_linear_bwd(g, x, w, xm, gx, gw, gb, ones, need_x, need_w, key_lo, ke
         _mask_pair(x.reshape(-1), xm.reshape(-1), gx.reshape(-1), key_lo, key_hi, off_lo, off_hi,
                    thr, scale)
     elif need_w:
-        _mask_copy(x.reshape(-1), xm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
+        dropout_flat_serial(x.reshape(-1), xm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
     if need_w:
         np.dot(g.T, xm, gw)
     np.dot(ones, g, gb)
@@ -178,7 +165,7 @@ def dropout_linear_bwd(g, x, w, xm, gx, gw, gb, ones, need_x, need_w, key_lo, ke
 @cpu_kernel(parallel=False)
 def dropconnect_fwd(x, w, b, has_bias, wm, y, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """y = x (W ⊙ M s)ᵀ + b; wm is an (O, I) scratch buffer."""
-    _mask_copy(w.reshape(-1), wm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
+    dropout_flat_serial(w.reshape(-1), wm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
     np.dot(x, wm.T, y)
     if has_bias:
         _add_bias(y, b)
@@ -189,7 +176,7 @@ def dropconnect_bwd(g, x, w, wm, gx, gw, gb, ones, need_x, need_w, key_lo, key_h
                     thr, scale):
     """gx = g (W ⊙ M s), gW = (gᵀ x) ⊙ M s, gb = onesᵀ g."""
     if need_x:
-        _mask_copy(w.reshape(-1), wm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
+        dropout_flat_serial(w.reshape(-1), wm.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
         np.dot(g, wm, gx)
     if need_w:
         np.dot(g.T, x, gw)
