@@ -97,8 +97,8 @@ def machine_info():
             cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    # The threading layer is only known once a parallel kernel has run.
-    fastdrop.dropout(np.ones(4096, np.float32), 0.5, seed=0)
+    # The threading layer is only known once a parallel kernel has run (small inputs run serially).
+    fastdrop.dropout(np.ones(1 << 20, np.float32), 0.5, seed=0)
     try:
         layer = numba.threading_layer()
     except ValueError:
