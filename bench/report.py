@@ -592,8 +592,8 @@ def e2e_note(e):
     margin = max(0.25 * f["dropout_cost_predicted_s"], 0.03 * e["providers"]["none"]["epoch_median_s"])
     if fx > tx + margin:
         lines.append(f"fastdrop's in-loop cost exceeds its prediction by {fmt_time(fx)} per epoch "
-                     f"(torch's by {fmt_time(tx)}): fastdrop's calls slow the loop beyond their own "
-                     "time.")
+                     f"(torch's by {fmt_time(tx)}): fastdrop's calls cost more in the loop than "
+                     "alone. The thread-pool probes below show whether the pools are the cause.")
     elif fx > margin:
         lines.append(f"Both exceed their predictions (fastdrop by {fmt_time(fx)}, torch by "
                      f"{fmt_time(tx)} per epoch): the excess is shared, so it is the loop's context "
