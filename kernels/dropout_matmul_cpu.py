@@ -66,10 +66,10 @@ def dropout_pair(x1, x2, out1, out2, key_lo, key_hi, off_lo, off_hi, thr, scale)
         start = c * CHUNK
         m = min(CHUNK, n - start)
         fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
+        # chunk slices, as in dropout_cpu: LLVM vectorizes these loops, not `start + k` indexing
+        a1, a2 = x1[start:start + m], x2[start:start + m]
+        o1, o2 = out1[start:start + m], out2[start:start + m]
         for k in range(m):
-            if np.uint64(buf[k]) < thr:
-                out1[start + k] = x1[start + k] * scale
-                out2[start + k] = x2[start + k] * scale
-            else:
-                out1[start + k] = zero
-                out2[start + k] = zero
+            keep = np.uint64(buf[k]) < thr
+            o1[k] = a1[k] * scale if keep else zero
+            o2[k] = a2[k] * scale if keep else zero
