@@ -49,36 +49,40 @@ PARALLEL_MASK_MIN = 1 << 21
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _mask_inplace(a, key_lo, key_hi, off_lo, off_hi, thr, scale):
-    """a ⊙= M s. Its own loop: `dropout_flat_serial(a, a)` fails LLVM's overlap check and runs
-    scalar (4x)."""
-    n = a.size
+def _inplace_chunk(a, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """Chunk c of a ⊙= M s. Its own loop: `dropout_flat_serial(a, a)` fails LLVM's overlap check
+    and runs scalar (4x)."""
+    start = c * CHUNK
+    m = min(CHUNK, a.size - start)
+    fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
     zero = a.dtype.type(0)
-    buf = np.empty(CHUNK, np.uint32)
-    for start in range(0, n, CHUNK):
-        m = min(CHUNK, n - start)
-        fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
-        s_ = a[start:start + m]
-        for k in range(m):
-            s_[k] = s_[k] * scale if np.uint64(buf[k]) < thr else zero
+    s_ = a[start:start + m]
+    for k in range(m):
+        s_[k] = s_[k] * scale if np.uint64(buf[k]) < thr else zero
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _pair_chunk(x, xm, gx, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """Chunk c of xm = x ⊙ M s and gx ⊙= M s, one pass over the same mask words (flat, contiguous)."""
+    start = c * CHUNK
+    m = min(CHUNK, x.size - start)
+    fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
+    zero = x.dtype.type(0)
+    # chunk-sized slices, not start + k indexing: 10x faster measured (the in-place gx
+    # update through start + k does not vectorize)
+    xs, xms, gs = x[start:start + m], xm[start:start + m], gx[start:start + m]
+    for k in range(m):
+        keep = np.uint64(buf[k]) < thr
+        xms[k] = xs[k] * scale if keep else zero
+        gs[k] = gs[k] * scale if keep else zero
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
 def _mask_pair(x, xm, gx, key_lo, key_hi, off_lo, off_hi, thr, scale):
-    """xm = x ⊙ M s and gx ⊙= M s in one pass over the same mask words (flat, contiguous)."""
-    n = x.size
-    zero = x.dtype.type(0)
+    """All chunks of `_pair_chunk`, on the calling thread."""
     buf = np.empty(CHUNK, np.uint32)
-    for start in range(0, n, CHUNK):
-        m = min(CHUNK, n - start)
-        fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
-        # chunk-sized slices, not start + k indexing: 10x faster measured (the in-place gx
-        # update through start + k does not vectorize)
-        xs, xms, gs = x[start:start + m], xm[start:start + m], gx[start:start + m]
-        for k in range(m):
-            keep = np.uint64(buf[k]) < thr
-            xms[k] = xs[k] * scale if keep else zero
-            gs[k] = gs[k] * scale if keep else zero
+    for c in range((x.size + CHUNK - 1) // CHUNK):
+        _pair_chunk(x, xm, gx, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale)
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
@@ -90,22 +94,18 @@ def _add_bias(y, b):
 
 @cpu_kernel(parallel=False)
 def mask_inplace_serial(a, key_lo, key_hi, off_lo, off_hi, thr, scale):
-    _mask_inplace(a, key_lo, key_hi, off_lo, off_hi, thr, scale)
+    """a ⊙= M s on the calling thread (below PARALLEL_MASK_MIN elements)."""
+    buf = np.empty(CHUNK, np.uint32)
+    for c in range((a.size + CHUNK - 1) // CHUNK):
+        _inplace_chunk(a, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale)
 
 
 @cpu_kernel
 def mask_inplace(a, key_lo, key_hi, off_lo, off_hi, thr, scale):
-    """Parallel `_mask_inplace`, for operands of PARALLEL_MASK_MIN elements or more."""
-    n = a.size
-    zero = a.dtype.type(0)
-    for c in numba.prange((n + CHUNK - 1) // CHUNK):
+    """a ⊙= M s on Numba's pool, for operands of PARALLEL_MASK_MIN elements or more."""
+    for c in numba.prange((a.size + CHUNK - 1) // CHUNK):
         buf = np.empty(CHUNK, np.uint32)
-        start = c * CHUNK
-        m = min(CHUNK, n - start)
-        fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
-        s_ = a[start:start + m]
-        for k in range(m):
-            s_[k] = s_[k] * scale if np.uint64(buf[k]) < thr else zero
+        _inplace_chunk(a, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale)
 
 
 @cpu_kernel(parallel=False)
@@ -115,21 +115,10 @@ def mask_pair_serial(x, xm, gx, key_lo, key_hi, off_lo, off_hi, thr, scale):
 
 @cpu_kernel
 def mask_pair(x, xm, gx, key_lo, key_hi, off_lo, off_hi, thr, scale):
-    """Parallel `_mask_pair`, for operands of PARALLEL_MASK_MIN elements or more."""
-    n = x.size
-    zero = x.dtype.type(0)
-    for c in numba.prange((n + CHUNK - 1) // CHUNK):
+    """`_mask_pair` on Numba's pool, for operands of PARALLEL_MASK_MIN elements or more."""
+    for c in numba.prange((x.size + CHUNK - 1) // CHUNK):
         buf = np.empty(CHUNK, np.uint32)
-        start = c * CHUNK
-        m = min(CHUNK, n - start)
-        fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
-        # chunk-sized slices, not start + k indexing: 10x faster measured (the in-place gx
-        # update through start + k does not vectorize)
-        xs, xms, gs = x[start:start + m], xm[start:start + m], gx[start:start + m]
-        for k in range(m):
-            keep = np.uint64(buf[k]) < thr
-            xms[k] = xs[k] * scale if keep else zero
-            gs[k] = gs[k] * scale if keep else zero
+        _pair_chunk(x, xm, gx, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale)
 
 
 # ---- dropout -> linear (numpy arrays: one compiled call, BLAS only) ----------------------------
@@ -180,7 +169,7 @@ def dropconnect_bwd(g, x, w, wm, gx, gw, gb, ones, need_x, need_w, key_lo, key_h
         np.dot(g, wm, gx)
     if need_w:
         np.dot(g.T, x, gw)
-        _mask_inplace(gw.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
+        mask_inplace_serial(gw.reshape(-1), key_lo, key_hi, off_lo, off_hi, thr, scale)
     np.dot(ones, g, gb)
 
 
