@@ -358,6 +358,102 @@ def dropout_matmul_case(b, h, length, d, p, dtype):
                 requires="dropout_matmul", floor_name="matmul fwd+bwd", size=b * h * length * length)
 
 
+# ------------------------------------------------------------------------------------- small calls
+SMALL_CALL = dict(shape=(64, 512), p=0.5, dtype="float32")  # issue 9's per-call-cost row
+
+
+def small_call_providers(shape, p, dtype="float32"):
+    """Where the time of one small CPU dropout goes. Keys are "<call>|fwd" / "<call>|fwd_bwd":
+      fastdrop        fastdrop.nn.Dropout(p), the whole pipeline;
+      torch_mul       x * m with m a precomputed float tensor (bool mask * 1/(1-p)): the cheapest
+                      eager torch op that applies a mask, the reference for this machine's speed;
+      torch_dropout   torch.nn.Dropout(p);
+      bare_function   a bare torch.autograd.Function around the serial kernel (seed draw, kernel
+                      on numpy views of the tensors, (seed, p) saved for backward): the floor of
+                      this design, without validation or dispatch;
+      kernel          fastdrop.kernels.dropout_cpu.dropout_flat_serial alone, on preallocated numpy
+                      views, fixed seed (forward only);
+      seed            fastdrop._seeds.draw_torch_seed() alone (forward only).
+    Backward is torch.autograd.grad with a fixed upstream gradient, as in every fwd+bwd case."""
+    import torch
+    import fastdrop
+    from fastdrop._seeds import draw_torch_seed
+    from fastdrop.kernels.dropout_cpu import dropout_flat_serial
+
+    td = _tdtype(dtype)
+    scale = 1.0 / (1.0 - p)
+    np_scale = np.dtype(dtype).type(scale)
+    thr = np.uint64(math.floor((1.0 - p) * 2.0**32))  # the README's T(p)
+    zero = np.uint64(0)
+
+    def kernel(src, dst, seed):
+        """The serial kernel on flat numpy views, offset 0."""
+        dropout_flat_serial(src, dst, np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32),
+                            zero, zero, thr, np_scale)
+
+    class BareDropout(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            seed = draw_torch_seed()
+            out = torch.empty_like(x)
+            kernel(x.detach().numpy().reshape(-1), out.numpy().reshape(-1), seed)
+            ctx.seed = seed
+            return out
+
+        @staticmethod
+        def backward(ctx, g):
+            g = g.contiguous()
+            gx = torch.empty_like(g)
+            kernel(g.numpy().reshape(-1), gx.numpy().reshape(-1), ctx.seed)
+            return gx
+
+    x = torch.randn(shape, dtype=td)
+    xg = x.clone().requires_grad_(True)
+    g = torch.randn(shape, dtype=td)
+    m = (torch.rand(shape) >= p).to(td) * scale
+    fd, th = fastdrop.nn.Dropout(p), torch.nn.Dropout(p)
+    xn, outn = x.numpy().reshape(-1), np.empty(math.prod(shape), dtype)
+    seed = 12345
+
+    def grad(fn):
+        return lambda: torch.autograd.grad(fn(), [xg], g)
+
+    return {
+        "fastdrop|fwd": lambda: fd(x),
+        "torch_mul|fwd": lambda: x * m,
+        "torch_dropout|fwd": lambda: th(x),
+        "bare_function|fwd": lambda: BareDropout.apply(x),
+        "kernel|fwd": lambda: kernel(xn, outn, seed),
+        "seed|fwd": draw_torch_seed,
+        "fastdrop|fwd_bwd": grad(lambda: fd(xg)),
+        "torch_mul|fwd_bwd": grad(lambda: xg * m),
+        "torch_dropout|fwd_bwd": grad(lambda: th(xg)),
+        "bare_function|fwd_bwd": grad(lambda: BareDropout.apply(xg)),
+    }
+
+
+# ---------------------------------------------------------------------------- timm-style training
+def train_step_providers(model, batch, **kw):
+    """One CPU training step (forward, cross-entropy, backward, SGD) of bench/models.py's `model`
+    ("resnet", "convnext", "cnn_dropout2d") with torch's drop layers ("torch"), fastdrop's
+    ("fastdrop") and none ("none": nn.Identity, the step without dropout); same initial weights
+    and batch. kw (width, image_size, ...) shrink the model for the smoke test."""
+    import models
+    image_size = kw.pop("image_size", None)
+    x, y = models.example_batch(model, batch, image_size)
+    return {kind: models.train_step(models.build(model, kind, **kw), x, y) for kind in models.KINDS}
+
+
+def train_step_cases(mode="default"):
+    """(model, batch, build kwargs) rows of the training-step report section."""
+    names = ("resnet", "convnext", "cnn_dropout2d")
+    if TINY or mode == "tiny":
+        return [(n, 2, dict(width=4, image_size=16)) for n in names]
+    if mode == "quick":
+        return [(n, 16, {}) for n in names]
+    return [(n, b, {}) for n in names for b in (8, 32)]
+
+
 # --------------------------------------------------------------------------------------- the matrix
 def all_cases(mode="default"):
     """The benchmark matrix. mode: "default" (the report, < 10 min on 2 cores), "quick" (< 1 min),

@@ -73,6 +73,25 @@ TARGETS = [
     ("mc_predict|256x64x512x10x32|p=0.5|float32", "speedup", ">=", 2.0,
      "mc_predict T=32 >= 2x T separate torch forwards (issue 5)"),
 ]
+# Small calls (64x512 nn.Dropout, issue 9): sub-10-us to 100-us calls, so many short samples.
+SMALL_MODES = {
+    "default": dict(rounds=31, sample_s=0.005, case_cap_s=10.0),
+    "quick": dict(rounds=15, sample_s=0.003, case_cap_s=4.0),
+    "tiny": dict(rounds=2, sample_s=0.0, case_cap_s=2.0),
+}
+# Absolute per-call targets of issue 9 on the 2-core dev machine, for bench_cases.SMALL_CALL's
+# shape only: (provider key, seconds, text).
+SMALL_TARGETS = [
+    ("fastdrop|fwd", 19e-6, "nn.Dropout fwd <= 19 us (issue 9)"),
+    ("fastdrop|fwd_bwd", 55e-6, "nn.Dropout fwd+bwd <= 55 us (issue 9)"),
+]
+# Training steps take 5-100 ms: one step per sample.
+TRAIN_MODES = {
+    "default": dict(rounds=11, sample_s=0.0, case_cap_s=15.0),
+    "quick": dict(rounds=5, sample_s=0.0, case_cap_s=4.0),
+    "tiny": dict(rounds=2, sample_s=0.0, case_cap_s=2.0),
+}
+SECTIONS = ("compile", "micro", "small_calls", "train_step", "memory", "e2e")
 T0 = time.perf_counter()
 
 
@@ -217,6 +236,69 @@ def run_case(case, device, mode):
     row["rate_unit"] = "GB/s" if case.kind == "memory" else "GFLOP/s"
     row["loadavg_after"] = os.getloadavg()[0]
     return row
+
+
+def _warm_or_drop(providers):
+    """Call each provider once (JIT compile / cache load); drop the ones that raise and return
+    their errors, so one broken breakdown probe leaves the rest of the section standing."""
+    errors = {}
+    for k in list(providers):
+        try:
+            providers[k]()
+        except Exception as e:
+            errors[k] = f"{type(e).__name__}: {e}"[:300]
+            del providers[k]
+    return errors
+
+
+def small_calls_row(mode):
+    """Issue 9's per-call row: bench_cases.small_call_providers, all interleaved in one process."""
+    spec = dict(bench_cases.SMALL_CALL)
+    if mode == "tiny":
+        spec["shape"] = (8, 16)
+    row = {"shape": shape_str(spec["shape"]), "p": spec["p"], "dtype": spec["dtype"]}
+    try:
+        providers = bench_cases.small_call_providers(**spec)
+        row["errors"] = _warm_or_drop(providers)
+        cfg = SMALL_MODES[mode]
+        row["timings"] = measure(providers, cfg["rounds"], cfg["sample_s"], cfg["case_cap_s"])
+    except Exception as e:
+        row["error"] = f"{type(e).__name__}: {e}"[:500]
+    finally:
+        providers = None
+        gc.collect()
+    row["loadavg_after"] = os.getloadavg()[0]
+    return row
+
+
+def train_step_rows(mode, progress=None):
+    """One row per (model, batch): torch's vs fastdrop's drop layers vs none, interleaved."""
+    import models
+    rows = []
+    cfg = TRAIN_MODES[mode]
+    for name, batch, kw in bench_cases.train_step_cases(mode):
+        row = {"model": name, "batch": batch,
+               "image_size": kw.get("image_size", models.IMAGE_SIZE[name]),
+               "width": kw.get("width"), "description": models.MODELS[name].__doc__.strip()}
+        try:
+            providers = bench_cases.train_step_providers(name, batch, **kw)
+            row["timings"] = measure(providers, cfg["rounds"], cfg["sample_s"], cfg["case_cap_s"])
+            t = {k: v["median_s"] for k, v in row["timings"].items()}
+            row["speedup"] = t["torch"] / t["fastdrop"]
+            row["dropout_cost_s"] = {k: t[k] - t["none"] for k in ("torch", "fastdrop")}
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {e}"[:500]
+        finally:
+            providers = None
+            gc.collect()
+        row["loadavg_after"] = os.getloadavg()[0]
+        rows.append(row)
+        if progress:
+            progress(f"train step {name} batch {batch}: " + (
+                row.get("error") or ", ".join(f"{k} {fmt_time(v['median_s'])}"
+                                              for k, v in row["timings"].items())
+                + f", speedup {row['speedup']:.3f}x"))
+    return rows
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -395,7 +477,8 @@ def micro_table(rows):
     return "\n".join(lines)
 
 
-def targets_table(rows):
+def targets_table(rows, extra=()):
+    """TARGETS over the micro rows, then `extra`: (text, measured, met or None) lines."""
     by_id = {r["id"]: r for r in rows if r["device"] == "cpu"}
     lines = ["| target | measured | met? |", "|---|---|---|"]
     for cid, key, op, bound, text in TARGETS:
@@ -409,7 +492,117 @@ def targets_table(rows):
         lines.append(f"| {text} | {v:.2f}x (±{r['timings']['fastdrop']['iqr_pct']:.0f}% / "
                      f"±{r['timings']['torch' if key == 'speedup' else 'floor']['iqr_pct']:.0f}%) "
                      f"| {'yes' if ok else '**no**'} |")
+    for text, measured, ok in extra:
+        lines.append(f"| {text} | {measured} | {'-' if ok is None else 'yes' if ok else '**no**'} |")
     return "\n".join(lines)
+
+
+def extra_targets(res):
+    """Targets of the small-call and training-step sections, as targets_table's extra lines."""
+    out = []
+    sc = res.get("small_calls")
+    if sc is not None:
+        t = sc.get("timings", {})
+        # The bounds hold for issue 9's shape only (the tiny mode measures another: no verdict).
+        at_shape = sc["shape"] == shape_str(bench_cases.SMALL_CALL["shape"])
+        for key, bound, text in SMALL_TARGETS:
+            text = f"{sc['shape']} {text}"
+            if key not in t:
+                why = sc.get("error") or sc.get("errors", {}).get(key) or "not measured"
+                out.append((text, why, None))
+                continue
+            med = t[key]["median_s"]
+            out.append((text, f"{fmt_time(med)} (±{t[key]['iqr_pct']:.0f}%)",
+                        med <= bound if at_shape else None))
+    for r in res.get("train_step", []):
+        text = (f"{r['model']} training step, batch {r['batch']}: fastdrop no slower than torch "
+                "(issue 9)")
+        if "speedup" not in r:
+            out.append((text, r.get("error", "not measured"), None))
+            continue
+        t = r["timings"]
+        out.append((text, f"{r['speedup']:.3f}x (±{t['fastdrop']['iqr_pct']:.0f}% / "
+                          f"±{t['torch']['iqr_pct']:.0f}%)", r["speedup"] >= 1.0))
+    return out
+
+
+SMALL_CALL_ROWS = [  # (provider name in bench_cases.small_call_providers, label)
+    ("fastdrop", "`fastdrop.nn.Dropout`"),
+    ("torch_mul", "torch `x * m` (m precomputed: bool mask * 1/(1-p))"),
+    ("torch_dropout", "`torch.nn.Dropout`"),
+    ("bare_function", "breakdown: bare `autograd.Function` (seed draw + serial kernel)"),
+    ("kernel", "breakdown: `dropout_flat_serial` alone (numpy views)"),
+    ("seed", "breakdown: seed draw (`_seeds.draw_torch_seed()`)"),
+]
+
+
+def small_calls_md(sc):
+    head = (f"## Small calls: {sc['shape']} {sc['dtype']}, p={sc['p']} (per-call cost)\n\n"
+            "Every call below, forward and forward+backward, interleaved in one process (medians "
+            "± IQR in % of the median). `x * m` is the cheapest eager torch op that applies a "
+            "mask: the ratio to it says how many torch elementwise calls one dropout costs, "
+            "which carries across machines better than microseconds. Backward: "
+            "`torch.autograd.grad` with a fixed upstream gradient.\n\n")
+    if "error" in sc:
+        return head + f"ERROR: {sc['error']}\n"
+    t = sc["timings"]
+    ref = {ps: t.get(f"torch_mul|{ps}", {}).get("median_s") for ps in ("fwd", "fwd_bwd")}
+    lines = ["| call | fwd | fwd+bwd | fwd / `x * m` | fwd+bwd / `x * m` |", "|---|---|---|---|---|"]
+    for name, label in SMALL_CALL_ROWS:
+        cells, ratios = [], []
+        for ps in ("fwd", "fwd_bwd"):
+            k = f"{name}|{ps}"
+            if k in t:
+                cells.append(f"{fmt_time(t[k]['median_s'])} ±{t[k]['iqr_pct']:.0f}%")
+                ratios.append(f"{t[k]['median_s'] / ref[ps]:.1f}x" if ref[ps] else "-")
+            else:
+                err = sc.get("errors", {}).get(k)
+                cells.append(f"ERROR: {err}" if err else "-")
+                ratios.append("-")
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} | {ratios[0]} | {ratios[1]} |")
+    notes = []
+
+    def med(k):
+        return t[k]["median_s"] if k in t else None
+    for ps, what in (("fwd", "forward"), ("fwd_bwd", "forward+backward")):
+        fd, bare = med(f"fastdrop|{ps}"), med(f"bare_function|{ps}")
+        if fd is not None and bare is not None:
+            notes.append(f"`nn.Dropout` {what} costs {fmt_time(fd - bare)} more than the bare "
+                         "Function (validation, dispatch, its torch route).")
+    bare, kern, seed = med("bare_function|fwd"), med("kernel|fwd"), med("seed|fwd")
+    if None not in (bare, kern, seed):
+        notes.append(f"The bare Function's forward costs {fmt_time(bare - kern - seed)} more than "
+                     "kernel + seed draw (autograd node, output allocation, numpy views).")
+    return head + "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
+
+
+def train_step_md(rows):
+    if not rows:
+        return ""
+    lines = ["## Training step: timm-style models (CPU)", "",
+             "Models from `bench/models.py` (written in the repo after timm's blocks; drop-path "
+             "rates linspace(0, 0.1) over the blocks, Dropout2d p=0.1). One step = zero_grad, "
+             "forward, cross-entropy, backward, SGD(momentum) step on a fixed batch; the same "
+             "architecture and initial weights with torch's drop layers (`nn.Dropout2d`, timm's "
+             "`DropPath` in torch ops: `x.new_empty((N,1,1,1)).bernoulli_(keep).div_(keep)`), "
+             "fastdrop's (`fastdrop.nn.DropPath`, `fastdrop.nn.Dropout2d`) and none "
+             "(`nn.Identity`), interleaved step by step in one process. Dropout cost = step minus "
+             "the no-dropout step.", "",
+             "| model | batch | input | torch step | fastdrop step | no-dropout step | speedup "
+             "(torch / fastdrop) | dropout cost: torch / fastdrop | load |", "|" + "---|" * 9]
+    for r in rows:
+        pre = f"| {r['model']} | {r['batch']} | 3x{r['image_size']}x{r['image_size']} |"
+        if "error" in r:
+            lines.append(pre + f" ERROR: {r['error']} |" + " |" * 5)
+            continue
+        t, c = r["timings"], r["dropout_cost_s"]
+
+        def cell(k):
+            return f"{fmt_time(t[k]['median_s'])} ±{t[k]['iqr_pct']:.0f}%"
+        lines.append(pre + f" {cell('torch')} | {cell('fastdrop')} | {cell('none')} | "
+                     f"**{r['speedup']:.3f}x** | {fmt_time(c['torch'])} / "
+                     f"{fmt_time(c['fastdrop'])} | {r['loadavg_after']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def memory_table(rows):
@@ -545,16 +738,26 @@ def markdown(res):
              "of the same bytes into a preallocated array (one per pass), or the bare layer "
              "without dropout, in the same process. Load = the machine's 1-minute load average "
              "after the row (2 cores: above 2 means other processes competed for the CPU).", "",
-             "## Targets (CPU, this run)", "", targets_table(res["micro"]), "",
-             "## Micro-benchmarks", "", micro_table(res["micro"]), "",
-             "## Memory per layer (fwd+bwd)", "",
+             "## Targets (CPU, this run)", "",
+             targets_table(res.get("micro", []), extra_targets(res)), ""]
+    # Every section is optional: --only runs a subset.
+    if "micro" in res:
+        parts += ["## Micro-benchmarks", "", micro_table(res["micro"]), ""]
+    if "small_calls" in res:
+        parts += [small_calls_md(res["small_calls"])]
+    if "train_step" in res:
+        parts += [train_step_md(res["train_step"])]
+    if "memory" in res:
+        parts += ["## Memory per layer (fwd+bwd)", "",
              "Saved = bytes held for backward (saved_tensors_hooks, each storage once); extra = "
              "saved tensors that are not the layer's own inputs/parameters. Peak RSS delta = peak "
              "resident-memory increase during one fwd+bwd call (fresh subprocess, after a warm-up "
              "call), outputs and gradients included; allocations small enough to reuse heap pages that are "
              "already resident show as 0.", "", memory_table(res["memory"]), "",
-             big_md(res.get("big_per_sample")),
-             "## Compile time and import", "", compile_table(res["compile"], res["import"]), ""]
+             big_md(res.get("big_per_sample"))]
+    if "compile" in res:
+        parts += ["## Compile time and import", "", compile_table(res["compile"], res["import"]),
+                  ""]
     if e2e:
         parts += ["## End to end: digits MLP", "",
                   f"{e2e['model']}; batch {e2e['batch']}, {e2e['epochs']} epochs, seeds "
@@ -611,6 +814,9 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
     ap.add_argument("--machine", default=None, help="machine name in the file names")
     ap.add_argument("--no-e2e", action="store_true")
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION",
+                    help=f"run only these sections, of {', '.join(SECTIONS)} (files end in "
+                         "-only-<sections>)")
     ap.add_argument("--peak-child", nargs=3, metavar=("CASE_ID", "PROVIDER", "MODE"),
                     help=argparse.SUPPRESS)
     ap.add_argument("--big-per-sample-child", action="store_true", help=argparse.SUPPRESS)
@@ -622,6 +828,7 @@ def main(argv=None):
         big_per_sample_child(*BIG_PER_SAMPLE)
         return 0
     mode = "tiny" if args.tiny else "quick" if args.quick else "default"
+    sections = set(args.only or SECTIONS) - ({"e2e"} if args.no_e2e else set())
     import compile_time
     import e2e
     import torch
@@ -635,18 +842,20 @@ def main(argv=None):
            "date": datetime.date.today().isoformat(),
            "started": datetime.datetime.now().isoformat(timespec="seconds")}
 
-    log("import time and first-call compile cost (fresh subprocesses, cold and warm cache) ...")
-    res["import"] = compile_time.import_time({"tiny": 1, "quick": 3, "default": 5}[mode])
-    # tiny and quick time the numpy dropout's first call only (no torch in the children).
-    res["compile"] = compile_time.cold_and_warm(minimal=(mode != "default"))
-    log(f"import fastdrop {fmt_time(res['import']['median_s'])}; " + ", ".join(
-        f"{k} cold {fmt_time(v)} / warm {fmt_time(res['compile']['warm'][k])}"
-        for k, v in res["compile"]["cold"].items() if "first call" in k))
+    if "compile" in sections:
+        log("import time and first-call compile cost (fresh subprocesses, cold and warm cache) ...")
+        res["import"] = compile_time.import_time({"tiny": 1, "quick": 3, "default": 5}[mode])
+        # tiny and quick time the numpy dropout's first call only (no torch in the children).
+        res["compile"] = compile_time.cold_and_warm(minimal=(mode != "default"))
+        log(f"import fastdrop {fmt_time(res['import']['median_s'])}; " + ", ".join(
+            f"{k} cold {fmt_time(v)} / warm {fmt_time(res['compile']['warm'][k])}"
+            for k, v in res["compile"]["cold"].items() if "first call" in k))
 
     cases = [(c, d) for c in all_cases(mode) for d in bench_cases.devices()]
-    res["micro"] = []
+    if "micro" in sections:
+        res["micro"] = []
     torch.manual_seed(0)
-    for i, (case, device) in enumerate(cases):
+    for i, (case, device) in enumerate(cases if "micro" in sections else []):
         row = run_case(case, device, mode)
         res["micro"].append(row)
         msg = f"{bar(i + 1, len(cases))} {case.id}"
@@ -659,16 +868,29 @@ def main(argv=None):
             msg += f"  {'skipped: ' + row['skipped'] if 'skipped' in row else 'ERROR ' + row['error']}"
         log(msg)
 
-    log("memory: saved-for-backward bytes and peak RSS (fresh subprocess per layer; default "
-        "and tiny modes) ...")
-    res["memory"] = memory_rows(mode)
+    if "small_calls" in sections:
+        log("small calls: per-call cost and where it goes (interleaved, one process) ...")
+        res["small_calls"] = small_calls_row(mode)
+        sc = res["small_calls"]
+        log("small calls: " + (sc.get("error") or ", ".join(
+            f"{k} {fmt_time(v['median_s'])}" for k, v in sc["timings"].items())))
+        for k, err in sc.get("errors", {}).items():
+            log(f"  {k}: ERROR {err}")
+    if "train_step" in sections:
+        log("timm-style training steps: torch vs fastdrop vs no drop layers ...")
+        res["train_step"] = train_step_rows(mode, progress=log)
+
     import fastdrop
-    if mode == "default" and hasattr(fastdrop, "dropconnect_linear"):
+    if "memory" in sections:
+        log("memory: saved-for-backward bytes and peak RSS (fresh subprocess per layer; default "
+            "and tiny modes) ...")
+        res["memory"] = memory_rows(mode)
+    if "memory" in sections and mode == "default" and hasattr(fastdrop, "dropconnect_linear"):
         log(f"per-sample DropConnect fwd+bwd at {shape_str(BIG_PER_SAMPLE)} (fresh subprocess) ...")
         res["big_per_sample"] = big_per_sample_row()
         log(big_md(res["big_per_sample"]).strip())
 
-    if not args.no_e2e:
+    if "e2e" in sections:
         log("end to end: digits MLP, torch vs fastdrop vs no dropout ...")
         if mode == "tiny":
             # One subprocess serves as both the e2e row and the probe path (the smoke test's budget).
@@ -696,14 +918,18 @@ def main(argv=None):
     res["wall_s"] = time.perf_counter() - T0
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"{slug}-{res['date']}" + ("" if mode == "default" else f"-{mode}"))
+    if args.only:  # a partial run never overwrites a full report's files
+        stem += "-only-" + "-".join(s for s in SECTIONS if s in sections)
     with open(stem + ".json", "w") as f:
         json.dump(_clean(res), f, indent=1)
     md = markdown(res)
     with open(stem + ".md", "w") as f:
         f.write(md)
-    plot(res["micro"], stem + ".png")
+    if "micro" in res:
+        plot(res["micro"], stem + ".png")
     print(md)
-    log(f"wrote {stem}.json, .md, .png in {res['wall_s']:.0f} s")
+    log(f"wrote {stem}.json, .md" + (", .png" if "micro" in res else "")
+        + f" in {res['wall_s']:.0f} s")
     return 0
 
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
 
 
 def _start(args):
@@ -59,3 +60,92 @@ def test_report_tiny(runs):
     assert res["compile"]["cold"]["dropout numpy f32: first call"] > 0
     assert res["e2e"]["providers"]["fastdrop"]["test_acc"]
     assert all("error" not in r for r in res["e2e_probes"].values())
+    # The small-call row: every provider of the breakdown timed, none dropped with an error.
+    sc = res["small_calls"]
+    assert "error" not in sc and not sc["errors"], sc.get("error") or sc["errors"]
+    assert {k.split("|")[0] for k in sc["timings"]} == {
+        "fastdrop", "torch_mul", "torch_dropout", "bare_function", "kernel", "seed"}
+    assert all(v["median_s"] > 0 for v in sc["timings"].values())
+    assert "## Small calls: 8x16 float32" in md and "bare `autograd.Function`" in md
+    # The training-step rows: every model, three providers each.
+    steps = res["train_step"]
+    assert [r["model"] for r in steps] == ["resnet", "convnext", "cnn_dropout2d"]
+    assert all("error" not in r and r["speedup"] > 0 for r in steps), steps
+    assert all(set(r["timings"]) == {"torch", "fastdrop", "none"} for r in steps)
+    assert "## Training step: timm-style models" in md and "| convnext | 2 |" in md
+
+
+def test_report_only_sections(tmp_path):
+    """--only runs the named sections alone and writes them under their own file names."""
+    proc = _start(["bench/report.py", "--tiny", "--only", "small_calls", "--out", str(tmp_path),
+                   "--machine", "only"])
+    _finish(proc)
+    (js,) = tmp_path.glob("only-*.json")
+    assert js.name.endswith("-tiny-only-small_calls.json")
+    res = json.loads(js.read_text())
+    assert "small_calls" in res and not {"micro", "memory", "compile", "e2e", "train_step"} & set(res)
+    md = js.with_suffix(".md").read_text()
+    assert "## Small calls" in md and "## Micro-benchmarks" not in md
+    assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.fixture
+def models():
+    sys.path.insert(0, BENCH)
+    try:
+        import models
+        yield models
+    finally:
+        sys.path.remove(BENCH)
+
+
+@pytest.mark.parametrize("name", ["resnet", "convnext", "cnn_dropout2d"])
+def test_models_differ_only_in_drop_layers(models, name):
+    """One seed, one architecture: same weights for every kind, equal eval outputs, and the drop
+    layers of each kind where the model has them."""
+    import torch
+    import fastdrop
+    x, _ = models.example_batch(name, 3, image_size=16)
+    built = {k: models.build(name, k, width=4).eval() for k in models.KINDS}
+    sd = built["torch"].state_dict()
+    for k, m in built.items():
+        assert m.state_dict().keys() == sd.keys()
+        assert all(torch.equal(v, sd[n]) for n, v in m.state_dict().items())
+    with torch.no_grad():
+        outs = {k: m(x) for k, m in built.items()}
+    assert torch.equal(outs["torch"], outs["fastdrop"]) and torch.equal(outs["torch"], outs["none"])
+    want = {"torch": (models.TorchDropPath, torch.nn.Dropout2d),
+            "fastdrop": (fastdrop.nn.DropPath, fastdrop.nn.Dropout2d)}
+    for k, classes in want.items():
+        found = [m for m in built[k].modules() if isinstance(m, classes)]
+        assert found, f"{name} built with {k!r} has no drop layer"
+    assert not [m for m in built["none"].modules()
+                if isinstance(m, want["torch"] + want["fastdrop"])]
+
+
+def test_torch_drop_path_is_timms(models):
+    """Whole samples dropped (0) or kept and scaled by 1/keep; identity at eval and at p=0."""
+    import torch
+    torch.manual_seed(0)
+    x = torch.ones(400, 3, 2, 2)
+    layer = models.TorchDropPath(0.25)
+    y = layer(x)
+    per_sample = y.flatten(1)
+    assert torch.equal(per_sample.min(1).values, per_sample.max(1).values)  # one draw per sample
+    assert set(per_sample[:, 0].tolist()) == {0.0, torch.tensor(1 / 0.75).item()}  # float32
+    assert 0.15 < (per_sample[:, 0] == 0).float().mean().item() < 0.35
+    assert layer.eval()(x) is x and models.TorchDropPath(0.0)(x) is x
+
+
+def test_train_step_updates_weights(models):
+    import torch
+    x, y = models.example_batch("cnn_dropout2d", 4, image_size=8)
+    model = models.build("cnn_dropout2d", "torch", width=4)
+    before = [p.detach().clone() for p in model.parameters()]
+    models.train_step(model, x, y)()
+    assert model.training
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    with pytest.raises(ValueError, match="kind"):
+        models.build("resnet", "timm")
+    with pytest.raises(ValueError, match="model"):
+        models.build("vit", "torch")
