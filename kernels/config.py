@@ -1,4 +1,18 @@
-"""One place for JIT options and launch knobs (no magic numbers inside kernels)."""
+"""One place for JIT options and launch knobs (no magic numbers inside kernels).
+
+`cpu_kernel` also makes the parallel kernels safe in forked children. Numba's default threading
+layer on Linux is GNU OpenMP, which is not fork-safe: once a process has started Numba's pool, a
+`fork()`ed child's first parallel kernel is killed by Numba ("fork() called from a process already
+using GNU OpenMP, this is unsafe"), which breaks DataLoader workers and pre-fork servers. So every
+parallel kernel is compiled twice from the same Python function, and a fork hook routes a child of
+such a process to the serial twin. The mask is a pure function of the element index, so both give
+the same bits.
+"""
+import functools
+import os
+import sys
+import types
+
 import numba
 
 # cache=True: compiled machine code is stored next to the source (__pycache__), so only the
@@ -7,11 +21,90 @@ import numba
 JIT_OPTIONS = dict(cache=True, nogil=True, error_model="numpy")
 
 
-def cpu_kernel(fn=None, *, parallel=True):
-    """The house decorator for CPU kernels: njit with the options above."""
+class CpuKernel:
+    """A parallel kernel and its serial twin, compiled from one Python function.
+
+    Calling it runs `.parallel`, or `.serial` in a process forked from one whose GNU-OpenMP pool
+    had started (see `_after_fork_in_child`). Other attributes (`signatures`, `targetoptions`,
+    `py_func`, ...) are the parallel dispatcher's. It is a Python object: njit code cannot call
+    it (call a `parallel=False` kernel there).
+    """
+
+    def __init__(self, fn, options):
+        functools.update_wrapper(self, fn)
+        self.parallel = numba.njit(parallel=True, **options)(fn)
+        self.serial = numba.njit(parallel=False, **options)(_serial_clone(fn))
+        self._run = self.serial if _forked_serial else self.parallel
+        _KERNELS.append(self)
+
+    def __call__(self, *args, **kwargs):
+        return self._run(*args, **kwargs)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):  # e.g. copy/pickle probing a half-built object: no recursion
+            raise AttributeError(name)
+        return getattr(self.parallel, name)
+
+    def __repr__(self):
+        return f"<cpu_kernel {self.__module__}.{self.__qualname__}>"
+
+
+def _serial_clone(fn):
+    """fn under the qualname `<qualname>.serial`: Numba's disk cache names its entries by module,
+    qualname and first line, not by `parallel=`, so the twin needs a name of its own or the two
+    variants would overwrite each other's cache entries."""
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    twin.__kwdefaults__ = fn.__kwdefaults__
+    twin.__qualname__ = fn.__qualname__ + ".serial"
+    twin.__module__ = fn.__module__
+    twin.__doc__ = fn.__doc__
+    return twin
+
+
+def cpu_kernel(fn=None, *, parallel=True, **options):
+    """The house decorator for CPU kernels: njit with JIT_OPTIONS (extra njit options, e.g.
+    fastmath, override them). parallel=True gives a `CpuKernel` (parallel + serial twin);
+    parallel=False a plain Numba dispatcher, which njit code can call."""
+    if not isinstance(parallel, bool):
+        raise TypeError(f"cpu_kernel: parallel must be a bool, got {parallel!r}")
+    opts = {**JIT_OPTIONS, **options}
+
     def wrap(f):
-        return numba.njit(parallel=parallel, **JIT_OPTIONS)(f)
+        if not isinstance(f, types.FunctionType):
+            raise TypeError(f"cpu_kernel decorates a Python function, got {type(f).__name__}")
+        return CpuKernel(f, opts) if parallel else numba.njit(parallel=False, **opts)(f)
     return wrap(fn) if fn is not None else wrap
+
+
+_KERNELS = []            # every CpuKernel, for the fork hook
+_forked_serial = False   # True in a child forked after the GNU-OpenMP pool had started
+
+
+def _pool_unsafe_after_fork():
+    """Has this process started a Numba pool that a forked child must not use?
+
+    Numba starts its pool (and picks the layer) on the first parallel launch. Only GNU OpenMP is
+    unsafe: Numba kills a child that uses it; tbb and workqueue are fork-safe (Numba's
+    "forksafe" selection on Linux is exactly those two)."""
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # "Threading layer is not initialized": no pool to inherit
+        return False
+    if layer != "omp":
+        return False
+    omppool = sys.modules.get("numba.np.ufunc.omppool")
+    return getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+
+
+def _after_fork_in_child():
+    global _forked_serial
+    if _forked_serial or _pool_unsafe_after_fork():  # grandchildren inherit the flag
+        _forked_serial = True
+        for k in _KERNELS:
+            k._run = k.serial
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # Philox blocks generated per scratch buffer on the CPU: 256 blocks = 1024 mask words = 4 KiB,

@@ -20,14 +20,14 @@ import math
 import numpy as np
 import numba
 
-from .config import JIT_OPTIONS, cpu_kernel
+from .config import cpu_kernel
 
 # Columns per task in `max_norm_cols`: 64 float64 partial sums stay in registers/L1.
 # (Knob kept here, not in config.py, which another helper owns.)
 MAX_NORM_COL_BLOCK = 64
 
 
-@numba.njit(parallel=True, fastmath={"reassoc"}, **JIT_OPTIONS)
+@cpu_kernel(fastmath={"reassoc"})
 def max_norm_rows(w, max_value, eps):
     """Constrain each row of the 2-D array w (any strides) in place."""
     ncols = w.shape[1]

@@ -1,0 +1,254 @@
+"""Fork safety: a process that has run parallel kernels forks children (multiprocessing "fork",
+DataLoader workers) that run every public op again and get the parent's bits.
+
+Numba's GNU-OpenMP pool is not fork-safe: Numba kills a forked child's first parallel kernel
+("fork() called from a process already using GNU OpenMP, this is unsafe"). kernels/config.py
+routes such a child to each kernel's serial twin; the mask is a pure function of the element
+index, so the results must be bit-identical. A hung child fails the test through a timeout.
+"""
+import multiprocessing
+import subprocess
+import sys
+import traceback
+
+import numba
+import numpy as np
+import pytest
+
+import fastdrop
+from fastdrop.kernels import config, dropout_cpu, linear_cpu, max_norm_cpu, mc_dropout_cpu
+
+torch = pytest.importorskip("torch")
+
+TIMEOUT_S = 300  # cold serial compiles on a busy 2-core machine take tens of seconds; a hang never ends
+BIG = config.CPU_PARALLEL_MIN * 2  # elements: above the elementwise parallel threshold
+BIG_MASK = linear_cpu.PARALLEL_MASK_MIN  # dense layers' masks run on the pool from here
+
+
+def _ops(seed):
+    """Every public op on fixed inputs with explicit seeds (seed + k), as name -> numpy array.
+
+    torch runs on one thread here, in the parent as in the children (DataLoader workers use one):
+    the GEMMs around the masks then sum in the same order everywhere."""
+    rng = np.random.default_rng(1234)
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {}
+        x8 = f32(8, 8)
+        out["dropout"] = fastdrop.dropout(x8, 0.5, seed=seed)
+        out["dropout_transposed"] = fastdrop.dropout(x8.T, 0.3, seed=seed + 1)
+        out["dropout_big"] = fastdrop.dropout(f32(BIG // 256, 256), 0.5, seed=seed + 2)
+        big = torch.from_numpy(f32(BIG // 256, 256)).requires_grad_()
+        y = fastdrop.dropout(big, 0.2, seed=seed + 3)
+        y.backward(torch.ones_like(y))
+        out["dropout_big_torch"], out["dropout_big_torch_grad"] = y.detach().numpy(), big.grad.numpy()
+        out["dropout1d"] = fastdrop.dropout1d(f32(4, 3, 5), 0.5, seed=seed + 4)
+        out["dropout2d"] = fastdrop.dropout2d(f32(2, 3, 4, 5), 0.5, seed=seed + 5)
+        out["dropout2d_torch"] = fastdrop.dropout2d(torch.from_numpy(f32(2, 3, 4, 5)), 0.5,
+                                                    seed=seed + 6).numpy()
+        out["dropout3d"] = fastdrop.dropout3d(f32(2, 3, 2, 3, 4), 0.5, seed=seed + 7)
+        out["dropout_mask"] = fastdrop.dropout_mask((8, 8), 0.5, seed + 8)
+        out["philox4x32"] = fastdrop.philox4x32(rng.integers(0, 2**32, (16, 4), dtype=np.uint32),
+                                                [seed, 7])
+
+        def fwd_bwd(name, fn, *shapes):
+            args = [torch.from_numpy(f32(*s)).requires_grad_() for s in shapes]
+            y = fn(*args)
+            y.backward(torch.from_numpy(f32(*y.shape)))
+            out[name] = y.detach().numpy()
+            for i, a in enumerate(args):
+                out[f"{name}_grad{i}"] = a.grad.numpy()
+
+        fwd_bwd("dropout_linear", lambda x, w, b: fastdrop.dropout_linear(x, w, b, 0.3, seed=seed + 9),
+                (16, 32), (24, 32), (24,))
+        fwd_bwd("dropout_linear_big", lambda x, w: fastdrop.dropout_linear(x, w, None, 0.3, seed=seed + 10),
+                (BIG_MASK // 1024, 1024), (8, 1024))
+        out["dropout_linear_numpy"] = fastdrop.dropout_linear(f32(16, 32), f32(24, 32), f32(24), 0.3,
+                                                              seed=seed + 11)
+        fwd_bwd("dropconnect", lambda x, w, b: fastdrop.dropconnect_linear(x, w, b, 0.5, seed=seed + 12),
+                (16, 32), (24, 32), (24,))
+        fwd_bwd("dropconnect_big", lambda x, w: fastdrop.dropconnect_linear(x, w, None, 0.5, seed=seed + 13),
+                (4, 1024), (BIG_MASK // 1024, 1024))
+        fwd_bwd("dropconnect_per_sample", lambda x, w, b: fastdrop.dropconnect_linear(
+            x, w, b, 0.5, seed=seed + 14, per_sample=True), (6, 40), (24, 40), (24,))
+        out["dropconnect_numpy"] = fastdrop.dropconnect_linear(f32(16, 32), f32(24, 32), None, 0.5,
+                                                               seed=seed + 15)
+        out["drop_path"] = fastdrop.drop_path(f32(8, 5, 6), 0.5, seed=seed + 16)
+        fwd_bwd("drop_path_torch", lambda x: fastdrop.drop_path(x, 0.5, seed=seed + 17), (8, 5, 6))
+        fwd_bwd("dropout_matmul", lambda a, b: fastdrop.dropout_matmul(a, b, 0.3, seed=seed + 18),
+                (2, 8, 16), (16, 4))
+        out["dropout_matmul_numpy"] = fastdrop.dropout_matmul(f32(2, 8, 16), f32(16, 4), 0.3, seed=seed + 19)
+        w = f32(32, 48) * 3
+        out["max_norm_rows"] = fastdrop.max_norm_(w.copy(), 2.0)
+        out["max_norm_cols"] = fastdrop.max_norm_(w.copy(), 2.0, dim=0)
+
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = torch.nn.Sequential(
+                torch.nn.Linear(16, 256), torch.nn.ReLU(), fastdrop.nn.Dropout(0.3),
+                fastdrop.nn.DropoutLinear(256, 256, p=0.2), torch.nn.ReLU(),
+                fastdrop.nn.Dropout(0.5), torch.nn.Linear(256, 5))
+            x = torch.from_numpy(f32(256, 16))
+            out["model_train"] = model(x).detach().numpy()  # seed=None: masks from torch's generator
+            out["dropconnect_module"] = fastdrop.nn.DropConnectLinear(16, 8, p=0.2)(x).detach().numpy()
+            out["dropout2d_module"] = fastdrop.nn.Dropout2d(0.5)(torch.from_numpy(f32(2, 3, 4, 5))).numpy()
+            model.eval()
+            r = fastdrop.mc_predict(model, x, samples=32, seed=seed + 20, logits=True)
+        for field in ("mean", "var", "entropy", "mutual_info"):
+            out[f"mc_predict_{field}"] = getattr(r, field).numpy()
+        return {k: np.ascontiguousarray(v) for k, v in out.items()}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _assert_same_bits(got, expected, where):
+    assert got.keys() == expected.keys(), where
+    for name, e in expected.items():
+        g = got[name]
+        assert (g.dtype, g.shape) == (e.dtype, e.shape), f"{where}: {name}"
+        assert g.tobytes() == e.tobytes(), f"{where}: {name} differs from the parent's"
+
+
+@pytest.fixture(scope="module")
+def parent_results():
+    """The parent's results; computing them starts Numba's pool (calls above the thresholds)."""
+    res = {seed: _ops(seed) for seed in (0, 100, 200, 300)}
+    numba.threading_layer()  # raises if no parallel kernel ran: the test would prove nothing
+    return res
+
+
+def _child(conn, seed):
+    try:
+        res = _ops(seed)
+        serial_twins_ran = [f"{k.__module__}.{k.__qualname__}" for k in config._KERNELS
+                            if not k.serial.signatures]
+        conn.send(("ok", res, config._forked_serial, serial_twins_ran))
+    except BaseException:
+        conn.send(("error", traceback.format_exc(), None, None))
+    finally:
+        conn.close()
+
+
+def test_forked_children_run_every_op_bit_identical_to_the_parent(parent_results):
+    ctx = multiprocessing.get_context("fork")
+    unsafe = config._pool_unsafe_after_fork()  # True with Numba's default (GNU OpenMP) layer
+    children = []
+    for seed in (0, 100):
+        recv, send = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_child, args=(send, seed))
+        p.start()
+        send.close()
+        children.append((seed, p, recv))
+    try:
+        for seed, p, recv in children:
+            assert recv.poll(TIMEOUT_S), f"child {seed} sent nothing in {TIMEOUT_S} s (exit code {p.exitcode})"
+            status, res, forked_serial, not_run = recv.recv()
+            assert status == "ok", res
+            p.join(TIMEOUT_S)
+            assert p.exitcode == 0, f"child {seed} exited with {p.exitcode}"
+            _assert_same_bits(res, parent_results[seed], f"forked child {seed}")
+            assert forked_serial == unsafe
+            if unsafe:  # every parallel kernel ran in the child, as its serial twin
+                assert not_run == [], (f"never reached in the child (add a call to _ops): {not_run}")
+    finally:
+        for _, p, _ in children:
+            if p.is_alive():
+                p.kill()
+
+
+class _OpsDataset(torch.utils.data.Dataset):
+    seeds = (0, 100, 200, 300)
+
+    def __len__(self):
+        return len(self.seeds)
+
+    def __getitem__(self, i):
+        return _ops(self.seeds[i])
+
+
+def test_dataloader_fork_workers_run_every_op_bit_identical(parent_results):
+    loader = torch.utils.data.DataLoader(_OpsDataset(), batch_size=None, num_workers=2,
+                                         multiprocessing_context="fork", timeout=TIMEOUT_S)
+    got = list(loader)  # a killed worker raises "DataLoader worker ... exited unexpectedly"
+    assert len(got) == len(_OpsDataset.seeds)
+    for seed, item in zip(_OpsDataset.seeds, got):
+        _assert_same_bits({k: v.numpy() for k, v in item.items()}, parent_results[seed],
+                          f"DataLoader item {seed}")
+
+
+def test_child_of_a_process_without_a_pool_stays_parallel():
+    """Only a started GNU-OpenMP pool makes a child serial: a fork before any parallel kernel ran
+    keeps the parallel kernels (and the child may start its own pool)."""
+    code = (
+        "import os, numba, numpy as np, fastdrop\n"
+        "from fastdrop.kernels import config\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        f"    y = fastdrop.dropout(np.ones({BIG}, np.float32), 0.5, seed=1)\n"
+        "    os._exit(0 if not config._forked_serial and numba.threading_layer() else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "raise SystemExit(os.waitstatus_to_exitcode(status))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert r.returncode == 0, r.stderr
+
+
+# ---- the decorator itself --------------------------------------------------------------------
+
+def test_parallel_kernels_carry_a_serial_twin_with_its_own_cache_entry():
+    k = dropout_cpu.keep_mask
+    assert isinstance(k, config.CpuKernel) and k in config._KERNELS
+    assert k.serial.targetoptions["parallel"] is False
+    assert k.serial.py_func.__code__ is k.parallel.py_func.__code__
+    assert k.serial.py_func.__qualname__ == "keep_mask.serial"
+    # Numba's disk cache names entries by module, qualname and first line only
+    line = k.py_func.__code__.co_firstlineno
+    assert k.serial._cache._cache_file._index_name.startswith(f"dropout_cpu.keep_mask.serial-{line}.")
+    assert k.parallel._cache._cache_file._index_name.startswith(f"dropout_cpu.keep_mask-{line}.")
+    assert k.signatures == k.parallel.signatures and k.__doc__ == k.parallel.py_func.__doc__
+    # extra njit options reach both variants
+    assert max_norm_cpu.max_norm_rows.serial.targetoptions["fastmath"] == \
+        max_norm_cpu.max_norm_rows.parallel.targetoptions["fastmath"]
+    assert isinstance(max_norm_cpu.max_norm_rows, config.CpuKernel)
+    # hand-written serial kernels stay plain dispatchers: njit code calls them
+    assert isinstance(dropout_cpu.dropout_flat_serial, numba.core.registry.CPUDispatcher)
+
+
+def test_serial_twin_gives_the_parallel_kernels_bits():
+    x = np.random.default_rng(0).standard_normal(BIG).astype(np.float32)
+    outs = []
+    for kern in (dropout_cpu.dropout_flat.parallel, dropout_cpu.dropout_flat.serial):
+        out = np.empty_like(x)
+        kern(x, out, np.uint64(5), np.uint64(0), np.uint64(3), np.uint64(0),
+             np.uint64(fastdrop.keep_threshold(0.4)), np.float32(1 / 0.6))
+        outs.append(out)
+    assert outs[0].tobytes() == outs[1].tobytes()
+
+
+def test_cpu_kernel_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="parallel must be a bool"):
+        config.cpu_kernel(parallel="yes")
+    with pytest.raises(TypeError, match="Python function"):
+        config.cpu_kernel(len)
+
+
+def test_no_njit_code_calls_a_cpu_kernel_object():
+    """A CpuKernel is a Python object that Numba cannot type: a kernel calling one would fail to
+    compile. Kernels that njit code calls must be parallel=False (plain dispatchers)."""
+    import fastdrop.kernels as pkg
+    import importlib
+    import pkgutil
+    offenders = []
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name.endswith("_cuda"):
+            continue
+        mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        for name, obj in vars(mod).items():
+            fns = ([obj.parallel, obj.serial] if isinstance(obj, config.CpuKernel) else
+                   [obj] if isinstance(obj, numba.core.registry.CPUDispatcher) else [])
+            for d in fns:
+                for called in d.py_func.__code__.co_names:
+                    if isinstance(d.py_func.__globals__.get(called), config.CpuKernel):
+                        offenders.append(f"{info.name}.{name} -> {called}")
+    assert offenders == []
