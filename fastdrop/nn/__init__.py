@@ -1,6 +1,8 @@
 """Drop-in torch.nn modules backed by fastdrop's kernels (imports torch)."""
+from .convert import convert
 from .drop_path import DropPath
 from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 from .linear import DropoutLinear, DropConnectLinear
 
-__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropoutLinear", "DropConnectLinear", "DropPath"]
+__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropoutLinear", "DropConnectLinear", "DropPath",
+           "convert"]

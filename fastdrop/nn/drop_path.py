@@ -1,34 +1,67 @@
-"""DropPath (stochastic depth) as a module: timm's `DropPath` and torchvision's `StochasticDepth`."""
+"""DropPath (stochastic depth) as a module: timm's `DropPath` and torchvision's `StochasticDepth`.
+
+The probability is timm's `drop_prob` or torchvision's `p` (the same value: `.drop_prob` is a live
+alias of `.p`, so drop-path-rate schedules that assign `m.drop_prob` change what forward uses).
+"""
+import numpy as np
 import torch
 
 from .._checks import check_mode, check_p
-from ..variants import DROP_PATH_MODES, drop_path
+from ..functional import DROP_PATH_MODES, drop_path
 
 
 class DropPath(torch.nn.Module):
     """Drops whole samples of a residual branch in training; see fastdrop.drop_path.
 
     Args:
-        p: drop probability per sample (timm's drop_prob, torchvision's p).
+        drop_prob: drop probability per sample (timm's name; the first positional argument).
         scale_by_keep: scale kept samples by 1/(1-p) (timm's flag; inverted scaling only).
         mode: "row" (one draw per sample) or "batch" (one draw for the whole batch).
         scaling: "inverted" or "classic" (times (1-p) at eval).
         inplace: write into the input.
+        p: the same probability by torchvision's name (keyword only; give p or drop_prob).
     Example:
-        >>> x = x + DropPath(0.1)(block(x))
+        >>> x = x + DropPath(0.1)(block(x))          # timm: DropPath(drop_prob=0.1)
+        >>> DropPath(p=0.2, mode="batch")             # torchvision: StochasticDepth(0.2, "batch")
     """
     __constants__ = ["p", "scale_by_keep", "mode", "scaling", "inplace"]
 
-    def __init__(self, p: float = 0.0, scale_by_keep: bool = True, mode: str = "row",
-                 scaling: str = "inverted", inplace: bool = False):
+    def __init__(self, drop_prob: float = None, scale_by_keep: bool = True, mode: str = "row",
+                 scaling: str = "inverted", inplace: bool = False, *, p: float = None):
         super().__init__()
-        self.p = check_p(p)
+        if drop_prob is not None and p is not None:
+            raise TypeError(f"DropPath got both drop_prob={drop_prob!r} and p={p!r}; they name the same "
+                            f"probability, pass one")
+        # torchvision's positional StochasticDepth(p, mode) would land mode in scale_by_keep and
+        # silently run in "row" mode: refuse anything but a bool there.
+        if not isinstance(scale_by_keep, (bool, np.bool_)):
+            raise TypeError(f"scale_by_keep must be a bool, got {type(scale_by_keep).__name__} "
+                            f"{scale_by_keep!r} (torchvision's StochasticDepth(p, mode) is "
+                            f"DropPath(p, mode=mode))")
+        self.p = 0.0 if drop_prob is None and p is None else (p if drop_prob is None else drop_prob)
         if mode not in DROP_PATH_MODES:
             raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode!r}")
         self.scale_by_keep = bool(scale_by_keep)
         self.mode = mode
         self.scaling = check_mode(scaling)
         self.inplace = inplace
+
+    @property
+    def p(self) -> float:
+        return self._p
+
+    @p.setter
+    def p(self, value):
+        self._p = check_p(value)  # validated on every assignment, not only in __init__
+
+    @property
+    def drop_prob(self) -> float:
+        """timm's name for p: reading and assigning it reads and assigns p."""
+        return self._p
+
+    @drop_prob.setter
+    def drop_prob(self, value):
+        self._p = check_p(value, "drop_prob")
 
     def extra_repr(self) -> str:
         extra = "" if self.scaling == "inverted" else f", scaling={self.scaling}"

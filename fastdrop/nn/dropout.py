@@ -1,23 +1,33 @@
 """Drop-in replacements for torch.nn.Dropout and Dropout1d/2d/3d.
 
-Same constructor (p, inplace) and validation, `extra_repr`, and train/eval behaviour as torch's
-modules; `mode="classic"` selects the original paper's scaling. seed=None on every call: masks
-come from torch's generator, so `torch.manual_seed` makes them reproducible.
+Each class subclasses torch's own (`isinstance(m, torch.nn.Dropout)` holds, so recipes such as
+`if isinstance(m, nn.Dropout): m.train()` and `fastdrop.nn.convert` see them as dropout layers);
+same constructor (p, inplace) and validation, `extra_repr`, empty `state_dict`, and train/eval
+behaviour as torch's modules. `mode="classic"` selects the original paper's scaling. seed=None on
+every call: masks come from torch's generator, so `torch.manual_seed` makes them reproducible.
 """
+import math
+import numbers
+
 import torch
 
 from .. import functional as F
-from .._checks import check_mode, check_p
+from .._checks import check_mode
 
 
-class _DropoutNd(torch.nn.Module):
+class _DropoutNd:
+    """The fastdrop half of each module: mixed in before torch's class, so torch's __init__ and
+    attributes stay, and this forward (fastdrop's op) replaces torch's."""
     __constants__ = ["p", "inplace", "mode"]
     _fn = None  # the functional op, set by each subclass
 
     def __init__(self, p: float = 0.5, inplace: bool = False, mode: str = "inverted"):
-        super().__init__()
-        self.p = check_p(p)
-        self.inplace = inplace
+        # torch compares p with 0 and 1 and would let bools, strings-with-__lt__ or NaN through.
+        if isinstance(p, bool) or not isinstance(p, numbers.Real):
+            raise TypeError(f"p must be a real number in [0, 1], got {type(p).__name__} {p!r}")
+        if math.isnan(p):
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        super().__init__(p, inplace)  # torch's range check and message; p stored as given, like torch
         self.mode = check_mode(mode)
 
     def extra_repr(self) -> str:
@@ -28,21 +38,21 @@ class _DropoutNd(torch.nn.Module):
         return self._fn(x, self.p, training=self.training, mode=self.mode, inplace=self.inplace)
 
 
-class Dropout(_DropoutNd):
+class Dropout(_DropoutNd, torch.nn.Dropout):
     """Elementwise dropout; see fastdrop.dropout."""
     _fn = staticmethod(F.dropout)
 
 
-class Dropout1d(_DropoutNd):
+class Dropout1d(_DropoutNd, torch.nn.Dropout1d):
     """Zeroes whole channels of (N, C, L) / (C, L) input; see fastdrop.dropout1d."""
     _fn = staticmethod(F.dropout1d)
 
 
-class Dropout2d(_DropoutNd):
+class Dropout2d(_DropoutNd, torch.nn.Dropout2d):
     """Zeroes whole channels of (N, C, H, W) input; see fastdrop.dropout2d."""
     _fn = staticmethod(F.dropout2d)
 
 
-class Dropout3d(_DropoutNd):
+class Dropout3d(_DropoutNd, torch.nn.Dropout3d):
     """Zeroes whole channels of (N, C, D, H, W) / (C, D, H, W) input; see fastdrop.dropout3d."""
     _fn = staticmethod(F.dropout3d)

@@ -1,0 +1,333 @@
+"""MC dropout (Gal & Ghahramani 2016): predictive statistics over T stochastic forward passes.
+
+mc_predict keeps fastdrop's stochastic modules (fastdrop.nn.Dropout*, DropPath, DropoutLinear,
+DropConnectLinear) active, leaves every other module as it is, and streams the statistics (Chan et
+al.'s pairwise merge of mean and M2), so memory does not grow with T.
+
+Every sample draws its own masks by a fixed rule, whatever the fast path: in sample t, the k-th
+call of a fastdrop stochastic module uses (seed, offset + t * 2**32 + k), the mask the module's op
+draws for that one sample's input. The one-sample-at-a-time path (chunk=1, fused=False) calls the
+public ops with exactly that seed and offset; every faster path must give the same masks:
+- chunk > 1: samples [t0, t0 + n) run as one forward of the input repeated n times along dim 0;
+  each stochastic module applies sample t's mask to rows [t*N, (t+1)*N): one kernel call for
+  Dropout and DropoutLinear (T offsets in one call), T masked weight copies and one batched GEMM
+  for DropConnectLinear, and one op call per sample slice for the others;
+- a Sequential runs its layers before the first stochastic module once;
+- fused=True: a tail [fastdrop.nn.Dropout, nn.Linear] or [DropoutLinear] masks T copies of the
+  hidden activation in one kernel call and multiplies them in one GEMM.
+
+Imports torch (fastdrop re-exports mc_predict lazily, so `import fastdrop` does not).
+"""
+import warnings
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+
+from . import _seeds, drop_path, dropconnect_linear, dropout_linear
+from ._checks import check_u64
+from .kernels import mc_dropout_cpu
+from .mask import kernel_rng_args
+from .nn.convert import is_timm_drop_path, is_torchvision_stochastic_depth
+from .nn.drop_path import DropPath
+from .nn.dropout import Dropout, _DropoutNd
+from .nn.linear import DropConnectLinear, DropoutLinear
+
+_U64 = (1 << 64) - 1
+_STOCHASTIC = (_DropoutNd, DropPath, DropoutLinear, DropConnectLinear)
+# The batched DropConnect path holds n masked copies of the weight; above this many elements it
+# runs one sample slice at a time instead (same masks, no n-fold weight memory).
+_DROPCONNECT_BATCH_MAX = 1 << 24
+
+
+class MCResult(NamedTuple):
+    mean: torch.Tensor
+    var: torch.Tensor
+    entropy: Optional[torch.Tensor] = None
+    mutual_info: Optional[torch.Tensor] = None
+
+
+# ----------------------------------------------------------------------------- finding the modules
+def _foreign_dropout(model):
+    """'name (class)' of the dropout layers fastdrop does not drive: torch's, timm's, torchvision's."""
+    found = []
+    for name, m in model.named_modules(prefix="model"):
+        if isinstance(m, _STOCHASTIC):  # fastdrop's Dropout* are torch.nn.Dropout* subclasses too
+            continue
+        cls = type(m)
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and cls.__module__.startswith("torch.nn"):
+            found.append(f"{name} (torch.nn.{cls.__name__})")
+        elif isinstance(m, torch.nn.modules.dropout._DropoutNd) or is_timm_drop_path(m) or \
+                is_torchvision_stochastic_depth(m):
+            found.append(f"{name} ({cls.__module__}.{cls.__qualname__})")
+    return found
+
+
+def _stochastic_modules(model):
+    drops = [m for m in model.modules() if isinstance(m, _STOCHASTIC)]
+    foreign = _foreign_dropout(model)
+    hint = ("convert them with fastdrop.nn.convert(model) first (it leaves AlphaDropout and "
+            "FeatureAlphaDropout alone)")
+    if not drops and foreign:
+        raise ValueError(f"mc_predict: the model has no fastdrop stochastic module, only dropout "
+                         f"layers mc_predict does not drive: {', '.join(foreign)}; every sample would "
+                         f"be the same forward (zero variance); {hint}")
+    if not drops:
+        raise ValueError("mc_predict: the model has no stochastic module (fastdrop.nn.Dropout*, DropPath, "
+                         "DropoutLinear, DropConnectLinear): every sample would be the same forward")
+    if foreign:
+        warnings.warn(f"mc_predict: these dropout layers are not fastdrop's and are left as they are "
+                      f"(off in eval mode), so the variance leaves them out: {', '.join(foreign)}; "
+                      f"{hint}", stacklevel=3)
+    return drops
+
+
+# ----------------------------------------------------------------------------- one module, n samples
+class _Sampler:
+    """State shared by the patched forwards during one forward of samples [t0, t0 + n)."""
+
+    def __init__(self, seed, base):
+        self.seed, self.base = seed, base
+        self.t0, self.n, self.k = 0, 1, 0
+
+    def offsets(self):
+        """The offsets of this call (k) for the n samples; modulo 2**64 as the rank streams are."""
+        k = self.k
+        self.k += 1
+        return [(self.base + (self.t0 + t) * (1 << 32) + k) & _U64 for t in range(self.n)]
+
+
+def _scale(p, mode):
+    return 1.0 if (mode == "classic" or p == 1.0) else 1.0 / (1.0 - p)
+
+
+def _one_sample(m, x, seed, offset):
+    """m's stochastic op on one sample's input, through the public op with (seed, offset).
+    Never in place: x may be the prefix output that every sample reuses."""
+    if isinstance(m, DropoutLinear):
+        return dropout_linear(x, m.weight, m.bias, m.p, seed=seed, offset=offset, mode=m.mode)
+    if isinstance(m, DropConnectLinear):
+        return dropconnect_linear(x, m.weight, m.bias, m.p, seed=seed, offset=offset,
+                                  per_sample=m.per_sample)
+    if isinstance(m, DropPath):
+        return drop_path(x, m.p, seed=seed, offset=offset, scale_by_keep=m.scale_by_keep, mode=m.mode,
+                         scaling=m.scaling)
+    return m._fn(x, m.p, seed=seed, offset=offset, mode=m.mode)
+
+
+def _sample_masks(src, p, scale, seed, offsets):
+    """(n, L) array: row t = src[t] (or src[0], broadcast) with sample t's mask, one kernel call."""
+    n = len(offsets)
+    out = np.empty((n, src.shape[1]), src.dtype)
+    lo = np.array([o & 0xFFFFFFFF for o in offsets], np.uint64)
+    hi = np.array([o >> 32 for o in offsets], np.uint64)
+    key_lo, key_hi, _, _, thr = kernel_rng_args(seed, 0, p)
+    kern = mc_dropout_cpu.dropout_samples if out.size >= mc_dropout_cpu.PARALLEL_MIN else \
+        mc_dropout_cpu.dropout_samples_serial
+    # The fused head and DropConnect mask n copies of one row: a stride-0 view, never copied.
+    src = src if src.shape[0] == n else np.broadcast_to(src, out.shape)
+    kern(src, out, lo, hi, key_lo, key_hi, thr, src.dtype.type(scale))
+    return out
+
+
+def _kernel_ok(x):
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+
+def _batched(m, x, seed, offsets):
+    """m on the rows of n samples stacked along dim 0, sample t's rows with offsets[t]."""
+    n = len(offsets)
+    if n == 1:
+        return _one_sample(m, x, seed, offsets[0])
+    if x.shape[0] % n:
+        raise ValueError(f"mc_predict: a dropout input of shape {tuple(x.shape)} cannot be split into "
+                         f"{n} samples along dim 0; pass chunk=1")
+    if isinstance(m, (Dropout, DropoutLinear)) and _kernel_ok(x):
+        xm = _sample_masks(x.contiguous().numpy().reshape(n, -1), m.p, _scale(m.p, m.mode), seed, offsets)
+        xm = torch.from_numpy(xm).reshape(x.shape)
+        return xm if isinstance(m, Dropout) else torch.nn.functional.linear(xm, m.weight, m.bias)
+    if isinstance(m, DropConnectLinear) and not m.per_sample and _kernel_ok(x) and \
+            x.dtype == m.weight.dtype and n * m.weight.numel() <= _DROPCONNECT_BATCH_MAX:
+        w = m.weight.detach().contiguous().numpy().reshape(1, -1)
+        wm = torch.from_numpy(_sample_masks(w, m.p, _scale(m.p, "inverted"), seed, offsets))
+        y = torch.bmm(x.reshape(n, -1, x.shape[-1]), wm.reshape(n, *m.weight.shape).mT)
+        y = y.reshape(*x.shape[:-1], m.weight.shape[0])
+        return y if m.bias is None else y + m.bias
+    # Dropout1d/2d/3d, DropPath, per-sample DropConnect, CUDA and half inputs: one op per sample.
+    return torch.cat([_one_sample(m, xs, seed, off) for xs, off in zip(x.chunk(n, 0), offsets)], 0)
+
+
+def _patched_forward(m, sampler):
+    return lambda x: _batched(m, x, sampler.seed, sampler.offsets())
+
+
+# ----------------------------------------------------------------------------- fused head
+def _fused_head(rest):
+    """(p, mode, weight, bias) when the tail is [fastdrop Dropout, nn.Linear] or [DropoutLinear]."""
+    mods = list(rest)
+    if len(mods) == 2 and type(mods[0]) is Dropout and type(mods[1]) is torch.nn.Linear:
+        return mods[0].p, mods[0].mode, mods[1].weight, mods[1].bias
+    if len(mods) == 1 and isinstance(mods[0], DropoutLinear):
+        m = mods[0]
+        return m.p, m.mode, m.weight, m.bias
+    return None
+
+
+def _run_fused_head(h, head, seed, offsets):
+    """All samples of [Dropout, Linear] on h at once: one kernel call writes the n masked copies
+    of h (mask t with offsets[t]), one torch GEMM multiplies them by the weight."""
+    p, mode, weight, bias = head
+    h2 = h.detach().contiguous()
+    masked = torch.from_numpy(_sample_masks(h2.numpy().reshape(1, -1), p, _scale(p, mode), seed, offsets))
+    masked = masked.reshape((len(offsets),) + tuple(h2.shape))
+    return torch.nn.functional.linear(masked, weight.to(h2.dtype), None if bias is None else bias.to(h2.dtype))
+
+
+# ----------------------------------------------------------------------------- statistics
+class _Merger:
+    """Chan et al.'s pairwise merge of (count, mean, M2): streaming mean/variance over chunks."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2, self.h_sum = 0, None, None, None
+
+    def add(self, y, logits):
+        # y: (c, N, ...) outputs of c samples
+        y = y.double()
+        if logits:
+            y = torch.softmax(y, -1)
+            ent = -(y * torch.log(y.clamp_min(1e-300))).sum(-1).sum(0)
+            self.h_sum = ent if self.h_sum is None else self.h_sum + ent
+        c = y.shape[0]
+        mean_b = y.mean(0)
+        m2_b = ((y - mean_b) ** 2).sum(0)
+        if self.n == 0:
+            self.n, self.mean, self.m2 = c, mean_b, m2_b
+            return
+        n = self.n + c
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (c / n)
+        self.m2 = self.m2 + m2_b + delta * delta * (self.n * c / n)
+        self.n = n
+
+
+# ----------------------------------------------------------------------------- the driver
+def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk=None, fused=True):
+    """MC dropout: predictive statistics over `samples` stochastic forward passes.
+
+    Only fastdrop's stochastic modules (fastdrop.nn.Dropout*, DropPath, DropoutLinear,
+    DropConnectLinear) are switched to training for the call and restored after; BatchNorm and
+    every other module keep their state. Statistics are accumulated in a streaming way
+    (Welford/Chan merges of chunks), so memory does not grow with `samples`.
+
+    Mask contract: in MC sample t (0 <= t < samples), the k-th call of a fastdrop stochastic module
+    in the forward (k = 0, 1, ... in execution order) uses `seed` and offset `offset + t * 2**32 + k`,
+    and draws the mask that module's op draws for one sample's input with that seed and offset
+    (`dropout_mask(x.shape, ...)` for Dropout and DropoutLinear, over (N, C) for Dropout1d/2d/3d,
+    over (N,) or (1,) for DropPath, over the weight for DropConnectLinear, over (N, out, in) for
+    DropConnectLinear(per_sample=True)). So every sample has its own masks, DropConnect included.
+    With seed=None under torch.distributed, rank r runs at offset + r * 2**48 (mod 2**64), as every
+    seed=None call does (`fastdrop.set_rank_streams`).
+
+    Fast paths (same masks, same contract): for an nn.Sequential, the layers before the first
+    stochastic module are deterministic and run once; samples are evaluated `chunk` at a time as
+    one batched forward (auto: when no other module is in training mode); and a tail
+    `[fastdrop.nn.Dropout, nn.Linear]` (or a DropoutLinear) is evaluated for all samples of a
+    chunk with one mask-kernel call (T masked copies of the hidden activation) and one torch GEMM
+    (`fused=True`, CPU float32/float64). `chunk=1, fused=False` evaluates one sample at a time.
+
+    Args:
+        model: a torch.nn.Module mapping x (N, ...) to (N, ...) outputs, with at least one fastdrop
+            stochastic module (`fastdrop.nn.convert(model)` swaps torch's / timm's / torchvision's
+            dropout layers for fastdrop's).
+        x: input tensor.
+        samples: T, the number of MC samples.
+        seed: int, or None to draw one from torch's generator.
+        offset: int; sample t's masks use offsets from offset + t * 2**32.
+        logits: outputs are classifier logits: also return the predictive entropy and the
+            mutual information (BALD) of the softmax probabilities, and mean/var of the probabilities.
+        chunk: samples per batched forward (None: auto, 1: one forward per sample).
+        fused: use the fused [Dropout, Linear] head when the model ends in one.
+    Returns:
+        MCResult(mean, var, entropy, mutual_info); var is the unbiased sample variance
+        (zeros when samples == 1); entropy and mutual_info are None unless logits=True.
+    Raises:
+        ValueError: the model has no fastdrop stochastic module (the message names the torch, timm
+            or torchvision dropout layers found, which fastdrop.nn.convert replaces), or bad
+            samples / chunk / offset. A warning names such layers when fastdrop's are present too.
+    Example:
+        >>> r = fastdrop.mc_predict(fastdrop.nn.convert(model).eval(), x, samples=32, logits=True)
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch tensor, got {type(x).__name__}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"chunk must be a positive int or None, got {chunk!r}")
+    offset = check_u64(offset, "offset")
+    if offset + samples * (1 << 32) > _U64:
+        raise ValueError(f"offset {offset} leaves no room for {samples} samples (offset + samples*2**32 "
+                         f"must stay below 2**64)")
+    if seed is not None:
+        seed = check_u64(seed, "seed")
+    drops = _stochastic_modules(model)  # refusals come before the seed draw
+    drop_ids = {id(m) for m in drops}
+    # Batching samples and running the deterministic prefix once are valid only when nothing else
+    # in the model behaves differently per batch (e.g. BatchNorm in training mode).
+    others_eval = not any(m.training for m in model.modules() if id(m) not in drop_ids)
+    if chunk is None:
+        chunk = min(samples, 32) if others_eval else 1
+    elif chunk > 1 and not others_eval:
+        raise ValueError("mc_predict: chunk > 1 needs every non-dropout module in eval mode "
+                         "(call model.eval() first; mc_predict keeps fastdrop's dropout active)")
+    if seed is None:
+        seed, base = _seeds.draw_torch_seed(), _seeds.stream_offset(offset)
+    else:
+        base = offset  # an explicit seed names one set of masks, the same on every rank
+
+    prefix, rest = None, model
+    if others_eval and isinstance(model, torch.nn.Sequential):
+        first = next((i for i, layer in enumerate(model)
+                      if any(id(s) in drop_ids for s in layer.modules())), None)
+        if first is not None and first > 0:
+            prefix, rest = model[:first], model[first:]
+    head = None
+    if fused and isinstance(rest, torch.nn.Sequential):
+        head = _fused_head(rest)
+    elif fused and isinstance(rest, DropoutLinear):
+        head = _fused_head([rest])
+
+    sampler = _Sampler(seed, base)
+    saved = [(m, m.training) for m in drops]
+    merger = _Merger()
+    try:
+        for m in drops:
+            m.train(True)
+            m.forward = _patched_forward(m, sampler)
+        with torch.no_grad():
+            h = prefix(x) if prefix is not None else x
+            use_fused = head is not None and _kernel_ok(h)
+            for t0 in range(0, samples, chunk):
+                n = min(chunk, samples - t0)
+                sampler.t0, sampler.n, sampler.k = t0, n, 0
+                if use_fused:
+                    y = _run_fused_head(h, head, seed, sampler.offsets())
+                else:
+                    hin = h.repeat(n, *([1] * (h.dim() - 1))) if n > 1 else h
+                    y = rest(hin)
+                    y = y.reshape(n, y.shape[0] // n, *y.shape[1:])
+                merger.add(y, logits)
+    finally:
+        for m, was_training in saved:
+            m.train(was_training)
+            m.__dict__.pop("forward", None)
+
+    out_dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    var = merger.m2 / (merger.n - 1) if merger.n > 1 else torch.zeros_like(merger.m2)
+    if not logits:
+        return MCResult(merger.mean.to(out_dtype), var.to(out_dtype))
+    mean = merger.mean
+    entropy = -(mean * torch.log(mean.clamp_min(1e-300))).sum(-1)
+    mutual_info = (entropy - merger.h_sum / merger.n).clamp_min(0.0)
+    return MCResult(mean.to(out_dtype), var.to(out_dtype), entropy.to(out_dtype), mutual_info.to(out_dtype))

@@ -1,0 +1,81 @@
+"""fastdrop.nn.convert: swap a model's dropout layers for fastdrop's, in place.
+
+What every user moving a real model writes by hand, in the spirit of
+`torch.nn.SyncBatchNorm.convert_sync_batchnorm`. timm and torchvision are recognised by class name,
+module and attributes, never imported (neither is a dependency).
+"""
+import torch
+
+from .drop_path import DropPath
+from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
+
+# Exact types only: a user's subclass of nn.Dropout may override forward, which a swap would lose.
+_TORCH_TO_FASTDROP = {torch.nn.Dropout: Dropout, torch.nn.Dropout1d: Dropout1d,
+                      torch.nn.Dropout2d: Dropout2d, torch.nn.Dropout3d: Dropout3d}
+
+
+def is_timm_drop_path(m):
+    """timm's DropPath (timm.layers.drop / timm.models.layers), recognised without importing timm."""
+    cls = type(m)
+    return (cls.__name__ == "DropPath" and cls.__module__.startswith("timm")
+            and hasattr(m, "drop_prob") and hasattr(m, "scale_by_keep"))
+
+
+def is_torchvision_stochastic_depth(m):
+    """torchvision.ops.StochasticDepth, recognised without importing torchvision."""
+    cls = type(m)
+    return (cls.__name__ == "StochasticDepth" and cls.__module__.startswith("torchvision")
+            and hasattr(m, "p") and hasattr(m, "mode"))
+
+
+def _replacement(m):
+    """fastdrop's module for m with the same probability, flags and mode, or None to keep m."""
+    cls = _TORCH_TO_FASTDROP.get(type(m))
+    if cls is not None:
+        return cls(m.p, inplace=m.inplace)
+    if is_timm_drop_path(m):
+        return DropPath(m.drop_prob, scale_by_keep=bool(m.scale_by_keep))
+    if is_torchvision_stochastic_depth(m):
+        return DropPath(p=m.p, mode=m.mode)
+    return None
+
+
+def convert(model):
+    """Replace, in place, torch's and timm's / torchvision's dropout layers by fastdrop's.
+
+    Replaced: `torch.nn.Dropout`, `Dropout1d`, `Dropout2d`, `Dropout3d` (exact classes, not user
+    subclasses, whose forward may differ) by `fastdrop.nn.Dropout*` with the same `p` and `inplace`;
+    timm's `DropPath(drop_prob, scale_by_keep)` and torchvision's `StochasticDepth(p, mode)` by
+    `fastdrop.nn.DropPath` with the same probability, `scale_by_keep` and mode. Every new module
+    takes its predecessor's training flag. Not replaced: `AlphaDropout` and `FeatureAlphaDropout`
+    (SELU dropout: fastdrop has no kernel for it), modules that are already fastdrop's, and
+    anything else. Dropout layers hold no parameters or buffers, so the `state_dict` is unchanged,
+    and the eval outputs are unchanged. A module reachable under several names is replaced by one
+    shared fastdrop module. Hooks registered on a replaced module are not carried over.
+
+    Args:
+        model: a torch.nn.Module.
+    Returns:
+        the model, modified in place; if `model` itself is such a dropout layer, its replacement.
+    Example:
+        >>> model = fastdrop.nn.convert(timm.create_model("vit_small_patch16_224", drop_path_rate=0.1))
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return _convert(model, {})
+
+
+def _convert(m, done):
+    if id(m) in done:
+        return done[id(m)]
+    new = _replacement(m)
+    if new is None:
+        new = m
+        for name, child in m.named_children():
+            converted = _convert(child, done)
+            if converted is not child:
+                setattr(m, name, converted)
+    else:
+        new.train(m.training)
+    done[id(m)] = new
+    return new

@@ -1,0 +1,308 @@
+"""fastdrop.mc.mc_predict: every fast path against the one-sample-at-a-time path and the contract
+(sample t, k-th stochastic call: seed, offset + t * 2**32 + k), the DropConnect per-sample masks,
+and the refusals of models whose dropout fastdrop does not drive."""
+import warnings
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+import fastdrop
+import fastdrop.nn as fnn
+from fastdrop import _seeds
+from fastdrop.mc import mc_predict
+
+SEED, OFFSET, T = 11, 5, 7  # T = 7 with chunk=3: two full chunks and a remainder
+
+
+class Record(torch.nn.Module):
+    """Identity that keeps what passes through it: the stochastic module's output, per chunk."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        return x
+
+    def per_sample(self, samples):
+        y = torch.cat(self.seen)
+        return y.reshape(samples, y.shape[0] // samples, *y.shape[1:])
+
+
+def conv(d):
+    return {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[d](2, 4, 3)
+
+
+# kind -> (prefix layers, stochastic module, suffix layers, input shape, ops done elementwise)
+CASES = {
+    "Dropout": (lambda: [torch.nn.Linear(6, 16), torch.nn.ReLU()], lambda: fnn.Dropout(0.4),
+                lambda: [torch.nn.Linear(16, 3)], (5, 6), True),
+    "Dropout classic": (lambda: [torch.nn.Linear(6, 16), torch.nn.ReLU()],
+                        lambda: fnn.Dropout(0.4, mode="classic"), lambda: [torch.nn.Linear(16, 3)], (5, 6), True),
+    "Dropout1d": (lambda: [conv(1)], lambda: fnn.Dropout1d(0.5),
+                  lambda: [torch.nn.Flatten(), torch.nn.Linear(4 * 6, 3)], (5, 2, 8), True),
+    "Dropout2d": (lambda: [conv(2)], lambda: fnn.Dropout2d(0.5),
+                  lambda: [torch.nn.Flatten(), torch.nn.Linear(4 * 3 * 4, 3)], (5, 2, 5, 6), True),
+    "Dropout3d": (lambda: [conv(3)], lambda: fnn.Dropout3d(0.5),
+                  lambda: [torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 2 * 3, 3)], (5, 2, 4, 4, 5), True),
+    "DropPath row": (lambda: [torch.nn.Linear(6, 16)], lambda: fnn.DropPath(0.5),
+                     lambda: [torch.nn.Linear(16, 3)], (9, 6), True),
+    "DropPath batch": (lambda: [torch.nn.Linear(6, 16)], lambda: fnn.DropPath(0.5, mode="batch"),
+                       lambda: [torch.nn.Linear(16, 3)], (9, 6), True),
+    "DropoutLinear": (lambda: [torch.nn.Linear(6, 16), torch.nn.ReLU()], lambda: fnn.DropoutLinear(16, 8, p=0.3),
+                      lambda: [torch.nn.ReLU(), torch.nn.Linear(8, 3)], (5, 6), False),
+    "DropConnectLinear": (lambda: [torch.nn.Linear(6, 16), torch.nn.ReLU()],
+                          lambda: fnn.DropConnectLinear(16, 8, p=0.5),
+                          lambda: [torch.nn.ReLU(), torch.nn.Linear(8, 3)], (5, 6), False),
+    "DropConnectLinear per_sample": (lambda: [torch.nn.Linear(6, 16), torch.nn.ReLU()],
+                                     lambda: fnn.DropConnectLinear(16, 8, p=0.5, per_sample=True),
+                                     lambda: [torch.nn.ReLU(), torch.nn.Linear(8, 3)], (5, 6), True),
+}
+
+
+def build(kind, dtype=torch.float64):
+    pre, drop, post, shape, elementwise = CASES[kind]
+    torch.manual_seed(0)
+    pre, drop, post = pre(), drop(), post()
+    rec = Record()
+    model = torch.nn.Sequential(*pre, drop, rec, *post).to(dtype).eval()
+    return model, torch.nn.Sequential(*pre), drop, rec, torch.randn(shape, dtype=dtype), elementwise
+
+
+def contract_output(drop, h, t, k=0):
+    """The stochastic module's output in sample t by the documented contract: its public op on one
+    sample's input with (SEED, OFFSET + t * 2**32 + k)."""
+    off = OFFSET + t * 2 ** 32 + k
+    if isinstance(drop, fnn.DropoutLinear):
+        return fastdrop.dropout_linear(h, drop.weight, drop.bias, drop.p, seed=SEED, offset=off, mode=drop.mode)
+    if isinstance(drop, fnn.DropConnectLinear):
+        return fastdrop.dropconnect_linear(h, drop.weight, drop.bias, drop.p, seed=SEED, offset=off,
+                                           per_sample=drop.per_sample)
+    if isinstance(drop, fnn.DropPath):
+        return fastdrop.drop_path(h, drop.p, seed=SEED, offset=off, mode=drop.mode)
+    return drop._fn(h, drop.p, seed=SEED, offset=off, mode=drop.mode)
+
+
+def run(model, rec, x, chunk, fused):
+    rec.seen.clear()
+    r = mc_predict(model, x, samples=T, seed=SEED, offset=OFFSET, chunk=chunk, fused=fused)
+    return r, rec.per_sample(T)
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_one_sample_path_follows_the_contract(kind):
+    model, pre, drop, rec, x, _ = build(kind)
+    _, ys = run(model, rec, x, chunk=1, fused=False)
+    with torch.no_grad():
+        h = pre(x)
+        for t in range(T):
+            assert torch.equal(ys[t], contract_output(drop, h, t))
+    assert any(not torch.equal(ys[0], ys[t]) for t in range(1, T))  # samples draw different masks
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+@pytest.mark.parametrize("chunk", [3, None])
+def test_batched_chunks_equal_one_sample_at_a_time(kind, chunk):
+    model, _, _, rec, x, elementwise = build(kind)
+    ref, ys_ref = run(model, rec, x, chunk=1, fused=False)
+    r, ys = run(model, rec, x, chunk=chunk, fused=True)
+    if elementwise:  # the same masks applied by the same elementwise arithmetic: bit for bit
+        assert torch.equal(ys, ys_ref)
+    else:  # the same masks; the GEMM over n stacked samples may round differently
+        torch.testing.assert_close(ys, ys_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(r, ref, rtol=1e-10, atol=1e-12)
+    assert (r.var > 0).any()
+
+
+@pytest.mark.parametrize("kind", ["Dropout", "DropPath row", "DropoutLinear", "DropConnectLinear"])
+def test_half_inputs_take_the_sliced_path_with_the_same_masks(kind):
+    model, _, _, rec, x, _ = build(kind, torch.bfloat16)
+    _, ys_ref = run(model, rec, x, chunk=1, fused=False)
+    _, ys = run(model, rec, x, chunk=3, fused=False)
+    assert torch.equal(ys, ys_ref)
+
+
+@pytest.mark.parametrize("tail", ["Dropout+Linear", "DropoutLinear"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_fused_head_equals_one_sample_at_a_time(tail, dtype, tol):
+    torch.manual_seed(0)
+    head = [fnn.Dropout(0.3), torch.nn.Linear(40, 5)] if tail == "Dropout+Linear" else [fnn.DropoutLinear(40, 5, p=0.3)]
+    model = torch.nn.Sequential(torch.nn.Linear(6, 40), torch.nn.Tanh(), *head).to(dtype).eval()
+    x = torch.randn(37, 6, dtype=dtype)
+    for logits in (True, False):
+        a = mc_predict(model, x, samples=T, seed=SEED, offset=OFFSET, fused=True, logits=logits)
+        b = mc_predict(model, x, samples=T, seed=SEED, offset=OFFSET, fused=False, chunk=1, logits=logits)
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    # and against the contract written out
+    with torch.no_grad():
+        h = model[1](model[0](x))
+        lin = model[-1]
+        ys = torch.stack([torch.nn.functional.linear(
+            fastdrop.dropout(h, 0.3, seed=SEED, offset=OFFSET + t * 2 ** 32), lin.weight, lin.bias)
+            for t in range(T)])
+    torch.testing.assert_close(b.mean, ys.mean(0), rtol=tol, atol=tol)
+    torch.testing.assert_close(b.var, ys.var(0), rtol=tol, atol=tol)
+
+
+def test_second_call_of_a_module_is_k_1():
+    class TwoCalls(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = torch.nn.Linear(6, 9), torch.nn.Linear(9, 9)
+            self.drop, self.rec = fnn.DropConnectLinear(9, 9, p=0.5), Record()
+
+        def forward(self, x):
+            return self.rec(self.drop(self.l2(self.drop(torch.relu(self.l1(x))))))
+
+    model = TwoCalls().double().eval()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    for chunk in (1, 4):
+        model.rec.seen.clear()
+        mc_predict(model, x, samples=T, seed=SEED, offset=OFFSET, chunk=chunk)
+        ys = model.rec.per_sample(T)
+        with torch.no_grad():
+            for t in range(T):
+                h = contract_output(model.drop, torch.relu(model.l1(x)), t, k=0)
+                torch.testing.assert_close(ys[t], contract_output(model.drop, model.l2(h), t, k=1),
+                                           rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_dropconnect_variance_matches_theory(per_sample, chunk):
+    """The bug this fixes: with the default chunk every sample of a chunk shared one weight mask,
+    and the predicted variance was 0. For one input row, output o is sum_i x_i W_oi m_oi / (1-p),
+    so Var = p/(1-p) sum_i (x_i W_oi)^2; outputs use disjoint mask rows, hence the ratios
+    (sample variance / Var) are independent with mean exactly 1: a one-sample t-test."""
+    p, samples = 0.5, 64
+    torch.manual_seed(1)
+    model = fnn.DropConnectLinear(64, 256, p=p, per_sample=per_sample).double().eval()
+    x = torch.randn(1, 64, dtype=torch.float64)
+    r = mc_predict(model, x, samples=samples, seed=SEED, chunk=chunk)
+    theory = p / (1 - p) * ((x * model.weight.detach()) ** 2).sum(1)
+    ratio = (r.var[0] / theory).numpy()
+    assert scipy.stats.ttest_1samp(ratio, 1.0).pvalue > 1e-3
+    assert 0.8 < ratio.mean() < 1.2
+    with torch.no_grad():
+        torch.testing.assert_close(r.mean[0], model(x)[0], atol=6 * (theory / samples).sqrt().max().item(), rtol=0)
+
+
+def test_dropconnect_default_chunk_equals_chunk_1():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), fnn.DropConnectLinear(32, 4)).double().eval()
+    x = torch.randn(16, 8, dtype=torch.float64)
+    a = mc_predict(model, x, samples=40, seed=3)
+    b = mc_predict(model, x, samples=40, seed=3, chunk=1, fused=False)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert a.var.mean() > 0.01
+
+
+def test_large_dropconnect_weight_runs_by_sample_slices(monkeypatch):
+    import fastdrop.mc as mc
+    model, _, _, rec, x, _ = build("DropConnectLinear")
+    _, ys_ref = run(model, rec, x, chunk=3, fused=False)
+    monkeypatch.setattr(mc, "_DROPCONNECT_BATCH_MAX", 1)
+    _, ys = run(model, rec, x, chunk=3, fused=False)
+    torch.testing.assert_close(ys, ys_ref, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- refusals
+class DropPath(torch.nn.Module):  # a stand-in for timm's class (timm is not installed)
+    def __init__(self, drop_prob=0.0, scale_by_keep=True):
+        super().__init__()
+        self.drop_prob, self.scale_by_keep = drop_prob, scale_by_keep
+
+    def forward(self, x):
+        return x
+
+
+DropPath.__module__ = "timm.layers.drop"
+
+
+def test_torch_dropout_only_is_refused_with_names_and_convert_hint():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Dropout1d(0.1),
+                                torch.nn.Dropout(0.5), torch.nn.Linear(8, 2), DropPath(0.1)).eval()
+    x = torch.randn(3, 6)
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError) as e:
+        mc_predict(model, x)
+    msg = str(e.value)
+    assert "model.2 (torch.nn.Dropout1d)" in msg and "model.3 (torch.nn.Dropout)" in msg
+    assert "model.5 (timm.layers.drop.DropPath)" in msg and "fastdrop.nn.convert" in msg
+    assert torch.equal(torch.get_rng_state(), state)  # refused before the seed draw
+    r = mc_predict(fnn.convert(model), x, samples=8, seed=0)  # what the message says works
+    assert (r.var > 0).any()
+
+
+def test_model_without_any_dropout_is_refused():
+    with pytest.raises(ValueError, match="no stochastic module"):
+        mc_predict(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU()), torch.randn(2, 3))
+
+
+def test_fastdrop_modules_are_not_reported_as_torch_dropout():
+    # fastdrop's Dropout* are torch.nn.Dropout* subclasses: they must not count as foreign
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), fnn.Dropout(0.5), fnn.Dropout1d(0.2)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = mc_predict(model, torch.randn(3, 2, 6), samples=4, seed=0)
+    assert (r.var > 0).any()
+
+
+def test_mixed_model_warns_about_the_layers_left_out():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(0.5), fnn.Dropout(0.5),
+                                torch.nn.AlphaDropout(0.2)).eval()
+    with pytest.warns(UserWarning, match=r"model\.1 \(torch\.nn\.Dropout\), model\.3 \(torch\.nn\.AlphaDropout\)"):
+        mc_predict(model, torch.randn(3, 6), samples=4, seed=0)
+
+
+def test_argument_errors():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), fnn.Dropout(0.5)).eval()
+    x = torch.randn(2, 6)
+    with pytest.raises(TypeError, match="nn.Module"):
+        mc_predict(lambda t: t, x)
+    with pytest.raises(TypeError, match="tensor"):
+        mc_predict(model, x.numpy())
+    with pytest.raises(ValueError, match="samples"):
+        mc_predict(model, x, samples=0)
+    with pytest.raises(ValueError, match="chunk"):
+        mc_predict(model, x, chunk=0)
+    with pytest.raises(ValueError, match="offset"):
+        mc_predict(model, x, samples=4, offset=2 ** 64 - 10)
+
+
+# ----------------------------------------------------------------------------- seeds and ranks
+def test_seed_none_draws_one_seed_from_torch():
+    model, _, _, rec, x, _ = build("DropConnectLinear")
+    torch.manual_seed(9)
+    a = mc_predict(model, x, samples=T, offset=OFFSET)
+    torch.manual_seed(9)
+    seed = _seeds.draw_torch_seed()
+    b = mc_predict(model, x, samples=T, seed=seed, offset=OFFSET)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_seed_none_follows_the_rank_stream_rule(monkeypatch):
+    model, _, _, rec, x, _ = build("Dropout")
+    monkeypatch.setattr(_seeds, "_rank", lambda: 3)
+    torch.manual_seed(9)
+    a = mc_predict(model, x, samples=T, offset=OFFSET)
+    torch.manual_seed(9)
+    seed = _seeds.draw_torch_seed()
+    torch.testing.assert_close(a, mc_predict(model, x, samples=T, seed=seed, offset=OFFSET + 3 * 2 ** 48),
+                               rtol=0, atol=0)
+    # an explicit seed names one set of masks on every rank
+    explicit = mc_predict(model, x, samples=T, seed=seed, offset=OFFSET)
+    monkeypatch.setattr(_seeds, "_rank", lambda: 0)
+    torch.testing.assert_close(explicit, mc_predict(model, x, samples=T, seed=seed, offset=OFFSET), rtol=0, atol=0)
+    assert not torch.equal(a.var, explicit.var)
+
+
+def test_restores_training_flags_and_forward():
+    model, _, drop, rec, x, _ = build("DropPath row")
+    model.train()
+    drop.eval()
+    mc_predict(model, x, samples=3, seed=0)  # chunk 1: other modules are in training mode
+    assert drop.training is False and model[0].training is True
+    assert "forward" not in drop.__dict__
