@@ -377,8 +377,15 @@ def small_call_providers(shape, p, dtype="float32"):
     Backward is torch.autograd.grad with a fixed upstream gradient, as in every fwd+bwd case."""
     import torch
     import fastdrop
-    from fastdrop._seeds import draw_torch_seed
-    from fastdrop.kernels.dropout_cpu import dropout_flat_serial
+    try:
+        from fastdrop._seeds import draw_torch_seed
+        from fastdrop.kernels.dropout_cpu import dropout_flat_serial
+    except ImportError as e:
+        # Internals moved: the breakdown probes raise when called (the report lists them as
+        # errors, the smoke test fails on them) while the public-API rows still run.
+        def draw_torch_seed(*args, _e=e):
+            raise _e
+        dropout_flat_serial = draw_torch_seed
 
     td = _tdtype(dtype)
     scale = 1.0 / (1.0 - p)

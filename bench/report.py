@@ -3,6 +3,7 @@ would trust it.
 
     bash scripts/report.sh            # default matrix, < 10 min on a 2-core machine
     bash scripts/report.sh --quick    # a handful of rows, < 1 min
+    .venv/bin/python bench/report.py --only small_calls train_step   # some sections alone
 
 How it measures (bench/bench_cases.py defines every case):
 - every provider is warmed up first (JIT compile or cache load, thread pools, page faults);
@@ -15,6 +16,10 @@ counted once; "extra" = saved tensors that are not the layer's own inputs or par
 mask), and the peak RSS increase during one fwd+bwd call in a fresh subprocess (VmHWM after
 resetting it through /proc/self/clear_refs, minus VmRSS just before the call, after a warm-up
 call): it counts every byte the call touches that was not already resident, outputs included.
+Small calls: a 64x512 nn.Dropout against torch's cheapest masked op (x * m) and nn.Dropout, with
+the bare kernel, a seed draw and a bare autograd.Function around the kernel, all interleaved in one
+process (where the per-call time goes). Training step: bench/models.py's timm-style models with
+torch's, fastdrop's or no drop layers, interleaved step by step.
 Results: bench/results/<machine>-<date>[-quick].json, .md and .png (speedup vs size per op).
 """
 import argparse

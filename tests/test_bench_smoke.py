@@ -1,7 +1,8 @@
 """The benchmarks must never rot: run every pytest-benchmark suite on tiny shapes with
 --benchmark-disable (each benchmark called once), and the report in its tiny mode, in subprocesses
 (the suites and the report set up their own processes, threads and caches). One after the other:
-run side by side on 2 cores, their thread pools contend and both get slower."""
+run side by side on 2 cores, their thread pools contend and both get slower. Also: the report's
+--only mode, and the timm-style models of the training-step rows (bench/models.py)."""
 import json
 import os
 import subprocess
