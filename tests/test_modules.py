@@ -86,3 +86,89 @@ def test_inplace_module_writes_the_same_result():
     torch.manual_seed(5)
     assert torch.equal(fnn.Dropout(0.5)(x), h)
     assert not torch.equal(h, x)
+
+
+# ----------------------------------------------------------------------------- torch subclasses
+@pytest.mark.parametrize("ours, theirs, shape", PAIRS)
+def test_modules_are_torch_dropout_subclasses(ours, theirs, shape):
+    m = ours(0.3)
+    assert isinstance(m, theirs) and isinstance(m, torch.nn.modules.dropout._DropoutNd)
+    assert repr(ours(1)) == repr(theirs(1))  # p kept as given, like torch
+    assert repr(ours(0.3, mode="classic")) == f"{ours.__name__}(p=0.3, inplace=False, mode=classic)"
+    assert m.state_dict() == theirs(0.3).state_dict()
+    m.load_state_dict(theirs(0.3).state_dict())
+
+
+@pytest.mark.parametrize("ours, theirs, shape", PAIRS)
+def test_bad_p_gets_torchs_message(ours, theirs, shape):
+    for bad in (-0.5, 1.5, 2):
+        with pytest.raises(ValueError) as t:
+            theirs(bad)
+        with pytest.raises(ValueError) as o:
+            ours(bad)
+        assert str(o.value) == str(t.value)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        ours(float("nan"))  # torch accepts NaN (every comparison is False)
+    for bad in ("0.5", True, None):
+        with pytest.raises(TypeError, match="p must be a real number"):
+            ours(bad)
+
+
+def test_mc_dropout_recipe_reaches_fastdrop_layers():
+    """The usual MC-dropout recipe: eval everything, then train() every nn.Dropout."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), fnn.Dropout(0.5),
+                                torch.nn.Linear(32, 2)).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.train()
+    assert model[2].training
+    x = torch.randn(4, 8)
+    assert not torch.equal(model(x), model(x))
+
+
+# ----------------------------------------------------------------------------- DropPath's names
+def test_drop_path_accepts_timm_and_torchvision_names():
+    for m in (fnn.DropPath(0.1), fnn.DropPath(drop_prob=0.1), fnn.DropPath(p=0.1)):
+        assert m.p == 0.1 and m.drop_prob == 0.1
+    assert fnn.DropPath().p == 0.0
+    assert fnn.DropPath(p=0.2, mode="batch").mode == "batch"
+    with pytest.raises(TypeError, match="both drop_prob"):
+        fnn.DropPath(0.1, p=0.1)
+    with pytest.raises(TypeError, match="both drop_prob"):
+        fnn.DropPath(drop_prob=0.1, p=0.2)
+    # torchvision's positional StochasticDepth(p, mode) must not silently become row mode
+    with pytest.raises(TypeError, match="mode=mode"):
+        fnn.DropPath(0.2, "batch")
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        fnn.DropPath(drop_prob=1.5)
+
+
+def test_drop_prob_assignment_changes_forward_and_is_validated():
+    m = fnn.DropPath(drop_prob=0.0)
+    x = torch.randn(64, 5)
+    assert torch.equal(m(x), x)
+    m.drop_prob = 1.0  # what drop-path-rate schedules do
+    assert m.p == 1.0 and torch.equal(m(x), torch.zeros_like(x))
+    m.p = 0.0
+    assert m.drop_prob == 0.0 and torch.equal(m(x), x)
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match="drop_prob"):
+            m.drop_prob = bad
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            m.p = bad
+    with pytest.raises(TypeError):
+        m.drop_prob = "0.1"
+    assert m.p == 0.0  # a refused assignment leaves the value
+    assert m.state_dict() == {} and "drop_prob" not in repr(m)
+
+
+def test_drop_path_rate_schedule_over_a_model():
+    blocks = torch.nn.ModuleList([fnn.DropPath(0.0) for _ in range(4)])
+    for i, m in enumerate(blocks.modules()):
+        if isinstance(m, fnn.DropPath):
+            m.drop_prob = 0.1 * i
+    assert [b.p for b in blocks] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    x = torch.ones(2000, 3)
+    torch.manual_seed(0)
+    kept = (blocks[3](x)[:, 0] != 0).double().mean().item()
+    assert abs(kept - 0.6) < 6 * np.sqrt(0.24 / 2000)

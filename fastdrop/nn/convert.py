@@ -71,10 +71,12 @@ def _convert(m, done):
     new = _replacement(m)
     if new is None:
         new = m
-        for name, child in m.named_children():
-            converted = _convert(child, done)
-            if converted is not child:
-                setattr(m, name, converted)
+        # _modules, not named_children(): that skips a child registered a second time under another name
+        for name, child in list(m._modules.items()):
+            if child is not None:
+                converted = _convert(child, done)
+                if converted is not child:
+                    setattr(m, name, converted)
     else:
         new.train(m.training)
     done[id(m)] = new

@@ -1,0 +1,162 @@
+"""fastdrop.nn.convert: torch's Dropout*, timm's DropPath and torchvision's StochasticDepth swapped
+for fastdrop's modules in place (timm and torchvision are not installed: stand-ins with their
+class names, modules and attributes)."""
+import pytest
+import torch
+
+import fastdrop
+import fastdrop.nn as fnn
+
+
+class DropPath(torch.nn.Module):
+    """timm.layers.drop.DropPath's interface and semantics."""
+
+    def __init__(self, drop_prob=0.0, scale_by_keep=True):
+        super().__init__()
+        self.drop_prob, self.scale_by_keep = drop_prob, scale_by_keep
+
+    def forward(self, x):
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.drop_prob)
+        return x * keep / (1 - self.drop_prob) if self.scale_by_keep else x * keep
+
+
+class StochasticDepth(torch.nn.Module):
+    """torchvision.ops.StochasticDepth's interface and semantics."""
+
+    def __init__(self, p, mode):
+        super().__init__()
+        self.p, self.mode = p, mode
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1) if self.mode == "row" else (1,) * x.ndim
+        return x * x.new_empty(shape).bernoulli_(1 - self.p) / (1 - self.p)
+
+
+DropPath.__module__ = "timm.layers.drop"
+StochasticDepth.__module__ = "torchvision.ops.stochastic_depth"
+
+
+class MyDropout(torch.nn.Dropout):
+    """A user's subclass: its forward may differ, so convert leaves it."""
+
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+        self.drop2d = torch.nn.Dropout2d(0.2)
+        self.path = DropPath(0.1, scale_by_keep=False)
+        self.depth = StochasticDepth(0.3, "batch")
+        self.heads = torch.nn.ModuleDict({"a": torch.nn.Dropout1d(0.4, inplace=True), "b": torch.nn.Dropout3d(0.6)})
+        self.alpha = torch.nn.AlphaDropout(0.2)
+        self.falpha = torch.nn.FeatureAlphaDropout(0.2)
+        self.mine = MyDropout(0.5)
+        self.ours = fnn.Dropout(0.7, mode="classic")
+
+    def forward(self, x):
+        h = self.drop2d(self.conv(x))
+        h = x + self.path(h) + self.depth(h)
+        h = self.heads["b"](self.heads["a"](h.flatten(2)).unsqueeze(-1))
+        return self.ours(self.mine(self.falpha(self.alpha(h.flatten(1)))))
+
+
+def model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 3 * 16), torch.nn.Unflatten(1, (3, 4, 4)), Block(),
+                               torch.nn.ModuleList([torch.nn.Dropout(0.5)]), torch.nn.Linear(3 * 16, 2))
+
+
+def run(m, x):
+    h = m[1](m[0](x))
+    return m[4](m[3][0](m[2](h)))
+
+
+def test_replaces_each_kind_with_the_same_settings():
+    m = model()
+    block = m[2]
+    block.path.eval()  # a module left in eval keeps its flag
+    keep = {name: getattr(block, name) for name in ("alpha", "falpha", "mine", "ours")}
+    assert fnn.convert(m) is m
+    b = m[2]
+    assert type(b.drop2d) is fnn.Dropout2d and b.drop2d.p == 0.2 and not b.drop2d.inplace
+    assert type(b.heads["a"]) is fnn.Dropout1d and b.heads["a"].p == 0.4 and b.heads["a"].inplace
+    assert type(b.heads["b"]) is fnn.Dropout3d and b.heads["b"].p == 0.6
+    assert type(m[3][0]) is fnn.Dropout and m[3][0].p == 0.5
+    assert type(b.path) is fnn.DropPath and b.path.drop_prob == 0.1 and b.path.scale_by_keep is False
+    assert b.path.mode == "row" and b.path.training is False and b.drop2d.training is True
+    assert type(b.depth) is fnn.DropPath and b.depth.p == 0.3 and b.depth.mode == "batch"
+    assert all(getattr(b, name) is mod for name, mod in keep.items())  # Alpha*, subclasses, ours: untouched
+    assert all(mod.mode == "inverted" for mod in m.modules() if isinstance(mod, fnn.Dropout) and mod is not b.ours)
+
+
+def test_eval_outputs_and_state_dict_unchanged():
+    m = model().eval()
+    x = torch.randn(5, 4)
+    before, state = run(m, x), m.state_dict()
+    fnn.convert(m)
+    assert torch.equal(run(m, x), before)
+    after = m.state_dict()
+    assert list(after) == list(state) and all(torch.equal(after[k], state[k]) for k in state)
+    fresh = model()
+    fnn.convert(fresh).load_state_dict(state)  # a checkpoint of the torch model loads strictly
+
+
+def test_training_masks_are_fastdrops():
+    m = torch.nn.Sequential(torch.nn.Dropout(0.3), DropPath(0.5))
+    fnn.convert(m)
+    x = torch.randn(64, 32)
+    torch.manual_seed(4)
+    y = m(x)
+    torch.manual_seed(4)
+    ref = fastdrop.drop_path(fastdrop.dropout(x, 0.3), 0.5)
+    assert torch.equal(y, ref)
+
+
+def test_root_module_is_returned_converted():
+    new = fnn.convert(torch.nn.Dropout(0.25, inplace=True).eval())
+    assert type(new) is fnn.Dropout and new.p == 0.25 and new.inplace and not new.training
+    assert repr(new) == repr(torch.nn.Dropout(0.25, inplace=True))
+    new = fnn.convert(StochasticDepth(0.2, "row"))
+    assert type(new) is fnn.DropPath and new.p == 0.2 and new.mode == "row"
+    alpha = torch.nn.AlphaDropout(0.1)
+    assert fnn.convert(alpha) is alpha
+
+
+def test_shared_module_stays_shared_and_second_convert_changes_nothing():
+    drop = torch.nn.Dropout(0.5)
+    m = torch.nn.Sequential(torch.nn.Linear(3, 3), drop, torch.nn.Linear(3, 3), drop)
+    fnn.convert(m)
+    assert type(m[1]) is fnn.Dropout and m[1] is m[3]
+    mods = list(m)
+    fnn.convert(m)
+    assert all(a is b for a, b in zip(m, mods))
+
+
+def test_only_torch_and_timm_torchvision_classes_by_module_name():
+    class NotTimm(torch.nn.Module):  # right name and attributes, wrong package
+        def __init__(self):
+            super().__init__()
+            self.drop_prob, self.scale_by_keep = 0.1, True
+    NotTimm.__name__ = "DropPath"
+    m = torch.nn.Sequential(NotTimm())
+    fnn.convert(m)
+    assert type(m[0]) is NotTimm
+
+
+def test_rejects_non_modules():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        fnn.convert([torch.nn.Dropout()])
+
+
+def test_converted_model_runs_mc_predict():
+    m = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                            torch.nn.Linear(16, 2)).eval()
+    from fastdrop.mc import mc_predict
+    with pytest.raises(ValueError, match="convert"):
+        mc_predict(m, torch.randn(3, 4))
+    r = mc_predict(fnn.convert(m), torch.randn(3, 4), samples=8, seed=0)
+    assert (r.var > 0).all()
