@@ -30,15 +30,22 @@ class CpuKernel:
     it (call a `parallel=False` kernel there).
     """
 
+    def __new__(cls, fn, options):
+        # A class per kernel, so that `_route` can set `__call__` on it (Python looks `__call__` up
+        # on the type, never on the instance).
+        return super().__new__(type(fn.__name__, (cls,), {}))
+
     def __init__(self, fn, options):
         functools.update_wrapper(self, fn)
         self.parallel = numba.njit(parallel=True, **options)(fn)
         self.serial = numba.njit(parallel=False, **options)(_serial_clone(fn))
-        self._run = self.serial if _forked_serial else self.parallel
+        self._route(self.serial if _forked_serial else self.parallel)
         _KERNELS.append(self)
 
-    def __call__(self, *args, **kwargs):
-        return self._run(*args, **kwargs)
+    def _route(self, dispatcher):
+        # `__call__` is the dispatcher itself, as a staticmethod: a call adds no Python frame
+        # (measured per call: ~0 ns, vs ~0.2-0.5 us for a `def __call__` forwarding the arguments).
+        type(self).__call__ = staticmethod(dispatcher)
 
     def __getattr__(self, name):
         if name.startswith("__"):  # e.g. copy/pickle probing a half-built object: no recursion
@@ -101,7 +108,7 @@ def _after_fork_in_child():
     if _forked_serial or _pool_unsafe_after_fork():  # grandchildren inherit the flag
         _forked_serial = True
         for k in _KERNELS:
-            k._run = k.serial
+            k._route(k.serial)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

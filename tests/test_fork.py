@@ -133,7 +133,6 @@ def _child(conn, seed):
 
 def test_forked_children_run_every_op_bit_identical_to_the_parent(parent_results):
     ctx = multiprocessing.get_context("fork")
-    unsafe = config._pool_unsafe_after_fork()  # True with Numba's default (GNU OpenMP) layer
     children = []
     for seed in (0, 100):
         recv, send = ctx.Pipe(duplex=False)
@@ -144,11 +143,16 @@ def test_forked_children_run_every_op_bit_identical_to_the_parent(parent_results
     try:
         for seed, p, recv in children:
             assert recv.poll(TIMEOUT_S), f"child {seed} sent nothing in {TIMEOUT_S} s (exit code {p.exitcode})"
-            status, res, forked_serial, not_run = recv.recv()
+            try:
+                status, res, forked_serial, not_run = recv.recv()
+            except EOFError:  # the pipe closed without a message: the child died
+                p.join(TIMEOUT_S)
+                pytest.fail(f"child {seed} died before sending its results (exit code {p.exitcode})")
             assert status == "ok", res
             p.join(TIMEOUT_S)
             assert p.exitcode == 0, f"child {seed} exited with {p.exitcode}"
             _assert_same_bits(res, parent_results[seed], f"forked child {seed}")
+            unsafe = config._pool_unsafe_after_fork()  # True with Numba's default layer (GNU OpenMP)
             assert forked_serial == unsafe
             if unsafe:  # every parallel kernel ran in the child, as its serial twin
                 assert not_run == [], (f"never reached in the child (add a call to _ops): {not_run}")
