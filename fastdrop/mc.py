@@ -18,6 +18,7 @@ public ops with exactly that seed and offset; every faster path must give the sa
 
 Imports torch (fastdrop re-exports mc_predict lazily, so `import fastdrop` does not).
 """
+import math
 import warnings
 from typing import NamedTuple, Optional
 
@@ -143,14 +144,16 @@ def _batched(m, x, seed, offsets):
         raise ValueError(f"mc_predict: a dropout input of shape {tuple(x.shape)} cannot be split into "
                          f"{n} samples along dim 0; pass chunk=1")
     if isinstance(m, (Dropout, DropoutLinear)) and _kernel_ok(x):
-        xm = _sample_masks(x.contiguous().numpy().reshape(n, -1), m.p, _scale(m.p, m.mode), seed, offsets)
+        xn = x.detach().contiguous().numpy().reshape(n, x.numel() // n)
+        xm = _sample_masks(xn, m.p, _scale(m.p, m.mode), seed, offsets)
         xm = torch.from_numpy(xm).reshape(x.shape)
         return xm if isinstance(m, Dropout) else torch.nn.functional.linear(xm, m.weight, m.bias)
     if isinstance(m, DropConnectLinear) and not m.per_sample and _kernel_ok(x) and \
             x.dtype == m.weight.dtype and n * m.weight.numel() <= _DROPCONNECT_BATCH_MAX:
         w = m.weight.detach().contiguous().numpy().reshape(1, -1)
         wm = torch.from_numpy(_sample_masks(w, m.p, _scale(m.p, "inverted"), seed, offsets))
-        y = torch.bmm(x.reshape(n, -1, x.shape[-1]), wm.reshape(n, *m.weight.shape).mT)
+        rows = x.shape[0] // n * math.prod(x.shape[1:-1])
+        y = torch.bmm(x.reshape(n, rows, x.shape[-1]), wm.reshape(n, *m.weight.shape).mT)
         y = y.reshape(*x.shape[:-1], m.weight.shape[0])
         return y if m.bias is None else y + m.bias
     # Dropout1d/2d/3d, DropPath, per-sample DropConnect, CUDA and half inputs: one op per sample.

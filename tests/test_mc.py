@@ -306,3 +306,18 @@ def test_restores_training_flags_and_forward():
     mc_predict(model, x, samples=3, seed=0)  # chunk 1: other modules are in training mode
     assert drop.training is False and model[0].training is True
     assert "forward" not in drop.__dict__
+
+
+@pytest.mark.parametrize("kind", ["Dropout", "DropoutLinear", "DropConnectLinear", "Dropout2d"])
+def test_empty_batch_and_input_that_requires_grad(kind):
+    model, _, _, rec, x, _ = build(kind)
+    empty = x[:0]
+    for chunk in (1, 3):
+        r = mc_predict(model, empty, samples=T, seed=SEED, chunk=chunk)
+        assert r.mean.shape == (0, 3) and r.var.shape == (0, 3)
+    model = torch.nn.Sequential(*list(model)[2:]).eval() if kind == "Dropout" else model  # Dropout first: x itself
+    x = torch.randn(5, 16, dtype=torch.float64) if kind == "Dropout" else x
+    x.requires_grad_()
+    a = mc_predict(model, x, samples=T, seed=SEED, chunk=3)
+    b = mc_predict(model, x.detach(), samples=T, seed=SEED, chunk=1, fused=False)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
