@@ -3,7 +3,12 @@
 A small MLP is trained with fastdrop's fused layers and with a plain torch reference that applies
 the same masks (fastdrop.dropout with the same seeds) before nn.Linear; the trajectories must agree.
 """
-import numba
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -53,10 +58,87 @@ def test_training_loop_matches_torch_reference(per_sample):
     assert torch.get_num_threads() == threads  # fastdrop leaves torch's pool size alone
 
 
-def test_threading_layer_is_shared_openmp():
-    """Numba's parallel kernels run on the OpenMP layer, the libgomp torch uses (one pool)."""
-    dropout_linear(torch.randn(4, 8), torch.randn(3, 8), None, 0.5, seed=0)  # launches a kernel
-    layer = numba.threading_layer()
-    if layer != "omp":
-        pytest.skip(f"Numba picked the {layer!r} threading layer here (see docs/threads.md)")
-    assert layer == "omp"
+# Run in a fresh interpreter, so that no earlier test has started Numba's pool: numba's threading
+# layer is chosen at the first parallel launch (threading_layer() raises before that).
+LAYER_SCRIPT = textwrap.dedent("""
+    import hashlib, sys
+    import numba, numpy as np
+    import fastdrop
+    from fastdrop.kernels.config import CPU_PARALLEL_MIN
+
+    def started():
+        try:
+            numba.threading_layer()
+            return True
+        except ValueError:  # "Threading layer is not initialized"
+            return False
+
+    rng = np.random.default_rng(0)
+    small = rng.standard_normal((64, 512), np.float32)  # below CPU_PARALLEL_MIN: serial kernel
+    fastdrop.dropout(small, 0.5, seed=1)
+    if "torch" in sys.argv:  # dense layers below PARALLEL_MASK_MIN mask serially (docs/threads.md)
+        import torch
+        y = fastdrop.dropout_linear(torch.randn(256, 1024, requires_grad=True), torch.randn(64, 1024),
+                                    None, 0.5, seed=2)
+        y.sum().backward()
+    print("pool started by small calls:", started())
+
+    # every kernel family of the numpy API, above CPU_PARALLEL_MIN: parallel kernels
+    x = rng.standard_normal((CPU_PARALLEL_MIN // 256 + 3, 256), np.float32)
+    w = rng.standard_normal((300, 257))
+    outs = [fastdrop.dropout(x, 0.3, seed=7, offset=2**40),
+            fastdrop.dropout(x.T, 0.3, seed=7),
+            fastdrop.dropout2d(rng.standard_normal((8, 64, 16, 17), np.float32), 0.5, seed=7),
+            fastdrop.dropout_mask((CPU_PARALLEL_MIN + 5,), 0.25, 7),
+            fastdrop.philox4x32(np.arange(4 * 40000, dtype=np.uint64).reshape(-1, 4), [7, 9]),
+            fastdrop.max_norm_(w.copy(), 3.0, dim=1), fastdrop.max_norm_(w.copy(), 3.0, dim=0),
+            fastdrop.dropconnect_linear(x[:8, :64].astype(np.float64), w[:, :64], None, 0.3, seed=7,
+                                        per_sample=True)]
+    available = []
+    for layer, module in (("tbb", "tbbpool"), ("omp", "omppool"), ("workqueue", "workqueue")):
+        try:
+            __import__("numba.np.ufunc." + module)
+            available.append(layer)
+        except ImportError:
+            pass
+    print("layer:", numba.threading_layer())
+    print("available:", ",".join(available))
+    print("threads:", numba.get_num_threads())
+    print("digest:", hashlib.sha256(b"".join(np.ascontiguousarray(o).tobytes() for o in outs)).hexdigest())
+""")
+
+
+def _layer_run(*args, **env):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_THREADING_LAYER")}
+    full.update(env)
+    res = subprocess.run([sys.executable, "-c", LAYER_SCRIPT, *args], capture_output=True, text=True,
+                         env=full, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return dict(line.split(": ", 1) for line in res.stdout.strip().splitlines())
+
+
+@functools.lru_cache(maxsize=None)
+def _default_run():
+    """The script on the layer Numba picks by itself (a fresh interpreter takes seconds: once)."""
+    return _layer_run("torch")
+
+
+def test_threading_layer_is_numbas_choice_and_small_calls_leave_it_asleep():
+    """fastdrop leaves the layer to Numba (docs/threads.md): the first available of tbb, omp,
+    workqueue (omp here, tbb is not installed); and small calls (contiguous dropout below
+    CPU_PARALLEL_MIN, dense layers below PARALLEL_MASK_MIN) never start Numba's pool."""
+    out = _default_run()
+    assert out["pool started by small calls"] == "False"
+    assert out["layer"] == out["available"].split(",")[0], out
+
+
+def test_same_bits_on_every_threading_layer():
+    """The parallel kernels give the same bits on each available layer (a mask is a pure function
+    of the element index, whichever pool computes it; thread counts: test_determinism.py)."""
+    base = _default_run()
+    others = [layer for layer in base["available"].split(",") if layer != base["layer"]]
+    assert others or base["layer"] == "workqueue"  # workqueue is always there
+    for layer in others:
+        out = _layer_run(NUMBA_THREADING_LAYER=layer)
+        assert out["layer"] == layer
+        assert out["digest"] == base["digest"], (out, base)
