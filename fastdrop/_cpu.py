@@ -2,6 +2,11 @@
 
 Every launcher writes into a caller-given `out` of x's shape (any layout), so the torch bridge
 can hand in `torch.empty_like(x)` and keep channels_last and other dense layouts as torch does.
+
+float16 arrays, and bfloat16 data passed as uint16 views with `bf16=True` (numpy has no bfloat16),
+go to the same kernels as 16-bit views, computed in float32 in registers and rounded once
+(kernels/dropout_cpu.py): no float32 copy is made, so out of place costs the output alone and in
+place (out is x) nothing.
 """
 import math
 
@@ -24,29 +29,56 @@ def _positive_strides(a):
     return all(s >= 0 for s in a.strides)
 
 
-def dropout_into(x, out, p, seed, offset, scale):
-    """out[...] = where(dropout_mask(x.shape, p, seed, offset), x * scale, 0)."""
+_HALF_BITS = (np.dtype(np.uint16), np.dtype(np.int16))
+
+
+def _kernel_views(x, out, bf16):
+    """(x, out, scale type) as the kernels take them: float32/float64 as they are; float16 as
+    uint16 bits and bfloat16 as int16 bits (the kernels pick the format by that type), scale
+    float32."""
+    if bf16:
+        if x.dtype not in _HALF_BITS or out.dtype not in _HALF_BITS:
+            raise TypeError(f"bf16=True takes bfloat16 bits as uint16 (or int16) arrays, "
+                            f"got x {x.dtype} and out {out.dtype}")
+        return x.view(np.int16), out.view(np.int16), np.float32
+    if x.dtype == np.float16 or out.dtype == np.float16:
+        if x.dtype != out.dtype:
+            raise TypeError(f"out must have x's dtype float16, got x {x.dtype} and out {out.dtype}")
+        return x.view(np.uint16), out.view(np.uint16), np.float32
+    if x.dtype in _HALF_BITS:
+        raise TypeError(f"{x.dtype} data: pass bf16=True if it holds bfloat16 bits")
+    return x, out, x.dtype.type
+
+
+def dropout_into(x, out, p, seed, offset, scale, *, bf16=False):
+    """out[...] = where(dropout_mask(x.shape, p, seed, offset), x * scale, 0).
+
+    x, out: float32, float64 or float16 arrays, or bfloat16 bits as uint16 arrays with bf16=True
+    (half types are computed in float32 and rounded once to nearest even)."""
     if x.size == 0:
         return out
-    args = kernel_rng_args(seed, offset, p)
-    scale = x.dtype.type(scale)
+    xk, ok, scale_type = _kernel_views(x, out, bf16)
+    _dropout_views(xk, ok, kernel_rng_args(seed, offset, p), scale_type(scale))
+    return out
+
+
+def _dropout_views(x, out, args, scale):
     if x.flags.c_contiguous and out.flags.c_contiguous:
         kernel = dropout_cpu.dropout_flat if x.size >= CPU_PARALLEL_MIN else dropout_cpu.dropout_flat_serial
         kernel(x.reshape(-1), out.reshape(-1), *args, scale)
-        return out
+        return
     if not _positive_strides(x):
         x = np.ascontiguousarray(x)
     if not _positive_strides(out):
         tmp = np.empty(out.shape, out.dtype)
-        dropout_into(x, tmp, p, seed, offset, scale)
+        _dropout_views(x, tmp, args, scale)
         out[...] = tmp
-        return out
+        return
     if x.ndim == 0:
         x, out = x.reshape(1), out.reshape(1)
     xb, xs = span_view(x)
     ob, os = span_view(out)
     dropout_cpu.dropout_strided(xb, 0, xs, ob, 0, os, np.array(x.shape, dtype=np.int64), *args, scale)
-    return out
 
 
 def _view3(a, shape3):
@@ -59,11 +91,14 @@ def _view3(a, shape3):
     return v
 
 
-def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim):
+def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, *, bf16=False):
     """Dropout with one mask element per index of x's first `group_ndim` dims (spatial dropout,
-    DropPath): mask = dropout_mask(x.shape[:group_ndim], p, seed, offset), broadcast over the rest."""
+    DropPath): mask = dropout_mask(x.shape[:group_ndim], p, seed, offset), broadcast over the rest.
+    dtypes as in `dropout_into`."""
     if x.size == 0:
         return out
+    out_given = out
+    x, out, scale_type = _kernel_views(x, out, bf16)
     lead = x.shape[:group_ndim]
     keep = np.empty(math.prod(lead), dtype=np.bool_)
     key_lo, key_hi = split_u64(seed)
@@ -76,11 +111,11 @@ def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim):
     ov = _view3(out, shape3)
     if ov is None:
         tmp = np.empty(shape3, out.dtype)
-        dropout_cpu.apply_group_mask(xv, tmp, keep, x.dtype.type(scale))
+        dropout_cpu.apply_group_mask(xv, tmp, keep, scale_type(scale))
         out[...] = tmp.reshape(out.shape)
-        return out
-    dropout_cpu.apply_group_mask(xv, ov, keep, x.dtype.type(scale))
-    return out
+        return out_given
+    dropout_cpu.apply_group_mask(xv, ov, keep, scale_type(scale))
+    return out_given
 
 
 def scale_into(x, out, scale):

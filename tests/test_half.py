@@ -1,0 +1,310 @@
+"""float16 / bfloat16 dropout without float32 copies (issue 11, item 3).
+
+The CPU kernels read and write the 16-bit data directly, widening each element to float32 in a
+register and rounding once (kernels/dropout_cpu.py). Contract checked here: the result is bit for
+bit the old route's, `dropout(x.float()).to(dtype)` (numpy: `astype`), with the same mask, on every
+16-bit pattern; and the extra resident memory of a call is the output alone (0 in place).
+NaN: numpy's float16 result is compared bit for bit too; torch's casts do not keep NaN payloads
+consistently (its bfloat16 cast and its <8-element float16 cast write one fixed NaN pattern), so
+against torch a NaN must stay NaN with its sign, payload kept and quiet bit set (checked directly).
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numba
+import numpy as np
+import pytest
+
+import fastdrop
+from fastdrop import _cpu
+from fastdrop.kernels import dropout_cpu
+from fastdrop.kernels.config import CPU_PARALLEL_MIN
+
+torch = pytest.importorskip("torch")
+
+ALL16 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+
+
+# ---- the scalar conversions, over every 16-bit pattern ------------------------------------------
+
+def _elementwise(fn):
+    """A compiled loop applying scalar function fn (njit function or intrinsic) to an array."""
+    @numba.njit
+    def run(a, out):
+        for i in range(a.size):
+            out[i] = fn(a[i])
+    return run
+
+
+def _widen_all(fn, h):
+    out = np.empty(h.size, np.float32)
+    _elementwise(fn)(h, out)
+    return out.view(np.uint32)
+
+
+def _narrow_all(fn, f, dtype):
+    out = np.empty(f.size, dtype)
+    _elementwise(fn)(f, out)
+    return out.view(np.uint16)
+
+
+def _f32_probes(values16):
+    """float32 inputs that exercise a 16-bit rounding: every 16-bit value (as float32), its float32
+    neighbours, the exact midpoints to the next value and their neighbours, and random bits."""
+    v = values16.astype(np.float32)
+    finite = v[np.isfinite(v)].astype(np.float64)
+    nxt = np.sort(np.unique(finite))
+    mids = ((nxt[:-1] + nxt[1:]) / 2).astype(np.float32)  # exact: 12 or 9 significant bits
+    rnd = np.random.default_rng(0).integers(0, 1 << 32, 1 << 20, dtype=np.uint64).astype(np.uint32)
+    parts = [v, mids, -mids]
+    with np.errstate(invalid="ignore"):  # NaN neighbours are NaN
+        for a in (v, mids, -mids):
+            parts += [np.nextafter(a, np.float32(np.inf)), np.nextafter(a, np.float32(-np.inf))]
+    bits = np.concatenate([p.view(np.uint32) for p in parts] + [rnd])
+    return bits.view(np.float32)
+
+
+def test_f16_to_f32_exhaustive():
+    ref = ALL16.view(np.float16).astype(np.float32).view(np.uint32)
+    # the bit code is exact on every pattern, NaN payloads (signalling ones too) included
+    assert np.array_equal(_widen_all(dropout_cpu.f16_to_f32_bits, ALL16), ref)
+    if dropout_cpu.NATIVE_F16:
+        # vcvtph2ps quiets a signalling NaN; the product with the scale would anyway
+        got = _widen_all(dropout_cpu.f16_to_f32_hw, ALL16)
+        nan = np.isnan(ALL16.view(np.float16))
+        assert np.array_equal(got[~nan], ref[~nan])
+        assert np.array_equal(got[nan], ref[nan] | np.uint32(0x400000))
+
+
+def test_bf16_to_f32_exhaustive():
+    ref = torch.from_numpy(ALL16.view(np.int16)).view(torch.bfloat16).float().numpy().view(np.uint32)
+    assert np.array_equal(_widen_all(dropout_cpu.bf16_to_f32, ALL16.view(np.int16)), ref)
+
+
+def test_f32_to_f16_rounds_like_numpy_and_torch():
+    f = _f32_probes(ALL16.view(np.float16))
+    nan = np.isnan(f)
+    with np.errstate(over="ignore"):
+        ref = f.astype(np.float16).view(np.uint16)
+    ref_t = torch.from_numpy(f).to(torch.float16).view(torch.int16).numpy().view(np.uint16)
+    u = f.view(np.uint32)  # NaN: sign and top payload bits kept, quiet bit set (as vcvtps2ph)
+    quiet = (((u >> 16) & 0x8000) | 0x7E00 | ((u >> 13) & 0x3FF)).astype(np.uint16)
+    fns = [dropout_cpu.f32_to_f16_bits] + ([dropout_cpu.f32_to_f16_hw] if dropout_cpu.NATIVE_F16 else [])
+    for fn in fns:
+        got = _narrow_all(fn, f, np.uint16)
+        assert np.array_equal(got[~nan], ref[~nan]), fn
+        assert np.array_equal(got[~nan], ref_t[~nan]), fn
+        assert np.array_equal(got[nan], quiet[nan]), fn
+
+
+def test_f32_to_bf16_rounds_like_torch():
+    f = _f32_probes(torch.from_numpy(ALL16.view(np.int16)).view(torch.bfloat16).float().numpy())
+    nan = np.isnan(f)
+    ref = torch.from_numpy(f).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    got = _narrow_all(dropout_cpu.f32_to_bf16, f, np.int16)
+    assert np.array_equal(got[~nan], ref[~nan])
+    assert np.array_equal(got[nan], (f[nan].view(np.uint32) >> 16).astype(np.uint16) | np.uint16(0x40))
+
+
+# ---- the ops: bit for bit the old float32-then-round route --------------------------------------
+
+SMALL = (3, 7, 256)                          # below CPU_PARALLEL_MIN: the serial flat kernel
+BIG = (CPU_PARALLEL_MIN // 1024 + 3, 1031)   # above it: the parallel flat kernel
+assert np.prod(SMALL) < CPU_PARALLEL_MIN <= np.prod(BIG)
+
+
+def _all_patterns(shape, seed=0):
+    """Every 16-bit pattern (NaN, Inf, subnormals, -0.0, the largest values...) tiled, shuffled."""
+    n = int(np.prod(shape))
+    return np.random.default_rng(seed).permutation(np.resize(ALL16, n)).reshape(shape)
+
+
+def _torch_half(bits, dtype):
+    return torch.from_numpy(bits.view(np.int16).copy()).view(dtype)
+
+
+def _assert_same_torch(got, ref):
+    """Bit equality except for NaN bit patterns, which torch's own casts do not keep (module doc)."""
+    assert got.dtype == ref.dtype and got.shape == ref.shape and got.stride() == ref.stride()
+    g = got.view(torch.int16).numpy().view(np.uint16)
+    r = ref.view(torch.int16).numpy().view(np.uint16)
+    gn, rn = torch.isnan(got.float()).numpy(), torch.isnan(ref.float()).numpy()
+    assert np.array_equal(gn, rn)
+    assert np.array_equal(g[~rn], r[~rn])
+
+
+HALF = [torch.float16, torch.bfloat16]
+CALLS = [  # (p, mode): scales 1/(1-p) (overflow to Inf, subnormal results) and 1 (classic)
+    (0.5, "inverted"), (0.3, "inverted"), (0.4, "classic")]
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("shape", [SMALL, BIG], ids=["serial", "parallel"])
+@pytest.mark.parametrize("p,mode", CALLS)
+def test_torch_elementwise_matches_float32_route(dtype, shape, p, mode):
+    x = _torch_half(_all_patterns(shape), dtype)
+    kw = dict(seed=123, offset=7, mode=mode)
+    for xi in (x, x.transpose(-1, -2)):  # contiguous (flat kernel) and transposed (strided kernel)
+        ref = fastdrop.dropout(xi.float(), p, **kw).to(dtype)
+        _assert_same_torch(fastdrop.dropout(xi, p, **kw), ref)
+        y = xi.clone()
+        assert fastdrop.dropout(y, p, inplace=True, **kw) is y
+        _assert_same_torch(y, ref)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_torch_spatial_matches_float32_route(dtype):
+    x = _torch_half(_all_patterns((8, 16, 12, 11)), dtype)
+    for xi in (x, x.contiguous(memory_format=torch.channels_last)):
+        ref = fastdrop.dropout2d(xi.float(), 0.4, seed=5).to(dtype)
+        got = fastdrop.dropout2d(xi, 0.4, seed=5)
+        _assert_same_torch(got, ref)
+        y = xi.clone()
+        fastdrop.dropout2d(y, 0.4, seed=5, inplace=True)
+        _assert_same_torch(y, ref)
+
+
+def test_torch_backward_half():
+    x = _torch_half(_all_patterns(SMALL), torch.float16)
+    x = torch.where(torch.isfinite(x), x, torch.zeros_like(x)).requires_grad_(True)
+    g = torch.randn(SMALL).half()
+    fastdrop.dropout(x, 0.3, seed=9).backward(g)
+    _assert_same_torch(x.grad, fastdrop.dropout(g.float(), 0.3, seed=9).half())
+
+
+@pytest.mark.parametrize("shape", [SMALL, BIG], ids=["serial", "parallel"])
+@pytest.mark.parametrize("p,mode", CALLS)
+def test_numpy_float16_bit_identical(shape, p, mode):
+    """numpy: bit for bit, NaN payloads included (astype keeps them)."""
+    x = _all_patterns(shape).view(np.float16)
+    kw = dict(seed=2**64 - 1, offset=2**40, mode=mode)
+    for xi in (x, x.swapaxes(-1, -2), x[..., ::-2]):  # contiguous, transposed, negative strides
+        with np.errstate(over="ignore", invalid="ignore"):
+            ref = fastdrop.dropout(xi.astype(np.float32), p, **kw).astype(np.float16)
+        got = fastdrop.dropout(xi, p, **kw)
+        assert got.dtype == np.float16
+        assert np.array_equal(got.view(np.uint16), ref.view(np.uint16))
+        y = xi.copy()
+        assert fastdrop.dropout(y, p, inplace=True, **kw) is y
+        assert np.array_equal(y.view(np.uint16), ref.view(np.uint16))
+
+
+def test_numpy_float16_spatial_bit_identical():
+    x = _all_patterns((6, 10, 7, 9)).view(np.float16)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ref = fastdrop.dropout2d(x.astype(np.float32), 0.6, seed=1).astype(np.float16)
+    assert np.array_equal(fastdrop.dropout2d(x, 0.6, seed=1).view(np.uint16), ref.view(np.uint16))
+    y = x.copy()
+    fastdrop.dropout2d(y, 0.6, seed=1, inplace=True)
+    assert np.array_equal(y.view(np.uint16), ref.view(np.uint16))
+
+
+def test_nan_stays_quiet_nan_with_payload():
+    """A kept NaN keeps its sign and payload and gets the quiet bit, in both formats."""
+    f16 = np.array([0x7C01, 0xFE00, 0x7D55, 0xFC01] * 4, np.uint16)
+    bf16 = np.array([0x7F81, 0xFFC0, 0x7FD5, 0xFF81] * 4, np.uint16)
+    for bits, kw, quiet in ((f16, {}, 0x200), (bf16, {"bf16": True}, 0x40)):
+        x = bits.view(np.float16) if not kw else bits
+        out = np.empty_like(x)
+        _cpu.dropout_into(x, out, 0.0, 0, 0, 2.0, **kw)  # p = 0 keeps every element
+        assert np.array_equal(out.view(np.uint16), bits | np.uint16(quiet))
+
+
+# ---- the launcher interface -----------------------------------------------------------------
+
+def test_cpu_launchers_take_half_views():
+    x = _all_patterns((40, 33))
+    t = _torch_half(x, torch.bfloat16)
+    ref = fastdrop.dropout(t.float(), 0.25, seed=3).to(torch.bfloat16)
+    out = np.empty_like(x)
+    assert _cpu.dropout_into(x, out, 0.25, 3, 0, 1 / 0.75, bf16=True) is out
+    _assert_same_torch(_torch_half(out, torch.bfloat16), ref)
+    ref2 = fastdrop.dropout1d(t.float()[None], 0.25, seed=3).to(torch.bfloat16)[0]
+    out2 = np.empty_like(x)
+    assert _cpu.grouped_dropout_into(x, out2, 0.25, 3, 0, 1 / 0.75, 1, bf16=True) is out2
+    _assert_same_torch(_torch_half(out2, torch.bfloat16), ref2)
+
+
+def test_cpu_launchers_refuse_mismatched_half():
+    x16 = np.zeros((4, 5), np.float16)
+    with pytest.raises(TypeError, match="bf16=True"):
+        _cpu.dropout_into(np.zeros(4, np.float32), np.zeros(4, np.float32), 0.5, 0, 0, 2.0, bf16=True)
+    with pytest.raises(TypeError, match="float16"):
+        _cpu.dropout_into(x16, np.zeros((4, 5), np.float32), 0.5, 0, 0, 2.0)
+    with pytest.raises(TypeError, match="bf16=True"):
+        _cpu.grouped_dropout_into(x16.view(np.uint16), x16.view(np.uint16), 0.5, 0, 0, 2.0, 1)
+
+
+# ---- peak memory, on resident memory in a fresh process -----------------------------------------
+
+MIB = 1 << 20
+N_BIG = 64 << 20  # float16 elements: 128 MiB
+SLACK = 8 * MIB
+
+_CHILD = textwrap.dedent("""
+    import gc, json, sys
+    import numpy as np, torch
+    import fastdrop
+
+    def kib(field):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+
+    def peak_extra(fn):
+        gc.collect()
+        before = kib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # VmHWM := VmRSS
+        y = fn()
+        extra = (kib("VmHWM") - before) * 1024
+        del y
+        gc.collect()
+        return extra
+
+    n = int(sys.argv[1])
+    shape = (64, 64, n // (64 * 64 * 128), 128)
+    t16 = torch.ones(shape, dtype=torch.float16)
+    tb16 = torch.ones(shape, dtype=torch.bfloat16)
+    n16 = np.ones(shape, np.float16)
+    cases = {
+        "torch f16": lambda x, **k: fastdrop.dropout(x, 0.5, seed=1, **k),
+        "torch bf16": lambda x, **k: fastdrop.dropout(x, 0.5, seed=1, **k),
+        "numpy f16": lambda x, **k: fastdrop.dropout(x, 0.5, seed=1, **k),
+        "torch f16 dropout2d": lambda x, **k: fastdrop.dropout2d(x, 0.5, seed=1, **k),
+    }
+    data = {"torch f16": t16, "torch bf16": tb16, "numpy f16": n16, "torch f16 dropout2d": t16}
+    res = {}
+    for name, fn in cases.items():
+        x = data[name]
+        small = x[:1, :8]  # 2^17 elements, the parallel kernels: compile / cache load, thread pool
+        fn(small.copy() if isinstance(small, np.ndarray) else small.clone())
+        fn(small.copy() if isinstance(small, np.ndarray) else small.clone(), inplace=True)
+        res[name] = peak_extra(lambda: fn(x))
+        res[name + " inplace"] = peak_extra(lambda: fn(x, inplace=True))
+    print("RESULT " + json.dumps(res))
+""")
+
+
+def peak_extra_bytes(n=N_BIG, env=None):
+    """{case: peak resident bytes added by one call} from a fresh interpreter."""
+    res = subprocess.run([sys.executable, "-c", _CHILD, str(n)], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_half_peak_memory_is_the_output_alone():
+    out_bytes = N_BIG * 2
+    res = peak_extra_bytes()
+    for name, extra in res.items():
+        if name.endswith("inplace"):
+            assert extra <= SLACK, (name, extra / MIB)
+        else:  # the output's pages, all touched; nothing else of its size
+            assert out_bytes - SLACK <= extra <= out_bytes + SLACK, (name, extra / MIB)
