@@ -7,6 +7,9 @@ fastdrop's kernels are compiled serial (prange runs as range; same results by co
 mask is a pure function of the element index), which makes every index bounds-checked. The
 patch must be in place before fastdrop is imported: the kernels are compiled at import.
 The pass needs its own NUMBA_CACHE_DIR: the on-disk cache is not keyed on boundscheck/parallel.
+kernels.config.cpu_kernel looks `numba.njit` up when it decorates, so the patch reaches the
+parallel variant of every CpuKernel (the one a call runs, and the one counted below); their serial
+twins (for forked children) are parallel=False already and pass through unchanged.
 """
 import functools
 
