@@ -29,7 +29,7 @@ import torch
 
 import fastdrop
 import fastdrop.kernels
-from fastdrop.kernels import config, dropout_cpu, linear_cpu, mc_dropout_cpu
+from fastdrop.kernels import config, dropout_cpu
 from fastdrop.kernels.philox import philox_block_cpu
 
 SEED, OFFSET = 0x0123456789ABCDEF, 2**40 + 7
@@ -72,9 +72,13 @@ def parallel_kernels():
     return found
 
 
-# The thresholds below which a launcher picks the serial twin `<kernel>_serial` instead.
-THRESHOLDS = [(sys.modules["fastdrop._cpu"], "CPU_PARALLEL_MIN"), (linear_cpu, "PARALLEL_MASK_MIN"),
-              (mc_dropout_cpu, "PARALLEL_MIN")]
+def thresholds():
+    """[(module, name)]: every `*PARALLEL*MIN*` int (the size below which a launcher picks the serial
+    twin `<kernel>_serial`) held by a kernel module or a loaded fastdrop module."""
+    mods = _kernel_modules() + [m for n, m in list(sys.modules.items())
+                                if n == "fastdrop" or n.startswith("fastdrop.")]
+    return [(m, k) for m in dict.fromkeys(mods) for k, v in vars(m).items()
+            if "PARALLEL" in k and k.endswith("MIN") and isinstance(v, int)]
 
 
 def _ge(n):
@@ -85,7 +89,7 @@ def _ge(n):
 
 # Read once: test_parallel_and_serial_kernels_agree raises the thresholds, not the sizes.
 SMALL = _ge(config.CPU_PARALLEL_MIN)  # dropout_flat's threshold in fastdrop._cpu
-BIG = _ge(max(linear_cpu.PARALLEL_MASK_MIN, mc_dropout_cpu.PARALLEL_MIN))  # dense layers, MC dropout
+BIG = _ge(max(getattr(m, k) for m, k in thresholds()))  # dense layers, MC dropout
 
 
 def parallel_workload():
@@ -265,7 +269,7 @@ def test_parallel_and_serial_kernels_agree(reference, monkeypatch):
     """Every threshold raised past the input (the serial twins run): the same bits as the
     parallel kernels with 2 threads."""
     calls = _counting(monkeypatch)
-    for mod, name in THRESHOLDS:
+    for mod, name in thresholds():
         monkeypatch.setattr(mod, name, 2**62)
     serial = _run(2)
     # each thresholded kernel gave way to its serial twin (the others have no threshold)
