@@ -5,6 +5,9 @@
 #      fails them). Numba ignores boundscheck inside parallel prange loops, so the plugin
 #      tests/boundscheck_plugin.py compiles the kernels serial; the pass has its own Numba cache
 #      (the on-disk cache is keyed on neither flag). docs/robustness.md has the details.
+#      Most tests use inputs below the serial thresholds (kernels/config.py); test_determinism.py
+#      calls every parallel kernel above its threshold, so it must stay in this list (the plugin's
+#      last line says how many of the parallel kernels ran).
 #   3. the CUDA kernels in Numba's CUDA simulator, in their own process (the simulator must be
 #      switched on before numba is imported).
 set -euo pipefail

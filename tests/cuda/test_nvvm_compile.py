@@ -5,8 +5,9 @@ computed in the kernel, say), and it has no GPU to catch it. This compiles each 
 dtype it is launched with, for compute capability 8.0 (A100) and 9.0 (H100), in a subprocess
 without the simulator and without a GPU. The kernels are found in the `*_cuda` modules, so a new
 kernel without an entry in the signature table fails the test instead of being skipped. It needs
-libnvvm (CUDA toolkit, CUDA_HOME or /usr/local/cuda) and libnvrtc (e.g. `pip install
-nvidia-cuda-nvrtc`; point FASTDROP_NVRTC_LIB at its lib/ folder): skipped where they are missing.
+libnvvm (CUDA toolkit, CUDA_HOME or /usr/local/cuda) and libnvrtc: skipped where they are missing.
+Without a toolkit: `pip install --target DIR "nvidia-cuda-nvcc==13.*" "nvidia-cuda-nvrtc==13.*"` (both
+libraries land in DIR/nvidia/cu13/lib) and set FASTDROP_NVRTC_LIB=DIR/nvidia/cu13/lib.
 """
 import os
 import subprocess
