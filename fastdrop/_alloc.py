@@ -4,56 +4,217 @@ torch's CPU allocator returns freshly mmap'd memory for every large tensor (glib
 threshold tops out at 32 MiB), and the first write faults every 4 KiB page: on the dev machine a
 64 MiB output costs ~17 ms of page faults, against 7 ms for the dropout kernel that fills it.
 A training loop asks for the same large sizes every step, so, like torch's CUDA caching
-allocator, the outputs of 32 MiB and more are carved from numpy blocks that return to a bounded
-free list when the last tensor using them dies (torch.from_numpy keeps the array alive; a
-weakref finalizer on the array hands the block back). A block is never handed out while any
-tensor still refers to it. Tensors from here cannot be resized in place (`resize_`): the only
-difference from torch.empty.
+allocator, contiguous float outputs of MIN_BYTES and more are carved from numpy blocks that go
+back to a bounded free list when the last tensor using them dies. A block is never handed out
+while any tensor still refers to it.
+
+- Size classes: a request is rounded up to one of 8 steps per power of two (at most 12.5% more
+  memory), so outputs of nearby sizes share blocks; the tensor has exactly the requested numel.
+- Alignment: each tensor starts on a 64-byte boundary inside its block, as torch's own do.
+- Hand-back: `torch.from_numpy` keeps the array alive; a weak reference on the array, whose
+  callback is the C method `deque.append`, queues the block when the array dies. No Python code
+  runs there, so a garbage collection or a KeyboardInterrupt cannot land inside it, and it takes
+  no lock, so it cannot deadlock however it is re-entered. The queue is drained under the lock by
+  the next large allocation, `cache_stats()` or `empty_cache()`; a handle that never got queued
+  (its callback failed) is found dead by the same drain, so a block is never leaked.
+- Bound: at most MAX_CACHED_BYTES of free blocks (env FASTDROP_CACHE_MAX_BYTES, read at import,
+  default 512 MiB; 0 turns the cache off); the least recently returned are freed first.
+- Out of memory: a request larger than physical memory raises MemoryError before allocating (with
+  overcommit the allocation would succeed and the kernel's writes get the process killed); a
+  failed allocation releases the free blocks and tries once more before raising MemoryError.
+
+This module imports torch only inside `empty_like`, so `cache_stats()` and `empty_cache()` work
+in a process without torch.
 """
+import collections
+import os
+import re
 import threading
+import warnings
 import weakref
 
 import numpy as np
-import torch
 
-MIN_BYTES = 32 << 20        # smaller outputs come from glibc's heap, already faulted in
-MAX_CACHED_BYTES = 512 << 20  # free blocks kept for reuse, in all
+MIN_BYTES = 32 << 20          # smaller outputs come from glibc's heap, already faulted in
+ALIGN = 64                    # bytes; torch's CPU allocator aligns to 64 too
+STEP_BITS = 3                 # size classes: 2**3 steps per power of two, at most 1/8 wasted
+DEFAULT_MAX_BYTES = 512 << 20
+ENV_MAX_BYTES = "FASTDROP_CACHE_MAX_BYTES"
 
-_lock = threading.Lock()
-_free = {}  # nbytes -> [blocks]
-_cached = 0
-_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_LIMIT_RE = re.compile(r"\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
+
+
+def parse_max_bytes(text):
+    """Bytes from FASTDROP_CACHE_MAX_BYTES: a non-negative integer, optionally with a K, M, G or T
+    suffix (powers of 1024; "512M", "512MiB" and "512mb" are the same). Raises ValueError."""
+    m = _LIMIT_RE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"{ENV_MAX_BYTES}={text!r} is not a byte count: use a non-negative integer, "
+                         f"optionally with a K, M, G or T suffix (e.g. 268435456, 256M, 2G; 0 turns the "
+                         f"cache off)")
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def _max_bytes_from_env():
+    text = os.environ.get(ENV_MAX_BYTES, "")
+    if not text.strip():
+        return DEFAULT_MAX_BYTES
+    try:
+        return parse_max_bytes(text)
+    except ValueError as err:
+        # A tuning knob must not make `import fastdrop` fail: say so loudly and keep the default.
+        warnings.warn(f"{err}; using the default {DEFAULT_MAX_BYTES} bytes", RuntimeWarning, stacklevel=2)
+        return DEFAULT_MAX_BYTES
+
+
+def _physical_bytes():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 63
+
+
+MAX_CACHED_BYTES = _max_bytes_from_env()  # free blocks kept for reuse, in all
+PHYSICAL_BYTES = _physical_bytes()
+
+
+class _Handle(weakref.ref):
+    """Weak reference to the array behind a pooled tensor, carrying the block it was cut from."""
+    __slots__ = ("block",)
+
+    def __new__(cls, arr, block, callback):
+        self = super().__new__(cls, arr, callback)
+        self.block = block
+        return self
+
+    def __init__(self, arr, block, callback):
+        super().__init__(arr, callback)
+
+
+# RLock: code under the lock can allocate, so a garbage collection can run there, and a user's
+# finalizer could call back in; every change below is one C-level list/dict/deque step, so a
+# re-entrant call sees a consistent state.
+_lock = threading.RLock()
+_free = []                        # free blocks, least recently returned first
+_returned = collections.deque()   # handles of dead arrays, queued by the weakref callback
+_live = {}                        # id(handle) -> handle, one per block handed out
+_counts = {"hits": 0, "misses": 0}
+
+
+def size_class(nbytes):
+    """nbytes rounded up to a multiple of 1/8 of its power of two (32 MiB + 1 -> 36 MiB)."""
+    step = 1 << max(nbytes.bit_length() - 1 - STEP_BITS, 0)
+    return -(-nbytes // step) * step
+
+
+def _keep(block):
+    # Lock held. Newest at the end; evict the oldest while over the bound (possibly block itself).
+    _free.append(block)
+    total = sum(b.nbytes for b in _free)
+    while _free and total > MAX_CACHED_BYTES:
+        total -= _free[0].nbytes
+        del _free[0]
+
+
+def _drain():
+    # Lock held. Queued handles first, then any dead handle whose callback never queued it; the
+    # _live.pop(...) is handle check makes both idempotent, so a block is kept at most once.
+    while _returned:
+        h = _returned.popleft()
+        if _live.pop(id(h), None) is h:
+            _keep(h.block)
+    for key, h in list(_live.items()):
+        if h() is None and _live.pop(key, None) is h:
+            _keep(h.block)
 
 
 def _take(nbytes):
-    global _cached
+    """A free block of exactly nbytes, or None."""
     with _lock:
-        blocks = _free.get(nbytes)
-        if blocks:
-            _cached -= nbytes
-            return blocks.pop()
+        _drain()
+        for i in range(len(_free) - 1, -1, -1):   # most recently returned first: warmest pages
+            if _free[i].nbytes == nbytes:
+                block = _free[i]
+                del _free[i]
+                _counts["hits"] += 1
+                return block
+        _counts["misses"] += 1
+        return None
+
+
+def _os_alloc(nbytes):
     return np.empty(nbytes, dtype=np.uint8)
 
 
-def _give(block):
-    global _cached
+def _new_block(nbytes):
+    try:
+        return _os_alloc(nbytes)
+    except MemoryError:
+        pass
+    released = empty_cache()  # the free blocks may be what stands in the way: retry once without them
+    try:
+        return _os_alloc(nbytes)
+    except MemoryError:
+        raise MemoryError(f"fastdrop: cannot allocate a {nbytes}-byte output, even after releasing "
+                          f"{released} cached bytes (empty_cache())") from None
+
+
+def empty_cache():
+    """Free every cached block that no tensor uses; returns the number of bytes released.
+
+    Outputs still alive are untouched and return to the cache when they die."""
     with _lock:
-        if _cached + block.nbytes <= MAX_CACHED_BYTES:
-            _free.setdefault(block.nbytes, []).append(block)
-            _cached += block.nbytes
+        _drain()
+        released = sum(b.nbytes for b in _free)
+        _free.clear()
+    return released
 
 
-def cached_bytes():
-    """Bytes held in free blocks (for tests and the curious)."""
-    return _cached
+def cache_stats():
+    """The output cache's state, as a dict of ints.
+
+    Keys: `cached_bytes` and `free_blocks` (held for reuse), `in_use_bytes` and `in_use_blocks`
+    (handed out, still referenced by a tensor), `hits` and `misses` (pooled requests served from
+    the cache or newly allocated), `limit_bytes` (the bound on cached bytes; 0: cache off) and
+    `min_bytes` (smaller outputs are never pooled). Bytes are whole blocks: size class plus
+    alignment padding."""
+    with _lock:
+        _drain()
+        return {"cached_bytes": sum(b.nbytes for b in _free), "free_blocks": len(_free),
+                "in_use_bytes": sum(h.block.nbytes for h in _live.values()), "in_use_blocks": len(_live),
+                "hits": _counts["hits"], "misses": _counts["misses"],
+                "limit_bytes": MAX_CACHED_BYTES, "min_bytes": MIN_BYTES}
+
+
+_NUMPY = {}  # torch dtype -> numpy dtype, filled on first use so this module needs no torch
 
 
 def empty_like(x):
-    """torch.empty_like(x) for a CPU tensor; contiguous outputs of MIN_BYTES and more are pooled."""
+    """torch.empty_like(x) for a CPU tensor; contiguous float outputs of MIN_BYTES and more are
+    pooled (64-byte aligned, not resizable in place). Raises MemoryError for a request larger than
+    physical memory or one that cannot be allocated."""
+    import torch
+    if not _NUMPY:
+        _NUMPY.update({torch.float32: np.float32, torch.float64: np.float64})
+    if _returned:  # release dead outputs beyond the bound now, not at the next large call
+        with _lock:
+            _drain()
     nbytes = x.numel() * x.element_size()
-    if nbytes < MIN_BYTES or not x.is_contiguous() or x.dtype not in _NUMPY:
+    if nbytes < MIN_BYTES:
         return torch.empty_like(x)
-    block = _take(nbytes)
-    arr = block.view(_NUMPY[x.dtype]).reshape(tuple(x.shape))
-    weakref.finalize(arr, _give, block).atexit = False
+    if nbytes > PHYSICAL_BYTES:
+        raise MemoryError(f"fastdrop: the output needs {nbytes} bytes, more than this machine's "
+                          f"{PHYSICAL_BYTES} bytes of physical memory")
+    size = size_class(nbytes) + ALIGN
+    if size > MAX_CACHED_BYTES or not x.is_contiguous() or x.dtype not in _NUMPY:
+        return torch.empty_like(x)  # never cacheable, or a layout torch keeps better
+    block = _take(size)
+    if block is None:
+        block = _new_block(size)
+    start = -block.ctypes.data % ALIGN
+    arr = block[start:start + nbytes].view(_NUMPY[x.dtype]).reshape(tuple(x.shape))
+    h = _Handle(arr, block, _returned.append)
+    with _lock:
+        _live[id(h)] = h
     return torch.from_numpy(arr)

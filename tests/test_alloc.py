@@ -1,19 +1,51 @@
 """The caching allocator behind large CPU outputs (fastdrop/_alloc.py): right values, blocks reused
-only once no tensor refers to them, a bounded cache."""
+only once no tensor refers to them, size classes, 64-byte alignment, a bound that an environment
+variable sets, and faults (GC re-entry, KeyboardInterrupt, out of memory) that leave it consistent."""
+import collections
 import gc
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
+import pytest
 import torch
 
 import fastdrop
 from fastdrop import _alloc
 
 ROWS, COLS = 4096, 2048  # 32 MiB of float32: the smallest pooled size
+MIB = 1 << 20
 
 
 def _reference(x, p, seed):
     m = torch.from_numpy(fastdrop.dropout_mask(x.shape, p, seed))
     return torch.where(m, x * (1 / (1 - p)), torch.zeros((), dtype=x.dtype))
+
+
+def _consistent(stats):
+    """The free list and the handed-out set agree with what the allocator reports."""
+    with _alloc._lock:
+        assert stats["free_blocks"] == len(_alloc._free)
+        assert stats["cached_bytes"] == sum(b.nbytes for b in _alloc._free) <= stats["limit_bytes"]
+        assert stats["in_use_blocks"] == len(_alloc._live)
+        blocks = [b.ctypes.data for b in _alloc._free] + [h.block.ctypes.data for h in _alloc._live.values()]
+        assert len(blocks) == len(set(blocks)), "a block is both free and handed out, or listed twice"
+
+
+@pytest.fixture(autouse=True)
+def _clean_cache():
+    gc.collect()
+    _alloc.empty_cache()
+    yield
+    gc.collect()
+    _alloc.empty_cache()
+
+
+def _run(script, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def test_large_outputs_are_right_and_reused_after_release():
@@ -22,7 +54,6 @@ def test_large_outputs_are_right_and_reused_after_release():
     assert torch.equal(y, _reference(x, 0.5, 1))
     ptr = y.data_ptr()
     del y
-    gc.collect()
     y2 = fastdrop.dropout(x, 0.5, seed=2)
     assert y2.data_ptr() == ptr
     assert torch.equal(y2, _reference(x, 0.5, 2))
@@ -52,9 +83,12 @@ def test_backward_through_pooled_outputs():
 def test_cache_is_bounded():
     x = torch.randn(ROWS, COLS)
     outs = [fastdrop.dropout(x, 0.5, seed=s) for s in range(20)]  # 640 MiB live
+    assert _alloc.cache_stats()["in_use_blocks"] == 20
     del outs
-    gc.collect()
-    assert 0 < _alloc.cached_bytes() <= _alloc.MAX_CACHED_BYTES
+    stats = _alloc.cache_stats()
+    assert 0 < stats["cached_bytes"] <= stats["limit_bytes"] == _alloc.MAX_CACHED_BYTES
+    assert stats["in_use_blocks"] == 0
+    _consistent(stats)
 
 
 def test_small_and_strided_outputs_use_torch():
@@ -63,3 +97,280 @@ def test_small_and_strided_outputs_use_torch():
     cl = torch.randn(64, 64, 64, 64).to(memory_format=torch.channels_last)
     assert fastdrop.dropout(cl, 0.5, seed=1).is_contiguous(memory_format=torch.channels_last)
     assert np.isfinite(small.numpy()).all()
+
+
+@pytest.mark.parametrize("shape, dtype", [((ROWS, COLS), torch.float32), ((ROWS * COLS + 1,), torch.float32),
+                                          ((3, 1398107), torch.float64), ((ROWS, COLS + 3), torch.float64)])
+def test_pooled_outputs_are_64_byte_aligned_and_exactly_sized(shape, dtype):
+    x = torch.randn(shape, dtype=dtype)
+    ys = [_alloc.empty_like(x) for _ in range(3)]  # fresh blocks
+    del ys
+    ys = [_alloc.empty_like(x) for _ in range(3)]  # blocks from the free list
+    assert _alloc.cache_stats()["hits"] >= 3
+    for y in ys:
+        assert y.data_ptr() % 64 == 0
+        assert y.shape == x.shape and y.dtype == x.dtype and y.is_contiguous()
+        assert y.untyped_storage().nbytes() == x.numel() * x.element_size()
+
+
+def test_size_classes():
+    assert _alloc.size_class(32 * MIB) == 32 * MIB
+    assert _alloc.size_class(32 * MIB + 1) == 36 * MIB
+    assert _alloc.size_class(36 * MIB + 1) == 40 * MIB
+    assert _alloc.size_class(64 * MIB + 1) == 72 * MIB
+    for n in range(32 * MIB, 129 * MIB, 997 * 1024 + 13):
+        c = _alloc.size_class(n)
+        assert n <= c < n * 9 / 8 and c % 4096 == 0
+
+
+def test_different_sizes_share_a_block():
+    a = torch.randn(ROWS * COLS + 1)            # 32 MiB + 4 bytes: the 36 MiB class
+    b = torch.randn(ROWS * COLS + 1000 * 1024)  # 35.9 MiB: the same class
+    ya = fastdrop.dropout(a, 0.5, seed=1)
+    ptr = ya.data_ptr()
+    del ya
+    yb = fastdrop.dropout(b, 0.5, seed=2)
+    assert yb.data_ptr() == ptr
+    assert yb.numel() == b.numel() and torch.equal(yb, _reference(b, 0.5, 2))
+
+
+def test_many_distinct_sizes_use_few_blocks():
+    # The old cache, keyed by exact size, kept one block per size: 40 sizes left 491 MiB in 14 blocks.
+    before = _alloc.cache_stats()
+    for k in range(40):
+        y = _alloc.empty_like(torch.empty(ROWS * COLS + k * 123457 + 7))
+        y.fill_(1.0)
+        del y
+    stats = _alloc.cache_stats()
+    assert stats["misses"] - before["misses"] <= 5   # 32 .. 51 MiB span 5 classes
+    assert stats["hits"] - before["hits"] >= 35
+    assert stats["free_blocks"] <= 5 and stats["cached_bytes"] <= 5 * 52 * MIB
+    _consistent(stats)
+
+
+def test_empty_cache_releases_free_blocks_and_cache_stats_reports():
+    x = torch.randn(ROWS, COLS)
+    stats = fastdrop.cache_stats()
+    assert stats == _alloc.cache_stats()
+    assert set(stats) == {"cached_bytes", "free_blocks", "in_use_bytes", "in_use_blocks", "hits", "misses",
+                          "limit_bytes", "min_bytes"}
+    assert stats["cached_bytes"] == stats["free_blocks"] == stats["in_use_blocks"] == 0
+    keep = fastdrop.dropout(x, 0.5, seed=1)
+    outs = [fastdrop.dropout(x, 0.5, seed=s) for s in (2, 3)]
+    stats = fastdrop.cache_stats()
+    assert stats["in_use_blocks"] == 3 and stats["in_use_bytes"] >= 3 * 32 * MIB and stats["free_blocks"] == 0
+    del outs
+    stats = fastdrop.cache_stats()
+    assert stats["free_blocks"] == 2 and stats["cached_bytes"] >= 2 * 32 * MIB and stats["in_use_blocks"] == 1
+    assert fastdrop.empty_cache() == stats["cached_bytes"]
+    stats = fastdrop.cache_stats()
+    assert stats["cached_bytes"] == stats["free_blocks"] == 0 and stats["in_use_blocks"] == 1
+    assert torch.equal(keep, _reference(x, 0.5, 1))  # live outputs are untouched
+    assert fastdrop.empty_cache() == 0
+    del keep
+    assert fastdrop.cache_stats()["free_blocks"] == 1  # and come back when they die
+
+
+def test_cache_api_works_without_torch():
+    res = _run("""
+        import sys
+        sys.modules['torch'] = None
+        import fastdrop
+        s = fastdrop.cache_stats()
+        assert s['cached_bytes'] == 0 and s['limit_bytes'] == 512 << 20, s
+        assert fastdrop.empty_cache() == 0
+        print('ok')
+    """)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"
+
+
+ENV_SCRIPT = """
+    import torch, fastdrop
+    from fastdrop._alloc import empty_like
+    x = torch.randn(4096, 2048)
+    outs = [empty_like(x) for _ in range(3)]
+    resizable = True
+    try:
+        outs[0].resize_(4096 * 2049)  # growing needs a resizable storage
+    except RuntimeError:
+        resizable = False
+    del outs
+    s = fastdrop.cache_stats()
+    print(s['limit_bytes'], s['free_blocks'], s['misses'], resizable)
+"""
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("0", f"0 0 0 True"),                                  # off: every output is torch's own
+    ("64M", f"{64 * MIB} 1 3 False"),                      # room for one 32 MiB block
+    ("268435456", f"{256 * MIB} 3 3 False"),
+    ("lots", f"{512 * MIB} 3 3 False"),                    # bad value: warning, default bound
+])
+def test_env_var_turns_the_cache_off_or_caps_it(value, expected):
+    res = _run(ENV_SCRIPT, env={"FASTDROP_CACHE_MAX_BYTES": value})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == expected
+    if value == "lots":
+        assert "FASTDROP_CACHE_MAX_BYTES='lots' is not a byte count" in res.stderr
+        assert "RuntimeWarning" in res.stderr
+
+
+@pytest.mark.parametrize("text, nbytes", [("0", 0), ("1234", 1234), (" 256M ", 256 * MIB), ("2GiB", 2 << 30),
+                                          ("1g", 1 << 30), ("512mb", 512 * MIB), ("3K", 3072)])
+def test_parse_max_bytes(text, nbytes):
+    assert _alloc.parse_max_bytes(text) == nbytes
+
+
+@pytest.mark.parametrize("text", ["-1", "1.5G", "lots", "", "12 X", "0x100"])
+def test_parse_max_bytes_names_the_bad_value(text):
+    with pytest.raises(ValueError, match=f"FASTDROP_CACHE_MAX_BYTES={text!r} is not a byte count"):
+        _alloc.parse_max_bytes(text)
+
+
+# Forces a garbage collection at the `at`-th Python line run inside the allocator, for every `at`,
+# while another pooled output is cyclic garbage: the collection frees it, and its hand-back runs in
+# the middle of whatever the allocator was doing. The old allocator took its (non-reentrant) lock in
+# the hand-back and hung here ( _give -> GC -> weakref.finalize -> _give ).
+GC_SCRIPT = """
+    import faulthandler, gc, sys, torch, fastdrop
+    from fastdrop import _alloc
+    faulthandler.dump_traceback_later(100, exit=True)
+    _alloc.MIN_BYTES = 1 << 16  # pool small outputs too: the same code paths, quicker
+    x = torch.randn(512, 256)
+    fastdrop.dropout(x, 0.5, seed=0)
+    gc.freeze()  # the imports' objects out of the way: each GC pass scans only the loop's objects
+    state = {"at": 0, "n": 0, "most": 0}
+    def local(frame, event, arg):
+        if event == "line":
+            state["n"] += 1
+            if state["n"] == state["at"]:
+                gc.collect()
+        return local
+    def tracer(frame, event, arg):
+        return local if frame.f_code.co_filename == _alloc.__file__ else None
+    for at in range(1, 121):
+        b = fastdrop.dropout(x, 0.5, seed=at)
+        a = fastdrop.dropout(x, 0.5, seed=at)
+        box = [a]; box.append(box); del a, box   # freed only by a GC pass
+        state.update(at=at, n=0)
+        sys.settrace(tracer)
+        del b                                    # b's block goes back
+        c = fastdrop.dropout(x, 0.5, seed=at)    # and the next output is taken
+        sys.settrace(None)
+        state["most"] = max(state["most"], state["n"])
+        assert torch.equal(c, fastdrop.dropout(x, 0.5, seed=at))
+        del c
+    gc.collect()
+    s = _alloc.cache_stats()
+    assert s["in_use_blocks"] == 0 and s["free_blocks"] >= 1, s
+    print("ok", state["most"])
+"""
+
+
+def test_gc_inside_the_allocator_does_not_hang():
+    try:
+        res = _run(GC_SCRIPT, timeout=150)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"a GC pass inside the allocator hung the process:\n{err.stderr}")
+    assert res.returncode == 0, res.stderr
+    word, most = res.stdout.split()
+    assert word == "ok"
+    assert 0 < int(most) < 120  # every line the allocator ran had its GC pass
+
+
+class _InterruptingQueue(collections.deque):
+    """The hand-back queue, failing as a KeyboardInterrupt landing there would."""
+    def append(self, handle):
+        raise KeyboardInterrupt
+
+
+def test_keyboard_interrupt_in_the_hand_back_loses_no_block(monkeypatch):
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: unraisable.append(u.exc_type))
+    x = torch.randn(ROWS, COLS)
+    monkeypatch.setattr(_alloc, "_returned", _InterruptingQueue())
+    y = fastdrop.dropout(x, 0.5, seed=1)  # its hand-back now raises
+    ptr = y.data_ptr()
+    del y
+    assert unraisable == [KeyboardInterrupt]
+    monkeypatch.setattr(_alloc, "_returned", collections.deque())
+    stats = _alloc.cache_stats()  # the dead handle is found and its block kept, once
+    assert stats["in_use_blocks"] == 0 and stats["free_blocks"] == 1
+    _consistent(stats)
+    y = fastdrop.dropout(x, 0.5, seed=2)
+    assert y.data_ptr() == ptr and torch.equal(y, _reference(x, 0.5, 2))
+
+
+class _InterruptedDrain(collections.deque):
+    """Raises KeyboardInterrupt once, after a handle has left the queue and before its block is kept."""
+    def popleft(self):
+        handle = super().popleft()
+        if not getattr(self, "fired", False):
+            self.fired = True
+            raise KeyboardInterrupt
+        return handle
+
+
+def test_keyboard_interrupt_in_the_drain_reaches_the_caller_and_corrupts_nothing(monkeypatch):
+    x = torch.randn(ROWS, COLS)
+    queue = _InterruptedDrain()
+    monkeypatch.setattr(_alloc, "_returned", queue)
+    ys = [fastdrop.dropout(x, 0.5, seed=s) for s in (1, 2)]
+    ptrs = {y.data_ptr() for y in ys}
+    del ys
+    assert len(queue) == 2
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C is not swallowed
+        fastdrop.dropout(x, 0.5, seed=3)
+    stats = _alloc.cache_stats()
+    assert stats["in_use_blocks"] == 0 and stats["free_blocks"] == 2
+    _consistent(stats)
+    ys = [fastdrop.dropout(x, 0.5, seed=s) for s in (4, 5)]
+    assert {y.data_ptr() for y in ys} == ptrs
+
+
+def test_request_larger_than_ram_is_a_memory_error(tmp_path):
+    # A file-backed tensor bigger than physical memory (sparse: nothing is written).
+    n = (_alloc.PHYSICAL_BYTES // 4 + (1 << 28)) // 4 * 4
+    huge = torch.from_file(str(tmp_path / "huge.bin"), shared=True, size=n, dtype=torch.float32)
+    keep = _alloc.empty_like(torch.empty(ROWS, COLS))
+    del keep
+    before = _alloc.cache_stats()
+    with pytest.raises(MemoryError, match="more than this machine's .* bytes of physical memory"):
+        _alloc.empty_like(huge)
+    assert _alloc.cache_stats() == before
+    _consistent(before)
+
+
+def test_failed_allocation_releases_the_cache_retries_and_stays_consistent(monkeypatch):
+    x = torch.randn(ROWS, COLS)
+    ys = [fastdrop.dropout(x, 0.5, seed=s) for s in (1, 2)]
+    del ys[1]
+    assert _alloc.cache_stats()["free_blocks"] == 1
+    big = torch.empty(ROWS, 3 * COLS)  # a size class with no free block
+    real = _alloc._os_alloc
+    calls = []
+
+    def alloc_when_cache_empty(nbytes):  # room for the request only once the free blocks are gone
+        calls.append(nbytes)
+        if _alloc._free:
+            raise MemoryError("simulated")
+        return real(nbytes)
+    monkeypatch.setattr(_alloc, "_os_alloc", alloc_when_cache_empty)
+    y = _alloc.empty_like(big)
+    assert len(calls) == 2 and y.numel() == big.numel()
+    stats = _alloc.cache_stats()
+    assert stats["free_blocks"] == 0 and stats["in_use_blocks"] == 2
+
+    def never(nbytes):
+        raise MemoryError("simulated")
+    monkeypatch.setattr(_alloc, "_os_alloc", never)
+    with pytest.raises(MemoryError, match="cannot allocate a .*-byte output"):
+        _alloc.empty_like(torch.empty(ROWS, 5 * COLS))
+    stats = _alloc.cache_stats()
+    assert stats["in_use_blocks"] == 2 and stats["free_blocks"] == 0
+    _consistent(stats)
+    monkeypatch.setattr(_alloc, "_os_alloc", real)
+    del y
+    assert torch.equal(ys[0], _reference(x, 0.5, 1))
+    assert _alloc.cache_stats()["free_blocks"] == 1
