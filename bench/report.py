@@ -572,12 +572,13 @@ def small_calls_md(sc):
     for ps, what in (("fwd", "forward"), ("fwd_bwd", "forward+backward")):
         fd, bare = med(f"fastdrop|{ps}"), med(f"bare_function|{ps}")
         if fd is not None and bare is not None:
-            notes.append(f"`nn.Dropout` {what} costs {fmt_time(fd - bare)} more than the bare "
-                         "Function (validation, dispatch, its torch route).")
+            notes.append(f"`nn.Dropout` {what} minus the bare Function: {fmt_time(fd - bare)} "
+                         "(validation, dispatch, its torch route).")
     bare, kern, seed = med("bare_function|fwd"), med("kernel|fwd"), med("seed|fwd")
     if None not in (bare, kern, seed):
-        notes.append(f"The bare Function's forward costs {fmt_time(bare - kern - seed)} more than "
-                     "kernel + seed draw (autograd node, output allocation, numpy views).")
+        notes.append(f"Bare Function forward minus kernel minus seed draw: "
+                     f"{fmt_time(bare - kern - seed)} (autograd node, output allocation, numpy "
+                     "views).")
     return head + "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
 
 
