@@ -213,6 +213,33 @@ def test_nan_stays_quiet_nan_with_payload():
         assert np.array_equal(out.view(np.uint16), bits | np.uint16(quiet))
 
 
+_FALLBACK_CHILD = textwrap.dedent("""
+    import numpy as np
+    import fastdrop
+    from fastdrop.kernels import dropout_cpu
+    assert not dropout_cpu.NATIVE_F16
+    x = np.random.default_rng(0).permutation(np.resize(np.arange(1 << 16).astype(np.uint16),
+                                                         4 * 6 * 9 * 11)).view(np.float16)
+    x = x.reshape(4, 6, 9, 11)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for xi in (x, x.swapaxes(-1, -2)):
+            ref = fastdrop.dropout(xi.astype(np.float32), 0.5, seed=4).astype(np.float16)
+            assert np.array_equal(fastdrop.dropout(xi, 0.5, seed=4).view(np.uint16), ref.view(np.uint16))
+        ref = fastdrop.dropout2d(x.astype(np.float32), 0.5, seed=4).astype(np.float16)
+        assert np.array_equal(fastdrop.dropout2d(x, 0.5, seed=4).view(np.uint16), ref.view(np.uint16))
+    print("OK")
+""")
+
+
+def test_bit_code_fallback_in_the_kernels():
+    """Where Numba does not compile for an F16C host (here: NUMBA_CPU_NAME=generic), the kernels
+    convert float16 with the bit code; same bits (its own disk-cache entries, keyed by CPU name)."""
+    env = dict(os.environ, NUMBA_CPU_NAME="generic")
+    res = subprocess.run([sys.executable, "-c", _FALLBACK_CHILD], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-2000:]
+
+
 # ---- the launcher interface -----------------------------------------------------------------
 
 def test_cpu_launchers_take_half_views():
