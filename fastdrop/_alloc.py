@@ -109,7 +109,9 @@ def size_class(nbytes):
 
 
 def _keep(block):
-    # Lock held. Newest at the end; evict the oldest while over the bound (possibly block itself).
+    # Lock held. Newest at the end; evict the oldest while over the bound.
+    if block.nbytes > MAX_CACHED_BYTES:
+        return  # freed to the OS, keeping the others
     _free.append(block)
     total = sum(b.nbytes for b in _free)
     while _free and total > MAX_CACHED_BYTES:
