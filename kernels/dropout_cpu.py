@@ -144,7 +144,8 @@ f32_to_f16 = f32_to_f16_hw if NATIVE_F16 else f32_to_f16_bits
 
 
 def _scaled(v, scale):
-    """v * scale in v's own format (the element op of every kernel below)."""
+    """v * scale in v's own format (the element op of every kernel below); compiled code only."""
+    raise NotImplementedError("fastdrop.kernels.dropout_cpu._scaled runs inside compiled kernels")
 
 
 @overload(_scaled, inline="always", jit_options=JIT_OPTIONS)
