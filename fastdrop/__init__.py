@@ -3,25 +3,34 @@
 `import fastdrop` loads no torch and no CUDA: the torch bridge and `fastdrop.nn` import torch when
 used, and the CUDA kernels compile on the first CUDA input.
 """
-from ._distributed import set_rank_streams
-from ._seeds import manual_seed
-from .functional import RankError, dropout, dropout1d, dropout2d, dropout3d
+from . import _core
+from ._alloc import cache_stats, empty_cache
+from ._core import register_torch_ops
+from ._seeds import manual_seed, set_rank_streams
+from .functional import RankError, drop_path, dropout, dropout1d, dropout2d, dropout3d
 from .linear import dropout_linear, dropconnect_linear
 from .mask import dropout_mask, keep_threshold, philox4x32
-from .variants import drop_path, dropout_matmul, max_norm_, max_norm_hook, mc_predict
+from .matmul import dropout_matmul
+from .max_norm import max_norm_, max_norm_hook
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# torch.compile can trace fastdrop's ops only once they are registered: now, or when torch loads.
+_core.register_when_torch_loads()
 
 
 def __getattr__(name):
-    # fastdrop.nn needs torch; import it on first use so the numpy API works without torch.
+    # fastdrop.nn and mc_predict need torch: imported on first use, so the numpy API works without it.
+    import importlib
     if name == "nn":
-        import importlib
         return importlib.import_module(".nn", __name__)
+    if name == "mc_predict":
+        return importlib.import_module(".mc", __name__).mc_predict
     raise AttributeError(f"module 'fastdrop' has no attribute {name!r}")
 
 
 __all__ = ["dropout", "dropout1d", "dropout2d", "dropout3d", "dropout_mask", "philox4x32",
-           "keep_threshold", "manual_seed", "set_rank_streams", "RankError", "nn",
+           "keep_threshold", "manual_seed", "register_torch_ops", "set_rank_streams", "RankError", "nn",
            "dropout_linear", "dropconnect_linear",
-           "drop_path", "dropout_matmul", "max_norm_", "max_norm_hook", "mc_predict"]
+           "drop_path", "dropout_matmul", "max_norm_", "max_norm_hook", "mc_predict",
+           "empty_cache", "cache_stats"]

@@ -1,12 +1,23 @@
-"""Argument validation shared by every public entry point: fail before any work or allocation."""
+"""Validation shared by every public entry point: everything is checked before any seed is drawn,
+any memory is touched or any kernel compiles, so a refused call changes nothing.
+
+Also the one place that decides where data lives (numpy array, torch tensor, CUDA device array)
+and turns numpy's odd-but-valid inputs (np.matrix, big-endian arrays) into plain arrays.
+"""
 import math
 import numbers
+import sys
 
 import numpy as np
 
 MAX_U64 = (1 << 64) - 1
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 MODES = ("inverted", "classic")
+NUMPY, TORCH, CUDA_ARRAY = "numpy", "torch", "cuda_array"
+
+
+class RankError(ValueError, RuntimeError):
+    """Input of an unsupported rank (a ValueError; also a RuntimeError, which torch raises)."""
 
 
 def check_p(p, name="p"):
@@ -35,12 +46,6 @@ def check_mode(mode):
     return mode
 
 
-def check_float_dtype(dtype, what="x"):
-    """Dropout is defined for real floating point data only."""
-    if np.dtype(dtype).type not in FLOAT_DTYPES:
-        raise TypeError(f"{what} must have a floating point dtype (float16, float32, float64), got {dtype}")
-
-
 def check_shape(shape):
     """A shape: a sequence of non-negative ints (or a single int)."""
     if isinstance(shape, numbers.Integral):
@@ -53,3 +58,127 @@ def check_shape(shape):
         if isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Integral) or s < 0:
             raise ValueError(f"shape must be a sequence of non-negative ints, got {shape!r}")
     return tuple(int(s) for s in shape)
+
+
+def train_scale(p, mode):
+    """The factor kept elements are multiplied by in training: 1/(1-p) (inverted) or 1 (classic)."""
+    return 1.0 if (mode == "classic" or p == 1.0) else 1.0 / (1.0 - p)
+
+
+# ---- where data lives ---------------------------------------------------------------------------
+
+def is_torch_tensor(x):
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def is_simulator_array(x):
+    """A device array of Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1): it has no
+    __cuda_array_interface__, but the simulated kernels take it like a real device array."""
+    sim = sys.modules.get("numba.cuda.simulator.cudadrv.devicearray")
+    return sim is not None and isinstance(x, sim.FakeCUDAArray)
+
+
+def array_kind(x, name="x"):
+    if isinstance(x, np.ndarray):
+        return NUMPY
+    if is_torch_tensor(x):
+        return TORCH
+    if hasattr(x, "__cuda_array_interface__") or is_simulator_array(x):
+        return CUDA_ARRAY
+    raise TypeError(f"{name} must be a numpy array, a torch tensor or a CUDA device array "
+                    f"(__cuda_array_interface__), got {type(x).__name__}")
+
+
+def _check_tensor(x, name):
+    import torch
+    if x.is_nested:
+        raise TypeError(f"{name} must be a dense tensor, got a nested tensor")
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {x.layout}")
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"fastdrop runs on CPU and CUDA tensors, got {name} on device {x.device}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must have a floating point dtype, got {x.dtype}")
+
+
+def check_array(x, name="x"):
+    """(x, kind): x validated, numpy's np.matrix and non-native byte order turned into a plain
+    native ndarray (a view, or a copy for byte order); TypeError/ValueError before any work."""
+    kind = array_kind(x, name)
+    if kind == TORCH:
+        _check_tensor(x, name)
+        return x, kind
+    if kind == NUMPY:
+        if type(x) is not np.ndarray:
+            x = np.asarray(x)  # np.matrix and other subclasses: their operators mean other things
+        if x.dtype.type not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must have a floating point dtype (float16, float32, float64), "
+                            f"got {x.dtype}")
+        if not x.dtype.isnative:
+            x = x.astype(x.dtype.newbyteorder("="))
+        return x, kind
+    dtype = np.dtype(x.dtype)
+    if dtype.type not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have a floating point dtype (float16, float32, float64), got {dtype}")
+    return x, kind
+
+
+def check_companions(x, kind, others, first="x"):
+    """Companion operands [(name, array or None)] of x (weight, bias, b): same kind, device and
+    dtype as x; returned converted as check_array converts x."""
+    out = []
+    for name, a in others:
+        if a is not None:
+            if array_kind(a, name) != kind:
+                raise TypeError(f"{first} is a {kind} array but {name} is a {array_kind(a, name)} array; "
+                                f"pass both as the same kind")
+            if kind == TORCH and a.device != x.device:
+                raise ValueError(f"{first} is on {x.device} but {name} is on {a.device}")
+            a, _ = check_array(a, name)
+            if a.dtype != x.dtype:
+                raise TypeError(f"{first} and {name} must have the same dtype, got {x.dtype} and {a.dtype}")
+        out.append(a)
+    return out
+
+
+# ---- in-place writes ----------------------------------------------------------------------------
+
+def _overlaps(shape, strides, itemsize):
+    """True when two elements of a view with these shape/strides (in bytes) share memory."""
+    dims = sorted((abs(st), n) for n, st in zip(shape, strides) if n > 1)
+    if any(n == 0 for n in shape) or not dims:
+        return False
+    span = itemsize
+    for st, n in dims:
+        if st < span:
+            break
+        span = st * (n - 1) + span
+    else:
+        return False  # nested strides: each dimension steps past everything inside it
+    if dims[0][0] == 0:
+        return True
+    # An interleaved layout the quick rule cannot decide: compare the element addresses.
+    addr = np.zeros(1, np.int64)
+    for st, n in dims:
+        addr = (addr[:, None] + st * np.arange(n, dtype=np.int64)[None, :]).reshape(-1)
+    addr.sort()
+    return bool(np.any(np.diff(addr) < itemsize))
+
+
+def check_writable(x, kind):
+    """An in-place target must be writeable and must not have two elements in one memory location
+    (torch's rule: `expand`ed and overlapping `as_strided` views are refused with a RuntimeError)."""
+    if kind == NUMPY:
+        if not x.flags.writeable:
+            raise ValueError("inplace=True needs a writeable array; x is read-only")
+        shape, strides, item = x.shape, x.strides, x.itemsize
+    elif kind == TORCH:
+        item = x.element_size()
+        shape, strides = tuple(x.shape), tuple(s * item for s in x.stride())
+    else:
+        return
+    if _overlaps(shape, strides, item):
+        raise RuntimeError("unsupported operation: more than one element of the written-to tensor "
+                           "refers to a single memory location. Please clone() the tensor before "
+                           "performing the operation (inplace=True on an overlapping view).")

@@ -50,28 +50,32 @@ def _kernel_views(x, out, bf16):
     return x, out, x.dtype.type
 
 
-def dropout_into(x, out, p, seed, offset, scale, *, bf16=False):
+def dropout_into(x, out, p, seed, offset, scale, *, bf16=False, parallel_min=None):
     """out[...] = where(dropout_mask(x.shape, p, seed, offset), x * scale, 0).
 
     x, out: float32, float64 or float16 arrays, or bfloat16 bits as uint16 arrays with bf16=True
-    (half types are computed in float32 and rounded once to nearest even)."""
+    (half types are computed in float32 and rounded once to nearest even). Contiguous data of
+    parallel_min elements (default CPU_PARALLEL_MIN) and more runs on Numba's thread pool, smaller
+    data on the calling thread."""
     if x.size == 0:
         return out
     xk, ok, scale_type = _kernel_views(x, out, bf16)
-    _dropout_views(xk, ok, kernel_rng_args(seed, offset, p), scale_type(scale))
+    _dropout_views(xk, ok, kernel_rng_args(seed, offset, p), scale_type(scale), parallel_min)
     return out
 
 
-def _dropout_views(x, out, args, scale):
+def _dropout_views(x, out, args, scale, parallel_min=None):
+    if parallel_min is None:
+        parallel_min = CPU_PARALLEL_MIN  # looked up per call (tests raise it)
     if x.flags.c_contiguous and out.flags.c_contiguous:
-        kernel = dropout_cpu.dropout_flat if x.size >= CPU_PARALLEL_MIN else dropout_cpu.dropout_flat_serial
+        kernel = dropout_cpu.dropout_flat if x.size >= parallel_min else dropout_cpu.dropout_flat_serial
         kernel(x.reshape(-1), out.reshape(-1), *args, scale)
         return
     if not _positive_strides(x):
         x = np.ascontiguousarray(x)
     if not _positive_strides(out):
         tmp = np.empty(out.shape, out.dtype)
-        _dropout_views(x, tmp, args, scale)
+        _dropout_views(x, tmp, args, scale, parallel_min)
         out[...] = tmp
         return
     if x.ndim == 0:

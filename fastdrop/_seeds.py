@@ -1,20 +1,35 @@
-"""Where seed=None draws its seed from.
+"""Where seed=None draws its seed, and how data-parallel ranks get their own mask streams.
 
 - torch tensors (CPU or CUDA): torch's default CPU generator, so `torch.manual_seed(s)` makes a
   model's masks reproducible run to run, successive calls differ, and the same program gives the
   same masks on CPU and GPU.
 - numpy arrays and CUDA device arrays: a module-level numpy `Generator(PCG64)` seeded from OS
   entropy at import; `fastdrop.manual_seed(s)` re-seeds it.
-Every drawn seed is a 63-bit integer and the offset is 0.
+Every drawn seed is a 63-bit integer.
+
+Rank streams. DDP programs call `torch.manual_seed(s)` with the same `s` on every rank, so the
+drawn seeds agree across ranks and, with nothing else, every rank would drop the same positions of
+its own micro-batch. While `torch.distributed` is initialized, every seed=None call therefore runs at
+
+    offset' = (offset + rank * 2**48) mod 2**64
+
+i.e. rank r's mask is `dropout_mask(shape, p, seed, offset + r * 2**48)`: the rank lands in the
+top 16 bits of the Philox counter word that carries the offset's high half, so ranks < 65536 with
+offsets < 2**48 never share a counter. Rank 0 (and a program without torch.distributed) is
+unchanged. An explicit `seed=` is never altered: it names one mask, the same on every rank.
+`set_rank_streams(False)` turns the separation off.
 """
+import sys
 import threading
 
 import numpy as np
 
-from ._checks import check_u64
+from ._checks import MAX_U64, check_u64
 
+RANK_SHIFT = 48
 _lock = threading.Lock()
 _numpy_source = np.random.default_rng()
+_rank_streams = True
 
 
 def manual_seed(seed):
@@ -33,3 +48,30 @@ def draw_numpy_seed():
 def draw_torch_seed():
     import torch
     return int(torch.randint(0, (1 << 63) - 1, (), dtype=torch.int64))
+
+
+def set_rank_streams(enabled=True):
+    """Separate (True, the default) or share (False) seed=None masks across torch.distributed ranks.
+
+    Returns the previous setting.
+    """
+    global _rank_streams
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__} {enabled!r}")
+    previous, _rank_streams = _rank_streams, enabled
+    return previous
+
+
+def _rank():
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return 0
+    return dist.get_rank()
+
+
+def stream_offset(offset):
+    """The offset a seed=None call runs at on this process (see the module docstring)."""
+    if not _rank_streams:
+        return offset
+    rank = _rank()
+    return offset if rank == 0 else (offset + (rank << RANK_SHIFT)) & MAX_U64

@@ -1,117 +1,102 @@
-"""Public functional API: dropout and its spatial variants on numpy, torch and CUDA data.
+"""Dropout, spatial dropout and DropPath: one masked op (DROPOUT) with a mask-shape rule.
 
 inverted (default):  training  y = x * m / (1 - p)      eval  y = x
 classic (Srivastava et al. 2014):  training  y = x * m   eval  y = x * (1 - p)
-with m = fastdrop.dropout_mask(shape, p, seed, offset). Spatial dropout draws m over the leading
-(batch, channel) dims and broadcasts it over the rest.
+with m = fastdrop.dropout_mask(x.shape, p, seed, offset). The mask-shape rule `group_ndim` g:
+g = 0 elementwise; g > 0 one mask element per index of x's first g dims, broadcast over the rest
+(spatial dropout g = 2 or 1, DropPath g = 1); g = -1 one mask element for all of x
+(DropPath's batch mode, mask `dropout_mask((1,), ...)`). Dropped elements are exactly 0.
+
+Dropout is linear in x, so its backward is the same op, with the same (seed, offset), on the
+incoming gradient: nothing but scalars is saved, and double backward is the op once more.
+
+Signatures follow torch's `F.dropout(x, p, training, inplace)` and timm's
+`drop_path(x, drop_prob, training, scale_by_keep)` positionally; fastdrop's own arguments
+(seed, offset, mode, ...) are keyword-only.
 """
 import warnings
 
-import numpy as np
+from . import _core
+from ._checks import RankError, check_array, check_mode, check_p, train_scale
 
-from . import _cpu, _seeds
-from ._checks import check_float_dtype, check_mode, check_p, check_u64
-from ._dispatch import CUDA_ARRAY, NUMPY, TORCH, array_kind, dtype_of
+__all__ = ["dropout", "dropout1d", "dropout2d", "dropout3d", "drop_path", "RankError", "DROPOUT"]
 
-
-class RankError(ValueError, RuntimeError):
-    """Input of an unsupported rank (a ValueError; also a RuntimeError, which torch raises)."""
+DROP_PATH_MODES = ("row", "batch")
 
 
-def _train_scale(p, mode):
-    if mode == "classic" or p == 1.0:
-        return 1.0
-    return 1.0 / (1.0 - p)
+def _mask(B, operands, rng, params, out=None):
+    # params: (group_ndim,) or (group_ndim, parallel_min) when another op's formula applies the mask
+    (x,), g = operands, params[0]
+    if g == -1:  # one draw for everything: x as a batch of one
+        y = B.mask(B.unsqueeze0(x), rng, 1, None if out is None else B.unsqueeze0(out))
+        return out if out is not None else y[0]
+    return B.mask(x, rng, g, out, *params[1:])
 
 
-def _resolve_seed(seed, kind):
-    if seed is not None:
-        return check_u64(seed, "seed")
-    return _seeds.draw_torch_seed() if kind == TORCH else _seeds.draw_numpy_seed()
+def _backward(B, grad, operands, rng, params, needs):
+    return (_mask(B, (grad,), rng, params),)
 
 
-def _apply(x, p, training, seed, offset, mode, group_ndim, inplace=False):
-    """Validate, handle the trivial cases, then dispatch once by where x lives."""
+def _plain(B, operands, params, factor, inplace=False):
+    return B.scale(operands[0], factor, inplace)
+
+
+def _fake(operands, params):
+    return operands[0].new_empty(operands[0].shape)
+
+
+def _vmap(info, in_dims, operands, rng, params):
+    """torch.func.vmap: randomness="different" draws a mask per example (the vmapped dim joins the
+    mask's leading dims), "same" one mask for all (the vmapped dim moves last, outside the mask)."""
+    (x,), (d,), g = operands, in_dims, params[0]
+    if info.randomness not in ("different", "same"):
+        raise RuntimeError("fastdrop's dropout draws random masks: under torch.func.vmap pass "
+                           "randomness='different' (a mask per example) or 'same' (one mask for all)")
+    if d is None:
+        x, d = x.expand(info.batch_size, *x.shape), 0
+    if info.randomness == "different":
+        y = _core.torch_apply(DROPOUT, (x.movedim(d, 0),), (0 if g == 0 else max(g, 0) + 1,), rng)
+        return y, 0
+    xl = x.movedim(d, -1)
+    group = g if g != 0 else (xl.dim() - 1 if xl.dim() > 1 else -1)
+    return _core.torch_apply(DROPOUT, (xl,), (group,), rng).movedim(-1, 0), 0
+
+
+DROPOUT = _core.MaskedOp("dropout", ("x",), forward=_mask, backward=_backward, plain=_plain,
+                         fake=_fake, vmap=_vmap)
+
+
+def _call(x, p, training, inplace, seed, offset, mode, group_ndim):
     p = check_p(p)
-    mode = check_mode(mode)
-    offset = check_u64(offset, "offset")
-    kind = array_kind(x)
-    dtype = dtype_of(x, kind)
-    if dtype != "bfloat16":
-        check_float_dtype(dtype)
-    if seed is not None:
-        seed = check_u64(seed, "seed")
-    if not training:
-        if mode == "inverted" or p == 0.0:
-            return x
-        return _scaled(x, kind, 1.0 - p, inplace)
-    if p == 0.0:
-        return x
-    scale = _train_scale(p, mode)
-    if kind == TORCH:
-        # seed=None is drawn inside the bridge, as a traceable op under torch.compile.
-        from . import _torch_bridge
-        return _torch_bridge.dropout(x, p, seed, offset, scale, group_ndim, inplace)
-    if kind == NUMPY and inplace and not x.flags.writeable:
-        # before the seed draw: a refused call leaves the seed stream untouched
-        raise ValueError("inplace=True needs a writeable array; x is read-only")
-    seed = _resolve_seed(seed, kind)
-    if kind == CUDA_ARRAY:
-        from . import _cuda
-        return _cuda.dropout_array(x, p, seed, offset, scale, group_ndim, inplace)
-    return _numpy_dropout(x, p, seed, offset, scale, group_ndim, inplace)
+    check_mode(mode)
+    return _core.call(DROPOUT, (x,), (group_ndim,), p=p, training=training, seed=seed, offset=offset,
+                      scale=train_scale(p, mode), eval_factor=1.0 - p if mode == "classic" else 1.0,
+                      inplace=inplace)
 
 
-def _numpy_dropout(x, p, seed, offset, scale, group_ndim, inplace):
-    work = x.astype(np.float32) if x.dtype == np.float16 else x
-    out = work if inplace and work is x else np.empty_like(work)
-    if group_ndim:
-        _cpu.grouped_dropout_into(work, out, p, seed, offset, scale, group_ndim)
-    else:
-        _cpu.dropout_into(work, out, p, seed, offset, scale)
-    if out.dtype != x.dtype:
-        if inplace:
-            x[...] = out
-            return x
-        return out.astype(x.dtype)
-    return out
-
-
-def _scaled(x, kind, factor, inplace):
-    if kind == NUMPY:
-        if inplace:
-            x *= x.dtype.type(factor)
-            return x
-        return x * x.dtype.type(factor)
-    if kind == TORCH:
-        return x.mul_(factor) if inplace else x * factor
-    from . import _cuda
-    return _cuda.scale_array(x, factor, inplace)
-
-
-def dropout(x, p=0.5, *, training=True, seed=None, offset=0, mode="inverted", inplace=False):
+def dropout(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted"):
     """Dropout on a numpy array, torch tensor (CPU or CUDA) or CUDA device array.
 
     Args:
         x: floating point data of any shape and strides.
         p: drop probability in [0, 1].
         training: apply the mask (True) or the eval-time rule of `mode` (False).
+        inplace: write the result into x.
         seed: int in [0, 2^64), or None to draw one (torch's generator for tensors,
             `fastdrop.manual_seed`'s numpy generator otherwise).
         offset: int in [0, 2^64); selects an independent mask stream for the same seed.
         mode: "inverted" (scale kept elements by 1/(1-p) in training) or "classic"
             (no scaling in training, multiply by 1-p at eval).
-        inplace: write the result into x.
     Returns:
         the same kind of object as x, same dtype, shape and device.
     Example:
         >>> y = fastdrop.dropout(np.ones((2, 3), np.float32), 0.5, seed=0)
     """
-    return _apply(x, p, training, seed, offset, mode, 0, inplace)
+    return _call(x, p, training, inplace, seed, offset, mode, 0)
 
 
 def _spatial_group_ndim(x, name, batched_rank, unbatched_rank):
-    ndim = len(x.shape)
+    ndim = len(check_array(x)[0].shape)  # validated first: the rank rule needs a shape
     if ndim == batched_rank:
         return 2
     if ndim == unbatched_rank:
@@ -120,29 +105,62 @@ def _spatial_group_ndim(x, name, batched_rank, unbatched_rank):
                     f"but received a {ndim}D input of shape {tuple(x.shape)}")
 
 
-def dropout1d(x, p=0.5, *, training=True, seed=None, offset=0, mode="inverted", inplace=False):
+def dropout1d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted"):
     """Drops whole channels of (N, C, L) or (C, L) input; mask = dropout_mask((N, C) or (C,), ...)."""
     group_ndim = _spatial_group_ndim(x, "dropout1d", 3, 2)
-    return _apply(x, p, training, seed, offset, mode, group_ndim, inplace)
+    return _call(x, p, training, inplace, seed, offset, mode, group_ndim)
 
 
-def dropout2d(x, p=0.5, *, training=True, seed=None, offset=0, mode="inverted", inplace=False):
+def dropout2d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted"):
     """Drops whole channels of (N, C, H, W) input (torch's rules: 3-D input is read as (N, C, L)
     with a warning, as torch does; fewer than 2 dims is an error)."""
-    ndim = len(x.shape)
+    ndim = len(check_array(x)[0].shape)
     if ndim < 2:
         raise RankError(f"dropout2d: Feature dropout requires at least 2 dimensions in the input, "
                         f"got shape {tuple(x.shape)}")
     if ndim == 3:
         warnings.warn("dropout2d: Received a 3D input; as torch does, it is read as (N, C, L) and "
-                      "1D channel-wise dropout is applied. Use dropout1d for that.", UserWarning)
+                      "1D channel-wise dropout is applied. Use dropout1d for that.", UserWarning,
+                      stacklevel=2)
     elif ndim != 4:
         warnings.warn(f"dropout2d: Received a {ndim}-D input; expected a 4-D (N, C, H, W) input.",
-                      UserWarning)
-    return _apply(x, p, training, seed, offset, mode, 2, inplace)
+                      UserWarning, stacklevel=2)
+    return _call(x, p, training, inplace, seed, offset, mode, 2)
 
 
-def dropout3d(x, p=0.5, *, training=True, seed=None, offset=0, mode="inverted", inplace=False):
+def dropout3d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted"):
     """Drops whole channels of (N, C, D, H, W) or unbatched (C, D, H, W) input."""
     group_ndim = _spatial_group_ndim(x, "dropout3d", 5, 4)
-    return _apply(x, p, training, seed, offset, mode, group_ndim, inplace)
+    return _call(x, p, training, inplace, seed, offset, mode, group_ndim)
+
+
+def drop_path(x, p=0.0, training=True, scale_by_keep=True, *, seed=None, offset=0, mode="row",
+              scaling="inverted", inplace=False):
+    """Stochastic depth (Huang et al. 2016; timm's `drop_path`, torchvision's `stochastic_depth`):
+    drop whole samples of a residual branch.
+
+    Args:
+        x: (N, ...) numpy array, torch tensor or CUDA array; sample n is x[n].
+        p: drop probability of a sample in [0, 1] (timm's drop_prob).
+        training: drop (True; timm's functional defaults to False) or apply the eval rule.
+        scale_by_keep: timm's flag: scale kept samples by 1/(1-p) (inverted scaling only).
+        seed, offset: the mask is `dropout_mask(x.shape[:1], p, seed, offset)` ("row") or
+            `dropout_mask((1,), p, seed, offset)` ("batch"); seed=None draws one.
+        mode: "row" (torchvision's default: a draw per sample) or "batch" (one draw for all).
+        scaling: "inverted" or "classic" (unscaled in training, times (1-p) at eval).
+        inplace: write into x.
+    Returns:
+        the same kind of object as x; dropped samples are exactly 0.
+    Example:
+        >>> y = fastdrop.drop_path(torch.randn(8, 197, 768), 0.1)   # e.g. a ViT block's branch
+    """
+    p = check_p(p)
+    if mode not in DROP_PATH_MODES:
+        raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode!r}")
+    check_mode(scaling)
+    if len(check_array(x)[0].shape) == 0:
+        raise RankError("drop_path needs input with a batch dimension, got a 0-d input")
+    scale = train_scale(p, "inverted" if (scaling == "inverted" and scale_by_keep) else "classic")
+    return _core.call(DROPOUT, (x,), (1 if mode == "row" else -1,), p=p, training=training,
+                      seed=seed, offset=offset, scale=scale,
+                      eval_factor=1.0 - p if scaling == "classic" else 1.0, inplace=inplace)

@@ -124,6 +124,10 @@ CPU_BLOCKS_PER_CHUNK = 256
 # docs/threads.md) waits for the cores: the report measured 64x512 fwd at 70 us parallel vs 35 us
 # serial, interleaved with torch. From 2^17 elements the parallel work amortizes the wait.
 CPU_PARALLEL_MIN = 1 << 17
+# The dense layers' and dropout_matmul's masks sit between torch GEMMs, whose OpenMP threads are
+# still spinning when the mask runs: there Numba's pool pays off only from 2^21 elements
+# (docs/threads.md, section 2).
+DENSE_PARALLEL_MIN = 1 << 21
 
 # CUDA launch shape: threads per block for the elementwise kernels (grid-stride loops).
 CUDA_THREADS = 256

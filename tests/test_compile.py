@@ -1,4 +1,4 @@
-"""torch.compile and the torch.library custom ops (fastdrop/_ops.py).
+"""torch.compile and the torch.library custom ops (fastdrop/_core.py) of the dropout op.
 
 A compiled model built from fastdrop modules has no graph break (fullgraph=True) and gives the
 same outputs and gradients as eager after the same torch.manual_seed, because a seed=None draw is
@@ -10,9 +10,13 @@ import pytest
 import torch
 
 import fastdrop
-from fastdrop import _ops
+from fastdrop._core import _to_i64
 
 torch._dynamo.config.cache_size_limit = 64
+
+
+def seed_tensor(seed):
+    return torch.tensor(_to_i64(seed), dtype=torch.int64)
 
 
 class Net(torch.nn.Module):
@@ -89,17 +93,17 @@ def test_compiled_dynamic_shapes_no_recompile():
 
 def test_opcheck_dropout_op():
     # schema, fake (meta) implementation, autograd registration, and AOT dispatch
-    seed = _ops.seed_tensor(2**64 - 3)
+    seed = seed_tensor(2**64 - 3)
     for x, group_ndim in ((torch.randn(3, 5, requires_grad=True), 0),
                           (torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True), 2),
                           (torch.randn(4, 6)[:, ::2].requires_grad_(), 0)):
-        torch.library.opcheck(torch.ops.fastdrop.dropout, (x, seed, 0.3, -5, 1 / 0.7, group_ndim))
+        torch.library.opcheck(torch.ops.fastdrop.dropout, (x, seed, 0.3, -5, 1 / 0.7, [group_ndim]))
 
 
 def test_op_matches_mask_contract_and_backward():
     x = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
     seed, offset = 2**64 - 2, 2**64 - 9
-    y = torch.ops.fastdrop.dropout(x, _ops.seed_tensor(seed), 0.25, _ops.to_i64(offset), 4 / 3, 0)
+    y = torch.ops.fastdrop.dropout(x, seed_tensor(seed), 0.25, _to_i64(offset), 4 / 3, [0])
     keep = torch.from_numpy(fastdrop.dropout_mask(x.shape, 0.25, seed, offset))
     torch.testing.assert_close(y, torch.where(keep, x * (4 / 3), 0))
     torch.testing.assert_close(y, fastdrop.dropout(x, 0.25, seed=seed, offset=offset))
@@ -109,8 +113,8 @@ def test_op_matches_mask_contract_and_backward():
     # double backward: d/dg <gx, h> = dropout(h)
     h = torch.randn_like(x)
     g.requires_grad_()
-    (gx,) = torch.autograd.grad(torch.ops.fastdrop.dropout(x, _ops.seed_tensor(seed), 0.25,
-                                                          _ops.to_i64(offset), 4 / 3, 0), x, g,
+    (gx,) = torch.autograd.grad(torch.ops.fastdrop.dropout(x, seed_tensor(seed), 0.25,
+                                                          _to_i64(offset), 4 / 3, [0]), x, g,
                                 create_graph=True)
     (gg,) = torch.autograd.grad(gx, g, h)
     torch.testing.assert_close(gg, torch.where(keep, h * (4 / 3), 0))
@@ -125,7 +129,7 @@ def test_op_saves_no_mask():
 
     x = torch.randn(64, 32, requires_grad=True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = torch.ops.fastdrop.dropout(x, _ops.seed_tensor(1), 0.5, 0, 2.0, 0)
+        y = torch.ops.fastdrop.dropout(x, seed_tensor(1), 0.5, 0, 2.0, [0])
         z = fastdrop.nn.Dropout(0.5)(x)
     (y + z).sum().backward()
     assert all(np.prod(s) <= 1 for s in saved), saved
@@ -133,8 +137,8 @@ def test_op_saves_no_mask():
 
 def test_seed_encoding_roundtrip():
     for v in (0, 1, 2**63 - 1, 2**63, 2**64 - 1):
-        assert int(_ops.seed_tensor(v)) & (2**64 - 1) == v
-        assert _ops.to_i64(v) & (2**64 - 1) == v
+        assert int(seed_tensor(v)) & (2**64 - 1) == v
+        assert _to_i64(v) & (2**64 - 1) == v
 
 
 def test_compiled_inplace_on_graph_input_and_half_types():

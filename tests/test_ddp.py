@@ -2,7 +2,7 @@
 
 One spawn (process start-up dominates: torch + numba import) runs every check:
 - seed=None masks differ across ranks by default (rank r runs at offset + r * 2**48) and are equal
-  after fastdrop._distributed.set_rank_streams(False);
+  after fastdrop.set_rank_streams(False);
 - p = 0.5 training: DDP's all-reduced gradients and parameters equal a single-process run that
   replays both ranks' micro-batches with the same masks (rank emulated) and averages;
 - p = 0 training equals plain single-process training on the global batch;
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import fastdrop
-from fastdrop import _distributed
+from fastdrop import _seeds as _distributed
 
 dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():

@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 
 TIMEOUT_S = 300  # cold serial compiles on a busy 2-core machine take tens of seconds; a hang never ends
 BIG = config.CPU_PARALLEL_MIN * 2  # elements: above the elementwise parallel threshold
-BIG_MASK = linear_cpu.PARALLEL_MASK_MIN  # dense layers' masks run on the pool from here
+BIG_MASK = config.DENSE_PARALLEL_MIN  # dense layers' masks run on the pool from here
 # The parallel kernels `_ops` reaches through the public API (a kernel the API no longer calls,
 # such as linear_cpu.mask_pair once the dense layers mask with dropout_cpu's kernels, is not listed).
 REACHED = {"keep_mask", "dropout_flat", "dropout_strided", "apply_group_mask", "philox4x32_array",

@@ -1,5 +1,5 @@
 """Fused dense-layer CUDA kernels (fastdrop._cuda_linear) against a numpy reference that takes the
-kernel's own mask (fastdrop.dropout_mask) and against the CPU launchers (fastdrop.linear.CPU).
+kernel's own mask (fastdrop.dropout_mask) and against the CPU ops (fastdrop.linear's declarations on numpy).
 Tiny shapes, one of them larger than a tile with no dimension a multiple of it."""
 import numpy as np
 import pytest
@@ -8,7 +8,8 @@ from numba import cuda
 import fastdrop
 from fastdrop import _cuda_linear as CL
 from fastdrop.kernels.linear_cuda import TILE
-from fastdrop.linear import CPU
+from fastdrop._core import NumpyBackend, Rng
+from fastdrop.linear import DROPCONNECT, DROPCONNECT_SAMPLE, DROPOUT_LINEAR
 
 pytestmark = pytest.mark.cudasim
 
@@ -74,13 +75,10 @@ def test_matches_cpu_launchers(rng, kind):
     N, I, O = 5, 7, 6
     x, w, b, g = (rng.standard_normal(s) for s in ((N, I), (O, I), (O,), (N, O)))
     got = run(kind, x, w, b, g, 0.5, 3, 2**40, 2.0)
-    if kind == "dropout":
-        cpu = (CPU.dropout_linear_forward(x, w, b, 0.5, 3, 2**40, 2.0),
-               *CPU.dropout_linear_backward(g, x, w, 0.5, 3, 2**40, 2.0))
-    else:
-        ps = kind == "sample"
-        cpu = (CPU.dropconnect_forward(x, w, b, 0.5, 3, 2**40, 2.0, ps),
-               *CPU.dropconnect_backward(g, x, w, 0.5, 3, 2**40, 2.0, ps))
+    op = {"dropout": DROPOUT_LINEAR, "batch": DROPCONNECT, "sample": DROPCONNECT_SAMPLE}[kind]
+    r = Rng(0.5, 3, 2**40, 2.0)
+    cpu = (op.forward(NumpyBackend, (x, w, b), r, ()),
+           *op.backward(NumpyBackend, g, (x, w, b), r, (), (True, True, True)))
     for a, c in zip(got, cpu):
         close(a, c, 1e-12)
 

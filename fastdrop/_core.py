@@ -1,0 +1,577 @@
+"""One pipeline for every masked op.
+
+An op is declared once (`MaskedOp`, in the file of its family): its operands, a shape check, its
+forward and backward written against a backend `B` that offers the mask-apply kernel and the vendor
+GEMMs (`B.mask`, `B.linear`, `B.matmul`, ...), its eval rule and its fake (shape) function.
+Everything else is here and shared, in this order:
+
+    validate (nothing drawn, nothing touched) -> eval / p=0 shortcut -> resolve the seed
+    (explicit, torch's generator, fastdrop's numpy generator) -> rank stream offset ->
+    dispatch on where the data lives -> numpy / CUDA device array: op.forward on that backend;
+    torch: one eager autograd.Function (setup_context, jvp, vmap) for every op, or under
+    torch.compile the op's torch.library custom op (register_fake + register_autograd) -> kernel.
+
+Backward formulas are written with differentiable pieces (the dropout op, its own derivative, and
+torch GEMMs), so double backward works and only the declared operands and (seed, offset) are saved,
+never a mask. Under torch.compile a seed=None draw is the opaque `fastdrop::draw_seed` op, which
+consumes torch's generator exactly as eager does; the seed then travels as a 0-d int64 tensor and
+the offset as the int64 with the same bits (op schemas have no uint64).
+"""
+import math
+import sys
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _cpu, _seeds
+from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, check_array, check_companions, check_p,
+                      check_u64, check_writable)
+from .kernels.mask_pair_cpu import dropout_pair
+from .kernels.config import CPU_PARALLEL_MIN, DENSE_PARALLEL_MIN
+from .mask import kernel_rng_args
+
+
+class Rng(NamedTuple):
+    """What a mask is a function of. `seed` is an int, or a 0-d int64 tensor under torch.compile."""
+    p: float
+    seed: object
+    offset: int
+    scale: float
+
+
+def _seed_int(seed):
+    return seed if isinstance(seed, int) else int(seed) & MAX_U64
+
+
+def _to_i64(value):
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _sum_to(t, shape):
+    """t summed over leading dims until it has `shape` (the gradient of a broadcast operand)."""
+    shape = tuple(shape)
+    if tuple(t.shape) == shape:
+        return t
+    return t.reshape(-1, *shape).sum(0)
+
+
+# ---- backends: the pieces every op's forward and backward are written with ----------------------
+
+class NumpyBackend:
+    """numpy arrays: fastdrop's CPU kernels and numpy's BLAS."""
+
+    @classmethod
+    def op(cls, op, operands, rng, params=()):
+        """Another masked op inside a formula (e.g. a backward written with other ops)."""
+        return op.forward(cls, operands, rng, params)
+
+    @staticmethod
+    def raw_ok(rng, *operands):
+        """Whether a formula may call a kernel directly instead of going through ops."""
+        return True
+
+    @staticmethod
+    def mask(x, rng, group_ndim=0, out=None, parallel_min=None):
+        if out is None:
+            out = np.empty_like(x)
+        if group_ndim:
+            return _cpu.grouped_dropout_into(x, out, rng.p, rng.seed, rng.offset, rng.scale, group_ndim)
+        return _cpu.dropout_into(x, out, rng.p, rng.seed, rng.offset, rng.scale, parallel_min=parallel_min)
+
+    @classmethod
+    def mask_pair(cls, a, b, rng, parallel_min=None):
+        return cls.mask(a, rng, parallel_min=parallel_min), cls.mask(b, rng, parallel_min=parallel_min)
+
+    @staticmethod
+    def scale(x, factor, inplace=False):
+        if factor == 1.0:
+            return x
+        if inplace:
+            x *= x.dtype.type(factor)
+            return x
+        return x * x.dtype.type(factor)
+
+    @staticmethod
+    def linear(x, w, b):
+        y = np.matmul(x, w.T)
+        return y if b is None else y + b
+
+    matmul = staticmethod(np.matmul)
+    sum_to = staticmethod(_sum_to)
+
+    @staticmethod
+    def unsqueeze0(a):
+        return a[None]
+
+    @staticmethod
+    def mT(a):
+        return np.swapaxes(a, -1, -2)
+
+
+def _numpy_view(t):
+    """(numpy view of CPU tensor t, bf16 flag): bfloat16 has no numpy type and travels as uint16."""
+    import torch
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16), True
+    return t.numpy(), False
+
+
+class TorchBackend:
+    """torch tensors, no autograd: fastdrop's kernels on CPU or CUDA tensors, torch's GEMMs
+    (MKL/OpenBLAS on CPU, cuBLAS on CUDA). Used by forwards and by the custom ops' bodies."""
+
+    op = NumpyBackend.op
+    raw_ok = NumpyBackend.raw_ok
+
+    @staticmethod
+    def mask(x, rng, group_ndim=0, out=None, parallel_min=None):
+        x = x.detach()
+        if x.is_neg():
+            x = x.resolve_neg()
+        seed = _seed_int(rng.seed)
+        offset = rng.offset & MAX_U64
+        if x.is_cuda:
+            from . import _cuda
+            return _cuda.apply_tensor(x, rng.p, seed, offset, rng.scale, group_ndim, out)
+        if out is None:
+            from ._alloc import empty_like
+            out = empty_like(x)
+        xn, bf16 = _numpy_view(x)
+        on, _ = _numpy_view(out.detach())
+        kw = {"bf16": True} if bf16 else {}
+        if group_ndim:
+            _cpu.grouped_dropout_into(xn, on, rng.p, seed, offset, rng.scale, group_ndim, **kw)
+        else:
+            _cpu.dropout_into(xn, on, rng.p, seed, offset, rng.scale, parallel_min=parallel_min, **kw)
+        return out
+
+    @classmethod
+    def mask_pair(cls, a, b, rng, parallel_min=None):
+        """(mask(a), mask(b)) for two tensors of one shape: one Philox pass for both on the CPU
+        (parallel; below parallel_min elements two serial passes)."""
+        import torch
+        if a.is_cuda or a.shape != b.shape or a.dtype != b.dtype or \
+                a.dtype not in (torch.float32, torch.float64) or \
+                a.numel() < (CPU_PARALLEL_MIN if parallel_min is None else parallel_min):
+            return cls.mask(a, rng, parallel_min=parallel_min), cls.mask(b, rng, parallel_min=parallel_min)
+        a, b = a.detach().contiguous(), b.detach().resolve_neg().contiguous()
+        oa, ob = torch.empty_like(a), torch.empty_like(b)
+        dropout_pair(a.numpy().reshape(-1), b.numpy().reshape(-1), oa.numpy().reshape(-1),
+                     ob.numpy().reshape(-1), *kernel_rng_args(_seed_int(rng.seed), rng.offset & MAX_U64, rng.p),
+                     a.numpy().dtype.type(rng.scale))
+        return oa, ob
+
+    @staticmethod
+    def scale(x, factor, inplace=False):
+        if factor == 1.0:
+            return x
+        return x.mul_(factor) if inplace else x * factor
+
+    @staticmethod
+    def linear(x, w, b):
+        import torch.nn.functional as F
+        return F.linear(x, w, b)
+
+    @staticmethod
+    def matmul(a, b):
+        import torch
+        return torch.matmul(a, b)
+
+    sum_to = staticmethod(_sum_to)
+    unsqueeze0 = NumpyBackend.unsqueeze0
+
+    @staticmethod
+    def mT(a):
+        return a.mT
+
+
+class TorchAutogradBackend(TorchBackend):
+    """The same pieces, differentiable: backward formulas use it, so double backward works.
+    The mask is the dropout op itself (its own derivative), eager or as its custom op."""
+
+    @staticmethod
+    def op(op, operands, rng, params=()):
+        return torch_apply(op, operands, params, rng)
+
+    @staticmethod
+    def raw_ok(rng, *operands):
+        """Only with an int seed (not inside a compiled graph, where every kernel must be a custom
+        op) and when nothing records the result (no autograd graph, no torch.func transform)."""
+        import torch
+        return isinstance(rng.seed, int) and _nothing_to_record(torch, operands)
+
+    @staticmethod
+    def mask(x, rng, group_ndim=0, out=None, parallel_min=None):
+        from .functional import DROPOUT
+        return torch_apply(DROPOUT, (x,), (group_ndim,) if parallel_min is None else
+                           (group_ndim, parallel_min), rng)
+
+    @classmethod
+    def mask_pair(cls, a, b, rng, parallel_min=None):
+        if cls.raw_ok(rng, a, b):
+            return TorchBackend.mask_pair(a, b, rng, parallel_min)
+        return cls.mask(a, rng, parallel_min=parallel_min), cls.mask(b, rng, parallel_min=parallel_min)
+
+
+class CudaArrayBackend:
+    """CUDA device arrays (Numba, CuPy, the simulator's): fastdrop's CUDA kernels only."""
+
+    @staticmethod
+    def mask(x, rng, group_ndim=0, out=None, parallel_min=None):
+        from . import _cuda
+        return _cuda.dropout_array(x, rng.p, rng.seed, rng.offset, rng.scale, group_ndim, out is x)
+
+    @classmethod
+    def mask_pair(cls, a, b, rng, parallel_min=None):
+        return cls.mask(a, rng), cls.mask(b, rng)
+
+    @staticmethod
+    def scale(x, factor, inplace=False):
+        from . import _cuda
+        if factor == 1.0:
+            return x
+        return _cuda.scale_array(x, factor, inplace)
+
+    @staticmethod
+    def linear(x, w, b):
+        from . import _cuda
+        return _cuda.dense_call("dropout_linear_forward", x, w, b, Rng(0.0, 0, 0, 1.0))
+
+    @staticmethod
+    def matmul(a, b):
+        raise TypeError("this op takes numpy arrays or torch tensors (CPU or CUDA); wrap CUDA device "
+                        "arrays with torch.as_tensor")
+
+    @staticmethod
+    def unsqueeze0(a):
+        from . import _cuda
+        return _cuda.as_device_array(a).reshape((1,) + tuple(a.shape))
+
+
+BACKENDS = {NUMPY: NumpyBackend, TORCH: TorchBackend, CUDA_ARRAY: CudaArrayBackend}
+OPS = []  # every declared op, in declaration order (the generic tests iterate over it)
+
+
+# ---- the op declaration --------------------------------------------------------------------------
+
+class MaskedOp:
+    """One masked op, declared once; see the module docstring.
+
+    Args:
+        name: the op's name (also its torch.library name, fastdrop::<name>).
+        operands: names of the array operands; the first one decides kind, device and dtype.
+        forward(B, operands, rng, params, out=None): the op in training mode.
+        backward(B, grad, operands, rng, params, needs): gradients of the operands (None where not
+            needed); operands not in `saves` arrive as None.
+        plain(B, operands, params, factor): the deterministic op (eval mode, p = 0), differentiable.
+        fake(operands, params): an empty output of the right shape (torch.compile's fake tensors).
+        check(operands, params): validates shapes (before anything is drawn); returns params.
+        saves: indices of the operands backward needs.
+        optional: indices of operands that may be None (a bias).
+        bias: index of the operand the output is affine in (for jvp), or None.
+        upcast_half: compute float16/bfloat16 in float32 (ops built on GEMMs).
+        vmap: rule under torch.func.vmap, or None (a clear error).
+    """
+
+    def __init__(self, name, operands, forward, backward, plain, fake, check=None, saves=(),
+                 optional=(), bias=None, upcast_half=False, vmap=None):
+        self.name, self.operands = name, tuple(operands)
+        self.forward, self.backward, self.plain, self.fake = forward, backward, plain, fake
+        self.check = check or (lambda operands, params: params)
+        self.saves, self.optional, self.bias = tuple(saves), tuple(optional), bias
+        self.upcast_half, self.vmap = upcast_half, vmap
+        self._library_op = None
+        OPS.append(self)
+
+    def __repr__(self):
+        return f"MaskedOp({self.name})"
+
+    def jvp(self, B, operands, tangents, rng, params):
+        """The op is linear in each operand and affine in its bias: d op = sum over operands of the
+        op with that operand replaced by its tangent (bias dropped), plus the bias tangent."""
+        out = None
+        for i, t in enumerate(tangents):
+            if t is None or i == self.bias:
+                continue
+            args = [t if j == i else (None if j == self.bias else a) for j, a in enumerate(operands)]
+            term = B.op(self, tuple(args), rng, params)
+            out = term if out is None else out + term
+        if self.bias is not None and tangents[self.bias] is not None:
+            out = tangents[self.bias] if out is None else out + tangents[self.bias]
+        return out
+
+
+def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_factor=1.0, inplace=False):
+    """The pipeline every public masked op goes through (module docstring).
+
+    scale: the factor kept elements get in training; eval_factor: the eval-mode factor.
+    """
+    p = check_p(p)
+    offset = check_u64(offset, "offset")
+    if seed is not None:
+        seed = check_u64(seed, "seed")
+    x, kind = check_array(operands[0], op.operands[0])
+    operands = (x, *check_companions(x, kind, zip(op.operands[1:], operands[1:]), op.operands[0]))
+    params = op.check(operands, params)
+    if inplace:
+        check_writable(x, kind)
+        if kind == TORCH and x.requires_grad and x.is_leaf and _grad_enabled():
+            raise ValueError("inplace dropout on a leaf tensor that requires grad is not allowed")
+    B = BACKENDS[kind]
+    if not training or p == 0.0:
+        return op.plain(B, operands, params, eval_factor if not training else 1.0, inplace)
+    if seed is None:
+        offset = _seeds.stream_offset(offset)
+    if kind == TORCH:
+        return _torch_call(op, operands, params, p, seed, offset, scale, inplace)
+    if seed is None:
+        seed = _seeds.draw_numpy_seed()
+    return _upcast(op, B, operands, lambda ops: op.forward(B, ops, Rng(p, seed, offset, scale), params,
+                                                         out=ops[0] if inplace else None), inplace)
+
+
+def _grad_enabled():
+    return sys.modules["torch"].is_grad_enabled()
+
+
+def _upcast(op, B, operands, run, inplace=False):
+    """float16/bfloat16 operands of a GEMM op computed in float32, rounded once on the way back."""
+    if not (op.upcast_half and _is_half(operands[0])):
+        return run(operands)
+    numpy = B is NumpyBackend
+    y = run(tuple(None if a is None else (a.astype(np.float32) if numpy else a.float())
+                  for a in operands))
+    y = y.astype(operands[0].dtype) if numpy else y.to(operands[0].dtype)
+    if inplace:
+        operands[0][...] = y
+        return operands[0]
+    return y
+
+
+def _is_half(a):
+    if isinstance(a, np.ndarray):
+        return a.dtype == np.float16
+    return hasattr(a, "element_size") and a.element_size() == 2  # torch float16 / bfloat16
+
+
+# ---- torch: one eager route and one compiled route for every op ---------------------------------
+
+def _torch_call(op, operands, params, p, seed, offset, scale, inplace):
+    import torch
+    x = operands[0]
+    if torch.compiler.is_compiling():
+        if _SEED_OPS is None:
+            raise RuntimeError("fastdrop's torch.library ops are registered when fastdrop is imported "
+                               "after torch, or on fastdrop's first eager call on a tensor: import "
+                               "torch before fastdrop (or call fastdrop.register_torch_ops()) before "
+                               "torch.compile traces a fastdrop op")
+        seed_t = torch.ops.fastdrop.draw_seed(trace_token()) if seed is None else \
+            torch.tensor(_to_i64(seed), dtype=torch.int64)
+        out = _upcast(op, TorchBackend, operands, lambda ops: library_op(op)(
+            *ops, seed_t, p, _to_i64(offset), scale, list(params)))
+        return x.copy_(out) if inplace else out
+    if _SEED_OPS is None:
+        register_torch_ops()
+    if seed is None:
+        if torch.jit.is_tracing():
+            warnings.warn(f"fastdrop.{op.name} is being traced in training mode: the seed drawn now "
+                          f"is baked into the trace and every call of the traced module reuses one "
+                          f"mask. Trace in eval mode, or use torch.compile.", torch.jit.TracerWarning,
+                          stacklevel=3)
+        seed = _seeds.draw_torch_seed()
+    return _upcast(op, TorchBackend, operands,
+                   lambda ops: torch_apply(op, ops, params, Rng(p, seed, offset, scale), inplace), inplace)
+
+
+def torch_apply(op, operands, params, rng, inplace=False):
+    """op on tensors with autograd, rng resolved: the eager Function, or the custom op when the
+    seed is a tensor (inside a compiled graph or a compiled backward)."""
+    if not isinstance(rng.seed, int):
+        return library_op(op)(*operands, rng.seed, rng.p, rng.offset, rng.scale, list(params))
+    import torch
+    if _nothing_to_record(torch, operands):
+        # Skip autograd's bookkeeping (in-place results stay the same object, as in torch).
+        return op.forward(TorchBackend, operands, rng, params, out=operands[0] if inplace else None)
+    return _functions().apply(op, params, rng, inplace, *operands)
+
+
+def _nothing_to_record(torch, operands):
+    """No autograd graph, no forward-mode tangent and no torch.func transform is watching."""
+    if torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in operands):
+        return False
+    if torch.autograd.forward_ad._current_level >= 0:
+        return False
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return not any(a is not None and wrapped(a) for a in operands)
+
+
+_FUNCTIONS = None
+
+
+def _functions():
+    """The autograd.Function of every op: made on first use, so `import fastdrop` needs no torch."""
+    global _FUNCTIONS
+    if _FUNCTIONS is None:
+        import torch
+
+        class OpFunction(torch.autograd.Function):
+            @staticmethod
+            def forward(op, params, rng, inplace, *operands):
+                return op.forward(TorchBackend, operands, rng, params, out=operands[0] if inplace else None)
+
+            @staticmethod
+            def setup_context(ctx, inputs, output):
+                op, params, rng, inplace, *operands = inputs
+                ctx.op, ctx.params, ctx.rng, ctx.n = op, params, rng, len(operands)
+                ctx.save_for_backward(*(operands[i] for i in op.saves))
+                ctx.present = [a is not None for a in operands]
+                ctx.save_for_forward(*(a for a in operands if a is not None))
+                if inplace:
+                    ctx.mark_dirty(operands[0])
+
+            @staticmethod
+            def backward(ctx, grad):
+                saved = [None] * ctx.n
+                for i, t in zip(ctx.op.saves, ctx.saved_tensors):
+                    saved[i] = t
+                needs = ctx.needs_input_grad[4:]
+                grads = ctx.op.backward(TorchAutogradBackend, grad, saved, ctx.rng, ctx.params, needs)
+                return (None, None, None, None, *(g if n else None for g, n in zip(grads, needs)))
+
+            @staticmethod
+            def jvp(ctx, _op, _params, _rng, _inplace, *tangents):
+                it = iter(ctx.saved_tensors)
+                primals = [next(it) if here else None for here in ctx.present]
+                return ctx.op.jvp(TorchAutogradBackend, primals, tangents, ctx.rng, ctx.params)
+
+            @staticmethod
+            def vmap(info, in_dims, op, params, rng, inplace, *operands):
+                if op.vmap is None or inplace:
+                    raise RuntimeError(f"fastdrop.{op.name} does not support torch.func.vmap"
+                                       + (" in place" if inplace else ""))
+                return op.vmap(info, in_dims[4:], operands, rng, params)
+
+        _FUNCTIONS = OpFunction
+    return _FUNCTIONS
+
+
+# ---- torch.compile: the custom ops ----------------------------------------------------------------
+
+_SEED_OPS = None
+
+
+def _seed_ops():
+    global _SEED_OPS
+    if _SEED_OPS is None:
+        import itertools
+        import torch
+
+        @torch.library.custom_op("fastdrop::draw_seed", mutates_args=(),
+                                 tags=(torch.Tag.nondeterministic_seeded,))
+        def draw_seed(token: int) -> torch.Tensor:
+            """`token` is ignored; see `trace_token`. Tagged nondeterministic_seeded, so Inductor
+            neither replaces the draw with its own RNG, nor merges draws, nor recomputes one."""
+            return torch.tensor(_seeds.draw_torch_seed(), dtype=torch.int64)
+
+        @draw_seed.register_fake
+        def _(token):
+            return torch.empty((), dtype=torch.int64)
+
+        tokens = itertools.count()
+
+        @torch.compiler.assume_constant_result
+        def token():
+            # AOTAutograd's CSE merges argument-equal calls of ops tagged nondeterministic_seeded
+            # (only aten's own random ops are exempt): a distinct constant per call site keeps two
+            # layers' draws apart; assume_constant_result bakes it in without a guard.
+            return next(tokens)
+
+        _SEED_OPS = token
+    return _SEED_OPS
+
+
+def trace_token():
+    return _seed_ops()()
+
+
+def register_when_torch_loads():
+    """Register the torch ops now if torch is loaded, else right after torch's import completes
+    (a one-shot import hook), so torch.compile finds them whatever the import order."""
+    if sys.modules.get("torch") is not None:
+        register_torch_ops()
+        return
+    if "torch" in sys.modules:  # import of torch blocked (sys.modules["torch"] = None)
+        return
+    import importlib.abc
+    import importlib.util
+
+    class TorchImportHook(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name != "torch":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            if spec is None or spec.loader is None:
+                return spec
+            exec_module = spec.loader.exec_module
+
+            def exec_then_register(module):
+                exec_module(module)
+                register_torch_ops()
+            spec.loader.exec_module = exec_then_register
+            return spec
+
+    sys.meta_path.insert(0, TorchImportHook())
+
+
+def register_torch_ops():
+    """Register every op's torch.library custom ops (fastdrop::<name>, fastdrop::draw_seed) now.
+
+    torch.compile can only trace ops that exist: this runs when fastdrop is imported after torch,
+    when fastdrop.nn is imported, and on the first eager call on a tensor."""
+    _seed_ops()
+    for op in OPS:
+        library_op(op)
+
+
+def library_op(op):
+    """The torch.library custom op fastdrop::<op.name>, made on first use."""
+    if op._library_op is not None:
+        return op._library_op
+    import torch
+    _seed_ops()  # fastdrop::draw_seed exists before any graph can use it
+    n = len(op.operands)
+    schema = "(" + ", ".join(f"Tensor{'?' if i in op.optional else ''} {name}"
+                             for i, name in enumerate(op.operands)) + \
+        ", Tensor seed, float p, int offset, float scale, int[] params) -> Tensor"
+
+    def impl(*args):
+        operands, (seed, p, offset, scale, params) = args[:n], args[n:]
+        y = op.forward(TorchBackend, operands, Rng(p, _seed_int(seed), offset & MAX_U64, scale),
+                       tuple(params))
+        # a custom op's output may not alias its inputs (e.g. p = 0 paths returning x)
+        return y.clone() if any(y is a for a in operands) else y
+
+    lib = torch.library.custom_op(f"fastdrop::{op.name}", impl, mutates_args=(), schema=schema)
+    lib.register_fake(lambda *args: op.fake(args[:n], tuple(args[-1])))
+
+    def setup_context(ctx, inputs, output):
+        operands, (seed, p, offset, scale, params) = inputs[:n], inputs[n:]
+        ctx.save_for_backward(*(operands[i] for i in op.saves), seed)
+        ctx.scalars, ctx.params = (p, offset, scale), tuple(params)
+
+    def backward(ctx, grad):
+        *kept, seed = ctx.saved_tensors
+        saved = [None] * n
+        for i, t in zip(op.saves, kept):
+            saved[i] = t
+        p, offset, scale = ctx.scalars
+        needs = ctx.needs_input_grad[:n]
+        rng = Rng(p, seed, offset, scale)
+        grads = op.backward(TorchAutogradBackend, grad, saved, rng, ctx.params, needs)
+        return (*(g if need else None for g, need in zip(grads, needs)), None, None, None, None, None)
+
+    lib.register_autograd(backward, setup_context=setup_context)
+    op._library_op = lib
+    return lib

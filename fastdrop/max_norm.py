@@ -1,0 +1,201 @@
+"""Max-norm regularization (Srivastava et al. 2014, sec. 5.1; Keras `MaxNorm`): every unit's incoming
+weight vector is projected onto the L2 ball of radius c, in place:
+
+    w <- w * c / (||w|| + eps)   for every vector with ||w|| > c.
+
+For torch's (out, in) layout the incoming vector of unit o is the row weight[o, :], hence dim=1
+(Keras stores (in, out) and uses axis=0). `max_norm_hook` applies it after every optimizer step.
+A plain function over fastdrop's kernels (no mask, no autograd: it runs between steps).
+"""
+import math
+import numbers
+
+import numpy as np
+
+from ._checks import NUMPY, TORCH, array_kind, check_array
+from .kernels import max_norm_cpu
+
+__all__ = ["max_norm_", "max_norm_hook"]
+
+
+def _check_max_norm_args(ndim, max_value, dim, eps):
+    if isinstance(max_value, bool) or not isinstance(max_value, numbers.Real):
+        raise TypeError(f"max_value must be a positive real number, got {type(max_value).__name__}")
+    max_value = float(max_value)
+    if not (max_value > 0.0 and math.isfinite(max_value)):
+        raise ValueError(f"max_value must be a positive finite number, got {max_value}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (float(eps) >= 0.0):
+        raise ValueError(f"eps must be a non-negative number, got {eps!r}")
+    if ndim == 0:
+        raise ValueError("max_norm_ needs a weight with at least 1 dimension, got a 0-d tensor")
+    dims = (dim,) if isinstance(dim, numbers.Integral) else tuple(dim)
+    if not dims:
+        raise ValueError("dim must name at least one dimension")
+    norm_dims = []
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or not -ndim <= d < ndim:
+            raise ValueError(f"dim {d!r} is out of range for a weight with {ndim} dimensions "
+                             f"(expected an int in [{-ndim}, {ndim - 1}])")
+        norm_dims.append(int(d) % ndim)
+    if len(set(norm_dims)) != len(norm_dims):
+        raise ValueError(f"dim has repeated dimensions: {dim!r}")
+    return max_value, sorted(norm_dims), float(eps)
+
+
+def _max_norm_numpy(w, max_value, dims, eps):
+    """Constrain numpy array w in place: the vectors are w's slices over `dims`."""
+    if w.size == 0:
+        return w
+    keep = [d for d in range(w.ndim) if d not in dims]
+    t = w.transpose(keep + dims)
+    rows = math.prod(t.shape[:len(keep)])
+    cols = math.prod(t.shape[len(keep):])
+    v = t.view()
+    try:
+        v.shape = (rows, cols)
+    except AttributeError:  # not expressible as a 2-D view: constrain a copy and write it back
+        tmp = np.ascontiguousarray(t).reshape(rows, cols)
+        max_norm_cpu.max_norm_rows(tmp, max_value, eps)
+        t[...] = tmp.reshape(t.shape)
+        return w
+    if v.strides[0] == v.itemsize and v.strides[1] != v.itemsize and cols > 1:
+        # The reduced axis is the strided one (e.g. dim=0 of a C-contiguous (out, in) weight):
+        # walk memory in order and keep per-column sums.
+        max_norm_cpu.max_norm_cols(v.T, max_value, eps)
+    else:
+        max_norm_cpu.max_norm_rows(v, max_value, eps)
+    return w
+
+
+def max_norm_(weight, max_value, dim=1, eps=1e-7):
+    """Max-norm constraint, in place: w <- w * c / (||w|| + eps) for every vector with ||w|| > c.
+
+    Args:
+        weight: numpy array or torch tensor (CPU, or CUDA through the CUDA kernel), float dtype.
+        max_value: the radius c > 0 (Srivastava et al. use c = 3 to 4).
+        dim: the dimension(s) the norm runs over. Default 1: the rows of a Linear (out, in) weight,
+            i.e. each unit's incoming weights. For Conv2d's (out, in, kh, kw) use dim=(1, 2, 3).
+        eps: added to the norm in the scale, as torch.renorm and Keras do.
+    Returns:
+        weight (modified in place).
+    Example:
+        >>> fastdrop.max_norm_(layer.weight, 3.0)
+    """
+    kind = array_kind(weight, "weight")
+    max_value, dims, eps = _check_max_norm_args(len(weight.shape), max_value, dim, eps)
+    if kind == NUMPY and type(weight) is not np.ndarray:
+        raise TypeError(f"weight must be a plain numpy array (max_norm_ writes in place), got "
+                        f"{type(weight).__name__}")
+    if kind == NUMPY and not weight.dtype.isnative:
+        raise TypeError(f"weight has non-native byte order ({weight.dtype}); convert it first")
+    check_array(weight, "weight")
+    if kind == NUMPY:
+        if not weight.flags.writeable:
+            raise ValueError("max_norm_ writes in place; weight is read-only")
+        if weight.dtype == np.float16:
+            tmp = weight.astype(np.float32)
+            weight[...] = _max_norm_numpy(tmp, max_value, dims, eps)
+            return weight
+        return _max_norm_numpy(weight, max_value, dims, eps)
+    if kind == TORCH:
+        return _max_norm_tensor(weight, max_value, dims, eps)
+    return _max_norm_device(weight, max_value, dims, eps)
+
+
+def _weights_of(targets):
+    import torch
+    if isinstance(targets, torch.nn.Module) or isinstance(targets, torch.Tensor):
+        targets = [targets]
+    weights = []
+    for t in targets:
+        if isinstance(t, torch.nn.Module):
+            w = getattr(t, "weight", None)
+            if not isinstance(w, torch.Tensor):
+                raise TypeError(f"{type(t).__name__} has no weight tensor to constrain")
+            weights.append(w)
+        elif isinstance(t, torch.Tensor):
+            weights.append(t)
+        else:
+            raise TypeError(f"expected modules with a .weight or tensors, got {type(t).__name__}")
+    return weights
+
+
+def max_norm_hook(optimizer, targets, max_value, dim=1, eps=1e-7):
+    """Apply max_norm_ to every target's weight after each `optimizer.step()`.
+
+    Args:
+        optimizer: a torch.optim.Optimizer.
+        targets: a module with a `.weight` (e.g. nn.Linear), a weight tensor, or a list of them.
+        max_value, dim, eps: as in max_norm_ (validated now, not at the first step).
+    Returns:
+        the hook handle; `handle.remove()` stops the constraint.
+    Example:
+        >>> fastdrop.max_norm_hook(opt, [model[0], model[2]], max_value=3.0)
+    """
+    weights = _weights_of(targets)
+    for w in weights:
+        _check_max_norm_args(w.ndim, max_value, dim, eps)
+    # Constrain the starting point too, so every iterate the optimizer sees lies in the ball.
+    for w in weights:
+        max_norm_(w, max_value, dim, eps)
+
+    def hook(opt, args, kwargs):
+        for w in weights:
+            max_norm_(w, max_value, dim, eps)
+
+    return optimizer.register_step_post_hook(hook)
+
+
+def _bump_version(t):
+    # The kernels write through a numpy/device view, which autograd cannot see: bump the version
+    # counter so a graph that saved this tensor reports the in-place change instead of using stale values.
+    import torch
+    torch.autograd.graph.increment_version(t)
+
+
+def _max_norm_tensor(w, max_value, dims, eps):
+    import torch
+    with torch.no_grad():
+        if w.dtype in (torch.float16, torch.bfloat16):
+            tmp = w.detach().float()
+            _max_norm_tensor(tmp, max_value, dims, eps)
+            w.copy_(tmp)
+            return w
+        if w.is_cuda:
+            _max_norm_device(w.detach(), max_value, dims, eps)
+        else:
+            _max_norm_numpy(w.detach().numpy(), max_value, dims, eps)
+    _bump_version(w)
+    return w
+
+
+def _max_norm_device(w, max_value, dims, eps):
+    """max_norm_ on a torch CUDA tensor, or a C-contiguous device array whose `dims` are trailing."""
+    from numba import cuda
+    from . import _cuda
+    from ._checks import is_torch_tensor
+    from .kernels.variants_cuda import max_norm_device
+    _cuda.require_gpu()
+    if not is_torch_tensor(w):
+        nd = len(w.shape)
+        if list(dims) != list(range(nd - len(dims), nd)):
+            raise ValueError(f"max_norm_ on a CUDA device array needs the normed dims to be the trailing "
+                             f"ones, got dim={tuple(dims)} for {nd} dims (use a torch tensor for others)")
+        w = _cuda.as_device_array(w)
+        rows = math.prod(w.shape[:nd - len(dims)])
+        max_norm_device(w.reshape(rows, w.size // max(rows, 1)), max_value, eps)
+        return w
+    import torch
+    keep = [d for d in range(w.dim()) if d not in dims]
+    t = w.permute(keep + list(dims))
+    rows, cols = math.prod(t.shape[:len(keep)]), math.prod(t.shape[len(keep):])
+    try:
+        v, copy_back = t.view(rows, cols), False
+    except RuntimeError:
+        v, copy_back = t.contiguous().view(rows, cols), True
+    with cuda.gpus[w.device.index]:
+        stream = cuda.external_stream(torch.cuda.current_stream(w.device).cuda_stream)
+        max_norm_device(cuda.as_cuda_array(v, sync=False), max_value, eps, stream)
+    if copy_back:
+        t.copy_(v.view(t.shape))
+    return w

@@ -1,0 +1,213 @@
+"""Guarantees the README states for every op, checked for every row of tests/op_table.py:
+torch.compile (Inductor and aot_eager) equals eager, nothing but the operands and scalars saved for
+backward, gradcheck and gradgradcheck, torch.func.grad / jvp / vmap, half types, numpy-torch
+parity, rank streams, bad input refused before the seed draw, in-place on overlapping memory refused.
+"""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import fastdrop
+from fastdrop import _core, _seeds
+from fastdrop.linear import SAMPLE_GRAD_W, SAMPLE_GRAD_X
+from fastdrop.matmul import DROPOUT_MATMUL
+from op_table import CASES, numpy_operands, operands
+
+NAMES = list(CASES)
+INPLACE = [n for n in NAMES if CASES[n].inplace]
+torch._dynamo.config.cache_size_limit = 64
+
+
+def test_table_covers_every_declared_op():
+    assert {id(c.op) for c in CASES.values()} == {id(op) for op in _core.OPS}
+
+
+def _run(fn, ops, seed):
+    """fn's outputs (seed=None and an explicit seed) and the gradients of both."""
+    ops = tuple(o.detach().requires_grad_() for o in ops)
+    torch.manual_seed(seed)
+    y = fn(*ops)
+    g = torch.autograd.grad(sum((t * (i + 1)).sum() for i, t in enumerate(y)), ops)
+    return [t.detach() for t in y], g
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("name", NAMES)
+def test_compile_matches_eager(name, backend):
+    case = CASES[name]
+
+    def fn(*ops):
+        return case.call(*ops), case.call(*ops, seed=2**64 - 5, offset=2**63 + 1)
+
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
+    ops = operands(case, torch.float32)
+    for seed in (1, 2):
+        y_e, g_e = _run(fn, ops, seed)
+        y_c, g_c = _run(compiled, ops, seed)
+        for a, b in zip(y_c + list(g_c), y_e + list(g_e)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(_run(compiled, ops, 1)[0][0], _run(compiled, ops, 2)[0][0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_saves_only_operands_and_scalars(name):
+    case = CASES[name]
+    ops = tuple(o.requires_grad_() for o in operands(case))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = case.call(*ops)
+    y.sum().backward()
+    ptrs = {o.data_ptr() for o in ops if o is not None}
+    for t in saved:
+        assert t.numel() <= 1 or t.data_ptr() in ptrs, (name, tuple(t.shape))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradcheck_and_gradgradcheck(name):
+    case = CASES[name]
+    ops = tuple(o.requires_grad_() for o in operands(case))
+    fn = lambda *a: case.call(*a, seed=11, offset=3)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, ops)
+    assert torch.autograd.gradgradcheck(fn, ops)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_func_grad_jvp_and_vmap(name):
+    case = CASES[name]
+    ops = operands(case)
+    rest = ops[1:]
+    f = lambda x: case.call(x, *rest, seed=5)  # noqa: E731
+    gx = torch.func.grad(lambda x: (f(x) * 3).sum())(ops[0])
+    x = ops[0].clone().requires_grad_()
+    torch.testing.assert_close(gx, torch.autograd.grad((f(x) * 3).sum(), x)[0])
+    t = torch.randn_like(ops[0])
+    y, jt = torch.func.jvp(f, (ops[0],), (t,))
+    torch.testing.assert_close(y, f(ops[0]))
+    torch.testing.assert_close(jt, f(ops[0] + t) - f(ops[0]))  # every op is affine in its first operand
+    xb = torch.stack([ops[0], ops[0] * 2, ops[0] - 1])
+    if case.op is not fastdrop.functional.DROPOUT:
+        with pytest.raises(RuntimeError, match="vmap"):
+            torch.func.vmap(f, randomness="different")(xb)
+        return
+    with pytest.raises(RuntimeError, match="randomness"):
+        torch.func.vmap(f)(xb)
+    same = torch.func.vmap(f, randomness="same")(xb)
+    for i in range(3):
+        torch.testing.assert_close(same[i], f(xb[i]))
+    diff = torch.func.vmap(f, randomness="different")(xb)
+    assert diff.shape == xb.shape
+    kept = [(diff[i] != 0) for i in range(3)]
+    assert not (torch.equal(kept[0], kept[1]) and torch.equal(kept[1], kept[2]))
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
+@pytest.mark.parametrize("name", NAMES)
+def test_half_types(name, dtype, atol):
+    case = CASES[name]
+    ops = operands(case, torch.float32)
+    y = case.call(*(o.to(dtype) for o in ops), seed=4)
+    assert y.dtype == dtype
+    ref = case.call(*(o.to(dtype).float() for o in ops), seed=4)
+    torch.testing.assert_close(y.float(), ref, rtol=atol, atol=atol)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_numpy_matches_torch(name):
+    case = CASES[name]
+    y_np = case.call(*numpy_operands(case), seed=9, offset=2**40)
+    y_t = case.call(*operands(case), seed=9, offset=2**40)
+    assert isinstance(y_np, np.ndarray)
+    np.testing.assert_allclose(y_np, y_t.numpy(), rtol=1e-12, atol=1e-12)
+    # big-endian and np.matrix inputs are converted, same answer
+    big = tuple(a.astype(a.dtype.newbyteorder(">")) for a in numpy_operands(case))
+    np.testing.assert_allclose(case.call(*big, seed=9, offset=2**40), y_np, rtol=1e-12, atol=1e-12)
+    if len(case.shapes[0]) == 2:
+        mats = (np.asmatrix(numpy_operands(case)[0]),) + numpy_operands(case)[1:]
+        y_m = case.call(*mats, seed=9, offset=2**40)
+        assert type(y_m) is np.ndarray
+        np.testing.assert_allclose(y_m, y_np, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rank_streams(name, monkeypatch):
+    case = CASES[name]
+    ops = operands(case)
+    outs = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(_seeds, "_rank", lambda r=rank: r)
+        torch.manual_seed(3)
+        outs[rank] = (case.call(*ops), case.call(*ops, seed=5))
+    assert not torch.equal(outs[0][0], outs[1][0])
+    assert torch.equal(outs[0][1], outs[1][1])
+
+
+def _bad_inputs(case):
+    """(label, operands, exception) variants of a good call that must be refused."""
+    ops = operands(case)
+    x, rest = ops[0], ops[1:]
+    yield "int", (x.long(),) + rest, TypeError
+    yield "sparse", (x.to_sparse(),) + rest, TypeError
+    yield "nested", (torch.nested.nested_tensor([x[0], x[-1]]),) + rest, TypeError
+    yield "meta", (x.to("meta"),) + rest, ValueError
+    yield "list", (x.tolist(),) + rest, TypeError
+    if rest:
+        yield "dtype-mismatch", (x.float(),) + rest, TypeError
+        yield "meta-operand", (x, rest[0].to("meta")) + rest[1:], ValueError
+        yield "kind-mismatch", (x, rest[0].numpy()) + rest[1:], TypeError
+        rows = case.op in (DROPOUT_MATMUL, SAMPLE_GRAD_X, SAMPLE_GRAD_W)  # their shared dim is -2
+        cut = rest[0][..., :-1, :] if rows else rest[0][..., :-1]
+        yield "shape", (x, cut) + rest[1:], ValueError
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_input_refused_before_the_seed_draw(name):
+    case = CASES[name]
+    for label, ops, exc in _bad_inputs(case):
+        state = torch.get_rng_state()
+        np_state = _seeds._numpy_source.bit_generator.state
+        with pytest.raises(exc):
+            case.call(*ops)
+        assert torch.equal(torch.get_rng_state(), state), label
+        assert _seeds._numpy_source.bit_generator.state == np_state, label
+
+
+@pytest.mark.parametrize("name", INPLACE)
+def test_inplace_on_overlapping_memory_refused(name):
+    case = CASES[name]
+    shape = case.shapes[0]
+    base = torch.randn(shape[-1], dtype=torch.float64)
+    x = base.expand(*shape)  # every row is the same memory
+    before = base.clone()
+    state = torch.get_rng_state()
+    with pytest.raises(RuntimeError, match="single memory location"):
+        case.call(x, inplace=True)
+    assert torch.equal(base, before) and torch.equal(torch.get_rng_state(), state)
+    nb = np.arange(float(shape[-1]) + 2)
+    xv = np.lib.stride_tricks.as_strided(nb, shape=(len(nb) - 1, 2), strides=(8, 8))  # rows overlap
+    if len(shape) == 2:
+        with pytest.raises(RuntimeError, match="single memory location"):
+            case.call(xv, inplace=True)
+        assert np.array_equal(nb, np.arange(float(shape[-1]) + 2))
+
+
+@pytest.mark.parametrize("name", INPLACE)
+def test_inplace_returns_the_same_object(name):
+    case = CASES[name]
+    x = operands(case)[0]
+    with torch.no_grad():
+        assert case.call(x, seed=1, inplace=True) is x
+    leaf = operands(case)[0].requires_grad_()
+    with torch.no_grad():
+        assert case.call(leaf, seed=1, inplace=True) is leaf
+    xn = numpy_operands(case)[0]
+    assert case.call(xn, seed=1, inplace=True) is xn
+
+
+def test_trace_in_training_mode_warns():
+    m = fastdrop.nn.Dropout(0.5)
+    with pytest.warns(torch.jit.TracerWarning, match="baked into the trace"):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*(check_trace|Trace had nondeterministic).*")
+            torch.jit.trace(m, torch.randn(4, 4), check_trace=False)
