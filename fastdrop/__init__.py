@@ -25,7 +25,7 @@ def __getattr__(name):
     if name == "nn":
         return importlib.import_module(".nn", __name__)
     if name == "mc_predict":
-        return importlib.import_module(".mc", __name__).mc_predict
+        return importlib.import_module(".nn.mc", __name__).mc_predict
     raise AttributeError(f"module 'fastdrop' has no attribute {name!r}")
 
 

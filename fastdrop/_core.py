@@ -17,7 +17,6 @@ never a mask. Under torch.compile a seed=None draw is the opaque `fastdrop::draw
 consumes torch's generator exactly as eager does; the seed then travels as a 0-d int64 tensor and
 the offset as the int64 with the same bits (op schemas have no uint64).
 """
-import math
 import sys
 import warnings
 from typing import NamedTuple
@@ -28,8 +27,8 @@ from . import _cpu, _seeds
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, check_array, check_companions, check_p,
                       check_u64, check_writable)
 from .kernels.mask_pair_cpu import dropout_pair
-from .kernels.config import CPU_PARALLEL_MIN, DENSE_PARALLEL_MIN
-from .mask import kernel_rng_args
+from .kernels.config import CPU_PARALLEL_MIN
+from .kernels.philox import kernel_rng_args
 
 
 class Rng(NamedTuple):
@@ -203,7 +202,6 @@ class TorchAutogradBackend(TorchBackend):
 
     @staticmethod
     def mask(x, rng, group_ndim=0, out=None, parallel_min=None):
-        from .functional import DROPOUT
         return torch_apply(DROPOUT, (x,), (group_ndim,) if parallel_min is None else
                            (group_ndim, parallel_min), rng)
 
@@ -235,8 +233,8 @@ class CudaArrayBackend:
 
     @staticmethod
     def linear(x, w, b):
-        from . import _cuda
-        return _cuda.dense_call("dropout_linear_forward", x, w, b, Rng(0.0, 0, 0, 1.0))
+        from . import _cuda_linear
+        return _cuda_linear.dense_call("dropout_linear_forward", x, w, b, Rng(0.0, 0, 0, 1.0))
 
     @staticmethod
     def matmul(a, b):
@@ -300,6 +298,54 @@ class MaskedOp:
         if self.bias is not None and tangents[self.bias] is not None:
             out = tangents[self.bias] if out is None else out + tangents[self.bias]
         return out
+
+
+# ---- the dropout op: the mask every other op's formula applies ------------------------------------
+# Mask-shape rule `params[0]` = g: 0 elementwise; g > 0 one mask element per index of x's first g
+# dims, broadcast over the rest (spatial dropout, DropPath); -1 one mask element for all of x
+# (DropPath's batch mode, mask `dropout_mask((1,), ...)`). Dropout is linear in x, so its backward
+# is the same op on the gradient. Its public functions are in fastdrop/functional.py.
+
+def _mask(B, operands, rng, params, out=None):
+    # params: (group_ndim,) or (group_ndim, parallel_min) when another op's formula applies the mask
+    (x,), g = operands, params[0]
+    if g == -1:  # one draw for everything: x as a batch of one
+        y = B.mask(B.unsqueeze0(x), rng, 1, None if out is None else B.unsqueeze0(out))
+        return out if out is not None else y[0]
+    return B.mask(x, rng, g, out, *params[1:])
+
+
+def _backward(B, grad, operands, rng, params, needs):
+    return (_mask(B, (grad,), rng, params),)
+
+
+def _plain(B, operands, params, factor, inplace=False):
+    return B.scale(operands[0], factor, inplace)
+
+
+def _fake(operands, params):
+    return operands[0].new_empty(operands[0].shape)
+
+
+def _vmap(info, in_dims, operands, rng, params):
+    """torch.func.vmap: randomness="different" draws a mask per example (the vmapped dim joins the
+    mask's leading dims), "same" one mask for all (the vmapped dim moves last, outside the mask)."""
+    (x,), (d,), g = operands, in_dims, params[0]
+    if info.randomness not in ("different", "same"):
+        raise RuntimeError("fastdrop's dropout draws random masks: under torch.func.vmap pass "
+                           "randomness='different' (a mask per example) or 'same' (one mask for all)")
+    if d is None:
+        x, d = x.expand(info.batch_size, *x.shape), 0
+    if info.randomness == "different":
+        y = torch_apply(DROPOUT, (x.movedim(d, 0),), (0 if g == 0 else max(g, 0) + 1,), rng)
+        return y, 0
+    xl = x.movedim(d, -1)
+    group = g if g != 0 else (xl.dim() - 1 if xl.dim() > 1 else -1)
+    return torch_apply(DROPOUT, (xl,), (group,), rng).movedim(-1, 0), 0
+
+
+DROPOUT = MaskedOp("dropout", ("x",), forward=_mask, backward=_backward, plain=_plain,
+                         fake=_fake, vmap=_vmap)
 
 
 def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_factor=1.0, inplace=False):

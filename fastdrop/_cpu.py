@@ -14,7 +14,7 @@ import numpy as np
 
 from .kernels import dropout_cpu
 from .kernels.config import CPU_PARALLEL_MIN
-from .mask import keep_threshold, kernel_rng_args, split_u64
+from .kernels.philox import keep_threshold, kernel_rng_args, split_u64
 
 
 def span_view(a):

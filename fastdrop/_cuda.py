@@ -18,7 +18,7 @@ from numba import cuda
 
 from .kernels import dropout_cuda as K
 from .kernels.config import CUDA_MAX_BLOCKS, CUDA_THREADS
-from .mask import kernel_rng_args
+from .kernels.philox import kernel_rng_args
 from ._checks import check_p, check_shape, check_u64
 
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
@@ -187,41 +187,3 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
         out.copy_(dst)  # e.g. channels_last: the result keeps torch's layout for x
     return out
 
-
-def dense_call(name, x, w, b, rng, per_sample=None, grad=None):
-    """`fastdrop._cuda_linear.<name>` on CUDA device arrays or torch CUDA tensors (any leading
-    dims: run on 2-D C-contiguous views). Forward: (x, w, b); backward (grad given): (grad, x, w),
-    returning (gx, gw, gb). Results are of x's kind."""
-    require_gpu()
-    from . import _cuda_linear as CL
-    from ._checks import MAX_U64, is_torch_tensor
-    seed, offset = int(rng.seed) & MAX_U64, rng.offset & MAX_U64
-    extra = () if per_sample is None else (per_sample,)
-    if is_torch_tensor(x):
-        import torch
-        with cuda.gpus[x.device.index]:
-            stream = cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)
-
-            def dev(t):
-                if t is None:
-                    return None
-                t = t.detach()
-                return cuda.as_cuda_array((t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t).contiguous(),
-                                          sync=False)
-            first = (dev(grad), dev(x), dev(w)) if grad is not None else (dev(x), dev(w), dev(b))
-            res = getattr(CL, name)(*first, rng.p, seed, offset, rng.scale, *extra, stream=stream)
-            back = (lambda a: torch.as_tensor(a, device=x.device))
-            return tuple(map(back, res)) if isinstance(res, tuple) else back(res)
-
-    def dev2(a):
-        if a is None:
-            return None
-        a = as_device_array(a)
-        if not a.is_c_contiguous():
-            raise ValueError("CUDA device arrays given to the dense layers must be C-contiguous (copy first)")
-        return a.reshape(math.prod(a.shape[:-1]), a.shape[-1]) if len(a.shape) > 1 else a
-    first = (dev2(grad), dev2(x), dev2(w)) if grad is not None else (dev2(x), dev2(w), dev2(b))
-    res = getattr(CL, name)(*first, rng.p, seed, offset, rng.scale, *extra)
-    if isinstance(res, tuple):
-        return res
-    return res.reshape(tuple(x.shape[:-1]) + (tuple(w.shape)[0],))

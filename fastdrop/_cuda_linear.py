@@ -14,12 +14,15 @@ The products (every one a single fused kernel launch; the mask is regenerated in
 and gb = g.sum(0) always. Every function takes an optional `stream` (default: numba's default
 stream) so the torch bridge can launch on torch's current stream.
 """
+import math
+import sys
+
 from numba import cuda
 
 from ._cuda import launch_shape, require_gpu
 from .kernels import linear_cuda as L
 from .kernels.config import CUDA_MAX_BLOCKS
-from .mask import kernel_rng_args
+from .kernels.philox import kernel_rng_args
 
 THREADS_2D = (L.TILE, L.TILE)
 
@@ -105,3 +108,44 @@ def dropconnect_backward(g, x2d, w, p, seed, offset, scale, per_sample, stream=0
         gx = _gemm(g, w, x2d.shape, None, False, False, L.MASK_B, p, seed, offset, scale, stream)
         gw = _gemm(g, x2d, w.shape, None, True, False, L.MASK_C, p, seed, offset, scale, stream)
     return gx, gw, _bias_grad(g, stream)
+
+
+def dense_call(name, x, w, b, rng, per_sample=None, grad=None):
+    """`<name>` of this module on CUDA device arrays or torch CUDA tensors (any leading
+    dims: run on 2-D C-contiguous views). Forward: (x, w, b); backward (grad given): (grad, x, w),
+    returning (gx, gw, gb). Results are of x's kind."""
+    require_gpu()
+    from ._checks import MAX_U64, is_torch_tensor
+    from ._cuda import as_device_array
+    CL = sys.modules[__name__]
+    seed, offset = int(rng.seed) & MAX_U64, rng.offset & MAX_U64
+    extra = () if per_sample is None else (per_sample,)
+    if is_torch_tensor(x):
+        import torch
+        with cuda.gpus[x.device.index]:
+            stream = cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)
+
+            def dev(t):
+                if t is None:
+                    return None
+                t = t.detach()
+                return cuda.as_cuda_array((t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t).contiguous(),
+                                          sync=False)
+            first = (dev(grad), dev(x), dev(w)) if grad is not None else (dev(x), dev(w), dev(b))
+            res = getattr(CL, name)(*first, rng.p, seed, offset, rng.scale, *extra, stream=stream)
+            back = (lambda a: torch.as_tensor(a, device=x.device))
+            return tuple(map(back, res)) if isinstance(res, tuple) else back(res)
+
+    def dev2(a):
+        if a is None:
+            return None
+        a = as_device_array(a)
+        if not a.is_c_contiguous():
+            raise ValueError("CUDA device arrays given to the dense layers must be C-contiguous (copy first)")
+        shape = tuple(a.shape)  # the simulator's shapes take no negative index
+        return a.reshape(math.prod(shape[:-1]), shape[-1]) if len(shape) > 1 else a
+    first = (dev2(grad), dev2(x), dev2(w)) if grad is not None else (dev2(x), dev2(w), dev2(b))
+    res = getattr(CL, name)(*first, rng.p, seed, offset, rng.scale, *extra)
+    if isinstance(res, tuple):
+        return res
+    return res.reshape(tuple(x.shape[:-1]) + (tuple(w.shape)[0],))

@@ -17,53 +17,12 @@ Signatures follow torch's `F.dropout(x, p, training, inplace)` and timm's
 import warnings
 
 from . import _core
+from ._core import DROPOUT
 from ._checks import RankError, check_array, check_mode, check_p, train_scale
 
 __all__ = ["dropout", "dropout1d", "dropout2d", "dropout3d", "drop_path", "RankError", "DROPOUT"]
 
 DROP_PATH_MODES = ("row", "batch")
-
-
-def _mask(B, operands, rng, params, out=None):
-    # params: (group_ndim,) or (group_ndim, parallel_min) when another op's formula applies the mask
-    (x,), g = operands, params[0]
-    if g == -1:  # one draw for everything: x as a batch of one
-        y = B.mask(B.unsqueeze0(x), rng, 1, None if out is None else B.unsqueeze0(out))
-        return out if out is not None else y[0]
-    return B.mask(x, rng, g, out, *params[1:])
-
-
-def _backward(B, grad, operands, rng, params, needs):
-    return (_mask(B, (grad,), rng, params),)
-
-
-def _plain(B, operands, params, factor, inplace=False):
-    return B.scale(operands[0], factor, inplace)
-
-
-def _fake(operands, params):
-    return operands[0].new_empty(operands[0].shape)
-
-
-def _vmap(info, in_dims, operands, rng, params):
-    """torch.func.vmap: randomness="different" draws a mask per example (the vmapped dim joins the
-    mask's leading dims), "same" one mask for all (the vmapped dim moves last, outside the mask)."""
-    (x,), (d,), g = operands, in_dims, params[0]
-    if info.randomness not in ("different", "same"):
-        raise RuntimeError("fastdrop's dropout draws random masks: under torch.func.vmap pass "
-                           "randomness='different' (a mask per example) or 'same' (one mask for all)")
-    if d is None:
-        x, d = x.expand(info.batch_size, *x.shape), 0
-    if info.randomness == "different":
-        y = _core.torch_apply(DROPOUT, (x.movedim(d, 0),), (0 if g == 0 else max(g, 0) + 1,), rng)
-        return y, 0
-    xl = x.movedim(d, -1)
-    group = g if g != 0 else (xl.dim() - 1 if xl.dim() > 1 else -1)
-    return _core.torch_apply(DROPOUT, (xl,), (group,), rng).movedim(-1, 0), 0
-
-
-DROPOUT = _core.MaskedOp("dropout", ("x",), forward=_mask, backward=_backward, plain=_plain,
-                         fake=_fake, vmap=_vmap)
 
 
 def _call(x, p, training, inplace, seed, offset, mode, group_ndim):

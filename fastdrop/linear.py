@@ -28,11 +28,11 @@ import numbers
 import numpy as np
 
 from . import _core, _seeds
-from ._checks import (CUDA_ARRAY, NUMPY, TORCH, check_array, check_companions, check_mode, check_p,
+from ._checks import (CUDA_ARRAY, TORCH, array_kind, check_array, check_companions, check_mode, check_p,
                       check_u64, train_scale)
 from .kernels import linear_cpu
 from .kernels.config import DENSE_PARALLEL_MIN
-from .mask import kernel_rng_args
+from .kernels.philox import kernel_rng_args
 
 __all__ = ["dropout_linear", "dropconnect_linear", "DROPOUT_LINEAR", "DROPCONNECT", "DROPCONNECT_SAMPLE",
            "SAMPLE_GRAD_X", "SAMPLE_GRAD_W"]
@@ -133,8 +133,8 @@ def _sample_forward(B, operands, rng, params, out=None):
     x, w, b = operands
     lead = tuple(x.shape[:-1])
     if B is _core.CudaArrayBackend or getattr(x, "is_cuda", False):
-        from . import _cuda
-        y = _cuda.dense_call("dropconnect_forward", x, w, b, rng, True)
+        from . import _cuda_linear
+        y = _cuda_linear.dense_call("dropconnect_forward", x, w, b, rng, True)
         return y.reshape(lead + (w.shape[0],))
     x2, back = _host(_rows(x))
     wn, _ = _host(w)
@@ -148,8 +148,8 @@ def _sample_forward(B, operands, rng, params, out=None):
 def _sample_grads(grad, x, w, rng):
     """(gx, gw) of the per-sample product in one pass of the fused kernel (no autograd)."""
     if getattr(x, "is_cuda", False):
-        from . import _cuda
-        gx, gw, _ = _cuda.dense_call("dropconnect_backward", x, w, None, rng, True, grad=grad)
+        from . import _cuda_linear
+        gx, gw, _ = _cuda_linear.dense_call("dropconnect_backward", x, w, None, rng, True, grad=grad)
         return gx.reshape(x.shape), gw
     x2, back = _host(_rows(x))
     wn, _ = _host(w)
@@ -220,8 +220,14 @@ def _not_public(B, operands, params, factor, inplace=False):
 DROPCONNECT_SAMPLE = _core.MaskedOp("dropconnect_sample", _OPERANDS, forward=_sample_forward,
                                     backward=_sample_backward, plain=_mean_network, fake=_fake,
                                     check=_check, saves=(0, 1), optional=(2,), bias=2, upcast_half=True)
+def _host_only(a):
+    if array_kind(a) == CUDA_ARRAY:
+        raise TypeError("the per-sample DropConnect gradient ops take numpy arrays or torch tensors")
+
+
 def _check_gx(operands, params):
     g, w = operands
+    _host_only(g)
     if len(w.shape) != 2 or len(g.shape) < 1 or g.shape[-1] != w.shape[0]:
         raise ValueError(f"grad has shape {tuple(g.shape)} and weight {tuple(w.shape)}: expected "
                          f"(..., O) and (O, I)")
@@ -230,6 +236,7 @@ def _check_gx(operands, params):
 
 def _check_gw(operands, params):
     g, x = operands
+    _host_only(g)
     if len(g.shape) < 1 or tuple(g.shape[:-1]) != tuple(x.shape[:-1]):
         raise ValueError(f"grad has shape {tuple(g.shape)} and x {tuple(x.shape)}: expected "
                          f"(..., O) and (..., I) with the same leading dims")

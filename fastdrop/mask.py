@@ -16,24 +16,9 @@ import os
 import numpy as np
 
 from .kernels.dropout_cpu import keep_mask
-from .kernels.philox import philox4x32_array
+from .kernels.philox import keep_threshold, kernel_rng_args, philox4x32_array, split_u64  # noqa: F401
 
 from ._checks import check_p, check_shape, check_u64
-
-
-def keep_threshold(p):
-    """T(p) above, as a Python int in [0, 2^32]."""
-    return int(math.floor((1.0 - p) * 4294967296.0))
-
-
-def split_u64(value):
-    """(lo, hi) 32-bit halves as numpy uint64 scalars, the form every kernel takes."""
-    return np.uint64(value & 0xFFFFFFFF), np.uint64(value >> 32)
-
-
-def kernel_rng_args(seed, offset, p):
-    """(key_lo, key_hi, off_lo, off_hi, threshold) for the kernels."""
-    return (*split_u64(seed), *split_u64(offset), np.uint64(keep_threshold(p)))
 
 
 def philox4x32(counter, key, rounds=10):

@@ -17,7 +17,7 @@ per task (a fixed number of tasks, so the bits do not depend on the thread count
 import numpy as np
 import numba
 
-from .config import CPU_BLOCKS_PER_CHUNK, JIT_OPTIONS, cpu_kernel
+from .config import CPU_BLOCKS_PER_CHUNK, cpu_kernel
 from .dropout_cpu import fill_words
 
 CHUNK = 4 * CPU_BLOCKS_PER_CHUNK

@@ -13,6 +13,8 @@ kernels/dropout_cuda.py. Every product of two 32-bit values fits in uint64, and 
 masked back to 32 bits, so the same source is exact under numpy scalars (the CUDA simulator),
 LLVM on the CPU, and NVVM on the GPU: masks are bit-identical across devices by construction.
 """
+import math
+
 import numpy as np
 import numba
 
@@ -63,3 +65,20 @@ def philox4x32_array(counters, key, rounds, out):
         out[i, 1] = np.uint32(r1)
         out[i, 2] = np.uint32(r2)
         out[i, 3] = np.uint32(r3)
+
+
+# ---- the scalars every mask kernel takes (README, "The mask") -------------------------------
+
+def keep_threshold(p):
+    """T(p) above, as a Python int in [0, 2^32]."""
+    return int(math.floor((1.0 - p) * 4294967296.0))
+
+
+def split_u64(value):
+    """(lo, hi) 32-bit halves as numpy uint64 scalars, the form every kernel takes."""
+    return np.uint64(value & 0xFFFFFFFF), np.uint64(value >> 32)
+
+
+def kernel_rng_args(seed, offset, p):
+    """(key_lo, key_hi, off_lo, off_hi, threshold) for the kernels."""
+    return (*split_u64(seed), *split_u64(offset), np.uint64(keep_threshold(p)))

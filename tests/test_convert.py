@@ -155,7 +155,7 @@ def test_rejects_non_modules():
 def test_converted_model_runs_mc_predict():
     m = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Dropout(0.5),
                             torch.nn.Linear(16, 2)).eval()
-    from fastdrop.mc import mc_predict
+    from fastdrop.nn.mc import mc_predict
     with pytest.raises(ValueError, match="convert"):
         mc_predict(m, torch.randn(3, 4))
     r = mc_predict(fnn.convert(m), torch.randn(3, 4), samples=8, seed=0)

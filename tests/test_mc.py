@@ -1,4 +1,4 @@
-"""fastdrop.mc.mc_predict: every fast path against the one-sample-at-a-time path and the contract
+"""fastdrop.nn.mc.mc_predict: every fast path against the one-sample-at-a-time path and the contract
 (sample t, k-th stochastic call: seed, offset + t * 2**32 + k), the DropConnect per-sample masks,
 and the refusals of models whose dropout fastdrop does not drive."""
 import warnings
@@ -11,7 +11,7 @@ import torch
 import fastdrop
 import fastdrop.nn as fnn
 from fastdrop import _seeds
-from fastdrop.mc import mc_predict
+from fastdrop.nn.mc import mc_predict
 
 SEED, OFFSET, T = 11, 5, 7  # T = 7 with chunk=3: two full chunks and a remainder
 
@@ -200,7 +200,7 @@ def test_dropconnect_default_chunk_equals_chunk_1():
 
 
 def test_large_dropconnect_weight_runs_by_sample_slices(monkeypatch):
-    import fastdrop.mc as mc
+    import fastdrop.nn.mc as mc
     model, _, _, rec, x, _ = build("DropConnectLinear")
     _, ys_ref = run(model, rec, x, chunk=3, fused=False)
     monkeypatch.setattr(mc, "_DROPCONNECT_BATCH_MAX", 1)

@@ -3,6 +3,7 @@ from .convert import convert
 from .drop_path import DropPath
 from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 from .linear import DropoutLinear, DropConnectLinear
+from .mc import MCResult, mc_predict
 
 __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropoutLinear", "DropConnectLinear", "DropPath",
-           "convert"]
+           "convert", "mc_predict", "MCResult"]

@@ -25,14 +25,16 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
-from . import _seeds, drop_path, dropconnect_linear, dropout_linear
-from ._checks import check_u64
-from .kernels import mc_dropout_cpu
-from .mask import kernel_rng_args
-from .nn.convert import is_timm_drop_path, is_torchvision_stochastic_depth
-from .nn.drop_path import DropPath
-from .nn.dropout import Dropout, _DropoutNd
-from .nn.linear import DropConnectLinear, DropoutLinear
+from .. import _seeds
+from ..functional import drop_path
+from ..linear import dropconnect_linear, dropout_linear
+from .._checks import check_u64
+from ..kernels import mc_dropout_cpu
+from ..kernels.philox import kernel_rng_args
+from .convert import is_timm_drop_path, is_torchvision_stochastic_depth
+from .drop_path import DropPath
+from .dropout import Dropout, _DropoutNd
+from .linear import DropConnectLinear, DropoutLinear
 
 _U64 = (1 << 64) - 1
 _STOCHASTIC = (_DropoutNd, DropPath, DropoutLinear, DropConnectLinear)

@@ -1,0 +1,36 @@
+"""Every op of tests/op_table.py on CUDA device arrays (Numba's simulator) against the numpy path:
+the same kernel contract, so the same masks; values to the dtype's rounding (the dense products
+run in a different summation order). Ops that take no device arrays refuse them with a TypeError
+before drawing a seed."""
+import numpy as np
+import pytest
+from numba import cuda
+
+import fastdrop
+from fastdrop import _seeds
+from op_table import CASES, numpy_operands
+
+pytestmark = pytest.mark.cudasim
+DEVICE_ARRAY_OPS = [n for n in CASES if "matmul" not in n and "_grad_" not in n]
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("name", DEVICE_ARRAY_OPS)
+def test_device_arrays_match_numpy(name, dtype, tol):
+    case = CASES[name]
+    ops = numpy_operands(case, dtype)
+    ref = case.call(*ops, seed=7, offset=2**33 + 1)
+    got = case.call(*(cuda.to_device(a) for a in ops), seed=7, offset=2**33 + 1).copy_to_host()
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    np.testing.assert_array_equal(got == 0, ref == 0)  # the same mask
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n not in DEVICE_ARRAY_OPS])
+def test_other_ops_refuse_device_arrays_before_the_seed_draw(name):
+    case = CASES[name]
+    ops = tuple(cuda.to_device(a) for a in numpy_operands(case))
+    state = _seeds._numpy_source.bit_generator.state
+    with pytest.raises(TypeError):
+        case.call(*ops)
+    assert _seeds._numpy_source.bit_generator.state == state
