@@ -22,6 +22,8 @@ class RankError(ValueError, RuntimeError):
 
 def check_p(p, name="p"):
     """p must be a real number in [0, 1]; returns it as a Python float."""
+    if type(p) is float and 0.0 <= p <= 1.0:  # the common case, first (NaN fails the comparison)
+        return p
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
         raise TypeError(f"{name} must be a real number in [0, 1], got {type(p).__name__} {p!r}")
     p = float(p)
@@ -32,6 +34,8 @@ def check_p(p, name="p"):
 
 def check_u64(value, name):
     """Seeds and offsets are integers in [0, 2**64)."""
+    if type(value) is int and 0 <= value <= MAX_U64:  # the common case, first
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int in [0, 2**64), got {type(value).__name__} {value!r}")
     value = int(value)

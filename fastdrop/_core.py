@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _cpu, _seeds
+from ._alloc import empty_like
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, check_array, check_companions, check_p,
                       check_u64, check_writable)
 from .kernels.mask_pair_cpu import dropout_pair
@@ -125,7 +126,8 @@ class TorchBackend:
 
     @staticmethod
     def mask(x, rng, group_ndim=0, out=None, parallel_min=None):
-        x = x.detach()
+        if x.requires_grad:
+            x = x.detach()
         if x.is_neg():
             x = x.resolve_neg()
         seed = _seed_int(rng.seed)
@@ -134,8 +136,10 @@ class TorchBackend:
             from . import _cuda
             return _cuda.apply_tensor(x, rng.p, seed, offset, rng.scale, group_ndim, out)
         if out is None:
-            from ._alloc import empty_like
-            out = empty_like(x)
+            out = empty_like(x)  # torch's layout rules: a dense layout (channels_last...) is kept
+            if not x.is_contiguous() and out.is_contiguous() and x.numel() < CPU_PARALLEL_MIN:
+                # e.g. the expanded gradient of a sum: a small copy beats the strided kernel's setup
+                x = x.contiguous()
         xn, bf16 = _numpy_view(x)
         on, _ = _numpy_view(out.detach())
         kw = {"bf16": True} if bf16 else {}
@@ -276,7 +280,7 @@ class MaskedOp:
                  optional=(), bias=None, upcast_half=False, vmap=None):
         self.name, self.operands = name, tuple(operands)
         self.forward, self.backward, self.plain, self.fake = forward, backward, plain, fake
-        self.check = check or (lambda operands, params: params)
+        self.check = check
         self.saves, self.optional, self.bias = tuple(saves), tuple(optional), bias
         self.upcast_half, self.vmap = upcast_half, vmap
         self._library_op = None
@@ -358,8 +362,12 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
     if seed is not None:
         seed = check_u64(seed, "seed")
     x, kind = check_array(operands[0], op.operands[0])
-    operands = (x, *check_companions(x, kind, zip(op.operands[1:], operands[1:]), op.operands[0]))
-    params = op.check(operands, params)
+    if len(operands) > 1:
+        operands = (x, *check_companions(x, kind, zip(op.operands[1:], operands[1:]), op.operands[0]))
+    elif x is not operands[0]:
+        operands = (x,)
+    if op.check is not None:
+        params = op.check(operands, params)
     if inplace:
         check_writable(x, kind)
         if kind == TORCH and x.requires_grad and x.is_leaf and _grad_enabled():
@@ -426,8 +434,10 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace):
                           f"mask. Trace in eval mode, or use torch.compile.", torch.jit.TracerWarning,
                           stacklevel=3)
         seed = _seeds.draw_torch_seed()
-    return _upcast(op, TorchBackend, operands,
-                   lambda ops: torch_apply(op, ops, params, Rng(p, seed, offset, scale), inplace), inplace)
+    rng = Rng(p, seed, offset, scale)
+    if not op.upcast_half:
+        return torch_apply(op, operands, params, rng, inplace)
+    return _upcast(op, TorchBackend, operands, lambda ops: torch_apply(op, ops, params, rng, inplace), inplace)
 
 
 def torch_apply(op, operands, params, rng, inplace=False):
@@ -439,7 +449,8 @@ def torch_apply(op, operands, params, rng, inplace=False):
     if _nothing_to_record(torch, operands):
         # Skip autograd's bookkeeping (in-place results stay the same object, as in torch).
         return op.forward(TorchBackend, operands, rng, params, out=operands[0] if inplace else None)
-    return _functions().apply(op, params, rng, inplace, *operands)
+    eager, functorch, transforms_active = _functions()
+    return (functorch if transforms_active() else eager).apply(op, params, rng, inplace, *operands)
 
 
 def _nothing_to_record(torch, operands):
@@ -455,13 +466,51 @@ def _nothing_to_record(torch, operands):
 _FUNCTIONS = None
 
 
+def _setup(ctx, op, params, rng, inplace, operands, forward_ad):
+    ctx.op, ctx.params, ctx.rng, ctx.n = op, params, rng, len(operands)
+    ctx.save_for_backward(*(operands[i] for i in op.saves))
+    if forward_ad:
+        ctx.present = [a is not None for a in operands]
+        ctx.save_for_forward(*(a for a in operands if a is not None))
+    if inplace:
+        ctx.mark_dirty(operands[0])
+
+
+def _backward(ctx, grad):
+    saved = [None] * ctx.n
+    for i, t in zip(ctx.op.saves, ctx.saved_tensors):
+        saved[i] = t
+    needs = ctx.needs_input_grad[4:]
+    grads = ctx.op.backward(TorchAutogradBackend, grad, saved, ctx.rng, ctx.params, needs)
+    return (None, None, None, None, *(g if n else None for g, n in zip(grads, needs)))
+
+
+def _jvp(ctx, _op, _params, _rng, _inplace, *tangents):
+    it = iter(ctx.saved_tensors)
+    primals = [next(it) if here else None for here in ctx.present]
+    return ctx.op.jvp(TorchAutogradBackend, primals, tangents, ctx.rng, ctx.params)
+
+
 def _functions():
-    """The autograd.Function of every op: made on first use, so `import fastdrop` needs no torch."""
+    """(eager, functorch) autograd.Functions of every op, made on first use (`import fastdrop`
+    needs no torch). The same backward and jvp; the functorch one has the setup_context form that
+    torch.func needs, which costs an inspect.signature bind per call, so plain eager calls use the
+    classic form."""
     global _FUNCTIONS
     if _FUNCTIONS is None:
         import torch
 
-        class OpFunction(torch.autograd.Function):
+        class EagerFunction(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, op, params, rng, inplace, *operands):
+                _setup(ctx, op, params, rng, inplace, operands,
+                       torch.autograd.forward_ad._current_level >= 0)
+                return op.forward(TorchBackend, operands, rng, params, out=operands[0] if inplace else None)
+
+            backward = staticmethod(_backward)
+            jvp = staticmethod(_jvp)
+
+        class FunctorchFunction(torch.autograd.Function):
             @staticmethod
             def forward(op, params, rng, inplace, *operands):
                 return op.forward(TorchBackend, operands, rng, params, out=operands[0] if inplace else None)
@@ -469,27 +518,10 @@ def _functions():
             @staticmethod
             def setup_context(ctx, inputs, output):
                 op, params, rng, inplace, *operands = inputs
-                ctx.op, ctx.params, ctx.rng, ctx.n = op, params, rng, len(operands)
-                ctx.save_for_backward(*(operands[i] for i in op.saves))
-                ctx.present = [a is not None for a in operands]
-                ctx.save_for_forward(*(a for a in operands if a is not None))
-                if inplace:
-                    ctx.mark_dirty(operands[0])
+                _setup(ctx, op, params, rng, inplace, operands, True)
 
-            @staticmethod
-            def backward(ctx, grad):
-                saved = [None] * ctx.n
-                for i, t in zip(ctx.op.saves, ctx.saved_tensors):
-                    saved[i] = t
-                needs = ctx.needs_input_grad[4:]
-                grads = ctx.op.backward(TorchAutogradBackend, grad, saved, ctx.rng, ctx.params, needs)
-                return (None, None, None, None, *(g if n else None for g, n in zip(grads, needs)))
-
-            @staticmethod
-            def jvp(ctx, _op, _params, _rng, _inplace, *tangents):
-                it = iter(ctx.saved_tensors)
-                primals = [next(it) if here else None for here in ctx.present]
-                return ctx.op.jvp(TorchAutogradBackend, primals, tangents, ctx.rng, ctx.params)
+            backward = staticmethod(_backward)
+            jvp = staticmethod(_jvp)
 
             @staticmethod
             def vmap(info, in_dims, op, params, rng, inplace, *operands):
@@ -498,7 +530,7 @@ def _functions():
                                        + (" in place" if inplace else ""))
                 return op.vmap(info, in_dims[4:], operands, rng, params)
 
-        _FUNCTIONS = OpFunction
+        _FUNCTIONS = (EagerFunction, FunctorchFunction, torch._C._are_functorch_transforms_active)
     return _FUNCTIONS
 
 

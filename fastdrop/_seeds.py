@@ -69,6 +69,7 @@ def _rank():
     return dist.get_rank()
 
 
+
 def stream_offset(offset):
     """The offset a seed=None call runs at on this process (see the module docstring)."""
     if not _rank_streams:

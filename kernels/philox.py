@@ -79,6 +79,13 @@ def split_u64(value):
     return np.uint64(value & 0xFFFFFFFF), np.uint64(value >> 32)
 
 
+_THRESHOLDS = {}  # p -> np.uint64(T(p)): a model uses a handful of p's, and this runs every call
+
+
 def kernel_rng_args(seed, offset, p):
     """(key_lo, key_hi, off_lo, off_hi, threshold) for the kernels."""
-    return (*split_u64(seed), *split_u64(offset), np.uint64(keep_threshold(p)))
+    thr = _THRESHOLDS.get(p)
+    if thr is None:
+        thr = _THRESHOLDS[p] = np.uint64(keep_threshold(p))
+    u64 = np.uint64
+    return u64(seed & 0xFFFFFFFF), u64(seed >> 32), u64(offset & 0xFFFFFFFF), u64(offset >> 32), thr
