@@ -109,6 +109,13 @@ def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, *, bf16=Fal
     off_lo, off_hi = split_u64(offset)
     dropout_cpu.keep_mask(keep, key_lo, key_hi, off_lo, off_hi, np.uint64(keep_threshold(p)))
     shape3 = (math.prod(lead[:-1]), lead[-1], math.prod(x.shape[group_ndim:]))
+    if x.ndim > group_ndim + 1:
+        # The mask is constant over the non-group dims, so they may be walked in any order: in
+        # x's memory order, a permuted layout (channels_last, timm's (N, H, W, C) views) becomes
+        # one contiguous row per group instead of a copy (x and out get the same permutation).
+        rest = sorted(range(group_ndim, x.ndim), key=lambda d: -abs(x.strides[d]))
+        perm = list(range(group_ndim)) + rest
+        x, out = x.transpose(perm), out.transpose(perm)
     xv = _view3(x, shape3)
     if xv is None:
         xv = np.ascontiguousarray(x).reshape(shape3)

@@ -227,3 +227,20 @@ def test_spatial_rank_rules():
 def test_spatial_gradcheck():
     x = torch.randn(2, 3, 4, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: fastdrop.dropout2d(t, 0.5, seed=4), (x,))
+
+
+@pytest.mark.parametrize("perm", [(0, 2, 3, 1), (0, 3, 1, 2), (0, 1, 3, 2)])
+def test_grouped_masks_on_permuted_layouts(perm):
+    """DropPath / spatial dropout on permuted views (timm's ConvNeXt hands drop_path an
+    (N, H, W, C) view of (N, C, H, W) memory): the kernel's own mask, x's layout kept."""
+    base = torch.randn(4, 5, 6, 7, dtype=torch.float64)
+    x = base.permute(*perm)
+    for fn, group in ((lambda t: fastdrop.drop_path(t, 0.4, seed=9), 1),
+                      (lambda t: fastdrop.dropout2d(t, 0.4, seed=9), 2)):
+        y = fn(x)
+        keep = torch.from_numpy(fastdrop.dropout_mask(x.shape[:group], 0.4, 9))
+        keep = keep.view(*keep.shape, *([1] * (x.dim() - group)))
+        torch.testing.assert_close(y, torch.where(keep, x * (1 / 0.6), 0.0), rtol=0, atol=0)
+        assert y.stride() == x.stride()
+        yn = fn(x.numpy())
+        np.testing.assert_array_equal(yn, y.numpy())
