@@ -109,6 +109,10 @@ class NumpyBackend:
         return np.swapaxes(a, -1, -2)
 
 
+def torch_empty_like(t):
+    return sys.modules["torch"].empty_like(t)
+
+
 def _numpy_view(t):
     """(numpy view of CPU tensor t, bf16 flag): bfloat16 has no numpy type and travels as uint16."""
     import torch
@@ -135,13 +139,19 @@ class TorchBackend:
         if x.is_cuda:
             from . import _cuda
             return _cuda.apply_tensor(x, rng.p, seed, offset, rng.scale, group_ndim, out)
+        small = x.numel() < CPU_PARALLEL_MIN
         if out is None:
-            out = empty_like(x)  # torch's layout rules: a dense layout (channels_last...) is kept
-            if not x.is_contiguous() and out.is_contiguous() and x.numel() < CPU_PARALLEL_MIN:
+            # torch's layout rules: a dense layout (channels_last...) is kept; only large outputs
+            # come from the output cache (small ones are already faulted-in heap memory)
+            out = torch_empty_like(x) if small else empty_like(x)
+            if small and not x.is_contiguous() and out.is_contiguous():
                 # e.g. the expanded gradient of a sum: a small copy beats the strided kernel's setup
                 x = x.contiguous()
-        xn, bf16 = _numpy_view(x)
-        on, _ = _numpy_view(out.detach())
+        if x.element_size() == 2:
+            xn, bf16 = _numpy_view(x)
+            on, _ = _numpy_view(out.detach())
+        else:
+            xn, on, bf16 = x.numpy(), out.detach().numpy(), False
         kw = {"bf16": True} if bf16 else {}
         if group_ndim:
             _cpu.grouped_dropout_into(xn, on, rng.p, seed, offset, rng.scale, group_ndim, **kw)
