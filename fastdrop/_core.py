@@ -586,8 +586,10 @@ def trace_token():
 def register_when_torch_loads():
     """Register the torch ops now if torch is loaded, else right after torch's import completes
     (a one-shot import hook), so torch.compile finds them whatever the import order."""
-    if sys.modules.get("torch") is not None:
-        register_torch_ops()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        if hasattr(torch, "library"):  # else torch is still importing: the first eager call registers
+            register_torch_ops()
         return
     if "torch" in sys.modules:  # import of torch blocked (sys.modules["torch"] = None)
         return

@@ -14,7 +14,7 @@ import numpy as np
 
 from .kernels import dropout_cpu
 from .kernels.config import CPU_PARALLEL_MIN
-from .kernels.philox import keep_threshold, kernel_rng_args, split_u64
+from .kernels.philox import kernel_rng_args
 
 
 def span_view(a):
@@ -105,11 +105,9 @@ def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, *, bf16=Fal
     x, out, scale_type = _kernel_views(x, out, bf16)
     lead = x.shape[:group_ndim]
     keep = np.empty(math.prod(lead), dtype=np.bool_)
-    key_lo, key_hi = split_u64(seed)
-    off_lo, off_hi = split_u64(offset)
-    dropout_cpu.keep_mask(keep, key_lo, key_hi, off_lo, off_hi, np.uint64(keep_threshold(p)))
+    dropout_cpu.keep_mask(keep, *kernel_rng_args(seed, offset, p))
     shape3 = (math.prod(lead[:-1]), lead[-1], math.prod(x.shape[group_ndim:]))
-    if x.ndim > group_ndim + 1:
+    if x.ndim > group_ndim + 1 and not x.flags.c_contiguous:
         # The mask is constant over the non-group dims, so they may be walked in any order: in
         # x's memory order, a permuted layout (channels_last, timm's (N, H, W, C) views) becomes
         # one contiguous row per group instead of a copy (x and out get the same permutation).
