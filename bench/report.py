@@ -262,10 +262,19 @@ def small_calls_row(mode):
     if mode == "tiny":
         spec["shape"] = (8, 16)
     row = {"shape": shape_str(spec["shape"]), "p": spec["p"], "dtype": spec["dtype"]}
+    _measure_into(row, lambda: bench_cases.small_call_providers(**spec), SMALL_MODES[mode], warm=True)
+    return row
+
+
+def _measure_into(row, make_providers, cfg, warm=False):
+    """row["timings"] of the providers make_providers() returns (row["error"] if that fails; with
+    warm, providers that fail their warm-up are dropped and named in row["errors"]); the providers
+    are freed before the load average is noted."""
+    providers = None
     try:
-        providers = bench_cases.small_call_providers(**spec)
-        row["errors"] = _warm_or_drop(providers)
-        cfg = SMALL_MODES[mode]
+        providers = make_providers()
+        if warm:
+            row["errors"] = _warm_or_drop(providers)
         row["timings"] = measure(providers, cfg["rounds"], cfg["sample_s"], cfg["case_cap_s"])
     except Exception as e:
         row["error"] = f"{type(e).__name__}: {e}"[:500]
@@ -273,7 +282,6 @@ def small_calls_row(mode):
         providers = None
         gc.collect()
     row["loadavg_after"] = os.getloadavg()[0]
-    return row
 
 
 def train_step_rows(mode, progress=None):
@@ -285,18 +293,11 @@ def train_step_rows(mode, progress=None):
         row = {"model": name, "batch": batch,
                "image_size": kw.get("image_size", models.IMAGE_SIZE[name]),
                "width": kw.get("width"), "description": models.MODELS[name].__doc__.strip()}
-        try:
-            providers = bench_cases.train_step_providers(name, batch, **kw)
-            row["timings"] = measure(providers, cfg["rounds"], cfg["sample_s"], cfg["case_cap_s"])
+        _measure_into(row, lambda: bench_cases.train_step_providers(name, batch, **kw), cfg)
+        if "timings" in row:
             t = {k: v["median_s"] for k, v in row["timings"].items()}
             row["speedup"] = t["torch"] / t["fastdrop"]
             row["dropout_cost_s"] = {k: t[k] - t["none"] for k in ("torch", "fastdrop")}
-        except Exception as e:
-            row["error"] = f"{type(e).__name__}: {e}"[:500]
-        finally:
-            providers = None
-            gc.collect()
-        row["loadavg_after"] = os.getloadavg()[0]
         rows.append(row)
         if progress:
             progress(f"train step {name} batch {batch}: " + (
