@@ -232,7 +232,8 @@ class CudaArrayBackend:
     @staticmethod
     def mask(x, rng, group_ndim=0, out=None, parallel_min=None):
         from . import _cuda
-        return _cuda.dropout_array(x, rng.p, rng.seed, rng.offset, rng.scale, group_ndim, out is x)
+        # out is only ever x itself (or its view): in place
+        return _cuda.dropout_array(x, rng.p, rng.seed, rng.offset, rng.scale, group_ndim, out is not None)
 
     @classmethod
     def mask_pair(cls, a, b, rng, parallel_min=None):

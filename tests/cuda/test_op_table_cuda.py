@@ -34,3 +34,12 @@ def test_other_ops_refuse_device_arrays_before_the_seed_draw(name):
     with pytest.raises(TypeError):
         case.call(*ops)
     assert _seeds._numpy_source.bit_generator.state == state
+
+
+@pytest.mark.parametrize("name", [n for n in DEVICE_ARRAY_OPS if CASES[n].inplace])
+def test_inplace_on_device_arrays(name):
+    case = CASES[name]
+    x = numpy_operands(case, np.float32)[0]
+    d = cuda.to_device(x)
+    assert case.call(d, seed=3, inplace=True) is d
+    np.testing.assert_allclose(d.copy_to_host(), case.call(x, seed=3), rtol=1e-6, atol=1e-6)
