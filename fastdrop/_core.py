@@ -492,7 +492,12 @@ def _backward(ctx, grad):
     for i, t in zip(ctx.op.saves, ctx.saved_tensors):
         saved[i] = t
     needs = ctx.needs_input_grad[4:]
-    grads = ctx.op.backward(TorchAutogradBackend, grad, saved, ctx.rng, ctx.params, needs)
+    # Without create_graph (grad mode off here) nothing records the gradient: the formula can call
+    # the kernels directly instead of through the ops' autograd route.
+    torch = sys.modules["torch"]
+    recorded = torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
+    B = TorchAutogradBackend if recorded else TorchBackend
+    grads = ctx.op.backward(B, grad, saved, ctx.rng, ctx.params, needs)
     return (None, None, None, None, *(g if n else None for g, n in zip(grads, needs)))
 
 
