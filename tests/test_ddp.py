@@ -1,6 +1,8 @@
 """DistributedDataParallel with fastdrop layers: 2 processes, gloo backend, loopback only.
 
 One spawn (process start-up dominates: torch + numba import) runs every check:
+- every op of tests/op_table.py (torch and numpy inputs): seed=None masks differ across the ranks,
+  explicit seeds agree;
 - seed=None masks differ across ranks by default (rank r runs at offset + r * 2**48) and are equal
   after fastdrop.set_rank_streams(False);
 - p = 0.5 training: DDP's all-reduced gradients and parameters equal a single-process run that
@@ -17,6 +19,7 @@ import torch
 
 import fastdrop
 from fastdrop import _seeds as _distributed
+from op_table import CASES, numpy_operands, operands
 
 dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():
@@ -72,6 +75,17 @@ def worker(rank, port, out_dir):
         torch.manual_seed(7)
         results["mask_compiled"] = compiled(torch.ones(256)) != 0
 
+        # every op of the op table, on tensors and numpy arrays: seed=None and an explicit seed
+        for name, case in CASES.items():
+            for kind, ops in (("torch", operands(case)), ("numpy", numpy_operands(case))):
+                torch.manual_seed(7)
+                fastdrop.manual_seed(7)
+                # 8 successive draws: DropPath's batch mode has one keep bit per call, which two
+                # independent streams share with probability 1/2
+                results[f"op|{name}|{kind}|none"] = torch.stack(
+                    [torch.as_tensor(case.call(*ops)).detach() for _ in range(8)])
+                results[f"op|{name}|{kind}|seed"] = torch.as_tensor(case.call(*ops, seed=5)).detach()
+
         x, y = micro_batch(rank)
         for p in (0.5, 0.0):
             model = make_model(p)
@@ -120,6 +134,14 @@ def test_ranks_draw_different_masks_by_default(ranks):
     for r in range(WORLD):
         expected = fastdrop.dropout_mask((256,), 0.5, seed, r << _distributed.RANK_SHIFT)
         assert torch.equal(ranks[r]["mask_default"], torch.from_numpy(expected))
+
+
+@pytest.mark.parametrize("kind", ["torch", "numpy"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_op_uses_the_rank_streams(ranks, name, kind):
+    """On 2 real gloo ranks: seed=None masks differ across ranks, an explicit seed gives one mask."""
+    assert not torch.equal(ranks[0][f"op|{name}|{kind}|none"], ranks[1][f"op|{name}|{kind}|none"])
+    assert torch.equal(ranks[0][f"op|{name}|{kind}|seed"], ranks[1][f"op|{name}|{kind}|seed"])
 
 
 def test_compiled_dropout_uses_the_rank_streams(ranks):
