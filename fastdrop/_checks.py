@@ -186,3 +186,30 @@ def check_writable(x, kind):
         raise RuntimeError("unsupported operation: more than one element of the written-to tensor "
                            "refers to a single memory location. Please clone() the tensor before "
                            "performing the operation (inplace=True on an overlapping view).")
+
+
+def check_out(x, kind, out, inplace):
+    """An `out=` target: the kind, shape, dtype and device of x, writable, not overlapping itself,
+    sharing no memory with x (out=x is inplace=True), and no autograd to record (torch's rule for
+    out= ops)."""
+    if inplace:
+        raise ValueError("pass either inplace=True or out=, not both")
+    if kind == CUDA_ARRAY:
+        raise TypeError("out= takes numpy arrays and torch tensors; CUDA device arrays: use inplace=True")
+    if array_kind(out, "out") != kind:
+        raise TypeError(f"out must be the same kind of array as x ({kind}), got {type(out).__name__}")
+    if tuple(out.shape) != tuple(x.shape):
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected x's shape {tuple(x.shape)}")
+    if out.dtype != x.dtype:
+        raise TypeError(f"out has dtype {out.dtype}, expected x's dtype {x.dtype}")
+    if kind == TORCH:
+        if out.device != x.device:
+            raise ValueError(f"out is on {out.device} but x is on {x.device}")
+        if x.requires_grad and sys.modules["torch"].is_grad_enabled():
+            raise RuntimeError("out= arguments don't support automatic differentiation, but x "
+                               "requires grad (as torch's out= ops)")
+        if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+            raise ValueError("out shares memory with x: pass inplace=True to write into x")
+    elif np.shares_memory(out, x):
+        raise ValueError("out shares memory with x: pass inplace=True to write into x")
+    check_writable(out, kind)

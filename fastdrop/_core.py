@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _cpu, _seeds
 from ._alloc import empty_like
-from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, check_array, check_companions, check_p,
+from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, check_array, check_companions, check_out, check_p,
                       check_u64, check_writable)
 from .kernels.mask_pair_cpu import dropout_pair
 from .kernels.config import CPU_PARALLEL_MIN
@@ -363,10 +363,12 @@ DROPOUT = MaskedOp("dropout", ("x",), forward=_mask, backward=_backward, plain=_
                          fake=_fake, vmap=_vmap)
 
 
-def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_factor=1.0, inplace=False):
+def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_factor=1.0, inplace=False,
+         out=None):
     """The pipeline every public masked op goes through (module docstring).
 
-    scale: the factor kept elements get in training; eval_factor: the eval-mode factor.
+    scale: the factor kept elements get in training; eval_factor: the eval-mode factor; out: an
+    array / tensor the result is written into (no autograd, as torch's out= ops).
     """
     p = check_p(p)
     offset = check_u64(offset, "offset")
@@ -379,21 +381,31 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
         operands = (x,)
     if op.check is not None:
         params = op.check(operands, params)
+    if out is not None:
+        if out is x or out is operands[0]:
+            inplace, out = True, None
+        else:
+            check_out(x, kind, out, inplace)
     if inplace:
         check_writable(x, kind)
         if kind == TORCH and x.requires_grad and x.is_leaf and _grad_enabled():
             raise ValueError("inplace dropout on a leaf tensor that requires grad is not allowed")
     B = BACKENDS[kind]
     if not training or p == 0.0:
-        return op.plain(B, operands, params, eval_factor if not training else 1.0, inplace)
+        y = op.plain(B, operands, params, eval_factor if not training else 1.0, inplace)
+        if out is not None:
+            out[...] = y
+            return out
+        return y
     if seed is None:
         offset = _seeds.stream_offset(offset)
     if kind == TORCH:
-        return _torch_call(op, operands, params, p, seed, offset, scale, inplace)
+        return _torch_call(op, operands, params, p, seed, offset, scale, inplace, out)
     if seed is None:
         seed = _seeds.draw_numpy_seed()
     return _upcast(op, B, operands, lambda ops: op.forward(B, ops, Rng(p, seed, offset, scale), params,
-                                                         out=ops[0] if inplace else None), inplace)
+                                                         out=out if out is not None else
+                                                         (ops[0] if inplace else None)), inplace)
 
 
 def _grad_enabled():
@@ -422,7 +434,7 @@ def _is_half(a):
 
 # ---- torch: one eager route and one compiled route for every op ---------------------------------
 
-def _torch_call(op, operands, params, p, seed, offset, scale, inplace):
+def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None):
     import torch
     x = operands[0]
     if torch.compiler.is_compiling():
@@ -433,9 +445,11 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace):
                                "torch.compile traces a fastdrop op")
         seed_t = torch.ops.fastdrop.draw_seed(trace_token()) if seed is None else \
             torch.tensor(_to_i64(seed), dtype=torch.int64)
-        out = _upcast(op, TorchBackend, operands, lambda ops: library_op(op)(
+        y = _upcast(op, TorchBackend, operands, lambda ops: library_op(op)(
             *ops, seed_t, p, _to_i64(offset), scale, list(params)))
-        return x.copy_(out) if inplace else out
+        if out is not None:
+            return out.copy_(y)
+        return x.copy_(y) if inplace else y
     if _SEED_OPS is None:
         register_torch_ops()
     if seed is None:
@@ -446,6 +460,8 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace):
                           stacklevel=3)
         seed = _seeds.draw_torch_seed()
     rng = Rng(p, seed, offset, scale)
+    if out is not None:  # checked: no autograd records this call
+        return op.forward(TorchBackend, operands, rng, params, out=out)
     if not op.upcast_half:
         return torch_apply(op, operands, params, rng, inplace)
     return _upcast(op, TorchBackend, operands, lambda ops: torch_apply(op, ops, params, rng, inplace), inplace)

@@ -25,15 +25,15 @@ __all__ = ["dropout", "dropout1d", "dropout2d", "dropout3d", "drop_path", "RankE
 DROP_PATH_MODES = ("row", "batch")
 
 
-def _call(x, p, training, inplace, seed, offset, mode, group_ndim):
+def _call(x, p, training, inplace, seed, offset, mode, group_ndim, out):
     p = check_p(p)
     check_mode(mode)
     return _core.call(DROPOUT, (x,), (group_ndim,), p=p, training=training, seed=seed, offset=offset,
                       scale=train_scale(p, mode), eval_factor=1.0 - p if mode == "classic" else 1.0,
-                      inplace=inplace)
+                      inplace=inplace, out=out)
 
 
-def dropout(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted"):
+def dropout(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted", out=None):
     """Dropout on a numpy array, torch tensor (CPU or CUDA) or CUDA device array.
 
     Args:
@@ -46,12 +46,14 @@ def dropout(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode
         offset: int in [0, 2^64); selects an independent mask stream for the same seed.
         mode: "inverted" (scale kept elements by 1/(1-p) in training) or "classic"
             (no scaling in training, multiply by 1-p at eval).
+        out: a numpy array / torch tensor of x's kind, shape, dtype and device to write the result
+            into (sharing no memory with x: that is inplace=True; no autograd, as torch's out= ops).
     Returns:
-        the same kind of object as x, same dtype, shape and device.
+        the same kind of object as x, same dtype, shape and device (out when given).
     Example:
         >>> y = fastdrop.dropout(np.ones((2, 3), np.float32), 0.5, seed=0)
     """
-    return _call(x, p, training, inplace, seed, offset, mode, 0)
+    return _call(x, p, training, inplace, seed, offset, mode, 0, out)
 
 
 def _spatial_group_ndim(x, name, batched_rank, unbatched_rank):
@@ -64,13 +66,13 @@ def _spatial_group_ndim(x, name, batched_rank, unbatched_rank):
                     f"but received a {ndim}D input of shape {tuple(x.shape)}")
 
 
-def dropout1d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted"):
+def dropout1d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted", out=None):
     """Drops whole channels of (N, C, L) or (C, L) input; mask = dropout_mask((N, C) or (C,), ...)."""
     group_ndim = _spatial_group_ndim(x, "dropout1d", 3, 2)
-    return _call(x, p, training, inplace, seed, offset, mode, group_ndim)
+    return _call(x, p, training, inplace, seed, offset, mode, group_ndim, out)
 
 
-def dropout2d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted"):
+def dropout2d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted", out=None):
     """Drops whole channels of (N, C, H, W) input (torch's rules: 3-D input is read as (N, C, L)
     with a warning, as torch does; fewer than 2 dims is an error)."""
     ndim = len(check_array(x)[0].shape)
@@ -84,13 +86,13 @@ def dropout2d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mo
     elif ndim != 4:
         warnings.warn(f"dropout2d: Received a {ndim}-D input; expected a 4-D (N, C, H, W) input.",
                       UserWarning, stacklevel=2)
-    return _call(x, p, training, inplace, seed, offset, mode, 2)
+    return _call(x, p, training, inplace, seed, offset, mode, 2, out)
 
 
-def dropout3d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted"):
+def dropout3d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted", out=None):
     """Drops whole channels of (N, C, D, H, W) or unbatched (C, D, H, W) input."""
     group_ndim = _spatial_group_ndim(x, "dropout3d", 5, 4)
-    return _call(x, p, training, inplace, seed, offset, mode, group_ndim)
+    return _call(x, p, training, inplace, seed, offset, mode, group_ndim, out)
 
 
 def drop_path(x, p=0.0, training=True, scale_by_keep=True, *, seed=None, offset=0, mode="row",

@@ -18,7 +18,7 @@ import numpy as np
 from .kernels.dropout_cpu import keep_mask
 from .kernels.philox import keep_threshold, kernel_rng_args, philox4x32_array, split_u64  # noqa: F401
 
-from ._checks import check_p, check_shape, check_u64
+from ._checks import NUMPY, check_p, check_shape, check_u64, check_writable
 
 
 def philox4x32(counter, key, rounds=10):
@@ -66,22 +66,35 @@ def _check_allocatable(nbytes):
                           f"machine's {total} bytes of physical memory")
 
 
-def dropout_mask(shape, p, seed, offset=0):
+def dropout_mask(shape, p, seed, offset=0, *, out=None):
     """The keep-mask that `fastdrop.dropout(x, p, seed=seed)` applies to an x of this shape.
 
     Args:
         shape: the logical shape; element order is C order whatever the data's strides.
         p: drop probability in [0, 1].
         seed, offset: integers in [0, 2^64); different offsets give independent masks.
+        out: a writeable numpy bool array of `shape` to write the mask into (any strides).
     Returns:
-        numpy bool array of `shape`, True where the element is kept.
+        numpy bool array of `shape` (out when given), True where the element is kept.
     """
     shape = check_shape(shape)
     p = check_p(p)
     seed = check_u64(seed, "seed")
     offset = check_u64(offset, "offset")
-    _check_allocatable(math.prod(shape))
-    out = np.empty(shape, dtype=np.bool_)
-    if out.size:
-        keep_mask(out.reshape(-1), *kernel_rng_args(seed, offset, p))
+    if out is not None:
+        if not isinstance(out, np.ndarray) or out.dtype != np.bool_:
+            raise TypeError(f"out must be a numpy bool array, got {type(out).__name__} "
+                            f"{getattr(out, 'dtype', '')}")
+        if out.shape != shape:
+            raise ValueError(f"out has shape {out.shape}, expected {shape}")
+        check_writable(out, NUMPY)
+    else:
+        _check_allocatable(math.prod(shape))
+    flat = out if out is not None and out.flags.c_contiguous else np.empty(shape, dtype=np.bool_)
+    if flat.size:
+        keep_mask(flat.reshape(-1), *kernel_rng_args(seed, offset, p))
+    if out is None:
+        return flat
+    if flat is not out:
+        out[...] = flat
     return out

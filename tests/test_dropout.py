@@ -244,3 +244,69 @@ def test_grouped_masks_on_permuted_layouts(perm):
         assert y.stride() == x.stride()
         yn = fn(x.numpy())
         np.testing.assert_array_equal(yn, y.numpy())
+
+
+# ---- out= -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("fn, shape", [(fastdrop.dropout, (6, 7)), (fastdrop.dropout2d, (2, 3, 4, 5))])
+def test_out_receives_the_result(kind, fn, shape):
+    x = np.random.randn(*shape).astype(np.float32)
+    ref = fn(x, 0.4, seed=8)
+    for view in (lambda a: a, lambda a: a.T.copy().T):  # contiguous and another layout
+        out = view(np.full(shape, 7.0, np.float32))
+        xin, o = (x, out) if kind == "numpy" else (torch.from_numpy(x), torch.from_numpy(out))
+        assert fn(xin, 0.4, seed=8, out=o) is o
+        np.testing.assert_array_equal(out, ref)
+        assert fn(xin, 0.4, training=False, mode="classic", out=o) is o
+        np.testing.assert_allclose(out, x * np.float32(0.6), rtol=1e-6)
+    np.testing.assert_array_equal(x, np.asarray(fn(x, 0.0)))  # x untouched
+
+
+def test_out_is_x_means_inplace():
+    x = torch.randn(5, 6)
+    ref = fastdrop.dropout(x.clone(), 0.5, seed=3)
+    assert fastdrop.dropout(x, 0.5, seed=3, out=x) is x
+    assert torch.equal(x, ref)
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    (lambda x: x.numpy().copy(), TypeError, "same kind"),
+    (lambda x: torch.empty(5, 7), ValueError, "shape"),
+    (lambda x: torch.empty(5, 6, dtype=torch.float64), TypeError, "dtype"),
+    (lambda x: x[:, :], ValueError, "shares memory"),
+    (lambda x: torch.empty(6).expand(5, 6), RuntimeError, "single memory location"),
+    (lambda x: torch.empty(5, 6, device="meta"), ValueError, "meta"),
+])
+def test_bad_out_refused_before_the_seed_draw(bad, exc, match):
+    x = torch.randn(5, 6)
+    out = bad(x)
+    state = torch.get_rng_state()
+    with pytest.raises(exc, match=match):
+        fastdrop.dropout(x, 0.5, out=out)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_out_refuses_autograd_and_inplace_together():
+    x = torch.randn(4, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="automatic differentiation"):
+        fastdrop.dropout(x, 0.5, out=torch.empty(4, 4))
+    with torch.no_grad():
+        out = torch.empty(4, 4)
+        assert fastdrop.dropout(x, 0.5, seed=1, out=out) is out
+    y = torch.randn(4, 4)
+    with pytest.raises(ValueError, match="either inplace"):
+        fastdrop.dropout(y, 0.5, inplace=True, out=torch.empty(4, 4))
+
+
+def test_dropout_mask_out():
+    out = np.zeros((6, 9), bool)
+    assert fastdrop.dropout_mask((6, 9), 0.3, 5, 2, out=out) is out
+    np.testing.assert_array_equal(out, fastdrop.dropout_mask((6, 9), 0.3, 5, 2))
+    strided = np.zeros((9, 6), bool).T
+    fastdrop.dropout_mask((6, 9), 0.3, 5, 2, out=strided)
+    np.testing.assert_array_equal(strided, out)
+    with pytest.raises(ValueError, match="shape"):
+        fastdrop.dropout_mask((6, 8), 0.3, 5, out=out)
+    with pytest.raises(TypeError, match="bool"):
+        fastdrop.dropout_mask((6, 9), 0.3, 5, out=np.zeros((6, 9)))
