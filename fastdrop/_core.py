@@ -359,8 +359,8 @@ def _vmap(info, in_dims, operands, rng, params):
     return torch_apply(DROPOUT, (xl,), (group,), rng).movedim(-1, 0), 0
 
 
-DROPOUT = MaskedOp("dropout", ("x",), forward=_mask, backward=_backward, plain=_plain,
-                         fake=_fake, vmap=_vmap)
+DROPOUT = MaskedOp("dropout", ("x",), forward=_mask, backward=_backward, plain=_plain, fake=_fake,
+                   vmap=_vmap)
 
 
 def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_factor=1.0, inplace=False,
