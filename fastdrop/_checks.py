@@ -94,6 +94,28 @@ def array_kind(x, name="x"):
                     f"(__cuda_array_interface__), got {type(x).__name__}")
 
 
+def require_gpu():
+    """CUDA data needs a GPU (or Numba's simulator): a clear error, never a silent CPU fallback."""
+    from numba import cuda
+    if not cuda.is_available():
+        raise RuntimeError("fastdrop got CUDA data (a torch CUDA tensor or an object with "
+                           "__cuda_array_interface__); running its kernels needs a CUDA GPU (or "
+                           "NUMBA_ENABLE_CUDASIM=1 for Numba's CUDA simulator), and none is "
+                           "available to numba.cuda in this process")
+
+
+def as_device_array(x):
+    """x as a numba device array sharing its memory (no copy)."""
+    import numba
+    if numba.config.ENABLE_CUDASIM:
+        return x  # the simulator's arrays expose no __cuda_array_interface__; use them as they are
+    from numba import cuda
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    if isinstance(x, DeviceNDArray):
+        return x
+    return cuda.as_cuda_array(x)  # CuPy & co: a view; syncs on the stream x's owner exports
+
+
 def _check_tensor(x, name):
     import torch
     if x.is_nested:

@@ -25,8 +25,8 @@ import numpy as np
 
 from . import _cpu, _seeds
 from ._alloc import empty_like
-from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, check_array, check_companions, check_out, check_p,
-                      check_u64, check_writable)
+from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, as_device_array, check_array,
+                      check_companions, check_out, check_p, check_u64, check_writable)
 from .kernels.mask_pair_cpu import dropout_pair
 from .kernels.config import CPU_PARALLEL_MIN
 from .kernels.philox import kernel_rng_args
@@ -258,8 +258,7 @@ class CudaArrayBackend:
 
     @staticmethod
     def unsqueeze0(a):
-        from . import _cuda
-        return _cuda.as_device_array(a).reshape((1,) + tuple(a.shape))
+        return as_device_array(a).reshape((1,) + tuple(a.shape))
 
 
 BACKENDS = {NUMPY: NumpyBackend, TORCH: TorchBackend, CUDA_ARRAY: CudaArrayBackend}

@@ -17,34 +17,11 @@ import numpy as np
 from numba import cuda
 
 from .kernels import dropout_cuda as K
-from .kernels.config import CUDA_MAX_BLOCKS, CUDA_THREADS
+from .kernels.config import launch_shape
 from .kernels.philox import kernel_rng_args
-from ._checks import check_p, check_shape, check_u64
+from ._checks import as_device_array, check_p, check_shape, check_u64, require_gpu
 
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
-
-
-def require_gpu():
-    if not cuda.is_available():
-        raise RuntimeError("fastdrop got CUDA data (a torch CUDA tensor or an object with "
-                           "__cuda_array_interface__); running its kernels needs a CUDA GPU (or "
-                           "NUMBA_ENABLE_CUDASIM=1 for Numba's CUDA simulator), and none is "
-                           "available to numba.cuda in this process")
-
-
-def launch_shape(work):
-    """(blocks, threads) for a grid-stride loop over `work` items."""
-    return max(1, min(CUDA_MAX_BLOCKS, -(-work // CUDA_THREADS))), CUDA_THREADS
-
-
-def as_device_array(x):
-    """x as a numba device array sharing its memory (no copy)."""
-    if SIMULATOR:
-        return x  # the simulator's arrays expose no __cuda_array_interface__; use them as they are
-    from numba.cuda.cudadrv.devicearray import DeviceNDArray
-    if isinstance(x, DeviceNDArray):
-        return x
-    return cuda.as_cuda_array(x)  # CuPy & co: a view; syncs on the stream x's owner exports
 
 
 def _compute_scalar(dtype, value):

@@ -19,7 +19,8 @@ import sys
 
 from numba import cuda
 
-from ._cuda import launch_shape, require_gpu
+from ._checks import as_device_array, require_gpu
+from .kernels.config import launch_shape
 from .kernels import linear_cuda as L
 from .kernels.config import CUDA_MAX_BLOCKS
 from .kernels.philox import kernel_rng_args
@@ -116,7 +117,6 @@ def dense_call(name, x, w, b, rng, per_sample=None, grad=None):
     returning (gx, gw, gb). Results are of x's kind."""
     require_gpu()
     from ._checks import MAX_U64, is_torch_tensor
-    from ._cuda import as_device_array
     CL = sys.modules[__name__]
     seed, offset = int(rng.seed) & MAX_U64, rng.offset & MAX_U64
     extra = () if per_sample is None else (per_sample,)

@@ -172,16 +172,15 @@ def _max_norm_tensor(w, max_value, dims, eps):
 def _max_norm_device(w, max_value, dims, eps):
     """max_norm_ on a torch CUDA tensor, or a C-contiguous device array whose `dims` are trailing."""
     from numba import cuda
-    from . import _cuda
-    from ._checks import is_torch_tensor
+    from ._checks import as_device_array, is_torch_tensor, require_gpu
     from .kernels.variants_cuda import max_norm_device
-    _cuda.require_gpu()
+    require_gpu()
     if not is_torch_tensor(w):
         nd = len(w.shape)
         if list(dims) != list(range(nd - len(dims), nd)):
             raise ValueError(f"max_norm_ on a CUDA device array needs the normed dims to be the trailing "
                              f"ones, got dim={tuple(dims)} for {nd} dims (use a torch tensor for others)")
-        w = _cuda.as_device_array(w)
+        w = as_device_array(w)
         rows = math.prod(w.shape[:nd - len(dims)])
         max_norm_device(w.reshape(rows, w.size // max(rows, 1)), max_value, eps)
         return w

@@ -133,3 +133,8 @@ DENSE_PARALLEL_MIN = 1 << 21
 CUDA_THREADS = 256
 # Upper bound on the grid; grid-stride loops cover the rest.
 CUDA_MAX_BLOCKS = 4096
+
+
+def launch_shape(work):
+    """(blocks, threads) for a grid-stride loop over `work` items."""
+    return max(1, min(CUDA_MAX_BLOCKS, -(-work // CUDA_THREADS))), CUDA_THREADS
