@@ -125,9 +125,3 @@ def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, *, bf16=Fal
         return out_given
     dropout_cpu.apply_group_mask(xv, ov, keep, scale_type(scale))
     return out_given
-
-
-def scale_into(x, out, scale):
-    """out = x * scale (classic dropout at eval)."""
-    np.multiply(x, x.dtype.type(scale), out=out)
-    return out

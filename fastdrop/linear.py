@@ -28,8 +28,8 @@ import numbers
 import numpy as np
 
 from . import _core, _seeds
-from ._checks import (CUDA_ARRAY, TORCH, array_kind, check_array, check_companions, check_mode, check_p,
-                      check_u64, train_scale)
+from ._checks import (CUDA_ARRAY, MAX_U64, TORCH, array_kind, check_array, check_companions,
+                      check_mode, check_p, check_u64, train_scale)
 from .kernels import linear_cpu
 from .kernels.config import DENSE_PARALLEL_MIN
 from .kernels.philox import kernel_rng_args
@@ -209,7 +209,7 @@ def _gw_backward(B, grad, operands, rng, params, needs):
 
 
 def _kernel_args(rng, dtype):
-    return (*kernel_rng_args(_core._seed_int(rng.seed), rng.offset & ((1 << 64) - 1), rng.p),
+    return (*kernel_rng_args(_core._seed_int(rng.seed), rng.offset & MAX_U64, rng.p),
             dtype.type(rng.scale))
 
 

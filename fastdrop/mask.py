@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from .kernels.dropout_cpu import keep_mask
-from .kernels.philox import keep_threshold, kernel_rng_args, philox4x32_array, split_u64  # noqa: F401
+from .kernels.philox import keep_threshold, kernel_rng_args, philox4x32_array  # noqa: F401
 
 from ._checks import NUMPY, check_p, check_shape, check_u64, check_writable
 

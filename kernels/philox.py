@@ -74,11 +74,6 @@ def keep_threshold(p):
     return int(math.floor((1.0 - p) * 4294967296.0))
 
 
-def split_u64(value):
-    """(lo, hi) 32-bit halves as numpy uint64 scalars, the form every kernel takes."""
-    return np.uint64(value & 0xFFFFFFFF), np.uint64(value >> 32)
-
-
 _THRESHOLDS = {}  # p -> np.uint64(T(p)): a model uses a handful of p's, and this runs every call
 
 
