@@ -1,14 +1,13 @@
 """The mask contract, in numpy terms (README, "The mask").
 
 Element i (logical C-order index) of a call with (seed, offset) and drop probability p is kept iff
+its 16-bit mask word is below T(p) (contract version 2; the formula is written once, at the top of
+kernels/philox.py):
 
-    philox4x32_10(counter=(b mod 2^32, b >> 32, offset mod 2^32, offset >> 32),
-                  key=(seed mod 2^32, seed >> 32))[i mod 4]  <  T(p),   b = i // 4,
-    T(p) = floor((1 - p) * 2^32)   (computed in float64; T(0) = 2^32 keeps all, T(1) = 0 drops all).
-
-One 32-bit word per element: measured on the 2-core dev machine, 8- and 16-bit words were no
-faster (Philox is vectorized and the op is near its memory floor), and 32 bits keep the keep
-probability within 2^-32 of 1 - p.
+    words = philox4x32_10(counter=(b mod 2^32, b >> 32, offset mod 2^32, offset >> 32),
+                          key=(seed mod 2^32, seed >> 32)),   b = i // 8
+    h(i)  = (words[(i mod 8) // 2] >> (16 * (i mod 2))) & 0xFFFF
+    keep  = h(i) < T(p),   T(p) = floor((1 - p) * 2^16)   (float64; T(0) = 2^16 keeps all, T(1) = 0 drops all)
 """
 import math
 import os

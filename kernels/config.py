@@ -114,9 +114,9 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-# Philox blocks generated per scratch buffer on the CPU: 256 blocks = 1024 mask words = 4 KiB,
+# Philox blocks generated per scratch buffer on the CPU: 128 blocks = 1024 16-bit mask words = 2 KiB,
 # small enough to stay in L1 while the apply loop reads it back.
-CPU_BLOCKS_PER_CHUNK = 256
+CPU_BLOCKS_PER_CHUNK = 128
 
 # Elementwise dropout below this many elements runs on the calling thread. Alone, the parallel
 # kernel wins even at 32K float32 elements (8 vs 11 us); but in a training loop every call follows

@@ -1,12 +1,10 @@
 """CPU kernels for elementwise and grouped (spatial / per-sample) dropout.
 
-The mask contract (README, "The mask"): logical C-order element i of a call with (seed, offset)
-is kept iff  word(i) < T,  where word(i) is 32-bit word (i mod 4) of
-Philox4x32-10(counter = (i//4 mod 2^32, i//4 div 2^32, offset mod 2^32, offset div 2^32),
-key = (seed mod 2^32, seed div 2^32)), and T = floor((1 - p) * 2^32).
-A kept element becomes x * scale, a dropped one 0.
+The mask contract (README, "The mask"; the formula is at the top of kernels/philox.py): element i
+is kept iff its 16-bit mask word h(i), a half of a Philox4x32-10 output word (eight per Philox
+call), is below T(p) = floor((1 - p) * 2^16). A kept element becomes x * scale, a dropped one 0.
 
-Every kernel first fills a small scratch buffer with the words of a run of consecutive blocks
+Every kernel first fills a small scratch buffer with the mask words of a run of consecutive blocks
 (a straight-line loop LLVM vectorizes: vpmuludq does 8 Philox lanes at once), then applies it.
 Interleaving generation and application in one loop keeps Philox scalar and runs ~4x slower.
 The apply loops index chunk slices (`xs[k]`, not `x[start + k]`): LLVM then proves the accesses
@@ -35,9 +33,9 @@ from numba.core import types
 from numba.extending import intrinsic, overload
 
 from .config import CPU_BLOCKS_PER_CHUNK, JIT_OPTIONS, cpu_kernel
-from .philox import philox_block_cpu
+from .philox import HALF_MASK, LANES, SHIFT16, philox_block_cpu
 
-CHUNK = 4 * CPU_BLOCKS_PER_CHUNK  # elements (mask words) per scratch buffer
+CHUNK = LANES * CPU_BLOCKS_PER_CHUNK  # elements (16-bit mask words) per scratch buffer
 
 
 @intrinsic
@@ -161,13 +159,26 @@ def _scaled_impl(v, scale):
 
 @numba.njit(inline="always", **JIT_OPTIONS)
 def fill_words(buf, first_block, nblocks, off_lo, off_hi, key_lo, key_hi):
-    """buf[4*j + w] = word w of block first_block + j, for j < nblocks."""
+    """buf[8*j + l] = mask word l (16 bits) of block first_block + j, for j < nblocks; buf is uint16."""
     for j in range(nblocks):
         r0, r1, r2, r3 = philox_block_cpu(np.uint64(first_block + j), off_lo, off_hi, key_lo, key_hi)
-        buf[4 * j] = np.uint32(r0)
-        buf[4 * j + 1] = np.uint32(r1)
-        buf[4 * j + 2] = np.uint32(r2)
-        buf[4 * j + 3] = np.uint32(r3)
+        buf[8 * j] = np.uint16(r0 & HALF_MASK)
+        buf[8 * j + 1] = np.uint16(r0 >> SHIFT16)
+        buf[8 * j + 2] = np.uint16(r1 & HALF_MASK)
+        buf[8 * j + 3] = np.uint16(r1 >> SHIFT16)
+        buf[8 * j + 4] = np.uint16(r2 & HALF_MASK)
+        buf[8 * j + 5] = np.uint16(r2 >> SHIFT16)
+        buf[8 * j + 6] = np.uint16(r3 & HALF_MASK)
+        buf[8 * j + 7] = np.uint16(r3 >> SHIFT16)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def fill_run(buf, first, count, off_lo, off_hi, key_lo, key_hi):
+    """The mask words of elements [first, first + count) (count >= 1), which may start mid-block,
+    into buf (at least count + LANES long); returns where element `first` landed in buf."""
+    b0 = first // LANES
+    fill_words(buf, b0, (first + count - 1) // LANES - b0 + 1, off_lo, off_hi, key_lo, key_hi)
+    return first - LANES * b0
 
 
 @cpu_kernel
@@ -175,13 +186,13 @@ def keep_mask(out, key_lo, key_hi, off_lo, off_hi, thr):
     """out[i] = (element i is kept) for a flat bool array `out`."""
     n = out.size
     for c in numba.prange((n + CHUNK - 1) // CHUNK):
-        buf = np.empty(CHUNK, np.uint32)
+        buf = np.empty(CHUNK, np.uint16)
         start = c * CHUNK
         m = min(CHUNK, n - start)
-        fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
+        fill_words(buf, start // LANES, (m + LANES - 1) // LANES, off_lo, off_hi, key_lo, key_hi)
         os = out[start:start + m]
         for k in range(m):
-            os[k] = np.uint64(buf[k]) < thr
+            os[k] = np.uint32(buf[k]) < thr
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
@@ -189,7 +200,7 @@ def _dropout_chunk(x, out, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """Chunk c of `dropout_flat`: elements [c * CHUNK, (c + 1) * CHUNK)."""
     start = c * CHUNK
     m = min(CHUNK, x.size - start)
-    fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
+    fill_words(buf, start // LANES, (m + LANES - 1) // LANES, off_lo, off_hi, key_lo, key_hi)
     zero = x.dtype.type(0)
     xs = x[start:start + m]
     os = out[start:start + m]
@@ -197,14 +208,14 @@ def _dropout_chunk(x, out, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale):
         # computed for every element, then selected: a branch around the 16-bit conversions
         # is not if-converted and mispredicts on half the elements at p = 0.5 (3x slower)
         y = _scaled(xs[k], scale)
-        os[k] = y if np.uint64(buf[k]) < thr else zero
+        os[k] = y if np.uint32(buf[k]) < thr else zero
 
 
 @cpu_kernel
 def dropout_flat(x, out, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """out = where(mask, x * scale, 0) for flat contiguous x, out (out may alias x)."""
     for c in numba.prange((x.size + CHUNK - 1) // CHUNK):
-        buf = np.empty(CHUNK, np.uint32)
+        buf = np.empty(CHUNK, np.uint16)
         _dropout_chunk(x, out, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale)
 
 
@@ -213,7 +224,7 @@ def dropout_flat_serial(x, out, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """`dropout_flat` on the calling thread, for inputs below CPU_PARALLEL_MIN elements: waking
     Numba's thread pool costs more than it saves there (its own function, not a flag: Numba's
     disk cache does not key on `parallel`)."""
-    buf = np.empty(CHUNK, np.uint32)
+    buf = np.empty(CHUNK, np.uint16)
     for c in range((x.size + CHUNK - 1) // CHUNK):
         _dropout_chunk(x, out, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale)
 
@@ -237,7 +248,7 @@ def dropout_strided(xb, x_start, x_strides, ob, o_start, o_strides, shape,
     zero = xb.dtype.type(0)
     rows_per_chunk = max(1, CHUNK // max(length, 1))
     for c in numba.prange((rows + rows_per_chunk - 1) // rows_per_chunk):
-        buf = np.empty(CHUNK + 8, np.uint32)
+        buf = np.empty(CHUNK + LANES, np.uint16)
         for r in range(c * rows_per_chunk, min(rows, (c + 1) * rows_per_chunk)):
             rem = r
             xo = x_start
@@ -250,14 +261,10 @@ def dropout_strided(xb, x_start, x_strides, ob, o_start, o_strides, shape,
             j = 0
             while j < length:
                 seg = min(length - j, CHUNK)
-                first = r * length + j
-                b0 = first // 4
-                nblocks = (first + seg - 1) // 4 - b0 + 1
-                fill_words(buf, b0, nblocks, off_lo, off_hi, key_lo, key_hi)
-                shift = first - 4 * b0
+                shift = fill_run(buf, r * length + j, seg, off_lo, off_hi, key_lo, key_hi)
                 for k in range(seg):
                     y = _scaled(xb[xo + (j + k) * xs], scale)  # then selected, as in _dropout_chunk
-                    ob[oo + (j + k) * os] = y if np.uint64(buf[shift + k]) < thr else zero
+                    ob[oo + (j + k) * os] = y if np.uint32(buf[shift + k]) < thr else zero
                 j += seg
 
 

@@ -17,10 +17,9 @@ per task (a fixed number of tasks, so the bits do not depend on the thread count
 import numpy as np
 import numba
 
-from .config import CPU_BLOCKS_PER_CHUNK, cpu_kernel
-from .dropout_cpu import fill_words
-
-CHUNK = 4 * CPU_BLOCKS_PER_CHUNK
+from .config import cpu_kernel
+from .dropout_cpu import CHUNK, fill_run
+from .philox import LANES
 # Output rows per parallel task of the per-sample forward: (n, 16-row block) tasks give both cores
 # work even for N = 1 and keep a task's W rows (16 x I) in L2. (Kept here, not in config.py,
 # because config.py belongs to the dropout kernels' owner; it is this file's only knob.)
@@ -39,7 +38,7 @@ def dropconnect_sample_fwd(x, w, b, has_bias, y, key_lo, key_hi, off_lo, off_hi,
     for task in numba.prange(nn * nblk):
         n = task // nblk
         o0 = (task - n * nblk) * LINEAR_ROWS_PER_TASK
-        buf = np.empty(CHUNK + 8, np.uint32)
+        buf = np.empty(CHUNK + LANES, np.uint16)
         xr = x[n]
         for o in range(o0, min(no, o0 + LINEAR_ROWS_PER_TASK)):
             wr = w[o]
@@ -47,13 +46,10 @@ def dropconnect_sample_fwd(x, w, b, has_bias, y, key_lo, key_hi, off_lo, off_hi,
             j = 0
             while j < ni:
                 seg = min(ni - j, CHUNK)
-                first = (n * no + o) * ni + j
-                b0 = first // 4
-                fill_words(buf, b0, (first + seg - 1) // 4 - b0 + 1, off_lo, off_hi, key_lo, key_hi)
-                shift = first - 4 * b0
+                shift = fill_run(buf, (n * no + o) * ni + j, seg, off_lo, off_hi, key_lo, key_hi)
                 for k in range(seg):
                     prod = xr[j + k] * wr[j + k]
-                    acc += prod if np.uint64(buf[shift + k]) < thr else zero
+                    acc += prod if np.uint32(buf[shift + k]) < thr else zero
                 j += seg
             y[n, o] = acc * scale + (b[o] if has_bias else zero)
 
@@ -73,7 +69,7 @@ def dropconnect_sample_bwd(g, x, w, gx_part, gx, gw, gb, key_lo, key_hi, off_lo,
     for t in numba.prange(nt):
         part = gx_part[t]
         part[:, :] = zero
-        buf = np.empty(CHUNK + 8, np.uint32)
+        buf = np.empty(CHUNK + LANES, np.uint16)
         for o in range(t * no // nt, (t + 1) * no // nt):
             # 1-D row views and a multiplier instead of a branch: 4x faster than 2-D indexing
             # with `if keep` (measured at 64x512->512), the k loop then vectorizes.
@@ -90,12 +86,9 @@ def dropconnect_sample_bwd(g, x, w, gx_part, gx, gw, gb, key_lo, key_hi, off_lo,
                 j = 0
                 while j < ni:
                     seg = min(ni - j, CHUNK)
-                    first = (n * no + o) * ni + j
-                    b0 = first // 4
-                    fill_words(buf, b0, (first + seg - 1) // 4 - b0 + 1, off_lo, off_hi, key_lo, key_hi)
-                    shift = first - 4 * b0
+                    shift = fill_run(buf, (n * no + o) * ni + j, seg, off_lo, off_hi, key_lo, key_hi)
                     for k in range(seg):
-                        f = gs if np.uint64(buf[shift + k]) < thr else zero
+                        f = gs if np.uint32(buf[shift + k]) < thr else zero
                         gwr[j + k] += f * xr[j + k]
                         pr[j + k] += f * wr[j + k]
                     j += seg

@@ -17,19 +17,20 @@ README "The mask") for exactly the tile being loaded, into shared memory, by the
   block regenerates the TILE^3 bits it needs (a cube over the n, o and i ranges of the step) and
   the inner product reads them; no (N, out, in) buffer exists anywhere.
 
-Bit generation: a row of TILE consecutive mask words touches at most TILE/4 + 1 Philox blocks
+Bit generation: a row of TILE consecutive mask words touches at most TILE/8 + 1 Philox blocks
 (it may start mid-block); the (row, block) pairs are spread over the block's threads, each Philox
-call serving up to 4 words. A K-step of `masked_gemm` costs (TILE/4 + 1) * TILE Philox calls per
-masked tile instead of TILE^2 (one per element), and of `sample_gemm` TILE^2 * (TILE/4 + 1).
+call serving up to 8 mask words. A K-step of `masked_gemm` costs (TILE/8 + 1) * TILE Philox calls
+per masked tile instead of TILE^2 (one per element), and of `sample_gemm` TILE^2 * (TILE/8 + 1).
 """
 import numpy as np
 from numba import cuda
 
 from .dropout_cuda import philox_block_cuda
+from .philox import HALF_MASK, LANES, SHIFT16
 
 # Tile edge: TILE x TILE threads per block (256 for 16), TILE^3 bytes of mask cube in shared memory.
 TILE = 16
-BLOCKS_PER_ROW = TILE // 4 + 1  # Philox blocks a run of TILE consecutive mask words can touch
+BLOCKS_PER_ROW = TILE // LANES + 1  # Philox blocks a run of TILE consecutive mask words can touch
 # Shared-array sizes must be compile-time constants: module globals are, `TILE * TILE` in a kernel
 # is not (it types as a runtime int64 and cuda.shared.array rejects it on the real target).
 TILE2 = TILE * TILE
@@ -41,9 +42,16 @@ SAMPLE_FWD, SAMPLE_GRAD_X, SAMPLE_GRAD_W = 0, 1, 2  # (n, o | i), (n, i | o), (o
 
 
 @cuda.jit(device=True)
-def _set_bit(bits, r, c, valid_cols, word, thr):
+def _set_bit(bits, r, c, valid_cols, h, thr):
     if c >= 0 and c < TILE:
-        bits[r * TILE + c] = 1 if (c < valid_cols and word < thr) else 0
+        bits[r * TILE + c] = 1 if (c < valid_cols and h < thr) else 0
+
+
+@cuda.jit(device=True)
+def _set_pair(bits, r, c, valid_cols, word, thr):
+    """Columns c and c + 1 from the low and high 16-bit halves of a 32-bit Philox word."""
+    _set_bit(bits, r, c, valid_cols, word & HALF_MASK, thr)
+    _set_bit(bits, r, c + 1, valid_cols, word >> SHIFT16, thr)
 
 
 @cuda.jit(device=True)
@@ -58,16 +66,16 @@ def fill_bits(bits, nrows, rb, a0, b0, l0, adim, mdim, ldim, key_lo, key_hi, off
         b = b0 + r % rb
         valid_cols = ldim - l0 if (a < adim and b < mdim) else 0
         base = (a * mdim + b) * ldim + l0
-        block = base // 4 + q
-        c = 4 * block - base  # tile column of the block's word 0 (from -3 on)
+        block = base // LANES + q
+        c = LANES * block - base  # tile column of the block's mask word 0 (from -7 on)
         if valid_cols > 0 and c < valid_cols:
             w0, w1, w2, w3 = philox_block_cuda(np.uint64(block), off_lo, off_hi, key_lo, key_hi)
-        else:
-            w0 = w1 = w2 = w3 = thr  # all dropped; only fills the tile's padding with zeros
-        _set_bit(bits, r, c, valid_cols, w0, thr)
-        _set_bit(bits, r, c + 1, valid_cols, w1, thr)
-        _set_bit(bits, r, c + 2, valid_cols, w2, thr)
-        _set_bit(bits, r, c + 3, valid_cols, w3, thr)
+        else:  # every column here is padding (c >= valid_cols): _set_bit writes 0 whatever the word
+            w0 = w1 = w2 = w3 = np.uint64(0)
+        _set_pair(bits, r, c, valid_cols, w0, thr)
+        _set_pair(bits, r, c + 2, valid_cols, w1, thr)
+        _set_pair(bits, r, c + 4, valid_cols, w2, thr)
+        _set_pair(bits, r, c + 6, valid_cols, w3, thr)
 
 
 @cuda.jit(device=True)

@@ -7,6 +7,7 @@ import numba
 
 from .config import cpu_kernel
 from .dropout_cpu import CHUNK, fill_words
+from .philox import LANES
 
 
 @cpu_kernel
@@ -16,14 +17,14 @@ def dropout_pair(x1, x2, out1, out2, key_lo, key_hi, off_lo, off_hi, thr, scale)
     n = x1.size
     zero = x1.dtype.type(0)
     for c in numba.prange((n + CHUNK - 1) // CHUNK):
-        buf = np.empty(CHUNK, np.uint32)
+        buf = np.empty(CHUNK, np.uint16)
         start = c * CHUNK
         m = min(CHUNK, n - start)
-        fill_words(buf, start // 4, (m + 3) // 4, off_lo, off_hi, key_lo, key_hi)
+        fill_words(buf, start // LANES, (m + LANES - 1) // LANES, off_lo, off_hi, key_lo, key_hi)
         # chunk slices, as in dropout_cpu: LLVM vectorizes these loops, not `start + k` indexing
         a1, a2 = x1[start:start + m], x2[start:start + m]
         o1, o2 = out1[start:start + m], out2[start:start + m]
         for k in range(m):
-            keep = np.uint64(buf[k]) < thr
+            keep = np.uint32(buf[k]) < thr
             o1[k] = a1[k] * scale if keep else zero
             o2[k] = a2[k] * scale if keep else zero

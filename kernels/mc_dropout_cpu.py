@@ -14,6 +14,7 @@ import numba
 
 from .config import JIT_OPTIONS, cpu_kernel
 from .dropout_cpu import CHUNK, fill_words
+from .philox import LANES
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
@@ -23,11 +24,11 @@ def _samples_chunk(x, out, job, nchunks, off_lo, off_hi, key_lo, key_hi, thr, sc
     t = job // nchunks
     start = (job - t * nchunks) * CHUNK
     m = min(CHUNK, L - start)
-    buf = np.empty(CHUNK, np.uint32)
-    fill_words(buf, start // 4, (m + 3) // 4, off_lo[t], off_hi[t], key_lo, key_hi)
+    buf = np.empty(CHUNK, np.uint16)
+    fill_words(buf, start // LANES, (m + LANES - 1) // LANES, off_lo[t], off_hi[t], key_lo, key_hi)
     zero = x.dtype.type(0)
     for k in range(m):
-        out[t, start + k] = x[t, start + k] * scale if np.uint64(buf[k]) < thr else zero
+        out[t, start + k] = x[t, start + k] * scale if np.uint32(buf[k]) < thr else zero
 
 
 @cpu_kernel

@@ -32,6 +32,8 @@ import fastdrop.kernels
 from fastdrop.kernels import config, dropout_cpu
 from fastdrop.kernels.philox import philox_block_cpu
 
+from contract import block_halves, block_words
+
 SEED, OFFSET = 0x0123456789ABCDEF, 2**40 + 7
 needs_2_threads = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
 
@@ -376,26 +378,21 @@ def test_seed_none_draws_are_thread_safe():
 
 # ---- index math past 2^32 ----------------------------------------------------------------
 
-def contract_words(block, offset, seed):
-    ctr = np.array([[block & 0xFFFFFFFF, block >> 32, offset & 0xFFFFFFFF, offset >> 32]], np.uint64)
-    return fastdrop.philox4x32(ctr, [seed & 0xFFFFFFFF, seed >> 32])[0]
-
-
 def kernel_words(block, offset, seed):
     r = philox_block_cpu(np.uint64(block), np.uint64(offset & 0xFFFFFFFF), np.uint64(offset >> 32),
                          np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32))
     return np.array([np.uint32(v) for v in r], np.uint32)
 
 
-@pytest.mark.parametrize("element", [2**32 - 4, 2**32, 2**32 + 4, 2**34 + 8, 2**36 * 3 + 12,
-                                     2**62, 2**64 - 4])
+@pytest.mark.parametrize("element", [2**32 - 8, 2**32, 2**32 + 8, 2**34 + 8, 2**36 * 3 + 16,
+                                     2**62, 2**64 - 8])
 def test_block_mapping_past_2_32_never_wraps(element):
-    block = element // 4
+    block = element // 8
     low = block & 0xFFFFFFFF  # the block a 32-bit counter would wrap to
     got = kernel_words(block, OFFSET, SEED)
-    np.testing.assert_array_equal(got, contract_words(block, OFFSET, SEED))
+    np.testing.assert_array_equal(got, block_words(block, OFFSET, SEED))
     if block >= 2**32:
-        assert not np.array_equal(got, contract_words(low, OFFSET, SEED))
+        assert not np.array_equal(got, block_words(low, OFFSET, SEED))
 
 
 @numba.njit
@@ -406,18 +403,18 @@ def _fill(buf, first_block, nblocks, off_lo, off_hi, key_lo, key_hi):
 def test_scratch_fill_across_the_2_32_block_boundary():
     """fill_words (the scratch generator inside every CPU kernel) over blocks 2^32 - 3 .. 2^32 + 2."""
     first = 2**32 - 3
-    buf = np.empty(24, np.uint32)
+    buf = np.empty(48, np.uint16)
     _fill(buf, np.uint64(first), 6, np.uint64(OFFSET & 0xFFFFFFFF), np.uint64(OFFSET >> 32),
           np.uint64(SEED & 0xFFFFFFFF), np.uint64(SEED >> 32))
-    expected = np.concatenate([contract_words(first + j, OFFSET, SEED) for j in range(6)])
+    expected = np.concatenate([block_halves(first + j, OFFSET, SEED) for j in range(6)])
     np.testing.assert_array_equal(buf, expected)
 
 
 @pytest.mark.parametrize("offset", [2**32 - 1, 2**32, 2**33 + 5, 2**63, 2**64 - 1])
 def test_offsets_past_2_32_follow_the_contract(offset):
     n = 4099
-    words = np.concatenate([contract_words(b, offset, SEED) for b in range((n + 3) // 4)])[:n]
-    expected = words.astype(np.uint64) < fastdrop.keep_threshold(0.5)
+    halves = np.concatenate([block_halves(b, offset, SEED) for b in range((n + 7) // 8)])[:n]
+    expected = halves < fastdrop.keep_threshold(0.5)
     np.testing.assert_array_equal(fastdrop.dropout_mask((n,), 0.5, SEED, offset), expected)
     # offsets differing only in the high half give different masks
     low = fastdrop.dropout_mask((n,), 0.5, SEED, offset & 0xFFFFFFFF)

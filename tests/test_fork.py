@@ -229,7 +229,7 @@ def test_serial_twin_gives_the_parallel_kernels_bits():
     for kern in (dropout_cpu.dropout_flat.parallel, dropout_cpu.dropout_flat.serial):
         out = np.empty_like(x)
         kern(x, out, np.uint64(5), np.uint64(0), np.uint64(3), np.uint64(0),
-             np.uint64(fastdrop.keep_threshold(0.4)), np.float32(1 / 0.6))
+             np.uint32(fastdrop.keep_threshold(0.4)), np.float32(1 / 0.6))
         outs.append(out)
     assert outs[0].tobytes() == outs[1].tobytes()
 

@@ -13,14 +13,14 @@ N = 1 << 22  # 4M elements
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 def test_keep_fraction_binomial(p):
     m = fastdrop.dropout_mask(N, p, seed=1234)
-    res = stats.binomtest(int(m.sum()), N, 1 - p)
+    res = stats.binomtest(int(m.sum()), N, fastdrop.keep_threshold(p) / 2**16)
     assert res.pvalue > ALPHA, (p, m.mean())
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_keep_fraction_per_lane(p):
-    """Each of the four words of a Philox block keeps at the same rate (chi-square on lanes)."""
-    m = fastdrop.dropout_mask(N, p, seed=77).reshape(-1, 4)
+    """Each of the eight 16-bit mask words of a Philox block keeps at the same rate (chi-square on lanes)."""
+    m = fastdrop.dropout_mask(N, p, seed=77).reshape(-1, 8)
     kept = m.sum(0)
     table = np.stack([kept, m.shape[0] - kept])
     assert stats.chi2_contingency(table).pvalue > ALPHA
@@ -32,11 +32,18 @@ def _independent(a, b):
     return stats.chi2_contingency(table).pvalue
 
 
-@pytest.mark.parametrize("lag", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("lag", [1, 2, 3, 4, 7, 8, 9, 16])
 def test_neighbours_independent(lag):
-    """Lags 1-3 pair words of one Philox block, 4+ pair different blocks."""
+    """Lags 1-7 pair mask words of one Philox block, 8+ mostly different blocks."""
     m = fastdrop.dropout_mask(N, 0.5, seed=5)
     assert _independent(m[:-lag], m[lag:]) > ALPHA
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_halves_of_one_word_independent(p):
+    """Elements 2k and 2k + 1 take the low and high halves of one 32-bit Philox word."""
+    m = fastdrop.dropout_mask(N, p, seed=19)
+    assert _independent(m[0::2], m[1::2]) > ALPHA
 
 
 def test_rows_independent():

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import fastdrop
+from contract import mask as reference_mask
 
 KAT = [  # (counter, key, expected) from Random123's kat_vectors
     ([0, 0, 0, 0], [0, 0], [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
@@ -43,16 +44,6 @@ def test_bad_arguments(bad, exc):
         fastdrop.philox4x32(**bad)
 
 
-def reference_mask(shape, p, seed, offset=0):
-    """README's numpy recipe, kept verbatim: the mask contract written independently of the kernels."""
-    n = int(np.prod(shape))
-    b = np.arange((n + 3) // 4, dtype=np.uint64)
-    ctr = np.stack([b & 0xFFFFFFFF, b >> 32,
-                    np.full_like(b, offset & 0xFFFFFFFF), np.full_like(b, offset >> 32)], -1)
-    words = fastdrop.philox4x32(ctr, [seed & 0xFFFFFFFF, seed >> 32]).reshape(-1)[:n]
-    return (words.astype(np.uint64) < int(np.floor((1 - p) * 2**32))).reshape(shape)
-
-
 @pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 3, 1023), (0, 4), ()])
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.9, 1.0])
 @pytest.mark.parametrize("seed, offset", [(0, 0), (42, 7), (2**64 - 1, 2**64 - 1), (2**40 + 3, 2**33)])
@@ -62,11 +53,16 @@ def test_mask_matches_contract(shape, p, seed, offset):
 
 
 def test_threshold_resolution():
-    assert fastdrop.keep_threshold(0.0) == 2**32
+    assert fastdrop.keep_threshold(0.0) == 2**16
     assert fastdrop.keep_threshold(1.0) == 0
-    assert fastdrop.keep_threshold(0.5) == 2**31
-    for p in (0.1, 0.3, 0.9):
-        assert abs(fastdrop.keep_threshold(p) / 2**32 - (1 - p)) <= 2**-32
+    assert fastdrop.keep_threshold(0.5) == 2**15
+    for p in (0.1, 0.3, 0.9, 1e-3):
+        assert 0 <= (1 - p) - fastdrop.keep_threshold(p) / 2**16 < 2**-16
+    # the floor rounds the keep probability down: any p > 0 drops at least 2^-16 of the elements,
+    # and a p within 2^-16 of 1 drops everything
+    assert fastdrop.keep_threshold(1e-12) == 2**16 - 1
+    assert fastdrop.keep_threshold(1 - 2**-16) == 1
+    assert fastdrop.keep_threshold(1 - 1e-12) == 0
 
 
 def test_mask_is_prefix_stable():
@@ -74,3 +70,23 @@ def test_mask_is_prefix_stable():
     big = fastdrop.dropout_mask(1001, 0.5, 9)
     assert (fastdrop.dropout_mask(37, 0.5, 9) == big[:37]).all()
     assert (fastdrop.dropout_mask((10, 100), 0.5, 9).reshape(-1) == big[:1000]).all()
+
+
+# Frozen masks of contract version 2: 64 elements each, packed little-endian (element 0 = bit 0 of
+# byte 0). Any change to the mask layout, the threshold or the Philox source changes them. The
+# first one by hand: block 0 of (seed 0, offset 0) is Random123's first vector above, whose halves
+# E8D5 6627 C58D E169 AC4C BC57 DBD8 9B00 keep only element 1 at T(0.5) = 0x8000: byte 0x02.
+KNOWN_MASKS = [
+    ((0.5, 0, 0), "029cfedc109ac18d"),
+    ((0.1, 42, 7), "ffeef67feff7ffff"),
+    ((0.9, 2**64 - 1, 2**64 - 1), "00108000a2001800"),
+    ((0.3, 2**40 + 3, 2**33), "3fffbddc719dfe9d"),
+]
+
+
+@pytest.mark.parametrize("args, packed", KNOWN_MASKS)
+def test_known_mask_vectors(args, packed):
+    p, seed, offset = args
+    expected = np.unpackbits(np.frombuffer(bytes.fromhex(packed), np.uint8), bitorder="little").astype(bool)
+    np.testing.assert_array_equal(fastdrop.dropout_mask((64,), p, seed, offset), expected)
+    np.testing.assert_array_equal(reference_mask((64,), p, seed, offset), expected)

@@ -7,20 +7,11 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fastdrop
+from contract import mask as contract_mask
 
 U64 = st.integers(0, 2**64 - 1)
 P = st.one_of(st.sampled_from([0.0, 1.0, 0.5, 1e-12, 1 - 1e-12]), st.floats(0.0, 1.0))
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def contract_mask(shape, p, seed, offset):
-    """README's numpy recipe for the mask contract."""
-    n = int(np.prod(shape))
-    b = np.arange((n + 3) // 4, dtype=np.uint64)
-    ctr = np.stack([b & 0xFFFFFFFF, b >> 32, np.full_like(b, offset & 0xFFFFFFFF),
-                    np.full_like(b, offset >> 32)], -1)
-    words = fastdrop.philox4x32(ctr, [seed & 0xFFFFFFFF, seed >> 32]).reshape(-1)[:n]
-    return (words.astype(np.uint64) < int(np.floor((1 - p) * 2**32))).reshape(shape)
 
 
 @st.composite
