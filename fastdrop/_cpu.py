@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from .kernels import dropout_cpu
-from .kernels.config import CPU_PARALLEL_MIN
+from .kernels.config import CPU_PARALLEL_MIN, GROUP_PARALLEL_MIN
 from .kernels.philox import kernel_rng_args
 
 
@@ -95,19 +95,29 @@ def _view3(a, shape3):
     return v
 
 
-def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, *, bf16=False):
+def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, *, bf16=False, parallel_min=None):
     """Dropout with one mask element per index of x's first `group_ndim` dims (spatial dropout,
     DropPath): mask = dropout_mask(x.shape[:group_ndim], p, seed, offset), broadcast over the rest.
-    dtypes as in `dropout_into`."""
+    dtypes as in `dropout_into`. Data of parallel_min elements (default GROUP_PARALLEL_MIN) and more
+    runs on Numba's pool; the mask itself (a few thousand elements in practice) is drawn on the
+    calling thread below CPU_PARALLEL_MIN groups."""
     if x.size == 0:
         return out
+    if parallel_min is None:
+        parallel_min = GROUP_PARALLEL_MIN
     out_given = out
     x, out, scale_type = _kernel_views(x, out, bf16)
     lead = x.shape[:group_ndim]
-    keep = np.empty(math.prod(lead), dtype=np.bool_)
-    dropout_cpu.keep_mask(keep, *kernel_rng_args(seed, offset, p))
-    shape3 = (math.prod(lead[:-1]), lead[-1], math.prod(x.shape[group_ndim:]))
-    if x.ndim > group_ndim + 1 and not x.flags.c_contiguous:
+    groups = math.prod(lead)
+    keep = np.empty(groups, dtype=np.bool_)
+    fill = dropout_cpu.keep_mask if groups >= CPU_PARALLEL_MIN else dropout_cpu.keep_mask_serial
+    fill(keep, *kernel_rng_args(seed, offset, p))
+    apply = dropout_cpu.apply_group_mask if x.size >= parallel_min else dropout_cpu.apply_group_mask_serial
+    shape3 = (groups // lead[-1], lead[-1], x.size // groups)
+    if x.flags.c_contiguous and out.flags.c_contiguous:  # the common case, without the view search
+        apply(x.reshape(shape3), out.reshape(shape3), keep, scale_type(scale))
+        return out_given
+    if x.ndim > group_ndim + 1:
         # The mask is constant over the non-group dims, so they may be walked in any order: in
         # x's memory order, a permuted layout (channels_last, timm's (N, H, W, C) views) becomes
         # one contiguous row per group instead of a copy (x and out get the same permutation).
@@ -120,8 +130,9 @@ def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, *, bf16=Fal
     ov = _view3(out, shape3)
     if ov is None:
         tmp = np.empty(shape3, out.dtype)
-        dropout_cpu.apply_group_mask(xv, tmp, keep, scale_type(scale))
+        apply(xv, tmp, keep, scale_type(scale))
         out[...] = tmp.reshape(out.shape)
         return out_given
-    dropout_cpu.apply_group_mask(xv, ov, keep, scale_type(scale))
+    apply(xv, ov, keep, scale_type(scale))
     return out_given
+

@@ -284,3 +284,9 @@ def apply_group_mask(x, out, keep, scale):
         else:
             for k in range(xr.size):
                 orow[k] = zero
+
+
+# The serial twins the launchers pick below their thresholds (fastdrop/_cpu.py, fastdrop/mask.py):
+# the per-channel masks of spatial dropout and the masks of small calls are a few thousand elements.
+keep_mask_serial = keep_mask.serial
+apply_group_mask_serial = apply_group_mask.serial

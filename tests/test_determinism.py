@@ -66,11 +66,12 @@ def parallel_kernels():
     not from the `parallel` flag: the NUMBA_BOUNDSCHECK pass (tests/boundscheck_plugin.py)
     compiles these same kernels with parallel=False."""
     found = {}
+    clones = {id(k.serial) for k in config._KERNELS}  # a cpu_kernel's `.serial`, bound to a name
     for mod in _kernel_modules():
         for name, obj in vars(mod).items():
             # a plain njit dispatcher or a cpu_kernel (parallel dispatcher + fork-safe serial clone)
             if (isinstance(obj, (numba.core.registry.CPUDispatcher, config.CpuKernel))
-                    and obj.py_func.__module__ == mod.__name__
+                    and id(obj) not in clones and obj.py_func.__module__ == mod.__name__
                     and "prange(" in inspect.getsource(obj.py_func)):
                 found[f"{mod.__name__.rsplit('.', 1)[1]}.{name}"] = obj
     return found
@@ -93,6 +94,7 @@ def _ge(n):
 
 # Read once: test_parallel_and_serial_kernels_agree raises the thresholds, not the sizes.
 SMALL = _ge(config.CPU_PARALLEL_MIN)  # dropout_flat's threshold in fastdrop._cpu
+GROUPED = _ge(config.GROUP_PARALLEL_MIN)  # apply_group_mask's
 BIG = _ge(max(getattr(m, k) for m, k in thresholds()))  # dense layers, MC dropout
 
 
@@ -107,7 +109,7 @@ def parallel_workload():
     out["dropout_flat torch"] = fastdrop.dropout(torch.from_numpy(x).double(), 0.3, seed=SEED).numpy()
     out["dropout_strided"] = fastdrop.dropout(x.T, 0.6, seed=SEED, offset=OFFSET)
     out["keep_mask"] = fastdrop.dropout_mask((3, small // 3 + 1), 0.25, SEED, OFFSET)
-    x4 = rng.standard_normal((8, 33, 23, 23))
+    x4 = rng.standard_normal((8, 33, GROUPED // 264 + 1))
     out["keep_mask + apply_group_mask"] = fastdrop.dropout2d(x4, 0.5, seed=SEED, offset=OFFSET)
     ctr = rng.integers(0, 2**32, (small // 4 + 1, 4), dtype=np.uint64)
     out["philox4x32_array"] = fastdrop.philox4x32(ctr, [SEED & 0xFFFFFFFF, SEED >> 32])
@@ -234,8 +236,9 @@ def test_workload_runs_every_parallel_kernel_with_2_threads(reference):
     assert not missed, f"the workload never reached {missed}"
     assert not [k for k in PARALLEL if min(calls[k]) < 2], calls
     # and no launch in it fell below a threshold (dropout_flat alone is also reached by the dense
-    # layers, so a too-small elementwise input would go unnoticed above)
-    assert not {k: v for k, v in calls.items() if k in TWINS}, calls
+    # layers, so a too-small elementwise input would go unnoticed above); the per-channel mask of
+    # the spatial call is a few hundred elements and is drawn serially by design
+    assert not {k: v for k, v in calls.items() if k in TWINS and k != "dropout_cpu.keep_mask_serial"}, calls
 
 
 @needs_2_threads
