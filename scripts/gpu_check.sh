@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# One command for a machine with an NVIDIA GPU (issue 10): the CUDA tests on the real device, the
+# GPU-only tests (tests/gpu), a compute-sanitizer pass and the GPU benchmark, in under 8 minutes.
+#
+#   bash scripts/gpu_check.sh                 # everything
+#   bash scripts/gpu_check.sh --no-bench      # also: --no-sanitizer, --no-tests, --budget SECONDS
+#
+# Needs: `python3` (or $PYTHON) with a CUDA build of torch, numba, numba-cuda, pytest (and
+# pytest-benchmark); compute-sanitizer on PATH or in /usr/local/cuda*/bin (optional: skipped with
+# a message if absent). Installs nothing and needs no network: fastdrop is imported from this
+# checkout through a temporary PYTHONPATH shim (fastdrop/ -> ./fastdrop/*, fastdrop/kernels ->
+# ./kernels, the mapping pyproject.toml's package-dir gives an install).
+#
+# Steps run one after another; each continues whatever happened before, prints its elapsed time
+# and has a time limit; a step may use the time earlier steps left, but never the time reserved
+# for the steps after it. The script exits non-zero if any step failed or timed out.
+# Full logs: build/gpu-check/<stamp>/*.log; benchmark files: bench/results/<gpu>-<date>.{json,md,png}.
+# With --out DIR (default: $OUT when set) logs and benchmark files are also copied to DIR.
+set -u
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+PY="${PYTHON:-python3}"
+BUDGET=470          # seconds for all steps (8 min minus a margin for the summary)
+RUN_TESTS=1 RUN_SAN=1 RUN_BENCH=1
+COPY_TO="${OUT:-}"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --no-tests) RUN_TESTS=0 ;;
+        --no-sanitizer) RUN_SAN=0 ;;
+        --no-bench) RUN_BENCH=0 ;;
+        --budget) BUDGET="$2"; shift ;;
+        --out) COPY_TO="$2"; shift ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+T_START=$(date +%s)
+DEADLINE=$((T_START + BUDGET))
+STAMP="$(date +%Y%m%d-%H%M%S)"
+LOGDIR="$REPO/build/gpu-check/$STAMP"
+mkdir -p "$LOGDIR"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastdrop-gpu-check.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+
+# ---- import fastdrop from this checkout, installing nothing -------------------------------------
+mkdir -p "$WORK/shim/fastdrop"
+for f in "$REPO"/fastdrop/* ; do
+    case "$(basename "$f")" in __pycache__) continue ;; esac
+    ln -s "$f" "$WORK/shim/fastdrop/$(basename "$f")"
+done
+ln -s "$REPO/kernels" "$WORK/shim/fastdrop/kernels"
+export PYTHONPATH="$WORK/shim${PYTHONPATH:+:$PYTHONPATH}"
+export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$REPO/build/numba-gpu-check}"  # CPU kernels, shared by the steps
+unset NUMBA_ENABLE_CUDASIM                  # the real device, never the simulator
+export NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0  # tiny test grids are on purpose
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1
+export PYTHONDONTWRITEBYTECODE=1
+
+# ---- steps ---------------------------------------------------------------------------------------
+# name, cap (s): the caps of later steps are reserved from the deadline
+NAMES=() CAPS=()
+add() { NAMES+=("$1"); CAPS+=("$2"); }
+# (caps sum to 465 s <= BUDGET; time a step leaves unused goes to the steps after it)
+add info 30
+[ $RUN_TESTS = 1 ] && { add tests_cuda 85; add tests_gpu 85; add tests_gpu_graphs 25; }
+[ $RUN_SAN = 1 ] && { add memcheck 50; add racecheck 30; add synccheck 20; }
+[ $RUN_BENCH = 1 ] && add bench 140 || true
+STATUS=() ELAPSED=()
+FAILED=0
+
+reserved_after() {  # sum of the caps of the steps after index $1
+    local s=0 j
+    for ((j = $1 + 1; j < ${#CAPS[@]}; j++)); do s=$((s + CAPS[j])); done
+    echo $s
+}
+
+# run_step INDEX CMD...: runs with a limit, output to its log; prints the log's tail
+run_step() {
+    local i=$1; shift
+    local name=${NAMES[$i]} now limit t0 rc
+    now=$(date +%s)
+    limit=$((DEADLINE - now - $(reserved_after "$i")))
+    [ $limit -gt $((CAPS[i] * 3)) ] && limit=$((CAPS[i] * 3))
+    echo
+    echo "=== [$name] limit ${limit}s (at $((now - T_START))s) ==="
+    if [ $limit -lt 5 ]; then
+        STATUS[$i]="FAIL (no time left)"; ELAPSED[$i]=0; FAILED=1
+        echo "=== [$name] not run: no time left"; return
+    fi
+    t0=$(date +%s)
+    # SIGINT first: pytest then prints its summary of what ran; KILL 15 s later
+    timeout -s INT -k 15 "$limit" "$@" >"$LOGDIR/$name.log" 2>&1
+    rc=$?
+    ELAPSED[$i]=$(($(date +%s) - t0))
+    tail -n "${TAIL_LINES:-30}" "$LOGDIR/$name.log"
+    if [ $rc = 0 ]; then STATUS[$i]="ok"
+    elif [ $rc = 124 ] || [ $rc = 137 ] || [ $rc = 130 ]; then STATUS[$i]="FAIL (timed out after ${limit}s)"; FAILED=1
+    else STATUS[$i]="FAIL (exit $rc)"; FAILED=1
+    fi
+    echo "=== [$name] ${STATUS[$i]} in ${ELAPSED[$i]}s"
+}
+
+skip_step() {
+    local i=$1; shift
+    STATUS[$i]="skipped: $*"; ELAPSED[$i]=0
+    echo; echo "=== [${NAMES[$i]}] skipped: $*"
+}
+
+idx() { local j; for j in "${!NAMES[@]}"; do [ "${NAMES[$j]}" = "$1" ] && echo "$j"; done; }
+
+# 1. the machine and the versions; a tiny Numba kernel proves NVVM and the driver work, and one
+#    launch on torch's stream proves the interop path
+cat >"$WORK/info.py" <<'EOF'
+import importlib.metadata as md, os, platform, subprocess, sys, time
+t0 = time.perf_counter()
+def v(name):
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return "not installed"
+print("python", platform.python_version(), sys.executable)
+try:
+    print(subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap",
+                          "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip())
+except Exception as e:
+    print("nvidia-smi:", type(e).__name__, e)
+import torch
+print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuda available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("torch device 0:", p.name, f"cc {p.major}.{p.minor}", f"{p.total_memory / 2**30:.1f} GiB",
+          f"{p.multi_processor_count} SMs", "devices:", torch.cuda.device_count())
+print("numba", v("numba"), "numba-cuda", v("numba-cuda"), "cuda-bindings", v("cuda-bindings"),
+      "cuda-python", v("cuda-python"), "pytest", v("pytest"), "pytest-benchmark", v("pytest-benchmark"),
+      "matplotlib", v("matplotlib"), "triton", v("triton"))
+print("CUDA_HOME", os.environ.get("CUDA_HOME"), "NUMBA_CACHE_DIR", os.environ.get("NUMBA_CACHE_DIR"))
+import numpy as np
+from numba import cuda
+print("numba.cuda available:", cuda.is_available())
+import fastdrop, fastdrop.kernels
+print("fastdrop", fastdrop.__version__, "from", os.path.dirname(fastdrop.__file__),
+      "kernels from", os.path.realpath(os.path.dirname(fastdrop.kernels.__file__)))
+assert os.path.realpath(os.path.dirname(fastdrop.kernels.__file__)) == os.path.realpath(sys.argv[1] + "/kernels"), \
+    "fastdrop.kernels is not this checkout's kernels/"
+dev = cuda.get_current_device()
+print("numba device:", dev.name, "cc", dev.compute_capability)
+try:
+    from numba.cuda.cudadrv import nvvm
+    print("NVVM", nvvm.NVVM().get_version())
+except Exception as e:
+    print("NVVM version unknown:", type(e).__name__, e)
+@cuda.jit
+def twice(a):
+    i = cuda.grid(1)
+    if i < a.size:
+        a[i] *= 2
+a = cuda.to_device(np.arange(5, dtype=np.float32))
+twice[1, 32](a)
+assert (a.copy_to_host() == 2 * np.arange(5)).all()
+print("numba kernel compile + launch: ok")
+x = torch.ones(1000, device="cuda")
+y = fastdrop.dropout(x, 0.5, seed=1)
+torch.cuda.synchronize()
+ref = fastdrop.dropout(torch.ones(1000), 0.5, seed=1)
+assert torch.equal(y.cpu(), ref), "torch CUDA dropout differs from CPU"
+print("fastdrop.dropout on a torch CUDA tensor equals the CPU result: ok")
+print(f"info done in {time.perf_counter() - t0:.1f} s")
+EOF
+I=$(idx info)
+run_step "$I" "$PY" "$WORK/info.py" "$REPO"
+if [ "${STATUS[$I]}" != ok ] && [ -z "${CUDA_HOME:-}" ]; then
+    # numba-cuda without its [cu12]/[cu13] extra finds NVVM only through a toolkit
+    for d in /usr/local/cuda /usr/local/cuda-*; do
+        if [ -d "$d/nvvm" ]; then
+            echo "retrying with CUDA_HOME=$d (NVVM from the toolkit)"
+            export CUDA_HOME="$d"
+            FAILED=0
+            run_step "$I" "$PY" "$WORK/info.py" "$REPO"
+            break
+        fi
+    done
+fi
+
+# 2. the CUDA tests on the device (the simulator run's tests, now real), then tests/gpu
+if [ $RUN_TESTS = 1 ]; then
+    PYTEST=("$PY" -m pytest -q -rfEX --durations=8 -p no:cacheprovider)
+    # The PTX compile test compiles every kernel twice more for sm_80/sm_90: the launches here
+    # compile them for the real device already (GPU_CHECK_NVVM_TEST=1 keeps it).
+    DESELECT=()
+    [ "${GPU_CHECK_NVVM_TEST:-0}" = 1 ] || \
+        DESELECT=(--deselect tests/cuda/test_nvvm_compile.py::test_every_kernel_compiles_for_the_cuda_target)
+    run_step "$(idx tests_cuda)" "${PYTEST[@]}" tests/cuda "${DESELECT[@]}"
+    run_step "$(idx tests_gpu)" "${PYTEST[@]}" -rs tests/gpu --ignore=tests/gpu/test_cuda_graphs.py
+    # own process: a failed capture can leave the CUDA context unusable for later tests
+    run_step "$(idx tests_gpu_graphs)" "${PYTEST[@]}" -rxs tests/gpu/test_cuda_graphs.py
+fi
+
+# 3. compute-sanitizer: memcheck over every kernel (torch route included), racecheck and
+#    synccheck over the shared-memory kernels
+if [ $RUN_SAN = 1 ]; then
+    SAN="$(command -v compute-sanitizer || true)"
+    if [ -z "$SAN" ]; then
+        for d in /usr/local/cuda/bin /usr/local/cuda*/bin /opt/cuda/bin; do
+            [ -x "$d/compute-sanitizer" ] && { SAN="$d/compute-sanitizer"; break; }
+        done
+    fi
+    if [ -z "$SAN" ]; then
+        msg="compute-sanitizer not found (PATH, /usr/local/cuda*/bin, /opt/cuda/bin)"
+        for s in memcheck racecheck synccheck; do skip_step "$(idx $s)" "$msg"; done
+    else
+        echo; echo "compute-sanitizer: $SAN"
+        KERNELS="tests/gpu/launch_all_kernels.py"
+        # no caching allocator: memcheck sees torch's buffers at their real sizes
+        run_step "$(idx memcheck)" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool memcheck \
+            --error-exitcode 1 --print-limit 20 "$PY" "$KERNELS"
+        run_step "$(idx racecheck)" "$SAN" --tool racecheck --error-exitcode 1 --print-limit 20 \
+            "$PY" "$KERNELS" --shared-only
+        run_step "$(idx synccheck)" "$SAN" --tool synccheck --error-exitcode 1 --print-limit 20 \
+            "$PY" "$KERNELS" --shared-only
+    fi
+fi
+
+# 4. the GPU benchmark: it stops starting rows when its budget is spent (files still written)
+if [ $RUN_BENCH = 1 ]; then
+    I=$(idx bench)
+    left=$((DEADLINE - $(date +%s) - 25))
+    [ $left -gt 400 ] && left=400
+    [ $left -lt 30 ] && left=30
+    TAIL_LINES=70 run_step "$I" "$PY" bench/gpu_bench.py --budget-s "$left"
+fi
+
+# ---- summary -------------------------------------------------------------------------------------
+echo
+echo "=== summary (logs: $LOGDIR) ==="
+for i in "${!NAMES[@]}"; do
+    printf '  %-18s %-40s %4ss\n' "${NAMES[$i]}" "${STATUS[$i]:-not run}" "${ELAPSED[$i]:-0}"
+done
+grep -h -E "^(FAILED|ERROR|XPASS)|(passed|failed|skipped|xfailed|error).* in [0-9.]+s" "$LOGDIR"/tests_*.log 2>/dev/null \
+    | sed 's/^/  /' | head -40
+grep -h -E "ERROR SUMMARY|never launched|every kernel launched" "$LOGDIR"/*check.log 2>/dev/null | sed 's/^/  /'
+if [ -n "$COPY_TO" ]; then
+    mkdir -p "$COPY_TO/gpu-check" && cp -r "$LOGDIR"/. "$COPY_TO/gpu-check/"
+    find "$REPO/bench/results" -newermt "@$T_START" -type f -exec cp {} "$COPY_TO/gpu-check/" \; 2>/dev/null
+    echo "  logs and new benchmark files copied to $COPY_TO/gpu-check"
+fi
+echo "  total $(($(date +%s) - T_START))s"
+[ $FAILED = 0 ] && { echo "  ALL STEPS OK"; exit 0; }
+echo "  SOME STEPS FAILED"
+exit 1

@@ -1,0 +1,477 @@
+"""The torch-CUDA route on a real GPU, against the CPU route (issue 10, item 7).
+
+Every public op of tests/op_table.py, called on torch CUDA tensors, gives what it gives on CPU
+tensors with the same seed and offset: bit for bit for the dropout family (elementwise, spatial,
+DropPath: the mask contract and one rounding), to float rounding for the GEMM ops (cuBLAS and the
+CPU BLAS sum in different orders). Also: float16 / bfloat16, channels_last and other strides,
+in-place and out=, gradients and double backward, seed=None under torch.manual_seed, side streams
+(a launch on the wrong stream shows up as a wrong result, not as a flaky one: the producer of x
+is held back with torch.cuda._sleep), several streams at once, sizes past one grid of the
+grid-stride loops, torch.compile, max_norm_, mc_predict and Numba / foreign CUDA device arrays.
+
+Collected only when asked and skipped without a GPU (tests/gpu/conftest.py).
+"""
+import copy
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+import fastdrop
+from fastdrop.functional import DROPOUT
+from op_table import CASES, numpy_operands, operands
+
+SEED, OFFSET = 2**40 + 17, 2**33 + 1
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+DTYPE_IDS = ["f32", "f64", "f16", "bf16"]
+# Relative tolerance of the GEMM ops (the elementwise ops must be bit-identical). Half types are
+# computed in float32 and rounded once on both devices: a float32 difference may flip the last bit.
+GEMM_RTOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+INT_VIEW = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
+            torch.bfloat16: torch.int16}
+ELEMENTWISE = sorted(n for n, c in CASES.items() if c.op is DROPOUT)
+ALL_CASES = sorted(CASES)
+OUT_CASES = ["dropout", "dropout_classic", "dropout1d", "dropout2d", "dropout3d"]  # take out=
+DEV = "cuda"
+
+
+def assert_same(got, ref, exact, rtol=None):
+    """got (any device) equals the CPU reference ref: bit for bit (exact) or to rtol, with an
+    absolute tolerance scaled by the largest |ref| (products of values near 0)."""
+    got = got.detach().cpu()
+    ref = ref.detach()
+    assert got.shape == ref.shape and got.dtype == ref.dtype, (got.shape, got.dtype, ref.shape, ref.dtype)
+    if exact:
+        same = torch.equal(got.contiguous().view(INT_VIEW[ref.dtype]), ref.contiguous().view(INT_VIEW[ref.dtype]))
+        if not same:
+            diff = (got.double() != ref.double()) & ~(got.isnan() & ref.isnan())
+            mask_diff = ((got == 0) != (ref == 0)).sum().item()
+            raise AssertionError(f"not bit-identical: {int(diff.sum())} of {ref.numel()} elements differ, "
+                                 f"{mask_diff} in the mask (zero pattern)")
+        return
+    scale = max(1.0, float(ref.double().abs().max())) if ref.numel() else 1.0
+    torch.testing.assert_close(got.double(), ref.double(), rtol=rtol, atol=rtol * scale)
+
+
+def on_gpu(ops, requires_grad=False):
+    return tuple(t.detach().to(DEV).requires_grad_(requires_grad) for t in ops)
+
+
+def _exact(name):
+    return CASES[name].op is DROPOUT
+
+
+# ---------------------------------------------------------------------------------------- forward
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", ALL_CASES)
+def test_forward_equals_cpu(name, dtype):
+    case = CASES[name]
+    ops = operands(case, dtype)
+    ref = case.call(*ops, seed=SEED, offset=OFFSET)
+    got = case.call(*on_gpu(ops), seed=SEED, offset=OFFSET)
+    assert got.is_cuda and got.device == torch.device(DEV, torch.cuda.current_device())
+    assert_same(got, ref, _exact(name), GEMM_RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", ALL_CASES)
+def test_gradients_equal_cpu(name, dtype):
+    case = CASES[name]
+    cpu = tuple(t.requires_grad_(True) for t in operands(case, dtype))
+    gpu = on_gpu(cpu, requires_grad=True)
+    y_cpu = case.call(*cpu, seed=SEED, offset=OFFSET)
+    y_gpu = case.call(*gpu, seed=SEED, offset=OFFSET)
+    g = torch.randn(y_cpu.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    ref = torch.autograd.grad(y_cpu, cpu, g)
+    got = torch.autograd.grad(y_gpu, gpu, g.to(DEV))
+    for r, t in zip(ref, got):
+        assert_same(t, r, _exact(name), GEMM_RTOL[dtype])
+
+
+@pytest.mark.parametrize("name", ALL_CASES)
+def test_double_backward_equals_cpu(name):
+    """Backward with create_graph (the differentiable formulas, TorchAutogradBackend) on CUDA."""
+    case = CASES[name]
+    cpu = tuple(t.requires_grad_(True) for t in operands(case, torch.float64))
+    gpu = on_gpu(cpu, requires_grad=True)
+    results = []
+    for ops, dev in ((cpu, "cpu"), (gpu, DEV)):
+        y = case.call(*ops, seed=SEED, offset=OFFSET)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dev)
+        g.requires_grad_(True)
+        grads = torch.autograd.grad(y, ops, g, create_graph=True)
+        v = [torch.randn(a.shape, generator=torch.Generator().manual_seed(3 + i), dtype=torch.float64).to(dev)
+             for i, a in enumerate(grads)]
+        s = sum((a * b).sum() for a, b in zip(grads, v))
+        results.append(torch.autograd.grad(s, (*ops, g), allow_unused=True))
+    for r, t in zip(*results):
+        assert (r is None) == (t is None)
+        if r is not None:
+            assert_same(t, r, _exact(name), GEMM_RTOL[torch.float64])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", [n for n in ALL_CASES if CASES[n].inplace])
+def test_inplace_equals_cpu(name, dtype):
+    case = CASES[name]
+    (x,) = operands(case, dtype)
+    ref = case.call(x.clone(), seed=SEED, offset=OFFSET, inplace=True)
+    xg = x.to(DEV)
+    ptr = xg.data_ptr()
+    got = case.call(xg, seed=SEED, offset=OFFSET, inplace=True)
+    assert got is xg and xg.data_ptr() == ptr
+    assert_same(xg, ref, True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", OUT_CASES)
+def test_out_equals_cpu(name, dtype):
+    case = CASES[name]
+    (x,) = operands(case, dtype)
+    ref = case.call(x, seed=SEED, offset=OFFSET)
+    out = torch.full(x.shape, float("nan"), dtype=dtype, device=DEV)
+    got = case.call(x.to(DEV), seed=SEED, offset=OFFSET, out=out)
+    assert got is out
+    assert_same(out, ref, True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("fn", ["dropout", "dropout2d", "drop_path"])
+def test_channels_last(fn, dtype):
+    """channels_last in, channels_last out (torch's layout rule), same values as on the CPU; and
+    the gradient."""
+    f = getattr(fastdrop, fn)
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float64).to(dtype).to(memory_format=torch.channels_last)
+    ref = f(x, 0.4, seed=SEED, offset=OFFSET)
+    xg = x.to(DEV).requires_grad_(True)
+    assert xg.is_contiguous(memory_format=torch.channels_last)
+    got = f(xg, 0.4, seed=SEED, offset=OFFSET)
+    assert got.stride() == ref.stride() == x.stride()
+    assert_same(got, ref, True)
+    g = torch.randn(x.shape, dtype=torch.float64).to(dtype).to(memory_format=torch.channels_last)
+    (gx,) = torch.autograd.grad(got, xg, g.to(DEV))
+    assert_same(gx, f(g, 0.4, seed=SEED, offset=OFFSET), True)
+
+
+@pytest.mark.parametrize("view", ["transposed", "sliced", "expanded", "negative_bit"])
+def test_strided_inputs(view):
+    x = torch.randn(7, 9, dtype=torch.float32)
+    make = {"transposed": lambda t: t.t(), "sliced": lambda t: t[1:, ::2],
+            "expanded": lambda t: t[:1].expand(5, 9), "negative_bit": torch._neg_view}[view]
+    xc = make(x)
+    xg = make(x.to(DEV))
+    for f in (fastdrop.dropout, fastdrop.drop_path):
+        assert_same(f(xg, 0.3, seed=SEED, offset=OFFSET), f(xc, 0.3, seed=SEED, offset=OFFSET), True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_large_sizes_cross_the_grid_stride(dtype):
+    """More elements than one grid covers (CUDA_MAX_BLOCKS x CUDA_THREADS threads, 4 elements
+    each), odd tails, and group counts past one grid."""
+    n = (1 << 24) + 5
+    x = torch.randn(n, dtype=torch.float32).to(dtype)
+    assert_same(fastdrop.dropout(x.to(DEV), 0.3, seed=SEED, offset=OFFSET),
+                fastdrop.dropout(x, 0.3, seed=SEED, offset=OFFSET), True)
+    x4 = torch.randn(64, 129, 17, 19, dtype=torch.float32).to(dtype)
+    assert_same(fastdrop.dropout2d(x4.to(DEV), 0.5, seed=SEED, offset=OFFSET),
+                fastdrop.dropout2d(x4, 0.5, seed=SEED, offset=OFFSET), True)
+    x3 = torch.randn((1 << 22) + 1, 2, dtype=torch.float32).to(dtype)
+    assert_same(fastdrop.drop_path(x3.to(DEV), 0.2, seed=SEED, offset=OFFSET),
+                fastdrop.drop_path(x3, 0.2, seed=SEED, offset=OFFSET), True)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("fn", ["dropout_linear", "dropconnect_linear"])
+def test_dense_layers_many_tiles(fn, per_sample):
+    """Odd shapes (not multiples of the 16-wide tiles) with more output tiles than one grid."""
+    if fn == "dropout_linear" and per_sample:
+        pytest.skip("per_sample is a DropConnect option")
+    kw = {"per_sample": True} if per_sample else {}
+    f = getattr(fastdrop, fn)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(1100, 21, generator=gen, dtype=torch.float64).requires_grad_(True)
+    w = torch.randn(1037, 21, generator=gen, dtype=torch.float64).requires_grad_(True)
+    b = torch.randn(1037, generator=gen, dtype=torch.float64).requires_grad_(True)
+    y = f(x, w, b, 0.4, seed=SEED, offset=OFFSET, **kw)
+    xg, wg, bg = on_gpu((x, w, b), requires_grad=True)
+    yg = f(xg, wg, bg, 0.4, seed=SEED, offset=OFFSET, **kw)
+    assert_same(yg, y, False, 1e-10)
+    g = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    for r, t in zip(torch.autograd.grad(y, (x, w, b), g), torch.autograd.grad(yg, (xg, wg, bg), g.to(DEV))):
+        assert_same(t, r, False, 1e-10)
+
+
+def test_p_edge_cases():
+    x = torch.randn(1000, device=DEV)
+    assert torch.equal(fastdrop.dropout(x, 0.0, seed=1), x)
+    assert (fastdrop.dropout(x, 1.0, seed=1) == 0).all()
+    assert torch.equal(fastdrop.dropout(x, 0.5, training=False), x)
+    assert_same(fastdrop.dropout(x, 0.25, training=False, mode="classic"),
+                fastdrop.dropout(x.cpu(), 0.25, training=False, mode="classic"), True)
+    e = torch.empty(0, 3, device=DEV)
+    assert fastdrop.dropout(e, 0.5, seed=1).shape == (0, 3)
+
+
+# -------------------------------------------------------------------------- seeds and the modules
+
+def _model(dtype=torch.float64):
+    torch.manual_seed(5)
+    return torch.nn.Sequential(
+        torch.nn.Linear(12, 16), torch.nn.ReLU(), fastdrop.nn.Dropout(0.3),
+        fastdrop.nn.DropoutLinear(16, 16, p=0.2), torch.nn.ReLU(),
+        fastdrop.nn.DropConnectLinear(16, 16, p=0.3), torch.nn.Tanh(),
+        fastdrop.nn.DropConnectLinear(16, 8, p=0.3, per_sample=True), fastdrop.nn.DropPath(0.2),
+    ).to(dtype)
+
+
+def test_seed_none_follows_torch_manual_seed_on_cpu_and_gpu():
+    """The README: torch.manual_seed reproduces a model's masks on CPU and GPU alike (seeds come
+    from torch's CPU generator whatever the device)."""
+    m_cpu = _model()
+    m_gpu = copy.deepcopy(m_cpu).to(DEV)
+    x = torch.randn(6, 12, dtype=torch.float64)
+    res = []
+    for m, xx in ((m_cpu, x), (m_gpu, x.to(DEV))):
+        torch.manual_seed(123)
+        xx = xx.clone().requires_grad_(True)
+        y = m(xx)
+        y2 = m(xx)  # successive calls draw new masks
+        (gx,) = torch.autograd.grad((y * y2).sum(), xx)
+        res.append((y, y2, gx))
+    for r, t in zip(*res):
+        assert_same(t, r, False, 1e-10)
+    assert not torch.equal(res[0][0], res[0][1])
+
+
+def test_mc_predict_equals_cpu():
+    m_cpu = _model()
+    m_gpu = copy.deepcopy(m_cpu).to(DEV)
+    x = torch.randn(5, 12, dtype=torch.float64)
+    ref = fastdrop.mc_predict(m_cpu, x, samples=6, seed=77)
+    got = fastdrop.mc_predict(m_gpu, x.to(DEV), samples=6, seed=77)
+    assert_same(got.mean, ref.mean, False, 1e-10)
+    assert_same(got.var, ref.var, False, 1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape, dim", [((40, 30), 1), ((40, 30), 0), ((8, 3, 5, 5), (1, 2, 3))])
+def test_max_norm_equals_cpu(shape, dim, dtype):
+    w = (torch.randn(shape, dtype=torch.float64) * 3).to(dtype)
+    wg = w.to(DEV)
+    fastdrop.max_norm_(w, 2.0, dim=dim)
+    fastdrop.max_norm_(wg, 2.0, dim=dim)
+    # float64 sums in another order: a norm within rounding of the bound may go either way
+    assert_same(wg, w, False, {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 1e-2))
+
+
+# ------------------------------------------------------------------------------------------ streams
+
+def _hold(stream, ms=30):
+    """Keep `stream` busy for about ms milliseconds (nothing queued after this runs before)."""
+    with torch.cuda.stream(stream):
+        torch.cuda._sleep(int(ms * 1e-3 * 2e9))  # cycles at ~2 GHz
+
+
+STREAM_CALLS = {
+    "dropout": lambda x, w: fastdrop.dropout(x, 0.5, seed=SEED, offset=OFFSET),
+    "dropout_bf16": lambda x, w: fastdrop.dropout(x.bfloat16(), 0.5, seed=SEED, offset=OFFSET),
+    "dropout2d": lambda x, w: fastdrop.dropout2d(x.reshape(64, 32, 16, 16), 0.5, seed=SEED, offset=OFFSET),
+    "drop_path": lambda x, w: fastdrop.drop_path(x.reshape(512, 1024), 0.5, seed=SEED, offset=OFFSET),
+    "dropout_linear": lambda x, w: fastdrop.dropout_linear(x.reshape(512, 1024), w, None, 0.5,
+                                                           seed=SEED, offset=OFFSET),
+    "dropconnect": lambda x, w: fastdrop.dropconnect_linear(x.reshape(512, 1024), w, None, 0.5,
+                                                            seed=SEED, offset=OFFSET),
+    "dropconnect_per_sample": lambda x, w: fastdrop.dropconnect_linear(
+        x.reshape(512, 1024)[:64], w, None, 0.5, seed=SEED, offset=OFFSET, per_sample=True),
+    "dropout_matmul": lambda x, w: fastdrop.dropout_matmul(x.reshape(8, 64, 1024), w.mT, 0.5,
+                                                           seed=SEED, offset=OFFSET),
+    "max_norm_": lambda x, w: fastdrop.max_norm_(x.reshape(512, 1024).clone(), 1.0, dim=1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STREAM_CALLS))
+def test_side_stream_is_used(name):
+    """Under torch.cuda.stream(s) the op runs on s: x is written on s behind a ~30 ms sleep, so a
+    launch on any other stream would read x before it is written; the result is read on s."""
+    call = STREAM_CALLS[name]
+    gen = torch.Generator().manual_seed(6)
+    src_cpu = torch.randn(1 << 19, generator=gen)
+    w_cpu = torch.randn(32, 1024, generator=gen) / 32
+    ref = call(src_cpu, w_cpu)
+    src, w = src_cpu.to(DEV), w_cpu.to(DEV)
+    s = torch.cuda.Stream()
+    torch.cuda.synchronize()
+    with torch.cuda.stream(s):
+        x = torch.zeros_like(src)
+        _hold(s)
+        x.copy_(src)
+        y = call(x, w)
+        y = y.clone()  # consumed on s
+    s.synchronize()
+    assert_same(y, ref, name in ("dropout", "dropout_bf16", "dropout2d", "drop_path"), 1e-5)
+
+
+def test_side_stream_backward():
+    """Backward of ops run under a side stream (autograd runs backward on the forward's streams)."""
+    gen = torch.Generator().manual_seed(7)
+    x_cpu = torch.randn(256, 512, generator=gen).requires_grad_(True)
+    w_cpu = (torch.randn(128, 512, generator=gen) / 16).requires_grad_(True)
+
+    def f(x, w):
+        h = fastdrop.dropout(x, 0.3, seed=SEED, offset=OFFSET)
+        return fastdrop.dropconnect_linear(h, w, None, 0.2, seed=SEED + 1, offset=OFFSET, per_sample=True)
+    ref = torch.autograd.grad(f(x_cpu, w_cpu).square().sum(), (x_cpu, w_cpu))
+    x_src, w_src = x_cpu.detach().to(DEV), w_cpu.detach().to(DEV)
+    s = torch.cuda.Stream()
+    torch.cuda.synchronize()
+    with torch.cuda.stream(s):
+        x = torch.zeros(256, 512, device=DEV)
+        w = torch.zeros(128, 512, device=DEV)
+        _hold(s)
+        x.copy_(x_src)
+        w.copy_(w_src)
+        x.requires_grad_(True)
+        w.requires_grad_(True)
+        got = torch.autograd.grad(f(x, w).square().sum(), (x, w))
+        got = tuple(t.clone() for t in got)
+    s.synchronize()
+    for r, t in zip(ref, got):
+        assert_same(t, r, False, 1e-5)
+
+
+def test_many_streams_at_once():
+    """Eight streams, each with its own input and seed, launched back to back; every result is its
+    own CPU result."""
+    gen = torch.Generator().manual_seed(8)
+    xs = [torch.randn(1 << 18, generator=gen) for _ in range(8)]
+    refs = [fastdrop.dropout(x, 0.5, seed=i, offset=OFFSET) for i, x in enumerate(xs)]
+    streams = [torch.cuda.Stream() for _ in xs]
+    srcs = [x.to(DEV) for x in xs]
+    outs = []
+    torch.cuda.synchronize()
+    for i, (src, s) in enumerate(zip(srcs, streams)):
+        with torch.cuda.stream(s):
+            xg = torch.zeros(src.shape, device=DEV)
+            _hold(s, 5)
+            xg.copy_(src)
+            outs.append(fastdrop.dropout2d(xg.reshape(64, 64, 64), 0.5, seed=i, offset=OFFSET).reshape(-1)
+                        if i % 2 else fastdrop.dropout(xg, 0.5, seed=i, offset=OFFSET))
+    torch.cuda.synchronize()
+    for i, (o, r, x) in enumerate(zip(outs, refs, xs)):
+        if i % 2:
+            r = fastdrop.dropout2d(x.reshape(64, 64, 64), 0.5, seed=i, offset=OFFSET).reshape(-1)
+        assert_same(o, r, True)
+
+
+def test_outputs_come_from_torchs_allocator():
+    """Issue 10: outputs of the torch route are torch allocations (visible to torch.cuda.memory_*)."""
+    x = torch.randn(1 << 22, device=DEV)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    ys = [fastdrop.dropout(x, 0.5, seed=1), fastdrop.dropout_linear(x.reshape(1024, 4096),
+                                                                     torch.randn(64, 4096, device=DEV), None, 0.5,
+                                                                     seed=1)]
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() - before >= sum(y.numel() * y.element_size() for y in ys)
+
+
+def test_per_sample_dropconnect_outputs_come_from_torchs_allocator():
+    """Issue 10 item 1: the per-sample kernels' outputs too (not numba's cuda.device_array)."""
+    x = torch.randn(256, 1024, device=DEV)
+    w = torch.randn(1024, 1024, device=DEV)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    y = fastdrop.dropconnect_linear(x, w, None, 0.5, seed=1, per_sample=True)
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() - before >= y.numel() * y.element_size()
+
+
+# --------------------------------------------------------------------------------------- compile
+
+def _compile_case(backend):
+    x = torch.randn(64, 128, device=DEV)
+    w = torch.randn(32, 128, device=DEV)
+
+    def f(x, w):
+        h = fastdrop.dropout(x, 0.3)
+        return fastdrop.dropout_linear(torch.relu(h), w, None, 0.2)
+    torch.manual_seed(9)
+    eager = f(x, w)
+    compiled = torch.compile(f, backend=backend, fullgraph=True)
+    torch.manual_seed(9)
+    got = compiled(x, w)
+    assert_same(got, eager.cpu(), False, 1e-5)
+
+
+def test_torch_compile_aot_eager_equals_eager():
+    _compile_case("aot_eager")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_torch_compile_inductor_equals_eager():
+    _compile_case("inductor")
+
+
+# ------------------------------------------------------------------------------ CUDA device arrays
+
+DEVICE_ARRAY_OPS = [n for n in ALL_CASES if "matmul" not in n and "_grad_" not in n]
+
+
+class Foreign:
+    """A foreign CUDA array (CuPy-like): only __cuda_array_interface__, shape and dtype."""
+
+    def __init__(self, t):
+        self._t = t
+        self.__cuda_array_interface__ = t.__cuda_array_interface__
+        self.shape = tuple(t.shape)
+        self.dtype = np.dtype(str(t.dtype).replace("torch.", ""))
+
+
+@pytest.mark.parametrize("kind", ["numba", "foreign"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("name", DEVICE_ARRAY_OPS)
+def test_device_arrays_equal_numpy(name, dtype, kind):
+    """CUDA device arrays: Numba's, and foreign ones (torch's memory seen through
+    __cuda_array_interface__ only); float16 included (the simulator run covers float32/64)."""
+    from numba import cuda
+    case = CASES[name]
+    ops = numpy_operands(case, dtype)
+    ref = case.call(*ops, seed=SEED, offset=OFFSET)
+    if kind == "numba":
+        dev = tuple(cuda.to_device(a) for a in ops)
+    else:
+        dev = tuple(Foreign(torch.from_numpy(a).to(DEV)) for a in ops)
+    got = case.call(*dev, seed=SEED, offset=OFFSET)
+    got = got.copy_to_host() if hasattr(got, "copy_to_host") else np.asarray(got)
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    if case.op is DROPOUT:
+        np.testing.assert_array_equal(got.view(np.uint8), ref.view(np.uint8))
+    else:
+        rtol = {np.float16: 2e-3, np.float32: 2e-5, np.float64: 1e-10}[dtype]
+        scale = max(1.0, float(np.abs(ref.astype(np.float64)).max()))
+        np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("name", [n for n in DEVICE_ARRAY_OPS if CASES[n].inplace])
+def test_inplace_on_foreign_device_arrays(name):
+    case = CASES[name]
+    (x,) = numpy_operands(case, np.float32)
+    t = torch.from_numpy(x).to(DEV)
+    f = Foreign(t)
+    assert case.call(f, seed=SEED, offset=OFFSET, inplace=True) is f
+    torch.cuda.synchronize()
+    np.testing.assert_array_equal(t.cpu().numpy(), case.call(x, seed=SEED, offset=OFFSET))
+
+
+def test_large_device_array_and_strided_device_array():
+    from numba import cuda
+    x = np.random.default_rng(0).standard_normal((1 << 22) + 3).astype(np.float32)
+    got = fastdrop.dropout(cuda.to_device(x), 0.5, seed=SEED, offset=OFFSET).copy_to_host()
+    np.testing.assert_array_equal(got, fastdrop.dropout(x, 0.5, seed=SEED, offset=OFFSET))
+    m = np.random.default_rng(1).standard_normal((300, 200)).astype(np.float64)
+    d = cuda.to_device(m)[:, ::3]
+    assert not d.is_c_contiguous()
+    got = fastdrop.dropout(d, 0.5, seed=SEED, offset=OFFSET)
+    np.testing.assert_array_equal(got.copy_to_host(), fastdrop.dropout(m[:, ::3], 0.5, seed=SEED, offset=OFFSET))
