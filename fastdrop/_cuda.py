@@ -18,7 +18,7 @@ from numba import cuda
 
 from .kernels import dropout_cuda as K
 from .kernels.config import launch_shape
-from .kernels.philox import kernel_rng_args
+from .kernels.philox import LANES, kernel_rng_args
 from ._checks import as_device_array, check_p, check_shape, check_u64, require_gpu
 
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
@@ -35,7 +35,7 @@ def _flat(a):
 
 def dropout_flat_into(x, out, p, seed, offset, scale, stream=0):
     """out = where(dropout_mask(x.shape, p, seed, offset), x * scale, 0); x, out contiguous."""
-    blocks, threads = launch_shape(-(-x.size // 4))
+    blocks, threads = launch_shape(-(-x.size // K.TILE) * K.CUDA_THREADS)  # one block per tile
     K.dropout_flat[blocks, threads, stream](_flat(x), _flat(out), *kernel_rng_args(seed, offset, p),
                                             _compute_scalar(x.dtype, scale))
     return out
@@ -43,7 +43,7 @@ def dropout_flat_into(x, out, p, seed, offset, scale, stream=0):
 
 def keep_mask_into(keep, p, seed, offset, stream=0):
     """keep (a contiguous bool device array) = dropout_mask(keep.shape, p, seed, offset)."""
-    blocks, threads = launch_shape(-(-keep.size // 4))
+    blocks, threads = launch_shape(-(-keep.size // LANES))
     K.keep_mask[blocks, threads, stream](_flat(keep), *kernel_rng_args(seed, offset, p))
     return keep
 
@@ -136,8 +136,9 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
     torch's current stream, writes into `out` (default: empty_like(x), torch's layout rules)."""
     import torch
     require_gpu()
-    if x.dtype in (torch.float16, torch.bfloat16):
-        # numba has no bfloat16 arrays: compute in float32 and round once, as the CPU bridge does.
+    if x.dtype == torch.bfloat16:
+        # numba has no bfloat16 arrays (float16 goes straight into the kernels, computed in float32
+        # in registers): compute in float32 and round once, as the CPU bridge does.
         res = apply_tensor(x.float(), p, seed, offset, scale, group_ndim)
         return res.to(x.dtype) if out is None else out.copy_(res)
     if out is None:

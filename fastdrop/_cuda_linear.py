@@ -12,11 +12,14 @@ The products (every one a single fused kernel launch; the mask is regenerated in
     DropConnect      y = x (W⊙M s)ᵀ + b     gx = g (W⊙M s)       gW = M s ⊙ (gᵀ x)
     per-sample       y[n] = (W⊙M[n] s) x[n] + b, gx[n] = (W⊙M[n] s)ᵀ g[n], gW = Σ_n M[n] s ⊙ g[n] x[n]ᵀ
 and gb = g.sum(0) always. Every function takes an optional `stream` (default: numba's default
-stream) so the torch bridge can launch on torch's current stream.
+stream) and `empty` (an allocator `empty(shape, dtype) -> device array`, default numba's), so the
+torch route launches on torch's current stream into memory from torch's caching allocator
+(`TorchEmpty`): the same launch code as for device arrays, which the CUDA simulator tests run.
 """
 import math
 import sys
 
+import numpy as np
 from numba import cuda
 
 from ._checks import as_device_array, require_gpu
@@ -32,83 +35,110 @@ def _tiles(M, Nc):
     return max(1, min(CUDA_MAX_BLOCKS, -(-M // L.TILE) * -(-Nc // L.TILE)))
 
 
-def _bias_arg(b, dtype, stream):
+def _numba_empty(stream):
+    return lambda shape, dtype: cuda.device_array(shape, dtype=dtype, stream=stream)
+
+
+class TorchEmpty:
+    """An `empty` for the launchers that takes memory from torch's caching allocator on `device`
+    (stream-ordered on torch's current stream, visible to torch.cuda.memory_*), and remembers the
+    tensor behind every device array it hands out."""
+
+    def __init__(self, device):
+        import torch
+        self.torch, self.device, self.tensors = torch, device, {}
+
+    def __call__(self, shape, dtype):
+        t = self.torch.empty(shape, dtype=getattr(self.torch, np.dtype(dtype).name), device=self.device)
+        d = cuda.as_cuda_array(t, sync=False)
+        self.tensors[id(d)] = t
+        return d
+
+    def tensor(self, d):
+        return self.tensors[id(d)]
+
+
+def _bias_arg(b, dtype, empty):
     if b is None:
-        return cuda.device_array(1, dtype=dtype, stream=stream), False
+        return empty((1,), dtype), False
     return b, True
 
 
-def _gemm(A, B, shape, bias, a_trans, b_trans, mask_on, p, seed, offset, scale, stream):
+def _gemm(A, B, shape, bias, a_trans, b_trans, mask_on, p, seed, offset, scale, stream, empty):
     """C (shape) = opA @ opB (+ bias) with one 2-D mask (linear_cuda.masked_gemm)."""
-    C = cuda.device_array(shape, dtype=A.dtype, stream=stream)
+    C = empty(shape, A.dtype)
     if C.size == 0:
         return C
-    bb, has_bias = _bias_arg(bias, A.dtype, stream)
+    bb, has_bias = _bias_arg(bias, A.dtype, empty)
     L.masked_gemm[_tiles(*shape), THREADS_2D, stream](
         A, B, C, bb, has_bias, a_trans, b_trans, mask_on, *kernel_rng_args(seed, offset, p),
         A.dtype.type(scale))
     return C
 
 
-def _sample_gemm(A, B, shape, bias, a_trans, b_trans, product, dims, p, seed, offset, scale, stream):
+def _sample_gemm(A, B, shape, bias, a_trans, b_trans, product, dims, p, seed, offset, scale, stream, empty):
     """C (shape) for per-example DropConnect (linear_cuda.sample_gemm); dims = (N, out, in)."""
-    C = cuda.device_array(shape, dtype=A.dtype, stream=stream)
+    C = empty(shape, A.dtype)
     if C.size == 0:
         return C
-    bb, has_bias = _bias_arg(bias, A.dtype, stream)
+    bb, has_bias = _bias_arg(bias, A.dtype, empty)
     L.sample_gemm[_tiles(*shape), THREADS_2D, stream](
         A, B, C, bb, has_bias, a_trans, b_trans, product, *dims, *kernel_rng_args(seed, offset, p),
         A.dtype.type(scale))
     return C
 
 
-def _bias_grad(g, stream):
-    gb = cuda.device_array(g.shape[1], dtype=g.dtype, stream=stream)
+def _bias_grad(g, stream, empty):
+    gb = empty((g.shape[1],), g.dtype)
     if gb.size:
         blocks, threads = launch_shape(g.shape[1])
         L.column_sums[blocks, threads, stream](g, gb)
     return gb
 
 
-def dropout_linear_forward(x2d, w, b, p, seed, offset, scale, stream=0):
+def dropout_linear_forward(x2d, w, b, p, seed, offset, scale, stream=0, empty=None):
     """y (N, out) = (x2d ⊙ M * scale) @ w.T + b,  M = dropout_mask(x2d.shape, p, seed, offset)."""
     require_gpu()
+    empty = empty or _numba_empty(stream)
     return _gemm(x2d, w, (x2d.shape[0], w.shape[0]), b, False, True, L.MASK_A,
-                 p, seed, offset, scale, stream)
+                 p, seed, offset, scale, stream, empty)
 
 
-def dropout_linear_backward(g, x2d, w, p, seed, offset, scale, stream=0):
+def dropout_linear_backward(g, x2d, w, p, seed, offset, scale, stream=0, empty=None):
     """(grad_x, grad_w, grad_b) of dropout_linear_forward for the output gradient g (N, out)."""
     require_gpu()
-    gx = _gemm(g, w, x2d.shape, None, False, False, L.MASK_C, p, seed, offset, scale, stream)
-    gw = _gemm(g, x2d, w.shape, None, True, False, L.MASK_B, p, seed, offset, scale, stream)
-    return gx, gw, _bias_grad(g, stream)
+    empty = empty or _numba_empty(stream)
+    gx = _gemm(g, w, x2d.shape, None, False, False, L.MASK_C, p, seed, offset, scale, stream, empty)
+    gw = _gemm(g, x2d, w.shape, None, True, False, L.MASK_B, p, seed, offset, scale, stream, empty)
+    return gx, gw, _bias_grad(g, stream, empty)
 
 
-def dropconnect_forward(x2d, w, b, p, seed, offset, scale, per_sample, stream=0):
+def dropconnect_forward(x2d, w, b, p, seed, offset, scale, per_sample, stream=0, empty=None):
     """y (N, out) = x2d @ (w ⊙ M * scale).T + b; M = dropout_mask(w.shape, ...) or, per_sample,
     row n uses dropout_mask((N, out, in), ...)[n]."""
     require_gpu()
+    empty = empty or _numba_empty(stream)
     shape = (x2d.shape[0], w.shape[0])
     if per_sample:
         return _sample_gemm(x2d, w, shape, b, False, True, L.SAMPLE_FWD, (x2d.shape[0], *w.shape),
-                            p, seed, offset, scale, stream)
-    return _gemm(x2d, w, shape, b, False, True, L.MASK_B, p, seed, offset, scale, stream)
+                            p, seed, offset, scale, stream, empty)
+    return _gemm(x2d, w, shape, b, False, True, L.MASK_B, p, seed, offset, scale, stream, empty)
 
 
-def dropconnect_backward(g, x2d, w, p, seed, offset, scale, per_sample, stream=0):
+def dropconnect_backward(g, x2d, w, p, seed, offset, scale, per_sample, stream=0, empty=None):
     """(grad_x, grad_w, grad_b) of dropconnect_forward for the output gradient g (N, out)."""
     require_gpu()
+    empty = empty or _numba_empty(stream)
     if per_sample:
         dims = (x2d.shape[0], *w.shape)
         gx = _sample_gemm(g, w, x2d.shape, None, False, False, L.SAMPLE_GRAD_X, dims,
-                          p, seed, offset, scale, stream)
+                          p, seed, offset, scale, stream, empty)
         gw = _sample_gemm(g, x2d, w.shape, None, True, False, L.SAMPLE_GRAD_W, dims,
-                          p, seed, offset, scale, stream)
+                          p, seed, offset, scale, stream, empty)
     else:
-        gx = _gemm(g, w, x2d.shape, None, False, False, L.MASK_B, p, seed, offset, scale, stream)
-        gw = _gemm(g, x2d, w.shape, None, True, False, L.MASK_C, p, seed, offset, scale, stream)
-    return gx, gw, _bias_grad(g, stream)
+        gx = _gemm(g, w, x2d.shape, None, False, False, L.MASK_B, p, seed, offset, scale, stream, empty)
+        gw = _gemm(g, x2d, w.shape, None, True, False, L.MASK_C, p, seed, offset, scale, stream, empty)
+    return gx, gw, _bias_grad(g, stream, empty)
 
 
 def dense_call(name, x, w, b, rng, per_sample=None, grad=None):
@@ -124,6 +154,7 @@ def dense_call(name, x, w, b, rng, per_sample=None, grad=None):
         import torch
         with cuda.gpus[x.device.index]:
             stream = cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)
+            empty = TorchEmpty(x.device)
 
             def dev(t):
                 if t is None:
@@ -132,9 +163,9 @@ def dense_call(name, x, w, b, rng, per_sample=None, grad=None):
                 return cuda.as_cuda_array((t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t).contiguous(),
                                           sync=False)
             first = (dev(grad), dev(x), dev(w)) if grad is not None else (dev(x), dev(w), dev(b))
-            res = getattr(CL, name)(*first, rng.p, seed, offset, rng.scale, *extra, stream=stream)
-            back = (lambda a: torch.as_tensor(a, device=x.device))
-            return tuple(map(back, res)) if isinstance(res, tuple) else back(res)
+            res = getattr(CL, name)(*first, rng.p, seed, offset, rng.scale, *extra, stream=stream,
+                                    empty=empty)
+            return tuple(map(empty.tensor, res)) if isinstance(res, tuple) else empty.tensor(res)
 
     def dev2(a):
         if a is None:

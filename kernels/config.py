@@ -132,6 +132,10 @@ GROUP_PARALLEL_MIN = 1 << 20
 # (docs/threads.md, section 2).
 DENSE_PARALLEL_MIN = 1 << 21
 
+# cache=True for every CUDA kernel too: NVVM takes ~1 s per kernel specialization, in every process
+# and every DDP rank, without it (cached PTX/cubin lands next to the source, like the CPU cache).
+CUDA_JIT_OPTIONS = dict(cache=True)
+
 # CUDA launch shape: threads per block for the elementwise kernels (grid-stride loops).
 CUDA_THREADS = 256
 # Upper bound on the grid; grid-stride loops cover the rest.

@@ -7,36 +7,28 @@ The Philox source is kernels/philox.py, compiled here with `cuda.jit(device=True
 arithmetic is the same as on the CPU, so masks are bit-identical across devices by construction.
 
 Every kernel is a grid-stride loop over flat C-contiguous arrays (the launchers in fastdrop/_cuda.py
-make a contiguous copy of anything else). The elementwise kernels give one thread one 8-element
-Philox block: all eight mask words of a call are used, none regenerated. A kept element is x * scale with
-`scale` in the compute type (x's dtype; float32 for float16 data, rounded once on the store).
+make a contiguous copy of anything else). A kept element is x * scale with `scale` in the compute
+type (x's dtype; float32 for float16 data, rounded once on the store).
+
+`dropout_flat` works in tiles of 8 elements per thread (blockDim <= CUDA_THREADS): each thread
+generates one Philox block (8 mask words, none regenerated) into shared memory, then the block walks
+the tile with a stride of blockDim, so consecutive threads of a warp read and write consecutive elements (128-byte
+transactions for float32) and each thread issues its 8 loads before any select. The shared words
+are stored word-major with rows of CUDA_THREADS + 4 (WORD_ROW): the 32 threads of a warp write 32
+banks, and the 16 words a warp reads back (4 Philox blocks x 4 words) fall in 16 distinct banks.
 """
 import numpy as np
 from numba import cuda
 
+from .config import CUDA_JIT_OPTIONS, CUDA_THREADS
 from .philox import HALF_MASK, LANES, SHIFT16, make_philox_block, philox_rounds
 
 philox_rounds_cuda = cuda.jit(device=True)(philox_rounds)
 philox_block_cuda = cuda.jit(device=True)(make_philox_block(philox_rounds_cuda))
 
-
-@cuda.jit(device=True)
-def _put(x, out, i, n, h, thr, scale):
-    """out[i] = x[i] * scale if mask word h < thr else 0, for i < n (the tail block may overhang).
-    The load is issued before the select, so it does not wait on the Philox result."""
-    if i < n:
-        v = x[i] * scale
-        if h < thr:
-            out[i] = v
-        else:
-            out[i] = 0
-
-
-@cuda.jit(device=True)
-def _put_pair(x, out, i, n, word, thr, scale):
-    """Elements i and i + 1 from the low and high 16-bit halves of a 32-bit Philox word."""
-    _put(x, out, i, n, word & HALF_MASK, thr, scale)
-    _put(x, out, i + 1, n, word >> SHIFT16, thr, scale)
+TILE = CUDA_THREADS * LANES      # elements per tile of dropout_flat at the launchers' block size
+WORD_ROW = CUDA_THREADS + 4      # shared row of one Philox word index, padded against bank conflicts
+TILE_WORDS = 4 * WORD_ROW
 
 
 @cuda.jit(device=True)
@@ -47,20 +39,38 @@ def _keep_pair(out, i, n, word, thr):
         out[i + 1] = (word >> SHIFT16) < thr
 
 
-@cuda.jit
+@cuda.jit(**CUDA_JIT_OPTIONS)
 def dropout_flat(x, out, key_lo, key_hi, off_lo, off_hi, thr, scale):
-    """out = where(mask, x * scale, 0) for flat contiguous x, out (out may alias x)."""
+    """out = where(mask, x * scale, 0) for flat contiguous x, out (out may alias x); at most
+    CUDA_THREADS threads per block."""
+    words = cuda.shared.array(TILE_WORDS, dtype=np.uint32)
     n = x.size
-    for b in range(cuda.grid(1), (n + LANES - 1) // LANES, cuda.gridsize(1)):
-        r0, r1, r2, r3 = philox_block_cuda(np.uint64(b), off_lo, off_hi, key_lo, key_hi)
-        i = LANES * b
-        _put_pair(x, out, i, n, r0, thr, scale)
-        _put_pair(x, out, i + 2, n, r1, thr, scale)
-        _put_pair(x, out, i + 4, n, r2, thr, scale)
-        _put_pair(x, out, i + 6, n, r3, thr, scale)
+    t = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    tile_size = nt * LANES
+    for tile in range(cuda.blockIdx.x, (n + tile_size - 1) // tile_size, cuda.gridDim.x):
+        r0, r1, r2, r3 = philox_block_cuda(np.uint64(tile * nt + t), off_lo, off_hi, key_lo, key_hi)
+        words[t] = np.uint32(r0)
+        words[WORD_ROW + t] = np.uint32(r1)
+        words[2 * WORD_ROW + t] = np.uint32(r2)
+        words[3 * WORD_ROW + t] = np.uint32(r3)
+        cuda.syncthreads()
+        start = tile * tile_size
+        for k in range(LANES):
+            e = k * nt + t                      # element of the tile: Philox block e // 8 of it,
+            i = start + e                       # word (e % 8) // 2, half e % 2
+            if i < n:
+                v = x[i] * scale
+                w = np.uint64(words[((e % LANES) // 2) * WORD_ROW + e // LANES])
+                h = (w >> (SHIFT16 * np.uint64(e % 2))) & HALF_MASK
+                if h < thr:
+                    out[i] = v
+                else:
+                    out[i] = 0
+        cuda.syncthreads()  # the words are overwritten by the next tile
 
 
-@cuda.jit
+@cuda.jit(**CUDA_JIT_OPTIONS)
 def keep_mask(out, key_lo, key_hi, off_lo, off_hi, thr):
     """out[i] = (element i is kept) for a flat bool array `out`."""
     n = out.size
@@ -73,7 +83,7 @@ def keep_mask(out, key_lo, key_hi, off_lo, off_hi, thr):
         _keep_pair(out, i + 6, n, r3, thr)
 
 
-@cuda.jit
+@cuda.jit(**CUDA_JIT_OPTIONS)
 def apply_group_mask(x, out, keep, length, scale):
     """out[j] = x[j] * scale if keep[j // length] else 0 for flat contiguous x, out viewed as
     (groups, length): one mask element per group, broadcast over its `length` elements. The mask
@@ -87,7 +97,7 @@ def apply_group_mask(x, out, keep, length, scale):
             out[j] = 0
 
 
-@cuda.jit
+@cuda.jit(**CUDA_JIT_OPTIONS)
 def scale(x, out, factor):
     """out = x * factor (classic dropout at eval)."""
     for j in range(cuda.grid(1), x.size, cuda.gridsize(1)):

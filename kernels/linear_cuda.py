@@ -25,6 +25,8 @@ per masked tile instead of TILE^2 (one per element), and of `sample_gemm` TILE^2
 import numpy as np
 from numba import cuda
 
+from .config import CUDA_JIT_OPTIONS
+
 from .dropout_cuda import philox_block_cuda
 from .philox import HALF_MASK, LANES, SHIFT16
 
@@ -96,7 +98,7 @@ def _load(dst, src, trans, r0, c0, bits, masked, scale):
         dst[ty * TILE + tx] = v
 
 
-@cuda.jit
+@cuda.jit(**CUDA_JIT_OPTIONS)
 def masked_gemm(A, B, C, bias, has_bias, a_trans, b_trans, mask_on,
                 key_lo, key_hi, off_lo, off_hi, thr, scale):
     """C = opA @ opB (+ bias), one 2-D mask on the stored A, B or C (index row * cols + col),
@@ -140,7 +142,7 @@ def masked_gemm(A, B, C, bias, has_bias, a_trans, b_trans, mask_on,
             C[m, n] = acc + bias[n] if has_bias else acc
 
 
-@cuda.jit
+@cuda.jit(**CUDA_JIT_OPTIONS)
 def sample_gemm(A, B, C, bias, has_bias, a_trans, b_trans, product, n_dim, o_dim, i_dim,
                 key_lo, key_hi, off_lo, off_hi, thr, scale):
     """C = scale * sum_k opA[m, k] opB[k, c] m(n, o, i) (+ bias) for per-example DropConnect, with
@@ -188,7 +190,7 @@ def sample_gemm(A, B, C, bias, has_bias, a_trans, b_trans, product, n_dim, o_dim
             C[m, n] = acc * scale + bias[n] if has_bias else acc * scale
 
 
-@cuda.jit
+@cuda.jit(**CUDA_JIT_OPTIONS)
 def column_sums(g, out):
     """out[c] = sum_r g[r, c] (the bias gradient)."""
     for c in range(cuda.grid(1), g.shape[1], cuda.gridsize(1)):

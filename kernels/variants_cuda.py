@@ -12,6 +12,8 @@ import math
 import numpy as np
 from numba import cuda
 
+from .config import CUDA_JIT_OPTIONS
+
 
 # Threads per block of max_norm_rows (a power of two for the tree reduction).
 MAX_NORM_THREADS = 128
@@ -19,7 +21,7 @@ MAX_NORM_THREADS = 128
 MAX_BLOCKS = 4096
 
 
-@cuda.jit
+@cuda.jit(**CUDA_JIT_OPTIONS)
 def max_norm_rows(w, max_value, eps):
     """Constrain each row of the 2-D device array w (any strides) in place."""
     partial = cuda.shared.array(MAX_NORM_THREADS, np.float64)
