@@ -131,11 +131,25 @@ def dropout_mask_device(shape, p, seed, offset=0):
     return keep
 
 
+def refuse_graph_capture(torch):
+    """CUDA graphs: a fastdrop launch takes (seed, offset) as host scalars, so a captured launch
+    would replay the capture's mask forever. Refused at capture time, loudly, rather than that;
+    the custom ops carry torch.Tag.cudagraph_unsafe, so torch.compile(mode="reduce-overhead")
+    leaves them out of its graphs."""
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "fastdrop ops cannot be captured in a CUDA graph: their seed and offset are host scalars "
+            "baked into the launch, so every replay would apply the mask drawn at capture time. Run "
+            "the fastdrop op outside the captured region (torch.compile(mode='reduce-overhead') "
+            "does this by itself: the ops are tagged cudagraph_unsafe).")
+
+
 def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
-    """The torch CUDA path of fastdrop._torch_bridge.apply_tensor (no autograd): launches on
-    torch's current stream, writes into `out` (default: empty_like(x), torch's layout rules)."""
+    """The torch CUDA path of fastdrop._core (no autograd): launches on torch's current stream,
+    writes into `out` (default: empty_like(x), torch's layout rules)."""
     import torch
     require_gpu()
+    refuse_graph_capture(torch)
     if x.dtype == torch.bfloat16:
         # numba has no bfloat16 arrays (float16 goes straight into the kernels, computed in float32
         # in registers): compute in float32 and round once, as the CPU bridge does.

@@ -152,6 +152,8 @@ def dense_call(name, x, w, b, rng, per_sample=None, grad=None):
     extra = () if per_sample is None else (per_sample,)
     if is_torch_tensor(x):
         import torch
+        from ._cuda import refuse_graph_capture
+        refuse_graph_capture(torch)
         with cuda.gpus[x.device.index]:
             stream = cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)
             empty = TorchEmpty(x.device)

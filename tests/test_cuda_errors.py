@@ -71,3 +71,16 @@ def test_import_fastdrop_does_not_load_numba_cuda():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
+
+
+def test_cuda_graph_capture_is_refused_with_a_clear_error(monkeypatch):
+    """Under CUDA-graph capture the torch-CUDA launchers refuse before any launch: a captured
+    launch would replay one host-drawn mask forever (tests/gpu/test_cuda_graphs.py checks the real
+    capture on a GPU). The capture state is faked here; no GPU is needed to reach the check."""
+    torch = pytest.importorskip("torch")
+    from fastdrop import _cuda
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    with pytest.raises(RuntimeError, match="CUDA graph.*mask drawn at capture time"):
+        _cuda.refuse_graph_capture(torch)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    _cuda.refuse_graph_capture(torch)  # outside a capture: nothing to refuse
