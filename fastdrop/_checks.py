@@ -117,7 +117,10 @@ def as_device_array(x):
 
 
 def _check_tensor(x, name):
-    import torch
+    torch = sys.modules["torch"]
+    if not x.is_nested and x.layout == torch.strided and (x.is_cpu or x.is_cuda) and \
+            x.dtype.is_floating_point:
+        return  # every call passes here: cheap tensor flags, not x.device (a new object per read)
     if x.is_nested:
         raise TypeError(f"{name} must be a dense tensor, got a nested tensor")
     if x.layout != torch.strided:
@@ -131,10 +134,11 @@ def _check_tensor(x, name):
 def check_array(x, name="x"):
     """(x, kind): x validated, numpy's np.matrix and non-native byte order turned into a plain
     native ndarray (a view, or a copy for byte order); TypeError/ValueError before any work."""
-    kind = array_kind(x, name)
-    if kind == TORCH:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):  # array_kind's answer, first for tensors
         _check_tensor(x, name)
-        return x, kind
+        return x, TORCH
+    kind = array_kind(x, name)
     if kind == NUMPY:
         if type(x) is not np.ndarray:
             x = np.asarray(x)  # np.matrix and other subclasses: their operators mean other things

@@ -27,6 +27,7 @@ from . import _cpu, _seeds
 from ._alloc import empty_like
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, as_device_array, check_array,
                       check_companions, check_out, check_p, check_u64, check_writable)
+from .kernels import dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair
 from .kernels.config import CPU_PARALLEL_MIN
 from .kernels.philox import kernel_rng_args
@@ -38,6 +39,15 @@ class Rng(NamedTuple):
     seed: object
     offset: int
     scale: float
+
+
+_new_tuple = tuple.__new__
+
+
+def _rng(p, seed, offset, scale):
+    """Rng(p, seed, offset, scale) without the NamedTuple's Python-level __new__ (half the cost;
+    this runs on every call)."""
+    return _new_tuple(Rng, (p, seed, offset, scale))
 
 
 def _seed_int(seed):
@@ -121,6 +131,38 @@ def _numpy_view(t):
     return t.numpy(), False
 
 
+_FLAT_SCALARS = {}  # torch float32/float64 -> numpy scalar type; filled on first use (no torch at import)
+_SCALES = {}        # (torch dtype, scale) -> the kernel's scale scalar: a model uses a handful
+
+
+def _small_dense_dropout(x, p, seed, offset, scale):
+    """Elementwise dropout of a small C-contiguous float32/float64 CPU tensor (no autograd): the
+    serial kernel straight on numpy views of x and a fresh output. That is the kernel
+    _cpu.dropout_into picks for such data; skipping its dtype and layout dispatch saves
+    microseconds on the calls where they matter (a small layer's forward and backward)."""
+    key = (x.dtype, scale)
+    kernel_scale = _SCALES.get(key)  # a numpy scalar costs more to make than to look up
+    if kernel_scale is None:
+        kernel_scale = _new_kernel_scale(key)
+    out = sys.modules["torch"].empty_like(x)  # contiguous, as x
+    dropout_cpu.dropout_flat_serial(x.numpy().reshape(-1), out.numpy().reshape(-1),
+                                    *kernel_rng_args(seed, offset, p), kernel_scale)
+    return out
+
+
+def _new_kernel_scale(key):
+    if len(_SCALES) >= 256:  # p from a schedule: bounded, not one entry per value forever
+        _SCALES.clear()
+    dtype, scale = key
+    s = _SCALES[key] = _FLAT_SCALARS[dtype](scale)
+    return s
+
+
+def _fill_flat_scalars():
+    import torch
+    _FLAT_SCALARS.update({torch.float32: np.float32, torch.float64: np.float64})
+
+
 class TorchBackend:
     """torch tensors, no autograd: fastdrop's kernels on CPU or CUDA tensors, torch's GEMMs
     (MKL/OpenBLAS on CPU, cuBLAS on CUDA). Used by forwards and by the custom ops' bodies."""
@@ -139,7 +181,11 @@ class TorchBackend:
         if x.is_cuda:
             from . import _cuda
             return _cuda.apply_tensor(x, rng.p, seed, offset, rng.scale, group_ndim, out)
-        small = x.numel() < CPU_PARALLEL_MIN
+        n = x.numel()
+        small = n < CPU_PARALLEL_MIN
+        if out is None and not group_ndim and parallel_min is None and 0 < n < _cpu.CPU_PARALLEL_MIN \
+                and x.dtype in _FLAT_SCALARS and x.is_contiguous():
+            return _small_dense_dropout(x, rng.p, seed, offset, rng.scale)
         if out is None:
             # torch's layout rules: a dense layout (channels_last...) is kept; only large outputs
             # come from the output cache (small ones are already faulted-in heap memory)
@@ -434,7 +480,7 @@ def _is_half(a):
 # ---- torch: one eager route and one compiled route for every op ---------------------------------
 
 def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None):
-    import torch
+    torch = sys.modules["torch"]
     x = operands[0]
     if torch.compiler.is_compiling():
         if _SEED_OPS is None:
@@ -452,13 +498,13 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
     if _SEED_OPS is None:
         register_torch_ops()
     if seed is None:
-        if torch.jit.is_tracing():
+        if torch._C._is_tracing():  # torch.jit.is_tracing() in eager code, without its Python frame
             warnings.warn(f"fastdrop.{op.name} is being traced in training mode: the seed drawn now "
                           f"is baked into the trace and every call of the traced module reuses one "
                           f"mask. Trace in eval mode, or use torch.compile.", torch.jit.TracerWarning,
                           stacklevel=3)
         seed = _seeds.draw_torch_seed()
-    rng = Rng(p, seed, offset, scale)
+    rng = _rng(p, seed, offset, scale)
     if out is not None:  # checked: no autograd records this call
         return op.forward(TorchBackend, operands, rng, params, out=out)
     if not op.upcast_half:
@@ -471,22 +517,38 @@ def torch_apply(op, operands, params, rng, inplace=False):
     seed is a tensor (inside a compiled graph or a compiled backward)."""
     if not isinstance(rng.seed, int):
         return library_op(op)(*operands, rng.seed, rng.p, rng.offset, rng.scale, list(params))
-    import torch
-    if _nothing_to_record(torch, operands):
+    apply = _recording_apply(sys.modules["torch"], operands)
+    if apply is None:
         # Skip autograd's bookkeeping (in-place results stay the same object, as in torch).
         return op.forward(TorchBackend, operands, rng, params, out=operands[0] if inplace else None)
-    eager, functorch, transforms_active = _functions()
-    return (functorch if transforms_active() else eager).apply(op, params, rng, inplace, *operands)
+    return apply(op, params, rng, inplace, *operands)
+
+
+def _recording_apply(torch, operands):
+    """None when nothing records op's result (no autograd graph, no forward-mode tangent, no
+    torch.func transform is watching), else the `apply` of the autograd.Function that records it."""
+    grad = torch.is_grad_enabled()
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    record = dead_wrapper = False
+    for a in operands:
+        if a is not None:
+            if grad and a.requires_grad:
+                record = True
+            if wrapped(a):
+                record = dead_wrapper = True
+    if not record and torch.autograd.forward_ad._current_level < 0:
+        return None
+    eager, functorch, eager_apply = _functions()
+    if torch._C._are_functorch_transforms_active():
+        return functorch.apply
+    # A functorch wrapper with no transform active is a leftover of a finished one, which torch's
+    # Function.apply unwraps; plain tensors skip that Python wrapper (its work is for those cases).
+    return eager.apply if dead_wrapper else eager_apply
 
 
 def _nothing_to_record(torch, operands):
     """No autograd graph, no forward-mode tangent and no torch.func transform is watching."""
-    if torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in operands):
-        return False
-    if torch.autograd.forward_ad._current_level >= 0:
-        return False
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    return not any(a is not None and wrapped(a) for a in operands)
+    return _recording_apply(torch, operands) is None
 
 
 _FUNCTIONS = None
@@ -494,7 +556,8 @@ _FUNCTIONS = None
 
 def _setup(ctx, op, params, rng, inplace, operands, forward_ad):
     ctx.op, ctx.params, ctx.rng, ctx.n = op, params, rng, len(operands)
-    ctx.save_for_backward(*(operands[i] for i in op.saves))
+    if op.saves:  # saved_tensors is () without the call
+        ctx.save_for_backward(*(operands[i] for i in op.saves))
     if forward_ad:
         ctx.present = [a is not None for a in operands]
         ctx.save_for_forward(*(a for a in operands if a is not None))
@@ -502,17 +565,19 @@ def _setup(ctx, op, params, rng, inplace, operands, forward_ad):
         ctx.mark_dirty(operands[0])
 
 
-def _backward(ctx, grad):
+def _function_backward(ctx, grad):
+    op = ctx.op
     saved = [None] * ctx.n
-    for i, t in zip(ctx.op.saves, ctx.saved_tensors):
-        saved[i] = t
+    if op.saves:
+        for i, t in zip(op.saves, ctx.saved_tensors):
+            saved[i] = t
     needs = ctx.needs_input_grad[4:]
     # Without create_graph (grad mode off here) nothing records the gradient: the formula can call
     # the kernels directly instead of through the ops' autograd route.
     torch = sys.modules["torch"]
     recorded = torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
     B = TorchAutogradBackend if recorded else TorchBackend
-    grads = ctx.op.backward(B, grad, saved, ctx.rng, ctx.params, needs)
+    grads = op.backward(B, grad, saved, ctx.rng, ctx.params, needs)
     return (None, None, None, None, *(g if n else None for g, n in zip(grads, needs)))
 
 
@@ -523,10 +588,10 @@ def _jvp(ctx, _op, _params, _rng, _inplace, *tangents):
 
 
 def _functions():
-    """(eager, functorch) autograd.Functions of every op, made on first use (`import fastdrop`
-    needs no torch). The same backward and jvp; the functorch one has the setup_context form that
-    torch.func needs, which costs an inspect.signature bind per call, so plain eager calls use the
-    classic form."""
+    """(eager, functorch, eager_apply): the autograd.Functions of every op, made on first use
+    (`import fastdrop` needs no torch), and the eager one's apply without torch's Python wrapper.
+    The same backward and jvp; the functorch one has the setup_context form that torch.func needs,
+    which costs an inspect.signature bind per call, so plain eager calls use the classic form."""
     global _FUNCTIONS
     if _FUNCTIONS is None:
         import torch
@@ -538,7 +603,7 @@ def _functions():
                        torch.autograd.forward_ad._current_level >= 0)
                 return op.forward(TorchBackend, operands, rng, params, out=operands[0] if inplace else None)
 
-            backward = staticmethod(_backward)
+            backward = staticmethod(_function_backward)
             jvp = staticmethod(_jvp)
 
         class FunctorchFunction(torch.autograd.Function):
@@ -551,7 +616,7 @@ def _functions():
                 op, params, rng, inplace, *operands = inputs
                 _setup(ctx, op, params, rng, inplace, operands, True)
 
-            backward = staticmethod(_backward)
+            backward = staticmethod(_function_backward)
             jvp = staticmethod(_jvp)
 
             @staticmethod
@@ -561,8 +626,18 @@ def _functions():
                                        + (" in place" if inplace else ""))
                 return op.vmap(info, in_dims[4:], operands, rng, params)
 
-        _FUNCTIONS = (EagerFunction, FunctorchFunction, torch._C._are_functorch_transforms_active)
+        _FUNCTIONS = (EagerFunction, FunctorchFunction, _c_apply(torch, EagerFunction))
     return _FUNCTIONS
+
+
+def _c_apply(torch, function):
+    """function.apply without torch's Python wrapper (`Function.apply`), whose work is for
+    setup_context binding, torch.func transforms and dead functorch wrappers, none of which a
+    classic-form Function on plain tensors meets (torch_apply routes those cases elsewhere). The
+    C method the wrapper ends in; the wrapper itself where a torch lacks it."""
+    base = getattr(torch._C, "_FunctionBase", None)
+    c_apply = getattr(base, "__dict__", {}).get("apply")
+    return function.apply if c_apply is None else c_apply.__get__(None, function)
 
 
 # ---- torch.compile: the custom ops ----------------------------------------------------------------
@@ -575,6 +650,7 @@ def _seed_ops():
     if _SEED_OPS is None:
         import itertools
         import torch
+        _fill_flat_scalars()  # every torch route passes here first (eager call, custom op)
 
         @torch.library.custom_op("fastdrop::draw_seed", mutates_args=(),
                                  tags=(torch.Tag.nondeterministic_seeded,))

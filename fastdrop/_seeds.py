@@ -45,9 +45,31 @@ def draw_numpy_seed():
         return int(_numpy_source.integers(0, 1 << 63))
 
 
+_SEED_HIGH = (1 << 63) - 1
+_seed_buffers = threading.local()  # per thread: two threads filling one buffer could read one seed
+
+
 def draw_torch_seed():
-    import torch
-    return int(torch.randint(0, (1 << 63) - 1, (), dtype=torch.int64))
+    """A seed from torch's default CPU generator: the value, and the generator state consumed, of
+    `torch.randint(0, 2**63 - 1, (), dtype=torch.int64)` (randint is `empty().random_(lo, hi)`),
+    drawn into a reused 0-d buffer, which costs a third of a fresh tensor each call."""
+    torch = sys.modules["torch"]
+    if torch._C._are_functorch_transforms_active() or torch._C._is_tracing():
+        # vmap refuses in-place randomness on an unbatched tensor under randomness="different",
+        # and torch.jit.trace would record the buffer's write: the plain factory call there
+        return int(torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device="cpu"))
+    buf = getattr(_seed_buffers, "buf", None)
+    if buf is None:
+        buf = _seed_buffers.buf = _new_seed_buffer(torch)
+    return int(buf.random_(0, _SEED_HIGH))
+
+
+def _new_seed_buffer(torch):
+    # A normal tensor even when the first draw runs under torch.inference_mode (an inference
+    # tensor could not be written in place by later draws outside that mode), and a CPU one
+    # whatever torch.set_default_device says (the seed comes from the CPU generator).
+    with torch.inference_mode(False):
+        return torch.empty((), dtype=torch.int64, device="cpu")
 
 
 def set_rank_streams(enabled=True):
@@ -62,12 +84,19 @@ def set_rank_streams(enabled=True):
     return previous
 
 
+_dist_available = None  # torch.distributed.is_available(), a property of the build: asked once
+
+
 def _rank():
+    global _dist_available
     dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized():
+    if dist is None:
+        return 0
+    if _dist_available is None:
+        _dist_available = dist.is_available()
+    if not _dist_available or not dist.is_initialized():
         return 0
     return dist.get_rank()
-
 
 
 def stream_offset(offset):

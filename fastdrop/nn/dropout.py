@@ -35,7 +35,7 @@ class _DropoutNd:
         return f"p={self.p}, inplace={self.inplace}{mode}"
 
     def forward(self, x):
-        return self._fn(x, self.p, training=self.training, mode=self.mode, inplace=self.inplace)
+        return self._fn(x, self.p, self.training, self.inplace, mode=self.mode)
 
 
 class Dropout(_DropoutNd, torch.nn.Dropout):

@@ -1,0 +1,118 @@
+"""The per-call shortcuts of small torch calls give what the general routes give.
+
+- Small C-contiguous float32/float64 CPU tensors launch the serial kernel straight from the op
+  core (fastdrop._core._small_dense_dropout), skipping _cpu.dropout_into's dispatch: same result
+  as the numpy route, forward and backward, and the layouts and dtypes it does not take still
+  go the general way.
+- seed=None draws into a reused per-thread 0-d buffer (fastdrop._seeds.draw_torch_seed): the
+  same seeds, and the same generator state afterwards, as `torch.randint`, whatever mode or
+  default device the first draw ran under.
+"""
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fastdrop  # noqa: E402
+from fastdrop import _core, _seeds  # noqa: E402
+
+
+def _numpy_result(x, p, seed):
+    return torch.from_numpy(fastdrop.dropout(x.detach().numpy().copy(), p, seed=seed))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(64, 512), (3, 5), (1,), (2, 1, 7)])
+def test_small_dense_matches_numpy_route(dtype, shape):
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    y = fastdrop.dropout(x, 0.3, seed=11, offset=5)
+    expected = torch.from_numpy(fastdrop.dropout(x.detach().numpy().copy(), 0.3, seed=11, offset=5))
+    assert torch.equal(y.detach(), expected)
+    g = torch.randn(shape, dtype=dtype)
+    (gx,) = torch.autograd.grad(y, x, g)
+    assert torch.equal(gx, torch.from_numpy(fastdrop.dropout(g.numpy().copy(), 0.3, seed=11, offset=5)))
+
+
+def test_small_dense_shortcut_is_taken(monkeypatch):
+    """A test of the shortcut, not of the general route: count its launches."""
+    calls = []
+    shortcut = _core._small_dense_dropout
+    monkeypatch.setattr(_core, "_small_dense_dropout", lambda *args: calls.append(1) or shortcut(*args))
+    x = torch.randn(8, 16, requires_grad=True)
+    y = fastdrop.nn.Dropout(0.5)(x)
+    torch.autograd.grad(y, x, torch.ones_like(y))
+    assert len(calls) == 2  # forward and backward
+    torch.autograd.grad(fastdrop.nn.Dropout(0.5)(x).sum(), x)  # expanded gradient: general route
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.randn(16, 8).t(),                                     # transposed: strided kernel
+    lambda: torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last),
+    lambda: torch.randn(4, 6, dtype=torch.float16),                      # 16-bit kernels
+    lambda: torch.randn(4, 6, dtype=torch.bfloat16),
+    lambda: torch.randn(4, 6)._neg_view(),                               # negative bit
+    lambda: torch.randn(0, 3),                                           # empty
+])
+def test_other_layouts_and_dtypes_unchanged(make):
+    x = make()
+    y = fastdrop.dropout(x, 0.4, seed=3)
+    assert y.shape == x.shape and y.dtype == x.dtype and y.stride() == torch.empty_like(x).stride()
+    xf = x.resolve_neg().float().contiguous()
+    expected = fastdrop.dropout(xf.numpy().copy(), 0.4, seed=3)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        expected = torch.from_numpy(expected).to(x.dtype).float().numpy()
+    np.testing.assert_array_equal(y.float().numpy(), expected)
+
+
+def test_seed_draw_is_randints():
+    torch.manual_seed(123)
+    drawn = [_seeds.draw_torch_seed() for _ in range(5)]
+    after = torch.get_rng_state()
+    torch.manual_seed(123)
+    expected = [int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64)) for _ in range(5)]
+    assert drawn == expected
+    assert torch.equal(after, torch.get_rng_state())
+
+
+def _in_fresh_thread(fn):
+    """fn() in a new thread, whose seed buffer does not exist yet; returns its result or raises."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # re-raised in the test's thread
+            out["error"] = e
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_seed_buffer_made_under_inference_mode_works_outside():
+    def draws():
+        with torch.inference_mode():
+            first = _seeds.draw_torch_seed()
+        return first, _seeds.draw_torch_seed()  # would fail writing an inference tensor
+    a, b = _in_fresh_thread(draws)
+    assert a != b
+
+
+def test_seed_buffer_is_cpu_whatever_the_default_device():
+    def draw():
+        with torch.device("meta"):
+            return _seeds.draw_torch_seed(), _seeds._seed_buffers.buf.device
+    seed, device = _in_fresh_thread(draw)
+    assert isinstance(seed, int) and device.type == "cpu"
+
+
+def test_threads_have_their_own_seed_buffer():
+    _seeds.draw_torch_seed()
+    here = _seeds._seed_buffers.buf
+    there = _in_fresh_thread(lambda: (_seeds.draw_torch_seed(), _seeds._seed_buffers.buf)[1])
+    assert there is not here
