@@ -193,11 +193,13 @@ class TorchBackend:
             if small and not x.is_contiguous() and out.is_contiguous():
                 # e.g. the expanded gradient of a sum: a small copy beats the strided kernel's setup
                 x = x.contiguous()
+        # out requires grad only in place on x; a fresh output needs no detach (~1 us)
+        target = out.detach() if out.requires_grad else out
         if x.element_size() == 2:
             xn, bf16 = _numpy_view(x)
-            on, _ = _numpy_view(out.detach())
+            on, _ = _numpy_view(target)
         else:
-            xn, on, bf16 = x.numpy(), out.detach().numpy(), False
+            xn, on, bf16 = x.numpy(), target.numpy(), False
         kw = {"bf16": True} if bf16 else {}
         if group_ndim:
             _cpu.grouped_dropout_into(xn, on, rng.p, seed, offset, rng.scale, group_ndim, **kw)
@@ -409,17 +411,19 @@ DROPOUT = MaskedOp("dropout", ("x",), forward=_mask, backward=_backward, plain=_
 
 
 def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_factor=1.0, inplace=False,
-         out=None):
+         out=None, checked=None):
     """The pipeline every public masked op goes through (module docstring).
 
     scale: the factor kept elements get in training; eval_factor: the eval-mode factor; out: an
-    array / tensor the result is written into (no autograd, as torch's out= ops).
+    array / tensor the result is written into (no autograd, as torch's out= ops); checked: what
+    check_array returned for operands[0] when the caller already ran it (a public function whose
+    rank rule needed the validated shape), so it does not run twice.
     """
     p = check_p(p)
     offset = check_u64(offset, "offset")
     if seed is not None:
         seed = check_u64(seed, "seed")
-    x, kind = check_array(operands[0], op.operands[0])
+    x, kind = check_array(operands[0], op.operands[0]) if checked is None else checked
     if len(operands) > 1:
         operands = (x, *check_companions(x, kind, zip(op.operands[1:], operands[1:]), op.operands[0]))
     elif x is not operands[0]:

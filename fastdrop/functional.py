@@ -25,12 +25,13 @@ __all__ = ["dropout", "dropout1d", "dropout2d", "dropout3d", "drop_path", "RankE
 DROP_PATH_MODES = ("row", "batch")
 
 
-def _call(x, p, training, inplace, seed, offset, mode, group_ndim, out):
+def _call(x, p, training, inplace, seed, offset, mode, group_ndim, out, checked=None):
+    """checked: check_array(x) when the caller already ran it (see _core.call)."""
     p = check_p(p)
     check_mode(mode)
     return _core.call(DROPOUT, (x,), (group_ndim,), p=p, training=training, seed=seed, offset=offset,
                       scale=train_scale(p, mode), eval_factor=1.0 - p if mode == "classic" else 1.0,
-                      inplace=inplace, out=out)
+                      inplace=inplace, out=out, checked=checked)
 
 
 def dropout(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted", out=None):
@@ -57,7 +58,8 @@ def dropout(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode
 
 
 def _spatial_group_ndim(x, name, batched_rank, unbatched_rank):
-    ndim = len(check_array(x)[0].shape)  # validated first: the rank rule needs a shape
+    """The mask-shape rule of validated x (the rank rule needs a shape, so x is validated first)."""
+    ndim = len(x.shape)
     if ndim == batched_rank:
         return 2
     if ndim == unbatched_rank:
@@ -68,14 +70,16 @@ def _spatial_group_ndim(x, name, batched_rank, unbatched_rank):
 
 def dropout1d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted", out=None):
     """Drops whole channels of (N, C, L) or (C, L) input; mask = dropout_mask((N, C) or (C,), ...)."""
-    group_ndim = _spatial_group_ndim(x, "dropout1d", 3, 2)
-    return _call(x, p, training, inplace, seed, offset, mode, group_ndim, out)
+    checked = check_array(x)  # once: the op core takes the result
+    group_ndim = _spatial_group_ndim(checked[0], "dropout1d", 3, 2)
+    return _call(x, p, training, inplace, seed, offset, mode, group_ndim, out, checked)
 
 
 def dropout2d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted", out=None):
     """Drops whole channels of (N, C, H, W) input (torch's rules: 3-D input is read as (N, C, L)
     with a warning, as torch does; fewer than 2 dims is an error)."""
-    ndim = len(check_array(x)[0].shape)
+    checked = check_array(x)
+    ndim = len(checked[0].shape)
     if ndim < 2:
         raise RankError(f"dropout2d: Feature dropout requires at least 2 dimensions in the input, "
                         f"got shape {tuple(x.shape)}")
@@ -86,13 +90,14 @@ def dropout2d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mo
     elif ndim != 4:
         warnings.warn(f"dropout2d: Received a {ndim}-D input; expected a 4-D (N, C, H, W) input.",
                       UserWarning, stacklevel=2)
-    return _call(x, p, training, inplace, seed, offset, mode, 2, out)
+    return _call(x, p, training, inplace, seed, offset, mode, 2, out, checked)
 
 
 def dropout3d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted", out=None):
     """Drops whole channels of (N, C, D, H, W) or unbatched (C, D, H, W) input."""
-    group_ndim = _spatial_group_ndim(x, "dropout3d", 5, 4)
-    return _call(x, p, training, inplace, seed, offset, mode, group_ndim, out)
+    checked = check_array(x)
+    group_ndim = _spatial_group_ndim(checked[0], "dropout3d", 5, 4)
+    return _call(x, p, training, inplace, seed, offset, mode, group_ndim, out, checked)
 
 
 def drop_path(x, p=0.0, training=True, scale_by_keep=True, *, seed=None, offset=0, mode="row",
@@ -119,9 +124,10 @@ def drop_path(x, p=0.0, training=True, scale_by_keep=True, *, seed=None, offset=
     if mode not in DROP_PATH_MODES:
         raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode!r}")
     check_mode(scaling)
-    if len(check_array(x)[0].shape) == 0:
+    checked = check_array(x)  # once: the op core takes the result
+    if len(checked[0].shape) == 0:
         raise RankError("drop_path needs input with a batch dimension, got a 0-d input")
     scale = train_scale(p, "inverted" if (scaling == "inverted" and scale_by_keep) else "classic")
     return _core.call(DROPOUT, (x,), (1 if mode == "row" else -1,), p=p, training=training,
                       seed=seed, offset=offset, scale=scale,
-                      eval_factor=1.0 - p if scaling == "classic" else 1.0, inplace=inplace)
+                      eval_factor=1.0 - p if scaling == "classic" else 1.0, inplace=inplace, checked=checked)
