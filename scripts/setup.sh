@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install fastdrop with its test/bench extras.
-# torch is pinned to the local CPU build by ci/constraints.txt, so pip never resolves the multi-GB
-# CUDA build. With a GPU, install your own CUDA torch first and use `pip install -e .[torch,test]`.
+# Create .venv (once) and install fastdrop with its test/bench extras and the `ci` extra (NVVM, ptxas,
+# NVRTC and cudart wheels for tests/cuda/test_nvvm_compile.py: the CUDA compile gate needs no GPU).
+# ci/constraints.txt pins exact versions: torch to the local CPU build, so pip never resolves the
+# multi-GB CUDA build, and the CUDA compile toolchain. Reinstalls only when pyproject.toml or the
+# constraints changed since the last install (idempotent).
+# With a GPU, install your own CUDA torch first and use `pip install -e ".[torch,test,cuda12]"`
+# (or cuda13, matching torch's CUDA), without the constraints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,6 +14,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.fastdrop-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ ci/constraints.txt -nt "$stamp" ]; then
-    .venv/bin/python -m pip install -q --disable-pip-version-check -c ci/constraints.txt -e ".[torch,test]"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -c ci/constraints.txt -e ".[torch,test,ci]"
     touch "$stamp"
 fi
