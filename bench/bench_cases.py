@@ -380,17 +380,21 @@ def small_call_providers(shape, p, dtype="float32"):
     try:
         from fastdrop._seeds import draw_torch_seed
         from fastdrop.kernels.dropout_cpu import dropout_flat_serial
+        from fastdrop.kernels.philox import keep_threshold
     except ImportError as e:
         # Internals moved: the breakdown probes raise when called (the report lists them as
         # errors, the smoke test fails on them) while the public-API rows still run.
         def draw_torch_seed(*args, _e=e):
             raise _e
-        dropout_flat_serial = draw_torch_seed
+        dropout_flat_serial = keep_threshold = draw_torch_seed
 
     td = _tdtype(dtype)
     scale = 1.0 / (1.0 - p)
     np_scale = np.dtype(dtype).type(scale)
-    thr = np.uint64(math.floor((1.0 - p) * 2.0**32))  # the README's T(p)
+    try:
+        thr = np.uint32(keep_threshold(p))  # the README's T(p), the kernels' type
+    except ImportError:  # internals moved: `kernel` raises when called, as above
+        thr = None
     zero = np.uint64(0)
 
     def kernel(src, dst, seed):

@@ -124,9 +124,6 @@ CPU_BLOCKS_PER_CHUNK = 128
 # docs/threads.md) waits for the cores: the report measured 64x512 fwd at 70 us parallel vs 35 us
 # serial, interleaved with torch. From 2^17 elements the parallel work amortizes the wait.
 CPU_PARALLEL_MIN = 1 << 17
-# Spatial dropout and DropPath apply a tiny per-channel / per-sample mask: a streaming copy with a
-# select, ~4x less work per element than elementwise dropout's Philox, so the pool pays off later.
-GROUP_PARALLEL_MIN = 1 << 20
 # The dense layers' and dropout_matmul's masks sit between torch GEMMs, whose OpenMP threads are
 # still spinning when the mask runs: there Numba's pool pays off only from 2^21 elements
 # (docs/threads.md, section 2).

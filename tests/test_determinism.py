@@ -94,7 +94,6 @@ def _ge(n):
 
 # Read once: test_parallel_and_serial_kernels_agree raises the thresholds, not the sizes.
 SMALL = _ge(config.CPU_PARALLEL_MIN)  # dropout_flat's threshold in fastdrop._cpu
-GROUPED = _ge(config.GROUP_PARALLEL_MIN)  # apply_group_mask's
 BIG = _ge(max(getattr(m, k) for m, k in thresholds()))  # dense layers, MC dropout
 
 
@@ -109,7 +108,7 @@ def parallel_workload():
     out["dropout_flat torch"] = fastdrop.dropout(torch.from_numpy(x).double(), 0.3, seed=SEED).numpy()
     out["dropout_strided"] = fastdrop.dropout(x.T, 0.6, seed=SEED, offset=OFFSET)
     out["keep_mask"] = fastdrop.dropout_mask((3, small // 3 + 1), 0.25, SEED, OFFSET)
-    x4 = rng.standard_normal((8, 33, GROUPED // 264 + 1))
+    x4 = rng.standard_normal((8, 33, SMALL // 264 + 1))  # apply_group_mask's threshold is dropout_flat's
     out["keep_mask + apply_group_mask"] = fastdrop.dropout2d(x4, 0.5, seed=SEED, offset=OFFSET)
     ctr = rng.integers(0, 2**32, (small // 4 + 1, 4), dtype=np.uint64)
     out["philox4x32_array"] = fastdrop.philox4x32(ctr, [SEED & 0xFFFFFFFF, SEED >> 32])

@@ -48,7 +48,10 @@ def test_compile_matches_eager(name, backend):
         y_c, g_c = _run(compiled, ops, seed)
         for a, b in zip(y_c + list(g_c), y_e + list(g_e)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    assert not torch.equal(_run(compiled, ops, 1)[0][0], _run(compiled, ops, 2)[0][0])
+    # seed=None follows torch's generator under compile too. Some ops draw very few mask bits
+    # (drop_path's batch mode: one), so two seeds may agree by chance: some seed among 16 must differ.
+    first = _run(compiled, ops, 1)[0][0]
+    assert any(not torch.equal(first, _run(compiled, ops, s)[0][0]) for s in range(2, 18))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -134,13 +137,16 @@ def test_numpy_matches_torch(name):
 def test_rank_streams(name, monkeypatch):
     case = CASES[name]
     ops = operands(case)
-    outs = {}
-    for rank in (0, 1):
-        monkeypatch.setattr(_seeds, "_rank", lambda r=rank: r)
-        torch.manual_seed(3)
-        outs[rank] = (case.call(*ops), case.call(*ops, seed=5))
-    assert not torch.equal(outs[0][0], outs[1][0])
-    assert torch.equal(outs[0][1], outs[1][1])
+    differ = []
+    for torch_seed in range(3, 19):  # few-bit masks (drop_path batch: one bit) may agree by chance
+        outs = {}
+        for rank in (0, 1):
+            monkeypatch.setattr(_seeds, "_rank", lambda r=rank: r)
+            torch.manual_seed(torch_seed)
+            outs[rank] = (case.call(*ops), case.call(*ops, seed=5))
+        differ.append(not torch.equal(outs[0][0], outs[1][0]))
+        assert torch.equal(outs[0][1], outs[1][1])
+    assert any(differ)
 
 
 def _bad_inputs(case):
