@@ -239,3 +239,16 @@ def check_out(x, kind, out, inplace):
     elif np.shares_memory(out, x):
         raise ValueError("out shares memory with x: pass inplace=True to write into x")
     check_writable(out, kind)
+
+
+def refuse_graph_capture(torch):
+    """CUDA graphs: a fastdrop launch takes (seed, offset) as host scalars, so a captured launch
+    would replay the capture's mask forever. Refused at capture time, loudly, rather than that;
+    the custom ops carry torch.Tag.cudagraph_unsafe, so torch.compile(mode="reduce-overhead")
+    leaves them out of its graphs."""
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "fastdrop ops cannot be captured in a CUDA graph: their seed and offset are host scalars "
+            "baked into the launch, so every replay would apply the mask drawn at capture time. Run "
+            "the fastdrop op outside the captured region (torch.compile(mode='reduce-overhead') "
+            "does this by itself: the ops are tagged cudagraph_unsafe).")

@@ -657,7 +657,7 @@ def _seed_ops():
         _fill_flat_scalars()  # every torch route passes here first (eager call, custom op)
 
         @torch.library.custom_op("fastdrop::draw_seed", mutates_args=(),
-                                 tags=(torch.Tag.nondeterministic_seeded,))
+                                 tags=(torch.Tag.nondeterministic_seeded, torch.Tag.cudagraph_unsafe))
         def draw_seed(token: int) -> torch.Tensor:
             """`token` is ignored; see `trace_token`. Tagged nondeterministic_seeded, so Inductor
             neither replaces the draw with its own RNG, nor merges draws, nor recomputes one."""
@@ -744,7 +744,11 @@ def library_op(op):
         # a custom op's output may not alias its inputs (e.g. p = 0 paths returning x)
         return y.clone() if any(y is a for a in operands) else y
 
-    lib = torch.library.custom_op(f"fastdrop::{op.name}", impl, mutates_args=(), schema=schema)
+    # cudagraph_unsafe: the seed and offset are host scalars baked into each launch, so a captured
+    # call would replay one mask (the CUDA launchers refuse capture); torch.compile's CUDA-graph
+    # mode (mode="reduce-overhead") then splits the graph around the op instead.
+    lib = torch.library.custom_op(f"fastdrop::{op.name}", impl, mutates_args=(), schema=schema,
+                                  tags=(torch.Tag.cudagraph_unsafe,))
     lib.register_fake(lambda *args: op.fake(args[:n], tuple(args[-1])))
 
     def setup_context(ctx, inputs, output):

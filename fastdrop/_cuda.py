@@ -19,7 +19,7 @@ from numba import cuda
 from .kernels import dropout_cuda as K
 from .kernels.config import launch_shape
 from .kernels.philox import LANES, kernel_rng_args
-from ._checks import as_device_array, check_p, check_shape, check_u64, require_gpu
+from ._checks import as_device_array, check_p, check_shape, check_u64, refuse_graph_capture, require_gpu
 
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
 
@@ -129,19 +129,6 @@ def dropout_mask_device(shape, p, seed, offset=0):
     if keep.size:
         keep_mask_into(keep, p, seed, offset)
     return keep
-
-
-def refuse_graph_capture(torch):
-    """CUDA graphs: a fastdrop launch takes (seed, offset) as host scalars, so a captured launch
-    would replay the capture's mask forever. Refused at capture time, loudly, rather than that;
-    the custom ops carry torch.Tag.cudagraph_unsafe, so torch.compile(mode="reduce-overhead")
-    leaves them out of its graphs."""
-    if torch.cuda.is_current_stream_capturing():
-        raise RuntimeError(
-            "fastdrop ops cannot be captured in a CUDA graph: their seed and offset are host scalars "
-            "baked into the launch, so every replay would apply the mask drawn at capture time. Run "
-            "the fastdrop op outside the captured region (torch.compile(mode='reduce-overhead') "
-            "does this by itself: the ops are tagged cudagraph_unsafe).")
 
 
 def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):

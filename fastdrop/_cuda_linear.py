@@ -22,7 +22,7 @@ import sys
 import numpy as np
 from numba import cuda
 
-from ._checks import as_device_array, require_gpu
+from ._checks import as_device_array, refuse_graph_capture, require_gpu
 from .kernels.config import launch_shape
 from .kernels import linear_cuda as L
 from .kernels.config import CUDA_MAX_BLOCKS
@@ -152,7 +152,6 @@ def dense_call(name, x, w, b, rng, per_sample=None, grad=None):
     extra = () if per_sample is None else (per_sample,)
     if is_torch_tensor(x):
         import torch
-        from ._cuda import refuse_graph_capture
         refuse_graph_capture(torch)
         with cuda.gpus[x.device.index]:
             stream = cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)

@@ -78,9 +78,9 @@ def test_cuda_graph_capture_is_refused_with_a_clear_error(monkeypatch):
     launch would replay one host-drawn mask forever (tests/gpu/test_cuda_graphs.py checks the real
     capture on a GPU). The capture state is faked here; no GPU is needed to reach the check."""
     torch = pytest.importorskip("torch")
-    from fastdrop import _cuda
+    from fastdrop import _checks
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     with pytest.raises(RuntimeError, match="CUDA graph.*mask drawn at capture time"):
-        _cuda.refuse_graph_capture(torch)
+        _checks.refuse_graph_capture(torch)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    _cuda.refuse_graph_capture(torch)  # outside a capture: nothing to refuse
+    _checks.refuse_graph_capture(torch)  # outside a capture: nothing to refuse

@@ -24,6 +24,15 @@ def test_table_covers_every_declared_op():
     assert {id(c.op) for c in CASES.values()} == {id(op) for op in _core.OPS}
 
 
+@pytest.mark.skipif(not hasattr(torch.Tag, "cudagraph_unsafe"), reason="this torch has no cudagraph_unsafe tag")
+def test_every_custom_op_is_tagged_cudagraph_unsafe():
+    """Seeds and offsets are host scalars baked into the launch: a CUDA-graph replay would repeat one
+    mask, so every op (and the seed draw) keeps torch.compile's CUDA graphs away from itself."""
+    fastdrop.register_torch_ops()
+    for name in [op.name for op in _core.OPS] + ["draw_seed"]:
+        assert torch.Tag.cudagraph_unsafe in getattr(torch.ops.fastdrop, name).default.tags, name
+
+
 def _run(fn, ops, seed):
     """fn's outputs (seed=None and an explicit seed) and the gradients of both."""
     ops = tuple(o.detach().requires_grad_() for o in ops)

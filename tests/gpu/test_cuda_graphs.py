@@ -118,9 +118,6 @@ def test_explicit_seed_replay_equals_eager(name):
     assert not torch.equal(out, eager)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "issue 10 item 3: the custom ops carry no torch.Tag.cudagraph_unsafe (fastdrop/_core.py "
-    "library_op) while replays repeat one mask"))
 def test_custom_ops_carry_cudagraph_unsafe_tag_or_are_graph_safe():
     """Either replays draw new masks (then no tag is needed) or the ops carry
     torch.Tag.cudagraph_unsafe so torch.compile(mode="reduce-overhead") keeps them out of graphs."""
