@@ -110,14 +110,17 @@ def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, *, bf16=Fal
     x, out, scale_type = _kernel_views(x, out, bf16)
     lead = x.shape[:group_ndim]
     groups = math.prod(lead)
+    if x.flags.c_contiguous and out.flags.c_contiguous:  # the common case: one launch, flat views
+        kernel = dropout_cpu.dropout_groups_flat if x.size >= parallel_min else \
+            dropout_cpu.dropout_groups_flat_serial
+        kernel(x.reshape(-1), out.reshape(-1), x.size // groups, *kernel_rng_args(seed, offset, p),
+               scale_type(scale))
+        return out_given
     keep = np.empty(groups, dtype=np.bool_)
     fill = dropout_cpu.keep_mask if groups >= CPU_PARALLEL_MIN else dropout_cpu.keep_mask_serial
     fill(keep, *kernel_rng_args(seed, offset, p))
     apply = dropout_cpu.apply_group_mask if x.size >= parallel_min else dropout_cpu.apply_group_mask_serial
     shape3 = (groups // lead[-1], lead[-1], x.size // groups)
-    if x.flags.c_contiguous and out.flags.c_contiguous:  # the common case, without the view search
-        apply(x.reshape(shape3), out.reshape(shape3), keep, scale_type(scale))
-        return out_given
     if x.ndim > group_ndim + 1:
         # The mask is constant over the non-group dims, so they may be walked in any order: in
         # x's memory order, a permuted layout (channels_last, timm's (N, H, W, C) views) becomes

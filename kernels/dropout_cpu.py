@@ -269,6 +269,26 @@ def dropout_strided(xb, x_start, x_strides, ob, o_start, o_strides, shape,
 
 
 @cpu_kernel
+def dropout_groups_flat(x, out, length, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """Spatial dropout / DropPath on flat contiguous x, out: group g (elements [g * length,
+    (g + 1) * length)) is kept, times scale, iff mask word g < thr; otherwise 0. One launch: the
+    group mask (a few thousand words in practice) is generated first, on the calling thread."""
+    ngroups = x.size // length
+    words = np.empty(ngroups + LANES, np.uint16)
+    fill_words(words, 0, (ngroups + LANES - 1) // LANES, off_lo, off_hi, key_lo, key_hi)
+    zero = x.dtype.type(0)
+    for g in numba.prange(ngroups):
+        xs = x[g * length:(g + 1) * length]
+        os = out[g * length:(g + 1) * length]
+        if np.uint32(words[g]) < thr:
+            for k in range(length):
+                os[k] = _scaled(xs[k], scale)
+        else:
+            for k in range(length):
+                os[k] = zero
+
+
+@cpu_kernel
 def apply_group_mask(x, out, keep, scale):
     """out[a, b, :] = x[a, b, :] * scale if keep[a * B + b] else 0, for 3-D (A, B, L) strided views."""
     nb = x.shape[1]
@@ -290,3 +310,4 @@ def apply_group_mask(x, out, keep, scale):
 # the per-channel masks of spatial dropout and the masks of small calls are a few thousand elements.
 keep_mask_serial = keep_mask.serial
 apply_group_mask_serial = apply_group_mask.serial
+dropout_groups_flat_serial = dropout_groups_flat.serial

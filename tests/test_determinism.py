@@ -108,8 +108,11 @@ def parallel_workload():
     out["dropout_flat torch"] = fastdrop.dropout(torch.from_numpy(x).double(), 0.3, seed=SEED).numpy()
     out["dropout_strided"] = fastdrop.dropout(x.T, 0.6, seed=SEED, offset=OFFSET)
     out["keep_mask"] = fastdrop.dropout_mask((3, small // 3 + 1), 0.25, SEED, OFFSET)
-    x4 = rng.standard_normal((8, 33, SMALL // 264 + 1))  # apply_group_mask's threshold is dropout_flat's
-    out["keep_mask + apply_group_mask"] = fastdrop.dropout2d(x4, 0.5, seed=SEED, offset=OFFSET)
+    x4 = rng.standard_normal((8, 33, SMALL // 264 + 1))  # the grouped kernels' threshold is dropout_flat's
+    out["dropout_groups_flat"] = fastdrop.dropout2d(x4, 0.5, seed=SEED, offset=OFFSET)
+    # a permuted layout (channels_last-like): the keep mask, then the strided apply
+    x4_cl = np.ascontiguousarray(x4.transpose(0, 2, 1)).transpose(0, 2, 1)
+    out["keep_mask + apply_group_mask"] = fastdrop.dropout2d(x4_cl, 0.5, seed=SEED, offset=OFFSET)
     ctr = rng.integers(0, 2**32, (small // 4 + 1, 4), dtype=np.uint64)
     out["philox4x32_array"] = fastdrop.philox4x32(ctr, [SEED & 0xFFFFFFFF, SEED >> 32])
     w = rng.standard_normal((515, 257), np.float32)

@@ -25,7 +25,7 @@ BIG = config.CPU_PARALLEL_MIN * 2  # elements: above the elementwise parallel th
 BIG_MASK = config.DENSE_PARALLEL_MIN  # dense layers' masks run on the pool from here
 # The parallel kernels `_ops` reaches through the public API (a kernel the API no longer calls,
 # such as linear_cpu.mask_pair once the dense layers mask with dropout_cpu's kernels, is not listed).
-REACHED = {"keep_mask", "dropout_flat", "dropout_strided", "apply_group_mask", "philox4x32_array",
+REACHED = {"keep_mask", "dropout_flat", "dropout_strided", "apply_group_mask", "dropout_groups_flat", "philox4x32_array",
            "dropconnect_sample_fwd", "dropconnect_sample_bwd", "dropout_samples", "dropout_pair",
            "max_norm_rows", "max_norm_cols"}
 
@@ -54,6 +54,8 @@ def _ops(seed):
         out["dropout2d_torch"] = fastdrop.dropout2d(torch.from_numpy(f32(2, 3, 4, 5)), 0.5,
                                                     seed=seed + 6).numpy()
         out["dropout3d"] = fastdrop.dropout3d(f32(2, 3, 2, 3, 4), 0.5, seed=seed + 7)
+        channels_last = torch.from_numpy(f32(2, 3, 4, 5)).contiguous(memory_format=torch.channels_last)
+        out["dropout2d_channels_last"] = fastdrop.dropout2d(channels_last, 0.5, seed=seed + 6).numpy()
         out["dropout_mask"] = fastdrop.dropout_mask((8, 8), 0.5, seed + 8)
         out["philox4x32"] = fastdrop.philox4x32(rng.integers(0, 2**32, (16, 4), dtype=np.uint32),
                                                 [seed, 7])
