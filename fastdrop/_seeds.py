@@ -54,10 +54,15 @@ def draw_torch_seed():
     `torch.randint(0, 2**63 - 1, (), dtype=torch.int64)` (randint is `empty().random_(lo, hi)`),
     drawn into a reused 0-d buffer, which costs a third of a fresh tensor each call."""
     torch = sys.modules["torch"]
-    if torch._C._are_functorch_transforms_active() or torch._C._is_tracing():
-        # vmap refuses in-place randomness on an unbatched tensor under randomness="different",
-        # and torch.jit.trace would record the buffer's write: the plain factory call there
+    if torch._C._is_tracing():
+        # torch.jit.trace would record the buffer's write: the plain factory call there
         return int(torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device="cpu"))
+    if torch._C._are_functorch_transforms_active():
+        # One seed for the whole transformed call, drawn outside the transforms: under
+        # vmap(randomness="different") a draw inside would be batched (and .item() refused);
+        # the op's vmap rule turns the one seed into a mask per example (or one for all, "same").
+        with torch._C._DisableFuncTorch():
+            return int(torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device="cpu"))
     buf = getattr(_seed_buffers, "buf", None)
     if buf is None:
         buf = _seed_buffers.buf = _new_seed_buffer(torch)

@@ -112,6 +112,18 @@ def test_func_grad_jvp_and_vmap(name):
     assert diff.shape == xb.shape
     kept = [(diff[i] != 0) for i in range(3)]
     assert not (torch.equal(kept[0], kept[1]) and torch.equal(kept[1], kept[2]))
+    # seed=None: one seed drawn outside the transform, reproducible by torch.manual_seed; the rule
+    # still refuses randomness="error"
+    g = lambda x: case.call(x, *rest)  # noqa: E731
+    with pytest.raises(RuntimeError, match="randomness"):
+        torch.func.vmap(g)(xb)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(11)
+        runs.append((torch.func.vmap(g, randomness="different")(xb), torch.func.vmap(g, randomness="same")(xb)))
+    torch.testing.assert_close(runs[0][0], runs[1][0])
+    torch.testing.assert_close(runs[0][1], runs[1][1])
+    assert runs[0][0].shape == xb.shape
 
 
 @pytest.mark.parametrize("dtype, atol", [(torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
