@@ -150,6 +150,26 @@ def _small_dense_dropout(x, p, seed, offset, scale):
     return out
 
 
+def _dense_grouped_dropout(x, p, seed, offset, scale, group_ndim, n):
+    """Spatial dropout / DropPath of a C-contiguous float32/float64 CPU tensor (no autograd): the
+    one-launch grouped kernel on flat numpy views, as _cpu.grouped_dropout_into would pick it,
+    without its dtype and layout dispatch (a forward and a backward per layer per step)."""
+    key = (x.dtype, scale)
+    kernel_scale = _SCALES.get(key)
+    if kernel_scale is None:
+        kernel_scale = _new_kernel_scale(key)
+    if n < CPU_PARALLEL_MIN:
+        out, kernel = torch_empty_like(x), dropout_cpu.dropout_groups_flat_serial
+    else:
+        out, kernel = empty_like(x), dropout_cpu.dropout_groups_flat
+    groups = 1
+    for d in x.shape[:group_ndim]:
+        groups *= d
+    kernel(x.numpy().reshape(-1), out.numpy().reshape(-1), n // groups, *kernel_rng_args(seed, offset, p),
+           kernel_scale)
+    return out
+
+
 def _new_kernel_scale(key):
     if len(_SCALES) >= 256:  # p from a schedule: bounded, not one entry per value forever
         _SCALES.clear()
@@ -186,6 +206,8 @@ class TorchBackend:
         if out is None and not group_ndim and parallel_min is None and 0 < n < _cpu.CPU_PARALLEL_MIN \
                 and x.dtype in _FLAT_SCALARS and x.is_contiguous():
             return _small_dense_dropout(x, rng.p, seed, offset, rng.scale)
+        if out is None and group_ndim > 0 and n > 0 and x.dtype in _FLAT_SCALARS and x.is_contiguous():
+            return _dense_grouped_dropout(x, rng.p, seed, offset, rng.scale, group_ndim, n)
         if out is None:
             # torch's layout rules: a dense layout (channels_last...) is kept; only large outputs
             # come from the output cache (small ones are already faulted-in heap memory)

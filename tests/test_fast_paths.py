@@ -4,6 +4,9 @@
   core (fastdrop._core._small_dense_dropout), skipping _cpu.dropout_into's dispatch: same result
   as the numpy route, forward and backward, and the layouts and dtypes it does not take still
   go the general way.
+- C-contiguous float32/float64 CPU tensors of spatial dropout / DropPath launch the one-launch
+  grouped kernel straight from the op core (fastdrop._core._dense_grouped_dropout), serial below
+  CPU_PARALLEL_MIN elements, parallel above: the numpy route's result, forward and backward.
 - seed=None draws into a reused per-thread 0-d buffer (fastdrop._seeds.draw_torch_seed): the
   same seeds, and the same generator state afterwards, as `torch.randint`, whatever mode or
   default device the first draw ran under.
@@ -46,6 +49,26 @@ def test_small_dense_shortcut_is_taken(monkeypatch):
     assert len(calls) == 2  # forward and backward
     torch.autograd.grad(fastdrop.nn.Dropout(0.5)(x).sum(), x)  # expanded gradient: general route
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fn, shape", [
+    (fastdrop.dropout2d, (8, 16, 32, 32)),      # exactly CPU_PARALLEL_MIN elements: parallel kernel
+    (fastdrop.dropout2d, (2, 3, 4, 5)),         # serial kernel
+    (fastdrop.dropout1d, (3, 7)),               # unbatched (C, L)
+    (fastdrop.drop_path, (5, 2, 3)),            # one mask element per sample
+])
+def test_dense_grouped_matches_numpy_route(monkeypatch, fn, shape, dtype):
+    calls = []
+    shortcut = _core._dense_grouped_dropout
+    monkeypatch.setattr(_core, "_dense_grouped_dropout", lambda *args: calls.append(1) or shortcut(*args))
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    y = fn(x, 0.4, seed=13, offset=2)
+    assert torch.equal(y.detach(), torch.from_numpy(fn(x.detach().numpy().copy(), 0.4, seed=13, offset=2)))
+    g = torch.randn(shape, dtype=dtype)
+    (gx,) = torch.autograd.grad(y, x, g)
+    assert torch.equal(gx, torch.from_numpy(fn(g.numpy().copy(), 0.4, seed=13, offset=2)))
+    assert len(calls) == 2  # forward and backward took the shortcut
 
 
 @pytest.mark.parametrize("make", [
