@@ -90,3 +90,18 @@ def test_known_mask_vectors(args, packed):
     expected = np.unpackbits(np.frombuffer(bytes.fromhex(packed), np.uint8), bitorder="little").astype(bool)
     np.testing.assert_array_equal(fastdrop.dropout_mask((64,), p, seed, offset), expected)
     np.testing.assert_array_equal(reference_mask((64,), p, seed, offset), expected)
+
+
+def test_readme_recipe_runs_and_matches():
+    """The numpy recipe in README's "The mask" section, executed as written (its own assert
+    included), agrees with the kernels and with tests/contract.py."""
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("Reproduce a mask with numpy alone"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope = {}
+    exec(compile(code, "README recipe", "exec"), scope)
+    for args in [((7, 9), 0.1, 2**64 - 1, 5), ((64,), 0.5, 0, 0), ((3, 1025), 0.9, 42, 2**40)]:
+        np.testing.assert_array_equal(scope["mask"](*args), fastdrop.dropout_mask(*args))
+        np.testing.assert_array_equal(scope["mask"](*args), reference_mask(*args))
