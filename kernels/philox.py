@@ -94,13 +94,21 @@ def keep_threshold(p):
 
 
 _THRESHOLDS = {}  # p -> np.uint32(T(p)): a model uses a handful of p's, and this runs every call
+_OFFSETS = {}     # offset -> (lo, hi) as np.uint64: almost always 0 (or a few MC / rank offsets)
 
 
 def kernel_rng_args(seed, offset, p):
     """(key_lo, key_hi, off_lo, off_hi, threshold) for the kernels."""
     thr = _THRESHOLDS.get(p)
     if thr is None:
+        if len(_THRESHOLDS) >= 256:  # p from a schedule: bounded, not one entry per value forever
+            _THRESHOLDS.clear()
         # uint32, not uint64: compared with 16-bit halves, the CPU apply loops vectorize in 32-bit lanes
         thr = _THRESHOLDS[p] = np.uint32(keep_threshold(p))
+    off = _OFFSETS.get(offset)
+    if off is None:
+        if len(_OFFSETS) >= 256:
+            _OFFSETS.clear()
+        off = _OFFSETS[offset] = (np.uint64(offset & 0xFFFFFFFF), np.uint64(offset >> 32))
     u64 = np.uint64
-    return u64(seed & 0xFFFFFFFF), u64(seed >> 32), u64(offset & 0xFFFFFFFF), u64(offset >> 32), thr
+    return u64(seed & 0xFFFFFFFF), u64(seed >> 32), off[0], off[1], thr
