@@ -158,15 +158,11 @@ def _dense_grouped_dropout(x, p, seed, offset, scale, group_ndim, n):
     kernel_scale = _SCALES.get(key)
     if kernel_scale is None:
         kernel_scale = _new_kernel_scale(key)
-    if n < CPU_PARALLEL_MIN:
-        out, kernel = torch_empty_like(x), dropout_cpu.dropout_groups_flat_serial
-    else:
-        out, kernel = empty_like(x), dropout_cpu.dropout_groups_flat
+    out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)
     groups = 1
     for d in x.shape[:group_ndim]:
         groups *= d
-    kernel(x.numpy().reshape(-1), out.numpy().reshape(-1), n // groups, *kernel_rng_args(seed, offset, p),
-           kernel_scale)
+    _cpu.groups_flat_into(x.numpy(), out.numpy(), groups, p, seed, offset, kernel_scale)
     return out
 
 

@@ -111,14 +111,10 @@ def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, *, bf16=Fal
     lead = x.shape[:group_ndim]
     groups = math.prod(lead)
     if x.flags.c_contiguous and out.flags.c_contiguous:  # the common case: one launch, flat views
-        kernel = dropout_cpu.dropout_groups_flat if x.size >= parallel_min else \
-            dropout_cpu.dropout_groups_flat_serial
-        kernel(x.reshape(-1), out.reshape(-1), x.size // groups, *kernel_rng_args(seed, offset, p),
-               scale_type(scale))
+        groups_flat_into(x, out, groups, p, seed, offset, scale_type(scale), parallel_min)
         return out_given
     keep = np.empty(groups, dtype=np.bool_)
-    fill = dropout_cpu.keep_mask if groups >= CPU_PARALLEL_MIN else dropout_cpu.keep_mask_serial
-    fill(keep, *kernel_rng_args(seed, offset, p))
+    fill_keep_mask(keep, p, seed, offset)
     apply = dropout_cpu.apply_group_mask if x.size >= parallel_min else dropout_cpu.apply_group_mask_serial
     shape3 = (groups // lead[-1], lead[-1], x.size // groups)
     if x.ndim > group_ndim + 1:
@@ -140,3 +136,19 @@ def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, *, bf16=Fal
     apply(xv, ov, keep, scale_type(scale))
     return out_given
 
+
+def groups_flat_into(x, out, groups, p, seed, offset, scale, parallel_min=None):
+    """The one-launch grouped kernel on C-contiguous kernel views x, out (the dtypes the kernels
+    take, scale already of the compute type): `groups` consecutive runs of equal length, run g kept
+    iff mask element g is. Parallel from parallel_min elements (default CPU_PARALLEL_MIN)."""
+    if parallel_min is None:
+        parallel_min = CPU_PARALLEL_MIN
+    kernel = dropout_cpu.dropout_groups_flat if x.size >= parallel_min else dropout_cpu.dropout_groups_flat_serial
+    kernel(x.reshape(-1), out.reshape(-1), x.size // groups, *kernel_rng_args(seed, offset, p), scale)
+
+
+def fill_keep_mask(keep, p, seed, offset):
+    """keep (a C-contiguous bool array) = dropout_mask(keep.shape, p, seed, offset); masks below
+    CPU_PARALLEL_MIN elements (spatial masks: a few thousand) are drawn on the calling thread."""
+    fill = dropout_cpu.keep_mask if keep.size >= CPU_PARALLEL_MIN else dropout_cpu.keep_mask_serial
+    fill(keep.reshape(-1), *kernel_rng_args(seed, offset, p))

@@ -14,10 +14,9 @@ import os
 
 import numpy as np
 
-from .kernels.config import CPU_PARALLEL_MIN
-from .kernels.dropout_cpu import keep_mask, keep_mask_serial
 from .kernels.philox import keep_threshold, kernel_rng_args, philox4x32_array  # noqa: F401
 
+from ._cpu import fill_keep_mask
 from ._checks import NUMPY, check_p, check_shape, check_u64, check_writable
 
 
@@ -92,8 +91,7 @@ def dropout_mask(shape, p, seed, offset=0, *, out=None):
         _check_allocatable(math.prod(shape))
     flat = out if out is not None and out.flags.c_contiguous else np.empty(shape, dtype=np.bool_)
     if flat.size:
-        fill = keep_mask if flat.size >= CPU_PARALLEL_MIN else keep_mask_serial
-        fill(flat.reshape(-1), *kernel_rng_args(seed, offset, p))
+        fill_keep_mask(flat, p, seed, offset)
     if out is None:
         return flat
     if flat is not out:

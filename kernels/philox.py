@@ -90,7 +90,7 @@ SHIFT16 = np.uint64(16)
 
 def keep_threshold(p):
     """T(p) above, as a Python int in [0, 2^16]."""
-    return int(math.floor((1.0 - p) * 65536.0))
+    return int(math.floor((1.0 - p) * float(1 << MASK_BITS)))
 
 
 _THRESHOLDS = {}  # p -> np.uint32(T(p)): a model uses a handful of p's, and this runs every call
