@@ -6,10 +6,10 @@ used, and the CUDA kernels compile on the first CUDA input.
 from . import _core
 from ._alloc import cache_stats, empty_cache
 from ._core import register_torch_ops
-from ._seeds import manual_seed, set_rank_streams
+from ._seeds import set_rank_streams
 from .functional import RankError, drop_path, dropout, dropout1d, dropout2d, dropout3d
 from .linear import dropout_linear, dropconnect_linear
-from .mask import dropout_mask, keep_threshold, philox4x32
+from .mask import dropout_mask, keep_threshold, manual_seed, philox4x32
 from .matmul import dropout_matmul
 from .max_norm import max_norm_, max_norm_hook
 

@@ -10,7 +10,8 @@ import sys
 
 import numpy as np
 
-MAX_U64 = (1 << 64) - 1
+from .kernels.philox import MAX_U64  # noqa: F401  (re-exported: every seed and offset check)
+
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 MODES = ("inverted", "classic")
 NUMPY, TORCH, CUDA_ARRAY = "numpy", "torch", "cuda_array"
@@ -92,28 +93,6 @@ def array_kind(x, name="x"):
         return CUDA_ARRAY
     raise TypeError(f"{name} must be a numpy array, a torch tensor or a CUDA device array "
                     f"(__cuda_array_interface__), got {type(x).__name__}")
-
-
-def require_gpu():
-    """CUDA data needs a GPU (or Numba's simulator): a clear error, never a silent CPU fallback."""
-    from numba import cuda
-    if not cuda.is_available():
-        raise RuntimeError("fastdrop got CUDA data (a torch CUDA tensor or an object with "
-                           "__cuda_array_interface__); running its kernels needs a CUDA GPU (or "
-                           "NUMBA_ENABLE_CUDASIM=1 for Numba's CUDA simulator), and none is "
-                           "available to numba.cuda in this process")
-
-
-def as_device_array(x):
-    """x as a numba device array sharing its memory (no copy)."""
-    import numba
-    if numba.config.ENABLE_CUDASIM:
-        return x  # the simulator's arrays expose no __cuda_array_interface__; use them as they are
-    from numba import cuda
-    from numba.cuda.cudadrv.devicearray import DeviceNDArray
-    if isinstance(x, DeviceNDArray):
-        return x
-    return cuda.as_cuda_array(x)  # CuPy & co: a view; syncs on the stream x's owner exports
 
 
 def _check_tensor(x, name):
@@ -239,16 +218,3 @@ def check_out(x, kind, out, inplace):
     elif np.shares_memory(out, x):
         raise ValueError("out shares memory with x: pass inplace=True to write into x")
     check_writable(out, kind)
-
-
-def refuse_graph_capture(torch):
-    """CUDA graphs: a fastdrop launch takes (seed, offset) as host scalars, so a captured launch
-    would replay the capture's mask forever. Refused at capture time, loudly, rather than that;
-    the custom ops carry torch.Tag.cudagraph_unsafe, so torch.compile(mode="reduce-overhead")
-    leaves them out of its graphs."""
-    if torch.cuda.is_current_stream_capturing():
-        raise RuntimeError(
-            "fastdrop ops cannot be captured in a CUDA graph: their seed and offset are host scalars "
-            "baked into the launch, so every replay would apply the mask drawn at capture time. Run "
-            "the fastdrop op outside the captured region (torch.compile(mode='reduce-overhead') "
-            "does this by itself: the ops are tagged cudagraph_unsafe).")

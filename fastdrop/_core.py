@@ -25,8 +25,8 @@ import numpy as np
 
 from . import _cpu, _seeds
 from ._alloc import empty_like
-from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, as_device_array, check_array,
-                      check_companions, check_out, check_p, check_u64, check_writable)
+from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, check_array, check_companions,
+                      check_out, check_p, check_u64, check_writable)
 from .kernels import dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair
 from .kernels.config import CPU_PARALLEL_MIN
@@ -314,8 +314,8 @@ class CudaArrayBackend:
 
     @staticmethod
     def linear(x, w, b):
-        from . import _cuda_linear
-        return _cuda_linear.dense_call("dropout_linear_forward", x, w, b, Rng(0.0, 0, 0, 1.0))
+        from . import _cuda
+        return _cuda.dense_call("dropout_linear_forward", x, w, b, Rng(0.0, 0, 0, 1.0))
 
     @staticmethod
     def matmul(a, b):
@@ -324,7 +324,8 @@ class CudaArrayBackend:
 
     @staticmethod
     def unsqueeze0(a):
-        return as_device_array(a).reshape((1,) + tuple(a.shape))
+        from . import _cuda
+        return _cuda.as_device_array(a).reshape((1,) + tuple(a.shape))
 
 
 BACKENDS = {NUMPY: NumpyBackend, TORCH: TorchBackend, CUDA_ARRAY: CudaArrayBackend}

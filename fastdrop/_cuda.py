@@ -1,28 +1,81 @@
-"""Launchers for the CUDA kernels (kernels/dropout_cuda.py): CUDA device arrays and torch CUDA tensors.
+"""Every CUDA launch fastdrop makes: the dropout kernels (kernels/dropout_cuda.py) and the fused
+dense-layer kernels (kernels/linear_cuda.py), on CUDA device arrays and torch CUDA tensors.
 
-Imported by the dispatcher on the first CUDA input only, so `import fastdrop` never loads
+Imported by the op core on the first CUDA input only, so `import fastdrop` never loads
 numba.cuda. Without a GPU (and without NUMBA_ENABLE_CUDASIM=1) every entry point raises a
-RuntimeError before any work: a CUDA input never silently falls back to the CPU.
+RuntimeError before any work: a CUDA input never silently falls back to the CPU; inside a CUDA
+graph capture every torch entry point refuses (`refuse_graph_capture`).
 
-Layout: the kernels work on flat C-contiguous memory. A non-contiguous device array is first
+Dropout. The kernels work on flat C-contiguous memory. A non-contiguous device array is first
 copied into a contiguous one (one extra device copy; the mask still follows the logical C-order
 index, so the result is the same as for a contiguous input); with inplace=True the result is
 then copied back into x. float16 data is computed in float32 and rounded once on the store,
 exactly as the CPU path does.
+
+Dense layers: 2-D C-contiguous device arrays of one dtype (float32 or float64), x2d (N, in),
+w (out, in), b (out,) or None, g (N, out); masks (s = multiplier of kept elements):
+    dropout_linear         M = dropout_mask((N, in), p, seed, offset) on x
+    batch DropConnect      M = dropout_mask((out, in), p, seed, offset) on W
+    per-sample DropConnect M = dropout_mask((N, out, in), p, seed, offset), never materialized
+and the products, each one fused launch that regenerates the mask inside:
+    dropout_linear   y = (x⊙M s) Wᵀ + b     gx = M s ⊙ (g W)     gW = gᵀ (x⊙M s)
+    DropConnect      y = x (W⊙M s)ᵀ + b     gx = g (W⊙M s)       gW = M s ⊙ (gᵀ x)
+    per-sample       y[n] = (W⊙M[n] s) x[n] + b, gx[n] = (W⊙M[n] s)ᵀ g[n], gW = Σ_n M[n] s ⊙ g[n] x[n]ᵀ
+and gb = g.sum(0) always. Every dense launcher takes an optional `stream` (default: numba's
+default stream) and `empty` (an allocator `empty(shape, dtype) -> device array`, default numba's),
+so the torch route launches on torch's current stream into memory from torch's caching allocator
+(`TorchEmpty`): the same launch code as for device arrays, which the CUDA simulator tests run.
 """
 import math
+import sys
 
 import numba
 import numpy as np
 from numba import cuda
 
 from .kernels import dropout_cuda as K
-from .kernels.config import launch_shape
-from .kernels.philox import LANES, kernel_rng_args
-from ._checks import as_device_array, check_p, check_shape, check_u64, refuse_graph_capture, require_gpu
+from .kernels import linear_cuda as L
+from .kernels.config import CUDA_MAX_BLOCKS, launch_shape
+from .kernels.philox import LANES, MAX_U64, kernel_rng_args
 
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
 
+
+# ---- preconditions of every launch --------------------------------------------------------------
+
+def require_gpu():
+    """CUDA data needs a GPU (or Numba's simulator): a clear error, never a silent CPU fallback."""
+    if not cuda.is_available():
+        raise RuntimeError("fastdrop got CUDA data (a torch CUDA tensor or an object with "
+                           "__cuda_array_interface__); running its kernels needs a CUDA GPU (or "
+                           "NUMBA_ENABLE_CUDASIM=1 for Numba's CUDA simulator), and none is "
+                           "available to numba.cuda in this process")
+
+
+def as_device_array(x):
+    """x as a numba device array sharing its memory (no copy)."""
+    if SIMULATOR:
+        return x  # the simulator's arrays expose no __cuda_array_interface__; use them as they are
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    if isinstance(x, DeviceNDArray):
+        return x
+    return cuda.as_cuda_array(x)  # CuPy & co: a view; syncs on the stream x's owner exports
+
+
+def refuse_graph_capture(torch):
+    """CUDA graphs: a fastdrop launch takes (seed, offset) as host scalars, so a captured launch
+    would replay the capture's mask forever. Refused at capture time, loudly, rather than that;
+    the custom ops carry torch.Tag.cudagraph_unsafe, so torch.compile(mode="reduce-overhead")
+    leaves them out of its graphs."""
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "fastdrop ops cannot be captured in a CUDA graph: their seed and offset are host scalars "
+            "baked into the launch, so every replay would apply the mask drawn at capture time. Run "
+            "the fastdrop op outside the captured region (torch.compile(mode='reduce-overhead') "
+            "does this by itself: the ops are tagged cudagraph_unsafe).")
+
+
+# ---- elementwise and grouped dropout (kernels/dropout_cuda.py) ------------------------------------
 
 def _compute_scalar(dtype, value):
     """A scalar of the compute type: x's dtype, float32 for float16 (rounded once on the store)."""
@@ -117,20 +170,6 @@ def scale_array(x, factor, inplace):
     return x if inplace else out
 
 
-def dropout_mask_device(shape, p, seed, offset=0):
-    """`fastdrop.dropout_mask` computed on the device: a numba device array of bool, bit for bit
-    the same mask."""
-    shape = check_shape(shape)
-    p = check_p(p)
-    seed = check_u64(seed, "seed")
-    offset = check_u64(offset, "offset")
-    require_gpu()
-    keep = cuda.device_array(shape, dtype=np.bool_)
-    if keep.size:
-        keep_mask_into(keep, p, seed, offset)
-    return keep
-
-
 def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
     """The torch CUDA path of fastdrop._core (no autograd): launches on torch's current stream,
     writes into `out` (default: empty_like(x), torch's layout rules)."""
@@ -166,3 +205,158 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
         out.copy_(dst)  # e.g. channels_last: the result keeps torch's layout for x
     return out
 
+
+# ---- dense layers (kernels/linear_cuda.py; the products are in the module docstring) -----------
+
+THREADS_2D = (L.TILE, L.TILE)
+
+
+def _tiles(M, Nc):
+    return max(1, min(CUDA_MAX_BLOCKS, -(-M // L.TILE) * -(-Nc // L.TILE)))
+
+
+def _numba_empty(stream):
+    return lambda shape, dtype: cuda.device_array(shape, dtype=dtype, stream=stream)
+
+
+class TorchEmpty:
+    """An `empty` for the launchers that takes memory from torch's caching allocator on `device`
+    (stream-ordered on torch's current stream, visible to torch.cuda.memory_*), and remembers the
+    tensor behind every device array it hands out."""
+
+    def __init__(self, device):
+        import torch
+        self.torch, self.device, self.tensors = torch, device, {}
+
+    def __call__(self, shape, dtype):
+        t = self.torch.empty(shape, dtype=getattr(self.torch, np.dtype(dtype).name), device=self.device)
+        d = cuda.as_cuda_array(t, sync=False)
+        self.tensors[id(d)] = t
+        return d
+
+    def tensor(self, d):
+        return self.tensors[id(d)]
+
+
+def _bias_arg(b, dtype, empty):
+    if b is None:
+        return empty((1,), dtype), False
+    return b, True
+
+
+def _gemm(A, B, shape, bias, a_trans, b_trans, mask_on, p, seed, offset, scale, stream, empty):
+    """C (shape) = opA @ opB (+ bias) with one 2-D mask (linear_cuda.masked_gemm)."""
+    C = empty(shape, A.dtype)
+    if C.size == 0:
+        return C
+    bb, has_bias = _bias_arg(bias, A.dtype, empty)
+    L.masked_gemm[_tiles(*shape), THREADS_2D, stream](
+        A, B, C, bb, has_bias, a_trans, b_trans, mask_on, *kernel_rng_args(seed, offset, p),
+        A.dtype.type(scale))
+    return C
+
+
+def _sample_gemm(A, B, shape, bias, a_trans, b_trans, product, dims, p, seed, offset, scale, stream, empty):
+    """C (shape) for per-example DropConnect (linear_cuda.sample_gemm); dims = (N, out, in)."""
+    C = empty(shape, A.dtype)
+    if C.size == 0:
+        return C
+    bb, has_bias = _bias_arg(bias, A.dtype, empty)
+    L.sample_gemm[_tiles(*shape), THREADS_2D, stream](
+        A, B, C, bb, has_bias, a_trans, b_trans, product, *dims, *kernel_rng_args(seed, offset, p),
+        A.dtype.type(scale))
+    return C
+
+
+def _bias_grad(g, stream, empty):
+    gb = empty((g.shape[1],), g.dtype)
+    if gb.size:
+        blocks, threads = launch_shape(g.shape[1])
+        L.column_sums[blocks, threads, stream](g, gb)
+    return gb
+
+
+def dropout_linear_forward(x2d, w, b, p, seed, offset, scale, stream=0, empty=None):
+    """y (N, out) = (x2d ⊙ M * scale) @ w.T + b,  M = dropout_mask(x2d.shape, p, seed, offset)."""
+    require_gpu()
+    empty = empty or _numba_empty(stream)
+    return _gemm(x2d, w, (x2d.shape[0], w.shape[0]), b, False, True, L.MASK_A,
+                 p, seed, offset, scale, stream, empty)
+
+
+def dropout_linear_backward(g, x2d, w, p, seed, offset, scale, stream=0, empty=None):
+    """(grad_x, grad_w, grad_b) of dropout_linear_forward for the output gradient g (N, out)."""
+    require_gpu()
+    empty = empty or _numba_empty(stream)
+    gx = _gemm(g, w, x2d.shape, None, False, False, L.MASK_C, p, seed, offset, scale, stream, empty)
+    gw = _gemm(g, x2d, w.shape, None, True, False, L.MASK_B, p, seed, offset, scale, stream, empty)
+    return gx, gw, _bias_grad(g, stream, empty)
+
+
+def dropconnect_forward(x2d, w, b, p, seed, offset, scale, per_sample, stream=0, empty=None):
+    """y (N, out) = x2d @ (w ⊙ M * scale).T + b; M = dropout_mask(w.shape, ...) or, per_sample,
+    row n uses dropout_mask((N, out, in), ...)[n]."""
+    require_gpu()
+    empty = empty or _numba_empty(stream)
+    shape = (x2d.shape[0], w.shape[0])
+    if per_sample:
+        return _sample_gemm(x2d, w, shape, b, False, True, L.SAMPLE_FWD, (x2d.shape[0], *w.shape),
+                            p, seed, offset, scale, stream, empty)
+    return _gemm(x2d, w, shape, b, False, True, L.MASK_B, p, seed, offset, scale, stream, empty)
+
+
+def dropconnect_backward(g, x2d, w, p, seed, offset, scale, per_sample, stream=0, empty=None):
+    """(grad_x, grad_w, grad_b) of dropconnect_forward for the output gradient g (N, out)."""
+    require_gpu()
+    empty = empty or _numba_empty(stream)
+    if per_sample:
+        dims = (x2d.shape[0], *w.shape)
+        gx = _sample_gemm(g, w, x2d.shape, None, False, False, L.SAMPLE_GRAD_X, dims,
+                          p, seed, offset, scale, stream, empty)
+        gw = _sample_gemm(g, x2d, w.shape, None, True, False, L.SAMPLE_GRAD_W, dims,
+                          p, seed, offset, scale, stream, empty)
+    else:
+        gx = _gemm(g, w, x2d.shape, None, False, False, L.MASK_B, p, seed, offset, scale, stream, empty)
+        gw = _gemm(g, x2d, w.shape, None, True, False, L.MASK_C, p, seed, offset, scale, stream, empty)
+    return gx, gw, _bias_grad(g, stream, empty)
+
+
+def dense_call(name, x, w, b, rng, per_sample=None, grad=None):
+    """`<name>` of this module on CUDA device arrays or torch CUDA tensors (any leading
+    dims: run on 2-D C-contiguous views). Forward: (x, w, b); backward (grad given): (grad, x, w),
+    returning (gx, gw, gb). Results are of x's kind."""
+    require_gpu()
+    CL = sys.modules[__name__]
+    seed, offset = int(rng.seed) & MAX_U64, rng.offset & MAX_U64
+    extra = () if per_sample is None else (per_sample,)
+    if getattr(x, "is_cuda", False):  # a torch CUDA tensor (device arrays have no is_cuda)
+        import torch
+        refuse_graph_capture(torch)
+        with cuda.gpus[x.device.index]:
+            stream = cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)
+            empty = TorchEmpty(x.device)
+
+            def dev(t):
+                if t is None:
+                    return None
+                t = t.detach()
+                return cuda.as_cuda_array((t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t).contiguous(),
+                                          sync=False)
+            first = (dev(grad), dev(x), dev(w)) if grad is not None else (dev(x), dev(w), dev(b))
+            res = getattr(CL, name)(*first, rng.p, seed, offset, rng.scale, *extra, stream=stream,
+                                    empty=empty)
+            return tuple(map(empty.tensor, res)) if isinstance(res, tuple) else empty.tensor(res)
+
+    def dev2(a):
+        if a is None:
+            return None
+        a = as_device_array(a)
+        if not a.is_c_contiguous():
+            raise ValueError("CUDA device arrays given to the dense layers must be C-contiguous (copy first)")
+        shape = tuple(a.shape)  # the simulator's shapes take no negative index
+        return a.reshape(math.prod(shape[:-1]), shape[-1]) if len(shape) > 1 else a
+    first = (dev2(grad), dev2(x), dev2(w)) if grad is not None else (dev2(x), dev2(w), dev2(b))
+    res = getattr(CL, name)(*first, rng.p, seed, offset, rng.scale, *extra)
+    if isinstance(res, tuple):
+        return res
+    return res.reshape(tuple(x.shape[:-1]) + (tuple(w.shape)[0],))

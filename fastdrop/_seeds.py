@@ -4,7 +4,7 @@
   model's masks reproducible run to run, successive calls differ, and the same program gives the
   same masks on CPU and GPU.
 - numpy arrays and CUDA device arrays: a module-level numpy `Generator(PCG64)` seeded from OS
-  entropy at import; `fastdrop.manual_seed(s)` re-seeds it.
+  entropy at import; `fastdrop.manual_seed(s)` (fastdrop/mask.py) re-seeds it.
 Every drawn seed is a 63-bit integer.
 
 Rank streams. DDP programs call `torch.manual_seed(s)` with the same `s` on every rank, so the
@@ -24,7 +24,7 @@ import threading
 
 import numpy as np
 
-from ._checks import MAX_U64, check_u64
+from .kernels.philox import MAX_U64
 
 RANK_SHIFT = 48
 _lock = threading.Lock()
@@ -32,10 +32,9 @@ _numpy_source = np.random.default_rng()
 _rank_streams = True
 
 
-def manual_seed(seed):
-    """Re-seed the numpy source that seed=None uses for numpy arrays and CUDA device arrays."""
+def reseed_numpy(seed):
+    """Re-seed the numpy source (seed: an int in [0, 2**64), checked by fastdrop.manual_seed)."""
     global _numpy_source
-    seed = check_u64(seed, "seed")
     with _lock:
         _numpy_source = np.random.default_rng(seed)
 

@@ -133,8 +133,8 @@ def _sample_forward(B, operands, rng, params, out=None):
     x, w, b = operands
     lead = tuple(x.shape[:-1])
     if B is _core.CudaArrayBackend or getattr(x, "is_cuda", False):
-        from . import _cuda_linear
-        y = _cuda_linear.dense_call("dropconnect_forward", x, w, b, rng, True)
+        from . import _cuda
+        y = _cuda.dense_call("dropconnect_forward", x, w, b, rng, True)
         return y.reshape(lead + (w.shape[0],))
     x2, back = _host(_rows(x))
     wn, _ = _host(w)
@@ -148,8 +148,8 @@ def _sample_forward(B, operands, rng, params, out=None):
 def _sample_grads(grad, x, w, rng):
     """(gx, gw) of the per-sample product in one pass of the fused kernel (no autograd)."""
     if getattr(x, "is_cuda", False):
-        from . import _cuda_linear
-        gx, gw, _ = _cuda_linear.dense_call("dropconnect_backward", x, w, None, rng, True, grad=grad)
+        from . import _cuda
+        gx, gw, _ = _cuda.dense_call("dropconnect_backward", x, w, None, rng, True, grad=grad)
         return gx.reshape(x.shape), gw
     x2, back = _host(_rows(x))
     wn, _ = _host(w)

@@ -1,4 +1,4 @@
-"""The mask contract, in numpy terms (README, "The mask").
+"""The mask contract, in numpy terms (README, "The mask"), and the seed of numpy arrays' masks.
 
 Element i (logical C-order index) of a call with (seed, offset) and drop probability p is kept iff
 its 16-bit mask word is below T(p) (contract version 2; the formula is written once, at the top of
@@ -16,8 +16,15 @@ import numpy as np
 
 from .kernels.philox import keep_threshold, kernel_rng_args, philox4x32_array  # noqa: F401
 
+from . import _seeds
 from ._cpu import fill_keep_mask
 from ._checks import NUMPY, check_p, check_shape, check_u64, check_writable
+
+
+def manual_seed(seed):
+    """Re-seed the numpy source that seed=None uses for numpy arrays and CUDA device arrays
+    (torch tensors draw from torch's generator: `torch.manual_seed`)."""
+    _seeds.reseed_numpy(check_u64(seed, "seed"))
 
 
 def philox4x32(counter, key, rounds=10):
@@ -97,3 +104,17 @@ def dropout_mask(shape, p, seed, offset=0, *, out=None):
     if flat is not out:
         out[...] = flat
     return out
+
+
+def dropout_mask_device(shape, p, seed, offset=0):
+    """`dropout_mask` computed on the GPU: a numba device array of bool, bit for bit the same mask."""
+    shape = check_shape(shape)
+    p = check_p(p)
+    seed = check_u64(seed, "seed")
+    offset = check_u64(offset, "offset")
+    from . import _cuda
+    _cuda.require_gpu()
+    keep = _cuda.cuda.device_array(shape, dtype=np.bool_)
+    if keep.size:
+        _cuda.keep_mask_into(keep, p, seed, offset)
+    return keep

@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from ._checks import NUMPY, TORCH, array_kind, check_array
+from ._checks import NUMPY, TORCH, array_kind, check_array, is_torch_tensor
 from .kernels import max_norm_cpu
 
 __all__ = ["max_norm_", "max_norm_hook"]
@@ -172,7 +172,7 @@ def _max_norm_tensor(w, max_value, dims, eps):
 def _max_norm_device(w, max_value, dims, eps):
     """max_norm_ on a torch CUDA tensor, or a C-contiguous device array whose `dims` are trailing."""
     from numba import cuda
-    from ._checks import as_device_array, is_torch_tensor, require_gpu
+    from ._cuda import as_device_array, require_gpu
     from .kernels.variants_cuda import max_norm_device
     require_gpu()
     if not is_torch_tensor(w):

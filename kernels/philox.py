@@ -38,6 +38,7 @@ M1 = np.uint64(0xCD9E8D57)
 W0 = np.uint64(0x9E3779B9)
 W1 = np.uint64(0xBB67AE85)
 MASK32 = np.uint64(0xFFFFFFFF)
+MAX_U64 = (1 << 64) - 1  # seeds and offsets: 64-bit words (a Python int)
 SHIFT32 = np.uint64(32)
 ROUNDS = 10
 

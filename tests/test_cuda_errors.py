@@ -46,9 +46,9 @@ def test_cuda_input_without_gpu_raises(call):
 
 @needs_no_gpu
 def test_device_mask_without_gpu_raises():
-    from fastdrop import _cuda
+    from fastdrop import mask
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
-        _cuda.dropout_mask_device((3, 4), 0.5, 1)
+        mask.dropout_mask_device((3, 4), 0.5, 1)
 
 
 def test_trivial_cases_need_no_gpu():
@@ -78,9 +78,9 @@ def test_cuda_graph_capture_is_refused_with_a_clear_error(monkeypatch):
     launch would replay one host-drawn mask forever (tests/gpu/test_cuda_graphs.py checks the real
     capture on a GPU). The capture state is faked here; no GPU is needed to reach the check."""
     torch = pytest.importorskip("torch")
-    from fastdrop import _checks
+    from fastdrop import _cuda
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     with pytest.raises(RuntimeError, match="CUDA graph.*mask drawn at capture time"):
-        _checks.refuse_graph_capture(torch)
+        _cuda.refuse_graph_capture(torch)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    _checks.refuse_graph_capture(torch)  # outside a capture: nothing to refuse
+    _cuda.refuse_graph_capture(torch)  # outside a capture: nothing to refuse

@@ -4,7 +4,7 @@ import pytest
 from numba import cuda
 
 import fastdrop
-from fastdrop import _cuda
+from fastdrop import _cuda, mask
 from fastdrop.kernels import dropout_cuda as K
 from fastdrop.mask import kernel_rng_args
 
@@ -35,7 +35,7 @@ def data(rng, shape, dtype):
 @pytest.mark.parametrize("p", PS)
 @pytest.mark.parametrize("seed, offset", SEEDS_OFFSETS)
 def test_device_mask_is_the_cpu_mask(shape, p, seed, offset):
-    got = _cuda.dropout_mask_device(shape, p, seed, offset).copy_to_host()
+    got = mask.dropout_mask_device(shape, p, seed, offset).copy_to_host()
     assert got.dtype == np.bool_ and got.shape == shape
     np.testing.assert_array_equal(got, fastdrop.dropout_mask(shape, p, seed, offset))
 

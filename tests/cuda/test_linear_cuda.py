@@ -1,4 +1,4 @@
-"""Fused dense-layer CUDA kernels (fastdrop._cuda_linear) against a numpy reference that takes the
+"""Fused dense-layer CUDA kernels (fastdrop/_cuda.py) against a numpy reference that takes the
 kernel's own mask (fastdrop.dropout_mask) and against the CPU ops (fastdrop.linear's declarations on numpy).
 Tiny shapes, one of them larger than a tile with no dimension a multiple of it."""
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from numba import cuda
 
 import fastdrop
-from fastdrop import _cuda_linear as CL
+from fastdrop import _cuda as CL
 from fastdrop.kernels.linear_cuda import TILE
 from fastdrop._core import NumpyBackend, Rng
 from fastdrop.linear import DROPCONNECT, DROPCONNECT_SAMPLE, DROPOUT_LINEAR

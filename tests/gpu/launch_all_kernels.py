@@ -5,7 +5,7 @@
     compute-sanitizer --tool synccheck python3 tests/gpu/launch_all_kernels.py --shared-only
 
 (scripts/gpu_check.sh runs these.) Not a test module (no test_ prefix): a script. Every kernel is
-reached through the launchers the library uses (fastdrop/_cuda.py, _cuda_linear.py, the max-norm
+reached through the launchers the library uses (fastdrop/_cuda.py, the max-norm
 launcher) on Numba device arrays of float32 / float64 / float16, and, unless --no-torch or
 --shared-only, through the torch-CUDA route (torch tensors: float32, float16, bfloat16,
 channels_last, a side stream, forward and backward). Shapes are not multiples of the tile or block
@@ -84,7 +84,7 @@ def device_arrays(shared_only):
     """Every launcher on Numba device arrays."""
     from numba import cuda
     import fastdrop
-    from fastdrop import _cuda, _cuda_linear as CL
+    from fastdrop import _cuda, mask
     from fastdrop.kernels import variants_cuda as V
     rng = np.random.default_rng(0)
     seed, offset, p = 2**40 + 17, 2**33 + 1, 0.4
@@ -107,12 +107,12 @@ def device_arrays(shared_only):
         wd = cuda.to_device(rng.standard_normal((fout, fin)).astype(dtype))
         bd = cuda.to_device(rng.standard_normal(fout).astype(dtype))
         gd = cuda.to_device(rng.standard_normal((n, fout)).astype(dtype))
-        CL.dropout_linear_forward(xd, wd, bd, p, seed, offset, 1 / (1 - p))
-        CL.dropout_linear_backward(gd, xd, wd, p, seed, offset, 1 / (1 - p))
+        _cuda.dropout_linear_forward(xd, wd, bd, p, seed, offset, 1 / (1 - p))
+        _cuda.dropout_linear_backward(gd, xd, wd, p, seed, offset, 1 / (1 - p))
         for per_sample in (False, True):
-            CL.dropconnect_forward(xd, wd, None, p, seed, offset, 1 / (1 - p), per_sample)
-            CL.dropconnect_forward(xd, wd, bd, p, seed, offset, 1 / (1 - p), per_sample)
-            CL.dropconnect_backward(gd, xd, wd, p, seed, offset, 1 / (1 - p), per_sample)
+            _cuda.dropconnect_forward(xd, wd, None, p, seed, offset, 1 / (1 - p), per_sample)
+            _cuda.dropconnect_forward(xd, wd, bd, p, seed, offset, 1 / (1 - p), per_sample)
+            _cuda.dropconnect_backward(gd, xd, wd, p, seed, offset, 1 / (1 - p), per_sample)
         if not shared_only:
             fastdrop.dropconnect_linear(xd, wd, bd, p, seed=seed, per_sample=True)
             fastdrop.dropout_linear(xd, wd, bd, p, seed=seed)
@@ -123,7 +123,7 @@ def device_arrays(shared_only):
         if not shared_only:
             fastdrop.max_norm_(cuda.to_device(w.reshape(50, 3, 100)), 1.0, dim=(1, 2))
     if not shared_only:
-        _cuda.dropout_mask_device((5, 7), p, seed, offset)
+        mask.dropout_mask_device((5, 7), p, seed, offset)
     cuda.synchronize()
 
 
