@@ -150,19 +150,46 @@ def _small_dense_dropout(x, p, seed, offset, scale):
     return out
 
 
+def _groups_outermost(x, group_ndim):
+    """x's memory is dense with its first group_ndim dims outermost, in order: each group is one
+    contiguous run of memory, the runs in group order. True for C-contiguous tensors and for the
+    permuted views timm's ConvNeXt hands DropPath (`y.permute(0, 3, 1, 2)` of an (N, H, W, C)
+    tensor); within a run the mask is constant, so the run's element order does not matter."""
+    shape, strides = x.shape, x.stride()
+    expected = 1
+    for stride, size in sorted(zip(strides[group_ndim:], shape[group_ndim:])):
+        if size != 1:
+            if stride != expected:
+                return False
+            expected *= size
+    for d in range(group_ndim - 1, -1, -1):
+        if shape[d] != 1:
+            if strides[d] != expected:
+                return False
+            expected *= shape[d]
+    return True
+
+
 def _dense_grouped_dropout(x, p, seed, offset, scale, group_ndim, n):
-    """Spatial dropout / DropPath of a C-contiguous float32/float64 CPU tensor (no autograd): the
-    one-launch grouped kernel on flat numpy views, as _cpu.grouped_dropout_into would pick it,
-    without its dtype and layout dispatch (a forward and a backward per layer per step)."""
+    """Spatial dropout / DropPath of a float32/float64 CPU tensor whose groups are contiguous runs
+    of memory (`_groups_outermost`; no autograd): the one-launch grouped kernel on flat numpy
+    views of the memory, as _cpu.grouped_dropout_into would pick it for C-contiguous data, without
+    its dtype and layout dispatch (a forward and a backward per layer per step). The output has
+    x's strides (torch's layout rule)."""
     key = (x.dtype, scale)
     kernel_scale = _SCALES.get(key)
     if kernel_scale is None:
         kernel_scale = _new_kernel_scale(key)
-    out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)
     groups = 1
     for d in x.shape[:group_ndim]:
         groups *= d
-    _cpu.groups_flat_into(x.numpy(), out.numpy(), groups, p, seed, offset, kernel_scale)
+    if x.is_contiguous():
+        out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)
+        xn, on = x.numpy(), out.numpy()
+    else:
+        out = torch_empty_like(x)  # dense x: the same strides, so the same run order
+        xn, on = x.as_strided((n,), (1,)).numpy(), out.as_strided((n,), (1,)).numpy()
+    _cpu.groups_flat_into(xn, on, groups, p, seed, offset, kernel_scale)
     return out
 
 
@@ -202,7 +229,8 @@ class TorchBackend:
         if out is None and not group_ndim and parallel_min is None and 0 < n < _cpu.CPU_PARALLEL_MIN \
                 and x.dtype in _FLAT_SCALARS and x.is_contiguous():
             return _small_dense_dropout(x, rng.p, seed, offset, rng.scale)
-        if out is None and group_ndim > 0 and n > 0 and x.dtype in _FLAT_SCALARS and x.is_contiguous():
+        if out is None and group_ndim > 0 and n > 0 and x.dtype in _FLAT_SCALARS and \
+                (x.is_contiguous() or _groups_outermost(x, group_ndim)):
             return _dense_grouped_dropout(x, rng.p, seed, offset, rng.scale, group_ndim, n)
         if out is None:
             # torch's layout rules: a dense layout (channels_last...) is kept; only large outputs

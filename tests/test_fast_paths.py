@@ -4,9 +4,11 @@
   core (fastdrop._core._small_dense_dropout), skipping _cpu.dropout_into's dispatch: same result
   as the numpy route, forward and backward, and the layouts and dtypes it does not take still
   go the general way.
-- C-contiguous float32/float64 CPU tensors of spatial dropout / DropPath launch the one-launch
-  grouped kernel straight from the op core (fastdrop._core._dense_grouped_dropout), serial below
-  CPU_PARALLEL_MIN elements, parallel above: the numpy route's result, forward and backward.
+- float32/float64 CPU tensors of spatial dropout / DropPath whose groups are contiguous runs of
+  memory (C-contiguous, or permuted inside the groups as timm's ConvNeXt hands DropPath an
+  (N, H, W, C) tensor permuted to (N, C, H, W)) launch the one-launch grouped kernel straight from
+  the op core (fastdrop._core._dense_grouped_dropout), serial below CPU_PARALLEL_MIN elements,
+  parallel above: the numpy route's result, forward and backward, in x's layout.
 - seed=None draws into a reused per-thread 0-d buffer (fastdrop._seeds.draw_torch_seed): the
   same seeds, and the same generator state afterwards, as `torch.randint`, whatever mode or
   default device the first draw ran under.
@@ -69,6 +71,32 @@ def test_dense_grouped_matches_numpy_route(monkeypatch, fn, shape, dtype):
     (gx,) = torch.autograd.grad(y, x, g)
     assert torch.equal(gx, torch.from_numpy(fn(g.numpy().copy(), 0.4, seed=13, offset=2)))
     assert len(calls) == 2  # forward and backward took the shortcut
+
+
+@pytest.mark.parametrize("fn, make, taken", [
+    (fastdrop.drop_path, lambda: torch.randn(8, 16, 16, 32).permute(0, 3, 1, 2), True),  # ConvNeXt
+    (fastdrop.drop_path, lambda: torch.randn(64, 32, 32, 2).permute(0, 3, 1, 2), True),  # parallel
+    (fastdrop.dropout2d, lambda: torch.randn(4, 6, 5, 3).transpose(2, 3), True),        # (N, C) outer
+    (fastdrop.drop_path, lambda: torch.randn(1, 7, 5).transpose(1, 2), True),           # size-1 batch
+    (fastdrop.drop_path, lambda: torch.randn(5, 4, 3).transpose(0, 1), False),          # batch not outer
+    (fastdrop.dropout2d, lambda: torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last), False),
+    (fastdrop.drop_path, lambda: torch.randn(3, 1, 4).expand(3, 5, 4), False),          # overlapping
+    (fastdrop.drop_path, lambda: torch.randn(4, 10)[:, ::2], False),                    # gaps
+])
+def test_permuted_groups_take_the_grouped_shortcut(monkeypatch, fn, make, taken):
+    calls = []
+    shortcut = _core._dense_grouped_dropout
+    monkeypatch.setattr(_core, "_dense_grouped_dropout", lambda *args: calls.append(1) or shortcut(*args))
+    x = make()
+    with torch.no_grad():
+        y = fn(x, 0.4, seed=17, offset=1)
+    assert len(calls) == int(taken)
+    assert y.stride() == torch.empty_like(x).stride()
+    expected = fn(x.contiguous().numpy().copy(), 0.4, seed=17, offset=1)
+    np.testing.assert_array_equal(y.numpy(), expected)
+    xg = x.clone().requires_grad_()  # clone keeps a dense layout
+    (gx,) = torch.autograd.grad(fn(xg, 0.4, seed=17, offset=1), xg, x)  # x as the upstream gradient
+    np.testing.assert_array_equal(gx.contiguous().numpy(), expected)
 
 
 @pytest.mark.parametrize("make", [
