@@ -447,7 +447,8 @@ def small_call_providers(shape, p, dtype="float32"):
 def train_step_providers(model, batch, **kw):
     """One CPU training step (forward, cross-entropy, backward, SGD) of bench/models.py's `model`
     ("resnet", "convnext", "cnn_dropout2d") with torch's drop layers ("torch"), fastdrop's
-    ("fastdrop") and none ("none": nn.Identity, the step without dropout); same initial weights
+    ("fastdrop"), a bare Function around the same kernel ("bare", the design floor) and none
+    ("none": nn.Identity, the step without dropout); same initial weights
     and batch. kw (width, image_size, ...) shrink the model for the smoke test."""
     import models
     image_size = kw.pop("image_size", None)

@@ -10,8 +10,9 @@ dependencies, so the blocks are written here, following timm's code):
 
 Every model takes its stochastic layers from `drop_layers(kind)`, so the same architecture is built
 with torch's modules ("torch": `nn.Dropout2d` and `TorchDropPath`, timm's drop_path in torch ops),
-fastdrop's ("fastdrop": `fastdrop.nn.DropPath`, `fastdrop.nn.Dropout2d`) or none ("none":
-`nn.Identity`, the cost of the step without dropout). As in timm, drop-path rates grow linearly
+fastdrop's ("fastdrop": `fastdrop.nn.DropPath`, `fastdrop.nn.Dropout2d`), the floor of fastdrop's
+design ("bare": a bare autograd.Function around the same kernel, no validation or dispatch) or none
+("none": `nn.Identity`, the cost of the step without dropout). As in timm, drop-path rates grow linearly
 over the blocks from 0 to `drop_path_rate`, and a block with rate 0 gets `nn.Identity`.
 
     model = build("resnet", "fastdrop")
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-KINDS = ("torch", "fastdrop", "none")
+KINDS = ("torch", "fastdrop", "bare", "none")
 NUM_CLASSES = 10
 
 
@@ -48,13 +49,64 @@ class TorchDropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+class _BareGrouped(torch.autograd.Function):
+    """The floor of fastdrop's design inside a model: a bare autograd.Function around fastdrop's
+    one-launch grouped kernel on the tensor's memory (seed from torch's generator, mask
+    regenerated in backward, nothing saved), with none of the library's validation, dispatch or
+    other layouts (a tensor whose groups are not contiguous runs of memory is copied first)."""
+
+    @staticmethod
+    def forward(ctx, x, p, group_ndim):
+        from fastdrop._seeds import draw_torch_seed
+        ctx.args = (p, draw_torch_seed(), group_ndim)
+        return _BareGrouped.run(x.detach(), *ctx.args)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _BareGrouped.run(g, *ctx.args), None, None
+
+    @staticmethod
+    def run(x, p, seed, group_ndim):
+        from fastdrop._core import _groups_outermost
+        from fastdrop.kernels import dropout_cpu
+        from fastdrop.kernels.config import CPU_PARALLEL_MIN
+        from fastdrop.kernels.philox import kernel_rng_args
+        if not _groups_outermost(x, group_ndim):
+            x = x.contiguous()
+        out = torch.empty_like(x)  # x's strides: the same run order
+        n, groups = x.numel(), x.shape[:group_ndim].numel()
+        kernel = dropout_cpu.dropout_groups_flat if n >= CPU_PARALLEL_MIN else \
+            dropout_cpu.dropout_groups_flat_serial
+        xn = x.as_strided((n,), (1,)).numpy()
+        kernel(xn, out.as_strided((n,), (1,)).numpy(), n // groups, *kernel_rng_args(seed, 0, p),
+               xn.dtype.type(1.0 / (1.0 - p)))
+        return out
+
+
+class BareDropPath(nn.Module):
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return _BareGrouped.apply(x, self.p, 1) if self.training and self.p > 0 else x
+
+
+class BareDropout2d(BareDropPath):
+    def forward(self, x):
+        return _BareGrouped.apply(x, self.p, 2) if self.training and self.p > 0 else x
+
+
 def drop_layers(kind):
-    """(drop_path_cls, dropout2d_cls) for kind "torch", "fastdrop" or "none"; each takes p."""
+    """(drop_path_cls, dropout2d_cls) for kind "torch", "fastdrop", "bare" (the design floor:
+    `_BareGrouped`) or "none"; each takes p."""
     if kind == "torch":
         return TorchDropPath, nn.Dropout2d
     if kind == "fastdrop":
         import fastdrop
         return fastdrop.nn.DropPath, fastdrop.nn.Dropout2d
+    if kind == "bare":
+        return BareDropPath, BareDropout2d
     if kind == "none":
         return (lambda p: nn.Identity()), (lambda p: nn.Identity())
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")

@@ -297,7 +297,7 @@ def train_step_rows(mode, progress=None):
         if "timings" in row:
             t = {k: v["median_s"] for k, v in row["timings"].items()}
             row["speedup"] = t["torch"] / t["fastdrop"]
-            row["dropout_cost_s"] = {k: t[k] - t["none"] for k in ("torch", "fastdrop")}
+            row["dropout_cost_s"] = {k: t[k] - t["none"] for k in t if k != "none"}
         rows.append(row)
         if progress:
             progress(f"train step {name} batch {batch}: " + (
@@ -592,23 +592,29 @@ def train_step_md(rows):
              "forward, cross-entropy, backward, SGD(momentum) step on a fixed batch; the same "
              "architecture and initial weights with torch's drop layers (`nn.Dropout2d`, timm's "
              "`DropPath` in torch ops: `x.new_empty((N,1,1,1)).bernoulli_(keep).div_(keep)`), "
-             "fastdrop's (`fastdrop.nn.DropPath`, `fastdrop.nn.Dropout2d`) and none "
-             "(`nn.Identity`), interleaved step by step in one process. Dropout cost = step minus "
-             "the no-dropout step.", "",
-             "| model | batch | input | torch step | fastdrop step | no-dropout step | speedup "
-             "(torch / fastdrop) | dropout cost: torch / fastdrop | load |", "|" + "---|" * 9]
+             "fastdrop's (`fastdrop.nn.DropPath`, `fastdrop.nn.Dropout2d`), a bare "
+             "`autograd.Function` around fastdrop's grouped kernel (`bench/models.py`: seed draw, "
+             "one launch forward and one backward, no validation or dispatch; the floor of this "
+             "design) and none (`nn.Identity`), interleaved step by step in one process. Dropout "
+             "cost = step minus the no-dropout step.", "",
+             "| model | batch | input | torch step | fastdrop step | bare-Function step | "
+             "no-dropout step | speedup (torch / fastdrop) | dropout cost: torch / fastdrop / bare "
+             "| load |", "|" + "---|" * 10]
     for r in rows:
         pre = f"| {r['model']} | {r['batch']} | 3x{r['image_size']}x{r['image_size']} |"
         if "error" in r:
-            lines.append(pre + f" ERROR: {r['error']} |" + " |" * 5)
+            lines.append(pre + f" ERROR: {r['error']} |" + " |" * 6)
             continue
         t, c = r["timings"], r["dropout_cost_s"]
 
         def cell(k):
-            return f"{fmt_time(t[k]['median_s'])} ±{t[k]['iqr_pct']:.0f}%"
-        lines.append(pre + f" {cell('torch')} | {cell('fastdrop')} | {cell('none')} | "
-                     f"**{r['speedup']:.3f}x** | {fmt_time(c['torch'])} / "
-                     f"{fmt_time(c['fastdrop'])} | {r['loadavg_after']:.1f} |")
+            return f"{fmt_time(t[k]['median_s'])} ±{t[k]['iqr_pct']:.0f}%" if k in t else "-"
+
+        def cost(k):
+            return fmt_time(c[k]) if k in c else "-"
+        lines.append(pre + f" {cell('torch')} | {cell('fastdrop')} | {cell('bare')} | {cell('none')} | "
+                     f"**{r['speedup']:.3f}x** | {cost('torch')} / {cost('fastdrop')} / {cost('bare')} "
+                     f"| {r['loadavg_after']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -68,11 +68,12 @@ def test_report_tiny(runs):
         "fastdrop", "torch_mul", "torch_dropout", "bare_function", "kernel", "seed"}
     assert all(v["median_s"] > 0 for v in sc["timings"].values())
     assert "## Small calls: 8x16 float32" in md and "bare `autograd.Function`" in md
-    # The training-step rows: every model, three providers each.
+    # The training-step rows: every model, four providers each (torch, fastdrop, the bare-Function
+    # floor, none).
     steps = res["train_step"]
     assert [r["model"] for r in steps] == ["resnet", "convnext", "cnn_dropout2d"]
     assert all("error" not in r and r["speedup"] > 0 for r in steps), steps
-    assert all(set(r["timings"]) == {"torch", "fastdrop", "none"} for r in steps)
+    assert all(set(r["timings"]) == {"torch", "fastdrop", "bare", "none"} for r in steps)
     assert "## Training step: timm-style models" in md and "| convnext | 2 |" in md
 
 
