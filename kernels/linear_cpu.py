@@ -9,8 +9,8 @@ keep-mask of the README's contract over (N, O, I):
 
 The (N, O, I) mask cannot be materialized, so these kernels are a fused loop: for each (n, o) row
 the I mask words are generated into a small buffer (vectorized Philox, as in dropout_cpu) and
-consumed at once by the dot product / the two gradient updates; backward regenerates the same
-words. Work is split by output rows, so gW rows are private to a task; gx gets one partial buffer
+consumed at once by the dot product (SUM_LANES partial sums) / the two gradient updates; backward
+regenerates the same words. Work is split by output rows, so gW rows are private to a task; gx gets one partial buffer
 per task (a fixed number of tasks, so the bits do not depend on the thread count) reduced after.
 (The other dense products are vendor GEMMs next to dropout_cpu's mask kernel.)
 """
@@ -22,15 +22,22 @@ from .dropout_cpu import CHUNK, fill_run
 from .philox import LANES
 # Output rows per parallel task of the per-sample forward: (n, 16-row block) tasks give both cores
 # work even for N = 1 and keep a task's W rows (16 x I) in L2. (Kept here, not in config.py,
-# because config.py belongs to the dropout kernels' owner; it is this file's only knob.)
+# because config.py belongs to the dropout kernels' owner, like SUM_LANES below.)
 LINEAR_ROWS_PER_TASK = 16
+# Partial sums of the forward's dot products (dropconnect_sample_fwd): one AVX-512 vector of
+# float32; a fixed number, so the summation order does not depend on the machine.
+SUM_LANES = 16
 
 
 # ---- DropConnect with one mask per example (fused, never materialized) --------------------------
 
 @cpu_kernel
 def dropconnect_sample_fwd(x, w, b, has_bias, y, key_lo, key_hi, off_lo, off_hi, thr, scale):
-    """y[n, o] = s Σ_i x[n, i] W[o, i] M[n, o, i] + b[o]; tasks are (n, block of output rows)."""
+    """y[n, o] = s Σ_i x[n, i] W[o, i] M[n, o, i] + b[o]; tasks are (n, block of output rows).
+
+    The dot product is summed in SUM_LANES fixed partial sums (position k of a mask chunk into
+    lane k mod SUM_LANES, the lanes added in order at the end): an order that vectorizes, and the
+    same on every machine and thread count (a single running sum cannot vectorize: 3x slower)."""
     nn, ni = x.shape
     no = w.shape[0]
     nblk = (no + LINEAR_ROWS_PER_TASK - 1) // LINEAR_ROWS_PER_TASK
@@ -39,18 +46,29 @@ def dropconnect_sample_fwd(x, w, b, has_bias, y, key_lo, key_hi, off_lo, off_hi,
         n = task // nblk
         o0 = (task - n * nblk) * LINEAR_ROWS_PER_TASK
         buf = np.empty(CHUNK + LANES, np.uint16)
+        kept = np.empty(CHUNK, x.dtype)
+        lanes = np.empty(SUM_LANES, x.dtype)
         xr = x[n]
         for o in range(o0, min(no, o0 + LINEAR_ROWS_PER_TASK)):
             wr = w[o]
-            acc = zero
+            lanes[:] = zero
             j = 0
             while j < ni:
                 seg = min(ni - j, CHUNK)
                 shift = fill_run(buf, (n * no + o) * ni + j, seg, off_lo, off_hi, key_lo, key_hi)
+                words, xs, ws = buf[shift:shift + seg], xr[j:j + seg], wr[j:j + seg]
                 for k in range(seg):
-                    prod = xr[j + k] * wr[j + k]
-                    acc += prod if np.uint32(buf[shift + k]) < thr else zero
+                    kept[k] = xs[k] * ws[k] if np.uint32(words[k]) < thr else zero
+                full = seg - seg % SUM_LANES
+                for k0 in range(0, full, SUM_LANES):
+                    for lane in range(SUM_LANES):
+                        lanes[lane] += kept[k0 + lane]
+                for k in range(full, seg):
+                    lanes[k - full] += kept[k]
                 j += seg
+            acc = zero
+            for lane in range(SUM_LANES):
+                acc += lanes[lane]
             y[n, o] = acc * scale + (b[o] if has_bias else zero)
 
 
@@ -70,9 +88,8 @@ def dropconnect_sample_bwd(g, x, w, gx_part, gx, gw, gb, key_lo, key_hi, off_lo,
         part = gx_part[t]
         part[:, :] = zero
         buf = np.empty(CHUNK + LANES, np.uint16)
+        factor = np.empty(CHUNK, x.dtype)
         for o in range(t * no // nt, (t + 1) * no // nt):
-            # 1-D row views and a multiplier instead of a branch: 4x faster than 2-D indexing
-            # with `if keep` (measured at 64x512->512), the k loop then vectorizes.
             gwr = gw[o]
             wr = w[o]
             gwr[:] = zero
@@ -87,10 +104,18 @@ def dropconnect_sample_bwd(g, x, w, gx_part, gx, gw, gb, key_lo, key_hi, off_lo,
                 while j < ni:
                     seg = min(ni - j, CHUNK)
                     shift = fill_run(buf, (n * no + o) * ni + j, seg, off_lo, off_hi, key_lo, key_hi)
+                    # Three simple loops over 1-D slices (the multipliers, then one axpy per
+                    # gradient) vectorize; the same work as one loop of both updates does not
+                    # (LLVM gives up on it: 4.5x slower at 64x512->512, bits identical).
+                    words = buf[shift:shift + seg]
                     for k in range(seg):
-                        f = gs if np.uint32(buf[shift + k]) < thr else zero
-                        gwr[j + k] += f * xr[j + k]
-                        pr[j + k] += f * wr[j + k]
+                        factor[k] = gs if np.uint32(words[k]) < thr else zero
+                    gws, xs = gwr[j:j + seg], xr[j:j + seg]
+                    for k in range(seg):
+                        gws[k] += factor[k] * xs[k]
+                    ps, ws = pr[j:j + seg], wr[j:j + seg]
+                    for k in range(seg):
+                        ps[k] += factor[k] * ws[k]
                     j += seg
             gb[o] = gbo
     for e in numba.prange(nn * ni):

@@ -11,7 +11,8 @@ from scipy import stats
 import fastdrop
 from fastdrop import dropconnect_linear
 
-SHAPES = [((1,), 1, 1), ((3,), 7, 5), ((5,), 1023, 3), ((2, 3), 7, 4), ((3,), 33, 65)]
+SHAPES = [((1,), 1, 1), ((3,), 7, 5), ((5,), 1023, 3), ((2, 3), 7, 4), ((3,), 33, 65),
+          ((2,), 2100, 3)]  # in > CHUNK: a row of several mask chunks with a tail
 NP_DTYPES = [(np.float32, 2e-4, 1e-4), (np.float64, 1e-10, 1e-10)]
 TORCH_DTYPES = [(torch.float32, 2e-4, 1e-4), (torch.float64, 1e-10, 1e-10)]
 
