@@ -151,3 +151,31 @@ def test_train_step_updates_weights(models):
         models.build("resnet", "timm")
     with pytest.raises(ValueError, match="model"):
         models.build("vit", "torch")
+
+
+def test_bare_layers_equal_fastdrop_and_cold_call_probe_runs():
+    """The report's bare-Function floor computes what fastdrop's modules compute (same seed, same
+    kernel), forward and backward, on contiguous and permuted input; the cold-call probe runs."""
+    proc = _start([os.path.join(BENCH, "cold_calls.py"), "resnet", "2"])
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, BENCH)
+    try:
+        import models
+        import fastdrop
+        for make, bare, fd in [
+                (lambda: torch.randn(4, 3, 5, 6), models.BareDropout2d(0.4), fastdrop.nn.Dropout2d(0.4)),
+                (lambda: torch.randn(4, 5, 6, 3).permute(0, 3, 1, 2), models.BareDropPath(0.4),
+                 fastdrop.nn.DropPath(0.4))]:
+            x1 = make().requires_grad_()
+            x2 = x1.detach().clone().requires_grad_()
+            torch.manual_seed(5)
+            y1 = bare(x1)
+            torch.manual_seed(5)
+            y2 = fd(x2)
+            assert torch.equal(y1, y2)
+            g = torch.randn(y1.shape)
+            assert torch.equal(torch.autograd.grad(y1, x1, g)[0], torch.autograd.grad(y2, x2, g)[0])
+    finally:
+        sys.path.remove(BENCH)
+    out = _finish(proc)
+    assert "| seed draw (torch generator) |" in out and "| torch x * 1.0 |" in out
