@@ -186,7 +186,15 @@ def check_writable(x, kind):
         item = x.element_size()
         shape, strides = tuple(x.shape), tuple(s * item for s in x.stride())
     else:
-        return
+        cai = getattr(x, "__cuda_array_interface__", None)
+        if cai is None:  # the simulator's arrays export no interface (and are never read-only)
+            return
+        if cai["data"][1]:
+            raise ValueError("inplace=True needs a writeable array; x's __cuda_array_interface__ "
+                             "marks it read-only")
+        if cai.get("strides") is None:  # C-contiguous
+            return
+        shape, strides, item = tuple(cai["shape"]), tuple(cai["strides"]), np.dtype(cai["typestr"]).itemsize
     if _overlaps(shape, strides, item):
         raise RuntimeError("unsupported operation: more than one element of the written-to tensor "
                            "refers to a single memory location. Please clone() the tensor before "

@@ -27,7 +27,6 @@ so the torch route launches on torch's current stream into memory from torch's c
 (`TorchEmpty`): the same launch code as for device arrays, which the CUDA simulator tests run.
 """
 import math
-import sys
 
 import numba
 import numpy as np
@@ -305,8 +304,10 @@ def dropconnect_forward(x2d, w, b, p, seed, offset, scale, per_sample, stream=0,
     return _gemm(x2d, w, shape, b, False, True, L.MASK_B, p, seed, offset, scale, stream, empty)
 
 
-def dropconnect_backward(g, x2d, w, p, seed, offset, scale, per_sample, stream=0, empty=None):
-    """(grad_x, grad_w, grad_b) of dropconnect_forward for the output gradient g (N, out)."""
+def dropconnect_backward(g, x2d, w, p, seed, offset, scale, per_sample, stream=0, empty=None,
+                         bias_grad=True):
+    """(grad_x, grad_w, grad_b) of dropconnect_forward for the output gradient g (N, out); grad_b
+    is None with bias_grad=False (the per-sample op's formula takes it from g.sum(0) itself)."""
     require_gpu()
     empty = empty or _numba_empty(stream)
     if per_sample:
@@ -318,15 +319,15 @@ def dropconnect_backward(g, x2d, w, p, seed, offset, scale, per_sample, stream=0
     else:
         gx = _gemm(g, w, x2d.shape, None, False, False, L.MASK_B, p, seed, offset, scale, stream, empty)
         gw = _gemm(g, x2d, w.shape, None, True, False, L.MASK_C, p, seed, offset, scale, stream, empty)
-    return gx, gw, _bias_grad(g, stream, empty)
+    return gx, gw, (_bias_grad(g, stream, empty) if bias_grad else None)
 
 
-def dense_call(name, x, w, b, rng, per_sample=None, grad=None):
-    """`<name>` of this module on CUDA device arrays or torch CUDA tensors (any leading
-    dims: run on 2-D C-contiguous views). Forward: (x, w, b); backward (grad given): (grad, x, w),
-    returning (gx, gw, gb). Results are of x's kind."""
+def dense_call(name, x, w, b, rng, per_sample=None, grad=None, **options):
+    """The dense-layer launcher `name` of this module on CUDA device arrays or torch CUDA tensors
+    (any leading dims: run on 2-D C-contiguous views). Forward: (x, w, b); backward (grad given):
+    (grad, x, w), returning (gx, gw, gb). Results are of x's kind; options go to the launcher."""
     require_gpu()
-    CL = sys.modules[__name__]
+    launcher = globals()[name]
     seed, offset = int(rng.seed) & MAX_U64, rng.offset & MAX_U64
     extra = () if per_sample is None else (per_sample,)
     if getattr(x, "is_cuda", False):  # a torch CUDA tensor (device arrays have no is_cuda)
@@ -343,9 +344,11 @@ def dense_call(name, x, w, b, rng, per_sample=None, grad=None):
                 return cuda.as_cuda_array((t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t).contiguous(),
                                           sync=False)
             first = (dev(grad), dev(x), dev(w)) if grad is not None else (dev(x), dev(w), dev(b))
-            res = getattr(CL, name)(*first, rng.p, seed, offset, rng.scale, *extra, stream=stream,
-                                    empty=empty)
-            return tuple(map(empty.tensor, res)) if isinstance(res, tuple) else empty.tensor(res)
+            res = launcher(*first, rng.p, seed, offset, rng.scale, *extra, stream=stream, empty=empty,
+                           **options)
+            if isinstance(res, tuple):
+                return tuple(None if r is None else empty.tensor(r) for r in res)
+            return empty.tensor(res)
 
     def dev2(a):
         if a is None:
@@ -356,7 +359,7 @@ def dense_call(name, x, w, b, rng, per_sample=None, grad=None):
         shape = tuple(a.shape)  # the simulator's shapes take no negative index
         return a.reshape(math.prod(shape[:-1]), shape[-1]) if len(shape) > 1 else a
     first = (dev2(grad), dev2(x), dev2(w)) if grad is not None else (dev2(x), dev2(w), dev2(b))
-    res = getattr(CL, name)(*first, rng.p, seed, offset, rng.scale, *extra)
+    res = launcher(*first, rng.p, seed, offset, rng.scale, *extra, **options)
     if isinstance(res, tuple):
         return res
     return res.reshape(tuple(x.shape[:-1]) + (tuple(w.shape)[0],))

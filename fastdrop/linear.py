@@ -149,7 +149,8 @@ def _sample_grads(grad, x, w, rng):
     """(gx, gw) of the per-sample product in one pass of the fused kernel (no autograd)."""
     if getattr(x, "is_cuda", False):
         from . import _cuda
-        gx, gw, _ = _cuda.dense_call("dropconnect_backward", x, w, None, rng, True, grad=grad)
+        gx, gw, _ = _cuda.dense_call("dropconnect_backward", x, w, None, rng, True, grad=grad,
+                                     bias_grad=False)  # the op's formula has gb = g.sum(0)
         return gx.reshape(x.shape), gw
     x2, back = _host(_rows(x))
     wn, _ = _host(w)

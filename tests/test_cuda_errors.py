@@ -84,3 +84,18 @@ def test_cuda_graph_capture_is_refused_with_a_clear_error(monkeypatch):
         _cuda.refuse_graph_capture(torch)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     _cuda.refuse_graph_capture(torch)  # outside a capture: nothing to refuse
+
+
+@pytest.mark.parametrize("data, strides, error, match", [
+    ((0, True), None, ValueError, "read-only"),                 # a read-only export
+    ((0, False), (0, 4), RuntimeError, "single memory location"),  # a broadcast (stride-0) view
+], ids=["read-only", "overlapping"])
+def test_inplace_on_unwritable_cuda_export_is_refused_before_anything(data, strides, error, match):
+    """In place on a CUDA array is checked from its __cuda_array_interface__ like numpy's flags and
+    torch's overlap rule: refused before the GPU is asked for and before any seed is drawn."""
+    x = FakeDeviceArray((3, 4))
+    x.__cuda_array_interface__.update(data=data, strides=strides)
+    state = fastdrop._seeds._numpy_source.bit_generator.state
+    with pytest.raises(error, match=match):
+        fastdrop.dropout(x, 0.5, inplace=True)
+    assert fastdrop._seeds._numpy_source.bit_generator.state == state

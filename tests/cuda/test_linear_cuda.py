@@ -161,3 +161,21 @@ def test_grid_stride_over_tiles(rng, monkeypatch):
     for kind in ("dropout", "sample"):
         for a, r in zip(run(kind, x, w, b, g, 0.5, 4, 5, 2.0), reference(kind, x, w, b, g, 0.5, 4, 5, 2.0)):
             close(a, r, 1e-12)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_backward_without_bias_grad_skips_it_and_changes_nothing_else(per_sample):
+    """The per-sample op's formula takes gb from g.sum(0), so its CUDA route asks for no column
+    sums: gb is None, gx and gW are the same arrays' values."""
+    rng = np.random.default_rng(3)
+    x, w, g = (rng.standard_normal(s).astype(np.float32) for s in ((3, 5), (4, 5), (3, 4)))
+    d = cuda.to_device
+    full = CL.dropconnect_backward(d(g), d(x), d(w), 0.5, 7, 1, 2.0, per_sample)
+    gx, gw, gb = CL.dropconnect_backward(d(g), d(x), d(w), 0.5, 7, 1, 2.0, per_sample, bias_grad=False)
+    assert gb is None and full[2] is not None
+    np.testing.assert_array_equal(gx.copy_to_host(), full[0].copy_to_host())
+    np.testing.assert_array_equal(gw.copy_to_host(), full[1].copy_to_host())
+    via = CL.dense_call("dropconnect_backward", d(x), d(w), None, Rng(0.5, 7, 1, 2.0), per_sample,
+                        grad=d(g), bias_grad=False)
+    assert via[2] is None
+    np.testing.assert_array_equal(via[0].copy_to_host(), full[0].copy_to_host())
