@@ -512,20 +512,29 @@ def _upcast(op, B, operands, run, inplace=False):
     """float16/bfloat16 operands of a GEMM op computed in float32, rounded once on the way back."""
     if not (op.upcast_half and _is_half(operands[0])):
         return run(operands)
-    numpy = B is NumpyBackend
-    y = run(tuple(None if a is None else (a.astype(np.float32) if numpy else a.float())
-                  for a in operands))
-    y = y.astype(operands[0].dtype) if numpy else y.to(operands[0].dtype)
+    y = run(tuple(None if a is None else _astype(B, a, np.float32) for a in operands))
+    y = _astype(B, y, operands[0].dtype)
     if inplace:
         operands[0][...] = y
         return operands[0]
     return y
 
 
+def _astype(B, a, dtype):
+    if B is NumpyBackend:
+        return a.astype(dtype)
+    if B is CudaArrayBackend:  # a float16 device array: converted on the device
+        from . import _cuda
+        return _cuda.astype(a, dtype)
+    return a.float() if dtype is np.float32 else a.to(dtype)
+
+
 def _is_half(a):
     if isinstance(a, np.ndarray):
         return a.dtype == np.float16
-    return hasattr(a, "element_size") and a.element_size() == 2  # torch float16 / bfloat16
+    if hasattr(a, "element_size"):
+        return a.element_size() == 2  # torch float16 / bfloat16
+    return np.dtype(a.dtype) == np.float16  # a CUDA device array
 
 
 # ---- torch: one eager route and one compiled route for every op ---------------------------------

@@ -169,6 +169,18 @@ def scale_array(x, factor, inplace):
     return x if inplace else out
 
 
+def astype(x, dtype):
+    """A new contiguous device array of x's values in `dtype` (float16 <-> float32 around the
+    dense layers' kernels, which compute in float32 or float64): the eval-scale kernel times 1."""
+    require_gpu()
+    xd = as_device_array(x)
+    out = cuda.device_array(tuple(xd.shape), dtype)
+    if xd.size:
+        blocks, threads = launch_shape(xd.size)
+        K.scale[blocks, threads](_flat(_contiguous(xd)), _flat(out), np.float32(1.0))
+    return out
+
+
 def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
     """The torch CUDA path of fastdrop._core (no autograd): launches on torch's current stream,
     writes into `out` (default: empty_like(x), torch's layout rules)."""

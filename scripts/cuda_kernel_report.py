@@ -70,7 +70,8 @@ def signatures():
     arrays (`_flat`), the Philox words of kernel_rng_args (4 x uint64 key/offset words, the uint32
     threshold), Python ints -> int64, Python bools -> boolean, Python floats -> float64, numpy
     scalars keep their type. float16 data has a float32 scale (computed in float32); bfloat16
-    and the dense layers' half types are converted to float32 before any kernel."""
+    and the dense layers' half types are converted to float32 before any kernel (device arrays
+    by `scale` from float16 to float32 and back)."""
     from numba import types as T
     u64, u32, i64, b = T.uint64, T.uint32, T.int64, T.boolean
     rng = (u64, u64, u64, u64, u32)          # key_lo, key_hi, off_lo, off_hi, thr
@@ -81,6 +82,9 @@ def signatures():
         sigs.setdefault("dropout_cuda.dropout_flat", []).append((label, (a, a) + rng + (sc,)))
         sigs.setdefault("dropout_cuda.apply_group_mask", []).append((label, (a, a, b[::1], i64, sc)))
         sigs.setdefault("dropout_cuda.scale", []).append((label, (a, a, sc)))
+    # float16 CUDA device arrays into the dense layers: _cuda.astype converts them with `scale`
+    sigs["dropout_cuda.scale"] += [("float16->float32", (T.float16[::1], T.float32[::1], T.float32)),
+                                   ("float32->float16", (T.float32[::1], T.float16[::1], T.float32))]
     for dt in (T.float32, T.float64):
         m = dt[:, ::1]
         label = str(dt)

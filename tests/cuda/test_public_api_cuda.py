@@ -50,8 +50,14 @@ def test_seed_none_uses_the_numpy_source():
     (fastdrop.dropout_linear, {}), (fastdrop.dropout_linear, {"mode": "classic"}),
     (fastdrop.dropconnect_linear, {}), (fastdrop.dropconnect_linear, {"per_sample": True}),
 ])
-@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
-def test_dense_layers_match_cpu(fn, kw, dtype, rtol):
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-12), (np.float16, 1e-3)])
+def test_dense_layers_match_cpu(fn, kw, dtype, rtol, monkeypatch):
+    """float16 device arrays are computed in float32 and rounded once, as numpy float16 arrays
+    are (the products' kernels take float32/float64 only): converted on the device."""
+    from fastdrop import _cuda
+    converted = []
+    astype = _cuda.astype
+    monkeypatch.setattr(_cuda, "astype", lambda a, dt: converted.append(np.dtype(dt)) or astype(a, dt))
     x = np.random.randn(2, 3, 5).astype(dtype)
     w = np.random.randn(4, 5).astype(dtype)
     b = np.random.randn(4).astype(dtype)
@@ -59,3 +65,5 @@ def test_dense_layers_match_cpu(fn, kw, dtype, rtol):
     ref = fn(x, w, b, 0.5, seed=9, **kw)
     assert y.shape == ref.shape == (2, 3, 4)
     np.testing.assert_allclose(y, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+    assert y.dtype == ref.dtype
+    assert converted == ([np.dtype(np.float32)] * 3 + [np.dtype(np.float16)] if dtype == np.float16 else [])
