@@ -68,18 +68,14 @@ class _BareGrouped(torch.autograd.Function):
     @staticmethod
     def run(x, p, seed, group_ndim):
         from fastdrop._core import _groups_outermost
-        from fastdrop.kernels import dropout_cpu
-        from fastdrop.kernels.config import CPU_PARALLEL_MIN
-        from fastdrop.kernels.philox import kernel_rng_args
+        from fastdrop._cpu import groups_flat_into
         if not _groups_outermost(x, group_ndim):
             x = x.contiguous()
         out = torch.empty_like(x)  # x's strides: the same run order
-        n, groups = x.numel(), x.shape[:group_ndim].numel()
-        kernel = dropout_cpu.dropout_groups_flat if n >= CPU_PARALLEL_MIN else \
-            dropout_cpu.dropout_groups_flat_serial
+        n = x.numel()
         xn = x.as_strided((n,), (1,)).numpy()
-        kernel(xn, out.as_strided((n,), (1,)).numpy(), n // groups, *kernel_rng_args(seed, 0, p),
-               xn.dtype.type(1.0 / (1.0 - p)))
+        groups_flat_into(xn, out.as_strided((n,), (1,)).numpy(), x.shape[:group_ndim].numel(), p, seed, 0,
+                         xn.dtype.type(1.0 / (1.0 - p)))
         return out
 
 
