@@ -29,10 +29,10 @@ import platform
 import numpy as np
 import numba
 from llvmlite import binding as llvm_binding, ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic, overload
 
-from .config import CPU_BLOCKS_PER_CHUNK, JIT_OPTIONS, cpu_kernel
+from .config import CPU_BLOCKS_PER_CHUNK, CPU_PREFETCH_GROUP, CPU_PREFETCH_MIN_BYTES, JIT_OPTIONS, cpu_kernel
 from .philox import HALF_MASK, LANES, SHIFT16, philox_block_cpu
 
 CHUNK = LANES * CPU_BLOCKS_PER_CHUNK  # elements (16-bit mask words) per scratch buffer
@@ -172,6 +172,58 @@ def fill_words(buf, first_block, nblocks, off_lo, off_hi, key_lo, key_hi):
         buf[8 * j + 7] = np.uint16(r3 >> SHIFT16)
 
 
+def _prefetch_intrinsic(for_write):
+    """An intrinsic (a, i) -> None: llvm.prefetch of the cache line holding a[i] for a 1-D array
+    a, to all cache levels; for_write emits prefetchw (the line arrives owned, so the store that
+    follows needs no read-for-ownership). A hint: it never faults, even past the end of a."""
+    def typer(typingctx, a, i):
+        if not (isinstance(a, types.Array) and a.ndim == 1 and isinstance(i, types.Integer)):
+            return None
+
+        def codegen(ctx, builder, sig, args):
+            aryty = sig.args[0]
+            ary = ctx.make_array(aryty)(ctx, builder, args[0])
+            ptr = cgutils.get_item_pointer(ctx, builder, aryty, ary, [args[1]], wraparound=False)
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [ir.PointerType(ir.IntType(8)), i32, i32, i32]),
+                "llvm.prefetch.p0i8")
+            # (address, rw, locality 3 = keep in all levels, cache type 1 = data)
+            builder.call(fn, [builder.bitcast(ptr, ir.PointerType(ir.IntType(8))),
+                              ir.Constant(i32, int(for_write)), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            return ctx.get_dummy_value()
+        return types.void(a, i), codegen
+    typer.__name__ = "prefetch_write" if for_write else "prefetch_read"
+    return intrinsic(typer)
+
+
+prefetch_read = _prefetch_intrinsic(False)
+prefetch_write = _prefetch_intrinsic(True)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def fill_chunk(buf, start, m, reads, writes, off_lo, off_hi, key_lo, key_hi):
+    """The mask words of elements [start, start + m) (start a multiple of LANES) into buf[:m].
+    When the arrays are large (config.CPU_PREFETCH_MIN_BYTES), CPU_PREFETCH_GROUP words at a
+    time, each group's elements of the 1-D arrays in `reads` prefetched and those in `writes`
+    claimed for writing first (config.CPU_PREFETCH_GROUP says why); reads and writes are tuples
+    of arrays indexed like the mask."""
+    out = writes[0]
+    if out.size * out.itemsize < CPU_PREFETCH_MIN_BYTES:
+        fill_words(buf, start // LANES, (m + LANES - 1) // LANES, off_lo, off_hi, key_lo, key_hi)
+        return
+    line = max(1, 64 // out.itemsize)  # elements per 64-byte cache line
+    for g in range(0, m, CPU_PREFETCH_GROUP):
+        gm = min(CPU_PREFETCH_GROUP, m - g)
+        for q in range(start + g, start + g + gm, line):
+            for a in reads:
+                prefetch_read(a, q)
+            for a in writes:
+                prefetch_write(a, q)
+        fill_words(buf[g:g + CPU_PREFETCH_GROUP], (start + g) // LANES, (gm + LANES - 1) // LANES,
+                   off_lo, off_hi, key_lo, key_hi)
+
+
 @numba.njit(inline="always", **JIT_OPTIONS)
 def fill_run(buf, first, count, off_lo, off_hi, key_lo, key_hi):
     """The mask words of elements [first, first + count) (count >= 1), which may start mid-block,
@@ -200,7 +252,7 @@ def _dropout_chunk(x, out, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """Chunk c of `dropout_flat`: elements [c * CHUNK, (c + 1) * CHUNK)."""
     start = c * CHUNK
     m = min(CHUNK, x.size - start)
-    fill_words(buf, start // LANES, (m + LANES - 1) // LANES, off_lo, off_hi, key_lo, key_hi)
+    fill_chunk(buf, start, m, (x,), (out,), off_lo, off_hi, key_lo, key_hi)
     zero = x.dtype.type(0)
     xs = x[start:start + m]
     os = out[start:start + m]

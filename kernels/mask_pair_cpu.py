@@ -6,8 +6,7 @@ import numpy as np
 import numba
 
 from .config import cpu_kernel
-from .dropout_cpu import CHUNK, fill_words
-from .philox import LANES
+from .dropout_cpu import CHUNK, fill_chunk
 
 
 @cpu_kernel
@@ -20,7 +19,7 @@ def dropout_pair(x1, x2, out1, out2, key_lo, key_hi, off_lo, off_hi, thr, scale)
         buf = np.empty(CHUNK, np.uint16)
         start = c * CHUNK
         m = min(CHUNK, n - start)
-        fill_words(buf, start // LANES, (m + LANES - 1) // LANES, off_lo, off_hi, key_lo, key_hi)
+        fill_chunk(buf, start, m, (x1, x2), (out1, out2), off_lo, off_hi, key_lo, key_hi)
         # chunk slices, as in dropout_cpu: LLVM vectorizes these loops, not `start + k` indexing
         a1, a2 = x1[start:start + m], x2[start:start + m]
         o1, o2 = out1[start:start + m], out2[start:start + m]

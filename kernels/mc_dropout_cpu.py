@@ -13,8 +13,7 @@ import numpy as np
 import numba
 
 from .config import JIT_OPTIONS, cpu_kernel
-from .dropout_cpu import CHUNK, fill_words
-from .philox import LANES
+from .dropout_cpu import CHUNK, fill_chunk
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
@@ -25,10 +24,11 @@ def _samples_chunk(x, out, job, nchunks, off_lo, off_hi, key_lo, key_hi, thr, sc
     start = (job - t * nchunks) * CHUNK
     m = min(CHUNK, L - start)
     buf = np.empty(CHUNK, np.uint16)
-    fill_words(buf, start // LANES, (m + LANES - 1) // LANES, off_lo[t], off_hi[t], key_lo, key_hi)
+    xt, ot = x[t], out[t]
+    fill_chunk(buf, start, m, (xt,), (ot,), off_lo[t], off_hi[t], key_lo, key_hi)
     zero = x.dtype.type(0)
     for k in range(m):
-        out[t, start + k] = x[t, start + k] * scale if np.uint32(buf[k]) < thr else zero
+        ot[start + k] = xt[start + k] * scale if np.uint32(buf[k]) < thr else zero
 
 
 @cpu_kernel
