@@ -121,13 +121,15 @@ CPU_BLOCKS_PER_CHUNK = 128
 # and claimed for writing (prefetchw), 16 blocks = 128 elements at a time: the Philox rounds then
 # overlap the memory traffic instead of alternating with it. The hardware streamer cannot do
 # this: it stops at every 4 KiB page, and a chunk of float32 is one page. Measured on the dev
-# machine, 4096x4096 float32 forward: 1.56x faster on 2 threads, 1.63x on one; groups of 64
-# and 256 elements were 5-20% slower than 128 (docs/mask_contract.md, "Prefetching").
+# machine, 4096x4096 float32 forward: 1.3x faster on 2 threads, 1.45x on one; groups of 64
+# and 256 elements were 5-20% slower than 128 (docs/cpu_kernels.md, bench/overlap.py).
 CPU_PREFETCH_GROUP = 16 * 8
 # ... for outputs of at least this many bytes. Below, each thread's share of input and output
-# usually still sits in its core's L2 (2 MiB here) from the op before, and the prefetches cost
-# instead of saving: 256x1024 float32 on 2 threads ran 77 -> 93 us with them, 1024x1024 +4%.
-CPU_PREFETCH_MIN_BYTES = 4 << 20
+# usually still sits in its core's L2 (2 MiB here) from the op before, or the output is a fresh
+# allocation whose first touch page-faults anyway, and the prefetches cost instead of saving:
+# 256x1024 float32 on 2 threads ran 77 -> 93 us with them, nn.Dropout fwd+bwd at 1024x1024 +4%,
+# at 2048x1024 (8 MiB) even, from 4096x1024 on 12-20% faster.
+CPU_PREFETCH_MIN_BYTES = 8 << 20
 
 # Elementwise dropout below this many elements runs on the calling thread. Alone, the parallel
 # kernel wins even at 32K float32 elements (8 vs 11 us); but in a training loop every call follows
