@@ -7,6 +7,8 @@ call), is below T(p) = floor((1 - p) * 2^16). A kept element becomes x * scale, 
 Every kernel first fills a small scratch buffer with the mask words of a run of consecutive blocks
 (a straight-line loop LLVM vectorizes: vpmuludq does 8 Philox lanes at once), then applies it.
 Interleaving generation and application in one loop keeps Philox scalar and runs ~4x slower.
+For large arrays the fill prefetches the chunk's data as it goes (`fill_chunk`), so the Philox
+rounds overlap the memory traffic instead of alternating with it (docs/cpu_kernels.md).
 The apply loops index chunk slices (`xs[k]`, not `x[start + k]`): LLVM then proves the accesses
 in bounds and free of overlap and vectorizes them.
 

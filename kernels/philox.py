@@ -21,9 +21,9 @@ The mask contract, version 2 (README, "The mask"): logical C-order element i of 
     h(i) = 16-bit half (i mod 2) of word w[(i mod 8) // 2]    (half 0 = the low 16 bits)
     T(p) = floor((1 - p) * 2^16)                              (in [0, 2^16], float64 arithmetic)
 
-Eight elements per Philox call: the Philox rounds, not memory, set the pace of the CPU kernels,
-and 16-bit halves made them 1.3x faster than one 32-bit word per element (version 1;
-docs/mask_contract.md has the measurements). T(0) = 2^16 keeps everything, T(1) = 0 drops
+Eight elements per Philox call: the Philox rounds are the larger half of the CPU kernels' work
+(docs/cpu_kernels.md), and 16-bit halves made them 1.3x faster than one 32-bit word per element
+(version 1; docs/mask_contract.md has the measurements). T(0) = 2^16 keeps everything, T(1) = 0 drops
 everything; otherwise the keep probability is T/2^16, within 2^-16 of 1 - p.
 """
 import math
