@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,3 +180,24 @@ def test_bare_layers_equal_fastdrop_and_cold_call_probe_runs():
         sys.path.remove(BENCH)
     out = _finish(proc)
     assert "| seed draw (torch generator) |" in out and "| torch x * 1.0 |" in out
+
+
+def test_overlap_probe_runs_and_its_kernels_compute_the_library_op():
+    """bench/overlap.py runs at a tiny size, and its no-prefetch kernel (`plain`) gives the
+    library kernel's output, so the comparison it prints is between equal computations."""
+    proc = _start([os.path.join(BENCH, "overlap.py"), "--n", "5000", "--rounds", "2"])
+    sys.path.insert(0, BENCH)
+    try:
+        import overlap
+        from fastdrop.kernels.dropout_cpu import dropout_flat
+        from fastdrop.kernels.philox import kernel_rng_args
+        x = np.random.default_rng(0).standard_normal(5003).astype(np.float32)
+        a, b = np.empty_like(x), np.empty_like(x)
+        args = kernel_rng_args(17, 3, 0.4)
+        overlap.plain_fill(x, a, *args, np.float32(1.5))
+        dropout_flat(x, b, *args, np.float32(1.5))
+        np.testing.assert_array_equal(a, b)
+    finally:
+        sys.path.remove(BENCH)
+    out = _finish(proc)
+    assert out.count("\n| 1 |") == 1 and out.count("\n| 2 |") == 1
