@@ -80,9 +80,30 @@ def _dropout_views(x, out, args, scale, parallel_min=None):
         return
     if x.ndim == 0:
         x, out = x.reshape(1), out.reshape(1)
+    a = _unit_stride_dim(x, out)
+    if a is not None:
+        # channels_last, transposed and other permuted layouts: tiles walked in memory order
+        xb, xs = span_view(x)
+        ob, os = span_view(out)
+        kernel = dropout_cpu.dropout_tiled if x.size >= parallel_min else dropout_cpu.dropout_tiled_serial
+        kernel(xb, xs, ob, os, np.array(x.shape, dtype=np.int64), a, *args, scale)
+        return
     xb, xs = span_view(x)
     ob, os = span_view(out)
     dropout_cpu.dropout_strided(xb, 0, xs, ob, 0, os, np.array(x.shape, dtype=np.int64), *args, scale)
+
+
+def _unit_stride_dim(x, out):
+    """The dim `dropout_tiled` walks memory along: one of size > 1 with unit stride in both x and
+    out, other than the last dim (the strided kernel's rows are contiguous there); None if none
+    (or the last dim has size 1, where rows are single elements and nothing is gained)."""
+    if x.ndim < 2 or x.shape[-1] == 1:
+        return None
+    item = x.itemsize
+    for d in range(x.ndim - 1):
+        if x.shape[d] > 1 and x.strides[d] == item and out.strides[d] == out.itemsize:
+            return d
+    return None
 
 
 def _view3(a, shape3):

@@ -38,6 +38,10 @@ from .config import CPU_BLOCKS_PER_CHUNK, CPU_PREFETCH_GROUP, CPU_PREFETCH_MIN_B
 from .philox import HALF_MASK, LANES, SHIFT16, philox_block_cpu
 
 CHUNK = LANES * CPU_BLOCKS_PER_CHUNK  # elements (16-bit mask words) per scratch buffer
+# `dropout_tiled`'s tile: 64 unit-stride elements (a 256-byte run of float32) by 128 along the
+# logical last dim; its transposed words take 16 KiB of L1.
+TILED_A = 64
+TILED_L = 128
 
 
 @intrinsic
@@ -323,6 +327,83 @@ def dropout_strided(xb, x_start, x_strides, ob, o_start, o_strides, shape,
 
 
 @cpu_kernel
+def dropout_tiled(xb, x_strides, ob, o_strides, shape, a, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """`dropout_strided` for layouts whose unit-stride dim `a` (in x and out alike) is not the last
+    logical dim l: channels_last (a = C), transposed matrices (a = 0), other permuted views.
+
+    There the mask words of a logical row are consecutive while the row's elements lie a stride
+    apart in memory, so walking rows touches one cache line per element. Here the work goes by
+    tiles of TILED_A x TILED_L elements (indices along a and l, the other dims fixed): the words of
+    each row segment of the tile are generated in bulk and stored transposed in an L1 buffer, then
+    the tile is walked in memory order, TILED_A unit-stride elements at a time. xb / ob are 1-D
+    views of the memory spans, strides in elements (positive), shape the logical shape.
+    """
+    nd = shape.size
+    l = nd - 1
+    na_el = shape[a]
+    nl_el = shape[l]
+    lstride_a = 1  # logical (C-order) stride of dim a
+    for d in range(a + 1, nd):
+        lstride_a *= shape[d]
+    outer = 1
+    for d in range(nd):
+        if d != a and d != l:
+            outer *= shape[d]
+    na = (na_el + TILED_A - 1) // TILED_A
+    nl = (nl_el + TILED_L - 1) // TILED_L
+    xsl = x_strides[l]
+    osl = o_strides[l]
+    zero = xb.dtype.type(0)
+    line = max(1, 64 // xb.itemsize)  # elements per 64-byte cache line
+    for task in numba.prange(outer * na * nl):
+        o = task // (na * nl)
+        r = task - o * (na * nl)
+        ab = r // nl
+        lb = r - ab * nl
+        # this tile's origin: the other dims' indices from o (C order), as memory offsets and as
+        # the logical index of element (.., a = 0, .., l = 0)
+        rem = o
+        xo = 0
+        oo = 0
+        lo = 0
+        lst = 1
+        for d in range(nd - 1, -1, -1):
+            if d != a and d != l:
+                idx = rem % shape[d]
+                rem //= shape[d]
+                xo += idx * x_strides[d]
+                oo += idx * o_strides[d]
+                lo += idx * lst
+            lst *= shape[d]
+        a0 = ab * TILED_A
+        ta = min(na_el - a0, TILED_A)
+        l0 = lb * TILED_L
+        tl = min(nl_el - l0, TILED_L)
+        buf = np.empty(TILED_L + LANES, np.uint16)
+        words = np.empty(TILED_A * TILED_L, np.uint16)  # words[il * TILED_A + ia]
+        for ia in range(ta):
+            # the tile's memory rows arrive while the words are made (as in fill_chunk)
+            for il in range(ia, tl, ta):
+                xr = xo + (l0 + il) * xsl + a0
+                orow = oo + (l0 + il) * osl + a0
+                for q in range(0, ta, line):
+                    prefetch_read(xb, xr + q)
+                    prefetch_write(ob, orow + q)
+            shift = fill_run(buf, lo + (a0 + ia) * lstride_a + l0, tl, off_lo, off_hi, key_lo, key_hi)
+            for il in range(tl):
+                words[il * TILED_A + ia] = buf[shift + il]
+        for il in range(tl):
+            xr = xo + (l0 + il) * xsl + a0
+            orow = oo + (l0 + il) * osl + a0
+            xs = xb[xr:xr + ta]  # unit stride along a: slices, so the loop vectorizes
+            os = ob[orow:orow + ta]
+            ws = words[il * TILED_A:il * TILED_A + ta]
+            for k in range(ta):
+                y = _scaled(xs[k], scale)  # then selected, as in _dropout_chunk
+                os[k] = y if np.uint32(ws[k]) < thr else zero
+
+
+@cpu_kernel
 def dropout_groups_flat(x, out, length, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """Spatial dropout / DropPath on flat contiguous x, out: group g (elements [g * length,
     (g + 1) * length)) is kept, times scale, iff mask word g < thr; otherwise 0. One launch: the
@@ -363,5 +444,6 @@ def apply_group_mask(x, out, keep, scale):
 # The serial twins the launchers pick below their thresholds (fastdrop/_cpu.py, fastdrop/mask.py):
 # the per-channel masks of spatial dropout and the masks of small calls are a few thousand elements.
 keep_mask_serial = keep_mask.serial
+dropout_tiled_serial = dropout_tiled.serial
 apply_group_mask_serial = apply_group_mask.serial
 dropout_groups_flat_serial = dropout_groups_flat.serial

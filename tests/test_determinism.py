@@ -106,7 +106,8 @@ def parallel_workload():
     x = rng.standard_normal((small // 128 + 1, 128), np.float32)
     out["dropout_flat"] = fastdrop.dropout(x, 0.3, seed=SEED, offset=OFFSET)
     out["dropout_flat torch"] = fastdrop.dropout(torch.from_numpy(x).double(), 0.3, seed=SEED).numpy()
-    out["dropout_strided"] = fastdrop.dropout(x.T, 0.6, seed=SEED, offset=OFFSET)
+    out["dropout_tiled"] = fastdrop.dropout(x.T, 0.6, seed=SEED, offset=OFFSET)  # a permuted layout
+    out["dropout_strided"] = fastdrop.dropout(x[:, ::2], 0.6, seed=SEED, offset=OFFSET)  # no unit stride
     out["keep_mask"] = fastdrop.dropout_mask((3, small // 3 + 1), 0.25, SEED, OFFSET)
     x4 = rng.standard_normal((8, 33, SMALL // 264 + 1))  # the grouped kernels' threshold is dropout_flat's
     out["dropout_groups_flat"] = fastdrop.dropout2d(x4, 0.5, seed=SEED, offset=OFFSET)
@@ -429,8 +430,8 @@ def test_offsets_past_2_32_follow_the_contract(offset):
 # ---- Numba dispatcher: one compilation per dtype/layout, not per shape ----------------------
 
 def test_no_recompilation_for_new_shapes():
-    kernels = [dropout_cpu.dropout_flat, dropout_cpu.dropout_strided, dropout_cpu.keep_mask,
-               dropout_cpu.apply_group_mask]
+    kernels = [dropout_cpu.dropout_flat, dropout_cpu.dropout_strided, dropout_cpu.dropout_tiled,
+               dropout_cpu.dropout_tiled_serial, dropout_cpu.keep_mask, dropout_cpu.apply_group_mask]
 
     def run(shape, dtype):
         x = np.ones(shape, dtype)

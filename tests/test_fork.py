@@ -25,8 +25,8 @@ BIG = config.CPU_PARALLEL_MIN * 2  # elements: above the elementwise parallel th
 BIG_MASK = config.DENSE_PARALLEL_MIN  # dense layers' masks run on the pool from here
 # The parallel kernels `_ops` reaches through the public API (a kernel the API no longer calls,
 # such as linear_cpu.mask_pair once the dense layers mask with dropout_cpu's kernels, is not listed).
-REACHED = {"keep_mask", "dropout_flat", "dropout_strided", "apply_group_mask", "dropout_groups_flat", "philox4x32_array",
-           "dropconnect_sample_fwd", "dropconnect_sample_bwd", "dropout_samples", "dropout_pair",
+REACHED = {"keep_mask", "dropout_flat", "dropout_strided", "dropout_tiled", "apply_group_mask",
+           "dropout_groups_flat", "philox4x32_array", "dropconnect_sample_fwd", "dropconnect_sample_bwd", "dropout_samples", "dropout_pair",
            "max_norm_rows", "max_norm_cols"}
 
 
@@ -43,7 +43,10 @@ def _ops(seed):
         out = {}
         x8 = f32(8, 8)
         out["dropout"] = fastdrop.dropout(x8, 0.5, seed=seed)
-        out["dropout_transposed"] = fastdrop.dropout(x8.T, 0.3, seed=seed + 1)
+        out["dropout_transposed"] = fastdrop.dropout(x8.T, 0.3, seed=seed + 1)  # dropout_tiled
+        out["dropout_strided"] = fastdrop.dropout(x8[:, ::2], 0.3, seed=seed + 1)  # no unit stride
+        out["dropout_channels_last_big"] = fastdrop.dropout(torch.from_numpy(
+            f32(2, 64, 32, BIG // 4096)).contiguous(memory_format=torch.channels_last), 0.3, seed=seed + 1).numpy()
         out["dropout_big"] = fastdrop.dropout(f32(BIG // 256, 256), 0.5, seed=seed + 2)
         big = torch.from_numpy(f32(BIG // 256, 256)).requires_grad_()
         y = fastdrop.dropout(big, 0.2, seed=seed + 3)

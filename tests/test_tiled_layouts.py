@@ -1,0 +1,104 @@
+"""Permuted layouts (channels_last, transposed matrices, other permuted views) take the tiled
+kernel (kernels.dropout_cpu.dropout_tiled): tiles walked in memory order, their mask words
+transposed in a buffer. These check it against the contract's mask over tile tails in both tile
+dims, dtypes, in place, serial and parallel, numpy and torch, forward and backward, and that the
+layouts it is meant for do take it."""
+import numpy as np
+import pytest
+import torch
+
+import fastdrop
+from fastdrop import _cpu
+from fastdrop.kernels import dropout_cpu
+from fastdrop.kernels.config import CPU_PARALLEL_MIN
+from fastdrop.kernels.dropout_cpu import TILED_A, TILED_L
+
+from contract import mask
+
+SEED, OFFSET, P = 2024, 11, 0.35
+
+
+def _reference(x, p=P, seed=SEED, offset=OFFSET):
+    """where(mask, x * scale, 0) in x's dtype (float16 through float32, rounded once)."""
+    wide = np.float32 if x.dtype == np.float16 else x.dtype.type
+    y = (x.astype(wide) * wide(1 / (1 - p))).astype(x.dtype)
+    return np.where(mask(x.shape, p, seed, offset), y, x.dtype.type(0))
+
+
+def _channels_last(rng, shape, dtype):
+    n, c, h, w = shape
+    return np.ascontiguousarray(rng.standard_normal((n, h, w, c)).astype(dtype)).transpose(0, 3, 1, 2)
+
+
+def _layouts(dtype):
+    """(name, array, the dim the tiled kernel walks): tails past TILED_A and TILED_L included."""
+    rng = np.random.default_rng(7)
+    a_tail, l_tail = TILED_A + 6, TILED_L + 5
+    return [
+        ("channels_last", _channels_last(rng, (2, a_tail, 3, l_tail), dtype), 1),
+        ("channels_last_small", _channels_last(rng, (3, 5, 2, 7), dtype), 1),
+        ("channels_last_big", _channels_last(rng, (2, 64, 33, CPU_PARALLEL_MIN // 2048 + 3), dtype), 1),
+        ("transposed", np.ascontiguousarray(rng.standard_normal((l_tail, a_tail)).astype(dtype)).T, 0),
+        ("permuted_3d", rng.standard_normal((9, 4, 2 * TILED_A + 1)).astype(dtype).transpose(2, 0, 1), 0),
+        ("permuted_4d", rng.standard_normal((6, 5, 4, 3)).astype(dtype).transpose(1, 3, 0, 2), 1),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("case", range(6))
+def test_numpy_permuted_layouts_match_the_contract(dtype, case):
+    name, x, a = _layouts(dtype)[case]
+    assert _cpu._unit_stride_dim(x, np.empty_like(x)) == a, name
+    y = fastdrop.dropout(x, P, seed=SEED, offset=OFFSET)
+    assert y.strides == x.strides  # numpy's empty_like keeps the layout
+    np.testing.assert_array_equal(y, _reference(x))
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_numpy_permuted_inplace(case):
+    name, x, _ = _layouts(np.float32)[case]
+    want = _reference(x)
+    y = fastdrop.dropout(x, P, seed=SEED, offset=OFFSET, inplace=True)
+    assert y is x
+    np.testing.assert_array_equal(x, want)
+
+
+def test_serial_and_parallel_twins_agree():
+    _, x, a = _layouts(np.float32)[2]
+    xb, xs = _cpu.span_view(x)
+    args = _cpu.kernel_rng_args(SEED, OFFSET, P)
+    outs = []
+    for kernel in (dropout_cpu.dropout_tiled.parallel, dropout_cpu.dropout_tiled_serial):
+        out = np.full_like(x, np.nan)
+        ob, os = _cpu.span_view(out)
+        kernel(xb, xs, ob, os, np.array(x.shape, np.int64), a, *args, np.float32(1 / (1 - P)))
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], _reference(x))
+    np.testing.assert_array_equal(outs[1], outs[0])
+
+
+def test_out_without_the_unit_stride_takes_the_strided_kernel():
+    """x channels_last, out contiguous: no dim has unit stride in both, the strided kernel runs."""
+    _, x, _ = _layouts(np.float32)[0]
+    out = np.empty(x.shape, np.float32)
+    assert _cpu._unit_stride_dim(x, out) is None
+    fastdrop.dropout(x, P, seed=SEED, offset=OFFSET, out=out)
+    np.testing.assert_array_equal(out, _reference(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_torch_channels_last_forward_and_backward(dtype):
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.standard_normal((2, TILED_A + 3, 5, TILED_L + 2))).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    g = torch.from_numpy(rng.standard_normal(tuple(x.shape))).to(dtype).contiguous(
+        memory_format=torch.channels_last)
+    y = fastdrop.dropout(x, P, seed=SEED, offset=OFFSET)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    keep = torch.from_numpy(mask(tuple(x.shape), P, SEED, OFFSET))
+    scale = 1 / (1 - P)
+    wide = torch.float32 if dtype == torch.bfloat16 else dtype  # bfloat16: in float32, rounded once
+    want = torch.where(keep, (x.detach().to(wide) * scale).to(dtype), torch.zeros((), dtype=dtype))
+    assert torch.equal(y, want)
+    (gx,) = torch.autograd.grad(y, x, g)
+    assert torch.equal(gx, torch.where(keep, (g.to(wide) * scale).to(dtype), torch.zeros((), dtype=dtype)))
