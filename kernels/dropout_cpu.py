@@ -326,6 +326,66 @@ def dropout_strided(xb, x_start, x_strides, ob, o_start, o_strides, shape,
                 j += seg
 
 
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _prefetch_tile_rows(xb, ob, xr0, or0, xsl, osl, first_il, end_il, ta, line):
+    """Prefetch rows [first_il, end_il) of a tile (ta unit-stride elements each) of x, and claim
+    those of out: the rows then arrive while the words are made (as in fill_chunk)."""
+    for il in range(first_il, end_il):
+        for q in range(0, ta, line):
+            prefetch_read(xb, xr0 + il * xsl + q)
+            prefetch_write(ob, or0 + il * osl + q)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _tile_words_by_rows(words, first, block_stride, ta, tl, xb, ob, xr0, or0, xsl, osl, line,
+                        off_lo, off_hi, key_lo, key_hi):
+    """`dropout_tiled`'s words when every row of the tile starts at the same lane of its Philox
+    block (the rows are block_stride whole blocks apart): Philox runs vectorized across the ta
+    rows, and each of a block's 8 words lands straight in its transposed place, no scatter.
+    Returns the shift: the word of element (ia, il) is words[(il + shift) * TILED_A + ia]."""
+    shift = first % LANES
+    b0 = first // LANES
+    for j in range((shift + tl + LANES - 1) // LANES):
+        _prefetch_tile_rows(xb, ob, xr0, or0, xsl, osl, max(0, LANES * j - shift),
+                            min(tl, LANES * j + LANES - shift), ta, line)
+        # a slice per lane: eight unit-stride stores across rows, which LLVM vectorizes
+        row0 = LANES * j * TILED_A
+        w0 = words[row0:row0 + TILED_A]
+        w1 = words[row0 + TILED_A:row0 + 2 * TILED_A]
+        w2 = words[row0 + 2 * TILED_A:row0 + 3 * TILED_A]
+        w3 = words[row0 + 3 * TILED_A:row0 + 4 * TILED_A]
+        w4 = words[row0 + 4 * TILED_A:row0 + 5 * TILED_A]
+        w5 = words[row0 + 5 * TILED_A:row0 + 6 * TILED_A]
+        w6 = words[row0 + 6 * TILED_A:row0 + 7 * TILED_A]
+        w7 = words[row0 + 7 * TILED_A:row0 + 8 * TILED_A]
+        for ia in range(ta):
+            r0, r1, r2, r3 = philox_block_cpu(np.uint64(b0 + j + ia * block_stride), off_lo, off_hi,
+                                              key_lo, key_hi)
+            w0[ia] = np.uint16(r0 & HALF_MASK)
+            w1[ia] = np.uint16(r0 >> SHIFT16)
+            w2[ia] = np.uint16(r1 & HALF_MASK)
+            w3[ia] = np.uint16(r1 >> SHIFT16)
+            w4[ia] = np.uint16(r2 & HALF_MASK)
+            w5[ia] = np.uint16(r2 >> SHIFT16)
+            w6[ia] = np.uint16(r3 & HALF_MASK)
+            w7[ia] = np.uint16(r3 >> SHIFT16)
+    return shift
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _tile_words_transposed(words, first, lstride_a, ta, tl, xb, ob, xr0, or0, xsl, osl, line,
+                           off_lo, off_hi, key_lo, key_hi):
+    """`dropout_tiled`'s words when the rows start at different lanes of their blocks: each row
+    segment's words in bulk (fill_run), then scattered into transposed order. Returns shift 0."""
+    buf = np.empty(TILED_L + LANES, np.uint16)
+    for ia in range(ta):
+        _prefetch_tile_rows(xb, ob, xr0, or0, xsl, osl, ia * tl // ta, (ia + 1) * tl // ta, ta, line)
+        shift = fill_run(buf, first + ia * lstride_a, tl, off_lo, off_hi, key_lo, key_hi)
+        for il in range(tl):
+            words[il * TILED_A + ia] = buf[shift + il]
+    return 0
+
+
 @cpu_kernel
 def dropout_tiled(xb, x_strides, ob, o_strides, shape, a, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """`dropout_strided` for layouts whose unit-stride dim `a` (in x and out alike) is not the last
@@ -379,25 +439,21 @@ def dropout_tiled(xb, x_strides, ob, o_strides, shape, a, key_lo, key_hi, off_lo
         ta = min(na_el - a0, TILED_A)
         l0 = lb * TILED_L
         tl = min(nl_el - l0, TILED_L)
-        buf = np.empty(TILED_L + LANES, np.uint16)
-        words = np.empty(TILED_A * TILED_L, np.uint16)  # words[il * TILED_A + ia]
-        for ia in range(ta):
-            # the tile's memory rows arrive while the words are made (as in fill_chunk)
-            for il in range(ia, tl, ta):
-                xr = xo + (l0 + il) * xsl + a0
-                orow = oo + (l0 + il) * osl + a0
-                for q in range(0, ta, line):
-                    prefetch_read(xb, xr + q)
-                    prefetch_write(ob, orow + q)
-            shift = fill_run(buf, lo + (a0 + ia) * lstride_a + l0, tl, off_lo, off_hi, key_lo, key_hi)
-            for il in range(tl):
-                words[il * TILED_A + ia] = buf[shift + il]
+        # words[(il + shift) * TILED_A + ia]: the mask word of tile element (ia, il)
+        words = np.empty(TILED_A * (TILED_L + 2 * LANES), np.uint16)
+        first = lo + a0 * lstride_a + l0  # logical index of tile element (0, 0)
+        if lstride_a % LANES == 0:
+            shift = _tile_words_by_rows(words, first, lstride_a // LANES, ta, tl, xb, ob, xo + l0 * xsl + a0,
+                                        oo + l0 * osl + a0, xsl, osl, line, off_lo, off_hi, key_lo, key_hi)
+        else:
+            shift = _tile_words_transposed(words, first, lstride_a, ta, tl, xb, ob, xo + l0 * xsl + a0,
+                                           oo + l0 * osl + a0, xsl, osl, line, off_lo, off_hi, key_lo, key_hi)
         for il in range(tl):
             xr = xo + (l0 + il) * xsl + a0
             orow = oo + (l0 + il) * osl + a0
             xs = xb[xr:xr + ta]  # unit stride along a: slices, so the loop vectorizes
             os = ob[orow:orow + ta]
-            ws = words[il * TILED_A:il * TILED_A + ta]
+            ws = words[(il + shift) * TILED_A:(il + shift) * TILED_A + ta]
             for k in range(ta):
                 y = _scaled(xs[k], scale)  # then selected, as in _dropout_chunk
                 os[k] = y if np.uint32(ws[k]) < thr else zero

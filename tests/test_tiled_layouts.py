@@ -1,6 +1,6 @@
 """Permuted layouts (channels_last, transposed matrices, other permuted views) take the tiled
 kernel (kernels.dropout_cpu.dropout_tiled): tiles walked in memory order, their mask words
-transposed in a buffer. These check it against the contract's mask over tile tails in both tile
+in transposed order in a buffer. These check it against the contract's mask over tile tails in both tile
 dims, dtypes, in place, serial and parallel, numpy and torch, forward and backward, and that the
 layouts it is meant for do take it."""
 import numpy as np
@@ -31,40 +31,53 @@ def _channels_last(rng, shape, dtype):
 
 
 def _layouts(dtype):
-    """(name, array, the dim the tiled kernel walks): tails past TILED_A and TILED_L included."""
+    """(name, array, the dim the tiled kernel walks, whether its rows are whole Philox blocks
+    apart): the two ways it makes a tile's words, each with tails past TILED_A and TILED_L, rows
+    starting mid-block, serial and parallel sizes."""
     rng = np.random.default_rng(7)
-    a_tail, l_tail = TILED_A + 6, TILED_L + 5
+    a_tail = TILED_A + 6
     return [
-        ("channels_last", _channels_last(rng, (2, a_tail, 3, l_tail), dtype), 1),
-        ("channels_last_small", _channels_last(rng, (3, 5, 2, 7), dtype), 1),
-        ("channels_last_big", _channels_last(rng, (2, 64, 33, CPU_PARALLEL_MIN // 2048 + 3), dtype), 1),
-        ("transposed", np.ascontiguousarray(rng.standard_normal((l_tail, a_tail)).astype(dtype)).T, 0),
-        ("permuted_3d", rng.standard_normal((9, 4, 2 * TILED_A + 1)).astype(dtype).transpose(2, 0, 1), 0),
-        ("permuted_4d", rng.standard_normal((6, 5, 4, 3)).astype(dtype).transpose(1, 3, 0, 2), 1),
+        # row starts at different lanes of their blocks: words per row, scattered
+        ("channels_last", _channels_last(rng, (2, a_tail, 3, TILED_L + 5), dtype), 1, False),
+        ("channels_last_small", _channels_last(rng, (3, 5, 2, 7), dtype), 1, False),
+        ("channels_last_big", _channels_last(rng, (2, 64, 33, CPU_PARALLEL_MIN // 2048 + 3), dtype), 1, False),
+        ("transposed", np.ascontiguousarray(rng.standard_normal((TILED_L + 5, a_tail)).astype(dtype)).T, 0, False),
+        ("permuted_3d", rng.standard_normal((9, 4, 2 * TILED_A + 1)).astype(dtype).transpose(2, 0, 1), 0, False),
+        # rows a multiple of 8 elements apart: Philox vectorized across rows (odd h: shift 4)
+        ("channels_last_rows", _channels_last(rng, (2, a_tail, 2, TILED_L + 4), dtype), 1, True),
+        ("channels_last_rows_big", _channels_last(rng, (2, 64, 32, CPU_PARALLEL_MIN // 2048 + 8), dtype), 1, True),
+        ("transposed_rows", np.ascontiguousarray(rng.standard_normal((TILED_L + 8, a_tail)).astype(dtype)).T, 0, True),
+        ("permuted_4d_rows", rng.standard_normal((6, 5, 4, 3)).astype(dtype).transpose(1, 3, 0, 2), 1, True),
     ]
 
 
+def _rows_apart_whole_blocks(x, a):
+    return int(np.prod(x.shape[a + 1:])) % 8 == 0
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(9))
 def test_numpy_permuted_layouts_match_the_contract(dtype, case):
-    name, x, a = _layouts(dtype)[case]
+    name, x, a, by_rows = _layouts(dtype)[case]
     assert _cpu._unit_stride_dim(x, np.empty_like(x)) == a, name
+    assert _rows_apart_whole_blocks(x, a) == by_rows, name
     y = fastdrop.dropout(x, P, seed=SEED, offset=OFFSET)
     assert y.strides == x.strides  # numpy's empty_like keeps the layout
     np.testing.assert_array_equal(y, _reference(x))
 
 
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(9))
 def test_numpy_permuted_inplace(case):
-    name, x, _ = _layouts(np.float32)[case]
+    name, x, _, _ = _layouts(np.float32)[case]
     want = _reference(x)
     y = fastdrop.dropout(x, P, seed=SEED, offset=OFFSET, inplace=True)
     assert y is x
     np.testing.assert_array_equal(x, want)
 
 
-def test_serial_and_parallel_twins_agree():
-    _, x, a = _layouts(np.float32)[2]
+@pytest.mark.parametrize("case", [2, 6])
+def test_serial_and_parallel_twins_agree(case):
+    _, x, a, _ = _layouts(np.float32)[case]
     xb, xs = _cpu.span_view(x)
     args = _cpu.kernel_rng_args(SEED, OFFSET, P)
     outs = []
@@ -79,7 +92,7 @@ def test_serial_and_parallel_twins_agree():
 
 def test_out_without_the_unit_stride_takes_the_strided_kernel():
     """x channels_last, out contiguous: no dim has unit stride in both, the strided kernel runs."""
-    _, x, _ = _layouts(np.float32)[0]
+    _, x, _, _ = _layouts(np.float32)[0]
     out = np.empty(x.shape, np.float32)
     assert _cpu._unit_stride_dim(x, out) is None
     fastdrop.dropout(x, P, seed=SEED, offset=OFFSET, out=out)
@@ -87,9 +100,10 @@ def test_out_without_the_unit_stride_takes_the_strided_kernel():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_torch_channels_last_forward_and_backward(dtype):
+@pytest.mark.parametrize("h", [5, 4])  # H*W: rows mid-block, rows whole blocks apart
+def test_torch_channels_last_forward_and_backward(dtype, h):
     rng = np.random.default_rng(3)
-    x = torch.from_numpy(rng.standard_normal((2, TILED_A + 3, 5, TILED_L + 2))).to(dtype)
+    x = torch.from_numpy(rng.standard_normal((2, TILED_A + 3, h, TILED_L + 2))).to(dtype)
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     g = torch.from_numpy(rng.standard_normal(tuple(x.shape))).to(dtype).contiguous(
         memory_format=torch.channels_last)
