@@ -135,15 +135,18 @@ def _with_numba_threads(fn, threads):
     return run
 
 
-def dropout_case(shape, p, dtype, backward, spatial=False, numba_threads=None):
+def dropout_case(shape, p, dtype, backward, spatial=False, numba_threads=None, channels_last=False):
     """numba_threads=1: fastdrop with Numba's pool serial (a diagnostic row: is the parallel
-    fork/join worth it at this size, and on a loaded machine?)."""
+    fork/join worth it at this size, and on a loaded machine?). channels_last: a 4-D input in
+    torch.channels_last memory format (the tiled kernel for elementwise dropout)."""
     n = math.prod(shape)
     itemsize = np.dtype(dtype).itemsize
     passes = 2 if backward else 1  # fwd: read x, write y; bwd: read g, write grad_x
     op = ("dropout2d" if spatial else "dropout") + ("_fwd_bwd" if backward else "_fwd")
     if numba_threads:
         op += f"[numba_threads={numba_threads}]"
+    if channels_last:
+        op += "[channels_last]"
 
     def build(device):
         import torch
@@ -151,6 +154,8 @@ def dropout_case(shape, p, dtype, backward, spatial=False, numba_threads=None):
         sync = _sync(device)
         td = _tdtype(dtype)
         x = torch.randn(shape, dtype=td, device=device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         fd = (fastdrop.nn.Dropout2d if spatial else fastdrop.nn.Dropout)(p)
         th = (torch.nn.Dropout2d if spatial else torch.nn.Dropout)(p)
         floor = _copy_floor(n * itemsize, passes, dtype, device)
@@ -159,6 +164,8 @@ def dropout_case(shape, p, dtype, backward, spatial=False, numba_threads=None):
         else:
             x.requires_grad_(True)
             g = torch.randn(shape, dtype=td, device=device)
+            if channels_last:
+                g = g.contiguous(memory_format=torch.channels_last)
             fns = {"fastdrop": _fwd_bwd(lambda: fd(x), [x], g, sync),
                    "torch": _fwd_bwd(lambda: th(x), [x], g, sync), "floor": floor}
         if numba_threads:
@@ -475,6 +482,7 @@ def all_cases(mode="default"):
         return [dropout_case((8, 16), 0.5, "float32", False),
                 dropout_case((8, 16), 0.5, "float64", True),
                 dropout_case((2, 3, 4, 4), 0.5, "float32", True, spatial=True),
+                dropout_case((2, 3, 4, 4), 0.5, "float32", True, channels_last=True),
                 dropout_linear_case(4, 8, 6, 0.5, "float32"),
                 dropconnect_case(4, 8, 6, 0.5, "float32", per_sample=False),
                 dropconnect_case(4, 8, 6, 0.5, "float32", per_sample=True),
@@ -507,6 +515,10 @@ def all_cases(mode="default"):
         for shape in [(64, 512), (256, 1024), big]:
             cases.append(dropout_case(shape, 0.5, "float32", False, numba_threads=1))
         cases.append(dropout_case((64, 512), 0.5, "float32", True, numba_threads=1))
+        # Permuted layouts: channels_last CNN activations whose rows are whole Philox blocks apart
+        # (28x28) and not (14x14), the two ways the tiled kernel makes its words.
+        for shape in [(32, 128, 28, 28), (32, 256, 14, 14)]:
+            cases.append(dropout_case(shape, 0.5, "float32", False, channels_last=True))
     cases += [dropout_case((8, 16, 32, 32), 0.5, "float32", True, spatial=True),
               dropout_case((32, 64, 56, 56), 0.5, "float32", True, spatial=True)]
     for n, fin, fout in [(64, 512, 512), (256, 1024, 1024), (8192, 512, 512)]:
