@@ -520,7 +520,8 @@ def all_cases(mode="default"):
         for shape in [(32, 128, 28, 28), (32, 256, 14, 14)]:
             cases.append(dropout_case(shape, 0.5, "float32", False, channels_last=True))
     cases += [dropout_case((8, 16, 32, 32), 0.5, "float32", True, spatial=True),
-              dropout_case((32, 64, 56, 56), 0.5, "float32", True, spatial=True)]
+              dropout_case((32, 64, 56, 56), 0.5, "float32", True, spatial=True),
+              dropout_case((32, 64, 56, 56), 0.5, "float32", True, spatial=True, channels_last=True)]
     for n, fin, fout in [(64, 512, 512), (256, 1024, 1024), (8192, 512, 512)]:
         cases.append(dropout_linear_case(n, fin, fout, 0.5, "float32"))
     if mode == "full":

@@ -136,7 +136,13 @@ def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, *, bf16=Fal
         return out_given
     keep = np.empty(groups, dtype=np.bool_)
     fill_keep_mask(keep, p, seed, offset)
-    apply = dropout_cpu.apply_group_mask if x.size >= parallel_min else dropout_cpu.apply_group_mask_serial
+    big = x.size >= parallel_min
+    inner = _inner_group_views(x, out, group_ndim)
+    if inner is not None:  # channels_last: the last group dim (C) innermost in memory
+        apply = dropout_cpu.apply_group_mask_inner if big else dropout_cpu.apply_group_mask_inner_serial
+        apply(*inner, keep, scale_type(scale))
+        return out_given
+    apply = dropout_cpu.apply_group_mask if big else dropout_cpu.apply_group_mask_serial
     shape3 = (groups // lead[-1], lead[-1], x.size // groups)
     if x.ndim > group_ndim + 1:
         # The mask is constant over the non-group dims, so they may be walked in any order: in
@@ -156,6 +162,25 @@ def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, *, bf16=Fal
         return out_given
     apply(xv, ov, keep, scale_type(scale))
     return out_given
+
+
+def _inner_group_views(x, out, group_ndim):
+    """(A, L, B) views of x and out without copies, B the last group dim and unit stride in both,
+    A the other group dims and L the rest (channels_last (N, C, H, W) -> (N, H*W, C)); None when
+    the layouts do not allow them."""
+    if x.ndim <= group_ndim or x.shape[group_ndim - 1] == 1:
+        return None
+    c = group_ndim - 1
+    if x.strides[c] != x.itemsize or out.strides[c] != out.itemsize:
+        return None
+    perm = list(range(c)) + list(range(group_ndim, x.ndim)) + [c]
+    lead = math.prod(x.shape[:c])
+    shape3 = (lead, x.size // (lead * x.shape[c]), x.shape[c])
+    xv = _view3(x.transpose(perm), shape3)
+    ov = _view3(out.transpose(perm), shape3)
+    if xv is None or ov is None:
+        return None
+    return xv, ov
 
 
 def groups_flat_into(x, out, groups, p, seed, offset, scale, parallel_min=None):

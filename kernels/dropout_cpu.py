@@ -497,9 +497,29 @@ def apply_group_mask(x, out, keep, scale):
                 orow[k] = zero
 
 
+@cpu_kernel
+def apply_group_mask_inner(x, out, keep, scale):
+    """out[a, l, b] = x[a, l, b] * scale if keep[a * B + b] else 0, for 3-D (A, L, B) strided views
+    whose last dim is the groups' innermost index and has unit stride: channels_last spatial
+    dropout as (N, H*W, C). Each row of B elements takes its keep flags from one contiguous run of
+    the mask, so the loop vectorizes (`apply_group_mask` would walk each group a stride apart)."""
+    nl = x.shape[1]
+    nb = x.shape[2]
+    zero = x.dtype.type(0)
+    for r in numba.prange(x.shape[0] * nl):
+        a = r // nl
+        xr = x[a, r - a * nl]
+        orow = out[a, r - a * nl]
+        kr = keep[a * nb:(a + 1) * nb]
+        for k in range(nb):
+            y = _scaled(xr[k], scale)  # then selected, as in _dropout_chunk
+            orow[k] = y if kr[k] else zero
+
+
 # The serial twins the launchers pick below their thresholds (fastdrop/_cpu.py, fastdrop/mask.py):
 # the per-channel masks of spatial dropout and the masks of small calls are a few thousand elements.
 keep_mask_serial = keep_mask.serial
 dropout_tiled_serial = dropout_tiled.serial
 apply_group_mask_serial = apply_group_mask.serial
+apply_group_mask_inner_serial = apply_group_mask_inner.serial
 dropout_groups_flat_serial = dropout_groups_flat.serial

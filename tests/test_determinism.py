@@ -111,9 +111,12 @@ def parallel_workload():
     out["keep_mask"] = fastdrop.dropout_mask((3, small // 3 + 1), 0.25, SEED, OFFSET)
     x4 = rng.standard_normal((8, 33, SMALL // 264 + 1))  # the grouped kernels' threshold is dropout_flat's
     out["dropout_groups_flat"] = fastdrop.dropout2d(x4, 0.5, seed=SEED, offset=OFFSET)
-    # a permuted layout (channels_last-like): the keep mask, then the strided apply
+    # channels_last-like (C innermost): the keep mask, then rows of C with contiguous keep flags
     x4_cl = np.ascontiguousarray(x4.transpose(0, 2, 1)).transpose(0, 2, 1)
-    out["keep_mask + apply_group_mask"] = fastdrop.dropout2d(x4_cl, 0.5, seed=SEED, offset=OFFSET)
+    out["keep_mask + apply_group_mask_inner"] = fastdrop.dropout2d(x4_cl, 0.5, seed=SEED, offset=OFFSET)
+    # C outermost: the keep mask, then the strided apply
+    x4_cn = np.ascontiguousarray(x4.transpose(1, 0, 2)).transpose(1, 0, 2)
+    out["keep_mask + apply_group_mask"] = fastdrop.dropout2d(x4_cn, 0.5, seed=SEED, offset=OFFSET)
     ctr = rng.integers(0, 2**32, (small // 4 + 1, 4), dtype=np.uint64)
     out["philox4x32_array"] = fastdrop.philox4x32(ctr, [SEED & 0xFFFFFFFF, SEED >> 32])
     w = rng.standard_normal((515, 257), np.float32)

@@ -26,8 +26,8 @@ BIG_MASK = config.DENSE_PARALLEL_MIN  # dense layers' masks run on the pool from
 # The parallel kernels `_ops` reaches through the public API (a kernel the API no longer calls,
 # such as linear_cpu.mask_pair once the dense layers mask with dropout_cpu's kernels, is not listed).
 REACHED = {"keep_mask", "dropout_flat", "dropout_strided", "dropout_tiled", "apply_group_mask",
-           "dropout_groups_flat", "philox4x32_array", "dropconnect_sample_fwd", "dropconnect_sample_bwd", "dropout_samples", "dropout_pair",
-           "max_norm_rows", "max_norm_cols"}
+           "apply_group_mask_inner", "dropout_groups_flat", "philox4x32_array", "dropconnect_sample_fwd",
+           "dropconnect_sample_bwd", "dropout_samples", "dropout_pair", "max_norm_rows", "max_norm_cols"}
 
 
 def _ops(seed):
@@ -59,6 +59,8 @@ def _ops(seed):
         out["dropout3d"] = fastdrop.dropout3d(f32(2, 3, 2, 3, 4), 0.5, seed=seed + 7)
         channels_last = torch.from_numpy(f32(2, 3, 4, 5)).contiguous(memory_format=torch.channels_last)
         out["dropout2d_channels_last"] = fastdrop.dropout2d(channels_last, 0.5, seed=seed + 6).numpy()
+        c_major = np.ascontiguousarray(f32(2, 3, 4, 5).transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+        out["dropout2d_c_major"] = fastdrop.dropout2d(c_major, 0.5, seed=seed + 6)  # apply_group_mask
         out["dropout_mask"] = fastdrop.dropout_mask((8, 8), 0.5, seed + 8)
         out["philox4x32"] = fastdrop.philox4x32(rng.integers(0, 2**32, (16, 4), dtype=np.uint32),
                                                 [seed, 7])

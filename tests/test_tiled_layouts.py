@@ -116,3 +116,61 @@ def test_torch_channels_last_forward_and_backward(dtype, h):
     assert torch.equal(y, want)
     (gx,) = torch.autograd.grad(y, x, g)
     assert torch.equal(gx, torch.where(keep, (g.to(wide) * scale).to(dtype), torch.zeros((), dtype=dtype)))
+
+
+# ---- spatial dropout / DropPath with the last group dim innermost (apply_group_mask_inner) ----
+
+def _grouped_reference(x, group_ndim, p=P, seed=SEED, offset=OFFSET):
+    keep = mask(x.shape[:group_ndim], p, seed, offset).reshape(x.shape[:group_ndim] + (1,) * (x.ndim - group_ndim))
+    wide = np.float32 if x.dtype == np.float16 else x.dtype.type
+    y = (x.astype(wide) * wide(1 / (1 - p))).astype(x.dtype)
+    return np.where(keep, y, x.dtype.type(0))
+
+
+def _grouped_layouts(dtype):
+    """(name, fn, array, group_ndim): the last group dim has unit stride."""
+    rng = np.random.default_rng(11)
+    cl3d = np.ascontiguousarray(rng.standard_normal((2, 3, 4, 5, 7)).astype(dtype)).transpose(0, 4, 1, 2, 3)
+    batch_inner = np.ascontiguousarray(rng.standard_normal((6, 5, 9)).astype(dtype)).transpose(2, 0, 1)
+    return [
+        ("dropout2d channels_last", fastdrop.dropout2d, _channels_last(rng, (3, 70, 5, 6), dtype), 2),
+        ("dropout2d channels_last big", fastdrop.dropout2d,
+         _channels_last(rng, (4, 64, 24, CPU_PARALLEL_MIN // 6144 + 1), dtype), 2),
+        ("dropout3d channels_last_3d", fastdrop.dropout3d, cl3d, 2),
+        ("drop_path batch innermost", fastdrop.drop_path, batch_inner, 1),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("inplace", [False, True])
+def test_grouped_inner_layouts_match_the_contract(dtype, case, inplace, monkeypatch):
+    name, fn, x, group_ndim = _grouped_layouts(dtype)[case]
+    assert _cpu._inner_group_views(x, x, group_ndim) is not None, name
+    want = _grouped_reference(x, group_ndim)
+    calls = []
+    for kname in ("apply_group_mask_inner", "apply_group_mask_inner_serial"):
+        kernel = getattr(dropout_cpu, kname)
+        monkeypatch.setattr(dropout_cpu, kname,
+                            lambda *a, _k=kernel, _n=kname: (calls.append(_n), _k(*a))[1])
+    y = fn(x, P, seed=SEED, offset=OFFSET, inplace=inplace)
+    assert calls, f"{name}: the inner-group kernel did not run"
+    assert (y is x) == inplace
+    np.testing.assert_array_equal(y, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_dropout2d_channels_last_forward_and_backward(dtype):
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.standard_normal((3, 70, 5, 6))).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    g = torch.from_numpy(rng.standard_normal(tuple(x.shape))).to(dtype).contiguous(
+        memory_format=torch.channels_last)
+    y = fastdrop.dropout2d(x, P, seed=SEED, offset=OFFSET)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    keep = torch.from_numpy(mask((3, 70), P, SEED, OFFSET))[:, :, None, None]
+    wide = torch.float32 if dtype == torch.bfloat16 else dtype
+    zero = torch.zeros((), dtype=dtype)
+    assert torch.equal(y, torch.where(keep, (x.detach().to(wide) * (1 / (1 - P))).to(dtype), zero))
+    (gx,) = torch.autograd.grad(y, x, g)
+    assert torch.equal(gx, torch.where(keep, (g.to(wide) * (1 / (1 - P))).to(dtype), zero))
