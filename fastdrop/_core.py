@@ -28,7 +28,7 @@ from ._alloc import empty_like
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, check_array, check_companions,
                       check_out, check_p, check_u64, check_writable)
 from .kernels import dropout_cpu
-from .kernels.mask_pair_cpu import dropout_pair
+from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial
 from .kernels.config import CPU_PARALLEL_MIN
 from .kernels.philox import kernel_rng_args
 
@@ -256,17 +256,17 @@ class TorchBackend:
     @classmethod
     def mask_pair(cls, a, b, rng, parallel_min=None):
         """(mask(a), mask(b)) for two tensors of one shape: one Philox pass for both on the CPU
-        (parallel; below parallel_min elements two serial passes)."""
+        (on Numba's pool from parallel_min elements, below it on the calling thread)."""
         import torch
         if a.is_cuda or a.shape != b.shape or a.dtype != b.dtype or \
-                a.dtype not in (torch.float32, torch.float64) or \
-                a.numel() < (CPU_PARALLEL_MIN if parallel_min is None else parallel_min):
+                a.dtype not in (torch.float32, torch.float64):
             return cls.mask(a, rng, parallel_min=parallel_min), cls.mask(b, rng, parallel_min=parallel_min)
         a, b = a.detach().contiguous(), b.detach().resolve_neg().contiguous()
         oa, ob = torch.empty_like(a), torch.empty_like(b)
-        dropout_pair(a.numpy().reshape(-1), b.numpy().reshape(-1), oa.numpy().reshape(-1),
-                     ob.numpy().reshape(-1), *kernel_rng_args(_seed_int(rng.seed), rng.offset & MAX_U64, rng.p),
-                     a.numpy().dtype.type(rng.scale))
+        big = a.numel() >= (CPU_PARALLEL_MIN if parallel_min is None else parallel_min)
+        kernel = dropout_pair if big else dropout_pair_serial
+        kernel(a.numpy().reshape(-1), b.numpy().reshape(-1), oa.numpy().reshape(-1), ob.numpy().reshape(-1),
+               *kernel_rng_args(_seed_int(rng.seed), rng.offset & MAX_U64, rng.p), a.numpy().dtype.type(rng.scale))
         return oa, ob
 
     @staticmethod

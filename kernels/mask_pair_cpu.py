@@ -27,3 +27,6 @@ def dropout_pair(x1, x2, out1, out2, key_lo, key_hi, off_lo, off_hi, thr, scale)
             keep = np.uint32(buf[k]) < thr
             o1[k] = a1[k] * scale if keep else zero
             o2[k] = a2[k] * scale if keep else zero
+
+
+dropout_pair_serial = dropout_pair.serial  # below the launchers' thresholds: the calling thread
