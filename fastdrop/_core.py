@@ -266,7 +266,8 @@ class TorchBackend:
         big = a.numel() >= (CPU_PARALLEL_MIN if parallel_min is None else parallel_min)
         kernel = dropout_pair if big else dropout_pair_serial
         kernel(a.numpy().reshape(-1), b.numpy().reshape(-1), oa.numpy().reshape(-1), ob.numpy().reshape(-1),
-               *kernel_rng_args(_seed_int(rng.seed), rng.offset & MAX_U64, rng.p), a.numpy().dtype.type(rng.scale))
+               *kernel_rng_args(_seed_int(rng.seed), rng.offset & MAX_U64, rng.p),
+               a.numpy().dtype.type(rng.scale))
         return oa, ob
 
     @staticmethod

@@ -39,7 +39,7 @@ from .philox import HALF_MASK, LANES, SHIFT16, philox_block_cpu
 
 CHUNK = LANES * CPU_BLOCKS_PER_CHUNK  # elements (16-bit mask words) per scratch buffer
 # `dropout_tiled`'s tile: 64 unit-stride elements (a 256-byte run of float32) by 128 along the
-# logical last dim; its transposed words take 16 KiB of L1.
+# logical last dim; its words, in transposed order, take 18 KiB of L1.
 TILED_A = 64
 TILED_L = 128
 
@@ -190,13 +190,12 @@ def _prefetch_intrinsic(for_write):
             aryty = sig.args[0]
             ary = ctx.make_array(aryty)(ctx, builder, args[0])
             ptr = cgutils.get_item_pointer(ctx, builder, aryty, ary, [args[1]], wraparound=False)
-            i32 = ir.IntType(32)
+            i8p, i32 = ir.PointerType(ir.IntType(8)), ir.IntType(32)
             fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [ir.PointerType(ir.IntType(8)), i32, i32, i32]),
-                "llvm.prefetch.p0i8")
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
             # (address, rw, locality 3 = keep in all levels, cache type 1 = data)
-            builder.call(fn, [builder.bitcast(ptr, ir.PointerType(ir.IntType(8))),
-                              ir.Constant(i32, int(for_write)), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, int(for_write)),
+                              ir.Constant(i32, 3), ir.Constant(i32, 1)])
             return ctx.get_dummy_value()
         return types.void(a, i), codegen
     typer.__name__ = "prefetch_write" if for_write else "prefetch_read"
@@ -393,10 +392,11 @@ def dropout_tiled(xb, x_strides, ob, o_strides, shape, a, key_lo, key_hi, off_lo
 
     There the mask words of a logical row are consecutive while the row's elements lie a stride
     apart in memory, so walking rows touches one cache line per element. Here the work goes by
-    tiles of TILED_A x TILED_L elements (indices along a and l, the other dims fixed): the words of
-    each row segment of the tile are generated in bulk and stored transposed in an L1 buffer, then
-    the tile is walked in memory order, TILED_A unit-stride elements at a time. xb / ob are 1-D
-    views of the memory spans, strides in elements (positive), shape the logical shape.
+    tiles of TILED_A x TILED_L elements (indices along a and l, the other dims fixed): the tile's
+    words go into an L1 buffer in transposed order (vectorized across rows when the rows are whole
+    Philox blocks apart, else row by row and scattered), then the tile is walked in memory order,
+    TILED_A unit-stride elements at a time (docs/cpu_kernels.md). xb / ob are 1-D views of the
+    memory spans, strides in elements (positive), shape the logical shape.
     """
     nd = shape.size
     l = nd - 1
@@ -442,12 +442,14 @@ def dropout_tiled(xb, x_strides, ob, o_strides, shape, a, key_lo, key_hi, off_lo
         # words[(il + shift) * TILED_A + ia]: the mask word of tile element (ia, il)
         words = np.empty(TILED_A * (TILED_L + 2 * LANES), np.uint16)
         first = lo + a0 * lstride_a + l0  # logical index of tile element (0, 0)
+        xr0 = xo + l0 * xsl + a0  # memory offsets of tile element (0, 0)
+        or0 = oo + l0 * osl + a0
         if lstride_a % LANES == 0:
-            shift = _tile_words_by_rows(words, first, lstride_a // LANES, ta, tl, xb, ob, xo + l0 * xsl + a0,
-                                        oo + l0 * osl + a0, xsl, osl, line, off_lo, off_hi, key_lo, key_hi)
+            shift = _tile_words_by_rows(words, first, lstride_a // LANES, ta, tl, xb, ob, xr0, or0,
+                                        xsl, osl, line, off_lo, off_hi, key_lo, key_hi)
         else:
-            shift = _tile_words_transposed(words, first, lstride_a, ta, tl, xb, ob, xo + l0 * xsl + a0,
-                                           oo + l0 * osl + a0, xsl, osl, line, off_lo, off_hi, key_lo, key_hi)
+            shift = _tile_words_transposed(words, first, lstride_a, ta, tl, xb, ob, xr0, or0,
+                                           xsl, osl, line, off_lo, off_hi, key_lo, key_hi)
         for il in range(tl):
             xr = xo + (l0 + il) * xsl + a0
             orow = oo + (l0 + il) * osl + a0
