@@ -25,6 +25,10 @@ def span_view(a):
     return np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(a.itemsize,)), strides
 
 
+def _data_address(a):
+    return a.__array_interface__["data"][0]
+
+
 def _positive_strides(a):
     return all(s >= 0 for s in a.strides)
 
@@ -68,7 +72,12 @@ def _dropout_views(x, out, args, scale, parallel_min=None):
     if parallel_min is None:
         parallel_min = CPU_PARALLEL_MIN  # looked up per call (tests raise it)
     if x.flags.c_contiguous and out.flags.c_contiguous:
-        kernel = dropout_cpu.dropout_flat if x.size >= parallel_min else dropout_cpu.dropout_flat_serial
+        big = x.size >= parallel_min
+        if _data_address(x) == _data_address(out):  # in place
+            kernel = dropout_cpu.dropout_flat_inplace if big else dropout_cpu.dropout_flat_inplace_serial
+            kernel(x.reshape(-1), *args, scale)
+            return
+        kernel = dropout_cpu.dropout_flat if big else dropout_cpu.dropout_flat_serial
         kernel(x.reshape(-1), out.reshape(-1), *args, scale)
         return
     if not _positive_strides(x):

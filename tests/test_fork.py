@@ -25,9 +25,10 @@ BIG = config.CPU_PARALLEL_MIN * 2  # elements: above the elementwise parallel th
 BIG_MASK = config.DENSE_PARALLEL_MIN  # dense layers' masks run on the pool from here
 # The parallel kernels `_ops` reaches through the public API (a kernel the API no longer calls,
 # such as linear_cpu.mask_pair once the dense layers mask with dropout_cpu's kernels, is not listed).
-REACHED = {"keep_mask", "dropout_flat", "dropout_strided", "dropout_tiled", "apply_group_mask",
-           "apply_group_mask_inner", "dropout_groups_flat", "philox4x32_array", "dropconnect_sample_fwd",
-           "dropconnect_sample_bwd", "dropout_samples", "dropout_pair", "max_norm_rows", "max_norm_cols"}
+REACHED = {"keep_mask", "dropout_flat", "dropout_flat_inplace", "dropout_strided", "dropout_tiled",
+           "apply_group_mask", "apply_group_mask_inner", "dropout_groups_flat", "philox4x32_array",
+           "dropconnect_sample_fwd", "dropconnect_sample_bwd", "dropout_samples", "dropout_pair",
+           "max_norm_rows", "max_norm_cols"}
 
 
 def _ops(seed):
@@ -48,6 +49,7 @@ def _ops(seed):
         out["dropout_channels_last_big"] = fastdrop.dropout(torch.from_numpy(
             f32(2, 64, 32, BIG // 4096)).contiguous(memory_format=torch.channels_last), 0.3, seed=seed + 1).numpy()
         out["dropout_big"] = fastdrop.dropout(f32(BIG // 256, 256), 0.5, seed=seed + 2)
+        out["dropout_big_inplace"] = fastdrop.dropout(f32(BIG // 256, 256), 0.5, seed=seed + 2, inplace=True)
         big = torch.from_numpy(f32(BIG // 256, 256)).requires_grad_()
         y = fastdrop.dropout(big, 0.2, seed=seed + 3)
         y.backward(torch.ones_like(y))

@@ -70,3 +70,29 @@ def test_samples_kernel_large(kernel, broadcast):
     kernel(x, out, offsets & np.uint64(0xFFFFFFFF), offsets >> np.uint64(32), key_lo, key_hi, thr, np.float32(2.0))
     for t, off in enumerate(offsets.tolist()):
         np.testing.assert_array_equal(out[t], _expected(x[t], mask((row.size,), P, SEED, off), 2.0))
+
+
+@pytest.mark.parametrize("n", [1000, CPU_PREFETCH_MIN_BYTES // 4 + 13])  # serial; parallel, prefetching
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_inplace_contiguous_takes_the_one_array_kernel(n, kind, monkeypatch):
+    """In place on contiguous data runs dropout_flat_inplace (a loop over one array, which
+    vectorizes; out = x through dropout_flat's two arrays falls to LLVM's scalar loop) and gives
+    the out-of-place bits."""
+    from fastdrop.kernels import dropout_cpu
+    calls = []
+    for name in ("dropout_flat_inplace", "dropout_flat_inplace_serial"):
+        kernel = getattr(dropout_cpu, name)
+        monkeypatch.setattr(dropout_cpu, name, lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
+    x = np.random.default_rng(4).standard_normal(n).astype(np.float32)
+    want = fastdrop.dropout(x, P, seed=SEED, offset=9)
+    if kind == "torch":
+        torch = pytest.importorskip("torch")
+        t = torch.from_numpy(x.copy())
+        y = fastdrop.dropout(t, P, seed=SEED, offset=9, inplace=True)
+        assert y is t
+        got = t.numpy()
+    else:
+        got = x.copy()
+        assert fastdrop.dropout(got, P, seed=SEED, offset=9, inplace=True) is got
+    assert calls, "the in-place kernel did not run"
+    np.testing.assert_array_equal(got, want)
