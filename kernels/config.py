@@ -130,6 +130,11 @@ CPU_PREFETCH_GROUP = 16 * 8
 # 256x1024 float32 on 2 threads ran 77 -> 93 us with them, nn.Dropout fwd+bwd at 1024x1024 +4%,
 # at 2048x1024 (8 MiB) even, from 4096x1024 on 12-20% faster.
 CPU_PREFETCH_MIN_BYTES = 8 << 20
+# `dropout_tiled`'s tile (permuted layouts: channels_last, transposed): 64 unit-stride elements (a
+# 256-byte run of float32) by 128 along the logical last dim; its words, in transposed order, take
+# 18 KiB of L1 (docs/cpu_kernels.md).
+TILED_A = 64
+TILED_L = 128
 
 # Elementwise dropout below this many elements runs on the calling thread. Alone, the parallel
 # kernel wins even at 32K float32 elements (8 vs 11 us); but in a training loop every call follows

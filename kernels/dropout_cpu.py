@@ -34,14 +34,11 @@ from llvmlite import binding as llvm_binding, ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic, overload
 
-from .config import CPU_BLOCKS_PER_CHUNK, CPU_PREFETCH_GROUP, CPU_PREFETCH_MIN_BYTES, JIT_OPTIONS, cpu_kernel
+from .config import (CPU_BLOCKS_PER_CHUNK, CPU_PREFETCH_GROUP, CPU_PREFETCH_MIN_BYTES, JIT_OPTIONS, TILED_A,
+                     TILED_L, cpu_kernel)
 from .philox import HALF_MASK, LANES, SHIFT16, philox_block_cpu
 
 CHUNK = LANES * CPU_BLOCKS_PER_CHUNK  # elements (16-bit mask words) per scratch buffer
-# `dropout_tiled`'s tile: 64 unit-stride elements (a 256-byte run of float32) by 128 along the
-# logical last dim; its words, in transposed order, take 18 KiB of L1.
-TILED_A = 64
-TILED_L = 128
 
 
 @intrinsic
