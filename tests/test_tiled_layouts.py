@@ -1,8 +1,9 @@
-"""Permuted layouts (channels_last, transposed matrices, other permuted views) take the tiled
-kernel (kernels.dropout_cpu.dropout_tiled): tiles walked in memory order, their mask words
-in transposed order in a buffer. These check it against the contract's mask over tile tails in both tile
-dims, dtypes, in place, serial and parallel, numpy and torch, forward and backward, and that the
-layouts it is meant for do take it."""
+"""Permuted layouts: elementwise dropout on channels_last, transposed and other permuted views
+takes the tiled kernel (kernels.dropout_cpu.dropout_tiled: tiles walked in memory order, their
+mask words in transposed order in a buffer); spatial dropout / DropPath whose last group dim is
+innermost takes apply_group_mask_inner. Checked against the contract's mask over tile tails in
+both tile dims, both ways of making a tile's words, dtypes, in place, serial and parallel, numpy
+and torch, forward and backward, and that the layouts they are meant for do take them."""
 import numpy as np
 import pytest
 import torch
@@ -36,19 +37,39 @@ def _layouts(dtype):
     starting mid-block, serial and parallel sizes."""
     rng = np.random.default_rng(7)
     a_tail = TILED_A + 6
+    big_w = CPU_PARALLEL_MIN // 2048
+
+    def normal(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    def cl(*shape):
+        return _channels_last(rng, shape, dtype)
+
+    def transposed(rows, cols):
+        return np.ascontiguousarray(normal(rows, cols)).T
+
     return [
         # row starts at different lanes of their blocks: words per row, scattered
-        ("channels_last", _channels_last(rng, (2, a_tail, 3, TILED_L + 5), dtype), 1, False),
-        ("channels_last_small", _channels_last(rng, (3, 5, 2, 7), dtype), 1, False),
-        ("channels_last_big", _channels_last(rng, (2, 64, 33, CPU_PARALLEL_MIN // 2048 + 3), dtype), 1, False),
-        ("transposed", np.ascontiguousarray(rng.standard_normal((TILED_L + 5, a_tail)).astype(dtype)).T, 0, False),
-        ("permuted_3d", rng.standard_normal((9, 4, 2 * TILED_A + 1)).astype(dtype).transpose(2, 0, 1), 0, False),
+        ("channels_last", cl(2, a_tail, 3, TILED_L + 5), 1, False),
+        ("channels_last_small", cl(3, 5, 2, 7), 1, False),
+        ("channels_last_big", cl(2, 64, 33, big_w + 3), 1, False),
+        ("transposed", transposed(TILED_L + 5, a_tail), 0, False),
+        ("permuted_3d", normal(9, 4, 2 * TILED_A + 1).transpose(2, 0, 1), 0, False),
         # rows a multiple of 8 elements apart: Philox vectorized across rows (odd h: shift 4)
-        ("channels_last_rows", _channels_last(rng, (2, a_tail, 2, TILED_L + 4), dtype), 1, True),
-        ("channels_last_rows_big", _channels_last(rng, (2, 64, 32, CPU_PARALLEL_MIN // 2048 + 8), dtype), 1, True),
-        ("transposed_rows", np.ascontiguousarray(rng.standard_normal((TILED_L + 8, a_tail)).astype(dtype)).T, 0, True),
-        ("permuted_4d_rows", rng.standard_normal((6, 5, 4, 3)).astype(dtype).transpose(1, 3, 0, 2), 1, True),
+        ("channels_last_rows", cl(2, a_tail, 2, TILED_L + 4), 1, True),
+        ("channels_last_rows_big", cl(2, 64, 32, big_w + 8), 1, True),
+        ("transposed_rows", transposed(TILED_L + 8, a_tail), 0, True),
+        ("permuted_4d_rows", normal(6, 5, 4, 3).transpose(1, 3, 0, 2), 1, True),
     ]
+
+
+def _spy(monkeypatch, *names):
+    """Wrap the named kernels of dropout_cpu so that their calls are recorded (the list returned)."""
+    calls = []
+    for name in names:
+        kernel = getattr(dropout_cpu, name)
+        monkeypatch.setattr(dropout_cpu, name, lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
+    return calls
 
 
 def _rows_apart_whole_blocks(x, a):
@@ -57,11 +78,13 @@ def _rows_apart_whole_blocks(x, a):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("case", range(9))
-def test_numpy_permuted_layouts_match_the_contract(dtype, case):
+def test_numpy_permuted_layouts_match_the_contract(dtype, case, monkeypatch):
     name, x, a, by_rows = _layouts(dtype)[case]
     assert _cpu._unit_stride_dim(x, np.empty_like(x)) == a, name
     assert _rows_apart_whole_blocks(x, a) == by_rows, name
+    calls = _spy(monkeypatch, "dropout_tiled", "dropout_tiled_serial")
     y = fastdrop.dropout(x, P, seed=SEED, offset=OFFSET)
+    assert calls, f"{name}: the tiled kernel did not run"
     assert y.strides == x.strides  # numpy's empty_like keeps the layout
     np.testing.assert_array_equal(y, _reference(x))
 
@@ -121,7 +144,8 @@ def test_torch_channels_last_forward_and_backward(dtype, h):
 # ---- spatial dropout / DropPath with the last group dim innermost (apply_group_mask_inner) ----
 
 def _grouped_reference(x, group_ndim, p=P, seed=SEED, offset=OFFSET):
-    keep = mask(x.shape[:group_ndim], p, seed, offset).reshape(x.shape[:group_ndim] + (1,) * (x.ndim - group_ndim))
+    lead = x.shape[:group_ndim]
+    keep = mask(lead, p, seed, offset).reshape(lead + (1,) * (x.ndim - group_ndim))
     wide = np.float32 if x.dtype == np.float16 else x.dtype.type
     y = (x.astype(wide) * wide(1 / (1 - p))).astype(x.dtype)
     return np.where(keep, y, x.dtype.type(0))
@@ -148,11 +172,7 @@ def test_grouped_inner_layouts_match_the_contract(dtype, case, inplace, monkeypa
     name, fn, x, group_ndim = _grouped_layouts(dtype)[case]
     assert _cpu._inner_group_views(x, x, group_ndim) is not None, name
     want = _grouped_reference(x, group_ndim)
-    calls = []
-    for kname in ("apply_group_mask_inner", "apply_group_mask_inner_serial"):
-        kernel = getattr(dropout_cpu, kname)
-        monkeypatch.setattr(dropout_cpu, kname,
-                            lambda *a, _k=kernel, _n=kname: (calls.append(_n), _k(*a))[1])
+    calls = _spy(monkeypatch, "apply_group_mask_inner", "apply_group_mask_inner_serial")
     y = fn(x, P, seed=SEED, offset=OFFSET, inplace=inplace)
     assert calls, f"{name}: the inner-group kernel did not run"
     assert (y is x) == inplace
