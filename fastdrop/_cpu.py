@@ -87,6 +87,9 @@ def _dropout_views(x, out, args, scale, parallel_min=None):
         _dropout_views(x, tmp, args, scale, parallel_min)
         out[...] = tmp
         return
+    ones = tuple(d for d in range(x.ndim) if x.shape[d] == 1)
+    if ones:  # size-1 dims change no logical index: without them the layout is plain to see
+        x, out = np.squeeze(x, ones), np.squeeze(out, ones)  # (e.g. channels_last with W = 1)
     if x.ndim == 0:
         x, out = x.reshape(1), out.reshape(1)
     a = _unit_stride_dim(x, out)
@@ -105,7 +108,8 @@ def _dropout_views(x, out, args, scale, parallel_min=None):
 def _unit_stride_dim(x, out):
     """The dim `dropout_tiled` walks memory along: one of size > 1 with unit stride in both x and
     out, other than the last dim (the strided kernel's rows are contiguous there); None if none
-    (or the last dim has size 1, where rows are single elements and nothing is gained)."""
+    or if the last dim has size 1 (rows of one element: nothing to tile; _dropout_views drops
+    size-1 dims first)."""
     if x.ndim < 2 or x.shape[-1] == 1:
         return None
     item = x.itemsize

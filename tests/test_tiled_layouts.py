@@ -60,6 +60,9 @@ def _layouts(dtype):
         ("channels_last_rows_big", cl(2, 64, 32, big_w + 8), 1, True),
         ("transposed_rows", transposed(TILED_L + 8, a_tail), 0, True),
         ("permuted_4d_rows", normal(6, 5, 4, 3).transpose(1, 3, 0, 2), 1, True),
+        # size-1 dims (W = 1, and one in the middle): dropped before the layout is read
+        ("channels_last_w1", cl(2, a_tail, 5, 1), 1, False),
+        ("channels_last_h1", cl(2, a_tail, 1, TILED_L + 5), 1, False),
     ]
 
 
@@ -77,11 +80,12 @@ def _rows_apart_whole_blocks(x, a):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(11))
 def test_numpy_permuted_layouts_match_the_contract(dtype, case, monkeypatch):
     name, x, a, by_rows = _layouts(dtype)[case]
-    assert _cpu._unit_stride_dim(x, np.empty_like(x)) == a, name
-    assert _rows_apart_whole_blocks(x, a) == by_rows, name
+    squeezed = np.squeeze(x, tuple(d for d in range(x.ndim) if x.shape[d] == 1))
+    assert _cpu._unit_stride_dim(squeezed, np.empty_like(squeezed)) == a, name
+    assert _rows_apart_whole_blocks(squeezed, a) == by_rows, name
     calls = _spy(monkeypatch, "dropout_tiled", "dropout_tiled_serial")
     y = fastdrop.dropout(x, P, seed=SEED, offset=OFFSET)
     assert calls, f"{name}: the tiled kernel did not run"
@@ -89,7 +93,7 @@ def test_numpy_permuted_layouts_match_the_contract(dtype, case, monkeypatch):
     np.testing.assert_array_equal(y, _reference(x))
 
 
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(11))
 def test_numpy_permuted_inplace(case):
     name, x, _, _ = _layouts(np.float32)[case]
     want = _reference(x)
