@@ -198,3 +198,51 @@ def test_torch_dropout2d_channels_last_forward_and_backward(dtype):
     assert torch.equal(y, torch.where(keep, (x.detach().to(wide) * (1 / (1 - P))).to(dtype), zero))
     (gx,) = torch.autograd.grad(y, x, g)
     assert torch.equal(gx, torch.where(keep, (g.to(wide) * (1 / (1 - P))).to(dtype), zero))
+
+
+# ---- random layouts: every kernel choice against the contract ------------------------------------
+
+def _random_layout(rng, base):
+    """base's values under a random memory order (a permuted copy viewed back), sometimes sliced
+    with steps: the launchers then pick the flat, tiled, strided, grouped or inner-group kernel."""
+    perm = tuple(int(d) for d in rng.permutation(base.ndim))
+    x = np.ascontiguousarray(base.transpose(perm)).transpose(np.argsort(perm))
+    if rng.random() < 0.3:
+        x = x[tuple(slice(None, None, int(rng.integers(1, 3))) for _ in range(x.ndim))]
+    return x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_random_layouts_elementwise(dtype):
+    rng = np.random.default_rng(123)
+    for _ in range(60):
+        shape = tuple(int(s) for s in rng.integers(1, 40, int(rng.integers(1, 5))))
+        x = _random_layout(rng, rng.standard_normal(shape).astype(dtype))
+        p = float(rng.choice([0.1, 0.5, 0.9]))
+        seed, offset = int(rng.integers(0, 2**63)), int(rng.integers(0, 999))
+        inplace = bool(rng.random() < 0.3)
+        want = _reference(x.copy(), p, seed, offset)
+        y = fastdrop.dropout(x, p, seed=seed, offset=offset, inplace=inplace)
+        assert (y is x) == inplace
+        np.testing.assert_array_equal(y, want, err_msg=f"shape {shape}, strides {x.strides}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_random_layouts_grouped(dtype):
+    rng = np.random.default_rng(7)
+    fns = {3: fastdrop.dropout1d, 4: fastdrop.dropout2d, 5: fastdrop.dropout3d}
+    for trial in range(60):
+        nd = int(rng.integers(3, 6))
+        shape = tuple(int(s) for s in rng.integers(1, 20, nd))
+        fn, group_ndim = (fastdrop.drop_path, 1) if trial % 4 == 0 else (fns[nd], 2)
+        perm = [int(d) for d in rng.permutation(nd)]
+        x = torch.randn(*[shape[d] for d in perm]).to(dtype).permute(*np.argsort(perm).tolist())
+        p, seed, offset = float(rng.choice([0.2, 0.5])), int(rng.integers(0, 2**63)), int(rng.integers(0, 99))
+        inplace = bool(rng.random() < 0.25)
+        src = x.clone()
+        y = fn(x, p, seed=seed, offset=offset, inplace=inplace)
+        lead = shape[:group_ndim]
+        keep = torch.from_numpy(mask(lead, p, seed, offset)).reshape(lead + (1,) * (nd - group_ndim))
+        wide = torch.float32 if dtype == torch.bfloat16 else dtype
+        want = torch.where(keep, (src.to(wide) * (1 / (1 - p))).to(dtype), torch.zeros((), dtype=dtype))
+        assert torch.equal(y, want), f"{fn.__name__} shape {shape} perm {perm} inplace {inplace}"
