@@ -25,3 +25,10 @@ def block_halves(block, offset, seed):
     """The eight 16-bit mask words of one block (elements 8 * block .. 8 * block + 7)."""
     w = block_words(block, offset, seed).astype(np.uint32)
     return np.stack([w & 0xFFFF, w >> 16], -1).reshape(-1).astype(np.uint16)
+
+
+def apply(x, keep, scale):
+    """where(keep, x * scale, 0) as the kernels compute it: in x's dtype, float16 through float32
+    and rounded once; keep broadcasts against x."""
+    wide = np.float32 if x.dtype == np.float16 else x.dtype.type
+    return np.where(keep, (x.astype(wide) * wide(scale)).astype(x.dtype), x.dtype.type(0))

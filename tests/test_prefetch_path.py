@@ -12,7 +12,7 @@ from fastdrop.kernels.mask_pair_cpu import dropout_pair
 from fastdrop.kernels.mc_dropout_cpu import dropout_samples, dropout_samples_serial
 from fastdrop.kernels.philox import kernel_rng_args
 
-from contract import mask
+from contract import apply, mask
 
 SEED, P = 987654321, 0.3
 
@@ -24,17 +24,11 @@ def _large(dtype, rng):
     return rng.standard_normal(n).astype(dtype)
 
 
-def _expected(x, keep, scale):
-    """x * scale in x's dtype (float16: in float32, rounded once) where kept, else 0."""
-    wide = np.float32 if x.dtype == np.float16 else x.dtype.type
-    return np.where(keep, (x.astype(wide) * wide(scale)).astype(x.dtype), x.dtype.type(0))
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("inplace", [False, True])
 def test_dropout_large_matches_contract(dtype, inplace):
     x = _large(dtype, np.random.default_rng(0))
-    want = _expected(x, mask(x.shape, P, SEED), 1 / (1 - P))
+    want = apply(x, mask(x.shape, P, SEED), 1 / (1 - P))
     y = fastdrop.dropout(x, P, seed=SEED, inplace=inplace)
     assert (y is x) == inplace
     np.testing.assert_array_equal(y, want)
@@ -45,7 +39,7 @@ def test_flat_kernel_twins_large(kernel):
     x = _large(np.float32, np.random.default_rng(1))
     out = np.full_like(x, np.nan)
     kernel(x, out, *kernel_rng_args(SEED, 5, P), np.float32(2.0))
-    np.testing.assert_array_equal(out, _expected(x, mask(x.shape, P, SEED, 5), 2.0))
+    np.testing.assert_array_equal(out, apply(x, mask(x.shape, P, SEED, 5), 2.0))
 
 
 def test_pair_kernel_large():
@@ -54,8 +48,8 @@ def test_pair_kernel_large():
     o1, o2 = np.full_like(x1, np.nan), np.full_like(x2, np.nan)
     dropout_pair(x1, x2, o1, o2, *kernel_rng_args(SEED, 0, P), np.float32(1.5))
     keep = mask(x1.shape, P, SEED)
-    np.testing.assert_array_equal(o1, _expected(x1, keep, 1.5))
-    np.testing.assert_array_equal(o2, _expected(x2, keep, 1.5))
+    np.testing.assert_array_equal(o1, apply(x1, keep, 1.5))
+    np.testing.assert_array_equal(o2, apply(x2, keep, 1.5))
 
 
 @pytest.mark.parametrize("kernel", [dropout_samples, dropout_samples_serial], ids=["parallel", "serial"])
@@ -69,20 +63,16 @@ def test_samples_kernel_large(kernel, broadcast):
     key_lo, key_hi, _, _, thr = kernel_rng_args(SEED, 0, P)
     kernel(x, out, offsets & np.uint64(0xFFFFFFFF), offsets >> np.uint64(32), key_lo, key_hi, thr, np.float32(2.0))
     for t, off in enumerate(offsets.tolist()):
-        np.testing.assert_array_equal(out[t], _expected(x[t], mask((row.size,), P, SEED, off), 2.0))
+        np.testing.assert_array_equal(out[t], apply(x[t], mask((row.size,), P, SEED, off), 2.0))
 
 
 @pytest.mark.parametrize("n", [1000, CPU_PREFETCH_MIN_BYTES // 4 + 13])  # serial; parallel, prefetching
 @pytest.mark.parametrize("kind", ["numpy", "torch"])
-def test_inplace_contiguous_takes_the_one_array_kernel(n, kind, monkeypatch):
+def test_inplace_contiguous_takes_the_one_array_kernel(n, kind, spy_kernels):
     """In place on contiguous data runs dropout_flat_inplace (a loop over one array, which
     vectorizes; out = x through dropout_flat's two arrays falls to LLVM's scalar loop) and gives
     the out-of-place bits."""
-    from fastdrop.kernels import dropout_cpu
-    calls = []
-    for name in ("dropout_flat_inplace", "dropout_flat_inplace_serial"):
-        kernel = getattr(dropout_cpu, name)
-        monkeypatch.setattr(dropout_cpu, name, lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
+    calls = spy_kernels("dropout_flat_inplace", "dropout_flat_inplace_serial")
     x = np.random.default_rng(4).standard_normal(n).astype(np.float32)
     want = fastdrop.dropout(x, P, seed=SEED, offset=9)
     if kind == "torch":

@@ -14,16 +14,23 @@ from fastdrop.kernels import dropout_cpu
 from fastdrop.kernels.config import CPU_PARALLEL_MIN
 from fastdrop.kernels.dropout_cpu import TILED_A, TILED_L
 
-from contract import mask
+from contract import apply, mask
 
 SEED, OFFSET, P = 2024, 11, 0.35
 
 
-def _reference(x, p=P, seed=SEED, offset=OFFSET):
-    """where(mask, x * scale, 0) in x's dtype (float16 through float32, rounded once)."""
-    wide = np.float32 if x.dtype == np.float16 else x.dtype.type
-    y = (x.astype(wide) * wide(1 / (1 - p))).astype(x.dtype)
-    return np.where(mask(x.shape, p, seed, offset), y, x.dtype.type(0))
+def _reference(x, p=P, seed=SEED, offset=OFFSET, group_ndim=None):
+    """The contract's result: one mask element per element of x, or per index of its first
+    group_ndim dims, broadcast over the rest."""
+    lead = x.shape if group_ndim is None else x.shape[:group_ndim]
+    keep = mask(lead, p, seed, offset).reshape(lead + (1,) * (x.ndim - len(lead)))
+    return apply(x, keep, 1 / (1 - p))
+
+
+def _apply_torch(t, keep, scale):
+    """torch's twin of contract.apply: bfloat16 through float32, rounded once."""
+    wide = torch.float32 if t.dtype == torch.bfloat16 else t.dtype
+    return torch.where(keep, (t.detach().to(wide) * scale).to(t.dtype), torch.zeros((), dtype=t.dtype))
 
 
 def _channels_last(rng, shape, dtype):
@@ -66,27 +73,18 @@ def _layouts(dtype):
     ]
 
 
-def _spy(monkeypatch, *names):
-    """Wrap the named kernels of dropout_cpu so that their calls are recorded (the list returned)."""
-    calls = []
-    for name in names:
-        kernel = getattr(dropout_cpu, name)
-        monkeypatch.setattr(dropout_cpu, name, lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
-    return calls
-
-
 def _rows_apart_whole_blocks(x, a):
     return int(np.prod(x.shape[a + 1:])) % 8 == 0
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("case", range(11))
-def test_numpy_permuted_layouts_match_the_contract(dtype, case, monkeypatch):
+def test_numpy_permuted_layouts_match_the_contract(dtype, case, spy_kernels):
     name, x, a, by_rows = _layouts(dtype)[case]
     squeezed = np.squeeze(x, tuple(d for d in range(x.ndim) if x.shape[d] == 1))
     assert _cpu._unit_stride_dim(squeezed, np.empty_like(squeezed)) == a, name
     assert _rows_apart_whole_blocks(squeezed, a) == by_rows, name
-    calls = _spy(monkeypatch, "dropout_tiled", "dropout_tiled_serial")
+    calls = spy_kernels("dropout_tiled", "dropout_tiled_serial")
     y = fastdrop.dropout(x, P, seed=SEED, offset=OFFSET)
     assert calls, f"{name}: the tiled kernel did not run"
     assert y.strides == x.strides  # numpy's empty_like keeps the layout
@@ -137,23 +135,12 @@ def test_torch_channels_last_forward_and_backward(dtype, h):
     y = fastdrop.dropout(x, P, seed=SEED, offset=OFFSET)
     assert y.is_contiguous(memory_format=torch.channels_last)
     keep = torch.from_numpy(mask(tuple(x.shape), P, SEED, OFFSET))
-    scale = 1 / (1 - P)
-    wide = torch.float32 if dtype == torch.bfloat16 else dtype  # bfloat16: in float32, rounded once
-    want = torch.where(keep, (x.detach().to(wide) * scale).to(dtype), torch.zeros((), dtype=dtype))
-    assert torch.equal(y, want)
+    assert torch.equal(y, _apply_torch(x, keep, 1 / (1 - P)))
     (gx,) = torch.autograd.grad(y, x, g)
-    assert torch.equal(gx, torch.where(keep, (g.to(wide) * scale).to(dtype), torch.zeros((), dtype=dtype)))
+    assert torch.equal(gx, _apply_torch(g, keep, 1 / (1 - P)))
 
 
 # ---- spatial dropout / DropPath with the last group dim innermost (apply_group_mask_inner) ----
-
-def _grouped_reference(x, group_ndim, p=P, seed=SEED, offset=OFFSET):
-    lead = x.shape[:group_ndim]
-    keep = mask(lead, p, seed, offset).reshape(lead + (1,) * (x.ndim - group_ndim))
-    wide = np.float32 if x.dtype == np.float16 else x.dtype.type
-    y = (x.astype(wide) * wide(1 / (1 - p))).astype(x.dtype)
-    return np.where(keep, y, x.dtype.type(0))
-
 
 def _grouped_layouts(dtype):
     """(name, fn, array, group_ndim): the last group dim has unit stride."""
@@ -172,11 +159,11 @@ def _grouped_layouts(dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("case", range(4))
 @pytest.mark.parametrize("inplace", [False, True])
-def test_grouped_inner_layouts_match_the_contract(dtype, case, inplace, monkeypatch):
+def test_grouped_inner_layouts_match_the_contract(dtype, case, inplace, spy_kernels):
     name, fn, x, group_ndim = _grouped_layouts(dtype)[case]
     assert _cpu._inner_group_views(x, x, group_ndim) is not None, name
-    want = _grouped_reference(x, group_ndim)
-    calls = _spy(monkeypatch, "apply_group_mask_inner", "apply_group_mask_inner_serial")
+    want = _reference(x, group_ndim=group_ndim)
+    calls = spy_kernels("apply_group_mask_inner", "apply_group_mask_inner_serial")
     y = fn(x, P, seed=SEED, offset=OFFSET, inplace=inplace)
     assert calls, f"{name}: the inner-group kernel did not run"
     assert (y is x) == inplace
@@ -193,11 +180,9 @@ def test_torch_dropout2d_channels_last_forward_and_backward(dtype):
     y = fastdrop.dropout2d(x, P, seed=SEED, offset=OFFSET)
     assert y.is_contiguous(memory_format=torch.channels_last)
     keep = torch.from_numpy(mask((3, 70), P, SEED, OFFSET))[:, :, None, None]
-    wide = torch.float32 if dtype == torch.bfloat16 else dtype
-    zero = torch.zeros((), dtype=dtype)
-    assert torch.equal(y, torch.where(keep, (x.detach().to(wide) * (1 / (1 - P))).to(dtype), zero))
+    assert torch.equal(y, _apply_torch(x, keep, 1 / (1 - P)))
     (gx,) = torch.autograd.grad(y, x, g)
-    assert torch.equal(gx, torch.where(keep, (g.to(wide) * (1 / (1 - P))).to(dtype), zero))
+    assert torch.equal(gx, _apply_torch(g, keep, 1 / (1 - P)))
 
 
 # ---- random layouts: every kernel choice against the contract ------------------------------------
@@ -243,6 +228,5 @@ def test_random_layouts_grouped(dtype):
         y = fn(x, p, seed=seed, offset=offset, inplace=inplace)
         lead = shape[:group_ndim]
         keep = torch.from_numpy(mask(lead, p, seed, offset)).reshape(lead + (1,) * (nd - group_ndim))
-        wide = torch.float32 if dtype == torch.bfloat16 else dtype
-        want = torch.where(keep, (src.to(wide) * (1 / (1 - p))).to(dtype), torch.zeros((), dtype=dtype))
+        want = _apply_torch(src, keep, 1 / (1 - p))
         assert torch.equal(y, want), f"{fn.__name__} shape {shape} perm {perm} inplace {inplace}"
