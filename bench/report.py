@@ -140,7 +140,7 @@ def machine_info():
            if k in os.environ}
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     torch.nn.functional.dropout(torch.ones(1 << 16), 0.5)  # starts torch's OpenMP pool
-    try:  # every OpenMP runtime loaded: numba's and torch's may be two different libgomp copies
+    try:  # every libgomp file mapped (two may be mapped while both libraries bind one: docs/threads.md)
         with open("/proc/self/maps") as f:
             omp = sorted({ln.split()[-1] for ln in f
                           if re.search(r"lib(g|i)?omp[^/]*\.so", ln.split()[-1])})

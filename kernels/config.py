@@ -137,14 +137,13 @@ TILED_A = 64
 TILED_L = 128
 
 # Elementwise dropout below this many elements runs on the calling thread. Alone, the parallel
-# kernel wins even at 32K float32 elements (8 vs 11 us); but in a training loop every call follows
-# torch ops whose OpenMP threads are still spinning, and Numba's pool (a second libgomp,
-# docs/threads.md) waits for the cores: the report measured 64x512 fwd at 70 us parallel vs 35 us
-# serial, interleaved with torch. From 2^17 elements the parallel work amortizes the wait.
+# kernel wins even at 32K float32 elements (8 vs 11 us); but a parallel region must first wake the
+# OpenMP team (torch's and Numba's, one runtime: docs/threads.md), ~60 us here when it has gone to
+# sleep: the report measured 64x512 fwd at 70 us parallel vs 35 us serial, interleaved with torch.
+# From 2^17 elements the parallel work amortizes the wake-up.
 CPU_PARALLEL_MIN = 1 << 17
-# The dense layers' and dropout_matmul's masks sit between torch GEMMs, whose OpenMP threads are
-# still spinning when the mask runs: there Numba's pool pays off only from 2^21 elements
-# (docs/threads.md, section 2).
+# The dense layers' and dropout_matmul's masks sit between torch GEMMs: there the parallel mask
+# paid off only from 2^21 elements (docs/threads.md, section 2).
 DENSE_PARALLEL_MIN = 1 << 21
 
 # cache=True for every CUDA kernel too: NVVM takes ~1 s per kernel specialization, in every process

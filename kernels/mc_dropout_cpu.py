@@ -40,9 +40,8 @@ def dropout_samples(x, out, off_lo, off_hi, key_lo, key_hi, thr, scale):
         _samples_chunk(x, out, job, nchunks, off_lo, off_hi, key_lo, key_hi, thr, scale)
 
 
-# The same loop, serial: used below PARALLEL_MIN elements, where waking Numba's OpenMP pool (a
-# second OpenMP runtime next to torch's, docs/threads.md) between torch's GEMMs costs more than the
-# mask work. A function of its own (not a re-jit of dropout_samples.py_func): Numba's on-disk cache
+# The same loop, serial: used below PARALLEL_MIN elements, where waking the OpenMP team (torch's
+# and Numba's, one runtime: docs/threads.md) between torch's GEMMs costs more than the mask work. A function of its own (not a re-jit of dropout_samples.py_func): Numba's on-disk cache
 # keys entries by bytecode and signature, not by the parallel flag.
 @cpu_kernel(parallel=False)
 def dropout_samples_serial(x, out, off_lo, off_hi, key_lo, key_hi, thr, scale):

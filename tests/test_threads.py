@@ -142,3 +142,60 @@ def test_same_bits_on_every_threading_layer():
         out = _layer_run(NUMBA_THREADING_LAYER=layer)
         assert out["layer"] == layer
         assert out["digest"] == base["digest"], (out, base)
+
+
+# Which libgomp answers each library's GOMP_parallel, read from the dynamic loader's own trace.
+BINDING_SCRIPT = textwrap.dedent("""
+    import sys
+    if sys.argv[1] == "torch_first":
+        import torch
+    import numba, numpy as np
+
+    @numba.njit(parallel=True)
+    def bump(a):
+        for i in numba.prange(a.size):
+            a[i] += 1
+
+    bump(np.zeros(64))
+    import torch
+    (torch.randn(1 << 20) * 2).sum()  # one of torch's parallel regions
+    print(numba.threading_layer())
+""")
+
+
+def _gomp_parallel_bindings(order, tmp_path):
+    """{library file name: libgomp file its GOMP_parallel is bound to} in a fresh interpreter."""
+    log = tmp_path / f"ld-{order}"
+    env = {**os.environ, "LD_DEBUG": "bindings", "LD_DEBUG_OUTPUT": str(log)}
+    env.pop("NUMBA_THREADING_LAYER", None)
+    res = subprocess.run([sys.executable, "-c", BINDING_SCRIPT, order], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    if res.stdout.strip() != "omp":
+        pytest.skip(f"Numba picked the {res.stdout.strip()!r} layer, not GNU OpenMP")
+    found = {}
+    for path in tmp_path.glob(f"ld-{order}*"):
+        for line in path.read_text(errors="replace").splitlines():
+            # "binding file <lib> [0] to <libgomp> [0]: normal symbol `GOMP_parallel' [GOMP_4.0]"
+            if "`GOMP_parallel'" in line and " to " in line:
+                user, target = line.split("binding file ", 1)[1].split(" to ", 1)
+                found[os.path.basename(user.split(" [")[0])] = target.split(" [")[0]
+    if not found:
+        pytest.skip("the dynamic loader wrote no LD_DEBUG trace (not glibc?)")
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_DEBUG is glibc's")
+@pytest.mark.parametrize("order", ["torch_first", "numba_first"])
+def test_numba_and_torch_share_one_openmp_runtime(order, tmp_path):
+    """docs/threads.md: Numba's omppool extension names libgomp.so.1.0.0 and torch's wheel carries
+    its own libgomp.so.1, so both files get mapped, but the loader binds the GOMP_* calls of both
+    libraries to one of them (torch's, in the global scope, when torch came first; the one already
+    loaded under the soname libgomp.so.1 when Numba's pool started first). One runtime means one
+    thread team per calling thread: fastdrop's parallel kernels and torch's ops run on the same
+    OpenMP threads, not two pools that spin against each other."""
+    found = _gomp_parallel_bindings(order, tmp_path)
+    numba_lib = [t for u, t in found.items() if u.startswith("omppool")]
+    torch_lib = [t for u, t in found.items() if u.startswith("libtorch_cpu")]
+    assert numba_lib and torch_lib, found
+    assert numba_lib == torch_lib, found
