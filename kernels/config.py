@@ -1,12 +1,14 @@
 """One place for JIT options and launch knobs (no magic numbers inside kernels).
 
 `cpu_kernel` also makes the parallel kernels safe in forked children. Numba's default threading
-layer on Linux is GNU OpenMP, which is not fork-safe: once a process has started Numba's pool, a
-`fork()`ed child's first parallel kernel is killed by Numba ("fork() called from a process already
-using GNU OpenMP, this is unsafe"), which breaks DataLoader workers and pre-fork servers. So every
-parallel kernel is compiled twice from the same Python function, and a fork hook routes a child of
-such a process to the serial twin. The mask is a pure function of the element index, so both give
-the same bits.
+layer on Linux is GNU OpenMP, which is not fork-safe: a `fork()`ed child keeps the parent's OpenMP
+thread team without its threads. If Numba started that team, Numba kills the child's first
+parallel kernel ("fork() called from a process already using GNU OpenMP, this is unsafe"); if
+torch did (Numba's omp layer and torch bind one libgomp, docs/threads.md), the child's first
+parallel kernel waits for the missing threads forever. Either breaks DataLoader workers and
+pre-fork servers. So every parallel kernel is compiled twice from the same Python function, and a
+fork hook routes a child of such a process to the serial twin. The mask is a pure function of the
+element index, so both give the same bits.
 """
 import functools
 import os
@@ -24,8 +26,8 @@ JIT_OPTIONS = dict(cache=True, nogil=True, error_model="numpy")
 class CpuKernel:
     """A parallel kernel and its serial twin, compiled from one Python function.
 
-    Calling it runs `.parallel`, or `.serial` in a process forked from one whose GNU-OpenMP pool
-    had started (see `_after_fork_in_child`). Other attributes (`signatures`, `targetoptions`,
+    Calling it runs `.parallel`, or `.serial` in a process forked from one whose GNU OpenMP team
+    may have started (see `_pool_unsafe_after_fork`). Other attributes (`signatures`, `targetoptions`,
     `py_func`, ...) are the parallel dispatcher's. It is a Python object: njit code cannot call
     it (call a `parallel=False` kernel there).
     """
@@ -84,23 +86,61 @@ def cpu_kernel(fn=None, *, parallel=True, **options):
 
 
 _KERNELS = []            # every CpuKernel, for the fork hook
-_forked_serial = False   # True in a child forked after the GNU-OpenMP pool had started
+_forked_serial = False   # True in a child forked while a GNU OpenMP team may have existed
 
 
 def _pool_unsafe_after_fork():
-    """Has this process started a Numba pool that a forked child must not use?
+    """Would a parallel kernel in this forked child run on a GNU OpenMP runtime whose thread team
+    the parent may have started?
 
-    Numba starts its pool (and picks the layer) on the first parallel launch. Only GNU OpenMP is
-    unsafe: Numba kills a child that uses it; tbb and workqueue are fork-safe (Numba's
-    "forksafe" selection on Linux is exactly those two)."""
+    The team is started by Numba's first parallel launch on its `omp` layer, and by any other
+    library's OpenMP region in the same runtime: torch's ops (docs/threads.md: both bind one
+    libgomp). Whether torch ran one is not observable, so a libgomp mapped in the process counts
+    as a possible team. tbb and workqueue are fork-safe (Numba's "forksafe" selection on Linux is
+    exactly those two), and so is a non-GNU OpenMP."""
     try:
         layer = numba.threading_layer()
-    except ValueError:  # "Threading layer is not initialized": no pool to inherit
-        return False
+    except ValueError:  # "Threading layer is not initialized": Numba has not started a team
+        if not _libgomp_mapped():
+            return False
+        layer = _layer_numba_will_pick()
     if layer != "omp":
         return False
     omppool = sys.modules.get("numba.np.ufunc.omppool")
     return getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+
+
+def _libgomp_mapped():
+    try:
+        with open("/proc/self/maps") as f:
+            return any("libgomp" in line for line in f)
+    except OSError:  # no procfs: not Linux, where GNU OpenMP is the only fork-unsafe layer
+        return False
+
+
+def _layer_numba_will_pick():
+    """The layer Numba's first parallel launch will load: numba.np.ufunc.parallel._launch_threads'
+    order for NUMBA_THREADING_LAYER (default: the first of THREADING_LAYER_PRIORITY that loads)."""
+    choice = str(numba.config.THREADING_LAYER).lower()
+    candidates = {"default": list(numba.config.THREADING_LAYER_PRIORITY), "safe": ["tbb"],
+                  "threadsafe": ["tbb", "omp"], "forksafe": ["tbb", "workqueue"]}.get(choice, [choice])
+    for layer in candidates:
+        if _layer_loads(layer):
+            return layer
+    return ""
+
+
+def _layer_loads(layer):
+    try:
+        if layer == "tbb":
+            from numba.np.ufunc.parallel import _check_tbb_version_compatible
+            _check_tbb_version_compatible()
+            from numba.np.ufunc import tbbpool  # noqa: F401
+        elif layer == "omp":
+            from numba.np.ufunc import omppool  # noqa: F401
+        return layer in ("tbb", "omp", "workqueue")
+    except Exception:  # ImportError (no libtbb, no libgomp) or a failed version check: not loadable
+        return False
 
 
 def _after_fork_in_child():

@@ -2,8 +2,9 @@
 DataLoader workers) that run every public op again and get the parent's bits.
 
 Numba's GNU-OpenMP pool is not fork-safe: Numba kills a forked child's first parallel kernel
-("fork() called from a process already using GNU OpenMP, this is unsafe"). kernels/config.py
-routes such a child to each kernel's serial twin; the mask is a pure function of the element
+("fork() called from a process already using GNU OpenMP, this is unsafe"), and when torch's ops
+started the team (one libgomp for both, docs/threads.md) the child's kernel hangs instead.
+kernels/config.py routes such a child to each kernel's serial twin; the mask is a pure function of the element
 index, so the results must be bit-identical. A hung child fails the test through a timeout.
 """
 import multiprocessing
@@ -195,9 +196,60 @@ def test_dataloader_fork_workers_run_every_op_bit_identical(parent_results):
                           f"DataLoader item {seed}")
 
 
+# A parent that ran only torch's ops: torch's OpenMP region starts the GNU OpenMP team that Numba's
+# omp layer shares (docs/threads.md), though Numba's own pool never started. Before the fork hook
+# counted that team, the child's first parallel kernel waited for the team's missing threads forever.
+TORCH_PARENT_CHILD = """
+import os, time, numba, numpy as np, torch, fastdrop
+from fastdrop.kernels import config
+x = torch.randn(1 << 21)
+(x * 2).sum()  # torch's parallel region: the OpenMP team starts in the parent
+try:
+    numba.threading_layer()
+    raise SystemExit("Numba's pool started in the parent: this test needs it asleep")
+except ValueError:
+    pass
+fastdrop._cpu.CPU_PARALLEL_MIN = 1 << 62  # the parent's reference on the serial kernels: no Numba pool
+want = fastdrop.dropout2d(np.ones((8, 64, 32, {w}), np.float32), 0.5, seed=3).tobytes()
+fastdrop._cpu.CPU_PARALLEL_MIN = config.CPU_PARALLEL_MIN
+try:
+    numba.threading_layer()
+    raise SystemExit("Numba's pool started in the parent: this test needs it asleep")
+except ValueError:
+    pass
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    y = fastdrop.dropout2d(np.ones((8, 64, 32, {w}), np.float32), 0.5, seed=3)  # a parallel kernel's size
+    os.write(w, b"serial " if config._forked_serial else b"parallel ")
+    os.write(w, b"same" if y.tobytes() == want else b"different")
+    os._exit(0)
+deadline = time.time() + {timeout}
+while time.time() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    raise SystemExit("the child hung")
+os.close(w)
+print(os.read(r, 100).decode(), os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_child_of_a_torch_parent_runs_serial_twins_instead_of_hanging():
+    """torch's OpenMP team counts like Numba's pool: the child runs the serial twins, same bits."""
+    code = TORCH_PARENT_CHILD.format(w=BIG // (8 * 64 * 32) + 1, timeout=TIMEOUT_S - 60)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.split() == ["serial", "same", "0"], r.stdout + r.stderr
+
+
 def test_child_of_a_process_without_a_pool_stays_parallel():
-    """Only a started GNU-OpenMP pool makes a child serial: a fork before any parallel kernel ran
-    keeps the parallel kernels (and the child may start its own pool)."""
+    """Only a possible GNU OpenMP team makes a child serial: a fork before any parallel kernel
+    ran, in a process where no OpenMP runtime is loaded, keeps the parallel kernels (and the child
+    may start its own pool)."""
     code = (
         "import os, numba, numpy as np, fastdrop\n"
         "from fastdrop.kernels import config\n"
