@@ -9,8 +9,8 @@ graph capture every torch entry point refuses (`refuse_graph_capture`).
 Dropout. The kernels work on flat C-contiguous memory. A non-contiguous device array is first
 copied into a contiguous one (one extra device copy; the mask still follows the logical C-order
 index, so the result is the same as for a contiguous input); with inplace=True the result is
-then copied back into x. float16 data is computed in float32 and rounded once on the store,
-exactly as the CPU path does.
+then copied back into x. float16 data, and bfloat16 torch tensors (as int16 views of their bits),
+are computed in float32 and rounded once on the store, exactly as the CPU path does.
 
 Dense layers: 2-D C-contiguous device arrays of one dtype (float32 or float64), x2d (N, in),
 w (out, in), b (out,) or None, g (N, out); masks (s = multiplier of kept elements):
@@ -85,11 +85,17 @@ def _flat(a):
     return a.reshape(a.size)
 
 
-def dropout_flat_into(x, out, p, seed, offset, scale, stream=0):
-    """out = where(dropout_mask(x.shape, p, seed, offset), x * scale, 0); x, out contiguous."""
+def _kernel_scale(dtype, value, bf16):
+    return np.float32(value) if bf16 else _compute_scalar(dtype, value)
+
+
+def dropout_flat_into(x, out, p, seed, offset, scale, stream=0, bf16=False):
+    """out = where(dropout_mask(x.shape, p, seed, offset), x * scale, 0); x, out contiguous.
+    bf16: x and out are int16 arrays holding bfloat16 bits (computed in float32, rounded once)."""
     blocks, threads = launch_shape(-(-x.size // K.TILE) * K.CUDA_THREADS)  # one block per tile
-    K.dropout_flat[blocks, threads, stream](_flat(x), _flat(out), *kernel_rng_args(seed, offset, p),
-                                            _compute_scalar(x.dtype, scale))
+    kernel = K.dropout_flat_bf16 if bf16 else K.dropout_flat
+    kernel[blocks, threads, stream](_flat(x), _flat(out), *kernel_rng_args(seed, offset, p),
+                                    _kernel_scale(x.dtype, scale, bf16))
     return out
 
 
@@ -100,17 +106,18 @@ def keep_mask_into(keep, p, seed, offset, stream=0):
     return keep
 
 
-def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, stream=0, keep=None):
+def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, stream=0, keep=None, bf16=False):
     """Mask = dropout_mask(x.shape[:group_ndim], p, seed, offset) broadcast over the remaining dims
     (same as fastdrop._cpu.grouped_dropout_into); x, out contiguous; `keep`: an optional
-    bool scratch buffer of prod(x.shape[:group_ndim]) elements."""
+    bool scratch buffer of prod(x.shape[:group_ndim]) elements; bf16 as in dropout_flat_into."""
     groups = math.prod(x.shape[:group_ndim])
     if keep is None:
         keep = cuda.device_array(groups, dtype=np.bool_, stream=stream)
     keep_mask_into(keep, p, seed, offset, stream)
     blocks, threads = launch_shape(x.size)
-    K.apply_group_mask[blocks, threads, stream](_flat(x), _flat(out), keep, x.size // groups,
-                                                _compute_scalar(x.dtype, scale))
+    kernel = K.apply_group_mask_bf16 if bf16 else K.apply_group_mask
+    kernel[blocks, threads, stream](_flat(x), _flat(out), keep, x.size // groups,
+                                    _kernel_scale(x.dtype, scale, bf16))
     return out
 
 
@@ -187,11 +194,9 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
     import torch
     require_gpu()
     refuse_graph_capture(torch)
-    if x.dtype == torch.bfloat16:
-        # numba has no bfloat16 arrays (float16 goes straight into the kernels, computed in float32
-        # in registers): compute in float32 and round once, as the CPU bridge does.
-        res = apply_tensor(x.float(), p, seed, offset, scale, group_ndim)
-        return res.to(x.dtype) if out is None else out.copy_(res)
+    # numba has no bfloat16 arrays: bfloat16 goes into the kernels as its bits (int16 views), as
+    # on the CPU; float16 goes as it is. Both are computed in float32 and rounded once.
+    bf16 = x.dtype == torch.bfloat16
     if out is None:
         out = torch.empty_like(x)
     if x.numel() == 0:
@@ -203,15 +208,15 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
         # Our launches go on torch's current stream: ordered after the ops that produced x and
         # before those that read the result, with no synchronization (hence sync=False).
         stream = cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)
-        xd = cuda.as_cuda_array(src, sync=False)
-        od = cuda.as_cuda_array(dst, sync=False)
+        xd = cuda.as_cuda_array(src.view(torch.int16) if bf16 else src, sync=False)
+        od = cuda.as_cuda_array(dst.view(torch.int16) if bf16 else dst, sync=False)
         if group_ndim:
             # The group mask buffer comes from torch's allocator, stream-ordered like the rest.
             keep = torch.empty(math.prod(x.shape[:group_ndim]), dtype=torch.bool, device=x.device)
             grouped_dropout_into(xd, od, p, seed, offset, scale, group_ndim, stream,
-                                 keep=cuda.as_cuda_array(keep, sync=False))
+                                 keep=cuda.as_cuda_array(keep, sync=False), bf16=bf16)
         else:
-            dropout_flat_into(xd, od, p, seed, offset, scale, stream)
+            dropout_flat_into(xd, od, p, seed, offset, scale, stream, bf16=bf16)
     if not direct:
         out.copy_(dst)  # e.g. channels_last: the result keeps torch's layout for x
     return out

@@ -39,6 +39,23 @@ def _keep_pair(out, i, n, word, thr):
         out[i + 1] = (word >> SHIFT16) < thr
 
 
+@cuda.jit(device=True)
+def _tile_words(words, tile, t, nt, key_lo, key_hi, off_lo, off_hi):
+    """Thread t's Philox block of the tile (block tile * nt + t) into the shared words."""
+    r0, r1, r2, r3 = philox_block_cuda(np.uint64(tile * nt + t), off_lo, off_hi, key_lo, key_hi)
+    words[t] = np.uint32(r0)
+    words[WORD_ROW + t] = np.uint32(r1)
+    words[2 * WORD_ROW + t] = np.uint32(r2)
+    words[3 * WORD_ROW + t] = np.uint32(r3)
+
+
+@cuda.jit(device=True)
+def _tile_kept(words, e, thr):
+    """Is element e of the tile kept: Philox block e // 8 of it, word (e % 8) // 2, half e % 2."""
+    w = np.uint64(words[((e % LANES) // 2) * WORD_ROW + e // LANES])
+    return ((w >> (SHIFT16 * np.uint64(e % 2))) & HALF_MASK) < thr
+
+
 @cuda.jit(**CUDA_JIT_OPTIONS)
 def dropout_flat(x, out, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """out = where(mask, x * scale, 0) for flat contiguous x, out (out may alias x); at most
@@ -49,25 +66,71 @@ def dropout_flat(x, out, key_lo, key_hi, off_lo, off_hi, thr, scale):
     nt = cuda.blockDim.x
     tile_size = nt * LANES
     for tile in range(cuda.blockIdx.x, (n + tile_size - 1) // tile_size, cuda.gridDim.x):
-        r0, r1, r2, r3 = philox_block_cuda(np.uint64(tile * nt + t), off_lo, off_hi, key_lo, key_hi)
-        words[t] = np.uint32(r0)
-        words[WORD_ROW + t] = np.uint32(r1)
-        words[2 * WORD_ROW + t] = np.uint32(r2)
-        words[3 * WORD_ROW + t] = np.uint32(r3)
+        _tile_words(words, tile, t, nt, key_lo, key_hi, off_lo, off_hi)
         cuda.syncthreads()
         start = tile * tile_size
         for k in range(LANES):
-            e = k * nt + t                      # element of the tile: Philox block e // 8 of it,
-            i = start + e                       # word (e % 8) // 2, half e % 2
+            e = k * nt + t
+            i = start + e
             if i < n:
-                v = x[i] * scale
-                w = np.uint64(words[((e % LANES) // 2) * WORD_ROW + e // LANES])
-                h = (w >> (SHIFT16 * np.uint64(e % 2))) & HALF_MASK
-                if h < thr:
+                v = x[i] * scale                # loaded before the select
+                if _tile_kept(words, e, thr):
                     out[i] = v
                 else:
                     out[i] = 0
         cuda.syncthreads()  # the words are overwritten by the next tile
+
+
+# bfloat16: numba has no bfloat16 arrays, so the data comes as its bits (an int16 view, as on the
+# CPU) and each element is widened to float32 in a register (exact: bfloat16 is a float32's top
+# half), multiplied by a float32 scale and rounded once back to 16 bits, to nearest even: the
+# result equals (x.float() * scale).bfloat16() and the CPU kernels' bits, with 2 bytes read and 2
+# written per element instead of the 20 of a float32 round trip. The bit casts go through a
+# one-element local array (its view is the reinterpretation); NVVM keeps it in a register
+# (docs/cuda_kernels.md: no local memory).
+@cuda.jit(device=True)
+def bf16_to_f32(h):
+    """bfloat16 bits (int16) -> float32, exact."""
+    bits = cuda.local.array(1, np.uint32)
+    bits[0] = np.uint32(np.uint16(h)) << np.uint32(16)
+    return bits.view(np.float32)[0]
+
+
+@cuda.jit(device=True)
+def f32_to_bf16(f):
+    """float32 -> bfloat16 bits (int16), round to nearest even on the 16 dropped bits (overflow to
+    Inf); NaN stays NaN, quiet, with its sign and top payload bits (kernels/dropout_cpu.py)."""
+    value = cuda.local.array(1, np.float32)
+    value[0] = f
+    u = value.view(np.uint32)[0]
+    if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return np.int16(np.uint16((u >> np.uint32(16)) | np.uint32(0x40)))
+    rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    return np.int16(np.uint16(rounded))
+
+
+@cuda.jit(**CUDA_JIT_OPTIONS)
+def dropout_flat_bf16(x, out, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """`dropout_flat` for bfloat16 bits (int16 arrays x, out), float32 scale."""
+    words = cuda.shared.array(TILE_WORDS, dtype=np.uint32)
+    n = x.size
+    t = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    tile_size = nt * LANES
+    for tile in range(cuda.blockIdx.x, (n + tile_size - 1) // tile_size, cuda.gridDim.x):
+        _tile_words(words, tile, t, nt, key_lo, key_hi, off_lo, off_hi)
+        cuda.syncthreads()
+        start = tile * tile_size
+        for k in range(LANES):
+            e = k * nt + t
+            i = start + e
+            if i < n:
+                v = f32_to_bf16(bf16_to_f32(x[i]) * scale)
+                if _tile_kept(words, e, thr):
+                    out[i] = v
+                else:
+                    out[i] = 0
+        cuda.syncthreads()
 
 
 @cuda.jit(**CUDA_JIT_OPTIONS)
@@ -93,6 +156,17 @@ def apply_group_mask(x, out, keep, length, scale):
     for j in range(cuda.grid(1), n, cuda.gridsize(1)):
         if keep[j // length]:
             out[j] = x[j] * scale
+        else:
+            out[j] = 0
+
+
+@cuda.jit(**CUDA_JIT_OPTIONS)
+def apply_group_mask_bf16(x, out, keep, length, scale):
+    """`apply_group_mask` for bfloat16 bits (int16 arrays x, out), float32 scale."""
+    n = x.size
+    for j in range(cuda.grid(1), n, cuda.gridsize(1)):
+        if keep[j // length]:
+            out[j] = f32_to_bf16(bf16_to_f32(x[j]) * scale)
         else:
             out[j] = 0
 

@@ -70,8 +70,9 @@ def signatures():
     arrays (`_flat`), the Philox words of kernel_rng_args (4 x uint64 key/offset words, the uint32
     threshold), Python ints -> int64, Python bools -> boolean, Python floats -> float64, numpy
     scalars keep their type. float16 data has a float32 scale (computed in float32); bfloat16
-    and the dense layers' half types are converted to float32 before any kernel (device arrays
-    by `scale` from float16 to float32 and back)."""
+    torch tensors come as int16 views of their bits (the `_bf16` kernels, float32 scale); the dense
+    layers' half types are converted to float32 before any kernel (device arrays by `scale` from
+    float16 to float32 and back)."""
     from numba import types as T
     u64, u32, i64, b = T.uint64, T.uint32, T.int64, T.boolean
     rng = (u64, u64, u64, u64, u32)          # key_lo, key_hi, off_lo, off_hi, thr
@@ -82,6 +83,10 @@ def signatures():
         sigs.setdefault("dropout_cuda.dropout_flat", []).append((label, (a, a) + rng + (sc,)))
         sigs.setdefault("dropout_cuda.apply_group_mask", []).append((label, (a, a, b[::1], i64, sc)))
         sigs.setdefault("dropout_cuda.scale", []).append((label, (a, a, sc)))
+    # bfloat16 torch tensors go in as int16 views of their bits, with a float32 scale
+    bf = T.int16[::1]
+    sigs["dropout_cuda.dropout_flat_bf16"] = [("bfloat16 bits", (bf, bf) + rng + (T.float32,))]
+    sigs["dropout_cuda.apply_group_mask_bf16"] = [("bfloat16 bits", (bf, bf, b[::1], i64, T.float32))]
     # float16 CUDA device arrays into the dense layers: _cuda.astype converts them with `scale`
     sigs["dropout_cuda.scale"] += [("float16->float32", (T.float16[::1], T.float32[::1], T.float32)),
                                    ("float32->float16", (T.float32[::1], T.float16[::1], T.float32))]
@@ -113,6 +118,8 @@ def launch_threads():
         "dropout_cuda.dropout_flat": config.CUDA_THREADS,
         "dropout_cuda.keep_mask": config.CUDA_THREADS,
         "dropout_cuda.apply_group_mask": config.CUDA_THREADS,
+        "dropout_cuda.dropout_flat_bf16": config.CUDA_THREADS,
+        "dropout_cuda.apply_group_mask_bf16": config.CUDA_THREADS,
         "dropout_cuda.scale": config.CUDA_THREADS,
         "linear_cuda.masked_gemm": linear_cuda.TILE * linear_cuda.TILE,
         "linear_cuda.sample_gemm": linear_cuda.TILE * linear_cuda.TILE,

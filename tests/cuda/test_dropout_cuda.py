@@ -162,3 +162,85 @@ def test_scale_non_contiguous(rng):
     d = cuda.to_device(base)[:, 1::2]
     got = _cuda.scale_array(d, 0.5, False)
     assert same_bits(got.copy_to_host(), base[:, 1::2] * 0.5)
+
+
+# ---- bfloat16 as its bits: the kernels the torch route launches for bfloat16 CUDA tensors ---------
+
+def _bf16_bits(rng, n):
+    """int16 bfloat16 bit patterns: normal values, and every special class (zeros, subnormals, the
+    largest finite values whose products round to Inf, Inf, quiet and signalling NaNs of both signs)."""
+    normal = (rng.standard_normal(n).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    special = np.array([0x0000, 0x8000, 0x0001, 0x807F, 0x7F7F, 0xFF7F, 0x7F80, 0xFF80,
+                        0x7FC0, 0xFFC1, 0x7F81, 0xFF81, 0x3F80, 0x3F81], np.uint16)
+    return np.concatenate([special, normal]).view(np.int16)
+
+
+def _cpu_bf16(bits, p, seed, offset, scale, group_ndim=0, shape=None):
+    """The CPU kernels' bfloat16 result (fastdrop._cpu, as the torch CPU route runs them)."""
+    from fastdrop import _cpu
+    x = bits.view(np.uint16).reshape(shape or bits.shape)
+    out = np.empty_like(x)
+    if group_ndim:
+        _cpu.grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, bf16=True)
+    else:
+        _cpu.dropout_into(x, out, p, seed, offset, scale, bf16=True)
+    return out.view(np.int16)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("n", [1, 13, 2 * K.TILE + 5])
+def test_bf16_bits_bit_identical_to_cpu(rng, p, n):
+    """float32 arithmetic, one rounding to nearest even, NaN kept quiet with its payload: the same
+    bits as the CPU kernels for every class of input, and a tail past whole tiles."""
+    bits = _bf16_bits(rng, max(n - 14, 0))[:n]
+    scale = train_scale(p)
+    out = cuda.device_array(bits.shape, np.int16)
+    _cuda.dropout_flat_into(cuda.to_device(bits), out, p, 99, 7, scale, bf16=True)
+    want = _cpu_bf16(bits, p, 99, 7, scale)
+    np.testing.assert_array_equal(out.copy_to_host(), want)
+    # and it is the mask contract: kept elements are bfloat16(float32(x) * scale), dropped are +0
+    keep = fastdrop.dropout_mask(bits.shape, p, 99, 7)
+    assert not want[~keep].any()
+
+
+@pytest.mark.parametrize("group_ndim, shape", [(1, (5, 3, 4)), (2, (2, 3, 7))])
+def test_grouped_bf16_bits_bit_identical_to_cpu(rng, group_ndim, shape):
+    bits = _bf16_bits(rng, int(np.prod(shape)))[:int(np.prod(shape))].reshape(shape)
+    out = cuda.device_array(shape, np.int16)
+    _cuda.grouped_dropout_into(cuda.to_device(bits), out, 0.5, 3, 1, 2.0, group_ndim, bf16=True)
+    np.testing.assert_array_equal(out.copy_to_host(), _cpu_bf16(bits, 0.5, 3, 1, 2.0, group_ndim))
+
+
+def test_bf16_conversions_round_to_nearest_even_and_keep_nan():
+    """The device functions alone, over every bfloat16 pattern and the float32 halfway cases."""
+    allbits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.int16)
+
+    @cuda.jit
+    def roundtrip(h, f, back):
+        i = cuda.grid(1)
+        if i < h.size:
+            f[i] = K.bf16_to_f32(h[i])
+            back[i] = K.f32_to_bf16(f[i])
+
+    f = cuda.device_array(allbits.shape, np.float32)
+    back = cuda.device_array(allbits.shape, np.int16)
+    roundtrip[(allbits.size + 255) // 256, 256](cuda.to_device(allbits), f, back)
+    widened = f.copy_to_host()
+    np.testing.assert_array_equal(widened.view(np.uint32), allbits.view(np.uint16).astype(np.uint32) << 16)
+    u = allbits.view(np.uint16)
+    nan = ((u & 0x7FFF) > 0x7F80)
+    # exact values come back unchanged; NaNs come back quiet (bit 6 of the 16 set), sign and payload kept
+    np.testing.assert_array_equal(back.copy_to_host().view(np.uint16), np.where(nan, u | 0x40, u))
+
+    # float32 values halfway between two bfloat16 values round to the even one
+    @cuda.jit
+    def narrow(f, h):
+        i = cuda.grid(1)
+        if i < f.size:
+            h[i] = K.f32_to_bf16(f[i])
+
+    halfway = np.array([0x3F808000, 0x3F818000, 0x3F808001, 0x3F817FFF, 0x7F7F8000, 0xBF808000], np.uint32)
+    h = cuda.device_array(halfway.shape, np.int16)
+    narrow[1, 32](cuda.to_device(halfway.view(np.float32)), h)
+    np.testing.assert_array_equal(h.copy_to_host().view(np.uint16),
+                                  np.array([0x3F80, 0x3F82, 0x3F81, 0x3F81, 0x7F80, 0xBF80], np.uint16))
