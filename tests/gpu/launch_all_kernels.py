@@ -124,6 +124,14 @@ def device_arrays(shared_only):
             fastdrop.max_norm_(cuda.to_device(w.reshape(50, 3, 100)), 1.0, dim=(1, 2))
     if not shared_only:
         mask.dropout_mask_device((5, 7), p, seed, offset)
+        # bfloat16 bits (int16), as the torch route passes bfloat16 tensors: launched here too, so
+        # the device-array pass (--no-torch, the simulator) reaches the _bf16 kernels
+        bits = (rng.standard_normal(1027).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).view(np.int16)
+        _cuda.dropout_flat_into(cuda.to_device(bits), cuda.device_array(bits.shape, np.int16), p, seed,
+                                offset, 1 / (1 - p), bf16=True)
+        b3 = bits[:105].reshape(3, 5, 7)
+        _cuda.grouped_dropout_into(cuda.to_device(b3), cuda.device_array(b3.shape, np.int16), p, seed,
+                                   offset, 1 / (1 - p), 2, bf16=True)
     cuda.synchronize()
 
 
