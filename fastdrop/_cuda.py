@@ -6,7 +6,9 @@ numba.cuda. Without a GPU (and without NUMBA_ENABLE_CUDASIM=1) every entry point
 RuntimeError before any work: a CUDA input never silently falls back to the CPU; inside a CUDA
 graph capture every torch entry point refuses (`refuse_graph_capture`).
 
-Dropout. The kernels work on flat C-contiguous memory. A non-contiguous device array is first
+Dropout. The kernels work on flat C-contiguous memory; spatial dropout and DropPath on a torch
+tensor with a dense permuted layout (channels_last, timm's (N, H, W, C) views) index its memory
+directly (`group_layout`). Anything else, and any non-contiguous device array, is first
 copied into a contiguous one (one extra device copy; the mask still follows the logical C-order
 index, so the result is the same as for a contiguous input); with inplace=True the result is
 then copied back into x. float16 data, and bfloat16 torch tensors (as int16 views of their bits),
@@ -106,19 +108,55 @@ def keep_mask_into(keep, p, seed, offset, stream=0):
     return keep
 
 
-def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, stream=0, keep=None, bf16=False):
+def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, stream=0, keep=None, bf16=False,
+                         layout=None):
     """Mask = dropout_mask(x.shape[:group_ndim], p, seed, offset) broadcast over the remaining dims
     (same as fastdrop._cpu.grouped_dropout_into); x, out contiguous; `keep`: an optional
-    bool scratch buffer of prod(x.shape[:group_ndim]) elements; bf16 as in dropout_flat_into."""
-    groups = math.prod(x.shape[:group_ndim])
+    bool scratch buffer of prod(x.shape[:group_ndim]) elements; bf16 as in dropout_flat_into.
+    layout: (row, inner) of `group_layout` when x and out are the flat memory of a dense permuted
+    layout (then `keep` must be given; its size is the number of groups)."""
     if keep is None:
-        keep = cuda.device_array(groups, dtype=np.bool_, stream=stream)
+        keep = cuda.device_array(math.prod(x.shape[:group_ndim]), dtype=np.bool_, stream=stream)
+    if layout is None:
+        layout = (x.size // keep.size, 1)
     keep_mask_into(keep, p, seed, offset, stream)
     blocks, threads = launch_shape(x.size)
     kernel = K.apply_group_mask_bf16 if bf16 else K.apply_group_mask
-    kernel[blocks, threads, stream](_flat(x), _flat(out), keep, x.size // groups,
-                                    _kernel_scale(x.dtype, scale, bf16))
+    kernel[blocks, threads, stream](_flat(x), _flat(out), keep, *layout, _kernel_scale(x.dtype, scale, bf16))
     return out
+
+
+def group_layout(shape, strides, group_ndim):
+    """(row, inner) for kernels/dropout_cuda.apply_group_mask when an array of `shape` and element
+    `strides` is dense and its groups (the index over its first group_ndim dims) can be read off
+    its memory position j as (j // row) * inner + j % inner; None otherwise. Two layouts qualify:
+      - the group dims outermost, in order (each group one run of memory): C-contiguous data, and
+        DropPath on channels_last or on timm's permuted (N, H, W, C) views: (n // groups, 1);
+      - the leading group dims outermost in order, the last group dim innermost with stride 1 and
+        the other dims dense in between (channels_last spatial dropout): (n // lead, C).
+    Size-1 dims are skipped: they change no index."""
+    shape, strides = tuple(shape), tuple(strides)
+    n = math.prod(shape)
+
+    def dense(expected, dims):  # dims (stride, size) innermost first; the stride after them, or None
+        for stride, size in dims:
+            if size != 1:
+                if stride != expected:
+                    return None
+                expected *= size
+        return expected
+
+    rest = sorted(zip(strides[group_ndim:], shape[group_ndim:]))
+    lead = [(strides[d], shape[d]) for d in range(group_ndim - 1, -1, -1)]
+    after_rest = dense(1, rest)
+    if after_rest is not None and dense(after_rest, lead) is not None:
+        return n // math.prod(shape[:group_ndim]), 1
+    c = group_ndim - 1
+    if shape[c] > 1 and strides[c] == 1:
+        after_rest = dense(shape[c], rest)
+        if after_rest is not None and dense(after_rest, lead[1:]) is not None:
+            return n // math.prod(shape[:c]), shape[c]
+    return None
 
 
 def _run(x, out, p, seed, offset, scale, group_ndim, stream=0):
@@ -201,9 +239,18 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
         out = torch.empty_like(x)
     if x.numel() == 0:
         return out
-    src = x.detach() if x.is_contiguous() else x.detach().contiguous()
-    direct = out.is_contiguous()
-    dst = out.detach() if direct else torch.empty_like(src)
+    layout = None
+    if group_ndim and not x.is_contiguous() and out.stride() == x.stride():
+        layout = group_layout(x.shape, x.stride(), group_ndim)
+    if layout is not None:
+        # A dense permuted layout the grouped kernel indexes directly (channels_last and the like:
+        # out has x's strides): the flat memory of both, no copies.
+        n = x.numel()
+        src, dst, direct = x.detach().as_strided((n,), (1,)), out.detach().as_strided((n,), (1,)), True
+    else:
+        src = x.detach() if x.is_contiguous() else x.detach().contiguous()
+        direct = out.is_contiguous()
+        dst = out.detach() if direct else torch.empty_like(src)
     with cuda.gpus[x.device.index]:
         # Our launches go on torch's current stream: ordered after the ops that produced x and
         # before those that read the result, with no synchronization (hence sync=False).
@@ -214,7 +261,7 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
             # The group mask buffer comes from torch's allocator, stream-ordered like the rest.
             keep = torch.empty(math.prod(x.shape[:group_ndim]), dtype=torch.bool, device=x.device)
             grouped_dropout_into(xd, od, p, seed, offset, scale, group_ndim, stream,
-                                 keep=cuda.as_cuda_array(keep, sync=False), bf16=bf16)
+                                 keep=cuda.as_cuda_array(keep, sync=False), bf16=bf16, layout=layout)
         else:
             dropout_flat_into(xd, od, p, seed, offset, scale, stream, bf16=bf16)
     if not direct:

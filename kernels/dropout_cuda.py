@@ -6,8 +6,10 @@ kernels/philox.py): element i is kept iff its 16-bit mask word h(i), half (i mod
 The Philox source is kernels/philox.py, compiled here with `cuda.jit(device=True)`: the uint64
 arithmetic is the same as on the CPU, so masks are bit-identical across devices by construction.
 
-Every kernel is a grid-stride loop over flat C-contiguous arrays (the launchers in fastdrop/_cuda.py
-make a contiguous copy of anything else). A kept element is x * scale with `scale` in the compute
+Every kernel is a grid-stride loop over flat arrays: C-contiguous data, or, for the grouped kernel,
+the memory of a dense permuted layout whose groups it can index directly (channels_last spatial
+dropout, DropPath with the batch dim outermost); the launchers in fastdrop/_cuda.py make a
+contiguous copy of anything else. A kept element is x * scale with `scale` in the compute
 type (x's dtype; float32 for float16 data, rounded once on the store).
 
 `dropout_flat` works in tiles of 8 elements per thread (blockDim <= CUDA_THREADS): each thread
@@ -146,26 +148,36 @@ def keep_mask(out, key_lo, key_hi, off_lo, off_hi, thr):
         _keep_pair(out, i + 6, n, r3, thr)
 
 
+@cuda.jit(device=True)
+def _group_of(j, row, inner):
+    """The mask element of memory position j when memory is laid out (A, L, B), B = inner:
+    (j // row) * inner + j % inner, row = L * B. inner = 1: runs of `row` elements, one per group
+    (C-contiguous data, DropPath on any layout with the batch dim outermost)."""
+    if inner == 1:
+        return j // row
+    return (j // row) * inner + j % inner
+
+
 @cuda.jit(**CUDA_JIT_OPTIONS)
-def apply_group_mask(x, out, keep, length, scale):
-    """out[j] = x[j] * scale if keep[j // length] else 0 for flat contiguous x, out viewed as
-    (groups, length): one mask element per group, broadcast over its `length` elements. The mask
-    (a few thousand groups at most in practice) comes from `keep_mask` first, so Philox runs once
-    per group, not once per element."""
+def apply_group_mask(x, out, keep, row, inner, scale):
+    """out[j] = x[j] * scale if keep[_group_of(j, row, inner)] else 0 over the flat memory of x
+    and out (the same dense layout): one mask element per group, broadcast over its elements. The
+    mask (a few thousand groups at most in practice) comes from `keep_mask` first, so Philox runs
+    once per group, not once per element; dropped groups are not read."""
     n = x.size
     for j in range(cuda.grid(1), n, cuda.gridsize(1)):
-        if keep[j // length]:
+        if keep[_group_of(j, row, inner)]:
             out[j] = x[j] * scale
         else:
             out[j] = 0
 
 
 @cuda.jit(**CUDA_JIT_OPTIONS)
-def apply_group_mask_bf16(x, out, keep, length, scale):
+def apply_group_mask_bf16(x, out, keep, row, inner, scale):
     """`apply_group_mask` for bfloat16 bits (int16 arrays x, out), float32 scale."""
     n = x.size
     for j in range(cuda.grid(1), n, cuda.gridsize(1)):
-        if keep[j // length]:
+        if keep[_group_of(j, row, inner)]:
             out[j] = f32_to_bf16(bf16_to_f32(x[j]) * scale)
         else:
             out[j] = 0

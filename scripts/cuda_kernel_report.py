@@ -81,12 +81,12 @@ def signatures():
         a = dt[::1]
         label = str(dt)
         sigs.setdefault("dropout_cuda.dropout_flat", []).append((label, (a, a) + rng + (sc,)))
-        sigs.setdefault("dropout_cuda.apply_group_mask", []).append((label, (a, a, b[::1], i64, sc)))
+        sigs.setdefault("dropout_cuda.apply_group_mask", []).append((label, (a, a, b[::1], i64, i64, sc)))
         sigs.setdefault("dropout_cuda.scale", []).append((label, (a, a, sc)))
     # bfloat16 torch tensors go in as int16 views of their bits, with a float32 scale
     bf = T.int16[::1]
     sigs["dropout_cuda.dropout_flat_bf16"] = [("bfloat16 bits", (bf, bf) + rng + (T.float32,))]
-    sigs["dropout_cuda.apply_group_mask_bf16"] = [("bfloat16 bits", (bf, bf, b[::1], i64, T.float32))]
+    sigs["dropout_cuda.apply_group_mask_bf16"] = [("bfloat16 bits", (bf, bf, b[::1], i64, i64, T.float32))]
     # float16 CUDA device arrays into the dense layers: _cuda.astype converts them with `scale`
     sigs["dropout_cuda.scale"] += [("float16->float32", (T.float16[::1], T.float32[::1], T.float32)),
                                    ("float32->float16", (T.float32[::1], T.float16[::1], T.float32))]

@@ -244,3 +244,81 @@ def test_bf16_conversions_round_to_nearest_even_and_keep_nan():
     narrow[1, 32](cuda.to_device(halfway.view(np.float32)), h)
     np.testing.assert_array_equal(h.copy_to_host().view(np.uint16),
                                   np.array([0x3F80, 0x3F82, 0x3F81, 0x3F81, 0x7F80, 0xBF80], np.uint16))
+
+
+# ---- dense permuted layouts indexed directly by the grouped kernel (the torch route) -------------
+
+def _memory_groups(shape, order, group_ndim):
+    """(group index of the element at each memory position, element strides) of an array of
+    `shape` stored with its dims in memory order `order` (outermost first)."""
+    strides = [0] * len(shape)
+    step = 1
+    for d in reversed(order):
+        strides[d] = step
+        step *= shape[d]
+    n = int(np.prod(shape))
+    idx = np.indices(shape).reshape(len(shape), -1)            # logical index of each element
+    group = np.ravel_multi_index(idx[:group_ndim], shape[:group_ndim]) if group_ndim else np.zeros(n, int)
+    pos = (np.array(strides)[:, None] * idx).sum(0)           # memory position of each element
+    by_pos = np.empty(n, int)
+    by_pos[pos] = group
+    return by_pos, tuple(strides)
+
+
+def test_group_layout_reads_the_right_group_off_every_memory_position():
+    """Every layout group_layout accepts really gives (j // row) * inner + j % inner = the group of
+    the element at memory position j; channels_last, DropPath on permuted views and plain C order
+    are accepted; 300 random shapes and memory orders, size-1 dims included."""
+    rng = np.random.default_rng(5)
+    accepted = 0
+    for _ in range(300):
+        ndim = int(rng.integers(2, 5))
+        shape = tuple(int(s) for s in rng.integers(1, 5, ndim))
+        order = list(rng.permutation(ndim))
+        group_ndim = int(rng.integers(1, ndim))
+        by_pos, strides = _memory_groups(shape, order, group_ndim)
+        layout = _cuda.group_layout(shape, strides, group_ndim)
+        if layout is None:
+            continue
+        accepted += 1
+        row, inner = layout
+        j = np.arange(by_pos.size)
+        np.testing.assert_array_equal((j // row) * inner + j % inner if inner > 1 else j // row, by_pos,
+                                      err_msg=f"{shape} order {order} groups {group_ndim}: {layout}")
+    assert accepted > 100
+    # the layouts that matter, by name
+    assert _cuda.group_layout((8, 16, 5, 6), (480, 1, 96, 16), 2) == (480, 16)      # channels_last
+    assert _cuda.group_layout((8, 16, 5, 6), (480, 1, 96, 16), 1) == (480, 1)       # DropPath on it
+    assert _cuda.group_layout((2, 4, 3, 5, 6), (360, 1, 120, 24, 4), 2) == (360, 4)  # channels_last_3d
+    assert _cuda.group_layout((8, 16, 5, 6), (480, 30, 6, 1), 2) == (30, 1)         # C order
+    assert _cuda.group_layout((8, 16, 5, 6), (30, 240, 6, 1), 2) is None           # (C, N, H, W) memory
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("shape, order, group_ndim", [
+    ((3, 5, 4, 6), (0, 2, 3, 1), 2),      # Dropout2d, channels_last
+    ((3, 5, 4, 6), (0, 2, 3, 1), 1),      # DropPath, channels_last
+    ((2, 3, 2, 4, 5), (0, 2, 3, 4, 1), 2),  # Dropout3d, channels_last_3d
+    ((6, 7), (1, 0), 1),                  # DropPath on a transposed matrix: the batch dim innermost
+])
+def test_grouped_kernel_on_permuted_memory_is_the_cpu_result(rng, shape, order, group_ndim, bf16):
+    """The launch the torch route makes for such tensors: the flat memory of x and out with
+    group_layout's (row, inner), against the CPU result of the same logical array."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    if bf16:
+        x = (x.view(np.uint32) >> 16).astype(np.uint16).view(np.int16)
+    memory = np.ascontiguousarray(x.transpose(order))          # x's elements in memory order
+    _, strides = _memory_groups(shape, list(order), group_ndim)
+    layout = _cuda.group_layout(shape, strides, group_ndim)
+    assert layout is not None
+    keep = cuda.device_array(int(np.prod(shape[:group_ndim])), np.bool_)
+    out = cuda.device_array(memory.size, memory.dtype)
+    _cuda.grouped_dropout_into(cuda.to_device(memory.ravel()), out, 0.4, 11, 2, 1 / 0.6, group_ndim,
+                               keep=keep, bf16=bf16, layout=layout)
+    got = out.copy_to_host().reshape(memory.shape).transpose(np.argsort(order))
+    if bf16:
+        want = _cpu_bf16(x, 0.4, 11, 2, 1 / 0.6, group_ndim)
+    else:
+        from fastdrop import _cpu
+        want = _cpu.grouped_dropout_into(x, np.empty_like(x), 0.4, 11, 2, 1 / 0.6, group_ndim)
+    assert same_bits(got, want)
