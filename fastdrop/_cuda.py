@@ -6,9 +6,11 @@ numba.cuda. Without a GPU (and without NUMBA_ENABLE_CUDASIM=1) every entry point
 RuntimeError before any work: a CUDA input never silently falls back to the CPU; inside a CUDA
 graph capture every torch entry point refuses (`refuse_graph_capture`).
 
-Dropout. The kernels work on flat C-contiguous memory; spatial dropout and DropPath on a torch
-tensor with a dense permuted layout (channels_last, timm's (N, H, W, C) views) index its memory
-directly (`group_layout`). Anything else, and any non-contiguous device array, is first
+Dropout. The kernels work on flat C-contiguous memory; on a torch tensor with a dense permuted
+layout, spatial dropout and DropPath (channels_last, timm's (N, H, W, C) views: `group_layout`)
+and float16/32/64 elementwise dropout (a batched transpose such as channels_last or a transposed
+matrix: `transpose_layout`) index its memory directly. Anything else, and any non-contiguous
+device array, is first
 copied into a contiguous one (one extra device copy; the mask still follows the logical C-order
 index, so the result is the same as for a contiguous input); with inplace=True the result is
 then copied back into x. float16 data, and bfloat16 torch tensors (as int16 views of their bits),
@@ -99,6 +101,37 @@ def dropout_flat_into(x, out, p, seed, offset, scale, stream=0, bf16=False):
     kernel[blocks, threads, stream](_flat(x), _flat(out), *kernel_rng_args(seed, offset, p),
                                     _kernel_scale(x.dtype, scale, bf16))
     return out
+
+
+def dropout_transposed_into(x, out, layout, p, seed, offset, scale, stream=0):
+    """Elementwise dropout over the flat memory of x and out (one dense layout) that
+    `transpose_layout` describes as (A, R, L): the mask of the logical C-order index, no copies."""
+    A, R, L = layout
+    tiles = A * -(-R // K.T_ROWS) * -(-L // K.T_COLS)
+    blocks = max(1, min(CUDA_MAX_BLOCKS, tiles))
+    K.dropout_transposed[blocks, K.CUDA_THREADS, stream](_flat(x), _flat(out), A, R, L,
+                                                       *kernel_rng_args(seed, offset, p),
+                                                       _compute_scalar(x.dtype, scale))
+    return out
+
+
+def transpose_layout(shape, strides):
+    """(A, R, L) when an array of `shape` and element `strides` is dense and laid out as a batched
+    transpose: logical dims (outer..., k, inner...) stored as (outer..., inner..., k), dim k with
+    stride 1 and the others in their logical order (channels_last (N, C, H, W): A = N, R = C,
+    L = H*W; a transposed matrix: A = 1). None otherwise, C-contiguous data included. Size-1 dims
+    are skipped: they change no index."""
+    dims = [(size, stride) for size, stride in zip(shape, strides) if size != 1]
+    units = [k for k, (_, stride) in enumerate(dims) if stride == 1]
+    if len(units) != 1 or units[0] == len(dims) - 1:
+        return None
+    k = units[0]
+    expected = dims[k][0]
+    for size, stride in dims[k + 1:][::-1] + dims[:k][::-1]:
+        if stride != expected:
+            return None
+        expected *= size
+    return math.prod(s for s, _ in dims[:k]), dims[k][0], math.prod(s for s, _ in dims[k + 1:])
 
 
 def keep_mask_into(keep, p, seed, offset, stream=0):
@@ -239,10 +272,13 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
         out = torch.empty_like(x)
     if x.numel() == 0:
         return out
-    layout = None
-    if group_ndim and not x.is_contiguous() and out.stride() == x.stride():
-        layout = group_layout(x.shape, x.stride(), group_ndim)
-    if layout is not None:
+    layout = transposed = None
+    if not x.is_contiguous() and out.stride() == x.stride():
+        if group_ndim:
+            layout = group_layout(x.shape, x.stride(), group_ndim)
+        elif not bf16:
+            transposed = transpose_layout(x.shape, x.stride())
+    if layout is not None or transposed is not None:
         # A dense permuted layout the grouped kernel indexes directly (channels_last and the like:
         # out has x's strides): the flat memory of both, no copies.
         n = x.numel()
@@ -262,6 +298,8 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
             keep = torch.empty(math.prod(x.shape[:group_ndim]), dtype=torch.bool, device=x.device)
             grouped_dropout_into(xd, od, p, seed, offset, scale, group_ndim, stream,
                                  keep=cuda.as_cuda_array(keep, sync=False), bf16=bf16, layout=layout)
+        elif transposed is not None:
+            dropout_transposed_into(xd, od, transposed, p, seed, offset, scale, stream)
         else:
             dropout_flat_into(xd, od, p, seed, offset, scale, stream, bf16=bf16)
     if not direct:

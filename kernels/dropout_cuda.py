@@ -135,6 +135,66 @@ def dropout_flat_bf16(x, out, key_lo, key_hi, off_lo, off_hi, thr, scale):
         cuda.syncthreads()
 
 
+# Elementwise dropout on a batched transpose: logical (A, R, L), memory (A, L, R) (channels_last
+# (N, C, H, W) is A = N, R = C, L = H*W; a transposed matrix A = 1). A block takes a tile of
+# T_ROWS logical rows (r) by T_COLS columns (l) of one a. First its threads make the tile's keep
+# flags from the Philox blocks of its rows (logically consecutive elements: each block is made
+# once, at most T_COLS / 8 + 1 per row) into shared memory, column-major; then they walk the tile in
+# memory order (r fastest), so a warp reads and writes T_ROWS consecutive elements.
+T_ROWS = 32
+T_COLS = 64
+T_BLOCKS = T_COLS // LANES + 1   # Philox blocks a tile row can touch
+T_FLAGS = T_ROWS * T_COLS
+
+
+@cuda.jit(device=True)
+def _tile_keep_flags(keep, a, r0, l0, R, L, thr, key_lo, key_hi, off_lo, off_hi):
+    """keep[(l - l0) * T_ROWS + (r - r0)] = mask of logical element (a, r, l) for the tile."""
+    t = cuda.threadIdx.x
+    for w in range(t, T_ROWS * T_BLOCKS, cuda.blockDim.x):
+        q = w // T_BLOCKS
+        r = r0 + q
+        if r < R:
+            row_start = (a * R + r) * L               # logical index of (a, r, 0)
+            b = (row_start + l0) // LANES + w % T_BLOCKS
+            if b * LANES < row_start + min(l0 + T_COLS, L):
+                r0w, r1w, r2w, r3w = philox_block_cuda(np.uint64(b), off_lo, off_hi, key_lo, key_hi)
+                for h in range(LANES):
+                    col = b * LANES + h - row_start - l0  # column of the tile, if inside it
+                    if 0 <= col < T_COLS and l0 + col < L:
+                        word = r0w if h < 2 else (r1w if h < 4 else (r2w if h < 6 else r3w))
+                        half = (word >> (SHIFT16 * np.uint64(h % 2))) & HALF_MASK
+                        keep[col * T_ROWS + q] = half < thr
+
+
+@cuda.jit(**CUDA_JIT_OPTIONS)
+def dropout_transposed(x, out, A, R, L, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """out = where(mask, x * scale, 0) over the flat memory of x and out laid out (A, L, R) for
+    the logical (A, R, L) array: the mask of logical C-order index (a * R + r) * L + l."""
+    keep = cuda.shared.array(T_FLAGS, dtype=np.bool_)
+    t = cuda.threadIdx.x
+    row_tiles = (R + T_ROWS - 1) // T_ROWS
+    col_tiles = (L + T_COLS - 1) // T_COLS
+    for tile in range(cuda.blockIdx.x, A * row_tiles * col_tiles, cuda.gridDim.x):
+        a = tile // (row_tiles * col_tiles)
+        rest = tile - a * row_tiles * col_tiles
+        r0 = (rest // col_tiles) * T_ROWS
+        l0 = (rest % col_tiles) * T_COLS
+        _tile_keep_flags(keep, a, r0, l0, R, L, thr, key_lo, key_hi, off_lo, off_hi)
+        cuda.syncthreads()
+        for e in range(t, T_FLAGS, cuda.blockDim.x):
+            col = e // T_ROWS
+            q = e - col * T_ROWS
+            if r0 + q < R and l0 + col < L:
+                m = (a * L + l0 + col) * R + r0 + q
+                v = x[m] * scale
+                if keep[e]:
+                    out[m] = v
+                else:
+                    out[m] = 0
+        cuda.syncthreads()  # the flags are overwritten by the next tile
+
+
 @cuda.jit(**CUDA_JIT_OPTIONS)
 def keep_mask(out, key_lo, key_hi, off_lo, off_hi, thr):
     """out[i] = (element i is kept) for a flat bool array `out`."""

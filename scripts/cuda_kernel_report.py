@@ -83,6 +83,9 @@ def signatures():
         sigs.setdefault("dropout_cuda.dropout_flat", []).append((label, (a, a) + rng + (sc,)))
         sigs.setdefault("dropout_cuda.apply_group_mask", []).append((label, (a, a, b[::1], i64, i64, sc)))
         sigs.setdefault("dropout_cuda.scale", []).append((label, (a, a, sc)))
+        # A, R, L of the batched transpose (Python ints)
+        sigs.setdefault("dropout_cuda.dropout_transposed", []).append(
+            (label, (a, a, i64, i64, i64) + rng + (sc,)))
     # bfloat16 torch tensors go in as int16 views of their bits, with a float32 scale
     bf = T.int16[::1]
     sigs["dropout_cuda.dropout_flat_bf16"] = [("bfloat16 bits", (bf, bf) + rng + (T.float32,))]
@@ -119,6 +122,7 @@ def launch_threads():
         "dropout_cuda.keep_mask": config.CUDA_THREADS,
         "dropout_cuda.apply_group_mask": config.CUDA_THREADS,
         "dropout_cuda.dropout_flat_bf16": config.CUDA_THREADS,
+        "dropout_cuda.dropout_transposed": config.CUDA_THREADS,
         "dropout_cuda.apply_group_mask_bf16": config.CUDA_THREADS,
         "dropout_cuda.scale": config.CUDA_THREADS,
         "linear_cuda.masked_gemm": linear_cuda.TILE * linear_cuda.TILE,

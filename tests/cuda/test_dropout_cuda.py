@@ -322,3 +322,53 @@ def test_grouped_kernel_on_permuted_memory_is_the_cpu_result(rng, shape, order, 
         from fastdrop import _cpu
         want = _cpu.grouped_dropout_into(x, np.empty_like(x), 0.4, 11, 2, 1 / 0.6, group_ndim)
     assert same_bits(got, want)
+
+
+def test_transpose_layout_maps_every_memory_position_to_its_logical_index():
+    """Every layout transpose_layout accepts stores logical (a, r, l) at memory (a, l, r); channels_last,
+    channels_last_3d and transposed matrices are accepted, C order is not (it has its own kernel)."""
+    rng = np.random.default_rng(6)
+    accepted = 0
+    for _ in range(300):
+        ndim = int(rng.integers(2, 5))
+        shape = tuple(int(s) for s in rng.integers(1, 5, ndim))
+        order = list(rng.permutation(ndim))
+        by_pos, strides = _memory_groups(shape, order, ndim)  # all dims grouped: the logical index
+        layout = _cuda.transpose_layout(shape, strides)
+        if layout is None:
+            continue
+        accepted += 1
+        A, R, L = layout
+        m = np.arange(by_pos.size)
+        a, l, r = m // (L * R), (m // R) % L, m % R
+        np.testing.assert_array_equal((a * R + r) * L + l, by_pos, err_msg=f"{shape} order {order}")
+    assert accepted > 50
+    assert _cuda.transpose_layout((8, 16, 5, 6), (480, 1, 96, 16)) == (8, 16, 30)        # channels_last
+    assert _cuda.transpose_layout((2, 4, 3, 5, 6), (360, 1, 120, 24, 4)) == (2, 4, 90)    # channels_last_3d
+    assert _cuda.transpose_layout((7, 9), (1, 7)) == (1, 7, 9)                             # transposed
+    assert _cuda.transpose_layout((8, 16, 5, 6), (480, 30, 6, 1)) is None                 # C order
+    assert _cuda.transpose_layout((8, 16, 5, 6), (480, 1, 16, 80)) is None                # (N, W, H, C)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("shape, order", [
+    ((2, 40, 9, 9), (0, 2, 3, 1)),        # channels_last, two row tiles and two column tiles
+    ((70, 130), (1, 0)),                  # a transposed matrix: rows start mid-Philox-block
+    ((1, 3, 2, 5, 7), (0, 2, 3, 4, 1)),   # channels_last_3d, tiny
+])
+def test_transposed_kernel_is_the_cpu_result(rng, shape, order, dtype):
+    """Elementwise dropout straight on a permuted tensor's memory (the torch route's launch for
+    channels_last and transposed tensors) gives the CPU's bits at every element, NaN inputs
+    included; p = 0.4 and p = 1 (all dropped)."""
+    x = data(rng, shape, dtype)
+    x.flat[::17] = np.nan
+    memory = np.ascontiguousarray(x.transpose(order))
+    _, strides = _memory_groups(shape, list(order), len(shape))
+    layout = _cuda.transpose_layout(shape, strides)
+    assert layout is not None
+    for p in (0.4, 1.0):
+        out = cuda.device_array(memory.size, memory.dtype)
+        _cuda.dropout_transposed_into(cuda.to_device(memory.ravel()), out, layout, p, 2**40 + 3, 9,
+                                      train_scale(p))
+        got = out.copy_to_host().reshape(memory.shape).transpose(np.argsort(order))
+        assert same_bits(got, fastdrop.dropout(x, p, seed=2**40 + 3, offset=9))

@@ -41,7 +41,8 @@ KNOWN_SPILLS = []
 # at least these (a broken enumeration must not pass by compiling nothing).
 EXPECTED_KERNELS = {
     "dropout_cuda.dropout_flat", "dropout_cuda.keep_mask", "dropout_cuda.apply_group_mask",
-    "dropout_cuda.dropout_flat_bf16", "dropout_cuda.apply_group_mask_bf16", "dropout_cuda.scale", "linear_cuda.masked_gemm", "linear_cuda.sample_gemm",
+    "dropout_cuda.dropout_flat_bf16", "dropout_cuda.apply_group_mask_bf16", "dropout_cuda.scale",
+    "dropout_cuda.dropout_transposed", "linear_cuda.masked_gemm", "linear_cuda.sample_gemm",
     "linear_cuda.column_sums", "variants_cuda.max_norm_rows",
 }
 ARCHS = ("sm_80", "sm_90")

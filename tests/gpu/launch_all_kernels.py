@@ -132,6 +132,11 @@ def device_arrays(shared_only):
         b3 = bits[:105].reshape(3, 5, 7)
         _cuda.grouped_dropout_into(cuda.to_device(b3), cuda.device_array(b3.shape, np.int16), p, seed,
                                    offset, 1 / (1 - p), 2, bf16=True)
+        # the batched-transpose kernel (channels_last / transposed torch tensors): a (3, 37, 29)
+        # array stored (3, 29, 37), tiles cut on both axes
+        xt = rng.standard_normal(3 * 37 * 29).astype(np.float32)
+        _cuda.dropout_transposed_into(cuda.to_device(xt), cuda.device_array(xt.shape, np.float32),
+                                      (3, 37, 29), p, seed, offset, 1 / (1 - p))
     cuda.synchronize()
 
 
