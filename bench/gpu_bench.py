@@ -15,7 +15,9 @@ scripts/gpu_check.sh runs it after the GPU tests. Sections (--only to pick some)
   per_sample   per-sample DropConnect (fastdrop.dropconnect_linear(per_sample=True)) vs torch's
                materialized composite (bernoulli mask N x out x in, einsum) where that fits in
                memory; fastdrop alone where it does not;
-  matmul       fastdrop.dropout_matmul vs torch.matmul(F.dropout(a), v), forward+backward.
+  matmul       fastdrop.dropout_matmul vs torch.matmul(F.dropout(a), v), forward+backward;
+  layouts      dropout, dropout2d and drop_path forward on a channels_last (N, C, H, W) tensor vs
+               torch's (F.dropout, F.dropout2d, timm's x * bernoulli mask), with the copy floor.
 
 How it measures: CUDA events on the current stream around `number` back-to-back calls (so the
 GPU time of a call, or the host time where the host cannot keep the GPU busy; `host_s` is the
@@ -45,7 +47,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 T0 = time.perf_counter()
-SECTIONS = ("dropout", "dense", "per_sample", "matmul")
+SECTIONS = ("dropout", "dense", "per_sample", "matmul", "layouts")
 P = 0.5  # drop probability of every row (torch's fused dropout costs the same for any p)
 MIB = 1 << 20
 
@@ -65,6 +67,7 @@ def plan(mode):
     per_sample = [(8, 16, 12), (64, 64, 64), (32, 128, 128)] if small else \
         [(256, 1024, 1024), (64, 1024, 1024), (1024, 2048, 2048), (8192, 4096, 4096)]
     matmul = [(1, 2, 16, 8)] if small else [(8, 16, 1024, 64)]
+    layouts = [(2, 8, 4, 6)] if small else [(64, 256, 56, 56)]
     rows = []
     for dtype in ("float32", "bfloat16"):
         for n in sizes:
@@ -77,8 +80,10 @@ def plan(mode):
             rows += [dict(section="per_sample", op="dropconnect_per_sample_fwd_bwd", shape=s, dtype=dtype)
                      for s in per_sample]
         rows += [dict(section="matmul", op="dropout_matmul_fwd_bwd", shape=s, dtype=dtype) for s in matmul]
+        rows += [dict(section="layouts", op=op, shape=s, dtype=dtype) for s in layouts
+                 for op in ("dropout_cl_fwd", "dropout2d_cl_fwd", "drop_path_cl_fwd")]
     # the target rows first: biggest dropout size and dense shape of float32, then the rest
-    key = {"dropout": 0, "dense": 1, "per_sample": 2, "matmul": 3}
+    key = {"dropout": 0, "dense": 1, "per_sample": 2, "matmul": 3, "layouts": 4}
     rows.sort(key=lambda r: (r["dtype"] != "float32", key[r["section"]]))
     for r in rows:
         r["id"] = f"{r['op']}|{'x'.join(map(str, r['shape']))}|{r['dtype']}"
@@ -242,6 +247,17 @@ def build(row, device, free_bytes):
                 return torch.einsum("ni,noi->no", x, w * m / (1 - P)) + b
             providers["torch"] = _grad(th, params, g)
         return providers, flops, "TFLOP/s", notes
+    if row["section"] == "layouts":
+        # channels_last (N, C, H, W): fastdrop indexes the memory where it lies (no contiguous
+        # copy; bfloat16 elementwise is the exception), torch's ops keep the layout too
+        x = torch.randn(shape, device=device, dtype=td).contiguous(memory_format=torch.channels_last)
+        y = torch.empty_like(x)
+        fd, th = {"dropout_cl_fwd": (lambda: fastdrop.dropout(x, P), lambda: F.dropout(x, P)),
+                  "dropout2d_cl_fwd": (lambda: fastdrop.dropout2d(x, P), lambda: F.dropout2d(x, P)),
+                  "drop_path_cl_fwd": (lambda: fastdrop.drop_path(x, P), lambda: x * x.new_empty(
+                      (shape[0], 1, 1, 1)).bernoulli_(1 - P).div_(1 - P))}[op]
+        return ({"fastdrop": fd, "torch": th, "floor": lambda: y.copy_(x)},
+                2.0 * x.numel() * x.element_size(), "GB/s", notes)
     if row["section"] == "matmul":
         b, h, length, d = shape
         a = torch.rand(b, h, length, length, device=device, dtype=td, requires_grad=True)
@@ -454,6 +470,16 @@ def markdown(res):
                          f"{_cell(r, 'torch')} | {_cell(r, 'floor')} | {_x(r['fastdrop_vs_floor'])} | "
                          f"{_x(r.get('speedup'))} |")
     lines += errs("matmul")
+    lines += ["", "## channels_last, forward (read x, write y; floor: a copy in the same layout)", "",
+              "| op | dtype | N x C x H x W | fastdrop | torch | copy floor | fastdrop GB/s | "
+              "fastdrop / copy BW | speedup vs torch |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["section"] == "layouts" and "timings" in r:
+            lines.append(f"| {r['op'].replace('_cl_fwd', '')} | {r['dtype']} | {'x'.join(map(str, r['shape']))} | "
+                         f"{_cell(r, 'fastdrop')} | {_cell(r, 'torch')} | {_cell(r, 'floor')} | "
+                         f"{r['fastdrop_rate']:.4g} | {100 * r['fastdrop_rate'] / r['floor_rate']:.0f}% | "
+                         f"{_x(r.get('speedup'))} |")
+    lines += errs("layouts")
     return "\n".join(lines) + "\n"
 
 
