@@ -95,10 +95,16 @@ def array_kind(x, name="x"):
                     f"(__cuda_array_interface__), got {type(x).__name__}")
 
 
+_TORCH_FLOATS = ()  # torch's float16, bfloat16, float32, float64; filled on the first tensor
+
+
 def _check_tensor(x, name):
+    global _TORCH_FLOATS
     torch = sys.modules["torch"]
+    if not _TORCH_FLOATS:
+        _TORCH_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
     if not x.is_nested and x.layout == torch.strided and (x.is_cpu or x.is_cuda) and \
-            x.dtype.is_floating_point:
+            x.dtype in _TORCH_FLOATS:
         return  # every call passes here: cheap tensor flags, not x.device (a new object per read)
     if x.is_nested:
         raise TypeError(f"{name} must be a dense tensor, got a nested tensor")
@@ -106,8 +112,9 @@ def _check_tensor(x, name):
         raise TypeError(f"{name} must be a dense (strided) tensor, got layout {x.layout}")
     if x.device.type not in ("cpu", "cuda"):
         raise ValueError(f"fastdrop runs on CPU and CUDA tensors, got {name} on device {x.device}")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"{name} must have a floating point dtype, got {x.dtype}")
+    if x.dtype not in _TORCH_FLOATS:
+        raise TypeError(f"{name} must have a floating point dtype (float16, bfloat16, float32, float64), "
+                        f"got {x.dtype}")
 
 
 def check_array(x, name="x"):
@@ -175,14 +182,24 @@ def _overlaps(shape, strides, itemsize):
     return bool(np.any(np.diff(addr) < itemsize))
 
 
-def check_writable(x, kind):
-    """An in-place target must be writeable and must not have two elements in one memory location
-    (torch's rule: `expand`ed and overlapping `as_strided` views are refused with a RuntimeError)."""
+def check_writable(x, kind, name="x"):
+    """An in-place or out= target must be writeable and must not have two elements in one memory
+    location (torch's rule: `expand`ed and overlapping `as_strided` views are refused with a
+    RuntimeError)."""
     if kind == NUMPY:
         if not x.flags.writeable:
-            raise ValueError("inplace=True needs a writeable array; x is read-only")
+            what = "inplace=True" if name == "x" else f"{name}="
+            raise ValueError(f"{what} needs a writeable array; {name} is read-only")
         shape, strides, item = x.shape, x.strides, x.itemsize
     elif kind == TORCH:
+        torch = sys.modules["torch"]
+        if not torch.compiler.is_compiling():  # (a traced graph writes through torch's own ops)
+            if x.is_neg():
+                raise ValueError(f"{name} is a lazily negated view (torch's neg bit): fastdrop writes "
+                                 f"memory directly; pass {name}.resolve_neg()")
+            if x.is_inference() and not torch.is_inference_mode_enabled():
+                raise RuntimeError(f"Inplace update to inference tensor outside InferenceMode is not "
+                                   f"allowed ({name} was made under torch.inference_mode)")
         item = x.element_size()
         shape, strides = tuple(x.shape), tuple(s * item for s in x.stride())
     else:
@@ -211,6 +228,12 @@ def check_out(x, kind, out, inplace):
         raise TypeError("out= takes numpy arrays and torch tensors; CUDA device arrays: use inplace=True")
     if array_kind(out, "out") != kind:
         raise TypeError(f"out must be the same kind of array as x ({kind}), got {type(out).__name__}")
+    if kind == NUMPY:
+        if type(out) is not np.ndarray:
+            raise TypeError(f"out must be a plain numpy.ndarray, got {type(out).__name__} (np.matrix, "
+                            f"masked arrays and other subclasses index and reshape differently)")
+        if not out.dtype.isnative:
+            raise TypeError(f"out must be in the machine's byte order, got dtype {out.dtype.str}")
     if tuple(out.shape) != tuple(x.shape):
         raise ValueError(f"out has shape {tuple(out.shape)}, expected x's shape {tuple(x.shape)}")
     if out.dtype != x.dtype:
@@ -218,11 +241,37 @@ def check_out(x, kind, out, inplace):
     if kind == TORCH:
         if out.device != x.device:
             raise ValueError(f"out is on {out.device} but x is on {x.device}")
-        if x.requires_grad and sys.modules["torch"].is_grad_enabled():
-            raise RuntimeError("out= arguments don't support automatic differentiation, but x "
-                               "requires grad (as torch's out= ops)")
-        if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+        torch = sys.modules["torch"]
+        if (x.requires_grad or out.requires_grad) and torch.is_grad_enabled():
+            raise RuntimeError("functions with out=... arguments don't support automatic "
+                               "differentiation, but one of the arguments (x or out) requires grad "
+                               "(as torch's out= ops)")
+        if not torch.compiler.is_compiling() and _tensors_overlap(x, out):
             raise ValueError("out shares memory with x: pass inplace=True to write into x")
     elif np.shares_memory(out, x):
         raise ValueError("out shares memory with x: pass inplace=True to write into x")
-    check_writable(out, kind)
+    check_writable(out, kind, "out")
+
+
+def _tensors_overlap(a, b):
+    """Do two tensors share a byte of memory (whatever storages they come from)? Exact for CPU
+    tensors (numpy's shares_memory on their views); the spans of their memory for CUDA tensors."""
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    if a.is_cpu and b.is_cpu and not (a.is_neg() or a.is_conj() or b.is_neg() or b.is_conj()):
+        return bool(np.shares_memory(_byte_view(a), _byte_view(b)))
+
+    def span(t):
+        lo = hi = t.data_ptr()
+        for size, stride in zip(t.shape, t.stride()):
+            step = (size - 1) * stride * t.element_size()
+            lo, hi = (lo + step, hi) if step < 0 else (lo, hi + step)
+        return lo, hi + t.element_size()
+    (alo, ahi), (blo, bhi) = span(a), span(b)
+    return alo < bhi and blo < ahi
+
+
+def _byte_view(t):
+    """A numpy view of a CPU tensor's memory (any float dtype, bfloat16 included) for overlap tests."""
+    torch = sys.modules["torch"]
+    return t.detach().view(torch.int16 if t.element_size() == 2 else t.dtype).numpy()

@@ -97,10 +97,14 @@ class NumpyBackend:
     def scale(x, factor, inplace=False):
         if factor == 1.0:
             return x
+        if x.dtype == np.float16:  # float32 arithmetic rounded once, as every other half path
+            y = (x.astype(np.float32) * np.float32(factor)).astype(np.float16)
+        else:
+            y = x * x.dtype.type(factor)
         if inplace:
-            x *= x.dtype.type(factor)
+            x[...] = y
             return x
-        return x * x.dtype.type(factor)
+        return y
 
     @staticmethod
     def linear(x, w, b):
@@ -434,7 +438,9 @@ def _plain(B, operands, params, factor, inplace=False):
 
 
 def _fake(operands, params):
-    return operands[0].new_empty(operands[0].shape)
+    # torch's layout rule, as the kernels' outputs follow it (empty_like: a dense layout such as
+    # channels_last is kept), so compiled graphs see the strides the op really returns
+    return sys.modules["torch"].empty_like(operands[0])
 
 
 def _vmap(info, in_dims, operands, rng, params):
@@ -471,7 +477,8 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
     offset = check_u64(offset, "offset")
     if seed is not None:
         seed = check_u64(seed, "seed")
-    x, kind = check_array(operands[0], op.operands[0]) if checked is None else checked
+    given = operands[0]
+    x, kind = check_array(given, op.operands[0]) if checked is None else checked
     if len(operands) > 1:
         operands = (x, *check_companions(x, kind, zip(op.operands[1:], operands[1:]), op.operands[0]))
     elif x is not operands[0]:
@@ -484,12 +491,25 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
         else:
             check_out(x, kind, out, inplace)
     if inplace:
+        if kind == NUMPY and x is not given and not np.shares_memory(x, given):
+            raise TypeError(f"inplace=True needs x in the machine's byte order, got dtype "
+                            f"{given.dtype.str} (the result would go into a converted copy)")
         check_writable(x, kind)
-        if kind == TORCH and x.requires_grad and x.is_leaf and _grad_enabled():
-            raise ValueError("inplace dropout on a leaf tensor that requires grad is not allowed")
+        if kind == TORCH and x.requires_grad and _grad_enabled():
+            if x.is_leaf:
+                raise ValueError("inplace dropout on a leaf tensor that requires grad is not allowed")
+            base = x._base
+            if base is not None and base.is_leaf and base.requires_grad:
+                raise ValueError("inplace dropout on a view of a leaf tensor that requires grad is "
+                                 "not allowed (torch: a view of a leaf Variable that requires grad "
+                                 "is being used in an in-place operation)")
     B = BACKENDS[kind]
     if not training or p == 0.0:
-        y = op.plain(B, operands, params, eval_factor if not training else 1.0, inplace)
+        factor = eval_factor if not training else 1.0
+        if kind == TORCH:  # torch's half GEMMs accumulate in float32 and round once themselves
+            y = op.plain(B, operands, params, factor, inplace)
+        else:  # numpy's float16 GEMMs round every partial sum: the ops' upcast, as in training
+            y = _upcast(op, B, operands, lambda ops: op.plain(B, ops, params, factor, inplace), inplace)
         if out is not None:
             out[...] = y
             return out
@@ -567,7 +587,7 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         seed = _seeds.draw_torch_seed()
     rng = _rng(p, seed, offset, scale)
     if out is not None:  # checked: no autograd records this call
-        return op.forward(TorchBackend, operands, rng, params, out=out)
+        return _written(op.forward(TorchBackend, operands, rng, params, out=out))
     if not op.upcast_half:
         return torch_apply(op, operands, params, rng, inplace)
     return _upcast(op, TorchBackend, operands, lambda ops: torch_apply(op, ops, params, rng, inplace), inplace)
@@ -581,8 +601,18 @@ def torch_apply(op, operands, params, rng, inplace=False):
     apply = _recording_apply(sys.modules["torch"], operands)
     if apply is None:
         # Skip autograd's bookkeeping (in-place results stay the same object, as in torch).
-        return op.forward(TorchBackend, operands, rng, params, out=operands[0] if inplace else None)
+        y = op.forward(TorchBackend, operands, rng, params, out=operands[0] if inplace else None)
+        return _written(y) if inplace else y
     return apply(op, params, rng, inplace, *operands)
+
+
+def _written(t):
+    """t after a kernel wrote into its memory behind torch's back (numpy views): its version
+    counter bumped, as torch's in-place and out= ops do, so a graph that saved t for backward
+    refuses to use the changed values instead of computing a wrong gradient."""
+    if not t.is_inference():
+        sys.modules["torch"].autograd.graph.increment_version(t)
+    return t
 
 
 def _recording_apply(torch, operands):
@@ -617,6 +647,7 @@ _FUNCTIONS = None
 
 def _setup(ctx, op, params, rng, inplace, operands, forward_ad):
     ctx.op, ctx.params, ctx.rng, ctx.n = op, params, rng, len(operands)
+    ctx.autocast = _autocast_state(operands[0])
     if op.saves:  # saved_tensors is () without the call
         ctx.save_for_backward(*(operands[i] for i in op.saves))
     if forward_ad:
@@ -638,8 +669,26 @@ def _function_backward(ctx, grad):
     torch = sys.modules["torch"]
     recorded = torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
     B = TorchAutogradBackend if recorded else TorchBackend
-    grads = op.backward(B, grad, saved, ctx.rng, ctx.params, needs)
+    if ctx.autocast is None:
+        grads = op.backward(B, grad, saved, ctx.rng, ctx.params, needs)
+    else:  # the forward's GEMMs ran under autocast: the backward's run under the same (custom_bwd)
+        with torch.autocast(*ctx.autocast):
+            grads = op.backward(B, grad, saved, ctx.rng, ctx.params, needs)
     return (None, None, None, None, *(g if n else None for g, n in zip(grads, needs)))
+
+
+def _autocast_state(x):
+    """(device type, dtype) of the autocast region the forward runs in for x's device, or None.
+    Backward runs outside any autocast region unless it re-enters the forward's, as
+    torch.amp.custom_bwd does; without that, a bfloat16 gradient of an autocast GEMM meets a
+    float32 saved weight in the backward's GEMM."""
+    if x is None:
+        return None
+    torch = sys.modules["torch"]
+    device = "cuda" if x.is_cuda else "cpu"  # the only devices _checks lets through
+    if not torch.is_autocast_enabled(device):
+        return None
+    return device, torch.get_autocast_dtype(device)
 
 
 def _jvp(ctx, _op, _params, _rng, _inplace, *tangents):
@@ -812,6 +861,7 @@ def library_op(op):
         operands, (seed, p, offset, scale, params) = inputs[:n], inputs[n:]
         ctx.save_for_backward(*(operands[i] for i in op.saves), seed)
         ctx.scalars, ctx.params = (p, offset, scale), tuple(params)
+        ctx.autocast = _autocast_state(operands[0])
 
     def backward(ctx, grad):
         *kept, seed = ctx.saved_tensors
@@ -821,7 +871,11 @@ def library_op(op):
         p, offset, scale = ctx.scalars
         needs = ctx.needs_input_grad[:n]
         rng = Rng(p, seed, offset, scale)
-        grads = op.backward(TorchAutogradBackend, grad, saved, rng, ctx.params, needs)
+        if ctx.autocast is None:
+            grads = op.backward(TorchAutogradBackend, grad, saved, rng, ctx.params, needs)
+        else:
+            with torch.autocast(*ctx.autocast):
+                grads = op.backward(TorchAutogradBackend, grad, saved, rng, ctx.params, needs)
         return (*(g if need else None for g, need in zip(grads, needs)), None, None, None, None, None)
 
     lib.register_autograd(backward, setup_context=setup_context)

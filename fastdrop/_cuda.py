@@ -234,10 +234,7 @@ def scale_array(x, factor, inplace):
     xd = as_device_array(x)
     if xd.size == 0:
         return x if inplace else cuda.device_array(xd.shape, xd.dtype)
-    # float16: the factor is rounded to float16 first, so float32(x) * float32(f16 factor) rounded
-    # once is numpy's float16 product, x * np.float16(factor).
-    if xd.dtype == np.float16:
-        factor = np.float16(factor)
+    # float16: float32(x) * float32(factor), rounded once on the store (as on the CPU)
     src = _contiguous(xd)
     out = src if inplace and src is xd else cuda.device_array(xd.shape, xd.dtype)
     blocks, threads = launch_shape(xd.size)

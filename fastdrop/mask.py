@@ -88,12 +88,12 @@ def dropout_mask(shape, p, seed, offset=0, *, out=None):
     seed = check_u64(seed, "seed")
     offset = check_u64(offset, "offset")
     if out is not None:
-        if not isinstance(out, np.ndarray) or out.dtype != np.bool_:
-            raise TypeError(f"out must be a numpy bool array, got {type(out).__name__} "
-                            f"{getattr(out, 'dtype', '')}")
+        if type(out) is not np.ndarray or out.dtype != np.bool_:
+            raise TypeError(f"out must be a plain numpy bool array (no np.matrix or other subclass), "
+                            f"got {type(out).__name__} {getattr(out, 'dtype', '')}")
         if out.shape != shape:
             raise ValueError(f"out has shape {out.shape}, expected {shape}")
-        check_writable(out, NUMPY)
+        check_writable(out, NUMPY, "out")
     else:
         _check_allocatable(math.prod(shape))
     flat = out if out is not None and out.flags.c_contiguous else np.empty(shape, dtype=np.bool_)

@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from ._checks import NUMPY, TORCH, array_kind, check_array, is_torch_tensor
+from ._checks import NUMPY, TORCH, array_kind, check_array, check_writable, is_torch_tensor
 from .kernels import max_norm_cpu
 
 __all__ = ["max_norm_", "max_norm_hook"]
@@ -89,9 +89,12 @@ def max_norm_(weight, max_value, dim=1, eps=1e-7):
     if kind == NUMPY and not weight.dtype.isnative:
         raise TypeError(f"weight has non-native byte order ({weight.dtype}); convert it first")
     check_array(weight, "weight")
+    if kind == NUMPY and not weight.flags.writeable:
+        raise ValueError("max_norm_ writes in place; weight is read-only")
+    # an expanded or otherwise self-overlapping view: refused as torch's renorm_ refuses it (each
+    # row would be rescaled once per alias)
+    check_writable(weight, kind, "weight")
     if kind == NUMPY:
-        if not weight.flags.writeable:
-            raise ValueError("max_norm_ writes in place; weight is read-only")
         if weight.dtype == np.float16:
             tmp = weight.astype(np.float32)
             weight[...] = _max_norm_numpy(tmp, max_value, dims, eps)

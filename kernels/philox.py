@@ -90,7 +90,9 @@ SHIFT16 = np.uint64(16)
 
 
 def keep_threshold(p):
-    """T(p) above, as a Python int in [0, 2^16]."""
+    """T(p) above, as a Python int in [0, 2^16]; ValueError for p outside [0, 1] (or NaN)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got p={p}")
     return int(math.floor((1.0 - p) * float(1 << MASK_BITS)))
 
 

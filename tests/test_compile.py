@@ -160,3 +160,27 @@ def test_compiled_graph_saves_only_seeds():
     y.sum().backward()
     assert saved == [(), ()]  # the two 0-d seeds, no mask and no activation
     assert x.grad is not None
+
+
+def test_compiled_permuted_layouts_and_out_match_eager():
+    """The fake (shape) function keeps the real op's layout (torch.empty_like: channels_last stays
+    channels_last), so Inductor's stride checks pass on permuted inputs; out= traces too. One
+    compile covers dropout, dropout2d and drop_path on channels_last, a transposed matrix and out=."""
+    def f(x, m, o):
+        a = fastdrop.dropout(x * 2, 0.5)
+        b = fastdrop.dropout2d(x, 0.5)
+        c = fastdrop.drop_path(x, 0.5)
+        d = fastdrop.dropout(m.mT, 0.3)
+        fastdrop.dropout(m, 0.2, seed=5, out=o)
+        return a, b, c, d, o
+
+    x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    m = torch.randn(5, 7)
+    compiled = torch.compile(f, fullgraph=True)
+    torch.manual_seed(3)
+    got = compiled(x, m, torch.empty(5, 7))
+    torch.manual_seed(3)
+    want = f(x, m, torch.empty(5, 7))
+    for g, w in zip(got, want):
+        assert g.stride() == w.stride()
+        torch.testing.assert_close(g, w, rtol=0, atol=0)

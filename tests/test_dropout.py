@@ -310,3 +310,39 @@ def test_dropout_mask_out():
         fastdrop.dropout_mask((6, 8), 0.3, 5, out=out)
     with pytest.raises(TypeError, match="bool"):
         fastdrop.dropout_mask((6, 9), 0.3, 5, out=np.zeros((6, 9)))
+
+
+# In place and out= write through numpy views, behind autograd's back: the version counter must
+# still move, or a graph that saved the tensor computes its gradient from the changed values.
+_WRITES = {
+    "dropout-inplace": lambda x: fastdrop.dropout(x, 0.5, seed=1, inplace=True),
+    "dropout1d-inplace": lambda x: fastdrop.dropout1d(x, 0.5, seed=1, inplace=True),
+    "dropout2d-inplace": lambda x: fastdrop.dropout2d(x, 0.5, seed=1, inplace=True),
+    "drop_path-inplace": lambda x: fastdrop.drop_path(x, 0.5, seed=1, inplace=True),
+    "drop_path-batch-inplace": lambda x: fastdrop.drop_path(x, 0.5, seed=1, inplace=True, mode="batch"),
+    "classic-eval-inplace": lambda x: fastdrop.dropout(x, 0.5, training=False, inplace=True, mode="classic"),
+    "dropout-out-x": lambda x: fastdrop.dropout(x, 0.5, seed=1, out=x),
+    "dropout-permuted-inplace": lambda x: fastdrop.dropout(x.permute(2, 0, 1), 0.5, seed=1, inplace=True),
+}
+
+
+@pytest.mark.parametrize("write", _WRITES.values(), ids=list(_WRITES))
+def test_writes_bump_the_version_counter_so_stale_graphs_refuse_backward(write):
+    w = torch.ones(2, 3, 4, requires_grad=True)
+    x = torch.arange(1.0, 25.0).reshape(2, 3, 4)
+    y = (w * x).sum()  # saves x for w's gradient
+    before = x._version
+    write(x)
+    assert x._version > before
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
+def test_out_bumps_the_version_of_out():
+    w = torch.ones(5, requires_grad=True)
+    out = torch.zeros(5)
+    y = (w * out).sum()
+    fastdrop.dropout(torch.ones(5), 0.5, seed=2, out=out)
+    assert out._version > 0
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()

@@ -335,3 +335,29 @@ def test_half_peak_memory_is_the_output_alone():
             assert extra <= SLACK, (name, extra / MIB)
         else:  # the output's pages, all touched; nothing else of its size
             assert out_bytes - SLACK <= extra <= out_bytes + SLACK, (name, extra / MIB)
+
+
+def test_float16_eval_paths_round_once_like_training_and_like_torch():
+    """Classic-mode eval scaling and the dense layers at eval / p = 0 compute float16 in float32 and
+    round once on numpy too (the factor is not rounded to float16 first, no float16 partial sums),
+    so numpy, torch and the float32 reference agree bit for bit."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(10000).astype(np.float16)
+    want = (x.astype(np.float32) * np.float32(0.7)).astype(np.float16)
+    got_np = fastdrop.dropout(x, 0.3, training=False, mode="classic")
+    got_t = fastdrop.dropout(torch.from_numpy(x), 0.3, training=False, mode="classic").numpy()
+    assert np.array_equal(got_np.view(np.uint16), want.view(np.uint16))
+    assert np.array_equal(got_t.view(np.uint16), want.view(np.uint16))
+    xi = x[:10000 // 2].copy()
+    fastdrop.dropout(xi, 0.3, training=False, mode="classic", inplace=True)
+    assert np.array_equal(xi.view(np.uint16), want[:5000].view(np.uint16))
+
+    xs = rng.standard_normal((16, 64)).astype(np.float16)
+    w = rng.standard_normal((32, 64)).astype(np.float16)
+    b = rng.standard_normal(32).astype(np.float16)
+    ref = (xs.astype(np.float32) @ w.astype(np.float32).T + b.astype(np.float32)).astype(np.float16)
+    for kw in (dict(training=False), dict(p=0.0)):
+        kw = {"p": 0.3, **kw}
+        got = fastdrop.dropout_linear(xs, w, b, **kw)
+        assert got.dtype == np.float16
+        np.testing.assert_allclose(got.astype(np.float32), ref.astype(np.float32), rtol=0, atol=0)

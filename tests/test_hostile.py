@@ -28,6 +28,7 @@ def read_only(a):
 
 
 F = fastdrop
+SHARED = np.arange(1, 41, dtype=np.float32)  # memory two tensors from torch.from_numpy share
 CASES = [
     # (id, input factory, call, exception, message fragment)
     ("p-tensor", x_np, lambda x: F.dropout(x, torch.tensor(0.5)), TypeError, "p must be a real"),
@@ -99,7 +100,60 @@ CASES = [
     ("linear-p-nan", x_np, lambda x: F.dropout_linear(x, np.ones((2, 4), np.float32), p=NAN), ValueError, "p=nan"),
     ("dropconnect-w-shape", x_t, lambda x: F.dropconnect_linear(x, torch.ones(2, 3)), ValueError, "weight must be"),
     ("dropconnect-dtype", x_np, lambda x: F.dropconnect_linear(x, np.ones((2, 4), np.float64)), TypeError, "must have the same dtype"),
+    # found by a review (2026-12-03): each of these used to write, crash or draw a seed first
+    ("out-np-matrix", lambda: np.arange(1.0, 13.0).reshape(3, 4),
+     lambda x: F.dropout1d(x, 0.5, out=np.matrix(np.zeros((3, 4)))), TypeError, "plain numpy.ndarray"),
+    ("out-masked-array", x_np, lambda x: F.dropout(x, 0.5, out=np.ma.zeros((2, 3, 4), np.float32)),
+     TypeError, "plain numpy.ndarray"),
+    ("out-big-endian", x_np, lambda x: F.dropout(x, 0.5, out=np.zeros((2, 3, 4), ">f4")), TypeError, "byte order"),
+    ("mask-out-matrix", x_np, lambda x: F.dropout_mask((3, 4), 0.5, 1, out=np.matrix(np.zeros((3, 4), bool))),
+     TypeError, "plain numpy bool array"),
+    ("mask-out-read-only", x_np, lambda x: F.dropout_mask((3,), 0.5, 1, out=read_only(np.zeros(3, bool))),
+     ValueError, "out is read-only"),
+    ("inplace-big-endian", lambda: np.arange(1, 9, dtype=">f4"), lambda x: F.dropout(x, 0.5, inplace=True),
+     TypeError, "byte order"),
+    ("inplace-big-endian-dropout2d", lambda: np.ones((2, 3, 4), ">f8"), lambda x: F.dropout2d(x, 0.5, inplace=True),
+     TypeError, "byte order"),
+    ("float8-tensor", lambda: torch.ones(4).to(torch.float8_e4m3fn), lambda x: F.dropout(x, 0.5), TypeError, "floating point"),
+    ("float8-drop-path", lambda: torch.ones(4, 2).to(torch.float8_e5m2), lambda x: F.drop_path(x, 0.5), TypeError, "floating point"),
+    ("inplace-view-of-leaf", lambda: torch.ones(8, requires_grad=True),
+     lambda x: F.dropout(x[:4], 0.5, inplace=True), ValueError, "view of a leaf"),
+    ("inplace-view-of-leaf-2d", lambda: torch.ones(3, 4, 5, requires_grad=True),
+     lambda x: F.dropout2d(x[1:], 0.5, inplace=True), ValueError, "view of a leaf"),
+    ("out-parameter", x_t, lambda x: F.dropout(x, 0.5, out=torch.nn.Parameter(torch.zeros(2, 3, 4))),
+     RuntimeError, "out=... arguments don't support automatic differentiation"),
+    ("out-overlaps-from-numpy", lambda: torch.from_numpy(SHARED[0:32]),  # two storages, one memory
+     lambda x: F.dropout(x, 0.5, out=torch.from_numpy(SHARED[4:36])), ValueError, "shares memory"),
+    ("inplace-neg-view", lambda: torch._neg_view(torch.ones(4)), lambda x: F.dropout(x, 0.5, inplace=True),
+     ValueError, "resolve_neg"),
+    ("out-neg-view", x_t, lambda x: F.dropout(x, 0.5, out=torch._neg_view(torch.zeros(2, 3, 4))),
+     ValueError, "resolve_neg"),
+    ("max-norm-expanded", lambda: torch.tensor([[1.0], [2.0], [3.0]]), lambda x: F.max_norm_(x.expand(3, 4), 1.0),
+     RuntimeError, "single memory location"),
+    ("keep-threshold-2", x_np, lambda x: F.keep_threshold(2.0), ValueError, "between 0 and 1"),
 ]
+
+
+def test_inplace_on_an_inference_tensor_outside_inference_mode_is_refused():
+    with torch.inference_mode():
+        x = torch.ones(4)
+    state = torch.get_rng_state()
+    with pytest.raises(RuntimeError, match="inference tensor"):
+        F.dropout(x, 0.5, inplace=True)
+    assert torch.equal(x, torch.ones(4)) and torch.equal(torch.get_rng_state(), state)
+    with torch.inference_mode():  # inside inference mode it is allowed, as in torch
+        assert F.dropout(x, 0.5, seed=1, inplace=True) is x
+
+
+def test_out_may_be_another_part_of_xs_storage_or_empty():
+    """out= is refused only when it really shares memory with x: disjoint rows of one storage and
+    empty tensors are fine (as in torch's out= ops)."""
+    buf = torch.arange(1.0, 17.0).reshape(2, 8)
+    F.dropout(buf[0], 0.5, seed=1, out=buf[1])
+    want = np.where(F.dropout_mask((8,), 0.5, 1), np.arange(1.0, 9.0, dtype=np.float32) * 2, 0)
+    np.testing.assert_array_equal(buf[1].numpy(), want)
+    np.testing.assert_array_equal(buf[0].numpy(), np.arange(1.0, 9.0, dtype=np.float32))
+    assert F.dropout(torch.empty(0, 3), 0.5, seed=1, out=torch.empty(0, 3)).shape == (0, 3)
 
 
 def test_dropconnect_meta_device_changes_no_state():

@@ -309,3 +309,40 @@ def test_torch_compile_fullgraph_matches_eager():
 
     for a, b in zip(run(c), run(m)):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("op", ["dropout_linear", "dropconnect_linear", "dropout_matmul"])
+def test_autocast_backward_runs_in_the_forwards_autocast_region(op):
+    """Under torch.autocast the forward's GEMMs run in bfloat16; the backward's GEMMs must too (as
+    torch.amp.custom_bwd does), or a bfloat16 gradient meets a float32 saved weight. Gradients
+    equal the torch composite with the same mask under the same autocast."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 8, requires_grad=True)
+    w = torch.randn(5, 8, requires_grad=True)
+    b = torch.randn(5, requires_grad=True)
+    p, s = 0.3, 1 / 0.7
+    if op == "dropout_linear":
+        fd = lambda: fastdrop.dropout_linear(x, w, b, p, seed=4)
+        m = torch.from_numpy(fastdrop.dropout_mask((6, 8), p, 4))
+        ref = lambda: torch.nn.functional.linear(x * m * s, w, b)
+        params = [x, w, b]
+    elif op == "dropconnect_linear":
+        fd = lambda: fastdrop.dropconnect_linear(x, w, b, p, seed=4)
+        m = torch.from_numpy(fastdrop.dropout_mask((5, 8), p, 4))
+        ref = lambda: torch.nn.functional.linear(x, w * m * s, b)
+        params = [x, w, b]
+    else:
+        v = torch.randn(8, 5, requires_grad=True)
+        fd = lambda: fastdrop.dropout_matmul(x, v, p, seed=4)
+        m = torch.from_numpy(fastdrop.dropout_mask((6, 8), p, 4))
+        ref = lambda: torch.matmul(x * m * s, v)
+        params = [x, v]
+    grads = []
+    for fn in (fd, ref):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = fn()
+        assert y.dtype == torch.bfloat16
+        grads.append(torch.autograd.grad(y.float().sum(), params))
+    for g, r in zip(*grads):
+        assert g.dtype == r.dtype == torch.float32
+        torch.testing.assert_close(g, r, rtol=2e-2, atol=2e-2)
