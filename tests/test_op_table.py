@@ -1,7 +1,7 @@
 """Guarantees the README states for every op, checked for every row of tests/op_table.py:
 torch.compile (Inductor and aot_eager) equals eager, nothing but the operands and scalars saved for
-backward, gradcheck and gradgradcheck, torch.func.grad / jvp / vmap, half types, numpy-torch
-parity, rank streams, bad input refused before the seed draw, in-place on overlapping memory refused.
+backward, gradcheck and gradgradcheck, torch.func.grad / jvp / vmap, half types, backward under
+autocast, numpy-torch parity, rank streams, bad input refused before the seed draw, in-place on overlapping memory refused.
 """
 import warnings
 
@@ -135,6 +135,21 @@ def test_half_types(name, dtype, atol):
     assert y.dtype == dtype
     ref = case.call(*(o.to(dtype).float() for o in ops), seed=4)
     torch.testing.assert_close(y.float(), ref, rtol=atol, atol=atol)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backward_under_autocast(name):
+    """A forward under torch.autocast (bfloat16 on the CPU) has a backward that runs: the ops' GEMMs
+    re-enter the forward's autocast region (torch.amp.custom_bwd's rule), and every gradient comes
+    back in its operand's dtype. (Before, the dense ops' backward met a bfloat16 gradient with a
+    float32 saved weight.)"""
+    case = CASES[name]
+    ops = tuple(o.detach().requires_grad_() for o in operands(case, torch.float32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = case.call(*ops, seed=6)
+    grads = torch.autograd.grad(y.float().sum(), ops)
+    assert [g.dtype for g in grads] == [o.dtype for o in ops]
+    assert all(torch.isfinite(g).all() for g in grads)
 
 
 @pytest.mark.parametrize("name", NAMES)
