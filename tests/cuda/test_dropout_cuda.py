@@ -265,17 +265,21 @@ def _memory_groups(shape, order, group_ndim):
     return by_pos, tuple(strides)
 
 
+def _random_layouts(rng, count=300):
+    """(shape, memory order) pairs: 2-4 dims of size 1-4 (size-1 dims included), any order."""
+    for _ in range(count):
+        ndim = int(rng.integers(2, 5))
+        yield tuple(int(s) for s in rng.integers(1, 5, ndim)), list(rng.permutation(ndim))
+
+
 def test_group_layout_reads_the_right_group_off_every_memory_position():
     """Every layout group_layout accepts really gives (j // row) * inner + j % inner = the group of
     the element at memory position j; channels_last, DropPath on permuted views and plain C order
     are accepted; 300 random shapes and memory orders, size-1 dims included."""
     rng = np.random.default_rng(5)
     accepted = 0
-    for _ in range(300):
-        ndim = int(rng.integers(2, 5))
-        shape = tuple(int(s) for s in rng.integers(1, 5, ndim))
-        order = list(rng.permutation(ndim))
-        group_ndim = int(rng.integers(1, ndim))
+    for shape, order in _random_layouts(rng):
+        group_ndim = int(rng.integers(1, len(shape)))
         by_pos, strides = _memory_groups(shape, order, group_ndim)
         layout = _cuda.group_layout(shape, strides, group_ndim)
         if layout is None:
@@ -329,11 +333,8 @@ def test_transpose_layout_maps_every_memory_position_to_its_logical_index():
     channels_last_3d and transposed matrices are accepted, C order is not (it has its own kernel)."""
     rng = np.random.default_rng(6)
     accepted = 0
-    for _ in range(300):
-        ndim = int(rng.integers(2, 5))
-        shape = tuple(int(s) for s in rng.integers(1, 5, ndim))
-        order = list(rng.permutation(ndim))
-        by_pos, strides = _memory_groups(shape, order, ndim)  # all dims grouped: the logical index
+    for shape, order in _random_layouts(rng):
+        by_pos, strides = _memory_groups(shape, order, len(shape))  # all dims grouped: the logical index
         layout = _cuda.transpose_layout(shape, strides)
         if layout is None:
             continue
