@@ -276,8 +276,8 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
         elif not bf16:
             transposed = transpose_layout(x.shape, x.stride())
     if layout is not None or transposed is not None:
-        # A dense permuted layout the grouped kernel indexes directly (channels_last and the like:
-        # out has x's strides): the flat memory of both, no copies.
+        # A dense permuted layout the kernels index directly (channels_last and the like; out has
+        # x's strides): the flat memory of both, no copies.
         n = x.numel()
         src, dst, direct = x.detach().as_strided((n,), (1,)), out.detach().as_strided((n,), (1,)), True
     else:

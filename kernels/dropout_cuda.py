@@ -10,7 +10,8 @@ Every kernel is a grid-stride loop over flat arrays: C-contiguous data, or, for 
 the memory of a dense permuted layout whose groups it can index directly (channels_last spatial
 dropout, DropPath with the batch dim outermost); the launchers in fastdrop/_cuda.py make a
 contiguous copy of anything else. A kept element is x * scale with `scale` in the compute
-type (x's dtype; float32 for float16 data, rounded once on the store).
+type (x's dtype; float32 for float16 data, rounded once on the store; bfloat16 data comes as its
+bits to the `_bf16` kernels, below).
 
 `dropout_flat` works in tiles of 8 elements per thread (blockDim <= CUDA_THREADS): each thread
 generates one Philox block (8 mask words, none regenerated) into shared memory, then the block walks
