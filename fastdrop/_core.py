@@ -474,6 +474,9 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
     rank rule needed the validated shape), so it does not run twice.
     """
     p = check_p(p)
+    if training is not True and training is not False and not isinstance(training, np.bool_):
+        # torch's F.dropout refuses these too; truthiness would make training="False" train
+        raise TypeError(f"training must be a bool, got {type(training).__name__} {training!r}")
     offset = check_u64(offset, "offset")
     if seed is not None:
         seed = check_u64(seed, "seed")

@@ -184,6 +184,14 @@ def _max_norm_device(w, max_value, dims, eps):
             raise ValueError(f"max_norm_ on a CUDA device array needs the normed dims to be the trailing "
                              f"ones, got dim={tuple(dims)} for {nd} dims (use a torch tensor for others)")
         w = as_device_array(w)
+        if np.dtype(w.dtype) == np.float16:
+            # computed in float32 and rounded once, as the numpy and torch paths do (the kernel
+            # would round the scale to float16 first: 1 ulp off)
+            from ._cuda import astype
+            tmp = astype(w, np.float32)
+            _max_norm_device(tmp, max_value, dims, eps)
+            w[:] = astype(tmp, np.float16)
+            return w
         rows = math.prod(w.shape[:nd - len(dims)])
         max_norm_device(w.reshape(rows, w.size // max(rows, 1)), max_value, eps)
         return w

@@ -131,6 +131,12 @@ CASES = [
     ("max-norm-expanded", lambda: torch.tensor([[1.0], [2.0], [3.0]]), lambda x: F.max_norm_(x.expand(3, 4), 1.0),
      RuntimeError, "single memory location"),
     ("keep-threshold-2", x_np, lambda x: F.keep_threshold(2.0), ValueError, "between 0 and 1"),
+    ("training-str", x_t, lambda x: F.dropout(x, 0.5, training="False"), TypeError, "training must be a bool"),
+    ("training-none-numpy", x_np, lambda x: F.dropout(x, 0.5, training=None), TypeError, "training must be a bool"),
+    ("training-tensor-drop-path", x_t, lambda x: F.drop_path(x, 0.5, torch.tensor(True)), TypeError,
+     "training must be a bool"),
+    ("training-float-linear", x_np, lambda x: F.dropout_linear(x, np.ones((2, 4), np.float32), training=1.0),
+     TypeError, "training must be a bool"),
 ]
 
 
