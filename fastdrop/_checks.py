@@ -259,7 +259,7 @@ def _tensors_overlap(a, b):
     if a.numel() == 0 or b.numel() == 0:
         return False
     if a.is_cpu and b.is_cpu and not (a.is_neg() or a.is_conj() or b.is_neg() or b.is_conj()):
-        return bool(np.shares_memory(_byte_view(a), _byte_view(b)))
+        return bool(np.shares_memory(numpy_view(a.detach())[0], numpy_view(b.detach())[0]))
 
     def span(t):
         lo = hi = t.data_ptr()
@@ -271,7 +271,18 @@ def _tensors_overlap(a, b):
     return alo < bhi and blo < ahi
 
 
-def _byte_view(t):
-    """A numpy view of a CPU tensor's memory (any float dtype, bfloat16 included) for overlap tests."""
+def numpy_view(t):
+    """(numpy view of CPU tensor t, bf16 flag): bfloat16 has no numpy type and travels as uint16."""
     torch = sys.modules["torch"]
-    return t.detach().view(torch.int16 if t.element_size() == 2 else t.dtype).numpy()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16), True
+    return t.numpy(), False
+
+
+def mark_written(t):
+    """t after a kernel wrote into its memory behind torch's back (numpy or device views): its
+    version counter bumped, as torch's in-place and out= ops do, so a graph that saved t for
+    backward refuses to use the changed values instead of computing a wrong gradient."""
+    if not t.is_inference():
+        sys.modules["torch"].autograd.graph.increment_version(t)
+    return t

@@ -26,10 +26,11 @@ import numpy as np
 from . import _cpu, _seeds
 from ._alloc import empty_like
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, check_array, check_companions,
-                      check_out, check_p, check_u64, check_writable)
+                      check_out, check_p, check_u64, check_writable, mark_written, numpy_view)
 from .kernels import dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial
 from .kernels.config import CPU_PARALLEL_MIN
+from .kernels.layout import groups_outermost
 from .kernels.philox import kernel_rng_args
 
 
@@ -127,14 +128,6 @@ def torch_empty_like(t):
     return sys.modules["torch"].empty_like(t)
 
 
-def _numpy_view(t):
-    """(numpy view of CPU tensor t, bf16 flag): bfloat16 has no numpy type and travels as uint16."""
-    import torch
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(np.uint16), True
-    return t.numpy(), False
-
-
 _FLAT_SCALARS = {}  # torch float32/float64 -> numpy scalar type; filled on first use (no torch at import)
 _SCALES = {}        # (torch dtype, scale) -> the kernel's scale scalar: a model uses a handful
 
@@ -155,23 +148,8 @@ def _small_dense_dropout(x, p, seed, offset, scale):
 
 
 def _groups_outermost(x, group_ndim):
-    """x's memory is dense with its first group_ndim dims outermost, in order: each group is one
-    contiguous run of memory, the runs in group order. True for C-contiguous tensors and for the
-    permuted views timm's ConvNeXt hands DropPath (`y.permute(0, 3, 1, 2)` of an (N, H, W, C)
-    tensor); within a run the mask is constant, so the run's element order does not matter."""
-    shape, strides = x.shape, x.stride()
-    expected = 1
-    for stride, size in sorted(zip(strides[group_ndim:], shape[group_ndim:])):
-        if size != 1:
-            if stride != expected:
-                return False
-            expected *= size
-    for d in range(group_ndim - 1, -1, -1):
-        if shape[d] != 1:
-            if strides[d] != expected:
-                return False
-            expected *= shape[d]
-    return True
+    """x's memory is dense with its first group_ndim dims outermost, in order (kernels/layout.py)."""
+    return groups_outermost(x.shape, x.stride(), group_ndim)
 
 
 def _dense_grouped_dropout(x, p, seed, offset, scale, group_ndim, n):
@@ -246,8 +224,8 @@ class TorchBackend:
         # out requires grad only in place on x; a fresh output needs no detach (~1 us)
         target = out.detach() if out.requires_grad else out
         if x.element_size() == 2:
-            xn, bf16 = _numpy_view(x)
-            on, _ = _numpy_view(target)
+            xn, bf16 = numpy_view(x)
+            on, _ = numpy_view(target)
         else:
             xn, on, bf16 = x.numpy(), target.numpy(), False
         kw = {"bf16": True} if bf16 else {}
@@ -590,7 +568,7 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         seed = _seeds.draw_torch_seed()
     rng = _rng(p, seed, offset, scale)
     if out is not None:  # checked: no autograd records this call
-        return _written(op.forward(TorchBackend, operands, rng, params, out=out))
+        return mark_written(op.forward(TorchBackend, operands, rng, params, out=out))
     if not op.upcast_half:
         return torch_apply(op, operands, params, rng, inplace)
     return _upcast(op, TorchBackend, operands, lambda ops: torch_apply(op, ops, params, rng, inplace), inplace)
@@ -605,17 +583,8 @@ def torch_apply(op, operands, params, rng, inplace=False):
     if apply is None:
         # Skip autograd's bookkeeping (in-place results stay the same object, as in torch).
         y = op.forward(TorchBackend, operands, rng, params, out=operands[0] if inplace else None)
-        return _written(y) if inplace else y
+        return mark_written(y) if inplace else y
     return apply(op, params, rng, inplace, *operands)
-
-
-def _written(t):
-    """t after a kernel wrote into its memory behind torch's back (numpy views): its version
-    counter bumped, as torch's in-place and out= ops do, so a graph that saved t for backward
-    refuses to use the changed values instead of computing a wrong gradient."""
-    if not t.is_inference():
-        sys.modules["torch"].autograd.graph.increment_version(t)
-    return t
 
 
 def _recording_apply(torch, operands):

@@ -39,6 +39,7 @@ from numba import cuda
 from .kernels import dropout_cuda as K
 from .kernels import linear_cuda as L
 from .kernels.config import CUDA_MAX_BLOCKS, launch_shape
+from .kernels.layout import dense_after, groups_outermost
 from .kernels.philox import LANES, MAX_U64, kernel_rng_args
 
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
@@ -126,11 +127,9 @@ def transpose_layout(shape, strides):
     if len(units) != 1 or units[0] == len(dims) - 1:
         return None
     k = units[0]
-    expected = dims[k][0]
-    for size, stride in dims[k + 1:][::-1] + dims[:k][::-1]:
-        if stride != expected:
-            return None
-        expected *= size
+    others = dims[k + 1:][::-1] + dims[:k][::-1]  # innermost first, as stored around dim k
+    if dense_after(dims[k][0], [(stride, size) for size, stride in others]) is None:
+        return None
     return math.prod(s for s, _ in dims[:k]), dims[k][0], math.prod(s for s, _ in dims[k + 1:])
 
 
@@ -170,24 +169,13 @@ def group_layout(shape, strides, group_ndim):
     Size-1 dims are skipped: they change no index."""
     shape, strides = tuple(shape), tuple(strides)
     n = math.prod(shape)
-
-    def dense(expected, dims):  # dims (stride, size) innermost first; the stride after them, or None
-        for stride, size in dims:
-            if size != 1:
-                if stride != expected:
-                    return None
-                expected *= size
-        return expected
-
-    rest = sorted(zip(strides[group_ndim:], shape[group_ndim:]))
-    lead = [(strides[d], shape[d]) for d in range(group_ndim - 1, -1, -1)]
-    after_rest = dense(1, rest)
-    if after_rest is not None and dense(after_rest, lead) is not None:
+    if groups_outermost(shape, strides, group_ndim):
         return n // math.prod(shape[:group_ndim]), 1
     c = group_ndim - 1
     if shape[c] > 1 and strides[c] == 1:
-        after_rest = dense(shape[c], rest)
-        if after_rest is not None and dense(after_rest, lead[1:]) is not None:
+        after = dense_after(shape[c], sorted(zip(strides[group_ndim:], shape[group_ndim:])))
+        lead = [(strides[d], shape[d]) for d in range(c - 1, -1, -1)]
+        if after is not None and dense_after(after, lead) is not None:
             return n // math.prod(shape[:c]), shape[c]
     return None
 

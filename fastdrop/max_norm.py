@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from ._checks import NUMPY, TORCH, array_kind, check_array, check_writable, is_torch_tensor
+from ._checks import NUMPY, TORCH, array_kind, check_array, check_writable, is_torch_tensor, mark_written
 from .kernels import max_norm_cpu
 
 __all__ = ["max_norm_", "max_norm_hook"]
@@ -149,13 +149,6 @@ def max_norm_hook(optimizer, targets, max_value, dim=1, eps=1e-7):
     return optimizer.register_step_post_hook(hook)
 
 
-def _bump_version(t):
-    # The kernels write through a numpy/device view, which autograd cannot see: bump the version
-    # counter so a graph that saved this tensor reports the in-place change instead of using stale values.
-    import torch
-    torch.autograd.graph.increment_version(t)
-
-
 def _max_norm_tensor(w, max_value, dims, eps):
     import torch
     with torch.no_grad():
@@ -168,7 +161,7 @@ def _max_norm_tensor(w, max_value, dims, eps):
             _max_norm_device(w.detach(), max_value, dims, eps)
         else:
             _max_norm_numpy(w.detach().numpy(), max_value, dims, eps)
-    _bump_version(w)
+    mark_written(w)  # the kernels wrote through a numpy/device view
     return w
 
 

@@ -204,11 +204,6 @@ import os, time, numba, numpy as np, torch, fastdrop
 from fastdrop.kernels import config
 x = torch.randn(1 << 21)
 (x * 2).sum()  # torch's parallel region: the OpenMP team starts in the parent
-try:
-    numba.threading_layer()
-    raise SystemExit("Numba's pool started in the parent: this test needs it asleep")
-except ValueError:
-    pass
 fastdrop._cpu.CPU_PARALLEL_MIN = 1 << 62  # the parent's reference on the serial kernels: no Numba pool
 want = fastdrop.dropout2d(np.ones((8, 64, 32, {w}), np.float32), 0.5, seed=3).tobytes()
 fastdrop._cpu.CPU_PARALLEL_MIN = config.CPU_PARALLEL_MIN
