@@ -10,9 +10,11 @@ One spawn (process start-up dominates: torch + numba import) runs every check:
 - p = 0 training equals plain single-process training on the global batch;
 - a torch.compile'd dropout draws the same rank-separated masks as eager.
 """
+import faulthandler
 import os
 import socket
 import time
+import warnings
 
 import pytest
 import torch
@@ -58,7 +60,11 @@ def train(model, forward_backward):
     return [p.detach().clone() for p in model.parameters()]
 
 
-def worker(rank, port, out_dir):
+def worker(rank, port, out_dir, deadline):
+    # a hung worker writes every thread's stack before the fixture gives up, so the failure says
+    # where it hung (one CI run timed out here; 20-30 s is the normal run)
+    stacks = open(os.path.join(out_dir, f"rank{rank}.stacks"), "w")
+    faulthandler.dump_traceback_later(max(1.0, deadline - 10 - time.monotonic()), file=stacks)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD)
@@ -106,23 +112,44 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    out_dir = str(tmp_path_factory.mktemp("ddp"))
+def run_workers(out_dir):
+    """Spawn the ranks and wait; None when they finished, else the stacks of the hung workers."""
+    for name in os.listdir(out_dir):
+        os.remove(os.path.join(out_dir, name))
     saved_env = os.environ.get("GLOO_SOCKET_IFNAME")
     os.environ["GLOO_SOCKET_IFNAME"] = saved_env or "lo"  # loopback only; inherited by the spawn
+    deadline = time.monotonic() + TIMEOUT_S  # CLOCK_MONOTONIC: one clock for every process
     try:
-        ctx = torch.multiprocessing.start_processes(worker, args=(free_port(), out_dir),
+        ctx = torch.multiprocessing.start_processes(worker, args=(free_port(), out_dir, deadline),
                                                     nprocs=WORLD, join=False, start_method="spawn")
     finally:
         if saved_env is None:
             del os.environ["GLOO_SOCKET_IFNAME"]
-    deadline = time.monotonic() + TIMEOUT_S
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
             for proc in ctx.processes:
                 proc.kill()
-            pytest.fail(f"DDP workers did not finish within {TIMEOUT_S} s")
+            stacks = []
+            for r in range(WORLD):
+                path = os.path.join(out_dir, f"rank{r}.stacks")
+                text = open(path).read() if os.path.exists(path) else "(hung before it started)"
+                stacks.append(f"--- rank {r} ---\n{text}")
+            return f"DDP workers did not finish within {TIMEOUT_S} s; their stacks:\n" + "\n".join(stacks)
+    return None
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """One CI run at ca4b270 saw both workers time out (20-30 s is the normal run; dozens of runs
+    since have not repeated it). A hang is retried once, with the stacks shown as a warning; a
+    second one fails with them."""
+    out_dir = str(tmp_path_factory.mktemp("ddp"))
+    hung = run_workers(out_dir)
+    if hung is not None:
+        warnings.warn(f"retrying once: {hung}")
+        hung = run_workers(out_dir)
+        if hung is not None:
+            pytest.fail(hung)
     return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)]
 
 
