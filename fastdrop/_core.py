@@ -31,7 +31,7 @@ from .kernels import dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial
 from .kernels.config import CPU_PARALLEL_MIN
 from .kernels.layout import groups_outermost
-from .kernels.philox import kernel_rng_args
+from .kernels.philox import keep_threshold, kernel_rng_args
 
 
 class Rng(NamedTuple):
@@ -128,6 +128,13 @@ def torch_empty_like(t):
     return sys.modules["torch"].empty_like(t)
 
 
+# Grouped ops under autograd below this many output bytes take torch's own multiply
+# (`_native_grouped`); above it the one-pass kernel and the output cache (`_alloc.MIN_BYTES`) win.
+NATIVE_GROUPED_MAX_BYTES = 32 << 20
+# ... and while the dropped groups, which it zeroes in a pass of its own, span at most this many
+# bytes; above, the one-pass kernel's Python backward costs less than that pass.
+NATIVE_ZERO_MAX_BYTES = 256 << 10
+
 _FLAT_SCALARS = {}  # torch float32/float64 -> numpy scalar type; filled on first use (no torch at import)
 _SCALES = {}        # (torch dtype, scale) -> the kernel's scale scalar: a model uses a handful
 
@@ -183,9 +190,14 @@ def _new_kernel_scale(key):
     return s
 
 
+_PLAIN_TENSORS = ()  # torch.Tensor and nn.Parameter (subclasses keep the Function route)
+
+
 def _fill_flat_scalars():
+    global _PLAIN_TENSORS
     import torch
     _FLAT_SCALARS.update({torch.float32: np.float32, torch.float64: np.float64})
+    _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 class TorchBackend:
@@ -584,7 +596,108 @@ def torch_apply(op, operands, params, rng, inplace=False):
         # Skip autograd's bookkeeping (in-place results stay the same object, as in torch).
         y = op.forward(TorchBackend, operands, rng, params, out=operands[0] if inplace else None)
         return mark_written(y) if inplace else y
+    if op is DROPOUT and not inplace and apply is _FUNCTIONS[2] and len(params) == 1 and params[0] > 0:
+        groups = _native_groups(operands[0], params[0])
+        if groups and rng.seed < 1 << 63 and rng.offset < 1 << 63:
+            y = _native_grouped(operands[0], rng.p, rng.seed, rng.offset, rng.scale, params[0], groups)
+            if y is not None:
+                return y
     return apply(op, params, rng, inplace, *operands)
+
+
+def _native_groups(x, g):
+    """The number of groups when `_native_grouped` applies to x (a tensor under autograd) with
+    mask-shape rule g > 0, else 0: a CPU float32/float64 tensor whose groups are consecutive runs
+    of memory (`_groups_outermost`: contiguous, or timm's permuted ConvNeXt branch; not
+    channels_last spatial dropout) and whose output the output cache would not serve."""
+    if x.dtype not in _FLAT_SCALARS or not x.is_cpu or type(x) not in _PLAIN_TENSORS:
+        return 0
+    n = x.numel()
+    if n == 0 or n * x.element_size() >= NATIVE_GROUPED_MAX_BYTES or \
+            not (x.is_contiguous() or _groups_outermost(x, g)):
+        return 0
+    groups = 1
+    for d in x.shape[:g]:
+        groups *= d
+    return groups
+
+
+def _native_grouped(x, p, seed, offset, scale, g, groups):
+    """Spatial dropout / DropPath of a tensor under autograd (`_native_groups` said yes),
+    recorded with torch's own multiply: y = x * f, f the per-group factors (scale or 0,
+    `group_factors`), then the dropped groups of y set to exact zeros outside autograd (x * 0
+    keeps x's inf and NaN, and gives -0.0 for negative x). Backward is torch's C++ multiply,
+    grad * f, instead of a Python autograd.Function, which inside a training step, where every
+    call runs cold, cost more than the kernel (docs/cpu_kernels.md, "Grouped ops under
+    autograd"). Output: bit for bit the kernel's. Gradient: the kernel's for a finite incoming
+    gradient, up to the sign of a zero (grad * 0); an inf or NaN incoming gradient in a dropped
+    group gives NaN there, as torch's own dropout does, where the kernel gives 0. Saved for
+    backward: f, one value per group, never a mask of x's size. seed, offset: ints below 2^63."""
+    torch = sys.modules["torch"]
+    shape = x.shape
+    factors = np.empty(shape[:g] + (1,) * (len(shape) - g), _FLAT_SCALARS[x.dtype])
+    dropped = np.empty(groups, np.int64)
+    thr = _THRESHOLDS.get(p)
+    if thr is None:
+        thr = _new_threshold(p)
+    count = dropout_cpu.group_factors(factors, dropped, seed, offset, thr, scale)
+    n = x.numel()
+    if count * (n // groups) * x.element_size() > NATIVE_ZERO_MAX_BYTES:
+        return None
+    y = x * torch.from_numpy(factors)
+    if count:
+        if y.is_contiguous():
+            flat = y.detach().numpy().reshape(-1)
+        elif _groups_outermost(y, g):  # x's dense layout, which torch's multiply keeps
+            flat = y.detach().as_strided((n,), (1,)).numpy()
+        else:  # not met for a dense x; the general tool, in case a torch lays y out otherwise
+            with torch.no_grad():
+                y.masked_fill_(torch.from_numpy(factors) == 0, 0.0)
+            return y
+        dropout_cpu.zero_runs(flat, n // groups, dropped, count)
+    return y
+
+
+_THRESHOLDS = {}  # p -> T(p) as a Python int (the lane's kernel takes plain ints)
+
+
+def _new_threshold(p):
+    if len(_THRESHOLDS) >= 256:  # p from a schedule: bounded
+        _THRESHOLDS.clear()
+    t = _THRESHOLDS[p] = keep_threshold(p)
+    return t
+
+
+def grouped_lane(x, p, g, ndim=None):
+    """The common call of a grouped op in a training step, straight to `_native_grouped`: a plain
+    CPU tensor that needs grad, 0 < p < 1, inverted scaling, seed=None at offset 0, not in place,
+    no out= (the callers check those arguments). Every check `call` runs passes for such a call
+    and its result is `call`'s, bit for bit, with the same draw from torch's generator; skipping
+    the general pipeline's Python saves most of a call's cost where every call runs cold (inside
+    a model). None, having touched nothing, when any condition fails: the caller goes on to
+    `call`. ndim: the rank x must have (spatial dropout's batched rank), or None for any rank >= g."""
+    torch = sys.modules.get("torch")
+    # is_compiling first: Dynamo reads it as True and traces nothing below it (it cannot trace
+    # the functorch query)
+    if torch is None or torch.compiler.is_compiling() or type(x) is not torch.Tensor or \
+            _SEED_OPS is None or not (x.requires_grad and torch.is_grad_enabled()):
+        return None
+    if (x.dim() < g if ndim is None else x.dim() != ndim) or x.is_nested or x.layout != torch.strided:
+        return None
+    if torch._C._are_functorch_transforms_active() or torch._C._functorch.is_functorch_wrapped_tensor(x) \
+            or torch._C._is_tracing():
+        return None
+    groups = _native_groups(x, g)
+    if not groups:
+        return None
+    offset = _seeds.stream_offset(0)
+    if offset >= 1 << 63:  # a rank of 2^15 or more: the general route
+        return None
+    seed, scale = _seeds.draw_torch_seed_eager(torch), 1.0 / (1.0 - p)
+    y = _native_grouped(x, p, seed, offset, scale, g, groups)
+    if y is None:  # many groups dropped: the Function route torch_apply takes, same draw
+        y = _functions()[2](DROPOUT, (g,), _rng(p, seed, offset, scale), False, x)
+    return y
 
 
 def _recording_apply(torch, operands):

@@ -62,6 +62,12 @@ def draw_torch_seed():
         # the op's vmap rule turns the one seed into a mask per example (or one for all, "same").
         with torch._C._DisableFuncTorch():
             return int(torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device="cpu"))
+    return draw_torch_seed_eager(torch)
+
+
+def draw_torch_seed_eager(torch):
+    """draw_torch_seed when neither torch.jit.trace nor a torch.func transform is running (the
+    caller has checked)."""
     buf = getattr(_seed_buffers, "buf", None)
     if buf is None:
         buf = _seed_buffers.buf = _new_seed_buffer(torch)

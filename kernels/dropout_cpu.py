@@ -249,6 +249,48 @@ def keep_mask(out, key_lo, key_hi, off_lo, off_hi, thr):
             os[k] = np.uint32(buf[k]) < thr
 
 
+@cpu_kernel(parallel=False)
+def group_factors(factors, dropped, seed, offset, thr, scale):
+    """The factors torch's own multiply applies for a grouped op (fastdrop/_core.py,
+    `_native_grouped`): factors.flat[g] = scale if mask element g is kept else 0, and the dropped
+    g, in order, into dropped[:count]; returns count. factors is a C-contiguous float32/float64
+    array of any rank (it is made in the shape it broadcasts in, saving a reshape per call);
+    seed and offset are int64 (seeds torch's generator draws and rank offsets fit), thr is T(p)
+    and scale a float64 rounded once to factors' dtype, as the kernels' scale scalars are. One
+    value per sample or channel, a few thousand at most: serial."""
+    flat = factors.reshape(-1)
+    n = flat.size
+    key_lo, key_hi = np.uint64(seed) & np.uint64(0xFFFFFFFF), np.uint64(seed) >> np.uint64(32)
+    off_lo, off_hi = np.uint64(offset) & np.uint64(0xFFFFFFFF), np.uint64(offset) >> np.uint64(32)
+    t = np.uint32(thr)
+    kept = flat.dtype.type(scale)
+    zero = flat.dtype.type(0)
+    buf = np.empty(CHUNK, np.uint16)
+    count = 0
+    for start in range(0, n, CHUNK):
+        m = min(CHUNK, n - start)
+        fill_words(buf, start // LANES, (m + LANES - 1) // LANES, off_lo, off_hi, key_lo, key_hi)
+        for k in range(m):
+            if np.uint32(buf[k]) < t:
+                flat[start + k] = kept
+            else:
+                flat[start + k] = zero
+                dropped[count] = start + k
+                count += 1
+    return count
+
+
+@cpu_kernel(parallel=False)
+def zero_runs(flat, run, dropped, count):
+    """flat[g * run:(g + 1) * run] = 0 for the first count groups g in dropped: the dropped
+    groups of a grouped op's output whose groups are consecutive runs of memory."""
+    zero = flat.dtype.type(0)
+    for j in range(count):
+        start = dropped[j] * run
+        for k in range(start, start + run):
+            flat[k] = zero
+
+
 @numba.njit(inline="always", **JIT_OPTIONS)
 def _select_words_inplace(xs, ws, thr, scale):
     """xs[k] = xs[k] * scale if mask word ws[k] < thr else 0, for k < xs.size: the apply loop on

@@ -20,6 +20,8 @@ class Case(NamedTuple):
     call: Callable        # call(*operands, **kw) with kw in {seed, offset, training, inplace}
     shapes: tuple         # operand shapes (None: an absent optional operand)
     inplace: bool = False  # the call takes inplace=
+    groups: int = 0       # mask elements of a grouped op (spatial dropout, DropPath rows): the
+    #                       size of the per-group factors its native route may save (_core._native_grouped)
 
 
 F = fastdrop
@@ -36,10 +38,10 @@ CASES = {
     "dropout": Case(DROPOUT, lambda x, **kw: F.dropout(x, 0.3, **kw), ((6, 10),), True),
     "dropout_classic": Case(DROPOUT, lambda x, **kw: F.dropout(x, 0.6, mode="classic", **kw),
                             ((3, 1, 7),), True),
-    "dropout1d": Case(DROPOUT, lambda x, **kw: F.dropout1d(x, 0.4, **kw), ((2, 3, 5),), True),
-    "dropout2d": Case(DROPOUT, lambda x, **kw: F.dropout2d(x, 0.5, **kw), ((2, 3, 4, 4),), True),
-    "dropout3d": Case(DROPOUT, lambda x, **kw: F.dropout3d(x, 0.5, **kw), ((2, 3, 2, 2, 3),), True),
-    "drop_path_row": Case(DROPOUT, lambda x, **kw: F.drop_path(x, 0.4, **kw), ((6, 5),), True),
+    "dropout1d": Case(DROPOUT, lambda x, **kw: F.dropout1d(x, 0.4, **kw), ((2, 3, 5),), True, 6),
+    "dropout2d": Case(DROPOUT, lambda x, **kw: F.dropout2d(x, 0.5, **kw), ((2, 3, 4, 4),), True, 6),
+    "dropout3d": Case(DROPOUT, lambda x, **kw: F.dropout3d(x, 0.5, **kw), ((2, 3, 2, 2, 3),), True, 6),
+    "drop_path_row": Case(DROPOUT, lambda x, **kw: F.drop_path(x, 0.4, **kw), ((6, 5),), True, 6),
     "drop_path_batch": Case(DROPOUT, lambda x, **kw: F.drop_path(x, 0.5, mode="batch", **kw),
                             ((3, 4),), True),
     "dropout_linear": Case(DROPOUT_LINEAR, lambda x, w, b, **kw: F.dropout_linear(x, w, b, 0.3, **kw),

@@ -1,0 +1,168 @@
+"""The native route of the grouped ops under autograd (fastdrop/_core.py, `_native_grouped` and
+`grouped_lane`): spatial dropout and DropPath rows of a CPU float32/float64 tensor that needs grad
+are recorded as torch's own multiply by per-group factors. Checked here against the kernel route
+(the same call on a tensor that needs no grad): outputs bit for bit, gradients, the draw from
+torch's generator, what is saved, and which route each input takes.
+"""
+import numpy as np
+import pytest
+import torch
+
+import fastdrop
+from fastdrop import _core
+
+F = fastdrop
+# (name, call, shape, groups): the grouped ops at the ranks the fast lane takes, and drop_path at
+# ranks 1 and 3
+GROUPED = [
+    ("dropout1d", lambda x, p, **kw: F.dropout1d(x, p, **kw), (4, 6, 9), 24),
+    ("dropout2d", lambda x, p, **kw: F.dropout2d(x, p, **kw), (3, 5, 4, 6), 15),
+    ("dropout3d", lambda x, p, **kw: F.dropout3d(x, p, **kw), (2, 3, 2, 3, 5), 6),
+    ("drop_path", lambda x, p, **kw: F.drop_path(x, p, **kw), (7, 3, 10), 7),
+    ("drop_path_1d", lambda x, p, **kw: F.drop_path(x, p, **kw), (33,), 33),
+]
+
+
+def hostile(shape, dtype, seed=0):
+    """Values of both signs, and an inf, a -inf and a NaN in every sample (x[n])."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    flat = x.view(-1)
+    run = max(1, flat.numel() // shape[0])
+    for start in range(0, flat.numel(), run):
+        flat[start:start + 3][:1] = float("inf")
+        flat[start + 1:start + 3][:1] = float("-inf")
+        flat[start + 2:start + 3] = float("nan")
+    return x
+
+
+def bits(t):
+    return t.detach().view(torch.int64 if t.dtype == torch.float64 else torch.int32)
+
+
+def route(y):
+    return type(y.grad_fn).__name__
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("seed", [None, 12])
+@pytest.mark.parametrize("name,call,shape,groups", GROUPED)
+def test_native_route_equals_the_kernel_bit_for_bit(name, call, shape, groups, seed, p, dtype):
+    x = hostile(shape, dtype)
+    torch.manual_seed(4)
+    expected = call(x, p, seed=seed)  # no grad: the kernel
+    state = torch.get_rng_state()
+    xg = x.clone().requires_grad_()
+    torch.manual_seed(4)
+    y = call(xg, p, seed=seed)
+    assert route(y) == "MulBackward0"
+    assert torch.equal(bits(y), bits(expected))  # NaN, inf and the sign of zeros included
+    assert torch.equal(torch.get_rng_state(), state)  # the same draws from torch's generator
+    grad = torch.randn(shape, dtype=dtype)
+    y.backward(grad)
+    torch.manual_seed(4)
+    assert torch.equal(xg.grad, call(grad, p, seed=seed))  # the kernel on the gradient
+
+
+def test_permuted_drop_path_keeps_the_layout_and_values():
+    """timm's ConvNeXt branch: x.permute(0, 3, 1, 2) of a channels-last buffer."""
+    x = hostile((4, 5, 6, 3), torch.float32).permute(0, 3, 1, 2)
+    y = F.drop_path(x.clone().requires_grad_(), 0.5, seed=3)
+    assert route(y) == "MulBackward0" and y.stride() == x.stride()
+    assert torch.equal(bits(y), bits(F.drop_path(x, 0.5, seed=3)))
+
+
+def test_saves_one_factor_per_group_only():
+    x = torch.randn(8, 16, 5, 5, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = F.dropout2d(x, 0.3)
+    assert route(y) == "MulBackward0"
+    assert [tuple(t.shape) for t in saved] == [(8, 16, 1, 1)]
+    scale = np.float32(1 / 0.7)
+    assert set(saved[0].unique().tolist()) <= {0.0, float(scale)}
+
+
+@pytest.mark.parametrize("case", ["channels_last", "float16", "many_dropped", "large", "subclass",
+                                  "batch_mode"])
+def test_other_inputs_keep_the_function_route(case):
+    """Where the native route does not apply: groups that are not runs of memory, half types,
+    dropped groups spanning more than NATIVE_ZERO_MAX_BYTES (zeroing them would cost more than
+    the Function's backward), outputs of NATIVE_GROUPED_MAX_BYTES, tensor subclasses, DropPath's
+    batch mode. Same values either way."""
+    call, p = F.dropout2d, 0.5
+    x = torch.randn(2, 8, 3, 3)
+    if case == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif case == "float16":
+        x = x.half()
+    elif case == "many_dropped":  # ~90% of 64 x 64 channels of 4 KiB dropped: ~15 MiB
+        x, p = torch.randn(64, 64, 32, 32), 0.9
+    elif case == "large":
+        x = torch.randn(32 << 20 >> 2 >> 10, 1024)
+        call = F.drop_path
+    elif case == "subclass":
+        x = torch.nn.Parameter(x).as_subclass(type("Sub", (torch.Tensor,), {}))
+    elif case == "batch_mode":
+        call = lambda t, p, **kw: F.drop_path(t, p, mode="batch", **kw)  # noqa: E731
+    xg = x.detach().clone().requires_grad_()
+    for seed in (None, 5):
+        torch.manual_seed(0)
+        y = call(xg, p, seed=seed)
+        assert route(y) != "MulBackward0", case
+        torch.manual_seed(0)
+        assert torch.equal(y.detach(), call(x.detach(), p, seed=seed))
+
+
+def test_parameter_input_takes_the_native_route():
+    w = torch.nn.Parameter(torch.randn(6, 4, 3))
+    y = F.drop_path(w, 0.5, seed=2)
+    assert route(y) == "MulBackward0"
+    assert torch.equal(y.detach(), F.drop_path(w.detach(), 0.5, seed=2))
+
+
+def test_gradient_of_a_dropped_group_is_zero_for_finite_and_nan_for_nonfinite_incoming():
+    """The documented difference from the Function route: grad * 0 (torch's own dropout gives
+    the same), so a NaN or inf incoming gradient in a dropped group gives NaN there."""
+    x = torch.randn(6, 4, requires_grad=True)
+    y = F.drop_path(x, 0.5, seed=1)
+    keep = torch.from_numpy(F.dropout_mask((6,), 0.5, 1))
+    assert route(y) == "MulBackward0" and 0 < keep.sum() < 6
+    grad = torch.ones(6, 4)
+    grad[:, 0] = float("nan")
+    y.backward(grad)
+    dropped = x.grad[~keep]
+    assert torch.equal(dropped[:, 1:], torch.zeros_like(dropped[:, 1:]))
+    assert dropped[:, 0].isnan().all()
+
+
+def test_gradcheck_and_double_backward_on_the_native_route():
+    for call, shape in ((F.dropout2d, (3, 4, 2, 2)), (F.drop_path, (5, 3))):
+        x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        fn = lambda t: call(t, 0.4, seed=9)  # noqa: E731
+        assert route(fn(x)) == "MulBackward0"
+        assert torch.autograd.gradcheck(fn, (x,))
+        assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+def test_the_lane_only_takes_default_calls(monkeypatch):
+    """grouped_lane sees only calls whose arguments it can take (seed=None, offset 0, inverted
+    scaling, not in place, no out=, training); others reach the pipeline and its checks."""
+    taken = []
+    original = _core.grouped_lane
+    monkeypatch.setattr(_core, "grouped_lane", lambda *a, **k: taken.append(a[1:]) or original(*a, **k))
+    x = torch.randn(4, 6, 3, 3, requires_grad=True)
+    F.dropout2d(x, 0.2)
+    F.drop_path(x, 0.2)
+    assert len(taken) == 2
+    for call in (lambda: F.dropout2d(x, 0.2, seed=1), lambda: F.dropout2d(x, 0.2, offset=1),
+                 lambda: F.dropout2d(x, 0.2, mode="classic"), lambda: F.dropout2d(x, 0.2, training=False),
+                 lambda: F.drop_path(x, 0.2, scale_by_keep=False), lambda: F.drop_path(x, 0.2, mode="batch"),
+                 lambda: F.dropout2d(x, 1), lambda: F.dropout2d(x.detach(), 0.2, inplace=True)):
+        call()
+    assert len(taken) == 2
+    with pytest.raises(ValueError):
+        F.dropout2d(x, 1.5)
+    with pytest.raises(TypeError):
+        F.drop_path(x, 0.2, training="yes")
