@@ -11,6 +11,11 @@ Everything else is here and shared, in this order:
     torch: one eager autograd.Function (setup_context, jvp, vmap) for every op, or under
     torch.compile the op's torch.library custom op (register_fake + register_autograd) -> kernel.
 
+One route skips the Function: the grouped masks (spatial dropout, DropPath rows) of small CPU
+tensors under autograd are recorded as torch's multiply by per-group factors, whose backward is
+torch's C++ (`_native_grouped`; `grouped_lane` takes a training step's default call there without
+the general checks, which such a call passes). Values are the kernel's, bit for bit.
+
 Backward formulas are written with differentiable pieces (the dropout op, its own derivative, and
 torch GEMMs), so double backward works and only the declared operands and (seed, offset) are saved,
 never a mask. Under torch.compile a seed=None draw is the opaque `fastdrop::draw_seed` op, which

@@ -166,3 +166,16 @@ def test_the_lane_only_takes_default_calls(monkeypatch):
         F.dropout2d(x, 1.5)
     with pytest.raises(TypeError):
         F.drop_path(x, 0.2, training="yes")
+
+
+def test_the_lane_runs_at_the_rank_stream(monkeypatch):
+    """seed=None calls of rank r run at offset r * 2**48, through the lane as through `call`."""
+    from fastdrop import _seeds
+    monkeypatch.setattr(_seeds, "_rank", lambda: 3)
+    x = torch.randn(16, 5, 2, requires_grad=True)
+    torch.manual_seed(8)
+    y = F.drop_path(x, 0.5)
+    torch.manual_seed(8)
+    seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+    assert route(y) == "MulBackward0"
+    assert torch.equal(y.detach(), F.drop_path(x.detach(), 0.5, seed=seed, offset=3 << _seeds.RANK_SHIFT))
