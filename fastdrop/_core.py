@@ -602,7 +602,7 @@ def torch_apply(op, operands, params, rng, inplace=False):
         y = op.forward(TorchBackend, operands, rng, params, out=operands[0] if inplace else None)
         return mark_written(y) if inplace else y
     if op is DROPOUT and not inplace and apply is _FUNCTIONS[2] and len(params) == 1 and params[0] > 0:
-        groups = _native_groups(operands[0], params[0])
+        groups = _native_groups(operands[0], params[0], rng.p)
         if groups and rng.seed < 1 << 63 and rng.offset < 1 << 63:
             y = _native_grouped(operands[0], rng.p, rng.seed, rng.offset, rng.scale, params[0], groups)
             if y is not None:
@@ -610,15 +610,18 @@ def torch_apply(op, operands, params, rng, inplace=False):
     return apply(op, params, rng, inplace, *operands)
 
 
-def _native_groups(x, g):
+def _native_groups(x, g, p):
     """The number of groups when `_native_grouped` applies to x (a tensor under autograd) with
     mask-shape rule g > 0, else 0: a CPU float32/float64 tensor whose groups are consecutive runs
     of memory (`_groups_outermost`: contiguous, or timm's permuted ConvNeXt branch; not
-    channels_last spatial dropout) and whose output the output cache would not serve."""
+    channels_last spatial dropout), whose output the output cache would not serve, and whose
+    dropped groups are expected (p of x) to fit NATIVE_ZERO_MAX_BYTES twice over (the draw
+    decides; this only saves drawing factors that would not be used)."""
     if x.dtype not in _FLAT_SCALARS or not x.is_cpu or type(x) not in _PLAIN_TENSORS:
         return 0
     n = x.numel()
-    if n == 0 or n * x.element_size() >= NATIVE_GROUPED_MAX_BYTES or \
+    nbytes = n * x.element_size()
+    if n == 0 or nbytes >= NATIVE_GROUPED_MAX_BYTES or p * nbytes > 2 * NATIVE_ZERO_MAX_BYTES or \
             not (x.is_contiguous() or _groups_outermost(x, g)):
         return 0
     groups = 1
@@ -692,7 +695,7 @@ def grouped_lane(x, p, g, ndim=None):
     if torch._C._are_functorch_transforms_active() or torch._C._functorch.is_functorch_wrapped_tensor(x) \
             or torch._C._is_tracing():
         return None
-    groups = _native_groups(x, g)
+    groups = _native_groups(x, g, p)
     if not groups:
         return None
     offset = _seeds.stream_offset(0)

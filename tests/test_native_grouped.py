@@ -84,8 +84,8 @@ def test_saves_one_factor_per_group_only():
     assert set(saved[0].unique().tolist()) <= {0.0, float(scale)}
 
 
-@pytest.mark.parametrize("case", ["channels_last", "float16", "many_dropped", "large", "subclass",
-                                  "batch_mode"])
+@pytest.mark.parametrize("case", ["channels_last", "float16", "many_dropped", "drawn_many_dropped",
+                                  "large", "subclass", "batch_mode"])
 def test_other_inputs_keep_the_function_route(case):
     """Where the native route does not apply: groups that are not runs of memory, half types,
     dropped groups spanning more than NATIVE_ZERO_MAX_BYTES (zeroing them would cost more than
@@ -97,8 +97,10 @@ def test_other_inputs_keep_the_function_route(case):
         x = x.contiguous(memory_format=torch.channels_last)
     elif case == "float16":
         x = x.half()
-    elif case == "many_dropped":  # ~90% of 64 x 64 channels of 4 KiB dropped: ~15 MiB
+    elif case == "many_dropped":  # ~90% of 64 x 64 channels of 4 KiB expected dropped: ~15 MiB
         x, p = torch.randn(64, 64, 32, 32), 0.9
+    elif case == "drawn_many_dropped":  # expected 460 KiB passes the first check; the draw does not
+        x, p = torch.randn(8, 16, 32, 32), 0.9
     elif case == "large":
         x = torch.randn(32 << 20 >> 2 >> 10, 1024)
         call = F.drop_path
@@ -110,9 +112,11 @@ def test_other_inputs_keep_the_function_route(case):
     for seed in (None, 5):
         torch.manual_seed(0)
         y = call(xg, p, seed=seed)
+        state = torch.get_rng_state()
         assert route(y) != "MulBackward0", case
         torch.manual_seed(0)
         assert torch.equal(y.detach(), call(x.detach(), p, seed=seed))
+        assert torch.equal(torch.get_rng_state(), state)  # one draw either way
 
 
 def test_parameter_input_takes_the_native_route():
