@@ -10,9 +10,12 @@
 
 Each round runs every variant once, in random order; printed: median step time, speed relative
 to torch (torch / variant) and the median of the per-round differences from torch.
+`--micro`: the same routes on warm Dropout2d forward + backward calls (100 per sample, medians of
+20 rounds), where the Function's Python costs least.
 
     .venv/bin/python bench/grouped_routes.py                 # every model, 150 rounds
     .venv/bin/python bench/grouped_routes.py 60 resnet 8
+    .venv/bin/python bench/grouped_routes.py --micro
 """
 import random
 import statistics
@@ -66,11 +69,39 @@ def run(name, batch, rounds):
     print(line, flush=True)
 
 
+def micro():
+    import bench_cases
+    for shape in ((8, 16, 32, 32), (32, 16, 32, 32), (32, 32, 32, 32)):
+        for p in (0.1, 0.5):
+            fns = bench_cases.dropout_case(shape, p, "float32", True, spatial=True).build("cpu")
+            runs = {"torch": fns["torch"]}
+            for v in ("function", "lane"):
+                runs[v] = lambda v=v: (route(v), fns["fastdrop"]())
+            times = {k: [] for k in runs}
+            for k in runs:
+                for _ in range(3):
+                    runs[k]()
+            for _ in range(20):
+                order = list(runs)
+                random.shuffle(order)
+                for k in order:
+                    t = time.perf_counter()
+                    for _ in range(100):
+                        runs[k]()
+                    times[k].append((time.perf_counter() - t) / 100)
+            route("lane")
+            med = {k: statistics.median(v) for k, v in times.items()}
+            print(f"Dropout2d fwd+bwd {'x'.join(map(str, shape))} p={p}: " + " ".join(
+                f"{k} {med[k] * 1e6:.0f} us ({med['torch'] / med[k]:.2f}x)" for k in runs), flush=True)
+
+
 def main(argv):
+    torch.set_num_threads(2)
+    if argv[:1] == ["--micro"]:
+        return micro()
     rounds = int(argv[0]) if argv else 150
     names = [argv[1]] if len(argv) > 1 else list(models.MODELS)
     batches = [int(argv[2])] if len(argv) > 2 else [8, 32]
-    torch.set_num_threads(2)
     for name in names:
         for batch in batches:
             run(name, batch, rounds)
