@@ -10,8 +10,9 @@ dependencies, so the blocks are written here, following timm's code):
 
 Every model takes its stochastic layers from `drop_layers(kind)`, so the same architecture is built
 with torch's modules ("torch": `nn.Dropout2d` and `TorchDropPath`, timm's drop_path in torch ops),
-fastdrop's ("fastdrop": `fastdrop.nn.DropPath`, `fastdrop.nn.Dropout2d`), the floor of fastdrop's
-design ("bare": a bare autograd.Function around the same kernel, no validation or dispatch) or none
+fastdrop's ("fastdrop": `fastdrop.nn.DropPath`, `fastdrop.nn.Dropout2d`), the floor of a Function
+route ("bare": a bare autograd.Function around the same kernel, no validation or dispatch; fastdrop's
+small grouped calls under autograd now take torch's multiply instead, docs/cpu_kernels.md) or none
 ("none": `nn.Identity`, the cost of the step without dropout). As in timm, drop-path rates grow linearly
 over the blocks from 0 to `drop_path_rate`, and a block with rate 0 gets `nn.Identity`.
 
@@ -50,7 +51,7 @@ class TorchDropPath(nn.Module):
 
 
 class _BareGrouped(torch.autograd.Function):
-    """The floor of fastdrop's design inside a model: a bare autograd.Function around fastdrop's
+    """The floor of the Function route inside a model: a bare autograd.Function around fastdrop's
     one-launch grouped kernel on the tensor's memory (seed from torch's generator, mask
     regenerated in backward, nothing saved), with none of the library's validation, dispatch or
     other layouts (a tensor whose groups are not contiguous runs of memory is copied first)."""
