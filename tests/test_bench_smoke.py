@@ -219,3 +219,12 @@ def test_gpu_bench_dry_run_covers_every_section(tmp_path):
     rows = json.loads(js.read_text())["rows"]
     assert {r["section"] for r in rows} == {"dropout", "dense", "per_sample", "matmul", "layouts"}
     assert not [r["id"] for r in rows if "error" in r]
+
+
+def test_grouped_routes_probe_runs_every_route():
+    """bench/grouped_routes.py (docs/cpu_kernels.md, "Grouped ops under autograd") runs at two
+    rounds of a batch-2 CNN step and prints every route."""
+    out = _finish(_start([os.path.join(BENCH, "grouped_routes.py"), "2", "cnn_dropout2d", "2"]))
+    line = next(l for l in out.splitlines() if l.startswith("cnn_dropout2d"))
+    for variant in ("torch", "none", "function", "native", "lane"):
+        assert f" {variant} " in line, line
