@@ -595,8 +595,9 @@ def train_step_md(rows):
              "fastdrop's (`fastdrop.nn.DropPath`, `fastdrop.nn.Dropout2d`), a bare "
              "`autograd.Function` around fastdrop's grouped kernel (`bench/models.py`: seed draw, "
              "one launch forward and one backward, no validation or dispatch; the floor of a "
-             "Function route, which small grouped calls under autograd no longer take) and none (`nn.Identity`), interleaved step by step in one process. Dropout "
-             "cost = step minus the no-dropout step.", "",
+             "Function route, which small grouped calls under autograd no longer take) and none "
+             "(`nn.Identity`), interleaved step by step in one process. Dropout cost = step minus "
+             "the no-dropout step.", "",
              "| model | batch | input | torch step | fastdrop step | bare-Function step | "
              "no-dropout step | speedup (torch / fastdrop) | dropout cost: torch / fastdrop / bare "
              "| load |", "|" + "---|" * 10]
