@@ -92,7 +92,7 @@ SMALL_TARGETS = [
 ]
 # Training steps take 5-100 ms: one step per sample.
 TRAIN_MODES = {
-    "default": dict(rounds=11, sample_s=0.0, case_cap_s=15.0),
+    "default": dict(rounds=41, sample_s=0.0, case_cap_s=15.0),
     "quick": dict(rounds=5, sample_s=0.0, case_cap_s=4.0),
     "tiny": dict(rounds=2, sample_s=0.0, case_cap_s=2.0),
 }
@@ -298,6 +298,10 @@ def train_step_rows(mode, progress=None):
             t = {k: v["median_s"] for k, v in row["timings"].items()}
             row["speedup"] = t["torch"] / t["fastdrop"]
             row["dropout_cost_s"] = {k: t[k] - t["none"] for k in t if k != "none"}
+            # Every round times each model once: the per-round difference cancels the machine's
+            # drift between rounds, which on a shared VM moves the medians by several percent.
+            fd, th = (row["timings"][k]["samples_s"] for k in ("fastdrop", "torch"))
+            row["paired_diff_s"] = float(np.median(np.subtract(fd, th)))
         rows.append(row)
         if progress:
             progress(f"train step {name} batch {batch}: " + (
@@ -583,6 +587,12 @@ def small_calls_md(sc):
     return head + "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
 
 
+def _signed_time(seconds):
+    if seconds is None:
+        return "-"
+    return ("+" if seconds >= 0 else "-") + fmt_time(abs(seconds))
+
+
 def train_step_md(rows):
     if not rows:
         return ""
@@ -597,14 +607,15 @@ def train_step_md(rows):
              "one launch forward and one backward, no validation or dispatch; the floor of a "
              "Function route, which small grouped calls under autograd no longer take) and none "
              "(`nn.Identity`), interleaved step by step in one process. Dropout cost = step minus "
-             "the no-dropout step.", "",
+             "the no-dropout step. Paired = the median over rounds of (fastdrop step - torch "
+             "step) timed in the same round.", "",
              "| model | batch | input | torch step | fastdrop step | bare-Function step | "
-             "no-dropout step | speedup (torch / fastdrop) | dropout cost: torch / fastdrop / bare "
-             "| load |", "|" + "---|" * 10]
+             "no-dropout step | speedup (torch / fastdrop) | paired: fastdrop - torch "
+             "| dropout cost: torch / fastdrop / bare | load |", "|" + "---|" * 11]
     for r in rows:
         pre = f"| {r['model']} | {r['batch']} | 3x{r['image_size']}x{r['image_size']} |"
         if "error" in r:
-            lines.append(pre + f" ERROR: {r['error']} |" + " |" * 6)
+            lines.append(pre + f" ERROR: {r['error']} |" + " |" * 7)
             continue
         t, c = r["timings"], r["dropout_cost_s"]
 
@@ -614,7 +625,8 @@ def train_step_md(rows):
         def cost(k):
             return fmt_time(c[k]) if k in c else "-"
         lines.append(pre + f" {cell('torch')} | {cell('fastdrop')} | {cell('bare')} | {cell('none')} | "
-                     f"**{r['speedup']:.3f}x** | {cost('torch')} / {cost('fastdrop')} / {cost('bare')} "
+                     f"**{r['speedup']:.3f}x** | {_signed_time(r.get('paired_diff_s'))} | "
+                     f"{cost('torch')} / {cost('fastdrop')} / {cost('bare')} "
                      f"| {r['loadavg_after']:.1f} |")
     return "\n".join(lines) + "\n"
 
