@@ -601,7 +601,10 @@ def torch_apply(op, operands, params, rng, inplace=False):
         # Skip autograd's bookkeeping (in-place results stay the same object, as in torch).
         y = op.forward(TorchBackend, operands, rng, params, out=operands[0] if inplace else None)
         return mark_written(y) if inplace else y
-    if op is DROPOUT and not inplace and apply is _FUNCTIONS[2] and len(params) == 1 and params[0] > 0:
+    # the native route records torch's multiply, whose forward-mode tangent (t * f) keeps an inf or
+    # NaN tangent of a dropped group; the Function's jvp applies the op: forward AD keeps it
+    if op is DROPOUT and not inplace and apply is _FUNCTIONS[2] and len(params) == 1 and params[0] > 0 \
+            and sys.modules["torch"].autograd.forward_ad._current_level < 0:
         groups = _native_groups(operands[0], params[0], rng.p)
         if groups and rng.seed < 1 << 63 and rng.offset < 1 << 63:
             y = _native_grouped(operands[0], rng.p, rng.seed, rng.offset, rng.scale, params[0], groups)
@@ -640,7 +643,8 @@ def _native_grouped(x, p, seed, offset, scale, g, groups):
     autograd"). Output: bit for bit the kernel's. Gradient: the kernel's for a finite incoming
     gradient, up to the sign of a zero (grad * 0); an inf or NaN incoming gradient in a dropped
     group gives NaN there, as torch's own dropout does, where the kernel gives 0. Saved for
-    backward: f, one value per group, never a mask of x's size. seed, offset: ints below 2^63."""
+    backward: f, one value per group, never a mask of x's size. Not under forward-mode AD, whose
+    tangent t * f would have the same NaN. seed, offset: ints below 2^63."""
     torch = sys.modules["torch"]
     shape = x.shape
     factors = np.empty(shape[:g] + (1,) * (len(shape) - g), _FLAT_SCALARS[x.dtype])
@@ -693,7 +697,7 @@ def grouped_lane(x, p, g, ndim=None):
     if (x.dim() < g if ndim is None else x.dim() != ndim) or x.is_nested or x.layout != torch.strided:
         return None
     if torch._C._are_functorch_transforms_active() or torch._C._functorch.is_functorch_wrapped_tensor(x) \
-            or torch._C._is_tracing():
+            or torch._C._is_tracing() or torch.autograd.forward_ad._current_level >= 0:
         return None
     groups = _native_groups(x, g, p)
     if not groups:

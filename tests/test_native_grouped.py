@@ -183,3 +183,21 @@ def test_the_lane_runs_at_the_rank_stream(monkeypatch):
     seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
     assert route(y) == "MulBackward0"
     assert torch.equal(y.detach(), F.drop_path(x.detach(), 0.5, seed=seed, offset=3 << _seeds.RANK_SHIFT))
+
+
+@pytest.mark.parametrize("needs_grad", [False, True])
+def test_forward_mode_ad_keeps_the_function_route(needs_grad):
+    """Under forward-mode AD the tangent is the op applied to the tangent (exact zeros in dropped
+    groups, as the kernel), which torch's multiply would not give for an inf tangent: such calls
+    keep the Function route, through the lane (x needs grad) or the pipeline."""
+    import torch.autograd.forward_ad as fwAD
+    x = torch.randn(4, 6, 3, 3, requires_grad=needs_grad)
+    t = torch.full_like(x, float("inf"))
+    t[:, :, 1] = -1.0
+    with fwAD.dual_level():
+        torch.manual_seed(0)
+        y = F.dropout2d(fwAD.make_dual(x, t), 0.5)
+        tangent = fwAD.unpack_dual(y).tangent
+    assert route(y) != "MulBackward0"
+    torch.manual_seed(0)
+    assert torch.equal(bits(tangent), bits(F.dropout2d(t, 0.5)))
