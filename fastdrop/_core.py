@@ -36,7 +36,7 @@ from .kernels import dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial
 from .kernels.config import CPU_PARALLEL_MIN
 from .kernels.layout import groups_outermost
-from .kernels.philox import keep_threshold, kernel_rng_args
+from .kernels.philox import kernel_rng_args, kernel_threshold
 
 
 class Rng(NamedTuple):
@@ -649,10 +649,7 @@ def _native_grouped(x, p, seed, offset, scale, g, groups):
     shape = x.shape
     factors = np.empty(shape[:g] + (1,) * (len(shape) - g), _FLAT_SCALARS[x.dtype])
     dropped = np.empty(groups, np.int64)
-    thr = _THRESHOLDS.get(p)
-    if thr is None:
-        thr = _new_threshold(p)
-    count = dropout_cpu.group_factors(factors, dropped, seed, offset, thr, scale)
+    count = dropout_cpu.group_factors(factors, dropped, seed, offset, kernel_threshold(p), scale)
     n = x.numel()
     if count * (n // groups) * x.element_size() > NATIVE_ZERO_MAX_BYTES:
         return None
@@ -668,16 +665,6 @@ def _native_grouped(x, p, seed, offset, scale, g, groups):
             return y
         dropout_cpu.zero_runs(flat, n // groups, dropped, count)
     return y
-
-
-_THRESHOLDS = {}  # p -> T(p) as a Python int (the lane's kernel takes plain ints)
-
-
-def _new_threshold(p):
-    if len(_THRESHOLDS) >= 256:  # p from a schedule: bounded
-        _THRESHOLDS.clear()
-    t = _THRESHOLDS[p] = keep_threshold(p)
-    return t
 
 
 def grouped_lane(x, p, g, ndim=None):

@@ -256,7 +256,8 @@ def group_factors(factors, dropped, seed, offset, thr, scale):
     g, in order, into dropped[:count]; returns count. factors is a C-contiguous float32/float64
     array of any rank (it is made in the shape it broadcasts in, saving a reshape per call);
     seed and offset are int64 (seeds torch's generator draws and rank offsets fit), thr is T(p)
-    and scale a float64 rounded once to factors' dtype, as the kernels' scale scalars are. One
+    (philox.kernel_threshold) and scale a float64 rounded once to factors' dtype, as the kernels'
+    scale scalars are. One
     value per sample or channel, a few thousand at most: serial."""
     flat = factors.reshape(-1)
     n = flat.size

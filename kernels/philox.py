@@ -100,14 +100,20 @@ _THRESHOLDS = {}  # p -> np.uint32(T(p)): a model uses a handful of p's, and thi
 _OFFSETS = {}     # offset -> (lo, hi) as np.uint64: almost always 0 (or a few MC / rank offsets)
 
 
-def kernel_rng_args(seed, offset, p):
-    """(key_lo, key_hi, off_lo, off_hi, threshold) for the kernels."""
+def kernel_threshold(p):
+    """T(p) as the kernels take it: np.uint32, cached per p."""
     thr = _THRESHOLDS.get(p)
     if thr is None:
         if len(_THRESHOLDS) >= 256:  # p from a schedule: bounded, not one entry per value forever
             _THRESHOLDS.clear()
         # uint32, not uint64: compared with 16-bit halves, the CPU apply loops vectorize in 32-bit lanes
         thr = _THRESHOLDS[p] = np.uint32(keep_threshold(p))
+    return thr
+
+
+def kernel_rng_args(seed, offset, p):
+    """(key_lo, key_hi, off_lo, off_hi, threshold) for the kernels."""
+    thr = kernel_threshold(p)
     off = _OFFSETS.get(offset)
     if off is None:
         if len(_OFFSETS) >= 256:
