@@ -13,8 +13,9 @@ Everything else is here and shared, in this order:
 
 One route skips the Function: the grouped masks (spatial dropout, DropPath rows) of small CPU
 tensors under autograd are recorded as torch's multiply by per-group factors, whose backward is
-torch's C++ (`_native_grouped`; `grouped_lane` takes a training step's default call there without
-the general checks, which such a call passes). Values are the kernel's, bit for bit.
+torch's C++ (`_native_grouped`). Values are the kernel's, bit for bit. `training_lane` takes a
+training step's default call of dropout and the grouped ops to its route without the general
+checks, which such a call passes.
 
 Backward formulas are written with differentiable pieces (the dropout op, its own derivative, and
 torch GEMMs), so double backward works and only the declared operands and (seed, offset) are saved,
@@ -667,36 +668,43 @@ def _native_grouped(x, p, seed, offset, scale, g, groups):
     return y
 
 
-def grouped_lane(x, p, g, ndim=None):
-    """The common call of a grouped op in a training step, straight to `_native_grouped`: a plain
-    CPU tensor that needs grad, 0 < p < 1, inverted scaling, seed=None at offset 0, not in place,
-    no out= (the callers check those arguments). Every check `call` runs passes for such a call
-    and its result is `call`'s, bit for bit, with the same draw from torch's generator; skipping
-    the general pipeline's Python saves most of a call's cost where every call runs cold (inside
-    a model). None, having touched nothing, when any condition fails: the caller goes on to
-    `call`. ndim: the rank x must have (spatial dropout's batched rank), or None for any rank >= g."""
-    torch = sys.modules.get("torch")
-    # is_compiling first: Dynamo reads it as True and traces nothing below it (it cannot trace
-    # the functorch query)
-    if torch is None or torch.compiler.is_compiling() or type(x) is not torch.Tensor or \
-            _SEED_OPS is None or not (x.requires_grad and torch.is_grad_enabled()):
+def training_lane(x, p, g, ndim=None):
+    """The common call of dropout (g = 0) or a grouped op (g > 0) in a training step, without the
+    general pipeline: a plain CPU float32/float64 tensor that needs grad, 0 < p < 1, inverted
+    scaling, seed=None at offset 0, not in place, no out= (the callers check those arguments).
+    Every check `call` runs passes for such a call, and its result is `call`'s, bit for bit, with
+    the same draw from torch's generator: the route `torch_apply` would take (the eager Function;
+    for a grouped op `_native_grouped` first). Skipping the pipeline's Python saves a third of a
+    small call (docs/cpu_kernels.md, "The training lane"). None, having touched nothing, when any
+    condition fails: the caller goes on to `call`. ndim: the rank x must have (spatial dropout's
+    batched rank), or None for any rank >= g."""
+    if _LANE_QUERIES is None:  # torch's ops not registered yet: `call` registers them
         return None
-    if (x.dim() < g if ndim is None else x.dim() != ndim) or x.is_nested or x.layout != torch.strided:
+    tensor, compiling, grad_enabled, strided, transforms_active, wrapped, tracing, forward_ad = _LANE_QUERIES
+    # compiling first: Dynamo reads torch.compiler.is_compiling() as True and traces nothing below
+    # it (it cannot trace the functorch queries)
+    if compiling() or type(x) is not tensor or not (x.requires_grad and grad_enabled()):
         return None
-    if torch._C._are_functorch_transforms_active() or torch._C._functorch.is_functorch_wrapped_tensor(x) \
-            or torch._C._is_tracing() or torch.autograd.forward_ad._current_level >= 0:
+    if (x.dim() < g if ndim is None else x.dim() != ndim) or x.is_nested or x.layout != strided:
         return None
-    groups = _native_groups(x, g, p)
-    if not groups:
+    if transforms_active() or wrapped(x) or tracing() or forward_ad._current_level >= 0:
+        return None
+    if g:
+        groups = _native_groups(x, g, p)
+        if not groups:
+            return None
+    elif x.dtype not in _FLAT_SCALARS or not x.is_cpu:
         return None
     offset = _seeds.stream_offset(0)
     if offset >= 1 << 63:  # a rank of 2^15 or more: the general route
         return None
-    seed, scale = _seeds.draw_torch_seed_eager(torch), 1.0 / (1.0 - p)
-    y = _native_grouped(x, p, seed, offset, scale, g, groups)
-    if y is None:  # many groups dropped: the Function route torch_apply takes, same draw
-        y = _functions()[2](DROPOUT, (g,), _rng(p, seed, offset, scale), False, x)
-    return y
+    seed, scale = _seeds.draw_torch_seed_eager(sys.modules["torch"]), 1.0 / (1.0 - p)
+    if g:
+        y = _native_grouped(x, p, seed, offset, scale, g, groups)
+        if y is not None:
+            return y
+    # dropout, or a grouped op with many groups dropped: the Function route torch_apply takes
+    return _functions()[2](DROPOUT, (g,), _rng(p, seed, offset, scale), False, x)
 
 
 def _recording_apply(torch, operands):
@@ -837,6 +845,8 @@ def _c_apply(torch, function):
 # ---- torch.compile: the custom ops ----------------------------------------------------------------
 
 _SEED_OPS = None
+# the torch queries `training_lane` asks on every call, bound once (set with the seed ops)
+_LANE_QUERIES = None
 
 
 def _seed_ops():
@@ -866,6 +876,11 @@ def _seed_ops():
             # layers' draws apart; assume_constant_result bakes it in without a guard.
             return next(tokens)
 
+        global _LANE_QUERIES
+        _LANE_QUERIES = (torch.Tensor, torch.compiler.is_compiling, torch.is_grad_enabled, torch.strided,
+                         torch._C._are_functorch_transforms_active,
+                         torch._C._functorch.is_functorch_wrapped_tensor, torch._C._is_tracing,
+                         torch.autograd.forward_ad)
         _SEED_OPS = token
     return _SEED_OPS
 

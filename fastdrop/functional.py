@@ -36,10 +36,13 @@ def _call(x, p, training, inplace, seed, offset, mode, group_ndim, out, checked=
                       inplace=inplace, out=out, checked=checked)
 
 
-def _lane_args(p, training, inplace, seed, offset, mode, out):
-    """The arguments of a training step's call, for which `_core.grouped_lane` may take it."""
-    return training is True and type(p) is float and 0.0 < p < 1.0 and seed is None and \
-        type(offset) is int and offset == 0 and inplace is False and out is None and mode == "inverted"
+def _lane(x, p, training, inplace, seed, offset, mode, out, g, ndim=None):
+    """A training step's call (these arguments) through `_core.training_lane` with mask-shape
+    rule g; None when the arguments or x are not the lane's, and the caller goes on to `_call`."""
+    if training is True and type(p) is float and 0.0 < p < 1.0 and seed is None and \
+            type(offset) is int and offset == 0 and inplace is False and out is None and mode == "inverted":
+        return _core.training_lane(x, p, g, ndim)
+    return None
 
 
 def dropout(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted", out=None):
@@ -62,6 +65,9 @@ def dropout(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode
     Example:
         >>> y = fastdrop.dropout(np.ones((2, 3), np.float32), 0.5, seed=0)
     """
+    y = _lane(x, p, training, inplace, seed, offset, mode, out, 0)
+    if y is not None:
+        return y
     return _call(x, p, training, inplace, seed, offset, mode, 0, out)
 
 
@@ -78,10 +84,9 @@ def _spatial_group_ndim(x, name, batched_rank, unbatched_rank):
 
 def dropout1d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted", out=None):
     """Drops whole channels of (N, C, L) or (C, L) input; mask = dropout_mask((N, C) or (C,), ...)."""
-    if _lane_args(p, training, inplace, seed, offset, mode, out):
-        y = _core.grouped_lane(x, p, 2, 3)
-        if y is not None:
-            return y
+    y = _lane(x, p, training, inplace, seed, offset, mode, out, 2, 3)
+    if y is not None:
+        return y
     checked = check_array(x)  # once: the op core takes the result
     group_ndim = _spatial_group_ndim(checked[0], "dropout1d", 3, 2)
     return _call(x, p, training, inplace, seed, offset, mode, group_ndim, out, checked)
@@ -90,10 +95,9 @@ def dropout1d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mo
 def dropout2d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted", out=None):
     """Drops whole channels of (N, C, H, W) input (torch's rules: 3-D input is read as (N, C, L)
     with a warning, as torch does; fewer than 2 dims is an error)."""
-    if _lane_args(p, training, inplace, seed, offset, mode, out):
-        y = _core.grouped_lane(x, p, 2, 4)
-        if y is not None:
-            return y
+    y = _lane(x, p, training, inplace, seed, offset, mode, out, 2, 4)
+    if y is not None:
+        return y
     checked = check_array(x)
     ndim = len(checked[0].shape)
     if ndim < 2:
@@ -111,10 +115,9 @@ def dropout2d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mo
 
 def dropout3d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted", out=None):
     """Drops whole channels of (N, C, D, H, W) or unbatched (C, D, H, W) input."""
-    if _lane_args(p, training, inplace, seed, offset, mode, out):
-        y = _core.grouped_lane(x, p, 2, 5)
-        if y is not None:
-            return y
+    y = _lane(x, p, training, inplace, seed, offset, mode, out, 2, 5)
+    if y is not None:
+        return y
     checked = check_array(x)
     group_ndim = _spatial_group_ndim(checked[0], "dropout3d", 5, 4)
     return _call(x, p, training, inplace, seed, offset, mode, group_ndim, out, checked)
@@ -140,11 +143,10 @@ def drop_path(x, p=0.0, training=True, scale_by_keep=True, *, seed=None, offset=
     Example:
         >>> y = fastdrop.drop_path(torch.randn(8, 197, 768), 0.1)   # e.g. a ViT block's branch
     """
-    if mode == "row" and scale_by_keep is True and \
-            _lane_args(p, training, inplace, seed, offset, scaling, None):
-        y = _core.grouped_lane(x, p, 1)
-        if y is not None:
-            return y
+    y = _lane(x, p, training, inplace, seed, offset, scaling, None, 1) \
+        if mode == "row" and scale_by_keep is True else None
+    if y is not None:
+        return y
     p = check_p(p)
     if mode not in DROP_PATH_MODES:
         raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode!r}")

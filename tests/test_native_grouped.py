@@ -1,5 +1,5 @@
 """The native route of the grouped ops under autograd (fastdrop/_core.py, `_native_grouped` and
-`grouped_lane`): spatial dropout and DropPath rows of a CPU float32/float64 tensor that needs grad
+`training_lane`): spatial dropout and DropPath rows of a CPU float32/float64 tensor that needs grad
 are recorded as torch's own multiply by per-group factors. Checked here against the kernel route
 (the same call on a tensor that needs no grad): outputs bit for bit, gradients, the draw from
 torch's generator, what is saved, and which route each input takes.
@@ -151,11 +151,11 @@ def test_gradcheck_and_double_backward_on_the_native_route():
 
 
 def test_the_lane_only_takes_default_calls(monkeypatch):
-    """grouped_lane sees only calls whose arguments it can take (seed=None, offset 0, inverted
+    """training_lane sees only calls whose arguments it can take (seed=None, offset 0, inverted
     scaling, not in place, no out=, training); others reach the pipeline and its checks."""
     taken = []
-    original = _core.grouped_lane
-    monkeypatch.setattr(_core, "grouped_lane", lambda *a, **k: taken.append(a[1:]) or original(*a, **k))
+    original = _core.training_lane
+    monkeypatch.setattr(_core, "training_lane", lambda *a, **k: taken.append(a[1:]) or original(*a, **k))
     x = torch.randn(4, 6, 3, 3, requires_grad=True)
     F.dropout2d(x, 0.2)
     F.drop_path(x, 0.2)

@@ -1,0 +1,157 @@
+"""The training lane (fastdrop/_core.py, `training_lane`) for elementwise dropout: a training
+step's default call (a plain CPU float32/float64 tensor that needs grad, seed=None, offset 0,
+inverted scaling, not in place, no out=) goes straight to the eager Function, skipping the general
+pipeline. Checked here against the pipeline itself (the lane switched off): outputs and gradients
+bit for bit, the same draw from torch's generator, the same autograd node, and which calls the
+lane takes. The grouped ops' side of the lane is in test_native_grouped.py.
+"""
+import pytest
+import torch
+
+import fastdrop
+from fastdrop import _core, _seeds
+
+F = fastdrop
+
+
+def bits(t):
+    return t.detach().view(torch.int64 if t.dtype == torch.float64 else torch.int32)
+
+
+def hostile(shape, dtype, seed=0):
+    """Values of both signs with an inf, a -inf and a NaN."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    flat = x.view(-1)
+    flat[:3] = torch.tensor([float("inf"), float("-inf"), float("nan")], dtype=dtype)
+    return x
+
+
+def without_lane(monkeypatch, fn):
+    with monkeypatch.context() as m:
+        m.setattr(_core, "training_lane", lambda *a, **k: None)
+        return fn()
+
+
+def counting_lane(monkeypatch):
+    """Replace the lane by a wrapper that records the calls it took (returned a result for)."""
+    taken, original = [], _core.training_lane
+
+    def lane(*a, **k):
+        y = original(*a, **k)
+        if y is not None:
+            taken.append(a[1:])
+        return y
+    monkeypatch.setattr(_core, "training_lane", lane)
+    return taken
+
+
+# shapes: the small serial kernel (64x512), the parallel kernel with the output cache (256x1024),
+# a permuted (non-contiguous) view, 0-d and empty
+SHAPES = [(64, 512), (256, 1024), "permuted", (), (0, 7)]
+
+
+def make(shape, dtype):
+    if shape == "permuted":
+        return hostile((6, 5, 7), dtype).permute(2, 0, 1)
+    return hostile(shape, dtype) if shape and 0 not in shape else torch.randn(shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_lane_equals_the_pipeline_bit_for_bit(monkeypatch, shape, p, dtype):
+    taken = counting_lane(monkeypatch)
+    x = make(shape, dtype)
+    g = torch.randn(x.shape, dtype=dtype)
+
+    def run():
+        xg = x.clone().requires_grad_()
+        torch.manual_seed(11)
+        y = F.dropout(xg, p)
+        (gx,) = torch.autograd.grad(y, xg, g) if y.numel() else (torch.zeros_like(xg),)
+        return y, gx, torch.get_rng_state(), type(y.grad_fn).__name__
+
+    y, gx, state, node = run()
+    assert len(taken) == 1
+    y0, gx0, state0, node0 = without_lane(monkeypatch, run)
+    assert len(taken) == 1
+    assert node == node0
+    assert torch.equal(bits(y), bits(y0))  # NaN, inf and the sign of zeros included
+    assert torch.equal(bits(gx), bits(gx0))
+    assert torch.equal(state, state0)  # the same draw from torch's generator
+    assert y.stride() == y0.stride()
+
+
+def test_module_training_step_takes_the_lane(monkeypatch):
+    taken = counting_lane(monkeypatch)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), fastdrop.nn.Dropout(0.3), torch.nn.Linear(16, 2))
+    x = torch.randn(4, 8)
+    torch.manual_seed(3)
+    model(x).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    assert len(taken) == 1
+    model.zero_grad()
+    torch.manual_seed(3)
+    without_lane(monkeypatch, lambda: model(x).sum().backward())
+    assert all(torch.equal(a, p.grad) for a, p in zip(grads, model.parameters()))
+
+
+def test_the_lane_only_takes_default_calls(monkeypatch):
+    """Calls with other arguments, inputs or modes reach the pipeline and its checks."""
+    taken = counting_lane(monkeypatch)
+    x = torch.randn(6, 7, requires_grad=True)
+    F.dropout(x, 0.2)
+    assert len(taken) == 1
+    for call in (lambda: F.dropout(x, 0.2, seed=1), lambda: F.dropout(x, 0.2, offset=1),
+                 lambda: F.dropout(x, 0.2, mode="classic"), lambda: F.dropout(x, 0.2, training=False),
+                 lambda: F.dropout(x, 1), lambda: F.dropout(x, 0.0), lambda: F.dropout(x, 1.0),
+                 lambda: F.dropout(x.detach(), 0.2), lambda: F.dropout(x * 1, 0.2, inplace=True),
+                 lambda: F.dropout(x.half(), 0.2), lambda: F.dropout(x.bfloat16(), 0.2),
+                 lambda: F.dropout(torch.nn.Parameter(torch.randn(3)), 0.2),
+                 lambda: F.dropout(x.detach().numpy(), 0.2)):
+        call()
+    with torch.no_grad():
+        F.dropout(x, 0.2)
+    assert len(taken) == 1
+    with pytest.raises(ValueError):
+        F.dropout(x, 1.5)
+    with pytest.raises(TypeError):
+        F.dropout(x, 0.2, training="yes")
+    with pytest.raises(TypeError):
+        F.dropout(torch.randn(3, requires_grad=True, dtype=torch.complex64), 0.2)
+    with pytest.raises(RuntimeError, match="out="):
+        F.dropout(x, 0.2, out=torch.empty(6, 7))
+    assert len(taken) == 1
+
+
+def test_the_lane_runs_at_the_rank_stream(monkeypatch):
+    """seed=None calls of rank r run at offset r * 2**48, through the lane as through `call`."""
+    taken = counting_lane(monkeypatch)
+    monkeypatch.setattr(_seeds, "_rank", lambda: 3)
+    x = torch.randn(16, 5, requires_grad=True)
+    torch.manual_seed(8)
+    y = F.dropout(x, 0.5)
+    assert len(taken) == 1
+    torch.manual_seed(8)
+    seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+    assert torch.equal(y.detach(), F.dropout(x.detach(), 0.5, seed=seed, offset=3 << _seeds.RANK_SHIFT))
+
+
+def test_forward_mode_ad_and_functorch_skip_the_lane(monkeypatch):
+    import torch.autograd.forward_ad as fwAD
+    taken = counting_lane(monkeypatch)
+    x = torch.randn(4, 6, requires_grad=True)
+    with fwAD.dual_level():
+        F.dropout(fwAD.make_dual(x, torch.ones_like(x)), 0.5)
+    torch.func.grad(lambda t: F.dropout(t, 0.5).sum())(x.detach())
+    assert taken == []
+
+
+def test_saves_no_tensor_on_the_lane(monkeypatch):
+    taken = counting_lane(monkeypatch)
+    x = torch.randn(32, 32, requires_grad=True)
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        F.dropout(x, 0.5).sum().backward()
+    assert len(taken) == 1 and packed == []
