@@ -138,8 +138,9 @@ def torch_empty_like(t):
 # (`_native_grouped`); above it the one-pass kernel and the output cache (`_alloc.MIN_BYTES`) win.
 NATIVE_GROUPED_MAX_BYTES = 32 << 20
 # ... and while the dropped groups, which it zeroes in a pass of its own, span at most this many
-# bytes; above, the one-pass kernel's Python backward costs less than that pass.
-NATIVE_ZERO_MAX_BYTES = 256 << 10
+# bytes (about a core's L2 here); above, the one-pass kernel's Python backward costs less than that
+# pass (docs/cpu_kernels.md, "Grouped ops under autograd").
+NATIVE_ZERO_MAX_BYTES = 512 << 10
 
 _FLAT_SCALARS = {}  # torch float32/float64 -> numpy scalar type; filled on first use (no torch at import)
 _SCALES = {}        # (torch dtype, scale) -> the kernel's scale scalar: a model uses a handful
