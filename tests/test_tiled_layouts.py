@@ -115,6 +115,46 @@ def test_serial_and_parallel_twins_agree(case):
     np.testing.assert_array_equal(outs[1], outs[0])
 
 
+@pytest.mark.parametrize("hw", [(14, 14), (7, 7), (30, 30), (28, 28)])
+def test_channels_last_rows_run_over_h_times_w(hw, monkeypatch):
+    """H and W are one run of memory in channels_last: `_merge_runs` makes them one dim (the
+    logical index, hence the mask, is unchanged), which the launcher uses when rows start
+    mid-block (H*W % 8 != 0: 14x14, 7x7, 30x30), so the tiled kernel's rows are H*W long; 28x28
+    keeps its rows. Shapes of a ResNet's later stages, big enough for the parallel kernel."""
+    rng = np.random.default_rng(9)
+    n = CPU_PARALLEL_MIN // (96 * hw[0] * hw[1]) + 1
+    x = _channels_last(rng, (n, 96) + hw, np.float32)
+    xm, om = _cpu._merge_runs(x, np.empty_like(x))
+    assert xm.shape == om.shape == (n, 96, hw[0] * hw[1])
+    assert np.shares_memory(xm, x) and xm.strides == (x.strides[0], x.strides[1], x.strides[3])
+    shapes, kernel = [], dropout_cpu.dropout_tiled
+    monkeypatch.setattr(dropout_cpu, "dropout_tiled", lambda *a: (shapes.append(tuple(a[4])), kernel(*a))[1])
+    y = fastdrop.dropout(x, P, seed=SEED, offset=OFFSET)
+    assert shapes == [(n, 96, hw[0] * hw[1]) if hw[0] * hw[1] % 8 else (n, 96) + hw]  # what it walked
+    np.testing.assert_array_equal(y, _reference(x))
+    t = torch.from_numpy(x).requires_grad_()
+    yt = fastdrop.dropout(t, P, seed=SEED, offset=OFFSET)
+    assert yt.is_contiguous(memory_format=torch.channels_last)
+    assert np.array_equal(yt.detach().numpy(), y)
+    (gx,) = torch.autograd.grad(yt, t, torch.ones_like(yt))
+    assert torch.equal(gx, _apply_torch(torch.ones_like(t), torch.from_numpy(y != 0), 1 / (1 - P)))
+
+
+def test_merge_runs_needs_a_run_in_x_and_out():
+    """Dims are merged only where both x and out are one run; a transposed out keeps them apart."""
+    x = np.zeros((4, 5, 6), np.float32)
+    assert _cpu._merge_runs(x, np.zeros((4, 5, 6), np.float32))[0].shape == (120,)
+    out = np.zeros((6, 5, 4), np.float32).transpose(2, 1, 0)
+    xm, om = _cpu._merge_runs(x, out)
+    assert xm.shape == om.shape == (4, 5, 6)
+    out = np.zeros((4, 6, 5), np.float32).transpose(0, 2, 1)  # dims 0 and (1, 2) apart in out
+    xm, om = _cpu._merge_runs(x, out)
+    assert xm.shape == (4, 5, 6)
+    x2 = np.zeros((3, 8, 5), np.float32)[:, ::2]  # every other row: (n, r) one run, rows apart
+    xm, om = _cpu._merge_runs(x2, np.empty((3, 4, 5), np.float32))
+    assert xm.shape == om.shape == (12, 5) and np.shares_memory(xm, x2)
+
+
 def test_out_without_the_unit_stride_takes_the_strided_kernel():
     """x channels_last, out contiguous: no dim has unit stride in both, the strided kernel runs."""
     _, x, _, _ = _layouts(np.float32)[0]
