@@ -675,18 +675,20 @@ def training_lane(x, p, g, ndim=None):
     scaling, seed=None at offset 0, not in place, no out= (the callers check those arguments).
     Every check `call` runs passes for such a call, and its result is `call`'s, bit for bit, with
     the same draw from torch's generator: the route `torch_apply` would take (the eager Function;
-    for a grouped op `_native_grouped` first). Skipping the pipeline's Python saves a third of a
-    small call (docs/cpu_kernels.md, "The training lane"). None, having touched nothing, when any
+    for a grouped op `_native_grouped` first). Skipping the pipeline's Python saves about a tenth
+    of a small call (docs/cpu_kernels.md, "The training lane"). None, having touched nothing, when any
     condition fails: the caller goes on to `call`. ndim: the rank x must have (spatial dropout's
     batched rank), or None for any rank >= g."""
     if _LANE_QUERIES is None:  # torch's ops not registered yet: `call` registers them
         return None
     tensor, compiling, grad_enabled, strided, transforms_active, wrapped, tracing, forward_ad = _LANE_QUERIES
-    # compiling first: Dynamo reads torch.compiler.is_compiling() as True and traces nothing below
-    # it (it cannot trace the functorch queries)
+    # compiling before any query on x: Dynamo reads torch.compiler.is_compiling() as True and
+    # traces nothing below it (it cannot trace the functorch queries)
     if compiling() or type(x) is not tensor or not (x.requires_grad and grad_enabled()):
         return None
-    if (x.dim() < g if ndim is None else x.dim() != ndim) or x.is_nested or x.layout != strided:
+    # the cheap refusals (half types, CUDA) before the functorch and tracing queries
+    if x.dtype not in _FLAT_SCALARS or not x.is_cpu or x.is_nested or x.layout != strided or \
+            (x.dim() < g if ndim is None else x.dim() != ndim):
         return None
     if transforms_active() or wrapped(x) or tracing() or forward_ad._current_level >= 0:
         return None
@@ -694,8 +696,6 @@ def training_lane(x, p, g, ndim=None):
         groups = _native_groups(x, g, p)
         if not groups:
             return None
-    elif x.dtype not in _FLAT_SCALARS or not x.is_cpu:
-        return None
     offset = _seeds.stream_offset(0)
     if offset >= 1 << 63:  # a rank of 2^15 or more: the general route
         return None

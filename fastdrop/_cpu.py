@@ -127,9 +127,22 @@ def _merge_runs(x, out):
             shape.append(x.shape[d])
     if len(shape) == x.ndim:
         return x, out
-    x, out = x.view(), out.view()
-    x.shape = out.shape = shape  # a view, never a copy: raises if the strides did not allow it
-    return x, out
+    return _runs_view(x, shape), _runs_view(out, shape)
+
+
+def _runs_view(a, shape):
+    """a (whose dims merge into `shape` as `_merge_runs` found) viewed with that shape: each merged
+    dim keeps the stride of its innermost dim. A view, never a copy (as_strided keeps a read-only
+    array read-only)."""
+    strides, d = [], a.ndim
+    for n in reversed(shape):
+        d -= 1
+        strides.append(a.strides[d])
+        size = a.shape[d]
+        while size < n:
+            d -= 1
+            size *= a.shape[d]
+    return np.lib.stride_tricks.as_strided(a, shape=tuple(shape), strides=tuple(reversed(strides)))
 
 
 def _unit_stride_dim(x, out):

@@ -140,6 +140,32 @@ def test_channels_last_rows_run_over_h_times_w(hw, monkeypatch):
     assert torch.equal(gx, _apply_torch(torch.ones_like(t), torch.from_numpy(y != 0), 1 / (1 - P)))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+@pytest.mark.parametrize("how", ["inplace", "out", "broadcast", "read_only"])
+def test_merged_rows_with_other_dtypes_and_outputs(dtype, how):
+    """The merged channels_last walk (rows start mid-block) for half and double data, in place,
+    into a given channels_last out and from a read-only input; and a broadcast input (zero
+    strides: the strided kernel, whose rows are not merged)."""
+    rng = np.random.default_rng(4)
+    x = _channels_last(rng, (3, TILED_A + 5, 7, 7), dtype)
+    want = _reference(x)
+    if how == "inplace":
+        y = fastdrop.dropout(x, P, seed=SEED, offset=OFFSET, inplace=True)
+        assert y is x
+    elif how == "out":
+        out = _channels_last(rng, x.shape, dtype)
+        y = fastdrop.dropout(x, P, seed=SEED, offset=OFFSET, out=out)
+        assert y is out
+    elif how == "broadcast":
+        x = np.broadcast_to(x[:1, :1], x.shape)
+        want = _reference(x)
+        y = fastdrop.dropout(x, P, seed=SEED, offset=OFFSET)
+    else:
+        x.flags.writeable = False
+        y = fastdrop.dropout(x, P, seed=SEED, offset=OFFSET)
+    np.testing.assert_array_equal(y, want)
+
+
 def test_merge_runs_needs_a_run_in_x_and_out():
     """Dims are merged only where both x and out are one run; a transposed out keeps them apart."""
     x = np.zeros((4, 5, 6), np.float32)

@@ -155,3 +155,26 @@ def test_saves_no_tensor_on_the_lane(monkeypatch):
     with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
         F.dropout(x, 0.5).sum().backward()
     assert len(taken) == 1 and packed == []
+
+
+def test_compiled_graph_does_not_take_the_lane(monkeypatch):
+    """Under torch.compile(fullgraph=True) the lane reads is_compiling() first and steps aside
+    (Dynamo cannot trace its functorch queries); the compiled call equals the eager one after the
+    same manual_seed, outputs and gradients."""
+    taken = counting_lane(monkeypatch)
+    x = torch.randn(8, 16, dtype=torch.float64)
+    g = torch.randn(8, 16, dtype=torch.float64)
+
+    def step(fn):
+        xg = x.clone().requires_grad_()
+        torch.manual_seed(5)
+        y = fn(xg)
+        return y, torch.autograd.grad(y, xg, g)[0]
+
+    fn = lambda t: F.dropout(t, 0.3) * 2  # noqa: E731
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    y, gx = step(compiled)
+    assert taken == []
+    y0, gx0 = step(fn)
+    assert len(taken) == 1
+    assert torch.equal(y, y0) and torch.equal(gx, gx0)
