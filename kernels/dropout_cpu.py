@@ -403,20 +403,57 @@ def _prefetch_tile_rows(xb, ob, xr0, or0, xsl, osl, first_il, end_il, ta, line):
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _tile_words(words, first, lstride_a, ta, tl, xb, ob, xr0, or0, xsl, osl, line,
-                off_lo, off_hi, key_lo, key_hi):
-    """`dropout_tiled`'s mask words of a tile in transposed order: the word of tile element
-    (ia, il) ends at words[(il + shift) * TILED_A + ia]; returns shift.
+def _tile_words_by_rows(words, first, block_stride, ta, tl, xb, ob, xr0, or0, xsl, osl, line,
+                        off_lo, off_hi, key_lo, key_hi):
+    """`dropout_tiled`'s words when every row of the tile starts at the same lane of its Philox
+    block (the rows are block_stride whole blocks apart): Philox runs vectorized across the ta
+    rows, and each of a block's 8 words lands straight in its transposed place, no scatter.
+    Returns the shift: the word of element (ia, il) is words[(il + shift) * TILED_A + ia]."""
+    shift = first % LANES
+    b0 = first // LANES
+    for j in range((shift + tl + LANES - 1) // LANES):
+        _prefetch_tile_rows(xb, ob, xr0, or0, xsl, osl, max(0, LANES * j - shift),
+                            min(tl, LANES * j + LANES - shift), ta, line)
+        # a slice per lane: eight unit-stride stores across rows, which LLVM vectorizes
+        row0 = LANES * j * TILED_A
+        w0 = words[row0:row0 + TILED_A]
+        w1 = words[row0 + TILED_A:row0 + 2 * TILED_A]
+        w2 = words[row0 + 2 * TILED_A:row0 + 3 * TILED_A]
+        w3 = words[row0 + 3 * TILED_A:row0 + 4 * TILED_A]
+        w4 = words[row0 + 4 * TILED_A:row0 + 5 * TILED_A]
+        w5 = words[row0 + 5 * TILED_A:row0 + 6 * TILED_A]
+        w6 = words[row0 + 6 * TILED_A:row0 + 7 * TILED_A]
+        w7 = words[row0 + 7 * TILED_A:row0 + 8 * TILED_A]
+        for ia in range(ta):
+            r0, r1, r2, r3 = philox_block_cpu(np.uint64(b0 + j + ia * block_stride), off_lo, off_hi,
+                                              key_lo, key_hi)
+            w0[ia] = np.uint16(r0 & HALF_MASK)
+            w1[ia] = np.uint16(r0 >> SHIFT16)
+            w2[ia] = np.uint16(r1 & HALF_MASK)
+            w3[ia] = np.uint16(r1 >> SHIFT16)
+            w4[ia] = np.uint16(r2 & HALF_MASK)
+            w5[ia] = np.uint16(r2 >> SHIFT16)
+            w6[ia] = np.uint16(r3 & HALF_MASK)
+            w7[ia] = np.uint16(r3 >> SHIFT16)
+    return shift
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _tile_words_phased(words, first, lstride_a, ta, tl, xb, ob, xr0, or0, xsl, osl, line,
+                       off_lo, off_hi, key_lo, key_hi):
+    """`dropout_tiled`'s mask words of a tile in transposed order when its rows start at
+    different lanes of their blocks: the word of tile element (ia, il) ends at
+    words[(il + shift) * TILED_A + ia]; returns shift.
 
     Row ia starts at logical index first + ia * lstride_a, at lane (its phase) `that % 8` of its
     Philox block. Philox runs vectorized across the ta rows, block j of each row counted from the
     row's own first block, and each of a block's 8 words is a unit-stride store across rows, so
-    the word of (ia, il) lands in buffer row il + phase. When every row has the same phase
-    (lstride_a a multiple of 8: channels_last with H*W % 8 == 0, most transposed matrices) that
-    phase is the shift. Otherwise the rows of each larger phase q are moved to the smallest one,
-    q0, in a pass per phase present: row il + q0 takes the words of row il + q where a row's
-    phase is q, contiguous loads, a select and contiguous stores, which vectorize (docs/
-    cpu_kernels.md: 1.4-2x faster than making each row's words and scattering them).
+    the word of (ia, il) lands in buffer row il + phase, as in `_tile_words_by_rows` (which runs
+    when every row has the same phase, without the bookkeeping below). Then the rows of each
+    larger phase q are moved to the smallest one, q0, in a pass per phase present: row il + q0
+    takes the words of row il + q where a row's phase is q, contiguous loads, a select and
+    contiguous stores, which vectorize (docs/cpu_kernels.md: 1.4-2.7x faster than making each
+    row's words and scattering them).
     """
     present = 0  # bit q set: some row has phase q (& 7: the indices are not negative)
     for ia in range(ta):
@@ -488,7 +525,8 @@ def dropout_tiled(xb, x_strides, ob, o_strides, shape, a, key_lo, key_hi, off_lo
     There the mask words of a logical row are consecutive while the row's elements lie a stride
     apart in memory, so walking rows touches one cache line per element. Here the work goes by
     tiles of TILED_A x TILED_L elements (indices along a and l, the other dims fixed): the tile's
-    words go into an L1 buffer in transposed order (`_tile_words`: Philox vectorized across rows),
+    words go into an L1 buffer in transposed order (Philox vectorized across rows: `_tile_words_by_rows`,
+    `_tile_words_phased`),
     then the tile is walked in memory order,
     TILED_A unit-stride elements at a time (docs/cpu_kernels.md). xb / ob are 1-D views of the
     memory spans, strides in elements (positive), shape the logical shape.
@@ -539,8 +577,12 @@ def dropout_tiled(xb, x_strides, ob, o_strides, shape, a, key_lo, key_hi, off_lo
         first = lo + a0 * lstride_a + l0  # logical index of tile element (0, 0)
         xr0 = xo + l0 * xsl + a0  # memory offsets of tile element (0, 0)
         or0 = oo + l0 * osl + a0
-        shift = _tile_words(words, first, lstride_a, ta, tl, xb, ob, xr0, or0, xsl, osl, line,
-                            off_lo, off_hi, key_lo, key_hi)
+        if lstride_a % LANES == 0:
+            shift = _tile_words_by_rows(words, first, lstride_a // LANES, ta, tl, xb, ob, xr0, or0,
+                                        xsl, osl, line, off_lo, off_hi, key_lo, key_hi)
+        else:
+            shift = _tile_words_phased(words, first, lstride_a, ta, tl, xb, ob, xr0, or0, xsl, osl,
+                                       line, off_lo, off_hi, key_lo, key_hi)
         for il in range(tl):
             xr = xo + (l0 + il) * xsl + a0
             orow = oo + (l0 + il) * osl + a0
