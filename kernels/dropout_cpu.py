@@ -449,11 +449,12 @@ def _tile_words_phased(words, first, lstride_a, ta, tl, xb, ob, xr0, or0, xsl, o
     Philox block. Philox runs vectorized across the ta rows, block j of each row counted from the
     row's own first block, and each of a block's 8 words is a unit-stride store across rows, so
     the word of (ia, il) lands in buffer row il + phase, as in `_tile_words_by_rows` (which runs
-    when every row has the same phase, without the bookkeeping below). Then the rows of each
-    larger phase q are moved to the smallest one, q0, in a pass per phase present: row il + q0
-    takes the words of row il + q where a row's phase is q, contiguous loads, a select and
-    contiguous stores, which vectorize (docs/cpu_kernels.md: 1.4-2.7x faster than making each
-    row's words and scattering them).
+    when every row has the same phase, without the bookkeeping below; its Philox loop, which this
+    one repeats with a per-row block counter, is kept apart because sharing this counter made the
+    by-rows tiles 0-8% slower). Then the rows of each larger phase q are moved to the smallest
+    one, q0, in a pass per phase present: row il + q0 takes the words of row il + q where a row's
+    phase is q, contiguous loads, a select and contiguous stores, which vectorize (docs/
+    cpu_kernels.md: 1.4-2.7x faster than making each row's words and scattering them).
     """
     present = 0  # bit q set: some row has phase q (& 7: the indices are not negative)
     for ia in range(ta):
