@@ -676,9 +676,9 @@ def training_lane(x, p, g, ndim=None):
     Every check `call` runs passes for such a call, and its result is `call`'s, bit for bit, with
     the same draw from torch's generator: the route `torch_apply` would take (the eager Function;
     for a grouped op `_native_grouped` first). Skipping the pipeline's Python saves about a tenth
-    of a small call (docs/cpu_kernels.md, "The training lane"). None, having touched nothing, when any
-    condition fails: the caller goes on to `call`. ndim: the rank x must have (spatial dropout's
-    batched rank), or None for any rank >= g."""
+    of a small call (docs/cpu_kernels.md, "The training lane"). None, having touched nothing,
+    when any condition fails: the caller goes on to `call`. ndim: the rank x must have (spatial
+    dropout's batched rank), or None for any rank >= g."""
     if _LANE_QUERIES is None:  # torch's ops not registered yet: `call` registers them
         return None
     tensor, compiling, grad_enabled, strided, transforms_active, wrapped, tracing, forward_ad = _LANE_QUERIES

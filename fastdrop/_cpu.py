@@ -94,9 +94,9 @@ def _dropout_views(x, out, args, scale, parallel_min=None):
         x, out = x.reshape(1), out.reshape(1)
     a = _unit_stride_dim(x, out)
     if a is not None and math.prod(x.shape[a + 1:]) % LANES:
-        # rows start mid-block, so the tiled kernel makes each row's words on its own: longer rows
-        # amortize that (channels_last 14x14 2.3x faster, docs/cpu_kernels.md); where the rows
-        # are whole blocks apart, the merged rows' larger tiles ran 0-8% slower
+        # rows start mid-block: longer rows spread the tile's fixed costs (its phase passes, and
+        # with the scatter fill before them each row's own fill: channels_last 14x14 ran 2.3x
+        # faster, docs/cpu_kernels.md); with rows whole blocks apart larger tiles ran 0-8% slower
         x, out = _merge_runs(x, out)
         a = _unit_stride_dim(x, out)
     if a is not None:
