@@ -526,10 +526,9 @@ def dropout_tiled(xb, x_strides, ob, o_strides, shape, a, key_lo, key_hi, off_lo
     There the mask words of a logical row are consecutive while the row's elements lie a stride
     apart in memory, so walking rows touches one cache line per element. Here the work goes by
     tiles of TILED_A x TILED_L elements (indices along a and l, the other dims fixed): the tile's
-    words go into an L1 buffer in transposed order (Philox vectorized across rows: `_tile_words_by_rows`,
-    `_tile_words_phased`),
-    then the tile is walked in memory order,
-    TILED_A unit-stride elements at a time (docs/cpu_kernels.md). xb / ob are 1-D views of the
+    words go into an L1 buffer in transposed order (Philox vectorized across rows:
+    `_tile_words_by_rows`, `_tile_words_phased`), then the tile is walked in memory order, TILED_A
+    unit-stride elements at a time (docs/cpu_kernels.md). xb / ob are 1-D views of the
     memory spans, strides in elements (positive), shape the logical shape.
     """
     nd = shape.size
