@@ -257,8 +257,7 @@ def group_factors(factors, dropped, seed, offset, thr, scale):
     array of any rank (it is made in the shape it broadcasts in, saving a reshape per call);
     seed and offset are int64 (seeds torch's generator draws and rank offsets fit), thr is T(p)
     (philox.kernel_threshold) and scale a float64 rounded once to factors' dtype, as the kernels'
-    scale scalars are. One
-    value per sample or channel, a few thousand at most: serial."""
+    scale scalars are. One value per sample or channel, a few thousand at most: serial."""
     flat = factors.reshape(-1)
     n = flat.size
     key_lo, key_hi = np.uint64(seed) & np.uint64(0xFFFFFFFF), np.uint64(seed) >> np.uint64(32)
@@ -403,6 +402,47 @@ def _prefetch_tile_rows(xb, ob, xr0, or0, xsl, osl, first_il, end_il, ta, line):
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
+def _whole_block_counter(ia, j, b0, block_stride):
+    """Block j of row ia when the rows are block_stride whole blocks apart from block b0."""
+    return np.uint64(b0 + j + ia * block_stride)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _row_block_counter(ia, j, first, lstride_a):
+    """Block j of row ia counted from the row's own first block (row ia starts at logical index
+    first + ia * lstride_a, mid-block or not)."""
+    # an unsigned shift, not //: Python's floor division of a signed int does not vectorize
+    return (np.uint64(first + ia * lstride_a) >> np.uint64(3)) + np.uint64(j)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _block_words_across_rows(words, j, ta, counter, c0, c1, off_lo, off_hi, key_lo, key_hi):
+    """Block counter(ia, j, c0, c1) of each of a tile's ta rows into buffer rows 8j .. 8j + 7:
+    word k of row ia's block at words[(8j + k) * TILED_A + ia]. counter is one of the two above,
+    a compile-time argument (each jitted function is its own type), so the loop is specialized."""
+    # a slice per lane: eight unit-stride stores across rows, which LLVM vectorizes
+    row0 = LANES * j * TILED_A
+    w0 = words[row0:row0 + TILED_A]
+    w1 = words[row0 + TILED_A:row0 + 2 * TILED_A]
+    w2 = words[row0 + 2 * TILED_A:row0 + 3 * TILED_A]
+    w3 = words[row0 + 3 * TILED_A:row0 + 4 * TILED_A]
+    w4 = words[row0 + 4 * TILED_A:row0 + 5 * TILED_A]
+    w5 = words[row0 + 5 * TILED_A:row0 + 6 * TILED_A]
+    w6 = words[row0 + 6 * TILED_A:row0 + 7 * TILED_A]
+    w7 = words[row0 + 7 * TILED_A:row0 + 8 * TILED_A]
+    for ia in range(ta):
+        r0, r1, r2, r3 = philox_block_cpu(counter(ia, j, c0, c1), off_lo, off_hi, key_lo, key_hi)
+        w0[ia] = np.uint16(r0 & HALF_MASK)
+        w1[ia] = np.uint16(r0 >> SHIFT16)
+        w2[ia] = np.uint16(r1 & HALF_MASK)
+        w3[ia] = np.uint16(r1 >> SHIFT16)
+        w4[ia] = np.uint16(r2 & HALF_MASK)
+        w5[ia] = np.uint16(r2 >> SHIFT16)
+        w6[ia] = np.uint16(r3 & HALF_MASK)
+        w7[ia] = np.uint16(r3 >> SHIFT16)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
 def _tile_words_by_rows(words, first, block_stride, ta, tl, xb, ob, xr0, or0, xsl, osl, line,
                         off_lo, off_hi, key_lo, key_hi):
     """`dropout_tiled`'s words when every row of the tile starts at the same lane of its Philox
@@ -414,27 +454,8 @@ def _tile_words_by_rows(words, first, block_stride, ta, tl, xb, ob, xr0, or0, xs
     for j in range((shift + tl + LANES - 1) // LANES):
         _prefetch_tile_rows(xb, ob, xr0, or0, xsl, osl, max(0, LANES * j - shift),
                             min(tl, LANES * j + LANES - shift), ta, line)
-        # a slice per lane: eight unit-stride stores across rows, which LLVM vectorizes
-        row0 = LANES * j * TILED_A
-        w0 = words[row0:row0 + TILED_A]
-        w1 = words[row0 + TILED_A:row0 + 2 * TILED_A]
-        w2 = words[row0 + 2 * TILED_A:row0 + 3 * TILED_A]
-        w3 = words[row0 + 3 * TILED_A:row0 + 4 * TILED_A]
-        w4 = words[row0 + 4 * TILED_A:row0 + 5 * TILED_A]
-        w5 = words[row0 + 5 * TILED_A:row0 + 6 * TILED_A]
-        w6 = words[row0 + 6 * TILED_A:row0 + 7 * TILED_A]
-        w7 = words[row0 + 7 * TILED_A:row0 + 8 * TILED_A]
-        for ia in range(ta):
-            r0, r1, r2, r3 = philox_block_cpu(np.uint64(b0 + j + ia * block_stride), off_lo, off_hi,
-                                              key_lo, key_hi)
-            w0[ia] = np.uint16(r0 & HALF_MASK)
-            w1[ia] = np.uint16(r0 >> SHIFT16)
-            w2[ia] = np.uint16(r1 & HALF_MASK)
-            w3[ia] = np.uint16(r1 >> SHIFT16)
-            w4[ia] = np.uint16(r2 & HALF_MASK)
-            w5[ia] = np.uint16(r2 >> SHIFT16)
-            w6[ia] = np.uint16(r3 & HALF_MASK)
-            w7[ia] = np.uint16(r3 >> SHIFT16)
+        _block_words_across_rows(words, j, ta, _whole_block_counter, b0, block_stride, off_lo, off_hi,
+                                 key_lo, key_hi)
     return shift
 
 
@@ -449,9 +470,9 @@ def _tile_words_phased(words, first, lstride_a, ta, tl, xb, ob, xr0, or0, xsl, o
     Philox block. Philox runs vectorized across the ta rows, block j of each row counted from the
     row's own first block, and each of a block's 8 words is a unit-stride store across rows, so
     the word of (ia, il) lands in buffer row il + phase, as in `_tile_words_by_rows` (which runs
-    when every row has the same phase, without the bookkeeping below; its Philox loop, which this
-    one repeats with a per-row block counter, is kept apart because sharing this counter made the
-    by-rows tiles 0-8% slower). Then the rows of each larger phase q are moved to the smallest
+    when every row has the same phase, without the bookkeeping below; both fill through
+    `_block_words_across_rows`, each with its own block counter: this one's per-row counter made
+    the by-rows tiles 0-8% slower). Then the rows of each larger phase q are moved to the smallest
     one, q0, in a pass per phase present: row il + q0 takes the words of row il + q where a row's
     phase is q, contiguous loads, a select and contiguous stores, which vectorize (docs/
     cpu_kernels.md: 1.4-2.7x faster than making each row's words and scattering them).
@@ -468,28 +489,8 @@ def _tile_words_phased(words, first, lstride_a, ta, tl, xb, ob, xr0, or0, xsl, o
     for j in range((top + tl + LANES - 1) // LANES):
         _prefetch_tile_rows(xb, ob, xr0, or0, xsl, osl, min(tl, max(0, LANES * j - shift)),
                             min(tl, LANES * j + LANES - shift), ta, line)
-        # a slice per lane: eight unit-stride stores across rows, which LLVM vectorizes
-        row0 = LANES * j * TILED_A
-        w0 = words[row0:row0 + TILED_A]
-        w1 = words[row0 + TILED_A:row0 + 2 * TILED_A]
-        w2 = words[row0 + 2 * TILED_A:row0 + 3 * TILED_A]
-        w3 = words[row0 + 3 * TILED_A:row0 + 4 * TILED_A]
-        w4 = words[row0 + 4 * TILED_A:row0 + 5 * TILED_A]
-        w5 = words[row0 + 5 * TILED_A:row0 + 6 * TILED_A]
-        w6 = words[row0 + 6 * TILED_A:row0 + 7 * TILED_A]
-        w7 = words[row0 + 7 * TILED_A:row0 + 8 * TILED_A]
-        for ia in range(ta):
-            # an unsigned shift, not //: Python's floor division of a signed int does not vectorize
-            block = (np.uint64(first + ia * lstride_a) >> np.uint64(3)) + np.uint64(j)
-            r0, r1, r2, r3 = philox_block_cpu(block, off_lo, off_hi, key_lo, key_hi)
-            w0[ia] = np.uint16(r0 & HALF_MASK)
-            w1[ia] = np.uint16(r0 >> SHIFT16)
-            w2[ia] = np.uint16(r1 & HALF_MASK)
-            w3[ia] = np.uint16(r1 >> SHIFT16)
-            w4[ia] = np.uint16(r2 & HALF_MASK)
-            w5[ia] = np.uint16(r2 >> SHIFT16)
-            w6[ia] = np.uint16(r3 & HALF_MASK)
-            w7[ia] = np.uint16(r3 >> SHIFT16)
+        _block_words_across_rows(words, j, ta, _row_block_counter, first, lstride_a, off_lo, off_hi,
+                                 key_lo, key_hi)
     if top == shift:
         return shift
     phases = np.empty(TILED_A, np.uint16)
