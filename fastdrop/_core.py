@@ -151,13 +151,23 @@ def _small_dense_dropout(x, p, seed, offset, scale):
     serial kernel straight on numpy views of x and a fresh output. That is the kernel
     _cpu.dropout_into picks for such data; skipping its dtype and layout dispatch saves
     microseconds on the calls where they matter (a small layer's forward and backward)."""
-    key = (x.dtype, scale)
+    return _serial_dropout(x, _serial_args(x.dtype, p, seed, offset, scale))
+
+
+def _serial_args(dtype, p, seed, offset, scale):
+    """The serial kernel's arguments after the data: (key_lo, key_hi, off_lo, off_hi, threshold,
+    scale) as the kernel's numpy scalars, for a torch float32/float64 dtype."""
+    key = (dtype, scale)
     kernel_scale = _SCALES.get(key)  # a numpy scalar costs more to make than to look up
     if kernel_scale is None:
         kernel_scale = _new_kernel_scale(key)
+    return (*kernel_rng_args(seed, offset, p), kernel_scale)
+
+
+def _serial_dropout(x, args):
+    """`_small_dense_dropout` with its kernel arguments already made (`_serial_args`)."""
     out = sys.modules["torch"].empty_like(x)  # contiguous, as x
-    dropout_cpu.dropout_flat_serial(x.numpy().reshape(-1), out.numpy().reshape(-1),
-                                    *kernel_rng_args(seed, offset, p), kernel_scale)
+    dropout_cpu.dropout_flat_serial(x.numpy().reshape(-1), out.numpy().reshape(-1), *args)
     return out
 
 
@@ -704,6 +714,9 @@ def training_lane(x, p, g, ndim=None):
         y = _native_grouped(x, p, seed, offset, scale, g, groups)
         if y is not None:
             return y
+    elif 0 < x.numel() < _cpu.CPU_PARALLEL_MIN and x.is_contiguous() and not x.is_neg():
+        # the small layer's call, where the Function's own Python is most of the time
+        return _functions()[3](x, _rng(p, seed, offset, scale), _serial_args(x.dtype, p, seed, offset, scale))
     # dropout, or a grouped op with many groups dropped: the Function route torch_apply takes
     return _functions()[2](DROPOUT, (g,), _rng(p, seed, offset, scale), False, x)
 
@@ -722,7 +735,7 @@ def _recording_apply(torch, operands):
                 record = dead_wrapper = True
     if not record and torch.autograd.forward_ad._current_level < 0:
         return None
-    eager, functorch, eager_apply = _functions()
+    eager, functorch, eager_apply, _ = _functions()
     if torch._C._are_functorch_transforms_active():
         return functorch.apply
     # A functorch wrapper with no transform active is a leftover of a finished one, which torch's
@@ -791,8 +804,9 @@ def _jvp(ctx, _op, _params, _rng, _inplace, *tangents):
 
 
 def _functions():
-    """(eager, functorch, eager_apply): the autograd.Functions of every op, made on first use
-    (`import fastdrop` needs no torch), and the eager one's apply without torch's Python wrapper.
+    """(eager, functorch, eager_apply, lane_apply): the autograd.Functions of every op, made on
+    first use (`import fastdrop` needs no torch), the eager one's apply without torch's Python
+    wrapper, and the same for the training lane's small elementwise dropout.
     The same backward and jvp; the functorch one has the setup_context form that torch.func needs,
     which costs an inspect.signature bind per call, so plain eager calls use the classic form."""
     global _FUNCTIONS
@@ -829,7 +843,30 @@ def _functions():
                                        + (" in place" if inplace else ""))
                 return op.vmap(info, in_dims[4:], operands, rng, params)
 
-        _FUNCTIONS = (EagerFunction, FunctorchFunction, _c_apply(torch, EagerFunction))
+        class LaneDropout(torch.autograd.Function):
+            """DROPOUT (g = 0) of a small C-contiguous CPU tensor in a training step
+            (`training_lane`): the eager Function's forward and backward on the serial kernel,
+            with the kernel's arguments made once and kept for backward. The same values, the
+            same saved state (scalars only); a lighter call, where a small layer spends most of
+            its time in the Function's own Python."""
+
+            @staticmethod
+            def forward(ctx, x, rng, args):
+                ctx.rng, ctx.args = rng, args
+                return _serial_dropout(x, args)
+
+            @staticmethod
+            def backward(ctx, grad):
+                if torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
+                    # create_graph: the gradient's own graph, through the op's autograd route
+                    return torch_apply(DROPOUT, (grad,), (0,), ctx.rng), None, None
+                if grad.is_contiguous() and not grad.is_neg():
+                    return _serial_dropout(grad, ctx.args), None, None
+                # an expanded or strided gradient (of a sum, a transpose): the general kernel
+                return TorchBackend.mask(grad, ctx.rng), None, None
+
+        _FUNCTIONS = (EagerFunction, FunctorchFunction, _c_apply(torch, EagerFunction),
+                      _c_apply(torch, LaneDropout))
     return _FUNCTIONS
 
 

@@ -41,10 +41,11 @@ def test_small_dense_matches_numpy_route(dtype, shape):
 
 
 def test_small_dense_shortcut_is_taken(monkeypatch):
-    """A test of the shortcut, not of the general route: count its launches."""
+    """A test of the shortcut, not of the general route: count its launches (the training lane's
+    Function calls the shortcut's kernel call, `_serial_dropout`, directly)."""
     calls = []
-    shortcut = _core._small_dense_dropout
-    monkeypatch.setattr(_core, "_small_dense_dropout", lambda *args: calls.append(1) or shortcut(*args))
+    shortcut = _core._serial_dropout
+    monkeypatch.setattr(_core, "_serial_dropout", lambda *args: calls.append(1) or shortcut(*args))
     x = torch.randn(8, 16, requires_grad=True)
     y = fastdrop.nn.Dropout(0.5)(x)
     torch.autograd.grad(y, x, torch.ones_like(y))

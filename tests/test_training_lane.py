@@ -76,7 +76,9 @@ def test_lane_equals_the_pipeline_bit_for_bit(monkeypatch, shape, p, dtype):
     assert len(taken) == 1
     y0, gx0, state0, node0 = without_lane(monkeypatch, run)
     assert len(taken) == 1
-    assert node == node0
+    small = x.is_contiguous() and 0 < x.numel() < fastdrop._cpu.CPU_PARALLEL_MIN
+    assert node0 == "EagerFunctionBackward"
+    assert node == ("LaneDropoutBackward" if small else node0)
     assert torch.equal(bits(y), bits(y0))  # NaN, inf and the sign of zeros included
     assert torch.equal(bits(gx), bits(gx0))
     assert torch.equal(state, state0)  # the same draw from torch's generator
@@ -178,3 +180,59 @@ def test_compiled_graph_does_not_take_the_lane(monkeypatch):
     y0, gx0 = step(fn)
     assert len(taken) == 1
     assert torch.equal(y, y0) and torch.equal(gx, gx0)
+
+
+def lane_and_pipeline(monkeypatch, step):
+    """step(xg) -> tensors, run through the lane and without it after the same manual_seed."""
+    taken = counting_lane(monkeypatch)
+    x = hostile((24, 40), torch.float64)
+
+    def run():
+        xg = x.clone().requires_grad_()
+        torch.manual_seed(21)
+        return step(xg)
+    got = run()
+    assert len(taken) == 1
+    return got, without_lane(monkeypatch, run)
+
+
+@pytest.mark.parametrize("gradient", ["expanded", "transposed", "negative view"])
+def test_lane_backward_of_a_strided_gradient(monkeypatch, gradient):
+    """The lane's Function takes the serial kernel only for a dense gradient; an expanded one (of
+    a sum), a transposed one or a negative-bit view take the general kernel, with the same bits."""
+    def step(xg):
+        y = F.dropout(xg, 0.4)
+        if gradient == "expanded":
+            (gx,) = torch.autograd.grad(y.sum(), xg)
+        elif gradient == "transposed":
+            (gx,) = torch.autograd.grad(y, xg, torch.randn(40, 24, dtype=y.dtype).t())
+        else:
+            (gx,) = torch.autograd.grad(y, xg, torch._neg_view(torch.randn(24, 40, dtype=y.dtype)))
+        return y, gx
+    (y, gx), (y0, gx0) = lane_and_pipeline(monkeypatch, step)
+    assert torch.equal(bits(y), bits(y0)) and torch.equal(bits(gx), bits(gx0))
+
+
+def test_lane_double_backward(monkeypatch):
+    """create_graph: the lane's backward is recorded (the dropout op again, the same mask), so a
+    gradient of the gradient equals the pipeline's; gradgradcheck on the lane's Function."""
+    v = torch.randn(24, 40, dtype=torch.float64)
+
+    def step(xg):
+        y = F.dropout(xg, 0.4)
+        vg = v.clone().requires_grad_()
+        (gx,) = torch.autograd.grad(y, xg, vg, create_graph=True)
+        (gv,) = torch.autograd.grad((gx * gx).sum(), vg)  # 2 * dropout(dropout(v)), one mask
+        return y, gx, gv
+    (y, gx, gv), (y0, gx0, gv0) = lane_and_pipeline(monkeypatch, step)
+    assert torch.equal(bits(gx), bits(gx0)) and torch.equal(bits(gv), bits(gv0))
+    assert torch.equal(gv, 2 * gx * gx.ne(0) / 0.6)
+
+    taken = counting_lane(monkeypatch)
+
+    def fn(t):  # one seed for every evaluation, drawn by the lane from torch's generator
+        torch.manual_seed(2)
+        return F.dropout(t, 0.4)
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(fn, (x,)) and torch.autograd.gradgradcheck(fn, (x,))
+    assert taken
