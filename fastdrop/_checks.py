@@ -95,14 +95,20 @@ def array_kind(x, name="x"):
                     f"(__cuda_array_interface__), got {type(x).__name__}")
 
 
-_TORCH_FLOATS = ()  # torch's float16, bfloat16, float32, float64; filled on the first tensor
+# torch's float32, float64, float16, bfloat16 (no torch at import): filled when fastdrop's torch ops
+# register (_core), or by the first check if a tensor arrives before that
+_TORCH_FLOATS = ()
+
+
+def fill_torch_floats(torch):
+    global _TORCH_FLOATS
+    _TORCH_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _check_tensor(x, name):
-    global _TORCH_FLOATS
     torch = sys.modules["torch"]
     if not _TORCH_FLOATS:
-        _TORCH_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+        fill_torch_floats(torch)
     if not x.is_nested and x.layout == torch.strided and (x.is_cpu or x.is_cuda) and \
             x.dtype in _TORCH_FLOATS:
         return  # every call passes here: cheap tensor flags, not x.device (a new object per read)

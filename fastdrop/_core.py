@@ -32,7 +32,8 @@ import numpy as np
 from . import _cpu, _seeds
 from ._alloc import empty_like
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, check_array, check_companions,
-                      check_out, check_p, check_u64, check_writable, mark_written, numpy_view)
+                      check_out, check_p, check_u64, check_writable, fill_torch_floats, mark_written,
+                      numpy_view)
 from .kernels import dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial
 from .kernels.config import CPU_PARALLEL_MIN
@@ -215,6 +216,10 @@ def _fill_flat_scalars():
     import torch
     _FLAT_SCALARS.update({torch.float32: np.float32, torch.float64: np.float64})
     _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+    # here, when torch's ops register, not on the first check: filled inside a torch.compile
+    # trace, the checks' dtype table changed under Dynamo's guard and the call compiled twice
+    fill_torch_floats(torch)
+    _seeds.note_torch()
 
 
 class TorchBackend:

@@ -94,16 +94,26 @@ def set_rank_streams(enabled=True):
     return previous
 
 
-_dist_available = None  # torch.distributed.is_available(), a property of the build: asked once
+# torch.distributed.is_available(), a property of the build: asked once, when fastdrop's torch ops
+# register (`note_torch`; asked inside a torch.compile trace, the answer changed a global under
+# Dynamo's guard and the first compiled call compiled twice), or by the first rank query before that
+_dist_available = None
+
+
+def note_torch():
+    """Ask torch's build what `_rank` needs to know, now (torch is imported)."""
+    global _dist_available
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and _dist_available is None:
+        _dist_available = dist.is_available()
 
 
 def _rank():
-    global _dist_available
     dist = sys.modules.get("torch.distributed")
     if dist is None:
         return 0
     if _dist_available is None:
-        _dist_available = dist.is_available()
+        note_torch()
     if not _dist_available or not dist.is_initialized():
         return 0
     return dist.get_rank()

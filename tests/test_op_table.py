@@ -63,6 +63,37 @@ def test_compile_matches_eager(name, backend):
     assert any(not torch.equal(first, _run(compiled, ops, s)[0][0]) for s in range(2, 18))
 
 
+# Run in a fresh process, fastdrop imported before torch (the import hook registers the ops):
+# every op's compiled call, first calls of the process included, compiles once.
+_FIRST_CALLS = """
+import sys
+import fastdrop
+import torch
+from op_table import CASES, operands
+torch._dynamo.config.error_on_recompile = True
+for name, case in CASES.items():
+    torch._dynamo.reset()
+    compiled = torch.compile(case.call, backend="aot_eager", fullgraph=True)
+    ops = [t.requires_grad_() for t in operands(case, torch.float32) if t is not None]
+    for _ in range(2):
+        compiled(*ops).sum().backward()
+print("compiled once:", len(CASES))
+"""
+
+
+def test_first_calls_in_a_process_compile_once():
+    """A global the checks fill lazily, filled inside Dynamo's trace, fails its guard on the next
+    call and recompiles (it did: the checks' dtype table, the distributed-build query)."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+    run = subprocess.run([sys.executable, "-c", _FIRST_CALLS], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"compiled once: {len(CASES)}" in run.stdout
+
+
 @pytest.mark.parametrize("seed", [None, 3])
 @pytest.mark.parametrize("name", NAMES)
 def test_saves_only_operands_and_scalars(name, seed):
