@@ -202,3 +202,25 @@ def test_forward_mode_ad_keeps_the_function_route(needs_grad):
     assert route(y) != "MulBackward0"
     torch.manual_seed(0)
     assert torch.equal(bits(tangent), bits(F.dropout2d(t, 0.5)))
+
+
+def test_output_in_another_layout_is_zeroed_through_torch(monkeypatch):
+    """`_native_grouped` zeroes the dropped groups through flat memory when torch's multiply keeps
+    x's layout (always, for the dense layouts the route takes); for an output in any other layout
+    it falls back to torch's masked_fill_. Forced here (the layout check answers no for the
+    output): the same bits as the kernel, the same gradient."""
+    x = hostile((4, 5, 6, 3), torch.float32).permute(0, 3, 1, 2)  # groups outermost, not contiguous
+    checks = []
+    outermost = _core._groups_outermost
+
+    def first_only(t, g):  # x passes (the route is taken); the output does not
+        checks.append(t)
+        return outermost(t, g) if len(checks) == 1 else False
+    monkeypatch.setattr(_core, "_groups_outermost", first_only)
+    xg = x.clone().requires_grad_()
+    y = F.drop_path(xg, 0.5, seed=3)
+    assert len(checks) == 2 and route(y) == "MulBackward0"
+    assert torch.equal(bits(y), bits(F.drop_path(x, 0.5, seed=3)))
+    grad = torch.randn(x.shape)
+    y.backward(grad)
+    assert torch.equal(xg.grad, F.drop_path(grad, 0.5, seed=3))
