@@ -15,7 +15,8 @@ One route skips the Function: the grouped masks (spatial dropout, DropPath rows)
 tensors under autograd are recorded as torch's multiply by per-group factors, whose backward is
 torch's C++ (`_native_grouped`). Values are the kernel's, bit for bit. `training_lane` takes a
 training step's default call of dropout and the grouped ops to its route without the general
-checks, which such a call passes.
+checks, which such a call passes; a small contiguous elementwise call there gets a lighter
+Function of its own (`LaneDropout`: the same kernel calls, its arguments made once).
 
 Backward formulas are written with differentiable pieces (the dropout op, its own derivative, and
 torch GEMMs), so double backward works and only the declared operands and (seed, offset) are saved,
