@@ -686,21 +686,23 @@ def _native_grouped(x, p, seed, offset, scale, g, groups):
 
 
 def training_lane(x, p, g, ndim=None):
-    """The common call of dropout (g = 0) or a grouped op (g > 0) in a training step, without the
-    general pipeline: a plain CPU float32/float64 tensor that needs grad, 0 < p < 1, inverted
-    scaling, seed=None at offset 0, not in place, no out= (the callers check those arguments).
-    Every check `call` runs passes for such a call, and its result is `call`'s, bit for bit, with
-    the same draw from torch's generator: the route `torch_apply` would take (the eager Function;
-    for a grouped op `_native_grouped` first). Skipping the pipeline's Python saves about a tenth
-    of a small call (docs/cpu_kernels.md, "The training lane"). None, having touched nothing,
-    when any condition fails: the caller goes on to `call`. ndim: the rank x must have (spatial
-    dropout's batched rank), or None for any rank >= g."""
+    """The common call of dropout (g = 0) or a grouped op (g > 0) in training mode, without the
+    general pipeline: a plain CPU float32/float64 tensor, 0 < p < 1, inverted scaling, seed=None
+    at offset 0, not in place, no out= (the callers check those arguments). Every check `call`
+    runs passes for such a call, and its result is `call`'s, bit for bit, with the same draw from
+    torch's generator: the route `torch_apply` would take. Under autograd that is the eager
+    Function (a small contiguous elementwise call: `LaneDropout`; a grouped op:
+    `_native_grouped` first); with nothing to record (x needs no grad, or grad mode is off, as in
+    MC-dropout sampling) the op's forward on the kernels. Skipping the pipeline's Python saves
+    about a tenth of a small call (docs/cpu_kernels.md, "The training lane"). None, having
+    touched nothing, when any condition fails: the caller goes on to `call`. ndim: the rank x
+    must have (spatial dropout's batched rank), or None for any rank >= g."""
     if _LANE_QUERIES is None:  # torch's ops not registered yet: `call` registers them
         return None
     tensor, compiling, grad_enabled, strided, transforms_active, wrapped, tracing, forward_ad = _LANE_QUERIES
     # compiling before any query on x: Dynamo reads torch.compiler.is_compiling() as True and
     # traces nothing below it (it cannot trace the functorch queries)
-    if compiling() or type(x) is not tensor or not (x.requires_grad and grad_enabled()):
+    if compiling() or type(x) is not tensor:
         return None
     # the cheap refusals (half types, CUDA) before the functorch and tracing queries
     if x.dtype not in _FLAT_SCALARS or not x.is_cpu or x.is_nested or x.layout != strided or \
@@ -708,7 +710,8 @@ def training_lane(x, p, g, ndim=None):
         return None
     if transforms_active() or wrapped(x) or tracing() or forward_ad._current_level >= 0:
         return None
-    if g:
+    recorded = x.requires_grad and grad_enabled()
+    if g and recorded:
         groups = _native_groups(x, g, p)
         if not groups:
             return None
@@ -716,11 +719,16 @@ def training_lane(x, p, g, ndim=None):
     if offset >= 1 << 63:  # a rank of 2^15 or more: the general route
         return None
     seed, scale = _seeds.draw_torch_seed_eager(sys.modules["torch"]), 1.0 / (1.0 - p)
+    small = not g and 0 < x.numel() < _cpu.CPU_PARALLEL_MIN and x.is_contiguous() and not x.is_neg()
+    if not recorded:  # nothing records the result: the kernel, as torch_apply runs it then
+        if small:
+            return _serial_dropout(x, _serial_args(x.dtype, p, seed, offset, scale))
+        return _mask(TorchBackend, (x,), _rng(p, seed, offset, scale), (g,))
     if g:
         y = _native_grouped(x, p, seed, offset, scale, g, groups)
         if y is not None:
             return y
-    elif 0 < x.numel() < _cpu.CPU_PARALLEL_MIN and x.is_contiguous() and not x.is_neg():
+    elif small:
         # the small layer's call, where the Function's own Python is most of the time
         return _functions()[3](x, _rng(p, seed, offset, scale), _serial_args(x.dtype, p, seed, offset, scale))
     # dropout, or a grouped op with many groups dropped: the Function route torch_apply takes

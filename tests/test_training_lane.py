@@ -108,14 +108,16 @@ def test_the_lane_only_takes_default_calls(monkeypatch):
     for call in (lambda: F.dropout(x, 0.2, seed=1), lambda: F.dropout(x, 0.2, offset=1),
                  lambda: F.dropout(x, 0.2, mode="classic"), lambda: F.dropout(x, 0.2, training=False),
                  lambda: F.dropout(x, 1), lambda: F.dropout(x, 0.0), lambda: F.dropout(x, 1.0),
-                 lambda: F.dropout(x.detach(), 0.2), lambda: F.dropout(x * 1, 0.2, inplace=True),
+                 lambda: F.dropout(x * 1, 0.2, inplace=True),
                  lambda: F.dropout(x.half(), 0.2), lambda: F.dropout(x.bfloat16(), 0.2),
                  lambda: F.dropout(torch.nn.Parameter(torch.randn(3)), 0.2),
                  lambda: F.dropout(x.detach().numpy(), 0.2)):
         call()
+    assert len(taken) == 1
+    F.dropout(x.detach(), 0.2)  # nothing to record: the lane runs the kernel
     with torch.no_grad():
         F.dropout(x, 0.2)
-    assert len(taken) == 1
+    assert len(taken) == 3
     with pytest.raises(ValueError):
         F.dropout(x, 1.5)
     with pytest.raises(TypeError):
@@ -124,7 +126,7 @@ def test_the_lane_only_takes_default_calls(monkeypatch):
         F.dropout(torch.randn(3, requires_grad=True, dtype=torch.complex64), 0.2)
     with pytest.raises(RuntimeError, match="out="):
         F.dropout(x, 0.2, out=torch.empty(6, 7))
-    assert len(taken) == 1
+    assert len(taken) == 3
 
 
 def test_the_lane_runs_at_the_rank_stream(monkeypatch):
@@ -236,3 +238,40 @@ def test_lane_double_backward(monkeypatch):
     x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(fn, (x,)) and torch.autograd.gradgradcheck(fn, (x,))
     assert taken
+
+
+LANE_OPS = [  # (call, shape): every public function that has a lane, at the ranks it takes
+    (lambda x, p, **kw: F.dropout(x, p, **kw), (64, 512)),
+    (lambda x, p, **kw: F.dropout(x, p, **kw), (256, 1024)),  # the parallel kernel
+    (lambda x, p, **kw: F.dropout1d(x, p, **kw), (4, 6, 9)),
+    (lambda x, p, **kw: F.dropout2d(x, p, **kw), (3, 5, 4, 6)),
+    (lambda x, p, **kw: F.dropout3d(x, p, **kw), (2, 3, 2, 3, 5)),
+    (lambda x, p, **kw: F.drop_path(x, p, **kw), (7, 3, 10)),
+]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
+@pytest.mark.parametrize("unrecorded", ["x needs no grad", "no_grad mode"])
+@pytest.mark.parametrize("call,shape", LANE_OPS)
+def test_lane_without_autograd_equals_the_pipeline(monkeypatch, call, shape, unrecorded, layout):
+    """With nothing to record, the lane runs the op's forward on the kernels, as `torch_apply`
+    does then: the same bits (NaN, inf, signed zeros), the same draw, a result that needs no grad."""
+    taken = counting_lane(monkeypatch)
+    x = hostile(shape, torch.float32)
+    if layout == "channels_last" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        x = x.transpose(0, -1).contiguous().transpose(0, -1)
+
+    def run():
+        xg = x.clone(memory_format=torch.preserve_format).requires_grad_(unrecorded == "no_grad mode")
+        torch.manual_seed(7)
+        with torch.set_grad_enabled(unrecorded != "no_grad mode"):
+            y = call(xg, 0.4)
+        return y, torch.get_rng_state()
+
+    y, state = run()
+    assert len(taken) == 1 and not y.requires_grad
+    y0, state0 = without_lane(monkeypatch, run)
+    assert torch.equal(bits(y), bits(y0)) and torch.equal(state, state0)
+    assert y.stride() == y0.stride()
