@@ -210,11 +210,40 @@ def _new_kernel_scale(key):
 
 
 _PLAIN_TENSORS = ()  # torch.Tensor and nn.Parameter (subclasses keep the Function route)
+_LEGACY_BATCHED = None  # torch's is_legacy_batchedtensor (`_legacy_batched_mask`), bound with the above
+
+
+def legacy_batched(t):
+    """t is a tensor of torch's legacy vmap (see `_legacy_batched_mask`)."""
+    return _LEGACY_BATCHED is not None and _LEGACY_BATCHED(t)
+
+
+def _legacy_batched_mask(x, rng, group_ndim):
+    """The mask applied to a tensor of torch's legacy vmap (`torch.autograd.grad(...,
+    is_grads_batched=True)`, which `torch.autograd.functional.jacobian` / `hessian` use with
+    vectorize=True, runs a backward on a batch of gradients that way): every gradient of the batch
+    gets the op's one mask. Such a tensor has no memory to hand the kernels, so the mask is made
+    in memory (the shape of one gradient, or its groups) and applied with torch's where, which
+    has a batching rule: x * scale where kept, exact zeros elsewhere, as the kernels give."""
+    torch = sys.modules["torch"]
+    shape = tuple(x.shape)
+    if group_ndim == -1:
+        mask_shape = (1,) * len(shape)
+        keep = np.empty((1,), np.bool_)
+    else:
+        g = group_ndim if group_ndim > 0 else len(shape)
+        mask_shape = shape[:g] + (1,) * (len(shape) - g)
+        keep = np.empty(shape[:g], np.bool_)
+    if keep.size:
+        _cpu.fill_keep_mask(keep, rng.p, _seed_int(rng.seed), rng.offset & MAX_U64)
+    kept = torch.from_numpy(keep.reshape(mask_shape)).to(x.device)
+    return torch.where(kept, x * rng.scale, 0.0)
 
 
 def _fill_flat_scalars():
-    global _PLAIN_TENSORS
+    global _PLAIN_TENSORS, _LEGACY_BATCHED
     import torch
+    _LEGACY_BATCHED = torch._C._functorch.is_legacy_batchedtensor
     _FLAT_SCALARS.update({torch.float32: np.float32, torch.float64: np.float64})
     _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
     # here, when torch's ops register, not on the first check: filled inside a torch.compile
@@ -232,6 +261,8 @@ class TorchBackend:
 
     @staticmethod
     def mask(x, rng, group_ndim=0, out=None, parallel_min=None):
+        if _LEGACY_BATCHED(x):
+            return _legacy_batched_mask(x, rng, group_ndim)
         if x.requires_grad:
             x = x.detach()
         if x.is_neg():
@@ -276,7 +307,7 @@ class TorchBackend:
         (on Numba's pool from parallel_min elements, below it on the calling thread)."""
         import torch
         if a.is_cuda or a.shape != b.shape or a.dtype != b.dtype or \
-                a.dtype not in (torch.float32, torch.float64):
+                a.dtype not in (torch.float32, torch.float64) or _LEGACY_BATCHED(a) or _LEGACY_BATCHED(b):
             return cls.mask(a, rng, parallel_min=parallel_min), cls.mask(b, rng, parallel_min=parallel_min)
         a, b = a.detach().contiguous(), b.detach().resolve_neg().contiguous()
         oa, ob = torch.empty_like(a), torch.empty_like(b)
@@ -874,7 +905,7 @@ def _functions():
                 if torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
                     # create_graph: the gradient's own graph, through the op's autograd route
                     return torch_apply(DROPOUT, (grad,), (0,), ctx.rng), None, None
-                if grad.is_contiguous() and not grad.is_neg():
+                if grad.is_contiguous() and not grad.is_neg() and not _LEGACY_BATCHED(grad):
                     return _serial_dropout(grad, ctx.args), None, None
                 # an expanded or strided gradient (of a sum, a transpose): the general kernel
                 return TorchBackend.mask(grad, ctx.rng), None, None

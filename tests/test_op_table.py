@@ -11,7 +11,7 @@ import torch
 
 import fastdrop
 from fastdrop import _core, _seeds
-from fastdrop.linear import SAMPLE_GRAD_W, SAMPLE_GRAD_X
+from fastdrop.linear import DROPCONNECT_SAMPLE, SAMPLE_GRAD_W, SAMPLE_GRAD_X
 from fastdrop.matmul import DROPOUT_MATMUL
 from op_table import CASES, numpy_operands, operands
 
@@ -118,6 +118,50 @@ def test_gradcheck_and_gradgradcheck(name):
     fn = lambda *a: case.call(*a, seed=11, offset=3)  # noqa: E731
     assert torch.autograd.gradcheck(fn, ops)
     assert torch.autograd.gradgradcheck(fn, ops)
+
+
+PER_SAMPLE = (DROPCONNECT_SAMPLE, SAMPLE_GRAD_X, SAMPLE_GRAD_W)
+
+
+@pytest.mark.parametrize("seed", [None, 9])
+@pytest.mark.parametrize("name", NAMES)
+def test_batched_gradients(name, seed):
+    """torch.autograd.grad(..., is_grads_batched=True) (torch's legacy vmap over the backward;
+    jacobian / hessian with vectorize=True use it): every gradient of the batch through the op's
+    one mask, equal to the gradients taken one at a time."""
+    case = CASES[name]
+    ops = tuple(o.requires_grad_() for o in operands(case))
+    torch.manual_seed(1)
+    y = case.call(*ops, seed=seed)
+    v = torch.randn(3, *y.shape, dtype=y.dtype)
+    if case.op in PER_SAMPLE:  # its fused kernels need memory: a clear error instead
+        with pytest.raises(RuntimeError, match="per-sample DropConnect does not support batched"):
+            torch.autograd.grad(y, ops, v, is_grads_batched=True)
+        return
+    batched = torch.autograd.grad(y, ops, v, is_grads_batched=True, retain_graph=True)
+    for i in range(3):
+        one = torch.autograd.grad(y, ops, v[i], retain_graph=True)
+        for b, o in zip(batched, one):
+            torch.testing.assert_close(b[i], o, rtol=1e-12, atol=1e-12)
+
+
+def test_vectorized_jacobian():
+    """What a user calls: jacobian / hessian with vectorize=True equal the looped ones."""
+    x = torch.randn(4, 5, dtype=torch.float64)
+
+    def f(t):
+        torch.manual_seed(3)  # the same mask on every evaluation
+        return fastdrop.dropout(t, 0.5)
+    looped = torch.autograd.functional.jacobian(f, x)
+    assert torch.equal(torch.autograd.functional.jacobian(f, x, vectorize=True), looped)
+    assert torch.equal(looped.reshape(20, 20), torch.diag(f(torch.ones(4, 5, dtype=torch.float64)).reshape(-1)))
+    w = torch.randn(3, 5, dtype=torch.float64)
+
+    def loss(t):  # hessian(vectorize=True): batched gradients through a double backward
+        torch.manual_seed(4)
+        return (fastdrop.dropout_linear(t, w, None, 0.5) ** 2).sum()
+    torch.testing.assert_close(torch.autograd.functional.hessian(loss, x, vectorize=True),
+                               torch.autograd.functional.hessian(loss, x))
 
 
 @pytest.mark.parametrize("name", NAMES)
