@@ -224,7 +224,8 @@ def _legacy_batched_mask(x, rng, group_ndim):
     vectorize=True, runs a backward on a batch of gradients that way): every gradient of the batch
     gets the op's one mask. Such a tensor has no memory to hand the kernels, so the mask is made
     in memory (the shape of one gradient, or its groups) and applied with torch's where, which
-    has a batching rule: x * scale where kept, exact zeros elsewhere, as the kernels give."""
+    has a batching rule: x * scale where kept, exact zeros elsewhere, as the kernels give (the
+    payload bits of a bfloat16 NaN aside: torch's bfloat16 multiply rewrites them)."""
     torch = sys.modules["torch"]
     shape = tuple(x.shape)
     if group_ndim == -1:
@@ -262,7 +263,8 @@ class TorchBackend:
     @staticmethod
     def mask(x, rng, group_ndim=0, out=None, parallel_min=None):
         if _LEGACY_BATCHED(x):
-            return _legacy_batched_mask(x, rng, group_ndim)
+            y = _legacy_batched_mask(x, rng, group_ndim)
+            return y if out is None else out.copy_(y)  # out: x itself, in place
         if x.requires_grad:
             x = x.detach()
         if x.is_neg():

@@ -145,6 +145,25 @@ def test_batched_gradients(name, seed):
             torch.testing.assert_close(b[i], o, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if CASES[n].inplace])
+def test_inplace_under_legacy_vmap_writes_x(name):
+    """A legacy-vmap tensor (a user Function's backward under is_grads_batched) masked in place
+    is written, as on plain tensors: every slice gets the op's one mask."""
+    from torch._vmap_internals import vmap as legacy_vmap
+    case = CASES[name]
+    x = torch.randn(3, *case.shapes[0], dtype=torch.float64)
+
+    def body(r):
+        r = r.clone()
+        case.call(r, seed=1, inplace=True)
+        return r
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # legacy vmap is deprecated, still used by torch
+        y = legacy_vmap(body)(x)
+    for i in range(3):
+        assert torch.equal(y[i], case.call(x[i].clone(), seed=1))
+
+
 def test_vectorized_jacobian():
     """What a user calls: jacobian / hessian with vectorize=True equal the looped ones."""
     x = torch.randn(4, 5, dtype=torch.float64)
