@@ -22,7 +22,9 @@ Backward formulas are written with differentiable pieces (the dropout op, its ow
 torch GEMMs), so double backward works and only the declared operands and (seed, offset) are saved,
 never a mask. Under torch.compile a seed=None draw is the opaque `fastdrop::draw_seed` op, which
 consumes torch's generator exactly as eager does; the seed then travels as a 0-d int64 tensor and
-the offset as the int64 with the same bits (op schemas have no uint64).
+the offset as the int64 with the same bits (op schemas have no uint64). Compiled autograd traces
+an eager Function's backward with Dynamo; there the backward takes that form too (`_traced_rng`),
+so its masks are the custom ops.
 """
 import sys
 import warnings
@@ -820,14 +822,28 @@ def _function_backward(ctx, grad):
     # Without create_graph (grad mode off here) nothing records the gradient: the formula can call
     # the kernels directly instead of through the ops' autograd route.
     torch = sys.modules["torch"]
-    recorded = torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
-    B = TorchAutogradBackend if recorded else TorchBackend
+    rng = ctx.rng
+    if torch.compiler.is_compiling():
+        # compiled autograd traces this backward: every kernel through its custom op
+        B, rng = TorchAutogradBackend, _traced_rng(torch, rng)
+    elif torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
+        B = TorchAutogradBackend
+    else:
+        B = TorchBackend
     if ctx.autocast is None:
-        grads = op.backward(B, grad, saved, ctx.rng, ctx.params, needs)
+        grads = op.backward(B, grad, saved, rng, ctx.params, needs)
     else:  # the forward's GEMMs ran under autocast: the backward's run under the same (custom_bwd)
         with torch.autocast(*ctx.autocast):
-            grads = op.backward(B, grad, saved, ctx.rng, ctx.params, needs)
+            grads = op.backward(B, grad, saved, rng, ctx.params, needs)
     return (None, None, None, None, *(g if n else None for g, n in zip(grads, needs)))
+
+
+def _traced_rng(torch, rng):
+    """rng as a compiled graph carries it (the custom ops' schema): the seed a 0-d int64 tensor,
+    the offset the int64 with the same bits. Under compiled autograd, which traces an eager
+    Function's backward with Dynamo, that sends every mask through its opaque custom op (Dynamo
+    cannot trace the Numba kernels, nor their uint64 scalars)."""
+    return Rng(rng.p, torch.tensor(_to_i64(rng.seed), dtype=torch.int64), _to_i64(rng.offset), rng.scale)
 
 
 def _autocast_state(x):
@@ -904,6 +920,8 @@ def _functions():
 
             @staticmethod
             def backward(ctx, grad):
+                if torch.compiler.is_compiling():  # compiled autograd: see _function_backward
+                    return torch_apply(DROPOUT, (grad,), (0,), _traced_rng(torch, ctx.rng)), None, None
                 if torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
                     # create_graph: the gradient's own graph, through the op's autograd route
                     return torch_apply(DROPOUT, (grad,), (0,), ctx.rng), None, None
