@@ -275,3 +275,19 @@ def test_lane_without_autograd_equals_the_pipeline(monkeypatch, call, shape, unr
     y0, state0 = without_lane(monkeypatch, run)
     assert torch.equal(bits(y), bits(y0)) and torch.equal(state, state0)
     assert y.stride() == y0.stride()
+
+
+def test_every_argument_of_the_lane_functions_is_checked_by_the_lane():
+    """`functional._lane` decides from the arguments it is given that a call is a default one; a
+    parameter added to a function with a lane must be added there too (a non-default value of
+    it would otherwise take the lane and be ignored). This fails until it is."""
+    import inspect
+    lane_args = {"x", "p", "training", "inplace", "seed", "offset", "mode", "out"}
+    for fn, extra in ((F.dropout, set()), (F.dropout1d, set()), (F.dropout2d, set()),
+                      (F.dropout3d, set()), (F.drop_path, {"scale_by_keep", "scaling"})):
+        params = set(inspect.signature(fn).parameters)
+        if fn is F.drop_path:  # drop_path's mode is the mask mode ("row" takes the lane), scaling
+            lane_args_fn = (lane_args - {"out"}) | extra  # is dropout's mode; no out=
+        else:
+            lane_args_fn = lane_args
+        assert params == lane_args_fn, (fn.__name__, params ^ lane_args_fn)
