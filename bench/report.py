@@ -579,6 +579,13 @@ def small_calls_md(sc):
         if fd is not None and bare is not None:
             notes.append(f"`nn.Dropout` {what} minus the bare Function: {fmt_time(fd - bare)} "
                          "(validation, dispatch, its torch route).")
+    fastest = []
+    for ps, what in (("fwd", "forward"), ("fwd_bwd", "forward+backward")):
+        fd, bare = t.get(f"fastdrop|{ps}", {}).get("min_s"), t.get(f"bare_function|{ps}", {}).get("min_s")
+        if fd is not None and bare is not None:
+            fastest.append(f"{what} {fmt_time(fd)} against {fmt_time(bare)} ({fd / bare:.2f}x)")
+    if fastest:  # the medians of a noisy machine drift between runs; the fastest samples less
+        notes.append("Fastest samples, `nn.Dropout` against the bare Function: " + "; ".join(fastest) + ".")
     bare, kern, seed = med("bare_function|fwd"), med("kernel|fwd"), med("seed|fwd")
     if None not in (bare, kern, seed):
         notes.append(f"Bare Function forward minus kernel minus seed draw: "
