@@ -246,7 +246,8 @@ def _legacy_batched_mask(x, rng, group_ndim):
 def _fill_flat_scalars():
     global _PLAIN_TENSORS, _LEGACY_BATCHED
     import torch
-    _LEGACY_BATCHED = torch._C._functorch.is_legacy_batchedtensor
+    # (a torch without the query has no legacy batched tensors to find)
+    _LEGACY_BATCHED = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda t: False)
     _FLAT_SCALARS.update({torch.float32: np.float32, torch.float64: np.float64})
     _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
     # here, when torch's ops register, not on the first check: filled inside a torch.compile
