@@ -112,6 +112,44 @@ def test_double_backward_equals_cpu(name):
             assert_same(t, r, _exact(name), GEMM_RTOL[torch.float64])
 
 
+PER_SAMPLE = ("dropconnect_sample", "dropconnect_sample_grad_x", "dropconnect_sample_grad_w")
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_CASES if n not in PER_SAMPLE])
+def test_batched_gradients_equal_cpu(name):
+    """is_grads_batched (jacobian / hessian with vectorize=True) on CUDA tensors: the legacy-vmap
+    mask path (_core._legacy_batched_mask) with the mask moved to the device, against the CPU."""
+    case = CASES[name]
+    cpu = tuple(t.requires_grad_(True) for t in operands(case, torch.float64))
+    gpu = on_gpu(cpu, requires_grad=True)
+    results = []
+    for ops, dev in ((cpu, "cpu"), (gpu, DEV)):
+        y = case.call(*ops, seed=SEED, offset=OFFSET)
+        v = torch.randn((3,) + tuple(y.shape), generator=torch.Generator().manual_seed(4),
+                        dtype=torch.float64).to(dev)
+        results.append(torch.autograd.grad(y, ops, v, is_grads_batched=True))
+    for r, t in zip(*results):
+        assert_same(t, r, _exact(name), GEMM_RTOL[torch.float64])
+
+
+@pytest.mark.parametrize("name", ALL_CASES)
+def test_compiled_autograd_equals_cpu(name):
+    """Compiled autograd traces the eager backward; on CUDA its masks go through the custom ops."""
+    compiled_autograd = pytest.importorskip("torch._dynamo.compiled_autograd")
+    case = CASES[name]
+    results = []
+    for dev in ("cpu", DEV):
+        torch._dynamo.reset()
+        ops = on_gpu(operands(case, torch.float64), requires_grad=True) if dev == DEV else \
+            tuple(t.requires_grad_(True) for t in operands(case, torch.float64))
+        y = case.call(*ops, seed=SEED, offset=OFFSET)
+        with compiled_autograd._enable(torch.compile(backend="aot_eager", fullgraph=True)):
+            (y * y).sum().backward()
+        results.append([t.grad for t in ops])
+    for r, t in zip(*results):
+        assert_same(t, r, _exact(name), GEMM_RTOL[torch.float64])
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("name", [n for n in ALL_CASES if CASES[n].inplace])
 def test_inplace_equals_cpu(name, dtype):
