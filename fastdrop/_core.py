@@ -212,12 +212,20 @@ def _new_kernel_scale(key):
 
 
 _PLAIN_TENSORS = ()  # torch.Tensor and nn.Parameter (subclasses keep the Function route)
-_LEGACY_BATCHED = None  # torch's is_legacy_batchedtensor (`_legacy_batched_mask`), bound with the above
+
+
+def _not_batched(t):
+    return False
+
+
+# torch's is_legacy_batchedtensor (`_legacy_batched_mask`), bound with the above; until then no
+# tensor is taken for one (the routes that meet such tensors run after torch's ops registered)
+_LEGACY_BATCHED = _not_batched
 
 
 def legacy_batched(t):
     """t is a tensor of torch's legacy vmap (see `_legacy_batched_mask`)."""
-    return _LEGACY_BATCHED is not None and _LEGACY_BATCHED(t)
+    return _LEGACY_BATCHED(t)
 
 
 def _legacy_batched_mask(x, rng, group_ndim):
@@ -247,7 +255,7 @@ def _fill_flat_scalars():
     global _PLAIN_TENSORS, _LEGACY_BATCHED
     import torch
     # (a torch without the query has no legacy batched tensors to find)
-    _LEGACY_BATCHED = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda t: False)
+    _LEGACY_BATCHED = getattr(torch._C._functorch, "is_legacy_batchedtensor", _not_batched)
     _FLAT_SCALARS.update({torch.float32: np.float32, torch.float64: np.float64})
     _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
     # here, when torch's ops register, not on the first check: filled inside a torch.compile
