@@ -58,6 +58,12 @@ def on_gpu(ops, requires_grad=False):
     return tuple(t.detach().to(DEV).requires_grad_(requires_grad) for t in ops)
 
 
+def _f64_on_both(case):
+    """((cpu operands, "cpu"), (the same on the GPU, DEV)): float64, requiring grad."""
+    cpu = tuple(t.requires_grad_(True) for t in operands(case, torch.float64))
+    return (cpu, "cpu"), (on_gpu(cpu, requires_grad=True), DEV)
+
+
 def _exact(name):
     return CASES[name].op is DROPOUT
 
@@ -93,12 +99,9 @@ def test_gradients_equal_cpu(name, dtype):
 @pytest.mark.parametrize("name", ALL_CASES)
 def test_double_backward_equals_cpu(name):
     """Backward with create_graph (the differentiable formulas, TorchAutogradBackend) on CUDA."""
-    case = CASES[name]
-    cpu = tuple(t.requires_grad_(True) for t in operands(case, torch.float64))
-    gpu = on_gpu(cpu, requires_grad=True)
     results = []
-    for ops, dev in ((cpu, "cpu"), (gpu, DEV)):
-        y = case.call(*ops, seed=SEED, offset=OFFSET)
+    for ops, dev in _f64_on_both(CASES[name]):
+        y = CASES[name].call(*ops, seed=SEED, offset=OFFSET)
         g = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dev)
         g.requires_grad_(True)
         grads = torch.autograd.grad(y, ops, g, create_graph=True)
@@ -119,12 +122,9 @@ PER_SAMPLE = ("dropconnect_sample", "dropconnect_sample_grad_x", "dropconnect_sa
 def test_batched_gradients_equal_cpu(name):
     """is_grads_batched (jacobian / hessian with vectorize=True) on CUDA tensors: the legacy-vmap
     mask path (_core._legacy_batched_mask) with the mask moved to the device, against the CPU."""
-    case = CASES[name]
-    cpu = tuple(t.requires_grad_(True) for t in operands(case, torch.float64))
-    gpu = on_gpu(cpu, requires_grad=True)
     results = []
-    for ops, dev in ((cpu, "cpu"), (gpu, DEV)):
-        y = case.call(*ops, seed=SEED, offset=OFFSET)
+    for ops, dev in _f64_on_both(CASES[name]):
+        y = CASES[name].call(*ops, seed=SEED, offset=OFFSET)
         v = torch.randn((3,) + tuple(y.shape), generator=torch.Generator().manual_seed(4),
                         dtype=torch.float64).to(dev)
         results.append(torch.autograd.grad(y, ops, v, is_grads_batched=True))
