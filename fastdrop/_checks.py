@@ -84,11 +84,29 @@ def is_simulator_array(x):
     return sim is not None and isinstance(x, sim.FakeCUDAArray)
 
 
+def is_fx_proxy(x):
+    """x stands for a value in torch.fx symbolic tracing (a torch.fx.Proxy)."""
+    fx = sys.modules.get("torch.fx")
+    return fx is not None and isinstance(x, fx.Proxy)
+
+
+def traced_as_leaf(module, x):
+    """module(x) recorded as a call_module node of the torch.fx trace x belongs to, as torch.fx
+    records torch's own nn.Dropout: the graph calls the module at run time, so its train / eval
+    mode is read then (a functional call would bake the mode of the trace into the graph)."""
+    tracer = x.tracer
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), (x,), {})
+
+
 def array_kind(x, name="x"):
     if isinstance(x, np.ndarray):
         return NUMPY
     if is_torch_tensor(x):
         return TORCH
+    if is_fx_proxy(x):  # before the duck-typed check: a Proxy answers every attribute
+        raise TypeError(f"{name} is a torch.fx Proxy: fastdrop's functions run on data and cannot be "
+                        f"traced symbolically. fastdrop.nn modules are traced as leaf modules; for a "
+                        f"functional call, keep it out of the graph (torch.fx.wrap) or use torch.compile")
     if hasattr(x, "__cuda_array_interface__") or is_simulator_array(x):
         return CUDA_ARRAY
     raise TypeError(f"{name} must be a numpy array, a torch tensor or a CUDA device array "

@@ -172,3 +172,43 @@ def test_drop_path_rate_schedule_over_a_model():
     torch.manual_seed(0)
     kept = (blocks[3](x)[:, 0] != 0).double().mean().item()
     assert abs(kept - 0.6) < 6 * np.sqrt(0.24 / 2000)
+
+
+def test_fx_symbolic_trace_keeps_every_module_a_leaf():
+    """torch.fx.symbolic_trace (torchvision's feature extraction, FX quantization) records
+    fastdrop's modules as call_module nodes, as it records torch's nn.Dropout: the traced graph
+    calls them at run time, so it follows .train() / .eval() and draws from torch's generator as
+    the model does. A functional call on a Proxy is refused with a TypeError that says so."""
+    import torch.fx
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = fnn.DropoutLinear(8, 16, p=0.2)
+            self.dc = fnn.DropConnectLinear(16, 16, p=0.2, per_sample=True)
+            self.d, self.d1 = fnn.Dropout(0.3), fnn.Dropout1d(0.2)
+            self.d2, self.d3 = fnn.Dropout2d(0.2), fnn.Dropout3d(0.2)
+            self.dp = fnn.DropPath(0.4)
+
+        def forward(self, x):
+            y = self.d(self.dc(self.lin(x)))
+            y = self.d1(y.view(2, 8, 8))
+            y = self.d3(self.d2(y.view(2, 4, 2, 8)).view(2, 4, 2, 2, 4))
+            return self.dp(y)
+
+    model = Model()
+    traced = torch.fx.symbolic_trace(model)
+    calls = [n.target for n in traced.graph.nodes if n.op == "call_module"]
+    assert calls == ["lin", "dc", "d", "d1", "d2", "d3", "dp"]
+    x = torch.randn(8, 8)
+    for mode in ("train", "eval"):
+        getattr(model, mode)(), getattr(traced, mode)()
+        torch.manual_seed(1)
+        expected = model(x)
+        torch.manual_seed(1)
+        assert torch.equal(traced(x), expected)
+    assert torch.equal(traced(x), traced(x))  # eval: no mask
+    state = torch.get_rng_state()
+    with pytest.raises(TypeError, match="torch.fx Proxy"):
+        torch.fx.symbolic_trace(lambda t: fastdrop.dropout(t, 0.5))
+    assert torch.equal(torch.get_rng_state(), state)

@@ -6,7 +6,7 @@ alias of `.p`, so drop-path-rate schedules that assign `m.drop_prob` change what
 import numpy as np
 import torch
 
-from .._checks import check_mode, check_p
+from .._checks import check_mode, check_p, is_fx_proxy, traced_as_leaf
 from ..functional import DROP_PATH_MODES, drop_path
 
 
@@ -68,5 +68,7 @@ class DropPath(torch.nn.Module):
         return f"p={self.p}, scale_by_keep={self.scale_by_keep}, mode={self.mode}{extra}"
 
     def forward(self, x):
+        if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: a leaf, as torch's modules
+            return traced_as_leaf(self, x)
         return drop_path(x, self.p, training=self.training, scale_by_keep=self.scale_by_keep,
                          mode=self.mode, scaling=self.scaling, inplace=self.inplace)

@@ -12,7 +12,7 @@ import numbers
 import torch
 
 from .. import functional as F
-from .._checks import check_mode
+from .._checks import check_mode, is_fx_proxy, traced_as_leaf
 
 
 class _DropoutNd:
@@ -35,6 +35,8 @@ class _DropoutNd:
         return f"p={self.p}, inplace={self.inplace}{mode}"
 
     def forward(self, x):
+        if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: a leaf, as torch's modules
+            return traced_as_leaf(self, x)
         return self._fn(x, self.p, self.training, self.inplace, mode=self.mode)
 
 

@@ -7,7 +7,7 @@ reproducible, and successive calls draw fresh masks.
 import torch
 
 from .. import linear as L
-from .._checks import check_mode, check_p
+from .._checks import check_mode, check_p, is_fx_proxy, traced_as_leaf
 
 
 class _DropLinear(torch.nn.Linear):
@@ -38,6 +38,8 @@ class DropoutLinear(_DropLinear):
         return super().extra_repr() + ("" if self.mode == "inverted" else f", mode={self.mode}")
 
     def forward(self, x):
+        if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: a leaf, as torch's modules
+            return traced_as_leaf(self, x)
         return L.dropout_linear(x, self.weight, self.bias, self.p, training=self.training, mode=self.mode)
 
 
@@ -57,5 +59,7 @@ class DropConnectLinear(_DropLinear):
         return super().extra_repr() + f", per_sample={self.per_sample}"
 
     def forward(self, x):
+        if type(x) is not torch.Tensor and is_fx_proxy(x):
+            return traced_as_leaf(self, x)
         return L.dropconnect_linear(x, self.weight, self.bias, self.p, training=self.training,
                                     per_sample=self.per_sample)
