@@ -218,14 +218,11 @@ def _not_batched(t):
     return False
 
 
-# torch's is_legacy_batchedtensor (`_legacy_batched_mask`), bound with the above; until then no
-# tensor is taken for one (the routes that meet such tensors run after torch's ops registered)
-_LEGACY_BATCHED = _not_batched
-
-
-def legacy_batched(t):
-    """t is a tensor of torch's legacy vmap (see `_legacy_batched_mask`)."""
-    return _LEGACY_BATCHED(t)
+# is_legacy_batched(t): t is a tensor of torch's legacy vmap (`_legacy_batched_mask`). torch's
+# is_legacy_batchedtensor, bound with the above; until then no tensor is taken for one (the routes
+# that meet such tensors run after torch's ops registered). Other modules call it as
+# `_core.is_legacy_batched`, which reads the binding of the moment.
+is_legacy_batched = _not_batched
 
 
 def _legacy_batched_mask(x, rng, group_ndim):
@@ -252,10 +249,10 @@ def _legacy_batched_mask(x, rng, group_ndim):
 
 
 def _fill_flat_scalars():
-    global _PLAIN_TENSORS, _LEGACY_BATCHED
+    global _PLAIN_TENSORS, is_legacy_batched
     import torch
     # (a torch without the query has no legacy batched tensors to find)
-    _LEGACY_BATCHED = getattr(torch._C._functorch, "is_legacy_batchedtensor", _not_batched)
+    is_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", _not_batched)
     _FLAT_SCALARS.update({torch.float32: np.float32, torch.float64: np.float64})
     _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
     # here, when torch's ops register, not on the first check: filled inside a torch.compile
@@ -273,7 +270,7 @@ class TorchBackend:
 
     @staticmethod
     def mask(x, rng, group_ndim=0, out=None, parallel_min=None):
-        if _LEGACY_BATCHED(x):
+        if is_legacy_batched(x):
             y = _legacy_batched_mask(x, rng, group_ndim)
             return y if out is None else out.copy_(y)  # out: x itself, in place
         if x.requires_grad:
@@ -320,7 +317,7 @@ class TorchBackend:
         (on Numba's pool from parallel_min elements, below it on the calling thread)."""
         import torch
         if a.is_cuda or a.shape != b.shape or a.dtype != b.dtype or \
-                a.dtype not in (torch.float32, torch.float64) or _LEGACY_BATCHED(a) or _LEGACY_BATCHED(b):
+                a.dtype not in (torch.float32, torch.float64) or is_legacy_batched(a) or is_legacy_batched(b):
             return cls.mask(a, rng, parallel_min=parallel_min), cls.mask(b, rng, parallel_min=parallel_min)
         a, b = a.detach().contiguous(), b.detach().resolve_neg().contiguous()
         oa, ob = torch.empty_like(a), torch.empty_like(b)
@@ -828,23 +825,27 @@ def _function_backward(ctx, grad):
         for i, t in zip(op.saves, ctx.saved_tensors):
             saved[i] = t
     needs = ctx.needs_input_grad[4:]
-    # Without create_graph (grad mode off here) nothing records the gradient: the formula can call
-    # the kernels directly instead of through the ops' autograd route.
     torch = sys.modules["torch"]
-    rng = ctx.rng
-    if torch.compiler.is_compiling():
-        # compiled autograd traces this backward: every kernel through its custom op
-        B, rng = TorchAutogradBackend, _traced_rng(torch, rng)
-    elif torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
-        B = TorchAutogradBackend
-    else:
-        B = TorchBackend
+    B, rng = _backward_route(torch, ctx.rng)
     if ctx.autocast is None:
         grads = op.backward(B, grad, saved, rng, ctx.params, needs)
     else:  # the forward's GEMMs ran under autocast: the backward's run under the same (custom_bwd)
         with torch.autocast(*ctx.autocast):
             grads = op.backward(B, grad, saved, rng, ctx.params, needs)
     return (None, None, None, None, *(g if n else None for g, n in zip(grads, needs)))
+
+
+def _backward_route(torch, rng):
+    """(backend, rng) an eager Function's backward runs its formula with. Without create_graph
+    (grad mode off here) nothing records the gradient: the raw kernels (TorchBackend). With it,
+    or under a torch.func transform, the ops' autograd route, so the gradient has its own graph.
+    Under compiled autograd, which traces this backward, the autograd route with the traced rng:
+    every kernel through its custom op."""
+    if torch.compiler.is_compiling():
+        return TorchAutogradBackend, _traced_rng(torch, rng)
+    if torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
+        return TorchAutogradBackend, rng
+    return TorchBackend, rng
 
 
 def _traced_rng(torch, rng):
@@ -929,15 +930,13 @@ def _functions():
 
             @staticmethod
             def backward(ctx, grad):
-                if torch.compiler.is_compiling():  # compiled autograd: see _function_backward
-                    return torch_apply(DROPOUT, (grad,), (0,), _traced_rng(torch, ctx.rng)), None, None
-                if torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
-                    # create_graph: the gradient's own graph, through the op's autograd route
-                    return torch_apply(DROPOUT, (grad,), (0,), ctx.rng), None, None
-                if grad.is_contiguous() and not grad.is_neg() and not _LEGACY_BATCHED(grad):
+                B, rng = _backward_route(torch, ctx.rng)
+                if B is TorchBackend and grad.is_contiguous() and not grad.is_neg() and \
+                        not is_legacy_batched(grad):
                     return _serial_dropout(grad, ctx.args), None, None
-                # an expanded or strided gradient (of a sum, a transpose): the general kernel
-                return TorchBackend.mask(grad, ctx.rng), None, None
+                # else an expanded or strided gradient (of a sum, a transpose), create_graph, a
+                # transform or compiled autograd: the op's backward, as the eager Function runs it
+                return _mask(B, (grad,), rng, (0,)), None, None
 
         _FUNCTIONS = (EagerFunction, FunctorchFunction, _c_apply(torch, EagerFunction),
                       _c_apply(torch, LaneDropout))

@@ -126,7 +126,7 @@ def _host(a):
     if isinstance(a, np.ndarray):
         return np.ascontiguousarray(a), lambda r: r
     import torch
-    if _core.legacy_batched(a):
+    if _core.is_legacy_batched(a):
         # the fused kernels need memory; a batch of gradients would need the mask materialized
         raise RuntimeError("per-sample DropConnect does not support batched gradients "
                            "(torch.autograd.grad(..., is_grads_batched=True), jacobian / hessian with "
