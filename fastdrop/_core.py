@@ -218,20 +218,21 @@ def _not_batched(t):
     return False
 
 
-# is_legacy_batched(t): t is a tensor of torch's legacy vmap (`_legacy_batched_mask`). torch's
+# is_legacy_batched(t): t is a tensor of torch's legacy vmap (`_materialized_mask`). torch's
 # is_legacy_batchedtensor, bound with the above; until then no tensor is taken for one (the routes
 # that meet such tensors run after torch's ops registered). Other modules call it as
 # `_core.is_legacy_batched`, which reads the binding of the moment.
 is_legacy_batched = _not_batched
 
 
-def _legacy_batched_mask(x, rng, group_ndim):
-    """The mask applied to a tensor of torch's legacy vmap (`torch.autograd.grad(...,
-    is_grads_batched=True)`, which `torch.autograd.functional.jacobian` / `hessian` use with
-    vectorize=True, runs a backward on a batch of gradients that way): every gradient of the batch
-    gets the op's one mask. Such a tensor has no memory to hand the kernels, so the mask is made
-    in memory (the shape of one gradient, or its groups) and applied with torch's where, which
-    has a batching rule: x * scale where kept, exact zeros elsewhere, as the kernels give (the
+def _materialized_mask(x, rng, group_ndim):
+    """The op's one mask applied to every gradient of a batch: a tensor of torch's legacy vmap
+    (`torch.autograd.grad(..., is_grads_batched=True)`, which `torch.autograd.functional.jacobian`
+    / `hessian` use with vectorize=True, runs a backward on a batch of gradients that way), or a
+    backward under a torch.func.vmap the forward did not run under (`TorchReplayBackend`). Such a
+    tensor has no memory to hand the kernels, so the mask is made in memory (the shape of one
+    gradient, or its groups) and applied with torch's where, which has a batching rule and is
+    its own derivative: x * scale where kept, exact zeros elsewhere, as the kernels give (the
     payload bits of a bfloat16 NaN aside: torch's bfloat16 multiply rewrites them)."""
     torch = sys.modules["torch"]
     shape = tuple(x.shape)
@@ -271,7 +272,7 @@ class TorchBackend:
     @staticmethod
     def mask(x, rng, group_ndim=0, out=None, parallel_min=None):
         if is_legacy_batched(x):
-            y = _legacy_batched_mask(x, rng, group_ndim)
+            y = _materialized_mask(x, rng, group_ndim)
             return y if out is None else out.copy_(y)  # out: x itself, in place
         if x.requires_grad:
             x = x.detach()
@@ -377,6 +378,26 @@ class TorchAutogradBackend(TorchBackend):
         if cls.raw_ok(rng, a, b):
             return TorchBackend.mask_pair(a, b, rng, parallel_min)
         return cls.mask(a, rng, parallel_min=parallel_min), cls.mask(b, rng, parallel_min=parallel_min)
+
+
+class TorchReplayBackend(TorchAutogradBackend):
+    """A backward under torch.func.vmap levels its forward did not run under (`torch.func.jacrev`
+    and `vmap(vjp_fn)` batch the cotangents of one forward): the forward drew one mask, so every
+    gradient of the batch gets that mask, whatever the vmap's randomness (torch's own dropout
+    saves its mask, which then broadcasts over the batch). The mask is materialized and applied
+    with torch's where (`_materialized_mask`), differentiable for double backward."""
+
+    @staticmethod
+    def raw_ok(rng, *operands):
+        return False
+
+    @staticmethod
+    def mask(x, rng, group_ndim=0, out=None, parallel_min=None):
+        return _materialized_mask(x, rng, group_ndim)
+
+    @classmethod
+    def mask_pair(cls, a, b, rng, parallel_min=None):
+        return cls.mask(a, rng), cls.mask(b, rng)
 
 
 class CudaArrayBackend:
@@ -619,7 +640,6 @@ def _is_half(a):
 
 def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None):
     torch = sys.modules["torch"]
-    x = operands[0]
     if torch.compiler.is_compiling():
         if _SEED_OPS is None:
             raise RuntimeError("fastdrop's torch.library ops are registered when fastdrop is imported "
@@ -628,19 +648,24 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
                                "torch.compile traces a fastdrop op")
         seed_t = torch.ops.fastdrop.draw_seed(trace_token()) if seed is None else \
             torch.tensor(_to_i64(seed), dtype=torch.int64)
-        y = _upcast(op, TorchBackend, operands, lambda ops: library_op(op)(
-            *ops, seed_t, p, _to_i64(offset), scale, list(params)))
-        if out is not None:
-            return out.copy_(y)
-        return x.copy_(y) if inplace else y
+        return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out)
     if _SEED_OPS is None:
         register_torch_ops()
-    if seed is None:
-        if torch._C._is_tracing():  # torch.jit.is_tracing() in eager code, without its Python frame
+    if torch._C._is_tracing():  # torch.jit.is_tracing() in eager code, without its Python frame
+        # torch.jit.trace records torch's ops only, not the kernels' writes (a traced kernel call
+        # would return its uninitialized output): the call goes through its custom op, which the
+        # trace records, with the seed a constant of the trace
+        if seed is None:
             warnings.warn(f"fastdrop.{op.name} is being traced in training mode: the seed drawn now "
                           f"is baked into the trace and every call of the traced module reuses one "
                           f"mask. Trace in eval mode, or use torch.compile.", torch.jit.TracerWarning,
                           stacklevel=3)
+            seed = _seeds.draw_torch_seed()
+        with warnings.catch_warnings():  # the constant is the point (warned above)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            seed_t = torch.tensor(_to_i64(seed), dtype=torch.int64)
+        return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out)
+    if seed is None:
         seed = _seeds.draw_torch_seed()
     rng = _rng(p, seed, offset, scale)
     if out is not None:  # checked: no autograd records this call
@@ -648,6 +673,15 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
     if not op.upcast_half:
         return torch_apply(op, operands, params, rng, inplace)
     return _upcast(op, TorchBackend, operands, lambda ops: torch_apply(op, ops, params, rng, inplace), inplace)
+
+
+def _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out):
+    """op through its custom op (a compiled graph, a torch.jit trace), seed a 0-d int64 tensor."""
+    y = _upcast(op, TorchBackend, operands, lambda ops: library_op(op)(
+        *ops, seed_t, p, _to_i64(offset), scale, list(params)))
+    if out is not None:
+        return out.copy_(y)
+    return operands[0].copy_(y) if inplace else y
 
 
 def torch_apply(op, operands, params, rng, inplace=False):
@@ -826,7 +860,7 @@ def _function_backward(ctx, grad):
             saved[i] = t
     needs = ctx.needs_input_grad[4:]
     torch = sys.modules["torch"]
-    B, rng = _backward_route(torch, ctx.rng)
+    B, rng = _backward_route(torch, ctx)
     if ctx.autocast is None:
         grads = op.backward(B, grad, saved, rng, ctx.params, needs)
     else:  # the forward's GEMMs ran under autocast: the backward's run under the same (custom_bwd)
@@ -835,17 +869,42 @@ def _function_backward(ctx, grad):
     return (None, None, None, None, *(g if n else None for g, n in zip(grads, needs)))
 
 
-def _backward_route(torch, rng):
+def _backward_route(torch, ctx):
     """(backend, rng) an eager Function's backward runs its formula with. Without create_graph
     (grad mode off here) nothing records the gradient: the raw kernels (TorchBackend). With it,
-    or under a torch.func transform, the ops' autograd route, so the gradient has its own graph.
-    Under compiled autograd, which traces this backward, the autograd route with the traced rng:
-    every kernel through its custom op."""
+    or under a torch.func transform, the ops' autograd route, so the gradient has its own graph;
+    under vmap levels the forward did not run under, the forward's one mask for every gradient
+    of the batch (TorchReplayBackend). Under compiled autograd, which traces this backward, the
+    autograd route with the traced rng: every kernel through its custom op."""
+    rng = ctx.rng
     if torch.compiler.is_compiling():
         return TorchAutogradBackend, _traced_rng(torch, rng)
-    if torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
+    if torch._C._are_functorch_transforms_active():
+        forward_levels = getattr(ctx, "vmap_levels", _NO_LEVELS)
+        if _vmap_levels(torch) - forward_levels:
+            if forward_levels:
+                raise RuntimeError(f"fastdrop.{ctx.op.name}: a "
+                                   f"backward batched by a torch.func.vmap (jacrev, vmap of a vjp) of "
+                                   f"a forward that itself ran under vmap is not supported; batch the "
+                                   f"backward of an unbatched forward, or use torch.func.vmap over "
+                                   f"torch.func.grad (per-example gradients)")
+            return TorchReplayBackend, rng
+        return TorchAutogradBackend, rng
+    if torch.is_grad_enabled():
         return TorchAutogradBackend, rng
     return TorchBackend, rng
+
+
+_NO_LEVELS = frozenset()
+
+
+def _vmap_levels(torch):
+    """The levels of the torch.func.vmap transforms active now."""
+    pyfunctorch = getattr(torch._functorch, "pyfunctorch", None)
+    if pyfunctorch is None:  # pragma: no cover - torch without the query: no replay
+        return _NO_LEVELS
+    vmap = torch._C._functorch.TransformType.Vmap
+    return frozenset(i.level() for i in pyfunctorch.retrieve_all_functorch_interpreters() if i.key() == vmap)
 
 
 def _traced_rng(torch, rng):
@@ -905,6 +964,7 @@ def _functions():
             def setup_context(ctx, inputs, output):
                 op, params, rng, inplace, *operands = inputs
                 _setup(ctx, op, params, rng, inplace, operands, True)
+                ctx.vmap_levels = _vmap_levels(torch)  # a backward under others: one mask for all
 
             backward = staticmethod(_function_backward)
             jvp = staticmethod(_jvp)
@@ -930,7 +990,7 @@ def _functions():
 
             @staticmethod
             def backward(ctx, grad):
-                B, rng = _backward_route(torch, ctx.rng)
+                B, rng = _backward_route(torch, ctx)
                 if B is TorchBackend and grad.is_contiguous() and not grad.is_neg() and \
                         not is_legacy_batched(grad):
                     return _serial_dropout(grad, ctx.args), None, None
@@ -1055,8 +1115,17 @@ def library_op(op):
 
     def impl(*args):
         operands, (seed, p, offset, scale, params) = args[:n], args[n:]
-        y = op.forward(TorchBackend, operands, Rng(p, _seed_int(seed), offset & MAX_U64, scale),
-                       tuple(params))
+        tracing = torch._C._get_tracing_state()
+        if tracing is not None:
+            # under torch.jit.trace, which records this op as one node: its body runs untraced
+            # (traced, x.shape would give 0-d tensors, which the kernels' size math cannot take)
+            torch._C._set_tracing_state(None)
+        try:
+            y = op.forward(TorchBackend, operands, Rng(p, _seed_int(seed), offset & MAX_U64, scale),
+                           tuple(params))
+        finally:
+            if tracing is not None:
+                torch._C._set_tracing_state(tracing)
         # a custom op's output may not alias its inputs (e.g. p = 0 paths returning x)
         return y.clone() if any(y is a for a in operands) else y
 

@@ -208,6 +208,42 @@ def test_vectorized_jacobian():
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_jacrev_and_vmap_of_a_vjp(name):
+    """torch.func.jacrev batches the backward of one forward (a vmap over its vjp): every cotangent
+    gets the forward's one mask, whatever the vmap's randomness, as torch's saved mask does. The
+    Jacobian equals the looped one after the same seed."""
+    case = CASES[name]
+    ops = operands(case)
+    rest = ops[1:]
+
+    def f(x):
+        torch.manual_seed(6)
+        return case.call(x, *rest)
+    looped = torch.autograd.functional.jacobian(f, ops[0])
+    assert looped.count_nonzero() > 0
+    if case.op in (DROPCONNECT_SAMPLE, SAMPLE_GRAD_X, SAMPLE_GRAD_W):
+        # their backward is an op of their own, with no vmap rule: refused, not wrong
+        with pytest.raises(RuntimeError, match="vmap"):
+            torch.func.jacrev(f)(ops[0])
+        return
+    torch.testing.assert_close(torch.func.jacrev(f)(ops[0]), looped)
+    for randomness in ("different", "same"):
+        y, vjp_fn = torch.func.vjp(f, ops[0])
+        basis = torch.eye(y.numel(), dtype=y.dtype).reshape(y.numel(), *y.shape)
+        (rows,) = torch.func.vmap(vjp_fn, randomness=randomness)(basis)
+        torch.testing.assert_close(rows.reshape(looped.shape), looped)
+
+
+def test_jacrev_of_a_vmapped_forward_is_refused():
+    """A backward batched by a new vmap over a forward that ran under another vmap would need a
+    mask per example of the outer vmap and one for all of the inner: refused with a clear error."""
+    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    f = torch.func.vmap(torch.func.jacrev(lambda t: fastdrop.dropout(t, 0.5, seed=1)), randomness="different")
+    with pytest.raises(RuntimeError, match="ran under vmap"):
+        f(x)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_func_grad_jvp_and_vmap(name):
     case = CASES[name]
     ops = operands(case)
@@ -369,9 +405,29 @@ def test_inplace_returns_the_same_object(name):
     assert case.call(xn, seed=1, inplace=True) is xn
 
 
-def test_trace_in_training_mode_warns():
-    m = fastdrop.nn.Dropout(0.5)
+@pytest.mark.parametrize("name", NAMES)
+def test_trace_in_training_mode(name):
+    """torch.jit.trace records only torch's ops: every op is recorded as its custom op, with the seed
+    drawn at trace time a constant (and a warning saying so). Every call of the trace then applies
+    that one mask, the eager op's after the same torch.manual_seed, to whatever input it gets, and
+    its gradients are the eager op's."""
+    case = CASES[name]
+    ops = operands(case)
+    torch.manual_seed(7)
     with pytest.warns(torch.jit.TracerWarning, match="baked into the trace"):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*(check_trace|Trace had nondeterministic).*")
-            torch.jit.trace(m, torch.randn(4, 4), check_trace=False)
+            traced = torch.jit.trace(lambda *a: case.call(*a), ops, check_trace=False)
+    assert any(n.kind().startswith("fastdrop::") for n in traced.graph.nodes())
+    new = tuple(o.detach().requires_grad_() for o in operands(case, seed=1))
+    eager = tuple(o.detach().requires_grad_() for o in operands(case, seed=1))
+    y = traced(*new)
+    assert torch.equal(traced(*new), y)  # one mask, every call
+    torch.manual_seed(7)
+    expected = case.call(*eager)
+    assert torch.equal(y, expected)
+    g = torch.randn_like(y)
+    y.backward(g)
+    expected.backward(g)
+    for a, b in zip(new, eager):
+        torch.testing.assert_close(a.grad, b.grad)

@@ -121,7 +121,7 @@ PER_SAMPLE = ("dropconnect_sample", "dropconnect_sample_grad_x", "dropconnect_sa
 @pytest.mark.parametrize("name", [n for n in ALL_CASES if n not in PER_SAMPLE])
 def test_batched_gradients_equal_cpu(name):
     """is_grads_batched (jacobian / hessian with vectorize=True) on CUDA tensors: the legacy-vmap
-    mask path (_core._legacy_batched_mask) with the mask moved to the device, against the CPU."""
+    mask path (_core._materialized_mask) with the mask moved to the device, against the CPU."""
     results = []
     for ops, dev in _f64_on_both(CASES[name]):
         y = CASES[name].call(*ops, seed=SEED, offset=OFFSET)
@@ -130,6 +130,17 @@ def test_batched_gradients_equal_cpu(name):
         results.append(torch.autograd.grad(y, ops, v, is_grads_batched=True))
     for r, t in zip(*results):
         assert_same(t, r, _exact(name), GEMM_RTOL[torch.float64])
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_CASES if n not in PER_SAMPLE])
+def test_jacrev_equals_cpu(name):
+    """torch.func.jacrev (a vmap over the vjp of one forward) on CUDA tensors: the forward's one mask
+    for every cotangent (_core.TorchReplayBackend), against the CPU."""
+    results = []
+    for ops, dev in _f64_on_both(CASES[name]):
+        rest = ops[1:]
+        results.append(torch.func.jacrev(lambda x: CASES[name].call(x, *rest, seed=SEED, offset=OFFSET))(ops[0]))
+    assert_same(results[1], results[0], _exact(name), GEMM_RTOL[torch.float64])
 
 
 @pytest.mark.parametrize("name", ALL_CASES)
