@@ -33,6 +33,16 @@ def check_p(p, name="p"):
     return p
 
 
+def check_bool(value, name):
+    """A flag must be a bool (or numpy's): truthiness would make "False" (a string from a config
+    file) or 0.5 switch the flag on. Returns it as a Python bool."""
+    if value is True or value is False:
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
 def check_u64(value, name):
     """Seeds and offsets are integers in [0, 2**64)."""
     if type(value) is int and 0 <= value <= MAX_U64:  # the common case, first

@@ -34,7 +34,7 @@ import numpy as np
 
 from . import _cpu, _seeds
 from ._alloc import empty_like
-from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, check_array, check_companions,
+from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, check_array, check_bool, check_companions,
                       check_out, check_p, check_u64, check_writable, fill_torch_floats, mark_written,
                       numpy_view)
 from .kernels import dropout_cpu
@@ -549,9 +549,7 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
     rank rule needed the validated shape), so it does not run twice.
     """
     p = check_p(p)
-    if training is not True and training is not False and not isinstance(training, np.bool_):
-        # torch's F.dropout refuses these too; truthiness would make training="False" train
-        raise TypeError(f"training must be a bool, got {type(training).__name__} {training!r}")
+    training = check_bool(training, "training")  # torch's F.dropout refuses non-bools too
     offset = check_u64(offset, "offset")
     if seed is not None:
         seed = check_u64(seed, "seed")

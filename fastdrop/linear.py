@@ -28,7 +28,7 @@ import numbers
 import numpy as np
 
 from . import _core, _seeds
-from ._checks import (CUDA_ARRAY, MAX_U64, TORCH, array_kind, check_array, check_companions,
+from ._checks import (CUDA_ARRAY, MAX_U64, TORCH, array_kind, check_array, check_bool, check_companions,
                       check_mode, check_p, check_u64, train_scale)
 from .kernels import linear_cpu
 from .kernels.config import DENSE_PARALLEL_MIN
@@ -310,6 +310,7 @@ def dropconnect_linear(x, weight, bias=None, p=0.5, training=True, *, seed=None,
         >>> y = fastdrop.dropconnect_linear(np.ones((4, 3)), np.ones((2, 3)), p=0.5, seed=0, per_sample=True)
     """
     p = check_p(p)
+    per_sample = check_bool(per_sample, "per_sample")
     if activation is not None and not callable(activation):
         raise TypeError(f"activation must be a callable or None, got {type(activation).__name__}")
     if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:

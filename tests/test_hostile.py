@@ -137,6 +137,10 @@ CASES = [
      "training must be a bool"),
     ("training-float-linear", x_np, lambda x: F.dropout_linear(x, np.ones((2, 4), np.float32), training=1.0),
      TypeError, "training must be a bool"),
+    ("per-sample-str", x_t, lambda x: F.dropconnect_linear(x, torch.ones(2, 4), per_sample="False"),
+     TypeError, "per_sample must be a bool"),
+    ("per-sample-int-numpy", x_np, lambda x: F.dropconnect_linear(x, np.ones((2, 4), np.float32), per_sample=2),
+     TypeError, "per_sample must be a bool"),
 ]
 
 

@@ -143,6 +143,13 @@ def test_drop_path_accepts_timm_and_torchvision_names():
         fnn.DropPath(drop_prob=1.5)
 
 
+def test_dropconnect_per_sample_must_be_a_bool():
+    """A truthy string from a config ("False") must not switch per-sample masks on."""
+    with pytest.raises(TypeError, match="per_sample must be a bool"):
+        fnn.DropConnectLinear(4, 2, per_sample="False")
+    assert fnn.DropConnectLinear(4, 2, per_sample=np.bool_(True)).per_sample is True
+
+
 def test_drop_prob_assignment_changes_forward_and_is_validated():
     m = fnn.DropPath(drop_prob=0.0)
     x = torch.randn(64, 5)

@@ -7,7 +7,7 @@ reproducible, and successive calls draw fresh masks.
 import torch
 
 from .. import linear as L
-from .._checks import check_mode, check_p, is_fx_proxy, traced_as_leaf
+from .._checks import check_bool, check_mode, check_p, is_fx_proxy, traced_as_leaf
 
 
 class _DropLinear(torch.nn.Linear):
@@ -53,7 +53,7 @@ class DropConnectLinear(_DropLinear):
     def __init__(self, in_features, out_features, bias=True, p=0.5, per_sample=False, device=None,
                  dtype=None):
         super().__init__(in_features, out_features, bias, p, device, dtype)
-        self.per_sample = bool(per_sample)
+        self.per_sample = check_bool(per_sample, "per_sample")
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", per_sample={self.per_sample}"
