@@ -114,13 +114,23 @@ def dropout2d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mo
 
 
 def dropout3d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted", out=None):
-    """Drops whole channels of (N, C, D, H, W) or unbatched (C, D, H, W) input."""
+    """Drops whole channels of (N, C, D, H, W) or unbatched (C, D, H, W) input (torch's rules: any
+    other rank of at least 1 is read as unbatched, a mask element per index of dim 0, with
+    torch's deprecation warning; 0-D input is an error)."""
     y = _lane(x, p, training, inplace, seed, offset, mode, out, 2, 5)
     if y is not None:
         return y
     checked = check_array(x)
-    group_ndim = _spatial_group_ndim(checked[0], "dropout3d", 5, 4)
-    return _call(x, p, training, inplace, seed, offset, mode, group_ndim, out, checked)
+    ndim = len(checked[0].shape)
+    if ndim not in (4, 5):
+        if ndim == 0:
+            raise RankError(f"dropout3d: Feature dropout requires at least 2 dimensions in the input "
+                            f"(a 0-D input is read as unbatched, shape (1,)), got shape {tuple(x.shape)}")
+        warnings.warn(f"dropout3d: Received a {ndim}-D input to dropout3d, which torch deprecates; as "
+                      f"torch does, it is read as unbatched, with a mask element per index of dim 0. "
+                      f"dropout3d is for (N, C, D, H, W) or (C, D, H, W) input; use dropout for "
+                      f"elementwise masks.", UserWarning, stacklevel=2)
+    return _call(x, p, training, inplace, seed, offset, mode, 2 if ndim == 5 else 1, out, checked)
 
 
 def drop_path(x, p=0.0, training=True, scale_by_keep=True, *, seed=None, offset=0, mode="row",

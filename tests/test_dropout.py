@@ -216,12 +216,29 @@ def test_spatial_matches_reference(fn, shape, lead):
 def test_spatial_rank_rules():
     with pytest.raises(ValueError, match="dropout1d: Expected 2D or 3D"):
         fastdrop.dropout1d(np.ones((2, 3, 4, 5)), 0.5)
-    with pytest.raises(RuntimeError):  # torch raises RuntimeError here; RankError is both
-        fastdrop.dropout3d(np.ones((2, 3)), 0.5)
+    with pytest.raises(RuntimeError, match="at least 2"):  # torch: RuntimeError; RankError is both
+        fastdrop.dropout3d(np.ones(()), 0.5)
     with pytest.warns(UserWarning, match="3D input"):
         fastdrop.dropout2d(np.ones((2, 3, 4)), 0.5, seed=0)
     with pytest.raises(ValueError, match="at least 2"):
         fastdrop.dropout2d(np.ones(3), 0.5)
+
+
+@pytest.mark.parametrize("shape", [(6,), (4, 5), (3, 4, 5), (2, 2, 2, 2, 2, 2)])
+def test_dropout3d_other_ranks_as_torch(shape):
+    """torch's dropout3d reads any rank but 4 and 5 (0 aside) as unbatched, channels along dim 0,
+    with a deprecation warning: the same rule, the mask of dim 0's indices."""
+    x = np.random.randn(*shape) + 3.0
+    with pytest.warns(UserWarning, match="Received a"):
+        y = fastdrop.dropout3d(x, 0.5, seed=22)
+    np.testing.assert_array_equal(y, reference(x, 0.5, 22, mask_shape=shape[:1]))
+    with pytest.warns(UserWarning, match="Received a"):
+        t = torch.nn.functional.dropout3d(torch.ones(shape), 0.5)
+    with pytest.warns(UserWarning, match="Received a"):
+        ours = fastdrop.nn.Dropout3d(0.5)(torch.ones(shape))
+    for out in (t, ours):  # whole rows of dim 0 dropped or kept
+        rows = out.reshape(shape[0], -1)
+        assert all(bool((r == r[0]).all()) for r in rows)
 
 
 def test_spatial_gradcheck():
