@@ -21,6 +21,11 @@ class RankError(ValueError, RuntimeError):
     """Input of an unsupported rank (a ValueError; also a RuntimeError, which torch raises)."""
 
 
+class InplaceLeafError(ValueError, RuntimeError):
+    """In-place dropout of a leaf that requires grad, or of a view of one (a ValueError; also the
+    RuntimeError torch raises, so `except RuntimeError` written for torch's modules catches it)."""
+
+
 def check_p(p, name="p"):
     """p must be a real number in [0, 1]; returns it as a Python float."""
     if type(p) is float and 0.0 <= p <= 1.0:  # the common case, first (NaN fails the comparison)

@@ -34,9 +34,9 @@ import numpy as np
 
 from . import _cpu, _seeds
 from ._alloc import empty_like
-from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, check_array, check_bool, check_companions,
-                      check_out, check_p, check_u64, check_writable, fill_torch_floats, mark_written,
-                      numpy_view)
+from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, check_array, check_bool,
+                      check_companions, check_out, check_p, check_u64, check_writable, fill_torch_floats,
+                      mark_written, numpy_view)
 from .kernels import dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial
 from .kernels.config import CPU_PARALLEL_MIN
@@ -573,12 +573,12 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
         check_writable(x, kind)
         if kind == TORCH and x.requires_grad and _grad_enabled():
             if x.is_leaf:
-                raise ValueError("inplace dropout on a leaf tensor that requires grad is not allowed")
+                raise InplaceLeafError("inplace dropout on a leaf tensor that requires grad is not allowed")
             base = x._base
             if base is not None and base.is_leaf and base.requires_grad:
-                raise ValueError("inplace dropout on a view of a leaf tensor that requires grad is "
-                                 "not allowed (torch: a view of a leaf Variable that requires grad "
-                                 "is being used in an in-place operation)")
+                raise InplaceLeafError("inplace dropout on a view of a leaf tensor that requires grad is "
+                                       "not allowed (torch: a view of a leaf Variable that requires grad "
+                                       "is being used in an in-place operation)")
     B = BACKENDS[kind]
     if not training or p == 0.0:
         factor = eval_factor if not training else 1.0

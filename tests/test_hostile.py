@@ -65,6 +65,8 @@ CASES = [
     ("read-only-inplace", lambda: read_only(x_np()), lambda x: F.dropout(x, 0.5, inplace=True), ValueError, "read-only"),
     ("inplace-leaf", lambda: torch.ones(3, requires_grad=True),
      lambda x: F.dropout(x, 0.5, inplace=True), ValueError, "leaf"),
+    ("inplace-leaf-as-torch", lambda: torch.ones(3, requires_grad=True),  # torch raises RuntimeError
+     lambda x: F.nn.Dropout(0.5, inplace=True)(x), RuntimeError, "leaf"),
     ("dropout1d-4d", lambda: np.ones((2, 2, 2, 2), np.float32), lambda x: F.dropout1d(x, 0.5), ValueError, "4D input"),
     ("dropout1d-1d", lambda: np.ones(3, np.float32), lambda x: F.dropout1d(x, 0.5), ValueError, "1D input"),
     ("dropout2d-1d", lambda: np.ones(3, np.float32), lambda x: F.dropout2d(x, 0.5), ValueError, "at least 2 dimensions"),
