@@ -879,13 +879,15 @@ def _backward_route(torch, ctx):
         return TorchAutogradBackend, _traced_rng(torch, rng)
     if torch._C._are_functorch_transforms_active():
         forward_levels = getattr(ctx, "vmap_levels", _NO_LEVELS)
-        if _vmap_levels(torch) - forward_levels:
-            if forward_levels:
-                raise RuntimeError(f"fastdrop.{ctx.op.name}: a "
-                                   f"backward batched by a torch.func.vmap (jacrev, vmap of a vjp) of "
-                                   f"a forward that itself ran under vmap is not supported; batch the "
-                                   f"backward of an unbatched forward, or use torch.func.vmap over "
-                                   f"torch.func.grad (per-example gradients)")
+        if set(_vmap_levels(torch)) - set(forward_levels):
+            if "different" in forward_levels.values():
+                raise RuntimeError(f"fastdrop.{ctx.op.name}: a backward batched by a torch.func.vmap "
+                                   f"(jacrev, vmap of a vjp) of a forward that ran under "
+                                   f"vmap(randomness='different') is not supported (it would need "
+                                   f"a mask per example of one vmap and one mask for all of the "
+                                   f"other); torch.func.vmap over torch.func.grad (per-example "
+                                   f"gradients) works")
+            # the forward drew one mask for all (no vmap, or randomness="same"): replay it
             return TorchReplayBackend, rng
         return TorchAutogradBackend, rng
     if torch.is_grad_enabled():
@@ -893,16 +895,17 @@ def _backward_route(torch, ctx):
     return TorchBackend, rng
 
 
-_NO_LEVELS = frozenset()
+_NO_LEVELS = {}
 
 
 def _vmap_levels(torch):
-    """The levels of the torch.func.vmap transforms active now."""
+    """{level: randomness} of the torch.func.vmap transforms active now."""
     pyfunctorch = getattr(torch._functorch, "pyfunctorch", None)
     if pyfunctorch is None:  # pragma: no cover - torch without the query: no replay
         return _NO_LEVELS
     vmap = torch._C._functorch.TransformType.Vmap
-    return frozenset(i.level() for i in pyfunctorch.retrieve_all_functorch_interpreters() if i.key() == vmap)
+    return {i.level(): i.randomness() for i in pyfunctorch.retrieve_all_functorch_interpreters()
+            if i.key() == vmap}
 
 
 def _traced_rng(torch, rng):

@@ -234,13 +234,21 @@ def test_jacrev_and_vmap_of_a_vjp(name):
         torch.testing.assert_close(rows.reshape(looped.shape), looped)
 
 
-def test_jacrev_of_a_vmapped_forward_is_refused():
-    """A backward batched by a new vmap over a forward that ran under another vmap would need a
-    mask per example of the outer vmap and one for all of the inner: refused with a clear error."""
-    x = torch.randn(3, 4, 5, dtype=torch.float64)
+def test_hessian_and_vmapped_jacrev():
+    """A backward batched by a new vmap over a forward that itself ran under vmap: with
+    randomness="same" (one mask for all, as jacfwd(jacrev(f), randomness="same"), the Hessian,
+    runs it) the one mask is replayed; with "different" it would need a mask per example of one
+    vmap and one mask for all of the other: refused with a clear error."""
+    x = torch.randn(4, 5, dtype=torch.float64)
+
+    def loss(t):  # the dropout family (the dense ops have no vmap rule for their forward)
+        torch.manual_seed(4)
+        return (fastdrop.drop_path(t, 0.5) ** 2).sum() + (fastdrop.dropout(t, 0.3) ** 3).sum()
+    h = torch.func.jacfwd(torch.func.jacrev(loss), randomness="same")(x)
+    torch.testing.assert_close(h, torch.autograd.functional.hessian(loss, x))
     f = torch.func.vmap(torch.func.jacrev(lambda t: fastdrop.dropout(t, 0.5, seed=1)), randomness="different")
-    with pytest.raises(RuntimeError, match="ran under vmap"):
-        f(x)
+    with pytest.raises(RuntimeError, match="randomness='different'"):
+        f(torch.randn(3, 4, 5, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("name", NAMES)
