@@ -172,11 +172,20 @@ def check_array(x, name="x"):
                             f"got {x.dtype}")
         if not x.dtype.isnative:
             x = x.astype(x.dtype.newbyteorder("="))
+        elif not strides_in_items(x):
+            x = x.copy()  # the kernels index memory in elements
         return x, kind
     dtype = np.dtype(x.dtype)
     if dtype.type not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have a floating point dtype (float16, float32, float64), got {dtype}")
     return x, kind
+
+
+def strides_in_items(a):
+    """Every stride of numpy array a is a whole number of elements (a field of a packed structured
+    array, e.g. the float64 of an f4 + f8 record, steps 12 bytes: not)."""
+    item = a.itemsize
+    return all(st % item == 0 for st, n in zip(a.strides, a.shape) if n > 1)
 
 
 def check_companions(x, kind, others, first="x"):
@@ -273,6 +282,9 @@ def check_out(x, kind, out, inplace):
                             f"masked arrays and other subclasses index and reshape differently)")
         if not out.dtype.isnative:
             raise TypeError(f"out must be in the machine's byte order, got dtype {out.dtype.str}")
+        if not strides_in_items(out):
+            raise TypeError(f"out's strides {out.strides} are not whole multiples of its itemsize "
+                            f"{out.itemsize} (a field of a packed structured array): pass a plain array")
     if tuple(out.shape) != tuple(x.shape):
         raise ValueError(f"out has shape {tuple(out.shape)}, expected x's shape {tuple(x.shape)}")
     if out.dtype != x.dtype:

@@ -568,8 +568,9 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
             check_out(x, kind, out, inplace)
     if inplace:
         if kind == NUMPY and x is not given and not np.shares_memory(x, given):
-            raise TypeError(f"inplace=True needs x in the machine's byte order, got dtype "
-                            f"{given.dtype.str} (the result would go into a converted copy)")
+            why = f"in the machine's byte order, got dtype {given.dtype.str}" if not given.dtype.isnative \
+                else f"with strides in whole elements, got strides {given.strides} for itemsize {given.itemsize}"
+            raise TypeError(f"inplace=True needs x {why} (the result would go into a converted copy)")
         check_writable(x, kind)
         if kind == TORCH and x.requires_grad and _grad_enabled():
             if x.is_leaf:

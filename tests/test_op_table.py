@@ -333,6 +333,33 @@ def test_numpy_matches_torch(name):
         y_m = case.call(*mats, seed=9, offset=2**40)
         assert type(y_m) is np.ndarray
         np.testing.assert_allclose(y_m, y_np, rtol=1e-12, atol=1e-12)
+    # fields of packed structured arrays (strides not whole elements) are converted too
+    packed = tuple(_packed_field(a) for a in numpy_operands(case))
+    assert packed[0].strides[-1] % packed[0].itemsize != 0
+    np.testing.assert_allclose(case.call(*packed, seed=9, offset=2**40), y_np, rtol=1e-12, atol=1e-12)
+
+
+def _packed_field(a):
+    """a's values as the float64 field of a packed (f4, f8) record array: strides of 12 bytes."""
+    rec = np.zeros(a.shape, dtype=[("pad", "f4"), ("v", "f8")])
+    rec["pad"] = 1.0
+    rec["v"] = a
+    return rec["v"]
+
+
+@pytest.mark.parametrize("name", INPLACE)
+def test_inplace_and_out_on_a_packed_field_are_refused(name):
+    """The kernels write memory in whole elements: a packed record's field as the target would
+    have the neighbouring field overwritten. Refused (TypeError) before any write."""
+    case = CASES[name]
+    x = _packed_field(numpy_operands(case)[0])
+    before = x.base.copy()
+    with pytest.raises(TypeError, match="strides in whole elements"):
+        case.call(x, seed=1, inplace=True)
+    if not name.startswith("drop_path"):  # (drop_path takes no out=)
+        with pytest.raises(TypeError, match="whole multiples of its itemsize"):
+            case.call(numpy_operands(case)[0], seed=1, out=x)
+    assert np.array_equal(x.base, before)
 
 
 @pytest.mark.parametrize("name", NAMES)
