@@ -556,6 +556,9 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
     given = operands[0]
     x, kind = check_array(given, op.operands[0]) if checked is None else checked
     if len(operands) > 1:
+        if kind == TORCH and op.upcast_half:
+            operands = _autocast_mixed((x, *operands[1:]))
+            x = operands[0]
         operands = (x, *check_companions(x, kind, zip(op.operands[1:], operands[1:]), op.operands[0]))
     elif x is not operands[0]:
         operands = (x,)
@@ -600,6 +603,22 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
     return _upcast(op, B, operands, lambda ops: op.forward(B, ops, Rng(p, seed, offset, scale), params,
                                                          out=out if out is not None else
                                                          (ops[0] if inplace else None)), inplace)
+
+
+def _autocast_mixed(operands):
+    """Tensor operands of a GEMM op with mixed float dtypes under torch.autocast (a bfloat16
+    activation meeting a layer's float32 weight, as in every layer after an autocast one) all in
+    autocast's dtype, as torch's linear / matmul take them there; otherwise unchanged (matching
+    dtypes are left to the GEMMs' own autocast, as in torch's Dropout + Linear)."""
+    torch = sys.modules["torch"]
+    present = [a for a in operands if a is not None]
+    if not all(isinstance(a, torch.Tensor) for a in present) or len({a.dtype for a in present}) < 2:
+        return operands  # (other kinds: check_companions says what is wrong)
+    device = "cuda" if operands[0].is_cuda else "cpu"
+    if not torch.is_autocast_enabled(device):
+        return operands
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(a.to(dtype) if a is not None and a.is_floating_point() else a for a in operands)
 
 
 def _grad_enabled():

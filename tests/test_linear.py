@@ -346,3 +346,37 @@ def test_autocast_backward_runs_in_the_forwards_autocast_region(op):
     for g, r in zip(*grads):
         assert g.dtype == r.dtype == torch.float32
         torch.testing.assert_close(g, r, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("op", ["dropout_linear", "dropconnect_linear", "dropout_matmul"])
+def test_autocast_with_mixed_dtypes(op):
+    """Under torch.autocast a layer after an autocast one gets a bfloat16 activation and its own
+    float32 weight: torch's linear / matmul cast both to bfloat16, and so do the dense ops (they
+    refused the mixed dtypes before). Output and gradients against the torch composite with the
+    same mask, each gradient in its operand's dtype."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 8).bfloat16().requires_grad_()
+    w = torch.randn(5, 8, requires_grad=True)
+    p, s = 0.3, 1 / 0.7
+    if op == "dropout_linear":
+        m = torch.from_numpy(fastdrop.dropout_mask((6, 8), p, 4))
+        fd = lambda: fastdrop.dropout_linear(x, w, None, p, seed=4)
+        ref = lambda: torch.nn.functional.linear(torch.where(m, x * s, 0), w)
+    elif op == "dropconnect_linear":
+        m = torch.from_numpy(fastdrop.dropout_mask((5, 8), p, 4))
+        fd = lambda: fastdrop.dropconnect_linear(x, w, None, p, seed=4)
+        ref = lambda: torch.nn.functional.linear(x, torch.where(m, w.bfloat16() * s, 0))
+    else:
+        w = torch.randn(8, 5, requires_grad=True)
+        m = torch.from_numpy(fastdrop.dropout_mask((6, 8), p, 4))
+        fd = lambda: fastdrop.dropout_matmul(x, w, p, seed=4)
+        ref = lambda: torch.matmul(torch.where(m, x * s, 0), w)
+    results = []
+    for fn in (fd, ref):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = fn()
+        assert y.dtype == torch.bfloat16
+        results.append((y, *torch.autograd.grad(y.float().sum(), (x, w))))
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
