@@ -344,15 +344,19 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
     if kind == TORCH:
         import torch
         import torch.nn.functional as F
-        mu = F.linear(x, weight, bias)
-        sigma = torch.sqrt(var_factor * F.linear(x * x, weight * weight))
+        # half inputs in float32, as every other half path: a bfloat16 running sum stops growing
+        # at 256 samples of values near 1
+        work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        xw, ww = x.to(work), weight.to(work)
+        mu = F.linear(xw, ww, None if bias is None else bias.to(work))
+        sigma = torch.sqrt(var_factor * F.linear(xw * xw, ww * ww))
         gen = torch.Generator(device=x.device).manual_seed(seed)
         acc = None
         for _ in range(samples):
-            eps = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype)
+            eps = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=work)
             a = activation(mu + sigma * eps)
             acc = a if acc is None else acc + a
-        return acc / samples
+        return (acc / samples).to(x.dtype)
     work = np.float32 if x.dtype == np.float16 else x.dtype
     xw, ww = x.astype(work, copy=False), weight.astype(work, copy=False)
     mu = np.matmul(xw, ww.T) + (0 if bias is None else bias.astype(work))

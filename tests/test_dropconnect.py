@@ -223,6 +223,19 @@ def test_moment_matching_seeded_and_in_both_kinds():
         dropconnect_linear(x, w, None, 0.5, training=False, activation=np.tanh, samples=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_moment_matching_half_sums_in_float32(dtype):
+    """Half inputs are computed in float32 and rounded once: a bfloat16 running sum of 1024
+    sigmoid samples stopped growing at 256 (outputs off by up to 0.74)."""
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(4, 16, generator=g), torch.randn(3, 16, generator=g)
+    kw = dict(training=False, activation=torch.sigmoid, seed=5, samples=1024)
+    ref = dropconnect_linear(x, w, None, 0.3, **kw)
+    y = dropconnect_linear(x.to(dtype), w.to(dtype), None, 0.3, **kw)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.float(), ref, rtol=0, atol=0.02)
+
+
 def test_module():
     torch.manual_seed(0)
     ref = torch.nn.Linear(9, 5)
