@@ -424,28 +424,30 @@ def dense_call(name, x, w, b, rng, per_sample=None, grad=None, **options):
             stream = cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)
             empty = TorchEmpty(x.device)
 
-            def dev(t):
+            def dev(t, rows=False):  # rows: x or grad, 2-D even when 1-D (one row)
                 if t is None:
                     return None
                 t = t.detach()
-                return cuda.as_cuda_array((t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t).contiguous(),
-                                          sync=False)
-            first = (dev(grad), dev(x), dev(w)) if grad is not None else (dev(x), dev(w), dev(b))
+                return cuda.as_cuda_array((t.reshape(-1, t.shape[-1]) if rows or t.dim() > 1 else t)
+                                          .contiguous(), sync=False)
+            first = (dev(grad, True), dev(x, True), dev(w)) if grad is not None else \
+                (dev(x, True), dev(w), dev(b))
             res = launcher(*first, rng.p, seed, offset, rng.scale, *extra, stream=stream, empty=empty,
                            **options)
             if isinstance(res, tuple):
                 return tuple(None if r is None else empty.tensor(r) for r in res)
             return empty.tensor(res)
 
-    def dev2(a):
+    def dev2(a, rows=False):
         if a is None:
             return None
         a = as_device_array(a)
         if not a.is_c_contiguous():
             raise ValueError("CUDA device arrays given to the dense layers must be C-contiguous (copy first)")
         shape = tuple(a.shape)  # the simulator's shapes take no negative index
-        return a.reshape(math.prod(shape[:-1]), shape[-1]) if len(shape) > 1 else a
-    first = (dev2(grad), dev2(x), dev2(w)) if grad is not None else (dev2(x), dev2(w), dev2(b))
+        return a.reshape(math.prod(shape[:-1]), shape[-1]) if rows or len(shape) > 1 else a
+    first = (dev2(grad, True), dev2(x, True), dev2(w)) if grad is not None else \
+        (dev2(x, True), dev2(w), dev2(b))
     res = launcher(*first, rng.p, seed, offset, rng.scale, *extra, **options)
     if isinstance(res, tuple):
         return res

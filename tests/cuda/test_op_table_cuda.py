@@ -43,3 +43,16 @@ def test_inplace_on_device_arrays(name):
     d = cuda.to_device(x)
     assert case.call(d, seed=3, inplace=True) is d
     np.testing.assert_allclose(d.copy_to_host(), case.call(x, seed=3), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in DEVICE_ARRAY_OPS if len(CASES[n].shapes) > 1])
+def test_dense_ops_take_a_1d_x(name):
+    """A 1-D x (one example, no batch dim), as numpy and torch take it: the launchers got it
+    unreshaped and failed inside the kernel (IndexError on its shape)."""
+    case = CASES[name]
+    ops = numpy_operands(case, np.float64)
+    x1 = ops[0].reshape(-1, ops[0].shape[-1])[0]
+    ref = case.call(x1, *ops[1:], seed=7)
+    got = case.call(cuda.to_device(x1), *(cuda.to_device(a) for a in ops[1:]), seed=7).copy_to_host()
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
