@@ -14,11 +14,18 @@ import os
 
 import numpy as np
 
-from .kernels.philox import keep_threshold, kernel_rng_args, philox4x32_array  # noqa: F401
+from .kernels import philox
+from .kernels.philox import kernel_rng_args, philox4x32_array  # noqa: F401
 
 from . import _seeds
 from ._cpu import fill_keep_mask
 from ._checks import NUMPY, check_p, check_shape, check_u64, check_writable
+
+
+def keep_threshold(p):
+    """T(p) above, as a Python int in [0, 2^16]: the ops' p rules (TypeError for a bool, a string
+    or a tensor, ValueError outside [0, 1] or NaN)."""
+    return philox.keep_threshold(check_p(p))
 
 
 def manual_seed(seed):
