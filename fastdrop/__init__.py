@@ -5,6 +5,7 @@ used, and the CUDA kernels compile on the first CUDA input.
 """
 from . import _core
 from ._alloc import cache_stats, empty_cache
+from ._checks import InplaceLeafError
 from ._core import register_torch_ops
 from ._seeds import set_rank_streams
 from .functional import RankError, drop_path, dropout, dropout1d, dropout2d, dropout3d
@@ -30,7 +31,8 @@ def __getattr__(name):
 
 
 __all__ = ["dropout", "dropout1d", "dropout2d", "dropout3d", "dropout_mask", "philox4x32",
-           "keep_threshold", "manual_seed", "register_torch_ops", "set_rank_streams", "RankError", "nn",
+           "keep_threshold", "manual_seed", "register_torch_ops", "set_rank_streams", "RankError",
+           "InplaceLeafError", "nn",
            "dropout_linear", "dropconnect_linear",
            "drop_path", "dropout_matmul", "max_norm_", "max_norm_hook", "mc_predict",
            "empty_cache", "cache_stats"]

@@ -157,8 +157,9 @@ def _check_tensor(x, name):
 
 
 def check_array(x, name="x"):
-    """(x, kind): x validated, numpy's np.matrix and non-native byte order turned into a plain
-    native ndarray (a view, or a copy for byte order); TypeError/ValueError before any work."""
+    """(x, kind): x validated, numpy's np.matrix, non-native byte order and strides that are not
+    whole elements turned into a plain native ndarray (a view, or a copy for the latter two);
+    TypeError/ValueError before any work."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):  # array_kind's answer, first for tensors
         _check_tensor(x, name)

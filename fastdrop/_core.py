@@ -9,7 +9,8 @@ Everything else is here and shared, in this order:
     (explicit, torch's generator, fastdrop's numpy generator) -> rank stream offset ->
     dispatch on where the data lives -> numpy / CUDA device array: op.forward on that backend;
     torch: one eager autograd.Function (setup_context, jvp, vmap) for every op, or under
-    torch.compile the op's torch.library custom op (register_fake + register_autograd) -> kernel.
+    torch.compile or torch.jit.trace the op's torch.library custom op (register_fake +
+    register_autograd) -> kernel.
 
 One route skips the Function: the grouped masks (spatial dropout, DropPath rows) of small CPU
 tensors under autograd are recorded as torch's multiply by per-group factors, whose backward is
@@ -608,12 +609,14 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
 def _autocast_mixed(operands):
     """Tensor operands of a GEMM op with mixed float dtypes under torch.autocast (a bfloat16
     activation meeting a layer's float32 weight, as in every layer after an autocast one) all in
-    autocast's dtype, as torch's linear / matmul take them there; otherwise unchanged (matching
+    autocast's dtype, as torch's linear / matmul take them there (float64 aside: autocast leaves it,
+    and torch refuses the mix, as check_companions then does); otherwise unchanged (matching
     dtypes are left to the GEMMs' own autocast, as in torch's Dropout + Linear)."""
     torch = sys.modules["torch"]
     present = [a for a in operands if a is not None]
-    if not all(isinstance(a, torch.Tensor) for a in present) or len({a.dtype for a in present}) < 2:
-        return operands  # (other kinds: check_companions says what is wrong)
+    if not all(isinstance(a, torch.Tensor) for a in present) or len({a.dtype for a in present}) < 2 \
+            or any(a.dtype == torch.float64 for a in present):
+        return operands  # (other kinds: check_companions says what is wrong; autocast leaves float64)
     device = "cuda" if operands[0].is_cuda else "cpu"
     if not torch.is_autocast_enabled(device):
         return operands
@@ -672,16 +675,17 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
     if torch._C._is_tracing():  # torch.jit.is_tracing() in eager code, without its Python frame
         # torch.jit.trace records torch's ops only, not the kernels' writes (a traced kernel call
         # would return its uninitialized output): the call goes through its custom op, which the
-        # trace records, with the seed a constant of the trace
+        # trace records, and a seed=None draw as aten's randint (the draw `_seeds` makes, the same
+        # generator state consumed), which TorchScript knows to be random: every call of the
+        # traced module draws a new mask from torch's generator, as eager calls and torch's own
+        # traced dropout do (a custom op's draw, with constant arguments, would be folded into one
+        # constant seed). An explicit seed is a constant of the trace.
         if seed is None:
-            warnings.warn(f"fastdrop.{op.name} is being traced in training mode: the seed drawn now "
-                          f"is baked into the trace and every call of the traced module reuses one "
-                          f"mask. Trace in eval mode, or use torch.compile.", torch.jit.TracerWarning,
-                          stacklevel=3)
-            seed = _seeds.draw_torch_seed()
-        with warnings.catch_warnings():  # the constant is the point (warned above)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            seed_t = torch.tensor(_to_i64(seed), dtype=torch.int64)
+            seed_t = _seeds.torch_seed_tensor(torch)
+        else:
+            with warnings.catch_warnings():  # the constant is the point
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                seed_t = torch.tensor(_to_i64(seed), dtype=torch.int64)
         return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out)
     if seed is None:
         seed = _seeds.draw_torch_seed()

@@ -21,7 +21,6 @@ unchanged. An explicit `seed=` is never altered: it names one mask, the same on 
 """
 import sys
 import threading
-import warnings
 
 import numpy as np
 
@@ -55,12 +54,9 @@ def draw_torch_seed():
     drawn into a reused 0-d buffer, which costs a third of a fresh tensor each call."""
     torch = sys.modules["torch"]
     if torch._C._is_tracing():
-        # torch.jit.trace would record the buffer's write: the plain factory call there; the
-        # caller has warned that the value becomes a constant of the trace (torch's own warning
-        # about the int() would say it twice)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            return int(torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device="cpu"))
+        # torch.jit.trace would record the buffer's write: the plain factory call there (the int
+        # becomes a constant of the trace, as torch's TracerWarning says)
+        return int(torch_seed_tensor(torch))
     if torch._C._are_functorch_transforms_active():
         # One seed for the whole transformed call, drawn outside the transforms: under
         # vmap(randomness="different") a draw inside would be batched (and .item() refused);
@@ -68,6 +64,12 @@ def draw_torch_seed():
         with torch._C._DisableFuncTorch():
             return int(torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device="cpu"))
     return draw_torch_seed_eager(torch)
+
+
+def torch_seed_tensor(torch):
+    """`draw_torch_seed`'s draw as a 0-d int64 tensor (`torch.randint`, which torch.jit.trace
+    records as a random op)."""
+    return torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device="cpu")
 
 
 def draw_torch_seed_eager(torch):

@@ -232,6 +232,8 @@ def test_dropout3d_other_ranks_as_torch(shape):
     with pytest.warns(UserWarning, match="Received a"):
         y = fastdrop.dropout3d(x, 0.5, seed=22)
     np.testing.assert_array_equal(y, reference(x, 0.5, 22, mask_shape=shape[:1]))
+    with pytest.warns(UserWarning, match="Received a"):  # the torch route: the same mask
+        np.testing.assert_array_equal(fastdrop.dropout3d(torch.from_numpy(x), 0.5, seed=22).numpy(), y)
     with pytest.warns(UserWarning, match="Received a"):
         t = torch.nn.functional.dropout3d(torch.ones(shape), 0.5)
     with pytest.warns(UserWarning, match="Received a"):
