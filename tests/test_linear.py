@@ -380,3 +380,15 @@ def test_autocast_with_mixed_dtypes(op):
     for a, b in zip(*results):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_autocast_leaves_float64_alone():
+    """autocast never casts float64, and torch's linear refuses a bfloat16 x with a float64
+    weight: so do the dense ops (TypeError naming the dtypes), with nothing drawn."""
+    x = torch.randn(3, 4).bfloat16()
+    w = torch.randn(2, 4, dtype=torch.float64)
+    state = torch.get_rng_state()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(TypeError, match="same dtype"):
+            fastdrop.dropout_linear(x, w, None, 0.5)
+    assert torch.equal(torch.get_rng_state(), state)
