@@ -20,7 +20,7 @@ import warnings
 
 from . import _core
 from ._core import DROPOUT
-from ._checks import RankError, check_array, check_mode, check_p, train_scale
+from ._checks import RankError, check_array, check_bool, check_mode, check_p, train_scale
 
 __all__ = ["dropout", "dropout1d", "dropout2d", "dropout3d", "drop_path", "RankError", "DROPOUT"]
 
@@ -82,6 +82,13 @@ def _spatial_group_ndim(x, name, batched_rank, unbatched_rank):
                     f"but received a {ndim}D input of shape {tuple(x.shape)}")
 
 
+def _draws(p, training):
+    """A mask is drawn (training, 0 < p < 1): where torch raises its feature-dropout rank error.
+    Elsewhere (eval, p = 0, p = 1) torch passes a too-small input through its rule (x, or zeros
+    for p = 1), and so does fastdrop (one mask element for all: p = 1 drops it)."""
+    return check_bool(training, "training") and 0.0 < check_p(p) < 1.0
+
+
 def dropout1d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted", out=None):
     """Drops whole channels of (N, C, L) or (C, L) input; mask = dropout_mask((N, C) or (C,), ...)."""
     y = _lane(x, p, training, inplace, seed, offset, mode, out, 2, 3)
@@ -94,15 +101,17 @@ def dropout1d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mo
 
 def dropout2d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted", out=None):
     """Drops whole channels of (N, C, H, W) input (torch's rules: 3-D input is read as (N, C, L)
-    with a warning, as torch does; fewer than 2 dims is an error)."""
+    with a warning, as torch does; fewer than 2 dims is an error where a mask is drawn)."""
     y = _lane(x, p, training, inplace, seed, offset, mode, out, 2, 4)
     if y is not None:
         return y
     checked = check_array(x)
     ndim = len(checked[0].shape)
     if ndim < 2:
-        raise RankError(f"dropout2d: Feature dropout requires at least 2 dimensions in the input, "
-                        f"got shape {tuple(x.shape)}")
+        if _draws(p, training):
+            raise RankError(f"dropout2d: Feature dropout requires at least 2 dimensions in the input, "
+                            f"got shape {tuple(x.shape)}")
+        return _call(x, p, training, inplace, seed, offset, mode, -1, out, checked)
     if ndim == 3:
         warnings.warn("dropout2d: Received a 3D input; as torch does, it is read as (N, C, L) and "
                       "1D channel-wise dropout is applied. Use dropout1d for that.", UserWarning,
@@ -116,7 +125,7 @@ def dropout2d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mo
 def dropout3d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mode="inverted", out=None):
     """Drops whole channels of (N, C, D, H, W) or unbatched (C, D, H, W) input (torch's rules: any
     other rank of at least 1 is read as unbatched, a mask element per index of dim 0, with
-    torch's deprecation warning; 0-D input is an error)."""
+    torch's deprecation warning; 0-D input is an error where a mask is drawn)."""
     y = _lane(x, p, training, inplace, seed, offset, mode, out, 2, 5)
     if y is not None:
         return y
@@ -124,8 +133,10 @@ def dropout3d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mo
     ndim = len(checked[0].shape)
     if ndim not in (4, 5):
         if ndim == 0:
-            raise RankError(f"dropout3d: Feature dropout requires at least 2 dimensions in the input "
-                            f"(a 0-D input is read as unbatched, shape (1,)), got shape {tuple(x.shape)}")
+            if _draws(p, training):
+                raise RankError(f"dropout3d: Feature dropout requires at least 2 dimensions in the input "
+                                f"(a 0-D input is read as unbatched, shape (1,)), got shape ()")
+            return _call(x, p, training, inplace, seed, offset, mode, -1, out, checked)
         warnings.warn(f"dropout3d: Received a {ndim}-D input to dropout3d, which torch deprecates; as "
                       f"torch does, it is read as unbatched, with a mask element per index of dim 0. "
                       f"dropout3d is for (N, C, D, H, W) or (C, D, H, W) input; use dropout for "

@@ -333,6 +333,8 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
     if seed is not None:
         seed = check_u64(seed, "seed")
     x, kind = check_array(x)
+    if kind == TORCH:  # a bfloat16 activation and a float32 weight under autocast, as the other ops
+        x, weight, bias = _core._autocast_mixed((x, weight, bias))
     weight, bias = check_companions(x, kind, [("weight", weight), ("bias", bias)])
     _check((x, weight, bias), ())
     if kind == CUDA_ARRAY:
@@ -348,14 +350,16 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
         # at 256 samples of values near 1
         work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
         xw, ww = x.to(work), weight.to(work)
-        mu = F.linear(xw, ww, None if bias is None else bias.to(work))
-        sigma = torch.sqrt(var_factor * F.linear(xw * xw, ww * ww))
-        gen = torch.Generator(device=x.device).manual_seed(seed)
-        acc = None
-        for _ in range(samples):
-            eps = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=work)
-            a = activation(mu + sigma * eps)
-            acc = a if acc is None else acc + a
+        # outside autocast too, whose GEMMs would hand the sum bfloat16 terms
+        with torch.autocast("cuda" if x.is_cuda else "cpu", enabled=False):
+            mu = F.linear(xw, ww, None if bias is None else bias.to(work))
+            sigma = torch.sqrt(var_factor * F.linear(xw * xw, ww * ww))
+            gen = torch.Generator(device=x.device).manual_seed(seed)
+            acc = None
+            for _ in range(samples):
+                eps = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=work)
+                a = activation(mu + sigma * eps)
+                acc = a if acc is None else acc + a
         return (acc / samples).to(x.dtype)
     work = np.float32 if x.dtype == np.float16 else x.dtype
     xw, ww = x.astype(work, copy=False), weight.astype(work, copy=False)

@@ -236,6 +236,21 @@ def test_moment_matching_half_sums_in_float32(dtype):
     torch.testing.assert_close(y.float(), ref, rtol=0, atol=0.02)
 
 
+def test_moment_matching_under_autocast():
+    """Under autocast (a bfloat16 activation and a float32 weight, or float32 both) the samples are
+    still summed in float32: the result equals the float32 one to bfloat16 rounding."""
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(4, 16, generator=g), torch.randn(3, 16, generator=g)
+    kw = dict(training=False, activation=torch.sigmoid, seed=5, samples=1024)
+    ref = dropconnect_linear(x, w, None, 0.3, **kw)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        same = dropconnect_linear(x, w, None, 0.3, **kw)
+        mixed = dropconnect_linear(x.bfloat16(), w, None, 0.3, **kw)
+    torch.testing.assert_close(same, ref)
+    assert mixed.dtype == torch.bfloat16
+    torch.testing.assert_close(mixed.float(), ref, rtol=0, atol=0.02)
+
+
 def test_module():
     torch.manual_seed(0)
     ref = torch.nn.Linear(9, 5)

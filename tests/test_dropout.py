@@ -1,4 +1,6 @@
 """fastdrop.dropout and the spatial variants against a plain reference that takes the kernel's mask."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -222,6 +224,25 @@ def test_spatial_rank_rules():
         fastdrop.dropout2d(np.ones((2, 3, 4)), 0.5, seed=0)
     with pytest.raises(ValueError, match="at least 2"):
         fastdrop.dropout2d(np.ones(3), 0.5)
+
+
+@pytest.mark.parametrize("fn, shape", [(fastdrop.dropout2d, ()), (fastdrop.dropout2d, (5,)),
+                                       (fastdrop.dropout3d, ())])
+def test_too_small_ranks_pass_through_where_no_mask_is_drawn(fn, shape):
+    """torch raises its feature-dropout rank error only where a mask is drawn (training, 0 < p < 1):
+    eval and p = 0 return x, p = 1 zeros, and so do fastdrop's (numpy and torch)."""
+    tfn = getattr(torch.nn.functional, fn.__name__)
+    for x in (np.full(shape, 3.0), torch.full(shape, 3.0)):
+        with pytest.raises(RuntimeError, match="at least 2 dimensions"):
+            fn(x, 0.5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for kw in (dict(p=0.5, training=False), dict(p=0.0), dict(p=1.0), dict(p=0.4, mode="classic", training=False)):
+                y = np.asarray(fn(x, **kw))
+                expected = 3.0 * (1.0 - kw["p"]) if kw.get("mode") == "classic" else (0.0 if kw["p"] == 1.0 else 3.0)
+                assert y.shape == shape and np.allclose(y, expected, rtol=1e-6, atol=0), kw
+                if "mode" not in kw:
+                    assert np.array_equal(np.asarray(tfn(torch.full(shape, 3.0), **kw)), y)
 
 
 @pytest.mark.parametrize("shape", [(6,), (4, 5), (3, 4, 5), (2, 2, 2, 2, 2, 2)])
