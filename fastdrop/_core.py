@@ -606,16 +606,17 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
                                                          (ops[0] if inplace else None)), inplace)
 
 
-def _autocast_mixed(operands):
+def _autocast_mixed(operands, always=False):
     """Tensor operands of a GEMM op with mixed float dtypes under torch.autocast (a bfloat16
     activation meeting a layer's float32 weight, as in every layer after an autocast one) all in
     autocast's dtype, as torch's linear / matmul take them there (float64 aside: autocast leaves it,
     and torch refuses the mix, as check_companions then does); otherwise unchanged (matching
-    dtypes are left to the GEMMs' own autocast, as in torch's Dropout + Linear)."""
+    dtypes are left to the GEMMs' own autocast, as in torch's Dropout + Linear; always: cast
+    matching ones too, for an op whose products are its own kernel's, not an autocast GEMM)."""
     torch = sys.modules["torch"]
     present = [a for a in operands if a is not None]
-    if not all(isinstance(a, torch.Tensor) for a in present) or len({a.dtype for a in present}) < 2 \
-            or any(a.dtype == torch.float64 for a in present):
+    if not all(isinstance(a, torch.Tensor) for a in present) or \
+            (len({a.dtype for a in present}) < 2 and not always) or any(a.dtype == torch.float64 for a in present):
         return operands  # (other kinds: check_companions says what is wrong; autocast leaves float64)
     device = "cuda" if operands[0].is_cuda else "cpu"
     if not torch.is_autocast_enabled(device):

@@ -318,6 +318,8 @@ def dropconnect_linear(x, weight, bias=None, p=0.5, training=True, *, seed=None,
     if not training and activation is not None and 0.0 < p:
         return _moment_matching(x, weight, bias, p, seed, activation, int(samples))
     op = DROPCONNECT_SAMPLE if per_sample else DROPCONNECT
+    if per_sample and array_kind(x) == TORCH:  # its kernel, not an autocast GEMM, makes the products
+        x, weight, bias = _core._autocast_mixed((x, weight, bias), always=True)
     y = _core.call(op, (x, weight, bias), p=p, training=training, seed=seed, offset=offset,
                    scale=train_scale(p, "inverted"))
     return y if activation is None else activation(y)

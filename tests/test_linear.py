@@ -392,3 +392,18 @@ def test_autocast_leaves_float64_alone():
         with pytest.raises(TypeError, match="same dtype"):
             fastdrop.dropout_linear(x, w, None, 0.5)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_per_sample_dropconnect_follows_autocast():
+    """Its products come from its own kernel, not an autocast GEMM: under autocast the operands go
+    to autocast's dtype (as torch's bernoulli + einsum composite computes in it), the output is
+    bfloat16 and the gradients come back in the operands' dtypes."""
+    x = torch.randn(4, 6, requires_grad=True)
+    w = torch.randn(3, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fastdrop.dropconnect_linear(x, w, None, 0.4, per_sample=True, seed=2)
+    assert y.dtype == torch.bfloat16
+    ref = fastdrop.dropconnect_linear(x.bfloat16(), w.bfloat16(), None, 0.4, per_sample=True, seed=2)
+    assert torch.equal(y, ref)
+    gx, gw = torch.autograd.grad(y.float().sum(), (x, w))
+    assert gx.dtype == gw.dtype == torch.float32
