@@ -459,16 +459,18 @@ class MaskedOp:
         optional: indices of operands that may be None (a bias).
         bias: index of the operand the output is affine in (for jvp), or None.
         upcast_half: compute float16/bfloat16 in float32 (ops built on GEMMs).
+        own_products: the products are the op's own kernel's, which torch.autocast does not see
+            (per-sample DropConnect): under autocast its operands go to autocast's dtype.
         vmap: rule under torch.func.vmap, or None (a clear error).
     """
 
     def __init__(self, name, operands, forward, backward, plain, fake, check=None, saves=(),
-                 optional=(), bias=None, upcast_half=False, vmap=None):
+                 optional=(), bias=None, upcast_half=False, own_products=False, vmap=None):
         self.name, self.operands = name, tuple(operands)
         self.forward, self.backward, self.plain, self.fake = forward, backward, plain, fake
         self.check = check
         self.saves, self.optional, self.bias = tuple(saves), tuple(optional), bias
-        self.upcast_half, self.vmap = upcast_half, vmap
+        self.upcast_half, self.own_products, self.vmap = upcast_half, own_products, vmap
         self._library_op = None
         OPS.append(self)
 
@@ -558,7 +560,7 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
     x, kind = check_array(given, op.operands[0]) if checked is None else checked
     if len(operands) > 1:
         if kind == TORCH and op.upcast_half:
-            operands = _autocast_mixed((x, *operands[1:]))
+            operands = _autocast_mixed((x, *operands[1:]), always=op.own_products)
             x = operands[0]
         operands = (x, *check_companions(x, kind, zip(op.operands[1:], operands[1:]), op.operands[0]))
     elif x is not operands[0]:
@@ -904,7 +906,7 @@ def _backward_route(torch, ctx):
         return TorchAutogradBackend, _traced_rng(torch, rng)
     if torch._C._are_functorch_transforms_active():
         forward_levels = getattr(ctx, "vmap_levels", _NO_LEVELS)
-        if set(_vmap_levels(torch)) - set(forward_levels):
+        if _vmap_levels(torch).keys() - forward_levels.keys():
             if "different" in forward_levels.values():
                 raise RuntimeError(f"fastdrop.{ctx.op.name}: a backward batched by a torch.func.vmap "
                                    f"(jacrev, vmap of a vjp) of a forward that ran under "

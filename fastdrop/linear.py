@@ -226,7 +226,8 @@ def _not_public(B, operands, params, factor, inplace=False):
 
 DROPCONNECT_SAMPLE = _core.MaskedOp("dropconnect_sample", _OPERANDS, forward=_sample_forward,
                                     backward=_sample_backward, plain=_mean_network, fake=_fake,
-                                    check=_check, saves=(0, 1), optional=(2,), bias=2, upcast_half=True)
+                                    check=_check, saves=(0, 1), optional=(2,), bias=2, upcast_half=True,
+                                    own_products=True)
 def _host_only(a):
     if array_kind(a) == CUDA_ARRAY:
         raise TypeError("the per-sample DropConnect gradient ops take numpy arrays or torch tensors")
@@ -318,8 +319,6 @@ def dropconnect_linear(x, weight, bias=None, p=0.5, training=True, *, seed=None,
     if not training and activation is not None and 0.0 < p:
         return _moment_matching(x, weight, bias, p, seed, activation, int(samples))
     op = DROPCONNECT_SAMPLE if per_sample else DROPCONNECT
-    if per_sample and array_kind(x) == TORCH:  # its kernel, not an autocast GEMM, makes the products
-        x, weight, bias = _core._autocast_mixed((x, weight, bias), always=True)
     y = _core.call(op, (x, weight, bias), p=p, training=training, seed=seed, offset=offset,
                    scale=train_scale(p, "inverted"))
     return y if activation is None else activation(y)
