@@ -1,7 +1,8 @@
 """Guarantees the README states for every op, checked for every row of tests/op_table.py:
 torch.compile (Inductor and aot_eager) equals eager, nothing but the operands and scalars saved for
 backward, gradcheck and gradgradcheck, torch.func.grad / jvp / vmap, half types, backward under
-autocast, numpy-torch parity, rank streams, bad input refused before the seed draw, in-place on overlapping memory refused.
+autocast, numpy-torch parity, rank streams, bad input refused before the seed draw, in-place on overlapping memory refused,
+torch.jit.trace and torch.export in training mode.
 """
 import warnings
 
@@ -472,3 +473,50 @@ def test_trace_in_training_mode(name):
         warnings.simplefilter("ignore")
         fixed = torch.jit.trace(lambda *a: case.call(*a, seed=3), ops, check_trace=False)
     assert torch.equal(fixed(*ops), case.call(*ops, seed=3))  # an explicit seed: a constant
+
+
+class _Call(torch.nn.Module):
+    def __init__(self, call, **kw):
+        super().__init__()
+        self.call, self.kw = call, kw
+
+    def forward(self, *ops):
+        return self.call(*ops, **self.kw)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_export_matches_eager(name):
+    """torch.export records every op as its custom op and a seed=None draw as fastdrop's seed op:
+    the exported program, also after torch.export.save / load, equals the eager call after the same
+    torch.manual_seed (outputs and gradients) and draws a new mask per call; an explicit seed stays
+    a constant of the program."""
+    import io
+    case = CASES[name]
+    ops = operands(case, torch.float32)
+    programs = {}
+    for key, kw in (("drawn", {}), ("fixed", {"seed": 3, "offset": 2**64 - 2})):
+        exported = torch.export.export(_Call(case.call, **kw), ops)
+        targets = [str(n.target) for n in exported.graph.nodes if n.op == "call_function"]
+        assert any(t.startswith("fastdrop.") and "draw_seed" not in t for t in targets), targets
+        assert any("draw_seed" in t for t in targets) == (key == "drawn"), targets
+        buf = io.BytesIO()
+        torch.export.save(exported, buf)
+        buf.seek(0)
+        programs[key] = (torch.export.load(buf).module(), kw)
+    for key, (program, kw) in programs.items():
+        new = tuple(o.detach().requires_grad_() for o in operands(case, torch.float32, seed=1))
+        eager = tuple(o.detach().requires_grad_() for o in operands(case, torch.float32, seed=1))
+        torch.manual_seed(7)
+        y = program(*new)
+        torch.manual_seed(7)
+        expected = case.call(*eager, **kw)
+        assert torch.equal(y, expected), key
+        g = torch.randn_like(y)
+        y.backward(g)
+        expected.backward(g)
+        for a, b in zip(new, eager):
+            torch.testing.assert_close(a.grad, b.grad)
+    drawn, fixed = programs["drawn"][0], programs["fixed"][0]
+    torch.manual_seed(11)  # (a one-bit mask, drop_path's batch mode, repeats half the time)
+    assert any(not torch.equal(drawn(*ops), drawn(*ops)) for _ in range(24))  # a new mask per call
+    assert torch.equal(fixed(*ops), fixed(*ops))
