@@ -521,13 +521,40 @@ def _fake(operands, params):
     return sys.modules["torch"].empty_like(operands[0])
 
 
+_RANDOMNESS_REFUSAL = ("fastdrop's dropout draws random masks: under torch.func.vmap pass "
+                      "randomness='different' (a mask per example) or 'same' (one mask for all)")
+
+
+def _vmap_refusal(torch, op, operands, inplace):
+    """The RuntimeError torch.func.vmap's rule for op (`FunctorchFunction.vmap`, `_vmap`) raises
+    for these operands, or None: asked before the seed draw, so a refused call leaves torch's
+    generator as it was. The rule runs at each vmap level an operand is batched at (functorch's
+    wrappers unwrapped: a vmap of a grad wraps the batched tensor)."""
+    levels = _vmap_levels(torch)
+    if not levels:
+        return None
+    functorch = torch._C._functorch
+    batched = set()
+    for a in operands:
+        while a is not None and functorch.is_functorch_wrapped_tensor(a):
+            if functorch.is_batchedtensor(a):
+                batched.add(functorch.maybe_get_level(a))
+            a = functorch.get_unwrapped(a)
+    if not batched:
+        return None
+    if op.vmap is None or inplace:
+        return RuntimeError(f"fastdrop.{op.name} does not support torch.func.vmap" + (" in place" if inplace else ""))
+    if any(levels.get(level) not in ("different", "same") for level in batched):
+        return RuntimeError(_RANDOMNESS_REFUSAL)
+    return None
+
+
 def _vmap(info, in_dims, operands, rng, params):
     """torch.func.vmap: randomness="different" draws a mask per example (the vmapped dim joins the
     mask's leading dims), "same" one mask for all (the vmapped dim moves last, outside the mask)."""
     (x,), (d,), g = operands, in_dims, params[0]
     if info.randomness not in ("different", "same"):
-        raise RuntimeError("fastdrop's dropout draws random masks: under torch.func.vmap pass "
-                           "randomness='different' (a mask per example) or 'same' (one mask for all)")
+        raise RuntimeError(_RANDOMNESS_REFUSAL)
     if d is None:
         x, d = x.expand(info.batch_size, *x.shape), 0
     if info.randomness == "different":
@@ -690,6 +717,10 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 seed_t = torch.tensor(_to_i64(seed), dtype=torch.int64)
         return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out)
+    if torch._C._are_functorch_transforms_active():
+        refusal = _vmap_refusal(torch, op, operands, inplace)
+        if refusal is not None:
+            raise refusal
     if seed is None:
         seed = _seeds.draw_torch_seed()
     rng = _rng(p, seed, offset, scale)

@@ -441,9 +441,7 @@ def dense_call(name, x, w, b, rng, per_sample=None, grad=None, **options):
     def dev2(a, rows=False):
         if a is None:
             return None
-        a = as_device_array(a)
-        if not a.is_c_contiguous():
-            raise ValueError("CUDA device arrays given to the dense layers must be C-contiguous (copy first)")
+        a = _contiguous(as_device_array(a))  # any strides, as the docstrings say: one device copy
         shape = tuple(a.shape)  # the simulator's shapes take no negative index
         return a.reshape(math.prod(shape[:-1]), shape[-1]) if rows or len(shape) > 1 else a
     first = (dev2(grad, True), dev2(x, True), dev2(w)) if grad is not None else \

@@ -132,7 +132,7 @@ def _host(a):
                            "(torch.autograd.grad(..., is_grads_batched=True), jacobian / hessian with "
                            "vectorize=True): its (N, O, I) mask is never materialized; take the "
                            "gradients one at a time (vectorize=False)")
-    return a.detach().contiguous().numpy(), torch.from_numpy
+    return a.detach().contiguous().resolve_neg().numpy(), torch.from_numpy
 
 
 def _sample_forward(B, operands, rng, params, out=None):
@@ -311,6 +311,9 @@ def dropconnect_linear(x, weight, bias=None, p=0.5, training=True, *, seed=None,
         >>> y = fastdrop.dropconnect_linear(np.ones((4, 3)), np.ones((2, 3)), p=0.5, seed=0, per_sample=True)
     """
     p = check_p(p)
+    # checked here, not only in the pipeline: the moment-matching branch below does not reach it
+    training = check_bool(training, "training")
+    check_u64(offset, "offset")
     per_sample = check_bool(per_sample, "per_sample")
     if activation is not None and not callable(activation):
         raise TypeError(f"activation must be a callable or None, got {type(activation).__name__}")

@@ -221,6 +221,14 @@ def test_moment_matching_seeded_and_in_both_kinds():
         dropconnect_linear(x, w, None, 0.5, activation="relu")
     with pytest.raises(ValueError, match="samples"):
         dropconnect_linear(x, w, None, 0.5, training=False, activation=np.tanh, samples=0)
+    # the moment-matching branch checks training and offset as the pipeline does (a falsy
+    # non-bool `training` from a config must not select eval)
+    for bad in (0, None, ""):
+        with pytest.raises(TypeError, match="training must be a bool"):
+            dropconnect_linear(x, w, None, 0.5, training=bad, activation=np.tanh)
+    for bad, err in ((-1, ValueError), (2**64, ValueError), ("a", TypeError)):
+        with pytest.raises(err, match="offset"):
+            dropconnect_linear(x, w, None, 0.5, training=False, activation=np.tanh, offset=bad)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -266,6 +266,15 @@ def test_func_grad_jvp_and_vmap(name):
     torch.testing.assert_close(y, f(ops[0]))
     torch.testing.assert_close(jt, f(ops[0] + t) - f(ops[0]))  # every op is affine in its first operand
     xb = torch.stack([ops[0], ops[0] * 2, ops[0] - 1])
+    g = lambda x: case.call(x, *rest)  # noqa: E731
+    refused = ["error"] if case.op is fastdrop.functional.DROPOUT else ["error", "same", "different"]
+    for randomness in refused:  # refused before the seed draw: torch's generator untouched
+        state = torch.get_rng_state()
+        with pytest.raises(RuntimeError, match="vmap"):
+            torch.func.vmap(g, randomness=randomness)(xb)
+        with pytest.raises(RuntimeError, match="vmap"):  # also inside a grad transform
+            torch.func.vmap(torch.func.grad(lambda x: g(x).sum()), randomness=randomness)(xb)
+        assert torch.equal(state, torch.get_rng_state())
     if case.op is not fastdrop.functional.DROPOUT:
         with pytest.raises(RuntimeError, match="vmap"):
             torch.func.vmap(f, randomness="different")(xb)
@@ -281,7 +290,6 @@ def test_func_grad_jvp_and_vmap(name):
     assert not (torch.equal(kept[0], kept[1]) and torch.equal(kept[1], kept[2]))
     # seed=None: one seed drawn outside the transform, reproducible by torch.manual_seed; the rule
     # still refuses randomness="error"
-    g = lambda x: case.call(x, *rest)  # noqa: E731
     with pytest.raises(RuntimeError, match="randomness"):
         torch.func.vmap(g)(xb)
     runs = []
@@ -326,6 +334,10 @@ def test_numpy_matches_torch(name):
     y_t = case.call(*operands(case), seed=9, offset=2**40)
     assert isinstance(y_np, np.ndarray)
     np.testing.assert_allclose(y_np, y_t.numpy(), rtol=1e-12, atol=1e-12)
+    # tensors with torch's negative bit (lazy negations: no memory .numpy() can read) are resolved
+    negs = tuple(torch._neg_view(-t) for t in operands(case))
+    assert all(t.is_neg() for t in negs)
+    torch.testing.assert_close(case.call(*negs, seed=9, offset=2**40), y_t, rtol=1e-12, atol=1e-12)
     # big-endian and np.matrix inputs are converted, same answer
     big = tuple(a.astype(a.dtype.newbyteorder(">")) for a in numpy_operands(case))
     np.testing.assert_allclose(case.call(*big, seed=9, offset=2**40), y_np, rtol=1e-12, atol=1e-12)

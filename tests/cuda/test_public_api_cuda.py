@@ -67,3 +67,22 @@ def test_dense_layers_match_cpu(fn, kw, dtype, rtol, monkeypatch):
     np.testing.assert_allclose(y, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
     assert y.dtype == ref.dtype
     assert converted == ([np.dtype(np.float32)] * 3 + [np.dtype(np.float16)] if dtype == np.float16 else [])
+
+
+@pytest.mark.parametrize("fn, kw", [
+    (fastdrop.dropout_linear, {}), (fastdrop.dropout_linear, {"training": False}),
+    (fastdrop.dropconnect_linear, {}), (fastdrop.dropconnect_linear, {"per_sample": True}),
+    (fastdrop.dropconnect_linear, {"training": False}),
+])
+def test_dense_layers_take_strided_device_arrays(fn, kw):
+    """'any strides', as the docstrings say: strided device arrays (a stepped slice, a transposed
+    weight) are copied to contiguous ones on the device, as torch CUDA tensors are."""
+    x = np.random.randn(4, 6).astype(np.float32)
+    w = np.random.randn(3, 6).astype(np.float32)
+    b = np.random.randn(6).astype(np.float32)
+    xs, ws, bs = x[::2, ::2], w.T[::2], b[::2]
+    assert not xs.flags.c_contiguous and not ws.flags.c_contiguous
+    dx, dw, db = cuda.to_device(x)[::2, ::2], cuda.to_device(np.ascontiguousarray(w.T))[::2], cuda.to_device(b)[::2]
+    y = _host(fn(dx, dw, db, 0.5, seed=9, **kw))
+    ref = fn(xs, ws, bs, 0.5, seed=9, **kw)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
