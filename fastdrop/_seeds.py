@@ -4,7 +4,13 @@
   model's masks reproducible run to run, successive calls differ, and the same program gives the
   same masks on CPU and GPU.
 - numpy arrays and CUDA device arrays: a module-level numpy `Generator(PCG64)` seeded from OS
-  entropy at import; `fastdrop.manual_seed(s)` (fastdrop/mask.py) re-seeds it.
+  entropy at import; `fastdrop.manual_seed(s)` (fastdrop/mask.py) re-seeds it. A forked child
+  (DataLoader workers, servers) inherits the parent's state, so its first draw re-seeds its own
+  source from two words of the inherited one and the child's key: a torch DataLoader worker's
+  seed (which torch varies by worker and by epoch, from the parent's torch generator), else its
+  pid. Workers and epochs then draw different masks, and DataLoader workers reproducible ones
+  when the parent called `fastdrop.manual_seed` and `torch.manual_seed`; a `manual_seed` in the
+  child (a worker_init_fn) is kept as it is.
 Every drawn seed is a 63-bit integer.
 
 Rank streams. DDP programs call `torch.manual_seed(s)` with the same `s` on every rank, so the
@@ -19,6 +25,7 @@ offsets < 2**48 never share a counter. Rank 0 (and a program without torch.distr
 unchanged. An explicit `seed=` is never altered: it names one mask, the same on every rank.
 `set_rank_streams(False)` turns the separation off.
 """
+import os
 import sys
 import threading
 
@@ -29,18 +36,49 @@ from .kernels.philox import MAX_U64
 RANK_SHIFT = 48
 _lock = threading.Lock()
 _numpy_source = np.random.default_rng()
+_forked = False  # a forked child that has not yet re-seeded its inherited numpy source
 _rank_streams = True
 
 
 def reseed_numpy(seed):
     """Re-seed the numpy source (seed: an int in [0, 2**64), checked by fastdrop.manual_seed)."""
-    global _numpy_source
+    global _numpy_source, _forked
     with _lock:
         _numpy_source = np.random.default_rng(seed)
+        _forked = False
+
+
+def _after_fork_in_child():
+    global _forked, _lock
+    _forked = True
+    _lock = threading.Lock()  # a lock held by another parent thread at the fork stays held here
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _child_key():
+    """A torch DataLoader worker's seed (base seed + worker id, new each epoch), else the pid."""
+    data = sys.modules.get("torch.utils.data")
+    info = data.get_worker_info() if data is not None else None
+    return int(info.seed) if info is not None else os.getpid()
+
+
+def _reseed_forked():
+    """The child's own source: a pure function of the inherited state and the child's key (with
+    _lock held)."""
+    global _numpy_source, _forked
+    inherited = [int(w) for w in _numpy_source.integers(0, 1 << 63, 2)]
+    key = _child_key()
+    _numpy_source = np.random.Generator(np.random.PCG64(
+        np.random.SeedSequence(inherited + [key & MAX_U64, key >> 64, 0x666F726B])))  # "fork"
+    _forked = False
 
 
 def draw_numpy_seed():
     with _lock:
+        if _forked:
+            _reseed_forked()
         return int(_numpy_source.integers(0, 1 << 63))
 
 

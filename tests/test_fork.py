@@ -8,6 +8,7 @@ kernels/config.py routes such a child to each kernel's serial twin; the mask is 
 index, so the results must be bit-identical. A hung child fails the test through a timeout.
 """
 import multiprocessing
+import os
 import subprocess
 import sys
 import traceback
@@ -194,6 +195,63 @@ def test_dataloader_fork_workers_run_every_op_bit_identical(parent_results):
     for seed, item in zip(_OpsDataset.seeds, got):
         _assert_same_bits({k: v.numpy() for k, v in item.items()}, parent_results[seed],
                           f"DataLoader item {seed}")
+
+
+class _SeedNoneDataset(torch.utils.data.Dataset):
+    """numpy dropout with seed=None: fastdrop's numpy source, which forked workers inherit."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return fastdrop.dropout(np.ones(256, np.float32), 0.5)
+
+
+def _seed_none_epochs(epochs=2):
+    out = []
+    for _ in range(epochs):
+        loader = torch.utils.data.DataLoader(_SeedNoneDataset(), batch_size=None, num_workers=2,
+                                             multiprocessing_context="fork", timeout=TIMEOUT_S)
+        out.append([item.numpy() != 0 for item in loader])
+    return out
+
+
+def test_forked_workers_draw_their_own_numpy_seeds():
+    """Workers inherit the parent's numpy seed source; each re-seeds it from its DataLoader worker
+    seed (new every epoch) on its first draw: no two items of two epochs share a mask, and the
+    same fastdrop.manual_seed + torch.manual_seed in the parent give the same masks again."""
+    runs = []
+    for _ in range(2):
+        fastdrop.manual_seed(5)
+        torch.manual_seed(6)
+        runs.append(_seed_none_epochs())
+    masks = [m for epoch in runs[0] for m in epoch]
+    assert len(masks) == 8
+    assert not any(np.array_equal(masks[i], masks[j]) for i in range(8) for j in range(i))
+    for a, b in zip(runs[0], runs[1]):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    # a bare fork: the child's draws differ from the parent's next ones
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, fastdrop.dropout(np.ones(256, np.float32), 0.5).tobytes())
+        os._exit(0)
+    os.close(w)
+    child = np.frombuffer(_read_all(r), np.float32)
+    os.waitpid(pid, 0)
+    assert not np.array_equal(child, fastdrop.dropout(np.ones(256, np.float32), 0.5))
+
+
+def _read_all(fd):
+    chunks = []
+    while True:
+        b = os.read(fd, 1 << 16)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(fd)
+    return b"".join(chunks)
 
 
 # A parent that ran only torch's ops: torch's OpenMP region starts the GNU OpenMP team that Numba's
