@@ -299,13 +299,130 @@ def test_seed_none_follows_the_rank_stream_rule(monkeypatch):
     assert not torch.equal(a.var, explicit.var)
 
 
-def test_restores_training_flags_and_forward():
+def test_model_is_left_unchanged():
     model, _, drop, rec, x, _ = build("DropPath row")
     model.train()
     drop.eval()
     mc_predict(model, x, samples=3, seed=0)  # chunk 1: other modules are in training mode
     assert drop.training is False and model[0].training is True
     assert "forward" not in drop.__dict__
+    # a forward set on the instance (accelerate's hooks do this) is used and kept
+    model.eval()
+    inner = drop.forward
+    drop.forward = lambda h: inner(h) + 1.0
+    with torch.no_grad():
+        shifted = model(x)
+    r = mc_predict(model, x, samples=3, seed=0, chunk=1, fused=False)
+    assert (r.mean != 0).all()
+    assert "forward" in drop.__dict__
+    with torch.no_grad():
+        assert torch.equal(model(x), shifted)
+
+
+def test_threads_share_one_model():
+    """mc_predict changes nothing in the model: calls from several threads, with their own seeds,
+    give the single-threaded results, and eval forwards in another thread stay deterministic."""
+    import threading
+    model, _, _, _, x, _ = build("Dropout")
+    model[3] = torch.nn.Identity().eval()  # no Record: threads would interleave its list
+    expected = {s: mc_predict(model, x, samples=8, seed=s, chunk=3) for s in range(4)}
+    with torch.no_grad():
+        eval_out = model(x)
+    errors = []
+
+    def mc(seed):
+        try:
+            for _ in range(15):
+                r = mc_predict(model, x, samples=8, seed=seed, chunk=3)
+                if not (torch.equal(r.mean, expected[seed].mean) and torch.equal(r.var, expected[seed].var)):
+                    errors.append(f"seed {seed}: another call's masks")
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(repr(e))
+
+    def plain():
+        with torch.no_grad():
+            for _ in range(100):
+                if not torch.equal(model(x), eval_out):
+                    errors.append("an eval forward sampled")
+
+    threads = [threading.Thread(target=mc, args=(s,)) for s in range(4)] + [threading.Thread(target=plain)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:5]
+    assert not any(m.training for m in model.modules())
+
+
+def test_hooks_are_honoured():
+    """The prefix split and the fused tail call layers, not the model: not where a hook would be
+    bypassed (the model's own, a tail layer's, a global one)."""
+    for make in (lambda: build("Dropout"), lambda: build("DropoutLinear")):
+        model, _, _, _, x, _ = make()
+        handle = model.register_forward_hook(lambda mod, inp, out: torch.full_like(out, 7.0))
+        r = mc_predict(model, x, samples=T, seed=SEED)
+        assert torch.equal(r.mean, torch.full_like(r.mean, 7.0)) and not r.var.any()
+        handle.remove()
+        handle = model.register_forward_pre_hook(lambda mod, inp: (torch.zeros_like(inp[0]),))
+        zero = mc_predict(model, x, samples=T, seed=SEED)
+        ref = mc_predict(model, torch.zeros_like(x), samples=T, seed=SEED, chunk=1, fused=False)
+        handle.remove()
+        torch.testing.assert_close(zero, ref, rtol=1e-12, atol=1e-12)
+    # the fused tail [Dropout, Linear]: a hook on its Linear
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), fnn.Dropout(0.4), torch.nn.Linear(16, 3)).double().eval()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    model[2].register_forward_hook(lambda mod, inp, out: torch.full_like(out, 7.0))
+    r = mc_predict(model, x, samples=T, seed=SEED)
+    assert torch.equal(r.mean, torch.full_like(r.mean, 7.0))
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda mod, inp, out: torch.full_like(out, 3.0) if mod is model else None)
+    try:
+        r = mc_predict(model, x, samples=T, seed=SEED)
+    finally:
+        handle.remove()
+    assert torch.equal(r.mean, torch.full_like(r.mean, 3.0))
+
+
+class _SequenceFirst(torch.nn.Module):
+    """Batch-first outside, (L, N, E) inside, as a sequence-first transformer block: the dropout
+    input's dim 0 is not the batch."""
+
+    def __init__(self, drop):
+        super().__init__()
+        self.lin, self.drop = torch.nn.Linear(2, 2).double(), drop
+
+    def forward(self, x):
+        return self.drop(self.lin(x).transpose(0, 1)).transpose(0, 1)
+
+
+@pytest.mark.parametrize("make", [lambda: fnn.Dropout(0.5), lambda: fnn.Dropout1d(0.5),
+                                  lambda: fnn.DropPath(0.5), lambda: fnn.DropPath(0.5, mode="batch")])
+def test_models_that_move_the_batch_dim_run_one_sample_at_a_time(make):
+    torch.manual_seed(0)
+    model = _SequenceFirst(make()).eval()
+    x = torch.randn(3, 4, 2, dtype=torch.float64)  # N = 3, L = 4: a chunk of 2 or 4 divides L
+    ref = mc_predict(model, x, samples=8, seed=SEED, chunk=1)
+    auto = mc_predict(model, x, samples=8, seed=SEED)
+    torch.testing.assert_close(auto, ref, rtol=0, atol=0)
+    with pytest.warns(UserWarning, match="one at a time"):
+        given = mc_predict(model, x, samples=8, seed=SEED, chunk=4)
+    torch.testing.assert_close(given, ref, rtol=0, atol=0)
+
+
+def test_model_returning_a_tuple_is_refused():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), fnn.Dropout(0.5))
+    with pytest.raises(TypeError, match="one tensor"):
+        mc_predict(_Tupled(model), torch.randn(2, 4), samples=4, seed=1)
+
+
+class _Tupled(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x), x
 
 
 @pytest.mark.parametrize("kind", ["Dropout", "DropoutLinear", "DropConnectLinear", "Dropout2d"])
@@ -321,3 +438,20 @@ def test_empty_batch_and_input_that_requires_grad(kind):
     a = mc_predict(model, x, samples=T, seed=SEED, chunk=3)
     b = mc_predict(model, x.detach(), samples=T, seed=SEED, chunk=1, fused=False)
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_compiled_models_and_submodules():
+    """A torch.compile'd model samples through its original module; a compiled submodule hands its
+    fastdrop modules' inputs to the sampler eagerly. Both equal the eager model's statistics."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(6, 16), fnn.Dropout(0.4), torch.nn.ReLU(), fnn.DropPath(0.3),
+                            torch.nn.Linear(16, 3)).eval()
+    x = torch.randn(5, 6)
+    ref = mc_predict(m, x, samples=8, seed=3, chunk=1, fused=False)
+    whole = torch.compile(m, backend="aot_eager")
+    part = torch.nn.Sequential(m[0], torch.compile(torch.nn.Sequential(m[1], m[2]), backend="aot_eager"),
+                               m[3], m[4]).eval()
+    for model in (whole, part):
+        with torch.no_grad():
+            assert torch.equal(model(x), m(x))  # compiled in eval mode first
+        torch.testing.assert_close(mc_predict(model, x, samples=8, seed=3), ref, rtol=1e-6, atol=1e-6)

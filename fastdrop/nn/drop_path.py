@@ -8,6 +8,7 @@ import torch
 
 from .._checks import check_mode, check_p, is_fx_proxy, traced_as_leaf
 from ..functional import DROP_PATH_MODES, drop_path
+from . import _mc_state
 
 
 class DropPath(torch.nn.Module):
@@ -70,5 +71,9 @@ class DropPath(torch.nn.Module):
     def forward(self, x):
         if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: a leaf, as torch's modules
             return traced_as_leaf(self, x)
+        if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
+            sample = _mc_state.sampler()
+            if sample is not None:
+                return sample(self, x)
         return drop_path(x, self.p, training=self.training, scale_by_keep=self.scale_by_keep,
                          mode=self.mode, scaling=self.scaling, inplace=self.inplace)

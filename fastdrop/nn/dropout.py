@@ -13,6 +13,7 @@ import torch
 
 from .. import functional as F
 from .._checks import check_mode, is_fx_proxy, traced_as_leaf
+from . import _mc_state
 
 
 class _DropoutNd:
@@ -37,6 +38,10 @@ class _DropoutNd:
     def forward(self, x):
         if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: a leaf, as torch's modules
             return traced_as_leaf(self, x)
+        if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
+            sample = _mc_state.sampler()
+            if sample is not None:
+                return sample(self, x)
         return self._fn(x, self.p, self.training, self.inplace, mode=self.mode)
 
 

@@ -8,6 +8,7 @@ import torch
 
 from .. import linear as L
 from .._checks import check_bool, check_mode, check_p, is_fx_proxy, traced_as_leaf
+from . import _mc_state
 
 
 class _DropLinear(torch.nn.Linear):
@@ -40,6 +41,10 @@ class DropoutLinear(_DropLinear):
     def forward(self, x):
         if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: a leaf, as torch's modules
             return traced_as_leaf(self, x)
+        if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
+            sample = _mc_state.sampler()
+            if sample is not None:
+                return sample(self, x)
         return L.dropout_linear(x, self.weight, self.bias, self.p, training=self.training, mode=self.mode)
 
 
@@ -61,5 +66,9 @@ class DropConnectLinear(_DropLinear):
     def forward(self, x):
         if type(x) is not torch.Tensor and is_fx_proxy(x):
             return traced_as_leaf(self, x)
+        if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
+            sample = _mc_state.sampler()
+            if sample is not None:
+                return sample(self, x)
         return L.dropconnect_linear(x, self.weight, self.bias, self.p, training=self.training,
                                     per_sample=self.per_sample)

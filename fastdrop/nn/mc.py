@@ -2,7 +2,9 @@
 
 mc_predict keeps fastdrop's stochastic modules (fastdrop.nn.Dropout*, DropPath, DropoutLinear,
 DropConnectLinear) active, leaves every other module as it is, and streams the statistics (Chan et
-al.'s pairwise merge of mean and M2), so memory does not grow with T.
+al.'s pairwise merge of mean and M2), so memory does not grow with T. It changes nothing in the
+model: a sampler installed for the calling thread (fastdrop/nn/_mc_state.py) receives each
+fastdrop module's input, so other threads may run the same model, or mc_predict, meanwhile.
 
 Every sample draws its own masks by a fixed rule, whatever the fast path: in sample t, the k-th
 call of a fastdrop stochastic module uses (seed, offset + t * 2**32 + k), the mask the module's op
@@ -11,10 +13,17 @@ public ops with exactly that seed and offset; every faster path must give the sa
 - chunk > 1: samples [t0, t0 + n) run as one forward of the input repeated n times along dim 0;
   each stochastic module applies sample t's mask to rows [t*N, (t+1)*N): one kernel call for
   Dropout and DropoutLinear (T offsets in one call), T masked weight copies and one batched GEMM
-  for DropConnectLinear, and one op call per sample slice for the others;
+  for DropConnectLinear, and one op call per sample slice for the others. That needs every
+  stochastic module's input to keep the samples stacked along its dim 0. Sample 0 runs alone
+  first and records each call's input shape; a batched call whose input is not that shape with
+  dim 0 times n (a model that moves its batch dim, as a sequence-first transformer does), or whose
+  first call's n slices differ (they are one input repeated), stops the batching and the samples
+  run one at a time;
 - a Sequential runs its layers before the first stochastic module once;
 - fused=True: a tail [fastdrop.nn.Dropout, nn.Linear] or [DropoutLinear] masks T copies of the
   hidden activation in one kernel call and multiplies them in one GEMM.
+Hooks are honoured: the prefix and the fused tail are skipped where a hook (the model's, a
+layer's of the tail, or a global module hook) or an instance-level forward would be bypassed.
 
 Imports torch (fastdrop re-exports mc_predict lazily, so `import fastdrop` does not).
 """
@@ -26,6 +35,7 @@ import numpy as np
 import torch
 
 from .. import _seeds
+from . import _mc_state
 from ..functional import drop_path
 from ..linear import dropconnect_linear, dropout_linear
 from .._checks import check_u64
@@ -86,18 +96,46 @@ def _stochastic_modules(model):
 
 
 # ----------------------------------------------------------------------------- one module, n samples
+class _NotStacked(Exception):
+    """A batched forward met a stochastic call whose input does not stack the samples on dim 0."""
+
+
 class _Sampler:
-    """State shared by the patched forwards during one forward of samples [t0, t0 + n)."""
+    """Called by each fastdrop stochastic module's forward (`_mc_state`) during one forward of
+    samples [t0, t0 + n): applies the module's masks of those samples. While `shapes` is a list
+    (the one-sample forward of sample 0) it records each call's input shape; a batched forward
+    checks its calls against them."""
 
     def __init__(self, seed, base):
         self.seed, self.base = seed, base
         self.t0, self.n, self.k = 0, 1, 0
+        self.shapes = None
 
     def offsets(self):
         """The offsets of this call (k) for the n samples; modulo 2**64 as the rank streams are."""
         k = self.k
         self.k += 1
         return [(self.base + (self.t0 + t) * (1 << 32) + k) & _U64 for t in range(self.n)]
+
+    @torch.compiler.disable  # a compiled submodule hands its input over eagerly (Numba kernels)
+    def __call__(self, m, x):
+        if self.n > 1:
+            self._check_stacked(x)
+        elif self.t0 == 0 and self.shapes is not None:
+            self.shapes.append(tuple(x.shape))
+        return _batched(m, x, self.seed, self.offsets())
+
+    def _check_stacked(self, x):
+        k, n = self.k, self.n
+        if self.shapes is None or k >= len(self.shapes) or not self.shapes[k]:
+            raise _NotStacked
+        one = self.shapes[k]
+        if tuple(x.shape) != (n * one[0],) + one[1:]:
+            raise _NotStacked
+        if k == 0:  # the first call's input is one input repeated: its n slices are equal
+            slices = x.reshape(n, -1)
+            if not torch.equal(slices[1:], slices[:1].expand(n - 1, -1)):
+                raise _NotStacked
 
 
 def _scale(p, mode):
@@ -162,14 +200,25 @@ def _batched(m, x, seed, offsets):
     return torch.cat([_one_sample(m, xs, seed, off) for xs, off in zip(x.chunk(n, 0), offsets)], 0)
 
 
-def _patched_forward(m, sampler):
-    return lambda x: _batched(m, x, sampler.seed, sampler.offsets())
-
-
 # ----------------------------------------------------------------------------- fused head
+def _hooked(m):
+    """m's call does more than its class's forward: hooks, or a forward set on the instance (as
+    accelerate's hooks do)."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__)
+
+
+def _global_hooks():
+    module = torch.nn.modules.module
+    return bool(getattr(module, "_global_forward_hooks", None) or
+                getattr(module, "_global_forward_pre_hooks", None))
+
+
 def _fused_head(rest):
-    """(p, mode, weight, bias) when the tail is [fastdrop Dropout, nn.Linear] or [DropoutLinear]."""
+    """(p, mode, weight, bias) when the tail is [fastdrop Dropout, nn.Linear] or [DropoutLinear]
+    and none of its layers has a hook the fused GEMM would skip."""
     mods = list(rest)
+    if any(_hooked(m) for m in mods):
+        return None
     if len(mods) == 2 and type(mods[0]) is Dropout and type(mods[1]) is torch.nn.Linear:
         return mods[0].p, mods[0].mode, mods[1].weight, mods[1].bias
     if len(mods) == 1 and isinstance(mods[0], DropoutLinear):
@@ -215,13 +264,25 @@ class _Merger:
         self.n = n
 
 
+def _is_compiled(model):
+    optimized = getattr(getattr(torch, "_dynamo", None), "eval_frame", None)
+    return optimized is not None and isinstance(model, getattr(optimized, "OptimizedModule", ()))
+
+
+def _output(y):
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"mc_predict: the model must return one tensor (N, ...), got {type(y).__name__}")
+    return y
+
+
 # ----------------------------------------------------------------------------- the driver
 def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk=None, fused=True):
     """MC dropout: predictive statistics over `samples` stochastic forward passes.
 
     Only fastdrop's stochastic modules (fastdrop.nn.Dropout*, DropPath, DropoutLinear,
-    DropConnectLinear) are switched to training for the call and restored after; BatchNorm and
-    every other module keep their state. Statistics are accumulated in a streaming way
+    DropConnectLinear) sample, whatever their training flag; BatchNorm and every other module run
+    as they are. The model itself is not changed (no flag set, no forward replaced), so other
+    threads may use it meanwhile. Statistics are accumulated in a streaming way
     (Welford/Chan merges of chunks), so memory does not grow with `samples`.
 
     Mask contract: in MC sample t (0 <= t < samples), the k-th call of a fastdrop stochastic module
@@ -276,11 +337,15 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                          f"must stay below 2**64)")
     if seed is not None:
         seed = check_u64(seed, "seed")
+    # a torch.compile'd model samples through its original module, eagerly: the compiled graph
+    # holds the modules' ops, not the sampler's per-sample masks
+    model = getattr(model, "_orig_mod", model) if _is_compiled(model) else model
     drops = _stochastic_modules(model)  # refusals come before the seed draw
     drop_ids = {id(m) for m in drops}
     # Batching samples and running the deterministic prefix once are valid only when nothing else
     # in the model behaves differently per batch (e.g. BatchNorm in training mode).
     others_eval = not any(m.training for m in model.modules() if id(m) not in drop_ids)
+    auto_chunk = chunk is None
     if chunk is None:
         chunk = min(samples, 32) if others_eval else 1
     elif chunk > 1 and not others_eval:
@@ -292,41 +357,46 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
         base = offset  # an explicit seed names one set of masks, the same on every rank
 
     prefix, rest = None, model
-    if others_eval and isinstance(model, torch.nn.Sequential):
+    # the split and the fused tail call layers, not the model: only where no hook is bypassed
+    plain = not _hooked(model) and not _global_hooks()
+    if plain and others_eval and isinstance(model, torch.nn.Sequential):
         first = next((i for i, layer in enumerate(model)
                       if any(id(s) in drop_ids for s in layer.modules())), None)
         if first is not None and first > 0:
             prefix, rest = model[:first], model[first:]
     head = None
-    if fused and isinstance(rest, torch.nn.Sequential):
+    if plain and fused and isinstance(rest, torch.nn.Sequential):
         head = _fused_head(rest)
-    elif fused and isinstance(rest, DropoutLinear):
+    elif plain and fused and isinstance(rest, DropoutLinear):
         head = _fused_head([rest])
 
     sampler = _Sampler(seed, base)
-    saved = [(m, m.training) for m in drops]
     merger = _Merger()
-    try:
-        for m in drops:
-            m.train(True)
-            m.forward = _patched_forward(m, sampler)
-        with torch.no_grad():
-            h = prefix(x) if prefix is not None else x
-            use_fused = head is not None and _kernel_ok(h)
-            for t0 in range(0, samples, chunk):
-                n = min(chunk, samples - t0)
-                sampler.t0, sampler.n, sampler.k = t0, n, 0
-                if use_fused:
-                    y = _run_fused_head(h, head, seed, sampler.offsets())
-                else:
-                    hin = h.repeat(n, *([1] * (h.dim() - 1))) if n > 1 else h
-                    y = rest(hin)
-                    y = y.reshape(n, y.shape[0] // n, *y.shape[1:])
-                merger.add(y, logits)
-    finally:
-        for m, was_training in saved:
-            m.train(was_training)
-            m.__dict__.pop("forward", None)
+    with _mc_state.sampling(sampler), torch.no_grad():
+        h = prefix(x) if prefix is not None else x
+        use_fused = head is not None and _kernel_ok(h)
+        if chunk > 1 and not use_fused:
+            sampler.shapes = []  # sample 0 alone first: the shapes batched forwards must stack
+        t0 = 0
+        while t0 < samples:
+            n = 1 if sampler.shapes == [] else min(chunk, samples - t0)
+            sampler.t0, sampler.n, sampler.k = t0, n, 0
+            if use_fused:
+                y = _run_fused_head(h, head, seed, sampler.offsets())
+            else:
+                hin = h.repeat(n, *([1] * (h.dim() - 1))) if n > 1 else h
+                try:
+                    y = _output(rest(hin))
+                except _NotStacked:
+                    if not auto_chunk:
+                        warnings.warn(f"mc_predict: chunk={chunk} needs every fastdrop module's input to "
+                                      f"stack the samples along its dim 0, and this model's does not: "
+                                      f"the samples run one at a time", stacklevel=2)
+                    chunk = 1  # these samples and the rest one at a time
+                    continue
+                y = y.reshape(n, y.shape[0] // n, *y.shape[1:])
+            merger.add(y, logits)
+            t0 += n
 
     out_dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
     var = merger.m2 / (merger.n - 1) if merger.n > 1 else torch.zeros_like(merger.m2)
