@@ -167,6 +167,9 @@ def check_array(x, name="x"):
     kind = array_kind(x, name)
     if kind == NUMPY:
         if type(x) is not np.ndarray:
+            if isinstance(x, np.ma.MaskedArray):  # its mask would be dropped and the masked values used
+                raise TypeError(f"{name} is a numpy masked array: fastdrop's ops would use the masked "
+                                f"values and drop the mask; pass {name}.filled(value) or {name}.data")
             x = np.asarray(x)  # np.matrix and other subclasses: their operators mean other things
         if x.dtype.type not in FLOAT_DTYPES:
             raise TypeError(f"{name} must have a floating point dtype (float16, float32, float64), "

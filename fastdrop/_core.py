@@ -623,16 +623,18 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
         if out is not None:
             out[...] = y
             return out
-        return y
+        return given if inplace else y
     if seed is None:
         offset = _seeds.stream_offset(offset)
     if kind == TORCH:
         return _torch_call(op, operands, params, p, seed, offset, scale, inplace, out)
     if seed is None:
         seed = _seeds.draw_numpy_seed()
-    return _upcast(op, B, operands, lambda ops: op.forward(B, ops, Rng(p, seed, offset, scale), params,
-                                                         out=out if out is not None else
-                                                         (ops[0] if inplace else None)), inplace)
+    y = _upcast(op, B, operands, lambda ops: op.forward(B, ops, Rng(p, seed, offset, scale), params,
+                                                      out=out if out is not None else
+                                                      (ops[0] if inplace else None)), inplace)
+    # in place: x itself, also where x was viewed as a plain ndarray (np.matrix, np.memmap)
+    return given if inplace else y
 
 
 def _autocast_mixed(operands, always=False):

@@ -58,8 +58,10 @@ def philox4x32(counter, key, rounds=10):
         raise ValueError(f"counter must have shape (..., 4), got {c.shape}")
     if k.shape != (2,):
         raise ValueError(f"key must have shape (2,), got {k.shape}")
-    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 0:
-        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)):
+        raise TypeError(f"rounds must be an int, got {type(rounds).__name__} {rounds!r}")
+    if not 0 <= rounds <= 1 << 20:  # the kernel counts rounds in an int64; more is no generator anyone uses
+        raise ValueError(f"rounds must be in [0, 2**20], got {rounds!r}")
     flat = np.ascontiguousarray(c.reshape(-1, 4), dtype=np.uint32)
     out = np.empty_like(flat)
     philox4x32_array(flat, np.ascontiguousarray(k, dtype=np.uint32), int(rounds), out)

@@ -24,16 +24,22 @@ def _check_max_norm_args(ndim, max_value, dim, eps):
     max_value = float(max_value)
     if not (max_value > 0.0 and math.isfinite(max_value)):
         raise ValueError(f"max_value must be a positive finite number, got {max_value}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (float(eps) >= 0.0):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a non-negative real number, got {type(eps).__name__} {eps!r}")
+    if not float(eps) >= 0.0:
         raise ValueError(f"eps must be a non-negative number, got {eps!r}")
     if ndim == 0:
         raise ValueError("max_norm_ needs a weight with at least 1 dimension, got a 0-d tensor")
+    if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (numbers.Integral, tuple, list)):
+        raise TypeError(f"dim must be an int or a tuple/list of ints, got {type(dim).__name__} {dim!r}")
     dims = (dim,) if isinstance(dim, numbers.Integral) else tuple(dim)
     if not dims:
         raise ValueError("dim must name at least one dimension")
     norm_dims = []
     for d in dims:
-        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or not -ndim <= d < ndim:
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral):
+            raise TypeError(f"dim must be an int or a tuple/list of ints, got {type(d).__name__} {d!r} in {dim!r}")
+        if not -ndim <= d < ndim:
             raise ValueError(f"dim {d!r} is out of range for a weight with {ndim} dimensions "
                              f"(expected an int in [{-ndim}, {ndim - 1}])")
         norm_dims.append(int(d) % ndim)
@@ -81,6 +87,20 @@ def max_norm_(weight, max_value, dim=1, eps=1e-7):
     Example:
         >>> fastdrop.max_norm_(layer.weight, 3.0)
     """
+    kind, max_value, dims, eps = _checked(weight, max_value, dim, eps)
+    if kind == NUMPY:
+        if weight.dtype == np.float16:
+            tmp = weight.astype(np.float32)
+            weight[...] = _max_norm_numpy(tmp, max_value, dims, eps)
+            return weight
+        return _max_norm_numpy(weight, max_value, dims, eps)
+    if kind == TORCH:
+        return _max_norm_tensor(weight, max_value, dims, eps)
+    return _max_norm_device(weight, max_value, dims, eps)
+
+
+def _checked(weight, max_value, dim, eps):
+    """(kind, max_value, dims, eps) of a max_norm_ call, every argument checked."""
     kind = array_kind(weight, "weight")
     max_value, dims, eps = _check_max_norm_args(len(weight.shape), max_value, dim, eps)
     if kind == NUMPY and type(weight) is not np.ndarray:
@@ -94,15 +114,7 @@ def max_norm_(weight, max_value, dim=1, eps=1e-7):
     # an expanded or otherwise self-overlapping view: refused as torch's renorm_ refuses it (each
     # row would be rescaled once per alias)
     check_writable(weight, kind, "weight")
-    if kind == NUMPY:
-        if weight.dtype == np.float16:
-            tmp = weight.astype(np.float32)
-            weight[...] = _max_norm_numpy(tmp, max_value, dims, eps)
-            return weight
-        return _max_norm_numpy(weight, max_value, dims, eps)
-    if kind == TORCH:
-        return _max_norm_tensor(weight, max_value, dims, eps)
-    return _max_norm_device(weight, max_value, dims, eps)
+    return kind, max_value, dims, eps
 
 
 def _weights_of(targets):
@@ -136,8 +148,10 @@ def max_norm_hook(optimizer, targets, max_value, dim=1, eps=1e-7):
         >>> fastdrop.max_norm_hook(opt, [model[0], model[2]], max_value=3.0)
     """
     weights = _weights_of(targets)
-    for w in weights:
-        _check_max_norm_args(w.ndim, max_value, dim, eps)
+    for w in weights:  # every argument before any weight changes
+        _checked(w, max_value, dim, eps)
+    if not callable(getattr(optimizer, "register_step_post_hook", None)):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     # Constrain the starting point too, so every iterate the optimizer sees lies in the ball.
     for w in weights:
         max_norm_(w, max_value, dim, eps)

@@ -4,6 +4,7 @@ backward, gradcheck and gradgradcheck, torch.func.grad / jvp / vmap, half types,
 autocast, numpy-torch parity, rank streams, bad input refused before the seed draw, in-place on overlapping memory refused,
 torch.jit.trace and torch.export in training mode.
 """
+import tempfile
 import warnings
 
 import numpy as np
@@ -451,6 +452,30 @@ def test_inplace_returns_the_same_object(name):
         assert case.call(leaf, seed=1, inplace=True) is leaf
     xn = numpy_operands(case)[0]
     assert case.call(xn, seed=1, inplace=True) is xn
+    # numpy subclasses viewed as plain arrays (np.memmap, np.matrix): written, and returned as given
+    mapped = np.memmap(tempfile.TemporaryFile(), dtype=xn.dtype, mode="w+", shape=xn.shape)
+    mapped[...] = numpy_operands(case)[0]
+    assert case.call(mapped, seed=1, inplace=True) is mapped
+    assert np.array_equal(np.asarray(mapped), case.call(numpy_operands(case)[0], seed=1))
+    assert case.call(mapped, inplace=True, training=False) is mapped
+    if xn.ndim == 2:
+        m = np.asmatrix(numpy_operands(case)[0])
+        assert case.call(m, seed=1, inplace=True) is m
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_masked_arrays_are_refused(name):
+    """A numpy masked array's mask would be dropped and its masked values used: refused, with
+    nothing written and no seed drawn."""
+    case = CASES[name]
+    ops = list(numpy_operands(case))
+    for i in range(len(ops)):
+        bad = list(ops)
+        bad[i] = np.ma.masked_array(ops[i], mask=np.zeros(ops[i].shape, bool))
+        state = fastdrop._seeds._numpy_source.bit_generator.state
+        with pytest.raises(TypeError, match="masked array"):
+            case.call(*bad)
+        assert fastdrop._seeds._numpy_source.bit_generator.state == state
 
 
 @pytest.mark.parametrize("name", NAMES)

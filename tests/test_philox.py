@@ -38,6 +38,8 @@ def test_rounds_change_output():
     (dict(counter=[0, 0, 0, -1], key=[0, 0]), ValueError),
     (dict(counter=[0.5, 0, 0, 0], key=[0, 0]), TypeError),
     (dict(counter=[0, 0, 0, 0], key=[0, 0], rounds=-1), ValueError),
+    (dict(counter=[0, 0, 0, 0], key=[0, 0], rounds=2**70), ValueError),
+    (dict(counter=[0, 0, 0, 0], key=[0, 0], rounds=10.0), TypeError),
 ])
 def test_bad_arguments(bad, exc):
     with pytest.raises(exc):

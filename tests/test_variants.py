@@ -233,6 +233,29 @@ def test_max_norm_hook_constrains_every_step():
         fastdrop.max_norm_hook(opt, model[0], 1.0, dim=3)
     with pytest.raises(TypeError, match="no weight"):
         fastdrop.max_norm_hook(opt, [model[1]], 1.0)
+    # a refused call changes no weight: every argument is checked before the first projection
+    with torch.no_grad():
+        model[0].weight.mul_(10)
+    before = model[0].weight.clone()
+    bad = [(opt, [model[0], torch.ones(3, 3, dtype=torch.int32)]), (model[0], [model[0]]), (None, [model[0]])]
+    for optimizer, targets in bad:
+        with pytest.raises(TypeError):
+            fastdrop.max_norm_hook(optimizer, targets, 1.0)
+        assert torch.equal(model[0].weight, before)
+    assert not opt._optimizer_step_post_hooks
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    (dict(dim=None), TypeError, "dim must be an int"), (dict(dim=1.0), TypeError, "dim must be an int"),
+    (dict(dim=True), TypeError, "dim must be an int"), (dict(dim=(0, 1.5)), TypeError, "dim must be an int"),
+    (dict(dim=2), ValueError, "out of range"), (dict(eps=None), TypeError, "eps"),
+    (dict(eps=-1.0), ValueError, "eps"),
+])
+def test_max_norm_argument_errors_name_the_argument(kw, exc, match):
+    w = np.ones((3, 3), np.float32)
+    with pytest.raises(exc, match=match):
+        fastdrop.max_norm_(w, 1.0, **kw)
+    assert (w == 1).all()
 
 
 # ----------------------------------------------------------------------------- dropout_matmul
