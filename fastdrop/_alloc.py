@@ -192,6 +192,14 @@ def cache_stats():
 _NUMPY = {}  # torch dtype -> numpy dtype, filled on first use so this module needs no torch
 
 
+def check_output_bytes(nbytes):
+    """MemoryError for an output larger than physical memory (asked before a call draws its seed:
+    an expanded tensor or broadcast array has a small memory and a huge logical size)."""
+    if nbytes > PHYSICAL_BYTES:
+        raise MemoryError(f"fastdrop: the output needs {nbytes} bytes, more than this machine's "
+                          f"{PHYSICAL_BYTES} bytes of physical memory")
+
+
 def empty_like(x):
     """torch.empty_like(x) for a CPU tensor; contiguous float outputs of MIN_BYTES and more are
     pooled (64-byte aligned, not resizable in place). Raises MemoryError for a request larger than
@@ -205,9 +213,7 @@ def empty_like(x):
     nbytes = x.numel() * x.element_size()
     if nbytes < MIN_BYTES:
         return torch.empty_like(x)
-    if nbytes > PHYSICAL_BYTES:
-        raise MemoryError(f"fastdrop: the output needs {nbytes} bytes, more than this machine's "
-                          f"{PHYSICAL_BYTES} bytes of physical memory")
+    check_output_bytes(nbytes)
     size = size_class(nbytes) + ALIGN
     if size > MAX_CACHED_BYTES or not x.is_contiguous() or x.dtype not in _NUMPY:
         return torch.empty_like(x)  # never cacheable, or a layout torch keeps better

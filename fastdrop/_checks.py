@@ -280,6 +280,8 @@ def check_out(x, kind, out, inplace):
         raise TypeError("out= takes numpy arrays and torch tensors; CUDA device arrays: use inplace=True")
     if array_kind(out, "out") != kind:
         raise TypeError(f"out must be the same kind of array as x ({kind}), got {type(out).__name__}")
+    if kind == TORCH:
+        _check_tensor(out, "out")  # sparse, nested, mkldnn, other devices: the messages x gets
     if kind == NUMPY:
         if type(out) is not np.ndarray:
             raise TypeError(f"out must be a plain numpy.ndarray, got {type(out).__name__} (np.matrix, "

@@ -27,6 +27,7 @@ the offset as the int64 with the same bits (op schemas have no uint64). Compiled
 an eager Function's backward with Dynamo; there the backward takes that form too (`_traced_rng`),
 so its masks are the custom ops.
 """
+import math
 import sys
 import warnings
 from typing import NamedTuple
@@ -34,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _cpu, _seeds
-from ._alloc import empty_like
+from ._alloc import PHYSICAL_BYTES, check_output_bytes, empty_like
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, check_array, check_bool,
                       check_companions, check_out, check_p, check_u64, check_writable, fill_torch_floats,
                       mark_written, numpy_view)
@@ -624,6 +625,9 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
             out[...] = y
             return out
         return given if inplace else y
+    if op is DROPOUT and out is None and not inplace and (kind == NUMPY or kind == TORCH and x.is_cpu):
+        # an x-sized output in host memory, refused before the draw (an expanded x is small memory)
+        check_output_bytes(math.prod(x.shape) * (x.element_size() if kind == TORCH else x.dtype.itemsize))
     if seed is None:
         offset = _seeds.stream_offset(offset)
     if kind == TORCH:
@@ -849,8 +853,8 @@ def training_lane(x, p, g, ndim=None):
         if not groups:
             return None
     offset = _seeds.stream_offset(0)
-    if offset >= 1 << 63:  # a rank of 2^15 or more: the general route
-        return None
+    if offset >= 1 << 63 or x.numel() * x.element_size() > PHYSICAL_BYTES:
+        return None  # a rank of 2^15 or more, an output too big: the general route (which refuses it)
     seed, scale = _seeds.draw_torch_seed_eager(sys.modules["torch"]), 1.0 / (1.0 - p)
     small = not g and 0 < x.numel() < _cpu.CPU_PARALLEL_MIN and x.is_contiguous() and not x.is_neg()
     if not recorded:  # nothing records the result: the kernel, as torch_apply runs it then

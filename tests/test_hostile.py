@@ -128,6 +128,12 @@ CASES = [
      lambda x: F.dropout(x, 0.5, out=torch.from_numpy(SHARED[4:36])), ValueError, "shares memory"),
     ("inplace-neg-view", lambda: torch._neg_view(torch.ones(4)), lambda x: F.dropout(x, 0.5, inplace=True),
      ValueError, "resolve_neg"),
+    ("out-sparse", x_t, lambda x: F.dropout(x, 0.5, out=torch.zeros(2, 3, 4).to_sparse()),
+     TypeError, "out must be a dense"),
+    ("out-nested", lambda: torch.zeros(2, 3), lambda x: F.dropout(x, 0.5, out=torch.nested.nested_tensor(
+        [torch.zeros(3), torch.zeros(3)])), TypeError, "out must be a dense"),
+    ("out-mkldnn", x_t, lambda x: F.dropout(x, 0.5, out=torch.zeros(2, 3, 4).to_mkldnn()),
+     TypeError, "out must be a dense"),
     ("out-neg-view", x_t, lambda x: F.dropout(x, 0.5, out=torch._neg_view(torch.zeros(2, 3, 4))),
      ValueError, "resolve_neg"),
     ("max-norm-expanded", lambda: torch.tensor([[1.0], [2.0], [3.0]]), lambda x: F.max_norm_(x.expand(3, 4), 1.0),

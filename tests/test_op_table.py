@@ -13,6 +13,7 @@ import torch
 
 import fastdrop
 from fastdrop import _core, _seeds
+from fastdrop.functional import DROPOUT
 from fastdrop.linear import DROPCONNECT_SAMPLE, SAMPLE_GRAD_W, SAMPLE_GRAD_X
 from fastdrop.matmul import DROPOUT_MATMUL
 from op_table import CASES, numpy_operands, operands
@@ -401,6 +402,10 @@ def _bad_inputs(case):
     yield "nested", (torch.nested.nested_tensor([x[0], x[-1]]),) + rest, TypeError
     yield "meta", (x.to("meta"),) + rest, ValueError
     yield "list", (x.tolist(),) + rest, TypeError
+    if case.op is DROPOUT:  # an output larger than physical memory from an expanded (tiny) x
+        huge = (2**40 // max(1, x[0].numel()),) + tuple(x.shape[1:])
+        yield "too-big", (x[:1].expand(huge),), MemoryError
+        yield "too-big-numpy", (np.broadcast_to(x[:1].numpy(), huge),), MemoryError
     if rest:
         yield "dtype-mismatch", (x.float(),) + rest, TypeError
         yield "meta-operand", (x, rest[0].to("meta")) + rest[1:], ValueError
