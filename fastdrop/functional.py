@@ -16,6 +16,7 @@ Signatures follow torch's `F.dropout(x, p, training, inplace)` and timm's
 `drop_path(x, drop_prob, training, scale_by_keep)` positionally; fastdrop's own arguments
 (seed, offset, mode, ...) are keyword-only.
 """
+import math
 import warnings
 
 from . import _core
@@ -82,6 +83,13 @@ def _spatial_group_ndim(x, name, batched_rank, unbatched_rank):
                     f"but received a {ndim}D input of shape {tuple(x.shape)}")
 
 
+def _deprecated_rank(name, ndim):
+    """torch's warning for a rank it still takes (or refuses only where a mask is drawn)."""
+    warnings.warn(f"{name}: Received a {ndim}-D input to {name}, which is deprecated and will result in an "
+                  f"error in a future release (torch's rule); use dropout for elementwise masks.",
+                  UserWarning, stacklevel=3)
+
+
 def _draws(p, training):
     """A mask is drawn (training, 0 < p < 1): where torch raises its feature-dropout rank error.
     Elsewhere (eval, p = 0, p = 1) torch passes a too-small input through its rule (x, or zeros
@@ -108,7 +116,8 @@ def dropout2d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mo
     checked = check_array(x)
     ndim = len(checked[0].shape)
     if ndim < 2:
-        if _draws(p, training):
+        _deprecated_rank("dropout2d", ndim)
+        if _draws(p, training) and math.prod(checked[0].shape):  # (torch passes empty input through)
             raise RankError(f"dropout2d: Feature dropout requires at least 2 dimensions in the input, "
                             f"got shape {tuple(x.shape)}")
         return _call(x, p, training, inplace, seed, offset, mode, -1, out, checked)
@@ -133,6 +142,7 @@ def dropout3d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mo
     ndim = len(checked[0].shape)
     if ndim not in (4, 5):
         if ndim == 0:
+            _deprecated_rank("dropout3d", ndim)
             if _draws(p, training):
                 raise RankError(f"dropout3d: Feature dropout requires at least 2 dimensions in the input "
                                 f"(a 0-D input is read as unbatched, shape (1,)), got shape ()")
@@ -173,8 +183,10 @@ def drop_path(x, p=0.0, training=True, scale_by_keep=True, *, seed=None, offset=
         raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode!r}")
     check_mode(scaling)
     checked = check_array(x)  # once: the op core takes the result
-    if len(checked[0].shape) == 0:
-        raise RankError("drop_path needs input with a batch dimension, got a 0-d input")
+    if len(checked[0].shape) == 0 and mode == "row" and check_bool(training, "training") and p > 0.0:
+        # (as timm's and torchvision's, which index x.shape[0] only where they draw; batch mode
+        # draws one element for all, which a 0-d input has)
+        raise RankError("drop_path(mode='row') needs input with a batch dimension, got a 0-d input")
     scale = train_scale(p, "inverted" if (scaling == "inverted" and scale_by_keep) else "classic")
     return _core.call(DROPOUT, (x,), (1 if mode == "row" else -1,), p=p, training=training,
                       seed=seed, offset=offset, scale=scale,

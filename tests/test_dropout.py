@@ -245,6 +245,33 @@ def test_too_small_ranks_pass_through_where_no_mask_is_drawn(fn, shape):
                     assert np.array_equal(np.asarray(tfn(torch.full(shape, 3.0), **kw)), y)
 
 
+@pytest.mark.parametrize("fn, shape", [(fastdrop.dropout2d, ()), (fastdrop.dropout2d, (5,)),
+                                       (fastdrop.dropout2d, (0,)), (fastdrop.dropout3d, ())])
+def test_too_small_ranks_warn_as_torch(fn, shape):
+    """torch warns about these ranks in every case, also where it returns x; an empty input in
+    training passes through (torch returns it before its rank check)."""
+    tfn = getattr(torch.nn.functional, fn.__name__)
+    for kw in (dict(p=0.5, training=False), dict(p=0.0)) + ((dict(p=0.5),) if shape == (0,) else ()):
+        with pytest.warns(UserWarning, match="Received a"):
+            tfn(torch.ones(shape), **kw)
+        for x in (np.ones(shape), torch.ones(shape)):
+            with pytest.warns(UserWarning, match="Received a"):
+                y = fn(x, **kw)
+            assert np.array_equal(np.asarray(y), np.ones(shape))
+
+
+def test_drop_path_of_a_0d_input_as_timm_and_torchvision():
+    """0-d input: refused only where row mode draws (timm and torchvision index x.shape[0] there);
+    eval and p = 0 return x, batch mode draws its one element."""
+    x = torch.tensor(3.0)
+    with pytest.raises(ValueError, match="0-d"):
+        fastdrop.drop_path(x, 0.1)
+    assert fastdrop.drop_path(x, 0.1, training=False) is x
+    assert fastdrop.drop_path(x, 0.0) is x
+    ys = {float(fastdrop.drop_path(x, 0.5, mode="batch")) for _ in range(40)}
+    assert ys == {0.0, 6.0}
+
+
 @pytest.mark.parametrize("shape", [(6,), (4, 5), (3, 4, 5), (2, 2, 2, 2, 2, 2)])
 def test_dropout3d_other_ranks_as_torch(shape):
     """torch's dropout3d reads any rank but 4 and 5 (0 aside) as unbatched, channels along dim 0,
