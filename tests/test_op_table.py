@@ -562,3 +562,24 @@ def test_export_matches_eager(name):
     torch.manual_seed(11)  # (a one-bit mask, drop_path's batch mode, repeats half the time)
     assert any(not torch.equal(drawn(*ops), drawn(*ops)) for _ in range(24))  # a new mask per call
     assert torch.equal(fixed(*ops), fixed(*ops))
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+@pytest.mark.parametrize("name", NAMES)
+def test_activation_checkpointing_regenerates_the_masks(name, use_reentrant):
+    """torch.utils.checkpoint reruns the forward in backward with torch's generator state restored:
+    a seed=None op draws the same seed again, so outputs and gradients equal the plain call's."""
+    from torch.utils.checkpoint import checkpoint
+    case = CASES[name]
+
+    def run(f):
+        ops = tuple(o.detach().requires_grad_() for o in operands(case, seed=2))
+        torch.manual_seed(13)
+        y = f(*ops)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
+        return [y.detach()] + [o.grad for o in ops]
+
+    expected = run(case.call)
+    got = run(lambda *ops: checkpoint(case.call, *ops, use_reentrant=use_reentrant))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
