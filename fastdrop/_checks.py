@@ -245,13 +245,17 @@ def check_writable(x, kind, name="x"):
         shape, strides, item = x.shape, x.strides, x.itemsize
     elif kind == TORCH:
         torch = sys.modules["torch"]
-        if not torch.compiler.is_compiling():  # (a traced graph writes through torch's own ops)
-            if x.is_neg():
-                raise ValueError(f"{name} is a lazily negated view (torch's neg bit): fastdrop writes "
-                                 f"memory directly; pass {name}.resolve_neg()")
-            if x.is_inference() and not torch.is_inference_mode_enabled():
-                raise RuntimeError(f"Inplace update to inference tensor outside InferenceMode is not "
-                                   f"allowed ({name} was made under torch.inference_mode)")
+        if torch.compiler.is_compiling():
+            # A traced graph writes through torch's own ops (the functional op, then copy_ into x),
+            # which refuse these targets themselves; and the Python checks below would put guards
+            # on symbolic strides (sorting them breaks the graph under dynamic shapes).
+            return
+        if x.is_neg():
+            raise ValueError(f"{name} is a lazily negated view (torch's neg bit): fastdrop writes "
+                             f"memory directly; pass {name}.resolve_neg()")
+        if x.is_inference() and not torch.is_inference_mode_enabled():
+            raise RuntimeError(f"Inplace update to inference tensor outside InferenceMode is not "
+                               f"allowed ({name} was made under torch.inference_mode)")
         item = x.element_size()
         shape, strides = tuple(x.shape), tuple(s * item for s in x.stride())
     else:

@@ -625,8 +625,10 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
             out[...] = y
             return out
         return given if inplace else y
-    if op is DROPOUT and out is None and not inplace and (kind == NUMPY or kind == TORCH and x.is_cpu):
-        # an x-sized output in host memory, refused before the draw (an expanded x is small memory)
+    if op is DROPOUT and out is None and not inplace and \
+            (kind == NUMPY or kind == TORCH and x.is_cpu and not _compiling()):
+        # an x-sized output in host memory, refused before the draw (an expanded x is small
+        # memory); not while compiling, where it would be a guard on the symbolic sizes
         check_output_bytes(math.prod(x.shape) * (x.element_size() if kind == TORCH else x.dtype.itemsize))
     if seed is None:
         offset = _seeds.stream_offset(offset)
@@ -658,6 +660,10 @@ def _autocast_mixed(operands, always=False):
         return operands
     dtype = torch.get_autocast_dtype(device)
     return tuple(a.to(dtype) if a is not None and a.is_floating_point() else a for a in operands)
+
+
+def _compiling():
+    return sys.modules["torch"].compiler.is_compiling()
 
 
 def _grad_enabled():

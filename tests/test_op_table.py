@@ -583,3 +583,32 @@ def test_activation_checkpointing_regenerates_the_masks(name, use_reentrant):
     got = run(lambda *ops: checkpoint(case.call, *ops, use_reentrant=use_reentrant))
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if CASES[n].op is DROPOUT])
+def test_export_with_a_dynamic_batch_dim(name):
+    """No guard on the batch size (the host-memory check of eager calls is not made while tracing)."""
+    case = CASES[name]
+    ops = operands(case, torch.float32)
+    batch = torch.export.Dim("batch")
+    exported = torch.export.export(_Call(case.call), ops, dynamic_shapes=(({0: batch},),))
+    bigger = torch.cat([ops[0]] * 3)
+    torch.manual_seed(3)
+    y = exported.module()(bigger)
+    torch.manual_seed(3)
+    assert torch.equal(y, case.call(bigger))
+
+
+@pytest.mark.parametrize("name", INPLACE)
+def test_inplace_compiles_fullgraph_with_dynamic_shapes(name):
+    """In place, as models write nn.Dropout(inplace=True) after a ReLU: one graph under dynamic
+    shapes (the in-place checks make no guard on symbolic strides), equal to eager."""
+    case = CASES[name]
+    fn = lambda x: case.call(torch.relu(x), inplace=True)  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend="aot_eager")
+    for rows in (1, 3):
+        x = torch.cat([operands(case, torch.float32)[0]] * rows)
+        torch.manual_seed(5)
+        y = compiled(x)
+        torch.manual_seed(5)
+        assert torch.equal(y, fn(x))
