@@ -179,6 +179,20 @@ def check_array(x, name="x"):
         elif not strides_in_items(x):
             x = x.copy()  # the kernels index memory in elements
         return x, kind
+    if not is_simulator_array(x):
+        from . import _cuda
+        if _cuda.SIMULATOR:  # it cannot map foreign device memory
+            raise TypeError(f"{name} is a {type(x).__name__} with __cuda_array_interface__, which Numba's "
+                            f"CUDA simulator cannot map; pass a numba device array (cuda.to_device)")
+        if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+            # only the interface (no array attributes): checked on it, then taken as numba's
+            # device array over the same memory
+            dtype = np.dtype(x.__cuda_array_interface__["typestr"])
+            if dtype.type not in FLOAT_DTYPES:
+                raise TypeError(f"{name} must have a floating point dtype (float16, float32, float64), "
+                                f"got {dtype}")
+            _cuda.require_gpu()
+            return _cuda.as_device_array(x), kind
     dtype = np.dtype(x.dtype)
     if dtype.type not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have a floating point dtype (float16, float32, float64), got {dtype}")

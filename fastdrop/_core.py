@@ -435,7 +435,7 @@ class CudaArrayBackend:
     @staticmethod
     def unsqueeze0(a):
         from . import _cuda
-        return _cuda.as_device_array(a).reshape((1,) + tuple(a.shape))
+        return _cuda.unsqueeze0(_cuda.as_device_array(a))
 
 
 BACKENDS = {NUMPY: NumpyBackend, TORCH: TorchBackend, CUDA_ARRAY: CudaArrayBackend}
@@ -550,20 +550,24 @@ def _vmap_refusal(torch, op, operands, inplace):
     return None
 
 
-def _vmap(info, in_dims, operands, rng, params):
+def _vmap(info, in_dims, operands, rng, params, apply=None):
     """torch.func.vmap: randomness="different" draws a mask per example (the vmapped dim joins the
-    mask's leading dims), "same" one mask for all (the vmapped dim moves last, outside the mask)."""
+    mask's leading dims), "same" one mask for all (the vmapped dim moves last, outside the mask).
+    apply(DROPOUT, operands, rng, params): the op on the unbatched tensors (default: torch_apply,
+    the eager route; the custom op's rule passes the custom op)."""
     (x,), (d,), g = operands, in_dims, params[0]
     if info.randomness not in ("different", "same"):
         raise RuntimeError(_RANDOMNESS_REFUSAL)
+    if apply is None:
+        apply = lambda op, ops, r, prm: torch_apply(op, ops, prm, r)  # noqa: E731
     if d is None:
         x, d = x.expand(info.batch_size, *x.shape), 0
     if info.randomness == "different":
-        y = torch_apply(DROPOUT, (x.movedim(d, 0),), (0 if g == 0 else max(g, 0) + 1,), rng)
+        y = apply(DROPOUT, (x.movedim(d, 0),), rng, (0 if g == 0 else max(g, 0) + 1,))
         return y, 0
     xl = x.movedim(d, -1)
     group = g if g != 0 else (xl.dim() - 1 if xl.dim() > 1 else -1)
-    return torch_apply(DROPOUT, (xl,), (group,), rng).movedim(-1, 0), 0
+    return apply(DROPOUT, (xl,), rng, (group,)).movedim(-1, 0), 0
 
 
 DROPOUT = MaskedOp("dropout", ("x",), forward=_mask, backward=_backward, plain=_plain, fake=_fake,
@@ -709,6 +713,11 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
                                "after torch, or on fastdrop's first eager call on a tensor: import "
                                "torch before fastdrop (or call fastdrop.register_torch_ops()) before "
                                "torch.compile traces a fastdrop op")
+        if _forward_ad_active(torch):
+            # a custom op has no forward-mode formula: torch would give a zero tangent, silently
+            raise RuntimeError(f"fastdrop.{op.name} inside torch.compile does not support forward-mode "
+                               f"AD (torch.func.jvp, torch.autograd.forward_ad): torch's custom ops carry "
+                               f"no forward derivative; run the jvp eagerly (it works there)")
         seed_t = torch.ops.fastdrop.draw_seed(trace_token()) if seed is None else \
             torch.tensor(_to_i64(seed), dtype=torch.int64)
         return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out)
@@ -966,6 +975,12 @@ def _backward_route(torch, ctx):
 
 
 _NO_LEVELS = {}
+
+
+def _forward_ad_active(torch):
+    """A forward-mode AD level is open: torch.autograd.forward_ad.dual_level, which torch.func.jvp
+    opens too (a Python global: Dynamo reads it, where it cannot call the functorch queries)."""
+    return torch.autograd.forward_ad._current_level >= 0
 
 
 def _vmap_levels(torch):
@@ -1229,5 +1244,19 @@ def library_op(op):
         return (*(g if need else None for g, need in zip(grads, needs)), None, None, None, None, None)
 
     lib.register_autograd(backward, setup_context=setup_context)
+
+    def vmap_rule(info, in_dims, *args):
+        # torch.func.vmap inside a compiled graph (eager calls take the Function's rule, `op.vmap`):
+        # without a rule torch would loop over the examples with one seed, one mask for all
+        if op.vmap is None:
+            raise RuntimeError(f"fastdrop.{op.name} does not support torch.func.vmap")
+        operands, (seed, p, offset, scale, params) = args[:n], args[n:]
+        if in_dims[n] is not None:  # pragma: no cover - the seed is drawn outside the transform
+            raise RuntimeError(f"fastdrop.{op.name}: a batched seed tensor under torch.func.vmap")
+        apply = lambda B, ops, rng, prm: (  # noqa: E731  (the rule's torch_apply: this op, traced)
+            lib(*ops, rng.seed, rng.p, rng.offset, rng.scale, list(prm)))
+        return op.vmap(info, in_dims[:n], operands, Rng(p, seed, offset, scale), tuple(params), apply)
+
+    lib.register_vmap(vmap_rule)
     op._library_op = lib
     return lib

@@ -66,6 +66,16 @@ def as_device_array(x):
     return cuda.as_cuda_array(x)  # CuPy & co: a view; syncs on the stream x's owner exports
 
 
+def unsqueeze0(a):
+    """a view of device array a with a leading dim of 1, over the same memory and strides (numba's
+    reshape gives a non-C-contiguous array, e.g. a transpose, C strides over its memory instead)."""
+    shape = (1,) + tuple(a.shape)
+    if SIMULATOR or a.is_c_contiguous():  # (the simulator's reshape is numpy's)
+        return a.reshape(shape)
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    return DeviceNDArray(shape, (0,) + tuple(a.strides), a.dtype, stream=a.stream, gpu_data=a.gpu_data)
+
+
 def refuse_graph_capture(torch):
     """CUDA graphs: a fastdrop launch takes (seed, offset) as host scalars, so a captured launch
     would replay the capture's mask forever. Refused at capture time, loudly, rather than that;

@@ -199,6 +199,14 @@ def _max_norm_device(w, max_value, dims, eps):
             _max_norm_device(tmp, max_value, dims, eps)
             w[:] = astype(tmp, np.float16)
             return w
+        if not w.is_c_contiguous():
+            # the kernel reads (rows, cols) C-contiguous memory: a contiguous copy, written back
+            # (a reshape of a strided array would be a copy, or C strides over other memory)
+            from ._cuda import _contiguous
+            tmp = _contiguous(w)
+            _max_norm_device(tmp, max_value, dims, eps)
+            w[:] = tmp
+            return w
         rows = math.prod(w.shape[:nd - len(dims)])
         max_norm_device(w.reshape(rows, w.size // max(rows, 1)), max_value, eps)
         return w

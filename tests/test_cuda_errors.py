@@ -99,3 +99,21 @@ def test_inplace_on_unwritable_cuda_export_is_refused_before_anything(data, stri
     with pytest.raises(error, match=match):
         fastdrop.dropout(x, 0.5, inplace=True)
     assert fastdrop._seeds._numpy_source.bit_generator.state == state
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="the simulator's arrays are numpy's")
+def test_unsqueeze0_keeps_a_device_arrays_strides():
+    """drop_path's batch mode views x as a batch of one: for a transposed (F-ordered) device array
+    the view must keep its strides (numba's reshape gives C strides over the same memory, so the
+    kernel would read the data in the wrong order). Only the view arithmetic: no GPU needed."""
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    from fastdrop import _cuda
+
+    class Memory:  # never dereferenced
+        device_ctypes_pointer = type("Pointer", (), {"value": 0x1000})()
+
+    xt = DeviceNDArray(shape=(4, 3), strides=(4, 16), dtype=np.float32, gpu_data=Memory())
+    u = _cuda.unsqueeze0(xt)
+    assert u.shape == (1, 4, 3) and u.strides[1:] == (4, 16)
+    c = DeviceNDArray(shape=(4, 3), strides=(12, 4), dtype=np.float32, gpu_data=Memory())
+    assert _cuda.unsqueeze0(c).strides[1:] == (12, 4)

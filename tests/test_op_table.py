@@ -612,3 +612,29 @@ def test_inplace_compiles_fullgraph_with_dynamic_shapes(name):
         y = compiled(x)
         torch.manual_seed(5)
         assert torch.equal(y, fn(x))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compiled_vmap_and_jvp(name):
+    """Inside torch.compile, vmap uses the custom op's batching rule (the eager rule: a mask per
+    example for randomness="different", one for "same"; refused where eager refuses), equal to
+    eager after the same manual_seed; forward-mode AD, which a custom op cannot carry (torch would
+    give a zero tangent), is refused with a clear error."""
+    case = CASES[name]
+    ops = operands(case, torch.float32)
+    rest = ops[1:]
+    xb = torch.stack([ops[0], ops[0] * 2, ops[0] - 1])
+    g = lambda x: case.call(x, *rest)  # noqa: E731
+    for randomness in ("different", "same"):
+        compiled = torch.compile(torch.func.vmap(g, randomness=randomness), fullgraph=True, backend="aot_eager")
+        if case.op is not DROPOUT:
+            with pytest.raises(Exception, match="does not support torch.func.vmap"):
+                compiled(xb)
+            continue
+        torch.manual_seed(4)
+        expected = torch.func.vmap(g, randomness=randomness)(xb)
+        torch.manual_seed(4)
+        assert torch.equal(compiled(xb), expected), randomness
+    jvp = torch.compile(lambda x, t: torch.func.jvp(g, (x,), (t,)), fullgraph=True, backend="aot_eager")
+    with pytest.raises(Exception, match="forward-mode AD"):
+        jvp(ops[0], torch.ones_like(ops[0]))

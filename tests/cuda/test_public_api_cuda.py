@@ -86,3 +86,28 @@ def test_dense_layers_take_strided_device_arrays(fn, kw):
     y = _host(fn(dx, dw, db, 0.5, seed=9, **kw))
     ref = fn(xs, ws, bs, 0.5, seed=9, **kw)
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("view", [lambda a: a[:, ::2], lambda a: a[:, :, ::2], lambda a: a.T])
+def test_max_norm_on_strided_device_arrays(view):
+    """Constrained in place, as the numpy array is (a strided array used to be reshaped into a
+    copy, which the kernel constrained instead)."""
+    w = (np.random.default_rng(0).standard_normal((4, 3, 6)) * 5).astype(np.float32)
+    host = w.copy()
+    fastdrop.max_norm_(view(host), 3.0, dim=(1, 2))
+    base = cuda.to_device(w)
+    fastdrop.max_norm_(view(base), 3.0, dim=(1, 2))
+    np.testing.assert_allclose(base.copy_to_host(), host, rtol=1e-5, atol=1e-6)
+
+
+def test_objects_the_simulator_cannot_map_are_refused_before_the_draw():
+    class Foreign:  # a CuPy-like array: the simulator has no mapping for its memory
+        def __init__(self):
+            self.shape, self.dtype = (4,), np.dtype(np.float32)
+            self.__cuda_array_interface__ = {"shape": (4,), "typestr": "<f4", "data": (0, False),
+                                             "strides": None, "version": 3}
+
+    state = fastdrop._seeds._numpy_source.bit_generator.state
+    with pytest.raises(TypeError, match="simulator cannot map"):
+        fastdrop.dropout(Foreign(), 0.5)
+    assert fastdrop._seeds._numpy_source.bit_generator.state == state
