@@ -670,6 +670,20 @@ def _compiling():
     return sys.modules["torch"].compiler.is_compiling()
 
 
+def _autocast_gemm_operands(operands):
+    """A GEMM op's float32 operands in autocast's dtype while autocast is on, as torch's own linear
+    and matmul take them there. Eager calls get this from the GEMMs inside the op (autocast is on
+    while they run); a custom op's body runs where autocast is off, so the traced graph casts first
+    (and the op computes the half operands in float32, rounding once)."""
+    torch = sys.modules["torch"]
+    x = operands[0]
+    device = "cuda" if x.is_cuda else "cpu"
+    if not torch.is_autocast_enabled(device):
+        return operands
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(a.to(dtype) if a is not None and a.dtype == torch.float32 else a for a in operands)
+
+
 def _grad_enabled():
     return sys.modules["torch"].is_grad_enabled()
 
@@ -754,6 +768,8 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
 
 def _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out):
     """op through its custom op (a compiled graph, a torch.jit trace), seed a 0-d int64 tensor."""
+    if op.upcast_half and not op.own_products:
+        operands = _autocast_gemm_operands(operands)
     y = _upcast(op, TorchBackend, operands, lambda ops: library_op(op)(
         *ops, seed_t, p, _to_i64(offset), scale, list(params)))
     if out is not None:

@@ -253,11 +253,11 @@ def _check_gw(operands, params):
 
 SAMPLE_GRAD_X = _core.MaskedOp(
     "dropconnect_sample_grad_x", ("grad", "weight"), forward=_gx_forward, backward=_gx_backward,
-    plain=_not_public, check=_check_gx, saves=(0, 1), upcast_half=True,
+    plain=_not_public, check=_check_gx, saves=(0, 1), upcast_half=True, own_products=True,
     fake=lambda ops, params: ops[0].new_empty((*ops[0].shape[:-1], ops[1].shape[1])))
 SAMPLE_GRAD_W = _core.MaskedOp(
     "dropconnect_sample_grad_w", ("grad", "x"), forward=_gw_forward, backward=_gw_backward,
-    plain=_not_public, check=_check_gw, saves=(0, 1), upcast_half=True,
+    plain=_not_public, check=_check_gw, saves=(0, 1), upcast_half=True, own_products=True,
     fake=lambda ops, params: ops[0].new_empty((ops[0].shape[-1], ops[1].shape[-1])))
 
 

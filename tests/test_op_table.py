@@ -638,3 +638,27 @@ def test_compiled_vmap_and_jvp(name):
     jvp = torch.compile(lambda x, t: torch.func.jvp(g, (x,), (t,)), fullgraph=True, backend="aot_eager")
     with pytest.raises(Exception, match="forward-mode AD"):
         jvp(ops[0], torch.ones_like(ops[0]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compiled_under_autocast_matches_eager(name):
+    """Under torch.autocast a compiled call returns eager's dtype (a GEMM op's custom-op body runs
+    where autocast is off: its float32 operands are cast first, as torch's linear takes them), with
+    values equal up to bfloat16 rounding, and gradients of the operands' dtypes."""
+    case = CASES[name]
+
+    def run(fn):
+        ops = tuple(o.detach().requires_grad_() for o in operands(case, torch.float32, seed=4))
+        torch.manual_seed(8)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = fn(*ops)
+        y.float().sum().backward()
+        return y, [o.grad for o in ops]
+
+    y_e, g_e = run(case.call)
+    y_c, g_c = run(torch.compile(case.call, fullgraph=True, backend="aot_eager"))
+    assert y_c.dtype == y_e.dtype
+    torch.testing.assert_close(y_c.float(), y_e.float(), rtol=2e-2, atol=2e-2)
+    for a, b in zip(g_c, g_e):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
