@@ -732,7 +732,7 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
             raise RuntimeError(f"fastdrop.{op.name} inside torch.compile does not support forward-mode "
                                f"AD (torch.func.jvp, torch.autograd.forward_ad): torch's custom ops carry "
                                f"no forward derivative; run the jvp eagerly (it works there)")
-        seed_t = torch.ops.fastdrop.draw_seed(trace_token()) if seed is None else \
+        seed_t = torch.ops.fastdrop.draw_seed(trace_token(), device=_CPU) if seed is None else \
             torch.tensor(_to_i64(seed), dtype=torch.int64)
         return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out)
     if _SEED_OPS is None:
@@ -1118,6 +1118,7 @@ def _c_apply(torch, function):
 # ---- torch.compile: the custom ops ----------------------------------------------------------------
 
 _SEED_OPS = None
+_CPU = None  # torch.device("cpu"), set with the seed ops
 # the torch queries `training_lane` asks on every call, bound once (set with the seed ops)
 _LANE_QUERIES = None
 
@@ -1130,14 +1131,18 @@ def _seed_ops():
         _fill_flat_scalars()  # every torch route passes here first (eager call, custom op)
 
         @torch.library.custom_op("fastdrop::draw_seed", mutates_args=(),
-                                 tags=(torch.Tag.nondeterministic_seeded, torch.Tag.cudagraph_unsafe))
-        def draw_seed(token: int) -> torch.Tensor:
+                                 tags=(torch.Tag.nondeterministic_seeded, torch.Tag.cudagraph_unsafe),
+                                 schema="(int token, *, Device device) -> Tensor")
+        def draw_seed(token, *, device):
             """`token` is ignored; see `trace_token`. Tagged nondeterministic_seeded, so Inductor
-            neither replaces the draw with its own RNG, nor merges draws, nor recomputes one."""
+            neither replaces the draw with its own RNG, nor merges draws, nor recomputes one.
+            `device` names the generator drawn from, always the CPU's: activation checkpointing
+            inside a compiled graph saves and restores that device's RNG state around the op (it
+            reads the device from this keyword), so the recomputed forward draws the same seed."""
             return torch.tensor(_seeds.draw_torch_seed(), dtype=torch.int64)
 
         @draw_seed.register_fake
-        def _(token):
+        def _(token, *, device):
             return torch.empty((), dtype=torch.int64)
 
         tokens = itertools.count()
@@ -1149,7 +1154,8 @@ def _seed_ops():
             # layers' draws apart; assume_constant_result bakes it in without a guard.
             return next(tokens)
 
-        global _LANE_QUERIES
+        global _LANE_QUERIES, _CPU
+        _CPU = torch.device("cpu")
         _LANE_QUERIES = (torch.Tensor, torch.compiler.is_compiling, torch.is_grad_enabled, torch.strided,
                          torch._C._are_functorch_transforms_active,
                          torch._C._functorch.is_functorch_wrapped_tensor, torch._C._is_tracing,
