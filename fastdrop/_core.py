@@ -526,6 +526,10 @@ _RANDOMNESS_REFUSAL = ("fastdrop's dropout draws random masks: under torch.func.
                       "randomness='different' (a mask per example) or 'same' (one mask for all)")
 
 
+def _no_vmap(op, inplace=False):
+    return RuntimeError(f"fastdrop.{op.name} does not support torch.func.vmap" + (" in place" if inplace else ""))
+
+
 def _vmap_refusal(torch, op, operands, inplace):
     """The RuntimeError torch.func.vmap's rule for op (`FunctorchFunction.vmap`, `_vmap`) raises
     for these operands, or None: asked before the seed draw, so a refused call leaves torch's
@@ -544,7 +548,7 @@ def _vmap_refusal(torch, op, operands, inplace):
     if not batched:
         return None
     if op.vmap is None or inplace:
-        return RuntimeError(f"fastdrop.{op.name} does not support torch.func.vmap" + (" in place" if inplace else ""))
+        return _no_vmap(op, inplace)
     if any(levels.get(level) not in ("different", "same") for level in batched):
         return RuntimeError(_RANDOMNESS_REFUSAL)
     return None
@@ -1074,8 +1078,7 @@ def _functions():
             @staticmethod
             def vmap(info, in_dims, op, params, rng, inplace, *operands):
                 if op.vmap is None or inplace:
-                    raise RuntimeError(f"fastdrop.{op.name} does not support torch.func.vmap"
-                                       + (" in place" if inplace else ""))
+                    raise _no_vmap(op, inplace)
                 return op.vmap(info, in_dims[4:], operands, rng, params)
 
         class LaneDropout(torch.autograd.Function):
@@ -1271,7 +1274,7 @@ def library_op(op):
         # torch.func.vmap inside a compiled graph (eager calls take the Function's rule, `op.vmap`):
         # without a rule torch would loop over the examples with one seed, one mask for all
         if op.vmap is None:
-            raise RuntimeError(f"fastdrop.{op.name} does not support torch.func.vmap")
+            raise _no_vmap(op)
         operands, (seed, p, offset, scale, params) = args[:n], args[n:]
         if in_dims[n] is not None:  # pragma: no cover - the seed is drawn outside the transform
             raise RuntimeError(f"fastdrop.{op.name}: a batched seed tensor under torch.func.vmap")
