@@ -360,7 +360,9 @@ def machine_info(device):
             "torch": torch.__version__, "torch_cuda": torch.version.cuda, "numba": numba.__version__,
             "numba_cuda": numba_cuda, "fastdrop": fastdrop.__version__, "fastdrop_path": fastdrop.__file__,
             "cpu": platform.processor(), "cores": os.cpu_count(),
-            "git_commit": _run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]) or "unknown",
+            # (the device machine gets the working tree without .git: the caller passes the commit)
+            "git_commit": _run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
+            or os.environ.get("FASTDROP_COMMIT") or "unknown",
             "git_dirty": bool(_run(["git", "-C", ROOT, "status", "--porcelain", "--", "fastdrop", "kernels"])),
             "date": datetime.datetime.now().isoformat(timespec="seconds")}
     if device == "cuda":
