@@ -2,7 +2,8 @@
 torch.compile (Inductor and aot_eager) equals eager, nothing but the operands and scalars saved for
 backward, gradcheck and gradgradcheck, torch.func.grad / jvp / vmap, half types, backward under
 autocast, numpy-torch parity, rank streams, bad input refused before the seed draw, in-place on overlapping memory refused,
-torch.jit.trace and torch.export in training mode.
+torch.jit.trace and torch.export in training mode, activation checkpointing, and under torch.compile: dynamic
+shapes, vmap, jvp (refused), autocast.
 """
 import tempfile
 import warnings
@@ -564,11 +565,13 @@ def test_export_matches_eager(name):
     assert torch.equal(fixed(*ops), fixed(*ops))
 
 
-@pytest.mark.parametrize("use_reentrant", [False, True])
+@pytest.mark.parametrize("how", ["reentrant", "non-reentrant", "compiled"])
 @pytest.mark.parametrize("name", NAMES)
-def test_activation_checkpointing_regenerates_the_masks(name, use_reentrant):
+def test_activation_checkpointing_regenerates_the_masks(name, how):
     """torch.utils.checkpoint reruns the forward in backward with torch's generator state restored:
-    a seed=None op draws the same seed again, so outputs and gradients equal the plain call's."""
+    a seed=None op draws the same seed again, so outputs and gradients equal the plain call's. Inside
+    a compiled graph AOTAutograd saves and restores the RNG state of the device the seed op names
+    (the CPU's, its generator) around the draw."""
     from torch.utils.checkpoint import checkpoint
     case = CASES[name]
 
@@ -580,8 +583,10 @@ def test_activation_checkpointing_regenerates_the_masks(name, use_reentrant):
         return [y.detach()] + [o.grad for o in ops]
 
     expected = run(case.call)
-    got = run(lambda *ops: checkpoint(case.call, *ops, use_reentrant=use_reentrant))
-    for a, b in zip(got, expected):
+    checkpointed = lambda *ops: checkpoint(case.call, *ops, use_reentrant=how == "reentrant")  # noqa: E731
+    if how == "compiled":
+        checkpointed = torch.compile(checkpointed, fullgraph=True, backend="aot_eager")
+    for a, b in zip(run(checkpointed), expected):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -662,25 +667,3 @@ def test_compiled_under_autocast_matches_eager(name):
     for a, b in zip(g_c, g_e):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_compiled_activation_checkpointing(name):
-    """Checkpointing inside a compiled graph: AOTAutograd saves and restores the RNG state of the
-    device the seed op names (the CPU's, its generator) around the draw, so the recomputed forward
-    draws the same seed: outputs and gradients equal eager's."""
-    from torch.utils.checkpoint import checkpoint
-    case = CASES[name]
-
-    def run(f):
-        ops = tuple(o.detach().requires_grad_() for o in operands(case, seed=2))
-        torch.manual_seed(13)
-        y = f(*ops)
-        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
-        return [y.detach()] + [o.grad for o in ops]
-
-    expected = run(case.call)
-    compiled = torch.compile(lambda *ops: checkpoint(case.call, *ops, use_reentrant=False),
-                             fullgraph=True, backend="aot_eager")
-    for a, b in zip(run(compiled), expected):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
