@@ -8,6 +8,7 @@ import math
 import numbers
 import sys
 
+import numba
 import numpy as np
 
 from .kernels.philox import MAX_U64  # noqa: F401  (re-exported: every seed and offset check)
@@ -156,6 +157,22 @@ def _check_tensor(x, name):
                         f"got {x.dtype}")
 
 
+class InterfaceArray:
+    """An object that exposes only __cuda_array_interface__, with the array attributes the checks
+    and launchers read (shape, dtype) taken from its interface; numba maps it onto a device array
+    when a kernel runs (`_cuda.as_device_array`), and its interface (read-only flag, strides) is
+    the object's own."""
+
+    def __init__(self, obj):
+        self.obj = obj
+        cai = obj.__cuda_array_interface__
+        self.shape, self.dtype = tuple(cai["shape"]), np.dtype(cai["typestr"])
+
+    @property
+    def __cuda_array_interface__(self):
+        return self.obj.__cuda_array_interface__
+
+
 def check_array(x, name="x"):
     """(x, kind): x validated, numpy's np.matrix, non-native byte order and strides that are not
     whole elements turned into a plain native ndarray (a view, or a copy for the latter two);
@@ -180,19 +197,11 @@ def check_array(x, name="x"):
             x = x.copy()  # the kernels index memory in elements
         return x, kind
     if not is_simulator_array(x):
-        from . import _cuda
-        if _cuda.SIMULATOR:  # it cannot map foreign device memory
+        if numba.config.ENABLE_CUDASIM:  # the simulator cannot map foreign device memory
             raise TypeError(f"{name} is a {type(x).__name__} with __cuda_array_interface__, which Numba's "
                             f"CUDA simulator cannot map; pass a numba device array (cuda.to_device)")
         if not (hasattr(x, "shape") and hasattr(x, "dtype")):
-            # only the interface (no array attributes): checked on it, then taken as numba's
-            # device array over the same memory
-            dtype = np.dtype(x.__cuda_array_interface__["typestr"])
-            if dtype.type not in FLOAT_DTYPES:
-                raise TypeError(f"{name} must have a floating point dtype (float16, float32, float64), "
-                                f"got {dtype}")
-            _cuda.require_gpu()
-            return _cuda.as_device_array(x), kind
+            x = InterfaceArray(x)
     dtype = np.dtype(x.dtype)
     if dtype.type not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have a floating point dtype (float16, float32, float64), got {dtype}")

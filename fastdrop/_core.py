@@ -638,6 +638,9 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
         # an x-sized output in host memory, refused before the draw (an expanded x is small
         # memory); not while compiling, where it would be a guard on the symbolic sizes
         check_output_bytes(math.prod(x.shape) * (x.element_size() if kind == TORCH else x.dtype.itemsize))
+    if kind == CUDA_ARRAY:  # no GPU (nor the simulator): refused before the draw
+        from . import _cuda
+        _cuda.require_gpu()
     if seed is None:
         offset = _seeds.stream_offset(offset)
     if kind == TORCH:

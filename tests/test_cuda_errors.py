@@ -40,8 +40,29 @@ needs_no_gpu = pytest.mark.skipif(not NO_CUDA or _gpu_present(),
     lambda x: fastdrop.dropout(x, 0.5, training=False, mode="classic"),
 ], ids=["dropout", "seed-none", "inplace", "dropout1d", "classic-eval"])
 def test_cuda_input_without_gpu_raises(call):
+    state = fastdrop._seeds._numpy_source.bit_generator.state
     with pytest.raises(RuntimeError, match=r"needs a CUDA GPU \(or NUMBA_ENABLE_CUDASIM=1"):
         call(FakeDeviceArray())
+    assert fastdrop._seeds._numpy_source.bit_generator.state == state  # refused before the draw
+
+
+@needs_no_gpu
+def test_an_object_with_only_the_interface_is_checked_on_it():
+    """No shape or dtype attributes: read from __cuda_array_interface__ (the dtype refused there, the
+    read-only flag honoured), then the GPU is asked for, before any seed is drawn."""
+    class InterfaceOnly:
+        def __init__(self, typestr="<f4", readonly=False):
+            self.__cuda_array_interface__ = {"shape": (4,), "typestr": typestr, "data": (0, readonly),
+                                             "strides": None, "version": 3}
+
+    state = fastdrop._seeds._numpy_source.bit_generator.state
+    with pytest.raises(TypeError, match="floating point dtype"):
+        fastdrop.dropout(InterfaceOnly("<i4"), 0.5)
+    with pytest.raises(ValueError, match="read-only"):
+        fastdrop.dropout(InterfaceOnly(readonly=True), 0.5, inplace=True)
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        fastdrop.dropout(InterfaceOnly(), 0.5)
+    assert fastdrop._seeds._numpy_source.bit_generator.state == state
 
 
 @needs_no_gpu
