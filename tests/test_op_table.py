@@ -646,6 +646,60 @@ def test_compiled_vmap_and_jvp(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_compile_falls_back_to_eager_cleanly(name):
+    """Where Dynamo gives up on a frame, it runs that frame eagerly and would compile fastdrop's
+    internals frame by frame (an InternalTorchDynamoError on their numpy scalars and Numba calls,
+    before _core.keep_dynamo_out). Without fullgraph, a jvp (refused while tracing) and a call on
+    numpy arrays give eager's results; with fullgraph the numpy call says why it is refused. Still
+    so after torch._dynamo.reset()."""
+    case = CASES[name]
+    ops = operands(case, torch.float32)
+    rest = ops[1:]
+    g = lambda x: case.call(x, *rest)  # noqa: E731
+    t = torch.randn_like(ops[0])
+    for reset in (False, True):
+        if reset:
+            torch._dynamo.reset()
+        _falls_back_to_eager(case, g, ops[0], t)
+    # Dynamo remembers the frames it ran eagerly (case.call's among them) and would not compile
+    # them again: forget, for the tests that follow
+    torch._dynamo.reset()
+
+
+def _falls_back_to_eager(case, g, x, t):
+    """One round of the test above: a compiled jvp and compiled numpy calls give eager's results."""
+    jvp = torch.compile(lambda x, t: torch.func.jvp(g, (x,), (t,)), backend="aot_eager")
+    torch.manual_seed(6)
+    y, jt = jvp(x, t)
+    torch.manual_seed(6)
+    y_eager, jt_eager = torch.func.jvp(g, (x,), (t,))
+    assert torch.equal(y, y_eager) and torch.equal(jt, jt_eager)
+    arrays = numpy_operands(case, np.float32)
+    fn = lambda *a: case.call(*a, seed=3)  # noqa: E731
+    y = torch.compile(fn, backend="aot_eager")(*arrays)
+    assert isinstance(y, np.ndarray) and np.array_equal(y, fn(*arrays))
+    with pytest.raises(Exception, match="take torch tensors"):
+        # (a lambda of its own: Dynamo remembers that the frame of fn runs eagerly)
+        torch.compile(lambda *a: case.call(*a, seed=3), fullgraph=True, backend="aot_eager")(*arrays)
+
+
+def test_public_functions_and_modules_compile_as_the_top_frame():
+    """keep_dynamo_out marks internals only: a public function or module compiled directly (its
+    own frame the one Dynamo starts from) is still one graph, equal to eager."""
+    x = torch.randn(4, 6)
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    for fn in (fastdrop.dropout, fastdrop.dropout2d, fastdrop.nn.Dropout(0.3), fastdrop.nn.DropPath(0.3)):
+        compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+        arg = x.reshape(2, 2, 2, 3) if fn is fastdrop.dropout2d else x
+        torch.manual_seed(2)
+        y = compiled(arg)
+        torch.manual_seed(2)
+        assert torch.equal(y, fn(arg)), fn
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_compiled_under_autocast_matches_eager(name):
     """Under torch.autocast a compiled call returns eager's dtype (a GEMM op's custom-op body runs
     where autocast is off: its float32 operands are cast first, as torch's linear takes them), with
