@@ -1246,6 +1246,8 @@ def keep_dynamo_out():
     for name, module in list(sys.modules.items()):
         if module is None or name in _MARKED or not (name == "fastdrop" or name.startswith("fastdrop.")):
             continue
+        if getattr(getattr(module, "__spec__", None), "_initializing", False):
+            continue  # still importing (torch's import hook runs from inside it): marked on a later run
         _MARKED.add(name)
         public = name in _PUBLIC_MODULES or name == "fastdrop"
         for attr, value in vars(module).items():

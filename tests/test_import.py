@@ -34,3 +34,38 @@ def test_import_loads_neither_torch_nor_cuda():
     res = _run(SCRIPT_LIGHT)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+SCRIPT_MARKED = """
+import sys
+if sys.argv[1] == "fastdrop-first":
+    import fastdrop, fastdrop.nn  # torch loads inside fastdrop.nn's import: marked by its last line
+else:
+    import torch, fastdrop, fastdrop.nn
+import torch
+from torch._dynamo.utils import counters
+from fastdrop import _core, _checks
+from fastdrop.kernels import philox
+convert, mc = sys.modules["fastdrop.nn.convert"], sys.modules["fastdrop.nn.mc"]
+
+def frames_compiled(fn, *args):
+    before = counters["frames"]["total"]
+    torch.compile(fn, backend="eager")(*args)
+    return counters["frames"]["total"] - before
+
+internal = [(convert._replacement, torch.nn.Dropout(0.1)), (_core._seed_int, 5), (_checks.check_p, 0.5),
+            (philox.keep_threshold, 0.5), (mc._scale, 0.5, "inverted")]
+print([frames_compiled(f, *a) for f, *a in internal], frames_compiled(fastdrop.keep_threshold, 0.5))
+"""
+
+
+def test_internal_code_is_marked_for_dynamo_whatever_the_import_order():
+    """keep_dynamo_out (fastdrop/_core.py) marks fastdrop's internal code so Dynamo never compiles one
+    of its frames on its own: torch.compile of an internal function compiles no frame, of a public
+    one a frame; whether torch loads before fastdrop or inside fastdrop.nn's import (then
+    fastdrop.nn.convert is still importing when torch's ops register)."""
+    for order in ("fastdrop-first", "torch-first"):
+        res = subprocess.run([sys.executable, "-c", SCRIPT_MARKED, order], capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip() == "[0, 0, 0, 0, 0] 1", (order, res.stdout)
