@@ -1217,9 +1217,6 @@ def register_torch_ops():
     keep_dynamo_out()
 
 
-_PUBLIC_MODULES = ("fastdrop.functional", "fastdrop.linear", "fastdrop.matmul", "fastdrop.mask",
-                   "fastdrop.max_norm", "fastdrop.nn.convert", "fastdrop.nn.drop_path",
-                   "fastdrop.nn.dropout", "fastdrop.nn.linear", "fastdrop.nn.mc")
 _MARKED = set()  # modules whose code is marked
 
 
@@ -1249,7 +1246,9 @@ def keep_dynamo_out():
         if getattr(getattr(module, "__spec__", None), "_initializing", False):
             continue  # still importing (torch's import hook runs from inside it): marked on a later run
         _MARKED.add(name)
-        public = name in _PUBLIC_MODULES or name == "fastdrop"
+        # public: no _-named part and not the kernels (fastdrop.functional, fastdrop.nn.dropout, ...)
+        public = not name.startswith("fastdrop.kernels") and not any(
+            part.startswith("_") for part in name.split("."))
         for attr, value in vars(module).items():
             if getattr(value, "__module__", None) != name:
                 continue  # imported from elsewhere: marked (or not) with its own module
