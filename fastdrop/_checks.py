@@ -181,9 +181,10 @@ def check_array(x, name="x"):
     if torch is not None and isinstance(x, torch.Tensor):  # array_kind's answer, first for tensors
         _check_tensor(x, name)
         return x, TORCH
-    if torch is not None and torch.compiler.is_dynamo_compiling():  # (not is_compiling: a flag for all threads, and set by export)
+    if torch is not None and torch.compiler.is_dynamo_compiling():
         # Dynamo would trace numpy through torch ops and cannot trace the kernels: refused while
-        # tracing, so fullgraph says why; without fullgraph the frame runs eagerly (_core.keep_dynamo_out)
+        # tracing, so fullgraph says why; without fullgraph the frame runs eagerly (_core.keep_dynamo_out).
+        # Not is_compiling: that flag is the whole process's (other threads) and set by export too.
         raise TypeError(f"{name}: inside torch.compile fastdrop's ops take torch tensors; a numpy or CUDA "
                         f"array call runs eagerly (compile without fullgraph=True, or call it outside)")
     kind = array_kind(x, name)
