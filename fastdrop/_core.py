@@ -283,7 +283,7 @@ class TorchBackend:
         seed = _seed_int(rng.seed)
         offset = rng.offset & MAX_U64
         if x.is_cuda:
-            from . import _cuda
+            _cuda = cuda_module()
             return _cuda.apply_tensor(x, rng.p, seed, offset, rng.scale, group_ndim, out)
         n = x.numel()
         small = n < CPU_PARALLEL_MIN
@@ -407,7 +407,7 @@ class CudaArrayBackend:
 
     @staticmethod
     def mask(x, rng, group_ndim=0, out=None, parallel_min=None):
-        from . import _cuda
+        _cuda = cuda_module()
         # out is only ever x itself (or its view): in place
         return _cuda.dropout_array(x, rng.p, rng.seed, rng.offset, rng.scale, group_ndim, out is not None)
 
@@ -417,14 +417,14 @@ class CudaArrayBackend:
 
     @staticmethod
     def scale(x, factor, inplace=False):
-        from . import _cuda
+        _cuda = cuda_module()
         if factor == 1.0:
             return x
         return _cuda.scale_array(x, factor, inplace)
 
     @staticmethod
     def linear(x, w, b):
-        from . import _cuda
+        _cuda = cuda_module()
         return _cuda.dense_call("dropout_linear_forward", x, w, b, Rng(0.0, 0, 0, 1.0))
 
     @staticmethod
@@ -434,7 +434,7 @@ class CudaArrayBackend:
 
     @staticmethod
     def unsqueeze0(a):
-        from . import _cuda
+        _cuda = cuda_module()
         return _cuda.unsqueeze0(_cuda.as_device_array(a))
 
 
@@ -639,7 +639,7 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
         # memory); not while compiling, where it would be a guard on the symbolic sizes
         check_output_bytes(math.prod(x.shape) * (x.element_size() if kind == TORCH else x.dtype.itemsize))
     if kind == CUDA_ARRAY:  # no GPU (nor the simulator): refused before the draw
-        from . import _cuda
+        _cuda = cuda_module()
         _cuda.require_gpu()
     if seed is None:
         offset = _seeds.stream_offset(offset)
@@ -711,7 +711,7 @@ def _astype(B, a, dtype):
     if B is NumpyBackend:
         return a.astype(dtype)
     if B is CudaArrayBackend:  # a float16 device array: converted on the device
-        from . import _cuda
+        _cuda = cuda_module()
         return _cuda.astype(a, dtype)
     return a.float() if dtype is np.float32 else a.to(dtype)
 
@@ -1218,6 +1218,18 @@ def register_torch_ops():
 
 
 _MARKED = set()  # modules whose code is marked
+
+
+def cuda_module():
+    """fastdrop._cuda, imported on the first CUDA input (numba.cuda takes a second to load).
+
+    It loads after the marking of keep_dynamo_out ran, so its code and the CUDA kernels' are
+    marked here, on the first call once torch is loaded (without torch, the later import of torch
+    marks them: TorchImportHook -> register_torch_ops)."""
+    from . import _cuda
+    if "fastdrop._cuda" not in _MARKED and "torch" in sys.modules:
+        keep_dynamo_out()
+    return _cuda
 
 
 def keep_dynamo_out():

@@ -139,7 +139,7 @@ def _sample_forward(B, operands, rng, params, out=None):
     x, w, b = operands
     lead = tuple(x.shape[:-1])
     if B is _core.CudaArrayBackend or getattr(x, "is_cuda", False):
-        from . import _cuda
+        _cuda = _core.cuda_module()
         y = _cuda.dense_call("dropconnect_forward", x, w, b, rng, True)
         return y.reshape(lead + (w.shape[0],))
     x2, back = _host(_rows(x))
@@ -154,7 +154,7 @@ def _sample_forward(B, operands, rng, params, out=None):
 def _sample_grads(grad, x, w, rng):
     """(gx, gw) of the per-sample product in one pass of the fused kernel (no autograd)."""
     if getattr(x, "is_cuda", False):
-        from . import _cuda
+        _cuda = _core.cuda_module()
         gx, gw, _ = _cuda.dense_call("dropconnect_backward", x, w, None, rng, True, grad=grad,
                                      bias_grad=False)  # the op's formula has gb = g.sum(0)
         return gx.reshape(x.shape), gw

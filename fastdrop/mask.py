@@ -17,7 +17,7 @@ import numpy as np
 from .kernels import philox
 from .kernels.philox import kernel_rng_args, philox4x32_array  # noqa: F401
 
-from . import _seeds
+from . import _core, _seeds
 from ._cpu import fill_keep_mask
 from ._checks import NUMPY, check_p, check_shape, check_u64, check_writable
 
@@ -121,7 +121,7 @@ def dropout_mask_device(shape, p, seed, offset=0):
     p = check_p(p)
     seed = check_u64(seed, "seed")
     offset = check_u64(offset, "offset")
-    from . import _cuda
+    _cuda = _core.cuda_module()
     _cuda.require_gpu()
     keep = _cuda.cuda.device_array(shape, dtype=np.bool_)
     if keep.size:

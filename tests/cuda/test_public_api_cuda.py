@@ -111,3 +111,40 @@ def test_objects_the_simulator_cannot_map_are_refused_before_the_draw():
     with pytest.raises(TypeError, match="simulator cannot map"):
         fastdrop.dropout(Foreign(), 0.5)
     assert fastdrop._seeds._numpy_source.bit_generator.state == state
+
+
+SCRIPT_CUDA_MARKED = """
+import sys
+import numpy as np
+import torch
+from torch._dynamo.utils import counters
+import fastdrop
+from numba import cuda
+from fastdrop import _core
+assert "fastdrop._cuda" not in sys.modules  # loads on the first CUDA input, after the marking ran
+fastdrop.dropout(cuda.to_device(np.ones((4, 8), np.float32)), 0.5, seed=3)
+from fastdrop import _cuda
+
+def frames_compiled(fn, *args):
+    before = counters["frames"]["total"]
+    torch.compile(fn, backend="eager")(*args)
+    return counters["frames"]["total"] - before
+
+print(sorted(m for m in ("fastdrop._cuda", "fastdrop.kernels.dropout_cuda", "fastdrop.kernels.linear_cuda")
+             if m in _core._MARKED),
+      [frames_compiled(_cuda._tiles, 100, 100), frames_compiled(_cuda.transpose_layout, (4, 8), (32, 4))])
+"""
+
+
+def test_cuda_code_loaded_later_is_marked_for_dynamo():
+    """fastdrop._cuda and the CUDA kernels load on the first CUDA input, after keep_dynamo_out marked
+    fastdrop's internal code (fastdrop/_core.py): they are marked then, so Dynamo never compiles one
+    of their frames on its own (torch.compile of one of their functions compiles no frame)."""
+    import os
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-c", SCRIPT_CUDA_MARKED], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == ("['fastdrop._cuda', 'fastdrop.kernels.dropout_cuda', "
+                                  "'fastdrop.kernels.linear_cuda'] [0, 0]"), res.stdout
