@@ -185,8 +185,9 @@ def check_array(x, name="x"):
         # Dynamo would trace numpy through torch ops and cannot trace the kernels: refused while
         # tracing, so fullgraph says why; without fullgraph the frame runs eagerly (_core.keep_dynamo_out).
         # Not is_compiling: that flag is the whole process's (other threads) and set by export too.
-        raise TypeError(f"{name}: inside torch.compile fastdrop's ops take torch tensors; a numpy or CUDA "
-                        f"array call runs eagerly (compile without fullgraph=True, or call it outside)")
+        raise TypeError(f"{name}: inside torch.compile fastdrop's ops take torch tensors, got "
+                        f"{type(x).__module__}.{type(x).__qualname__}; a call on numpy or CUDA arrays "
+                        f"runs eagerly (compile without fullgraph=True, or call it outside)")
     kind = array_kind(x, name)
     if kind == NUMPY:
         if type(x) is not np.ndarray:
