@@ -173,6 +173,19 @@ class InterfaceArray:
         return self.obj.__cuda_array_interface__
 
 
+def refuse_while_tracing(x, name):
+    """TypeError for a non-tensor while Dynamo traces (x already known not to be a tensor).
+
+    Dynamo would trace numpy through torch ops and cannot trace the kernels: refused while tracing,
+    so fullgraph says why; without fullgraph the frame runs eagerly (_core.keep_dynamo_out). Not
+    is_compiling: that flag is the whole process's (other threads) and set by export too."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.compiler.is_dynamo_compiling():
+        raise TypeError(f"{name}: inside torch.compile fastdrop's ops take torch tensors, got "
+                        f"{type(x).__module__}.{type(x).__qualname__}; a call on numpy or CUDA arrays "
+                        f"runs eagerly (compile without fullgraph=True, or call it outside)")
+
+
 def check_array(x, name="x"):
     """(x, kind): x validated, numpy's np.matrix, non-native byte order and strides that are not
     whole elements turned into a plain native ndarray (a view, or a copy for the latter two);
@@ -181,13 +194,7 @@ def check_array(x, name="x"):
     if torch is not None and isinstance(x, torch.Tensor):  # array_kind's answer, first for tensors
         _check_tensor(x, name)
         return x, TORCH
-    if torch is not None and torch.compiler.is_dynamo_compiling():
-        # Dynamo would trace numpy through torch ops and cannot trace the kernels: refused while
-        # tracing, so fullgraph says why; without fullgraph the frame runs eagerly (_core.keep_dynamo_out).
-        # Not is_compiling: that flag is the whole process's (other threads) and set by export too.
-        raise TypeError(f"{name}: inside torch.compile fastdrop's ops take torch tensors, got "
-                        f"{type(x).__module__}.{type(x).__qualname__}; a call on numpy or CUDA arrays "
-                        f"runs eagerly (compile without fullgraph=True, or call it outside)")
+    refuse_while_tracing(x, name)
     kind = array_kind(x, name)
     if kind == NUMPY:
         if type(x) is not np.ndarray:

@@ -1214,7 +1214,14 @@ def register_torch_ops():
     _seed_ops()
     for op in OPS:
         library_op(op)
+    for register in TORCH_OP_REGISTRARS:
+        register()
     keep_dynamo_out()
+
+
+# The torch ops of the plain functions over the core (max_norm_'s): each module adds its registration
+# here when it loads, and register_torch_ops runs them with the masked ops'.
+TORCH_OP_REGISTRARS = []
 
 
 _MARKED = set()  # modules whose code is marked

@@ -38,6 +38,8 @@ from numba import cuda
 
 from .kernels import dropout_cuda as K
 from .kernels import linear_cuda as L
+# max_norm_'s kernel, loaded (and marked for Dynamo: _core.cuda_module) with the others
+from .kernels.variants_cuda import max_norm_device  # noqa: F401
 from .kernels.config import CUDA_MAX_BLOCKS, launch_shape
 from .kernels.layout import dense_after, groups_outermost
 from .kernels.philox import LANES, MAX_U64, kernel_rng_args

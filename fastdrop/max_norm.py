@@ -9,10 +9,13 @@ A plain function over fastdrop's kernels (no mask, no autograd: it runs between 
 """
 import math
 import numbers
+import sys
 
 import numpy as np
 
-from ._checks import NUMPY, TORCH, array_kind, check_array, check_writable, is_torch_tensor, mark_written
+from . import _core
+from ._checks import (NUMPY, TORCH, array_kind, check_array, check_writable, is_torch_tensor, mark_written,
+                      refuse_while_tracing)
 from .kernels import max_norm_cpu
 
 __all__ = ["max_norm_", "max_norm_hook"]
@@ -95,12 +98,52 @@ def max_norm_(weight, max_value, dim=1, eps=1e-7):
             return weight
         return _max_norm_numpy(weight, max_value, dims, eps)
     if kind == TORCH:
+        if sys.modules["torch"].compiler.is_compiling():
+            return _max_norm_traced(weight, max_value, dims, eps)
         return _max_norm_tensor(weight, max_value, dims, eps)
     return _max_norm_device(weight, max_value, dims, eps)
 
 
+_MAX_NORM_OP = None
+
+
+def _register_max_norm_op():
+    """fastdrop::max_norm_, the custom op (mutating its weight) that torch.compile / export trace a
+    tensor's max_norm_ as. Dynamo cannot trace the kernels (they write through a numpy or device
+    view of the weight), so a compiled graph calls them opaquely and gives eager's bits."""
+    global _MAX_NORM_OP
+    if _MAX_NORM_OP is not None:
+        return
+    import torch
+
+    # cudagraph_unsafe as every fastdrop op: Numba's launches have not been checked under capture
+    @torch.library.custom_op("fastdrop::max_norm_", mutates_args=("weight",), tags=(torch.Tag.cudagraph_unsafe,))
+    def op(weight: torch.Tensor, max_value: float, dims: list[int], eps: float) -> None:
+        _max_norm_tensor(weight, max_value, dims, eps)
+
+    @op.register_fake
+    def _(weight, max_value, dims, eps):
+        return None
+
+    _MAX_NORM_OP = op
+
+
+_core.TORCH_OP_REGISTRARS.append(_register_max_norm_op)
+
+
+def _max_norm_traced(w, max_value, dims, eps):
+    """max_norm_ of a tensor inside torch.compile / export: the custom op (registered with the others
+    by _core.register_torch_ops, before any graph can be traced)."""
+    import torch
+    with torch.no_grad():  # a constraint between steps, as in eager: a parameter is a leaf that needs grad
+        torch.ops.fastdrop.max_norm_(w, max_value, dims, eps)
+    return w
+
+
 def _checked(weight, max_value, dim, eps):
     """(kind, max_value, dims, eps) of a max_norm_ call, every argument checked."""
+    if not is_torch_tensor(weight):
+        refuse_while_tracing(weight, "weight")
     kind = array_kind(weight, "weight")
     max_value, dims, eps = _check_max_norm_args(len(weight.shape), max_value, dim, eps)
     if kind == NUMPY and type(weight) is not np.ndarray:
@@ -182,9 +225,9 @@ def _max_norm_tensor(w, max_value, dims, eps):
 def _max_norm_device(w, max_value, dims, eps):
     """max_norm_ on a torch CUDA tensor, or a C-contiguous device array whose `dims` are trailing."""
     from numba import cuda
-    from ._cuda import as_device_array, require_gpu
-    from .kernels.variants_cuda import max_norm_device
-    require_gpu()
+    _cuda = _core.cuda_module()
+    as_device_array, max_norm_device = _cuda.as_device_array, _cuda.max_norm_device
+    _cuda.require_gpu()
     if not is_torch_tensor(w):
         nd = len(w.shape)
         if list(dims) != list(range(nd - len(dims), nd)):
@@ -194,16 +237,14 @@ def _max_norm_device(w, max_value, dims, eps):
         if np.dtype(w.dtype) == np.float16:
             # computed in float32 and rounded once, as the numpy and torch paths do (the kernel
             # would round the scale to float16 first: 1 ulp off)
-            from ._cuda import astype
-            tmp = astype(w, np.float32)
+            tmp = _cuda.astype(w, np.float32)
             _max_norm_device(tmp, max_value, dims, eps)
-            w[:] = astype(tmp, np.float16)
+            w[:] = _cuda.astype(tmp, np.float16)
             return w
         if not w.is_c_contiguous():
             # the kernel reads (rows, cols) C-contiguous memory: a contiguous copy, written back
             # (a reshape of a strided array would be a copy, or C strides over other memory)
-            from ._cuda import _contiguous
-            tmp = _contiguous(w)
+            tmp = _cuda._contiguous(w)
             _max_norm_device(tmp, max_value, dims, eps)
             w[:] = tmp
             return w

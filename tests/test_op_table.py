@@ -33,7 +33,7 @@ def test_every_custom_op_is_tagged_cudagraph_unsafe():
     """Seeds and offsets are host scalars baked into the launch: a CUDA-graph replay would repeat one
     mask, so every op (and the seed draw) keeps torch.compile's CUDA graphs away from itself."""
     fastdrop.register_torch_ops()
-    for name in [op.name for op in _core.OPS] + ["draw_seed"]:
+    for name in [op.name for op in _core.OPS] + ["draw_seed", "max_norm_"]:
         assert torch.Tag.cudagraph_unsafe in getattr(torch.ops.fastdrop, name).default.tags, name
 
 
