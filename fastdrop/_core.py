@@ -841,22 +841,19 @@ def _native_grouped(x, p, seed, offset, scale, g, groups):
     torch = sys.modules["torch"]
     shape = x.shape
     factors = np.empty(shape[:g] + (1,) * (len(shape) - g), _FLAT_SCALARS[x.dtype])
-    dropped = np.empty(groups, np.int64)
-    count = dropout_cpu.group_factors(factors, dropped, seed, offset, kernel_threshold(p), scale)
+    count = dropout_cpu.group_factors(factors, seed, offset, kernel_threshold(p), scale)
     n = x.numel()
     if count * (n // groups) * x.element_size() > NATIVE_ZERO_MAX_BYTES:
         return None
     y = x * torch.from_numpy(factors)
     if count:
-        if y.is_contiguous():
-            flat = y.detach().numpy().reshape(-1)
-        elif _groups_outermost(y, g):  # x's dense layout, which torch's multiply keeps
-            flat = y.detach().as_strided((n,), (1,)).numpy()
+        # x's dense layout and dtype, which torch's multiply keeps: the zeros go straight to y's
+        # memory (the kernel writes n elements of factors' dtype there, so both are checked)
+        if y.dtype == x.dtype and (y.is_contiguous() or _groups_outermost(y, g)):
+            dropout_cpu.zero_dropped_runs(y.data_ptr(), n, n // groups, factors)
         else:  # not met for a dense x; the general tool, in case a torch lays y out otherwise
             with torch.no_grad():
                 y.masked_fill_(torch.from_numpy(factors) == 0, 0.0)
-            return y
-        dropout_cpu.zero_runs(flat, n // groups, dropped, count)
     return y
 
 

@@ -250,14 +250,14 @@ def keep_mask(out, key_lo, key_hi, off_lo, off_hi, thr):
 
 
 @cpu_kernel(parallel=False)
-def group_factors(factors, dropped, seed, offset, thr, scale):
+def group_factors(factors, seed, offset, thr, scale):
     """The factors torch's own multiply applies for a grouped op (fastdrop/_core.py,
-    `_native_grouped`): factors.flat[g] = scale if mask element g is kept else 0, and the dropped
-    g, in order, into dropped[:count]; returns count. factors is a C-contiguous float32/float64
-    array of any rank (it is made in the shape it broadcasts in, saving a reshape per call);
-    seed and offset are int64 (seeds torch's generator draws and rank offsets fit), thr is T(p)
-    (philox.kernel_threshold) and scale a float64 rounded once to factors' dtype, as the kernels'
-    scale scalars are. One value per sample or channel, a few thousand at most: serial."""
+    `_native_grouped`): factors.flat[g] = scale if mask element g is kept else 0; returns how
+    many groups were dropped. factors is a C-contiguous float32/float64 array of any rank (it is
+    made in the shape it broadcasts in, saving a reshape per call); seed and offset are int64
+    (seeds torch's generator draws and rank offsets fit), thr is T(p) (philox.kernel_threshold)
+    and scale a float64 rounded once to factors' dtype, as the kernels' scale scalars are, never
+    0 (p < 1). One value per sample or channel, a few thousand at most: serial."""
     flat = factors.reshape(-1)
     n = flat.size
     key_lo, key_hi = np.uint64(seed) & np.uint64(0xFFFFFFFF), np.uint64(seed) >> np.uint64(32)
@@ -275,22 +275,38 @@ def group_factors(factors, dropped, seed, offset, thr, scale):
                 flat[start + k] = kept
             else:
                 flat[start + k] = zero
-                dropped[count] = start + k
                 count += 1
     return count
 
 
+@intrinsic
+def _address_as_pointer(typingctx, address):
+    """An integer address (torch's Tensor.data_ptr()) as a void pointer for numba.carray."""
+    if not isinstance(address, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+    return types.voidptr(address), codegen
+
+
 @cpu_kernel(parallel=False)
-def zero_runs(flat, run, dropped, count):
-    """flat[g * run:(g + 1) * run] = 0 for the first count groups g in dropped: the dropped
-    groups of a grouped op's output whose groups are consecutive runs of memory."""
-    zero = flat.dtype.type(0)
-    for j in range(count):
-        # a slice per run: LLVM then proves the stores in bounds and makes them a memset
-        # (indexing flat itself ran 7x slower: 29 vs 4 us for 256 KiB)
-        fs = flat[dropped[j] * run:(dropped[j] + 1) * run]
-        for k in range(fs.size):
-            fs[k] = zero
+def zero_dropped_runs(address, n, run, factors):
+    """Exact zeros over the dropped groups (factor 0, see group_factors) of a grouped op's output:
+    n elements of factors' dtype at `address` (a torch tensor's data_ptr(): the caller checked its
+    memory is dense with the groups as consecutive runs of `run` elements, in group order). An
+    address, not a numpy view of the tensor: the view (detach, numpy, reshape) cost more than the
+    zeros inside a training step, where every call runs cold."""
+    f = factors.reshape(-1)
+    out = numba.carray(_address_as_pointer(address), n, factors.dtype)
+    zero = f.dtype.type(0)
+    for g in range(f.size):
+        if f[g] == zero:
+            # a slice per run: LLVM then proves the stores in bounds and makes them a memset
+            # (indexing the whole array ran 7x slower: 29 vs 4 us for 256 KiB)
+            fs = out[g * run:(g + 1) * run]
+            for k in range(fs.size):
+                fs[k] = zero
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
