@@ -282,10 +282,12 @@ def check_writable(x, kind, name="x"):
         shape, strides, item = x.shape, x.strides, x.itemsize
     elif kind == TORCH:
         torch = sys.modules["torch"]
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_dynamo_compiling() or (torch.compiler.is_compiling() and _is_fake(torch, x)):
             # A traced graph writes through torch's own ops (the functional op, then copy_ into x),
             # which refuse these targets themselves; and the Python checks below would put guards
-            # on symbolic strides (sorting them breaks the graph under dynamic shapes).
+            # on symbolic strides (sorting them breaks the graph under dynamic shapes). Asked of x,
+            # not only of is_compiling: that flag is the whole process's, so an eager call in
+            # another thread while a graph compiles is still checked.
             return
         if x.is_neg():
             raise ValueError(f"{name} is a lazily negated view (torch's neg bit): fastdrop writes "
@@ -309,6 +311,12 @@ def check_writable(x, kind, name="x"):
         raise RuntimeError("unsupported operation: more than one element of the written-to tensor "
                            "refers to a single memory location. Please clone() the tensor before "
                            "performing the operation (inplace=True on an overlapping view).")
+
+
+def _is_fake(torch, x):
+    """Is x a tracing tensor (fake, or functional around a fake: non-strict export, AOT tracing)
+    rather than one with memory?"""
+    return torch._subclasses.fake_tensor.is_fake(x)
 
 
 def check_out(x, kind, out, inplace):
@@ -344,7 +352,9 @@ def check_out(x, kind, out, inplace):
             raise RuntimeError("functions with out=... arguments don't support automatic "
                                "differentiation, but one of the arguments (x or out) requires grad "
                                "(as torch's out= ops)")
-        if not torch.compiler.is_compiling() and _tensors_overlap(x, out):
+        tracing = torch.compiler.is_dynamo_compiling() or (
+            torch.compiler.is_compiling() and (_is_fake(torch, x) or _is_fake(torch, out)))
+        if not tracing and _tensors_overlap(x, out):
             raise ValueError("out shares memory with x: pass inplace=True to write into x")
     elif np.shares_memory(out, x):
         raise ValueError("out shares memory with x: pass inplace=True to write into x")

@@ -25,7 +25,9 @@ def _check_max_norm_args(ndim, max_value, dim, eps):
     if isinstance(max_value, bool) or not isinstance(max_value, numbers.Real):
         raise TypeError(f"max_value must be a positive real number, got {type(max_value).__name__}")
     max_value = float(max_value)
-    if not (max_value > 0.0 and math.isfinite(max_value)):
+    # comparisons, not math.isfinite: under torch.compile a max_value that changes between calls
+    # is a symbolic float, which Dynamo compares but cannot pass to math (NaN fails both)
+    if not (0.0 < max_value < math.inf):
         raise ValueError(f"max_value must be a positive finite number, got {max_value}")
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a non-negative real number, got {type(eps).__name__} {eps!r}")
@@ -119,6 +121,10 @@ def _register_max_norm_op():
     # cudagraph_unsafe as every fastdrop op: Numba's launches have not been checked under capture
     @torch.library.custom_op("fastdrop::max_norm_", mutates_args=("weight",), tags=(torch.Tag.cudagraph_unsafe,))
     def op(weight: torch.Tensor, max_value: float, dims: list[int], eps: float) -> None:
+        # Every check again on the real weight: a graph may run the op on a tensor the trace never
+        # saw (an overlapping view, an inference tensor; the eager backend), and an exported
+        # graph may call it with any arguments.
+        _, max_value, dims, eps = _checked(weight, max_value, dims, eps)
         _max_norm_tensor(weight, max_value, dims, eps)
 
     @op.register_fake
@@ -135,8 +141,7 @@ def _max_norm_traced(w, max_value, dims, eps):
     """max_norm_ of a tensor inside torch.compile / export: the custom op (registered with the others
     by _core.register_torch_ops, before any graph can be traced)."""
     import torch
-    with torch.no_grad():  # a constraint between steps, as in eager: a parameter is a leaf that needs grad
-        torch.ops.fastdrop.max_norm_(w, max_value, dims, eps)
+    torch.ops.fastdrop.max_norm_(w, max_value, dims, eps)
     return w
 
 

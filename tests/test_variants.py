@@ -246,6 +246,61 @@ def test_max_norm_compiles_to_eager_bits(backend):
     assert float(models[0].weight.norm(dim=1).max()) <= 0.5 + 1e-6
 
 
+def test_compiled_max_norm_takes_a_changing_max_value():
+    """A max_value that changes between calls becomes a symbolic float under torch.compile (and is
+    one from the start with dynamic=True): checked with comparisons, still one graph."""
+    for dynamic in (None, True):
+        torch._dynamo.reset()
+        f = torch.compile(lambda t, c: fastdrop.max_norm_(t, c), fullgraph=True, backend="aot_eager",
+                          dynamic=dynamic)
+        for c in (1.0, 0.5, 2, 0.25):
+            w = torch.randn(4, 5) * 3
+            expected = fastdrop.max_norm_(w.clone(), c)
+            assert torch.equal(f(w, c), expected), (dynamic, c)
+
+
+def test_compiled_max_norm_refuses_what_eager_refuses_untouched():
+    """The op checks the real weight when it runs: an overlapping view or an inference tensor that
+    only the running graph sees (the eager backend runs the op on it directly) is refused as in
+    eager, memory untouched; and the op called directly (as an exported graph calls it) validates
+    its arguments."""
+    torch._dynamo.reset()
+    f = torch.compile(lambda t: fastdrop.max_norm_(t, 1.0), backend="eager")
+    base = torch.arange(1.0, 7.0)
+    with pytest.raises(RuntimeError, match="more than one element"):
+        f(base.as_strided((4, 3), (1, 1)))
+    assert torch.equal(base, torch.arange(1.0, 7.0))
+    with torch.inference_mode():
+        w = torch.full((3, 4), 5.0)
+    with pytest.raises(RuntimeError, match="inference tensor"):
+        f(w)
+    assert (w == 5.0).all()
+    assert torch.is_grad_enabled()  # (a no_grad block around the op stayed off after such a refusal)
+    fastdrop.register_torch_ops()
+    w = torch.tensor([[3.0, 4.0]])
+    for args, exc in [((-1.0, [1], 1e-7), ValueError), ((1.0, [], 1e-7), ValueError),
+                      ((1.0, [2], 1e-7), ValueError), ((1.0, [1], -1.0), ValueError)]:
+        with pytest.raises(exc):
+            torch.ops.fastdrop.max_norm_(w, *args)
+    assert torch.equal(w, torch.tensor([[3.0, 4.0]]))
+
+
+def test_eager_writes_are_checked_while_another_thread_compiles(monkeypatch):
+    """torch.compiler.is_compiling() is the whole process's flag: while a graph compiles in another
+    thread it is True here too. Eager calls on real tensors are still checked (in place on an
+    overlapping view, out= sharing x's memory, max_norm_ of an overlapping view)."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    base = torch.arange(1.0, 7.0)
+    with pytest.raises(RuntimeError, match="more than one element"):
+        fastdrop.dropout(base.as_strided((4, 3), (1, 1)), 0.5, inplace=True, seed=1)
+    with pytest.raises(RuntimeError, match="more than one element"):
+        fastdrop.max_norm_(base.as_strided((4, 3), (1, 1)), 1.0)
+    assert torch.equal(base, torch.arange(1.0, 7.0))
+    x = torch.randn(4, 6)
+    with pytest.raises(ValueError, match="shares memory"):
+        fastdrop.dropout(x, 0.5, seed=1, out=x[:, :])
+
+
 def test_max_norm_of_numpy_inside_compile():
     """numpy weights run eagerly where Dynamo may fall back (no fullgraph), and are refused with the
     reason under fullgraph (Dynamo's own "ndarray attribute access" message before)."""
