@@ -282,7 +282,7 @@ def check_writable(x, kind, name="x"):
         shape, strides, item = x.shape, x.strides, x.itemsize
     elif kind == TORCH:
         torch = sys.modules["torch"]
-        if torch.compiler.is_dynamo_compiling() or (torch.compiler.is_compiling() and _is_fake(torch, x)):
+        if _tracing(torch, x):
             # A traced graph writes through torch's own ops (the functional op, then copy_ into x),
             # which refuse these targets themselves; and the Python checks below would put guards
             # on symbolic strides (sorting them breaks the graph under dynamic shapes). Asked of x,
@@ -313,10 +313,12 @@ def check_writable(x, kind, name="x"):
                            "performing the operation (inplace=True on an overlapping view).")
 
 
-def _is_fake(torch, x):
-    """Is x a tracing tensor (fake, or functional around a fake: non-strict export, AOT tracing)
-    rather than one with memory?"""
-    return torch._subclasses.fake_tensor.is_fake(x)
+def _tracing(torch, *tensors):
+    """Are these tensors being traced (Dynamo, or fake tensors, possibly functional around a fake:
+    non-strict export, AOT tracing) rather than tensors with memory? is_compiling alone is the
+    whole process's flag (set while another thread compiles), so it is asked of the tensors."""
+    return torch.compiler.is_dynamo_compiling() or (
+        torch.compiler.is_compiling() and any(torch._subclasses.fake_tensor.is_fake(t) for t in tensors))
 
 
 def check_out(x, kind, out, inplace):
@@ -352,9 +354,7 @@ def check_out(x, kind, out, inplace):
             raise RuntimeError("functions with out=... arguments don't support automatic "
                                "differentiation, but one of the arguments (x or out) requires grad "
                                "(as torch's out= ops)")
-        tracing = torch.compiler.is_dynamo_compiling() or (
-            torch.compiler.is_compiling() and (_is_fake(torch, x) or _is_fake(torch, out)))
-        if not tracing and _tensors_overlap(x, out):
+        if not _tracing(torch, x, out) and _tensors_overlap(x, out):
             raise ValueError("out shares memory with x: pass inplace=True to write into x")
     elif np.shares_memory(out, x):
         raise ValueError("out shares memory with x: pass inplace=True to write into x")
