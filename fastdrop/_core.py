@@ -798,35 +798,54 @@ def torch_apply(op, operands, params, rng, inplace=False):
     # NaN tangent of a dropped group; the Function's jvp applies the op: forward AD keeps it
     if op is DROPOUT and not inplace and apply is _FUNCTIONS[2] and len(params) == 1 and params[0] > 0 \
             and sys.modules["torch"].autograd.forward_ad._current_level < 0:
-        groups = _native_groups(operands[0], params[0], rng.p)
-        if groups and rng.seed < 1 << 63 and rng.offset < 1 << 63:
-            y = _native_grouped(operands[0], rng.p, rng.seed, rng.offset, rng.scale, params[0], groups)
+        layout = _native_groups(operands[0], params[0], rng.p)
+        if layout and rng.seed < 1 << 63 and rng.offset < 1 << 63:
+            y = _native_grouped(operands[0], rng.p, rng.seed, rng.offset, rng.scale, params[0], layout)
             if y is not None:
                 return y
     return apply(op, params, rng, inplace, *operands)
 
 
 def _native_groups(x, g, p):
-    """The number of groups when `_native_grouped` applies to x (a tensor under autograd) with
-    mask-shape rule g > 0, else 0: a CPU float32/float64 tensor whose groups are consecutive runs
-    of memory (`_groups_outermost`: contiguous, or timm's permuted ConvNeXt branch; not
-    channels_last spatial dropout), whose output the output cache would not serve, and whose
-    dropped groups are expected (p of x) to fit NATIVE_ZERO_MAX_BYTES twice over (the draw
-    decides; this only saves drawing factors that would not be used)."""
+    """The layout `_native_grouped` needs, (groups, the shape of the factors), when it applies
+    to x (a tensor under autograd) with mask-shape rule g > 0, else None: a CPU float32/float64
+    tensor whose groups are consecutive runs of memory (`_grouped_layout`: contiguous, or timm's
+    permuted ConvNeXt branch; not channels_last spatial dropout), whose output the output cache
+    would not serve, and whose dropped groups are expected (p of x) to fit NATIVE_ZERO_MAX_BYTES
+    twice over (the draw decides; this only saves drawing factors that would not be used)."""
     if x.dtype not in _FLAT_SCALARS or not x.is_cpu or type(x) not in _PLAIN_TENSORS:
-        return 0
+        return None
     n = x.numel()
     nbytes = n * x.element_size()
-    if n == 0 or nbytes >= NATIVE_GROUPED_MAX_BYTES or p * nbytes > 2 * NATIVE_ZERO_MAX_BYTES or \
-            not (x.is_contiguous() or _groups_outermost(x, g)):
-        return 0
-    groups = 1
-    for d in x.shape[:g]:
-        groups *= d
-    return groups
+    if n == 0 or nbytes >= NATIVE_GROUPED_MAX_BYTES or p * nbytes > 2 * NATIVE_ZERO_MAX_BYTES:
+        return None
+    return _grouped_layout(x, g)
 
 
-def _native_grouped(x, p, seed, offset, scale, g, groups):
+# (shape, strides, g) -> (groups, factor shape), or False where the groups are not consecutive
+# runs: a training step meets a few shapes per layer, and for a permuted x the pure-Python layout
+# check cost more than the multiply's own bookkeeping (bounded: shapes from a varying batch or
+# resolution are cleared, not kept forever)
+_GROUPED_LAYOUTS = {}
+
+
+def _grouped_layout(x, g):
+    """(groups, factor shape) of x with mask-shape rule g > 0 when its groups are consecutive
+    runs of memory (contiguous, or `_groups_outermost`), else None."""
+    shape = x.shape
+    key = (shape, x.stride(), g)
+    layout = _GROUPED_LAYOUTS.get(key)
+    if layout is None:
+        if len(_GROUPED_LAYOUTS) >= 256:
+            _GROUPED_LAYOUTS.clear()
+        layout = False
+        if x.is_contiguous() or _groups_outermost(x, g):
+            layout = (math.prod(shape[:g]), tuple(shape[:g]) + (1,) * (len(shape) - g))
+        _GROUPED_LAYOUTS[key] = layout
+    return layout or None
+
+
+def _native_grouped(x, p, seed, offset, scale, g, layout):
     """Spatial dropout / DropPath of a tensor under autograd (`_native_groups` said yes),
     recorded with torch's own multiply: y = x * f, f the per-group factors (scale or 0,
     `group_factors`), then the dropped groups of y set to exact zeros outside autograd (x * 0
@@ -839,8 +858,8 @@ def _native_grouped(x, p, seed, offset, scale, g, groups):
     backward: f, one value per group, never a mask of x's size. Not under forward-mode AD, whose
     tangent t * f would have the same NaN. seed, offset: ints below 2^63."""
     torch = sys.modules["torch"]
-    shape = x.shape
-    factors = np.empty(shape[:g] + (1,) * (len(shape) - g), _FLAT_SCALARS[x.dtype])
+    groups, factor_shape = layout
+    factors = np.empty(factor_shape, _FLAT_SCALARS[x.dtype])
     count = dropout_cpu.group_factors(factors, seed, offset, kernel_threshold(p), scale)
     n = x.numel()
     if count * (n // groups) * x.element_size() > NATIVE_ZERO_MAX_BYTES:
@@ -849,12 +868,19 @@ def _native_grouped(x, p, seed, offset, scale, g, groups):
     if count:
         # x's dense layout and dtype, which torch's multiply keeps: the zeros go straight to y's
         # memory (the kernel writes n elements of factors' dtype there, so both are checked)
-        if y.dtype == x.dtype and (y.is_contiguous() or _groups_outermost(y, g)):
+        if _zeroable_in_place(y, x, g):
             dropout_cpu.zero_dropped_runs(y.data_ptr(), n, n // groups, factors)
         else:  # not met for a dense x; the general tool, in case a torch lays y out otherwise
             with torch.no_grad():
                 y.masked_fill_(torch.from_numpy(factors) == 0, 0.0)
     return y
+
+
+def _zeroable_in_place(y, x, g):
+    """Can `zero_dropped_runs` write y's dropped groups through its flat memory: x's dtype, and
+    its groups consecutive runs in group order (y with x's shape and strides has the layout
+    `_grouped_layout` checked for x)?"""
+    return y.dtype == x.dtype and (y.stride() == x.stride() or _groups_outermost(y, g))
 
 
 def training_lane(x, p, g, ndim=None):
@@ -884,8 +910,8 @@ def training_lane(x, p, g, ndim=None):
         return None
     recorded = x.requires_grad and grad_enabled()
     if g and recorded:
-        groups = _native_groups(x, g, p)
-        if not groups:
+        layout = _native_groups(x, g, p)
+        if not layout:
             return None
     offset = _seeds.stream_offset(0)
     if offset >= 1 << 63 or x.numel() * x.element_size() > PHYSICAL_BYTES:
@@ -897,7 +923,7 @@ def training_lane(x, p, g, ndim=None):
             return _serial_dropout(x, _serial_args(x.dtype, p, seed, offset, scale))
         return _mask(TorchBackend, (x,), _rng(p, seed, offset, scale), (g,))
     if g:
-        y = _native_grouped(x, p, seed, offset, scale, g, groups)
+        y = _native_grouped(x, p, seed, offset, scale, g, layout)
         if y is not None:
             return y
     elif small:

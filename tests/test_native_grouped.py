@@ -101,7 +101,7 @@ def test_other_inputs_keep_the_function_route(case):
         x, p = torch.randn(64, 64, 32, 32), 0.9
     elif case == "drawn_many_dropped":  # expected 922 KiB passes the first check; the draw does not
         x, p = torch.randn(16, 16, 32, 32), 0.9
-        assert _core._native_groups(x, 2, p) == 256  # so the draw decides
+        assert _core._native_groups(x, 2, p) == (256, (16, 16, 1, 1))  # so the draw decides
     elif case == "large":
         x = torch.randn(32 << 20 >> 2 >> 10, 1024)
         call = F.drop_path
@@ -211,16 +211,34 @@ def test_output_in_another_layout_is_zeroed_through_torch(monkeypatch):
     output): the same bits as the kernel, the same gradient."""
     x = hostile((4, 5, 6, 3), torch.float32).permute(0, 3, 1, 2)  # groups outermost, not contiguous
     checks = []
-    outermost = _core._groups_outermost
 
-    def first_only(t, g):  # x passes (the route is taken); the output does not
-        checks.append(t)
-        return outermost(t, g) if len(checks) == 1 else False
-    monkeypatch.setattr(_core, "_groups_outermost", first_only)
+    def refused(y, x, g):
+        checks.append(y)
+        return False
+    monkeypatch.setattr(_core, "_zeroable_in_place", refused)
     xg = x.clone().requires_grad_()
     y = F.drop_path(xg, 0.5, seed=3)
-    assert len(checks) == 2 and route(y) == "MulBackward0"
+    assert len(checks) == 1 and route(y) == "MulBackward0"
     assert torch.equal(bits(y), bits(F.drop_path(x, 0.5, seed=3)))
     grad = torch.randn(x.shape)
     y.backward(grad)
     assert torch.equal(xg.grad, F.drop_path(grad, 0.5, seed=3))
+
+
+def test_grouped_layout_is_asked_per_shape_and_strides():
+    """`_core._grouped_layout` caches its answer per (shape, strides, g): tensors of one shape in
+    other layouts get their own answer, and the cache stays bounded."""
+    _core._GROUPED_LAYOUTS.clear()
+    base = torch.randn(4, 6, 5, 3)
+    permuted = base.permute(0, 3, 1, 2)                       # timm's ConvNeXt branch: rows outermost
+    contiguous = torch.randn(4, 3, 6, 5)
+    channels_last = contiguous.contiguous(memory_format=torch.channels_last)
+    for _ in range(2):  # asked, then answered from the cache: the same answers
+        assert _core._grouped_layout(contiguous, 2) == (12, (4, 3, 1, 1))
+        assert _core._grouped_layout(permuted, 1) == (4, (4, 1, 1, 1))
+        assert _core._grouped_layout(permuted, 2) is None          # channels interleaved in a row
+        assert _core._grouped_layout(channels_last, 2) is None
+        assert _core._grouped_layout(channels_last, 1) == (4, (4, 1, 1, 1))
+    for n in range(1, 400):
+        _core._grouped_layout(torch.empty(n, 2), 1)
+    assert len(_core._GROUPED_LAYOUTS) <= 256
