@@ -877,10 +877,13 @@ def _native_grouped(x, p, seed, offset, scale, g, layout):
 
 
 def _zeroable_in_place(y, x, g):
-    """Can `zero_dropped_runs` write y's dropped groups through its flat memory: x's dtype, and
-    its groups consecutive runs in group order (y with x's shape and strides has the layout
-    `_grouped_layout` checked for x)?"""
-    return y.dtype == x.dtype and (y.stride() == x.stride() or _groups_outermost(y, g))
+    """Can `zero_dropped_runs` write y's dropped groups through its flat memory: a plain tensor
+    with memory (a dispatch mode may hand back a subclass: under FakeTensorMode with real inputs
+    y is a fake tensor whose data_ptr() is 0, and writing there crashed the process), x's dtype
+    and shape, and its groups consecutive runs in group order (y with x's shape and strides has
+    the layout `_grouped_layout` checked for x)?"""
+    return type(y) is _PLAIN_TENSORS[0] and y.dtype == x.dtype and y.shape == x.shape and \
+        (y.stride() == x.stride() or _groups_outermost(y, g))
 
 
 def training_lane(x, p, g, ndim=None):

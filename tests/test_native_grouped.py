@@ -4,6 +4,10 @@ are recorded as torch's own multiply by per-group factors. Checked here against 
 (the same call on a tensor that needs no grad): outputs bit for bit, gradients, the draw from
 torch's generator, what is saved, and which route each input takes.
 """
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -242,3 +246,26 @@ def test_grouped_layout_is_asked_per_shape_and_strides():
     for n in range(1, 400):
         _core._grouped_layout(torch.empty(n, 2), 1)
     assert len(_core._GROUPED_LAYOUTS) <= 256
+
+
+def test_fake_output_of_a_dispatch_mode_is_not_written_through_its_address():
+    """Under FakeTensorMode(allow_non_fake_inputs=True) a real tensor that needs grad reaches the
+    native route, whose multiply returns a fake tensor (data_ptr() 0): writing the zeros there
+    crashed the process (SIGSEGV). Now the fake output takes torch's masked_fill_ and the call
+    returns a fake tensor of x's shape, as any torch op in that mode does. In a subprocess: a
+    regression kills the interpreter."""
+    script = textwrap.dedent("""
+        import torch, fastdrop
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        x = torch.randn(6, 3, 4, requires_grad=True)
+        x4 = torch.randn(2, 3, 3, 4, requires_grad=True)
+        for seed in range(8):  # most of these draws drop a group
+            with FakeTensorMode(allow_non_fake_inputs=True):
+                y = fastdrop.drop_path(x, 0.5, seed=seed)
+                z = fastdrop.dropout2d(x4, 0.5, seed=seed)
+            assert type(y).__name__ == "FakeTensor" and y.shape == x.shape, (type(y), y.shape)
+            assert type(z).__name__ == "FakeTensor" and z.shape == (2, 3, 3, 4)
+        print("ok")
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", (res.returncode, res.stdout, res.stderr[-2000:])
