@@ -744,10 +744,11 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out)
     if _SEED_OPS is None:
         register_torch_ops()
-    if torch._C._is_tracing():  # torch.jit.is_tracing() in eager code, without its Python frame
-        # torch.jit.trace records torch's ops only, not the kernels' writes (a traced kernel call
-        # would return its uninitialized output): the call goes through its custom op, which the
-        # trace records, and a seed=None draw as aten's randint (the draw `_seeds` makes, the same
+    if torch._C._is_tracing() or tracing_dispatch_mode(torch):
+        # torch.jit.trace and make_fx record torch's ops only, not the kernels' writes (a traced
+        # kernel call would return its uninitialized output), and fake tensors have no memory: the
+        # call goes through its custom op, which the trace records (a fake tensor runs its fake
+        # function), and a seed=None draw as aten's randint (the draw `_seeds` makes, the same
         # generator state consumed), which TorchScript knows to be random: every call of the
         # traced module draws a new mask from torch's generator, as eager calls and torch's own
         # traced dropout do (a custom op's draw, with constant arguments, would be folded into one
@@ -771,6 +772,15 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
     if not op.upcast_half:
         return torch_apply(op, operands, params, rng, inplace)
     return _upcast(op, TorchBackend, operands, lambda ops: torch_apply(op, ops, params, rng, inplace), inplace)
+
+
+def tracing_dispatch_mode(torch):
+    """Is a make_fx trace (torch's proxy mode) or fake-tensor propagation (FakeTensorMode, which
+    also takes real tensors with allow_non_fake_inputs) running on this thread? Both see torch's
+    ops only: the kernels' writes through numpy views would be lost from a make_fx graph (its
+    replay returned uninitialized memory), and a fake tensor has no memory to write."""
+    get, key = torch._C._get_dispatch_mode, torch._C._TorchDispatchModeKey
+    return get(key.PROXY) is not None or get(key.FAKE) is not None
 
 
 def _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out):
@@ -909,7 +919,8 @@ def training_lane(x, p, g, ndim=None):
     if x.dtype not in _FLAT_SCALARS or not x.is_cpu or x.is_nested or x.layout != strided or \
             (x.dim() < g if ndim is None else x.dim() != ndim):
         return None
-    if transforms_active() or wrapped(x) or tracing() or forward_ad._current_level >= 0:
+    if transforms_active() or wrapped(x) or tracing() or forward_ad._current_level >= 0 or \
+            tracing_dispatch_mode(sys.modules["torch"]):
         return None
     recorded = x.requires_grad and grad_enabled()
     if g and recorded:

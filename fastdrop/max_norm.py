@@ -100,7 +100,10 @@ def max_norm_(weight, max_value, dim=1, eps=1e-7):
             return weight
         return _max_norm_numpy(weight, max_value, dims, eps)
     if kind == TORCH:
-        if sys.modules["torch"].compiler.is_compiling():
+        torch = sys.modules["torch"]
+        # make_fx records torch's ops only (a write through a numpy view would be lost from its
+        # graph) and a fake tensor has no memory: both take the custom op, as torch.compile does
+        if torch.compiler.is_compiling() or _core.tracing_dispatch_mode(torch):
             return _max_norm_traced(weight, max_value, dims, eps)
         return _max_norm_tensor(weight, max_value, dims, eps)
     return _max_norm_device(weight, max_value, dims, eps)
@@ -141,6 +144,8 @@ def _max_norm_traced(w, max_value, dims, eps):
     """max_norm_ of a tensor inside torch.compile / export: the custom op (registered with the others
     by _core.register_torch_ops, before any graph can be traced)."""
     import torch
+    if _MAX_NORM_OP is None:  # (make_fx before any registration ran)
+        _core.register_torch_ops()
     torch.ops.fastdrop.max_norm_(w, max_value, dims, eps)
     return w
 

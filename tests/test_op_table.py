@@ -518,6 +518,54 @@ def test_trace_in_training_mode(name):
     assert torch.equal(fixed(*ops), case.call(*ops, seed=3))  # an explicit seed: a constant
 
 
+@pytest.mark.parametrize("tracing_mode", ["real", "fake"])
+@pytest.mark.parametrize("name", NAMES)
+def test_make_fx_records_the_custom_op(name, tracing_mode):
+    """make_fx records torch's ops only: the kernels' writes through numpy views were lost from
+    its graph (a replay returned torch.empty_like's uninitialized memory). Every op is recorded as
+    its custom op and a seed=None draw as aten's randint, so a replay equals the eager call after
+    the same torch.manual_seed and draws a new mask from the generator; an explicit seed is a
+    constant of the graph."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    case = CASES[name]
+    ops = operands(case)
+    for kw in ({}, {"seed": 3, "offset": 5}):
+        graph = make_fx(lambda *a: case.call(*a, **kw), tracing_mode=tracing_mode)(*ops)
+        targets = [str(n.target) for n in graph.graph.nodes if n.op == "call_function"]
+        assert any(t.startswith("fastdrop.") for t in targets), targets
+        assert ("aten.randint.low" in targets) == (not kw), targets
+        new = operands(case, seed=1)
+        torch.manual_seed(7)
+        y = graph(*new)
+        torch.manual_seed(7)
+        assert torch.equal(y, case.call(*new, **kw))
+    torch.manual_seed(11)  # (a one-bit mask, drop_path's batch mode, repeats half the time)
+    graph = make_fx(lambda *a: case.call(*a), tracing_mode=tracing_mode)(*ops)
+    assert any(not torch.equal(graph(*ops), graph(*ops)) for _ in range(24))  # a new mask per call
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fake_tensor_mode_propagates_shapes_of_real_inputs(name):
+    """Under FakeTensorMode(allow_non_fake_inputs=True) (shape propagation, FLOP counting) every
+    op on real tensors, with gradients recorded or not, returns a fake tensor of the eager
+    output's shape and dtype through its custom op's fake function, touching neither the inputs
+    nor torch's generator (the kernel route failed in `.numpy()`, and the grouped ops' native
+    route wrote to address 0)."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    case = CASES[name]
+    for requires_grad in (False, True):
+        ops = tuple(o.requires_grad_(requires_grad) for o in operands(case))
+        before = [o.detach().clone() for o in ops]
+        expected = case.call(*ops, seed=3)
+        state = torch.get_rng_state()
+        for kw in ({}, {"seed": 3}):
+            with FakeTensorMode(allow_non_fake_inputs=True):
+                y = case.call(*ops, **kw)
+            assert isinstance(y, FakeTensor) and y.shape == expected.shape and y.dtype == expected.dtype
+        assert torch.equal(torch.get_rng_state(), state)
+        assert all(torch.equal(a, b) for a, b in zip(ops, before))
+
+
 class _Call(torch.nn.Module):
     def __init__(self, call, **kw):
         super().__init__()

@@ -213,6 +213,29 @@ def test_max_norm_bumps_the_autograd_version():
         y.backward()
 
 
+@pytest.mark.parametrize("tracing_mode", ["real", "fake"])
+def test_max_norm_under_make_fx_is_recorded(tracing_mode):
+    """make_fx records max_norm_ as its custom op (the kernel's write through a numpy view was
+    lost from the graph: a replay left the weight unconstrained); the replay gives eager's bits.
+    Under FakeTensorMode with a real weight the op runs its fake function: the weight is untouched."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def constrain(w):
+        w = w.clone()
+        fastdrop.max_norm_(w, 1.5, dim=(1, 2))
+        return w
+    w = torch.randn(6, 4, 3) * 2
+    graph = make_fx(constrain, tracing_mode=tracing_mode)(w)
+    assert "fastdrop.max_norm_.default" in [str(n.target) for n in graph.graph.nodes]
+    other = torch.randn(6, 4, 3) * 2
+    assert torch.equal(graph(other), constrain(other))
+    before = w.clone()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fastdrop.max_norm_(w, 1.5)
+    assert torch.equal(w, before)
+
+
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_max_norm_compiles_to_eager_bits(backend):
     """Inside torch.compile(fullgraph=True) a tensor's max_norm_ is the custom op fastdrop::max_norm_
