@@ -314,11 +314,14 @@ def check_writable(x, kind, name="x"):
 
 
 def _tracing(torch, *tensors):
-    """Are these tensors being traced (Dynamo, or fake tensors, possibly functional around a fake:
-    non-strict export, AOT tracing) rather than tensors with memory? is_compiling alone is the
-    whole process's flag (set while another thread compiles), so it is asked of the tensors."""
-    return torch.compiler.is_dynamo_compiling() or (
-        torch.compiler.is_compiling() and any(torch._subclasses.fake_tensor.is_fake(t) for t in tensors))
+    """Are these tensors being traced (Dynamo, a FakeTensorMode, or fake tensors, possibly
+    functional around a fake: non-strict export, AOT tracing) rather than tensors with memory?
+    is_compiling alone is the whole process's flag (set while another thread compiles), so it is
+    asked of the tensors."""
+    # a FakeTensorMode on this thread: its tensors (and a real tensor's detach() there) are fake
+    return torch.compiler.is_dynamo_compiling() or \
+        torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None or (
+            torch.compiler.is_compiling() and any(torch._subclasses.fake_tensor.is_fake(t) for t in tensors))
 
 
 def check_out(x, kind, out, inplace):

@@ -753,8 +753,20 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         # traced module draws a new mask from torch's generator, as eager calls and torch's own
         # traced dropout do (a custom op's draw, with constant arguments, would be folded into one
         # constant seed). An explicit seed is a constant of the trace.
+        if _forward_ad_active(torch):
+            # the custom op has no forward-mode formula: a traced jvp would give a zero tangent
+            raise RuntimeError(f"fastdrop.{op.name} under make_fx, FakeTensorMode or torch.jit.trace "
+                               f"does not support forward-mode AD (torch.func.jvp, "
+                               f"torch.autograd.forward_ad): torch's custom ops carry no forward "
+                               f"derivative; run the jvp eagerly (it works there)")
         if seed is None:
-            seed_t = _seeds.torch_seed_tensor(torch)
+            if torch._C._are_functorch_transforms_active():
+                # one seed for the transformed call, drawn outside the transforms (as eager draws
+                # it): inside vmap(randomness="different") the draw would be batched
+                with torch._C._DisableFuncTorch():
+                    seed_t = _seeds.torch_seed_tensor(torch)
+            else:
+                seed_t = _seeds.torch_seed_tensor(torch)
         else:
             with warnings.catch_warnings():  # the constant is the point
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -780,7 +792,12 @@ def tracing_dispatch_mode(torch):
     ops only: the kernels' writes through numpy views would be lost from a make_fx graph (its
     replay returned uninitialized memory), and a fake tensor has no memory to write."""
     get, key = torch._C._get_dispatch_mode, torch._C._TorchDispatchModeKey
-    return get(key.PROXY) is not None or get(key.FAKE) is not None
+    if get(key.PROXY) is not None or get(key.FAKE) is not None:
+        return True
+    # make_fx(pre_dispatch=True) keeps its proxy mode on the pre-dispatch stack (torch's private
+    # query; a torch without it has no such stack to ask)
+    pre_dispatch = getattr(torch._ops, "_get_dispatch_mode_pre_dispatch", None)
+    return pre_dispatch is not None and pre_dispatch(key.PROXY) is not None
 
 
 def _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out):

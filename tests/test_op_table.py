@@ -518,7 +518,7 @@ def test_trace_in_training_mode(name):
     assert torch.equal(fixed(*ops), case.call(*ops, seed=3))  # an explicit seed: a constant
 
 
-@pytest.mark.parametrize("tracing_mode", ["real", "fake"])
+@pytest.mark.parametrize("tracing_mode", ["real", "fake", "pre_dispatch"])
 @pytest.mark.parametrize("name", NAMES)
 def test_make_fx_records_the_custom_op(name, tracing_mode):
     """make_fx records torch's ops only: the kernels' writes through numpy views were lost from
@@ -526,9 +526,14 @@ def test_make_fx_records_the_custom_op(name, tracing_mode):
     its custom op and a seed=None draw as aten's randint, so a replay equals the eager call after
     the same torch.manual_seed and draws a new mask from the generator; an explicit seed is a
     constant of the graph."""
-    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental.proxy_tensor import make_fx as torch_make_fx
     case = CASES[name]
     ops = operands(case)
+
+    def make_fx(f, tracing_mode):  # pre_dispatch: real tracing, its proxy mode on another stack
+        if tracing_mode == "pre_dispatch":
+            return torch_make_fx(f, tracing_mode="real", pre_dispatch=True)
+        return torch_make_fx(f, tracing_mode=tracing_mode)
     for kw in ({}, {"seed": 3, "offset": 5}):
         graph = make_fx(lambda *a: case.call(*a, **kw), tracing_mode=tracing_mode)(*ops)
         targets = [str(n.target) for n in graph.graph.nodes if n.op == "call_function"]
@@ -564,6 +569,34 @@ def test_fake_tensor_mode_propagates_shapes_of_real_inputs(name):
             assert isinstance(y, FakeTensor) and y.shape == expected.shape and y.dtype == expected.dtype
         assert torch.equal(torch.get_rng_state(), state)
         assert all(torch.equal(a, b) for a, b in zip(ops, before))
+
+
+def test_traced_dropout_refuses_forward_ad_and_takes_out_and_vmap():
+    """Under make_fx / FakeTensorMode: forward-mode AD is refused (the custom op has no forward
+    formula: a traced jvp gave a zero tangent, silently), out= gives a fake result under a
+    FakeTensorMode (its checks called .numpy() on fake tensors), and vmap(randomness="different")
+    draws its one seed outside the transform, as eager does (inside it the draw was batched)."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    x, t = torch.randn(4, 10), torch.randn(4, 10)
+    for mode in ("real", "fake"):
+        with pytest.raises(RuntimeError, match="does not support forward-mode AD"):
+            make_fx(lambda x, t: torch.func.jvp(lambda r: fastdrop.dropout(r, 0.5), (x,), (t,)), tracing_mode=mode)(x, t)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        y = fastdrop.dropout(x, 0.5, seed=3, out=torch.empty(4, 10))
+    assert isinstance(y, FakeTensor) and y.shape == x.shape
+    out = torch.empty(4, 10)
+    graph = make_fx(lambda x, o: fastdrop.dropout(x, 0.5, seed=3, out=o), tracing_mode="fake")(x, out)
+    assert torch.equal(graph(x, out), fastdrop.dropout(x, 0.5, seed=3))
+
+    def per_example(x):
+        return torch.func.vmap(lambda r: fastdrop.dropout(r, 0.5), randomness="different")(x)
+    graph = make_fx(per_example)(x)
+    torch.manual_seed(5)
+    y = graph(x)
+    torch.manual_seed(5)
+    assert torch.equal(y, per_example(x))
+    assert any(not torch.equal((y[i] == 0), (y[0] == 0)) for i in range(1, 4))  # a mask per example
 
 
 class _Call(torch.nn.Module):
