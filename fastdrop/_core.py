@@ -760,13 +760,7 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
                                f"torch.autograd.forward_ad): torch's custom ops carry no forward "
                                f"derivative; run the jvp eagerly (it works there)")
         if seed is None:
-            if torch._C._are_functorch_transforms_active():
-                # one seed for the transformed call, drawn outside the transforms (as eager draws
-                # it): inside vmap(randomness="different") the draw would be batched
-                with torch._C._DisableFuncTorch():
-                    seed_t = _seeds.torch_seed_tensor(torch)
-            else:
-                seed_t = _seeds.torch_seed_tensor(torch)
+            seed_t = _seeds.torch_seed_tensor(torch)  # (outside any torch.func transform)
         else:
             with warnings.catch_warnings():  # the constant is the point
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)

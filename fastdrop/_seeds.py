@@ -96,17 +96,19 @@ def draw_torch_seed():
         # becomes a constant of the trace, as torch's TracerWarning says)
         return int(torch_seed_tensor(torch))
     if torch._C._are_functorch_transforms_active():
-        # One seed for the whole transformed call, drawn outside the transforms: under
-        # vmap(randomness="different") a draw inside would be batched (and .item() refused);
-        # the op's vmap rule turns the one seed into a mask per example (or one for all, "same").
-        with torch._C._DisableFuncTorch():
-            return int(torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device="cpu"))
+        return int(torch_seed_tensor(torch))
     return draw_torch_seed_eager(torch)
 
 
 def torch_seed_tensor(torch):
     """`draw_torch_seed`'s draw as a 0-d int64 tensor (`torch.randint`, which torch.jit.trace
-    records as a random op)."""
+    and make_fx record as a random op)."""
+    if torch._C._are_functorch_transforms_active():
+        # One seed for the whole transformed call, drawn outside the transforms: under
+        # vmap(randomness="different") a draw inside would be batched (and .item() refused);
+        # the op's vmap rule turns the one seed into a mask per example (or one for all, "same").
+        with torch._C._DisableFuncTorch():
+            return torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device="cpu")
     return torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device="cpu")
 
 
