@@ -216,6 +216,11 @@ def check_array(x, name="x"):
                             f"CUDA simulator cannot map; pass a numba device array (cuda.to_device)")
         if not (hasattr(x, "shape") and hasattr(x, "dtype")):
             x = InterfaceArray(x)
+        cai = x.__cuda_array_interface__
+        if cai["data"][0] == 0 and math.prod(cai["shape"]) > 0:  # a kernel would fault on it, and
+            # a fault on a GPU ends the process's CUDA context (every later launch fails)
+            raise ValueError(f"{name}'s __cuda_array_interface__ has a null data pointer for "
+                             f"shape {tuple(cai['shape'])}")
     dtype = np.dtype(x.dtype)
     if dtype.type not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have a floating point dtype (float16, float32, float64), got {dtype}")

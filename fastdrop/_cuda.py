@@ -45,6 +45,11 @@ from .kernels.layout import dense_after, groups_outermost
 from .kernels.philox import LANES, MAX_U64, kernel_rng_args
 
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
+# numba-cuda 0.30 registers an overload of np.row_stack while it loads its array lowering (at the
+# first kernel compile), and numpy 2.5 removed row_stack: every compile then fails with an
+# AttributeError deep inside numba (seen on the first H200 run, numpy 2.5 + numba-cuda 0.30.4).
+# pyproject.toml pins numpy < 2.5; an environment that has it anyway gets this message instead.
+NUMPY_TOO_NEW = not SIMULATOR and not hasattr(np, "row_stack")
 
 
 # ---- preconditions of every launch --------------------------------------------------------------
@@ -56,6 +61,18 @@ def require_gpu():
                            "__cuda_array_interface__); running its kernels needs a CUDA GPU (or "
                            "NUMBA_ENABLE_CUDASIM=1 for Numba's CUDA simulator), and none is "
                            "available to numba.cuda in this process")
+    if NUMPY_TOO_NEW:
+        raise RuntimeError(f"numba-cuda {_version('numba-cuda')} cannot compile CUDA kernels with numpy "
+                           f"{np.__version__} (it needs np.row_stack, removed in numpy 2.5): install "
+                           f"numpy<2.5, as fastdrop's requirements say")
+
+
+def _version(dist):
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "(version unknown)"
 
 
 def as_device_array(x):

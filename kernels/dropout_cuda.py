@@ -59,6 +59,23 @@ def _tile_kept(words, e, thr):
     return ((w >> (SHIFT16 * np.uint64(e % 2))) & HALF_MASK) < thr
 
 
+# NaN: GPU arithmetic returns the canonical NaN (0x7fffffff, seen on an H200) where the CPU's keeps
+# the operand's sign and payload, so a kept NaN is stored as it was loaded, never multiplied: the
+# same bits as the CPU result for every quiet NaN (a signaling NaN, which the CPU quiets, stays
+# signaling here; bfloat16, handled as bits, is quieted exactly as on the CPU).
+@cuda.jit(device=True)
+def store_kept(out, i, v, scale):
+    """out[i] = v * scale for a kept element, or v itself if v is NaN (stored as loaded: a plain
+    move keeps its bits; a store, not a returned value, so float16 NaNs never pass a conversion).
+    The NaN test is made in float32 (a NaN converts to a NaN): numba-cuda lowers float16 `!=` to a
+    C++ operator that NVVM cannot link (ptxas: unresolved extern)."""
+    w = np.float32(v)
+    if w != w:
+        out[i] = v
+    else:
+        out[i] = v * scale
+
+
 @cuda.jit(**CUDA_JIT_OPTIONS)
 def dropout_flat(x, out, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """out = where(mask, x * scale, 0) for flat contiguous x, out (out may alias x); at most
@@ -76,9 +93,9 @@ def dropout_flat(x, out, key_lo, key_hi, off_lo, off_hi, thr, scale):
             e = k * nt + t
             i = start + e
             if i < n:
-                v = x[i] * scale                # loaded before the select
+                v = x[i]                        # loaded before the select
                 if _tile_kept(words, e, thr):
-                    out[i] = v
+                    store_kept(out, i, v, scale)
                 else:
                     out[i] = 0
         cuda.syncthreads()  # the words are overwritten by the next tile
@@ -112,6 +129,15 @@ def f32_to_bf16(f):
     return np.int16(np.uint16(rounded))
 
 
+@cuda.jit(device=True)
+def kept_bf16(h, scale):
+    """A kept bfloat16 element (bits in, bits out): (h as float32 * scale) rounded once; a NaN is
+    quieted from its bits (top payload bit set), as the CPU's float32 multiply does."""
+    if (np.uint16(h) & np.uint16(0x7FFF)) > np.uint16(0x7F80):
+        return np.int16(np.uint16(h) | np.uint16(0x40))
+    return f32_to_bf16(bf16_to_f32(h) * scale)
+
+
 @cuda.jit(**CUDA_JIT_OPTIONS)
 def dropout_flat_bf16(x, out, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """`dropout_flat` for bfloat16 bits (int16 arrays x, out), float32 scale."""
@@ -128,7 +154,7 @@ def dropout_flat_bf16(x, out, key_lo, key_hi, off_lo, off_hi, thr, scale):
             e = k * nt + t
             i = start + e
             if i < n:
-                v = f32_to_bf16(bf16_to_f32(x[i]) * scale)
+                v = kept_bf16(x[i], scale)
                 if _tile_kept(words, e, thr):
                     out[i] = v
                 else:
@@ -188,9 +214,9 @@ def dropout_transposed(x, out, A, R, L, key_lo, key_hi, off_lo, off_hi, thr, sca
             q = e - col * T_ROWS
             if r0 + q < R and l0 + col < L:
                 m = (a * L + l0 + col) * R + r0 + q
-                v = x[m] * scale
+                v = x[m]
                 if keep[e]:
-                    out[m] = v
+                    store_kept(out, m, v, scale)
                 else:
                     out[m] = 0
         cuda.syncthreads()  # the flags are overwritten by the next tile
@@ -228,7 +254,7 @@ def apply_group_mask(x, out, keep, row, inner, scale):
     n = x.size
     for j in range(cuda.grid(1), n, cuda.gridsize(1)):
         if keep[_group_of(j, row, inner)]:
-            out[j] = x[j] * scale
+            store_kept(out, j, x[j], scale)
         else:
             out[j] = 0
 
@@ -239,7 +265,7 @@ def apply_group_mask_bf16(x, out, keep, row, inner, scale):
     n = x.size
     for j in range(cuda.grid(1), n, cuda.gridsize(1)):
         if keep[_group_of(j, row, inner)]:
-            out[j] = f32_to_bf16(bf16_to_f32(x[j]) * scale)
+            out[j] = kept_bf16(x[j], scale)
         else:
             out[j] = 0
 
@@ -248,4 +274,4 @@ def apply_group_mask_bf16(x, out, keep, row, inner, scale):
 def scale(x, out, factor):
     """out = x * factor (classic dropout at eval)."""
     for j in range(cuda.grid(1), x.size, cuda.gridsize(1)):
-        out[j] = x[j] * factor
+        store_kept(out, j, x[j], factor)

@@ -64,12 +64,19 @@ export PYTHONDONTWRITEBYTECODE=1
 # name, cap (s): the caps of later steps are reserved from the deadline
 NAMES=() CAPS=()
 add() { NAMES+=("$1"); CAPS+=("$2"); }
-# (caps sum to 465 s <= BUDGET; time a step leaves unused goes to the steps after it. tests_gpu
-# compiles every op for CPU and CUDA (compiled autograd ~3 s a case on a CPU): the largest cap)
+# (caps sum to 460 s <= BUDGET; time a step leaves unused goes to the steps after it. tests_gpu
+# compiles every op for CPU and CUDA (compiled autograd ~3 s a case on a CPU): the largest cap.
+# First H200 run (2026-12-04): info 16 s, tests_cuda 63, tests_gpu 133, graphs 15, memcheck 15,
+# racecheck 5, synccheck 2, bench 53)
 add info 30
-[ $RUN_TESTS = 1 ] && { add tests_cuda 75; add tests_gpu 145; add tests_gpu_graphs 25; }
-[ $RUN_SAN = 1 ] && { add memcheck 45; add racecheck 25; add synccheck 20; }
-[ $RUN_BENCH = 1 ] && add bench 100 || true
+[ $RUN_TESTS = 1 ] && { add tests_cuda 70; add tests_gpu 145; add tests_gpu_graphs 25; }
+[ $RUN_SAN = 1 ] && { add memcheck 35; add racecheck 15; add synccheck 10; }
+[ $RUN_BENCH = 1 ] && { add host_profile 30; add bench 100; } || true
+# a --budget below the caps' sum scales every cap down (else the first steps got no time at all)
+CAP_SUM=0; for c in "${CAPS[@]}"; do CAP_SUM=$((CAP_SUM + c)); done
+if [ "$CAP_SUM" -gt "$BUDGET" ]; then
+    for j in "${!CAPS[@]}"; do CAPS[$j]=$((CAPS[j] * BUDGET / CAP_SUM)); done
+fi
 STATUS=() ELAPSED=()
 FAILED=0
 
@@ -116,6 +123,24 @@ skip_step() {
 }
 
 idx() { local j; for j in "${!NAMES[@]}"; do [ "${NAMES[$j]}" = "$1" ] && echo "$j"; done; }
+
+# 0. numba-cuda 0.30 cannot compile a kernel under numpy >= 2.5 (np.row_stack removed; the H200
+#    image of 2026-12 holds numpy 2.5): a numpy < 2.5 wheel carried in .whl/ (no network there) is
+#    installed into a private folder put first on PYTHONPATH; without one, every step fails with
+#    fastdrop's message saying so. To carry it, here: `python3 -m pip download --no-deps
+#    --only-binary=:all: --python-version 3.12 --implementation cp --platform
+#    manylinux_2_28_x86_64 -d .whl numpy==2.4.6` (.whl/ is ignored through .git/info/exclude).
+if ! "$PY" -c "import numpy, sys; sys.exit(0 if hasattr(numpy, 'row_stack') else 3)"; then
+    WHEEL="$(ls "$REPO"/.whl/numpy-2.[0-4].*.whl 2>/dev/null | head -n 1)"
+    if [ -n "$WHEEL" ]; then
+        echo "numpy has no row_stack (numba-cuda 0.30 needs it): installing $(basename "$WHEEL") into $WORK/site"
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "$WHEEL" \
+            && export PYTHONPATH="$WORK/site:$PYTHONPATH"
+    else
+        echo "WARNING: numpy $("$PY" -c 'import numpy; print(numpy.__version__)') has no row_stack: numba-cuda 0.30" \
+             "cannot compile kernels with it; carry a numpy<2.5 wheel in .whl/ (see this script's step 0)"
+    fi
+fi
 
 # 1. the machine and the versions; a tiny Numba kernel proves NVVM and the driver work, and one
 #    launch on torch's stream proves the interop path
@@ -235,8 +260,15 @@ if [ $RUN_SAN = 1 ]; then
     fi
 fi
 
-# 4. the GPU benchmark: it stops starting rows when its budget is spent (files still written)
+# 4. where the host time of a call goes (the first H200 run: the host path, not the kernels, set
+#    the time of every small and mid-sized call), then the GPU benchmark: it stops starting rows
+#    when its budget is spent (files still written)
 if [ $RUN_BENCH = 1 ]; then
+    if [ -f bench/gpu_host_profile.py ]; then
+        TAIL_LINES=40 run_step "$(idx host_profile)" "$PY" bench/gpu_host_profile.py --out "$LOGDIR"
+    else
+        skip_step "$(idx host_profile)" "bench/gpu_host_profile.py not in this checkout"
+    fi
     I=$(idx bench)
     left=$((DEADLINE - $(date +%s) - 25))
     [ $left -gt 400 ] && left=400

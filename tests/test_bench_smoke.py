@@ -221,6 +221,18 @@ def test_gpu_bench_dry_run_covers_every_section(tmp_path):
     assert not [r["id"] for r in rows if "error" in r]
 
 
+def test_gpu_host_profile_dry_run_runs_every_section(tmp_path):
+    """bench/gpu_host_profile.py --dry-run (the same code on tiny CPU tensors): every section runs
+    and the text lands in --out, so the GPU check's host_profile step cannot fail on its own code."""
+    proc = subprocess.run([sys.executable, "bench/gpu_host_profile.py", "--dry-run", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = (tmp_path / "gpu_host_profile.txt").read_text()
+    for heading in ("## 1. host enqueue", "## 2. sync probe", "## 3. the steps", "## 4. cProfile"):
+        assert heading in text, heading
+    assert "Traceback" not in text
+
+
 def test_grouped_routes_probe_runs_every_route():
     """bench/grouped_routes.py (docs/cpu_kernels.md, "Grouped ops under autograd") runs at two
     rounds of a batch-2 CNN step and prints every route."""

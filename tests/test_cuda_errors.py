@@ -19,7 +19,7 @@ class FakeDeviceArray:
         self.shape = shape
         self.dtype = np.dtype(dtype)
         self.__cuda_array_interface__ = {"shape": shape, "typestr": self.dtype.str,
-                                         "data": (0, False), "strides": None, "version": 3}
+                                         "data": (4096, False), "strides": None, "version": 3}
 
 
 def _gpu_present():
@@ -52,7 +52,7 @@ def test_an_object_with_only_the_interface_is_checked_on_it():
     read-only flag honoured), then the GPU is asked for, before any seed is drawn."""
     class InterfaceOnly:
         def __init__(self, typestr="<f4", readonly=False):
-            self.__cuda_array_interface__ = {"shape": (4,), "typestr": typestr, "data": (0, readonly),
+            self.__cuda_array_interface__ = {"shape": (4,), "typestr": typestr, "data": (4096, readonly),
                                              "strides": None, "version": 3}
 
     state = fastdrop._seeds._numpy_source.bit_generator.state
@@ -108,9 +108,10 @@ def test_cuda_graph_capture_is_refused_with_a_clear_error(monkeypatch):
 
 
 @pytest.mark.parametrize("data, strides, error, match", [
-    ((0, True), None, ValueError, "read-only"),                 # a read-only export
-    ((0, False), (0, 4), RuntimeError, "single memory location"),  # a broadcast (stride-0) view
-], ids=["read-only", "overlapping"])
+    ((4096, True), None, ValueError, "read-only"),                 # a read-only export
+    ((4096, False), (0, 4), RuntimeError, "single memory location"),  # a broadcast (stride-0) view
+    ((0, False), None, ValueError, "null data pointer"),            # a kernel would fault
+], ids=["read-only", "overlapping", "null"])
 def test_inplace_on_unwritable_cuda_export_is_refused_before_anything(data, strides, error, match):
     """In place on a CUDA array is checked from its __cuda_array_interface__ like numpy's flags and
     torch's overlap rule: refused before the GPU is asked for and before any seed is drawn."""
@@ -138,3 +139,15 @@ def test_unsqueeze0_keeps_a_device_arrays_strides():
     assert u.shape == (1, 4, 3) and u.strides[1:] == (4, 16)
     c = DeviceNDArray(shape=(4, 3), strides=(12, 4), dtype=np.float32, gpu_data=Memory())
     assert _cuda.unsqueeze0(c).strides[1:] == (12, 4)
+
+
+def test_numpy_without_row_stack_is_named_before_a_compile(monkeypatch):
+    """numba-cuda 0.30 fails to compile any kernel under numpy >= 2.5 (np.row_stack removed; the
+    first H200 run): on a GPU the launch preconditions say so instead of numba's AttributeError."""
+    from fastdrop import _cuda
+    monkeypatch.setattr(_cuda.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_cuda, "NUMPY_TOO_NEW", True)
+    with pytest.raises(RuntimeError, match=r"np.row_stack.*install numpy<2.5"):
+        _cuda.require_gpu()
+    monkeypatch.setattr(_cuda, "NUMPY_TOO_NEW", False)
+    _cuda.require_gpu()

@@ -233,7 +233,7 @@ class _FakeDeviceArray:
     """Claims to live on a GPU (__cuda_array_interface__) in a session that has none."""
     def __init__(self, shape):
         self.shape, self.dtype = shape, np.dtype(np.float32)
-        self.__cuda_array_interface__ = {"shape": shape, "typestr": "<f4", "data": (0, False), "version": 3}
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": "<f4", "data": (4096, False), "version": 3}
 
 
 @pytest.mark.parametrize("fn", [dropout_linear, dropconnect_linear])

@@ -31,7 +31,8 @@ def host_and_device(draw, min_ndim=1, max_ndim=3):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     if sliced:  # a strided device view: every other element of the last axis
         base = rng.standard_normal(shape[:-1] + (2 * shape[-1],)).astype(dtype)
-        return base[..., ::2], cuda.to_device(base)[..., ::2]
+        every_other = (slice(None),) * (ndim - 1) + (slice(None, None, 2),)  # [..., ::2]: a GPU's
+        return base[every_other], cuda.to_device(base)[every_other]       # device arrays take no ...
     x = rng.standard_normal(shape).astype(dtype)
     return x, cuda.to_device(x)
 

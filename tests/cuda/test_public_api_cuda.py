@@ -1,11 +1,14 @@
 """The public API on CUDA device arrays gives what it gives on numpy arrays: the dispatcher, the
 launchers and the kernels together (bit for bit where the op is elementwise, float tolerance for
 the products). Tiny shapes: the simulator runs every thread in Python."""
+import numba
 import numpy as np
 import pytest
 from numba import cuda
 
 import fastdrop
+
+SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
 
 
 def _host(a):
@@ -88,7 +91,15 @@ def test_dense_layers_take_strided_device_arrays(fn, kw):
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("view", [lambda a: a[:, ::2], lambda a: a[:, :, ::2], lambda a: a.T])
+def _transpose(a):
+    """a.T for numpy and numba arrays of any rank (a device array's .T is 2-D only on a GPU)."""
+    if isinstance(a, np.ndarray) or SIMULATOR:
+        return a.T
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    return DeviceNDArray(a.shape[::-1], a.strides[::-1], a.dtype, gpu_data=a.gpu_data)
+
+
+@pytest.mark.parametrize("view", [lambda a: a[:, ::2], lambda a: a[:, :, ::2], _transpose])
 def test_max_norm_on_strided_device_arrays(view):
     """Constrained in place, as the numpy array is (a strided array used to be reshaped into a
     copy, which the kernel constrained instead)."""
@@ -100,15 +111,21 @@ def test_max_norm_on_strided_device_arrays(view):
     np.testing.assert_allclose(base.copy_to_host(), host, rtol=1e-5, atol=1e-6)
 
 
-def test_objects_the_simulator_cannot_map_are_refused_before_the_draw():
-    class Foreign:  # a CuPy-like array: the simulator has no mapping for its memory
+@pytest.mark.parametrize("with_attributes", [True, False])
+def test_foreign_objects_with_a_null_pointer_are_refused_before_the_draw(with_attributes):
+    """A CuPy-like array whose interface points nowhere: the simulator cannot map foreign memory at
+    all (TypeError); on a GPU the null pointer is refused (a kernel's fault there would end the
+    process's CUDA context: on the first H200 run this test's launch made every later test fail)."""
+    class Foreign:
         def __init__(self):
-            self.shape, self.dtype = (4,), np.dtype(np.float32)
+            if with_attributes:
+                self.shape, self.dtype = (4,), np.dtype(np.float32)
             self.__cuda_array_interface__ = {"shape": (4,), "typestr": "<f4", "data": (0, False),
                                              "strides": None, "version": 3}
 
     state = fastdrop._seeds._numpy_source.bit_generator.state
-    with pytest.raises(TypeError, match="simulator cannot map"):
+    error, match = (TypeError, "simulator cannot map") if SIMULATOR else (ValueError, "null data pointer")
+    with pytest.raises(error, match=match):
         fastdrop.dropout(Foreign(), 0.5)
     assert fastdrop._seeds._numpy_source.bit_generator.state == state
 
@@ -136,15 +153,16 @@ print(sorted(m for m in ("fastdrop._cuda", "fastdrop.kernels.dropout_cuda", "fas
 """
 
 
-def test_cuda_code_loaded_later_is_marked_for_dynamo():
+def test_cuda_code_loaded_later_is_marked_for_dynamo(tmp_path):
     """fastdrop._cuda and the CUDA kernels load on the first CUDA input, after keep_dynamo_out marked
     fastdrop's internal code (fastdrop/_core.py): they are marked then, so Dynamo never compiles one
     of their frames on its own (torch.compile of one of their functions compiles no frame)."""
     import os
     import subprocess
     import sys
+    # cwd: not the checkout, whose ./fastdrop (without kernels/) would come first on `-c`'s path
     res = subprocess.run([sys.executable, "-c", SCRIPT_CUDA_MARKED], capture_output=True, text=True,
-                         timeout=300, env=dict(os.environ))
+                         timeout=300, env=dict(os.environ), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     marked = ["fastdrop._cuda", "fastdrop.kernels.dropout_cuda", "fastdrop.kernels.linear_cuda",
               "fastdrop.kernels.variants_cuda"]
