@@ -681,7 +681,7 @@ def _autocast_gemm_operands(operands):
     """A GEMM op's float32 operands in autocast's dtype while autocast is on, as torch's own linear
     and matmul take them there. Eager calls get this from the GEMMs inside the op (autocast is on
     while they run); a custom op's body runs where autocast is off, so the traced graph casts first
-    (and the op computes the half operands in float32, rounding once)."""
+    (and on the CPU the op computes the half operands in float32, rounding once)."""
     torch = sys.modules["torch"]
     x = operands[0]
     device = "cuda" if x.is_cuda else "cpu"
@@ -696,8 +696,9 @@ def _grad_enabled():
 
 
 def _upcast(op, B, operands, run, inplace=False):
-    """float16/bfloat16 operands of a GEMM op computed in float32, rounded once on the way back."""
-    if not (op.upcast_half and _is_half(operands[0])):
+    """float16/bfloat16 operands of a GEMM op computed in float32, rounded once on the way back;
+    except torch CUDA tensors of an op whose products are torch's (`_native_half`)."""
+    if not (op.upcast_half and _is_half(operands[0])) or _native_half(op, B, operands[0]):
         return run(operands)
     y = run(tuple(None if a is None else _astype(B, a, np.float32) for a in operands))
     y = _astype(B, y, operands[0].dtype)
@@ -705,6 +706,17 @@ def _upcast(op, B, operands, run, inplace=False):
         operands[0][...] = y
         return operands[0]
     return y
+
+
+def _native_half(op, B, x):
+    """Does a half-precision GEMM op run in its own dtype: torch CUDA tensors whose products are
+    torch GEMMs (dense layers, dropout_matmul: cuBLAS multiplies float16/bfloat16 on tensor cores,
+    accumulating in float32). In float32 they ran 17x slower than a bfloat16 nn.Linear on the H200
+    (bench/results/nvidia-h200-2026-12-04.md). The masked operand is then rounded to the half type
+    before its product (the mask kernels' one rounding of x * scale), as torch's Dropout + Linear
+    does; on the CPU, whose BLAS has no fast half GEMM, float32 stays. Per-sample DropConnect's
+    products are its own float32/float64 kernels (own_products)."""
+    return B is TorchBackend and not op.own_products and x.is_cuda
 
 
 def _astype(B, a, dtype):

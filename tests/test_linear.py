@@ -186,6 +186,47 @@ def test_half_precision_computes_in_float32(dtype, fn):
     assert x.grad.dtype == dtype and w.grad.dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fn", ["dropout_linear", "dropconnect", "dropout_matmul"])
+def test_native_half_route_is_the_mask_kernel_and_torch_half_gemms(monkeypatch, dtype, fn):
+    """On torch CUDA tensors the dense ops keep float16/bfloat16 (`_core._native_half`: cuBLAS half
+    GEMMs; in float32 they ran 17x slower than nn.Linear on the H200). The route is the same Python
+    as on the CPU, so it is checked here with the gate opened for CPU tensors: forward and gradients
+    are, bit for bit, the mask kernel's half output (x * scale rounded once) fed to torch's own half
+    GEMMs, and no float32 copy is made."""
+    from fastdrop import _core
+    monkeypatch.setattr(_core, "_native_half", lambda op, B, x: B is _core.TorchBackend and not op.own_products)
+    gen = torch.Generator().manual_seed(5)
+    drop = lambda t: fastdrop.dropout(t, 0.3, seed=4)  # noqa: E731  (the op's mask: same seed, offset 0)
+    x = torch.randn(3, 7, 16, generator=gen).to(dtype).requires_grad_()
+    w = torch.randn(5, 16, generator=gen).to(dtype).requires_grad_()
+    b = torch.randn(5, generator=gen).to(dtype)
+    if fn == "dropout_matmul":
+        w = torch.randn(16, 5, generator=gen).to(dtype).requires_grad_()
+        y = fastdrop.dropout_matmul(x, w, 0.3, seed=4)
+        ref = lambda x, w: drop(x) @ w  # noqa: E731
+    elif fn == "dropout_linear":
+        y = dropout_linear(x, w, b, 0.3, seed=4)
+        ref = lambda x, w: torch.nn.functional.linear(drop(x), w, b)  # noqa: E731
+    else:
+        y = dropconnect_linear(x, w, b, 0.3, seed=4)
+        ref = lambda x, w: torch.nn.functional.linear(x, drop(w), b)  # noqa: E731
+    assert y.dtype == dtype
+    g = torch.randn(y.shape, generator=gen).to(dtype)
+    got = torch.autograd.grad(y, (x, w), g)
+    xr, wr = x.detach().requires_grad_(), w.detach().requires_grad_()
+    yr = ref(xr, wr)
+    assert torch.equal(y, yr)
+    # the reference's backward multiplies by the mask after torch's GEMM, as the op does
+    for a, r in zip(got, torch.autograd.grad(yr, (xr, wr), g)):
+        assert a.dtype == dtype and torch.equal(a, r)
+    # and the gate is what changed the route: closed (the CPU's rule), the op computes in float32
+    monkeypatch.undo()
+    if fn == "dropout_linear":
+        wide = dropout_linear(x.float(), w.float(), b.float(), 0.3, seed=4).to(dtype)
+        assert torch.equal(dropout_linear(x, w, b, 0.3, seed=4), wide)
+
+
 @pytest.mark.parametrize("fn", [dropout_linear, dropconnect_linear])
 def test_validation_errors_name_the_problem(fn):
     x, w = np.ones((3, 4), np.float32), np.ones((5, 4), np.float32)
