@@ -272,6 +272,7 @@ def apply_group_mask_bf16(x, out, keep, row, inner, scale):
 
 @cuda.jit(**CUDA_JIT_OPTIONS)
 def scale(x, out, factor):
-    """out = x * factor (classic dropout at eval)."""
+    """out = x * factor (classic dropout at eval; also the launchers' dtype conversions, factor 1),
+    a NaN stored as loaded (`store_kept`)."""
     for j in range(cuda.grid(1), x.size, cuda.gridsize(1)):
         store_kept(out, j, x[j], factor)
