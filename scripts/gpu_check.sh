@@ -127,9 +127,8 @@ idx() { local j; for j in "${!NAMES[@]}"; do [ "${NAMES[$j]}" = "$1" ] && echo "
 # 0. numba-cuda 0.30 cannot compile a kernel under numpy >= 2.5 (np.row_stack removed; the H200
 #    image of 2026-12 holds numpy 2.5): a numpy < 2.5 wheel carried in .whl/ (no network there) is
 #    installed into a private folder put first on PYTHONPATH; without one, every step fails with
-#    fastdrop's message saying so. To carry it, here: `python3 -m pip download --no-deps
-#    --only-binary=:all: --python-version 3.12 --implementation cp --platform
-#    manylinux_2_28_x86_64 -d .whl numpy==2.4.6` (.whl/ is ignored through .git/info/exclude).
+#    fastdrop's message saying so. To carry it: `bash scripts/gpu_wheels.sh` on a machine with
+#    network, before the working tree goes to the GPU machine.
 if ! "$PY" -c "import numpy, sys; sys.exit(0 if hasattr(numpy, 'row_stack') else 3)"; then
     WHEEL="$(ls "$REPO"/.whl/numpy-2.[0-4].*.whl 2>/dev/null | head -n 1)"
     if [ -n "$WHEEL" ]; then
@@ -138,7 +137,7 @@ if ! "$PY" -c "import numpy, sys; sys.exit(0 if hasattr(numpy, 'row_stack') else
             && export PYTHONPATH="$WORK/site:$PYTHONPATH"
     else
         echo "WARNING: numpy $("$PY" -c 'import numpy; print(numpy.__version__)') has no row_stack: numba-cuda 0.30" \
-             "cannot compile kernels with it; carry a numpy<2.5 wheel in .whl/ (see this script's step 0)"
+             "cannot compile kernels with it; carry a numpy<2.5 wheel in .whl/ (bash scripts/gpu_wheels.sh)"
     fi
 fi
 
