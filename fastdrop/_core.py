@@ -71,6 +71,11 @@ def _to_i64(value):
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
+def rows(a):
+    """a (..., k) as the 2-D (rows, k) the GEMMs of a backward take (numpy or torch)."""
+    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
+
+
 def _sum_to(t, shape):
     """t summed over leading dims until it has `shape` (the gradient of a broadcast operand)."""
     shape = tuple(shape)

@@ -25,6 +25,7 @@ offsets < 2**48 never share a counter. Rank 0 (and a program without torch.distr
 unchanged. An explicit `seed=` is never altered: it names one mask, the same on every rank.
 `set_rank_streams(False)` turns the separation off.
 """
+import contextlib
 import os
 import sys
 import threading
@@ -91,11 +92,10 @@ def draw_torch_seed():
     `torch.randint(0, 2**63 - 1, (), dtype=torch.int64)` (randint is `empty().random_(lo, hi)`),
     drawn into a reused 0-d buffer, which costs a third of a fresh tensor each call."""
     torch = sys.modules["torch"]
-    if torch._C._is_tracing():
+    if torch._C._is_tracing() or torch._C._are_functorch_transforms_active():
         # torch.jit.trace would record the buffer's write: the plain factory call there (the int
-        # becomes a constant of the trace, as torch's TracerWarning says)
-        return int(torch_seed_tensor(torch))
-    if torch._C._are_functorch_transforms_active():
+        # becomes a constant of the trace, as torch's TracerWarning says); under torch.func
+        # transforms the draw is made outside them (torch_seed_tensor)
         return int(torch_seed_tensor(torch))
     return draw_torch_seed_eager(torch)
 
@@ -103,13 +103,13 @@ def draw_torch_seed():
 def torch_seed_tensor(torch):
     """`draw_torch_seed`'s draw as a 0-d int64 tensor (`torch.randint`, which torch.jit.trace
     and make_fx record as a random op)."""
-    if torch._C._are_functorch_transforms_active():
-        # One seed for the whole transformed call, drawn outside the transforms: under
-        # vmap(randomness="different") a draw inside would be batched (and .item() refused);
-        # the op's vmap rule turns the one seed into a mask per example (or one for all, "same").
-        with torch._C._DisableFuncTorch():
-            return torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device="cpu")
-    return torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device="cpu")
+    # One seed for the whole transformed call, drawn outside torch.func's transforms: under
+    # vmap(randomness="different") a draw inside would be batched (and .item() refused); the op's
+    # vmap rule turns the one seed into a mask per example (or one for all, "same").
+    outside = torch._C._DisableFuncTorch() if torch._C._are_functorch_transforms_active() \
+        else contextlib.nullcontext()
+    with outside:
+        return torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device="cpu")
 
 
 def draw_torch_seed_eager(torch):

@@ -22,7 +22,6 @@ with m ~ Bernoulli(1-p), so
     Var[u] = Σ_i x_i² W_oi² Var[m]/(1-p)² = p/(1-p) (x²)(W²)ᵀ
 and the layer returns the average of activation(u_z) over `samples` draws u_z ~ N(E[u], Var[u]).
 """
-import math
 import numbers
 
 import numpy as np
@@ -60,10 +59,6 @@ def _fake(operands, params):
     return x.new_empty((*x.shape[:-1], w.shape[0]))
 
 
-def _rows(a):
-    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
-
-
 def _plain(B, operands, params, factor, inplace=False):
     x, w, b = operands
     return B.linear(B.scale(x, factor), w, b)
@@ -82,12 +77,12 @@ def _dl_backward(B, grad, operands, rng, params, needs):
     gx = gw = None
     if nx and nw:
         gx, xm = B.mask_pair(B.matmul(grad, w), x, rng, DENSE_PARALLEL_MIN)  # one Philox pass for both
-        gw = B.matmul(B.mT(_rows(grad)), _rows(xm))
+        gw = B.matmul(B.mT(_core.rows(grad)), _core.rows(xm))
     elif nx:
         gx = B.mask(B.matmul(grad, w), rng, parallel_min=DENSE_PARALLEL_MIN)
     elif nw:
-        gw = B.matmul(B.mT(_rows(grad)), _rows(B.mask(x, rng, parallel_min=DENSE_PARALLEL_MIN)))
-    return gx, gw, _rows(grad).sum(0) if nb else None
+        gw = B.matmul(B.mT(_core.rows(grad)), _core.rows(B.mask(x, rng, parallel_min=DENSE_PARALLEL_MIN)))
+    return gx, gw, _core.rows(grad).sum(0) if nb else None
 
 
 DROPOUT_LINEAR = _core.MaskedOp("dropout_linear", _OPERANDS, forward=_dl_forward, backward=_dl_backward,
@@ -106,8 +101,9 @@ def _dc_backward(B, grad, operands, rng, params, needs):
     x, w, _ = operands
     nx, nw, nb = needs
     gx = B.matmul(grad, B.mask(w, rng, parallel_min=DENSE_PARALLEL_MIN)) if nx else None
-    gw = B.mask(B.matmul(B.mT(_rows(grad)), _rows(x)), rng, parallel_min=DENSE_PARALLEL_MIN) if nw else None
-    return gx, gw, _rows(grad).sum(0) if nb else None
+    gw = B.mask(B.matmul(B.mT(_core.rows(grad)), _core.rows(x)), rng,
+                parallel_min=DENSE_PARALLEL_MIN) if nw else None
+    return gx, gw, _core.rows(grad).sum(0) if nb else None
 
 
 def _mean_network(B, operands, params, factor, inplace=False):
@@ -142,7 +138,7 @@ def _sample_forward(B, operands, rng, params, out=None):
         _cuda = _core.cuda_module()
         y = _cuda.dense_call("dropconnect_forward", x, w, b, rng, True)
         return y.reshape(lead + (w.shape[0],))
-    x2, back = _host(_rows(x))
+    x2, back = _host(_core.rows(x))
     wn, _ = _host(w)
     y = np.empty((x2.shape[0], wn.shape[0]), x2.dtype)
     if y.size:
@@ -158,9 +154,9 @@ def _sample_grads(grad, x, w, rng):
         gx, gw, _ = _cuda.dense_call("dropconnect_backward", x, w, None, rng, True, grad=grad,
                                      bias_grad=False)  # the op's formula has gb = g.sum(0)
         return gx.reshape(x.shape), gw
-    x2, back = _host(_rows(x))
+    x2, back = _host(_core.rows(x))
     wn, _ = _host(w)
-    g2, _ = _host(_rows(grad))
+    g2, _ = _host(_core.rows(grad))
     gx, gw = np.zeros_like(x2), np.zeros_like(wn)
     if g2.size and x2.size:
         # A fixed number of partial gx buffers (not one per thread), so the summation order and
@@ -178,7 +174,7 @@ def _zeros(like, shape):
 def _sample_backward(B, grad, operands, rng, params, needs):
     x, w, _ = operands
     nx, nw, nb = needs
-    gb = _rows(grad).sum(0) if nb else None
+    gb = _core.rows(grad).sum(0) if nb else None
     if nx and nw and B.raw_ok(rng, grad, x, w):
         return (*_sample_grads(grad, x, w, rng), gb)  # both in one pass when nothing records them
     gx = B.op(SAMPLE_GRAD_X, (grad, w), rng) if nx else None

@@ -8,8 +8,6 @@ The mask kernel writes the masked a into a temporary, the vendor GEMM (torch's o
 multiplies; backward regenerates the mask from (seed, offset) and saves a and b only. Batch dims
 are equal, or absent on one side.
 """
-import math
-
 from . import _core
 from .kernels.config import CPU_PARALLEL_MIN
 from ._checks import CUDA_ARRAY, RankError, array_kind, check_mode, check_p, train_scale
@@ -61,14 +59,10 @@ def _backward(B, grad, operands, rng, params, needs):
     if nb and len(b.shape) == 2 < len(a.shape):
         # b broadcast over a's batch: one GEMM over all the batch's rows, not a GEMM per batch
         # element summed after (those partial products were rounded to a half type on CUDA first)
-        gb = B.matmul(B.mT(_rows(am)), _rows(grad))
+        gb = B.matmul(B.mT(_core.rows(am)), _core.rows(grad))
     elif nb:
         gb = B.sum_to(B.matmul(B.mT(am), grad), b.shape)
     return ga, gb
-
-
-def _rows(t):
-    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
 
 
 def _plain(B, operands, params, factor, inplace=False):
