@@ -151,6 +151,21 @@ def enqueue(fn, sync, calls, rounds, meter):
             meter.seconds / (calls * rounds))
 
 
+def numba_dispatch(fn):
+    """fn with fastdrop's direct launcher off (fastdrop/_direct_launch.py): the launches go
+    through numba's `kernel[grid, block, stream](*args)`, as before the first GPU run's fixes."""
+    from fastdrop import _direct_launch as D
+
+    def run():
+        before = D._state["on"]
+        D._state["on"] = False
+        try:
+            return fn()
+        finally:
+            D._state["on"] = before
+    return run
+
+
 def us(s):
     return f"{s * 1e6:8.1f}"
 
@@ -158,12 +173,16 @@ def us(s):
 def section_enqueue(cases, sync, cfg):
     emit(f"## 1. host enqueue: {cfg['calls']} back-to-back calls x {cfg['rounds']} windows, one sync "
          f"after each window (us per call)")
-    emit(f"{'case':40s} {'host med':>8s} {'host min':>8s} {'total':>8s}  gc n0/n1/n2  gc us/call")
+    emit(f"{'case':48s} {'host med':>8s} {'host min':>8s} {'total':>8s}  gc n0/n1/n2  gc us/call")
     meter = GcMeter()
     try:
         rows = [(name, fn) for name, _, fn in cases]
         # the collector's share: the first case again with gc off (its objects freed by refcount)
         rows.insert(1, (cases[0][0] + " (gc off)", None))
+        # A/B of the launch route: each fastdrop case again through numba's dispatch
+        for name, is_fastdrop, fn in cases:
+            if is_fastdrop:
+                rows.append((name + " [numba dispatch]", numba_dispatch(fn)))
         for name, fn in rows:
             if fn is None:
                 gc.collect()
@@ -175,7 +194,7 @@ def section_enqueue(cases, sync, cfg):
             else:
                 res = enqueue(fn, sync, cfg["calls"], cfg["rounds"], meter)
             host, host_min, total, counts, gc_s = res
-            emit(f"{name:40s} {us(host)} {us(host_min)} {us(total)}  {'/'.join(map(str, counts)):>11s}"
+            emit(f"{name:48s} {us(host)} {us(host_min)} {us(total)}  {'/'.join(map(str, counts)):>11s}"
                  f"  {us(gc_s)}")
     finally:
         meter.close()
@@ -336,10 +355,24 @@ def gpu_steps(torch, x, step, iters):
                  lambda: core_launch(launch.stream, config, cu_kernel, *kargs))
         except Exception as e:
             emit(f"{'cuda.core launch, arguments prepared  (the floor)':66s}   failed: {type(e).__name__}: {e}"[:150])
+    from fastdrop import _direct_launch as D
+    step("_direct_launch.torch_stream(torch, dev)  (context query, cached stream)",
+         lambda: D.torch_stream(torch, dev))
+    direct = D.torch_stream(torch, dev)
+    if direct is not None:
+        fx, fo = D.Flat(x), D.Flat(y)
+        step("D.Flat(x)", lambda: D.Flat(x))
+        step("direct launch of dropout_flat, Flats made  (the route's launch)",
+             lambda: direct.launch(K.dropout_flat, blocks, threads, (fx, fo, *scalars)))
+    else:
+        emit(f"(the direct launcher is off: {D.why_off() or 'this thread has not the device context'})")
     step("_cuda.apply_tensor(x, ...)  (the whole launcher, fixed seed)",
          lambda: _cuda.apply_tensor(x, P, SEED, 0, 1.0 / (1.0 - P), 0))
+    step("_cuda.apply_tensor(x, ...)  [numba dispatch]",
+         numba_dispatch(lambda: _cuda.apply_tensor(x, P, SEED, 0, 1.0 / (1.0 - P), 0)))
     step("fastdrop.dropout(x, P)  (the whole call)", lambda: fastdrop.dropout(x, P))
     step("F.dropout(x, P)", lambda: F.dropout(x, P))
+    emit(f"direct launcher: {'on' if D.enabled() else 'off: ' + str(D.why_off())}")
 
 
 def cpu_steps(torch, x, step):

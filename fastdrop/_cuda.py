@@ -36,6 +36,7 @@ import numba
 import numpy as np
 from numba import cuda
 
+from . import _direct_launch as D
 from .kernels import dropout_cuda as K
 from .kernels import linear_cuda as L
 # max_norm_'s kernel, loaded (and marked for Dynamo: _core.cuda_module) with the others
@@ -110,6 +111,15 @@ def refuse_graph_capture(torch):
 
 # ---- elementwise and grouped dropout (kernels/dropout_cuda.py) ------------------------------------
 
+def launch(kernel, blocks, threads, stream, *args):
+    """kernel[blocks, threads, stream](*args), or, for a D.TorchStream (the torch route), the same
+    launch without numba's per-call dispatch (fastdrop/_direct_launch.py)."""
+    if type(stream) is D.TorchStream:
+        stream.launch(kernel, blocks, threads, args)
+    else:
+        kernel[blocks, threads, stream](*args)
+
+
 def _compute_scalar(dtype, value):
     """A scalar of the compute type: x's dtype, float32 for float16 (rounded once on the store)."""
     return np.float32(value) if dtype == np.float16 else dtype.type(value)
@@ -128,8 +138,8 @@ def dropout_flat_into(x, out, p, seed, offset, scale, stream=0, bf16=False):
     bf16: x and out are int16 arrays holding bfloat16 bits (computed in float32, rounded once)."""
     blocks, threads = launch_shape(-(-x.size // K.TILE) * K.CUDA_THREADS)  # one block per tile
     kernel = K.dropout_flat_bf16 if bf16 else K.dropout_flat
-    kernel[blocks, threads, stream](_flat(x), _flat(out), *kernel_rng_args(seed, offset, p),
-                                    _kernel_scale(x.dtype, scale, bf16))
+    launch(kernel, blocks, threads, stream, _flat(x), _flat(out), *kernel_rng_args(seed, offset, p),
+           _kernel_scale(x.dtype, scale, bf16))
     return out
 
 
@@ -139,9 +149,8 @@ def dropout_transposed_into(x, out, layout, p, seed, offset, scale, stream=0):
     A, R, L = layout
     tiles = A * -(-R // K.T_ROWS) * -(-L // K.T_COLS)
     blocks = max(1, min(CUDA_MAX_BLOCKS, tiles))
-    K.dropout_transposed[blocks, K.CUDA_THREADS, stream](_flat(x), _flat(out), A, R, L,
-                                                       *kernel_rng_args(seed, offset, p),
-                                                       _compute_scalar(x.dtype, scale))
+    launch(K.dropout_transposed, blocks, K.CUDA_THREADS, stream, _flat(x), _flat(out), A, R, L,
+           *kernel_rng_args(seed, offset, p), _compute_scalar(x.dtype, scale))
     return out
 
 
@@ -165,7 +174,7 @@ def transpose_layout(shape, strides):
 def keep_mask_into(keep, p, seed, offset, stream=0):
     """keep (a contiguous bool device array) = dropout_mask(keep.shape, p, seed, offset)."""
     blocks, threads = launch_shape(-(-keep.size // LANES))
-    K.keep_mask[blocks, threads, stream](_flat(keep), *kernel_rng_args(seed, offset, p))
+    launch(K.keep_mask, blocks, threads, stream, _flat(keep), *kernel_rng_args(seed, offset, p))
     return keep
 
 
@@ -183,7 +192,8 @@ def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, stream=0, k
     keep_mask_into(keep, p, seed, offset, stream)
     blocks, threads = launch_shape(x.size)
     kernel = K.apply_group_mask_bf16 if bf16 else K.apply_group_mask
-    kernel[blocks, threads, stream](_flat(x), _flat(out), keep, *layout, _kernel_scale(x.dtype, scale, bf16))
+    launch(kernel, blocks, threads, stream, _flat(x), _flat(out), keep, *layout,
+           _kernel_scale(x.dtype, scale, bf16))
     return out
 
 
@@ -301,24 +311,38 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
         src = x.detach() if x.is_contiguous() else x.detach().contiguous()
         direct = out.is_contiguous()
         dst = out.detach() if direct else torch.empty_like(src)
-    with cuda.gpus[x.device.index]:
-        # Our launches go on torch's current stream: ordered after the ops that produced x and
-        # before those that read the result, with no synchronization (hence sync=False).
-        stream = cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)
-        xd = cuda.as_cuda_array(src.view(torch.int16) if bf16 else src, sync=False)
-        od = cuda.as_cuda_array(dst.view(torch.int16) if bf16 else dst, sync=False)
-        if group_ndim:
-            # The group mask buffer comes from torch's allocator, stream-ordered like the rest.
-            keep = torch.empty(math.prod(x.shape[:group_ndim]), dtype=torch.bool, device=x.device)
-            grouped_dropout_into(xd, od, p, seed, offset, scale, group_ndim, stream,
-                                 keep=cuda.as_cuda_array(keep, sync=False), bf16=bf16, layout=layout)
-        elif transposed is not None:
-            dropout_transposed_into(xd, od, transposed, p, seed, offset, scale, stream)
-        else:
-            dropout_flat_into(xd, od, p, seed, offset, scale, stream, bf16=bf16)
+    if bf16:
+        src, dst = src.view(torch.int16), dst.view(torch.int16)
+    # The group mask buffer comes from torch's allocator, stream-ordered like the rest.
+    keep = torch.empty(math.prod(x.shape[:group_ndim]), dtype=torch.bool, device=x.device) \
+        if group_ndim else None
+    args = (p, seed, offset, scale, group_ndim, bf16, layout, transposed)
+    # Our launches go on torch's current stream: ordered after the ops that produced x and before
+    # those that read the result, with no synchronization (hence sync=False below).
+    stream = D.torch_stream(torch, x.device)
+    try:
+        if stream is None:
+            raise D.DirectLaunchUnsupported(D.why_off() or "this thread's context is not the device's")
+        _launch_tensor(D.Flat, src, dst, keep, stream, *args)
+    except D.DirectLaunchUnsupported:  # raised before any launch that wrote src, dst or keep
+        with cuda.gpus[x.device.index]:
+            stream = cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)
+            _launch_tensor(lambda t: cuda.as_cuda_array(t, sync=False), src, dst, keep, stream, *args)
     if not direct:
         out.copy_(dst)  # e.g. channels_last: the result keeps torch's layout for x
     return out
+
+
+def _launch_tensor(view, src, dst, keep, stream, p, seed, offset, scale, group_ndim, bf16, layout, transposed):
+    """apply_tensor's launches on `view`s of its tensors (D.Flat, or numba device arrays)."""
+    xd, od = view(src), view(dst)
+    if group_ndim:
+        grouped_dropout_into(xd, od, p, seed, offset, scale, group_ndim, stream, keep=view(keep),
+                             bf16=bf16, layout=layout)
+    elif transposed is not None:
+        dropout_transposed_into(xd, od, transposed, p, seed, offset, scale, stream)
+    else:
+        dropout_flat_into(xd, od, p, seed, offset, scale, stream, bf16=bf16)
 
 
 # ---- dense layers (kernels/linear_cuda.py; the products are in the module docstring) -----------

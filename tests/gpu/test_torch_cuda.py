@@ -454,6 +454,63 @@ def test_per_sample_dropconnect_outputs_come_from_torchs_allocator():
     assert torch.cuda.memory_allocated() - before >= y.numel() * y.element_size()
 
 
+# ------------------------------------------------------------------- the direct launcher (host path)
+# fastdrop/_direct_launch.py launches the dropout kernels of the torch route without numba's
+# dispatch; tests/test_direct_launch.py checks its types and parameters against numba's without a
+# GPU. Here: it is the route taken, and its results are numba's, bit for bit.
+DIRECT_CALLS = {
+    "dropout f32": lambda x: fastdrop.dropout(x, 0.3, seed=SEED, offset=OFFSET),
+    "dropout f16": lambda x: fastdrop.dropout(x.half(), 0.3, seed=SEED, offset=OFFSET),
+    "dropout bf16": lambda x: fastdrop.dropout(x.bfloat16(), 0.3, seed=SEED, offset=OFFSET),
+    "dropout f64 channels_last": lambda x: fastdrop.dropout(
+        x.double().to(memory_format=torch.channels_last), 0.3, seed=SEED, offset=OFFSET),
+    "dropout2d": lambda x: fastdrop.dropout2d(x, 0.5, seed=SEED, offset=OFFSET),
+    "dropout2d bf16 channels_last": lambda x: fastdrop.dropout2d(
+        x.bfloat16().to(memory_format=torch.channels_last), 0.5, seed=SEED, offset=OFFSET),
+    "drop_path": lambda x: fastdrop.drop_path(x, 0.2, seed=SEED, offset=OFFSET),
+    "dropout inplace": lambda x: fastdrop.dropout(x.clone(), 0.3, seed=SEED, offset=OFFSET, inplace=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DIRECT_CALLS))
+def test_direct_launch_equals_numba_dispatch(name, monkeypatch):
+    from fastdrop import _direct_launch as D
+    x = torch.randn(6, 8, 10, 12, device=DEV)
+    launched = []
+    real = D.TorchStream.launch
+    monkeypatch.setattr(D.TorchStream, "launch",
+                        lambda self, *a: (launched.append(a[0]), real(self, *a))[1])
+    direct = DIRECT_CALLS[name](x)
+    assert launched and D.enabled(), (launched, D.why_off())
+    monkeypatch.setitem(D._state, "on", False)
+    launched.clear()
+    numba = DIRECT_CALLS[name](x)
+    assert not launched
+    assert direct.stride() == numba.stride()
+    assert_same(direct, numba.cpu(), True)
+
+
+def test_direct_launch_from_a_fresh_thread():
+    """A thread whose current context torch has not set up yet launches through numba's route (or
+    the direct one once the context is current): the same results either way."""
+    import threading
+    x = torch.randn(1 << 16, device=DEV)
+    ref = fastdrop.dropout(x, 0.4, seed=SEED, offset=OFFSET).cpu()
+    got, errors = [], []
+
+    def run():
+        try:
+            got.append(fastdrop.dropout(x, 0.4, seed=SEED, offset=OFFSET))
+            torch.cuda.current_stream().synchronize()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert not errors, errors
+    assert_same(got[0], ref, True)
+
+
 # --------------------------------------------------------------------------------------- compile
 
 def _compile_case(backend):

@@ -1,0 +1,171 @@
+"""The direct launcher of the torch-CUDA route (fastdrop/_direct_launch.py), without a GPU.
+
+On a GPU it replaces numba's dispatch, so what it passes must be exactly what numba would: the
+overload numba's typeof would pick, and numba's parameter layout. Here every launch the torch
+route makes (_cuda._launch_tensor, on CPU tensors standing in for CUDA ones: only their data_ptr,
+numel and dtype are read) is recorded, and its argument types and parameters are compared with
+numba-cuda's own typeof and `_Kernel._prepare_args` on DeviceNDArrays over the same addresses,
+and with the specializations the NVVM compile gate builds (scripts/cuda_kernel_report.py). On a
+GPU, tests/gpu/test_torch_cuda.py runs the route itself against numba's.
+"""
+import ctypes
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("numba.cuda")
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    pytest.skip("numba-cuda's real target types (the simulator replaces them)", allow_module_level=True)
+
+from numba.cuda.cudadrv import driver  # noqa: E402
+from numba.cuda.cudadrv.devicearray import DeviceNDArray  # noqa: E402
+from numba.cuda.dispatcher import _Kernel  # noqa: E402
+from numba.cuda.typing.typeof import Purpose, typeof  # noqa: E402
+
+from fastdrop import _cuda  # noqa: E402
+from fastdrop import _direct_launch as D  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _report():
+    spec = importlib.util.spec_from_file_location("cuda_kernel_report", ROOT / "scripts" / "cuda_kernel_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _routes():
+    """(label, src, dst, keep, options) for every branch of _cuda._launch_tensor."""
+    x4 = torch.randn(2, 3, 4, 5)
+    cl = x4.to(memory_format=torch.channels_last)
+    out = []
+    for dt in (torch.float16, torch.float32, torch.float64, torch.bfloat16):
+        x = torch.randn(7, 9).to(dt)
+        bf16 = dt == torch.bfloat16
+        view = (lambda t: t.view(torch.int16)) if bf16 else (lambda t: t)
+        out.append((f"flat {dt}", view(x), view(torch.empty_like(x)), None,
+                    dict(group_ndim=0, bf16=bf16, layout=None, transposed=None)))
+        keep = torch.empty(6, dtype=torch.bool)
+        out.append((f"grouped {dt}", view(x4.to(dt)), view(torch.empty_like(x4.to(dt))), keep,
+                    dict(group_ndim=2, bf16=bf16, layout=None, transposed=None)))
+        if not bf16:
+            n = cl.numel()
+            c = cl.to(dt)
+            flat = c.as_strided((n,), (1,))
+            out.append((f"transposed {dt}", flat, torch.empty_like(flat), None,
+                        dict(group_ndim=0, bf16=False, layout=None,
+                             transposed=_cuda.transpose_layout(c.shape, c.stride()))))
+        c = cl.to(dt)
+        n = c.numel()
+        out.append((f"grouped channels_last {dt}", view(c.as_strided((n,), (1,))),
+                    view(torch.empty(n, dtype=dt)), keep,
+                    dict(group_ndim=2, bf16=bf16, layout=_cuda.group_layout(c.shape, c.stride(), 2),
+                         transposed=None)))
+    return out
+
+
+def _recorded_launches(monkeypatch):
+    launches = []
+    monkeypatch.setattr(D.TorchStream, "launch",
+                        lambda self, kernel, grid, block, args: launches.append((kernel, grid, block, args)))
+    stream = D.TorchStream(0, None)
+    for label, src, dst, keep, opt in _routes():
+        start = len(launches)
+        _cuda._launch_tensor(D.Flat, src, dst, keep, stream, 0.3, 12345, 7, 1 / 0.7, opt["group_ndim"],
+                             opt["bf16"], opt["layout"], opt["transposed"])
+        assert len(launches) > start, label
+        launches[start:] = [(label, *launch) for launch in launches[start:]]
+    return launches
+
+
+def _numba_view(a):
+    """What the numba route passes for a Flat: a 1-D DeviceNDArray over the same memory (no GPU
+    needed to build one over a given address)."""
+    if type(a) is not D.Flat:
+        return a
+    item = a.dtype.itemsize
+    mem = driver.MemoryPointer(None, a.ptr, size=a.size * item)
+    return DeviceNDArray((a.size,), (item,), a.dtype, gpu_data=mem)
+
+
+class _NoExtensions:
+    extensions = ()
+
+
+def test_every_route_launches_what_numba_would(monkeypatch):
+    sigs, _ = _report().signatures()
+    launches = _recorded_launches(monkeypatch)
+    kernels = set()
+    for label, kernel, grid, block, args in launches:
+        name = f"{kernel.py_func.__module__.rsplit('.', 1)[-1]}.{kernel.py_func.__name__}"
+        kernels.add(name)
+        views = [_numba_view(a) for a in args]
+        types = D.argument_types(args)
+        # the overload numba's dispatch would pick for the arrays it used to build
+        assert types == tuple(typeof(v, Purpose.argument) for v in views), (label, name)
+        # one the NVVM compile gate compiles and assembles for sm_80 / sm_90
+        assert types in [t for _, t in sigs[name]], (label, name, types)
+        numbas = []
+        for ty, v in zip(types, views):
+            _Kernel._prepare_args(_NoExtensions(), ty, v, 0, [], numbas)
+        ours = D.pack(D.packers(types), args)
+        assert D.same_params(ours, numbas), (label, name, ours, numbas)
+        assert isinstance(grid, int) and isinstance(block, int) and grid >= 1 and block >= 1
+    assert kernels == {"dropout_cuda.dropout_flat", "dropout_cuda.dropout_flat_bf16",
+                       "dropout_cuda.dropout_transposed", "dropout_cuda.keep_mask",
+                       "dropout_cuda.apply_group_mask", "dropout_cuda.apply_group_mask_bf16"}
+
+
+def test_same_params_tells_layouts_apart():
+    a = [0, 0, 10, 4, 1234, 10, 4, ctypes.c_uint64(7), ctypes.c_float(2.0)]
+    assert D.same_params(a, list(a))
+    assert not D.same_params(a, a[:-1])
+    assert not D.same_params(a, a[:-1] + [ctypes.c_double(2.0)])      # C type
+    assert not D.same_params(a, a[:-1] + [ctypes.c_float(2.5)])       # value
+    assert not D.same_params(a, [0, 0, 10, 4, 1234, 10, 8] + a[7:])   # stride
+    assert not D.same_params(a, a[:7] + [ctypes.c_uint32(7)] + a[8:])  # width
+
+
+def test_scalar_packers_follow_numba():
+    from numba.cuda import types
+    vals = [(types.uint64, np.uint64(2**64 - 1)), (types.uint32, np.uint32(5)), (types.int64, -3),
+            (types.float32, np.float32(1.25)), (types.float64, 0.1), (types.float16, np.float16(1.5)),
+            (types.boolean, True)]
+    for ty, v in vals:
+        numbas = []
+        _Kernel._prepare_args(_NoExtensions(), ty, v, 0, [], numbas)
+        assert D.same_params(D.pack(D.packers((ty,)), [v]), numbas), ty
+
+
+def test_unpacked_kinds_are_refused():
+    from numba.cuda import types
+    with pytest.raises(D.DirectLaunchUnsupported):
+        D.packers((types.Array(types.float32, 2, "C"),))
+    with pytest.raises(D.DirectLaunchUnsupported):
+        D.packers((types.complex64,))
+    with pytest.raises(D.DirectLaunchUnsupported):
+        D.Flat(torch.zeros(3, dtype=torch.complex64))
+
+
+def test_flat_has_only_its_own_shape():
+    f = D.Flat(torch.zeros(3, 4))
+    assert (f.shape, f.size, f.ndim, f.dtype) == ((12,), 12, 1, np.dtype(np.float32))
+    assert f.reshape(12) is f and f.reshape((12,)) is f
+    with pytest.raises(ValueError, match="12 elements"):
+        f.reshape(3, 4)
+
+
+def test_environment_turns_the_route_off():
+    code = ("from fastdrop import _direct_launch as D; import torch; "
+            "print(D.enabled(), D.why_off(), D.torch_stream(torch, torch.device('cuda', 0)))")
+    env = dict(os.environ, FASTDROP_CUDA_LAUNCH="numba")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "FASTDROP_CUDA_LAUNCH=numba", "None"]
