@@ -20,8 +20,8 @@ and a scalar as the C type of its numba type. So this module keeps
   - per (kernel, argument kinds): the overload (`CUDADispatcher.compile`, which loads from numba's
     disk cache as a first dispatch does), its argument types and one packer per argument;
   - per (overload, device): the CUfunction (loaded once in that device's context);
-  - per device: its primary context (numba's and torch's); per torch stream handle: a cuda.core
-    Stream; per (grid, block): a LaunchConfig;
+  - per device: its primary context (numba's and torch's); per (device, torch stream handle): a
+    cuda.core Stream; per (grid, block): a LaunchConfig;
 and a launch packs the parameters from `Flat` views (data_ptr, numel) into cuda.core's `launch`.
 `torch_stream` hands the route out only when the calling thread's current context is the
 device's (one driver query); otherwise the caller launches through numba inside `cuda.gpus[i]`.
@@ -48,7 +48,7 @@ if not _state["on"]:
 _NP = {}          # torch dtype -> numpy dtype (filled on first use: torch is imported lazily)
 _OVERLOADS = {}   # (dispatcher, kinds) -> _Overload
 _CONTEXTS = {}    # device index -> int handle of its primary context (numba's = torch's)
-_STREAMS = {}     # torch stream handle -> cuda.core Stream
+_STREAMS = {}     # (device index, torch stream handle) -> cuda.core Stream
 _CONFIGS = {}     # (grid, block) -> cuda.core LaunchConfig
 
 
@@ -254,11 +254,12 @@ def torch_stream(torch, device):
     err, current = driver.cuCtxGetCurrent()
     if err != driver.CUresult.CUDA_SUCCESS or int(current) != _primary_context(idx):
         return None
-    handle = torch.cuda.current_stream(device).cuda_stream
-    core = _STREAMS.get(handle)
+    # keyed by device too: the legacy default stream is handle 0 on every device
+    key = (idx, torch.cuda.current_stream(device).cuda_stream)
+    core = _STREAMS.get(key)
     if core is None:
         from cuda.core import Stream
         if len(_STREAMS) >= 1024:  # streams come and go: bounded, not one entry per stream forever
             _STREAMS.clear()
-        core = _STREAMS[handle] = Stream.from_handle(handle)
+        core = _STREAMS[key] = Stream.from_handle(key[1])
     return TorchStream(idx, core)
