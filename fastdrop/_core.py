@@ -756,6 +756,13 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
             raise RuntimeError(f"fastdrop.{op.name} inside torch.compile does not support forward-mode "
                                f"AD (torch.func.jvp, torch.autograd.forward_ad): torch's custom ops carry "
                                f"no forward derivative; run the jvp eagerly (it works there)")
+        if _grad_transform_active(torch, operands[0]):
+            # torch.func.grad / vjp / jacrev traced by Dynamo: a custom op's autograd formula is a
+            # Function without setup_context, which those transforms refuse (a RuntimeError when
+            # Dynamo runs the op on fake tensors). Dynamo runs this call eagerly instead: the
+            # transform around it falls back to eager (the graph breaks there), where the op's
+            # own Function serves it. vmap alone keeps the custom op and its vmap rule.
+            return _eager_torch_call(torch)(op, operands, params, p, seed, offset, scale, inplace, out)
         seed_t = torch.ops.fastdrop.draw_seed(trace_token(), device=_CPU) if seed is None else \
             torch.tensor(_to_i64(seed), dtype=torch.int64)
         return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out)
@@ -776,6 +783,15 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
                                f"does not support forward-mode AD (torch.func.jvp, "
                                f"torch.autograd.forward_ad): torch's custom ops carry no forward "
                                f"derivative; run the jvp eagerly (it works there)")
+        if _grad_levels_active(torch):
+            # the custom op's autograd formula is a Function without setup_context, which
+            # torch.func's grad transforms refuse with a message about an autograd.Function the
+            # caller never wrote; the kernels' eager route would leave no trace
+            raise RuntimeError(f"fastdrop.{op.name} under make_fx, FakeTensorMode or torch.jit.trace "
+                               f"inside torch.func.grad / vjp / jacrev is not supported: the trace "
+                               f"records fastdrop's custom ops, which torch.func cannot differentiate; "
+                               f"run the transform eagerly, or under torch.compile (it runs the "
+                               f"transform eagerly around fastdrop's op)")
         if seed is None:
             seed_t = _seeds.torch_seed_tensor(torch)  # (outside any torch.func transform)
         else:
@@ -795,6 +811,17 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
     if not op.upcast_half:
         return torch_apply(op, operands, params, rng, inplace)
     return _upcast(op, TorchBackend, operands, lambda ops: torch_apply(op, ops, params, rng, inplace), inplace)
+
+
+_EAGER_TORCH_CALL = None
+
+
+def _eager_torch_call(torch):
+    """_torch_call, which Dynamo does not trace (it calls it, eagerly, at a graph break)."""
+    global _EAGER_TORCH_CALL
+    if _EAGER_TORCH_CALL is None:
+        _EAGER_TORCH_CALL = torch._dynamo.disable(_torch_call)
+    return _EAGER_TORCH_CALL
 
 
 def tracing_dispatch_mode(torch):
@@ -1073,6 +1100,26 @@ def _forward_ad_active(torch):
     """A forward-mode AD level is open: torch.autograd.forward_ad.dual_level, which torch.func.jvp
     opens too (a Python global: Dynamo reads it, where it cannot call the functorch queries)."""
     return torch.autograd.forward_ad._current_level >= 0
+
+
+def _grad_transform_active(torch, x):
+    """Under Dynamo: a torch.func transform is active and x is not a vmap's BatchedTensor (so the
+    innermost transform is grad, vjp or jacrev, whose GradTrackingTensor x is; or a vmap that
+    does not batch x, which then runs eagerly too, correctly). Two queries Dynamo evaluates
+    while tracing; it graph-breaks on the functorch interpreter stack that `_grad_levels_active`
+    reads, and a graph break on every compiled call would split every graph."""
+    return torch._C._are_functorch_transforms_active() and not torch._C._functorch.is_batchedtensor(x)
+
+
+def _grad_levels_active(torch):
+    """A torch.func grad transform (grad, vjp, jacrev) is active, at any level (eager Python)."""
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    pyfunctorch = getattr(torch._functorch, "pyfunctorch", None)
+    if pyfunctorch is None:  # pragma: no cover - torch without the query
+        return False
+    grad = torch._C._functorch.TransformType.Grad
+    return any(i.key() == grad for i in pyfunctorch.retrieve_all_functorch_interpreters())
 
 
 def _vmap_levels(torch):

@@ -67,6 +67,61 @@ def test_compile_matches_eager(name, backend):
     assert any(not torch.equal(first, _run(compiled, ops, s)[0][0]) for s in range(2, 18))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_compiled_func_grad_matches_eager(name):
+    """torch.compile around torch.func.grad: Dynamo traced the op's custom op, whose autograd
+    formula torch.func refuses (a RuntimeError about an autograd.Function the caller never
+    wrote). The op now runs eagerly inside the transform (a graph break), so the compiled
+    function's gradients are the eager ones, for an explicit seed and for seed=None after the
+    same torch.manual_seed."""
+    case = CASES[name]
+    ops = operands(case, torch.float32)
+    argnums = tuple(range(len(ops)))
+    for kw in ({"seed": 5, "offset": 3}, {}):
+        fn = torch.func.grad(lambda *a: case.call(*a, **kw).square().sum(), argnums=argnums)
+        torch.manual_seed(4)
+        ref = fn(*ops)
+        torch.manual_seed(4)
+        got = torch.compile(fn, backend="aot_eager")(*ops)
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_per_sample_gradients_match_eager():
+    """vmap(grad(f)), torch.func's per-example gradients, compiled: the eager gradients; and vmap
+    alone still compiles into one graph with the custom op."""
+    w = torch.randn(5, 6)
+    xs = torch.randn(4, 6)
+
+    def loss(w, x):
+        return (fastdrop.dropout(x, 0.3, seed=9) @ w.T).square().sum()
+    fn = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0), randomness="same")
+    torch.testing.assert_close(torch.compile(fn, backend="aot_eager")(w, xs), fn(w, xs))
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append([str(n.target) for n in gm.graph.nodes if n.op == "call_function"])
+        return gm.forward
+    vm = torch.func.vmap(lambda x: fastdrop.dropout(x, 0.5, seed=1), randomness="same")
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(vm, backend=backend)(xs), vm(xs))
+    assert len(graphs) == 1 and "fastdrop.dropout.default" in graphs[0], graphs
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_make_fx_of_func_grad_is_refused(name):
+    """make_fx records the custom ops, which torch.func.grad cannot differentiate: a clear
+    RuntimeError before the seed draw, not torch's message about setup_context."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    case = CASES[name]
+    ops = operands(case)
+    fn = torch.func.grad(lambda *a: case.call(*a).sum(), argnums=tuple(range(len(ops))))
+    state = torch.get_rng_state()
+    with pytest.raises(RuntimeError, match="inside torch.func.grad / vjp / jacrev is not supported"):
+        make_fx(fn)(*ops)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 # Run in a fresh process, fastdrop imported before torch (the import hook registers the ops):
 # every op's compiled call, first calls of the process included, compiles once.
 _FIRST_CALLS = """

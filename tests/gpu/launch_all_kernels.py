@@ -73,6 +73,16 @@ def instrument():
                 name = f"{info.name}.{attr}"
                 setattr(mod, attr, _Recorder(name, obj))
                 names.append(name)
+    # the torch route launches through fastdrop's direct launcher, not kernel[config](...)
+    from fastdrop import _direct_launch as D
+    direct = D.TorchStream.launch
+
+    def launch(self, kernel, grid, block, args):
+        if isinstance(kernel, _Recorder):
+            LAUNCHED[kernel._name] = LAUNCHED.get(kernel._name, 0) + 1
+            kernel = kernel._kernel
+        return direct(self, kernel, grid, block, args)
+    D.TorchStream.launch = launch
     return names
 
 
