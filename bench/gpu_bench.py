@@ -433,6 +433,11 @@ def markdown(res):
         v = t["measured"]
         v = f"{v:.3g}" if isinstance(v, float) else (v if v is not None else t.get("why", "-"))
         lines.append(f"| {t['text']} | {v} | {t['op']} {t['bound']} | **{t['result']}** |")
+    lines += ["", "Bandwidth ceiling of the fwd+bwd target (arithmetic, not measured): torch's dropout "
+              "moves 18 bytes per float32 element (forward: read x, write y and a 1-byte mask; "
+              "backward: read the gradient and the mask, write grad_x), fastdrop's 16 (no mask), so "
+              "with both at the copy bandwidth fastdrop is 18/16 = 1.125x torch; 1.3x needs torch "
+              "below its floor."]
     lines += ["", "## Dropout (fwd: read x, write y; fwd+bwd adds read grad, write grad_x)", "",
               "| op | dtype | elements | fastdrop | torch | copy floor | fastdrop GB/s | torch GB/s | "
               "copy GB/s | fastdrop / copy BW | speedup vs torch | fastdrop host enqueue |",
