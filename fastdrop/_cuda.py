@@ -319,18 +319,27 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
     args = (p, seed, offset, scale, group_ndim, bf16, layout, transposed)
     # Our launches go on torch's current stream: ordered after the ops that produced x and before
     # those that read the result, with no synchronization (hence sync=False below).
-    stream = D.torch_stream(torch, x.device)
-    try:
-        if stream is None:
-            raise D.DirectLaunchUnsupported(D.why_off() or "this thread's context is not the device's")
-        _launch_tensor(D.Flat, src, dst, keep, stream, *args)
-    except D.DirectLaunchUnsupported:  # raised before any launch that wrote src, dst or keep
+    if not _launched_directly(torch, x.device, src, dst, keep, args):
         with cuda.gpus[x.device.index]:
             stream = cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)
             _launch_tensor(lambda t: cuda.as_cuda_array(t, sync=False), src, dst, keep, stream, *args)
     if not direct:
         out.copy_(dst)  # e.g. channels_last: the result keeps torch's layout for x
     return out
+
+
+def _launched_directly(torch, device, src, dst, keep, args):
+    """apply_tensor's launches through fastdrop/_direct_launch.py; False where that route does
+    not take them (off, another context current on this thread, a first launch whose parameter
+    check failed: raised before that launch, so a rerun writes what a first run would have)."""
+    stream = D.torch_stream(torch, device)
+    if stream is None:
+        return False
+    try:
+        _launch_tensor(D.Flat, src, dst, keep, stream, *args)
+    except D.DirectLaunchUnsupported:
+        return False
+    return True
 
 
 def _launch_tensor(view, src, dst, keep, stream, p, seed, offset, scale, group_ndim, bf16, layout, transposed):

@@ -50,6 +50,7 @@ _OVERLOADS = {}   # (dispatcher, kinds) -> _Overload
 _CONTEXTS = {}    # device index -> int handle of its primary context (numba's = torch's)
 _STREAMS = {}     # (device index, torch stream handle) -> cuda.core Stream
 _CONFIGS = {}     # (grid, block) -> cuda.core LaunchConfig
+_DRIVER = {}      # cuCtxGetCurrent, CUDA_SUCCESS and cuda.core's launch, bound on first use
 
 
 class DirectLaunchUnsupported(Exception):
@@ -231,8 +232,7 @@ class TorchStream:
             with cuda.gpus[self.device]:  # compiled for this device's compute capability
                 ov = _OVERLOADS[(dispatcher, kinds)] = _Overload(dispatcher, args)
         fn = ov.function(self.device, args, self.core)
-        from cuda.core import launch
-        launch(self.core, _config(grid, block), fn, *pack(ov.packs, args))
+        _DRIVER["launch"](self.core, _config(grid, block), fn, *pack(ov.packs, args))
 
 
 def _primary_context(device):
@@ -249,10 +249,13 @@ def torch_stream(torch, device):
     is off or this thread's current context is not the device's (then launch through numba)."""
     if not _state["on"]:
         return None
-    from cuda.bindings import driver
+    if not _DRIVER:
+        from cuda.bindings import driver
+        from cuda.core import launch
+        _DRIVER.update(current=driver.cuCtxGetCurrent, ok=driver.CUresult.CUDA_SUCCESS, launch=launch)
     idx = device.index
-    err, current = driver.cuCtxGetCurrent()
-    if err != driver.CUresult.CUDA_SUCCESS or int(current) != _primary_context(idx):
+    err, current = _DRIVER["current"]()
+    if err != _DRIVER["ok"] or int(current) != _primary_context(idx):
         return None
     # keyed by device too: the legacy default stream is handle 0 on every device
     key = (idx, torch.cuda.current_stream(device).cuda_stream)

@@ -27,6 +27,7 @@ from numba.cuda.cudadrv import driver  # noqa: E402
 from numba.cuda.cudadrv.devicearray import DeviceNDArray  # noqa: E402
 from numba.cuda.dispatcher import _Kernel  # noqa: E402
 from numba.cuda.typing.typeof import Purpose, typeof  # noqa: E402
+from numba.cuda import types as numba_types  # noqa: E402
 
 from fastdrop import _cuda  # noqa: E402
 from fastdrop import _direct_launch as D  # noqa: E402
@@ -169,3 +170,75 @@ def test_environment_turns_the_route_off():
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["False", "FASTDROP_CUDA_LAUNCH=numba", "None"]
+
+
+class _FakeKernel:
+    """A compiled overload without a GPU: numba's own _prepare_args, a stand-in CUfunction."""
+    extensions = ()
+    _prepare_args = _Kernel._prepare_args
+
+    def __init__(self, argtypes):
+        self.argument_types = argtypes
+        self.function = object()
+        self._codelibrary = type("Lib", (), {"get_cufunc": lambda lib: type("F", (), {"kernel": self.function})()})()
+
+
+class _FakeGpus:
+    def __getitem__(self, device):
+        import contextlib
+        return contextlib.nullcontext()
+
+
+@pytest.fixture
+def fake_device(monkeypatch):
+    """TorchStream.launch's numba-cuda and driver steps on CPU tensors: compile gives a
+    _FakeKernel, as_cuda_array a DeviceNDArray over the tensor's address, and cuda.core's
+    launch records (stream, config, function, parameters)."""
+    from numba import cuda
+    compiled, launched = [], []
+
+    def compile_(self, argtypes):
+        compiled.append((self, argtypes))
+        return _FakeKernel(argtypes)
+    monkeypatch.setattr(type(_cuda.K.dropout_flat), "compile", compile_)
+    monkeypatch.setattr(cuda, "gpus", _FakeGpus())
+    monkeypatch.setattr(cuda, "as_cuda_array", lambda t, sync=True: _numba_view(D.Flat(t)))
+    monkeypatch.setattr(D, "_OVERLOADS", {})
+    monkeypatch.setattr(D, "_DRIVER", {"launch": lambda *a: launched.append(a)})
+    monkeypatch.setattr(D, "_state", {"on": True, "why_off": None})
+    return compiled, launched
+
+
+def test_launch_compiles_once_checks_once_and_packs(fake_device):
+    compiled, launched = fake_device
+    stream = D.TorchStream(0, "core stream")
+    for label, src, dst, keep, opt in _routes() * 2:  # every route twice: the second from the caches
+        _cuda._launch_tensor(D.Flat, src, dst, keep, stream, 0.3, 12345, 7, 1 / 0.7, opt["group_ndim"],
+                             opt["bf16"], opt["layout"], opt["transposed"])
+    assert D.enabled()
+    assert len(compiled) == len(D._OVERLOADS) == len({(k, t) for k, t in compiled})  # once per overload
+    for core, config, fn, *params in launched:
+        assert core == "core stream" and fn in [ov.kernel.function for ov in D._OVERLOADS.values()]
+        assert config is D._config(config.grid[0], config.block[0])  # one LaunchConfig per shape
+        assert all(isinstance(v, (int, bool, ctypes._SimpleCData)) for v in params)
+    assert len(launched) == 2 * sum(2 if keep is not None else 1 for _, _, _, keep, _ in _routes())
+
+
+def test_a_parameter_mismatch_turns_the_route_off(fake_device, monkeypatch):
+    """A numba-cuda that packs differently: a warning, the route off, and apply_tensor's launches
+    go to numba instead (`_launched_directly` False, nothing launched directly)."""
+    compiled, launched = fake_device
+
+    def other_layout(self, ty, val, stream, retr, kernelargs):
+        _Kernel._prepare_args(self, ty, val, stream, retr, kernelargs)
+        if isinstance(ty, numba_types.Array):
+            kernelargs.append(0)  # one parameter more per array
+    monkeypatch.setattr(_FakeKernel, "_prepare_args", other_layout)
+    monkeypatch.setattr(D, "torch_stream", lambda torch, device: D.TorchStream(0, "core stream"))
+    label, src, dst, keep, opt = _routes()[1]
+    with pytest.warns(RuntimeWarning, match="direct launcher is off"):
+        done = _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep,
+                                        (0.3, 1, 0, 1 / 0.7, opt["group_ndim"], opt["bf16"],
+                                         opt["layout"], opt["transposed"]))
+    assert not done and not launched and not D.enabled()
+    assert "differs from numba-cuda's" in D.why_off()
