@@ -50,7 +50,7 @@ _OVERLOADS = {}   # (dispatcher, kinds) -> _Overload
 _CONTEXTS = {}    # device index -> int handle of its primary context (numba's = torch's)
 _STREAMS = {}     # (device index, torch stream handle) -> cuda.core Stream
 _CONFIGS = {}     # (grid, block) -> cuda.core LaunchConfig
-_DRIVER = {}      # cuCtxGetCurrent, CUDA_SUCCESS and cuda.core's launch, bound on first use
+_DRIVER = {}      # cuCtxGetCurrent, CUDA_SUCCESS, cuda.core's launch, torch's stream query: bound once
 
 
 class DirectLaunchUnsupported(Exception):
@@ -252,13 +252,18 @@ def torch_stream(torch, device):
     if not _DRIVER:
         from cuda.bindings import driver
         from cuda.core import launch
-        _DRIVER.update(current=driver.cuCtxGetCurrent, ok=driver.CUresult.CUDA_SUCCESS, launch=launch)
+        # torch's raw query: the handle as an int, without the torch.cuda.Stream object that
+        # torch.cuda.current_stream builds on every call
+        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None) or \
+            (lambda i: torch.cuda.current_stream(i).cuda_stream)
+        _DRIVER.update(current=driver.cuCtxGetCurrent, ok=driver.CUresult.CUDA_SUCCESS, launch=launch,
+                       stream=raw)
     idx = device.index
     err, current = _DRIVER["current"]()
     if err != _DRIVER["ok"] or int(current) != _primary_context(idx):
         return None
     # keyed by device too: the legacy default stream is handle 0 on every device
-    key = (idx, torch.cuda.current_stream(device).cuda_stream)
+    key = (idx, _DRIVER["stream"](idx))
     core = _STREAMS.get(key)
     if core is None:
         from cuda.core import Stream
