@@ -28,8 +28,9 @@ device's (one driver query); otherwise the caller launches through numba inside 
 
 The first launch of each overload on each device packs its arguments both ways, here and with
 numba's `_Kernel._prepare_args` on `cuda.as_cuda_array` views of the same memory: any difference
-(a numba-cuda that lays parameters out differently) turns this route off for the process with a
-warning, and numba's dispatch launches everything from then on. FASTDROP_CUDA_LAUNCH=numba turns
+(a numba-cuda that lays parameters out differently), or cuda.core refusing that first launch,
+turns this route off for the process with a warning, and numba's dispatch launches everything
+from then on (an error of a later launch propagates: it is no longer about the route). FASTDROP_CUDA_LAUNCH=numba turns
 it off from the start (A/B timing: bench/gpu_host_profile.py). numba-cuda internals used (0.30):
 CUDADispatcher.compile, _Kernel.argument_types, _Kernel._codelibrary.get_cufunc().kernel and, for
 the check only, _Kernel._prepare_args.
@@ -231,8 +232,21 @@ class TorchStream:
             from numba import cuda
             with cuda.gpus[self.device]:  # compiled for this device's compute capability
                 ov = _OVERLOADS[(dispatcher, kinds)] = _Overload(dispatcher, args)
+        first = self.device not in ov.functions
         fn = ov.function(self.device, args, self.core)
-        _DRIVER["launch"](self.core, _config(grid, block), fn, *pack(ov.packs, args))
+        if not first:
+            _DRIVER["launch"](self.core, _config(grid, block), fn, *pack(ov.packs, args))
+            return
+        try:  # the first launch of an overload on a device: a refusal turns the route off
+            _DRIVER["launch"](self.core, _config(grid, block), fn, *pack(ov.packs, args))
+        except Exception as e:  # (a launch that is refused enqueues nothing)
+            del ov.functions[self.device]
+            why = f"cuda.core refused the first direct launch of {ov.kernel} ({type(e).__name__}: {e})"
+            disable(why)
+            warnings.warn(f"fastdrop: {why}; its direct launcher is off and numba's dispatch launches "
+                          "every kernel from now on (a slower host path, the same results)",
+                          RuntimeWarning, stacklevel=2)
+            raise DirectLaunchUnsupported(why) from e
 
 
 def _primary_context(device):

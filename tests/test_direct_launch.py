@@ -242,3 +242,26 @@ def test_a_parameter_mismatch_turns_the_route_off(fake_device, monkeypatch):
                                          opt["layout"], opt["transposed"]))
     assert not done and not launched and not D.enabled()
     assert "differs from numba-cuda's" in D.why_off()
+
+
+def test_a_refused_first_launch_turns_the_route_off(fake_device, monkeypatch):
+    """cuda.core refusing the first launch of an overload (a context or handle it does not take):
+    a warning, the route off, numba's dispatch instead; a later launch's error is not swallowed."""
+    compiled, launched = fake_device
+
+    def refuse(*a):
+        raise RuntimeError("CUDA_ERROR_INVALID_HANDLE")
+    monkeypatch.setitem(D._DRIVER, "launch", refuse)
+    monkeypatch.setattr(D, "torch_stream", lambda torch, device: D.TorchStream(0, "core stream"))
+    label, src, dst, keep, opt = _routes()[0]
+    args = (0.3, 1, 0, 1 / 0.7, opt["group_ndim"], opt["bf16"], opt["layout"], opt["transposed"])
+    with pytest.warns(RuntimeWarning, match="refused the first direct launch"):
+        assert not _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep, args)
+    assert not D.enabled() and "CUDA_ERROR_INVALID_HANDLE" in D.why_off()
+    # after a first launch went through, an error of a later launch propagates
+    monkeypatch.setattr(D, "_state", {"on": True, "why_off": None})
+    monkeypatch.setitem(D._DRIVER, "launch", lambda *a: launched.append(a))
+    assert _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep, args)
+    monkeypatch.setitem(D._DRIVER, "launch", refuse)
+    with pytest.raises(RuntimeError, match="INVALID_HANDLE"):
+        _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep, args)
