@@ -152,9 +152,9 @@ def enqueue(fn, sync, calls, rounds, meter):
 
 
 def numba_dispatch(fn):
-    """fn with fastdrop's direct launcher off (fastdrop/_direct_launch.py): the launches go
+    """fn with fastdrop's direct launcher off (kernels/direct_launch.py): the launches go
     through numba's `kernel[grid, block, stream](*args)`, as before the first GPU run's fixes."""
-    from fastdrop import _direct_launch as D
+    from fastdrop.kernels import direct_launch as D
 
     def run():
         before = D._state["on"]
@@ -355,8 +355,8 @@ def gpu_steps(torch, x, step, iters):
                  lambda: core_launch(launch.stream, config, cu_kernel, *kargs))
         except Exception as e:
             emit(f"{'cuda.core launch, arguments prepared  (the floor)':66s}   failed: {type(e).__name__}: {e}"[:150])
-    from fastdrop import _direct_launch as D
-    step("_direct_launch.torch_stream(torch, dev)  (context query, cached stream)",
+    from fastdrop.kernels import direct_launch as D
+    step("direct_launch.torch_stream(torch, dev)  (context query, cached stream)",
          lambda: D.torch_stream(torch, dev))
     direct = D.torch_stream(torch, dev)
     if direct is not None:

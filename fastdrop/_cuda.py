@@ -36,7 +36,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from . import _direct_launch as D
+from .kernels import direct_launch as D
 from .kernels import dropout_cuda as K
 from .kernels import linear_cuda as L
 # max_norm_'s kernel, loaded (and marked for Dynamo: _core.cuda_module) with the others
@@ -113,7 +113,7 @@ def refuse_graph_capture(torch):
 
 def launch(kernel, blocks, threads, stream, *args):
     """kernel[blocks, threads, stream](*args), or, for a D.TorchStream (the torch route), the same
-    launch without numba's per-call dispatch (fastdrop/_direct_launch.py)."""
+    launch without numba's per-call dispatch (kernels/direct_launch.py)."""
     if type(stream) is D.TorchStream:
         stream.launch(kernel, blocks, threads, args)
     else:
@@ -329,7 +329,7 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
 
 
 def _launched_directly(torch, device, src, dst, keep, args):
-    """apply_tensor's launches through fastdrop/_direct_launch.py; False where that route does
+    """apply_tensor's launches through kernels/direct_launch.py; False where that route does
     not take them (off, another context current on this thread, a first launch whose parameter
     check failed: raised before that launch, so a rerun writes what a first run would have)."""
     stream = D.torch_stream(torch, device)

@@ -1,4 +1,4 @@
-"""The direct launcher of the torch-CUDA route (fastdrop/_direct_launch.py), without a GPU.
+"""The direct launcher of the torch-CUDA route (kernels/direct_launch.py), without a GPU.
 
 On a GPU it replaces numba's dispatch, so what it passes must be exactly what numba would: the
 overload numba's typeof would pick, and numba's parameter layout. Here every launch the torch
@@ -30,7 +30,7 @@ from numba.cuda.typing.typeof import Purpose, typeof  # noqa: E402
 from numba.cuda import types as numba_types  # noqa: E402
 
 from fastdrop import _cuda  # noqa: E402
-from fastdrop import _direct_launch as D  # noqa: E402
+from fastdrop.kernels import direct_launch as D  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def test_flat_has_only_its_own_shape():
 
 
 def test_environment_turns_the_route_off():
-    code = ("from fastdrop import _direct_launch as D; import torch; "
+    code = ("from fastdrop.kernels import direct_launch as D; import torch; "
             "print(D.enabled(), D.why_off(), D.torch_stream(torch, torch.device('cuda', 0)))")
     env = dict(os.environ, FASTDROP_CUDA_LAUNCH="numba")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)

@@ -74,7 +74,7 @@ def instrument():
                 setattr(mod, attr, _Recorder(name, obj))
                 names.append(name)
     # the torch route launches through fastdrop's direct launcher, not kernel[config](...)
-    from fastdrop import _direct_launch as D
+    from fastdrop.kernels import direct_launch as D
     direct = D.TorchStream.launch
 
     def launch(self, kernel, grid, block, args):

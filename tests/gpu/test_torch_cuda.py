@@ -455,7 +455,7 @@ def test_per_sample_dropconnect_outputs_come_from_torchs_allocator():
 
 
 # ------------------------------------------------------------------- the direct launcher (host path)
-# fastdrop/_direct_launch.py launches the dropout kernels of the torch route without numba's
+# kernels/direct_launch.py launches the dropout kernels of the torch route without numba's
 # dispatch; tests/test_direct_launch.py checks its types and parameters against numba's without a
 # GPU. Here: it is the route taken, and its results are numba's, bit for bit.
 DIRECT_CALLS = {
@@ -474,7 +474,7 @@ DIRECT_CALLS = {
 
 @pytest.mark.parametrize("name", sorted(DIRECT_CALLS))
 def test_direct_launch_equals_numba_dispatch(name, monkeypatch):
-    from fastdrop import _direct_launch as D
+    from fastdrop.kernels import direct_launch as D
     x = torch.randn(6, 8, 10, 12, device=DEV)
     launched = []
     real = D.TorchStream.launch
