@@ -1111,25 +1111,26 @@ def _grad_transform_active(torch, x):
     return torch._C._are_functorch_transforms_active() and not torch._C._functorch.is_batchedtensor(x)
 
 
+def _interpreters(torch):
+    """The torch.func transforms active now, outermost first (none where torch lacks the query)."""
+    if not torch._C._are_functorch_transforms_active():
+        return ()
+    pyfunctorch = getattr(torch._functorch, "pyfunctorch", None)
+    if pyfunctorch is None:  # pragma: no cover - torch without the query: no replay, no refusal
+        return ()
+    return pyfunctorch.retrieve_all_functorch_interpreters()
+
+
 def _grad_levels_active(torch):
     """A torch.func grad transform (grad, vjp, jacrev) is active, at any level (eager Python)."""
-    if not torch._C._are_functorch_transforms_active():
-        return False
-    pyfunctorch = getattr(torch._functorch, "pyfunctorch", None)
-    if pyfunctorch is None:  # pragma: no cover - torch without the query
-        return False
     grad = torch._C._functorch.TransformType.Grad
-    return any(i.key() == grad for i in pyfunctorch.retrieve_all_functorch_interpreters())
+    return any(i.key() == grad for i in _interpreters(torch))
 
 
 def _vmap_levels(torch):
     """{level: randomness} of the torch.func.vmap transforms active now."""
-    pyfunctorch = getattr(torch._functorch, "pyfunctorch", None)
-    if pyfunctorch is None:  # pragma: no cover - torch without the query: no replay
-        return _NO_LEVELS
     vmap = torch._C._functorch.TransformType.Vmap
-    return {i.level(): i.randomness() for i in pyfunctorch.retrieve_all_functorch_interpreters()
-            if i.key() == vmap}
+    return {i.level(): i.randomness() for i in _interpreters(torch) if i.key() == vmap}
 
 
 def _traced_rng(torch, rng):

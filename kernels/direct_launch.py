@@ -62,9 +62,13 @@ def enabled():
     return _state["on"]
 
 
-def disable(why):
-    """Every later launch goes through numba's dispatch (the process's remaining calls)."""
+def turn_off(why):
+    """Every later launch goes through numba's dispatch (the process's remaining calls), said in a
+    warning; returns the exception that sends the current call there."""
     _state["on"], _state["why_off"] = False, why
+    warnings.warn(f"fastdrop: {why}; its direct launcher is off and numba's dispatch launches every "
+                  "kernel from now on (a slower host path, the same results)", RuntimeWarning, stacklevel=3)
+    return DirectLaunchUnsupported(why)
 
 
 def why_off():
@@ -199,11 +203,7 @@ class _Overload:
             else:
                 why = f"the parameter layout of {self.kernel} differs from numba-cuda's"
             if not same:
-                disable(why)
-                warnings.warn(f"fastdrop: {why}; its direct launcher is off and numba's dispatch launches "
-                              "every kernel from now on (a slower host path, the same results)",
-                              RuntimeWarning, stacklevel=2)
-                raise DirectLaunchUnsupported(why)
+                raise turn_off(why)
             self.functions[device] = fn
         return fn
 
@@ -241,12 +241,8 @@ class TorchStream:
             _DRIVER["launch"](self.core, _config(grid, block), fn, *pack(ov.packs, args))
         except Exception as e:  # (a launch that is refused enqueues nothing)
             del ov.functions[self.device]
-            why = f"cuda.core refused the first direct launch of {ov.kernel} ({type(e).__name__}: {e})"
-            disable(why)
-            warnings.warn(f"fastdrop: {why}; its direct launcher is off and numba's dispatch launches "
-                          "every kernel from now on (a slower host path, the same results)",
-                          RuntimeWarning, stacklevel=2)
-            raise DirectLaunchUnsupported(why) from e
+            raise turn_off(f"cuda.core refused the first direct launch of {ov.kernel} "
+                           f"({type(e).__name__}: {e})") from e
 
 
 def _primary_context(device):
