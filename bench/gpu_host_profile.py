@@ -334,10 +334,12 @@ def gpu_steps(torch, x, step, iters):
              lambda: K.dropout_flat[blocks, threads, stream])
         launch = K.dropout_flat[blocks, threads, stream]
         xf, of = xd.reshape(xd.size), od.reshape(od.size)
-        step("configured launch, same arrays", lambda: launch(xf, of, *scalars))
+        seeds = _cuda.no_seeds()  # the kernels' empty seed array: the seed is the host's
+        step("configured launch, same arrays", lambda: launch(xf, of, seeds, *scalars))
         pairs = iter([(xd.reshape(xd.size), od.reshape(od.size)) for _ in range(pool_size)])
-        step("configured launch, fresh arrays (as every fastdrop call)", lambda: launch(*next(pairs), *scalars))
-        args = (xf, of, *scalars)
+        step("configured launch, fresh arrays (as every fastdrop call)",
+             lambda: launch(*next(pairs), seeds, *scalars))
+        args = (xf, of, seeds, *scalars)
         try:
             kernel = K.dropout_flat.overloads[tuple(typeof(a, Purpose.argument) for a in args)]
         except KeyError:
@@ -360,10 +362,10 @@ def gpu_steps(torch, x, step, iters):
          lambda: D.torch_stream(torch, dev))
     direct = D.torch_stream(torch, dev)
     if direct is not None:
-        fx, fo = D.Flat(x), D.Flat(y)
+        fx, fo, fs = D.Flat(x), D.Flat(y), D.Flat(torch.empty(0, dtype=torch.int64, device=dev))
         step("D.Flat(x)", lambda: D.Flat(x))
         step("direct launch of dropout_flat, Flats made  (the route's launch)",
-             lambda: direct.launch(K.dropout_flat, blocks, threads, (fx, fo, *scalars)))
+             lambda: direct.launch(K.dropout_flat, blocks, threads, (fx, fo, fs, *scalars)))
     else:
         emit(f"(the direct launcher is off: {D.why_off() or 'this thread has not the device context'})")
     step("_cuda.apply_tensor(x, ...)  (the whole launcher, fixed seed)",

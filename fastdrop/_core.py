@@ -25,7 +25,9 @@ never a mask. Under torch.compile a seed=None draw is the opaque `fastdrop::draw
 consumes torch's generator exactly as eager does; the seed then travels as a 0-d int64 tensor and
 the offset as the int64 with the same bits (op schemas have no uint64). Compiled autograd traces
 an eager Function's backward with Dynamo; there the backward takes that form too (`_traced_rng`),
-so its masks are the custom ops.
+so its masks are the custom ops. During CUDA-graph capture a seed=None call on a CUDA tensor takes
+the custom op too, eagerly, with its seed drawn on the device (`_capturing`): the kernels read it
+from memory, so every replay draws a new mask.
 """
 import math
 import sys
@@ -64,7 +66,13 @@ def _rng(p, seed, offset, scale):
 
 
 def _seed_int(seed):
-    return seed if isinstance(seed, int) else int(seed) & MAX_U64
+    if isinstance(seed, int):
+        return seed
+    if seed.is_cuda:  # a CUDA-graph capture's seed (`_capturing`): only the kernels may read it
+        raise RuntimeError("this fastdrop route needs its seed on the host, and under CUDA-graph "
+                           "capture the seed lives on the device: it is not supported inside a "
+                           "captured region (pass an explicit seed=, or run it outside the capture)")
+    return int(seed) & MAX_U64
 
 
 def _to_i64(value):
@@ -285,11 +293,13 @@ class TorchBackend:
             x = x.detach()
         if x.is_neg():
             x = x.resolve_neg()
-        seed = _seed_int(rng.seed)
         offset = rng.offset & MAX_U64
         if x.is_cuda:
             _cuda = cuda_module()
+            # (a seed tensor on x's device, from a CUDA-graph capture, goes to the kernels as it is)
+            seed = rng.seed if getattr(rng.seed, "is_cuda", False) else _seed_int(rng.seed)
             return _cuda.apply_tensor(x, rng.p, seed, offset, rng.scale, group_ndim, out)
+        seed = _seed_int(rng.seed)
         n = x.numel()
         small = n < CPU_PARALLEL_MIN
         if out is None and not group_ndim and parallel_min is None and 0 < n < _cpu.CPU_PARALLEL_MIN \
@@ -803,6 +813,13 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         refusal = _vmap_refusal(torch, op, operands, inplace)
         if refusal is not None:
             raise refusal
+    if seed is None and operands[0].is_cuda and _capturing(torch, operands[0].device):
+        # CUDA-graph capture: the seed is drawn on the stream by torch's CUDA generator, whose
+        # state every replay advances, and the kernels read it from device memory; the custom op
+        # carries the seed tensor to the backward (the graph's replays: a new mask each, the
+        # backward the forward's)
+        seed_t = _seeds.device_seed_tensor(torch, operands[0].device)
+        return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out)
     if seed is None:
         seed = _seeds.draw_torch_seed()
     rng = _rng(p, seed, offset, scale)
@@ -811,6 +828,14 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
     if not op.upcast_half:
         return torch_apply(op, operands, params, rng, inplace)
     return _upcast(op, TorchBackend, operands, lambda ops: torch_apply(op, ops, params, rng, inplace), inplace)
+
+
+def _capturing(torch, device):
+    """Is torch's current stream on CUDA `device` capturing a CUDA graph?"""
+    if device.index == torch.cuda.current_device():
+        return torch.cuda.is_current_stream_capturing()
+    with torch.cuda.device(device):
+        return torch.cuda.is_current_stream_capturing()
 
 
 _EAGER_TORCH_CALL = None
@@ -1420,6 +1445,15 @@ def _code_objects(value, seen=None):
         stack.extend(c for c in code.co_consts if hasattr(c, "co_consts"))
 
 
+def _compiled_capture_error(op):
+    return RuntimeError(
+        f"fastdrop.{op.name} was captured into a CUDA graph from inside a torch.compile'd or traced "
+        f"function: there its seed is a host tensor baked into the launch, and every replay would "
+        f"apply one mask. Capture the eager call (outside torch.compile, fastdrop draws its seed on "
+        f"the device during capture and every replay draws a new mask), or let "
+        f"torch.compile(mode='reduce-overhead') make the graphs (it keeps fastdrop's ops out of them)")
+
+
 def library_op(op):
     """The torch.library custom op fastdrop::<op.name>, made on first use."""
     if op._library_op is not None:
@@ -1438,18 +1472,23 @@ def library_op(op):
             # under torch.jit.trace, which records this op as one node: its body runs untraced
             # (traced, x.shape would give 0-d tensors, which the kernels' size math cannot take)
             torch._C._set_tracing_state(None)
+        if seed.is_cuda:  # a CUDA-graph capture's seed, read by the kernels (`_torch_call`)
+            rng = Rng(p, seed, offset & MAX_U64, scale)
+        elif operands[0].is_cuda and _capturing(torch, operands[0].device):
+            raise _compiled_capture_error(op)
+        else:
+            rng = Rng(p, _seed_int(seed), offset & MAX_U64, scale)
         try:
-            y = op.forward(TorchBackend, operands, Rng(p, _seed_int(seed), offset & MAX_U64, scale),
-                           tuple(params))
+            y = op.forward(TorchBackend, operands, rng, tuple(params))
         finally:
             if tracing is not None:
                 torch._C._set_tracing_state(tracing)
         # a custom op's output may not alias its inputs (e.g. p = 0 paths returning x)
         return y.clone() if any(y is a for a in operands) else y
 
-    # cudagraph_unsafe: the seed and offset are host scalars baked into each launch, so a captured
-    # call would replay one mask (the CUDA launchers refuse capture); torch.compile's CUDA-graph
-    # mode (mode="reduce-overhead") then splits the graph around the op instead.
+    # cudagraph_unsafe: inside a compiled graph the seed is a host tensor (fastdrop::draw_seed,
+    # CPU), so a captured call would replay one mask (refused at capture: _compiled_capture_error);
+    # torch.compile's CUDA-graph mode (mode="reduce-overhead") splits the graph around the op.
     lib = torch.library.custom_op(f"fastdrop::{op.name}", impl, mutates_args=(), schema=schema,
                                   tags=(torch.Tag.cudagraph_unsafe,))
     lib.register_fake(lambda *args: op.fake(args[:n], tuple(args[-1])))

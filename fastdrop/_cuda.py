@@ -4,7 +4,7 @@ dense-layer kernels (kernels/linear_cuda.py), on CUDA device arrays and torch CU
 Imported by the op core on the first CUDA input only, so `import fastdrop` never loads
 numba.cuda. Without a GPU (and without NUMBA_ENABLE_CUDASIM=1) every entry point raises a
 RuntimeError before any work: a CUDA input never silently falls back to the CPU; inside a CUDA
-graph capture every torch entry point refuses (`refuse_graph_capture`).
+graph capture the seed can live in device memory (`seeds` below).
 
 Dropout. The kernels work on flat C-contiguous memory; on a torch tensor with a dense permuted
 layout, spatial dropout and DropPath (channels_last, timm's (N, H, W, C) views: `group_layout`)
@@ -29,6 +29,13 @@ and gb = g.sum(0) always. Every dense launcher takes an optional `stream` (defau
 default stream) and `empty` (an allocator `empty(shape, dtype) -> device array`, default numba's),
 so the torch route launches on torch's current stream into memory from torch's caching allocator
 (`TorchEmpty`): the same launch code as for device arrays, which the CUDA simulator tests run.
+
+Seeds. Every Philox kernel takes `seeds, key_lo, key_hi, ...`: with `seeds` empty the key is the
+host seed (kernel_rng_args), with one element it is the 64-bit seed in device memory
+(dropout_cuda.philox_key). The torch route passes a seed tensor there during CUDA-graph capture
+(fastdrop/_core.py draws it on the stream with torch's graph-safe CUDA generator), so each replay
+reads a new seed and the backward the forward's; every launcher below takes such an array as
+`seeds` (default: the empty one, the host seed).
 """
 import math
 
@@ -96,17 +103,25 @@ def unsqueeze0(a):
     return DeviceNDArray(shape, (0,) + tuple(a.strides), a.dtype, stream=a.stream, gpu_data=a.gpu_data)
 
 
-def refuse_graph_capture(torch):
-    """CUDA graphs: a fastdrop launch takes (seed, offset) as host scalars, so a captured launch
-    would replay the capture's mask forever. Refused at capture time, loudly, rather than that;
-    the custom ops carry torch.Tag.cudagraph_unsafe, so torch.compile(mode="reduce-overhead")
-    leaves them out of its graphs."""
-    if torch.cuda.is_current_stream_capturing():
-        raise RuntimeError(
-            "fastdrop ops cannot be captured in a CUDA graph: their seed and offset are host scalars "
-            "baked into the launch, so every replay would apply the mask drawn at capture time. Run "
-            "the fastdrop op outside the captured region (torch.compile(mode='reduce-overhead') "
-            "does this by itself: the ops are tagged cudagraph_unsafe).")
+_NO_SEEDS = {}  # context handle -> an empty int64 device array: "the seed is the host's"
+
+
+def no_seeds():
+    """The empty `seeds` array of the current context (numba's dispatch route)."""
+    key = 0 if SIMULATOR else int(cuda.current_context().handle)
+    a = _NO_SEEDS.get(key)
+    if a is None:
+        a = _NO_SEEDS[key] = cuda.device_array(0, dtype=np.int64)
+    return a
+
+
+def rng_args(seed, offset, p, seeds=None):
+    """(seeds, key_lo, key_hi, off_lo, off_hi, threshold) for a Philox kernel: the host seed
+    (seeds None: the empty array), or the seed in the one-element int64 device array `seeds`
+    (then `seed` is not used)."""
+    if seeds is None:
+        return (no_seeds(), *kernel_rng_args(seed, offset, p))
+    return (seeds, *kernel_rng_args(0, offset, p))
 
 
 # ---- elementwise and grouped dropout (kernels/dropout_cuda.py) ------------------------------------
@@ -133,24 +148,24 @@ def _kernel_scale(dtype, value, bf16):
     return np.float32(value) if bf16 else _compute_scalar(dtype, value)
 
 
-def dropout_flat_into(x, out, p, seed, offset, scale, stream=0, bf16=False):
+def dropout_flat_into(x, out, p, seed, offset, scale, stream=0, bf16=False, seeds=None):
     """out = where(dropout_mask(x.shape, p, seed, offset), x * scale, 0); x, out contiguous.
     bf16: x and out are int16 arrays holding bfloat16 bits (computed in float32, rounded once)."""
     blocks, threads = launch_shape(-(-x.size // K.TILE) * K.CUDA_THREADS)  # one block per tile
     kernel = K.dropout_flat_bf16 if bf16 else K.dropout_flat
-    launch(kernel, blocks, threads, stream, _flat(x), _flat(out), *kernel_rng_args(seed, offset, p),
+    launch(kernel, blocks, threads, stream, _flat(x), _flat(out), *rng_args(seed, offset, p, seeds),
            _kernel_scale(x.dtype, scale, bf16))
     return out
 
 
-def dropout_transposed_into(x, out, layout, p, seed, offset, scale, stream=0):
+def dropout_transposed_into(x, out, layout, p, seed, offset, scale, stream=0, seeds=None):
     """Elementwise dropout over the flat memory of x and out (one dense layout) that
     `transpose_layout` describes as (A, R, L): the mask of the logical C-order index, no copies."""
     A, R, L = layout
     tiles = A * -(-R // K.T_ROWS) * -(-L // K.T_COLS)
     blocks = max(1, min(CUDA_MAX_BLOCKS, tiles))
     launch(K.dropout_transposed, blocks, K.CUDA_THREADS, stream, _flat(x), _flat(out), A, R, L,
-           *kernel_rng_args(seed, offset, p), _compute_scalar(x.dtype, scale))
+           *rng_args(seed, offset, p, seeds), _compute_scalar(x.dtype, scale))
     return out
 
 
@@ -171,15 +186,15 @@ def transpose_layout(shape, strides):
     return math.prod(s for s, _ in dims[:k]), dims[k][0], math.prod(s for s, _ in dims[k + 1:])
 
 
-def keep_mask_into(keep, p, seed, offset, stream=0):
+def keep_mask_into(keep, p, seed, offset, stream=0, seeds=None):
     """keep (a contiguous bool device array) = dropout_mask(keep.shape, p, seed, offset)."""
     blocks, threads = launch_shape(-(-keep.size // LANES))
-    launch(K.keep_mask, blocks, threads, stream, _flat(keep), *kernel_rng_args(seed, offset, p))
+    launch(K.keep_mask, blocks, threads, stream, _flat(keep), *rng_args(seed, offset, p, seeds))
     return keep
 
 
 def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, stream=0, keep=None, bf16=False,
-                         layout=None):
+                         layout=None, seeds=None):
     """Mask = dropout_mask(x.shape[:group_ndim], p, seed, offset) broadcast over the remaining dims
     (same as fastdrop._cpu.grouped_dropout_into); x, out contiguous; `keep`: an optional
     bool scratch buffer of prod(x.shape[:group_ndim]) elements; bf16 as in dropout_flat_into.
@@ -189,7 +204,7 @@ def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, stream=0, k
         keep = cuda.device_array(math.prod(x.shape[:group_ndim]), dtype=np.bool_, stream=stream)
     if layout is None:
         layout = (x.size // keep.size, 1)
-    keep_mask_into(keep, p, seed, offset, stream)
+    keep_mask_into(keep, p, seed, offset, stream, seeds)
     blocks, threads = launch_shape(x.size)
     kernel = K.apply_group_mask_bf16 if bf16 else K.apply_group_mask
     launch(kernel, blocks, threads, stream, _flat(x), _flat(out), keep, *layout,
@@ -285,10 +300,10 @@ def astype(x, dtype):
 
 def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
     """The torch CUDA path of fastdrop._core (no autograd): launches on torch's current stream,
-    writes into `out` (default: empty_like(x), torch's layout rules)."""
+    writes into `out` (default: empty_like(x), torch's layout rules). seed: an int, or a 0-d int64
+    tensor on x's device holding it (CUDA-graph capture: read by the kernels, never by the host)."""
     import torch
     require_gpu()
-    refuse_graph_capture(torch)
     # numba has no bfloat16 arrays: bfloat16 goes into the kernels as its bits (int16 views), as
     # on the CPU; float16 goes as it is. Both are computed in float32 and rounded once.
     bf16 = x.dtype == torch.bfloat16
@@ -316,19 +331,37 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
     # The group mask buffer comes from torch's allocator, stream-ordered like the rest.
     keep = torch.empty(math.prod(x.shape[:group_ndim]), dtype=torch.bool, device=x.device) \
         if group_ndim else None
-    args = (p, seed, offset, scale, group_ndim, bf16, layout, transposed)
+    seeds = _seed_tensor(torch, seed, x.device)
+    args = (p, 0 if seeds.numel() else seed, offset, scale, group_ndim, bf16, layout, transposed)
     # Our launches go on torch's current stream: ordered after the ops that produced x and before
     # those that read the result, with no synchronization (hence sync=False below).
-    if not _launched_directly(torch, x.device, src, dst, keep, args):
+    if not _launched_directly(torch, x.device, src, dst, keep, seeds, args):
         with cuda.gpus[x.device.index]:
             stream = cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)
-            _launch_tensor(lambda t: cuda.as_cuda_array(t, sync=False), src, dst, keep, stream, *args)
+            _launch_tensor(lambda t: cuda.as_cuda_array(t, sync=False), src, dst, keep, seeds, stream, *args)
     if not direct:
         out.copy_(dst)  # e.g. channels_last: the result keeps torch's layout for x
     return out
 
 
-def _launched_directly(torch, device, src, dst, keep, args):
+_EMPTY_SEEDS = {}  # device index -> an empty int64 tensor: the kernels' "the seed is the host's"
+
+
+def _seed_tensor(torch, seed, device):
+    """The kernels' `seeds` for the torch route: seed (a 0-d int64 tensor on `device`) as one
+    element, or, for an int seed, an empty tensor."""
+    if not isinstance(seed, int):
+        if seed.device != device or seed.dtype != torch.int64 or seed.numel() != 1:
+            raise ValueError(f"a seed tensor for a launch on {device} must be one int64 element on "
+                             f"that device, got {seed.dtype} of shape {tuple(seed.shape)} on {seed.device}")
+        return seed.reshape(1)
+    empty = _EMPTY_SEEDS.get(device.index)
+    if empty is None:
+        empty = _EMPTY_SEEDS[device.index] = torch.empty(0, dtype=torch.int64, device=device)
+    return empty
+
+
+def _launched_directly(torch, device, src, dst, keep, seeds, args):
     """apply_tensor's launches through kernels/direct_launch.py; False where that route does
     not take them (off, another context current on this thread, a first launch whose parameter
     check failed: raised before that launch, so a rerun writes what a first run would have)."""
@@ -336,22 +369,23 @@ def _launched_directly(torch, device, src, dst, keep, args):
     if stream is None:
         return False
     try:
-        _launch_tensor(D.Flat, src, dst, keep, stream, *args)
+        _launch_tensor(D.Flat, src, dst, keep, seeds, stream, *args)
     except D.DirectLaunchUnsupported:
         return False
     return True
 
 
-def _launch_tensor(view, src, dst, keep, stream, p, seed, offset, scale, group_ndim, bf16, layout, transposed):
+def _launch_tensor(view, src, dst, keep, seeds, stream, p, seed, offset, scale, group_ndim, bf16, layout,
+                   transposed):
     """apply_tensor's launches on `view`s of its tensors (D.Flat, or numba device arrays)."""
-    xd, od = view(src), view(dst)
+    xd, od, sd = view(src), view(dst), view(seeds)
     if group_ndim:
         grouped_dropout_into(xd, od, p, seed, offset, scale, group_ndim, stream, keep=view(keep),
-                             bf16=bf16, layout=layout)
+                             bf16=bf16, layout=layout, seeds=sd)
     elif transposed is not None:
-        dropout_transposed_into(xd, od, transposed, p, seed, offset, scale, stream)
+        dropout_transposed_into(xd, od, transposed, p, seed, offset, scale, stream, seeds=sd)
     else:
-        dropout_flat_into(xd, od, p, seed, offset, scale, stream, bf16=bf16)
+        dropout_flat_into(xd, od, p, seed, offset, scale, stream, bf16=bf16, seeds=sd)
 
 
 # ---- dense layers (kernels/linear_cuda.py; the products are in the module docstring) -----------
@@ -392,26 +426,27 @@ def _bias_arg(b, dtype, empty):
     return b, True
 
 
-def _gemm(A, B, shape, bias, a_trans, b_trans, mask_on, p, seed, offset, scale, stream, empty):
+def _gemm(A, B, shape, bias, a_trans, b_trans, mask_on, p, seed, offset, scale, stream, empty, seeds=None):
     """C (shape) = opA @ opB (+ bias) with one 2-D mask (linear_cuda.masked_gemm)."""
     C = empty(shape, A.dtype)
     if C.size == 0:
         return C
     bb, has_bias = _bias_arg(bias, A.dtype, empty)
     L.masked_gemm[_tiles(*shape), THREADS_2D, stream](
-        A, B, C, bb, has_bias, a_trans, b_trans, mask_on, *kernel_rng_args(seed, offset, p),
+        A, B, C, bb, has_bias, a_trans, b_trans, mask_on, *rng_args(seed, offset, p, seeds),
         A.dtype.type(scale))
     return C
 
 
-def _sample_gemm(A, B, shape, bias, a_trans, b_trans, product, dims, p, seed, offset, scale, stream, empty):
+def _sample_gemm(A, B, shape, bias, a_trans, b_trans, product, dims, p, seed, offset, scale, stream, empty,
+                 seeds=None):
     """C (shape) for per-example DropConnect (linear_cuda.sample_gemm); dims = (N, out, in)."""
     C = empty(shape, A.dtype)
     if C.size == 0:
         return C
     bb, has_bias = _bias_arg(bias, A.dtype, empty)
     L.sample_gemm[_tiles(*shape), THREADS_2D, stream](
-        A, B, C, bb, has_bias, a_trans, b_trans, product, *dims, *kernel_rng_args(seed, offset, p),
+        A, B, C, bb, has_bias, a_trans, b_trans, product, *dims, *rng_args(seed, offset, p, seeds),
         A.dtype.type(scale))
     return C
 
@@ -424,24 +459,24 @@ def _bias_grad(g, stream, empty):
     return gb
 
 
-def dropout_linear_forward(x2d, w, b, p, seed, offset, scale, stream=0, empty=None):
+def dropout_linear_forward(x2d, w, b, p, seed, offset, scale, stream=0, empty=None, seeds=None):
     """y (N, out) = (x2d ⊙ M * scale) @ w.T + b,  M = dropout_mask(x2d.shape, p, seed, offset)."""
     require_gpu()
     empty = empty or _numba_empty(stream)
     return _gemm(x2d, w, (x2d.shape[0], w.shape[0]), b, False, True, L.MASK_A,
-                 p, seed, offset, scale, stream, empty)
+                 p, seed, offset, scale, stream, empty, seeds)
 
 
-def dropout_linear_backward(g, x2d, w, p, seed, offset, scale, stream=0, empty=None):
+def dropout_linear_backward(g, x2d, w, p, seed, offset, scale, stream=0, empty=None, seeds=None):
     """(grad_x, grad_w, grad_b) of dropout_linear_forward for the output gradient g (N, out)."""
     require_gpu()
     empty = empty or _numba_empty(stream)
-    gx = _gemm(g, w, x2d.shape, None, False, False, L.MASK_C, p, seed, offset, scale, stream, empty)
-    gw = _gemm(g, x2d, w.shape, None, True, False, L.MASK_B, p, seed, offset, scale, stream, empty)
+    gx = _gemm(g, w, x2d.shape, None, False, False, L.MASK_C, p, seed, offset, scale, stream, empty, seeds)
+    gw = _gemm(g, x2d, w.shape, None, True, False, L.MASK_B, p, seed, offset, scale, stream, empty, seeds)
     return gx, gw, _bias_grad(g, stream, empty)
 
 
-def dropconnect_forward(x2d, w, b, p, seed, offset, scale, per_sample, stream=0, empty=None):
+def dropconnect_forward(x2d, w, b, p, seed, offset, scale, per_sample, stream=0, empty=None, seeds=None):
     """y (N, out) = x2d @ (w ⊙ M * scale).T + b; M = dropout_mask(w.shape, ...) or, per_sample,
     row n uses dropout_mask((N, out, in), ...)[n]."""
     require_gpu()
@@ -449,12 +484,12 @@ def dropconnect_forward(x2d, w, b, p, seed, offset, scale, per_sample, stream=0,
     shape = (x2d.shape[0], w.shape[0])
     if per_sample:
         return _sample_gemm(x2d, w, shape, b, False, True, L.SAMPLE_FWD, (x2d.shape[0], *w.shape),
-                            p, seed, offset, scale, stream, empty)
-    return _gemm(x2d, w, shape, b, False, True, L.MASK_B, p, seed, offset, scale, stream, empty)
+                            p, seed, offset, scale, stream, empty, seeds)
+    return _gemm(x2d, w, shape, b, False, True, L.MASK_B, p, seed, offset, scale, stream, empty, seeds)
 
 
 def dropconnect_backward(g, x2d, w, p, seed, offset, scale, per_sample, stream=0, empty=None,
-                         bias_grad=True):
+                         bias_grad=True, seeds=None):
     """(grad_x, grad_w, grad_b) of dropconnect_forward for the output gradient g (N, out); grad_b
     is None with bias_grad=False (the per-sample op's formula takes it from g.sum(0) itself)."""
     require_gpu()
@@ -462,12 +497,12 @@ def dropconnect_backward(g, x2d, w, p, seed, offset, scale, per_sample, stream=0
     if per_sample:
         dims = (x2d.shape[0], *w.shape)
         gx = _sample_gemm(g, w, x2d.shape, None, False, False, L.SAMPLE_GRAD_X, dims,
-                          p, seed, offset, scale, stream, empty)
+                          p, seed, offset, scale, stream, empty, seeds)
         gw = _sample_gemm(g, x2d, w.shape, None, True, False, L.SAMPLE_GRAD_W, dims,
-                          p, seed, offset, scale, stream, empty)
+                          p, seed, offset, scale, stream, empty, seeds)
     else:
-        gx = _gemm(g, w, x2d.shape, None, False, False, L.MASK_B, p, seed, offset, scale, stream, empty)
-        gw = _gemm(g, x2d, w.shape, None, True, False, L.MASK_C, p, seed, offset, scale, stream, empty)
+        gx = _gemm(g, w, x2d.shape, None, False, False, L.MASK_B, p, seed, offset, scale, stream, empty, seeds)
+        gw = _gemm(g, x2d, w.shape, None, True, False, L.MASK_C, p, seed, offset, scale, stream, empty, seeds)
     return gx, gw, (_bias_grad(g, stream, empty) if bias_grad else None)
 
 
@@ -477,14 +512,16 @@ def dense_call(name, x, w, b, rng, per_sample=None, grad=None, **options):
     (grad, x, w), returning (gx, gw, gb). Results are of x's kind; options go to the launcher."""
     require_gpu()
     launcher = globals()[name]
-    seed, offset = int(rng.seed) & MAX_U64, rng.offset & MAX_U64
+    in_memory = not isinstance(rng.seed, int) and getattr(rng.seed, "is_cuda", False)
+    seed, offset = 0 if in_memory else int(rng.seed) & MAX_U64, rng.offset & MAX_U64
     extra = () if per_sample is None else (per_sample,)
     if getattr(x, "is_cuda", False):  # a torch CUDA tensor (device arrays have no is_cuda)
         import torch
-        refuse_graph_capture(torch)
         with cuda.gpus[x.device.index]:
             stream = cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)
             empty = TorchEmpty(x.device)
+            if in_memory:  # the seed tensor of a CUDA-graph capture (apply_tensor's docstring)
+                options["seeds"] = cuda.as_cuda_array(_seed_tensor(torch, rng.seed, x.device), sync=False)
 
             def dev(t, rows=False):  # rows: x or grad, 2-D even when 1-D (one row)
                 if t is None:

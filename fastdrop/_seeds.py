@@ -2,7 +2,8 @@
 
 - torch tensors (CPU or CUDA): torch's default CPU generator, so `torch.manual_seed(s)` makes a
   model's masks reproducible run to run, successive calls differ, and the same program gives the
-  same masks on CPU and GPU.
+  same masks on CPU and GPU. Except during CUDA-graph capture: there a CUDA tensor's seed is drawn
+  on the device by torch's CUDA generator (`device_seed_tensor`), so that each replay draws anew.
 - numpy arrays and CUDA device arrays: a module-level numpy `Generator(PCG64)` seeded from OS
   entropy at import; `fastdrop.manual_seed(s)` (fastdrop/mask.py) re-seeds it. A forked child
   (DataLoader workers, servers) inherits the parent's state, so its first draw re-seeds its own
@@ -119,6 +120,13 @@ def draw_torch_seed_eager(torch):
     if buf is None:
         buf = _seed_buffers.buf = _new_seed_buffer(torch)
     return int(buf.random_(0, _SEED_HIGH))
+
+
+def device_seed_tensor(torch, device):
+    """A seed drawn on CUDA `device`'s current stream by torch's CUDA generator, as a 0-d int64
+    tensor there (the range of `draw_torch_seed`). For CUDA-graph capture: torch's CUDA RNG reads
+    its Philox state from memory that each replay advances, so every replay draws a new seed."""
+    return torch.empty((), dtype=torch.int64, device=device).random_(0, _SEED_HIGH)
 
 
 def _new_seed_buffer(torch):

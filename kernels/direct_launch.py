@@ -86,8 +86,9 @@ class Flat:
 
     def __init__(self, t):
         self.tensor = t  # keeps the memory alive until the launch is enqueued
-        self.ptr = t.data_ptr()
         self.size = t.numel()
+        # an empty tensor passes a null pointer, as its __cuda_array_interface__ gives numba
+        self.ptr = t.data_ptr() if self.size else 0
         self.dtype = numpy_dtype(t.dtype)
         self.shape = (self.size,)
 
@@ -102,7 +103,7 @@ def numpy_dtype(torch_dtype):
     if dt is None:
         import torch
         names = {torch.float16: "float16", torch.float32: "float32", torch.float64: "float64",
-                 torch.int16: "int16", torch.bool: "bool", torch.uint8: "uint8"}
+                 torch.int16: "int16", torch.int64: "int64", torch.bool: "bool", torch.uint8: "uint8"}
         if torch_dtype not in names:
             raise DirectLaunchUnsupported(f"no kernel array of dtype {torch_dtype}")
         dt = _NP[torch_dtype] = np.dtype(names[torch_dtype])

@@ -29,6 +29,17 @@ from .philox import HALF_MASK, LANES, SHIFT16, make_philox_block, philox_rounds
 philox_rounds_cuda = cuda.jit(device=True)(philox_rounds)
 philox_block_cuda = cuda.jit(device=True)(make_philox_block(philox_rounds_cuda))
 
+@cuda.jit(device=True)
+def philox_key(seeds, key_lo, key_hi):
+    """The Philox key words: the seed from the host (key_lo, key_hi), or, when `seeds` holds one
+    element, the 64-bit seed in device memory (drawn on the stream by torch's graph-safe CUDA
+    generator during CUDA-graph capture, so every replay reads the replay's own seed)."""
+    if seeds.size == 0:
+        return key_lo, key_hi
+    s = np.uint64(seeds[0])
+    return s & np.uint64(0xFFFFFFFF), s >> np.uint64(32)
+
+
 TILE = CUDA_THREADS * LANES      # elements per tile of dropout_flat at the launchers' block size
 WORD_ROW = CUDA_THREADS + 4      # shared row of one Philox word index, padded against bank conflicts
 TILE_WORDS = 4 * WORD_ROW
@@ -77,9 +88,10 @@ def store_kept(out, i, v, scale):
 
 
 @cuda.jit(**CUDA_JIT_OPTIONS)
-def dropout_flat(x, out, key_lo, key_hi, off_lo, off_hi, thr, scale):
+def dropout_flat(x, out, seeds, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """out = where(mask, x * scale, 0) for flat contiguous x, out (out may alias x); at most
-    CUDA_THREADS threads per block."""
+    CUDA_THREADS threads per block. seeds: empty, or the seed in device memory (`philox_key`)."""
+    key_lo, key_hi = philox_key(seeds, key_lo, key_hi)
     words = cuda.shared.array(TILE_WORDS, dtype=np.uint32)
     n = x.size
     t = cuda.threadIdx.x
@@ -139,8 +151,9 @@ def kept_bf16(h, scale):
 
 
 @cuda.jit(**CUDA_JIT_OPTIONS)
-def dropout_flat_bf16(x, out, key_lo, key_hi, off_lo, off_hi, thr, scale):
+def dropout_flat_bf16(x, out, seeds, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """`dropout_flat` for bfloat16 bits (int16 arrays x, out), float32 scale."""
+    key_lo, key_hi = philox_key(seeds, key_lo, key_hi)
     words = cuda.shared.array(TILE_WORDS, dtype=np.uint32)
     n = x.size
     t = cuda.threadIdx.x
@@ -195,9 +208,10 @@ def _tile_keep_flags(keep, a, r0, l0, R, L, thr, key_lo, key_hi, off_lo, off_hi)
 
 
 @cuda.jit(**CUDA_JIT_OPTIONS)
-def dropout_transposed(x, out, A, R, L, key_lo, key_hi, off_lo, off_hi, thr, scale):
+def dropout_transposed(x, out, A, R, L, seeds, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """out = where(mask, x * scale, 0) over the flat memory of x and out laid out (A, L, R) for
     the logical (A, R, L) array: the mask of logical C-order index (a * R + r) * L + l."""
+    key_lo, key_hi = philox_key(seeds, key_lo, key_hi)
     keep = cuda.shared.array(T_FLAGS, dtype=np.bool_)
     t = cuda.threadIdx.x
     row_tiles = (R + T_ROWS - 1) // T_ROWS
@@ -223,8 +237,9 @@ def dropout_transposed(x, out, A, R, L, key_lo, key_hi, off_lo, off_hi, thr, sca
 
 
 @cuda.jit(**CUDA_JIT_OPTIONS)
-def keep_mask(out, key_lo, key_hi, off_lo, off_hi, thr):
+def keep_mask(out, seeds, key_lo, key_hi, off_lo, off_hi, thr):
     """out[i] = (element i is kept) for a flat bool array `out`."""
+    key_lo, key_hi = philox_key(seeds, key_lo, key_hi)
     n = out.size
     for b in range(cuda.grid(1), (n + LANES - 1) // LANES, cuda.gridsize(1)):
         r0, r1, r2, r3 = philox_block_cuda(np.uint64(b), off_lo, off_hi, key_lo, key_hi)

@@ -27,7 +27,7 @@ from numba import cuda
 
 from .config import CUDA_JIT_OPTIONS
 
-from .dropout_cuda import philox_block_cuda
+from .dropout_cuda import philox_block_cuda, philox_key
 from .philox import HALF_MASK, LANES, SHIFT16
 
 # Tile edge: TILE x TILE threads per block (256 for 16), TILE^3 bytes of mask cube in shared memory.
@@ -100,9 +100,11 @@ def _load(dst, src, trans, r0, c0, bits, masked, scale):
 
 @cuda.jit(**CUDA_JIT_OPTIONS)
 def masked_gemm(A, B, C, bias, has_bias, a_trans, b_trans, mask_on,
-                key_lo, key_hi, off_lo, off_hi, thr, scale):
+                seeds, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """C = opA @ opB (+ bias), one 2-D mask on the stored A, B or C (index row * cols + col),
-    kept elements times `scale`; A is (M, K) or (K, M) when a_trans, B (K, Nc) or (Nc, K)."""
+    kept elements times `scale`; A is (M, K) or (K, M) when a_trans, B (K, Nc) or (Nc, K).
+    seeds: empty, or the seed in device memory (dropout_cuda.philox_key)."""
+    key_lo, key_hi = philox_key(seeds, key_lo, key_hi)
     sa = cuda.shared.array(TILE2, dtype=C.dtype)
     sb = cuda.shared.array(TILE2, dtype=C.dtype)
     bits = cuda.shared.array(TILE2, dtype=np.uint8)
@@ -144,10 +146,12 @@ def masked_gemm(A, B, C, bias, has_bias, a_trans, b_trans, mask_on,
 
 @cuda.jit(**CUDA_JIT_OPTIONS)
 def sample_gemm(A, B, C, bias, has_bias, a_trans, b_trans, product, n_dim, o_dim, i_dim,
-                key_lo, key_hi, off_lo, off_hi, thr, scale):
+                seeds, key_lo, key_hi, off_lo, off_hi, thr, scale):
     """C = scale * sum_k opA[m, k] opB[k, c] m(n, o, i) (+ bias) for per-example DropConnect, with
     (m, c, k) = (n, o, i), (n, i, o) or (o, i, n) for SAMPLE_FWD / SAMPLE_GRAD_X / SAMPLE_GRAD_W
-    and m(n, o, i) = keep((n * o_dim + o) * i_dim + i), regenerated per K-step into `cube`."""
+    and m(n, o, i) = keep((n * o_dim + o) * i_dim + i), regenerated per K-step into `cube`;
+    seeds as in masked_gemm."""
+    key_lo, key_hi = philox_key(seeds, key_lo, key_hi)
     sa = cuda.shared.array(TILE2, dtype=C.dtype)
     sb = cuda.shared.array(TILE2, dtype=C.dtype)
     cube = cuda.shared.array(TILE3, dtype=np.uint8)  # [n, o, i] within the step

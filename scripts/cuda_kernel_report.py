@@ -72,10 +72,11 @@ def signatures():
     scalars keep their type. float16 data has a float32 scale (computed in float32); bfloat16
     torch tensors come as int16 views of their bits (the `_bf16` kernels, float32 scale); the dense
     layers' half types are converted to float32 before any kernel (device arrays by `scale` from
-    float16 to float32 and back)."""
+    float16 to float32 and back). Every Philox kernel's `seeds` is a 1-D int64 array (empty: the
+    host seed; one element: the seed in device memory, CUDA-graph capture)."""
     from numba import types as T
     u64, u32, i64, b = T.uint64, T.uint32, T.int64, T.boolean
-    rng = (u64, u64, u64, u64, u32)          # key_lo, key_hi, off_lo, off_hi, thr
+    rng = (i64[::1], u64, u64, u64, u64, u32)  # seeds, key_lo, key_hi, off_lo, off_hi, thr
     sigs = {"dropout_cuda.keep_mask": [("bool", (b[::1],) + rng)]}
     for dt, sc in ((T.float32, T.float32), (T.float64, T.float64), (T.float16, T.float32)):
         a = dt[::1]

@@ -94,17 +94,32 @@ def test_import_fastdrop_does_not_load_numba_cuda():
     assert res.stdout.strip() == "False"
 
 
-def test_cuda_graph_capture_is_refused_with_a_clear_error(monkeypatch):
-    """Under CUDA-graph capture the torch-CUDA launchers refuse before any launch: a captured
-    launch would replay one host-drawn mask forever (tests/gpu/test_cuda_graphs.py checks the real
-    capture on a GPU). The capture state is faked here; no GPU is needed to reach the check."""
+def test_a_seed_in_device_memory_is_never_read_by_the_host():
+    """CUDA-graph capture keeps a seed=None call's seed on the device (a tensor the kernels read;
+    tests/gpu/test_cuda_graphs.py runs the capture on a GPU). A host route that would need it as
+    an int refuses clearly instead of syncing (which a capture forbids); the launchers take it
+    only as one int64 element on the launch's device."""
     torch = pytest.importorskip("torch")
-    from fastdrop import _cuda
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    with pytest.raises(RuntimeError, match="CUDA graph.*mask drawn at capture time"):
-        _cuda.refuse_graph_capture(torch)
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    _cuda.refuse_graph_capture(torch)  # outside a capture: nothing to refuse
+    from fastdrop import _core, _cuda, _seeds
+
+    class OnDevice:  # stands in for a 0-d int64 CUDA tensor (only is_cuda is asked)
+        is_cuda = True
+    with pytest.raises(RuntimeError, match="under CUDA-graph capture the seed lives on the device"):
+        _core._seed_int(OnDevice())
+    assert _core._seed_int(torch.tensor(-1)) == 2**64 - 1  # a host tensor's bits, as before
+    cpu = torch.device("cpu")
+    seed = torch.tensor(2**40 + 3)
+    assert _cuda._seed_tensor(torch, seed, cpu).shape == (1,)
+    assert _cuda._seed_tensor(torch, seed, cpu).data_ptr() == seed.data_ptr()  # a view, no copy
+    for bad in (torch.tensor(3, dtype=torch.int32), torch.tensor([1, 2])):
+        with pytest.raises(ValueError, match="one int64 element"):
+            _cuda._seed_tensor(torch, bad, cpu)
+    # the draw itself: torch's generator of the device, the range of every drawn seed
+    torch.manual_seed(0)
+    a = _seeds.device_seed_tensor(torch, cpu)
+    torch.manual_seed(0)
+    assert a.dtype == torch.int64 and a.dim() == 0 and 0 <= int(a) < 2**63 - 1
+    assert int(_seeds.device_seed_tensor(torch, cpu)) == int(a)
 
 
 @pytest.mark.parametrize("data, strides, error, match", [

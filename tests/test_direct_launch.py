@@ -43,7 +43,17 @@ def _report():
 
 
 def _routes():
-    """(label, src, dst, keep, options) for every branch of _cuda._launch_tensor."""
+    """(label, src, dst, keep, seeds, options) for every branch of _cuda._launch_tensor, with the
+    host seed (empty `seeds`) and with the seed in memory (one int64 element, CUDA-graph capture)."""
+    out = []
+    for label, src, dst, keep, opt in _branches():
+        for kind, seeds in (("host seed", torch.empty(0, dtype=torch.int64)),
+                            ("seed in memory", torch.tensor([2**40 + 3], dtype=torch.int64))):
+            out.append((f"{label}, {kind}", src, dst, keep, seeds, opt))
+    return out
+
+
+def _branches():
     x4 = torch.randn(2, 3, 4, 5)
     cl = x4.to(memory_format=torch.channels_last)
     out = []
@@ -77,10 +87,10 @@ def _recorded_launches(monkeypatch):
     monkeypatch.setattr(D.TorchStream, "launch",
                         lambda self, kernel, grid, block, args: launches.append((kernel, grid, block, args)))
     stream = D.TorchStream(0, None)
-    for label, src, dst, keep, opt in _routes():
+    for label, src, dst, keep, seeds, opt in _routes():
         start = len(launches)
-        _cuda._launch_tensor(D.Flat, src, dst, keep, stream, 0.3, 12345, 7, 1 / 0.7, opt["group_ndim"],
-                             opt["bf16"], opt["layout"], opt["transposed"])
+        _cuda._launch_tensor(D.Flat, src, dst, keep, seeds, stream, 0.3, 12345, 7, 1 / 0.7,
+                             opt["group_ndim"], opt["bf16"], opt["layout"], opt["transposed"])
         assert len(launches) > start, label
         launches[start:] = [(label, *launch) for launch in launches[start:]]
     return launches
@@ -98,6 +108,14 @@ def _numba_view(a):
 
 class _NoExtensions:
     extensions = ()
+
+
+@pytest.fixture(autouse=True)
+def _no_context(monkeypatch):
+    """An empty DeviceNDArray gets a null pointer in the current context (numba-cuda makes one for
+    any size-0 array); without a GPU there is none to ask for, and the pointer needs none."""
+    from numba.cuda.cudadrv import devices
+    monkeypatch.setattr(devices, "get_context", lambda *a: None)
 
 
 def test_every_route_launches_what_numba_would(monkeypatch):
@@ -212,16 +230,16 @@ def fake_device(monkeypatch):
 def test_launch_compiles_once_checks_once_and_packs(fake_device):
     compiled, launched = fake_device
     stream = D.TorchStream(0, "core stream")
-    for label, src, dst, keep, opt in _routes() * 2:  # every route twice: the second from the caches
-        _cuda._launch_tensor(D.Flat, src, dst, keep, stream, 0.3, 12345, 7, 1 / 0.7, opt["group_ndim"],
-                             opt["bf16"], opt["layout"], opt["transposed"])
+    for label, src, dst, keep, seeds, opt in _routes() * 2:  # every route twice: then from the caches
+        _cuda._launch_tensor(D.Flat, src, dst, keep, seeds, stream, 0.3, 12345, 7, 1 / 0.7,
+                             opt["group_ndim"], opt["bf16"], opt["layout"], opt["transposed"])
     assert D.enabled()
     assert len(compiled) == len(D._OVERLOADS) == len({(k, t) for k, t in compiled})  # once per overload
     for core, config, fn, *params in launched:
         assert core == "core stream" and fn in [ov.kernel.function for ov in D._OVERLOADS.values()]
         assert config is D._config(config.grid[0], config.block[0])  # one LaunchConfig per shape
         assert all(isinstance(v, (int, bool, ctypes._SimpleCData)) for v in params)
-    assert len(launched) == 2 * sum(2 if keep is not None else 1 for _, _, _, keep, _ in _routes())
+    assert len(launched) == 2 * sum(2 if keep is not None else 1 for _, _, _, keep, _, _ in _routes())
 
 
 def test_a_parameter_mismatch_turns_the_route_off(fake_device, monkeypatch):
@@ -235,9 +253,9 @@ def test_a_parameter_mismatch_turns_the_route_off(fake_device, monkeypatch):
             kernelargs.append(0)  # one parameter more per array
     monkeypatch.setattr(_FakeKernel, "_prepare_args", other_layout)
     monkeypatch.setattr(D, "torch_stream", lambda torch, device: D.TorchStream(0, "core stream"))
-    label, src, dst, keep, opt = _routes()[1]
+    label, src, dst, keep, seeds, opt = _routes()[2]
     with pytest.warns(RuntimeWarning, match="direct launcher is off"):
-        done = _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep,
+        done = _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep, seeds,
                                         (0.3, 1, 0, 1 / 0.7, opt["group_ndim"], opt["bf16"],
                                          opt["layout"], opt["transposed"]))
     assert not done and not launched and not D.enabled()
@@ -253,15 +271,15 @@ def test_a_refused_first_launch_turns_the_route_off(fake_device, monkeypatch):
         raise RuntimeError("CUDA_ERROR_INVALID_HANDLE")
     monkeypatch.setitem(D._DRIVER, "launch", refuse)
     monkeypatch.setattr(D, "torch_stream", lambda torch, device: D.TorchStream(0, "core stream"))
-    label, src, dst, keep, opt = _routes()[0]
+    label, src, dst, keep, seeds, opt = _routes()[0]
     args = (0.3, 1, 0, 1 / 0.7, opt["group_ndim"], opt["bf16"], opt["layout"], opt["transposed"])
     with pytest.warns(RuntimeWarning, match="refused the first direct launch"):
-        assert not _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep, args)
+        assert not _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep, seeds, args)
     assert not D.enabled() and "CUDA_ERROR_INVALID_HANDLE" in D.why_off()
     # after a first launch went through, an error of a later launch propagates
     monkeypatch.setattr(D, "_state", {"on": True, "why_off": None})
     monkeypatch.setitem(D._DRIVER, "launch", lambda *a: launched.append(a))
-    assert _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep, args)
+    assert _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep, seeds, args)
     monkeypatch.setitem(D._DRIVER, "launch", refuse)
     with pytest.raises(RuntimeError, match="INVALID_HANDLE"):
-        _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep, args)
+        _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep, seeds, args)

@@ -30,8 +30,9 @@ def test_table_covers_every_declared_op():
 
 @pytest.mark.skipif(not hasattr(torch.Tag, "cudagraph_unsafe"), reason="this torch has no cudagraph_unsafe tag")
 def test_every_custom_op_is_tagged_cudagraph_unsafe():
-    """Seeds and offsets are host scalars baked into the launch: a CUDA-graph replay would repeat one
-    mask, so every op (and the seed draw) keeps torch.compile's CUDA graphs away from itself."""
+    """Inside a compiled graph the seed is a host tensor (fastdrop::draw_seed) baked into the
+    launch: a CUDA-graph replay would repeat one mask, so every op (and the seed draw) keeps
+    torch.compile's CUDA graphs away from itself (eager calls capture safely: README "CUDA")."""
     fastdrop.register_torch_ops()
     for name in [op.name for op in _core.OPS] + ["draw_seed", "max_norm_"]:
         assert torch.Tag.cudagraph_unsafe in getattr(torch.ops.fastdrop, name).default.tags, name

@@ -355,6 +355,11 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
         raise ValueError("mc_predict: chunk > 1 needs every non-dropout module in eval mode "
                          "(call model.eval() first; mc_predict keeps fastdrop's dropout active)")
     if seed is None:
+        if getattr(x, "is_cuda", False) and torch.cuda.is_current_stream_capturing():
+            # one host seed for all samples: a captured graph would replay it forever
+            raise RuntimeError("mc_predict with seed=None cannot be captured in a CUDA graph (its seed "
+                               "is drawn on the host, so every replay would draw the same samples); "
+                               "pass seed= explicitly for a fixed set of masks, or call it eagerly")
         seed, base = _seeds.draw_torch_seed(), _seeds.stream_offset(offset)
     else:
         base = offset  # an explicit seed names one set of masks, the same on every rank

@@ -56,7 +56,7 @@ def test_grid_stride_loop_covers_everything(rng, dtype, mode):
     """A grid far smaller than the data: each thread walks several Philox blocks."""
     x = data(rng, (101,), dtype)
     out = cuda.device_array_like(x)
-    K.dropout_flat[1, 4](cuda.to_device(x), out, *kernel_rng_args(7, 9, 0.3),
+    K.dropout_flat[1, 4](cuda.to_device(x), out, _cuda.no_seeds(), *kernel_rng_args(7, 9, 0.3),
                          dtype(train_scale(0.3, mode)))
     assert same_bits(out.copy_to_host(), fastdrop.dropout(x, 0.3, seed=7, offset=9, mode=mode))
 
@@ -373,3 +373,46 @@ def test_transposed_kernel_is_the_cpu_result(rng, shape, order, dtype):
                                       train_scale(p))
         got = out.copy_to_host().reshape(memory.shape).transpose(np.argsort(order))
         assert same_bits(got, fastdrop.dropout(x, p, seed=2**40 + 3, offset=9))
+
+
+# ---- the seed in device memory (CUDA-graph capture: _cuda.rng_args, dropout_cuda.philox_key) ----
+
+def _in_memory(seed):
+    """The one-element int64 device array a capture passes as `seeds` (a seed >= 2^63 wraps to a
+    negative int64: its bits are the seed's)."""
+    return cuda.to_device(np.array([seed], dtype=np.uint64).view(np.int64))
+
+
+WRONG_HOST_SEED = 99  # what the launchers get as `seed` when the seed is in memory: never read
+
+
+@pytest.mark.parametrize("seed, offset", SEEDS_OFFSETS)
+@pytest.mark.parametrize("kind", ["float32", "float16", "bfloat16 bits", "transposed", "grouped",
+                                  "grouped bf16 bits", "mask"])
+def test_a_seed_in_device_memory_gives_the_host_seeds_result(rng, seed, offset, kind):
+    """Every Philox kernel the torch route launches, bit for bit: host seed vs the same seed read
+    from memory (with a different host seed passed beside it, which must be ignored)."""
+    p, scale = 0.4, 1 / 0.6
+    x = rng.standard_normal(1029).astype(np.float16 if kind == "float16" else np.float32)
+    bf16 = "bf16" in kind
+    if bf16:
+        x = (x.view(np.uint32) >> 16).astype(np.uint16).view(np.int16)
+
+    def launch(host_seed, seeds):
+        xd, out = cuda.to_device(x), cuda.device_array(x.shape, x.dtype)
+        if kind == "mask":
+            keep = cuda.device_array(37, np.bool_)
+            return _cuda.keep_mask_into(keep, p, host_seed, offset, seeds=seeds).copy_to_host()
+        if kind == "transposed":
+            _cuda.dropout_transposed_into(xd, out, (3, 7, 49), p, host_seed, offset, scale, seeds=seeds)
+        elif kind.startswith("grouped"):
+            x3 = xd.reshape(7, 3, 49)
+            _cuda.grouped_dropout_into(x3, out.reshape(7, 3, 49), p, host_seed, offset, scale, 2,
+                                       bf16=bf16, seeds=seeds)
+        else:
+            _cuda.dropout_flat_into(xd, out, p, host_seed, offset, scale, bf16=bf16, seeds=seeds)
+        return out.copy_to_host()
+    host = launch(seed, None)
+    memory = launch(WRONG_HOST_SEED, _in_memory(seed))
+    assert same_bits(memory, host)
+    assert not same_bits(launch(WRONG_HOST_SEED, None), host)  # the host seed matters otherwise

@@ -179,3 +179,27 @@ def test_backward_without_bias_grad_skips_it_and_changes_nothing_else(per_sample
                         grad=d(g), bias_grad=False)
     assert via[2] is None
     np.testing.assert_array_equal(via[0].copy_to_host(), full[0].copy_to_host())
+
+
+@pytest.mark.parametrize("kind", ["dropout", "batch", "sample"])
+def test_a_seed_in_device_memory_gives_the_host_seeds_products(kind):
+    """The dense kernels read the seed from memory when `seeds` holds it (CUDA-graph capture): the
+    same products, bit for bit, as with the host seed; the host seed passed beside it is ignored."""
+    rng = np.random.default_rng(3)
+    N, I, O = TILE + 1, 5, 3
+    x, w, b, g = (rng.standard_normal(s).astype(np.float32) for s in ((N, I), (O, I), (O,), (N, O)))
+    p, s = 0.4, 1 / 0.6
+    seeds = cuda.to_device(np.array([SEED], dtype=np.int64))
+    d = cuda.to_device
+
+    def products(seed, seeds):
+        if kind == "dropout":
+            y = CL.dropout_linear_forward(d(x), d(w), d(b), p, seed, OFFSET, s, seeds=seeds)
+            grads = CL.dropout_linear_backward(d(g), d(x), d(w), p, seed, OFFSET, s, seeds=seeds)
+        else:
+            ps = kind == "sample"
+            y = CL.dropconnect_forward(d(x), d(w), d(b), p, seed, OFFSET, s, ps, seeds=seeds)
+            grads = CL.dropconnect_backward(d(g), d(x), d(w), p, seed, OFFSET, s, ps, seeds=seeds)
+        return [a.copy_to_host() for a in (y, *grads)]
+    for got, ref in zip(products(7, seeds), products(SEED, None)):
+        np.testing.assert_array_equal(got, ref)

@@ -142,6 +142,19 @@ def device_arrays(shared_only):
         b3 = bits[:105].reshape(3, 5, 7)
         _cuda.grouped_dropout_into(cuda.to_device(b3), cuda.device_array(b3.shape, np.int16), p, seed,
                                    offset, 1 / (1 - p), 2, bf16=True)
+        # the seed read from device memory (CUDA-graph capture's route): every Philox kernel once
+        seeds = cuda.to_device(np.array([seed], dtype=np.int64))
+        xs = rng.standard_normal(1027).astype(np.float32)
+        _cuda.dropout_flat_into(cuda.to_device(xs), cuda.device_array(xs.shape, np.float32), p, 0, offset,
+                                1 / (1 - p), seeds=seeds)
+        _cuda.grouped_dropout_into(cuda.to_device(xs[:105].reshape(3, 5, 7)), cuda.device_array((3, 5, 7), np.float32),
+                                   p, 0, offset, 1 / (1 - p), 2, seeds=seeds)
+        _cuda.dropout_transposed_into(cuda.to_device(xs[:1001]), cuda.device_array(1001, np.float32),
+                                      (1, 7, 143), p, 0, offset, 1 / (1 - p), seeds=seeds)
+        xd = cuda.to_device(xs[:31 * 29].reshape(31, 29))
+        wd = cuda.to_device(xs[:23 * 29].reshape(23, 29))
+        _cuda.dropout_linear_forward(xd, wd, None, p, 0, offset, 1 / (1 - p), seeds=seeds)
+        _cuda.dropconnect_forward(xd, wd, None, p, 0, offset, 1 / (1 - p), True, seeds=seeds)
         # the batched-transpose kernel (channels_last / transposed torch tensors): a (3, 37, 29)
         # array stored (3, 29, 37), tiles cut on both axes
         xt = rng.standard_normal(3 * 37 * 29).astype(np.float32)
