@@ -241,6 +241,24 @@ def test_model_without_any_dropout_is_refused():
         mc_predict(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU()), torch.randn(2, 3))
 
 
+@pytest.mark.parametrize("seed", [None, 3])
+def test_tracing_modes_are_refused_before_the_seed_draw(seed):
+    """mc_predict samples eagerly: under FakeTensorMode / make_fx it refuses with a message that
+    says so (it used to fail on its first int() with torch's DataDependentOutputException), and
+    torch's generator is untouched."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), fnn.Dropout(0.5)).eval()
+    x = torch.randn(4, 8)
+    state = torch.get_rng_state()
+    with pytest.raises(RuntimeError, match="mc_predict cannot run under make_fx, FakeTensorMode"):
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            mc_predict(model, x, samples=4, seed=seed)
+    with pytest.raises(RuntimeError, match="mc_predict cannot run under make_fx, FakeTensorMode"):
+        make_fx(lambda t: mc_predict(model, t, samples=4, seed=seed).mean)(x)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_fastdrop_modules_are_not_reported_as_torch_dropout():
     # fastdrop's Dropout* are torch.nn.Dropout* subclasses: they must not count as foreign
     model = torch.nn.Sequential(torch.nn.Linear(6, 8), fnn.Dropout(0.5), fnn.Dropout1d(0.2)).eval()

@@ -34,7 +34,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
-from .. import _seeds
+from .. import _core, _seeds
 from . import _mc_state
 from ..functional import drop_path
 from ..linear import dropconnect_linear, dropout_linear
@@ -354,6 +354,12 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     elif chunk > 1 and not others_eval:
         raise ValueError("mc_predict: chunk > 1 needs every non-dropout module in eval mode "
                          "(call model.eval() first; mc_predict keeps fastdrop's dropout active)")
+    if torch._C._is_tracing() or _core.tracing_dispatch_mode(torch):
+        # its samples run eagerly (host-side masks, streaming statistics, a seed read as an int):
+        # under fake tensors the first int() failed with torch's DataDependentOutputException
+        raise RuntimeError("mc_predict cannot run under make_fx, FakeTensorMode or torch.jit.trace: "
+                           "it samples eagerly; trace or compile the model itself, and call "
+                           "mc_predict on real tensors")
     if seed is None:
         if getattr(x, "is_cuda", False) and torch.cuda.is_current_stream_capturing():
             # one host seed for all samples: a captured graph would replay it forever

@@ -83,16 +83,16 @@ def test_every_replay_draws_the_documented_mask_of_a_new_seed(name, drawn_seeds)
     ops = on_gpu(operands(case, torch.float32))
     graph, out = capture(lambda *o: case.call(*o), *ops)
     assert len(drawn_seeds) == 1, f"{name}: {len(drawn_seeds)} device seed draws during capture"
-    seen, outs = set(), []
+    seen = set()
     for _ in range(REPLAYS):
         _replay(graph)
         seed = int(drawn_seeds[0].item())
         assert 0 <= seed < 2**63 - 1
         seen.add(seed)
+        # the replay's output is the documented mask of its seed (so distinct seeds: new masks; a
+        # comparison of outputs alone would be flaky for drop_path's batch mode, one draw in all)
         assert_matches(out, case.call(*ops, seed=seed), name)
-        outs.append(out.clone())
     assert len(seen) == REPLAYS, f"{name}: replays drew {len(seen)} distinct seeds in {REPLAYS}"
-    assert any(not torch.equal(outs[0], o) for o in outs[1:]), f"{name}: every replay gave one mask"
 
 
 @pytest.mark.parametrize("name", ALL_CASES)
