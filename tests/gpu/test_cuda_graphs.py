@@ -183,3 +183,23 @@ def test_custom_ops_keep_the_cudagraph_unsafe_tag():
         pytest.skip("this torch has no torch.Tag.cudagraph_unsafe")
     fastdrop.register_torch_ops()
     assert torch.Tag.cudagraph_unsafe in torch.ops.fastdrop.dropout.default.tags
+
+
+def test_make_graphed_callables_gives_a_new_mask_and_its_gradient_each_call():
+    """torch.cuda.make_graphed_callables captures the forward and the backward as two graphs
+    (one memory pool): the backward graph reads the seed the forward graph drew."""
+    model = torch.nn.Sequential(fastdrop.nn.Dropout(0.5)).to(DEV)
+    x = (torch.rand(4096, device=DEV) + 1.0).requires_grad_(True)  # nonzero: kept <=> y != 0
+    graphed = torch.cuda.make_graphed_callables(model, (x,))
+    gy = torch.randn(4096, device=DEV)
+    masks = []
+    for _ in range(4):
+        x.grad = None
+        y = graphed(x)
+        y.backward(gy)
+        torch.cuda.synchronize()
+        kept = y != 0
+        torch.testing.assert_close(y, torch.where(kept, x.detach() * 2.0, 0.0), rtol=0, atol=0)
+        torch.testing.assert_close(x.grad, torch.where(kept, gy * 2.0, 0.0), rtol=0, atol=0)
+        masks.append(kept)
+    assert all(not torch.equal(masks[0], m) for m in masks[1:]), "a graphed call repeated a mask"
