@@ -29,6 +29,7 @@ from .philox import HALF_MASK, LANES, SHIFT16, make_philox_block, philox_rounds
 philox_rounds_cuda = cuda.jit(device=True)(philox_rounds)
 philox_block_cuda = cuda.jit(device=True)(make_philox_block(philox_rounds_cuda))
 
+
 @cuda.jit(device=True)
 def philox_key(seeds, key_lo, key_hi):
     """The Philox key words: the seed from the host (key_lo, key_hi), or, when `seeds` holds one
