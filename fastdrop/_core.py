@@ -1472,13 +1472,13 @@ def library_op(op):
             # under torch.jit.trace, which records this op as one node: its body runs untraced
             # (traced, x.shape would give 0-d tensors, which the kernels' size math cannot take)
             torch._C._set_tracing_state(None)
-        if seed.is_cuda:  # a CUDA-graph capture's seed, read by the kernels (`_torch_call`)
-            rng = Rng(p, seed, offset & MAX_U64, scale)
-        elif operands[0].is_cuda and _capturing(torch, operands[0].device):
-            raise _compiled_capture_error(op)
-        else:
-            rng = Rng(p, _seed_int(seed), offset & MAX_U64, scale)
-        try:
+        try:  # (the refusal too: the tracing state is restored whatever happens)
+            if seed.is_cuda:  # a CUDA-graph capture's seed, read by the kernels (`_torch_call`)
+                rng = Rng(p, seed, offset & MAX_U64, scale)
+            elif operands[0].is_cuda and _capturing(torch, operands[0].device):
+                raise _compiled_capture_error(op)
+            else:
+                rng = Rng(p, _seed_int(seed), offset & MAX_U64, scale)
             y = op.forward(TorchBackend, operands, rng, tuple(params))
         finally:
             if tracing is not None:

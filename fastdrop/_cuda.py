@@ -117,11 +117,11 @@ def no_seeds():
 
 def rng_args(seed, offset, p, seeds=None):
     """(seeds, key_lo, key_hi, off_lo, off_hi, threshold) for a Philox kernel: the host seed
-    (seeds None: the empty array), or the seed in the one-element int64 device array `seeds`
-    (then `seed` is not used)."""
+    `seed` (seeds None or empty), or the seed in the one-element int64 device array `seeds`
+    (then `seed`, possibly the tensor holding it, is not read)."""
     if seeds is None:
-        return (no_seeds(), *kernel_rng_args(seed, offset, p))
-    return (seeds, *kernel_rng_args(0, offset, p))
+        seeds = no_seeds()
+    return (seeds, *kernel_rng_args(0 if seeds.size else seed, offset, p))
 
 
 # ---- elementwise and grouped dropout (kernels/dropout_cuda.py) ------------------------------------
@@ -332,7 +332,7 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
     keep = torch.empty(math.prod(x.shape[:group_ndim]), dtype=torch.bool, device=x.device) \
         if group_ndim else None
     seeds = _seed_tensor(torch, seed, x.device)
-    args = (p, 0 if seeds.numel() else seed, offset, scale, group_ndim, bf16, layout, transposed)
+    args = (p, seed, offset, scale, group_ndim, bf16, layout, transposed)
     # Our launches go on torch's current stream: ordered after the ops that produced x and before
     # those that read the result, with no synchronization (hence sync=False below).
     if not _launched_directly(torch, x.device, src, dst, keep, seeds, args):
@@ -512,7 +512,7 @@ def dense_call(name, x, w, b, rng, per_sample=None, grad=None, **options):
     (grad, x, w), returning (gx, gw, gb). Results are of x's kind; options go to the launcher."""
     require_gpu()
     launcher = globals()[name]
-    in_memory = not isinstance(rng.seed, int) and getattr(rng.seed, "is_cuda", False)
+    in_memory = getattr(rng.seed, "is_cuda", False)  # (an int has no is_cuda)
     seed, offset = 0 if in_memory else int(rng.seed) & MAX_U64, rng.offset & MAX_U64
     extra = () if per_sample is None else (per_sample,)
     if getattr(x, "is_cuda", False):  # a torch CUDA tensor (device arrays have no is_cuda)

@@ -136,6 +136,12 @@ def test_every_route_launches_what_numba_would(monkeypatch):
             _Kernel._prepare_args(_NoExtensions(), ty, v, 0, [], numbas)
         ours = D.pack(D.packers(types), args)
         assert D.same_params(ours, numbas), (label, name, ours, numbas)
+        # the Philox key: the host seed's words beside an empty `seeds`, unread zeros beside a seed
+        # in memory (the kernels take the key from whichever holds it: dropout_cuda.philox_key)
+        at = [k for k, a in enumerate(args) if type(a) is D.Flat and a.dtype == np.int64]
+        if at:
+            seeds, key = args[at[0]], (int(args[at[0] + 1]), int(args[at[0] + 2]))
+            assert key == ((0, 0) if seeds.size else (12345, 0)), (label, name, key)
         assert isinstance(grid, int) and isinstance(block, int) and grid >= 1 and block >= 1
     assert kernels == {"dropout_cuda.dropout_flat", "dropout_cuda.dropout_flat_bf16",
                        "dropout_cuda.dropout_transposed", "dropout_cuda.keep_mask",

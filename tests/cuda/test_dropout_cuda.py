@@ -415,4 +415,6 @@ def test_a_seed_in_device_memory_gives_the_host_seeds_result(rng, seed, offset, 
     host = launch(seed, None)
     memory = launch(WRONG_HOST_SEED, _in_memory(seed))
     assert same_bits(memory, host)
+    # an empty `seeds` passed explicitly (the torch route's host-seed launches): the host seed
+    assert same_bits(launch(seed, cuda.device_array(0, np.int64)), host)
     assert not same_bits(launch(WRONG_HOST_SEED, None), host)  # the host seed matters otherwise
