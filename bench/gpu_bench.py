@@ -186,6 +186,19 @@ def _grad(fn, inputs, g):
     return lambda: torch.autograd.grad(fn(), inputs, g)
 
 
+def _with_sample_kernel(name, fn):
+    """fn with per-sample DropConnect's CUDA kernels set to `name` (fastdrop._cuda.SAMPLE_KERNEL,
+    forward and backward) while it runs."""
+    def run():
+        import fastdrop._cuda as C
+        old, C.SAMPLE_KERNEL = C.SAMPLE_KERNEL, name
+        try:
+            return fn()
+        finally:
+            C.SAMPLE_KERNEL = old
+    return run
+
+
 def build(row, device, free_bytes):
     """(providers, work, unit, notes) of a row. Providers: fastdrop, torch, floor (some rows have
     no torch provider: notes says why)."""
@@ -235,8 +248,9 @@ def build(row, device, free_bytes):
         # per-sample DropConnect; torch's composite materializes an N x out x in mask, the masked
         # weights and their gradient (about 5 such tensors alive at the peak of fwd+bwd)
         w, b = lin.weight, lin.bias
-        providers = {"fastdrop": _grad(lambda: fastdrop.dropconnect_linear(x, w, b, P, per_sample=True),
-                                       params, g), "floor": floor}
+        fd = _grad(lambda: fastdrop.dropconnect_linear(x, w, b, P, per_sample=True), params, g)
+        # both CUDA kernels (fastdrop/_cuda.py SAMPLE_KERNEL): the default and kernels/sample_cuda.py
+        providers = {"fastdrop": fd, "registers": _with_sample_kernel("registers", fd), "floor": floor}
         need = 5 * n * fout * fin * x.element_size()
         notes["composite_bytes"] = need
         if need > 0.7 * free_bytes:
@@ -305,6 +319,10 @@ def run_row(row, device, timer, cfg, dry_free=None):
             out["torch_vs_floor"] = t["torch"]["median_s"] / fl
         if unit == "GB/s":
             out["fastdrop_bw_vs_copy"] = fl / fd  # the same bytes moved: bandwidth ratio
+        if "registers" in t:  # per-sample DropConnect's other kernel
+            out["registers_vs_default"] = t["registers"]["median_s"] / fd
+            if "torch" in t:
+                out["speedup_registers"] = t["torch"]["median_s"] / t["registers"]["median_s"]
     except Exception as e:  # one broken row must not take the run down
         out["error"] = f"{type(e).__name__}: {e}"[:600]
     finally:
@@ -460,13 +478,17 @@ def markdown(res):
                          f"{_x(r.get('speedup'))} | {r['fastdrop_rate']:.3g} |")
     lines += errs("dense")
     lines += ["", "## Per-sample DropConnect, forward+backward (torch: bernoulli mask N x out x in + einsum)", "",
-              "| N x in -> out | fastdrop | torch composite | nn.Linear | speedup vs composite | fastdrop TFLOP/s |",
-              "|---|---|---|---|---|---|"]
+              "fastdrop: the default kernel (`linear_cuda.sample_gemm`, tiled); registers: "
+              "`kernels/sample_cuda.py` (FASTDROP_SAMPLE_KERNEL=registers), timed in the same rounds.", "",
+              "| N x in -> out | fastdrop | registers | torch composite | nn.Linear | speedup vs composite "
+              "| registers: speedup | registers / fastdrop | fastdrop TFLOP/s |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["section"] == "per_sample" and "timings" in r:
             n, fi, fo = r["shape"]
-            lines.append(f"| {n}x{fi}->{fo} | {_cell(r, 'fastdrop')} | {_cell(r, 'torch')} | {_cell(r, 'floor')} | "
-                         f"{_x(r.get('speedup'), 1)} | {r['fastdrop_rate']:.3g} |")
+            lines.append(f"| {n}x{fi}->{fo} | {_cell(r, 'fastdrop')} | {_cell(r, 'registers')} | {_cell(r, 'torch')} | "
+                         f"{_cell(r, 'floor')} | {_x(r.get('speedup'), 1)} | {_x(r.get('speedup_registers'), 1)} | "
+                         f"{_x(r.get('registers_vs_default'))} | {r['fastdrop_rate']:.3g} |")
     lines += errs("per_sample")
     lines += ["", "## dropout_matmul, forward+backward (floor: bare matmul)", "",
               "| B x H x L x d | dtype | fastdrop | torch | matmul | fastdrop / matmul | speedup |",

@@ -38,6 +38,7 @@ reads a new seed and the backward the forward's; every launcher below takes such
 `seeds` (default: the empty one, the host seed).
 """
 import math
+import os
 
 import numba
 import numpy as np
@@ -46,9 +47,11 @@ from numba import cuda
 from .kernels import direct_launch as D
 from .kernels import dropout_cuda as K
 from .kernels import linear_cuda as L
+from .kernels import sample_cuda as S
 # max_norm_'s kernel, loaded (and marked for Dynamo: _core.cuda_module) with the others
 from .kernels.variants_cuda import max_norm_device  # noqa: F401
-from .kernels.config import CUDA_MAX_BLOCKS, launch_shape
+from .kernels.config import (CUDA_FILL_THREADS, CUDA_MAX_BLOCKS, CUDA_MAX_SPLITS, SPLIT_MIN_REDUCTION,
+                             launch_shape)
 from .kernels.layout import dense_after, groups_outermost
 from .kernels.philox import LANES, MAX_U64, kernel_rng_args
 
@@ -391,6 +394,13 @@ def _launch_tensor(view, src, dst, keep, seeds, stream, p, seed, offset, scale, 
 # ---- dense layers (kernels/linear_cuda.py; the products are in the module docstring) -----------
 
 THREADS_2D = (L.TILE, L.TILE)
+MAX_GRID_Y = 65535  # the kernels loop over the rest
+# Per-example DropConnect's kernels: "registers" (kernels/sample_cuda.py: mask bits in registers,
+# split-K for small products) or "tiled" (linear_cuda.sample_gemm, the kernel the 2026-12-04 H200 run
+# measured). Read once, at import.
+SAMPLE_KERNEL = os.environ.get("FASTDROP_SAMPLE_KERNEL", "tiled").strip().lower()
+if SAMPLE_KERNEL not in ("tiled", "registers"):
+    raise ValueError(f"FASTDROP_SAMPLE_KERNEL must be 'tiled' or 'registers', got {SAMPLE_KERNEL!r}")
 
 
 def _tiles(M, Nc):
@@ -440,14 +450,37 @@ def _gemm(A, B, shape, bias, a_trans, b_trans, mask_on, p, seed, offset, scale, 
 
 def _sample_gemm(A, B, shape, bias, a_trans, b_trans, product, dims, p, seed, offset, scale, stream, empty,
                  seeds=None):
-    """C (shape) for per-example DropConnect (linear_cuda.sample_gemm); dims = (N, out, in)."""
+    """C (shape) for per-example DropConnect; dims = (N, out, in). The kernels of SAMPLE_KERNEL:
+    "registers" (kernels/sample_cuda.py) or "tiled" (linear_cuda.sample_gemm)."""
     C = empty(shape, A.dtype)
     if C.size == 0:
         return C
     bb, has_bias = _bias_arg(bias, A.dtype, empty)
-    L.sample_gemm[_tiles(*shape), THREADS_2D, stream](
-        A, B, C, bb, has_bias, a_trans, b_trans, product, *dims, *rng_args(seed, offset, p, seeds),
-        A.dtype.type(scale))
+    rng = (*rng_args(seed, offset, p, seeds), A.dtype.type(scale))
+    if SAMPLE_KERNEL == "tiled":
+        L.sample_gemm[_tiles(*shape), THREADS_2D, stream](
+            A, B, C, bb, has_bias, a_trans, b_trans, product, *dims, *rng)
+        return C
+    M, Nc = shape
+    if product == L.SAMPLE_FWD:  # x = A (N, in), W = B (out, in): a thread per (o, ROWS_DOT n)
+        kernel, args, rows_per, cols, reduction = S.sample_dot, (A, B), S.ROWS_DOT, Nc, A.shape[1]
+        units = -(-reduction // S.CHUNK)
+    else:  # g = A (N, out); Q = W (gx) or x (gW): a thread per (8 i, ROWS_AXPY rows)
+        rows_are_n = product == L.SAMPLE_GRAD_X
+        kernel, args, rows_per, cols = S.sample_axpy, (A, B), S.ROWS_AXPY, -(-Nc // S.CHUNK)
+        reduction = units = B.shape[0]
+    groups = -(-M // rows_per)
+    blocks = (-(-cols // S.THREADS), min(groups, MAX_GRID_Y))
+    threads = blocks[0] * S.THREADS * groups
+    splits = max(1, min(-(-CUDA_FILL_THREADS // threads), CUDA_MAX_SPLITS,
+                        reduction // SPLIT_MIN_REDUCTION))
+    splits = -(-units // -(-units // splits)) if units else 1  # no empty split (none: zeros, + bias)
+    dst = C.reshape(1, M, Nc) if splits == 1 else empty((splits, M, Nc), A.dtype)
+    tail = (bb, has_bias) if product == L.SAMPLE_FWD else (a_trans, rows_are_n, dims[1])
+    kernel[(*blocks, splits), S.THREADS, stream](*args, dst, *tail, *rng)
+    if splits > 1:
+        bl, th = launch_shape(M * Nc)
+        S.sum_splits[bl, th, stream](dst, C, bb, has_bias, rng[-1])
     return C
 
 

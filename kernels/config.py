@@ -199,3 +199,10 @@ CUDA_MAX_BLOCKS = 4096
 def launch_shape(work):
     """(blocks, threads) for a grid-stride loop over `work` items."""
     return max(1, min(CUDA_MAX_BLOCKS, -(-work // CUDA_THREADS))), CUDA_THREADS
+
+# Per-example DropConnect (kernels/sample_cuda.py): a product whose outputs give fewer threads than
+# this splits its reduction (split-K) until they reach it (an H200: 132 SMs x 2048 resident threads
+# = 270 K; half of that keeps every SM busy), each split at least SPLIT_MIN_REDUCTION long.
+CUDA_FILL_THREADS = 1 << 17
+SPLIT_MIN_REDUCTION = 128
+CUDA_MAX_SPLITS = 64

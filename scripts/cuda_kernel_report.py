@@ -104,6 +104,12 @@ def signatures():
         sigs.setdefault("linear_cuda.sample_gemm", []).append(
             (label, (m, m, m, dt[::1], b, b, b, i64, i64, i64, i64) + rng + (dt,)))
         sigs.setdefault("linear_cuda.column_sums", []).append((label, (m, dt[::1])))
+        d3 = dt[:, :, ::1]  # (splits, rows, cols): C as (1, rows, cols), or the split-K partials
+        # x, W, dst, bias, has_bias, rng..., scale
+        sigs.setdefault("sample_cuda.sample_dot", []).append((label, (m, m, d3, dt[::1], b) + rng + (dt,)))
+        # P, Q, dst, p_trans, rows_are_n, out_dim, rng..., scale
+        sigs.setdefault("sample_cuda.sample_axpy", []).append((label, (m, m, d3, b, b, i64) + rng + (dt,)))
+        sigs.setdefault("sample_cuda.sum_splits", []).append((label, (d3, m, dt[::1], b, dt)))
         # the weight as a 2-D (rows, cols) view of a torch tensor: contiguous, transposed (dim=0 of
         # a 2-D weight) or strided; Python-float max_value and eps
         for layout, arr in (("C", dt[:, ::1]), ("F", dt[::1, :]), ("A", dt[:, :])):
@@ -117,7 +123,7 @@ def signatures():
 
 def launch_threads():
     """Threads per block each kernel is launched with (the launchers' constants)."""
-    from fastdrop.kernels import config, linear_cuda, variants_cuda
+    from fastdrop.kernels import config, linear_cuda, sample_cuda, variants_cuda
     return {
         "dropout_cuda.dropout_flat": config.CUDA_THREADS,
         "dropout_cuda.keep_mask": config.CUDA_THREADS,
@@ -129,6 +135,9 @@ def launch_threads():
         "linear_cuda.masked_gemm": linear_cuda.TILE * linear_cuda.TILE,
         "linear_cuda.sample_gemm": linear_cuda.TILE * linear_cuda.TILE,
         "linear_cuda.column_sums": config.CUDA_THREADS,
+        "sample_cuda.sample_dot": sample_cuda.THREADS,
+        "sample_cuda.sample_axpy": sample_cuda.THREADS,
+        "sample_cuda.sum_splits": config.CUDA_THREADS,
         "variants_cuda.max_norm_rows": variants_cuda.MAX_NORM_THREADS,
     }
 

@@ -219,6 +219,8 @@ def test_gpu_bench_dry_run_covers_every_section(tmp_path):
     rows = json.loads(js.read_text())["rows"]
     assert {r["section"] for r in rows} == {"dropout", "dense", "per_sample", "matmul", "layouts"}
     assert not [r["id"] for r in rows if "error" in r]
+    # per-sample DropConnect is timed on both CUDA kernels (default and kernels/sample_cuda.py)
+    assert all("registers" in r["timings"] for r in rows if r["section"] == "per_sample")
 
 
 def test_gpu_host_profile_dry_run_runs_every_section(tmp_path):

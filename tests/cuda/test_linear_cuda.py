@@ -1,6 +1,8 @@
 """Fused dense-layer CUDA kernels (fastdrop/_cuda.py) against a numpy reference that takes the
 kernel's own mask (fastdrop.dropout_mask) and against the CPU ops (fastdrop.linear's declarations on numpy).
 Tiny shapes, one of them larger than a tile with no dimension a multiple of it."""
+import os
+
 import numpy as np
 import pytest
 from numba import cuda
@@ -18,6 +20,16 @@ pytestmark = pytest.mark.cudasim
 SHAPES = [(3, 5, 4), (1, 1, 1), (TILE + 1, TILE + 2, 3)]
 DTYPES = [(np.float32, 1e-5), (np.float64, 1e-12)]
 SEED, OFFSET = 2**32 + 99, 2**33 + 7
+# per-example DropConnect twice: "sample" on the tiled kernel (linear_cuda.sample_gemm),
+# "sample-registers" on kernels/sample_cuda.py (CL.SAMPLE_KERNEL, set by the fixture below)
+KINDS = ["dropout", "batch", "sample", "sample-registers"]
+
+
+@pytest.fixture(autouse=True)
+def _sample_kernel(request, monkeypatch):
+    callspec = getattr(request.node, "callspec", None)
+    kind = callspec.params.get("kind") if callspec else None
+    monkeypatch.setattr(CL, "SAMPLE_KERNEL", "registers" if kind == "sample-registers" else "tiled")
 
 
 def reference(kind, x, w, b, g, p, seed, offset, s):
@@ -44,7 +56,7 @@ def run(kind, x, w, b, g, p, seed, offset, s):
         y = CL.dropout_linear_forward(d(x), d(w), None if b is None else d(b), p, seed, offset, s)
         grads = CL.dropout_linear_backward(d(g), d(x), d(w), p, seed, offset, s)
     else:
-        ps = kind == "sample"
+        ps = kind.startswith("sample")
         y = CL.dropconnect_forward(d(x), d(w), None if b is None else d(b), p, seed, offset, s, ps)
         grads = CL.dropconnect_backward(d(g), d(x), d(w), p, seed, offset, s, ps)
     return (y.copy_to_host(),) + tuple(a.copy_to_host() for a in grads)
@@ -56,7 +68,7 @@ def close(got, ref, rtol):
     np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * max(1.0, np.abs(ref).max()))
 
 
-@pytest.mark.parametrize("kind", ["dropout", "batch", "sample"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype, rtol", DTYPES)
 def test_forward_and_backward_match_reference(rng, kind, shape, dtype, rtol):
@@ -70,12 +82,12 @@ def test_forward_and_backward_match_reference(rng, kind, shape, dtype, rtol):
         close(a, r, rtol)
 
 
-@pytest.mark.parametrize("kind", ["dropout", "batch", "sample"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_matches_cpu_launchers(rng, kind):
     N, I, O = 5, 7, 6
     x, w, b, g = (rng.standard_normal(s) for s in ((N, I), (O, I), (O,), (N, O)))
     got = run(kind, x, w, b, g, 0.5, 3, 2**40, 2.0)
-    op = {"dropout": DROPOUT_LINEAR, "batch": DROPCONNECT, "sample": DROPCONNECT_SAMPLE}[kind]
+    op = {"dropout": DROPOUT_LINEAR, "batch": DROPCONNECT}.get(kind, DROPCONNECT_SAMPLE)
     r = Rng(0.5, 3, 2**40, 2.0)
     cpu = (op.forward(NumpyBackend, (x, w, b), r, ()),
            *op.backward(NumpyBackend, g, (x, w, b), r, (), (True, True, True)))
@@ -89,7 +101,7 @@ def _decode(v, n):
     return (v[..., None] >> np.arange(n)) & 1 == 1
 
 
-@pytest.mark.parametrize("kind", ["dropout", "batch", "sample"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_masks_bit_for_bit_in_every_product(kind):
     """Power-of-two operands make every output an exact binary encoding of the mask bits the
     kernel used along its reduction: forward, grad_x and grad_w each read back bit for bit."""
@@ -129,7 +141,7 @@ def test_masks_bit_for_bit_in_every_product(kind):
         assert (_decode(gw.copy_to_host(), N) == m.transpose(1, 2, 0)).all()  # gw[o, i]: m[:, o, i]
 
 
-@pytest.mark.parametrize("kind", ["dropout", "batch", "sample"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shape", [(0, 5, 4), (3, 0, 4), (3, 5, 0)])
 def test_empty_dimensions(rng, kind, shape):
     N, I, O = shape
@@ -140,7 +152,7 @@ def test_empty_dimensions(rng, kind, shape):
         np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["dropout", "batch", "sample"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_p0_is_plain_linear_and_p1_drops_everything(rng, kind):
     N, I, O = 4, 6, 3
     x, w, b, g = (rng.standard_normal(s) for s in ((N, I), (O, I), (O,), (N, O)))
@@ -181,7 +193,7 @@ def test_backward_without_bias_grad_skips_it_and_changes_nothing_else(per_sample
     np.testing.assert_array_equal(via[0].copy_to_host(), full[0].copy_to_host())
 
 
-@pytest.mark.parametrize("kind", ["dropout", "batch", "sample"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_seed_in_device_memory_gives_the_host_seeds_products(kind):
     """The dense kernels read the seed from memory when `seeds` holds it (CUDA-graph capture): the
     same products, bit for bit, as with the host seed; the host seed passed beside it is ignored."""
@@ -197,9 +209,85 @@ def test_a_seed_in_device_memory_gives_the_host_seeds_products(kind):
             y = CL.dropout_linear_forward(d(x), d(w), d(b), p, seed, OFFSET, s, seeds=seeds)
             grads = CL.dropout_linear_backward(d(g), d(x), d(w), p, seed, OFFSET, s, seeds=seeds)
         else:
-            ps = kind == "sample"
+            ps = kind.startswith("sample")
             y = CL.dropconnect_forward(d(x), d(w), d(b), p, seed, OFFSET, s, ps, seeds=seeds)
             grads = CL.dropconnect_backward(d(g), d(x), d(w), p, seed, OFFSET, s, ps, seeds=seeds)
         return [a.copy_to_host() for a in (y, *grads)]
     for got, ref in zip(products(7, seeds), products(SEED, None)):
         np.testing.assert_array_equal(got, ref)
+
+
+# ---- kernels/sample_cuda.py: what the tiled kernel has no counterpart of -----------------------
+
+def _count_split_sums(monkeypatch):
+    """Launches of sum_splits (the split-K finish) while the test runs."""
+    from fastdrop.kernels import sample_cuda
+    launches = []
+    real = sample_cuda.sum_splits
+
+    class Counting:
+        def __getitem__(self, config):
+            launches.append(config)
+            return real[config]
+    monkeypatch.setattr(sample_cuda, "sum_splits", Counting())
+    return launches
+
+
+@pytest.mark.parametrize("shape", [(3, 300, 4), (5, 45, 130), (2, 11, 9)])
+def test_registers_split_k_matches_reference_and_is_deterministic(rng, monkeypatch, shape):
+    """Forced split-K (the fill target made huge, the minimum split length 8): every product is
+    cut into several partial sums and summed in order; results match the reference and repeat bit
+    for bit. Shapes: `in` not a multiple of 8 (rows straddle Philox blocks), out > the block's
+    128 threads, a reduction shorter than two splits."""
+    monkeypatch.setattr(CL, "SAMPLE_KERNEL", "registers")
+    monkeypatch.setattr(CL, "CUDA_FILL_THREADS", 1 << 30)
+    monkeypatch.setattr(CL, "SPLIT_MIN_REDUCTION", 8)
+    launches = _count_split_sums(monkeypatch)
+    N, I, O = shape
+    x, w, b, g = (rng.standard_normal(s) for s in ((N, I), (O, I), (O,), (N, O)))
+    got = run("sample", x, w, b, g, 0.3, SEED, OFFSET, 1 / 0.7)
+    for a, r in zip(got, reference("sample", x, w, b, g, 0.3, SEED, OFFSET, 1 / 0.7)):
+        close(a, r, 1e-12)
+    # forward splits `in` (in chunks of 8), grad x splits out, grad W splits N (each when >= 16)
+    assert len(launches) == sum(n >= 16 for n in (I, O, N))
+    again = run("sample", x, w, b, g, 0.3, SEED, OFFSET, 1 / 0.7)
+    for a, r in zip(got, again):
+        np.testing.assert_array_equal(a, r)
+
+
+def test_registers_default_launch_does_not_split_a_large_enough_product(rng, monkeypatch):
+    """With the shipped knobs a product whose outputs fill the GPU runs in one pass (no partial
+    buffer, no sum_splits); the fill target is lowered to make a tiny product count as full."""
+    monkeypatch.setattr(CL, "SAMPLE_KERNEL", "registers")
+    monkeypatch.setattr(CL, "CUDA_FILL_THREADS", 1)
+    launches = _count_split_sums(monkeypatch)
+    N, I, O = 3, 200, 5
+    x, w, b, g = (rng.standard_normal(s) for s in ((N, I), (O, I), (O,), (N, O)))
+    for a, r in zip(run("sample", x, w, b, g, 0.5, 1, 2, 2.0), reference("sample", x, w, b, g, 0.5, 1, 2, 2.0)):
+        close(a, r, 1e-12)
+    assert launches == []
+
+
+def test_registers_grid_loops_over_row_groups(rng, monkeypatch):
+    """A grid with fewer y blocks than row groups (MAX_GRID_Y = 1): each block walks them all."""
+    monkeypatch.setattr(CL, "SAMPLE_KERNEL", "registers")
+    monkeypatch.setattr(CL, "MAX_GRID_Y", 1)
+    N, I, O = 9, 10, 5  # 3 groups of 4 n (forward), 5 of 2 rows (grad x), 3 of 2 (grad W)
+    x, w, b, g = (rng.standard_normal(s) for s in ((N, I), (O, I), (O,), (N, O)))
+    for a, r in zip(run("sample", x, w, b, g, 0.5, 4, 5, 2.0), reference("sample", x, w, b, g, 0.5, 4, 5, 2.0)):
+        close(a, r, 1e-12)
+
+
+def test_sample_kernel_switch_is_read_and_checked_at_import():
+    """FASTDROP_SAMPLE_KERNEL picks the kernels; anything else is refused when fastdrop._cuda loads."""
+    import subprocess
+    import sys
+    code = "import fastdrop._cuda as C; print(C.SAMPLE_KERNEL)"
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    for value, want in (("registers", "registers"), (" Tiled ", "tiled")):
+        out = subprocess.run([sys.executable, "-c", code], env=dict(env, FASTDROP_SAMPLE_KERNEL=value),
+                             capture_output=True, text=True, check=True).stdout.split()[-1]
+        assert out == want
+    bad = subprocess.run([sys.executable, "-c", code], env=dict(env, FASTDROP_SAMPLE_KERNEL="fast"),
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "FASTDROP_SAMPLE_KERNEL must be 'tiled' or 'registers'" in bad.stderr

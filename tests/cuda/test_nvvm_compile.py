@@ -43,7 +43,8 @@ EXPECTED_KERNELS = {
     "dropout_cuda.dropout_flat", "dropout_cuda.keep_mask", "dropout_cuda.apply_group_mask",
     "dropout_cuda.dropout_flat_bf16", "dropout_cuda.apply_group_mask_bf16", "dropout_cuda.scale",
     "dropout_cuda.dropout_transposed", "linear_cuda.masked_gemm", "linear_cuda.sample_gemm",
-    "linear_cuda.column_sums", "variants_cuda.max_norm_rows",
+    "linear_cuda.column_sums", "variants_cuda.max_norm_rows", "sample_cuda.sample_dot",
+    "sample_cuda.sample_axpy", "sample_cuda.sum_splits",
 }
 ARCHS = ("sm_80", "sm_90")
 

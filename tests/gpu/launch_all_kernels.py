@@ -125,6 +125,19 @@ def device_arrays(shared_only):
             _cuda.dropconnect_backward(gd, xd, wd, p, seed, offset, 1 / (1 - p), per_sample)
         if not shared_only:
             fastdrop.dropconnect_linear(xd, wd, bd, p, seed=seed, per_sample=True)
+            # per-sample DropConnect's other kernels (kernels/sample_cuda.py: no shared memory), in
+            # one pass and with forced split-K (partial sums, then sum_splits)
+            knobs = {"SAMPLE_KERNEL": "registers", "CUDA_FILL_THREADS": 1 << 30, "SPLIT_MIN_REDUCTION": 8}
+            saved = {k: getattr(_cuda, k) for k in knobs}
+            try:
+                for split in (False, True):
+                    for k, v in knobs.items():
+                        setattr(_cuda, k, v if split or k == "SAMPLE_KERNEL" else saved[k])
+                    _cuda.dropconnect_forward(xd, wd, bd, p, seed, offset, 1 / (1 - p), True)
+                    _cuda.dropconnect_backward(gd, xd, wd, p, seed, offset, 1 / (1 - p), True)
+            finally:
+                for k, v in saved.items():
+                    setattr(_cuda, k, v)
             fastdrop.dropout_linear(xd, wd, bd, p, seed=seed)
         # max-norm: contiguous and strided 2-D views, rows below and above the block width
         w = (rng.standard_normal((50, 300)) * 3).astype(dtype)

@@ -269,6 +269,30 @@ def test_dense_layers_many_tiles(fn, per_sample):
         assert_same(t, r, False, 1e-10)
 
 
+@pytest.mark.parametrize("kernel", ["tiled", "registers"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", [(64, 1024, 256), (3, 1003, 37), (1100, 21, 1037), (2, 8, 140000)])
+def test_per_sample_kernels_equal_cpu(monkeypatch, kernel, dtype, shape):
+    """Both per-sample DropConnect kernels (fastdrop._cuda.SAMPLE_KERNEL) against the CPU: forward
+    and every gradient. Shapes: split-K (few outputs, a long reduction), `in` not a multiple of 8
+    (rows straddle Philox blocks), more row groups than one grid, out above the 65535 grid rows."""
+    import fastdrop._cuda as C
+    monkeypatch.setattr(C, "SAMPLE_KERNEL", kernel)
+    n, fin, fout = shape
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(n, fin, generator=gen, dtype=dtype).requires_grad_(True)
+    w = torch.randn(fout, fin, generator=gen, dtype=dtype).requires_grad_(True)
+    b = torch.randn(fout, generator=gen, dtype=dtype).requires_grad_(True)
+    y = fastdrop.dropconnect_linear(x, w, b, 0.4, seed=SEED, offset=OFFSET, per_sample=True)
+    xg, wg, bg = on_gpu((x, w, b), requires_grad=True)
+    yg = fastdrop.dropconnect_linear(xg, wg, bg, 0.4, seed=SEED, offset=OFFSET, per_sample=True)
+    rtol = 1e-10 if dtype == torch.float64 else 2e-4
+    assert_same(yg, y, False, rtol)
+    g = torch.randn(y.shape, generator=gen, dtype=dtype)
+    for r, t in zip(torch.autograd.grad(y, (x, w, b), g), torch.autograd.grad(yg, (xg, wg, bg), g.to(DEV))):
+        assert_same(t, r, False, rtol)
+
+
 def test_p_edge_cases():
     x = torch.randn(1000, device=DEV)
     assert torch.equal(fastdrop.dropout(x, 0.0, seed=1), x)
