@@ -123,7 +123,11 @@ def array_kind(x, name="x"):
         raise TypeError(f"{name} is a torch.fx Proxy: fastdrop's functions run on data and cannot be "
                         f"traced symbolically. fastdrop.nn modules are traced as leaf modules; for a "
                         f"functional call, keep it out of the graph (torch.fx.wrap) or use torch.compile")
-    if hasattr(x, "__cuda_array_interface__") or is_simulator_array(x):
+    try:
+        exported = hasattr(x, "__cuda_array_interface__")
+    except Exception:  # noqa: BLE001 - a property that raises: check_array's read_interface names it
+        exported = True
+    if exported or is_simulator_array(x):
         return CUDA_ARRAY
     raise TypeError(f"{name} must be a numpy array, a torch tensor or a CUDA device array "
                     f"(__cuda_array_interface__), got {type(x).__name__}")
@@ -163,14 +167,41 @@ class InterfaceArray:
     when a kernel runs (`_cuda.as_device_array`), and its interface (read-only flag, strides) is
     the object's own."""
 
-    def __init__(self, obj):
+    def __init__(self, obj, name="x"):
         self.obj = obj
-        cai = obj.__cuda_array_interface__
+        cai = read_interface(obj, name)
         self.shape, self.dtype = tuple(cai["shape"]), np.dtype(cai["typestr"])
 
     @property
     def __cuda_array_interface__(self):
         return self.obj.__cuda_array_interface__
+
+
+def read_interface(x, name):
+    """x's __cuda_array_interface__, checked where fastdrop reads it (a dict with a shape of
+    non-negative ints, a typestr numpy understands, a (pointer, read-only) data pair): a malformed
+    one gets a TypeError/ValueError naming it, not a KeyError from inside."""
+    try:
+        cai = x.__cuda_array_interface__
+    except Exception as e:  # noqa: BLE001 - the producer's own error, named
+        raise TypeError(f"{name}.__cuda_array_interface__ raised {type(e).__name__}: {e}") from e
+    if not isinstance(cai, dict) or not {"shape", "typestr", "data"} <= cai.keys():
+        raise TypeError(f"{name}.__cuda_array_interface__ must be a dict with 'shape', 'typestr' and "
+                        f"'data', got {str(cai)[:120]}")
+    shape, data = cai["shape"], cai["data"]
+    if not isinstance(shape, (tuple, list)) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise ValueError(f"{name}.__cuda_array_interface__ has shape {shape!r}: not a tuple of "
+                         f"non-negative ints")
+    try:
+        np.dtype(cai["typestr"])
+    except TypeError as e:
+        raise TypeError(f"{name}.__cuda_array_interface__ has typestr {cai['typestr']!r}, which is "
+                        f"not a dtype") from e
+    if not isinstance(data, tuple) or len(data) != 2 or not isinstance(data[0], int):
+        raise TypeError(f"{name}.__cuda_array_interface__ has data {data!r}: not a (pointer, "
+                        f"read-only) pair")
+    return cai
 
 
 def refuse_while_tracing(x, name):
@@ -215,8 +246,8 @@ def check_array(x, name="x"):
             raise TypeError(f"{name} is a {type(x).__name__} with __cuda_array_interface__, which Numba's "
                             f"CUDA simulator cannot map; pass a numba device array (cuda.to_device)")
         if not (hasattr(x, "shape") and hasattr(x, "dtype")):
-            x = InterfaceArray(x)
-        cai = x.__cuda_array_interface__
+            x = InterfaceArray(x, name)
+        cai = read_interface(x, name)
         if cai["data"][0] == 0 and math.prod(cai["shape"]) > 0:  # a kernel would fault on it, and
             # a fault on a GPU ends the process's CUDA context (every later launch fails)
             raise ValueError(f"{name}'s __cuda_array_interface__ has a null data pointer for "
@@ -329,6 +360,19 @@ def _tracing(torch, *tensors):
             torch.compiler.is_compiling() and any(torch._subclasses.fake_tensor.is_fake(t) for t in tensors))
 
 
+_OUT_AUTOGRAD = ("functions with out=... arguments don't support automatic differentiation, but one "
+                 "of the arguments (x or out) requires grad (as torch's out= ops)")
+
+
+def check_out_is_x(x, kind, inplace):
+    """out=x: the in-place call it stands for, with out='s own rules (not with inplace=True, no
+    autograd to record)."""
+    if inplace:
+        raise ValueError("pass either inplace=True or out=, not both")
+    if kind == TORCH and x.requires_grad and sys.modules["torch"].is_grad_enabled():
+        raise RuntimeError(_OUT_AUTOGRAD)
+
+
 def check_out(x, kind, out, inplace):
     """An `out=` target: the kind, shape, dtype and device of x, writable, not overlapping itself,
     sharing no memory with x (out=x is inplace=True), and no autograd to record (torch's rule for
@@ -359,9 +403,7 @@ def check_out(x, kind, out, inplace):
             raise ValueError(f"out is on {out.device} but x is on {x.device}")
         torch = sys.modules["torch"]
         if (x.requires_grad or out.requires_grad) and torch.is_grad_enabled():
-            raise RuntimeError("functions with out=... arguments don't support automatic "
-                               "differentiation, but one of the arguments (x or out) requires grad "
-                               "(as torch's out= ops)")
+            raise RuntimeError(_OUT_AUTOGRAD)
         if not _tracing(torch, x, out) and _tensors_overlap(x, out):
             raise ValueError("out shares memory with x: pass inplace=True to write into x")
     elif np.shares_memory(out, x):

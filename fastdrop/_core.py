@@ -39,8 +39,8 @@ import numpy as np
 from . import _cpu, _seeds
 from ._alloc import PHYSICAL_BYTES, check_output_bytes, empty_like
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, check_array, check_bool,
-                      check_companions, check_out, check_p, check_u64, check_writable, fill_torch_floats,
-                      mark_written, numpy_view)
+                      check_companions, check_out, check_out_is_x, check_p, check_u64, check_writable,
+                      fill_torch_floats, mark_written, numpy_view)
 from .kernels import dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial
 from .kernels.config import CPU_PARALLEL_MIN
@@ -478,11 +478,15 @@ class MaskedOp:
         own_products: the products are the op's own kernel's, which torch.autocast does not see
             (per-sample DropConnect): under autocast its operands go to autocast's dtype.
         vmap: rule under torch.func.vmap, or None (a clear error).
+        out_numel(operands): the output's number of elements, where it can exceed x's (on host
+            memory x-sized arrays and the output are refused before the draw when larger than
+            physical memory); None: x-sized.
     """
 
     def __init__(self, name, operands, forward, backward, plain, fake, check=None, saves=(),
-                 optional=(), bias=None, upcast_half=False, own_products=False, vmap=None):
+                 optional=(), bias=None, upcast_half=False, own_products=False, vmap=None, out_numel=None):
         self.name, self.operands = name, tuple(operands)
+        self.out_numel = out_numel
         self.forward, self.backward, self.plain, self.fake = forward, backward, plain, fake
         self.check = check
         self.saves, self.optional, self.bias = tuple(saves), tuple(optional), bias
@@ -620,6 +624,7 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
         params = op.check(operands, params)
     if out is not None:
         if out is x or out is operands[0]:
+            check_out_is_x(x, kind, inplace)
             inplace, out = True, None
         else:
             check_out(x, kind, out, inplace)
@@ -648,11 +653,12 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
             out[...] = y
             return out
         return given if inplace else y
-    if op is DROPOUT and out is None and not inplace and \
-            (kind == NUMPY or kind == TORCH and x.is_cpu and not _compiling()):
-        # an x-sized output in host memory, refused before the draw (an expanded x is small
-        # memory); not while compiling, where it would be a guard on the symbolic sizes
-        check_output_bytes(math.prod(x.shape) * (x.element_size() if kind == TORCH else x.dtype.itemsize))
+    if out is None and not inplace and (kind == NUMPY or kind == TORCH and x.is_cpu and not _compiling()):
+        # x-sized arrays (the output, the dense ops' masked x or a) and the output in host memory,
+        # refused before the draw (an expanded x is small memory); not while compiling, where it
+        # would be a guard on the symbolic sizes
+        n = math.prod(x.shape) if op.out_numel is None else max(math.prod(x.shape), op.out_numel(operands))
+        check_output_bytes(n * (x.element_size() if kind == TORCH else x.dtype.itemsize))
     if kind == CUDA_ARRAY:  # no GPU (nor the simulator): refused before the draw
         _cuda = cuda_module()
         _cuda.require_gpu()

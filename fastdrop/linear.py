@@ -22,6 +22,7 @@ with m ~ Bernoulli(1-p), so
     Var[u] = Σ_i x_i² W_oi² Var[m]/(1-p)² = p/(1-p) (x²)(W²)ᵀ
 and the layer returns the average of activation(u_z) over `samples` draws u_z ~ N(E[u], Var[u]).
 """
+import math
 import numbers
 
 import numpy as np
@@ -59,6 +60,11 @@ def _fake(operands, params):
     return x.new_empty((*x.shape[:-1], w.shape[0]))
 
 
+def _out_numel(operands):
+    x, w, _ = operands
+    return math.prod(x.shape[:-1]) * w.shape[0]
+
+
 def _plain(B, operands, params, factor, inplace=False):
     x, w, b = operands
     return B.linear(B.scale(x, factor), w, b)
@@ -87,7 +93,7 @@ def _dl_backward(B, grad, operands, rng, params, needs):
 
 DROPOUT_LINEAR = _core.MaskedOp("dropout_linear", _OPERANDS, forward=_dl_forward, backward=_dl_backward,
                                 plain=_plain, fake=_fake, check=_check, saves=(0, 1), optional=(2,),
-                                bias=2, upcast_half=True)
+                                bias=2, upcast_half=True, out_numel=_out_numel)
 
 
 # ---- DropConnect, one mask per call ----------------------------------------------------------------
@@ -112,7 +118,7 @@ def _mean_network(B, operands, params, factor, inplace=False):
 
 DROPCONNECT = _core.MaskedOp("dropconnect", _OPERANDS, forward=_dc_forward, backward=_dc_backward,
                              plain=_mean_network, fake=_fake, check=_check, saves=(0, 1),
-                             optional=(2,), bias=2, upcast_half=True)
+                             optional=(2,), bias=2, upcast_half=True, out_numel=_out_numel)
 
 
 # ---- DropConnect, one mask per example (its own kernels: no vendor op exists) ----------------------
@@ -223,7 +229,7 @@ def _not_public(B, operands, params, factor, inplace=False):
 DROPCONNECT_SAMPLE = _core.MaskedOp("dropconnect_sample", _OPERANDS, forward=_sample_forward,
                                     backward=_sample_backward, plain=_mean_network, fake=_fake,
                                     check=_check, saves=(0, 1), optional=(2,), bias=2, upcast_half=True,
-                                    own_products=True)
+                                    own_products=True, out_numel=_out_numel)
 def _host_only(a):
     if array_kind(a) == CUDA_ARRAY:
         raise TypeError("the per-sample DropConnect gradient ops take numpy arrays or torch tensors")

@@ -8,6 +8,8 @@ The mask kernel writes the masked a into a temporary, the vendor GEMM (torch's o
 multiplies; backward regenerates the mask from (seed, offset) and saves a and b only. Batch dims
 are equal, or absent on one side.
 """
+import math
+
 from . import _core
 from .kernels.config import CPU_PARALLEL_MIN
 from ._checks import CUDA_ARRAY, RankError, array_kind, check_mode, check_p, train_scale
@@ -75,8 +77,14 @@ def _fake(operands, params):
     return a.new_empty(batch + (M, N))
 
 
+def _out_numel(operands):
+    batch, M, _, N = _shapes(tuple(operands[0].shape), tuple(operands[1].shape))
+    return math.prod(batch) * M * N
+
+
 DROPOUT_MATMUL = _core.MaskedOp("dropout_matmul", ("a", "b"), forward=_forward, backward=_backward,
-                                plain=_plain, fake=_fake, check=_check, saves=(0, 1), upcast_half=True)
+                                plain=_plain, fake=_fake, check=_check, saves=(0, 1), upcast_half=True,
+                                out_numel=_out_numel)
 
 
 def dropout_matmul(a, b, p=0.5, training=True, *, seed=None, offset=0, mode="inverted"):

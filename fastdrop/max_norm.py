@@ -14,8 +14,8 @@ import sys
 import numpy as np
 
 from . import _core
-from ._checks import (NUMPY, TORCH, array_kind, check_array, check_writable, is_torch_tensor, mark_written,
-                      refuse_while_tracing)
+from ._checks import (NUMPY, TORCH, InterfaceArray, array_kind, check_array, check_writable, is_torch_tensor,
+                      mark_written, refuse_while_tracing)
 from .kernels import max_norm_cpu
 
 __all__ = ["max_norm_", "max_norm_hook"]
@@ -106,7 +106,8 @@ def max_norm_(weight, max_value, dim=1, eps=1e-7):
         if torch.compiler.is_compiling() or _core.tracing_dispatch_mode(torch):
             return _max_norm_traced(weight, max_value, dims, eps)
         return _max_norm_tensor(weight, max_value, dims, eps)
-    return _max_norm_device(weight, max_value, dims, eps)
+    _max_norm_device(weight, max_value, dims, eps)
+    return weight  # the object given (a CuPy array stays one), written in place
 
 
 _MAX_NORM_OP = None
@@ -155,13 +156,14 @@ def _checked(weight, max_value, dim, eps):
     if not is_torch_tensor(weight):
         refuse_while_tracing(weight, "weight")
     kind = array_kind(weight, "weight")
-    max_value, dims, eps = _check_max_norm_args(len(weight.shape), max_value, dim, eps)
     if kind == NUMPY and type(weight) is not np.ndarray:
         raise TypeError(f"weight must be a plain numpy array (max_norm_ writes in place), got "
                         f"{type(weight).__name__}")
     if kind == NUMPY and not weight.dtype.isnative:
         raise TypeError(f"weight has non-native byte order ({weight.dtype}); convert it first")
-    check_array(weight, "weight")
+    # (an object with only __cuda_array_interface__ comes back with the shape its interface gives)
+    max_value, dims, eps = _check_max_norm_args(len(check_array(weight, "weight")[0].shape), max_value,
+                                                dim, eps)
     if kind == NUMPY and not weight.flags.writeable:
         raise ValueError("max_norm_ writes in place; weight is read-only")
     # an expanded or otherwise self-overlapping view: refused as torch's renorm_ refuses it (each
@@ -239,6 +241,8 @@ def _max_norm_device(w, max_value, dims, eps):
     as_device_array, max_norm_device = _cuda.as_device_array, _cuda.max_norm_device
     _cuda.require_gpu()
     if not is_torch_tensor(w):
+        if not (hasattr(w, "shape") and hasattr(w, "dtype")):
+            w = InterfaceArray(w, "weight")  # only __cuda_array_interface__: its shape and dtype
         nd = len(w.shape)
         if list(dims) != list(range(nd - len(dims), nd)):
             raise ValueError(f"max_norm_ on a CUDA device array needs the normed dims to be the trailing "

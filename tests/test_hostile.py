@@ -14,6 +14,26 @@ from fastdrop import _seeds
 NAN, INF = float("nan"), float("inf")
 
 
+class Interface:
+    """An object with only __cuda_array_interface__ (None: the property raises)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    @property
+    def __cuda_array_interface__(self):
+        if self.value is None:
+            return 1 / 0
+        return self.value
+
+    def __eq__(self, other):  # (the test compares the input before and after the call)
+        return type(other) is Interface and other.value == self.value
+
+
+def cai(shape=(4,), typestr="<f4", data=(1234, False)):
+    return {"shape": shape, "typestr": typestr, "data": data, "strides": None, "version": 3}
+
+
 def x_np():
     return np.arange(1, 25, dtype=np.float32).reshape(2, 3, 4)
 
@@ -152,6 +172,32 @@ CASES = [
      TypeError, "per_sample must be a bool"),
     ("per-sample-int-numpy", x_np, lambda x: F.dropconnect_linear(x, np.ones((2, 4), np.float32), per_sample=2),
      TypeError, "per_sample must be a bool"),
+    # found by a review (2026-12-05): each of these drew a seed first, or failed from inside
+    ("linear-output-2^44", lambda: np.broadcast_to(np.float32(1), (2**20, 1)),  # x 4 MiB, output 2^44
+     lambda x: F.dropout_linear(x, np.broadcast_to(np.float32(1), (2**24, 1))), MemoryError, "physical memory"),
+    ("per-sample-output-2^44", lambda: torch.ones(1, 1).expand(2**20, 1),
+     lambda x: F.dropconnect_linear(x, torch.ones(1, 1).expand(2**24, 1), per_sample=True), MemoryError,
+     "physical memory"),
+    ("matmul-output-2^44", lambda: torch.ones(1, 1).expand(2**22, 1),
+     lambda x: F.dropout_matmul(x, torch.ones(1, 1).expand(1, 2**22)), MemoryError, "physical memory"),
+    ("out-is-x-autograd", lambda: torch.ones(2, 3, requires_grad=True) * 1,
+     lambda x: F.dropout(x, 0.5, out=x), RuntimeError, "out=... arguments don't support automatic differentiation"),
+    ("out-is-x-and-inplace", x_t, lambda x: F.dropout(x, 0.5, inplace=True, out=x), ValueError,
+     "either inplace=True or out="),
+    ("mc-0d-input", lambda: torch.tensor(3.0), lambda x: F.mc_predict(torch.nn.Sequential(F.nn.Dropout(0.5)), x, 4),
+     ValueError, "batch dim"),
+    ("interface-not-a-dict", lambda: Interface(3), lambda x: F.dropout(x, 0.5), TypeError,
+     "__cuda_array_interface__ must be a dict"),
+    ("interface-no-shape", lambda: Interface({"typestr": "<f4", "data": (1, False)}), lambda x: F.dropout(x, 0.5),
+     TypeError, "__cuda_array_interface__ must be a dict"),
+    ("interface-raises", lambda: Interface(None), lambda x: F.dropout(x, 0.5), TypeError, "raised ZeroDivisionError"),
+    ("interface-typestr", lambda: Interface(cai(typestr="zz")), lambda x: F.dropout(x, 0.5), TypeError,
+     "typestr 'zz'"),
+    ("interface-neg-shape", lambda: Interface(cai(shape=(-1,))), lambda x: F.dropout(x, 0.5), ValueError,
+     "shape (-1,)"),
+    ("interface-data", lambda: Interface(cai(data=1234)), lambda x: F.max_norm_(x, 1.0, 0), TypeError,
+     "(pointer, read-only)"),
+    ("interface-max-norm", lambda: Interface(cai(shape=(4, 3))), lambda x: F.max_norm_(x, 1.0), RuntimeError, "GPU"),
 ]
 
 

@@ -434,6 +434,44 @@ def test_model_returning_a_tuple_is_refused():
         mc_predict(_Tupled(model), torch.randn(2, 4), samples=4, seed=1)
 
 
+class _Summed(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.drop = fnn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.drop(x).sum()
+
+
+@pytest.mark.parametrize("chunk, fused", [(None, True), (1, False), (4, False)])
+def test_model_returning_a_scalar_is_refused_clearly(chunk, fused):
+    """A 0-d output (a reduced loss) cannot be stacked per sample: a ValueError that says so (it
+    was an IndexError from inside), on every path."""
+    with pytest.raises(ValueError, match="0-d tensor"):
+        mc_predict(_Summed().eval(), torch.randn(5, 4), samples=4, seed=1, chunk=chunk, fused=fused)
+
+
+def test_numpy_integers_for_samples_and_chunk():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), fnn.Dropout(0.5)).eval()
+    x = torch.randn(2, 4)
+    ref = mc_predict(model, x, samples=6, seed=3, chunk=2)
+    got = mc_predict(model, x, samples=np.int64(6), seed=3, chunk=np.int32(2))
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    for bad in (np.bool_(True), np.int64(0), 2.0):
+        with pytest.raises(ValueError, match="samples must be a positive int"):
+            mc_predict(model, x, samples=bad, seed=3)
+
+
+def test_offset_room_is_exact():
+    """Sample t's offsets run from offset + t * 2**32 to offset + (t + 1) * 2**32 - 1: the last
+    sample may end exactly at 2**64 - 1, one more offset does not fit."""
+    model = torch.nn.Sequential(fnn.Dropout(0.5)).eval()
+    x = torch.randn(3, 4)
+    mc_predict(model, x, samples=2, seed=1, offset=2**64 - 2**33)
+    with pytest.raises(ValueError, match="leaves no room for 2 samples"):
+        mc_predict(model, x, samples=2, seed=1, offset=2**64 - 2**33 + 1)
+
+
 class _Tupled(torch.nn.Module):
     def __init__(self, inner):
         super().__init__()

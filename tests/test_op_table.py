@@ -459,10 +459,19 @@ def _bad_inputs(case):
     yield "nested", (torch.nested.nested_tensor([x[0], x[-1]]),) + rest, TypeError
     yield "meta", (x.to("meta"),) + rest, ValueError
     yield "list", (x.tolist(),) + rest, TypeError
-    if case.op is DROPOUT:  # an output larger than physical memory from an expanded (tiny) x
-        huge = (2**40 // max(1, x[0].numel()),) + tuple(x.shape[1:])
-        yield "too-big", (x[:1].expand(huge),), MemoryError
-        yield "too-big-numpy", (np.broadcast_to(x[:1].numpy(), huge),), MemoryError
+    # x-sized arrays (the output, a masked copy) larger than physical memory from an expanded
+    # (tiny) x: the rows (dim -2 of dropout_matmul's a, whose batch dims must match b's) grown to
+    # 2**40 elements; the per-sample grad W op's grad and x share that dim, so both grow
+    dim = x.dim() - 2 if case.op is DROPOUT_MATMUL else 0
+    rows = 2**40 // max(1, x.numel() // x.shape[dim])
+
+    def huge(a):
+        return a.narrow(dim, 0, 1).expand(a.shape[:dim] + (rows,) + a.shape[dim + 1:])
+    grown = tuple(huge(a) for a in ops[:2 if case.op is SAMPLE_GRAD_W else 1])
+    big = grown + ops[len(grown):]
+    yield "too-big", big, MemoryError
+    yield "too-big-numpy", tuple(None if a is None else np.broadcast_to(a.numpy(), a.shape) for a in big), \
+        MemoryError
     if rest:
         yield "dtype-mismatch", (x.float(),) + rest, TypeError
         yield "meta-operand", (x, rest[0].to("meta")) + rest[1:], ValueError

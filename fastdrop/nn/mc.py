@@ -275,7 +275,19 @@ def _is_compiled(model):
 def _output(y):
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"mc_predict: the model must return one tensor (N, ...), got {type(y).__name__}")
+    if y.dim() == 0:  # the samples are stacked and split along dim 0
+        raise ValueError("mc_predict: the model must return one tensor (N, ...) with the batch dim "
+                         "first, got a 0-d tensor (a reduced loss?)")
     return y
+
+
+def _positive_int(v, name, none_ok=False):
+    """v as an int (Python or numpy integer, not bool) >= 1; ValueError otherwise."""
+    if v is None and none_ok:
+        return None
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a positive int{' or None' if none_ok else ''}, got {v!r}")
+    return int(v)
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -303,6 +315,10 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     `[fastdrop.nn.Dropout, nn.Linear]` (or a DropoutLinear) is evaluated for all samples of a
     chunk with one mask-kernel call (T masked copies of the hidden activation) and one torch GEMM
     (`fused=True`, CPU float32/float64). `chunk=1, fused=False` evaluates one sample at a time.
+    Batching samples assumes the model treats examples independently (every layer in eval mode
+    does): a forward that mixes the rows of its batch with plain torch ops (`h - h.mean(0)`,
+    attention across the batch), or whose number of dropout calls depends on the data, gives other
+    statistics with chunk > 1 and cannot be detected: pass chunk=1 for such a model.
 
     Args:
         model: a torch.nn.Module mapping x (N, ...) to (N, ...) outputs, with at least one fastdrop
@@ -330,14 +346,14 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch tensor, got {type(x).__name__}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-        raise ValueError(f"chunk must be a positive int or None, got {chunk!r}")
+    if x.dim() == 0:
+        raise ValueError("mc_predict: x must have a batch dim (N, ...), got a 0-d tensor")
+    samples = _positive_int(samples, "samples")
+    chunk = _positive_int(chunk, "chunk", none_ok=True)
     offset = check_u64(offset, "offset")
-    if offset + samples * (1 << 32) > _U64:
+    if offset + samples * (1 << 32) > _U64 + 1:  # the last sample's offsets end at offset + samples*2**32 - 1
         raise ValueError(f"offset {offset} leaves no room for {samples} samples (offset + samples*2**32 "
-                         f"must stay below 2**64)")
+                         f"must not exceed 2**64)")
     if seed is not None:
         seed = check_u64(seed, "seed")
     # a torch.compile'd model samples through its original module, eagerly: the compiled graph
