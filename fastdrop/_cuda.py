@@ -470,14 +470,15 @@ def _sample_gemm(A, B, shape, bias, a_trans, b_trans, product, dims, p, seed, of
         kernel, args, rows_per, cols = S.sample_axpy, (A, B), S.ROWS_AXPY, -(-Nc // S.CHUNK)
         reduction = units = B.shape[0]
     groups = -(-M // rows_per)
-    blocks = (-(-cols // S.THREADS), min(groups, MAX_GRID_Y))
-    threads = blocks[0] * S.THREADS * groups
+    bx, by = S.block_shape(cols)
+    blocks = (-(-cols // bx), min(-(-groups // by), MAX_GRID_Y))
+    threads = cols * groups  # the threads with work: the split-K decision counts these
     splits = max(1, min(-(-CUDA_FILL_THREADS // threads), CUDA_MAX_SPLITS,
                         reduction // SPLIT_MIN_REDUCTION))
     splits = -(-units // -(-units // splits)) if units else 1  # no empty split (none: zeros, + bias)
     dst = C.reshape(1, M, Nc) if splits == 1 else empty((splits, M, Nc), A.dtype)
     tail = (bb, has_bias) if product == L.SAMPLE_FWD else (a_trans, rows_are_n, dims[1])
-    kernel[(*blocks, splits), S.THREADS, stream](*args, dst, *tail, *rng)
+    kernel[(*blocks, splits), (bx, by), stream](*args, dst, *tail, *rng)
     if splits > 1:
         bl, th = launch_shape(M * Nc)
         S.sum_splits[bl, th, stream](dst, C, bb, has_bias, rng[-1])

@@ -9,42 +9,62 @@ iff 16-bit half e % 2 of word (e % 8) // 2 of Philox block e // 8 is below T(p).
 example, so no masked W can be shared between rows and every mask bit is used once per product:
 one Philox call per 8 multiply-adds is the floor of the work. These kernels are built around it:
 
-- a thread's unit of work is 8 consecutive i of one mask row (n, o): one Philox call when the row
-  starts on a block boundary (every `in` divisible by 8), else two (`keep_bits` shifts the 8 bits
-  of the two blocks into place);
+- a thread's unit of work is 8 consecutive i of one mask row (n, o): one Philox block when the row
+  starts on a block boundary (every `in` divisible by 8); otherwise the 8 bits straddle two blocks
+  (`keep_bits` shifts them into place; the forward carries the second block to its next chunk, so
+  it stays at one call per chunk plus one per row);
 - the bits stay in a register and guard the thread's multiply-adds right there: no shared-memory
-  mask, no __syncthreads, no thread waits for another, so occupancy hides the Philox chain's
-  latency (the tiled kernel `linear_cuda.sample_gemm` stages a 16^3 byte cube per K-step between
-  three barriers, and a third of its Philox lanes idle on the block straddling each row);
+  mask, no __syncthreads, no thread waits for another (the tiled kernel `linear_cuda.sample_gemm`
+  stages a 16^3 byte cube per K-step between three barriers, and a third of its Philox lanes idle
+  on the block straddling each row);
 - `sample_dot`: a thread is one o and ROWS_DOT consecutive n: W[o, i..i+7] is loaded once for all
   of them, and x[n, i..i+7] is one address across the warp (a broadcast);
   `sample_axpy`: a thread is 8 consecutive i (8 accumulators) of ROWS_AXPY rows a, the reduction
   index k runs over o (gx) or n (gW): the warp reads Q[k, ...] as 1 KiB of contiguous memory and
   P's element once for all its lanes;
+- blocks are 2-D (`block_shape`): x spans the output columns (o, or chunks of 8 i) in whole
+  warps, y the row groups, so a narrow product does not leave most of a block idle, and a warp
+  shares its rows (uniform branches, broadcast loads);
 - split-K (grid z = `splits`): a small product has too few outputs to fill the GPU (64x1024->1024
-  forward: 16 K threads against an H200's 270 K), so the reduction is cut into `splits` ranges
-  whose partial sums go to a (splits, rows, cols) buffer that `sum_splits` adds in a fixed order:
-  deterministic, no atomics. With one split the kernels write the finished result.
+  forward: 32 K threads against an H200's 270 K resident), so the reduction is cut into `splits`
+  ranges whose partial sums go to a (splits, rows, cols) buffer that `sum_splits` adds in a fixed
+  order: deterministic, no atomics. With one split the kernels write the finished result. The
+  split count depends on the product's shape (batch size included), so y[n] of one example may
+  differ in the last bits between batch sizes (as with any GEMM that picks its algorithm by shape).
 
-Dropped terms are skipped, not multiplied by 0 (as in `sample_gemm` and the CPU kernels): an inf
-in a dropped weight does not turn the output into NaN.
+Accumulators and every zero are of the data's dtype (a `* 0` of a float32 would type as float64
+in Numba and sum in double precision). Dropped terms are skipped, not multiplied by 0 (as in
+`sample_gemm` and the CPU kernels): an inf in a dropped weight does not make the output NaN.
+Block sizes and ROWS_* were chosen by registers and occupancy (ptxas, docs/cuda_kernels.md), not
+by timing: no GPU has run these kernels yet.
 """
 import numpy as np
 from numba import cuda
 
 from .config import CUDA_JIT_OPTIONS
 from .dropout_cuda import philox_block_cuda, philox_key
-from .philox import HALF_MASK, LANES, SHIFT16
+from .philox import LANES
 
-THREADS = 128   # threads per block (1-D); rows of the grid are y, splits z
-ROWS_DOT = 4    # n per thread in sample_dot (W's 8 values reused 4 times)
+THREADS = 128   # threads per block: whole warps along the output columns, row groups across
+WARP = 32
+ROWS_DOT = 2    # n per thread in sample_dot (W's 8 values used twice; 4 rows took 157 registers)
 ROWS_AXPY = 2   # rows a per thread in sample_axpy (16 accumulators)
 CHUNK = LANES   # consecutive i per unit of work: one Philox block
+_LOW16 = np.uint32(0xFFFF)
+_SHIFT16 = np.uint32(16)
+
+
+def block_shape(cols):
+    """(x, y) threads of a block for a product with `cols` thread columns: x in whole warps, up to
+    THREADS; y = THREADS // x row groups."""
+    x = min(THREADS, -(-max(cols, 1) // WARP) * WARP)
+    return x, THREADS // x
 
 
 @cuda.jit(device=True)
 def _half_kept(word, half, thr):
-    return ((word >> (SHIFT16 * np.uint64(half))) & HALF_MASK) < thr
+    w = np.uint32(word)  # compared in 32 bits (the word is a uint64 holding 32)
+    return (w >> _SHIFT16 if half else w & _LOW16) < thr
 
 
 @cuda.jit(device=True)
@@ -72,14 +92,24 @@ def block_bits(block, key_lo, key_hi, off_lo, off_hi, thr):
 
 
 @cuda.jit(device=True)
-def keep_bits(e, valid, key_lo, key_hi, off_lo, off_hi, thr):
-    """Keep bits of mask elements e .. e + valid - 1 (valid <= 8): element e + j in bit j."""
+def keep_bits_carried(e, valid, carry, key_lo, key_hi, off_lo, off_hi, thr):
+    """(bits, carry): keep bits of mask elements e .. e + valid - 1 (valid <= 8), element e + j
+    in bit j, and the bits of the block after e's when the elements reached into it (else -1).
+    carry: that value from the chunk before, when this chunk starts in the block it reached."""
     block = e // LANES
     s = e - block * LANES
-    bits = block_bits(block, key_lo, key_hi, off_lo, off_hi, thr)
-    if s != 0:  # the 8 elements straddle two blocks
-        bits = (bits | (block_bits(block + 1, key_lo, key_hi, off_lo, off_hi, thr) << 8)) >> s
-    return bits & ((1 << valid) - 1)
+    lo = carry if carry >= 0 else block_bits(block, key_lo, key_hi, off_lo, off_hi, thr)
+    carry = -1
+    if s + valid > LANES:  # the elements straddle two blocks
+        carry = block_bits(block + 1, key_lo, key_hi, off_lo, off_hi, thr)
+        lo |= carry << LANES
+    return (lo >> s) & ((1 << valid) - 1), carry
+
+
+@cuda.jit(device=True)
+def keep_bits(e, valid, key_lo, key_hi, off_lo, off_hi, thr):
+    """Keep bits of mask elements e .. e + valid - 1 (valid <= 8): element e + j in bit j."""
+    return keep_bits_carried(e, valid, -1, key_lo, key_hi, off_lo, off_hi, thr)[0]
 
 
 @cuda.jit(device=True)
@@ -107,7 +137,7 @@ def _load8(a, r, c0, valid):
 @cuda.jit(device=True)
 def _dot8(x, n, i0, bits, w):
     """sum_j x[n, i0 + j] w[j] over the kept j (bit j of bits); x is read only where kept."""
-    s = w[0] * 0
+    s = x.dtype.type(0)
     if bits & 1:
         s += x[n, i0] * w[0]
     if bits & 2:
@@ -137,12 +167,13 @@ def _axpy8(acc, pk, bits, q):
 
 
 @cuda.jit(device=True)
-def _dot_row(x, n, N, out_dim, o, in_dim, i0, valid, w, key_lo, key_hi, off_lo, off_hi, thr):
-    """Row n's kept terms of chunk i0 (0 for a row past N)."""
+def _dot_row(x, n, N, out_dim, o, in_dim, i0, valid, w, carry, key_lo, key_hi, off_lo, off_hi, thr):
+    """(row n's kept terms of chunk i0, the carry for its next chunk); 0 for a row past N."""
     if n >= N:
-        return w[0] * 0
-    bits = keep_bits((n * out_dim + o) * in_dim + i0, valid, key_lo, key_hi, off_lo, off_hi, thr)
-    return _dot8(x, n, i0, bits, w)
+        return x.dtype.type(0), carry
+    bits, carry = keep_bits_carried((n * out_dim + o) * in_dim + i0, valid, carry,
+                                    key_lo, key_hi, off_lo, off_hi, thr)
+    return _dot8(x, n, i0, bits, w), carry
 
 
 @cuda.jit(device=True)
@@ -161,7 +192,7 @@ def sample_dot(x, W, dst, bias, has_bias, seeds, key_lo, key_hi, off_lo, off_hi,
     """Forward: y[n, o] = scale * sum_i x[n, i] W[o, i] m(n, o, i) (+ bias[o]) into dst[0] when
     the grid has one split; else split z's partial sum (no scale, no bias) into dst[z].
     x (N, in), W (out, in), dst (splits, N, out); seeds as in dropout_cuda.philox_key.
-    A thread: one o, ROWS_DOT = 4 rows n (written out: acc0..acc3)."""
+    A thread: one o (x of the grid), ROWS_DOT = 2 rows n (written out: acc0, acc1)."""
     key_lo, key_hi = philox_key(seeds, key_lo, key_hi)
     N, in_dim = x.shape
     out_dim = W.shape[0]
@@ -171,20 +202,21 @@ def sample_dot(x, W, dst, bias, has_bias, seeds, key_lo, key_hi, off_lo, off_hi,
     final = cuda.gridDim.z == 1
     z = cuda.blockIdx.z
     i_lo, i_hi = _split_range(in_dim, CHUNK)
-    for g in range(cuda.blockIdx.y, (N + ROWS_DOT - 1) // ROWS_DOT, cuda.gridDim.y):
+    for g in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, (N + ROWS_DOT - 1) // ROWS_DOT,
+                   cuda.gridDim.y * cuda.blockDim.y):
         n = g * ROWS_DOT
-        acc0 = acc1 = acc2 = acc3 = scale * 0
+        acc0 = acc1 = x.dtype.type(0)
+        c0 = c1 = -1
         for i0 in range(i_lo, i_hi, CHUNK):
             valid = min(CHUNK, i_hi - i0)
             w = _load8(W, o, i0, valid)
-            acc0 += _dot_row(x, n, N, out_dim, o, in_dim, i0, valid, w, key_lo, key_hi, off_lo, off_hi, thr)
-            acc1 += _dot_row(x, n + 1, N, out_dim, o, in_dim, i0, valid, w, key_lo, key_hi, off_lo, off_hi, thr)
-            acc2 += _dot_row(x, n + 2, N, out_dim, o, in_dim, i0, valid, w, key_lo, key_hi, off_lo, off_hi, thr)
-            acc3 += _dot_row(x, n + 3, N, out_dim, o, in_dim, i0, valid, w, key_lo, key_hi, off_lo, off_hi, thr)
+            t0, c0 = _dot_row(x, n, N, out_dim, o, in_dim, i0, valid, w, c0, key_lo, key_hi, off_lo, off_hi, thr)
+            t1, c1 = _dot_row(x, n + 1, N, out_dim, o, in_dim, i0, valid, w, c1,
+                              key_lo, key_hi, off_lo, off_hi, thr)
+            acc0 += t0
+            acc1 += t1
         _store_dot(dst, z, final, n, N, o, acc0, bias, has_bias, scale)
         _store_dot(dst, z, final, n + 1, N, o, acc1, bias, has_bias, scale)
-        _store_dot(dst, z, final, n + 2, N, o, acc2, bias, has_bias, scale)
-        _store_dot(dst, z, final, n + 3, N, o, acc3, bias, has_bias, scale)
 
 
 @cuda.jit(device=True)
@@ -213,7 +245,8 @@ def sample_axpy(P, Q, dst, p_trans, rows_are_n, out_dim, seeds, key_lo, key_hi, 
     """Backward: dst[a, i] = scale * sum_k opP[a, k] Q[k, i] m(row(a, k), i) into dst[0] with one
     split, else split z's partial sum (no scale) into dst[z]. opP = P.T if p_trans else P;
     row(a, k) = a * out + k if rows_are_n (gx: a = n, k = o, P = g, Q = W) else k * out + a
-    (gW: a = o, k = n, P = g, Q = x). dst (splits, rows, in). A thread: 8 i, ROWS_AXPY = 2 rows."""
+    (gW: a = o, k = n, P = g, Q = x). dst (splits, rows, in). A thread: 8 i (x of the grid),
+    ROWS_AXPY = 2 rows."""
     key_lo, key_hi = philox_key(seeds, key_lo, key_hi)
     rows = dst.shape[1]
     in_dim = dst.shape[2]
@@ -224,8 +257,9 @@ def sample_axpy(P, Q, dst, p_trans, rows_are_n, out_dim, seeds, key_lo, key_hi, 
     z = cuda.blockIdx.z
     valid = min(CHUNK, in_dim - i0)
     k_lo, k_hi = _split_range(Q.shape[0], 1)
-    zero = scale * 0
-    for g in range(cuda.blockIdx.y, (rows + ROWS_AXPY - 1) // ROWS_AXPY, cuda.gridDim.y):
+    zero = dst.dtype.type(0)
+    for g in range(cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y, (rows + ROWS_AXPY - 1) // ROWS_AXPY,
+                   cuda.gridDim.y * cuda.blockDim.y):
         a = g * ROWS_AXPY
         acc0 = (zero, zero, zero, zero, zero, zero, zero, zero)
         acc1 = acc0

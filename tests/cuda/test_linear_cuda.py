@@ -217,6 +217,27 @@ def test_a_seed_in_device_memory_gives_the_host_seeds_products(kind):
         np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.parametrize("kind", ["sample", "sample-registers"])
+def test_per_sample_skips_dropped_terms_with_non_finite_values(rng, kind):
+    """Dropped terms are skipped, not multiplied by 0: inf weights and NaN inputs at positions every
+    mask drops leave every product finite (the registers kernel's first version started each
+    chunk's sum at w * 0, a NaN for an inf weight)."""
+    N, I, O = 1, 13, 4
+    p, s = 0.5, 2.0
+    m = fastdrop.dropout_mask((N, O, I), p, SEED, OFFSET)
+    x, w, g = (rng.standard_normal(sh) for sh in ((N, I), (O, I), (N, O)))
+    w[~m.any(0)] = np.inf   # weights dropped for every example
+    x[~m.any(1)] = np.nan   # inputs dropped for every output
+    # some chunk of 8 starts on an inf weight, and some input is NaN
+    assert np.isinf(w[:, ::8]).any() and np.isnan(x).any()
+    y, gx, gw, _ = run(kind, x, w, None, g, p, SEED, OFFSET, s)
+    kept = lambda a: np.where(m, a, 0.0)  # noqa: E731
+    with np.errstate(invalid="ignore"):
+        close(y, s * kept(x[:, None, :] * w[None]).sum(2), 1e-12)
+        close(gx, s * kept(g[:, :, None] * w[None]).sum(1), 1e-12)
+        close(gw, s * kept(g[:, :, None] * x[:, None, :]).sum(0), 1e-12)
+
+
 # ---- kernels/sample_cuda.py: what the tiled kernel has no counterpart of -----------------------
 
 def _count_split_sums(monkeypatch):
@@ -291,3 +312,25 @@ def test_sample_kernel_switch_is_read_and_checked_at_import():
     bad = subprocess.run([sys.executable, "-c", code], env=dict(env, FASTDROP_SAMPLE_KERNEL="fast"),
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "FASTDROP_SAMPLE_KERNEL must be 'tiled' or 'registers'" in bad.stderr
+
+
+def test_registers_forward_makes_each_philox_block_once(rng, monkeypatch):
+    """The forward's Philox work is the floor: each block a mask row touches is made once (a chunk
+    straddling two blocks hands the second to the next chunk), also when `in` is not a multiple
+    of 8. Counted by wrapping block_bits (the simulator calls device functions as Python)."""
+    from fastdrop.kernels import sample_cuda
+    monkeypatch.setattr(CL, "SAMPLE_KERNEL", "registers")
+    calls = []
+    real = sample_cuda.block_bits
+
+    def counting(block, *args):
+        calls.append(int(block))
+        return real(block, *args)
+    monkeypatch.setattr(sample_cuda, "block_bits", counting)
+    N, I, O = 2, 203, 3
+    x, w = rng.standard_normal((N, I)), rng.standard_normal((O, I))
+    y = CL.dropconnect_forward(cuda.to_device(x), cuda.to_device(w), None, 0.5, SEED, OFFSET, 2.0, True)
+    close(y.copy_to_host(), reference("sample", x, w, None, np.zeros((N, O)), 0.5, SEED, OFFSET, 2.0)[0], 1e-12)
+    rows = [(n * O + o) * I for n in range(N) for o in range(O)]
+    touched = sorted(b for e in rows for b in range(e // 8, (e + I - 1) // 8 + 1))
+    assert sorted(calls) == touched

@@ -21,6 +21,7 @@ silently vanish.
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,7 +78,7 @@ def report(tmp_path_factory):
             pytest.fail(msg + "; CI=true: the PTX/ptxas gate must run in CI", pytrace=False)
         pytest.skip(msg)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-    return json.loads(out.read_text())
+    return dict(json.loads(out.read_text()), ptx_dir=str(tmp / "ptx"))
 
 
 def _row_key(row):
@@ -110,6 +111,28 @@ def test_no_spills_or_local_memory(report):
            if _script_module().is_bad(r) and _row_key(r) not in known]
     assert not bad, "spills or local memory (fix the kernel; KNOWN_SPILLS only for accepted ones):\n" + \
         "\n".join(bad)
+
+
+# Kernels that sum in float64 on purpose for float32/half data (max-norm's sum of squares, as the
+# CPU path does).
+FLOAT64_ACCUMULATORS = {"variants_cuda.max_norm_rows"}
+F64_ARITHMETIC = re.compile(r"^\s*(add|sub|mul|fma|div|cvt)[.\w]*\.f64\b", re.M)
+
+
+def test_no_double_precision_arithmetic_in_float32_and_half_kernels(report):
+    """Numba types `float32 * int` as float64, so a zero written `scale * 0` makes a float32
+    kernel accumulate in double precision (half-rate adds and conversions in the inner loop; it
+    happened in kernels/sample_cuda.py). The simulator computes with numpy scalars, which stay
+    float32, so only the PTX shows it: no f64 arithmetic in any specialization but float64's."""
+    bad = []
+    for path in sorted(Path(report["ptx_dir"]).glob("*.ptx")):
+        module, kernel, variant = path.name.split(".")[:3]
+        if "float64" in variant or f"{module}.{kernel}" in FLOAT64_ACCUMULATORS:
+            continue
+        n = len(F64_ARITHMETIC.findall(path.read_text()))
+        if n:
+            bad.append(f"{path.name}: {n} f64 instructions")
+    assert report["rows"] and not bad, "\n".join(bad)
 
 
 class Spills(AssertionError):
