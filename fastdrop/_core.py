@@ -553,7 +553,10 @@ def _vmap_refusal(torch, op, operands, inplace):
     """The RuntimeError torch.func.vmap's rule for op (`FunctorchFunction.vmap`, `_vmap`) raises
     for these operands, or None: asked before the seed draw, so a refused call leaves torch's
     generator as it was. The rule runs at each vmap level an operand is batched at (functorch's
-    wrappers unwrapped: a vmap of a grad wraps the batched tensor)."""
+    wrappers unwrapped: a vmap of a grad wraps the batched tensor). A level no operand is batched
+    at is a random op on a value shared by the batch, as torch's random ops see it: refused under
+    randomness="error", one mask under "same", a mask per example under "different" (given by
+    `_batched_for_vmap` at the innermost level; an outer one is refused)."""
     levels = _vmap_levels(torch)
     if not levels:
         return None
@@ -564,13 +567,37 @@ def _vmap_refusal(torch, op, operands, inplace):
             if functorch.is_batchedtensor(a):
                 batched.add(functorch.maybe_get_level(a))
             a = functorch.get_unwrapped(a)
-    if not batched:
-        return None
-    if op.vmap is None or inplace:
+    different = [level for level, r in levels.items() if r == "different" and level not in batched]
+    if (batched or different) and (op.vmap is None or inplace):
         return _no_vmap(op, inplace)
-    if any(levels.get(level) not in ("different", "same") for level in batched):
+    if any(levels[level] not in ("different", "same") for level in batched) or \
+            any(r == "error" for level, r in levels.items() if level not in batched):
         return RuntimeError(_RANDOMNESS_REFUSAL)
+    if different and different != [_interpreters(torch)[-1].level()]:
+        return RuntimeError(f"fastdrop.{op.name} under torch.func.vmap(randomness='different'): its "
+                            f"input is not batched at an outer vmap level (or another transform runs "
+                            f"inside that vmap), where a mask per example cannot be given; batch the "
+                            f"input there (in_dims), or use randomness='same'")
     return None
+
+
+def _batched_for_vmap(torch, operands):
+    """operands with x batched at the innermost vmap level when no operand is and that level's
+    randomness is "different" (the dropout family; `_vmap_refusal` refused every other case): x
+    expanded over the level's batch, so the op's vmap rule gives every example its own mask, as
+    torch's random ops do for a value the batch shares."""
+    top = _interpreters(torch)[-1]
+    if top.key() != torch._C._functorch.TransformType.Vmap or top.randomness() != "different":
+        return operands
+    functorch = torch._C._functorch
+    for a in operands:
+        while a is not None and functorch.is_functorch_wrapped_tensor(a):
+            if functorch.is_batchedtensor(a) and functorch.maybe_get_level(a) == top.level():
+                return operands
+            a = functorch.get_unwrapped(a)
+    x = operands[0]
+    x = functorch._add_batch_dim(x.expand(top.batch_size(), *x.shape), 0, top.level())
+    return (x, *operands[1:])
 
 
 def _vmap(info, in_dims, operands, rng, params, apply=None):
@@ -819,6 +846,8 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         refusal = _vmap_refusal(torch, op, operands, inplace)
         if refusal is not None:
             raise refusal
+        if _vmap_levels(torch):
+            operands = _batched_for_vmap(torch, operands)
     if seed is None and operands[0].is_cuda and _capturing(torch, operands[0].device):
         # CUDA-graph capture: the seed is drawn on the stream by torch's CUDA generator, whose
         # state every replay advances, and the kernels read it from device memory; the custom op

@@ -160,3 +160,14 @@ def test_converted_model_runs_mc_predict():
         mc_predict(m, torch.randn(3, 4))
     r = mc_predict(fnn.convert(m), torch.randn(3, 4), samples=8, seed=0)
     assert (r.var > 0).all()
+
+
+def test_probabilities_held_as_0d_tensors():
+    """A drop-path rate taken from torch.linspace(...)[i], or a Dropout built with a 0-d tensor p
+    (torch's and timm's modules accept both): converted with the same float probability."""
+    rates = torch.linspace(0, 0.2, 3)
+    m = fnn.convert(torch.nn.Sequential(DropPath(rates[1]), torch.nn.Dropout(torch.tensor(0.25)),
+                                        StochasticDepth(torch.tensor(0.5), "row")))
+    assert [type(c) for c in m] == [fnn.DropPath, fnn.Dropout, fnn.DropPath]
+    assert m[0].p == pytest.approx(0.1) and m[1].p == 0.25 and m[2].p == 0.5
+    assert all(isinstance(c.p, float) for c in m)

@@ -511,3 +511,33 @@ def test_compiled_models_and_submodules():
         with torch.no_grad():
             assert torch.equal(model(x), m(x))  # compiled in eval mode first
         torch.testing.assert_close(mc_predict(model, x, samples=8, seed=3), ref, rtol=1e-6, atol=1e-6)
+
+
+class _Unused(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin, self.drop = torch.nn.Linear(4, 3), fnn.Dropout(0.5)
+
+    def forward(self, x):  # the dropout module is never called
+        return self.lin(x)
+
+
+def test_fastdrop_modules_that_never_run_are_refused_not_zero_variance():
+    """A model whose fastdrop modules exist but do not run in its forward would give every sample
+    the same output (variance 0): refused. torch's TransformerEncoderLayer(batch_first=True) takes
+    a fused path in eval mode without autograd that skips its (converted) dropout modules; with that
+    path off, the samples differ."""
+    with pytest.raises(ValueError, match="none of the model's fastdrop stochastic modules ran"):
+        mc_predict(_Unused().eval(), torch.randn(2, 4), samples=4, seed=1)
+    torch.manual_seed(0)
+    model = fnn.convert(torch.nn.Sequential(
+        torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.3, batch_first=True), torch.nn.Linear(16, 3))).eval()
+    x = torch.randn(4, 5, 16)
+    with pytest.raises(ValueError, match="set_fastpath_enabled"):
+        mc_predict(model, x, samples=4, seed=1)
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        assert mc_predict(model, x, samples=4, seed=1).var.max() > 0
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)

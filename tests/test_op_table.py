@@ -360,6 +360,43 @@ def test_func_grad_jvp_and_vmap(name):
     assert runs[0][0].shape == xb.shape
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_vmap_over_operands_the_batch_shares(name):
+    """Operands not batched at a vmap level (a closure variable, in_dims=None: the input of an
+    ensemble vmapped over stacked weights) make the op a random op on a shared value, as torch's
+    random ops see it: randomness="error" refuses it (before the draw), "same" gives the batch one
+    mask, "different" a mask per example (the dropout family: the input expanded over the batch,
+    the same masks as for that expanded input batched; the other ops refuse). It used to give one
+    mask under every randomness."""
+    case = CASES[name]
+    ops = operands(case)
+    scale = torch.tensor([1.0, 2.0, 3.0])  # the batched argument: the op's own operands are shared
+    call = lambda si, seed=None: case.call(*ops, seed=seed) * si  # noqa: E731
+    state = torch.get_rng_state()
+    with pytest.raises(RuntimeError, match="randomness"):
+        torch.func.vmap(call)(scale)
+    assert torch.equal(state, torch.get_rng_state())
+    same = torch.func.vmap(lambda si: call(si, 7), randomness="same")(scale)
+    for i in range(3):
+        torch.testing.assert_close(same[i], case.call(*ops, seed=7) * scale[i])
+    if case.op is not fastdrop.functional.DROPOUT:
+        with pytest.raises(RuntimeError, match="does not support torch.func.vmap"):
+            torch.func.vmap(call, randomness="different")(scale)
+        assert torch.equal(state, torch.get_rng_state())
+        return
+    diff = torch.func.vmap(lambda si: call(si, 7), randomness="different")(scale)
+    batched = torch.func.vmap(lambda x: case.call(x, seed=7), randomness="different")(
+        ops[0].expand(3, *ops[0].shape))
+    for i in range(3):
+        torch.testing.assert_close(diff[i], batched[i] * scale[i])
+    kept = [diff[i] != 0 for i in range(3)]
+    assert not (torch.equal(kept[0], kept[1]) and torch.equal(kept[1], kept[2]))
+    torch.manual_seed(3)  # seed=None: drawn once, outside the transform
+    a = torch.func.vmap(call, randomness="different")(scale)
+    torch.manual_seed(3)
+    torch.testing.assert_close(a, torch.func.vmap(call, randomness="different")(scale))
+
+
 @pytest.mark.parametrize("dtype, atol", [(torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
 @pytest.mark.parametrize("name", NAMES)
 def test_half_types(name, dtype, atol):

@@ -28,15 +28,22 @@ def is_torchvision_stochastic_depth(m):
             and hasattr(m, "p") and hasattr(m, "mode"))
 
 
+def _prob(p):
+    """A probability as the module held it: a 0-d tensor (which torch's and timm's modules accept,
+    e.g. a drop-path rate taken from torch.linspace) as its float; anything else as it is (the
+    fastdrop constructor checks it)."""
+    return p.item() if isinstance(p, torch.Tensor) and p.dim() == 0 else p
+
+
 def _replacement(m):
     """fastdrop's module for m with the same probability, flags and mode, or None to keep m."""
     cls = _TORCH_TO_FASTDROP.get(type(m))
     if cls is not None:
-        return cls(m.p, inplace=m.inplace)
+        return cls(_prob(m.p), inplace=m.inplace)
     if is_timm_drop_path(m):
-        return DropPath(m.drop_prob, scale_by_keep=bool(m.scale_by_keep))
+        return DropPath(_prob(m.drop_prob), scale_by_keep=bool(m.scale_by_keep))
     if is_torchvision_stochastic_depth(m):
-        return DropPath(p=m.p, mode=m.mode)
+        return DropPath(p=_prob(m.p), mode=m.mode)
     return None
 
 

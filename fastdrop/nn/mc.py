@@ -281,6 +281,14 @@ def _output(y):
     return y
 
 
+# A model whose fastdrop modules exist but do not run: every sample would be the same output
+_NONE_RAN = ("mc_predict: none of the model's fastdrop stochastic modules ran in its forward, so every "
+             "sample would be the same (zero variance). torch's nn.TransformerEncoderLayer takes a "
+             "fused path in eval mode without autograd that skips its dropout modules: turn it off "
+             "with torch.backends.mha.set_fastpath_enabled(False) (the attention's own dropout, a "
+             "float inside nn.MultiheadAttention, is not a module and never samples)")
+
+
 def _positive_int(v, name, none_ok=False):
     """v as an int (Python or numpy integer, not bool) >= 1; ValueError otherwise."""
     if v is None and none_ok:
@@ -417,6 +425,8 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                 hin = h.repeat(n, *([1] * (h.dim() - 1))) if n > 1 else h
                 try:
                     y = _output(rest(hin))
+                    if sampler.k == 0 and t0 == 0:
+                        raise ValueError(_NONE_RAN)
                 except _NotStacked:
                     if not auto_chunk:
                         warnings.warn(f"mc_predict: chunk={chunk} needs every fastdrop module's input to "
