@@ -78,6 +78,8 @@ def check_shape(shape):
     for s in shape:
         if isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Integral) or s < 0:
             raise ValueError(f"shape must be a sequence of non-negative ints, got {shape!r}")
+        if s >= 1 << 63:  # numpy's limit per dim (an empty array may still have such a dim)
+            raise ValueError(f"shape {shape!r} has a dim of 2**63 or more, beyond any array's")
     return tuple(int(s) for s in shape)
 
 

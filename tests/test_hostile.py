@@ -105,6 +105,7 @@ CASES = [
     ("mask-p-nan", x_np, lambda x: F.dropout_mask((3,), NAN, 1), ValueError, "p=nan"),
     ("mask-1TiB", x_np, lambda x: F.dropout_mask((2**40,), 0.5, 1), MemoryError, "physical memory"),
     ("mask-2^80", x_np, lambda x: F.dropout_mask((2**40, 2**40), 0.5, 1), MemoryError, "physical memory"),
+    ("mask-empty-2^64", x_np, lambda x: F.dropout_mask((0, 2**64), 0.5, 1), ValueError, "beyond any array"),
     ("philox-key-range", x_np, lambda x: F.philox4x32([0, 0, 0, 0], [2**32, 0]), ValueError, "2^32"),
     ("philox-float", x_np, lambda x: F.philox4x32([0.0, 0, 0, 0], [0, 0]), TypeError, "integers"),
     ("philox-shape", x_np, lambda x: F.philox4x32([0, 0, 0], [0, 0]), ValueError, "shape (..., 4)"),
