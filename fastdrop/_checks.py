@@ -192,7 +192,8 @@ def read_interface(x, name):
                         f"'data', got {str(cai)[:120]}")
     shape, data = cai["shape"], cai["data"]
     if not isinstance(shape, (tuple, list)) or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+            isinstance(n, numbers.Integral) and not isinstance(n, (bool, np.bool_)) and n >= 0
+            for n in shape):
         raise ValueError(f"{name}.__cuda_array_interface__ has shape {shape!r}: not a tuple of "
                          f"non-negative ints")
     try:
@@ -200,7 +201,7 @@ def read_interface(x, name):
     except TypeError as e:
         raise TypeError(f"{name}.__cuda_array_interface__ has typestr {cai['typestr']!r}, which is "
                         f"not a dtype") from e
-    if not isinstance(data, tuple) or len(data) != 2 or not isinstance(data[0], int):
+    if not isinstance(data, tuple) or len(data) != 2 or not isinstance(data[0], numbers.Integral):
         raise TypeError(f"{name}.__cuda_array_interface__ has data {data!r}: not a (pointer, "
                         f"read-only) pair")
     return cai

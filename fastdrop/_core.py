@@ -560,13 +560,7 @@ def _vmap_refusal(torch, op, operands, inplace):
     levels = _vmap_levels(torch)
     if not levels:
         return None
-    functorch = torch._C._functorch
-    batched = set()
-    for a in operands:
-        while a is not None and functorch.is_functorch_wrapped_tensor(a):
-            if functorch.is_batchedtensor(a):
-                batched.add(functorch.maybe_get_level(a))
-            a = functorch.get_unwrapped(a)
+    batched = _batched_levels(torch, operands)
     different = [level for level, r in levels.items() if r == "different" and level not in batched]
     if (batched or different) and (op.vmap is None or inplace):
         return _no_vmap(op, inplace)
@@ -581,20 +575,30 @@ def _vmap_refusal(torch, op, operands, inplace):
     return None
 
 
+def _batched_levels(torch, operands):
+    """The vmap levels some operand is batched at (functorch's wrappers unwrapped: a vmap of a
+    grad wraps the batched tensor)."""
+    functorch = torch._C._functorch
+    batched = set()
+    for a in operands:
+        while a is not None and functorch.is_functorch_wrapped_tensor(a):
+            if functorch.is_batchedtensor(a):
+                batched.add(functorch.maybe_get_level(a))
+            a = functorch.get_unwrapped(a)
+    return batched
+
+
 def _batched_for_vmap(torch, operands):
     """operands with x batched at the innermost vmap level when no operand is and that level's
     randomness is "different" (the dropout family; `_vmap_refusal` refused every other case): x
     expanded over the level's batch, so the op's vmap rule gives every example its own mask, as
     torch's random ops do for a value the batch shares."""
-    top = _interpreters(torch)[-1]
-    if top.key() != torch._C._functorch.TransformType.Vmap or top.randomness() != "different":
-        return operands
     functorch = torch._C._functorch
-    for a in operands:
-        while a is not None and functorch.is_functorch_wrapped_tensor(a):
-            if functorch.is_batchedtensor(a) and functorch.maybe_get_level(a) == top.level():
-                return operands
-            a = functorch.get_unwrapped(a)
+    interpreters = _interpreters(torch)
+    top = interpreters[-1] if interpreters else None
+    if top is None or top.key() != functorch.TransformType.Vmap or top.randomness() != "different" or \
+            top.level() in _batched_levels(torch, operands):
+        return operands
     x = operands[0]
     x = functorch._add_batch_dim(x.expand(top.batch_size(), *x.shape), 0, top.level())
     return (x, *operands[1:])
@@ -846,8 +850,7 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         refusal = _vmap_refusal(torch, op, operands, inplace)
         if refusal is not None:
             raise refusal
-        if _vmap_levels(torch):
-            operands = _batched_for_vmap(torch, operands)
+        operands = _batched_for_vmap(torch, operands)
     if seed is None and operands[0].is_cuda and _capturing(torch, operands[0].device):
         # CUDA-graph capture: the seed is drawn on the stream by torch's CUDA generator, whose
         # state every replay advances, and the kernels read it from device memory; the custom op
