@@ -523,7 +523,10 @@ def _mask(B, operands, rng, params, out=None):
     (x,), g = operands, params[0]
     if g == -1:  # one draw for everything: x as a batch of one
         y = B.mask(B.unsqueeze0(x), rng, 1, None if out is None else B.unsqueeze0(out))
-        return out if out is not None else y[0]
+        if out is not None:
+            return out
+        # (a 0-d x: y[0] of numpy and device arrays would be a host scalar, not a 0-d array)
+        return y[0] if len(x.shape) else y.reshape(())
     return B.mask(x, rng, g, out, *params[1:])
 
 

@@ -305,7 +305,8 @@ def dropconnect_linear(x, weight, bias=None, p=0.5, training=True, *, seed=None,
         per_sample: one weight mask per example instead of one per call.
         activation: optional callable applied to the layer output (same kind of array as x). At
             eval it selects moment-matching inference: the average of activation over `samples`
-            Gaussian draws of the pre-activation (module docstring).
+            Gaussian draws of the pre-activation (module docstring); numpy arrays and torch
+            tensors only (CUDA device arrays are refused with a TypeError).
         samples: number of Gaussian draws for moment matching.
     Shape:
         x (..., I), weight (O, I), bias (O,) -> (..., O)

@@ -413,3 +413,19 @@ def test_out_bumps_the_version_of_out():
     assert out._version > 0
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.backward()
+
+
+@pytest.mark.filterwarnings("ignore:.*0-D input")
+@pytest.mark.parametrize("call", [
+    lambda x: fastdrop.drop_path(x, 0.5, mode="batch", seed=1),  # one mask element for all of x
+    lambda x: fastdrop.dropout2d(x, 1.0, seed=1), lambda x: fastdrop.dropout3d(x, 1.0, seed=1),
+    lambda x: fastdrop.dropout(x, 0.5, seed=1)])
+def test_0d_input_gives_a_0d_array_of_its_kind(call):
+    """A 0-d numpy array comes back as a 0-d ndarray (the batch-of-one route returned y[0] of a
+    (1,) array: a numpy scalar), a 0-d tensor as a 0-d tensor; values as the 1-element call's."""
+    x = np.array(2.5, np.float32)
+    y = call(x)
+    assert type(y) is np.ndarray and y.shape == () and y.dtype == np.float32
+    assert y == call(x.reshape(1))[0]
+    t = call(torch.tensor(2.5))
+    assert isinstance(t, torch.Tensor) and t.shape == () and t.item() == y

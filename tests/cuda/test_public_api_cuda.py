@@ -29,6 +29,19 @@ def test_elementwise_ops_bit_identical(fn, shape, dtype):
     np.testing.assert_array_equal(_host(y).view(np.uint8), fn(x, 0.5, seed=seed, offset=3).view(np.uint8))
 
 
+@pytest.mark.filterwarnings("ignore:.*0-D input")
+@pytest.mark.parametrize("call", [
+    lambda x: fastdrop.drop_path(x, 0.5, mode="batch", seed=1),  # one mask element for all of x
+    lambda x: fastdrop.dropout2d(x, 1.0, seed=1), lambda x: fastdrop.dropout(x, 0.5, seed=1)])
+def test_0d_device_array_gives_a_0d_device_array(call):
+    """A 0-d device array comes back on the device, 0-d (drop_path's batch mode and the p = 1
+    spatial shortcut returned a host numpy scalar: y[0] of a (1,) array)."""
+    x = np.array(2.5, np.float32)
+    y = call(cuda.to_device(x))
+    assert hasattr(y, "copy_to_host") and y.shape == ()
+    assert _host(y) == call(x)
+
+
 def test_modes_and_trivial_cases():
     x = np.random.randn(4, 3).astype(np.float32)
     d = cuda.to_device(x)
