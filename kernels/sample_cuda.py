@@ -62,33 +62,19 @@ def block_shape(cols):
 
 
 @cuda.jit(device=True)
-def _half_kept(word, half, thr):
-    w = np.uint32(word)  # compared in 32 bits (the word is a uint64 holding 32)
-    return (w >> _SHIFT16 if half else w & _LOW16) < thr
+def _pair_bits(word, thr):
+    """Keep bits of a Philox word's two elements: the low 16-bit half in bit 0, the high in bit 1
+    (compared in 32 bits: the word is a uint64 holding 32)."""
+    w = np.uint32(word)
+    return (1 if (w & _LOW16) < thr else 0) | (2 if (w >> _SHIFT16) < thr else 0)
 
 
 @cuda.jit(device=True)
 def block_bits(block, key_lo, key_hi, off_lo, off_hi, thr):
     """Keep bits of the 8 elements of Philox block `block`: element 8 * block + j in bit j."""
     w0, w1, w2, w3 = philox_block_cuda(np.uint64(block), off_lo, off_hi, key_lo, key_hi)
-    bits = 0
-    if _half_kept(w0, 0, thr):
-        bits |= 1
-    if _half_kept(w0, 1, thr):
-        bits |= 2
-    if _half_kept(w1, 0, thr):
-        bits |= 4
-    if _half_kept(w1, 1, thr):
-        bits |= 8
-    if _half_kept(w2, 0, thr):
-        bits |= 16
-    if _half_kept(w2, 1, thr):
-        bits |= 32
-    if _half_kept(w3, 0, thr):
-        bits |= 64
-    if _half_kept(w3, 1, thr):
-        bits |= 128
-    return bits
+    return (_pair_bits(w0, thr) | _pair_bits(w1, thr) << 2 | _pair_bits(w2, thr) << 4 |
+            _pair_bits(w3, thr) << 6)
 
 
 @cuda.jit(device=True)
@@ -136,7 +122,8 @@ def _load8(a, r, c0, valid):
 
 @cuda.jit(device=True)
 def _dot8(x, n, i0, bits, w):
-    """sum_j x[n, i0 + j] w[j] over the kept j (bit j of bits); x is read only where kept."""
+    """sum_j x[n, i0 + j] w[j] over the kept j (bit j of bits); x is read only where kept.
+    Written out: a loop would index the tuple w with a variable, which puts it in local memory."""
     s = x.dtype.type(0)
     if bits & 1:
         s += x[n, i0] * w[0]
@@ -210,7 +197,8 @@ def sample_dot(x, W, dst, bias, has_bias, seeds, key_lo, key_hi, off_lo, off_hi,
         for i0 in range(i_lo, i_hi, CHUNK):
             valid = min(CHUNK, i_hi - i0)
             w = _load8(W, o, i0, valid)
-            t0, c0 = _dot_row(x, n, N, out_dim, o, in_dim, i0, valid, w, c0, key_lo, key_hi, off_lo, off_hi, thr)
+            t0, c0 = _dot_row(x, n, N, out_dim, o, in_dim, i0, valid, w, c0,
+                              key_lo, key_hi, off_lo, off_hi, thr)
             t1, c1 = _dot_row(x, n + 1, N, out_dim, o, in_dim, i0, valid, w, c1,
                               key_lo, key_hi, off_lo, off_hi, thr)
             acc0 += t0
