@@ -463,11 +463,11 @@ def _sample_gemm(A, B, shape, bias, a_trans, b_trans, product, dims, p, seed, of
         return C
     M, Nc = shape
     if product == L.SAMPLE_FWD:  # x = A (N, in), W = B (out, in): a thread per (o, ROWS_DOT n)
-        kernel, args, rows_per, cols, reduction = S.sample_dot, (A, B), S.ROWS_DOT, Nc, A.shape[1]
+        kernel, rows_per, cols, reduction = S.sample_dot, S.ROWS_DOT, Nc, A.shape[1]
         units = -(-reduction // S.CHUNK)
     else:  # g = A (N, out); Q = W (gx) or x (gW): a thread per (8 i, ROWS_AXPY rows)
         rows_are_n = product == L.SAMPLE_GRAD_X
-        kernel, args, rows_per, cols = S.sample_axpy, (A, B), S.ROWS_AXPY, -(-Nc // S.CHUNK)
+        kernel, rows_per, cols = S.sample_axpy, S.ROWS_AXPY, -(-Nc // S.CHUNK)
         reduction = units = B.shape[0]
     groups = -(-M // rows_per)
     bx, by = S.block_shape(cols)
@@ -478,7 +478,7 @@ def _sample_gemm(A, B, shape, bias, a_trans, b_trans, product, dims, p, seed, of
     splits = -(-units // -(-units // splits)) if units else 1  # no empty split (none: zeros, + bias)
     dst = C.reshape(1, M, Nc) if splits == 1 else empty((splits, M, Nc), A.dtype)
     tail = (bb, has_bias) if product == L.SAMPLE_FWD else (a_trans, rows_are_n, dims[1])
-    kernel[(*blocks, splits), (bx, by), stream](*args, dst, *tail, *rng)
+    kernel[(*blocks, splits), (bx, by), stream](A, B, dst, *tail, *rng)
     if splits > 1:
         bl, th = launch_shape(M * Nc)
         S.sum_splits[bl, th, stream](dst, C, bb, has_bias, rng[-1])

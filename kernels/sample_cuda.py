@@ -208,7 +208,7 @@ def sample_dot(x, W, dst, bias, has_bias, seeds, key_lo, key_hi, off_lo, off_hi,
 
 
 @cuda.jit(device=True)
-def _axpy_row(acc, P, Q, q, a, rows, k, p_trans, rows_are_n, out_dim, in_dim, i0, valid,
+def _axpy_row(acc, P, q, a, rows, k, p_trans, rows_are_n, out_dim, in_dim, i0, valid,
               key_lo, key_hi, off_lo, off_hi, thr):
     """Row a's accumulators after reduction step k (unchanged for a row past `rows`)."""
     if a >= rows:
@@ -253,9 +253,9 @@ def sample_axpy(P, Q, dst, p_trans, rows_are_n, out_dim, seeds, key_lo, key_hi, 
         acc1 = acc0
         for k in range(k_lo, k_hi):
             q = _load8(Q, k, i0, valid)
-            acc0 = _axpy_row(acc0, P, Q, q, a, rows, k, p_trans, rows_are_n, out_dim, in_dim, i0, valid,
+            acc0 = _axpy_row(acc0, P, q, a, rows, k, p_trans, rows_are_n, out_dim, in_dim, i0, valid,
                              key_lo, key_hi, off_lo, off_hi, thr)
-            acc1 = _axpy_row(acc1, P, Q, q, a + 1, rows, k, p_trans, rows_are_n, out_dim, in_dim, i0, valid,
+            acc1 = _axpy_row(acc1, P, q, a + 1, rows, k, p_trans, rows_are_n, out_dim, in_dim, i0, valid,
                              key_lo, key_hi, off_lo, off_hi, thr)
         _store_axpy(dst, z, final, a, rows, i0, valid, acc0, scale)
         _store_axpy(dst, z, final, a + 1, rows, i0, valid, acc1, scale)
