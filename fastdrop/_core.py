@@ -85,11 +85,16 @@ def rows(a):
 
 
 def _sum_to(t, shape):
-    """t summed over leading dims until it has `shape` (the gradient of a broadcast operand)."""
+    """t summed to `shape`, the gradient of an operand broadcast to t's shape (torch's
+    `sum_to_size`): over t's extra leading dims and over the dims where `shape` has size 1."""
     shape = tuple(shape)
     if tuple(t.shape) == shape:
         return t
-    return t.reshape(-1, *shape).sum(0)
+    lead = len(t.shape) - len(shape)
+    if lead:
+        t = t.sum(tuple(range(lead)))
+    stretched = tuple(d for d, n in enumerate(shape) if n == 1 and t.shape[d] != 1)
+    return t.sum(stretched, keepdims=True) if stretched else t
 
 
 # ---- backends: the pieces every op's forward and backward are written with ----------------------
@@ -951,7 +956,12 @@ def _native_groups(x, g, p):
     if x.dtype not in _FLAT_SCALARS or not x.is_cpu or type(x) not in _PLAIN_TENSORS:
         return None
     n = x.numel()
-    nbytes = n * x.element_size()
+    return _native_layout(x, g, p, n, n * x.element_size())
+
+
+def _native_layout(x, g, p, n, nbytes):
+    """`_native_groups` for x already known to be a CPU float tensor of a plain class, with n
+    elements of nbytes bytes in all (the training lane has checked and counted those)."""
     if n == 0 or nbytes >= NATIVE_GROUPED_MAX_BYTES or p * nbytes > 2 * NATIVE_ZERO_MAX_BYTES:
         return None
     return _grouped_layout(x, g)
@@ -1048,18 +1058,25 @@ def training_lane(x, p, g, ndim=None):
             tracing_dispatch_mode(sys.modules["torch"]):
         return None
     recorded = x.requires_grad and grad_enabled()
+    n = x.numel()
+    nbytes = n * x.element_size()
     if g and recorded:
-        layout = _native_groups(x, g, p)
+        layout = _native_layout(x, g, p, n, nbytes)
         if not layout:
             return None
+    elif nbytes > PHYSICAL_BYTES:
+        return None  # an output too big: the general route, which refuses it
     offset = _seeds.stream_offset(0)
-    if offset >= 1 << 63 or x.numel() * x.element_size() > PHYSICAL_BYTES:
-        return None  # a rank of 2^15 or more, an output too big: the general route (which refuses it)
+    if offset >= 1 << 63:
+        return None  # a rank of 2^15 or more: the general route
     seed, scale = _seeds.draw_torch_seed_eager(sys.modules["torch"]), 1.0 / (1.0 - p)
-    small = not g and 0 < x.numel() < _cpu.CPU_PARALLEL_MIN and x.is_contiguous() and not x.is_neg()
+    small = not g and 0 < n < _cpu.CPU_PARALLEL_MIN and x.is_contiguous() and not x.is_neg()
     if not recorded:  # nothing records the result: the kernel, as torch_apply runs it then
         if small:
             return _serial_dropout(x, _serial_args(x.dtype, p, seed, offset, scale))
+        if g and n and not x.is_neg() and (x.is_contiguous() or _groups_outermost(x, g)) and \
+                not is_legacy_batched(x):
+            return _dense_grouped_dropout(x, p, seed, offset, scale, g, n)  # TorchBackend.mask's pick
         return _mask(TorchBackend, (x,), _rng(p, seed, offset, scale), (g,))
     if g:
         y = _native_grouped(x, p, seed, offset, scale, g, layout)

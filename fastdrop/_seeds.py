@@ -115,11 +115,15 @@ def torch_seed_tensor(torch):
 
 def draw_torch_seed_eager(torch):
     """draw_torch_seed when neither torch.jit.trace nor a torch.func transform is running (the
-    caller has checked)."""
-    buf = getattr(_seed_buffers, "buf", None)
-    if buf is None:
+    caller has checked). The value is read through a numpy view of the buffer: `int(tensor)` is a
+    second trip through torch's dispatcher (`item`), which inside a training step, where every
+    call runs cold, cost about as much as the draw itself."""
+    pair = getattr(_seed_buffers, "pair", None)
+    if pair is None:
         buf = _seed_buffers.buf = _new_seed_buffer(torch)
-    return int(buf.random_(0, _SEED_HIGH))
+        pair = _seed_buffers.pair = (buf, buf.numpy())
+    pair[0].random_(0, _SEED_HIGH)
+    return int(pair[1])
 
 
 def device_seed_tensor(torch, device):

@@ -6,7 +6,8 @@
 
 The mask kernel writes the masked a into a temporary, the vendor GEMM (torch's or numpy's)
 multiplies; backward regenerates the mask from (seed, offset) and saves a and b only. Batch dims
-are equal, or absent on one side.
+broadcast as in torch.matmul (a missing dim or a dim of size 1 stretches); the mask has a's own
+shape, so a stretched a keeps one mask for every batch element it meets, as dropout(a) @ b would.
 """
 import math
 
@@ -18,18 +19,29 @@ __all__ = ["dropout_matmul", "DROPOUT_MATMUL"]
 
 
 def _shapes(a_shape, b_shape):
-    """(batch shape, M, K, N); batch dims equal, or one side 2-D."""
+    """(batch shape, M, K, N); the batch is the broadcast of a's and b's batch dims."""
     if len(a_shape) < 2 or len(b_shape) < 2:
         raise RankError(f"dropout_matmul needs a (..., M, K) and b (..., K, N) with at least 2 dims, "
                         f"got shapes {tuple(a_shape)} and {tuple(b_shape)}")
     if a_shape[-1] != b_shape[-2]:
         raise ValueError(f"dropout_matmul: shapes {tuple(a_shape)} and {tuple(b_shape)} cannot be "
                          f"multiplied ({a_shape[-1]} != {b_shape[-2]})")
-    ba, bb = tuple(a_shape[:-2]), tuple(b_shape[:-2])
-    if ba and bb and ba != bb:
-        raise ValueError(f"dropout_matmul: batch dims must be equal or absent on one side, got "
-                         f"{tuple(a_shape)} and {tuple(b_shape)}")
-    return ba or bb, a_shape[-2], a_shape[-1], b_shape[-1]
+    return _broadcast_batch(tuple(a_shape), tuple(b_shape)), a_shape[-2], a_shape[-1], b_shape[-1]
+
+
+def _broadcast_batch(a_shape, b_shape):
+    """torch.matmul's batch of (..., M, K) @ (..., K, N): dims aligned from the right, each pair
+    equal or one of them 1 (or missing)."""
+    ba, bb = a_shape[:-2], b_shape[:-2]
+    n = max(len(ba), len(bb))
+    ba, bb = (1,) * (n - len(ba)) + ba, (1,) * (n - len(bb)) + bb
+    batch = []
+    for i, j in zip(ba, bb):
+        if i != j and i != 1 and j != 1:
+            raise ValueError(f"dropout_matmul: the batch dims of shapes {a_shape} and {b_shape} cannot "
+                             f"be broadcast together ({i} against {j})")
+        batch.append(j if i == 1 else i)
+    return tuple(batch)
 
 
 def _check(operands, params):
@@ -92,13 +104,14 @@ def dropout_matmul(a, b, p=0.5, training=True, *, seed=None, offset=0, mode="inv
 
     Args:
         a: (..., M, K) float data (e.g. attention probabilities softmax(QK^T / sqrt(d))).
-        b: (..., K, N) of a's dtype (e.g. V). Batch dims equal, or one side without batch dims.
+        b: (..., K, N) of a's dtype (e.g. V). Batch dims broadcast as in torch.matmul.
         p: drop probability of a's elements.
         training: apply the mask (True) or the eval rule of `mode` (False).
         seed, offset: the mask is `dropout_mask(a.shape, p, seed, offset)`; seed=None draws one.
         mode: "inverted" or "classic".
     Returns:
-        (..., M, N), same kind as a (numpy array or torch tensor; differentiable in torch).
+        (batch, M, N) with batch the broadcast of a's and b's batch dims, same kind as a (numpy
+        array or torch tensor; differentiable in torch).
     Example:
         >>> out = fastdrop.dropout_matmul(torch.softmax(q @ k.mT, -1), v, 0.1)
     """

@@ -58,6 +58,9 @@ CASES = {
                            ((2, 4, 5), (2, 5, 3))),
     "dropout_matmul_bcast": Case(DROPOUT_MATMUL, lambda a, b, **kw: F.dropout_matmul(a, b, 0.3, **kw),
                                  ((2, 4, 5), (5, 3))),
+    # size-1 batch dims on both sides (torch.matmul's broadcasting): a's gradient sums over b's heads
+    "dropout_matmul_bcast1": Case(DROPOUT_MATMUL, lambda a, b, **kw: F.dropout_matmul(a, b, 0.3, **kw),
+                                  ((2, 1, 4, 5), (1, 3, 5, 3))),
 }
 
 

@@ -497,7 +497,7 @@ def _bad_inputs(case):
     yield "meta", (x.to("meta"),) + rest, ValueError
     yield "list", (x.tolist(),) + rest, TypeError
     # x-sized arrays (the output, a masked copy) larger than physical memory from an expanded
-    # (tiny) x: the rows (dim -2 of dropout_matmul's a, whose batch dims must match b's) grown to
+    # (tiny) x: the rows (dim -2 of dropout_matmul's a, which b's batch cannot stretch) grown to
     # 2**40 elements; the per-sample grad W op's grad and x share that dim, so both grow
     dim = x.dim() - 2 if case.op is DROPOUT_MATMUL else 0
     rows = 2**40 // max(1, x.numel() // x.shape[dim])

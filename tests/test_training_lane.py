@@ -250,7 +250,8 @@ LANE_OPS = [  # (call, shape): every public function that has a lane, at the ran
 ]
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed", "inner dims transposed",
+                                    "negative view"])
 @pytest.mark.parametrize("unrecorded", ["x needs no grad", "no_grad mode"])
 @pytest.mark.parametrize("call,shape", LANE_OPS)
 def test_lane_without_autograd_equals_the_pipeline(monkeypatch, call, shape, unrecorded, layout):
@@ -262,9 +263,13 @@ def test_lane_without_autograd_equals_the_pipeline(monkeypatch, call, shape, unr
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == "transposed":
         x = x.transpose(0, -1).contiguous().transpose(0, -1)
+    elif layout == "inner dims transposed":  # the leading (group) dims outermost: timm's ConvNeXt branch
+        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
 
     def run():
         xg = x.clone(memory_format=torch.preserve_format).requires_grad_(unrecorded == "no_grad mode")
+        if layout == "negative view":  # the neg bit: no numpy view of it (the kernels read it resolved)
+            xg = torch._neg_view(xg.detach()).requires_grad_(unrecorded == "no_grad mode")
         torch.manual_seed(7)
         with torch.set_grad_enabled(unrecorded != "no_grad mode"):
             y = call(xg, 0.4)

@@ -387,7 +387,9 @@ def ref_dropout_matmul(a, b, keep, scale):
 
 
 MATMUL_SHAPES = [((3, 5), (5, 4)), ((2, 3, 7), (2, 7, 9)), ((2, 2, 33, 17), (2, 2, 17, 5)),
-                 ((4, 1, 1023), (1023, 3)), ((6, 13), (3, 13, 2)), ((1, 1), (1, 1))]
+                 ((4, 1, 1023), (1023, 3)), ((6, 13), (3, 13, 2)), ((1, 1), (1, 1)),
+                 # torch.matmul's broadcasting: size-1 batch dims on either side, unequal ranks
+                 ((2, 1, 3, 7), (1, 4, 7, 5)), ((1, 3, 7), (2, 1, 7, 5)), ((3, 2, 6, 4), (2, 4, 3))]
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
@@ -399,7 +401,8 @@ def test_dropout_matmul_forward(dtype, tol, shapes):
     torch.testing.assert_close(out, ref_dropout_matmul(a, b, keep, 1 / 0.7), atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("shapes", [((2, 3, 7), (2, 7, 4)), ((2, 3, 7), (7, 4)), ((3, 7), (2, 7, 4))])
+@pytest.mark.parametrize("shapes", [((2, 3, 7), (2, 7, 4)), ((2, 3, 7), (7, 4)), ((3, 7), (2, 7, 4)),
+                                    ((2, 1, 3, 7), (1, 3, 7, 4)), ((1, 3, 7), (2, 2, 7, 4))])
 def test_dropout_matmul_gradcheck(shapes):
     a = torch.randn(shapes[0], dtype=torch.float64, requires_grad=True)
     b = torch.randn(shapes[1], dtype=torch.float64, requires_grad=True)
@@ -440,6 +443,8 @@ def test_dropout_matmul_errors():
         fastdrop.dropout_matmul(torch.randn(3, 4), torch.randn(5, 2), 0.1)
     with pytest.raises(ValueError, match="batch dims"):
         fastdrop.dropout_matmul(torch.randn(2, 3, 4), torch.randn(3, 4, 2), 0.1)
+    with pytest.raises(ValueError, match=r"cannot be broadcast together \(2 against 3\)"):
+        fastdrop.dropout_matmul(torch.randn(2, 1, 3, 4), torch.randn(3, 3, 4, 2), 0.1)
     with pytest.raises(TypeError, match="same dtype"):
         fastdrop.dropout_matmul(torch.randn(3, 4), torch.randn(4, 2, dtype=torch.float64), 0.1)
     with pytest.raises(ValueError, match="at least 2 dims"):
