@@ -29,6 +29,7 @@ so its masks are the custom ops. During CUDA-graph capture a seed=None call on a
 the custom op too, eagerly, with its seed drawn on the device (`_capturing`): the kernels read it
 from memory, so every replay draws a new mask.
 """
+import functools
 import math
 import sys
 import warnings
@@ -907,10 +908,32 @@ def tracing_dispatch_mode(torch):
         get = torch._C._get_dispatch_mode
         if get(key.PROXY) is not None or get(key.FAKE) is not None:
             return True
-    # make_fx(pre_dispatch=True) keeps its proxy mode on the pre-dispatch stack (torch's private
-    # query; a torch without it has no such stack to ask)
-    pre_dispatch = getattr(torch._ops, "_get_dispatch_mode_pre_dispatch", None)
-    return pre_dispatch is not None and pre_dispatch(key.PROXY) is not None
+    # make_fx(pre_dispatch=True) keeps its proxy mode on the pre-dispatch stack, and torch marks
+    # any mode there by including the PreDispatch key in the thread's dispatch keys: one C query,
+    # where torch's Python accessor of that stack cost several microseconds on every training-lane
+    # call run cold (a pre-dispatch functionalization mode counts too: the torch-ops route is right
+    # under it as well)
+    global _PRE_DISPATCH_QUERY
+    if _PRE_DISPATCH_QUERY is None:
+        _PRE_DISPATCH_QUERY = _pre_dispatch_query(torch)
+    return _PRE_DISPATCH_QUERY()
+
+
+_PRE_DISPATCH_QUERY = None
+
+
+def _pre_dispatch_query(torch):
+    """A no-argument function: is a pre-dispatch mode (make_fx(pre_dispatch=True)) set on this
+    thread? torch's TLS key query; where a torch lacks it, its private stack accessor; a torch
+    with neither has no such stack to ask."""
+    included = getattr(torch._C, "_dispatch_tls_is_dispatch_key_included", None)
+    key = getattr(torch._C.DispatchKey, "PreDispatch", None)
+    if included is not None and key is not None:
+        return functools.partial(included, key)
+    accessor = getattr(torch._ops, "_get_dispatch_mode_pre_dispatch", None)
+    if accessor is not None:
+        return lambda: accessor(torch._C._TorchDispatchModeKey.PROXY) is not None
+    return lambda: False
 
 
 def _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out):
