@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import fastdrop
+from fastdrop import _core
 from fastdrop.nn import DropPath
 
 
@@ -407,6 +408,20 @@ def test_dropout_matmul_gradcheck(shapes):
     a = torch.randn(shapes[0], dtype=torch.float64, requires_grad=True)
     b = torch.randn(shapes[1], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: fastdrop.dropout_matmul(a, b, 0.4, seed=3), (a, b))
+
+
+@pytest.mark.parametrize("shapes", [((2, 3, 4, 5), (3, 1, 5)), ((2, 3, 4, 5), (1, 1, 4, 1)), ((3, 4), (4,)),
+                                    ((2, 3, 4), (2, 3, 4)), ((2, 0, 4), (1, 4))])
+def test_sum_to_reduces_as_torch_sum_to_size(shapes):
+    """The backends' sum_to (a broadcast operand's gradient) over numpy and torch: extra leading
+    dims and size-1 dims, as torch's sum_to_size."""
+    big, small = shapes
+    t = torch.randn(big, dtype=torch.float64)
+    expected = t.sum_to_size(small)
+    torch.testing.assert_close(_core._sum_to(t, small), expected, rtol=1e-12, atol=1e-12)
+    got = _core._sum_to(t.numpy(), small)
+    assert got.shape == tuple(small)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-12, atol=1e-12)
 
 
 def test_dropout_matmul_saves_inputs_only():
