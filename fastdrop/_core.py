@@ -702,6 +702,11 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
     if kind == CUDA_ARRAY:  # no GPU (nor the simulator): refused before the draw
         _cuda = cuda_module()
         _cuda.require_gpu()
+    if seed is None and p == 1.0:
+        # every mask element is dropped whatever the seed (T(1) = 0), so none is drawn, as torch's
+        # own dropout draws none at p = 1 (the kernels still run: dropped means exact zeros, which
+        # x * 0 is not for a negative, infinite or NaN x)
+        seed = 0
     if seed is None:
         offset = _seeds.stream_offset(offset)
     if kind == TORCH:

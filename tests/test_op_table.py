@@ -518,6 +518,32 @@ def _bad_inputs(case):
         yield "shape", (x, cut) + rest[1:], ValueError
 
 
+def assert_bits_equal(a, b):
+    """float64 tensors equal bit for bit (signed zeros and NaN payloads included)."""
+    assert a.shape == b.shape and a.dtype == b.dtype == torch.float64
+    assert torch.equal(a.contiguous().view(torch.int64), b.contiguous().view(torch.int64))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_p_one_draws_no_seed(name):
+    """At p = 1 every mask element is dropped whatever the seed: seed=None draws none (torch's
+    dropout draws none there either), for torch and numpy operands, and the result is the
+    all-dropped one of any explicit seed, bit for bit, gradients included."""
+    case = CASES[name]
+    for ops in (operands(case), numpy_operands(case)):
+        torch_state, np_state = torch.get_rng_state(), _seeds._numpy_source.bit_generator.state
+        y = case.call(*ops, p=1.0)
+        assert torch.equal(torch.get_rng_state(), torch_state)
+        assert _seeds._numpy_source.bit_generator.state == np_state
+        ref = case.call(*ops, p=1.0, seed=12345, offset=7)
+        assert_bits_equal(torch.as_tensor(y), torch.as_tensor(ref))
+    leaves = tuple(t.requires_grad_(True) for t in operands(case))
+    grads = torch.autograd.grad(case.call(*leaves, p=1.0).sum(), leaves)
+    grads_ref = torch.autograd.grad(case.call(*leaves, p=1.0, seed=3).sum(), leaves)
+    for g, r in zip(grads, grads_ref):
+        assert_bits_equal(g, r)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_input_refused_before_the_seed_draw(name):
     case = CASES[name]
