@@ -201,6 +201,12 @@ def _groups_outermost(x, group_ndim):
     return groups_outermost(x.shape, x.stride(), group_ndim)
 
 
+def _groups_are_runs(x, group_ndim):
+    """x's groups (one per index of its first group_ndim dims) are consecutive runs of memory in
+    group order: x is contiguous, or dense with those dims outermost."""
+    return x.is_contiguous() or _groups_outermost(x, group_ndim)
+
+
 def _dense_grouped_dropout(x, p, seed, offset, scale, group_ndim, n):
     """Spatial dropout / DropPath of a float32/float64 CPU tensor whose groups are contiguous runs
     of memory (`_groups_outermost`; no autograd): the one-launch grouped kernel on flat numpy
@@ -312,7 +318,7 @@ class TorchBackend:
                 and x.dtype in _FLAT_SCALARS and x.is_contiguous():
             return _small_dense_dropout(x, rng.p, seed, offset, rng.scale)
         if out is None and group_ndim > 0 and n > 0 and x.dtype in _FLAT_SCALARS and \
-                (x.is_contiguous() or _groups_outermost(x, group_ndim)):
+                _groups_are_runs(x, group_ndim):
             return _dense_grouped_dropout(x, rng.p, seed, offset, rng.scale, group_ndim, n)
         if out is None:
             # torch's layout rules: a dense layout (channels_last...) is kept; only large outputs
@@ -1004,7 +1010,7 @@ _GROUPED_LAYOUTS = {}
 
 def _grouped_layout(x, g):
     """(groups, factor shape) of x with mask-shape rule g > 0 when its groups are consecutive
-    runs of memory (contiguous, or `_groups_outermost`), else None."""
+    runs of memory (`_groups_are_runs`), else None."""
     shape = x.shape
     key = (shape, x.stride(), g)
     layout = _GROUPED_LAYOUTS.get(key)
@@ -1012,7 +1018,7 @@ def _grouped_layout(x, g):
         if len(_GROUPED_LAYOUTS) >= 256:
             _GROUPED_LAYOUTS.clear()
         layout = False
-        if x.is_contiguous() or _groups_outermost(x, g):
+        if _groups_are_runs(x, g):
             layout = (math.prod(shape[:g]), tuple(shape[:g]) + (1,) * (len(shape) - g))
         _GROUPED_LAYOUTS[key] = layout
     return layout or None
@@ -1102,7 +1108,7 @@ def training_lane(x, p, g, ndim=None):
     if not recorded:  # nothing records the result: the kernel, as torch_apply runs it then
         if small:
             return _serial_dropout(x, _serial_args(x.dtype, p, seed, offset, scale))
-        if g and n and not x.is_neg() and (x.is_contiguous() or _groups_outermost(x, g)) and \
+        if g and n and not x.is_neg() and _groups_are_runs(x, g) and \
                 not is_legacy_batched(x):
             return _dense_grouped_dropout(x, p, seed, offset, scale, g, n)  # TorchBackend.mask's pick
         return _mask(TorchBackend, (x,), _rng(p, seed, offset, scale), (g,))

@@ -119,8 +119,8 @@ def draw_torch_seed_eager(torch):
     second trip through torch's dispatcher (`item`), which inside a training step, where every
     call runs cold, cost about as much as the draw itself."""
     pair = getattr(_seed_buffers, "pair", None)
-    if pair is None:
-        buf = _seed_buffers.buf = _new_seed_buffer(torch)
+    if pair is None:  # (the buffer, its numpy view)
+        buf = _new_seed_buffer(torch)
         pair = _seed_buffers.pair = (buf, buf.numpy())
     pair[0].random_(0, _SEED_HIGH)
     return int(pair[1])

@@ -11,6 +11,7 @@ import numpy as np
 import fastdrop
 from fastdrop.functional import DROPOUT
 from fastdrop import _core
+from fastdrop._checks import train_scale
 from fastdrop.linear import DROPCONNECT, DROPCONNECT_SAMPLE, DROPOUT_LINEAR, SAMPLE_GRAD_W, SAMPLE_GRAD_X
 from fastdrop.matmul import DROPOUT_MATMUL
 
@@ -31,8 +32,7 @@ def internal(op):
     """An op with no public function of its own (the per-sample DropConnect gradients), called
     through the shared pipeline as the public ops are."""
     return lambda *ops, training=True, p=0.4, **kw: _core.call(
-        op, ops, p=p, training=training, scale=1.0 if p == 1.0 else 1 / (1 - p),
-        **{"seed": None, "offset": 0, **kw})
+        op, ops, p=p, training=training, scale=train_scale(p, "inverted"), **{"seed": None, "offset": 0, **kw})
 
 
 CASES = {

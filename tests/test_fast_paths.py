@@ -160,13 +160,13 @@ def test_seed_buffer_made_under_inference_mode_works_outside():
 def test_seed_buffer_is_cpu_whatever_the_default_device():
     def draw():
         with torch.device("meta"):
-            return _seeds.draw_torch_seed(), _seeds._seed_buffers.buf.device
+            return _seeds.draw_torch_seed(), _seeds._seed_buffers.pair[0].device
     seed, device = _in_fresh_thread(draw)
     assert isinstance(seed, int) and device.type == "cpu"
 
 
 def test_threads_have_their_own_seed_buffer():
     _seeds.draw_torch_seed()
-    here = _seeds._seed_buffers.buf
-    there = _in_fresh_thread(lambda: (_seeds.draw_torch_seed(), _seeds._seed_buffers.buf)[1])
+    here = _seeds._seed_buffers.pair[0]
+    there = _in_fresh_thread(lambda: (_seeds.draw_torch_seed(), _seeds._seed_buffers.pair[0])[1])
     assert there is not here
