@@ -658,16 +658,7 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
     if seed is not None:
         seed = check_u64(seed, "seed")
     given = operands[0]
-    x, kind = check_array(given, op.operands[0]) if checked is None else checked
-    if len(operands) > 1:
-        if kind == TORCH and op.upcast_half:
-            operands = _autocast_mixed((x, *operands[1:]), always=op.own_products)
-            x = operands[0]
-        operands = (x, *check_companions(x, kind, zip(op.operands[1:], operands[1:]), op.operands[0]))
-    elif x is not operands[0]:
-        operands = (x,)
-    if op.check is not None:
-        params = op.check(operands, params)
+    x, kind, operands, params = validate(op, operands, params, checked)
     if out is not None:
         if out is x or out is operands[0]:
             check_out_is_x(x, kind, inplace)
@@ -724,6 +715,24 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
                                                       (ops[0] if inplace else None)), inplace)
     # in place: x itself, also where x was viewed as a plain ndarray (np.matrix, np.memmap)
     return given if inplace else y
+
+
+def validate(op, operands, params, checked=None, autocast=True):
+    """(x, kind, operands, params): op's operands checked (x first, then its companions, then the
+    op's own shape rule), converted as check_array converts them; TypeError/ValueError otherwise.
+    autocast: give mixed-dtype GEMM operands autocast's dtype (`_autocast_mixed`), as the public
+    call does; the custom op's body, whose operands the traced graph already cast, does not."""
+    x, kind = check_array(operands[0], op.operands[0]) if checked is None else checked
+    if len(operands) > 1:
+        if autocast and kind == TORCH and op.upcast_half:
+            operands = _autocast_mixed((x, *operands[1:]), always=op.own_products)
+            x = operands[0]
+        operands = (x, *check_companions(x, kind, zip(op.operands[1:], operands[1:]), op.operands[0]))
+    elif x is not operands[0]:
+        operands = (x,)
+    if op.check is not None:
+        params = op.check(operands, params)
+    return x, kind, operands, params
 
 
 def _autocast_mixed(operands, always=False):
@@ -1564,14 +1573,19 @@ def library_op(op):
             # under torch.jit.trace, which records this op as one node: its body runs untraced
             # (traced, x.shape would give 0-d tensors, which the kernels' size math cannot take)
             torch._C._set_tracing_state(None)
-        try:  # (the refusal too: the tracing state is restored whatever happens)
+        try:  # (the refusals too: the tracing state is restored whatever happens)
+            # A torch.jit.trace or make_fx graph replays this op on whatever its caller passes,
+            # without the public call's checks (a call of torch.ops.fastdrop.<name> too): the same
+            # checks here, so an integer or sparse tensor gets their TypeError, not a Numba
+            # typing error or numpy's conversion error from inside the kernels' call.
+            _, _, checked, params = validate(op, operands, tuple(params), autocast=False)
             if seed.is_cuda:  # a CUDA-graph capture's seed, read by the kernels (`_torch_call`)
                 rng = Rng(p, seed, offset & MAX_U64, scale)
             elif operands[0].is_cuda and _capturing(torch, operands[0].device):
                 raise _compiled_capture_error(op)
             else:
                 rng = Rng(p, _seed_int(seed), offset & MAX_U64, scale)
-            y = op.forward(TorchBackend, operands, rng, tuple(params))
+            y = op.forward(TorchBackend, checked, rng, params)
         finally:
             if tracing is not None:
                 torch._C._set_tracing_state(tracing)

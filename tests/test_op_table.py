@@ -646,6 +646,34 @@ def test_trace_in_training_mode(name):
     assert torch.equal(fixed(*ops), case.call(*ops, seed=3))  # an explicit seed: a constant
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_replayed_graphs_and_direct_op_calls_check_their_operands(name):
+    """A torch.jit.trace or make_fx graph replays the custom op on whatever it is given, without the
+    public call's checks, and so does a direct torch.ops.fastdrop.<name> call: the op's body runs
+    the same checks, so integer and sparse tensors (and, for the dense ops, companions of the wrong
+    kind) get fastdrop's TypeError, not a Numba typing error or numpy's conversion error."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    case = CASES[name]
+    ops = operands(case)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(lambda *a: case.call(*a), ops, check_trace=False)
+    graph = make_fx(lambda *a: case.call(*a))(*ops)
+    lib = getattr(torch.ops.fastdrop, case.op.name)
+    bad_inputs = [("int", tuple(o.round().to(torch.int64) for o in ops), "floating point dtype"),
+                  ("sparse", (ops[0].to_sparse(), *ops[1:]), "dense")]
+    if len(ops) > 1:
+        bad_inputs.append(("companion", (ops[0], ops[1].to(torch.int32), *ops[2:]), "floating point dtype"))
+    for what, bad, message in bad_inputs:
+        for run in (traced, graph):
+            with pytest.raises(Exception) as info:  # TorchScript wraps the op's error in a RuntimeError
+                run(*bad)
+            text = str(info.value)
+            assert message in text and "TypingError" not in text and "numpy" not in text, (what, text[-400:])
+        with pytest.raises(TypeError, match=message):
+            lib(*bad, *[None] * (len(case.op.operands) - len(bad)), torch.tensor(3), 0.3, 0, 1 / 0.7, [])
+
+
 @pytest.mark.parametrize("tracing_mode", ["real", "fake", "pre_dispatch"])
 @pytest.mark.parametrize("name", NAMES)
 def test_make_fx_records_the_custom_op(name, tracing_mode):

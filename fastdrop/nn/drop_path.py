@@ -9,6 +9,7 @@ import torch
 from .._checks import check_mode, check_p, is_fx_proxy, traced_as_leaf
 from ..functional import DROP_PATH_MODES, drop_path
 from . import _mc_state
+from ._script import ScriptedDropout
 
 
 class DropPath(torch.nn.Module):
@@ -67,6 +68,10 @@ class DropPath(torch.nn.Module):
     def extra_repr(self) -> str:
         extra = "" if self.scaling == "inverted" else f", scaling={self.scaling}"
         return f"p={self.p}, scale_by_keep={self.scale_by_keep}, mode={self.mode}{extra}"
+
+    def __prepare_scriptable__(self):
+        """What torch.jit.script compiles instead of this module (fastdrop/nn/_script.py)."""
+        return ScriptedDropout(self, self.p, 1.0 - self.p if self.scaling == "classic" else 1.0, self.inplace)
 
     def forward(self, x):
         if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: a leaf, as torch's modules

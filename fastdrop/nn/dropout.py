@@ -14,6 +14,7 @@ import torch
 from .. import functional as F
 from .._checks import check_mode, is_fx_proxy, traced_as_leaf
 from . import _mc_state
+from ._script import ScriptedDropout
 
 
 class _DropoutNd:
@@ -34,6 +35,10 @@ class _DropoutNd:
     def extra_repr(self) -> str:
         mode = "" if self.mode == "inverted" else f", mode={self.mode}"
         return f"p={self.p}, inplace={self.inplace}{mode}"
+
+    def __prepare_scriptable__(self):
+        """What torch.jit.script compiles instead of this module (fastdrop/nn/_script.py)."""
+        return ScriptedDropout(self, self.p, 1.0 - self.p if self.mode == "classic" else 1.0, self.inplace)
 
     def forward(self, x):
         if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: a leaf, as torch's modules

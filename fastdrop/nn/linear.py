@@ -9,6 +9,7 @@ import torch
 from .. import linear as L
 from .._checks import check_bool, check_mode, check_p, is_fx_proxy, traced_as_leaf
 from . import _mc_state
+from ._script import ScriptedLinear
 
 
 class _DropLinear(torch.nn.Linear):
@@ -38,6 +39,10 @@ class DropoutLinear(_DropLinear):
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.mode == "inverted" else f", mode={self.mode}")
 
+    def __prepare_scriptable__(self):
+        """What torch.jit.script compiles instead of this module (fastdrop/nn/_script.py)."""
+        return ScriptedLinear(self, 1.0 - self.p if self.mode == "classic" else 1.0)
+
     def forward(self, x):
         if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: a leaf, as torch's modules
             return traced_as_leaf(self, x)
@@ -62,6 +67,11 @@ class DropConnectLinear(_DropLinear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", per_sample={self.per_sample}"
+
+    def __prepare_scriptable__(self):
+        """What torch.jit.script compiles instead of this module: the mean network at eval
+        (fastdrop/nn/_script.py)."""
+        return ScriptedLinear(self, 1.0)
 
     def forward(self, x):
         if type(x) is not torch.Tensor and is_fx_proxy(x):
