@@ -31,24 +31,34 @@ def _dtype_refusal(module) -> str:
             f"bfloat16, float32, float64)")
 
 
-class ScriptedDropout(torch.nn.Module):
-    """Dropout, Dropout1d/2d/3d or DropPath under torch.jit.script."""
+class _Scripted(torch.nn.Module):
+    """What the scripted layers share: the checks, and the factor f of the rule above."""
 
-    def __init__(self, module, p: float, eval_factor: float, inplace: bool):
+    def __init__(self, module, p: float, eval_factor: float):
         super().__init__()
         self.p = float(p)
         self.eval_factor = float(eval_factor)
-        self.inplace = bool(inplace)
         self.refusal = _refusal(module)
         self.dtype_refusal = _dtype_refusal(module)
         self.train(module.training)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def factor(self, x: torch.Tensor) -> float:
         if not x.is_floating_point():
             raise TypeError(self.dtype_refusal)
         if self.training and self.p != 0.0:
             raise RuntimeError(self.refusal)
-        factor = 1.0 if self.training else self.eval_factor
+        return 1.0 if self.training else self.eval_factor
+
+
+class ScriptedDropout(_Scripted):
+    """Dropout, Dropout1d/2d/3d or DropPath under torch.jit.script."""
+
+    def __init__(self, module, p: float, eval_factor: float, inplace: bool):
+        super().__init__(module, p, eval_factor)
+        self.inplace = bool(inplace)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        factor = self.factor(x)
         if factor == 1.0:
             return x
         if self.inplace:
@@ -56,24 +66,16 @@ class ScriptedDropout(torch.nn.Module):
         return x * factor
 
 
-class ScriptedLinear(torch.nn.Module):
+class ScriptedLinear(_Scripted):
     """DropoutLinear or DropConnectLinear under torch.jit.script (the layer's own parameters)."""
 
     def __init__(self, module, eval_factor: float):
-        super().__init__()
-        self.p = float(module.p)
-        self.eval_factor = float(eval_factor)
+        super().__init__(module, module.p, eval_factor)
         self.register_parameter("weight", module.weight)
         self.register_parameter("bias", module.bias)  # (None for bias=False, as in nn.Linear)
-        self.refusal = _refusal(module)
-        self.dtype_refusal = _dtype_refusal(module)
-        self.train(module.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.is_floating_point():
-            raise TypeError(self.dtype_refusal)
-        if self.training and self.p != 0.0:
-            raise RuntimeError(self.refusal)
-        if not self.training and self.eval_factor != 1.0:
-            x = x * self.eval_factor
+        factor = self.factor(x)
+        if factor != 1.0:
+            x = x * factor
         return F.linear(x, self.weight, self.bias)
