@@ -1,81 +1,64 @@
-"""What torch.jit.script makes of fastdrop's modules.
+"""What a fastdrop module computes under torch.jit.script.
 
 TorchScript compiles a module's forward from its source, and a fastdrop forward reaches the Numba
-kernels through Python, which TorchScript cannot compile. torch.jit.script first calls each
-module's `__prepare_scriptable__` and scripts what that returns: for a fastdrop module, one of the
-modules below, which is the layer's eval rule in torch ops (what a scripted model is deployed to
-run) and refuses a training-mode call with a clear error (torch.compile, torch.export and
-torch.jit.trace record the training op; scripting cannot).
+kernels through Python, which TorchScript cannot compile. Each forward therefore starts with
+`if is_scripting(): return <one of the functions below>` (torch.jit.is_scripting): TorchScript compiles that
+branch alone (it drops what follows), and eager calls go on past it. Under TorchScript a module is
+its eval rule in torch ops (what a scripted model is deployed to run), and a training-mode call
+with p > 0 is refused with a clear error (torch.compile, torch.export and torch.jit.trace record
+the training op; TorchScript cannot run it):
 
-    eval:  dropout family and DropPath  y = x * f   (f = 1 - p for classic scaling, else 1: y is x)
-           DropoutLinear                y = linear(x * f, W, b)
-           DropConnectLinear            y = linear(x, W, b)   (the mean network)
-    training with p = 0: the same with f = 1.
+    dropout family, DropPath   y = x * f
+    DropoutLinear              y = linear(x * f, W, b)
+    DropConnectLinear          y = linear(x, W, b)   (the mean network)
 
-The dense layers' twins hold the layer's own Parameter objects, so the scripted model's
-state_dict and parameters are the layer's.
+with f = 1 - p at eval under classic scaling, else 1 (y is x itself); in training with p = 0, f = 1.
+
+The module itself is scripted (no stand-in module): its parameters, hooks, attributes and
+train/eval flag are the scripted model's, and scripting leaves the eager model as it was.
 """
+from typing import Optional, Tuple
+
 import torch
 import torch.nn.functional as F
 
 
-def _refusal(module) -> str:
-    return (f"a scripted fastdrop.nn.{type(module).__name__} runs in eval mode only (or with p = 0): "
-            f"its training op calls fastdrop's compiled kernels, which TorchScript cannot run. Call "
-            f"model.eval() before running the scripted model, or use torch.compile, torch.export or "
-            f"torch.jit.trace, which record the training op")
+def _factor(x: torch.Tensor, training: bool, p: float, classic: bool, name: str) -> float:
+    """f of the rule above, after the checks eager calls make first."""
+    if not x.is_floating_point():
+        raise TypeError("fastdrop.nn." + name + ": x must have a floating point dtype (float16, bfloat16, "
+                        "float32, float64)")  # (TorchScript's str(x.dtype) is a number)
+    if training and p != 0.0:
+        raise RuntimeError("a scripted fastdrop.nn." + name + " runs in eval mode only (or with p = 0): "
+                           "its training op calls fastdrop's compiled kernels, which TorchScript cannot "
+                           "run. Call model.eval() before running the scripted model, or use "
+                           "torch.compile, torch.export or torch.jit.trace, which record the training op")
+    if classic and not training:
+        return 1.0 - p
+    return 1.0
 
 
-def _dtype_refusal(module) -> str:
-    return (f"fastdrop.nn.{type(module).__name__}: x must have a floating point dtype (float16, "
-            f"bfloat16, float32, float64)")
+def scripted_dropout(x: torch.Tensor, training: bool, p: float, classic: bool, inplace: bool,
+                     name: str, ranks: Tuple[int, int] = (0, 64)) -> torch.Tensor:
+    """Dropout, Dropout1d/2d/3d and DropPath under TorchScript; ranks: the ranks x may have
+    whatever the mode (Dropout1d's (2, 3), as its functional checks them at eval too)."""
+    if x.dim() < ranks[0] or x.dim() > ranks[1]:
+        raise ValueError(name.lower() + ": Expected " + str(ranks[0]) + "D or " + str(ranks[1]) +
+                         "D input, but received a " + str(x.dim()) + "D input of shape " + str(x.shape))
+    factor = _factor(x, training, p, classic, name)
+    if factor == 1.0:
+        return x
+    if inplace:
+        # (TorchScript's mul_ by a Python float rounds the float to x's half type first; eager's
+        # mul_ and both runtimes' x * f do not: this keeps half types bit for bit eager's)
+        return x.copy_(x * factor)
+    return x * factor
 
 
-class _Scripted(torch.nn.Module):
-    """What the scripted layers share: the checks, and the factor f of the rule above."""
-
-    def __init__(self, module, p: float, eval_factor: float):
-        super().__init__()
-        self.p = float(p)
-        self.eval_factor = float(eval_factor)
-        self.refusal = _refusal(module)
-        self.dtype_refusal = _dtype_refusal(module)
-        self.train(module.training)
-
-    def factor(self, x: torch.Tensor) -> float:
-        if not x.is_floating_point():
-            raise TypeError(self.dtype_refusal)
-        if self.training and self.p != 0.0:
-            raise RuntimeError(self.refusal)
-        return 1.0 if self.training else self.eval_factor
-
-
-class ScriptedDropout(_Scripted):
-    """Dropout, Dropout1d/2d/3d or DropPath under torch.jit.script."""
-
-    def __init__(self, module, p: float, eval_factor: float, inplace: bool):
-        super().__init__(module, p, eval_factor)
-        self.inplace = bool(inplace)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        factor = self.factor(x)
-        if factor == 1.0:
-            return x
-        if self.inplace:
-            return x.mul_(factor)
-        return x * factor
-
-
-class ScriptedLinear(_Scripted):
-    """DropoutLinear or DropConnectLinear under torch.jit.script (the layer's own parameters)."""
-
-    def __init__(self, module, eval_factor: float):
-        super().__init__(module, module.p, eval_factor)
-        self.register_parameter("weight", module.weight)
-        self.register_parameter("bias", module.bias)  # (None for bias=False, as in nn.Linear)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        factor = self.factor(x)
-        if factor != 1.0:
-            x = x * factor
-        return F.linear(x, self.weight, self.bias)
+def scripted_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], training: bool,
+                    p: float, classic: bool, name: str) -> torch.Tensor:
+    """DropoutLinear (classic: x * (1 - p) at eval) and DropConnectLinear under TorchScript."""
+    factor = _factor(x, training, p, classic, name)
+    if factor != 1.0:
+        x = x * factor
+    return F.linear(x, weight, bias)

@@ -5,11 +5,12 @@ alias of `.p`, so drop-path-rate schedules that assign `m.drop_prob` change what
 """
 import numpy as np
 import torch
+from torch.jit import is_scripting
 
 from .._checks import check_mode, check_p, is_fx_proxy, traced_as_leaf
 from ..functional import DROP_PATH_MODES, drop_path
 from . import _mc_state
-from ._script import ScriptedDropout
+from ._script import scripted_dropout
 
 
 class DropPath(torch.nn.Module):
@@ -26,7 +27,10 @@ class DropPath(torch.nn.Module):
         >>> x = x + DropPath(0.1)(block(x))          # timm: DropPath(drop_prob=0.1)
         >>> DropPath(p=0.2, mode="batch")             # torchvision: StochasticDepth(0.2, "batch")
     """
-    __constants__ = ["p", "scale_by_keep", "mode", "scaling", "inplace"]
+    __constants__ = ["scale_by_keep", "mode", "scaling", "inplace"]
+    # p and drop_prob are Python properties over _p (validated on assignment): TorchScript, which
+    # cannot compile their setters, reads _p
+    __jit_unused_properties__ = ["p", "drop_prob"]
 
     def __init__(self, drop_prob: float = None, scale_by_keep: bool = True, mode: str = "row",
                  scaling: str = "inverted", inplace: bool = False, *, p: float = None):
@@ -69,11 +73,9 @@ class DropPath(torch.nn.Module):
         extra = "" if self.scaling == "inverted" else f", scaling={self.scaling}"
         return f"p={self.p}, scale_by_keep={self.scale_by_keep}, mode={self.mode}{extra}"
 
-    def __prepare_scriptable__(self):
-        """What torch.jit.script compiles instead of this module (fastdrop/nn/_script.py)."""
-        return ScriptedDropout(self, self.p, 1.0 - self.p if self.scaling == "classic" else 1.0, self.inplace)
-
     def forward(self, x):
+        if is_scripting():  # TorchScript compiles this branch alone (fastdrop/nn/_script.py)
+            return scripted_dropout(x, self.training, self._p, self.scaling == "classic", self.inplace, "DropPath")
         if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: a leaf, as torch's modules
             return traced_as_leaf(self, x)
         if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler

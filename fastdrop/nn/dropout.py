@@ -10,18 +10,21 @@ import math
 import numbers
 
 import torch
+from torch.jit import is_scripting
 
 from .. import functional as F
 from .._checks import check_mode, is_fx_proxy, traced_as_leaf
 from . import _mc_state
-from ._script import ScriptedDropout
+from ._script import scripted_dropout
 
 
 class _DropoutNd:
     """The fastdrop half of each module: mixed in before torch's class, so torch's __init__ and
     attributes stay, and this forward (fastdrop's op) replaces torch's."""
-    __constants__ = ["p", "inplace", "mode"]
+    __constants__ = ["p", "inplace", "mode", "_name", "_ranks"]
     _fn = None  # the functional op, set by each subclass
+    _name = ""  # the class's name, for TorchScript's messages (set by each subclass)
+    _ranks = (0, 64)  # the ranks x may have in eval mode too (TorchScript's branch checks them)
 
     def __init__(self, p: float = 0.5, inplace: bool = False, mode: str = "inverted"):
         # torch compares p with 0 and 1 and would let bools, strings-with-__lt__ or NaN through.
@@ -36,11 +39,10 @@ class _DropoutNd:
         mode = "" if self.mode == "inverted" else f", mode={self.mode}"
         return f"p={self.p}, inplace={self.inplace}{mode}"
 
-    def __prepare_scriptable__(self):
-        """What torch.jit.script compiles instead of this module (fastdrop/nn/_script.py)."""
-        return ScriptedDropout(self, self.p, 1.0 - self.p if self.mode == "classic" else 1.0, self.inplace)
-
     def forward(self, x):
+        if is_scripting():  # TorchScript compiles this branch alone (fastdrop/nn/_script.py)
+            return scripted_dropout(x, self.training, self.p, self.mode == "classic", self.inplace, self._name,
+                                    self._ranks)
         if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: a leaf, as torch's modules
             return traced_as_leaf(self, x)
         if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
@@ -52,19 +54,24 @@ class _DropoutNd:
 
 class Dropout(_DropoutNd, torch.nn.Dropout):
     """Elementwise dropout; see fastdrop.dropout."""
+    _name = "Dropout"
     _fn = staticmethod(F.dropout)
 
 
 class Dropout1d(_DropoutNd, torch.nn.Dropout1d):
     """Zeroes whole channels of (N, C, L) / (C, L) input; see fastdrop.dropout1d."""
+    _name = "Dropout1d"
+    _ranks = (2, 3)  # F.dropout1d's rank rule, which holds at eval too
     _fn = staticmethod(F.dropout1d)
 
 
 class Dropout2d(_DropoutNd, torch.nn.Dropout2d):
     """Zeroes whole channels of (N, C, H, W) input; see fastdrop.dropout2d."""
+    _name = "Dropout2d"
     _fn = staticmethod(F.dropout2d)
 
 
 class Dropout3d(_DropoutNd, torch.nn.Dropout3d):
     """Zeroes whole channels of (N, C, D, H, W) / (C, D, H, W) input; see fastdrop.dropout3d."""
+    _name = "Dropout3d"
     _fn = staticmethod(F.dropout3d)

@@ -5,11 +5,12 @@ seed=None on every call: masks come from torch's generator, so `torch.manual_see
 reproducible, and successive calls draw fresh masks.
 """
 import torch
+from torch.jit import is_scripting
 
 from .. import linear as L
 from .._checks import check_bool, check_mode, check_p, is_fx_proxy, traced_as_leaf
 from . import _mc_state
-from ._script import ScriptedLinear
+from ._script import scripted_linear
 
 
 class _DropLinear(torch.nn.Linear):
@@ -39,11 +40,10 @@ class DropoutLinear(_DropLinear):
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.mode == "inverted" else f", mode={self.mode}")
 
-    def __prepare_scriptable__(self):
-        """What torch.jit.script compiles instead of this module (fastdrop/nn/_script.py)."""
-        return ScriptedLinear(self, 1.0 - self.p if self.mode == "classic" else 1.0)
-
     def forward(self, x):
+        if is_scripting():  # TorchScript compiles this branch alone (fastdrop/nn/_script.py)
+            return scripted_linear(x, self.weight, self.bias, self.training, self.p, self.mode == "classic",
+                                   "DropoutLinear")
         if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: a leaf, as torch's modules
             return traced_as_leaf(self, x)
         if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
@@ -68,12 +68,9 @@ class DropConnectLinear(_DropLinear):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", per_sample={self.per_sample}"
 
-    def __prepare_scriptable__(self):
-        """What torch.jit.script compiles instead of this module: the mean network at eval
-        (fastdrop/nn/_script.py)."""
-        return ScriptedLinear(self, 1.0)
-
     def forward(self, x):
+        if is_scripting():  # the mean network at eval (fastdrop/nn/_script.py)
+            return scripted_linear(x, self.weight, self.bias, self.training, self.p, False, "DropConnectLinear")
         if type(x) is not torch.Tensor and is_fx_proxy(x):
             return traced_as_leaf(self, x)
         if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
