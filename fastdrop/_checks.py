@@ -376,6 +376,11 @@ def check_out_is_x(x, kind, inplace):
         raise RuntimeError(_OUT_AUTOGRAD)
 
 
+# numpy types fastdrop writes results into (out=, max_norm_'s weight, dropout_mask's out): a memmap
+# indexes, reshapes and passes to the kernels as a plain array does, and writes through to its file
+WRITABLE_NUMPY = (np.ndarray, np.memmap)
+
+
 def check_out(x, kind, out, inplace):
     """An `out=` target: the kind, shape, dtype and device of x, writable, not overlapping itself,
     sharing no memory with x (out=x is inplace=True), and no autograd to record (torch's rule for
@@ -389,8 +394,8 @@ def check_out(x, kind, out, inplace):
     if kind == TORCH:
         _check_tensor(out, "out")  # sparse, nested, mkldnn, other devices: the messages x gets
     if kind == NUMPY:
-        if type(out) is not np.ndarray:
-            raise TypeError(f"out must be a plain numpy.ndarray, got {type(out).__name__} (np.matrix, "
+        if type(out) not in WRITABLE_NUMPY:
+            raise TypeError(f"out must be a numpy.ndarray or np.memmap, got {type(out).__name__} (np.matrix, "
                             f"masked arrays and other subclasses index and reshape differently)")
         if not out.dtype.isnative:
             raise TypeError(f"out must be in the machine's byte order, got dtype {out.dtype.str}")

@@ -133,6 +133,8 @@ class NumpyBackend:
             y = (x.astype(np.float32) * np.float32(factor)).astype(np.float16)
         else:
             y = x * x.dtype.type(factor)
+        if type(y) is not np.ndarray:  # numpy's arithmetic on a 0-d array gives a scalar
+            y = np.asarray(y)
         if inplace:
             x[...] = y
             return x
@@ -654,6 +656,7 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
     """
     p = check_p(p)
     training = check_bool(training, "training")  # torch's F.dropout refuses non-bools too
+    inplace = check_bool(inplace, "inplace")  # ("False" from a config file would write into x)
     offset = check_u64(offset, "offset")
     if seed is not None:
         seed = check_u64(seed, "seed")
@@ -665,7 +668,9 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
             inplace, out = True, None
         else:
             check_out(x, kind, out, inplace)
-    if inplace:
+    if inplace and (p > 0.0 if training else eval_factor != 1.0):
+        # (only where x is written: at eval with inverted scaling, or p = 0, the op returns x
+        # untouched, as torch's dropout does for any x, read-only, expanded or a leaf)
         if kind == NUMPY and x is not given and not np.shares_memory(x, given):
             why = f"in the machine's byte order, got dtype {given.dtype.str}" if not given.dtype.isnative \
                 else f"with strides in whole elements, got strides {given.strides} for itemsize {given.itemsize}"
@@ -699,10 +704,12 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
     if kind == CUDA_ARRAY:  # no GPU (nor the simulator): refused before the draw
         _cuda = cuda_module()
         _cuda.require_gpu()
-    if seed is None and p == 1.0:
-        # every mask element is dropped whatever the seed (T(1) = 0), so none is drawn, as torch's
-        # own dropout draws none at p = 1 (the kernels still run: dropped means exact zeros, which
-        # x * 0 is not for a negative, infinite or NaN x)
+    if seed is None and (p == 1.0 or any(0 in a.shape for a in operands if a is not None)):
+        # The result does not depend on the mask, so none is drawn, as torch's own dropout draws
+        # none at p = 1 or for an empty x: at p = 1 every mask element is dropped whatever the
+        # seed (T(1) = 0; the kernels still run: dropped means exact zeros, which x * 0 is not for
+        # a negative, infinite or NaN x); with an empty operand the mask or the output is empty
+        # (a dense layer on 0 input features gives its bias).
         seed = 0
     if seed is None:
         offset = _seeds.stream_offset(offset)
@@ -1107,8 +1114,8 @@ def training_lane(x, p, g, ndim=None):
         layout = _native_layout(x, g, p, n, nbytes)
         if not layout:
             return None
-    elif nbytes > PHYSICAL_BYTES:
-        return None  # an output too big: the general route, which refuses it
+    elif n == 0 or nbytes > PHYSICAL_BYTES:
+        return None  # empty (no draw) or an output too big (refused): the general route
     offset = _seeds.stream_offset(0)
     if offset >= 1 << 63:
         return None  # a rank of 2^15 or more: the general route

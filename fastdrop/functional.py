@@ -182,6 +182,7 @@ def drop_path(x, p=0.0, training=True, scale_by_keep=True, *, seed=None, offset=
     if mode not in DROP_PATH_MODES:
         raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode!r}")
     check_mode(scaling)
+    scale_by_keep = check_bool(scale_by_keep, "scale_by_keep")
     checked = check_array(x)  # once: the op core takes the result
     if len(checked[0].shape) == 0 and mode == "row" and check_bool(training, "training") and p > 0.0:
         # (as timm's and torchvision's, which index x.shape[0] only where they draw; batch mode

@@ -19,7 +19,7 @@ from .kernels.philox import kernel_rng_args, philox4x32_array  # noqa: F401
 
 from . import _core, _seeds
 from ._cpu import fill_keep_mask
-from ._checks import NUMPY, check_p, check_shape, check_u64, check_writable
+from ._checks import NUMPY, WRITABLE_NUMPY, check_p, check_shape, check_u64, check_writable
 
 
 def keep_threshold(p):
@@ -97,8 +97,8 @@ def dropout_mask(shape, p, seed, offset=0, *, out=None):
     seed = check_u64(seed, "seed")
     offset = check_u64(offset, "offset")
     if out is not None:
-        if type(out) is not np.ndarray or out.dtype != np.bool_:
-            raise TypeError(f"out must be a plain numpy bool array (no np.matrix or other subclass), "
+        if type(out) not in WRITABLE_NUMPY or out.dtype != np.bool_:
+            raise TypeError(f"out must be a numpy bool array or np.memmap (no np.matrix or other subclass), "
                             f"got {type(out).__name__} {getattr(out, 'dtype', '')}")
         if out.shape != shape:
             raise ValueError(f"out has shape {out.shape}, expected {shape}")

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from . import _core
-from ._checks import (NUMPY, TORCH, InterfaceArray, array_kind, check_array, check_writable, is_torch_tensor,
+from ._checks import (NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, array_kind, check_array, check_writable, is_torch_tensor,
                       mark_written, refuse_while_tracing)
 from .kernels import max_norm_cpu
 
@@ -156,8 +156,8 @@ def _checked(weight, max_value, dim, eps):
     if not is_torch_tensor(weight):
         refuse_while_tracing(weight, "weight")
     kind = array_kind(weight, "weight")
-    if kind == NUMPY and type(weight) is not np.ndarray:
-        raise TypeError(f"weight must be a plain numpy array (max_norm_ writes in place), got "
+    if kind == NUMPY and type(weight) not in WRITABLE_NUMPY:
+        raise TypeError(f"weight must be a numpy.ndarray or np.memmap (max_norm_ writes in place), got "
                         f"{type(weight).__name__}")
     if kind == NUMPY and not weight.dtype.isnative:
         raise TypeError(f"weight has non-native byte order ({weight.dtype}); convert it first")

@@ -366,6 +366,38 @@ def test_out_refuses_autograd_and_inplace_together():
         fastdrop.dropout(y, 0.5, inplace=True, out=torch.empty(4, 4))
 
 
+def test_memmaps_take_results(tmp_path):
+    """np.memmap, which fastdrop takes as input, is also a valid out= (a disk-backed result),
+    max_norm_ weight and dropout_mask out: written through to the file, returned as given."""
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    out = np.memmap(tmp_path / "out", dtype=np.float32, mode="w+", shape=(4, 6))
+    assert fastdrop.dropout(x, 0.5, seed=1, out=out) is out
+    assert fastdrop.dropout2d(x[:, :, None], 0.5, seed=1, out=out[:, :, None]).base is not None
+    part = fastdrop.dropout(x[1:3], 0.5, seed=2, out=out[1:3])
+    assert type(part) is np.memmap
+    out.flush()
+    on_disk = np.fromfile(tmp_path / "out", dtype=np.float32).reshape(4, 6)
+    np.testing.assert_array_equal(on_disk[1:3], fastdrop.dropout(x[1:3], 0.5, seed=2))
+    w = np.memmap(tmp_path / "w", dtype=np.float32, mode="w+", shape=(4, 6))
+    w[...] = 3.0
+    assert fastdrop.max_norm_(w, 1.0) is w
+    np.testing.assert_allclose(np.linalg.norm(w, axis=1), 1.0, rtol=1e-6)
+    mask = np.memmap(tmp_path / "m", dtype=np.bool_, mode="w+", shape=(4, 6))
+    assert fastdrop.dropout_mask((4, 6), 0.5, 3, out=mask) is mask
+    np.testing.assert_array_equal(mask, fastdrop.dropout_mask((4, 6), 0.5, 3))
+    with pytest.raises(TypeError, match="np.memmap"):
+        fastdrop.dropout(x, 0.5, out=np.asmatrix(np.zeros((4, 6), np.float32)))
+
+
+def test_drop_path_scale_by_keep_must_be_a_bool():
+    x = torch.ones(4, 3)
+    state = torch.get_rng_state()
+    with pytest.raises(TypeError, match="scale_by_keep must be a bool"):
+        fastdrop.drop_path(x, 0.5, True, "False")  # truthy: it scaled
+    assert torch.equal(torch.get_rng_state(), state)
+    assert fastdrop.drop_path(x, 0.5, True, np.bool_(False), seed=1).max() == 1.0
+
+
 def test_dropout_mask_out():
     out = np.zeros((6, 9), bool)
     assert fastdrop.dropout_mask((6, 9), 0.3, 5, 2, out=out) is out
@@ -419,7 +451,9 @@ def test_out_bumps_the_version_of_out():
 @pytest.mark.parametrize("call", [
     lambda x: fastdrop.drop_path(x, 0.5, mode="batch", seed=1),  # one mask element for all of x
     lambda x: fastdrop.dropout2d(x, 1.0, seed=1), lambda x: fastdrop.dropout3d(x, 1.0, seed=1),
-    lambda x: fastdrop.dropout(x, 0.5, seed=1)])
+    lambda x: fastdrop.dropout(x, 0.5, seed=1),
+    lambda x: fastdrop.dropout(x, 0.5, training=False, mode="classic"),  # numpy's x * f gave a scalar
+    lambda x: fastdrop.dropout(x, 0.5, training=False)])
 def test_0d_input_gives_a_0d_array_of_its_kind(call):
     """A 0-d numpy array comes back as a 0-d ndarray (the batch-of-one route returned y[0] of a
     (1,) array: a numpy scalar), a 0-d tensor as a 0-d tensor; values as the 1-element call's."""

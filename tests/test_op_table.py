@@ -545,6 +545,27 @@ def test_p_one_draws_no_seed(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_empty_operands_draw_no_seed(name):
+    """With an empty operand the mask or the output is empty, so the result does not depend on
+    the mask: seed=None draws none (torch's dropout draws none for an empty x), for torch operands
+    with and without autograd and for numpy operands, and the result is an explicit seed's."""
+    case = CASES[name]
+    empty = [None if s is None else (0,) * len(s) for s in case.shapes]
+    g = torch.Generator().manual_seed(0)
+    for kind in ("torch", "grad", "numpy"):
+        ops = tuple(torch.randn(s, generator=g, dtype=torch.float64) for s in empty)
+        if kind == "grad":
+            ops = tuple(t.requires_grad_(True) for t in ops)
+        elif kind == "numpy":
+            ops = tuple(t.numpy() for t in ops)
+        torch_state, np_state = torch.get_rng_state(), _seeds._numpy_source.bit_generator.state
+        y = case.call(*ops)
+        assert torch.equal(torch.get_rng_state(), torch_state), kind
+        assert _seeds._numpy_source.bit_generator.state == np_state, kind
+        assert_bits_equal(torch.as_tensor(y), torch.as_tensor(case.call(*ops, seed=5)))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_bad_input_refused_before_the_seed_draw(name):
     case = CASES[name]
     for label, ops, exc in _bad_inputs(case):
@@ -554,6 +575,46 @@ def test_bad_input_refused_before_the_seed_draw(name):
             case.call(*ops)
         assert torch.equal(torch.get_rng_state(), state), label
         assert _seeds._numpy_source.bit_generator.state == np_state, label
+
+
+@pytest.mark.parametrize("name", INPLACE)
+def test_inplace_that_writes_nothing_takes_any_x(name):
+    """At p = 0, and at eval where the rule is x itself (inverted scaling), an in-place call writes
+    nothing and returns x, as torch's dropout does, whatever x is: a leaf that requires grad, an
+    expanded view, an inference tensor, a read-only array (the refusals are for writes). Where
+    the call does write (classic scaling at eval), the refusal stays."""
+    case = CASES[name]
+    shape = case.shapes[0]
+    with torch.inference_mode():
+        inference = torch.randn(shape, dtype=torch.float64)
+    read_only = np.ones(shape)
+    read_only.flags.writeable = False
+    xs = {"leaf": torch.randn(shape, dtype=torch.float64, requires_grad=True),
+          "expanded": torch.randn(shape[-1], dtype=torch.float64).expand(*shape),
+          "inference": inference, "read-only": read_only}
+    classic = case.call(np.ones(shape), training=False)[(0,) * len(shape)] != 1.0
+    for what, x in xs.items():
+        before = torch.as_tensor(x).clone()
+        for kw in ({"p": 0.0}, {"training": False}):
+            if "training" in kw and classic:
+                with pytest.raises((ValueError, RuntimeError)):
+                    case.call(x, inplace=True, **kw)
+            else:
+                assert case.call(x, inplace=True, **kw) is x, (what, kw)
+            assert torch.equal(torch.as_tensor(x), before), (what, kw)
+
+
+@pytest.mark.parametrize("name", INPLACE)
+def test_flags_must_be_bools(name):
+    """inplace="False" (a string from a config file) is truthy: refused like training="False",
+    before anything is written or drawn."""
+    case = CASES[name]
+    x = operands(case)[0]
+    before, state = x.clone(), torch.get_rng_state()
+    for flag in ("inplace", "training"):
+        with pytest.raises(TypeError, match=f"{flag} must be a bool"):
+            case.call(x, **{flag: "False"})
+    assert torch.equal(x, before) and torch.equal(torch.get_rng_state(), state)
 
 
 @pytest.mark.parametrize("name", INPLACE)

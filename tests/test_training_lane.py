@@ -73,9 +73,10 @@ def test_lane_equals_the_pipeline_bit_for_bit(monkeypatch, shape, p, dtype):
         return y, gx, torch.get_rng_state(), type(y.grad_fn).__name__
 
     y, gx, state, node = run()
-    assert len(taken) == 1
+    empty = x.numel() == 0  # (the lane leaves it to the pipeline, which draws no seed for it)
+    assert len(taken) == (0 if empty else 1)
     y0, gx0, state0, node0 = without_lane(monkeypatch, run)
-    assert len(taken) == 1
+    assert len(taken) == (0 if empty else 1)
     small = x.is_contiguous() and 0 < x.numel() < fastdrop._cpu.CPU_PARALLEL_MIN
     assert node0 == "EagerFunctionBackward"
     assert node == ("LaneDropoutBackward" if small else node0)
