@@ -6,7 +6,8 @@ GEMMs (`B.mask`, `B.linear`, `B.matmul`, ...), its eval rule and its fake (shape
 Everything else is here and shared, in this order:
 
     validate (nothing drawn, nothing touched) -> eval / p=0 shortcut -> resolve the seed
-    (explicit, torch's generator, fastdrop's numpy generator) -> rank stream offset ->
+    (explicit, torch's generator, fastdrop's numpy generator; none drawn at p = 1 or for an empty
+    operand, where the result does not depend on it) -> rank stream offset ->
     dispatch on where the data lives -> numpy / CUDA device array: op.forward on that backend;
     torch: one eager autograd.Function (setup_context, jvp, vmap) for every op, or under
     torch.compile or torch.jit.trace the op's torch.library custom op (register_fake +
