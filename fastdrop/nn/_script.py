@@ -38,10 +38,14 @@ def _factor(x: torch.Tensor, training: bool, p: float, classic: bool, name: str)
     return 1.0
 
 
+# the ranks x may have at eval for every module but Dropout1d (whose functional checks (2, 3) there)
+ANY_RANK = (0, 64)
+
+
 def scripted_dropout(x: torch.Tensor, training: bool, p: float, classic: bool, inplace: bool,
-                     name: str, ranks: Tuple[int, int] = (0, 64)) -> torch.Tensor:
-    """Dropout, Dropout1d/2d/3d and DropPath under TorchScript; ranks: the ranks x may have
-    whatever the mode (Dropout1d's (2, 3), as its functional checks them at eval too)."""
+                     name: str, ranks: Tuple[int, int]) -> torch.Tensor:
+    """Dropout, Dropout1d/2d/3d and DropPath under TorchScript; ranks: the (lowest, highest)
+    rank x may have whatever the mode (ANY_RANK, or Dropout1d's (2, 3))."""
     if x.dim() < ranks[0] or x.dim() > ranks[1]:
         raise ValueError(name.lower() + ": Expected " + str(ranks[0]) + "D or " + str(ranks[1]) +
                          "D input, but received a " + str(x.dim()) + "D input of shape " + str(x.shape))

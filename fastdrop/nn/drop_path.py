@@ -10,7 +10,7 @@ from torch.jit import is_scripting
 from .._checks import check_mode, check_p, is_fx_proxy, traced_as_leaf
 from ..functional import DROP_PATH_MODES, drop_path
 from . import _mc_state
-from ._script import scripted_dropout
+from ._script import ANY_RANK, scripted_dropout
 
 
 class DropPath(torch.nn.Module):
@@ -27,7 +27,8 @@ class DropPath(torch.nn.Module):
         >>> x = x + DropPath(0.1)(block(x))          # timm: DropPath(drop_prob=0.1)
         >>> DropPath(p=0.2, mode="batch")             # torchvision: StochasticDepth(0.2, "batch")
     """
-    __constants__ = ["scale_by_keep", "mode", "scaling", "inplace"]
+    __constants__ = ["scale_by_keep", "mode", "scaling", "inplace", "_ranks"]
+    _ranks = ANY_RANK  # (TorchScript reads a module's constants, not a module global tuple)
     # p and drop_prob are Python properties over _p (validated on assignment): TorchScript, which
     # cannot compile their setters, reads _p
     __jit_unused_properties__ = ["p", "drop_prob"]
@@ -75,7 +76,8 @@ class DropPath(torch.nn.Module):
 
     def forward(self, x):
         if is_scripting():  # TorchScript compiles this branch alone (fastdrop/nn/_script.py)
-            return scripted_dropout(x, self.training, self._p, self.scaling == "classic", self.inplace, "DropPath")
+            return scripted_dropout(x, self.training, self._p, self.scaling == "classic", self.inplace, "DropPath",
+                                    self._ranks)
         if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: a leaf, as torch's modules
             return traced_as_leaf(self, x)
         if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler

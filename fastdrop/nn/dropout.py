@@ -15,7 +15,7 @@ from torch.jit import is_scripting
 from .. import functional as F
 from .._checks import check_mode, is_fx_proxy, traced_as_leaf
 from . import _mc_state
-from ._script import scripted_dropout
+from ._script import ANY_RANK, scripted_dropout
 
 
 class _DropoutNd:
@@ -24,7 +24,7 @@ class _DropoutNd:
     __constants__ = ["p", "inplace", "mode", "_name", "_ranks"]
     _fn = None  # the functional op, set by each subclass
     _name = ""  # the class's name, for TorchScript's messages (set by each subclass)
-    _ranks = (0, 64)  # the ranks x may have in eval mode too (TorchScript's branch checks them)
+    _ranks = ANY_RANK  # the ranks x may have in eval mode too (TorchScript's branch checks them)
 
     def __init__(self, p: float = 0.5, inplace: bool = False, mode: str = "inverted"):
         # torch compares p with 0 and 1 and would let bools, strings-with-__lt__ or NaN through.
