@@ -493,14 +493,18 @@ class MaskedOp:
         own_products: the products are the op's own kernel's, which torch.autocast does not see
             (per-sample DropConnect): under autocast its operands go to autocast's dtype.
         vmap: rule under torch.func.vmap, or None (a clear error).
+        params_rule(x, params): checks the op's integer parameters where a caller other than the
+            public functions passes them (a direct call of its custom op); None: it takes none.
         out_numel(operands): the output's number of elements, where it can exceed x's (on host
             memory x-sized arrays and the output are refused before the draw when larger than
             physical memory); None: x-sized.
     """
 
     def __init__(self, name, operands, forward, backward, plain, fake, check=None, saves=(),
-                 optional=(), bias=None, upcast_half=False, own_products=False, vmap=None, out_numel=None):
+                 optional=(), bias=None, upcast_half=False, own_products=False, vmap=None, out_numel=None,
+                 params_rule=None):
         self.name, self.operands = name, tuple(operands)
+        self.params_rule = params_rule
         self.out_numel = out_numel
         self.forward, self.backward, self.plain, self.fake = forward, backward, plain, fake
         self.check = check
@@ -642,8 +646,16 @@ def _vmap(info, in_dims, operands, rng, params, apply=None):
     return apply(DROPOUT, (xl,), rng, (group,)).movedim(-1, 0), 0
 
 
+def _check_group_params(x, params):
+    # (g,) or, where another op's formula applies the mask, (g, parallel_min)
+    if not 1 <= len(params) <= 2 or not -1 <= params[0] <= len(x.shape) or \
+            len(params) == 2 and params[1] < 0:
+        raise ValueError(f"fastdrop::dropout params must be [g] or [g, parallel_min] with -1 <= g <= "
+                         f"x.dim() = {len(x.shape)} and parallel_min >= 0, got {list(params)}")
+
+
 DROPOUT = MaskedOp("dropout", ("x",), forward=_mask, backward=_backward, plain=_plain, fake=_fake,
-                   vmap=_vmap)
+                   vmap=_vmap, params_rule=_check_group_params)
 
 
 def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_factor=1.0, inplace=False,
@@ -1563,6 +1575,26 @@ def _compiled_capture_error(op):
         f"torch.compile(mode='reduce-overhead') make the graphs (it keeps fastdrop's ops out of them)")
 
 
+def _check_library_scalars(op, x, seed, p, scale, params):
+    """A custom op's scalar arguments, which the public call makes and a direct call of
+    torch.ops.fastdrop.<name> passes as it likes: refused as the public call refuses its own,
+    before any kernel runs (a float seed would be truncated, a g beyond x's rank read as
+    elementwise, an infinite scale written into the kept elements)."""
+    torch = sys.modules["torch"]
+    if seed.dtype != torch.int64:
+        raise TypeError(f"fastdrop::{op.name}: seed must be a 0-d int64 tensor, got dtype {seed.dtype}")
+    if seed.dim() != 0:
+        raise ValueError(f"fastdrop::{op.name}: seed must be a 0-d int64 tensor, got shape "
+                         f"{tuple(seed.shape)}")
+    check_p(p)
+    if not math.isfinite(scale):
+        raise ValueError(f"fastdrop::{op.name}: scale must be finite, got {scale}")
+    if op.params_rule is not None:
+        op.params_rule(x, params)
+    elif params:
+        raise ValueError(f"fastdrop::{op.name} takes no params, got {list(params)}")
+
+
 def library_op(op):
     """The torch.library custom op fastdrop::<op.name>, made on first use."""
     if op._library_op is not None:
@@ -1587,6 +1619,7 @@ def library_op(op):
             # checks here, so an integer or sparse tensor gets their TypeError, not a Numba
             # typing error or numpy's conversion error from inside the kernels' call.
             _, _, checked, params = validate(op, operands, tuple(params), autocast=False)
+            _check_library_scalars(op, checked[0], seed, p, scale, params)
             if seed.is_cuda:  # a CUDA-graph capture's seed, read by the kernels (`_torch_call`)
                 rng = Rng(p, seed, offset & MAX_U64, scale)
             elif operands[0].is_cuda and _capturing(torch, operands[0].device):

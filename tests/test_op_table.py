@@ -735,6 +735,39 @@ def test_replayed_graphs_and_direct_op_calls_check_their_operands(name):
             lib(*bad, *[None] * (len(case.op.operands) - len(bad)), torch.tensor(3), 0.3, 0, 1 / 0.7, [])
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_direct_op_calls_check_their_scalars(name):
+    """The custom op's scalar arguments, which the public call makes, are checked in its body too:
+    a direct torch.ops.fastdrop.<name> call with a float or 1-d seed, p outside [0, 1], a scale that
+    is not finite, or params the op does not take gets a TypeError / ValueError naming the
+    argument, not a truncated seed, a misread mask rule or inf written into the output."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    case = CASES[name]
+    ops = operands(case)
+    graph = make_fx(lambda *a: case.call(*a, seed=3, offset=5))(*ops)
+    node = next(n for n in graph.graph.nodes if str(n.target).startswith("fastdrop."))
+    lib = getattr(torch.ops.fastdrop, case.op.name)
+    n = len(case.op.operands)
+    seed, p, offset, scale, params = node.args[n:]
+    seed = torch.tensor(3)
+    full = (*ops, *[None] * (n - len(ops)))
+    assert torch.equal(lib(*full, seed, p, offset, scale, params), case.call(*ops, seed=3, offset=5))
+    bad = [(TypeError, "seed", (seed.double(), p, offset, scale, params)),
+           (TypeError, "seed", (seed.int(), p, offset, scale, params)),
+           (ValueError, "seed", (torch.tensor([3, 4]), p, offset, scale, params)),
+           (ValueError, "p=1.5", (seed, 1.5, offset, scale, params)),
+           (ValueError, "scale", (seed, p, offset, float("inf"), params)),
+           (ValueError, "scale", (seed, p, offset, float("nan"), params)),
+           (ValueError, "params", (seed, p, offset, scale, [*params, 0, 0]))]
+    if params:  # the mask rule g: -1 <= g <= x.dim()
+        bad += [(ValueError, "params", (seed, p, offset, scale, [ops[0].dim() + 1])),
+                (ValueError, "params", (seed, p, offset, scale, [-2])),
+                (ValueError, "params", (seed, p, offset, scale, []))]
+    for error, what, args in bad:
+        with pytest.raises(error, match=what):
+            lib(*full, *args)
+
+
 @pytest.mark.parametrize("tracing_mode", ["real", "fake", "pre_dispatch"])
 @pytest.mark.parametrize("name", NAMES)
 def test_make_fx_records_the_custom_op(name, tracing_mode):
