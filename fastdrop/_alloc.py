@@ -196,7 +196,8 @@ def check_output_bytes(nbytes):
     """MemoryError for an output larger than physical memory (asked before a call draws its seed:
     an expanded tensor or broadcast array has a small memory and a huge logical size)."""
     if nbytes > PHYSICAL_BYTES:
-        raise MemoryError(f"fastdrop: the output needs {nbytes} bytes, more than this machine's "
+        raise MemoryError(f"fastdrop: the output (or a working copy of an operand) needs {nbytes} "
+                          f"bytes, more than this machine's "
                           f"{PHYSICAL_BYTES} bytes of physical memory")
 
 

@@ -912,7 +912,8 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
     rng = _rng(p, seed, offset, scale)
     if out is not None:  # checked: no autograd records this call
         return mark_written(op.forward(TorchBackend, operands, rng, params, out=out))
-    if not op.upcast_half:
+    if _upcast_dtype(op, operands[0]) is None or _recording_apply(torch, operands) is not None:
+        # (a recorded call's Function computes half operands in float32 inside: `_function_forward`)
         return torch_apply(op, operands, params, rng, inplace)
     return _upcast(op, TorchBackend, operands, lambda ops: torch_apply(op, ops, params, rng, inplace), inplace)
 
@@ -1184,6 +1185,7 @@ _FUNCTIONS = None
 
 def _setup(ctx, op, params, rng, inplace, operands, forward_ad):
     ctx.op, ctx.params, ctx.rng, ctx.n = op, params, rng, len(operands)
+    ctx.half = _upcast_dtype(op, operands[0])
     ctx.autocast = _autocast_state(operands[0])
     if op.saves:  # saved_tensors is () without the call
         ctx.save_for_backward(*(operands[i] for i in op.saves))
@@ -1200,6 +1202,8 @@ def _function_backward(ctx, grad):
     if op.saves:
         for i, t in zip(op.saves, ctx.saved_tensors):
             saved[i] = t
+    if ctx.half is not None:  # computed in float32 as the forward was, rounded once (`_function_forward`)
+        grad, saved = grad.float(), [None if t is None else t.float() for t in saved]
     needs = ctx.needs_input_grad[4:]
     torch = sys.modules["torch"]
     B, rng = _backward_route(torch, ctx)
@@ -1208,7 +1212,25 @@ def _function_backward(ctx, grad):
     else:  # the forward's GEMMs ran under autocast: the backward's run under the same (custom_bwd)
         with torch.autocast(*ctx.autocast):
             grads = op.backward(B, grad, saved, rng, ctx.params, needs)
+    if ctx.half is not None:
+        grads = [None if g is None else g.to(ctx.half) for g in grads]
     return (None, None, None, None, *(g if n else None for g, n in zip(grads, needs)))
+
+
+def _upcast_dtype(op, x):
+    """x's half dtype where op computes it in float32 (`_upcast`), else None."""
+    if op.upcast_half and _is_half(x) and not _native_half(op, TorchBackend, x):
+        return x.dtype
+    return None
+
+
+def _function_forward(op, operands, rng, params, inplace):
+    """op's forward inside its autograd.Function. A GEMM op's half operands are computed in
+    float32 here, inside (`_upcast`), so the Function saves the operands themselves for backward,
+    not float32 copies of twice their size (an upcast around the Function saved those, and a
+    later in-place change of x went unnoticed)."""
+    return _upcast(op, TorchBackend, operands, lambda ops: op.forward(
+        TorchBackend, ops, rng, params, out=ops[0] if inplace else None), inplace)
 
 
 def _backward_route(torch, ctx):
@@ -1304,7 +1326,11 @@ def _autocast_state(x):
 def _jvp(ctx, _op, _params, _rng, _inplace, *tangents):
     it = iter(ctx.saved_tensors)
     primals = [next(it) if here else None for here in ctx.present]
-    return ctx.op.jvp(TorchAutogradBackend, primals, tangents, ctx.rng, ctx.params)
+    if ctx.half is None:
+        return ctx.op.jvp(TorchAutogradBackend, primals, tangents, ctx.rng, ctx.params)
+    up = lambda ts: [None if t is None else t.float() for t in ts]  # noqa: E731  (as the forward)
+    out = ctx.op.jvp(TorchAutogradBackend, up(primals), up(tangents), ctx.rng, ctx.params)
+    return None if out is None else out.to(ctx.half)
 
 
 def _functions():
@@ -1322,7 +1348,7 @@ def _functions():
             def forward(ctx, op, params, rng, inplace, *operands):
                 _setup(ctx, op, params, rng, inplace, operands,
                        torch.autograd.forward_ad._current_level >= 0)
-                return op.forward(TorchBackend, operands, rng, params, out=operands[0] if inplace else None)
+                return _function_forward(op, operands, rng, params, inplace)
 
             backward = staticmethod(_function_backward)
             jvp = staticmethod(_jvp)
@@ -1330,7 +1356,7 @@ def _functions():
         class FunctorchFunction(torch.autograd.Function):
             @staticmethod
             def forward(op, params, rng, inplace, *operands):
-                return op.forward(TorchBackend, operands, rng, params, out=operands[0] if inplace else None)
+                return _function_forward(op, operands, rng, params, inplace)
 
             @staticmethod
             def setup_context(ctx, inputs, output):

@@ -61,8 +61,11 @@ def _fake(operands, params):
 
 
 def _out_numel(operands):
+    # the output, or the weight where it is a small memory with a big logical size (an expanded
+    # tensor, a broadcast array): DropConnect's masked copy and the per-sample kernels' dense
+    # copy are W-sized
     x, w, _ = operands
-    return math.prod(x.shape[:-1]) * w.shape[0]
+    return max(math.prod(x.shape[:-1]) * w.shape[0], math.prod(w.shape))
 
 
 def _plain(B, operands, params, factor, inplace=False):
@@ -348,7 +351,11 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
         raise TypeError("moment-matching inference takes numpy arrays or torch tensors; wrap CUDA "
                         "device arrays with torch.as_tensor")
     if seed is None:
-        seed = _seeds.draw_torch_seed() if kind == TORCH else _seeds.draw_numpy_seed()
+        # none drawn where the result does not depend on it (p = 0: sigma = 0; an empty operand),
+        # as the pipeline draws none for an empty operand
+        empty = any(0 in a.shape for a in (x, weight, bias) if a is not None)
+        seed = 0 if p == 0.0 or empty else \
+            _seeds.draw_torch_seed() if kind == TORCH else _seeds.draw_numpy_seed()
     var_factor = p / (1.0 - p)
     if kind == TORCH:
         import torch

@@ -90,8 +90,9 @@ def _fake(operands, params):
 
 
 def _out_numel(operands):
+    # the output, or b where it is an expanded or broadcast operand that the GEMM copies dense
     batch, M, _, N = _shapes(tuple(operands[0].shape), tuple(operands[1].shape))
-    return math.prod(batch) * M * N
+    return max(math.prod(batch) * M * N, math.prod(operands[1].shape))
 
 
 DROPOUT_MATMUL = _core.MaskedOp("dropout_matmul", ("a", "b"), forward=_forward, backward=_backward,

@@ -182,8 +182,20 @@ def _weights_of(targets):
             w = getattr(t, "weight", None)
             if not isinstance(w, torch.Tensor):
                 raise TypeError(f"{type(t).__name__} has no weight tensor to constrain")
+            if t._parameters.get("weight") is not w:
+                # a parametrization (weight_norm, spectral_norm), pruning or another pre-hook makes
+                # .weight anew from other parameters: projecting today's copy would change nothing
+                raise TypeError(f"{type(t).__name__}.weight is not a parameter of the module but "
+                                f"computed from others (a parametrization such as weight_norm or "
+                                f"spectral_norm, or pruning): max_norm_hook would project a copy that "
+                                f"the next forward discards; constrain the parameter it is made from")
             weights.append(w)
         elif isinstance(t, torch.Tensor):
+            if t.grad_fn is not None:
+                raise TypeError("max_norm_hook needs the weight itself (a leaf tensor, such as a "
+                                "module's parameter), got a tensor computed by autograd "
+                                f"({type(t.grad_fn).__name__}): projecting it would not change the "
+                                "parameters the optimizer steps")
             weights.append(t)
         else:
             raise TypeError(f"expected modules with a .weight or tensors, got {type(t).__name__}")

@@ -276,3 +276,38 @@ def test_module():
     torch.testing.assert_close(m(x), torch.nn.functional.linear(x, m.weight, m.bias))
     with pytest.raises(ValueError, match="p=2"):
         fastdrop.nn.DropConnectLinear(3, 2, p=2)
+
+
+def test_moment_matching_draws_no_seed_where_the_result_does_not_depend_on_it():
+    """An empty operand or p = 0: the moment-matching branch drew a seed all the same (the
+    pipeline draws none for an empty operand); now none, and the result is any seed's."""
+    w, b = torch.randn(3, 6), torch.randn(3)
+    for x, p in ((torch.randn(0, 6), 0.3), (torch.randn(4, 6), 0.0), (torch.randn(4, 0), 0.3)):
+        wx = w[:, :x.shape[1]]
+        state = torch.get_rng_state()
+        y = dropconnect_linear(x, wx, b, p, training=False, activation=torch.relu)
+        assert torch.equal(torch.get_rng_state(), state)
+        assert torch.equal(y, dropconnect_linear(x, wx, b, p, training=False, activation=torch.relu, seed=5))
+    xn = np.zeros((0, 6))
+    state = fastdrop._seeds._numpy_source.bit_generator.state
+    dropconnect_linear(xn, w.numpy().astype(np.float64), None, 0.3, training=False, activation=np.tanh)
+    assert fastdrop._seeds._numpy_source.bit_generator.state == state
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_expanded_weight_too_big_for_memory_refused_before_the_draw(per_sample):
+    """DropConnect copies the weight (the masked copy; the per-sample kernels' dense copy): an
+    expanded weight with a small memory and a huge logical size got past the size check, which
+    counted x and the output only, drew the seed, then failed in the allocator."""
+    big = fastdrop._alloc.PHYSICAL_BYTES // 4 // 32 + 1  # 32 rows of float32: more than memory
+    x, w = torch.zeros(1, 1).expand(1, big), torch.zeros(1, 1).expand(32, big)
+    state = torch.get_rng_state()
+    with pytest.raises(MemoryError, match="physical memory"):
+        dropconnect_linear(x, w, None, 0.3, per_sample=per_sample)
+    assert torch.equal(torch.get_rng_state(), state)
+    xn, wn = np.broadcast_to(np.zeros((1, 1), np.float32), (1, big)), \
+        np.broadcast_to(np.zeros((1, 1), np.float32), (32, big))
+    np_state = fastdrop._seeds._numpy_source.bit_generator.state
+    with pytest.raises(MemoryError, match="physical memory"):
+        dropconnect_linear(xn, wn, None, 0.3, per_sample=per_sample)
+    assert fastdrop._seeds._numpy_source.bit_generator.state == np_state

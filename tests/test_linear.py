@@ -448,3 +448,18 @@ def test_per_sample_dropconnect_follows_autocast():
     assert torch.equal(y, ref)
     gx, gw = torch.autograd.grad(y.float().sum(), (x, w))
     assert gx.dtype == gw.dtype == torch.float32
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fastdrop.nn.DropoutLinear(4, 3, p=1.5), lambda: fastdrop.nn.DropoutLinear(4, 3, p=True),
+    lambda: fastdrop.nn.DropoutLinear(4, 3, mode="bogus"),
+    lambda: fastdrop.nn.DropConnectLinear(4, 3, p=-0.1),
+    lambda: fastdrop.nn.DropConnectLinear(4, 3, per_sample="yes")])
+def test_layer_constructors_refuse_before_drawing_weights(make):
+    """nn.Linear's init draws the weights from torch's generator: the layers' own arguments are
+    checked first, so a refused constructor (a config tried in a try block) leaves torch's
+    generator where it was, as torch.nn.Dropout(1.5) does."""
+    state = torch.get_rng_state()
+    with pytest.raises((TypeError, ValueError)):
+        make()
+    assert torch.equal(torch.get_rng_state(), state)

@@ -428,6 +428,53 @@ def test_models_that_move_the_batch_dim_run_one_sample_at_a_time(make):
     torch.testing.assert_close(given, ref, rtol=0, atol=0)
 
 
+class _Unbatched(torch.nn.Module):
+    """An unbatched image into a Conv2d (C, H, W), as torch's Conv2d accepts: the samples cannot
+    stack along dim 0 (the channels); the dropout module's input alone would stack."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.drop = torch.nn.Conv2d(3, 4, 3).double(), fnn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.drop(self.conv(x))
+
+
+@pytest.mark.parametrize("build, shape", [
+    (lambda: torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), fnn.DropConnectLinear(8, 3, p=0.3)), (6,)),
+    (lambda: torch.nn.Sequential(fnn.Dropout(0.3), torch.nn.Linear(6, 8), torch.nn.ReLU(),
+                                 torch.nn.Linear(8, 3)), (6,)),
+    (lambda: torch.nn.Sequential(fnn.Dropout(0.3), torch.nn.Softmax(-1)), (6,)),
+    (_Unbatched, (3, 5, 5)),
+])
+def test_unbatched_inputs_run_one_sample_at_a_time(build, shape):
+    """An input without a batch dim (a 1-d vector into a Linear, an unbatched image into a Conv2d)
+    cannot stack the samples along its dim 0: with the default chunk that failed inside (a reshape
+    error, a Linear's shape error), or, for a model that only mixes the features (a softmax),
+    would have mixed the samples silently. The samples run one at a time: chunk=1's statistics,
+    a warning where chunk was asked for, and the fused tail still takes its own batched path."""
+    torch.manual_seed(0)
+    model = build().double().eval()
+    x = torch.randn(shape, dtype=torch.float64)
+    ref = mc_predict(model, x, samples=5, seed=SEED, chunk=1, fused=False)
+    assert ref.mean.shape == model(x).shape
+    torch.testing.assert_close(mc_predict(model, x, samples=5, seed=SEED), ref, rtol=1e-12, atol=1e-12)
+    with pytest.warns(UserWarning, match="one at a time"):
+        given = mc_predict(model, x, samples=5, seed=SEED, chunk=3, fused=False)
+    torch.testing.assert_close(given, ref, rtol=0, atol=0)
+
+
+def test_fused_tail_refuses_what_the_model_refuses():
+    """The fused [Dropout, Linear] tail cast the Linear's weight to the input's dtype, so a model
+    whose own forward fails on a float64 input (float32 weights) returned statistics on the fused
+    path and raised on the others; it raises on every path now."""
+    model = torch.nn.Sequential(fnn.Dropout(0.3), torch.nn.Linear(6, 2)).eval()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    for fused in (True, False):
+        with pytest.raises(RuntimeError, match="dtype"):
+            mc_predict(model, x, samples=4, seed=0, fused=fused)
+
+
 def test_model_returning_a_tuple_is_refused():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), fnn.Dropout(0.5))
     with pytest.raises(TypeError, match="one tensor"):

@@ -154,13 +154,17 @@ def test_first_calls_in_a_process_compile_once():
     assert f"compiled once: {len(CASES)}" in run.stdout
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("seed", [None, 3])
 @pytest.mark.parametrize("name", NAMES)
-def test_saves_only_operands_and_scalars(name, seed):
+def test_saves_only_operands_and_scalars(name, seed, dtype):
     """Nothing the size of a mask of x is saved: the operands, scalars, and for the grouped ops
-    on CPU (native route, _core._native_grouped) their per-group factors, one value per group."""
+    on CPU (native route, _core._native_grouped) their per-group factors, one value per group.
+    Half types too: the dense ops compute them in float32 inside their Function, which saves the
+    half operands themselves (it saved float32 copies, twice their bytes, when the upcast ran
+    around it), so an in-place change of a saved operand is caught at backward, as torch's."""
     case = CASES[name]
-    ops = tuple(o.requires_grad_() for o in operands(case))
+    ops = tuple(o.to(dtype).requires_grad_() for o in operands(case))
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         y = case.call(*ops, seed=seed)
@@ -169,6 +173,15 @@ def test_saves_only_operands_and_scalars(name, seed):
     for t in saved:
         factors = case.groups and t.numel() == case.groups and t.dtype == ops[0].dtype
         assert t.numel() <= 1 or t.data_ptr() in ptrs or factors, (name, tuple(t.shape))
+    if case.op.saves:
+        leaf = ops[case.op.saves[0]]
+        x = leaf * 1  # a non-leaf operand, changed in place after the forward
+        args = tuple(x if o is leaf else o for o in ops)
+        y = case.call(*args, seed=seed)
+        with torch.no_grad():
+            x.add_(1)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
 
 
 @pytest.mark.parametrize("name", NAMES)

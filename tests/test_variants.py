@@ -369,6 +369,27 @@ def test_max_norm_hook_constrains_every_step():
     assert not opt._optimizer_step_post_hooks
 
 
+def test_max_norm_hook_refuses_weights_made_from_other_parameters():
+    """A parametrized weight (weight_norm, spectral_norm) or a pruned one is made anew from other
+    parameters at each forward: projecting the copy the hook found at install time changed
+    nothing (the norms stayed at 6.1, 4.6, 2.3 for max_value 1), silently. Refused, as is a tensor
+    computed by autograd; nothing is projected and no hook is left."""
+    from torch.nn.utils import parametrizations, prune
+    made = [parametrizations.weight_norm(torch.nn.Linear(4, 3)),
+            parametrizations.spectral_norm(torch.nn.Linear(4, 3)),
+            prune.random_unstructured(torch.nn.Linear(4, 3), "weight", amount=0.5)]
+    for layer in made:
+        opt = torch.optim.SGD(layer.parameters(), lr=0.01)
+        before = [p.detach().clone() for p in layer.parameters()]
+        with pytest.raises(TypeError, match="computed from others"):
+            fastdrop.max_norm_hook(opt, layer, max_value=1.0)
+        assert all(torch.equal(p, q) for p, q in zip(layer.parameters(), before))
+        assert not opt._optimizer_step_post_hooks
+    w = torch.randn(3, 4, requires_grad=True)
+    with pytest.raises(TypeError, match="computed by autograd"):
+        fastdrop.max_norm_hook(torch.optim.SGD([w], lr=0.1), w * 2, max_value=1.0)
+
+
 @pytest.mark.parametrize("kw, exc, match", [
     (dict(dim=None), TypeError, "dim must be an int"), (dict(dim=1.0), TypeError, "dim must be an int"),
     (dict(dim=True), TypeError, "dim must be an int"), (dict(dim=(0, 1.5)), TypeError, "dim must be an int"),

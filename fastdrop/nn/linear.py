@@ -17,8 +17,9 @@ class _DropLinear(torch.nn.Linear):
     """nn.Linear (same __init__, reset_parameters, state_dict) plus a drop probability."""
 
     def __init__(self, in_features, out_features, bias=True, p=0.5, device=None, dtype=None):
+        p = check_p(p)  # before nn.Linear's init draws the weights from torch's generator
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.p = check_p(p)
+        self.p = p
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, p={self.p}"
@@ -34,8 +35,9 @@ class DropoutLinear(_DropLinear):
 
     def __init__(self, in_features, out_features, bias=True, p=0.5, mode="inverted", device=None,
                  dtype=None):
+        mode = check_mode(mode)  # (every argument checked before the weights are drawn)
         super().__init__(in_features, out_features, bias, p, device, dtype)
-        self.mode = check_mode(mode)
+        self.mode = mode
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.mode == "inverted" else f", mode={self.mode}")
@@ -62,8 +64,9 @@ class DropConnectLinear(_DropLinear):
 
     def __init__(self, in_features, out_features, bias=True, p=0.5, per_sample=False, device=None,
                  dtype=None):
+        per_sample = check_bool(per_sample, "per_sample")
         super().__init__(in_features, out_features, bias, p, device, dtype)
-        self.per_sample = check_bool(per_sample, "per_sample")
+        self.per_sample = per_sample
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", per_sample={self.per_sample}"

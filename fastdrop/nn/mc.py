@@ -237,7 +237,7 @@ def _run_fused_head(h, head, seed, offsets):
     h2 = h.detach().contiguous()
     masked = torch.from_numpy(_sample_masks(h2.numpy().reshape(1, -1), p, _scale(p, mode), seed, offsets))
     masked = masked.reshape((len(offsets),) + tuple(h2.shape))
-    return torch.nn.functional.linear(masked, weight.to(h2.dtype), None if bias is None else bias.to(h2.dtype))
+    return torch.nn.functional.linear(masked, weight, bias)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -412,7 +412,18 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     merger = _Merger()
     with _mc_state.sampling(sampler), torch.no_grad():
         h = prefix(x) if prefix is not None else x
-        use_fused = head is not None and _kernel_ok(h)
+        # (the fused GEMM takes the layer's weight as it is: an h of another dtype takes the
+        # model's own forward, which refuses it as the eager call does)
+        use_fused = head is not None and _kernel_ok(h) and h.dtype == head[2].dtype and \
+            (head[3] is None or h.dtype == head[3].dtype)
+        if chunk > 1 and not use_fused and h.dim() < 2:
+            # an unbatched input: its dim 0 is a feature dim, which the model's layers mix (a
+            # Linear, a softmax), so the samples cannot be stacked along it
+            if not auto_chunk:
+                warnings.warn(f"mc_predict: chunk={chunk} stacks the samples along dim 0 of the input, "
+                              f"and this input of shape {tuple(h.shape)} has no batch dim: the "
+                              f"samples run one at a time", stacklevel=2)
+            chunk = 1
         if chunk > 1 and not use_fused:
             sampler.shapes = []  # sample 0 alone first: the shapes batched forwards must stack
         t0 = 0
@@ -427,12 +438,18 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                     y = _output(rest(hin))
                     if sampler.k == 0 and t0 == 0:
                         raise ValueError(_NONE_RAN)
-                except _NotStacked:
+                except Exception as e:
+                    # sample 0 ran alone first, so a batched forward that fails does so because of
+                    # the batching (an unbatched image into a Conv2d: its channels repeated): these
+                    # samples and the rest run one at a time, where a model's own error shows again
+                    if n == 1:
+                        raise
                     if not auto_chunk:
+                        why = "" if isinstance(e, _NotStacked) else f" ({type(e).__name__}: {e})"
                         warnings.warn(f"mc_predict: chunk={chunk} needs every fastdrop module's input to "
-                                      f"stack the samples along its dim 0, and this model's does not: "
-                                      f"the samples run one at a time", stacklevel=2)
-                    chunk = 1  # these samples and the rest one at a time
+                                      f"stack the samples along its dim 0, and this model's does not"
+                                      f"{why}: the samples run one at a time", stacklevel=2)
+                    chunk = 1
                     continue
                 y = y.reshape(n, y.shape[0] // n, *y.shape[1:])
             merger.add(y, logits)
