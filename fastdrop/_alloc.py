@@ -96,6 +96,28 @@ class _Handle(weakref.ref):
 # finalizer could call back in; every change below is one C-level list/dict/deque step, so a
 # re-entrant call sees a consistent state.
 _lock = threading.RLock()
+
+
+# A fork waits until no other thread is inside the lock (so the child inherits a consistent
+# cache), and the child gets a free lock: one inherited while another parent thread held it
+# (a thread polling cache_stats(), making a large output) would never be released there, and the
+# child's first large output would wait forever.
+def _before_fork():
+    _lock.acquire()
+
+
+def _after_fork_in_parent():
+    _lock.release()
+
+
+def _after_fork_in_child():
+    global _lock
+    _lock = threading.RLock()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+
 _free = []                        # free blocks, least recently returned first
 _returned = collections.deque()   # handles of dead arrays, queued by the weakref callback
 _live = {}                        # id(handle) -> handle, one per block handed out

@@ -13,6 +13,7 @@ element index, so both give the same bits.
 import functools
 import os
 import sys
+import threading
 import types
 
 import numba
@@ -145,13 +146,32 @@ def _layer_loads(layer):
 
 def _after_fork_in_child():
     global _forked_serial
+    from numba.core.compiler_lock import global_compiler_lock
+    # held by this thread since _before_fork; no other thread of the parent exists here
+    global_compiler_lock._lock = threading.RLock()
     if _forked_serial or _pool_unsafe_after_fork():  # grandchildren inherit the flag
         _forked_serial = True
         for k in _KERNELS:
             k._route(k.serial)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+def _before_fork():
+    # A child routed to the serial twins loads them on its first calls, under Numba's global
+    # compiler lock. Were another parent thread compiling or loading a kernel at the fork, the
+    # child would inherit that lock held by a thread it does not have, and wait forever: the fork
+    # waits for the compilation to end instead (holding the lock across it), and the child starts
+    # with a free lock and a consistent dispatcher state.
+    from numba.core.compiler_lock import global_compiler_lock
+    global_compiler_lock.acquire()
+
+
+def _after_fork_in_parent():
+    from numba.core.compiler_lock import global_compiler_lock
+    global_compiler_lock.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
 
 
 # Philox blocks generated per scratch buffer on the CPU: 128 blocks = 1024 16-bit mask words = 2 KiB,

@@ -317,6 +317,54 @@ def test_child_of_a_process_without_a_pool_stays_parallel():
     assert r.returncode == 0, r.stderr
 
 
+# A child forked while another parent thread holds a lock the child's first call needs: fastdrop's
+# output-cache lock (a thread polling cache_stats()), or Numba's compiler lock (a thread compiling
+# or loading a kernel; the child loads its serial twins under it). Each is held by the other
+# thread at the fork, deterministically; the child must finish, not wait forever.
+LOCK_HELD_AT_FORK = """
+import os, threading, time, numpy as np, torch, fastdrop
+from fastdrop import _alloc
+from numba.core.compiler_lock import global_compiler_lock
+big = torch.ones({big})  # pooled output size: the child's call takes the cache's lock
+want = fastdrop.dropout(big, 0.5, seed=1).numpy().tobytes()
+lock = {{"cache": _alloc._lock, "compiler": global_compiler_lock}}["{which}"]
+held = threading.Event()
+def hold():
+    with lock:
+        held.set()
+        time.sleep(0.5)
+threading.Thread(target=hold).start()
+held.wait()
+pid = os.fork()  # the other thread is inside the lock now
+if pid == 0:
+    y = fastdrop.dropout(big, 0.5, seed=1).numpy().tobytes()
+    os._exit(0 if y == want else 3)
+deadline = time.time() + {timeout}
+while time.time() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    raise SystemExit("the child hung")
+raise SystemExit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize("which", ["cache", "compiler"])
+def test_child_forked_while_another_thread_holds_a_lock_does_not_hang(which):
+    """The fork waits for the other thread to leave the lock (so the child inherits a consistent
+    cache and dispatcher state) and the child starts with a free lock. Before, the child inherited
+    the lock held by a thread it does not have: its first pooled output, or its first serial-twin
+    load, waited forever."""
+    from fastdrop import _alloc
+    big = _alloc.MIN_BYTES // 4  # float32 elements: a pooled output, above the parallel threshold
+    code = LOCK_HELD_AT_FORK.format(big=big, which=which, timeout=TIMEOUT_S - 60)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 # ---- the decorator itself --------------------------------------------------------------------
 
 def test_parallel_kernels_carry_a_serial_twin_with_its_own_cache_entry():
