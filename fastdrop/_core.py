@@ -724,11 +724,10 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
         # a negative, infinite or NaN x); with an empty operand the mask or the output is empty
         # (a dense layer on 0 input features gives its bias).
         seed = 0
-    if seed is None:
-        offset = _seeds.stream_offset(offset)
-    if kind == TORCH:
+    if kind == TORCH:  # (it adds the rank stream offset: a recorded graph, at its run time)
         return _torch_call(op, operands, params, p, seed, offset, scale, inplace, out)
     if seed is None:
+        offset = _seeds.stream_offset(offset)
         seed = _seeds.draw_numpy_seed()
     y = _upcast(op, B, operands, lambda ops: op.forward(B, ops, Rng(p, seed, offset, scale), params,
                                                       out=out if out is not None else
@@ -840,7 +839,11 @@ def _is_half(a):
 # ---- torch: one eager route and one compiled route for every op ---------------------------------
 
 def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None):
+    """op on tensors. offset: the caller's; with seed=None this process's rank stream offset is
+    added (`_seeds.stream_offset`), by a custom op at its run time where the call is recorded
+    (a compiled, traced or exported graph runs on each rank with that rank's stream)."""
     torch = sys.modules["torch"]
+    rank_stream = seed is None
     if torch.compiler.is_compiling():
         if _SEED_OPS is None:
             raise RuntimeError("fastdrop's torch.library ops are registered when fastdrop is imported "
@@ -861,7 +864,7 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
             return _eager_torch_call(torch)(op, operands, params, p, seed, offset, scale, inplace, out)
         seed_t = torch.ops.fastdrop.draw_seed(trace_token(), device=_CPU) if seed is None else \
             torch.tensor(_to_i64(seed), dtype=torch.int64)
-        return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out)
+        return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream)
     if _SEED_OPS is None:
         register_torch_ops()
     if torch._C._is_tracing() or tracing_dispatch_mode(torch):
@@ -894,7 +897,7 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
             with warnings.catch_warnings():  # the constant is the point
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 seed_t = torch.tensor(_to_i64(seed), dtype=torch.int64)
-        return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out)
+        return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream)
     if torch._C._are_functorch_transforms_active():
         refusal = _vmap_refusal(torch, op, operands, inplace)
         if refusal is not None:
@@ -906,9 +909,10 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         # carries the seed tensor to the backward (the graph's replays: a new mask each, the
         # backward the forward's)
         seed_t = _seeds.device_seed_tensor(torch, operands[0].device)
-        return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out)
+        return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream)
     if seed is None:
         seed = _seeds.draw_torch_seed()
+        offset = _seeds.stream_offset(offset)
     rng = _rng(p, seed, offset, scale)
     if out is not None:  # checked: no autograd records this call
         return mark_written(op.forward(TorchBackend, operands, rng, params, out=out))
@@ -977,12 +981,13 @@ def _pre_dispatch_query(torch):
     return lambda: False
 
 
-def _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out):
-    """op through its custom op (a compiled graph, a torch.jit trace), seed a 0-d int64 tensor."""
+def _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream=False):
+    """op through its custom op (a compiled graph, a torch.jit trace), seed a 0-d int64 tensor;
+    rank_stream: the op adds the rank stream offset to offset when it runs."""
     if op.upcast_half and not op.own_products:
         operands = _autocast_gemm_operands(operands)
     y = _upcast(op, TorchBackend, operands, lambda ops: library_op(op)(
-        *ops, seed_t, p, _to_i64(offset), scale, list(params)))
+        *ops, seed_t, p, _to_i64(offset), scale, list(params), rank_stream))
     if out is not None:
         return out.copy_(y)
     return operands[0].copy_(y) if inplace else y
@@ -1621,6 +1626,19 @@ def _check_library_scalars(op, x, seed, p, scale, params):
         raise ValueError(f"fastdrop::{op.name} takes no params, got {list(params)}")
 
 
+def _scalars(args):
+    # (seed, p, offset, scale, params, rank_stream): rank_stream may be left out (its default)
+    return (*args, False) if len(args) == 5 else tuple(args)
+
+
+def _run_offset(offset, rank_stream):
+    """A custom op's offset as a uint64, with this process's rank stream offset added where the
+    call drew its seed (seed=None): resolved when the graph runs, so a graph traced or exported
+    on one rank gives every rank its own stream."""
+    offset &= MAX_U64
+    return _seeds.stream_offset(offset) if rank_stream else offset
+
+
 def library_op(op):
     """The torch.library custom op fastdrop::<op.name>, made on first use."""
     if op._library_op is not None:
@@ -1630,10 +1648,10 @@ def library_op(op):
     n = len(op.operands)
     schema = "(" + ", ".join(f"Tensor{'?' if i in op.optional else ''} {name}"
                              for i, name in enumerate(op.operands)) + \
-        ", Tensor seed, float p, int offset, float scale, int[] params) -> Tensor"
+        ", Tensor seed, float p, int offset, float scale, int[] params, bool rank_stream=False) -> Tensor"
 
     def impl(*args):
-        operands, (seed, p, offset, scale, params) = args[:n], args[n:]
+        operands, (seed, p, offset, scale, params, rank_stream) = args[:n], _scalars(args[n:])
         tracing = torch._C._get_tracing_state()
         if tracing is not None:
             # under torch.jit.trace, which records this op as one node: its body runs untraced
@@ -1647,11 +1665,11 @@ def library_op(op):
             _, _, checked, params = validate(op, operands, tuple(params), autocast=False)
             _check_library_scalars(op, checked[0], seed, p, scale, params)
             if seed.is_cuda:  # a CUDA-graph capture's seed, read by the kernels (`_torch_call`)
-                rng = Rng(p, seed, offset & MAX_U64, scale)
+                rng = Rng(p, seed, _run_offset(offset, rank_stream), scale)
             elif operands[0].is_cuda and _capturing(torch, operands[0].device):
                 raise _compiled_capture_error(op)
             else:
-                rng = Rng(p, _seed_int(seed), offset & MAX_U64, scale)
+                rng = Rng(p, _seed_int(seed), _run_offset(offset, rank_stream), scale)
             y = op.forward(TorchBackend, checked, rng, params)
         finally:
             if tracing is not None:
@@ -1664,12 +1682,13 @@ def library_op(op):
     # torch.compile's CUDA-graph mode (mode="reduce-overhead") splits the graph around the op.
     lib = torch.library.custom_op(f"fastdrop::{op.name}", impl, mutates_args=(), schema=schema,
                                   tags=(torch.Tag.cudagraph_unsafe,))
-    lib.register_fake(lambda *args: op.fake(args[:n], tuple(args[-1])))
+    lib.register_fake(lambda *args: op.fake(args[:n], tuple(args[n + 4])))  # (params)
 
     def setup_context(ctx, inputs, output):
-        operands, (seed, p, offset, scale, params) = inputs[:n], inputs[n:]
+        operands, (seed, p, offset, scale, params, rank_stream) = inputs[:n], _scalars(inputs[n:])
         ctx.save_for_backward(*(operands[i] for i in op.saves), seed)
-        ctx.scalars, ctx.params = (p, offset, scale), tuple(params)
+        # the forward's offset (rank stream included), so the backward's masks are its masks
+        ctx.scalars, ctx.params = (p, _to_i64(_run_offset(offset, rank_stream)), scale), tuple(params)
         ctx.autocast = _autocast_state(operands[0])
 
     def backward(ctx, grad):
@@ -1685,7 +1704,7 @@ def library_op(op):
         else:
             with torch.autocast(*ctx.autocast):
                 grads = op.backward(TorchAutogradBackend, grad, saved, rng, ctx.params, needs)
-        return (*(g if need else None for g, need in zip(grads, needs)), None, None, None, None, None)
+        return (*(g if need else None for g, need in zip(grads, needs)), None, None, None, None, None, None)
 
     lib.register_autograd(backward, setup_context=setup_context)
 
@@ -1694,12 +1713,13 @@ def library_op(op):
         # without a rule torch would loop over the examples with one seed, one mask for all
         if op.vmap is None:
             raise _no_vmap(op)
-        operands, (seed, p, offset, scale, params) = args[:n], args[n:]
+        operands, (seed, p, offset, scale, params, rank_stream) = args[:n], _scalars(args[n:])
         if in_dims[n] is not None:  # pragma: no cover - the seed is drawn outside the transform
             raise RuntimeError(f"fastdrop.{op.name}: a batched seed tensor under torch.func.vmap")
         apply = lambda B, ops, rng, prm: (  # noqa: E731  (the rule's torch_apply: this op, traced)
             lib(*ops, rng.seed, rng.p, rng.offset, rng.scale, list(prm)))
-        return op.vmap(info, in_dims[:n], operands, Rng(p, seed, offset, scale), tuple(params), apply)
+        return op.vmap(info, in_dims[:n], operands, Rng(p, seed, _to_i64(_run_offset(offset, rank_stream)), scale),
+                       tuple(params), apply)
 
     lib.register_vmap(vmap_rule)
     op._library_op = lib

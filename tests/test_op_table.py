@@ -500,6 +500,43 @@ def test_rank_streams(name, monkeypatch):
     assert any(differ)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_recorded_graphs_take_the_rank_stream_of_the_process_running_them(name, monkeypatch):
+    """A make_fx graph, a torch.jit.trace and a torch.export program made on rank 1 and run on
+    rank 0 give rank 0's seed=None masks (and gradients), as rank 0's eager call does: the custom
+    op adds the rank stream offset when it runs, not when it is recorded (a graph made on one rank
+    repeated that rank's masks on every rank). An explicit seed stays the same on every rank."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    case = CASES[name]
+    ops = operands(case)
+
+    class Call(torch.nn.Module):
+        def forward(self, *a):
+            return case.call(*a)
+
+    monkeypatch.setattr(_seeds, "_rank", lambda: 1)
+    graph = make_fx(lambda *a: case.call(*a))(*ops)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(lambda *a: case.call(*a), ops, check_trace=False)
+    exported = torch.export.export(Call().train(), ops).module()
+    fixed = make_fx(lambda *a: case.call(*a, seed=5))(*ops)
+    for rank in (0, 1):
+        monkeypatch.setattr(_seeds, "_rank", lambda r=rank: r)
+        for torch_seed in (3, 4):
+            leaves = tuple(o.detach().requires_grad_() for o in ops)
+            torch.manual_seed(torch_seed)
+            want = case.call(*leaves)
+            want_grads = torch.autograd.grad(want.sum(), leaves)
+            for run in (graph, traced, exported):
+                torch.manual_seed(torch_seed)
+                assert torch.equal(run(*ops), want), (rank, run)
+            torch.manual_seed(torch_seed)
+            got = graph(*leaves)
+            assert all(torch.equal(g, w) for g, w in zip(torch.autograd.grad(got.sum(), leaves), want_grads))
+        assert torch.equal(fixed(*ops), case.call(*ops, seed=5))
+
+
 def _bad_inputs(case):
     """(label, operands, exception) variants of a good call that must be refused."""
     ops = operands(case)
