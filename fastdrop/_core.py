@@ -1648,7 +1648,7 @@ def library_op(op):
     n = len(op.operands)
     schema = "(" + ", ".join(f"Tensor{'?' if i in op.optional else ''} {name}"
                              for i, name in enumerate(op.operands)) + \
-        ", Tensor seed, float p, int offset, float scale, int[] params, bool rank_stream=False) -> Tensor"
+        ", Tensor seed, float p, SymInt offset, float scale, int[] params, bool rank_stream=False) -> Tensor"
 
     def impl(*args):
         operands, (seed, p, offset, scale, params, rank_stream) = args[:n], _scalars(args[n:])

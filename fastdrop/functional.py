@@ -17,6 +17,7 @@ Signatures follow torch's `F.dropout(x, p, training, inplace)` and timm's
 (seed, offset, mode, ...) are keyword-only.
 """
 import math
+import sys
 import warnings
 
 from . import _core
@@ -83,11 +84,19 @@ def _spatial_group_ndim(x, name, batched_rank, unbatched_rank):
                     f"but received a {ndim}D input of shape {tuple(x.shape)}")
 
 
+def _warn(message, stacklevel=3):
+    """A UserWarning at the caller's caller (the user's line), except while torch.compile traces
+    the call: Dynamo cannot trace warnings.warn (a graph break, and fullgraph=True failed on a
+    rank torch's own dropout2d/3d compile), so a compiled call runs without it."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.compiler.is_compiling():
+        warnings.warn(message, UserWarning, stacklevel=stacklevel)
+
+
 def _deprecated_rank(name, ndim):
     """torch's warning for a rank it still takes (or refuses only where a mask is drawn)."""
-    warnings.warn(f"{name}: Received a {ndim}-D input to {name}, which is deprecated and will result in an "
-                  f"error in a future release (torch's rule); use dropout for elementwise masks.",
-                  UserWarning, stacklevel=3)
+    _warn(f"{name}: Received a {ndim}-D input to {name}, which is deprecated and will result in an "
+          f"error in a future release (torch's rule); use dropout for elementwise masks.", stacklevel=4)
 
 
 def _draws(p, training):
@@ -122,12 +131,10 @@ def dropout2d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mo
                             f"got shape {tuple(x.shape)}")
         return _call(x, p, training, inplace, seed, offset, mode, -1, out, checked)
     if ndim == 3:
-        warnings.warn("dropout2d: Received a 3D input; as torch does, it is read as (N, C, L) and "
-                      "1D channel-wise dropout is applied. Use dropout1d for that.", UserWarning,
-                      stacklevel=2)
+        _warn("dropout2d: Received a 3D input; as torch does, it is read as (N, C, L) and "
+              "1D channel-wise dropout is applied. Use dropout1d for that.")
     elif ndim != 4:
-        warnings.warn(f"dropout2d: Received a {ndim}-D input; expected a 4-D (N, C, H, W) input.",
-                      UserWarning, stacklevel=2)
+        _warn(f"dropout2d: Received a {ndim}-D input; expected a 4-D (N, C, H, W) input.")
     return _call(x, p, training, inplace, seed, offset, mode, 2, out, checked)
 
 
@@ -147,10 +154,10 @@ def dropout3d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mo
                 raise RankError(f"dropout3d: Feature dropout requires at least 2 dimensions in the input "
                                 f"(a 0-D input is read as unbatched, shape (1,)), got shape ()")
             return _call(x, p, training, inplace, seed, offset, mode, -1, out, checked)
-        warnings.warn(f"dropout3d: Received a {ndim}-D input to dropout3d, which torch deprecates; as "
-                      f"torch does, it is read as unbatched, with a mask element per index of dim 0. "
-                      f"dropout3d is for (N, C, D, H, W) or (C, D, H, W) input; use dropout for "
-                      f"elementwise masks.", UserWarning, stacklevel=2)
+        _warn(f"dropout3d: Received a {ndim}-D input to dropout3d, which torch deprecates; as "
+              f"torch does, it is read as unbatched, with a mask element per index of dim 0. "
+              f"dropout3d is for (N, C, D, H, W) or (C, D, H, W) input; use dropout for "
+              f"elementwise masks.")
     return _call(x, p, training, inplace, seed, offset, mode, 2 if ndim == 5 else 1, out, checked)
 
 

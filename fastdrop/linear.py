@@ -326,11 +326,29 @@ def dropconnect_linear(x, weight, bias=None, p=0.5, training=True, *, seed=None,
     if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples!r}")
     if not training and activation is not None and 0.0 < p:
-        return _moment_matching(x, weight, bias, p, seed, activation, int(samples))
+        # under torch.compile: run eagerly (a graph break; fullgraph=True names the reason)
+        return (_EAGER_MOMENT_MATCHING or _moment_matching)(x, weight, bias, p, seed, activation, int(samples))
     op = DROPCONNECT_SAMPLE if per_sample else DROPCONNECT
     y = _core.call(op, (x, weight, bias), p=p, training=training, seed=seed, offset=offset,
                    scale=train_scale(p, "inverted"))
     return y if activation is None else activation(y)
+
+
+_EAGER_MOMENT_MATCHING = None
+
+
+def _register_eager_moment_matching():
+    """Moment matching draws its Gaussians from a torch.Generator made per call and reads its seed
+    as an int, neither of which Dynamo can trace: inside torch.compile it runs eagerly, marked so,
+    so that fullgraph=True says why rather than failing inside torch's tracing."""
+    global _EAGER_MOMENT_MATCHING
+    import torch
+    _EAGER_MOMENT_MATCHING = torch._dynamo.disable(
+        _moment_matching, reason="fastdrop's moment-matching inference (dropconnect_linear at eval with "
+                                 "an activation) runs eagerly: it draws from a torch.Generator of its own")
+
+
+_core.TORCH_OP_REGISTRARS.append(_register_eager_moment_matching)
 
 
 def _moment_matching(x, weight, bias, p, seed, activation, samples):
@@ -351,11 +369,9 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
         raise TypeError("moment-matching inference takes numpy arrays or torch tensors; wrap CUDA "
                         "device arrays with torch.as_tensor")
     if seed is None:
-        # none drawn where the result does not depend on it (p = 0: sigma = 0; an empty operand),
-        # as the pipeline draws none for an empty operand
+        # none drawn for an empty operand, whose result does not depend on it, as the pipeline
         empty = any(0 in a.shape for a in (x, weight, bias) if a is not None)
-        seed = 0 if p == 0.0 or empty else \
-            _seeds.draw_torch_seed() if kind == TORCH else _seeds.draw_numpy_seed()
+        seed = 0 if empty else _seeds.draw_torch_seed() if kind == TORCH else _seeds.draw_numpy_seed()
     var_factor = p / (1.0 - p)
     if kind == TORCH:
         import torch

@@ -184,3 +184,59 @@ def test_compiled_permuted_layouts_and_out_match_eager():
     for g, w in zip(got, want):
         assert g.stride() == w.stride()
         torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("call, shape", [
+    (lambda x: fastdrop.nn.Dropout2d(0.3)(x), (3, 4, 5)),      # (N, C, L): torch's 1-d reading, warned
+    (lambda x: fastdrop.dropout2d(x, 0.3), (2, 3, 4, 5, 2)),   # 5-D: warned
+    (lambda x: fastdrop.dropout2d(x, 0.3), (3, 4)),            # 2-D: torch's deprecated rank
+    (lambda x: fastdrop.nn.Dropout3d(0.3)(x), (3, 4, 5)),      # 3-D: unbatched, deprecated
+])
+def test_deprecated_spatial_ranks_compile_fullgraph(call, shape):
+    """Ranks torch still takes with a warning compile with fullgraph=True, as torch's own
+    Dropout2d/3d do: Dynamo cannot trace warnings.warn, so the warning is skipped while compiling
+    (it broke the graph; fullgraph=True failed). Eager calls still warn."""
+    x = torch.randn(shape)
+    with pytest.warns(UserWarning):
+        torch.manual_seed(0)
+        want = call(x)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    assert torch.equal(torch.compile(call, backend="aot_eager", fullgraph=True)(x), want)
+
+
+def test_varying_offsets_stay_symbolic_under_compile():
+    """offset= is an int argument of the custom op: it was specialized per value (a guard
+    `offset == k`), so the 9th distinct offset hit the recompile limit and fullgraph=True failed.
+    It is a SymInt now, as the seed is a tensor: any number of offsets, up to 2**64 - 1, equal to
+    eager, seed given or drawn."""
+    torch._dynamo.reset()
+    x = torch.ones(64)
+    fixed = torch.compile(lambda x, o: fastdrop.dropout(x, 0.5, seed=0, offset=o), backend="aot_eager",
+                          fullgraph=True, dynamic=True)
+    drawn = torch.compile(lambda x, o: fastdrop.dropout(x, 0.5, offset=o), backend="aot_eager", fullgraph=True)
+    for o in list(range(12)) + [2**63 - 1, 2**63, 2**64 - 1]:
+        assert torch.equal(fixed(x, o), fastdrop.dropout(x, 0.5, seed=0, offset=o)), o
+        torch.manual_seed(o % 97)
+        got = drawn(x, o)
+        torch.manual_seed(o % 97)
+        assert torch.equal(got, fastdrop.dropout(x, 0.5, offset=o)), o
+
+
+def test_moment_matching_runs_eagerly_under_compile():
+    """DropConnect's moment matching draws from a torch.Generator of its own, which Dynamo cannot
+    trace: it runs eagerly (a graph break, eager's values), and fullgraph=True says why instead of
+    failing inside torch's tracing ("torch.* op returned non-Tensor")."""
+    x, w, b = torch.randn(4, 6), torch.randn(3, 6), torch.randn(3)
+
+    def f(x, w, b):
+        return fastdrop.dropconnect_linear(x, w, b, 0.3, training=False, activation=torch.relu, samples=4) * 2
+
+    torch._dynamo.reset()
+    torch.manual_seed(1)
+    want = f(x, w, b)
+    torch.manual_seed(1)
+    assert torch.equal(torch.compile(f, backend="aot_eager")(x, w, b), want)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="moment-matching inference"):
+        torch.compile(f, backend="aot_eager", fullgraph=True)(x, w, b)
