@@ -45,7 +45,7 @@ from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, check
                       fill_torch_floats, mark_written, numpy_view)
 from .kernels import dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial
-from .kernels.config import CPU_PARALLEL_MIN
+from .kernels.config import CPU_PARALLEL_MIN, TORCH_GRAIN_SIZE
 from .kernels.layout import groups_outermost
 from .kernels.philox import kernel_rng_args, kernel_threshold
 
@@ -1083,7 +1083,10 @@ def _native_grouped(x, p, seed, offset, scale, g, layout):
         # x's dense layout and dtype, which torch's multiply keeps: the zeros go straight to y's
         # memory (the kernel writes n elements of factors' dtype there, so both are checked)
         if _zeroable_in_place(y, x, g):
-            dropout_cpu.zero_dropped_runs(y.data_ptr(), n, n // groups, factors)
+            # on the threads that wrote y, where torch's multiply ran on several (kernel docstring)
+            zero = dropout_cpu.zero_dropped_runs if n >= TORCH_GRAIN_SIZE and torch.get_num_threads() > 1 \
+                else dropout_cpu.zero_dropped_runs.serial
+            zero(y.data_ptr(), n, n // groups, factors)
         else:  # not met for a dense x; the general tool, in case a torch lays y out otherwise
             with torch.no_grad():
                 y.masked_fill_(torch.from_numpy(factors) == 0, 0.0)

@@ -118,6 +118,10 @@ def parallel_workload():
     # C outermost: the keep mask, then the strided apply
     x4_cn = np.ascontiguousarray(x4.transpose(1, 0, 2)).transpose(1, 0, 2)
     out["keep_mask + apply_group_mask"] = fastdrop.dropout2d(x4_cn, 0.5, seed=SEED, offset=OFFSET)
+    # the grouped ops' native route under autograd: torch's multiply, then the zero pass on the
+    # threads' shares of the output (from torch's grain size on, with torch on several threads)
+    xz = torch.from_numpy(rng.standard_normal((8, 16, 1024), np.float32)).requires_grad_()
+    out["zero_dropped_runs"] = fastdrop.dropout1d(xz, 0.5, seed=SEED, offset=OFFSET).detach().numpy()
     ctr = rng.integers(0, 2**32, (small // 4 + 1, 4), dtype=np.uint64)
     out["philox4x32_array"] = fastdrop.philox4x32(ctr, [SEED & 0xFFFFFFFF, SEED >> 32])
     w = rng.standard_normal((515, 257), np.float32)
