@@ -17,6 +17,7 @@ import threading
 import types
 
 import numba
+from numba.core.compiler_lock import global_compiler_lock
 
 # cache=True: compiled machine code is stored next to the source (__pycache__), so only the
 # first call in a fresh checkout pays the LLVM compile; error_model="numpy": division by zero
@@ -146,7 +147,6 @@ def _layer_loads(layer):
 
 def _after_fork_in_child():
     global _forked_serial
-    from numba.core.compiler_lock import global_compiler_lock
     # held by this thread since _before_fork; no other thread of the parent exists here
     global_compiler_lock._lock = threading.RLock()
     if _forked_serial or _pool_unsafe_after_fork():  # grandchildren inherit the flag
@@ -161,12 +161,10 @@ def _before_fork():
     # child would inherit that lock held by a thread it does not have, and wait forever: the fork
     # waits for the compilation to end instead (holding the lock across it), and the child starts
     # with a free lock and a consistent dispatcher state.
-    from numba.core.compiler_lock import global_compiler_lock
     global_compiler_lock.acquire()
 
 
 def _after_fork_in_parent():
-    from numba.core.compiler_lock import global_compiler_lock
     global_compiler_lock.release()
 
 
