@@ -255,6 +255,20 @@ def _read_all(fd):
     return b"".join(chunks)
 
 
+# The parent's side of the child scripts below: wait for the child pid, kill it and fail past
+# {timeout} seconds (a hang never ends)
+WAIT_FOR_CHILD = """
+deadline = time.time() + {timeout}
+while time.time() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    raise SystemExit("the child hung")
+"""
+
 # A parent that ran only torch's ops: torch's OpenMP region starts the GNU OpenMP team that Numba's
 # omp layer shares (docs/threads.md), though Numba's own pool never started. Before the fork hook
 # counted that team, the child's first parallel kernel waited for the team's missing threads forever.
@@ -278,16 +292,7 @@ if pid == 0:
     os.write(w, b"serial " if config._forked_serial else b"parallel ")
     os.write(w, b"same" if y.tobytes() == want else b"different")
     os._exit(0)
-deadline = time.time() + {timeout}
-while time.time() < deadline:
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        break
-    time.sleep(0.05)
-else:
-    os.kill(pid, 9)
-    raise SystemExit("the child hung")
-os.close(w)
+""" + WAIT_FOR_CHILD + """os.close(w)
 print(os.read(r, 100).decode(), os.waitstatus_to_exitcode(status))
 """
 
@@ -339,16 +344,7 @@ pid = os.fork()  # the other thread is inside the lock now
 if pid == 0:
     y = fastdrop.dropout(big, 0.5, seed=1).numpy().tobytes()
     os._exit(0 if y == want else 3)
-deadline = time.time() + {timeout}
-while time.time() < deadline:
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        break
-    time.sleep(0.05)
-else:
-    os.kill(pid, 9)
-    raise SystemExit("the child hung")
-raise SystemExit(os.waitstatus_to_exitcode(status))
+""" + WAIT_FOR_CHILD + """raise SystemExit(os.waitstatus_to_exitcode(status))
 """
 
 
