@@ -916,10 +916,7 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
     rng = _rng(p, seed, offset, scale)
     if out is not None:  # checked: no autograd records this call
         return mark_written(op.forward(TorchBackend, operands, rng, params, out=out))
-    if _upcast_dtype(op, operands[0]) is None or _recording_apply(torch, operands) is not None:
-        # (a recorded call's Function computes half operands in float32 inside: `_function_forward`)
-        return torch_apply(op, operands, params, rng, inplace)
-    return _upcast(op, TorchBackend, operands, lambda ops: torch_apply(op, ops, params, rng, inplace), inplace)
+    return torch_apply(op, operands, params, rng, inplace)
 
 
 def _capturing(torch, device):
@@ -1001,7 +998,7 @@ def torch_apply(op, operands, params, rng, inplace=False):
     apply = _recording_apply(sys.modules["torch"], operands)
     if apply is None:
         # Skip autograd's bookkeeping (in-place results stay the same object, as in torch).
-        y = op.forward(TorchBackend, operands, rng, params, out=operands[0] if inplace else None)
+        y = _kernel_forward(op, operands, rng, params, inplace)
         return mark_written(y) if inplace else y
     # the native route records torch's multiply, whose forward-mode tangent (t * f) keeps an inf or
     # NaN tangent of a dropped group; the Function's jvp applies the op: forward AD keeps it
@@ -1210,7 +1207,7 @@ def _function_backward(ctx, grad):
     if op.saves:
         for i, t in zip(op.saves, ctx.saved_tensors):
             saved[i] = t
-    if ctx.half is not None:  # computed in float32 as the forward was, rounded once (`_function_forward`)
+    if ctx.half is not None:  # computed in float32 as the forward was, rounded once (`_kernel_forward`)
         grad, saved = grad.float(), [None if t is None else t.float() for t in saved]
     needs = ctx.needs_input_grad[4:]
     torch = sys.modules["torch"]
@@ -1232,11 +1229,12 @@ def _upcast_dtype(op, x):
     return None
 
 
-def _function_forward(op, operands, rng, params, inplace):
-    """op's forward inside its autograd.Function. A GEMM op's half operands are computed in
-    float32 here, inside (`_upcast`), so the Function saves the operands themselves for backward,
-    not float32 copies of twice their size (an upcast around the Function saved those, and a
-    later in-place change of x went unnoticed)."""
+def _kernel_forward(op, operands, rng, params, inplace):
+    """op's eager forward on the kernels, inside its autograd.Function or with nothing to
+    record (`torch_apply`). A GEMM op's half operands are computed in float32 here (`_upcast`), so
+    the Function saves the operands themselves for backward, not float32 copies of twice their
+    size (an upcast around the Function saved those, and a later in-place change of x went
+    unnoticed)."""
     return _upcast(op, TorchBackend, operands, lambda ops: op.forward(
         TorchBackend, ops, rng, params, out=ops[0] if inplace else None), inplace)
 
@@ -1356,7 +1354,7 @@ def _functions():
             def forward(ctx, op, params, rng, inplace, *operands):
                 _setup(ctx, op, params, rng, inplace, operands,
                        torch.autograd.forward_ad._current_level >= 0)
-                return _function_forward(op, operands, rng, params, inplace)
+                return _kernel_forward(op, operands, rng, params, inplace)
 
             backward = staticmethod(_function_backward)
             jvp = staticmethod(_jvp)
@@ -1364,7 +1362,7 @@ def _functions():
         class FunctorchFunction(torch.autograd.Function):
             @staticmethod
             def forward(op, params, rng, inplace, *operands):
-                return _function_forward(op, operands, rng, params, inplace)
+                return _kernel_forward(op, operands, rng, params, inplace)
 
             @staticmethod
             def setup_context(ctx, inputs, output):

@@ -14,8 +14,8 @@ import sys
 import numpy as np
 
 from . import _core
-from ._checks import (NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, array_kind, check_array, check_writable, is_torch_tensor,
-                      mark_written, refuse_while_tracing)
+from ._checks import (NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, array_kind, check_array, check_writable,
+                      is_torch_tensor, mark_written, refuse_while_tracing)
 from .kernels import max_norm_cpu
 
 __all__ = ["max_norm_", "max_norm_hook"]
