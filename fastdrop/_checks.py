@@ -437,12 +437,43 @@ def _tensors_overlap(a, b):
     return alo < bhi and blo < ahi
 
 
-def numpy_view(t):
-    """(numpy view of CPU tensor t, bf16 flag): bfloat16 has no numpy type and travels as uint16."""
+class _TensorMemory:
+    """A CPU tensor's memory offered to numpy through the array interface (`numpy_view`); the
+    array numpy makes keeps this object, and so the tensor, alive as its base."""
+    __slots__ = ("__array_interface__", "tensor")
+
+
+_TYPESTRS = {}  # torch dtype -> (numpy typestr, itemsize, bf16 flag), filled on first use
+
+
+def _typestr(dtype):
     torch = sys.modules["torch"]
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(np.uint16), True
-    return t.numpy(), False
+    if dtype == torch.bfloat16:  # no numpy type: its bits, as uint16
+        entry = ("<u2", 2, True)
+    else:
+        d = np.dtype(torch.empty((), dtype=dtype).numpy().dtype)  # a throwaway tensor's numpy dtype
+        entry = (d.str, d.itemsize, False)
+    _TYPESTRS[dtype] = entry
+    return entry
+
+
+def numpy_view(t):
+    """(numpy array over CPU tensor t's memory with t's shape and strides, bf16 flag): bfloat16 has
+    no numpy type and travels as uint16. Not `Tensor.numpy()`: torch marks a storage it has lent
+    to numpy as not resizable, for good, so every tensor a call touched (the user's input, out=,
+    the output) could no longer be `resize_`d; the kernels use the view only during the call.
+    t must be a plain CPU tensor without grad, negative or conjugate bit (the callers detach and
+    resolve; the bits are checked, a view would read the unresolved values)."""
+    if t.is_neg() or t.is_conj() or t.requires_grad:
+        raise RuntimeError("fastdrop internal error: numpy_view of a tensor with a negative or conjugate "
+                           "bit, or that requires grad")
+    entry = _TYPESTRS.get(t.dtype) or _typestr(t.dtype)
+    memory = _TensorMemory()
+    memory.tensor = t
+    memory.__array_interface__ = {
+        "shape": tuple(t.shape), "typestr": entry[0], "data": (t.data_ptr(), False), "version": 3,
+        "strides": None if t.is_contiguous() else tuple(s * entry[1] for s in t.stride())}
+    return np.asarray(memory), entry[2]
 
 
 def mark_written(t):

@@ -176,7 +176,7 @@ _SCALES = {}        # (torch dtype, scale) -> the kernel's scale scalar: a model
 
 def _small_dense_dropout(x, p, seed, offset, scale):
     """Elementwise dropout of a small C-contiguous float32/float64 CPU tensor (no autograd): the
-    serial kernel straight on numpy views of x and a fresh output. That is the kernel
+    serial kernel straight on the memory of x and a fresh output. That is the kernel
     _cpu.dropout_into picks for such data; skipping its dtype and layout dispatch saves
     microseconds on the calls where they matter (a small layer's forward and backward)."""
     return _serial_dropout(x, _serial_args(x.dtype, p, seed, offset, scale))
@@ -195,7 +195,7 @@ def _serial_args(dtype, p, seed, offset, scale):
 def _serial_dropout(x, args):
     """`_small_dense_dropout` with its kernel arguments already made (`_serial_args`)."""
     out = sys.modules["torch"].empty_like(x)  # contiguous, as x
-    dropout_cpu.dropout_flat_serial(x.numpy().reshape(-1), out.numpy().reshape(-1), *args)
+    dropout_cpu.dropout_flat_serial_at(x.data_ptr(), out.data_ptr(), x.numel(), *args)
     return out
 
 
@@ -212,8 +212,8 @@ def _groups_are_runs(x, group_ndim):
 
 def _dense_grouped_dropout(x, p, seed, offset, scale, group_ndim, n):
     """Spatial dropout / DropPath of a float32/float64 CPU tensor whose groups are contiguous runs
-    of memory (`_groups_outermost`; no autograd): the one-launch grouped kernel on flat numpy
-    views of the memory, as _cpu.grouped_dropout_into would pick it for C-contiguous data, without
+    of memory (`_groups_outermost`; no autograd): the one-launch grouped kernel on the flat
+    memory (addresses), as _cpu.grouped_dropout_into would pick it for C-contiguous data, without
     its dtype and layout dispatch (a forward and a backward per layer per step). The output has
     x's strides (torch's layout rule)."""
     key = (x.dtype, scale)
@@ -225,11 +225,9 @@ def _dense_grouped_dropout(x, p, seed, offset, scale, group_ndim, n):
         groups *= d
     if x.is_contiguous():
         out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)
-        xn, on = x.numpy(), out.numpy()
     else:
         out = torch_empty_like(x)  # dense x: the same strides, so the same run order
-        xn, on = x.as_strided((n,), (1,)).numpy(), out.as_strided((n,), (1,)).numpy()
-    _cpu.groups_flat_into(xn, on, groups, p, seed, offset, kernel_scale)
+    _cpu.groups_flat_at(x.data_ptr(), out.data_ptr(), n, groups, p, seed, offset, kernel_scale)
     return out
 
 
@@ -332,11 +330,8 @@ class TorchBackend:
                 x = x.contiguous()
         # out requires grad only in place on x; a fresh output needs no detach (~1 us)
         target = out.detach() if out.requires_grad else out
-        if x.element_size() == 2:
-            xn, bf16 = numpy_view(x)
-            on, _ = numpy_view(target)
-        else:
-            xn, on, bf16 = x.numpy(), target.numpy(), False
+        xn, bf16 = numpy_view(x)
+        on, _ = numpy_view(target)
         kw = {"bf16": True} if bf16 else {}
         if group_ndim:
             _cpu.grouped_dropout_into(xn, on, rng.p, seed, offset, rng.scale, group_ndim, **kw)
@@ -352,13 +347,13 @@ class TorchBackend:
         if a.is_cuda or a.shape != b.shape or a.dtype != b.dtype or \
                 a.dtype not in (torch.float32, torch.float64) or is_legacy_batched(a) or is_legacy_batched(b):
             return cls.mask(a, rng, parallel_min=parallel_min), cls.mask(b, rng, parallel_min=parallel_min)
-        a, b = a.detach().contiguous(), b.detach().resolve_neg().contiguous()
+        a, b = a.detach().resolve_neg().contiguous(), b.detach().resolve_neg().contiguous()
         oa, ob = torch.empty_like(a), torch.empty_like(b)
         big = a.numel() >= (CPU_PARALLEL_MIN if parallel_min is None else parallel_min)
         kernel = dropout_pair if big else dropout_pair_serial
-        kernel(a.numpy().reshape(-1), b.numpy().reshape(-1), oa.numpy().reshape(-1), ob.numpy().reshape(-1),
-               *kernel_rng_args(_seed_int(rng.seed), rng.offset & MAX_U64, rng.p),
-               a.numpy().dtype.type(rng.scale))
+        an, bn, oan, obn = (numpy_view(t)[0].reshape(-1) for t in (a, b, oa, ob))
+        kernel(an, bn, oan, obn, *kernel_rng_args(_seed_int(rng.seed), rng.offset & MAX_U64, rng.p),
+               an.dtype.type(rng.scale))
         return oa, ob
 
     @staticmethod
@@ -1388,14 +1383,16 @@ def _functions():
 
             @staticmethod
             def forward(ctx, x, rng, args):
-                ctx.rng, ctx.args = rng, args
+                ctx.rng, ctx.args, ctx.dtype = rng, args, x.dtype
                 return _serial_dropout(x, args)
 
             @staticmethod
             def backward(ctx, grad):
                 B, rng = _backward_route(torch, ctx)
-                if B is TorchBackend and grad.is_contiguous() and not grad.is_neg() and \
-                        not is_legacy_batched(grad):
+                # (the kernel reads the gradient's memory as x's dtype: autograd casts gradients
+                # to the output's dtype, the check keeps that an assumption nobody relies on)
+                if B is TorchBackend and grad.dtype == ctx.dtype and grad.is_contiguous() and \
+                        not grad.is_neg() and not is_legacy_batched(grad):
                     return _serial_dropout(grad, ctx.args), None, None
                 # else an expanded or strided gradient (of a sum, a transpose), create_graph, a
                 # transform or compiled autograd: the op's backward, as the eager Function runs it

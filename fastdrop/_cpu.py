@@ -246,6 +246,15 @@ def groups_flat_into(x, out, groups, p, seed, offset, scale, parallel_min=None):
     kernel(x.reshape(-1), out.reshape(-1), x.size // groups, *kernel_rng_args(seed, offset, p), scale)
 
 
+def groups_flat_at(x_address, out_address, n, groups, p, seed, offset, scale, parallel_min=None):
+    """`groups_flat_into` on n contiguous elements of scale's dtype (float32 / float64) at two
+    addresses: torch tensors' memory, without numpy views (`_core._dense_grouped_dropout`)."""
+    if parallel_min is None:
+        parallel_min = CPU_PARALLEL_MIN
+    kernel = dropout_cpu.dropout_groups_flat_at if n >= parallel_min else dropout_cpu.dropout_groups_flat_at_serial
+    kernel(x_address, out_address, n, n // groups, *kernel_rng_args(seed, offset, p), scale)
+
+
 def fill_keep_mask(keep, p, seed, offset):
     """keep (a C-contiguous bool array) = dropout_mask(keep.shape, p, seed, offset); masks below
     CPU_PARALLEL_MIN elements (spatial masks: a few thousand) are drawn on the calling thread."""

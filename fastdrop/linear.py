@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _core, _seeds
 from ._checks import (CUDA_ARRAY, MAX_U64, TORCH, array_kind, check_array, check_bool, check_companions,
-                      check_mode, check_p, check_u64, train_scale)
+                      check_mode, check_p, check_u64, numpy_view, train_scale)
 from .kernels import linear_cpu
 from .kernels.config import DENSE_PARALLEL_MIN
 from .kernels.philox import kernel_rng_args
@@ -127,9 +127,17 @@ DROPCONNECT = _core.MaskedOp("dropconnect", _OPERANDS, forward=_dc_forward, back
 # ---- DropConnect, one mask per example (its own kernels: no vendor op exists) ----------------------
 
 def _host(a):
-    """(2-D C-contiguous numpy view of a CPU tensor / numpy array, back-converter)."""
+    """(2-D C-contiguous numpy view of a CPU tensor / numpy array, output maker): the maker's
+    `make(shape, zeros)` gives (the numpy array a kernel writes, the output of a's kind). Torch
+    outputs are torch's own tensors written through a view (`numpy_view`: a tensor made by
+    torch.from_numpy, like one lent to numpy by .numpy(), could never be resize_d)."""
     if isinstance(a, np.ndarray):
-        return np.ascontiguousarray(a), lambda r: r
+        a = np.ascontiguousarray(a)
+
+        def make_array(shape, zeros=False):
+            r = (np.zeros if zeros else np.empty)(shape, a.dtype)
+            return r, r
+        return a, make_array
     import torch
     if _core.is_legacy_batched(a):
         # the fused kernels need memory; a batch of gradients would need the mask materialized
@@ -137,7 +145,12 @@ def _host(a):
                            "(torch.autograd.grad(..., is_grads_batched=True), jacobian / hessian with "
                            "vectorize=True): its (N, O, I) mask is never materialized; take the "
                            "gradients one at a time (vectorize=False)")
-    return a.detach().contiguous().resolve_neg().numpy(), torch.from_numpy
+    dtype = a.dtype
+
+    def make(shape, zeros=False):
+        t = (torch.zeros if zeros else torch.empty)(shape, dtype=dtype)
+        return numpy_view(t)[0], t
+    return numpy_view(a.detach().contiguous().resolve_neg())[0], make
 
 
 def _sample_forward(B, operands, rng, params, out=None):
@@ -147,13 +160,13 @@ def _sample_forward(B, operands, rng, params, out=None):
         _cuda = _core.cuda_module()
         y = _cuda.dense_call("dropconnect_forward", x, w, b, rng, True)
         return y.reshape(lead + (w.shape[0],))
-    x2, back = _host(_core.rows(x))
+    x2, make = _host(_core.rows(x))
     wn, _ = _host(w)
-    y = np.empty((x2.shape[0], wn.shape[0]), x2.dtype)
-    if y.size:
+    yn, y = make((x2.shape[0], wn.shape[0]))
+    if yn.size:
         bn = np.zeros(0, x2.dtype) if b is None else _host(b)[0]
-        linear_cpu.dropconnect_sample_fwd(x2, wn, bn, b is not None, y, *_kernel_args(rng, x2.dtype))
-    return back(y.reshape(lead + (wn.shape[0],)))
+        linear_cpu.dropconnect_sample_fwd(x2, wn, bn, b is not None, yn, *_kernel_args(rng, x2.dtype))
+    return y.reshape(lead + (wn.shape[0],))
 
 
 def _sample_grads(grad, x, w, rng):
@@ -163,17 +176,17 @@ def _sample_grads(grad, x, w, rng):
         gx, gw, _ = _cuda.dense_call("dropconnect_backward", x, w, None, rng, True, grad=grad,
                                      bias_grad=False)  # the op's formula has gb = g.sum(0)
         return gx.reshape(x.shape), gw
-    x2, back = _host(_core.rows(x))
+    x2, make = _host(_core.rows(x))
     wn, _ = _host(w)
     g2, _ = _host(_core.rows(grad))
-    gx, gw = np.zeros_like(x2), np.zeros_like(wn)
+    (gxn, gx), (gwn, gw) = make(x2.shape, True), make(wn.shape, True)
     if g2.size and x2.size:
         # A fixed number of partial gx buffers (not one per thread), so the summation order and
         # the bits do not depend on the thread count; never more than there are output rows.
         part = np.empty((max(1, min(SAMPLE_GRAD_PARTS, wn.shape[0])),) + x2.shape, x2.dtype)
-        linear_cpu.dropconnect_sample_bwd(g2, x2, wn, part, gx, gw, np.empty(wn.shape[0], x2.dtype),
+        linear_cpu.dropconnect_sample_bwd(g2, x2, wn, part, gxn, gwn, np.empty(wn.shape[0], x2.dtype),
                                           *_kernel_args(rng, x2.dtype))
-    return back(gx.reshape(tuple(x.shape))), back(gw)
+    return gx.reshape(tuple(x.shape)), gw
 
 
 def _zeros(like, shape):

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _core
 from ._checks import (NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, array_kind, check_array, check_writable,
-                      is_torch_tensor, mark_written, refuse_while_tracing)
+                      is_torch_tensor, mark_written, numpy_view, refuse_while_tracing)
 from .kernels import max_norm_cpu
 
 __all__ = ["max_norm_", "max_norm_hook"]
@@ -241,7 +241,7 @@ def _max_norm_tensor(w, max_value, dims, eps):
         if w.is_cuda:
             _max_norm_device(w.detach(), max_value, dims, eps)
         else:
-            _max_norm_numpy(w.detach().numpy(), max_value, dims, eps)
+            _max_norm_numpy(numpy_view(w.detach())[0], max_value, dims, eps)
     mark_written(w)  # the kernels wrote through a numpy/device view
     return w
 

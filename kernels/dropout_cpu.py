@@ -290,6 +290,20 @@ def _address_as_pointer(typingctx, address):
     return types.voidptr(address), codegen
 
 
+def _view_at(address, n, like):
+    """n contiguous elements of like's type at an integer address, as a 1-D array (njit only)."""
+    raise NotImplementedError("_view_at is for njit code")
+
+
+@overload(_view_at, inline="always")
+def _view_at_overload(address, n, like):
+    dtype = numba.np.numpy_support.as_dtype(like)
+
+    def view(address, n, like):
+        return numba.carray(_address_as_pointer(address), n, dtype)
+    return view
+
+
 @cpu_kernel
 def zero_dropped_runs(address, n, run, factors):
     """Exact zeros over the dropped groups (factor 0, see group_factors) of a grouped op's output:
@@ -313,6 +327,19 @@ def zero_dropped_runs(address, n, run, factors):
             fs = out[g * run:(g + 1) * run]
             for k in range(fs.size):
                 fs[k] = zero
+
+
+@cpu_kernel(parallel=False)
+def dropout_flat_serial_at(x_address, out_address, n, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """`dropout_flat_serial` on n contiguous elements of scale's dtype at two addresses (torch
+    tensors' data_ptr(), not overlapping): the small calls of a training step. Addresses, not
+    numpy views: a view (`Tensor.numpy()`, reshape) costs about 1 us per tensor, the kernel's
+    whole call ~10 us at 64x512, and torch marks a storage lent to numpy as not resizable."""
+    x = _view_at(x_address, n, scale)
+    out = _view_at(out_address, n, scale)
+    buf = np.empty(CHUNK, np.uint16)
+    for c in range((n + CHUNK - 1) // CHUNK):
+        _dropout_chunk(x, out, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale)
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
@@ -623,18 +650,43 @@ def dropout_groups_flat(x, out, length, key_lo, key_hi, off_lo, off_hi, thr, sca
     (g + 1) * length)) is kept, times scale, iff mask word g < thr; otherwise 0. One launch: the
     group mask (a few thousand words in practice) is generated first, on the calling thread."""
     ngroups = x.size // length
+    words = _group_words(ngroups, key_lo, key_hi, off_lo, off_hi)
+    for g in numba.prange(ngroups):
+        _apply_group(x, out, g, length, words, thr, scale)
+
+
+@cpu_kernel
+def dropout_groups_flat_at(x_address, out_address, n, length, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """`dropout_groups_flat` on n contiguous elements of scale's dtype at two addresses (torch
+    tensors' data_ptr(); see `dropout_flat_serial_at`)."""
+    x = _view_at(x_address, n, scale)
+    out = _view_at(out_address, n, scale)
+    ngroups = n // length
+    words = _group_words(ngroups, key_lo, key_hi, off_lo, off_hi)
+    for g in numba.prange(ngroups):
+        _apply_group(x, out, g, length, words, thr, scale)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _group_words(ngroups, key_lo, key_hi, off_lo, off_hi):
+    """The mask words of groups 0 .. ngroups - 1 (whole Philox blocks: LANES of slack)."""
     words = np.empty(ngroups + LANES, np.uint16)
     fill_words(words, 0, (ngroups + LANES - 1) // LANES, off_lo, off_hi, key_lo, key_hi)
-    zero = x.dtype.type(0)
-    for g in numba.prange(ngroups):
-        xs = x[g * length:(g + 1) * length]
-        os = out[g * length:(g + 1) * length]
-        if np.uint32(words[g]) < thr:
-            for k in range(length):
-                os[k] = _scaled(xs[k], scale)
-        else:
-            for k in range(length):
-                os[k] = zero
+    return words
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _apply_group(x, out, g, length, words, thr, scale):
+    """Group g of a flat grouped op: its `length` elements times scale if kept, else 0."""
+    xs = x[g * length:(g + 1) * length]
+    os = out[g * length:(g + 1) * length]
+    if np.uint32(words[g]) < thr:
+        for k in range(length):
+            os[k] = _scaled(xs[k], scale)
+    else:
+        zero = x.dtype.type(0)
+        for k in range(length):
+            os[k] = zero
 
 
 @cpu_kernel
@@ -682,3 +734,4 @@ dropout_flat_inplace_serial = dropout_flat_inplace.serial
 apply_group_mask_serial = apply_group_mask.serial
 apply_group_mask_inner_serial = apply_group_mask_inner.serial
 dropout_groups_flat_serial = dropout_groups_flat.serial
+dropout_groups_flat_at_serial = dropout_groups_flat_at.serial

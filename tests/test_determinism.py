@@ -112,6 +112,8 @@ def parallel_workload():
     out["keep_mask"] = fastdrop.dropout_mask((3, small // 3 + 1), 0.25, SEED, OFFSET)
     x4 = rng.standard_normal((8, 33, SMALL // 264 + 1))  # the grouped kernels' threshold is dropout_flat's
     out["dropout_groups_flat"] = fastdrop.dropout2d(x4, 0.5, seed=SEED, offset=OFFSET)
+    # torch tensors: the same kernel on the tensors' addresses
+    out["dropout_groups_flat_at"] = fastdrop.dropout2d(torch.from_numpy(x4), 0.5, seed=SEED, offset=OFFSET).numpy()
     # channels_last-like (C innermost): the keep mask, then rows of C with contiguous keep flags
     x4_cl = np.ascontiguousarray(x4.transpose(0, 2, 1)).transpose(0, 2, 1)
     out["keep_mask + apply_group_mask_inner"] = fastdrop.dropout2d(x4_cl, 0.5, seed=SEED, offset=OFFSET)

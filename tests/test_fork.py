@@ -28,7 +28,8 @@ BIG_MASK = config.DENSE_PARALLEL_MIN  # dense layers' masks run on the pool from
 # The parallel kernels `_ops` reaches through the public API (a kernel the API no longer calls,
 # such as linear_cpu.mask_pair once the dense layers mask with dropout_cpu's kernels, is not listed).
 REACHED = {"keep_mask", "dropout_flat", "dropout_flat_inplace", "dropout_strided", "dropout_tiled",
-           "apply_group_mask", "apply_group_mask_inner", "dropout_groups_flat", "philox4x32_array",
+           "apply_group_mask", "apply_group_mask_inner", "dropout_groups_flat", "dropout_groups_flat_at",
+           "philox4x32_array",
            "dropconnect_sample_fwd", "dropconnect_sample_bwd", "dropout_samples", "dropout_pair",
            "max_norm_rows", "max_norm_cols"}
 

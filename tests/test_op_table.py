@@ -1102,3 +1102,59 @@ def test_compiled_under_autocast_matches_eager(name):
     for a, b in zip(g_c, g_e):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
+
+
+def _assert_resizable(tensors, label):
+    for i, t in enumerate(tensors):
+        if t is not None:
+            t = t.detach()
+            n = t.numel()
+            t.resize_(n + 4096)  # growing needs a resizable storage (torch's own allocation)
+            t.resize_(n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("name", NAMES)
+def test_touched_tensors_stay_resizable(name, dtype):
+    """A CPU tensor fastdrop reads or writes (operands, out=, outputs, gradients) can still be
+    resize_d afterwards, as after torch's own ops: the kernels reach tensor memory without
+    `Tensor.numpy()` / `torch.from_numpy`, which make a storage non-resizable for good."""
+    case = CASES[name]
+    # the small routes and, with 64x the rows of the first operand, the parallel ones (ops whose
+    # other operands do not share that dim)
+    scales = (1,) if case.op in (SAMPLE_GRAD_W, DROPOUT_MATMUL) else (1, 64)
+    for shape_scale in scales:
+        first = case.shapes[0]
+        case_big = case._replace(shapes=((first[0] * shape_scale,) + tuple(first[1:]),) + case.shapes[1:])
+        ops = operands(case_big, dtype=dtype)
+        y = case.call(*ops, seed=3)
+        _assert_resizable((*ops, y), f"{name} no grad")
+        ops = tuple(None if t is None else t.detach().requires_grad_(True) for t in operands(case_big, dtype=dtype))
+        y = case.call(*ops)  # seed=None under autograd: the training lane where it applies
+        y.backward(torch.ones_like(y))
+        _assert_resizable((*ops, y, *(None if t is None else t.grad for t in ops)), f"{name} grad")
+        if case.inplace:
+            x = operands(case_big, dtype=dtype)[0]
+            case.call(x, inplace=True, seed=3)
+            _assert_resizable((x,), f"{name} inplace")
+        if case.op is DROPOUT:
+            x = operands(case_big, dtype=dtype)[0]
+            xt = x.transpose(0, -1)  # a strided route
+            y = case.call(xt, seed=3)
+            _assert_resizable((xt, y), f"{name} transposed")
+        if case.op is DROPOUT and not name.startswith("drop_path"):  # drop_path takes no out=
+            x = operands(case_big, dtype=dtype)[0]
+            out = torch.empty_like(x)
+            case.call(x, out=out, seed=3)
+            _assert_resizable((x, out), f"{name} out=")
+
+
+def test_max_norm_and_mc_predict_leave_tensors_resizable():
+    w = torch.randn(64, 512)
+    fastdrop.max_norm_(w, 1.0)
+    _assert_resizable((w,), "max_norm_")
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), fastdrop.nn.Dropout(0.5), torch.nn.Linear(16, 4),
+                                fastdrop.nn.DropConnectLinear(4, 3, p=0.3))
+    x = torch.randn(5, 8)
+    mean, var = fastdrop.nn.mc_predict(model, x, samples=4)[:2]
+    _assert_resizable((x, mean, var, *model.parameters()), "mc_predict")

@@ -38,7 +38,7 @@ from .. import _core, _seeds
 from . import _mc_state
 from ..functional import drop_path
 from ..linear import dropconnect_linear, dropout_linear
-from .._checks import check_u64
+from .._checks import check_u64, numpy_view
 from ..kernels import mc_dropout_cpu
 from ..kernels.philox import kernel_rng_args
 from .convert import is_timm_drop_path, is_torchvision_stochastic_depth
@@ -187,13 +187,13 @@ def _batched(m, x, seed, offsets):
         raise ValueError(f"mc_predict: a dropout input of shape {tuple(x.shape)} cannot be split into "
                          f"{n} samples along dim 0; pass chunk=1")
     if isinstance(m, (Dropout, DropoutLinear)) and _kernel_ok(x):
-        xn = x.detach().contiguous().numpy().reshape(n, x.numel() // n)
+        xn = numpy_view(x.detach().resolve_neg().contiguous())[0].reshape(n, x.numel() // n)
         xm = _sample_masks(xn, m.p, _scale(m.p, m.mode), seed, offsets)
         xm = torch.from_numpy(xm).reshape(x.shape)
         return xm if isinstance(m, Dropout) else torch.nn.functional.linear(xm, m.weight, m.bias)
     if isinstance(m, DropConnectLinear) and not m.per_sample and _kernel_ok(x) and \
             x.dtype == m.weight.dtype and n * m.weight.numel() <= _DROPCONNECT_BATCH_MAX:
-        w = m.weight.detach().contiguous().numpy().reshape(1, -1)
+        w = numpy_view(m.weight.detach().resolve_neg().contiguous())[0].reshape(1, -1)
         wm = torch.from_numpy(_sample_masks(w, m.p, _scale(m.p, "inverted"), seed, offsets))
         rows = x.shape[0] // n * math.prod(x.shape[1:-1])
         y = torch.bmm(x.reshape(n, rows, x.shape[-1]), wm.reshape(n, *m.weight.shape).mT)
@@ -234,8 +234,8 @@ def _run_fused_head(h, head, seed, offsets):
     """All samples of [Dropout, Linear] on h at once: one kernel call writes the n masked copies
     of h (mask t with offsets[t]), one torch GEMM multiplies them by the weight."""
     p, mode, weight, bias = head
-    h2 = h.detach().contiguous()
-    masked = torch.from_numpy(_sample_masks(h2.numpy().reshape(1, -1), p, _scale(p, mode), seed, offsets))
+    h2 = h.detach().resolve_neg().contiguous()
+    masked = torch.from_numpy(_sample_masks(numpy_view(h2)[0].reshape(1, -1), p, _scale(p, mode), seed, offsets))
     masked = masked.reshape((len(offsets),) + tuple(h2.shape))
     return torch.nn.functional.linear(masked, weight, bias)
 
