@@ -978,8 +978,9 @@ def _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, 
     rank_stream: the op adds the rank stream offset to offset when it runs."""
     if op.upcast_half and not op.own_products:
         operands = _autocast_gemm_operands(operands)
-    y = _upcast(op, TorchBackend, operands, lambda ops: library_op(op)(
-        *ops, seed_t, p, _to_i64(offset), scale, list(params), rank_stream))
+    # half operands go in as they are: the op computes them in float32 inside (`_kernel_forward`,
+    # and its backward), so the graph saves the operands, not float32 copies of twice their size
+    y = library_op(op)(*operands, seed_t, p, _to_i64(offset), scale, list(params), rank_stream)
     if out is not None:
         return out.copy_(y)
     return operands[0].copy_(y) if inplace else y
@@ -1668,7 +1669,7 @@ def library_op(op):
                 raise _compiled_capture_error(op)
             else:
                 rng = Rng(p, _seed_int(seed), _run_offset(offset, rank_stream), scale)
-            y = op.forward(TorchBackend, checked, rng, params)
+            y = _kernel_forward(op, checked, rng, params, False)
         finally:
             if tracing is not None:
                 torch._C._set_tracing_state(tracing)
@@ -1688,12 +1689,15 @@ def library_op(op):
         # the forward's offset (rank stream included), so the backward's masks are its masks
         ctx.scalars, ctx.params = (p, _to_i64(_run_offset(offset, rank_stream)), scale), tuple(params)
         ctx.autocast = _autocast_state(operands[0])
+        ctx.half = _upcast_dtype(op, operands[0])
 
     def backward(ctx, grad):
         *kept, seed = ctx.saved_tensors
         saved = [None] * n
         for i, t in zip(op.saves, kept):
             saved[i] = t
+        if ctx.half is not None:  # in float32 as the forward was, rounded once (`_function_backward`)
+            grad, saved = grad.float(), [None if t is None else t.float() for t in saved]
         p, offset, scale = ctx.scalars
         needs = ctx.needs_input_grad[:n]
         rng = Rng(p, seed, offset, scale)
@@ -1702,6 +1706,8 @@ def library_op(op):
         else:
             with torch.autocast(*ctx.autocast):
                 grads = op.backward(TorchAutogradBackend, grad, saved, rng, ctx.params, needs)
+        if ctx.half is not None:
+            grads = [None if g is None else g.to(ctx.half) for g in grads]
         return (*(g if need else None for g, need in zip(grads, needs)), None, None, None, None, None, None)
 
     lib.register_autograd(backward, setup_context=setup_context)

@@ -68,6 +68,33 @@ def test_compile_matches_eager(name, backend):
     assert any(not torch.equal(first, _run(compiled, ops, s)[0][0]) for s in range(2, 18))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", [n for n in NAMES if CASES[n].op.upcast_half])
+def test_compiled_half_ops_save_the_operands(name, dtype):
+    """Under torch.compile a half GEMM op computes in float32 inside its custom op (forward and
+    backward), as the eager Function does: the graph saves the half operands, not float32 copies
+    of twice their size (the upcast ran around the op before), and outputs and gradients are the
+    eager ones bit for bit."""
+    case = CASES[name]
+
+    def fn(*ops):
+        return case.call(*ops, seed=7)
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    results = []
+    for f in (fn, compiled):
+        ops = tuple(None if o is None else o.to(dtype).requires_grad_() for o in operands(case))
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            y = f(*ops)
+        grads = torch.autograd.grad((y.float() * 1.5).sum(), [o for o in ops if o is not None])
+        big = [(tuple(t.shape), t.dtype) for t in saved if t.numel() > 1 and t.dtype != dtype]
+        assert not big, (name, "compiled" if f is compiled else "eager", big)
+        results.append((y, *grads))
+    for a, b in zip(*results):
+        assert a.dtype == dtype and torch.equal(a, b), name
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_compiled_func_grad_matches_eager(name):
     """torch.compile around torch.func.grad: Dynamo traced the op's custom op, whose autograd
