@@ -41,8 +41,8 @@ import numpy as np
 from . import _cpu, _seeds
 from ._alloc import PHYSICAL_BYTES, check_output_bytes, empty_like
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, check_array, check_bool,
-                      check_companions, check_out, check_out_is_x, check_p, check_u64, check_writable,
-                      fill_torch_floats, mark_written, numpy_view)
+                      check_companions, check_out, check_out_is_x, check_p, check_plain_memory, check_u64,
+                      check_writable, fill_torch_floats, mark_written, numpy_view)
 from .kernels import dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial
 from .kernels.config import CPU_PARALLEL_MIN, TORCH_GRAIN_SIZE
@@ -312,6 +312,7 @@ class TorchBackend:
             # (a seed tensor on x's device, from a CUDA-graph capture, goes to the kernels as it is)
             seed = rng.seed if getattr(rng.seed, "is_cuda", False) else _seed_int(rng.seed)
             return _cuda.apply_tensor(x, rng.p, seed, offset, rng.scale, group_ndim, out)
+        check_plain_memory(x, "x (or its gradient)")  # before any kernel takes its address
         seed = _seed_int(rng.seed)
         n = x.numel()
         small = n < CPU_PARALLEL_MIN
@@ -898,6 +899,9 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         if refusal is not None:
             raise refusal
         operands = _batched_for_vmap(torch, operands)
+    for a in operands:  # before the seed draw: the kernels cannot take such a tensor
+        if a is not None and type(a) not in _PLAIN_TENSORS:
+            check_plain_memory(a, "x" if a is operands[0] else "an operand")
     if seed is None and operands[0].is_cuda and _capturing(torch, operands[0].device):
         # CUDA-graph capture: the seed is drawn on the stream by torch's CUDA generator, whose
         # state every replay advances, and the kernels read it from device memory; the custom op
@@ -1392,8 +1396,9 @@ def _functions():
                 B, rng = _backward_route(torch, ctx)
                 # (the kernel reads the gradient's memory as x's dtype: autograd casts gradients
                 # to the output's dtype, the check keeps that an assumption nobody relies on)
-                if B is TorchBackend and grad.dtype == ctx.dtype and grad.is_contiguous() and \
-                        not grad.is_neg() and not is_legacy_batched(grad):
+                if B is TorchBackend and type(grad) is torch.Tensor and grad.dtype == ctx.dtype and \
+                        grad.is_contiguous() and not grad.is_neg() and not is_legacy_batched(grad) and \
+                        not torch._C._dispatch_isTensorSubclassLike(grad):
                     return _serial_dropout(grad, ctx.args), None, None
                 # else an expanded or strided gradient (of a sum, a transpose), create_graph, a
                 # transform or compiled autograd: the op's backward, as the eager Function runs it

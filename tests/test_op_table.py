@@ -1185,3 +1185,40 @@ def test_max_norm_and_mc_predict_leave_tensors_resizable():
     x = torch.randn(5, 8)
     mean, var = fastdrop.nn.mc_predict(model, x, samples=4)[:2]
     _assert_resizable((x, mean, var, *model.parameters()), "mc_predict")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tensor_subclasses_without_memory_are_refused(name):
+    """A __torch_dispatch__ wrapper subclass (its data_ptr() is 0) or a fake tensor outside its
+    mode, as any operand: a TypeError before the seed draw, with or without autograd; the kernels
+    took its address and wrote there (a segfault). A plain subclass (nn.Parameter) still runs."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.testing._internal.two_tensor import TwoTensor
+    case = CASES[name]
+    fake_mode = FakeTensorMode()
+    for i, shape in enumerate(case.shapes):
+        if shape is None:
+            continue
+        for wrap in (lambda t: TwoTensor(t, t.clone()), fake_mode.from_tensor):
+            for grad in (False, True):
+                ops = [None if o is None else o.float() for o in operands(case)]
+                ops[i] = wrap(ops[i].requires_grad_(grad))
+                for kw in ({}, {"seed": 3}):
+                    state = torch.get_rng_state()
+                    with pytest.raises(TypeError, match="tensor subclass"):
+                        case.call(*ops, **kw)
+                    assert torch.equal(torch.get_rng_state(), state), (name, i, kw)
+        ops = [None if o is None else o.float() for o in operands(case)]
+        ops[i] = torch.nn.Parameter(ops[i])
+        case.call(*ops, seed=3).sum().backward()
+
+
+def test_a_wrapper_subclass_gradient_is_refused_in_backward():
+    """The training lane's backward takes the incoming gradient's memory only from a plain tensor;
+    a wrapper subclass gradient gets the TypeError (it crashed the process)."""
+    from torch.testing._internal.two_tensor import TwoTensor
+    x = torch.randn(64, 64, requires_grad=True)
+    y = fastdrop.nn.Dropout(0.3)(x)
+    g = torch.randn(64, 64)
+    with pytest.raises(TypeError, match="tensor subclass"):
+        y.backward(TwoTensor(g, g.clone()))
