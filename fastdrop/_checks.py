@@ -414,8 +414,12 @@ def check_out(x, kind, out, inplace):
         torch = sys.modules["torch"]
         if (x.requires_grad or out.requires_grad) and torch.is_grad_enabled():
             raise RuntimeError(_OUT_AUTOGRAD)
-        if not _tracing(torch, x, out) and _tensors_overlap(x, out):
-            raise ValueError("out shares memory with x: pass inplace=True to write into x")
+        if not _tracing(torch, x, out):
+            # (a wrapper subclass or a fake tensor has address 0: refused here, before the seed
+            # draw and before its span could pass the overlap check as disjoint from x)
+            check_plain_memory(out, "out")
+            if _tensors_overlap(x, out):
+                raise ValueError("out shares memory with x: pass inplace=True to write into x")
     elif np.shares_memory(out, x):
         raise ValueError("out shares memory with x: pass inplace=True to write into x")
     check_writable(out, kind, "out")

@@ -1213,6 +1213,20 @@ def test_tensor_subclasses_without_memory_are_refused(name):
         case.call(*ops, seed=3).sum().backward()
 
 
+def test_a_wrapper_subclass_out_is_refused_before_the_seed_draw():
+    """out= a wrapper subclass or a fake tensor: the TypeError naming out, torch's generator
+    untouched (its address 0 made its span look disjoint from x's, and the refusal came later)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.testing._internal.two_tensor import TwoTensor
+    x = torch.randn(4, 6)
+    for out in (TwoTensor(torch.empty_like(x), torch.empty_like(x)), FakeTensorMode().from_tensor(torch.empty_like(x))):
+        for seed in (None, 3):
+            state = torch.get_rng_state()
+            with pytest.raises(TypeError, match="^out is a"):
+                fastdrop.dropout(x, 0.3, seed=seed, out=out)
+            assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_a_wrapper_subclass_gradient_is_refused_in_backward():
     """The training lane's backward takes the incoming gradient's memory only from a plain tensor;
     a wrapper subclass gradient gets the TypeError (it crashed the process)."""
