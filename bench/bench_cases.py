@@ -376,24 +376,24 @@ def small_call_providers(shape, p, dtype="float32"):
                       eager torch op that applies a mask, the reference for this machine's speed;
       torch_dropout   torch.nn.Dropout(p);
       bare_function   a bare torch.autograd.Function around the serial kernel (seed draw, kernel
-                      on numpy views of the tensors, (seed, p) saved for backward): the floor of
-                      this design, without validation or dispatch;
-      kernel          fastdrop.kernels.dropout_cpu.dropout_flat_serial alone, on preallocated numpy
-                      views, fixed seed (forward only);
+                      on the tensors' addresses as the library calls it, (seed, p) saved for
+                      backward): the floor of this design, without validation or dispatch;
+      kernel          fastdrop.kernels.dropout_cpu.dropout_flat_serial_at alone, on preallocated
+                      tensors' addresses, fixed seed (forward only);
       seed            fastdrop._seeds.draw_torch_seed() alone (forward only).
     Backward is torch.autograd.grad with a fixed upstream gradient, as in every fwd+bwd case."""
     import torch
     import fastdrop
     try:
         from fastdrop._seeds import draw_torch_seed
-        from fastdrop.kernels.dropout_cpu import dropout_flat_serial
+        from fastdrop.kernels.dropout_cpu import dropout_flat_serial_at
         from fastdrop.kernels.philox import keep_threshold
     except ImportError as e:
         # Internals moved: the breakdown probes raise when called (the report lists them as
         # errors, the smoke test fails on them) while the public-API rows still run.
         def draw_torch_seed(*args, _e=e):
             raise _e
-        dropout_flat_serial = keep_threshold = draw_torch_seed
+        dropout_flat_serial_at = keep_threshold = draw_torch_seed
 
     td = _tdtype(dtype)
     scale = 1.0 / (1.0 - p)
@@ -405,16 +405,16 @@ def small_call_providers(shape, p, dtype="float32"):
     zero = np.uint64(0)
 
     def kernel(src, dst, seed):
-        """The serial kernel on flat numpy views, offset 0."""
-        dropout_flat_serial(src, dst, np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32),
-                            zero, zero, thr, np_scale)
+        """The serial kernel on two contiguous tensors' memory, offset 0."""
+        dropout_flat_serial_at(src.data_ptr(), dst.data_ptr(), src.numel(), np.uint64(seed & 0xFFFFFFFF),
+                               np.uint64(seed >> 32), zero, zero, thr, np_scale)
 
     class BareDropout(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x):
             seed = draw_torch_seed()
             out = torch.empty_like(x)
-            kernel(x.detach().numpy().reshape(-1), out.numpy().reshape(-1), seed)
+            kernel(x, out, seed)
             ctx.seed = seed
             return out
 
@@ -422,7 +422,7 @@ def small_call_providers(shape, p, dtype="float32"):
         def backward(ctx, g):
             g = g.contiguous()
             gx = torch.empty_like(g)
-            kernel(g.numpy().reshape(-1), gx.numpy().reshape(-1), ctx.seed)
+            kernel(g, gx, ctx.seed)
             return gx
 
     x = torch.randn(shape, dtype=td)
@@ -430,7 +430,7 @@ def small_call_providers(shape, p, dtype="float32"):
     g = torch.randn(shape, dtype=td)
     m = (torch.rand(shape) >= p).to(td) * scale
     fd, th = fastdrop.nn.Dropout(p), torch.nn.Dropout(p)
-    xn, outn = x.numpy().reshape(-1), np.empty(math.prod(shape), dtype)
+    out = torch.empty_like(x)
     seed = 12345
 
     def grad(fn):
@@ -441,7 +441,7 @@ def small_call_providers(shape, p, dtype="float32"):
         "torch_mul|fwd": lambda: x * m,
         "torch_dropout|fwd": lambda: th(x),
         "bare_function|fwd": lambda: BareDropout.apply(x),
-        "kernel|fwd": lambda: kernel(xn, outn, seed),
+        "kernel|fwd": lambda: kernel(x, out, seed),
         "seed|fwd": draw_torch_seed,
         "fastdrop|fwd_bwd": grad(lambda: fd(xg)),
         "torch_mul|fwd_bwd": grad(lambda: xg * m),

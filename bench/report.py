@@ -541,7 +541,7 @@ SMALL_CALL_ROWS = [  # (provider name in bench_cases.small_call_providers, label
     ("torch_mul", "torch `x * m` (m precomputed: bool mask * 1/(1-p))"),
     ("torch_dropout", "`torch.nn.Dropout`"),
     ("bare_function", "breakdown: bare `autograd.Function` (seed draw + serial kernel)"),
-    ("kernel", "breakdown: `dropout_flat_serial` alone (numpy views)"),
+    ("kernel", "breakdown: `dropout_flat_serial_at` alone (the tensors' addresses)"),
     ("seed", "breakdown: seed draw (`_seeds.draw_torch_seed()`)"),
 ]
 
@@ -589,8 +589,8 @@ def small_calls_md(sc):
     bare, kern, seed = med("bare_function|fwd"), med("kernel|fwd"), med("seed|fwd")
     if None not in (bare, kern, seed):
         notes.append(f"Bare Function forward minus kernel minus seed draw: "
-                     f"{fmt_time(bare - kern - seed)} (autograd node, output allocation, numpy "
-                     "views).")
+                     f"{fmt_time(bare - kern - seed)} (autograd node, output allocation, "
+                     "the kernel's arguments).")
     return head + "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
 
 
