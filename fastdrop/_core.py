@@ -316,9 +316,20 @@ class TorchBackend:
         seed = _seed_int(rng.seed)
         n = x.numel()
         small = n < CPU_PARALLEL_MIN
-        if out is None and not group_ndim and parallel_min is None and 0 < n < _cpu.CPU_PARALLEL_MIN \
+        if not group_ndim and parallel_min is None and 0 < n < _cpu.CPU_PARALLEL_MIN \
                 and x.dtype in _FLAT_SCALARS and x.is_contiguous():
-            return _small_dense_dropout(x, rng.p, seed, offset, rng.scale)
+            if out is None:
+                return _small_dense_dropout(x, rng.p, seed, offset, rng.scale)
+            if out.is_contiguous() and out.dtype == x.dtype and not out.is_neg():
+                # in place (out is x) or out= (checked: no shared memory): the serial kernels on
+                # the memory, as `_dropout_views` would pick them, without the numpy views
+                check_plain_memory(out, "out")
+                args = _serial_args(x.dtype, rng.p, seed, offset, rng.scale)
+                if out.data_ptr() == x.data_ptr():
+                    dropout_cpu.dropout_flat_inplace_serial_at(x.data_ptr(), n, *args)
+                else:
+                    dropout_cpu.dropout_flat_serial_at(x.data_ptr(), out.data_ptr(), n, *args)
+                return out
         if out is None and group_ndim > 0 and n > 0 and x.dtype in _FLAT_SCALARS and \
                 _groups_are_runs(x, group_ndim):
             return _dense_grouped_dropout(x, rng.p, seed, offset, rng.scale, group_ndim, n)

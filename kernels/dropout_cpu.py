@@ -342,6 +342,18 @@ def dropout_flat_serial_at(x_address, out_address, n, key_lo, key_hi, off_lo, of
         _dropout_chunk(x, out, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale)
 
 
+@cpu_kernel(parallel=False)
+def dropout_flat_inplace_serial_at(address, n, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """`dropout_flat_inplace` on the calling thread over n contiguous elements of scale's dtype at
+    an address (see `dropout_flat_serial_at`): a small in-place call on a torch tensor."""
+    x = _view_at(address, n, scale)
+    buf = np.empty(CHUNK, np.uint16)
+    for start in range(0, n, CHUNK):
+        m = min(CHUNK, n - start)
+        fill_chunk(buf, start, m, (x,), (x,), off_lo, off_hi, key_lo, key_hi)
+        _select_words_inplace(x[start:start + m], buf[:m], thr, scale)
+
+
 @numba.njit(inline="always", **JIT_OPTIONS)
 def _select_words_inplace(xs, ws, thr, scale):
     """xs[k] = xs[k] * scale if mask word ws[k] < thr else 0, for k < xs.size: the apply loop on

@@ -1,4 +1,5 @@
 """fastdrop.dropout and the spatial variants against a plain reference that takes the kernel's mask."""
+import math
 import warnings
 
 import numpy as np
@@ -463,3 +464,28 @@ def test_0d_input_gives_a_0d_array_of_its_kind(call):
     assert y == call(x.reshape(1))[0]
     t = call(torch.tensor(2.5))
     assert isinstance(t, torch.Tensor) and t.shape == () and t.item() == y
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_inplace_and_out_on_tensors_match_numpy(dtype):
+    """Small contiguous torch calls in place and with out= take the serial kernels on the tensors'
+    addresses: the numpy route's bits, and nothing written outside the view (a view with a
+    storage offset in a larger buffer)."""
+    from fastdrop.kernels import config
+    for shape in [(1,), (7, 9), (64, 512)]:
+        assert math.prod(shape) < config.CPU_PARALLEL_MIN
+        x = torch.randn(shape, dtype=dtype)
+        ref = fastdrop.dropout(x.numpy().copy(), 0.3, seed=9, offset=5)
+        y = x.clone()
+        assert fastdrop.dropout(y, 0.3, seed=9, offset=5, inplace=True) is y
+        assert np.array_equal(y.numpy(), ref)
+        out = torch.full_like(x, 7.0)
+        assert fastdrop.dropout(x, 0.3, seed=9, offset=5, out=out) is out
+        assert np.array_equal(out.numpy(), ref)
+        base = torch.randn((3,) + shape, dtype=dtype)
+        before = base.clone()
+        view = base[1]
+        expected = fastdrop.dropout(view.numpy().copy(), 0.3, seed=9, offset=5)
+        fastdrop.dropout(view, 0.3, seed=9, offset=5, inplace=True)
+        assert np.array_equal(base[1].numpy(), expected)
+        assert torch.equal(base[0], before[0]) and torch.equal(base[2], before[2])
