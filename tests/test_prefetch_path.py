@@ -70,9 +70,9 @@ def test_samples_kernel_large(kernel, broadcast):
 @pytest.mark.parametrize("kind", ["numpy", "torch"])
 def test_inplace_contiguous_takes_the_one_array_kernel(n, kind, spy_kernels):
     """In place on contiguous data runs dropout_flat_inplace (a loop over one array, which
-    vectorizes; out = x through dropout_flat's two arrays falls to LLVM's scalar loop) and gives
-    the out-of-place bits."""
-    calls = spy_kernels("dropout_flat_inplace", "dropout_flat_inplace_serial")
+    vectorizes; out = x through dropout_flat's two arrays falls to LLVM's scalar loop; a small
+    torch tensor its twin on the tensor's address) and gives the out-of-place bits."""
+    calls = spy_kernels("dropout_flat_inplace", "dropout_flat_inplace_serial", "dropout_flat_inplace_serial_at")
     x = np.random.default_rng(4).standard_normal(n).astype(np.float32)
     want = fastdrop.dropout(x, P, seed=SEED, offset=9)
     if kind == "torch":
