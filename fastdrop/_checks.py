@@ -143,8 +143,6 @@ _TORCH_FLOATS = ()
 def fill_torch_floats(torch):
     global _TORCH_FLOATS
     _TORCH_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-    for dtype in _TORCH_FLOATS:
-        _typestr(dtype)
 
 
 def _check_tensor(x, name):
@@ -495,12 +493,9 @@ def numpy_view(t):
     typestr, itemsize, bf16 = _TYPESTRS.get(t.dtype) or _typestr(t.dtype)
     memory = _TensorMemory()
     memory.tensor = t
-    if t.is_contiguous():
-        memory.__array_interface__ = {"shape": t.shape, "typestr": typestr, "data": (t.data_ptr(), False),
-                                      "version": 3}
-    else:
-        memory.__array_interface__ = {"shape": t.shape, "typestr": typestr, "data": (t.data_ptr(), False),
-                                      "version": 3, "strides": tuple([s * itemsize for s in t.stride()])}
+    strides = None if t.is_contiguous() else tuple([s * itemsize for s in t.stride()])  # None: C order
+    memory.__array_interface__ = {"shape": t.shape, "typestr": typestr, "data": (t.data_ptr(), False),
+                                  "strides": strides, "version": 3}
     return np.asarray(memory), bf16
 
 

@@ -1218,19 +1218,27 @@ def _function_backward(ctx, grad):
     if op.saves:
         for i, t in zip(op.saves, ctx.saved_tensors):
             saved[i] = t
-    if ctx.half is not None:  # computed in float32 as the forward was, rounded once (`_kernel_forward`)
-        grad, saved = grad.float(), [None if t is None else t.float() for t in saved]
     needs = ctx.needs_input_grad[4:]
-    torch = sys.modules["torch"]
-    B, rng = _backward_route(torch, ctx)
+    B, rng = _backward_route(sys.modules["torch"], ctx)
+    grads = _op_backward(ctx, B, grad, saved, rng, needs)
+    return (None, None, None, None, *(g if n else None for g, n in zip(grads, needs)))
+
+
+def _op_backward(ctx, B, grad, saved, rng, needs):
+    """ctx.op's backward (the eager Function's and the custom op's) as its forward ran: half
+    operands computed in float32 and rounded once (`_kernel_forward`; ctx.half), and the GEMMs
+    under the forward's autocast (ctx.autocast; torch's custom_bwd)."""
+    op = ctx.op
+    if ctx.half is not None:
+        grad, saved = grad.float(), [None if t is None else t.float() for t in saved]
     if ctx.autocast is None:
         grads = op.backward(B, grad, saved, rng, ctx.params, needs)
-    else:  # the forward's GEMMs ran under autocast: the backward's run under the same (custom_bwd)
-        with torch.autocast(*ctx.autocast):
+    else:
+        with sys.modules["torch"].autocast(*ctx.autocast):
             grads = op.backward(B, grad, saved, rng, ctx.params, needs)
     if ctx.half is not None:
         grads = [None if g is None else g.to(ctx.half) for g in grads]
-    return (None, None, None, None, *(g if n else None for g, n in zip(grads, needs)))
+    return grads
 
 
 def _upcast_dtype(op, x):
@@ -1406,10 +1414,10 @@ def _functions():
             def backward(ctx, grad):
                 B, rng = _backward_route(torch, ctx)
                 # (the kernel reads the gradient's memory as x's dtype: autograd casts gradients
-                # to the output's dtype, the check keeps that an assumption nobody relies on)
-                if B is TorchBackend and type(grad) is torch.Tensor and grad.dtype == ctx.dtype and \
-                        grad.is_contiguous() and not grad.is_neg() and not is_legacy_batched(grad) and \
-                        not torch._C._dispatch_isTensorSubclassLike(grad):
+                # to the output's dtype, the check keeps that an assumption nobody relies on; a
+                # subclass-like gradient, a legacy vmap batch among them, has no memory to read)
+                if B is TorchBackend and grad.dtype == ctx.dtype and grad.is_contiguous() and \
+                        not grad.is_neg() and not torch._C._dispatch_isTensorSubclassLike(grad):
                     return _serial_dropout(grad, ctx.args), None, None
                 # else an expanded or strided gradient (of a sum, a transpose), create_graph, a
                 # transform or compiled autograd: the op's backward, as the eager Function runs it
@@ -1705,25 +1713,16 @@ def library_op(op):
         # the forward's offset (rank stream included), so the backward's masks are its masks
         ctx.scalars, ctx.params = (p, _to_i64(_run_offset(offset, rank_stream)), scale), tuple(params)
         ctx.autocast = _autocast_state(operands[0])
-        ctx.half = _upcast_dtype(op, operands[0])
+        ctx.op, ctx.half = op, _upcast_dtype(op, operands[0])
 
     def backward(ctx, grad):
         *kept, seed = ctx.saved_tensors
         saved = [None] * n
         for i, t in zip(op.saves, kept):
             saved[i] = t
-        if ctx.half is not None:  # in float32 as the forward was, rounded once (`_function_backward`)
-            grad, saved = grad.float(), [None if t is None else t.float() for t in saved]
         p, offset, scale = ctx.scalars
         needs = ctx.needs_input_grad[:n]
-        rng = Rng(p, seed, offset, scale)
-        if ctx.autocast is None:
-            grads = op.backward(TorchAutogradBackend, grad, saved, rng, ctx.params, needs)
-        else:
-            with torch.autocast(*ctx.autocast):
-                grads = op.backward(TorchAutogradBackend, grad, saved, rng, ctx.params, needs)
-        if ctx.half is not None:
-            grads = [None if g is None else g.to(ctx.half) for g in grads]
+        grads = _op_backward(ctx, TorchAutogradBackend, grad, saved, Rng(p, seed, offset, scale), needs)
         return (*(g if need else None for g, need in zip(grads, needs)), None, None, None, None, None, None)
 
     lib.register_autograd(backward, setup_context=setup_context)
