@@ -38,7 +38,7 @@ from .. import _core, _seeds
 from . import _mc_state
 from ..functional import drop_path
 from ..linear import dropconnect_linear, dropout_linear
-from .._checks import check_u64, numpy_view
+from .._checks import check_plain_memory, check_u64, numpy_view
 from ..kernels import mc_dropout_cpu
 from ..kernels.philox import kernel_rng_args
 from .convert import is_timm_drop_path, is_torchvision_stochastic_depth
@@ -384,6 +384,11 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
         raise RuntimeError("mc_predict cannot run under make_fx, FakeTensorMode or torch.jit.trace: "
                            "it samples eagerly; trace or compile the model itself, and call "
                            "mc_predict on real tensors")
+    # what no sample could run on, refused before the seed draw as every op refuses it (a model's
+    # own errors, e.g. a dtype its first layer does not take, still come from its forward)
+    if x.device.type == "meta":  # (first: torch counts a meta tensor as subclass-like)
+        raise ValueError("mc_predict: x is on device meta, which holds no data to sample on")
+    check_plain_memory(x)
     if seed is None:
         if getattr(x, "is_cuda", False) and torch.cuda.is_current_stream_capturing():
             # one host seed for all samples: a captured graph would replay it forever
