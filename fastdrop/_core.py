@@ -674,6 +674,21 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
     check_array returned for operands[0] when the caller already ran it (a public function whose
     rank rule needed the validated shape), so it does not run twice.
     """
+    torch = sys.modules.get("torch")
+    # (is_compiling first: Dynamo cannot trace the tracer query, and reads is_compiling as True)
+    if torch is not None and not torch.compiler.is_compiling() and torch._C._is_tracing():
+        # Under torch.jit.trace a size is a traced value, and every shape check below (the
+        # operands' shapes against each other, the output's bytes) turned into a TracerWarning
+        # about a Python bool, in eval mode too (exporting a model with DropoutLinear): the checks
+        # hold for the traced operands, and a replayed graph runs them again in the custom op.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return _call(op, operands, params, p, training, seed, offset, scale, eval_factor, inplace, out,
+                         checked)
+    return _call(op, operands, params, p, training, seed, offset, scale, eval_factor, inplace, out, checked)
+
+
+def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, inplace, out, checked):
     p = check_p(p)
     training = check_bool(training, "training")  # torch's F.dropout refuses non-bools too
     inplace = check_bool(inplace, "inplace")  # ("False" from a config file would write into x)

@@ -784,6 +784,38 @@ def test_trace_in_training_mode(name):
     assert torch.equal(fixed(*ops), case.call(*ops, seed=3))  # an explicit seed: a constant
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", NAMES)
+def test_trace_raises_no_tracer_warning(name, training):
+    """torch.jit.trace of every op, in training mode and in eval mode (a model being exported):
+    fastdrop's shape checks read the traced sizes, and each comparison was a TracerWarning
+    ("Converting a tensor to a Python boolean"), two per DropoutLinear even in eval mode."""
+    case = CASES[name]
+    if not training and case.op in (SAMPLE_GRAD_X, SAMPLE_GRAD_W):
+        pytest.skip("an internal op of per-sample DropConnect's backward: training mode only")
+    ops = operands(case)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # (torch.jit.trace itself is deprecated)
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        torch.jit.trace(lambda *a: case.call(*a, training=training), ops, check_trace=False)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("make", [lambda: fastdrop.nn.Dropout(0.3), lambda: fastdrop.nn.Dropout2d(0.3),
+                                  lambda: fastdrop.nn.DropPath(0.3), lambda: fastdrop.nn.DropoutLinear(6, 5, p=0.3),
+                                  lambda: fastdrop.nn.DropConnectLinear(6, 5, p=0.3),
+                                  lambda: fastdrop.nn.DropConnectLinear(6, 5, p=0.3, per_sample=True)],
+                         ids=["Dropout", "Dropout2d", "DropPath", "DropoutLinear", "DropConnectLinear",
+                              "DropConnectLinear-per-sample"])
+def test_module_trace_raises_no_tracer_warning(make, training):
+    module = make().train(training)
+    x = torch.randn(2, 3, 4, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        torch.jit.trace(module, x if not isinstance(module, torch.nn.Linear) else x[:, 0, 0], check_trace=False)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_replayed_graphs_and_direct_op_calls_check_their_operands(name):
     """A torch.jit.trace or make_fx graph replays the custom op on whatever it is given, without the
