@@ -396,7 +396,11 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
         # outside autocast too, whose GEMMs would hand the sum bfloat16 terms
         with torch.autocast("cuda" if x.is_cuda else "cpu", enabled=False):
             mu = F.linear(xw, ww, None if bias is None else bias.to(work))
-            sigma = torch.sqrt(var_factor * F.linear(xw * xw, ww * ww))
+            var = var_factor * F.linear(xw * xw, ww * ww)
+            # sqrt's derivative at 0 is inf, and inf * 0 (an all-zero input row: a ReLU output,
+            # padding) made the gradients NaN; at zero variance the noise term's gradient is 0
+            positive = var > 0
+            sigma = torch.where(positive, torch.sqrt(torch.where(positive, var, 1.0)), 0.0)
             gen = torch.Generator(device=x.device).manual_seed(seed)
             acc = None
             for _ in range(samples):

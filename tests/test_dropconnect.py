@@ -231,6 +231,22 @@ def test_moment_matching_seeded_and_in_both_kinds():
             dropconnect_linear(x, w, None, 0.5, training=False, activation=np.tanh, offset=bad)
 
 
+def test_moment_matching_gradients_with_zero_rows():
+    """An all-zero input row (a ReLU output, padding) or weight row has zero variance: sqrt's
+    derivative there is inf, and the gradients were NaN. Now finite, and float64 gradcheck holds
+    with zero rows in x and in w (the noise term contributes 0 there)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    x[1], x[3], w[2] = 0.0, 0.0, 0.0
+    x.requires_grad_(), w.requires_grad_()
+    fn = lambda x, w: dropconnect_linear(x, w, None, 0.4, training=False, activation=torch.tanh,  # noqa: E731
+                                         seed=1, samples=4)
+    fn(x, w).sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(w.grad).all()
+    assert torch.autograd.gradcheck(fn, (x, w))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_moment_matching_half_sums_in_float32(dtype):
     """Half inputs are computed in float32 and rounded once: a bfloat16 running sum of 1024

@@ -588,3 +588,60 @@ def test_fastdrop_modules_that_never_run_are_refused_not_zero_variance():
         assert mc_predict(model, x, samples=4, seed=1).var.max() > 0
     finally:
         torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+class _Wrap(torch.nn.Module):
+    """The model behind a module that is not an nn.Sequential: mc_predict runs its forward whole."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m(x)
+
+
+class _Residual(torch.nn.Sequential):
+    def forward(self, x):
+        return x + super().forward(x)
+
+
+class _MLPBlock(torch.nn.Sequential):  # its own __init__, as torchvision.ops.MLP
+    def __init__(self, d, p):
+        super().__init__(torch.nn.Linear(d, d), torch.nn.ReLU(), fnn.Dropout(p), torch.nn.Linear(d, d))
+
+
+class _ReluDropoutLinear(fnn.DropoutLinear):
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
+def _fast_path_models():
+    torch.manual_seed(0)
+    return {
+        # the prefix is reused across samples: an in-place first layer of the rest wrote into it
+        "inplace-after-prefix": torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Sequential(
+            torch.nn.ELU(inplace=True), fnn.Dropout(0.5), torch.nn.Linear(8, 3))),
+        # a Sequential subclass's own forward was skipped by the prefix split / fused head
+        "residual-sequential": _Residual(torch.nn.Linear(4, 4), torch.nn.ReLU(), fnn.Dropout(0.3),
+                                         torch.nn.Linear(4, 4)),
+        # slicing a Sequential subclass called its __init__ (TypeError)
+        "sequential-subclass-init": _MLPBlock(4, 0.3),
+        # the fused head stood in for a DropoutLinear subclass's forward
+        "dropout-linear-subclass-tail": torch.nn.Sequential(torch.nn.Linear(4, 8), _ReluDropoutLinear(8, 3, p=0.3)),
+        "dropout-linear-subclass": _ReluDropoutLinear(4, 3, p=0.3),
+    }
+
+
+@pytest.mark.parametrize("name", list(_fast_path_models()))
+def test_fast_paths_equal_the_models_own_forward(name):
+    """The prefix split and the fused head stand in for the model's forward only where they are
+    the same computation: every fast-path combination equals the model run whole, one sample at a
+    time (behind a wrapper that is no Sequential), with the same masks."""
+    model = _fast_path_models()[name].eval()
+    x = torch.randn(5, 4)
+    ref = mc_predict(_Wrap(model), x, samples=6, seed=3, chunk=1, fused=False)
+    for kw in ({}, {"chunk": 1}, {"fused": False}, {"chunk": 1, "fused": False}):
+        r = mc_predict(model, x, samples=6, seed=3, **kw)
+        torch.testing.assert_close(r.mean, ref.mean, rtol=1e-6, atol=1e-6, msg=f"{name} {kw}")
+        torch.testing.assert_close(r.var, ref.var, rtol=1e-5, atol=1e-6, msg=f"{name} {kw}")

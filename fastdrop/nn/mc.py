@@ -210,6 +210,13 @@ def _hooked(m):
     return bool(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__)
 
 
+def _runs_forward_of(m, cls):
+    """m is a cls whose call runs cls's own forward (not a subclass's override: a residual
+    `nn.Sequential` or a `DropoutLinear` with an activation after it), so its layers may be
+    called one by one, or the fused GEMM may stand in for it."""
+    return isinstance(m, cls) and type(m).forward is cls.forward
+
+
 def _global_hooks():
     module = torch.nn.modules.module
     return bool(getattr(module, "_global_forward_hooks", None) or
@@ -224,7 +231,7 @@ def _fused_head(rest):
         return None
     if len(mods) == 2 and type(mods[0]) is Dropout and type(mods[1]) is torch.nn.Linear:
         return mods[0].p, mods[0].mode, mods[1].weight, mods[1].bias
-    if len(mods) == 1 and isinstance(mods[0], DropoutLinear):
+    if len(mods) == 1 and _runs_forward_of(mods[0], DropoutLinear):
         m = mods[0]
         return m.p, m.mode, m.weight, m.bias
     return None
@@ -402,15 +409,18 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     prefix, rest = None, model
     # the split and the fused tail call layers, not the model: only where no hook is bypassed
     plain = not _hooked(model) and not _global_hooks()
-    if plain and others_eval and isinstance(model, torch.nn.Sequential):
+    if plain and others_eval and _runs_forward_of(model, torch.nn.Sequential):
         first = next((i for i, layer in enumerate(model)
                       if any(id(s) in drop_ids for s in layer.modules())), None)
         if first is not None and first > 0:
-            prefix, rest = model[:first], model[first:]
+            # plain Sequentials of its layers: slicing calls the model's class, whose __init__ a
+            # subclass may have changed (torchvision.ops.MLP)
+            layers = list(model)
+            prefix, rest = torch.nn.Sequential(*layers[:first]), torch.nn.Sequential(*layers[first:])
     head = None
-    if plain and fused and isinstance(rest, torch.nn.Sequential):
+    if plain and fused and _runs_forward_of(rest, torch.nn.Sequential):
         head = _fused_head(rest)
-    elif plain and fused and isinstance(rest, DropoutLinear):
+    elif plain and fused and _runs_forward_of(rest, DropoutLinear):
         head = _fused_head([rest])
 
     sampler = _Sampler(seed, base)
@@ -438,7 +448,9 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
             if use_fused:
                 y = _run_fused_head(h, head, seed, sampler.offsets())
             else:
-                hin = h.repeat(n, *([1] * (h.dim() - 1))) if n > 1 else h
+                # one sample: the prefix's output is copied, as the whole model's forward would
+                # make it anew (a first layer of rest may write its input in place: nn.ELU(inplace))
+                hin = h.repeat(n, *([1] * (h.dim() - 1))) if n > 1 else h.clone() if prefix is not None else h
                 try:
                     y = _output(rest(hin))
                     if sampler.k == 0 and t0 == 0:
