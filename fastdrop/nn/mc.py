@@ -324,10 +324,11 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     With seed=None under torch.distributed, rank r runs at offset + r * 2**48 (mod 2**64), as every
     seed=None call does (`fastdrop.set_rank_streams`).
 
-    Fast paths (same masks, same contract): for an nn.Sequential, the layers before the first
-    stochastic module are deterministic and run once; samples are evaluated `chunk` at a time as
-    one batched forward (auto: when no other module is in training mode); and a tail
-    `[fastdrop.nn.Dropout, nn.Linear]` (or a DropoutLinear) is evaluated for all samples of a
+    Fast paths (same masks, same contract): for an nn.Sequential (or a subclass that keeps its
+    forward), the layers before the first stochastic module are deterministic and run once;
+    samples are evaluated `chunk` at a time as one batched forward (auto: when no other module is
+    in training mode); and a tail `[fastdrop.nn.Dropout, nn.Linear]` (or a DropoutLinear that keeps
+    its class's forward) is evaluated for all samples of a
     chunk with one mask-kernel call (T masked copies of the hidden activation) and one torch GEMM
     (`fused=True`, CPU float32/float64). `chunk=1, fused=False` evaluates one sample at a time.
     Batching samples assumes the model treats examples independently (every layer in eval mode
