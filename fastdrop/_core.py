@@ -885,7 +885,7 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
             # own Function serves it. vmap alone keeps the custom op and its vmap rule.
             return _eager_torch_call(torch)(op, operands, params, p, seed, offset, scale, inplace, out)
         seed_t = torch.ops.fastdrop.draw_seed(trace_token(), device=_CPU) if seed is None else \
-            torch.tensor(_to_i64(seed), dtype=torch.int64)
+            _explicit_seed_tensor(torch, seed)
         return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream)
     if _SEED_OPS is None:
         register_torch_ops()
@@ -942,6 +942,17 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
     if out is not None:  # checked: no autograd records this call
         return mark_written(op.forward(TorchBackend, operands, rng, params, out=out))
     return torch_apply(op, operands, params, rng, inplace)
+
+
+def _explicit_seed_tensor(torch, seed):
+    """An explicit seed in a compiled graph: a 0-d int64 tensor with its bits, made by the
+    `seed_tensor` op from its int argument, which the graph's Python wrapper computes. A seed
+    Dynamo has made symbolic (an int argument that changed between calls) in `torch.tensor`
+    became Inductor's `scalar_tensor`, a C++ kernel that could not hold the -2^64 of `_to_i64`
+    (OverflowError for every seed >= 2^63); the offset, an int argument of the ops, already
+    travels this way. (Dynamo reads isinstance(seed, int) as True for a symbolic int too, so
+    constant seeds take the op as well.)"""
+    return torch.ops.fastdrop.seed_tensor(_to_i64(seed))
 
 
 def _capturing(torch, device):
@@ -1481,6 +1492,15 @@ def _seed_ops():
 
         @draw_seed.register_fake
         def _(token, *, device):
+            return torch.empty((), dtype=torch.int64)
+
+        @torch.library.custom_op("fastdrop::seed_tensor", mutates_args=(), schema="(SymInt seed) -> Tensor")
+        def seed_tensor(seed):
+            """An explicit seed, as the int64 with its bits, in a 0-d tensor (`_explicit_seed_tensor`)."""
+            return torch.tensor(seed, dtype=torch.int64)
+
+        @seed_tensor.register_fake
+        def _(seed):
             return torch.empty((), dtype=torch.int64)
 
         tokens = itertools.count()

@@ -11,6 +11,7 @@ import torch
 
 import fastdrop
 from fastdrop._core import _to_i64
+from op_table import CASES, operands
 
 torch._dynamo.config.cache_size_limit = 64
 
@@ -203,6 +204,21 @@ def test_deprecated_spatial_ranks_compile_fullgraph(call, shape):
     torch._dynamo.reset()
     torch.manual_seed(0)
     assert torch.equal(torch.compile(call, backend="aot_eager", fullgraph=True)(x), want)
+
+
+@pytest.mark.parametrize("name", ["dropout", "dropout2d", "drop_path_batch", "dropout_linear", "dropconnect",
+                                  "dropconnect_sample", "dropout_matmul"])
+def test_symbolic_seeds_of_any_size_under_inductor(name):
+    """A seed= that changes between calls becomes a symbolic int (Dynamo's automatic dynamic), and
+    Inductor compiled `torch.tensor(seed - 2**64)` into a C++ scalar kernel that could not hold the
+    constant: every seed >= 2**63 failed with an OverflowError (helper review, 2026-12-05). The
+    seed tensor comes from the `fastdrop::seed_tensor` op now: equal to eager for every seed."""
+    case = CASES[name]
+    ops = operands(case, dtype=torch.float32)
+    torch._dynamo.reset()
+    f = torch.compile(lambda s, *a: case.call(*a, seed=s), fullgraph=True)
+    for seed in (5, 2**63 + 11, 7, 2**64 - 1, 2**63):
+        torch.testing.assert_close(f(seed, *ops), case.call(*ops, seed=seed), rtol=1e-6, atol=1e-6, msg=str(seed))
 
 
 def test_varying_offsets_stay_symbolic_under_compile():
