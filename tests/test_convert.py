@@ -171,3 +171,22 @@ def test_probabilities_held_as_0d_tensors():
     assert [type(c) for c in m] == [fnn.DropPath, fnn.Dropout, fnn.DropPath]
     assert m[0].p == pytest.approx(0.1) and m[1].p == 0.25 and m[2].p == 0.5
     assert all(isinstance(c.p, float) for c in m)
+
+
+def test_integer_inplace_flags_carry_over():
+    """torch's modules take inplace=0 / 1 (they read its truth); fastdrop's ops take bools only,
+    so a converted inplace=0 layer refused every forward, eval too (helper review). The
+    constructor makes 0 and 1 bools and refuses anything else when the module is built."""
+    x = torch.randn(2, 4)
+    for flag in (0, 1):
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5, inplace=flag)).eval()
+        want = model(x)
+        fnn.convert(model)
+        assert model[1].inplace is bool(flag)
+        assert torch.equal(model(x), want)
+        model.train()
+        assert model(x).shape == (2, 4)
+    assert fnn.Dropout(0.5, inplace=1).inplace is True
+    for bad in ("False", 2, 0.5, None):
+        with pytest.raises(TypeError, match="inplace must be a bool"):
+            fnn.Dropout2d(0.5, inplace=bad)

@@ -39,7 +39,7 @@ def _replacement(m):
     """fastdrop's module for m with the same probability, flags and mode, or None to keep m."""
     cls = _TORCH_TO_FASTDROP.get(type(m))
     if cls is not None:
-        return cls(_prob(m.p), inplace=m.inplace)
+        return cls(_prob(m.p), inplace=bool(m.inplace))  # (torch reads its truth: inplace=0 works there)
     if is_timm_drop_path(m):
         return DropPath(_prob(m.drop_prob), scale_by_keep=bool(m.scale_by_keep))
     if is_torchvision_stochastic_depth(m):

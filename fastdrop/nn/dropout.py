@@ -9,6 +9,7 @@ every call: masks come from torch's generator, so `torch.manual_seed` makes them
 import math
 import numbers
 
+import numpy as np
 import torch
 from torch.jit import is_scripting
 
@@ -32,7 +33,16 @@ class _DropoutNd:
             raise TypeError(f"p must be a real number in [0, 1], got {type(p).__name__} {p!r}")
         if math.isnan(p):
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-        super().__init__(p, inplace)  # torch's range check and message; p stored as given, like torch
+        # torch takes any inplace and reads its truth; the op takes bools only (a "False" string
+        # from a config would write into x), so 0 and 1 (a torch model's inplace=0 that
+        # fastdrop.nn.convert carries over) become bools here and anything else is refused now,
+        # not at the first forward
+        if not isinstance(inplace, (bool, np.bool_)):
+            if isinstance(inplace, numbers.Integral) and inplace in (0, 1):
+                inplace = bool(inplace)
+            else:
+                raise TypeError(f"inplace must be a bool, got {type(inplace).__name__} {inplace!r}")
+        super().__init__(p, bool(inplace))  # torch's range check and message; p stored as given, like torch
         self.mode = check_mode(mode)
 
     def extra_repr(self) -> str:
