@@ -161,7 +161,7 @@ def dropout3d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mo
     return _call(x, p, training, inplace, seed, offset, mode, 2 if ndim == 5 else 1, out, checked)
 
 
-def drop_path(x, p=0.0, training=True, scale_by_keep=True, *, seed=None, offset=0, mode="row",
+def drop_path(x, p=0.0, training=True, scale_by_keep=True, *, drop_prob=None, seed=None, offset=0, mode="row",
               scaling="inverted", inplace=False):
     """Stochastic depth (Huang et al. 2016; timm's `drop_path`, torchvision's `stochastic_depth`):
     drop whole samples of a residual branch.
@@ -169,6 +169,7 @@ def drop_path(x, p=0.0, training=True, scale_by_keep=True, *, seed=None, offset=
     Args:
         x: (N, ...) numpy array, torch tensor or CUDA array; sample n is x[n].
         p: drop probability of a sample in [0, 1] (timm's drop_prob).
+        drop_prob: timm's keyword for p (`drop_path(x, drop_prob=0.1, training=True)`); give one.
         training: drop (True; timm's functional defaults to False) or apply the eval rule.
         scale_by_keep: timm's flag: scale kept samples by 1/(1-p) (inverted scaling only).
         seed, offset: the mask is `dropout_mask(x.shape[:1], p, seed, offset)` ("row") or
@@ -181,6 +182,11 @@ def drop_path(x, p=0.0, training=True, scale_by_keep=True, *, seed=None, offset=
     Example:
         >>> y = fastdrop.drop_path(torch.randn(8, 197, 768), 0.1)   # e.g. a ViT block's branch
     """
+    if drop_prob is not None:
+        if not (type(p) is float and p == 0.0):
+            raise TypeError(f"drop_path got both p={p!r} and drop_prob={drop_prob!r} (timm's name for p): "
+                            f"pass one")
+        p = drop_prob
     y = _lane(x, p, training, inplace, seed, offset, scaling, None, 1) \
         if mode == "row" and scale_by_keep is True else None
     if y is not None:

@@ -143,6 +143,21 @@ def test_drop_path_accepts_timm_and_torchvision_names():
         fnn.DropPath(drop_prob=1.5)
 
 
+def test_drop_path_function_takes_timms_keyword():
+    """timm's functional is called `drop_path(x, drop_prob=..., training=...)` by keyword too;
+    fastdrop's function takes timm's name beside p (it raised an unexpected-keyword TypeError)."""
+    x = torch.randn(6, 5)
+    want = fastdrop.drop_path(x, 0.4, seed=3)
+    assert torch.equal(fastdrop.drop_path(x, drop_prob=0.4, training=True, seed=3), want)
+    assert torch.equal(fastdrop.drop_path(x, drop_prob=0.4, training=False), x)
+    torch.manual_seed(0)
+    drawn = fastdrop.drop_path(x, drop_prob=0.4)
+    torch.manual_seed(0)
+    assert torch.equal(drawn, fastdrop.drop_path(x, 0.4))
+    with pytest.raises(TypeError, match="both p=0.2 and drop_prob=0.4"):
+        fastdrop.drop_path(x, 0.2, drop_prob=0.4)
+
+
 def test_dropconnect_per_sample_must_be_a_bool():
     """A truthy string from a config ("False") must not switch per-sample masks on."""
     with pytest.raises(TypeError, match="per_sample must be a bool"):
