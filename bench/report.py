@@ -77,6 +77,14 @@ TARGETS = [
      "max_norm_ >= 3x torch renorm_ (issue 5)"),
     ("mc_predict|256x64x512x10x32|p=0.5|float32", "speedup", ">=", 2.0,
      "mc_predict T=32 >= 2x T separate torch forwards (issue 5)"),
+    ("dropout_fwd|4096x4096|p=0.5|float32", "fastdrop_vs_floor", "<=", 1.5,
+     "dropout fwd 4096x4096 f32 <= 1.5x the numpy-copy floor (CPU-speed issue)"),
+    ("dropout_fwd_bwd|4096x4096|p=0.5|float32", "fastdrop_vs_floor", "<=", 1.5,
+     "dropout fwd+bwd 4096x4096 f32 <= 1.5x two copies (CPU-speed issue)"),
+    ("dropout_fwd|4096x4096|p=0.5|float32", "speedup", ">=", 40.0,
+     "dropout fwd 4096x4096 f32 >= 40x torch.nn.Dropout (CPU-speed issue)"),
+    ("dropout2d_fwd_bwd|8x16x32x32|p=0.5|float32", "speedup", ">=", 1.0,
+     "Dropout2d fwd+bwd 8x16x32x32 >= torch (CPU-speed issue)"),
 ]
 # Small calls (64x512 nn.Dropout, issue 9): sub-10-us to 100-us calls, so many short samples.
 SMALL_MODES = {
