@@ -340,6 +340,10 @@ class TorchBackend:
             if small and not x.is_contiguous() and out.is_contiguous():
                 # e.g. the expanded gradient of a sum: a small copy beats the strided kernel's setup
                 x = x.contiguous()
+        if n == 0:
+            # nothing to write, and numpy cannot view an empty tensor whose other dims multiply
+            # past its size limit ((0, 2**62): torch holds it, np.asarray refused it)
+            return out
         # out requires grad only in place on x; a fresh output needs no detach (~1 us)
         target = out.detach() if out.requires_grad else out
         xn, bf16 = numpy_view(x)

@@ -232,6 +232,8 @@ def max_norm_hook(optimizer, targets, max_value, dim=1, eps=1e-7):
 
 def _max_norm_tensor(w, max_value, dims, eps):
     import torch
+    if w.numel() == 0:  # no row to renorm (and numpy cannot view (0, 2**62), which torch holds)
+        return w
     with torch.no_grad():
         if w.dtype in (torch.float16, torch.bfloat16):
             tmp = w.detach().float()

@@ -311,6 +311,26 @@ def test_dropout_mask_just_under_the_memory_limit_is_not_refused():
     assert math.prod((0, 2**62)) == 0
 
 
+@pytest.mark.parametrize("call", [
+    lambda t: fastdrop.dropout(t, 0.5, seed=1), lambda t: fastdrop.dropout(t, 0.5),
+    lambda t: fastdrop.dropout(t, 0.5, seed=1, inplace=True), lambda t: fastdrop.nn.Dropout(0.5)(t),
+    lambda t: fastdrop.dropout(t.bfloat16(), 0.5, seed=1), lambda t: fastdrop.dropout(t.T, 0.5, seed=1),
+    lambda t: fastdrop.dropout(t, 0.5, seed=1, out=torch.empty_like(t)),
+    lambda t: fastdrop.dropout2d(t.reshape(0, 2**60, 2, 2), 0.5, seed=1),
+    lambda t: fastdrop.drop_path(t, 0.5, seed=1), lambda t: fastdrop.max_norm_(t, 1.0)],
+    ids=["dropout", "seed-none", "inplace", "module", "bfloat16", "transposed", "out", "dropout2d",
+         "drop_path", "max_norm_"])
+def test_empty_tensors_whose_other_dims_overflow_numpy(call):
+    """torch holds an empty (0, 2**62) tensor; numpy cannot view it (its size check multiplies the
+    other dims), and every CPU route that viewed the memory raised numpy's internal error instead
+    of returning the empty result torch's dropout returns (helper review). Nothing to write: the
+    routes return before any view."""
+    t = torch.empty((0, 2**62))
+    state = torch.get_rng_state()
+    y = call(t)
+    assert y.numel() == 0 and torch.equal(torch.get_rng_state(), state)
+
+
 @pytest.mark.skipif(not __import__("numba").config.BOUNDSCHECK,
                     reason="only in the NUMBA_BOUNDSCHECK=1 pass of scripts/test.sh")
 def test_boundscheck_pass_is_effective():
