@@ -49,6 +49,18 @@ def check_bool(value, name):
     raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
 
+def module_inplace_flag(inplace):
+    """A module's inplace= as a bool: torch's modules take any value and read its truth, fastdrop's
+    ops take bools only (a "False" string from a config would write into x); 0 and 1 (a torch
+    model's inplace=0, which fastdrop.nn.convert carries over) become bools, anything else is
+    refused when the module is built, not at its first forward."""
+    if inplace is True or inplace is False or isinstance(inplace, np.bool_):
+        return bool(inplace)
+    if isinstance(inplace, numbers.Integral) and inplace in (0, 1):
+        return bool(inplace)
+    raise TypeError(f"inplace must be a bool, got {type(inplace).__name__} {inplace!r}")
+
+
 def check_u64(value, name):
     """Seeds and offsets are integers in [0, 2**64)."""
     if type(value) is int and 0 <= value <= MAX_U64:  # the common case, first

@@ -949,14 +949,16 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
 
 
 def _explicit_seed_tensor(torch, seed):
-    """An explicit seed in a compiled graph: a 0-d int64 tensor with its bits, made by the
-    `seed_tensor` op from its int argument, which the graph's Python wrapper computes. A seed
-    Dynamo has made symbolic (an int argument that changed between calls) in `torch.tensor`
-    became Inductor's `scalar_tensor`, a C++ kernel that could not hold the -2^64 of `_to_i64`
-    (OverflowError for every seed >= 2^63); the offset, an int argument of the ops, already
-    travels this way. (Dynamo reads isinstance(seed, int) as True for a symbolic int too, so
-    constant seeds take the op as well.)"""
-    return torch.ops.fastdrop.seed_tensor(_to_i64(seed))
+    """An explicit seed in a compiled graph (or a compiled backward): a 0-d int64 tensor with its
+    bits. Below 2^63 that is `torch.tensor(seed)`, a constant of the graph, or Inductor's scalar
+    kernel for a seed Dynamo made symbolic (an int argument that changed between calls). From 2^63
+    on, the int64 is seed - 2^64, and Inductor could not compile that constant into its C++ kernel
+    (OverflowError for every such seed once seeds varied): those go through the `seed_tensor` op,
+    whose int argument the graph's Python wrapper computes, as the ops' offset argument is.
+    (The comparison is a guard on a symbolic seed: one graph per side of 2^63.)"""
+    if seed < 1 << 63:
+        return torch.tensor(seed, dtype=torch.int64)
+    return torch.ops.fastdrop.seed_tensor(seed - (1 << 64))
 
 
 def _capturing(torch, device):
@@ -1361,7 +1363,7 @@ def _traced_rng(torch, rng):
     the offset the int64 with the same bits. Under compiled autograd, which traces an eager
     Function's backward with Dynamo, that sends every mask through its opaque custom op (Dynamo
     cannot trace the Numba kernels, nor their uint64 scalars)."""
-    return Rng(rng.p, torch.tensor(_to_i64(rng.seed), dtype=torch.int64), _to_i64(rng.offset), rng.scale)
+    return Rng(rng.p, _explicit_seed_tensor(torch, rng.seed), _to_i64(rng.offset), rng.scale)
 
 
 def _autocast_state(x):

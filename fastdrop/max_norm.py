@@ -10,6 +10,7 @@ A plain function over fastdrop's kernels (no mask, no autograd: it runs between 
 import math
 import numbers
 import sys
+import warnings
 
 import numpy as np
 
@@ -92,6 +93,17 @@ def max_norm_(weight, max_value, dim=1, eps=1e-7):
     Example:
         >>> fastdrop.max_norm_(layer.weight, 3.0)
     """
+    torch = sys.modules.get("torch")
+    if torch is not None and not torch.compiler.is_compiling() and torch._C._is_tracing():
+        # under torch.jit.trace the checks' shape comparisons read traced sizes (a TracerWarning
+        # each); they hold for the traced weight, and the recorded custom op checks again on replay
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return _max_norm(weight, max_value, dim, eps)
+    return _max_norm(weight, max_value, dim, eps)
+
+
+def _max_norm(weight, max_value, dim, eps):
     kind, max_value, dims, eps = _checked(weight, max_value, dim, eps)
     if kind == NUMPY:
         if weight.dtype == np.float16:
@@ -101,9 +113,10 @@ def max_norm_(weight, max_value, dim=1, eps=1e-7):
         return _max_norm_numpy(weight, max_value, dims, eps)
     if kind == TORCH:
         torch = sys.modules["torch"]
-        # make_fx records torch's ops only (a write through a numpy view would be lost from its
-        # graph) and a fake tensor has no memory: both take the custom op, as torch.compile does
-        if torch.compiler.is_compiling() or _core.tracing_dispatch_mode(torch):
+        # make_fx and torch.jit.trace record torch's ops only (a write through a numpy view would
+        # be lost from the graph: a traced max_norm_ replayed as nothing) and a fake tensor has no
+        # memory: all take the custom op, as torch.compile does
+        if torch.compiler.is_compiling() or torch._C._is_tracing() or _core.tracing_dispatch_mode(torch):
             return _max_norm_traced(weight, max_value, dims, eps)
         return _max_norm_tensor(weight, max_value, dims, eps)
     _max_norm_device(weight, max_value, dims, eps)

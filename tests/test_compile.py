@@ -221,6 +221,23 @@ def test_symbolic_seeds_of_any_size_under_inductor(name):
         torch.testing.assert_close(f(seed, *ops), case.call(*ops, seed=seed), rtol=1e-6, atol=1e-6, msg=str(seed))
 
 
+def test_symbolic_seeds_of_any_size_under_compiled_autograd():
+    """Compiled autograd traces the eager Function's backward, whose seed becomes symbolic once it
+    changes between steps: the same Inductor overflow for seeds >= 2**63 (`_traced_rng`)."""
+    from torch._dynamo import compiled_autograd
+    torch._dynamo.reset()
+    x0 = torch.randn(8, 16)
+    compiled = torch.compile()
+    for seed in (5, 7, 2**63 + 11, 9, 2**64 - 1, 2**63):
+        x = x0.clone().requires_grad_()
+        y = fastdrop.dropout(x, 0.5, seed=seed)
+        with compiled_autograd._enable(compiled):
+            (y * y).sum().backward()
+        x2 = x0.clone().requires_grad_()
+        (fastdrop.dropout(x2, 0.5, seed=seed) ** 2).sum().backward()
+        assert torch.equal(x.grad, x2.grad), seed
+
+
 def test_varying_offsets_stay_symbolic_under_compile():
     """offset= is an int argument of the custom op: it was specialized per value (a guard
     `offset == k`), so the 9th distinct offset hit the recompile limit and fullgraph=True failed.

@@ -187,6 +187,11 @@ def test_integer_inplace_flags_carry_over():
         model.train()
         assert model(x).shape == (2, 4)
     assert fnn.Dropout(0.5, inplace=1).inplace is True
+    assert fnn.DropPath(0.5, inplace=0).inplace is False  # (DropPath had the same unchecked flag)
+    x = torch.randn(4, 3)
+    assert torch.equal(fnn.DropPath(0.5, inplace=0).eval()(x), x)
     for bad in ("False", 2, 0.5, None):
         with pytest.raises(TypeError, match="inplace must be a bool"):
             fnn.Dropout2d(0.5, inplace=bad)
+        with pytest.raises(TypeError, match="inplace must be a bool"):
+            fnn.DropPath(0.5, inplace=bad)

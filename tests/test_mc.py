@@ -627,6 +627,9 @@ def _fast_path_models():
                                          torch.nn.Linear(4, 4)),
         # slicing a Sequential subclass called its __init__ (TypeError)
         "sequential-subclass-init": _MLPBlock(4, 0.3),
+        # no prefix: a first layer writing its input in place changed x for every later sample
+        "inplace-first-layer": torch.nn.Sequential(torch.nn.Sequential(torch.nn.ELU(inplace=True), fnn.Dropout(0.5)),
+                                                   torch.nn.Linear(4, 3)),
         # the fused head stood in for a DropoutLinear subclass's forward
         "dropout-linear-subclass-tail": torch.nn.Sequential(torch.nn.Linear(4, 8), _ReluDropoutLinear(8, 3, p=0.3)),
         "dropout-linear-subclass": _ReluDropoutLinear(4, 3, p=0.3),
@@ -640,8 +643,26 @@ def test_fast_paths_equal_the_models_own_forward(name):
     time (behind a wrapper that is no Sequential), with the same masks."""
     model = _fast_path_models()[name].eval()
     x = torch.randn(5, 4)
+    x0 = x.clone()
+    # the reference: T forwards of the model, each on the input as given
+    torch.manual_seed(0)
     ref = mc_predict(_Wrap(model), x, samples=6, seed=3, chunk=1, fused=False)
+    assert torch.equal(x, x0), "mc_predict changed its input"
     for kw in ({}, {"chunk": 1}, {"fused": False}, {"chunk": 1, "fused": False}):
         r = mc_predict(model, x, samples=6, seed=3, **kw)
+        assert torch.equal(x, x0), f"mc_predict changed its input ({kw})"
         torch.testing.assert_close(r.mean, ref.mean, rtol=1e-6, atol=1e-6, msg=f"{name} {kw}")
         torch.testing.assert_close(r.var, ref.var, rtol=1e-5, atol=1e-6, msg=f"{name} {kw}")
+
+
+def test_input_the_model_unwraps_is_not_refused():
+    """x need not be what a fastdrop layer sees: a jagged NestedTensor padded by the model's first
+    module is a valid input (a pre-check on x's type refused it)."""
+    class Pad(torch.nn.Module):
+        def forward(self, x):
+            return x.to_padded_tensor(0.0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Pad(), torch.nn.Linear(4, 3), fnn.Dropout(0.3), torch.nn.Linear(3, 2)).eval()
+    x = torch.nested.nested_tensor([torch.randn(3, 4), torch.randn(2, 4)], layout=torch.jagged)
+    r = mc_predict(model, x, samples=4, seed=1)
+    assert r.mean.shape == (2, 3, 2) and (r.var > 0).any()

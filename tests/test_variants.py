@@ -237,6 +237,27 @@ def test_max_norm_under_make_fx_is_recorded(tracing_mode):
     assert torch.equal(w, before)
 
 
+def test_max_norm_under_jit_trace_is_recorded():
+    """torch.jit.trace records torch's ops only: max_norm_ wrote through a numpy view, so the trace
+    held nothing of it and a replay left the weight unconstrained (silently; torch only warned about
+    a numpy conversion). It records the custom op now, replays eager's bits on another weight, and
+    raises no TracerWarning of fastdrop's shape checks."""
+    import warnings
+
+    def constrain(w):
+        w = w.clone()
+        fastdrop.max_norm_(w, 1.5, dim=(1, 2))
+        return w
+    w = torch.randn(6, 4, 3) * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        traced = torch.jit.trace(constrain, (w,), check_trace=False)
+    assert "fastdrop::max_norm_" in [n.kind() for n in traced.graph.nodes()]
+    other = torch.randn(5, 4, 3) * 2
+    assert torch.equal(traced(other), constrain(other))
+
+
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_max_norm_compiles_to_eager_bits(backend):
     """Inside torch.compile(fullgraph=True) a tensor's max_norm_ is the custom op fastdrop::max_norm_

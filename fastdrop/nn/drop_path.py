@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.jit import is_scripting
 
-from .._checks import check_mode, check_p, is_fx_proxy, traced_as_leaf
+from .._checks import check_mode, check_p, is_fx_proxy, module_inplace_flag, traced_as_leaf
 from ..functional import DROP_PATH_MODES, drop_path
 from . import _mc_state
 from ._script import ANY_RANK, scripted_dropout
@@ -51,7 +51,7 @@ class DropPath(torch.nn.Module):
         self.scale_by_keep = bool(scale_by_keep)
         self.mode = mode
         self.scaling = check_mode(scaling)
-        self.inplace = inplace
+        self.inplace = module_inplace_flag(inplace)
 
     @property
     def p(self) -> float:

@@ -9,12 +9,11 @@ every call: masks come from torch's generator, so `torch.manual_seed` makes them
 import math
 import numbers
 
-import numpy as np
 import torch
 from torch.jit import is_scripting
 
 from .. import functional as F
-from .._checks import check_mode, is_fx_proxy, traced_as_leaf
+from .._checks import check_mode, is_fx_proxy, module_inplace_flag, traced_as_leaf
 from . import _mc_state
 from ._script import ANY_RANK, scripted_dropout
 
@@ -33,16 +32,8 @@ class _DropoutNd:
             raise TypeError(f"p must be a real number in [0, 1], got {type(p).__name__} {p!r}")
         if math.isnan(p):
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-        # torch takes any inplace and reads its truth; the op takes bools only (a "False" string
-        # from a config would write into x), so 0 and 1 (a torch model's inplace=0 that
-        # fastdrop.nn.convert carries over) become bools here and anything else is refused now,
-        # not at the first forward
-        if not isinstance(inplace, (bool, np.bool_)):
-            if isinstance(inplace, numbers.Integral) and inplace in (0, 1):
-                inplace = bool(inplace)
-            else:
-                raise TypeError(f"inplace must be a bool, got {type(inplace).__name__} {inplace!r}")
-        super().__init__(p, bool(inplace))  # torch's range check and message; p stored as given, like torch
+        # torch's range check and message; p stored as given, like torch
+        super().__init__(p, module_inplace_flag(inplace))
         self.mode = check_mode(mode)
 
     def extra_repr(self) -> str:

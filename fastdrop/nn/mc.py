@@ -38,7 +38,7 @@ from .. import _core, _seeds
 from . import _mc_state
 from ..functional import drop_path
 from ..linear import dropconnect_linear, dropout_linear
-from .._checks import check_plain_memory, check_u64, numpy_view
+from .._checks import check_u64, numpy_view
 from ..kernels import mc_dropout_cpu
 from ..kernels.philox import kernel_rng_args
 from .convert import is_timm_drop_path, is_torchvision_stochastic_depth
@@ -393,10 +393,11 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                            "it samples eagerly; trace or compile the model itself, and call "
                            "mc_predict on real tensors")
     # what no sample could run on, refused before the seed draw as every op refuses it (a model's
-    # own errors, e.g. a dtype its first layer does not take, still come from its forward)
-    if x.device.type == "meta":  # (first: torch counts a meta tensor as subclass-like)
+    # own errors, e.g. a dtype its first layer does not take, still come from its forward; so does
+    # a tensor subclass, which the model may unwrap before its first fastdrop layer: a jagged
+    # NestedTensor padded by its first module)
+    if x.device.type == "meta":
         raise ValueError("mc_predict: x is on device meta, which holds no data to sample on")
-    check_plain_memory(x)
     if seed is None:
         if getattr(x, "is_cuda", False) and torch.cuda.is_current_stream_capturing():
             # one host seed for all samples: a captured graph would replay it forever
@@ -449,9 +450,10 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
             if use_fused:
                 y = _run_fused_head(h, head, seed, sampler.offsets())
             else:
-                # one sample: the prefix's output is copied, as the whole model's forward would
-                # make it anew (a first layer of rest may write its input in place: nn.ELU(inplace))
-                hin = h.repeat(n, *([1] * (h.dim() - 1))) if n > 1 else h.clone() if prefix is not None else h
+                # one sample: a copy of the prefix's output (the whole model's forward would make
+                # it anew) or of x (the user's), since a first layer may write its input in place
+                # (nn.ELU(inplace=True)), which would change every later sample's input
+                hin = h.repeat(n, *([1] * (h.dim() - 1))) if n > 1 else h.clone()
                 try:
                     y = _output(rest(hin))
                     if sampler.k == 0 and t0 == 0:
