@@ -290,7 +290,9 @@ def test_every_argument_of_the_lane_functions_is_checked_by_the_lane():
     import inspect
     lane_args = {"x", "p", "training", "inplace", "seed", "offset", "mode", "out"}
     for fn, extra in ((F.dropout, set()), (F.dropout1d, set()), (F.dropout2d, set()),
-                      (F.dropout3d, set()), (F.drop_path, {"scale_by_keep", "scaling"})):
+                      (F.dropout3d, set()),
+                      # (drop_prob, timm's name for p, is folded into p before the lane)
+                      (F.drop_path, {"scale_by_keep", "scaling", "drop_prob"})):
         params = set(inspect.signature(fn).parameters)
         if fn is F.drop_path:  # drop_path's mode is the mask mode ("row" takes the lane), scaling
             lane_args_fn = (lane_args - {"out"}) | extra  # is dropout's mode; no out=
