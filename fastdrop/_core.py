@@ -360,8 +360,9 @@ class TorchBackend:
         """(mask(a), mask(b)) for two tensors of one shape: one Philox pass for both on the CPU
         (on Numba's pool from parallel_min elements, below it on the calling thread)."""
         import torch
-        if a.is_cuda or a.shape != b.shape or a.dtype != b.dtype or \
+        if a.is_cuda or a.shape != b.shape or a.dtype != b.dtype or a.numel() == 0 or \
                 a.dtype not in (torch.float32, torch.float64) or is_legacy_batched(a) or is_legacy_batched(b):
+            # (empty: `mask` returns before viewing memory numpy may not be able to view)
             return cls.mask(a, rng, parallel_min=parallel_min), cls.mask(b, rng, parallel_min=parallel_min)
         a, b = a.detach().resolve_neg().contiguous(), b.detach().resolve_neg().contiguous()
         oa, ob = torch.empty_like(a), torch.empty_like(b)

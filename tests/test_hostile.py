@@ -302,15 +302,31 @@ def test_dropout_mask_just_under_the_memory_limit_is_not_refused():
     assert math.prod((0, 2**62)) == 0
 
 
+# built here, not in the call: its initialization draws from torch's generator
+_FUSED_HEAD_MODEL = torch.nn.Sequential(torch.nn.Linear(16, 16), fastdrop.nn.Dropout(0.5),
+                                        torch.nn.Linear(16, 3)).eval()
+
+
+def _backward(op, a, b):
+    y = op(a, b, p=0.5, seed=1)
+    y.sum().backward()
+    return a.grad
+
+
 @pytest.mark.parametrize("call", [
     lambda t: fastdrop.dropout(t, 0.5, seed=1), lambda t: fastdrop.dropout(t, 0.5),
     lambda t: fastdrop.dropout(t, 0.5, seed=1, inplace=True), lambda t: fastdrop.nn.Dropout(0.5)(t),
     lambda t: fastdrop.dropout(t.bfloat16(), 0.5, seed=1), lambda t: fastdrop.dropout(t.T, 0.5, seed=1),
     lambda t: fastdrop.dropout(t, 0.5, seed=1, out=torch.empty_like(t)),
     lambda t: fastdrop.dropout2d(t.reshape(0, 2**60, 2, 2), 0.5, seed=1),
-    lambda t: fastdrop.drop_path(t, 0.5, seed=1), lambda t: fastdrop.max_norm_(t, 1.0)],
+    lambda t: fastdrop.drop_path(t, 0.5, seed=1), lambda t: fastdrop.max_norm_(t, 1.0),
+    lambda t: _backward(fastdrop.dropout_linear, t.reshape(0, 2**58, 16).requires_grad_(),
+                        torch.ones(4, 16, requires_grad=True)),
+    lambda t: _backward(fastdrop.dropout_matmul, t.reshape(0, 2**58, 16).requires_grad_(),
+                        torch.ones(16, 3, requires_grad=True)),
+    lambda t: fastdrop.mc_predict(_FUSED_HEAD_MODEL, t.reshape(0, 2**58, 16), 4, seed=1).mean],
     ids=["dropout", "seed-none", "inplace", "module", "bfloat16", "transposed", "out", "dropout2d",
-         "drop_path", "max_norm_"])
+         "drop_path", "max_norm_", "dropout_linear-backward", "dropout_matmul-backward", "mc_predict-fused"])
 def test_empty_tensors_whose_other_dims_overflow_numpy(call):
     """torch holds an empty (0, 2**62) tensor; numpy cannot view it (its size check multiplies the
     other dims), and every CPU route that viewed the memory raised numpy's internal error instead

@@ -242,6 +242,8 @@ def _run_fused_head(h, head, seed, offsets):
     of h (mask t with offsets[t]), one torch GEMM multiplies them by the weight."""
     p, mode, weight, bias = head
     h2 = h.detach().resolve_neg().contiguous()
+    if h2.numel() == 0:  # no mask to make (and numpy may not view an empty (0, 2**58, ...) tensor)
+        return torch.nn.functional.linear(h2.new_empty((len(offsets),) + tuple(h2.shape)), weight, bias)
     masked = torch.from_numpy(_sample_masks(numpy_view(h2)[0].reshape(1, -1), p, _scale(p, mode), seed, offsets))
     masked = masked.reshape((len(offsets),) + tuple(h2.shape))
     return torch.nn.functional.linear(masked, weight, bias)
@@ -392,10 +394,10 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
         raise RuntimeError("mc_predict cannot run under make_fx, FakeTensorMode or torch.jit.trace: "
                            "it samples eagerly; trace or compile the model itself, and call "
                            "mc_predict on real tensors")
-    # what no sample could run on, refused before the seed draw as every op refuses it (a model's
-    # own errors, e.g. a dtype its first layer does not take, still come from its forward; so does
-    # a tensor subclass, which the model may unwrap before its first fastdrop layer: a jagged
-    # NestedTensor padded by its first module)
+    # what no sample could run on, refused before the seed draw as every op refuses it. A model's
+    # own errors (a dtype its first layer does not take) come from its forward, after the draw;
+    # so does a tensor subclass that reaches a fastdrop layer (the README says so): the model may
+    # unwrap it first (a jagged NestedTensor padded by its first module), which is valid input
     if x.device.type == "meta":
         raise ValueError("mc_predict: x is on device meta, which holds no data to sample on")
     if seed is None:
