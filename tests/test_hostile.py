@@ -34,6 +34,23 @@ def cai(shape=(4,), typestr="<f4", data=(1234, False)):
     return {"shape": shape, "typestr": typestr, "data": data, "strides": None, "version": 3}
 
 
+def two_tensor(t):
+    """A __torch_dispatch__ wrapper subclass (torch's test TwoTensor) around t."""
+    from torch.testing._internal.two_tensor import TwoTensor
+    return TwoTensor(t, t.clone())
+
+
+class _SkipsItsDropout(torch.nn.Module):
+    """Holds a fastdrop layer that its forward never calls: mc_predict refuses it (no variance)."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = F.nn.Dropout(0.5)
+
+    def forward(self, x):
+        return x * 2
+
+
 def x_np():
     return np.arange(1, 25, dtype=np.float32).reshape(2, 3, 4)
 
@@ -187,7 +204,16 @@ CASES = [
      "either inplace=True or out="),
     ("mc-0d-input", lambda: torch.tensor(3.0), lambda x: F.mc_predict(torch.nn.Sequential(F.nn.Dropout(0.5)), x, 4),
      ValueError, "batch dim"),
-    # mc_predict drew its seed before a meta input failed in the first fastdrop layer
+    # mc_predict drew its seed before these inputs failed in the model's forward (the model may
+    # convert its input first, so they are refused there; the failed call gives its draw back)
+    ("mc-wrapper-subclass", lambda: two_tensor(torch.ones(2, 4)),
+     lambda x: F.mc_predict(torch.nn.Sequential(torch.nn.Flatten(), F.nn.Dropout(0.5)).eval(), x, 4),
+     TypeError, "tensor subclass"),
+    ("mc-integer-input", lambda: torch.ones(2, 4, dtype=torch.int64),
+     lambda x: F.mc_predict(torch.nn.Sequential(torch.nn.Flatten(), F.nn.Dropout(0.5)).eval(), x, 4),
+     TypeError, "floating point"),
+    ("mc-no-fastdrop-layer-runs", lambda: torch.ones(2, 4),
+     lambda x: F.mc_predict(_SkipsItsDropout(), x, 4), ValueError, "none of the model.s fastdrop stochastic modules ran"),
     ("mc-meta", lambda: torch.ones(2, 4, device="meta"),
      lambda x: F.mc_predict(torch.nn.Sequential(F.nn.Dropout(0.5)), x, 4), ValueError, "device meta"),
     ("interface-not-a-dict", lambda: Interface(3), lambda x: F.dropout(x, 0.5), TypeError,

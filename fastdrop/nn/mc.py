@@ -395,9 +395,10 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                            "it samples eagerly; trace or compile the model itself, and call "
                            "mc_predict on real tensors")
     # what no sample could run on, refused before the seed draw as every op refuses it. A model's
-    # own errors (a dtype its first layer does not take) come from its forward, after the draw;
-    # so does a tensor subclass that reaches a fastdrop layer (the README says so): the model may
-    # unwrap it first (a jagged NestedTensor padded by its first module), which is valid input
+    # own errors (a dtype its first layer does not take) come from its forward, after the draw,
+    # and so does a tensor subclass that reaches a fastdrop layer (the model may unwrap one first:
+    # a jagged NestedTensor padded by its first module is valid input): a failed call gives its
+    # draw back (below)
     if x.device.type == "meta":
         raise ValueError("mc_predict: x is on device meta, which holds no data to sample on")
     if seed is None:
@@ -406,8 +407,12 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
             raise RuntimeError("mc_predict with seed=None cannot be captured in a CUDA graph (its seed "
                                "is drawn on the host, so every replay would draw the same samples); "
                                "pass seed= explicitly for a fixed set of masks, or call it eagerly")
+        # the generator as it was: a call that fails (a model error, an input the model cannot
+        # take) gives back its draw, as every op's refusal leaves the stream untouched
+        rng_before = torch.get_rng_state()
         seed, base = _seeds.draw_torch_seed(), _seeds.stream_offset(offset)
     else:
+        rng_before = None
         base = offset  # an explicit seed names one set of masks, the same on every rank
 
     prefix, rest = None, model
@@ -429,53 +434,58 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
 
     sampler = _Sampler(seed, base)
     merger = _Merger()
-    with _mc_state.sampling(sampler), torch.no_grad():
-        h = prefix(x) if prefix is not None else x
-        # (the fused GEMM takes the layer's weight as it is: an h of another dtype takes the
-        # model's own forward, which refuses it as the eager call does)
-        use_fused = head is not None and _kernel_ok(h) and h.dtype == head[2].dtype and \
-            (head[3] is None or h.dtype == head[3].dtype)
-        if chunk > 1 and not use_fused and h.dim() < 2:
-            # an unbatched input: its dim 0 is a feature dim, which the model's layers mix (a
-            # Linear, a softmax), so the samples cannot be stacked along it
-            if not auto_chunk:
-                warnings.warn(f"mc_predict: chunk={chunk} stacks the samples along dim 0 of the input, "
-                              f"and this input of shape {tuple(h.shape)} has no batch dim: the "
-                              f"samples run one at a time", stacklevel=2)
-            chunk = 1
-        if chunk > 1 and not use_fused:
-            sampler.shapes = []  # sample 0 alone first: the shapes batched forwards must stack
-        t0 = 0
-        while t0 < samples:
-            n = 1 if sampler.shapes == [] else min(chunk, samples - t0)
-            sampler.t0, sampler.n, sampler.k = t0, n, 0
-            if use_fused:
-                y = _run_fused_head(h, head, seed, sampler.offsets())
-            else:
-                # one sample: a copy of the prefix's output (the whole model's forward would make
-                # it anew) or of x (the user's), since a first layer may write its input in place
-                # (nn.ELU(inplace=True)), which would change every later sample's input
-                hin = h.repeat(n, *([1] * (h.dim() - 1))) if n > 1 else h.clone()
-                try:
-                    y = _output(rest(hin))
-                    if sampler.k == 0 and t0 == 0:
-                        raise ValueError(_NONE_RAN)
-                except Exception as e:
-                    # sample 0 ran alone first, so a batched forward that fails does so because of
-                    # the batching (an unbatched image into a Conv2d: its channels repeated): these
-                    # samples and the rest run one at a time, where a model's own error shows again
-                    if n == 1:
-                        raise
-                    if not auto_chunk:
-                        why = "" if isinstance(e, _NotStacked) else f" ({type(e).__name__}: {e})"
-                        warnings.warn(f"mc_predict: chunk={chunk} needs every fastdrop module's input to "
-                                      f"stack the samples along its dim 0, and this model's does not"
-                                      f"{why}: the samples run one at a time", stacklevel=2)
-                    chunk = 1
-                    continue
-                y = y.reshape(n, y.shape[0] // n, *y.shape[1:])
-            merger.add(y, logits)
-            t0 += n
+    try:
+        with _mc_state.sampling(sampler), torch.no_grad():
+            h = prefix(x) if prefix is not None else x
+            # (the fused GEMM takes the layer's weight as it is: an h of another dtype takes the
+            # model's own forward, which refuses it as the eager call does)
+            use_fused = head is not None and _kernel_ok(h) and h.dtype == head[2].dtype and \
+                (head[3] is None or h.dtype == head[3].dtype)
+            if chunk > 1 and not use_fused and h.dim() < 2:
+                # an unbatched input: its dim 0 is a feature dim, which the model's layers mix (a
+                # Linear, a softmax), so the samples cannot be stacked along it
+                if not auto_chunk:
+                    warnings.warn(f"mc_predict: chunk={chunk} stacks the samples along dim 0 of the input, "
+                                  f"and this input of shape {tuple(h.shape)} has no batch dim: the "
+                                  f"samples run one at a time", stacklevel=2)
+                chunk = 1
+            if chunk > 1 and not use_fused:
+                sampler.shapes = []  # sample 0 alone first: the shapes batched forwards must stack
+            t0 = 0
+            while t0 < samples:
+                n = 1 if sampler.shapes == [] else min(chunk, samples - t0)
+                sampler.t0, sampler.n, sampler.k = t0, n, 0
+                if use_fused:
+                    y = _run_fused_head(h, head, seed, sampler.offsets())
+                else:
+                    # one sample: a copy of the prefix's output (the whole model's forward would make
+                    # it anew) or of x (the user's), since a first layer may write its input in place
+                    # (nn.ELU(inplace=True)), which would change every later sample's input
+                    hin = h.repeat(n, *([1] * (h.dim() - 1))) if n > 1 else h.clone()
+                    try:
+                        y = _output(rest(hin))
+                        if sampler.k == 0 and t0 == 0:
+                            raise ValueError(_NONE_RAN)
+                    except Exception as e:
+                        # sample 0 ran alone first, so a batched forward that fails does so because of
+                        # the batching (an unbatched image into a Conv2d: its channels repeated): these
+                        # samples and the rest run one at a time, where a model's own error shows again
+                        if n == 1:
+                            raise
+                        if not auto_chunk:
+                            why = "" if isinstance(e, _NotStacked) else f" ({type(e).__name__}: {e})"
+                            warnings.warn(f"mc_predict: chunk={chunk} needs every fastdrop module's input to "
+                                          f"stack the samples along its dim 0, and this model's does not"
+                                          f"{why}: the samples run one at a time", stacklevel=2)
+                        chunk = 1
+                        continue
+                    y = y.reshape(n, y.shape[0] // n, *y.shape[1:])
+                merger.add(y, logits)
+                t0 += n
+    except BaseException:
+        if rng_before is not None:  # (the model's own draws in the failed call go back too)
+            torch.set_rng_state(rng_before)
+        raise
 
     out_dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
     var = merger.m2 / (merger.n - 1) if merger.n > 1 else torch.zeros_like(merger.m2)
