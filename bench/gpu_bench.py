@@ -579,12 +579,23 @@ def main(argv=None):
     # --dry-run: pretend little memory is free, so the "does not fit" branch runs too
     dry_free = 64 * 16 * 12 * 4 * 5 if mode == "dry" else None
     results = []
+    interrupted = False
     for i, row in enumerate(rows):
-        if time.perf_counter() - T0 > args.budget_s:
-            results.append(dict(row, shape=list(row["shape"]), skipped=f"time budget ({args.budget_s:.0f} s) spent"))
+        if interrupted or time.perf_counter() - T0 > args.budget_s:
+            why = "interrupted (SIGINT: the step's time limit)" if interrupted else \
+                f"time budget ({args.budget_s:.0f} s) spent"
+            results.append(dict(row, shape=list(row["shape"]), skipped=why))
             continue
         t_row = time.perf_counter()
-        r = run_row(row, device, timer, cfg, dry_free)
+        try:
+            r = run_row(row, device, timer, cfg, dry_free)
+        except KeyboardInterrupt:
+            # gpu_check.sh stops a step with SIGINT at its limit: the rows measured so far are
+            # still written (they were lost with the whole run)
+            interrupted = True
+            log(f"[{i + 1}/{len(rows)}] {row['id']}: interrupted; writing the rows measured so far")
+            results.append(dict(row, shape=list(row["shape"]), skipped="interrupted (SIGINT: the step's time limit)"))
+            continue
         results.append(r)
         if "error" in r:
             log(f"[{i + 1}/{len(rows)}] {row['id']}: ERROR {r['error'][:200]}")

@@ -790,13 +790,18 @@ def _autocast_mixed(operands, always=False):
     matching ones too, for an op whose products are its own kernel's, not an autocast GEMM)."""
     torch = sys.modules["torch"]
     present = [a for a in operands if a is not None]
-    if not all(isinstance(a, torch.Tensor) for a in present) or \
-            (len({a.dtype for a in present}) < 2 and not always) or any(a.dtype == torch.float64 for a in present):
+    if not all(isinstance(a, torch.Tensor) for a in present) or any(a.dtype == torch.float64 for a in present):
         return operands  # (other kinds: check_companions says what is wrong; autocast leaves float64)
     device = "cuda" if operands[0].is_cuda else "cpu"
     if not torch.is_autocast_enabled(device):
         return operands
     dtype = torch.get_autocast_dtype(device)
+    dtypes = {a.dtype for a in present}
+    if len(dtypes) < 2 and not always and dtypes <= {dtype, torch.float32}:
+        # float32 ones too: the GEMMs' own autocast computes them in its dtype. A half type that is
+        # not autocast's (float16 operands under bfloat16 autocast) is cast, as torch's linear
+        # casts it: the op's float32 computation of half operands came back in the operands' type
+        return operands
     return tuple(a.to(dtype) if a is not None and a.is_floating_point() else a for a in operands)
 
 
@@ -815,7 +820,9 @@ def _autocast_gemm_operands(operands):
     if not torch.is_autocast_enabled(device):
         return operands
     dtype = torch.get_autocast_dtype(device)
-    return tuple(a.to(dtype) if a is not None and a.dtype == torch.float32 else a for a in operands)
+    # float32 and the other half type (float16 under bfloat16 autocast), as torch's linear takes them
+    lower = (torch.float32, torch.float16, torch.bfloat16)
+    return tuple(a.to(dtype) if a is not None and a.dtype in lower and a.dtype != dtype else a for a in operands)
 
 
 def _grad_enabled():

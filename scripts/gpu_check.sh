@@ -30,9 +30,9 @@ while [ $# -gt 0 ]; do
         --no-tests) RUN_TESTS=0 ;;
         --no-sanitizer) RUN_SAN=0 ;;
         --no-bench) RUN_BENCH=0 ;;
-        --budget) BUDGET="$2"; shift ;;
-        --out) COPY_TO="$2"; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        --budget) BUDGET="${2:?--budget needs seconds}"; shift ;;
+        --out) COPY_TO="${2:?--out needs a folder}"; shift ;;
+        -h|--help) sed -n '2,/^set -u/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -44,7 +44,38 @@ STAMP="$(date +%Y%m%d-%H%M%S)"
 LOGDIR="$REPO/build/gpu-check/$STAMP"
 mkdir -p "$LOGDIR"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastdrop-gpu-check.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
+# ---- summary and packaging (at exit, whatever ends the script) ----------------------------------
+NAMES=() CAPS=() STATUS=() ELAPSED=()
+summary() {
+    echo "=== summary (logs: $LOGDIR) ==="
+    for i in "${!NAMES[@]}"; do
+        printf '  %-18s %-40s %4ss\n' "${NAMES[$i]}" "${STATUS[$i]:-not run}" "${ELAPSED[$i]:-0}"
+    done
+    grep -h -E "^(FAILED|ERROR|XPASS)|(passed|failed|skipped|xfailed|error).* in [0-9.]+s" "$LOGDIR"/tests_*.log 2>/dev/null \
+        | sed 's/^/  /' | head -40
+    grep -h -E "ERROR SUMMARY|never launched|every kernel launched" "$LOGDIR"/*check.log 2>/dev/null | sed 's/^/  /'
+    echo "  commit ${FASTDROP_COMMIT:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}," \
+         "total $(($(date +%s) - T_START))s"
+}
+
+PACKAGED=0
+package() {  # at exit, however the script ends: every log and new benchmark file in one archive
+    [ $PACKAGED = 1 ] && return
+    PACKAGED=1
+    summary > "$LOGDIR/summary.txt" 2>&1
+    if [ -n "$COPY_TO" ]; then
+        # The device tool returns at most 8 files: one archive of every log and new benchmark file,
+        # plus the benchmark's .md and the summary in the clear.
+        mkdir -p "$COPY_TO/gpu-check"
+        find "$REPO/bench/results" -newermt "@$T_START" -type f -exec cp {} "$LOGDIR/" \; 2>/dev/null
+        tar czf "$COPY_TO/gpu-check/gpu-check.tgz" -C "$LOGDIR" .
+        find "$LOGDIR" -maxdepth 1 \( -name "*.md" -o -name summary.txt \) -exec cp {} "$COPY_TO/gpu-check/" \; 2>/dev/null
+        echo "  logs and new benchmark files: $COPY_TO/gpu-check/gpu-check.tgz"
+    fi
+    rm -rf "$WORK"
+}
+trap package EXIT
+trap 'exit 143' TERM INT
 
 # ---- import fastdrop from this checkout, installing nothing -------------------------------------
 mkdir -p "$WORK/shim/fastdrop"
@@ -87,13 +118,18 @@ reserved_after() {  # sum of the caps of the steps after index $1
     echo $s
 }
 
+step_limit() {  # the seconds step $1 may run if it starts now
+    local limit=$((DEADLINE - $(date +%s) - $(reserved_after "$1")))
+    [ $limit -gt $((CAPS[$1] * 3)) ] && limit=$((CAPS[$1] * 3))
+    echo $limit
+}
+
 # run_step INDEX CMD...: runs with a limit, output to its log; prints the log's tail
 run_step() {
     local i=$1; shift
     local name=${NAMES[$i]} now limit t0 rc
     now=$(date +%s)
-    limit=$((DEADLINE - now - $(reserved_after "$i")))
-    [ $limit -gt $((CAPS[i] * 3)) ] && limit=$((CAPS[i] * 3))
+    limit=$(step_limit "$i")
     echo
     echo "=== [$name] limit ${limit}s (at $((now - T_START))s) ==="
     if [ $limit -lt 5 ]; then
@@ -131,14 +167,20 @@ idx() { local j; for j in "${!NAMES[@]}"; do [ "${NAMES[$j]}" = "$1" ] && echo "
 #    fastdrop's message saying so. To carry it: `bash scripts/gpu_wheels.sh` on a machine with
 #    network, before the working tree goes to the GPU machine.
 if ! "$PY" -c "import numpy, sys; sys.exit(0 if hasattr(numpy, 'row_stack') else 3)"; then
-    WHEEL="$(ls "$REPO"/.whl/numpy-2.[0-4].*.whl 2>/dev/null | head -n 1)"
+    CPTAG="$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+    WHEEL="$(ls "$REPO"/.whl/numpy-2.[0-4].*-"$CPTAG"-*.whl 2>/dev/null | head -n 1)"
     if [ -n "$WHEEL" ]; then
         echo "numpy has no row_stack (numba-cuda 0.30 needs it): installing $(basename "$WHEEL") into $WORK/site"
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "$WHEEL" \
-            && export PYTHONPATH="$WORK/site:$PYTHONPATH"
+        if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "$WHEEL"; then
+            export PYTHONPATH="$WORK/site:$PYTHONPATH"
+        else
+            echo "WARNING: installing $(basename "$WHEEL") failed: every CUDA step will fail on numpy's row_stack"
+        fi
     else
         echo "WARNING: numpy $("$PY" -c 'import numpy; print(numpy.__version__)') has no row_stack: numba-cuda 0.30" \
-             "cannot compile kernels with it; carry a numpy<2.5 wheel in .whl/ (bash scripts/gpu_wheels.sh)"
+             "cannot compile kernels with it, and .whl/ holds no numpy<2.5 wheel for $CPTAG" \
+             "($(ls "$REPO"/.whl 2>/dev/null | tr '\n' ' ')): run PYTHON_VERSION=<this python> bash scripts/gpu_wheels.sh" \
+             "and carry .whl/ (the device tool's carry: [\".whl\"])"
     fi
 fi
 
@@ -202,14 +244,16 @@ print(f"info done in {time.perf_counter() - t0:.1f} s")
 EOF
 I=$(idx info)
 run_step "$I" "$PY" "$WORK/info.py" "$REPO"
-if [ "${STATUS[$I]}" != ok ] && [ -z "${CUDA_HOME:-}" ]; then
+if [ "${STATUS[$I]}" != ok ] && [ -z "${CUDA_HOME:-}" ] && grep -qi "nvvm" "$LOGDIR/info.log"; then
     # numba-cuda without its [cu12]/[cu13] extra finds NVVM only through a toolkit
     for d in /usr/local/cuda /usr/local/cuda-*; do
         if [ -d "$d/nvvm" ]; then
             echo "retrying with CUDA_HOME=$d (NVVM from the toolkit)"
+            mv "$LOGDIR/info.log" "$LOGDIR/info-1.log"
             export CUDA_HOME="$d"
             FAILED=0
             run_step "$I" "$PY" "$WORK/info.py" "$REPO"
+            [ "${STATUS[$I]}" = ok ] || { unset CUDA_HOME; echo "CUDA_HOME did not help: unset again"; }
             break
         fi
     done
@@ -265,36 +309,22 @@ fi
 #    when its budget is spent (files still written)
 if [ $RUN_BENCH = 1 ]; then
     if [ -f bench/gpu_host_profile.py ]; then
-        TAIL_LINES=40 run_step "$(idx host_profile)" "$PY" bench/gpu_host_profile.py --out "$LOGDIR"
+        HP=$(idx host_profile); hp_budget=$(($(step_limit "$HP") - 12)); [ $hp_budget -lt 5 ] && hp_budget=5
+        TAIL_LINES=40 run_step "$HP" "$PY" bench/gpu_host_profile.py --out "$LOGDIR" --budget-s "$hp_budget"
     else
         skip_step "$(idx host_profile)" "bench/gpu_host_profile.py not in this checkout"
     fi
     I=$(idx bench)
-    left=$((DEADLINE - $(date +%s) - 25))
-    [ $left -gt 400 ] && left=400
-    [ $left -lt 30 ] && left=30
+    # the benchmark stops starting rows at its budget and writes its files; it gets its step's
+    # limit less the time to write them (the step is killed at the limit)
+    left=$(($(step_limit "$I") - 25))
+    [ $left -lt 10 ] && left=10
     TAIL_LINES=70 run_step "$I" "$PY" bench/gpu_bench.py --budget-s "$left"
 fi
 
-# ---- summary -------------------------------------------------------------------------------------
+
 echo
-echo "=== summary (logs: $LOGDIR) ==="
-for i in "${!NAMES[@]}"; do
-    printf '  %-18s %-40s %4ss\n' "${NAMES[$i]}" "${STATUS[$i]:-not run}" "${ELAPSED[$i]:-0}"
-done
-grep -h -E "^(FAILED|ERROR|XPASS)|(passed|failed|skipped|xfailed|error).* in [0-9.]+s" "$LOGDIR"/tests_*.log 2>/dev/null \
-    | sed 's/^/  /' | head -40
-grep -h -E "ERROR SUMMARY|never launched|every kernel launched" "$LOGDIR"/*check.log 2>/dev/null | sed 's/^/  /'
-if [ -n "$COPY_TO" ]; then
-    # The device tool returns at most 8 files: one archive of every log and new benchmark file,
-    # plus the benchmark's .md and the summary in the clear.
-    mkdir -p "$COPY_TO/gpu-check"
-    find "$REPO/bench/results" -newermt "@$T_START" -type f -exec cp {} "$LOGDIR/" \; 2>/dev/null
-    tar czf "$COPY_TO/gpu-check/gpu-check.tgz" -C "$LOGDIR" .
-    find "$LOGDIR" -maxdepth 1 -name "*.md" -exec cp {} "$COPY_TO/gpu-check/" \; 2>/dev/null
-    echo "  logs and new benchmark files: $COPY_TO/gpu-check/gpu-check.tgz"
-fi
-echo "  total $(($(date +%s) - T_START))s"
+summary
 [ $FAILED = 0 ] && { echo "  ALL STEPS OK"; exit 0; }
 echo "  SOME STEPS FAILED"
 exit 1

@@ -423,6 +423,41 @@ def test_autocast_with_mixed_dtypes(op):
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("half, autocast_dtype", [(torch.float16, torch.bfloat16), (torch.bfloat16, torch.float16)])
+@pytest.mark.parametrize("op", ["dropout_linear", "dropconnect_linear", "dropout_matmul"])
+def test_autocast_casts_the_other_half_type(op, half, autocast_dtype):
+    """float16 operands under bfloat16 autocast (and the mirror case) go to autocast's dtype, as
+    torch's linear / matmul take them: the ops computed them in float32 and returned the operands'
+    own type (values rounded twice; eval mode gave autocast's dtype, training not; the compiled op
+    skipped autocast altogether). Training, eval and the compiled call give autocast's dtype now,
+    values within its rounding of the torch composite with the same mask (helper review)."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 8, dtype=half)
+    p, s = 0.3, 1 / 0.7
+    if op == "dropout_linear":
+        w = torch.randn(5, 8, dtype=half)
+        m = torch.from_numpy(fastdrop.dropout_mask((6, 8), p, 4))
+        fd = lambda training=True: fastdrop.dropout_linear(x, w, None, p, training=training, seed=4)  # noqa: E731
+        ref = lambda: torch.nn.functional.linear(torch.where(m, x * s, 0), w)  # noqa: E731
+    elif op == "dropconnect_linear":
+        w = torch.randn(5, 8, dtype=half)
+        m = torch.from_numpy(fastdrop.dropout_mask((5, 8), p, 4))
+        fd = lambda training=True: fastdrop.dropconnect_linear(x, w, None, p, training=training, seed=4)  # noqa: E731
+        ref = lambda: torch.nn.functional.linear(x, torch.where(m, w * s, 0))  # noqa: E731
+    else:
+        w = torch.randn(8, 5, dtype=half)
+        m = torch.from_numpy(fastdrop.dropout_mask((6, 8), p, 4))
+        fd = lambda training=True: fastdrop.dropout_matmul(x, w, p, training=training, seed=4)  # noqa: E731
+        ref = lambda: torch.matmul(torch.where(m, x * s, 0), w)  # noqa: E731
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=autocast_dtype):
+        y, want, y_eval = fd(), ref(), fd(False)
+        compiled = torch.compile(fd, backend="aot_eager", fullgraph=True)()
+    assert y.dtype == want.dtype == y_eval.dtype == compiled.dtype == autocast_dtype
+    for got in (y, compiled):
+        torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
 def test_autocast_leaves_float64_alone():
     """autocast never casts float64, and torch's linear refuses a bfloat16 x with a float64
     weight: so do the dense ops (TypeError naming the dtypes), with nothing drawn."""

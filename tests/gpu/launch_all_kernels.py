@@ -26,7 +26,9 @@ import time
 
 import numpy as np
 
-SHARED = {"linear_cuda.masked_gemm", "linear_cuda.sample_gemm", "variants_cuda.max_norm_rows"}
+# the kernels that use shared memory and barriers: racecheck and synccheck run these
+SHARED = {"linear_cuda.masked_gemm", "linear_cuda.sample_gemm", "variants_cuda.max_norm_rows",
+          "dropout_cuda.dropout_flat", "dropout_cuda.dropout_flat_bf16", "dropout_cuda.dropout_transposed"}
 LAUNCHED = {}
 
 
@@ -170,6 +172,18 @@ def device_arrays(shared_only):
         _cuda.dropconnect_forward(xd, wd, None, p, 0, offset, 1 / (1 - p), True, seeds=seeds)
         # the batched-transpose kernel (channels_last / transposed torch tensors): a (3, 37, 29)
         # array stored (3, 29, 37), tiles cut on both axes
+        xt = rng.standard_normal(3 * 37 * 29).astype(np.float32)
+        _cuda.dropout_transposed_into(cuda.to_device(xt), cuda.device_array(xt.shape, np.float32),
+                                      (3, 37, 29), p, seed, offset, 1 / (1 - p))
+    else:
+        # the elementwise kernels stage each tile's Philox words in shared memory behind a barrier:
+        # racecheck and synccheck see them too (1027 elements: a partial last tile)
+        xs = rng.standard_normal(1027).astype(np.float32)
+        _cuda.dropout_flat_into(cuda.to_device(xs), cuda.device_array(xs.shape, np.float32), p, seed, offset,
+                                1 / (1 - p))
+        bits = (xs.view(np.uint32) >> 16).astype(np.uint16).view(np.int16)
+        _cuda.dropout_flat_into(cuda.to_device(bits), cuda.device_array(bits.shape, np.int16), p, seed,
+                                offset, 1 / (1 - p), bf16=True)
         xt = rng.standard_normal(3 * 37 * 29).astype(np.float32)
         _cuda.dropout_transposed_into(cuda.to_device(xt), cuda.device_array(xt.shape, np.float32),
                                       (3, 37, 29), p, seed, offset, 1 / (1 - p))
