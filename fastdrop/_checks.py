@@ -7,6 +7,7 @@ and turns numpy's odd-but-valid inputs (np.matrix, big-endian arrays) into plain
 import math
 import numbers
 import sys
+import warnings
 
 import numba
 import numpy as np
@@ -59,6 +60,20 @@ def module_inplace_flag(inplace):
     if isinstance(inplace, numbers.Integral) and inplace in (0, 1):
         return bool(inplace)
     raise TypeError(f"inplace must be a bool, got {type(inplace).__name__} {inplace!r}")
+
+
+def quiet_under_jit_trace(fn, *args, **kwargs):
+    """fn(*args, **kwargs), without torch's TracerWarnings while torch.jit.trace runs. There a size
+    is a traced value and every shape check reads it as a Python bool or int (a warning each, in
+    eval mode too); the checks hold for the traced operands, and the custom op a trace records
+    checks again on replay. (is_compiling first: Dynamo cannot trace the tracer query and reads
+    is_compiling as True.)"""
+    torch = sys.modules.get("torch")
+    if torch is None or torch.compiler.is_compiling() or not torch._C._is_tracing():
+        return fn(*args, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return fn(*args, **kwargs)
 
 
 def check_u64(value, name):

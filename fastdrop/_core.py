@@ -33,7 +33,6 @@ from memory, so every replay draws a new mask.
 import functools
 import math
 import sys
-import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -42,7 +41,7 @@ from . import _cpu, _seeds
 from ._alloc import PHYSICAL_BYTES, check_output_bytes, empty_like
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, check_array, check_bool,
                       check_companions, check_out, check_out_is_x, check_p, check_plain_memory, check_u64,
-                      check_writable, fill_torch_floats, mark_written, numpy_view)
+                      check_writable, fill_torch_floats, mark_written, numpy_view, quiet_under_jit_trace)
 from .kernels import dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial
 from .kernels.config import CPU_PARALLEL_MIN, TORCH_GRAIN_SIZE
@@ -679,18 +678,9 @@ def call(op, operands, params=(), *, p, training, seed, offset, scale, eval_fact
     check_array returned for operands[0] when the caller already ran it (a public function whose
     rank rule needed the validated shape), so it does not run twice.
     """
-    torch = sys.modules.get("torch")
-    # (is_compiling first: Dynamo cannot trace the tracer query, and reads is_compiling as True)
-    if torch is not None and not torch.compiler.is_compiling() and torch._C._is_tracing():
-        # Under torch.jit.trace a size is a traced value, and every shape check below (the
-        # operands' shapes against each other, the output's bytes) turned into a TracerWarning
-        # about a Python bool, in eval mode too (exporting a model with DropoutLinear): the checks
-        # hold for the traced operands, and a replayed graph runs them again in the custom op.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            return _call(op, operands, params, p, training, seed, offset, scale, eval_factor, inplace, out,
-                         checked)
-    return _call(op, operands, params, p, training, seed, offset, scale, eval_factor, inplace, out, checked)
+    # (the shape checks below read traced sizes under torch.jit.trace: a TracerWarning each)
+    return quiet_under_jit_trace(_call, op, operands, params, p, training, seed, offset, scale, eval_factor,
+                                 inplace, out, checked)
 
 
 def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, inplace, out, checked):
@@ -790,13 +780,15 @@ def _autocast_mixed(operands, always=False):
     matching ones too, for an op whose products are its own kernel's, not an autocast GEMM)."""
     torch = sys.modules["torch"]
     present = [a for a in operands if a is not None]
-    if not all(isinstance(a, torch.Tensor) for a in present) or any(a.dtype == torch.float64 for a in present):
-        return operands  # (other kinds: check_companions says what is wrong; autocast leaves float64)
+    if not all(isinstance(a, torch.Tensor) for a in present):
+        return operands  # (other kinds: check_companions says what is wrong)
+    dtypes = {a.dtype for a in present}
+    if torch.float64 in dtypes or (not always and dtypes == {torch.float32}):
+        return operands  # (autocast leaves float64; float32 alone is the GEMMs' own autocast's)
     device = "cuda" if operands[0].is_cuda else "cpu"
     if not torch.is_autocast_enabled(device):
         return operands
     dtype = torch.get_autocast_dtype(device)
-    dtypes = {a.dtype for a in present}
     if len(dtypes) < 2 and not always and dtypes <= {dtype, torch.float32}:
         # float32 ones too: the GEMMs' own autocast computes them in its dtype. A half type that is
         # not autocast's (float16 operands under bfloat16 autocast) is cast, as torch's linear
@@ -928,9 +920,8 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         if seed is None:
             seed_t = _seeds.torch_seed_tensor(torch)  # (outside any torch.func transform)
         else:
-            with warnings.catch_warnings():  # the constant is the point
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                seed_t = torch.tensor(_to_i64(seed), dtype=torch.int64)
+            # (a constant of the trace: the point, not a TracerWarning's worry)
+            seed_t = quiet_under_jit_trace(torch.tensor, _to_i64(seed), dtype=torch.int64)
         return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream)
     if torch._C._are_functorch_transforms_active():
         refusal = _vmap_refusal(torch, op, operands, inplace)

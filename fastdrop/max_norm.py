@@ -10,13 +10,12 @@ A plain function over fastdrop's kernels (no mask, no autograd: it runs between 
 import math
 import numbers
 import sys
-import warnings
 
 import numpy as np
 
 from . import _core
 from ._checks import (NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, array_kind, check_array, check_writable,
-                      is_torch_tensor, mark_written, numpy_view, refuse_while_tracing)
+                      is_torch_tensor, mark_written, numpy_view, quiet_under_jit_trace, refuse_while_tracing)
 from .kernels import max_norm_cpu
 
 __all__ = ["max_norm_", "max_norm_hook"]
@@ -93,14 +92,8 @@ def max_norm_(weight, max_value, dim=1, eps=1e-7):
     Example:
         >>> fastdrop.max_norm_(layer.weight, 3.0)
     """
-    torch = sys.modules.get("torch")
-    if torch is not None and not torch.compiler.is_compiling() and torch._C._is_tracing():
-        # under torch.jit.trace the checks' shape comparisons read traced sizes (a TracerWarning
-        # each); they hold for the traced weight, and the recorded custom op checks again on replay
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            return _max_norm(weight, max_value, dim, eps)
-    return _max_norm(weight, max_value, dim, eps)
+    # (the checks read traced sizes under torch.jit.trace: a TracerWarning each)
+    return quiet_under_jit_trace(_max_norm, weight, max_value, dim, eps)
 
 
 def _max_norm(weight, max_value, dim, eps):
