@@ -27,16 +27,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402
-from fastdrop import _core  # noqa: E402
+from fastdrop import _core, _grouped  # noqa: E402
 
 VARIANTS = {"torch": ("torch", None), "none": ("none", None), "function": ("fastdrop", "function"),
             "native": ("fastdrop", "native"), "lane": ("fastdrop", "lane")}
-_LANE, _MAX = _core.training_lane, _core.NATIVE_GROUPED_MAX_BYTES
+_LANE, _MAX = _core.training_lane, _grouped.NATIVE_GROUPED_MAX_BYTES
 
 
 def route(variant):
     """Set the module switches for a fastdrop variant (before each of its steps)."""
-    _core.NATIVE_GROUPED_MAX_BYTES = 0 if variant == "function" else _MAX
+    _grouped.NATIVE_GROUPED_MAX_BYTES = 0 if variant == "function" else _MAX
     _core.training_lane = _LANE if variant == "lane" else (lambda *a, **k: None)
 
 

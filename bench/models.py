@@ -68,7 +68,7 @@ class _BareGrouped(torch.autograd.Function):
 
     @staticmethod
     def run(x, p, seed, group_ndim):
-        from fastdrop._core import _groups_outermost
+        from fastdrop._grouped import _groups_outermost
         from fastdrop._cpu import groups_flat_into
         if not _groups_outermost(x, group_ndim):
             x = x.contiguous()

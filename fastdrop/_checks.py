@@ -238,7 +238,7 @@ def refuse_while_tracing(x, name):
     """TypeError for a non-tensor while Dynamo traces (x already known not to be a tensor).
 
     Dynamo would trace numpy through torch ops and cannot trace the kernels: refused while tracing,
-    so fullgraph says why; without fullgraph the frame runs eagerly (_core.keep_dynamo_out). Not
+    so fullgraph says why; without fullgraph the frame runs eagerly (_dynamo_skip.keep_dynamo_out). Not
     is_compiling: that flag is the whole process's (other threads) and set by export too."""
     torch = sys.modules.get("torch")
     if torch is not None and torch.compiler.is_dynamo_compiling():
@@ -479,10 +479,22 @@ def check_plain_memory(t, name="x"):
     its mode), whose data_ptr() is 0 or not its values; the kernels would write there (a
     segfault) where torch's ops dispatch to the subclass. torch's own `.numpy()` refuses the same
     tensors."""
-    if sys.modules["torch"]._C._dispatch_isTensorSubclassLike(t):
+    if is_subclass_like(t):
         raise TypeError(f"{name} is a {type(t).__name__}, a tensor subclass whose data fastdrop's kernels "
                         f"cannot reach (a __torch_dispatch__ wrapper or a fake tensor): fastdrop reads "
                         f"and writes tensor memory directly; pass a plain tensor")
+
+
+def is_subclass_like(t):
+    """Is t a tensor whose memory is not its values (check_plain_memory)? torch's own query,
+    asked again with Python dispatch off when it says yes: while any TorchDispatchMode is active
+    on the thread (FlopCounterMode, selective activation checkpointing, a debug or memory-tracking
+    mode) it says yes for every tensor, and plain tensors were refused."""
+    C = sys.modules["torch"]._C
+    if not C._dispatch_isTensorSubclassLike(t):
+        return False
+    with C._DisableTorchDispatch():  # the mode off; the tensor's own dispatch keys still count
+        return C._dispatch_isTensorSubclassLike(t)
 
 
 class _TensorMemory:
@@ -499,7 +511,7 @@ def _typestr(dtype):
     if dtype == torch.bfloat16:  # no numpy type: its bits, as uint16
         entry = ("<u2", 2, True)
     else:
-        d = np.dtype(torch.empty((), dtype=dtype).numpy().dtype)  # a throwaway tensor's numpy dtype
+        d = np.dtype(torch.empty((), dtype=dtype, device="cpu").numpy().dtype)  # a throwaway tensor's numpy dtype
         entry = (d.str, d.itemsize, False)
     _TYPESTRS[dtype] = entry
     return entry

@@ -15,10 +15,12 @@ Everything else is here and shared, in this order:
 
 One route skips the Function: the grouped masks (spatial dropout, DropPath rows) of small CPU
 tensors under autograd are recorded as torch's multiply by per-group factors, whose backward is
-torch's C++ (`_native_grouped`). Values are the kernel's, bit for bit. `training_lane` takes a
-training step's default call of dropout and the grouped ops to its route without the general
-checks, which such a call passes; a small contiguous elementwise call there gets a lighter
-Function of its own (`LaneDropout`: the same kernel calls, its arguments made once).
+torch's C++ (`_grouped.native_grouped`). Values are the kernel's, bit for bit. `training_lane`
+takes a training step's default call of dropout and the grouped ops to its route without the
+general checks, which such a call passes; a small contiguous elementwise call there gets a lighter
+Function of its own (`LaneDropout`: the same kernel calls, its arguments made once). What torch
+is doing around a call (compiling, tracing, functorch transforms, autocast, graph capture) is
+asked through `_torch_state`.
 
 Backward formulas are written with differentiable pieces (the dropout op, its own derivative, and
 torch GEMMs), so double backward works and only the declared operands and (seed, offset) are saved,
@@ -27,10 +29,9 @@ consumes torch's generator exactly as eager does; the seed then travels as a 0-d
 the offset as the int64 with the same bits (op schemas have no uint64). Compiled autograd traces
 an eager Function's backward with Dynamo; there the backward takes that form too (`_traced_rng`),
 so its masks are the custom ops. During CUDA-graph capture a seed=None call on a CUDA tensor takes
-the custom op too, eagerly, with its seed drawn on the device (`_capturing`): the kernels read it
+the custom op too, eagerly, with its seed drawn on the device (`capturing`): the kernels read it
 from memory, so every replay draws a new mask.
 """
-import functools
 import math
 import sys
 from typing import NamedTuple
@@ -42,11 +43,15 @@ from ._alloc import PHYSICAL_BYTES, check_output_bytes, empty_like
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, check_array, check_bool,
                       check_companions, check_out, check_out_is_x, check_p, check_plain_memory, check_u64,
                       check_writable, fill_torch_floats, mark_written, numpy_view, quiet_under_jit_trace)
+from ._dynamo_skip import MARKED, keep_dynamo_out
+from ._grouped import groups_are_runs, native_grouped, native_layout
+from ._torch_state import (NO_LEVELS, autocast_state, batched_for_vmap, batched_levels, capturing, compiling,
+                           forward_ad_active, functorch_interpreters, grad_enabled, grad_levels_active,
+                           grad_transform_active, tracing_dispatch_mode, vmap_levels)
 from .kernels import dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial
-from .kernels.config import CPU_PARALLEL_MIN, TORCH_GRAIN_SIZE
-from .kernels.layout import groups_outermost
-from .kernels.philox import kernel_rng_args, kernel_threshold
+from .kernels.config import CPU_PARALLEL_MIN
+from .kernels.philox import kernel_rng_args
 
 
 class Rng(NamedTuple):
@@ -69,7 +74,7 @@ def _rng(p, seed, offset, scale):
 def _seed_int(seed):
     if isinstance(seed, int):
         return seed
-    if seed.is_cuda:  # a CUDA-graph capture's seed (`_capturing`): only the kernels may read it
+    if seed.is_cuda:  # a CUDA-graph capture's seed (`capturing`): only the kernels may read it
         raise RuntimeError("this fastdrop route needs its seed on the host, and under CUDA-graph "
                            "capture the seed lives on the device: it is not supported inside a "
                            "captured region (pass an explicit seed=, or run it outside the capture)")
@@ -161,14 +166,6 @@ def torch_empty_like(t):
     return sys.modules["torch"].empty_like(t)
 
 
-# Grouped ops under autograd below this many output bytes take torch's own multiply
-# (`_native_grouped`); above it the one-pass kernel and the output cache (`_alloc.MIN_BYTES`) win.
-NATIVE_GROUPED_MAX_BYTES = 32 << 20
-# ... and while the dropped groups, which it zeroes in a pass of its own, span at most this many
-# bytes (about a core's L2 here); above, the one-pass kernel's Python backward costs less than that
-# pass (docs/cpu_kernels.md, "Grouped ops under autograd").
-NATIVE_ZERO_MAX_BYTES = 512 << 10
-
 _FLAT_SCALARS = {}  # torch float32/float64 -> numpy scalar type; filled on first use (no torch at import)
 _SCALES = {}        # (torch dtype, scale) -> the kernel's scale scalar: a model uses a handful
 
@@ -196,17 +193,6 @@ def _serial_dropout(x, args):
     out = sys.modules["torch"].empty_like(x)  # contiguous, as x
     dropout_cpu.dropout_flat_serial_at(x.data_ptr(), out.data_ptr(), x.numel(), *args)
     return out
-
-
-def _groups_outermost(x, group_ndim):
-    """x's memory is dense with its first group_ndim dims outermost, in order (kernels/layout.py)."""
-    return groups_outermost(x.shape, x.stride(), group_ndim)
-
-
-def _groups_are_runs(x, group_ndim):
-    """x's groups (one per index of its first group_ndim dims) are consecutive runs of memory in
-    group order: x is contiguous, or dense with those dims outermost."""
-    return x.is_contiguous() or _groups_outermost(x, group_ndim)
 
 
 def _dense_grouped_dropout(x, p, seed, offset, scale, group_ndim, n):
@@ -330,7 +316,7 @@ class TorchBackend:
                     dropout_cpu.dropout_flat_serial_at(x.data_ptr(), out.data_ptr(), n, *args)
                 return out
         if out is None and group_ndim > 0 and n > 0 and x.dtype in _FLAT_SCALARS and \
-                _groups_are_runs(x, group_ndim):
+                groups_are_runs(x, group_ndim):
             return _dense_grouped_dropout(x, rng.p, seed, offset, rng.scale, group_ndim, n)
         if out is None:
             # torch's layout rules: a dense layout (channels_last...) is kept; only large outputs
@@ -589,52 +575,23 @@ def _vmap_refusal(torch, op, operands, inplace):
     wrappers unwrapped: a vmap of a grad wraps the batched tensor). A level no operand is batched
     at is a random op on a value shared by the batch, as torch's random ops see it: refused under
     randomness="error", one mask under "same", a mask per example under "different" (given by
-    `_batched_for_vmap` at the innermost level; an outer one is refused)."""
-    levels = _vmap_levels(torch)
+    `batched_for_vmap` at the innermost level; an outer one is refused)."""
+    levels = vmap_levels(torch)
     if not levels:
         return None
-    batched = _batched_levels(torch, operands)
+    batched = batched_levels(torch, operands)
     different = [level for level, r in levels.items() if r == "different" and level not in batched]
     if (batched or different) and (op.vmap is None or inplace):
         return _no_vmap(op, inplace)
     if any(levels[level] not in ("different", "same") for level in batched) or \
             any(r == "error" for level, r in levels.items() if level not in batched):
         return RuntimeError(_RANDOMNESS_REFUSAL)
-    if different and different != [_interpreters(torch)[-1].level()]:
+    if different and different != [functorch_interpreters(torch)[-1].level()]:
         return RuntimeError(f"fastdrop.{op.name} under torch.func.vmap(randomness='different'): its "
                             f"input is not batched at an outer vmap level (or another transform runs "
                             f"inside that vmap), where a mask per example cannot be given; batch the "
                             f"input there (in_dims), or use randomness='same'")
     return None
-
-
-def _batched_levels(torch, operands):
-    """The vmap levels some operand is batched at (functorch's wrappers unwrapped: a vmap of a
-    grad wraps the batched tensor)."""
-    functorch = torch._C._functorch
-    batched = set()
-    for a in operands:
-        while a is not None and functorch.is_functorch_wrapped_tensor(a):
-            if functorch.is_batchedtensor(a):
-                batched.add(functorch.maybe_get_level(a))
-            a = functorch.get_unwrapped(a)
-    return batched
-
-
-def _batched_for_vmap(torch, operands):
-    """operands with x batched at the innermost vmap level when no operand is and that level's
-    randomness is "different" (the dropout family; `_vmap_refusal` refused every other case): x
-    expanded over the level's batch, so the op's vmap rule gives every example its own mask, as
-    torch's random ops do for a value the batch shares."""
-    functorch = torch._C._functorch
-    interpreters = _interpreters(torch)
-    top = interpreters[-1] if interpreters else None
-    if top is None or top.key() != functorch.TransformType.Vmap or top.randomness() != "different" or \
-            top.level() in _batched_levels(torch, operands):
-        return operands
-    x = operands[0]
-    x = functorch._add_batch_dim(x.expand(top.batch_size(), *x.shape), 0, top.level())
-    return (x, *operands[1:])
 
 
 def _vmap(info, in_dims, operands, rng, params, apply=None):
@@ -706,7 +663,7 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
                 else f"with strides in whole elements, got strides {given.strides} for itemsize {given.itemsize}"
             raise TypeError(f"inplace=True needs x {why} (the result would go into a converted copy)")
         check_writable(x, kind)
-        if kind == TORCH and x.requires_grad and _grad_enabled():
+        if kind == TORCH and x.requires_grad and grad_enabled():
             if x.is_leaf:
                 raise InplaceLeafError("inplace dropout on a leaf tensor that requires grad is not allowed")
             base = x._base
@@ -725,7 +682,7 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
             out[...] = y
             return out
         return given if inplace else y
-    if out is None and not inplace and (kind == NUMPY or kind == TORCH and x.is_cpu and not _compiling()):
+    if out is None and not inplace and (kind == NUMPY or kind == TORCH and x.is_cpu and not compiling()):
         # x-sized arrays (the output, the dense ops' masked x or a) and the output in host memory,
         # refused before the draw (an expanded x is small memory); not while compiling, where it
         # would be a guard on the symbolic sizes
@@ -797,10 +754,6 @@ def _autocast_mixed(operands, always=False):
     return tuple(a.to(dtype) if a is not None and a.is_floating_point() else a for a in operands)
 
 
-def _compiling():
-    return sys.modules["torch"].compiler.is_compiling()
-
-
 def _autocast_gemm_operands(operands):
     """A GEMM op's float32 operands in autocast's dtype while autocast is on, as torch's own linear
     and matmul take them there. Eager calls get this from the GEMMs inside the op (autocast is on
@@ -815,10 +768,6 @@ def _autocast_gemm_operands(operands):
     # float32 and the other half type (float16 under bfloat16 autocast), as torch's linear takes them
     lower = (torch.float32, torch.float16, torch.bfloat16)
     return tuple(a.to(dtype) if a is not None and a.dtype in lower and a.dtype != dtype else a for a in operands)
-
-
-def _grad_enabled():
-    return sys.modules["torch"].is_grad_enabled()
 
 
 def _upcast(op, B, operands, run, inplace=False):
@@ -876,12 +825,12 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
                                "after torch, or on fastdrop's first eager call on a tensor: import "
                                "torch before fastdrop (or call fastdrop.register_torch_ops()) before "
                                "torch.compile traces a fastdrop op")
-        if _forward_ad_active(torch):
+        if forward_ad_active(torch):
             # a custom op has no forward-mode formula: torch would give a zero tangent, silently
             raise RuntimeError(f"fastdrop.{op.name} inside torch.compile does not support forward-mode "
                                f"AD (torch.func.jvp, torch.autograd.forward_ad): torch's custom ops carry "
                                f"no forward derivative; run the jvp eagerly (it works there)")
-        if _grad_transform_active(torch, operands[0]):
+        if grad_transform_active(torch, operands[0]):
             # torch.func.grad / vjp / jacrev traced by Dynamo: a custom op's autograd formula is a
             # Function without setup_context, which those transforms refuse (a RuntimeError when
             # Dynamo runs the op on fake tensors). Dynamo runs this call eagerly instead: the
@@ -902,13 +851,13 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         # traced module draws a new mask from torch's generator, as eager calls and torch's own
         # traced dropout do (a custom op's draw, with constant arguments, would be folded into one
         # constant seed). An explicit seed is a constant of the trace.
-        if _forward_ad_active(torch):
+        if forward_ad_active(torch):
             # the custom op has no forward-mode formula: a traced jvp would give a zero tangent
             raise RuntimeError(f"fastdrop.{op.name} under make_fx, FakeTensorMode or torch.jit.trace "
                                f"does not support forward-mode AD (torch.func.jvp, "
                                f"torch.autograd.forward_ad): torch's custom ops carry no forward "
                                f"derivative; run the jvp eagerly (it works there)")
-        if _grad_levels_active(torch):
+        if grad_levels_active(torch):
             # the custom op's autograd formula is a Function without setup_context, which
             # torch.func's grad transforms refuse with a message about an autograd.Function the
             # caller never wrote; the kernels' eager route would leave no trace
@@ -921,17 +870,17 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
             seed_t = _seeds.torch_seed_tensor(torch)  # (outside any torch.func transform)
         else:
             # (a constant of the trace: the point, not a TracerWarning's worry)
-            seed_t = quiet_under_jit_trace(torch.tensor, _to_i64(seed), dtype=torch.int64)
+            seed_t = quiet_under_jit_trace(torch.tensor, _to_i64(seed), dtype=torch.int64, device="cpu")
         return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream)
     if torch._C._are_functorch_transforms_active():
         refusal = _vmap_refusal(torch, op, operands, inplace)
         if refusal is not None:
             raise refusal
-        operands = _batched_for_vmap(torch, operands)
+        operands = batched_for_vmap(torch, operands)
     for a in operands:  # before the seed draw: the kernels cannot take such a tensor
         if a is not None and type(a) not in _PLAIN_TENSORS:
             check_plain_memory(a, "x" if a is operands[0] else "an operand")
-    if seed is None and operands[0].is_cuda and _capturing(torch, operands[0].device):
+    if seed is None and operands[0].is_cuda and capturing(torch, operands[0].device):
         # CUDA-graph capture: the seed is drawn on the stream by torch's CUDA generator, whose
         # state every replay advances, and the kernels read it from device memory; the custom op
         # carries the seed tensor to the backward (the graph's replays: a new mask each, the
@@ -956,16 +905,8 @@ def _explicit_seed_tensor(torch, seed):
     whose int argument the graph's Python wrapper computes, as the ops' offset argument is.
     (The comparison is a guard on a symbolic seed: one graph per side of 2^63.)"""
     if seed < 1 << 63:
-        return torch.tensor(seed, dtype=torch.int64)
+        return torch.tensor(seed, dtype=torch.int64, device="cpu")
     return torch.ops.fastdrop.seed_tensor(seed - (1 << 64))
-
-
-def _capturing(torch, device):
-    """Is torch's current stream on CUDA `device` capturing a CUDA graph?"""
-    if device.index == torch.cuda.current_device():
-        return torch.cuda.is_current_stream_capturing()
-    with torch.cuda.device(device):
-        return torch.cuda.is_current_stream_capturing()
 
 
 _EAGER_TORCH_CALL = None
@@ -977,46 +918,6 @@ def _eager_torch_call(torch):
     if _EAGER_TORCH_CALL is None:
         _EAGER_TORCH_CALL = torch._dynamo.disable(_torch_call)
     return _EAGER_TORCH_CALL
-
-
-def tracing_dispatch_mode(torch):
-    """Is a make_fx trace (torch's proxy mode) or fake-tensor propagation (FakeTensorMode, which
-    also takes real tensors with allow_non_fake_inputs) running on this thread? Both see torch's
-    ops only: the kernels' writes through numpy views would be lost from a make_fx graph (its
-    replay returned uninitialized memory), and a fake tensor has no memory to write."""
-    key = torch._C._TorchDispatchModeKey
-    # (the stack's length first: one C call, where the two mode queries cost 1.2 us on every
-    # training-lane call; proxy and fake modes count in it)
-    if torch._C._len_torch_dispatch_stack():
-        get = torch._C._get_dispatch_mode
-        if get(key.PROXY) is not None or get(key.FAKE) is not None:
-            return True
-    # make_fx(pre_dispatch=True) keeps its proxy mode on the pre-dispatch stack, and torch marks
-    # any mode there by including the PreDispatch key in the thread's dispatch keys: one C query,
-    # where torch's Python accessor of that stack cost several microseconds on every training-lane
-    # call run cold (a pre-dispatch functionalization mode counts too: the torch-ops route is right
-    # under it as well)
-    global _PRE_DISPATCH_QUERY
-    if _PRE_DISPATCH_QUERY is None:
-        _PRE_DISPATCH_QUERY = _pre_dispatch_query(torch)
-    return _PRE_DISPATCH_QUERY()
-
-
-_PRE_DISPATCH_QUERY = None
-
-
-def _pre_dispatch_query(torch):
-    """A no-argument function: is a pre-dispatch mode (make_fx(pre_dispatch=True)) set on this
-    thread? torch's TLS key query; where a torch lacks it, its private stack accessor; a torch
-    with neither has no such stack to ask."""
-    included = getattr(torch._C, "_dispatch_tls_is_dispatch_key_included", None)
-    key = getattr(torch._C.DispatchKey, "PreDispatch", None)
-    if included is not None and key is not None:
-        return functools.partial(included, key)
-    accessor = getattr(torch._ops, "_get_dispatch_mode_pre_dispatch", None)
-    if accessor is not None:
-        return lambda: accessor(torch._C._TorchDispatchModeKey.PROXY) is not None
-    return lambda: False
 
 
 def _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream=False):
@@ -1048,98 +949,19 @@ def torch_apply(op, operands, params, rng, inplace=False):
             and sys.modules["torch"].autograd.forward_ad._current_level < 0:
         layout = _native_groups(operands[0], params[0], rng.p)
         if layout and rng.seed < 1 << 63 and rng.offset < 1 << 63:
-            y = _native_grouped(operands[0], rng.p, rng.seed, rng.offset, rng.scale, params[0], layout)
+            y = native_grouped(operands[0], rng.p, rng.seed, rng.offset, rng.scale, params[0], layout)
             if y is not None:
                 return y
     return apply(op, params, rng, inplace, *operands)
 
 
 def _native_groups(x, g, p):
-    """The layout `_native_grouped` needs, (groups, the shape of the factors), when it applies
-    to x (a tensor under autograd) with mask-shape rule g > 0, else None: a CPU float32/float64
-    tensor whose groups are consecutive runs of memory (`_grouped_layout`: contiguous, or timm's
-    permuted ConvNeXt branch; not channels_last spatial dropout), whose output the output cache
-    would not serve, and whose dropped groups are expected (p of x) to fit NATIVE_ZERO_MAX_BYTES
-    twice over (the draw decides; this only saves drawing factors that would not be used)."""
+    """`_grouped.native_layout` for a tensor under autograd with mask-shape rule g > 0, when it
+    is a CPU float32/float64 tensor of a plain class (the route's kernels take no other), else None."""
     if x.dtype not in _FLAT_SCALARS or not x.is_cpu or type(x) not in _PLAIN_TENSORS:
         return None
     n = x.numel()
-    return _native_layout(x, g, p, n, n * x.element_size())
-
-
-def _native_layout(x, g, p, n, nbytes):
-    """`_native_groups` for x already known to be a CPU float tensor of a plain class, with n
-    elements of nbytes bytes in all (the training lane has checked and counted those)."""
-    if n == 0 or nbytes >= NATIVE_GROUPED_MAX_BYTES or p * nbytes > 2 * NATIVE_ZERO_MAX_BYTES:
-        return None
-    return _grouped_layout(x, g)
-
-
-# (shape, strides, g) -> (groups, factor shape), or False where the groups are not consecutive
-# runs: a training step meets a few shapes per layer, and for a permuted x the pure-Python layout
-# check cost more than the multiply's own bookkeeping (bounded: shapes from a varying batch or
-# resolution are cleared, not kept forever)
-_GROUPED_LAYOUTS = {}
-
-
-def _grouped_layout(x, g):
-    """(groups, factor shape) of x with mask-shape rule g > 0 when its groups are consecutive
-    runs of memory (`_groups_are_runs`), else None."""
-    shape = x.shape
-    key = (shape, x.stride(), g)
-    layout = _GROUPED_LAYOUTS.get(key)
-    if layout is None:
-        if len(_GROUPED_LAYOUTS) >= 256:
-            _GROUPED_LAYOUTS.clear()
-        layout = False
-        if _groups_are_runs(x, g):
-            layout = (math.prod(shape[:g]), tuple(shape[:g]) + (1,) * (len(shape) - g))
-        _GROUPED_LAYOUTS[key] = layout
-    return layout or None
-
-
-def _native_grouped(x, p, seed, offset, scale, g, layout):
-    """Spatial dropout / DropPath of a tensor under autograd (`_native_groups` said yes),
-    recorded with torch's own multiply: y = x * f, f the per-group factors (scale or 0,
-    `group_factors`), then the dropped groups of y set to exact zeros outside autograd (x * 0
-    keeps x's inf and NaN, and gives -0.0 for negative x). Backward is torch's C++ multiply,
-    grad * f, instead of a Python autograd.Function, which inside a training step, where every
-    call runs cold, cost more than the kernel (docs/cpu_kernels.md, "Grouped ops under
-    autograd"). Output: bit for bit the kernel's. Gradient: the kernel's for a finite incoming
-    gradient, up to the sign of a zero (grad * 0); an inf or NaN incoming gradient in a dropped
-    group gives NaN there, as torch's own dropout does, where the kernel gives 0. Saved for
-    backward: f, one value per group, never a mask of x's size. Not under forward-mode AD, whose
-    tangent t * f would have the same NaN. seed, offset: ints below 2^63."""
-    torch = sys.modules["torch"]
-    groups, factor_shape = layout
-    factors = np.empty(factor_shape, _FLAT_SCALARS[x.dtype])
-    count = dropout_cpu.group_factors(factors, seed, offset, kernel_threshold(p), scale)
-    n = x.numel()
-    if count * (n // groups) * x.element_size() > NATIVE_ZERO_MAX_BYTES:
-        return None
-    y = x * torch.from_numpy(factors)
-    if count:
-        # x's dense layout and dtype, which torch's multiply keeps: the zeros go straight to y's
-        # memory (the kernel writes n elements of factors' dtype there, so both are checked)
-        if _zeroable_in_place(y, x, g):
-            # on the threads that wrote y, where torch's multiply ran on several (kernel docstring)
-            zero = dropout_cpu.zero_dropped_runs if n >= TORCH_GRAIN_SIZE and torch.get_num_threads() > 1 \
-                else dropout_cpu.zero_dropped_runs.serial
-            zero(y.data_ptr(), n, n // groups, factors)
-        else:  # not met for a dense x; the general tool, in case a torch lays y out otherwise
-            with torch.no_grad():
-                y.masked_fill_(torch.from_numpy(factors) == 0, 0.0)
-    return y
-
-
-def _zeroable_in_place(y, x, g):
-    """Can `zero_dropped_runs` write y's dropped groups through its flat memory: a plain tensor
-    with memory (a dispatch mode may hand back a subclass: under FakeTensorMode with real inputs
-    y is a fake tensor whose data_ptr() is 0, and writing there crashed the process), x's dtype
-    and shape, and its groups consecutive runs in group order (y with x's shape and strides has
-    the layout `_grouped_layout` checked for x)?"""
-    return type(y) is _PLAIN_TENSORS[0] and y.dtype == x.dtype and y.shape == x.shape and \
-        (y.stride() == x.stride() or _groups_outermost(y, g))
+    return native_layout(x, g, p, n, n * x.element_size())
 
 
 def training_lane(x, p, g, ndim=None):
@@ -1149,7 +971,7 @@ def training_lane(x, p, g, ndim=None):
     runs passes for such a call, and its result is `call`'s, bit for bit, with the same draw from
     torch's generator: the route `torch_apply` would take. Under autograd that is the eager
     Function (a small contiguous elementwise call: `LaneDropout`; a grouped op:
-    `_native_grouped` first); with nothing to record (x needs no grad, or grad mode is off, as in
+    `native_grouped` first); with nothing to record (x needs no grad, or grad mode is off, as in
     MC-dropout sampling) the op's forward on the kernels. Skipping the pipeline's Python saves
     about a tenth of a small call (docs/cpu_kernels.md, "The training lane"). None, having
     touched nothing, when any condition fails: the caller goes on to `call`. ndim: the rank x
@@ -1172,7 +994,7 @@ def training_lane(x, p, g, ndim=None):
     n = x.numel()
     nbytes = n * x.element_size()
     if g and recorded:
-        layout = _native_layout(x, g, p, n, nbytes)
+        layout = native_layout(x, g, p, n, nbytes)
         if not layout:
             return None
     elif n == 0 or nbytes > PHYSICAL_BYTES:
@@ -1185,12 +1007,12 @@ def training_lane(x, p, g, ndim=None):
     if not recorded:  # nothing records the result: the kernel, as torch_apply runs it then
         if small:
             return _serial_dropout(x, _serial_args(x.dtype, p, seed, offset, scale))
-        if g and n and not x.is_neg() and _groups_are_runs(x, g) and \
+        if g and n and not x.is_neg() and groups_are_runs(x, g) and \
                 not is_legacy_batched(x):
             return _dense_grouped_dropout(x, p, seed, offset, scale, g, n)  # TorchBackend.mask's pick
         return _mask(TorchBackend, (x,), _rng(p, seed, offset, scale), (g,))
     if g:
-        y = _native_grouped(x, p, seed, offset, scale, g, layout)
+        y = native_grouped(x, p, seed, offset, scale, g, layout)
         if y is not None:
             return y
     elif small:
@@ -1233,7 +1055,7 @@ _FUNCTIONS = None
 def _setup(ctx, op, params, rng, inplace, operands, forward_ad):
     ctx.op, ctx.params, ctx.rng, ctx.n = op, params, rng, len(operands)
     ctx.half = _upcast_dtype(op, operands[0])
-    ctx.autocast = _autocast_state(operands[0])
+    ctx.autocast = autocast_state(operands[0])
     if op.saves:  # saved_tensors is () without the call
         ctx.save_for_backward(*(operands[i] for i in op.saves))
     if forward_ad:
@@ -1300,8 +1122,8 @@ def _backward_route(torch, ctx):
     if torch.compiler.is_compiling():
         return TorchAutogradBackend, _traced_rng(torch, rng)
     if torch._C._are_functorch_transforms_active():
-        forward_levels = getattr(ctx, "vmap_levels", _NO_LEVELS)
-        if _vmap_levels(torch).keys() - forward_levels.keys():
+        forward_levels = getattr(ctx, "vmap_levels", NO_LEVELS)
+        if vmap_levels(torch).keys() - forward_levels.keys():
             if "different" in forward_levels.values():
                 raise RuntimeError(f"fastdrop.{ctx.op.name}: a backward batched by a torch.func.vmap "
                                    f"(jacrev, vmap of a vjp) of a forward that ran under "
@@ -1317,66 +1139,12 @@ def _backward_route(torch, ctx):
     return TorchBackend, rng
 
 
-_NO_LEVELS = {}
-
-
-def _forward_ad_active(torch):
-    """A forward-mode AD level is open: torch.autograd.forward_ad.dual_level, which torch.func.jvp
-    opens too (a Python global: Dynamo reads it, where it cannot call the functorch queries)."""
-    return torch.autograd.forward_ad._current_level >= 0
-
-
-def _grad_transform_active(torch, x):
-    """Under Dynamo: a torch.func transform is active and x is not a vmap's BatchedTensor (so the
-    innermost transform is grad, vjp or jacrev, whose GradTrackingTensor x is; or a vmap that
-    does not batch x, which then runs eagerly too, correctly). Two queries Dynamo evaluates
-    while tracing; it graph-breaks on the functorch interpreter stack that `_grad_levels_active`
-    reads, and a graph break on every compiled call would split every graph."""
-    return torch._C._are_functorch_transforms_active() and not torch._C._functorch.is_batchedtensor(x)
-
-
-def _interpreters(torch):
-    """The torch.func transforms active now, outermost first (none where torch lacks the query)."""
-    if not torch._C._are_functorch_transforms_active():
-        return ()
-    pyfunctorch = getattr(torch._functorch, "pyfunctorch", None)
-    if pyfunctorch is None:  # pragma: no cover - torch without the query: no replay, no refusal
-        return ()
-    return pyfunctorch.retrieve_all_functorch_interpreters()
-
-
-def _grad_levels_active(torch):
-    """A torch.func grad transform (grad, vjp, jacrev) is active, at any level (eager Python)."""
-    grad = torch._C._functorch.TransformType.Grad
-    return any(i.key() == grad for i in _interpreters(torch))
-
-
-def _vmap_levels(torch):
-    """{level: randomness} of the torch.func.vmap transforms active now."""
-    vmap = torch._C._functorch.TransformType.Vmap
-    return {i.level(): i.randomness() for i in _interpreters(torch) if i.key() == vmap}
-
-
 def _traced_rng(torch, rng):
     """rng as a compiled graph carries it (the custom ops' schema): the seed a 0-d int64 tensor,
     the offset the int64 with the same bits. Under compiled autograd, which traces an eager
     Function's backward with Dynamo, that sends every mask through its opaque custom op (Dynamo
     cannot trace the Numba kernels, nor their uint64 scalars)."""
     return Rng(rng.p, _explicit_seed_tensor(torch, rng.seed), _to_i64(rng.offset), rng.scale)
-
-
-def _autocast_state(x):
-    """(device type, dtype) of the autocast region the forward runs in for x's device, or None.
-    Backward runs outside any autocast region unless it re-enters the forward's, as
-    torch.amp.custom_bwd does; without that, a bfloat16 gradient of an autocast GEMM meets a
-    float32 saved weight in the backward's GEMM."""
-    if x is None:
-        return None
-    torch = sys.modules["torch"]
-    device = "cuda" if x.is_cuda else "cpu"  # the only devices _checks lets through
-    if not torch.is_autocast_enabled(device):
-        return None
-    return device, torch.get_autocast_dtype(device)
 
 
 def _jvp(ctx, _op, _params, _rng, _inplace, *tangents):
@@ -1418,7 +1186,7 @@ def _functions():
             def setup_context(ctx, inputs, output):
                 op, params, rng, inplace, *operands = inputs
                 _setup(ctx, op, params, rng, inplace, operands, True)
-                ctx.vmap_levels = _vmap_levels(torch)  # a backward under others: one mask for all
+                ctx.vmap_levels = vmap_levels(torch)  # a backward under others: one mask for all
 
             backward = staticmethod(_function_backward)
             jvp = staticmethod(_jvp)
@@ -1493,20 +1261,20 @@ def _seed_ops():
             `device` names the generator drawn from, always the CPU's: activation checkpointing
             inside a compiled graph saves and restores that device's RNG state around the op (it
             reads the device from this keyword), so the recomputed forward draws the same seed."""
-            return torch.tensor(_seeds.draw_torch_seed(), dtype=torch.int64)
+            return torch.tensor(_seeds.draw_torch_seed(), dtype=torch.int64, device="cpu")
 
         @draw_seed.register_fake
         def _(token, *, device):
-            return torch.empty((), dtype=torch.int64)
+            return torch.empty((), dtype=torch.int64, device="cpu")
 
         @torch.library.custom_op("fastdrop::seed_tensor", mutates_args=(), schema="(SymInt seed) -> Tensor")
         def seed_tensor(seed):
             """An explicit seed, as the int64 with its bits, in a 0-d tensor (`_explicit_seed_tensor`)."""
-            return torch.tensor(seed, dtype=torch.int64)
+            return torch.tensor(seed, dtype=torch.int64, device="cpu")
 
         @seed_tensor.register_fake
         def _(seed):
-            return torch.empty((), dtype=torch.int64)
+            return torch.empty((), dtype=torch.int64, device="cpu")
 
         tokens = itertools.count()
 
@@ -1581,9 +1349,6 @@ def register_torch_ops():
 TORCH_OP_REGISTRARS = []
 
 
-_MARKED = set()  # modules whose code is marked
-
-
 def cuda_module():
     """fastdrop._cuda, imported on the first CUDA input (numba.cuda takes a second to load).
 
@@ -1591,73 +1356,9 @@ def cuda_module():
     marked here, on the first call once torch is loaded (without torch, the later import of torch
     marks them: TorchImportHook -> register_torch_ops)."""
     from . import _cuda
-    if "fastdrop._cuda" not in _MARKED and "torch" in sys.modules:
+    if "fastdrop._cuda" not in MARKED and "torch" in sys.modules:
         keep_dynamo_out()
     return _cuda
-
-
-def keep_dynamo_out():
-    """Mark fastdrop's internal code so that Dynamo never compiles one of its frames on its own.
-
-    Under torch.compile Dynamo inlines fastdrop's Python into the caller's graph, where its tensor
-    route is the custom ops. But when Dynamo gives up on a frame (an exception while tracing, such
-    as a refusal of forward-mode AD, or a graph break it cannot resume, such as a numpy array), it
-    runs that frame eagerly and compiles every function the frame calls as a frame of its own:
-    fastdrop's eager internals, whose numpy scalars and Numba dispatchers it cannot trace
-    (InternalTorchDynamoError). A frame of marked code runs as plain Python, with every frame it
-    calls (the strategy torch.compiler.disable sets, without its wrapper: nothing on the eager
-    path). Inlining ignores the mark, so compiled graphs are unchanged. Public functions and
-    module classes stay unmarked: `torch.compile(fastdrop.dropout)` compiles them. Marked: the
-    code of fastdrop's private modules and kernels, and the private (_-named) functions of the
-    public modules. Runs when torch's ops register and when fastdrop.nn loads; a torch
-    without the strategy API is left alone."""
-    eval_frame = getattr(getattr(sys.modules["torch"]._C, "_dynamo", None), "eval_frame", None)
-    action = getattr(eval_frame, "_FrameAction", None)
-    if action is None or not hasattr(eval_frame, "set_code_exec_strategy"):
-        return
-    skip = eval_frame._FrameExecStrategy(action.SKIP, action.SKIP)
-    for name, module in list(sys.modules.items()):
-        if module is None or name in _MARKED or not (name == "fastdrop" or name.startswith("fastdrop.")):
-            continue
-        if getattr(getattr(module, "__spec__", None), "_initializing", False):
-            continue  # still importing (torch's import hook runs from inside it): marked on a later run
-        _MARKED.add(name)
-        # public: no _-named part and not the kernels (fastdrop.functional, fastdrop.nn.dropout, ...)
-        public = not name.startswith("fastdrop.kernels") and not any(
-            part.startswith("_") for part in name.split("."))
-        for attr, value in vars(module).items():
-            if getattr(value, "__module__", None) != name:
-                continue  # imported from elsewhere: marked (or not) with its own module
-            if public and (not attr.startswith("_") or isinstance(value, type)):
-                continue  # a public function, or a module's class: torch.compile/export may start there
-            for code in _code_objects(value):
-                eval_frame.set_code_exec_strategy(code, skip)
-
-
-def _code_objects(value, seen=None):
-    """The code objects of a function (with the functions and classes it defines inside), a
-    class's methods (properties' accessors included), or a Numba dispatcher's Python function."""
-    seen = set() if seen is None else seen
-    if id(value) in seen:
-        return
-    seen.add(id(value))
-    if isinstance(value, (staticmethod, classmethod)):
-        value = value.__func__
-    if isinstance(value, property):
-        for f in (value.fget, value.fset, value.fdel):
-            if f is not None:
-                yield from _code_objects(f, seen)
-        return
-    if isinstance(value, type):
-        for member in vars(value).values():
-            yield from _code_objects(member, seen)
-        return
-    code = getattr(value, "__code__", None) or getattr(getattr(value, "py_func", None), "__code__", None)
-    stack = [code] if code is not None else []
-    while stack:
-        code = stack.pop()
-        yield code
-        stack.extend(c for c in code.co_consts if hasattr(c, "co_consts"))
 
 
 def _compiled_capture_error(op):
@@ -1729,7 +1430,7 @@ def library_op(op):
             _check_library_scalars(op, checked[0], seed, p, scale, params)
             if seed.is_cuda:  # a CUDA-graph capture's seed, read by the kernels (`_torch_call`)
                 rng = Rng(p, seed, _run_offset(offset, rank_stream), scale)
-            elif operands[0].is_cuda and _capturing(torch, operands[0].device):
+            elif operands[0].is_cuda and capturing(torch, operands[0].device):
                 raise _compiled_capture_error(op)
             else:
                 rng = Rng(p, _seed_int(seed), _run_offset(offset, rank_stream), scale)
@@ -1752,7 +1453,7 @@ def library_op(op):
         ctx.save_for_backward(*(operands[i] for i in op.saves), seed)
         # the forward's offset (rank stream included), so the backward's masks are its masks
         ctx.scalars, ctx.params = (p, _to_i64(_run_offset(offset, rank_stream)), scale), tuple(params)
-        ctx.autocast = _autocast_state(operands[0])
+        ctx.autocast = autocast_state(operands[0])
         ctx.op, ctx.half = op, _upcast_dtype(op, operands[0])
 
     def backward(ctx, grad):

@@ -148,7 +148,7 @@ def _host(a):
     dtype = a.dtype
 
     def make(shape, zeros=False):
-        t = (torch.zeros if zeros else torch.empty)(shape, dtype=dtype)
+        t = (torch.zeros if zeros else torch.empty)(shape, dtype=dtype, device="cpu")  # not the default device
         return numpy_view(t)[0], t
     return numpy_view(a.detach().contiguous().resolve_neg())[0], make
 

@@ -22,7 +22,7 @@ class Case(NamedTuple):
     shapes: tuple         # operand shapes (None: an absent optional operand)
     inplace: bool = False  # the call takes inplace=
     groups: int = 0       # mask elements of a grouped op (spatial dropout, DropPath rows): the
-    #                       size of the per-group factors its native route may save (_core._native_grouped)
+    #                       size of the per-group factors its native route may save (_grouped.native_grouped)
 
 
 F = fastdrop

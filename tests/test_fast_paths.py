@@ -21,7 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import fastdrop  # noqa: E402
-from fastdrop import _core, _seeds  # noqa: E402
+from fastdrop import _core, _grouped, _seeds  # noqa: E402
 
 
 def _numpy_result(x, p, seed):
@@ -66,7 +66,7 @@ def test_dense_grouped_matches_numpy_route(monkeypatch, fn, shape, dtype):
     shortcut = _core._dense_grouped_dropout
     monkeypatch.setattr(_core, "_dense_grouped_dropout", lambda *args: calls.append(1) or shortcut(*args))
     # the Function route (under autograd these inputs take the native one: test_native_grouped.py)
-    monkeypatch.setattr(_core, "NATIVE_GROUPED_MAX_BYTES", 0)
+    monkeypatch.setattr(_grouped, "NATIVE_GROUPED_MAX_BYTES", 0)
     x = torch.randn(shape, dtype=dtype, requires_grad=True)
     y = fn(x, 0.4, seed=13, offset=2)
     assert torch.equal(y.detach(), torch.from_numpy(fn(x.detach().numpy().copy(), 0.4, seed=13, offset=2)))

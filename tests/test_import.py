@@ -60,7 +60,7 @@ print([frames_compiled(f, *a) for f, *a in internal], frames_compiled(fastdrop.k
 
 
 def test_internal_code_is_marked_for_dynamo_whatever_the_import_order():
-    """keep_dynamo_out (fastdrop/_core.py) marks fastdrop's internal code so Dynamo never compiles one
+    """keep_dynamo_out (fastdrop/_dynamo_skip.py) marks fastdrop's internal code so Dynamo never compiles one
     of its frames on its own: torch.compile of an internal function compiles no frame, of a public
     one a frame; whether torch loads before fastdrop or inside fastdrop.nn's import (then
     fastdrop.nn.convert is still importing when torch's ops register)."""

@@ -100,6 +100,23 @@ def test_modules_are_torch_dropout_subclasses(ours, theirs, shape):
 
 
 @pytest.mark.parametrize("ours, theirs, shape", PAIRS)
+def test_forward_takes_torchs_argument_name(ours, theirs, shape):
+    """`mod(input=t)` (and torch.export with kwargs) works as on torch's modules: forward's
+    argument is torch's `input` (DropPath keeps timm's `x`)."""
+    import inspect
+    x = torch.randn(shape)
+    torch.manual_seed(3)
+    y = ours(0.3)(input=x)
+    torch.manual_seed(3)
+    assert torch.equal(y, ours(0.3)(x))
+    assert list(inspect.signature(ours.forward).parameters) == list(inspect.signature(theirs.forward).parameters)
+    for layer in (fnn.DropoutLinear(6, 4, p=0.3), fnn.DropConnectLinear(6, 4, p=0.3)):
+        assert layer(input=torch.randn(2, 6)).shape == (2, 4)
+        assert list(inspect.signature(type(layer).forward).parameters) == ["self", "input"]
+    assert list(inspect.signature(fnn.DropPath.forward).parameters) == ["self", "x"]  # timm's
+
+
+@pytest.mark.parametrize("ours, theirs, shape", PAIRS)
 def test_bad_p_gets_torchs_message(ours, theirs, shape):
     for bad in (-0.5, 1.5, 2):
         with pytest.raises(ValueError) as t:

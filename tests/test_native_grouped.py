@@ -1,4 +1,4 @@
-"""The native route of the grouped ops under autograd (fastdrop/_core.py, `_native_grouped` and
+"""The native route of the grouped ops under autograd (fastdrop/_core.py, `native_grouped` and
 `training_lane`): spatial dropout and DropPath rows of a CPU float32/float64 tensor that needs grad
 are recorded as torch's own multiply by per-group factors. Checked here against the kernel route
 (the same call on a tensor that needs no grad): outputs bit for bit, gradients, the draw from
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fastdrop
-from fastdrop import _core
+from fastdrop import _core, _grouped
 
 F = fastdrop
 # (name, call, shape, groups): the grouped ops at the ranks the fast lane takes, and drop_path at
@@ -209,17 +209,17 @@ def test_forward_mode_ad_keeps_the_function_route(needs_grad):
 
 
 def test_output_in_another_layout_is_zeroed_through_torch(monkeypatch):
-    """`_native_grouped` zeroes the dropped groups through flat memory when torch's multiply keeps
+    """`native_grouped` zeroes the dropped groups through flat memory when torch's multiply keeps
     x's layout (always, for the dense layouts the route takes); for an output in any other layout
     it falls back to torch's masked_fill_. Forced here (the layout check answers no for the
     output): the same bits as the kernel, the same gradient."""
     x = hostile((4, 5, 6, 3), torch.float32).permute(0, 3, 1, 2)  # groups outermost, not contiguous
     checks = []
 
-    def refused(y, x, g):
+    def refused(torch, y, x, g):
         checks.append(y)
         return False
-    monkeypatch.setattr(_core, "_zeroable_in_place", refused)
+    monkeypatch.setattr(_grouped, "_zeroable_in_place", refused)
     xg = x.clone().requires_grad_()
     y = F.drop_path(xg, 0.5, seed=3)
     assert len(checks) == 1 and route(y) == "MulBackward0"
@@ -230,22 +230,22 @@ def test_output_in_another_layout_is_zeroed_through_torch(monkeypatch):
 
 
 def test_grouped_layout_is_asked_per_shape_and_strides():
-    """`_core._grouped_layout` caches its answer per (shape, strides, g): tensors of one shape in
+    """`_grouped.grouped_layout` caches its answer per (shape, strides, g): tensors of one shape in
     other layouts get their own answer, and the cache stays bounded."""
-    _core._GROUPED_LAYOUTS.clear()
+    _grouped.GROUPED_LAYOUTS.clear()
     base = torch.randn(4, 6, 5, 3)
     permuted = base.permute(0, 3, 1, 2)                       # timm's ConvNeXt branch: rows outermost
     contiguous = torch.randn(4, 3, 6, 5)
     channels_last = contiguous.contiguous(memory_format=torch.channels_last)
     for _ in range(2):  # asked, then answered from the cache: the same answers
-        assert _core._grouped_layout(contiguous, 2) == (12, (4, 3, 1, 1))
-        assert _core._grouped_layout(permuted, 1) == (4, (4, 1, 1, 1))
-        assert _core._grouped_layout(permuted, 2) is None          # channels interleaved in a row
-        assert _core._grouped_layout(channels_last, 2) is None
-        assert _core._grouped_layout(channels_last, 1) == (4, (4, 1, 1, 1))
+        assert _grouped.grouped_layout(contiguous, 2) == (12, (4, 3, 1, 1))
+        assert _grouped.grouped_layout(permuted, 1) == (4, (4, 1, 1, 1))
+        assert _grouped.grouped_layout(permuted, 2) is None          # channels interleaved in a row
+        assert _grouped.grouped_layout(channels_last, 2) is None
+        assert _grouped.grouped_layout(channels_last, 1) == (4, (4, 1, 1, 1))
     for n in range(1, 400):
-        _core._grouped_layout(torch.empty(n, 2), 1)
-    assert len(_core._GROUPED_LAYOUTS) <= 256
+        _grouped.grouped_layout(torch.empty(n, 2), 1)
+    assert len(_grouped.GROUPED_LAYOUTS) <= 256
 
 
 def test_fake_output_of_a_dispatch_mode_is_not_written_through_its_address():

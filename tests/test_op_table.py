@@ -5,12 +5,14 @@ autocast, numpy-torch parity, rank streams, bad input refused before the seed dr
 torch.jit.trace and torch.export in training mode, activation checkpointing, and under torch.compile: dynamic
 shapes, vmap, jvp (refused), autocast.
 """
+import contextlib
 import tempfile
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastdrop
 from fastdrop import _core, _seeds
@@ -186,7 +188,7 @@ def test_first_calls_in_a_process_compile_once():
 @pytest.mark.parametrize("name", NAMES)
 def test_saves_only_operands_and_scalars(name, seed, dtype):
     """Nothing the size of a mask of x is saved: the operands, scalars, and for the grouped ops
-    on CPU (native route, _core._native_grouped) their per-group factors, one value per group.
+    on CPU (native route, _grouped.native_grouped) their per-group factors, one value per group.
     Half types too: the dense ops compute them in float32 inside their Function, which saves the
     half operands themselves (it saved float32 copies, twice their bytes, when the upcast ran
     around it), so an in-place change of a saved operand is caught at backward, as torch's."""
@@ -1005,15 +1007,29 @@ def test_export_matches_eager(name):
     assert torch.equal(fixed(*ops), fixed(*ops))
 
 
-@pytest.mark.parametrize("how", ["reentrant", "non-reentrant", "compiled"])
+def _save_products(ctx, op, *args, **kwargs):
+    """Selective checkpointing's usual policy: keep the GEMMs' outputs, recompute the rest."""
+    from torch.utils.checkpoint import CheckpointPolicy
+    products = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default)
+    return CheckpointPolicy.MUST_SAVE if op in products else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+@pytest.mark.parametrize("how", ["reentrant", "non-reentrant", "compiled", "selective"])
 @pytest.mark.parametrize("name", NAMES)
 def test_activation_checkpointing_regenerates_the_masks(name, how):
     """torch.utils.checkpoint reruns the forward in backward with torch's generator state restored:
     a seed=None op draws the same seed again, so outputs and gradients equal the plain call's. Inside
     a compiled graph AOTAutograd saves and restores the RNG state of the device the seed op names
-    (the CPU's, its generator) around the draw."""
-    from torch.utils.checkpoint import checkpoint
+    (the CPU's, its generator) around the draw. Eager selective checkpointing runs the forward and
+    its recomputation under a TorchDispatchMode that saves the ops its policy names (a mode is
+    active then: the kernels still take the plain tensors, `_checks.is_subclass_like`)."""
+    import functools
+    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
     case = CASES[name]
+    kwargs = {"use_reentrant": how == "reentrant"}
+    if how == "selective":  # (a policy saving every op fails for torch's own dropout too: the
+        # outputs it caches, a mask's empty tensor, are then written in place)
+        kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _save_products)
 
     def run(f):
         ops = tuple(o.detach().requires_grad_() for o in operands(case, seed=2))
@@ -1023,11 +1039,42 @@ def test_activation_checkpointing_regenerates_the_masks(name, how):
         return [y.detach()] + [o.grad for o in ops]
 
     expected = run(case.call)
-    checkpointed = lambda *ops: checkpoint(case.call, *ops, use_reentrant=how == "reentrant")  # noqa: E731
+    checkpointed = lambda *ops: checkpoint(case.call, *ops, **kwargs)  # noqa: E731
     if how == "compiled":
         checkpointed = torch.compile(checkpointed, fullgraph=True, backend="aot_eager")
     for a, b in zip(run(checkpointed), expected):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+class _PassThrough(TorchDispatchMode):
+    """A dispatch mode that runs every op as it is (a memory tracker's or a debugger's shape)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", ["pass-through", "flop-counter"])
+@pytest.mark.parametrize("name", NAMES)
+def test_dispatch_modes_leave_results_unchanged(name, mode):
+    """Under a TorchDispatchMode on the thread (FlopCounterMode, memory trackers, debug modes) torch
+    asks its modes about every tensor as if it were a subclass; fastdrop's kernels still take plain
+    tensors (they were refused, after the seed draw), with the outputs and gradients, and the draws
+    from torch's generator, of the same call without the mode."""
+    from torch.utils.flop_counter import FlopCounterMode
+    case = CASES[name]
+
+    def run(context):
+        ops = tuple(o.detach().requires_grad_() for o in operands(case, seed=4))
+        torch.manual_seed(21)
+        with context():
+            ys = (case.call(*ops), case.call(*ops, seed=9))
+            sum((y * (i + 1)).sum() for i, y in enumerate(ys)).backward()
+        return [y.detach() for y in ys] + [o.grad for o in ops] + [torch.get_rng_state()]
+
+    expected = run(contextlib.nullcontext)
+    got = run(_PassThrough if mode == "pass-through" else lambda: FlopCounterMode(display=False))
+    for a, b in zip(got, expected):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if CASES[n].op is DROPOUT])
@@ -1089,7 +1136,7 @@ def test_compiled_vmap_and_jvp(name):
 def test_compile_falls_back_to_eager_cleanly(name):
     """Where Dynamo gives up on a frame, it runs that frame eagerly and would compile fastdrop's
     internals frame by frame (an InternalTorchDynamoError on their numpy scalars and Numba calls,
-    before _core.keep_dynamo_out). Without fullgraph, a jvp (refused while tracing) and a call on
+    before _dynamo_skip.keep_dynamo_out). Without fullgraph, a jvp (refused while tracing) and a call on
     numpy arrays give eager's results; with fullgraph the numpy call says why it is refused. Still
     so after torch._dynamo.reset()."""
     case = CASES[name]

@@ -107,7 +107,7 @@ def test_no_grad_and_inference_mode_store_nothing(context, inplace):
 
 
 def test_training_stores_only_scalars_and_group_factors():
-    """Dropout saves scalars; Dropout2d's native route (_core._native_grouped) its 4 x 16
+    """Dropout saves scalars; Dropout2d's native route (_grouped.native_grouped) its 4 x 16
     per-channel factors, never anything of x's 512 elements."""
     saved = []
     x = torch.randn(64, 8, requires_grad=True)
@@ -115,3 +115,40 @@ def test_training_stores_only_scalars_and_group_factors():
         y = fastdrop.nn.Dropout(0.5)(x) + fastdrop.nn.Dropout2d(0.5)(x.view(4, 16, 2, 4)).view(64, 8)
     y.sum().backward()
     assert all(n <= 1 or n == 4 * 16 for n in saved), saved
+
+
+DEFAULT_DEVICE_SCRIPT = """
+import torch, fastdrop
+import numpy as np
+def calls():
+    cpu = dict(device="cpu")
+    x = torch.randn(4, 8, **cpu)
+    w, b = torch.randn(5, 8, **cpu), torch.randn(5, **cpu)
+    out = [fastdrop.dropout(x.to(dt), 0.5, seed=3) for dt in (torch.float32, torch.float64, torch.float16,
+                                                              torch.bfloat16)]
+    out.append(fastdrop.dropconnect_linear(x, w, b, 0.4, per_sample=True, seed=5))
+    out.append(fastdrop.dropout_linear(x, w, b, 0.4, seed=6))
+    out.append(torch.compile(lambda t: fastdrop.dropout(t, 0.5, seed=7), fullgraph=True, backend="aot_eager")(x))
+    torch.manual_seed(1)
+    out.append(torch.compile(lambda t: fastdrop.dropout(t, 0.5), fullgraph=True, backend="aot_eager")(x))
+    out.append(torch.jit.trace(lambda t: fastdrop.dropout(t, 0.5, seed=8), (x,), check_trace=False)(x))
+    return out
+torch.manual_seed(0)
+torch.set_default_device("meta")
+got = calls()
+torch.set_default_device("cpu")
+torch.manual_seed(0)
+expected = calls()
+assert all(g.device.type == "cpu" and torch.equal(g, e) for g, e in zip(got, expected)), "differ"
+print("ok")
+"""
+
+
+def test_a_default_device_leaves_cpu_calls_on_the_cpu():
+    """torch.set_default_device (to meta here; to a GPU on a GPU machine) does not move fastdrop's
+    own helper tensors off the CPU: dtype probes, per-sample DropConnect's host buffers, the seed
+    tensors of compiled and traced graphs. A fresh process: the helpers are made on first use."""
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-c", DEFAULT_DEVICE_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]

@@ -8,6 +8,6 @@ from .mc import MCResult, mc_predict
 __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropoutLinear", "DropConnectLinear", "DropPath",
            "convert", "mc_predict", "MCResult"]
 
-from .._core import keep_dynamo_out as _keep_dynamo_out
+from .._dynamo_skip import keep_dynamo_out as _keep_dynamo_out
 
-_keep_dynamo_out()  # the modules' internal code, now loaded (fastdrop/_core.py says why)
+_keep_dynamo_out()  # the modules' internal code, now loaded (fastdrop/_dynamo_skip.py says why)

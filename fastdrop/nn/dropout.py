@@ -40,17 +40,17 @@ class _DropoutNd:
         mode = "" if self.mode == "inverted" else f", mode={self.mode}"
         return f"p={self.p}, inplace={self.inplace}{mode}"
 
-    def forward(self, x):
+    def forward(self, input):  # torch's name for it: mod(input=t) works as on torch's modules
         if is_scripting():  # TorchScript compiles this branch alone (fastdrop/nn/_script.py)
-            return scripted_dropout(x, self.training, self.p, self.mode == "classic", self.inplace, self._name,
+            return scripted_dropout(input, self.training, self.p, self.mode == "classic", self.inplace, self._name,
                                     self._ranks)
-        if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: a leaf, as torch's modules
-            return traced_as_leaf(self, x)
+        if type(input) is not torch.Tensor and is_fx_proxy(input):  # torch.fx: a leaf, as torch's modules
+            return traced_as_leaf(self, input)
         if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
             sample = _mc_state.sampler()
             if sample is not None:
-                return sample(self, x)
-        return self._fn(x, self.p, self.training, self.inplace, mode=self.mode)
+                return sample(self, input)
+        return self._fn(input, self.p, self.training, self.inplace, mode=self.mode)
 
 
 class Dropout(_DropoutNd, torch.nn.Dropout):

@@ -42,17 +42,17 @@ class DropoutLinear(_DropLinear):
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.mode == "inverted" else f", mode={self.mode}")
 
-    def forward(self, x):
+    def forward(self, input):  # torch's name for it: mod(input=t) works as on torch's modules
         if is_scripting():  # TorchScript compiles this branch alone (fastdrop/nn/_script.py)
-            return scripted_linear(x, self.weight, self.bias, self.training, self.p, self.mode == "classic",
+            return scripted_linear(input, self.weight, self.bias, self.training, self.p, self.mode == "classic",
                                    "DropoutLinear")
-        if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: a leaf, as torch's modules
-            return traced_as_leaf(self, x)
+        if type(input) is not torch.Tensor and is_fx_proxy(input):  # torch.fx: a leaf, as torch's modules
+            return traced_as_leaf(self, input)
         if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
             sample = _mc_state.sampler()
             if sample is not None:
-                return sample(self, x)
-        return L.dropout_linear(x, self.weight, self.bias, self.p, training=self.training, mode=self.mode)
+                return sample(self, input)
+        return L.dropout_linear(input, self.weight, self.bias, self.p, training=self.training, mode=self.mode)
 
 
 class DropConnectLinear(_DropLinear):
@@ -71,14 +71,15 @@ class DropConnectLinear(_DropLinear):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", per_sample={self.per_sample}"
 
-    def forward(self, x):
+    def forward(self, input):  # torch's name for it: mod(input=t) works as on torch's modules
         if is_scripting():  # the mean network at eval (fastdrop/nn/_script.py)
-            return scripted_linear(x, self.weight, self.bias, self.training, self.p, False, "DropConnectLinear")
-        if type(x) is not torch.Tensor and is_fx_proxy(x):
-            return traced_as_leaf(self, x)
+            return scripted_linear(input, self.weight, self.bias, self.training, self.p, False,
+                                   "DropConnectLinear")
+        if type(input) is not torch.Tensor and is_fx_proxy(input):
+            return traced_as_leaf(self, input)
         if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
             sample = _mc_state.sampler()
             if sample is not None:
-                return sample(self, x)
-        return L.dropconnect_linear(x, self.weight, self.bias, self.p, training=self.training,
+                return sample(self, input)
+        return L.dropconnect_linear(input, self.weight, self.bias, self.p, training=self.training,
                                     per_sample=self.per_sample)

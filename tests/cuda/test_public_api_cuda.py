@@ -150,7 +150,7 @@ import torch
 from torch._dynamo.utils import counters
 import fastdrop
 from numba import cuda
-from fastdrop import _core
+from fastdrop import _dynamo_skip
 assert "fastdrop._cuda" not in sys.modules  # loads on the first CUDA input, after the marking ran
 fastdrop.dropout(cuda.to_device(np.ones((4, 8), np.float32)), 0.5, seed=3)
 from fastdrop import _cuda
@@ -161,14 +161,14 @@ def frames_compiled(fn, *args):
     return counters["frames"]["total"] - before
 
 print(sorted(m for m in ("fastdrop._cuda", "fastdrop.kernels.dropout_cuda", "fastdrop.kernels.linear_cuda",
-                         "fastdrop.kernels.variants_cuda") if m in _core._MARKED),
+                         "fastdrop.kernels.variants_cuda") if m in _dynamo_skip.MARKED),
       [frames_compiled(_cuda._tiles, 100, 100), frames_compiled(_cuda.transpose_layout, (4, 8), (32, 4))])
 """
 
 
 def test_cuda_code_loaded_later_is_marked_for_dynamo(tmp_path):
     """fastdrop._cuda and the CUDA kernels load on the first CUDA input, after keep_dynamo_out marked
-    fastdrop's internal code (fastdrop/_core.py): they are marked then, so Dynamo never compiles one
+    fastdrop's internal code (fastdrop/_dynamo_skip.py): they are marked then, so Dynamo never compiles one
     of their frames on its own (torch.compile of one of their functions compiles no frame)."""
     import os
     import subprocess

@@ -79,7 +79,7 @@ def _exact(name):
 def assert_same_gradient(got, ref, name, dtype):
     """A gradient on the GPU against the CPU's: as assert_same, but a grouped op's dropped
     gradients may differ in the sign of their zeros. On small CPU tensors the grouped ops take
-    torch's multiply (`_core._native_grouped`: grad * 0 is -0.0 for a negative grad); the kernels
+    torch's multiply (`_grouped.native_grouped`: grad * 0 is -0.0 for a negative grad); the kernels
     (every CUDA tensor, larger CPU tensors) write 0.0. The first H200 run found exactly that
     difference and no other."""
     assert_same(got, ref, _exact(name), GEMM_RTOL[dtype], zero_sign=not CASES[name].groups)

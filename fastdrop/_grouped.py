@@ -1,0 +1,123 @@
+"""The native route of the grouped masks under autograd, and the layout questions it asks.
+
+Spatial dropout and DropPath rows draw one mask element per group. For a small CPU float32/float64
+tensor that needs grad, the op is recorded as torch's own multiply by per-group factors, y = x * f
+(f = scale or 0, one value per group), whose backward is torch's C++ grad * f, instead of the
+Python autograd.Function around the one-pass kernel: inside a training step, where every call runs
+cold, the Function's Python cost more than the kernel. The dropped groups of y are then set to
+exact zeros outside autograd (x * 0 keeps inf and NaN, and gives -0.0 for a negative x), so the
+output is the kernel's, bit for bit. The pipeline (`_core.torch_apply`) and the training lane
+(`_core.training_lane`) have checked x (a plain CPU float32/float64 tensor) before they ask.
+Measurements: docs/cpu_kernels.md, "Grouped ops under autograd".
+"""
+import math
+import sys
+
+import numpy as np
+
+from .kernels import dropout_cpu
+from .kernels.config import TORCH_GRAIN_SIZE
+from .kernels.layout import groups_outermost
+from .kernels.philox import kernel_threshold
+
+
+# Grouped ops under autograd below this many output bytes take torch's own multiply
+# (`native_grouped`); above it the one-pass kernel and the output cache (`_alloc.MIN_BYTES`) win.
+NATIVE_GROUPED_MAX_BYTES = 32 << 20
+
+
+# ... and while the dropped groups, which it zeroes in a pass of its own, span at most this many
+# bytes (about a core's L2 here); above, the one-pass kernel's Python backward costs less than that
+# pass (docs/cpu_kernels.md, "Grouped ops under autograd").
+NATIVE_ZERO_MAX_BYTES = 512 << 10
+
+
+def _groups_outermost(x, group_ndim):
+    """x's memory is dense with its first group_ndim dims outermost, in order (kernels/layout.py)."""
+    return groups_outermost(x.shape, x.stride(), group_ndim)
+
+
+def groups_are_runs(x, group_ndim):
+    """x's groups (one per index of its first group_ndim dims) are consecutive runs of memory in
+    group order: x is contiguous, or dense with those dims outermost."""
+    return x.is_contiguous() or _groups_outermost(x, group_ndim)
+
+
+def native_layout(x, g, p, n, nbytes):
+    """The layout `native_grouped` needs, (groups, the shape of the factors), for x with mask-shape
+    rule g > 0 (a CPU float32/float64 tensor of a plain class, checked by the caller, with n
+    elements of nbytes bytes in all), when the route applies, else None: x's groups are
+    consecutive runs of memory (`grouped_layout`: contiguous, or timm's permuted ConvNeXt branch;
+    not channels_last spatial dropout), its output is one the output cache would not serve, and
+    its dropped groups are expected (p of x) to fit NATIVE_ZERO_MAX_BYTES twice over (the draw
+    decides; this only saves drawing factors that would not be used)."""
+    if n == 0 or nbytes >= NATIVE_GROUPED_MAX_BYTES or p * nbytes > 2 * NATIVE_ZERO_MAX_BYTES:
+        return None
+    return grouped_layout(x, g)
+
+
+# (shape, strides, g) -> (groups, factor shape), or False where the groups are not consecutive
+# runs: a training step meets a few shapes per layer, and for a permuted x the pure-Python layout
+# check cost more than the multiply's own bookkeeping (bounded: shapes from a varying batch or
+# resolution are cleared, not kept forever)
+GROUPED_LAYOUTS = {}
+
+
+def grouped_layout(x, g):
+    """(groups, factor shape) of x with mask-shape rule g > 0 when its groups are consecutive
+    runs of memory (`groups_are_runs`), else None."""
+    shape = x.shape
+    key = (shape, x.stride(), g)
+    layout = GROUPED_LAYOUTS.get(key)
+    if layout is None:
+        if len(GROUPED_LAYOUTS) >= 256:
+            GROUPED_LAYOUTS.clear()
+        layout = False
+        if groups_are_runs(x, g):
+            layout = (math.prod(shape[:g]), tuple(shape[:g]) + (1,) * (len(shape) - g))
+        GROUPED_LAYOUTS[key] = layout
+    return layout or None
+
+
+def native_grouped(x, p, seed, offset, scale, g, layout):
+    """Spatial dropout / DropPath of a tensor under autograd (`_native_groups` said yes),
+    recorded with torch's own multiply: y = x * f, f the per-group factors (scale or 0,
+    `group_factors`), then the dropped groups of y set to exact zeros outside autograd (x * 0
+    keeps x's inf and NaN, and gives -0.0 for negative x). Backward is torch's C++ multiply,
+    grad * f, instead of a Python autograd.Function, which inside a training step, where every
+    call runs cold, cost more than the kernel (docs/cpu_kernels.md, "Grouped ops under
+    autograd"). Output: bit for bit the kernel's. Gradient: the kernel's for a finite incoming
+    gradient, up to the sign of a zero (grad * 0); an inf or NaN incoming gradient in a dropped
+    group gives NaN there, as torch's own dropout does, where the kernel gives 0. Saved for
+    backward: f, one value per group, never a mask of x's size. Not under forward-mode AD, whose
+    tangent t * f would have the same NaN. seed, offset: ints below 2^63."""
+    torch = sys.modules["torch"]
+    groups, factor_shape = layout
+    factors = np.empty(factor_shape, np.float32 if x.element_size() == 4 else np.float64)
+    count = dropout_cpu.group_factors(factors, seed, offset, kernel_threshold(p), scale)
+    n = x.numel()
+    if count * (n // groups) * x.element_size() > NATIVE_ZERO_MAX_BYTES:
+        return None
+    y = x * torch.from_numpy(factors)
+    if count:
+        # x's dense layout and dtype, which torch's multiply keeps: the zeros go straight to y's
+        # memory (the kernel writes n elements of factors' dtype there, so both are checked)
+        if _zeroable_in_place(torch, y, x, g):
+            # on the threads that wrote y, where torch's multiply ran on several (kernel docstring)
+            zero = dropout_cpu.zero_dropped_runs if n >= TORCH_GRAIN_SIZE and torch.get_num_threads() > 1 \
+                else dropout_cpu.zero_dropped_runs.serial
+            zero(y.data_ptr(), n, n // groups, factors)
+        else:  # not met for a dense x; the general tool, in case a torch lays y out otherwise
+            with torch.no_grad():
+                y.masked_fill_(torch.from_numpy(factors) == 0, 0.0)
+    return y
+
+
+def _zeroable_in_place(torch, y, x, g):
+    """Can `zero_dropped_runs` write y's dropped groups through its flat memory: a plain tensor
+    with memory (a dispatch mode may hand back a subclass: under FakeTensorMode with real inputs
+    y is a fake tensor whose data_ptr() is 0, and writing there crashed the process), x's dtype
+    and shape, and its groups consecutive runs in group order (y with x's shape and strides has
+    the layout `grouped_layout` checked for x)?"""
+    return type(y) is torch.Tensor and y.dtype == x.dtype and y.shape == x.shape and \
+        (y.stride() == x.stride() or _groups_outermost(y, g))
