@@ -368,8 +368,9 @@ def check_writable(x, kind, name="x"):
         if cai is None:  # the simulator's arrays export no interface (and are never read-only)
             return
         if cai["data"][1]:
-            raise ValueError("inplace=True needs a writeable array; x's __cuda_array_interface__ "
-                             "marks it read-only")
+            what = "inplace=True" if name == "x" else f"{name}="
+            raise ValueError(f"{what} needs a writeable array; {name}'s __cuda_array_interface__ "
+                             f"marks it read-only")
         if cai.get("strides") is None:  # C-contiguous
             return
         shape, strides, item = tuple(cai["shape"]), tuple(cai["strides"]), np.dtype(cai["typestr"]).itemsize

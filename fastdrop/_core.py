@@ -687,7 +687,10 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
         # refused before the draw (an expanded x is small memory); not while compiling, where it
         # would be a guard on the symbolic sizes
         n = math.prod(x.shape) if op.out_numel is None else max(math.prod(x.shape), op.out_numel(operands))
-        check_output_bytes(n * (x.element_size() if kind == TORCH else x.dtype.itemsize))
+        itemsize = x.element_size() if kind == TORCH else x.dtype.itemsize
+        if op.upcast_half and itemsize == 2:
+            itemsize = 4  # on the host a GEMM op's half operands are computed in float32 copies (`_upcast`)
+        check_output_bytes(n * itemsize)
     if kind == CUDA_ARRAY:  # no GPU (nor the simulator): refused before the draw
         _cuda = cuda_module()
         _cuda.require_gpu()
@@ -930,7 +933,13 @@ def _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, 
     y = library_op(op)(*operands, seed_t, p, _to_i64(offset), scale, list(params), rank_stream)
     if out is not None:
         return out.copy_(y)
-    return operands[0].copy_(y) if inplace else y
+    if not inplace:
+        return y
+    # x = y as fill(-0.0) + y, not copy_: -0.0 is addition's identity (every bit of y kept, -0.0 and
+    # NaN included), and a decomposed export (run_decompositions) turns copy_ into aten.copy, which
+    # has no derivative, so such a program could not train; fill and add have one (Inductor fuses
+    # the two into one pass)
+    return operands[0].fill_(-0.0).add_(y)
 
 
 def torch_apply(op, operands, params, rng, inplace=False):

@@ -84,6 +84,21 @@ def draw_numpy_seed():
         return int(_numpy_source.integers(0, 1 << 63))
 
 
+def numpy_source_state():
+    """The numpy source as it is now, for `restore_numpy_source` (a call that fails after its draw
+    gives the draw back)."""
+    with _lock:
+        return _numpy_source, _numpy_source.bit_generator.state, _forked
+
+
+def restore_numpy_source(saved):
+    global _numpy_source, _forked
+    source, state, forked = saved
+    with _lock:
+        source.bit_generator.state = state
+        _numpy_source, _forked = source, forked
+
+
 _SEED_HIGH = (1 << 63) - 1
 _seed_buffers = threading.local()  # per thread: two threads filling one buffer could read one seed
 

@@ -24,10 +24,12 @@ and the layer returns the average of activation(u_z) over `samples` draws u_z ~ 
 """
 import math
 import numbers
+import sys
 
 import numpy as np
 
 from . import _core, _seeds
+from ._alloc import check_output_bytes
 from ._checks import (CUDA_ARRAY, MAX_U64, TORCH, array_kind, check_array, check_bool, check_companions,
                       check_mode, check_p, check_u64, numpy_view, train_scale)
 from .kernels import linear_cpu
@@ -263,7 +265,7 @@ def _check_gx(operands, params):
 def _check_gw(operands, params):
     g, x = operands
     _host_only(g)
-    if len(g.shape) < 1 or tuple(g.shape[:-1]) != tuple(x.shape[:-1]):
+    if len(g.shape) < 1 or len(x.shape) < 1 or tuple(g.shape[:-1]) != tuple(x.shape[:-1]):
         raise ValueError(f"grad has shape {tuple(g.shape)} and x {tuple(x.shape)}: expected "
                          f"(..., O) and (..., I) with the same leading dims")
     return params
@@ -381,10 +383,36 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
     if kind == CUDA_ARRAY:
         raise TypeError("moment-matching inference takes numpy arrays or torch tensors; wrap CUDA "
                         "device arrays with torch.as_tensor")
-    if seed is None:
-        # none drawn for an empty operand, whose result does not depend on it, as the pipeline
-        empty = any(0 in a.shape for a in (x, weight, bias) if a is not None)
-        seed = 0 if empty else _seeds.draw_torch_seed() if kind == TORCH else _seeds.draw_numpy_seed()
+    if kind != TORCH or x.is_cpu:
+        # its working arrays (x-sized copies, (N, out) moments and samples) in host memory, refused
+        # before the draw as the pipeline refuses an output larger than memory
+        itemsize = max(x.element_size() if kind == TORCH else x.dtype.itemsize, 4)  # halves in float32
+        check_output_bytes(max(math.prod(x.shape), math.prod(x.shape[:-1]) * weight.shape[0]) * itemsize)
+    if seed is not None:
+        return _moment_matching_samples(x, weight, bias, p, seed, activation, samples, kind)
+    # none drawn for an empty operand, whose result does not depend on it, as the pipeline
+    if any(0 in a.shape for a in (x, weight, bias) if a is not None):
+        return _moment_matching_samples(x, weight, bias, p, 0, activation, samples, kind)
+    # a call that fails after the draw (an activation that cannot take the moments, memory) gives
+    # the draw back, as mc_predict does
+    if kind == TORCH:
+        torch = sys.modules["torch"]
+        before = torch.get_rng_state()
+        seed = _seeds.draw_torch_seed()
+        restore = lambda: torch.set_rng_state(before)  # noqa: E731
+    else:
+        before = _seeds.numpy_source_state()
+        seed = _seeds.draw_numpy_seed()
+        restore = lambda: _seeds.restore_numpy_source(before)  # noqa: E731
+    try:
+        return _moment_matching_samples(x, weight, bias, p, seed, activation, samples, kind)
+    except BaseException:
+        restore()
+        raise
+
+
+def _moment_matching_samples(x, weight, bias, p, seed, activation, samples, kind):
+    """`_moment_matching` on checked operands with the seed resolved."""
     var_factor = p / (1.0 - p)
     if kind == TORCH:
         import torch

@@ -14,8 +14,10 @@ import sys
 import numpy as np
 
 from . import _core
-from ._checks import (NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, array_kind, check_array, check_writable,
-                      is_torch_tensor, mark_written, numpy_view, quiet_under_jit_trace, refuse_while_tracing)
+from ._checks import (NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, array_kind, check_array, check_plain_memory,
+                      check_writable, is_torch_tensor, mark_written, numpy_view, quiet_under_jit_trace,
+                      refuse_while_tracing)
+from ._torch_state import tracing_dispatch_mode
 from .kernels import max_norm_cpu
 
 __all__ = ["max_norm_", "max_norm_hook"]
@@ -109,8 +111,9 @@ def _max_norm(weight, max_value, dim, eps):
         # make_fx and torch.jit.trace record torch's ops only (a write through a numpy view would
         # be lost from the graph: a traced max_norm_ replayed as nothing) and a fake tensor has no
         # memory: all take the custom op, as torch.compile does
-        if torch.compiler.is_compiling() or torch._C._is_tracing() or _core.tracing_dispatch_mode(torch):
+        if torch.compiler.is_compiling() or torch._C._is_tracing() or tracing_dispatch_mode(torch):
             return _max_norm_traced(weight, max_value, dims, eps)
+        check_plain_memory(weight, "weight")  # a wrapper subclass: no memory to write
         return _max_norm_tensor(weight, max_value, dims, eps)
     _max_norm_device(weight, max_value, dims, eps)
     return weight  # the object given (a CuPy array stays one), written in place

@@ -57,7 +57,8 @@ def philox_rounds(c0, c1, c2, c3, k0, k1, rounds):
 def make_philox_block(rounds_fn):
     """Bind `philox_rounds` compiled for one target into the block function of the mask contract."""
     def philox_block(block, off_lo, off_hi, key_lo, key_hi):
-        """The four words of 4-element block `block`: counter = (block lo, block hi, offset lo, offset hi)."""
+        """The four 32-bit words of block `block` (eight 16-bit mask words, elements 8*block ..
+        8*block + 7): counter = (block lo, block hi, offset lo, offset hi)."""
         return rounds_fn(block & MASK32, block >> SHIFT32, off_lo, off_hi, key_lo, key_hi, ROUNDS)
     return philox_block
 

@@ -65,6 +65,7 @@ def read_only(a):
 
 
 F = fastdrop
+_HALF_OUT = fastdrop._alloc.PHYSICAL_BYTES // 4 // 2**20 + 1  # 2^20 rows: float32 output > memory
 SHARED = np.arange(1, 41, dtype=np.float32)  # memory two tensors from torch.from_numpy share
 CASES = [
     # (id, input factory, call, exception, message fragment)
@@ -228,6 +229,33 @@ CASES = [
     ("interface-data", lambda: Interface(cai(data=1234)), lambda x: F.max_norm_(x, 1.0, 0), TypeError,
      "(pointer, read-only)"),
     ("interface-max-norm", lambda: Interface(cai(shape=(4, 3))), lambda x: F.max_norm_(x, 1.0), RuntimeError, "GPU"),
+    # max_norm_'s refusals name its argument, weight (they said x, and inplace=True)
+    ("interface-read-only-max-norm", lambda: Interface(cai(shape=(4, 3), data=(1234, True))),
+     lambda x: F.max_norm_(x, 1.0), ValueError, "weight's __cuda_array_interface__ marks it read-only"),
+    ("wrapper-subclass-max-norm", lambda: two_tensor(torch.ones(4, 3)), lambda x: F.max_norm_(x, 1.0), TypeError,
+     "weight is a TwoTensor"),
+    # found by a review (2026-12-05, evening): these drew a seed, then failed in the allocator or
+    # in the user's activation
+    ("moment-matching-output-2^44", lambda: torch.ones(1, 1).expand(2**20, 1),  # x 4 MiB, moments 2^44
+     lambda x: F.dropconnect_linear(x, torch.ones(1, 1).expand(2**24, 1), training=False, activation=torch.relu),
+     MemoryError, "physical memory"),
+    ("moment-matching-output-2^44-numpy", lambda: np.broadcast_to(np.float32(1), (2**20, 1)),
+     lambda x: F.dropconnect_linear(x, np.broadcast_to(np.float32(1), (2**24, 1)), training=False,
+                                    activation=np.tanh), MemoryError, "physical memory"),
+    ("moment-matching-activation-fails", x_t,
+     lambda x: F.dropconnect_linear(x, torch.ones(2, x.shape[-1]), training=False,
+                                    activation=lambda t: t.reshape(-1, 7)), RuntimeError, "invalid"),
+    ("moment-matching-activation-fails-numpy", x_np,
+     lambda x: F.dropconnect_linear(x, np.ones((2, x.shape[-1]), x.dtype), training=False,
+                                    activation=torch.relu), TypeError, "must be Tensor"),
+    # the float32 working copies of half operands: twice the bytes of the half output (x 2 MiB,
+    # output about half of physical memory as float16)
+    ("half-linear-float32-copy", lambda: torch.ones(1, 1, dtype=torch.float16).expand(2**20, 1),
+     lambda x: F.dropout_linear(x, torch.ones(1, 1, dtype=torch.float16).expand(_HALF_OUT, 1)), MemoryError,
+     "physical memory"),
+    ("half-linear-float32-copy-numpy", lambda: np.broadcast_to(np.float16(1), (2**20, 1)),
+     lambda x: F.dropconnect_linear(x, np.broadcast_to(np.float16(1), (_HALF_OUT, 1))), MemoryError,
+     "physical memory"),
 ]
 
 

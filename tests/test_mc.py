@@ -428,6 +428,44 @@ def test_models_that_move_the_batch_dim_run_one_sample_at_a_time(make):
     torch.testing.assert_close(given, ref, rtol=0, atol=0)
 
 
+class _SetLevel(torch.nn.Module):
+    """A set-level prediction: the examples' outputs pooled into one row (1, D)."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = fnn.DropConnectLinear(4, 4).double()
+
+    def forward(self, x):
+        return self.drop(x).mean(0, keepdim=True)
+
+
+def test_outputs_that_pool_the_batch_run_one_sample_at_a_time():
+    """Stacked samples pooled into one row cannot be split back per sample: that chunk and the
+    rest run one at a time (it failed with torch's reshape error, from mc_predict's own code)."""
+    torch.manual_seed(0)
+    model, x = _SetLevel().eval(), torch.randn(8, 4, dtype=torch.float64)
+    ref = mc_predict(model, x, samples=6, seed=SEED, chunk=1)
+    torch.testing.assert_close(mc_predict(model, x, samples=6, seed=SEED), ref, rtol=0, atol=0)
+    with pytest.warns(UserWarning, match="one at a time"):
+        torch.testing.assert_close(mc_predict(model, x, samples=6, seed=SEED, chunk=3), ref, rtol=0, atol=0)
+
+
+def test_a_nan_in_the_input_keeps_the_samples_batched():
+    """The check that a batched forward's first dropout input is the input repeated compared NaN
+    with NaN as unequal: one NaN in the input made every chunk fall back to one sample at a time
+    (with a warning blaming the model); the statistics are those of chunk=1 either way."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(fnn.Dropout(0.5), torch.nn.Linear(6, 3), torch.nn.ReLU(),
+                                fnn.Dropout(0.3)).double().eval()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    x[2, 3] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = mc_predict(model, x, samples=8, seed=SEED, chunk=4)
+    ref = mc_predict(model, x, samples=8, seed=SEED, chunk=1)  # (merged per chunk: rounding differs)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
 class _Unbatched(torch.nn.Module):
     """An unbatched image into a Conv2d (C, H, W), as torch's Conv2d accepts: the samples cannot
     stack along dim 0 (the channels); the dropout module's input alone would stack."""
@@ -473,6 +511,40 @@ def test_fused_tail_refuses_what_the_model_refuses():
     for fused in (True, False):
         with pytest.raises(RuntimeError, match="dtype"):
             mc_predict(model, x, samples=4, seed=0, fused=fused)
+
+
+def _dropout_linear_head(change):
+    m = torch.nn.Sequential(torch.nn.Linear(4, 6), fnn.DropoutLinear(6, 3)).eval()
+    change(m[1])
+    return m
+
+
+def _set(name, value):
+    return lambda layer: setattr(layer, name, value)
+
+
+@pytest.mark.parametrize("make, error", [
+    (lambda: _dropout_linear_head(_set("bias", torch.nn.Parameter(torch.randn(1)))), ValueError),
+    (lambda: _dropout_linear_head(_set("weight", torch.nn.Parameter(torch.randn(3, 5)))), ValueError),
+    (lambda: _dropout_linear_head(_set("weight", torch.nn.Parameter(torch.randn(3, 6, device="meta")))),
+     ValueError),
+    (lambda: _dropout_linear_head(_set("mode", "clasic")), ValueError),
+    (lambda: _dropout_linear_head(_set("p", "0.5")), TypeError),
+    (lambda: torch.nn.Sequential(fnn.Dropout(0.5), torch.nn.Linear(4, 3)).eval().apply(
+        lambda m: setattr(m, "p", True) if isinstance(m, fnn.Dropout) else None), TypeError),
+])
+def test_fused_head_refuses_what_the_layers_refuse(make, error):
+    """The fused head reads the layers' p, mode, weight and bias; it makes the checks their own
+    forwards make (a bias of the wrong shape was broadcast, a weight left on the meta device gave
+    statistics of uninitialized memory, p=True ran as 1, a misspelt mode as inverted): the same
+    error as fused=False, and torch's generator as it was (seed=None)."""
+    x = torch.randn(8, 4)
+    for fused in (True, False):
+        model = make()
+        state = torch.get_rng_state()
+        with pytest.raises(error):
+            mc_predict(model, x, samples=4, fused=fused)
+        assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_model_returning_a_tuple_is_refused():

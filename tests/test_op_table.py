@@ -847,6 +847,28 @@ def test_replayed_graphs_and_direct_op_calls_check_their_operands(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_direct_op_calls_take_or_refuse_0d_operands(name):
+    """A direct torch.ops.fastdrop.<name> call with one operand 0-d (the public functions never
+    pass one where the op needs a dim) runs or gets fastdrop's ValueError / TypeError; per-sample
+    DropConnect's weight gradient read x.shape[-1] of a 0-d x (an IndexError)."""
+    case = CASES[name]
+    ops = operands(case)
+    lib = getattr(torch.ops.fastdrop, case.op.name)
+    full = (*ops, *[None] * (len(case.op.operands) - len(ops)))
+    params = [] if case.op.params_rule is None else [0]
+    for i, a in enumerate(full):
+        if a is None:
+            continue
+        for others in (lambda b: b, lambda b: b[(0,) * (b.dim() - 1)]):  # as given, or 1-d
+            bad = tuple(torch.tensor(1.5, dtype=a.dtype) if j == i else b if b is None else others(b)
+                        for j, b in enumerate(full))
+            try:
+                lib(*bad, torch.tensor(3), 0.3, 0, 1 / 0.7, params)
+            except (ValueError, TypeError):
+                pass
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_direct_op_calls_check_their_scalars(name):
     """The custom op's scalar arguments, which the public call makes, are checked in its body too:
     a direct torch.ops.fastdrop.<name> call with a float or 1-d seed, p outside [0, 1], a scale that
@@ -1074,6 +1096,41 @@ def test_dispatch_modes_leave_results_unchanged(name, mode):
     expected = run(contextlib.nullcontext)
     got = run(_PassThrough if mode == "pass-through" else lambda: FlopCounterMode(display=False))
     for a, b in zip(got, expected):
+        assert torch.equal(a, b)
+
+
+class _InplaceAfterLinear(torch.nn.Module):
+    """An in-place op on an intermediate (not on a program input), as `nn.Dropout(inplace=True)`
+    after a layer is used."""
+
+    def __init__(self, call, width):
+        super().__init__()
+        self.call, self.lin = call, torch.nn.Linear(width, width)
+
+    def forward(self, x):
+        return self.call(self.lin(x), inplace=True) * 1.5
+
+
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize("name", INPLACE)
+def test_decomposed_export_of_inplace_ops_trains(name, strict):
+    """An exported train-mode program after run_decompositions: the in-place op's write into x
+    was a copy_, which decomposes to aten.copy, an op without a derivative (its backward failed);
+    now fill(-0.0) + add, which has one and keeps every bit. Outputs and gradients equal eager's."""
+    case = CASES[name]
+    (x,) = operands(case, torch.float32)
+    torch.manual_seed(0)
+    model = _InplaceAfterLinear(case.call, x.shape[-1])
+    program = torch.export.export(model, (x,), strict=strict).run_decompositions().module()
+    results = []
+    for run in (program, model):
+        model.zero_grad()
+        xg = x.detach().requires_grad_()
+        torch.manual_seed(5)
+        y = run(xg)
+        y.backward(torch.linspace(-1, 1, y.numel()).reshape(y.shape))
+        results.append([y.detach(), xg.grad] + [p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*results):
         assert torch.equal(a, b)
 
 

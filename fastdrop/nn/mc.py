@@ -37,8 +37,9 @@ import torch
 from .. import _core, _seeds
 from . import _mc_state
 from ..functional import drop_path
-from ..linear import dropconnect_linear, dropout_linear
-from .._checks import check_u64, numpy_view
+from ..linear import DROPOUT_LINEAR, dropconnect_linear, dropout_linear
+from .._checks import check_mode, check_p, check_u64, numpy_view
+from .._torch_state import tracing_dispatch_mode
 from ..kernels import mc_dropout_cpu
 from ..kernels.philox import kernel_rng_args
 from .convert import is_timm_drop_path, is_torchvision_stochastic_depth
@@ -137,7 +138,10 @@ class _Sampler:
             # compared at about 4096 evenly spread positions, not in full (a pass over the whole
             # input cost a tenth of an MLP's mc_predict): a slice mixing other rows differs there
             probe = slices[:, ::max(1, slices.shape[1] // 4096)]
-            if not torch.equal(probe[1:], probe[:1].expand(n - 1, -1)):
+            first = probe[:1].expand(n - 1, -1)
+            # (NaN equals itself here: a NaN in the input is in every repeated slice)
+            if not torch.equal(probe[1:], first) and not \
+                    bool(((probe[1:] == first) | (probe[1:].isnan() & first.isnan())).all()):
                 raise _NotStacked
 
 
@@ -224,23 +228,36 @@ def _global_hooks():
 
 
 def _fused_head(rest):
-    """(p, mode, weight, bias) when the tail is [fastdrop Dropout, nn.Linear] or [DropoutLinear]
-    and none of its layers has a hook the fused GEMM would skip."""
+    """(p, mode, weight, bias, op) when the tail is [fastdrop Dropout, nn.Linear] or [DropoutLinear]
+    and none of its layers has a hook the fused GEMM would skip. op: the masked op whose operand
+    checks the GEMM stands in for (DropoutLinear's), or None (nn.Linear's own F.linear runs)."""
     mods = list(rest)
     if any(_hooked(m) for m in mods):
         return None
     if len(mods) == 2 and type(mods[0]) is Dropout and type(mods[1]) is torch.nn.Linear:
-        return mods[0].p, mods[0].mode, mods[1].weight, mods[1].bias
+        return mods[0].p, mods[0].mode, mods[1].weight, mods[1].bias, None
     if len(mods) == 1 and _runs_forward_of(mods[0], DropoutLinear):
         m = mods[0]
-        return m.p, m.mode, m.weight, m.bias
+        return m.p, m.mode, m.weight, m.bias, DROPOUT_LINEAR
     return None
+
+
+def _checked_head(h, head):
+    """head with the checks the layers' own forwards make on h, which the fused GEMM skips: the
+    dropout's p and mode as set on the module (a bool p, a misspelt mode), and a DropoutLinear's
+    operands (shapes, dtypes, devices: a weight left on the meta device); refused as the model's
+    forward refuses them."""
+    p, mode, weight, bias, op = head
+    p, mode = check_p(p), check_mode(mode)
+    if op is not None:
+        _core.validate(op, (h, weight, bias), ())
+    return p, mode, weight, bias, op
 
 
 def _run_fused_head(h, head, seed, offsets):
     """All samples of [Dropout, Linear] on h at once: one kernel call writes the n masked copies
     of h (mask t with offsets[t]), one torch GEMM multiplies them by the weight."""
-    p, mode, weight, bias = head
+    p, mode, weight, bias, _ = head
     h2 = h.detach().resolve_neg().contiguous()
     if h2.numel() == 0:  # no mask to make (and numpy may not view an empty (0, 2**58, ...) tensor)
         return torch.nn.functional.linear(h2.new_empty((len(offsets),) + tuple(h2.shape)), weight, bias)
@@ -388,7 +405,7 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     elif chunk > 1 and not others_eval:
         raise ValueError("mc_predict: chunk > 1 needs every non-dropout module in eval mode "
                          "(call model.eval() first; mc_predict keeps fastdrop's dropout active)")
-    if torch._C._is_tracing() or _core.tracing_dispatch_mode(torch):
+    if torch._C._is_tracing() or tracing_dispatch_mode(torch):
         # its samples run eagerly (host-side masks, streaming statistics, a seed read as an int):
         # under fake tensors the first int() failed with torch's DataDependentOutputException
         raise RuntimeError("mc_predict cannot run under make_fx, FakeTensorMode or torch.jit.trace: "
@@ -441,6 +458,8 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
             # model's own forward, which refuses it as the eager call does)
             use_fused = head is not None and _kernel_ok(h) and h.dtype == head[2].dtype and \
                 (head[3] is None or h.dtype == head[3].dtype)
+            if use_fused:
+                head = _checked_head(h, head)
             if chunk > 1 and not use_fused and h.dim() < 2:
                 # an unbatched input: its dim 0 is a feature dim, which the model's layers mix (a
                 # Linear, a softmax), so the samples cannot be stacked along it
@@ -466,6 +485,9 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                         y = _output(rest(hin))
                         if sampler.k == 0 and t0 == 0:
                             raise ValueError(_NONE_RAN)
+                        # (an output that does not keep the stacked samples on dim 0, a pooled
+                        # (1, D), fails here when batched: those samples run one at a time)
+                        y = y.reshape(n, y.shape[0] // n, *y.shape[1:])
                     except Exception as e:
                         # sample 0 ran alone first, so a batched forward that fails does so because of
                         # the batching (an unbatched image into a Conv2d: its channels repeated): these
@@ -479,7 +501,6 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                                           f"{why}: the samples run one at a time", stacklevel=2)
                         chunk = 1
                         continue
-                    y = y.reshape(n, y.shape[0] // n, *y.shape[1:])
                 merger.add(y, logits)
                 t0 += n
     except BaseException:
