@@ -916,10 +916,17 @@ _EAGER_TORCH_CALL = None
 
 
 def _eager_torch_call(torch):
-    """_torch_call, which Dynamo does not trace (it calls it, eagerly, at a graph break)."""
+    """_torch_call, which Dynamo does not trace (it calls it, eagerly, at a graph break). Made as
+    soon as torch._dynamo loads (`register_torch_ops`): made while Dynamo traces, the call of
+    torch._dynamo.disable itself was the graph break, and fullgraph=True reported that instead of
+    the reason below."""
     global _EAGER_TORCH_CALL
     if _EAGER_TORCH_CALL is None:
-        _EAGER_TORCH_CALL = torch._dynamo.disable(_torch_call)
+        _EAGER_TORCH_CALL = torch._dynamo.disable(_torch_call, reason=(
+            "a fastdrop op under a torch.func transform that its compiled custom op cannot serve "
+            "(grad / vjp / jacrev, a vmap inside another transform, or a vmap that does not batch "
+            "the op's input) runs eagerly: compile without fullgraph=True, or call the transform "
+            "outside torch.compile"))
     return _EAGER_TORCH_CALL
 
 
@@ -1316,14 +1323,20 @@ def register_when_torch_loads():
         if hasattr(torch, "library"):  # else torch is still importing: the first eager call registers
             register_torch_ops()
         return
-    if "torch" in sys.modules:  # import of torch blocked (sys.modules["torch"] = None)
+    _after_import("torch", register_torch_ops)
+
+
+def _after_import(module_name, then):
+    """then() right after module `module_name` finishes importing (a one-shot import hook), unless
+    its import is blocked (sys.modules[name] = None)."""
+    if module_name in sys.modules:
         return
     import importlib.abc
     import importlib.util
 
-    class TorchImportHook(importlib.abc.MetaPathFinder):
+    class ImportHook(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name != "torch":
+            if name != module_name:
                 return None
             sys.meta_path.remove(self)
             spec = importlib.util.find_spec(name)
@@ -1331,13 +1344,16 @@ def register_when_torch_loads():
                 return spec
             exec_module = spec.loader.exec_module
 
-            def exec_then_register(module):
+            def exec_then(module):
                 exec_module(module)
-                register_torch_ops()
-            spec.loader.exec_module = exec_then_register
+                then()
+            spec.loader.exec_module = exec_then
             return spec
 
-    sys.meta_path.insert(0, TorchImportHook())
+    sys.meta_path.insert(0, ImportHook())
+
+
+_DYNAMO_HOOKED = False
 
 
 def register_torch_ops():
@@ -1351,6 +1367,14 @@ def register_torch_ops():
     for register in TORCH_OP_REGISTRARS:
         register()
     keep_dynamo_out()
+    global _DYNAMO_HOOKED
+    if not _DYNAMO_HOOKED:  # the eager fallback made before Dynamo traces (`_eager_torch_call`)
+        _DYNAMO_HOOKED = True
+        torch = sys.modules["torch"]
+        if "torch._dynamo" in sys.modules:
+            _eager_torch_call(torch)
+        else:
+            _after_import("torch._dynamo", lambda: _eager_torch_call(torch))
 
 
 # The torch ops of the plain functions over the core (max_norm_'s): each module adds its registration

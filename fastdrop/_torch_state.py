@@ -104,12 +104,21 @@ def forward_ad_active(torch):
 
 
 def grad_transform_active(torch, x):
-    """Under Dynamo: a torch.func transform is active and x is not a vmap's BatchedTensor (so the
-    innermost transform is grad, vjp or jacrev, whose GradTrackingTensor x is; or a vmap that
-    does not batch x, which then runs eagerly too, correctly). Two queries Dynamo evaluates
-    while tracing; it graph-breaks on the functorch interpreter stack that `grad_levels_active`
-    reads, and a graph break on every compiled call would split every graph."""
-    return torch._C._are_functorch_transforms_active() and not torch._C._functorch.is_batchedtensor(x)
+    """Under Dynamo: a torch.func transform is active that the custom op cannot serve, so the call
+    runs eagerly (a graph break): x is not a vmap's BatchedTensor (the innermost transform is
+    grad, vjp or jacrev, whose GradTrackingTensor x is; or a vmap that does not batch x), or it is
+    one inside an outer transform (the custom op's vmap rule would run its autograd under a grad
+    transform around the vmap, which torch.func refuses; an outer vmap runs eagerly too,
+    correctly). Queries Dynamo evaluates while tracing; it graph-breaks on the functorch
+    interpreter stack that `grad_levels_active` reads, and a graph break on every compiled call
+    would split every graph; the innermost interpreter, coerced as torch.func does, it reads as a
+    constant. A level is its depth in the stack: 1 is the outermost transform."""
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    if not torch._C._functorch.is_batchedtensor(x):
+        return True
+    innermost = torch._functorch.pyfunctorch.coerce_cinterpreter(torch._C._functorch.peek_interpreter_stack())
+    return innermost.level() > 1
 
 
 def functorch_interpreters(torch):

@@ -117,6 +117,35 @@ def test_compiled_func_grad_matches_eager(name):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if CASES[n].op is DROPOUT])
+def test_compiled_grad_of_a_vmap_matches_eager(name):
+    """torch.compile around grad(vmap(f)) (training an ensemble over stacked parameters, or a loss
+    summed over a vmapped batch): Dynamo traced the op's custom op, whose vmap rule then ran its
+    autograd under the grad transform outside the vmap, which torch.func refuses (a RuntimeError
+    about an autograd.Function the caller never wrote, with fullgraph=False too). A vmap inside
+    another transform now runs the op eagerly (a graph break): the compiled gradients are eager's."""
+    case = CASES[name]
+    (x,) = operands(case, torch.float32)
+    xb = torch.stack([x, x * 2, x - 1])
+    for kw in ({"seed": 5}, {}):
+        fn = torch.func.grad(lambda b: torch.func.vmap(lambda t: case.call(t, **kw).sin(),
+                                                       randomness="different")(b).sum())
+        torch.manual_seed(4)
+        ref = fn(xb)
+        torch.manual_seed(4)
+        assert torch.equal(torch.compile(fn, backend="aot_eager")(xb), ref)
+
+
+def test_fullgraph_refusal_of_an_eager_transform_names_the_reason():
+    """Where the op must run eagerly under a transform (here a vmap whose input the batch shares),
+    fullgraph=True refuses the graph break naming fastdrop's reason, not Dynamo's refusal to trace
+    torch._dynamo.disable itself (the eager fallback was made while tracing)."""
+    torch._dynamo.reset()  # (a graph break inside a transform marks frames for good: README "torch.func")
+    f = torch.func.vmap(lambda w, x: fastdrop.dropout(x, 0.5) @ w, in_dims=(0, None), randomness="different")
+    with pytest.raises(Exception, match="fastdrop op under a torch.func transform"):
+        torch.compile(f, fullgraph=True, backend="aot_eager")(torch.randn(3, 4, 2), torch.randn(5, 4))
+
+
 def test_compiled_per_sample_gradients_match_eager():
     """vmap(grad(f)), torch.func's per-example gradients, compiled: the eager gradients; and vmap
     alone still compiles into one graph with the custom op."""
