@@ -857,9 +857,10 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         if forward_ad_active(torch):
             # the custom op has no forward-mode formula: a traced jvp would give a zero tangent
             raise RuntimeError(f"fastdrop.{op.name} under make_fx, FakeTensorMode or torch.jit.trace "
-                               f"does not support forward-mode AD (torch.func.jvp, "
-                               f"torch.autograd.forward_ad): torch's custom ops carry no forward "
-                               f"derivative; run the jvp eagerly (it works there)")
+                               f"(torch.func.linearize traces with make_fx) does not support "
+                               f"forward-mode AD (torch.func.jvp, torch.autograd.forward_ad): torch's "
+                               f"custom ops carry no forward derivative; run the jvp eagerly (it works "
+                               f"there)")
         if grad_levels_active(torch):
             # the custom op's autograd formula is a Function without setup_context, which
             # torch.func's grad transforms refuse with a message about an autograd.Function the
