@@ -341,9 +341,10 @@ def check_writable(x, kind, name="x"):
     """An in-place or out= target must be writeable and must not have two elements in one memory
     location (torch's rule: `expand`ed and overlapping `as_strided` views are refused with a
     RuntimeError)."""
+    # what writes into it: inplace=True (x), out=, or max_norm_ (its weight)
+    what = "inplace=True" if name == "x" else "out=" if name == "out" else "max_norm_"
     if kind == NUMPY:
         if not x.flags.writeable:
-            what = "inplace=True" if name == "x" else f"{name}="
             raise ValueError(f"{what} needs a writeable array; {name} is read-only")
         shape, strides, item = x.shape, x.strides, x.itemsize
     elif kind == TORCH:
@@ -368,16 +369,15 @@ def check_writable(x, kind, name="x"):
         if cai is None:  # the simulator's arrays export no interface (and are never read-only)
             return
         if cai["data"][1]:
-            what = "inplace=True" if name == "x" else f"{name}="
             raise ValueError(f"{what} needs a writeable array; {name}'s __cuda_array_interface__ "
                              f"marks it read-only")
         if cai.get("strides") is None:  # C-contiguous
             return
         shape, strides, item = tuple(cai["shape"]), tuple(cai["strides"]), np.dtype(cai["typestr"]).itemsize
     if _overlaps(shape, strides, item):
-        raise RuntimeError("unsupported operation: more than one element of the written-to tensor "
-                           "refers to a single memory location. Please clone() the tensor before "
-                           "performing the operation (inplace=True on an overlapping view).")
+        raise RuntimeError(f"unsupported operation: more than one element of the written-to tensor "
+                           f"refers to a single memory location. Please clone() the tensor before "
+                           f"performing the operation ({what} on an overlapping view: {name}).")
 
 
 def _tracing(torch, *tensors):

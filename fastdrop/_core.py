@@ -42,7 +42,8 @@ from . import _cpu, _seeds
 from ._alloc import PHYSICAL_BYTES, check_output_bytes, empty_like
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, check_array, check_bool,
                       check_companions, check_out, check_out_is_x, check_p, check_plain_memory, check_u64,
-                      check_writable, fill_torch_floats, mark_written, numpy_view, quiet_under_jit_trace)
+                      check_writable, fill_torch_floats, is_subclass_like, mark_written, numpy_view,
+                      quiet_under_jit_trace)
 from ._dynamo_skip import MARKED, keep_dynamo_out
 from ._grouped import groups_are_runs, native_grouped, native_layout
 from ._torch_state import (NO_LEVELS, autocast_state, batched_for_vmap, batched_levels, capturing, compiling,
@@ -197,7 +198,7 @@ def _serial_dropout(x, args):
 
 def _dense_grouped_dropout(x, p, seed, offset, scale, group_ndim, n):
     """Spatial dropout / DropPath of a float32/float64 CPU tensor whose groups are contiguous runs
-    of memory (`_groups_outermost`; no autograd): the one-launch grouped kernel on the flat
+    of memory (`_grouped._groups_outermost`; no autograd): the one-launch grouped kernel on the flat
     memory (addresses), as _cpu.grouped_dropout_into would pick it for C-contiguous data, without
     its dtype and layout dispatch (a forward and a backward per layer per step). The output has
     x's strides (torch's layout rule)."""
@@ -943,11 +944,16 @@ def _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, 
         return out.copy_(y)
     if not inplace:
         return y
-    # x = y as fill(-0.0) + y, not copy_: -0.0 is addition's identity (every bit of y kept, -0.0 and
-    # NaN included), and a decomposed export (run_decompositions) turns copy_ into aten.copy, which
-    # has no derivative, so such a program could not train; fill and add have one (Inductor fuses
-    # the two into one pass)
-    return operands[0].fill_(-0.0).add_(y)
+    x = operands[0]
+    if x.dtype == sys.modules["torch"].bfloat16:
+        # (torch's bfloat16 add rewrites NaN payloads: bits first, so a decomposed bfloat16 program
+        # with an in-place fastdrop layer cannot backpropagate, below)
+        return x.copy_(y)
+    # x = y as fill(-0.0) + y, not copy_: -0.0 is addition's identity (every bit of y kept for
+    # float16/32/64, -0.0 and NaN payloads included), and a decomposed export (run_decompositions)
+    # turns copy_ into aten.copy, which has no derivative, so such a program could not train; fill
+    # and add have one (Inductor fuses the two into one pass)
+    return x.fill_(-0.0).add_(y)
 
 
 def torch_apply(op, operands, params, rng, inplace=False):
@@ -1233,7 +1239,7 @@ def _functions():
                 # to the output's dtype, the check keeps that an assumption nobody relies on; a
                 # subclass-like gradient, a legacy vmap batch among them, has no memory to read)
                 if B is TorchBackend and grad.dtype == ctx.dtype and grad.is_contiguous() and \
-                        not grad.is_neg() and not torch._C._dispatch_isTensorSubclassLike(grad):
+                        not grad.is_neg() and not is_subclass_like(grad):
                     return _serial_dropout(grad, ctx.args), None, None
                 # else an expanded or strided gradient (of a sum, a transpose), create_graph, a
                 # transform or compiled autograd: the op's backward, as the eager Function runs it

@@ -10,7 +10,7 @@ g = 0 elementwise; g > 0 one mask element per index of x's first g dims, broadca
 Dropout is linear in x, so its backward is the same op, with the same (seed, offset), on the
 incoming gradient: nothing but scalars is saved, and double backward is the op once more. The
 grouped ops under autograd on small CPU tensors are recorded as torch's multiply by their per-group
-factors instead, which saves those factors (fastdrop/_core.py, `native_grouped`).
+factors instead, which saves those factors (fastdrop/_grouped.py, `native_grouped`).
 
 Signatures follow torch's `F.dropout(x, p, training, inplace)` and timm's
 `drop_path(x, drop_prob, training, scale_by_keep)` positionally; fastdrop's own arguments

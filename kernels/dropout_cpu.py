@@ -251,7 +251,7 @@ def keep_mask(out, key_lo, key_hi, off_lo, off_hi, thr):
 
 @cpu_kernel(parallel=False)
 def group_factors(factors, seed, offset, thr, scale):
-    """The factors torch's own multiply applies for a grouped op (fastdrop/_core.py,
+    """The factors torch's own multiply applies for a grouped op (fastdrop/_grouped.py,
     `native_grouped`): factors.flat[g] = scale if mask element g is kept else 0; returns how
     many groups were dropped. factors is a C-contiguous float32/float64 array of any rank (it is
     made in the shape it broadcasts in, saving a reshape per call); seed and offset are int64

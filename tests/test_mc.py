@@ -429,21 +429,25 @@ def test_models_that_move_the_batch_dim_run_one_sample_at_a_time(make):
 
 
 class _SetLevel(torch.nn.Module):
-    """A set-level prediction: the examples' outputs pooled into one row (1, D)."""
+    """A set-level prediction: the examples' outputs pooled into one row (1, D), or into (D,)."""
 
-    def __init__(self):
+    def __init__(self, width, keepdim):
         super().__init__()
-        self.drop = fnn.DropConnectLinear(4, 4).double()
+        self.drop, self.keepdim = fnn.DropConnectLinear(4, width).double(), keepdim
 
     def forward(self, x):
-        return self.drop(x).mean(0, keepdim=True)
+        return self.drop(x).mean(0, keepdim=self.keepdim)
 
 
-def test_outputs_that_pool_the_batch_run_one_sample_at_a_time():
-    """Stacked samples pooled into one row cannot be split back per sample: that chunk and the
-    rest run one at a time (it failed with torch's reshape error, from mc_predict's own code)."""
+@pytest.mark.parametrize("width, keepdim", [(4, True), (5, False), (12, False), (24, False)])
+def test_outputs_that_pool_the_batch_run_one_sample_at_a_time(width, keepdim):
+    """Stacked samples pooled over the batch cannot be split back per sample: a batched output
+    must have sample 0's shape with its dim 0 times the samples, else that chunk and the rest run
+    one at a time. It failed with torch's reshape error from mc_predict's own code where the size
+    did not divide, and where it did (a (D,) output, D a multiple of the chunk) the pooled rows
+    were split as samples: other statistics, silently."""
     torch.manual_seed(0)
-    model, x = _SetLevel().eval(), torch.randn(8, 4, dtype=torch.float64)
+    model, x = _SetLevel(width, keepdim).eval(), torch.randn(8, 4, dtype=torch.float64)
     ref = mc_predict(model, x, samples=6, seed=SEED, chunk=1)
     torch.testing.assert_close(mc_predict(model, x, samples=6, seed=SEED), ref, rtol=0, atol=0)
     with pytest.warns(UserWarning, match="one at a time"):

@@ -1,8 +1,8 @@
-"""The native route of the grouped ops under autograd (fastdrop/_core.py, `native_grouped` and
-`training_lane`): spatial dropout and DropPath rows of a CPU float32/float64 tensor that needs grad
-are recorded as torch's own multiply by per-group factors. Checked here against the kernel route
-(the same call on a tensor that needs no grad): outputs bit for bit, gradients, the draw from
-torch's generator, what is saved, and which route each input takes.
+"""The native route of the grouped ops under autograd (fastdrop/_grouped.py, `native_grouped`;
+fastdrop/_core.py, `training_lane`): spatial dropout and DropPath rows of a CPU float32/float64
+tensor that needs grad are recorded as torch's own multiply by per-group factors. Checked here
+against the kernel route (the same call on a tensor that needs no grad): outputs bit for bit,
+gradients, the draw from torch's generator, what is saved, and which route each input takes.
 """
 import subprocess
 import sys

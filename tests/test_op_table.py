@@ -1163,6 +1163,48 @@ def test_decomposed_export_of_inplace_ops_trains(name, strict):
         assert torch.equal(a, b)
 
 
+_INT_VIEW = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
+             torch.bfloat16: torch.int16}
+
+
+def _special_values(dtype):
+    """randn values with +-0, quiet and signaling NaNs with payloads of both signs, +-inf and
+    subnormals written over some of them (as their bits)."""
+    t = torch.randn(8, 16).to(dtype)
+    width = torch.finfo(dtype).bits
+    exp_bits = {64: 11, 32: 8, 16: 5 if dtype == torch.float16 else 8}[width]
+    mant = width - 1 - exp_bits
+    inf = ((1 << exp_bits) - 1) << mant
+    sign = 1 << (width - 1)
+    patterns = [sign, 0, inf | (1 << (mant - 1)), sign | inf | (1 << (mant - 1)) | 5, inf | 3, sign | inf | 1,
+                inf, sign | inf, 1, sign | 1]
+    ints = t.view(_INT_VIEW[dtype])
+    for i, bits in enumerate(patterns * 4):
+        ints.view(-1)[i * 3] = bits - (1 << width) if bits >= 1 << (width - 1) else bits
+    return t
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_traced_inplace_writes_keep_every_bit(dtype):
+    """The traced routes write an in-place result into x with torch ops (fill(-0.0) + add, so that
+    a decomposed export can differentiate it; copy_ for bfloat16, whose add rewrites NaN payloads):
+    make_fx, torch.jit.trace and torch.compile give eager's bits, -0.0 and NaN payloads included."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    x = _special_values(dtype)
+
+    def f(t):
+        h = t.clone()
+        return fastdrop.dropout(h, 0.5, inplace=True, seed=7)
+
+    expected = f(x).view(_INT_VIEW[dtype])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        routes = {"make_fx": make_fx(f)(x), "jit.trace": torch.jit.trace(f, (x,), check_trace=False),
+                  "aot_eager": torch.compile(f, backend="aot_eager"), "inductor": torch.compile(f)}
+    for route, g in routes.items():
+        assert torch.equal(g(x).view(_INT_VIEW[dtype]), expected), route
+
+
 @pytest.mark.parametrize("name", [n for n in NAMES if CASES[n].op is DROPOUT])
 def test_export_with_a_dynamic_batch_dim(name):
     """No guard on the batch size (the host-memory check of eager calls is not made while tracing)."""

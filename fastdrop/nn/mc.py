@@ -485,8 +485,12 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                         y = _output(rest(hin))
                         if sampler.k == 0 and t0 == 0:
                             raise ValueError(_NONE_RAN)
-                        # (an output that does not keep the stacked samples on dim 0, a pooled
-                        # (1, D), fails here when batched: those samples run one at a time)
+                        if t0 == 0:
+                            one_shape = tuple(y.shape)  # sample 0's output, run alone
+                        elif n > 1 and tuple(y.shape) != (n * one_shape[0],) + one_shape[1:]:
+                            # an output that does not stack the samples on dim 0 (one pooled over
+                            # the batch): these samples and the rest run one at a time
+                            raise _NotStacked
                         y = y.reshape(n, y.shape[0] // n, *y.shape[1:])
                     except Exception as e:
                         # sample 0 ran alone first, so a batched forward that fails does so because of
