@@ -918,8 +918,8 @@ _EAGER_TORCH_CALL = None
 
 
 def _eager_torch_call(torch):
-    """_torch_call, which Dynamo does not trace (it calls it, eagerly, at a graph break). Made as
-    soon as torch._dynamo loads (`register_torch_ops`): made while Dynamo traces, the call of
+    """_torch_call, which Dynamo does not trace (it calls it, eagerly, at a graph break). Made when
+    the torch ops register (`_seed_ops`, which loads torch._dynamo): made while Dynamo traces, the call of
     torch._dynamo.disable itself was the graph break, and fullgraph=True reported that instead of
     the reason below."""
     global _EAGER_TORCH_CALL
@@ -1314,6 +1314,9 @@ def _seed_ops():
                          torch._C._are_functorch_transforms_active,
                          torch._C._functorch.is_functorch_wrapped_tensor, torch._C._is_tracing,
                          torch.autograd.forward_ad)
+        # made now, not while Dynamo traces (`_eager_torch_call`); assume_constant_result above
+        # has loaded torch._dynamo
+        _eager_torch_call(torch)
         _SEED_OPS = token
     return _SEED_OPS
 
@@ -1330,20 +1333,14 @@ def register_when_torch_loads():
         if hasattr(torch, "library"):  # else torch is still importing: the first eager call registers
             register_torch_ops()
         return
-    _after_import("torch", register_torch_ops)
-
-
-def _after_import(module_name, then):
-    """then() right after module `module_name` finishes importing (a one-shot import hook), unless
-    its import is blocked (sys.modules[name] = None)."""
-    if module_name in sys.modules:
+    if "torch" in sys.modules:  # import of torch blocked (sys.modules["torch"] = None)
         return
     import importlib.abc
     import importlib.util
 
-    class ImportHook(importlib.abc.MetaPathFinder):
+    class TorchImportHook(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name != module_name:
+            if name != "torch":
                 return None
             sys.meta_path.remove(self)
             spec = importlib.util.find_spec(name)
@@ -1351,16 +1348,13 @@ def _after_import(module_name, then):
                 return spec
             exec_module = spec.loader.exec_module
 
-            def exec_then(module):
+            def exec_then_register(module):
                 exec_module(module)
-                then()
-            spec.loader.exec_module = exec_then
+                register_torch_ops()
+            spec.loader.exec_module = exec_then_register
             return spec
 
-    sys.meta_path.insert(0, ImportHook())
-
-
-_DYNAMO_HOOKED = False
+    sys.meta_path.insert(0, TorchImportHook())
 
 
 def register_torch_ops():
@@ -1374,14 +1368,6 @@ def register_torch_ops():
     for register in TORCH_OP_REGISTRARS:
         register()
     keep_dynamo_out()
-    global _DYNAMO_HOOKED
-    if not _DYNAMO_HOOKED:  # the eager fallback made before Dynamo traces (`_eager_torch_call`)
-        _DYNAMO_HOOKED = True
-        torch = sys.modules["torch"]
-        if "torch._dynamo" in sys.modules:
-            _eager_torch_call(torch)
-        else:
-            _after_import("torch._dynamo", lambda: _eager_torch_call(torch))
 
 
 # The torch ops of the plain functions over the core (max_norm_'s): each module adds its registration
