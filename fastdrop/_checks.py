@@ -282,6 +282,12 @@ def check_array(x, name="x"):
             # a fault on a GPU ends the process's CUDA context (every later launch fails)
             raise ValueError(f"{name}'s __cuda_array_interface__ has a null data pointer for "
                              f"shape {tuple(cai['shape'])}")
+    elif type(getattr(x, "_ary", None)) not in (np.ndarray, type(None)):
+        # the simulator's to_device keeps an ndarray subclass (np.matrix, whose reshape stays 2-d:
+        # the simulated kernels indexed past it with an IndexError, after the seed draw); a GPU's
+        # device array holds plain memory
+        raise TypeError(f"{name} is a CUDA-simulator array holding a {type(x._ary).__name__}, not "
+                        f"a plain ndarray; pass cuda.to_device(np.asarray(...))")
     dtype = np.dtype(x.dtype)
     if dtype.type not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have a floating point dtype (float16, float32, float64), got {dtype}")
@@ -367,13 +373,14 @@ def check_writable(x, kind, name="x"):
     else:
         cai = getattr(x, "__cuda_array_interface__", None)
         if cai is None:  # the simulator's arrays export no interface (and are never read-only)
-            return
-        if cai["data"][1]:
+            shape, strides, item = tuple(x.shape), tuple(x.strides), x.dtype.itemsize
+        elif cai["data"][1]:
             raise ValueError(f"{what} needs a writeable array; {name}'s __cuda_array_interface__ "
                              f"marks it read-only")
-        if cai.get("strides") is None:  # C-contiguous
+        elif cai.get("strides") is None:  # C-contiguous
             return
-        shape, strides, item = tuple(cai["shape"]), tuple(cai["strides"]), np.dtype(cai["typestr"]).itemsize
+        else:
+            shape, strides, item = tuple(cai["shape"]), tuple(cai["strides"]), np.dtype(cai["typestr"]).itemsize
     if _overlaps(shape, strides, item):
         raise RuntimeError(f"unsupported operation: more than one element of the written-to tensor "
                            f"refers to a single memory location. Please clone() the tensor before "
@@ -537,6 +544,18 @@ def numpy_view(t):
     memory.__array_interface__ = {"shape": t.shape, "typestr": typestr, "data": (t.data_ptr(), False),
                                   "strides": strides, "version": 3}
     return np.asarray(memory), bf16
+
+
+def announce_write(torch, t):
+    """Before a kernel writes CPU/CUDA tensor t's memory behind torch's back, while a dispatch mode
+    is active: show the modes the write as torch's own in-place op (a copy of t onto itself, which
+    ATen returns from at once), so a mode that acts on writes sees it.
+    `torch.autograd.graph.allow_mutation_on_saved_tensors` clones a tensor saved for backward
+    there, before it changes; without this its backward read the written values, silently (its
+    version checks are off). Below autograd and the version counter: the write's own bump follows."""
+    if torch._C._len_torch_dispatch_stack():
+        with torch._C._AutoDispatchBelowADInplaceOrView():
+            t.copy_(t)
 
 
 def mark_written(t):

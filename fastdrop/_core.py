@@ -40,8 +40,8 @@ import numpy as np
 
 from . import _cpu, _seeds
 from ._alloc import PHYSICAL_BYTES, check_output_bytes, empty_like
-from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, check_array, check_bool,
-                      check_companions, check_out, check_out_is_x, check_p, check_plain_memory, check_u64,
+from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, announce_write, check_array,
+                      check_bool, check_companions, check_out, check_out_is_x, check_p, check_plain_memory, check_u64,
                       check_writable, fill_torch_floats, is_subclass_like, mark_written, numpy_view,
                       quiet_under_jit_trace)
 from ._dynamo_skip import MARKED, keep_dynamo_out
@@ -896,6 +896,8 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         seed = _seeds.draw_torch_seed()
         offset = _seeds.stream_offset(offset)
     rng = _rng(p, seed, offset, scale)
+    if inplace or out is not None:  # every check passed: the kernels write it next
+        announce_write(torch, operands[0] if out is None else out)
     if out is not None:  # checked: no autograd records this call
         return mark_written(op.forward(TorchBackend, operands, rng, params, out=out))
     return torch_apply(op, operands, params, rng, inplace)
@@ -1083,6 +1085,7 @@ def _setup(ctx, op, params, rng, inplace, operands, forward_ad):
         ctx.save_for_backward(*(operands[i] for i in op.saves))
     if forward_ad:
         ctx.present = [a is not None for a in operands]
+        ctx.inplace = inplace  # (jvp's arguments are tangents, None for inplace itself)
         ctx.save_for_forward(*(a for a in operands if a is not None))
     if inplace:
         ctx.mark_dirty(operands[0])
@@ -1174,10 +1177,16 @@ def _jvp(ctx, _op, _params, _rng, _inplace, *tangents):
     it = iter(ctx.saved_tensors)
     primals = [next(it) if here else None for here in ctx.present]
     if ctx.half is None:
-        return ctx.op.jvp(TorchAutogradBackend, primals, tangents, ctx.rng, ctx.params)
-    up = lambda ts: [None if t is None else t.float() for t in ts]  # noqa: E731  (as the forward)
-    out = ctx.op.jvp(TorchAutogradBackend, up(primals), up(tangents), ctx.rng, ctx.params)
-    return None if out is None else out.to(ctx.half)
+        out = ctx.op.jvp(TorchAutogradBackend, primals, tangents, ctx.rng, ctx.params)
+    else:
+        up = lambda ts: [None if t is None else t.float() for t in ts]  # noqa: E731  (as the forward)
+        out = ctx.op.jvp(TorchAutogradBackend, up(primals), up(tangents), ctx.rng, ctx.params)
+        out = None if out is None else out.to(ctx.half)
+    if ctx.inplace and out is not None and tangents[0] is not None:
+        # the forward wrote x in place (mark_dirty): torch requires x's tangent written in place
+        # too, and returned, as its own in-place ops do (a new tensor is refused)
+        return tangents[0].copy_(out)
+    return out
 
 
 def _functions():

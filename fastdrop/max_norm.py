@@ -14,9 +14,9 @@ import sys
 import numpy as np
 
 from . import _core
-from ._checks import (NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, array_kind, check_array, check_plain_memory,
-                      check_writable, is_torch_tensor, mark_written, numpy_view, quiet_under_jit_trace,
-                      refuse_while_tracing)
+from ._checks import (NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, announce_write, array_kind, check_array,
+                      check_plain_memory, check_writable, is_torch_tensor, mark_written, numpy_view,
+                      quiet_under_jit_trace, refuse_while_tracing)
 from ._torch_state import tracing_dispatch_mode
 from .kernels import max_norm_cpu
 
@@ -247,8 +247,9 @@ def _max_norm_tensor(w, max_value, dims, eps):
         if w.dtype in (torch.float16, torch.bfloat16):
             tmp = w.detach().float()
             _max_norm_tensor(tmp, max_value, dims, eps)
-            w.copy_(tmp)
+            w.copy_(tmp)  # (torch's op: a dispatch mode sees it)
             return w
+        announce_write(torch, w)
         if w.is_cuda:
             _max_norm_device(w.detach(), max_value, dims, eps)
         else:

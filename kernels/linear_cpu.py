@@ -88,7 +88,7 @@ def dropconnect_sample_bwd(g, x, w, gx_part, gx, gw, gb, key_lo, key_hi, off_lo,
         part = gx_part[t]
         part[:, :] = zero
         buf = np.empty(CHUNK + LANES, np.uint16)
-        factor = np.empty(CHUNK, x.dtype)
+        keep = np.empty(CHUNK, np.bool_)
         for o in range(t * no // nt, (t + 1) * no // nt):
             gwr = gw[o]
             wr = w[o]
@@ -107,15 +107,18 @@ def dropconnect_sample_bwd(g, x, w, gx_part, gx, gw, gb, key_lo, key_hi, off_lo,
                     # Three simple loops over 1-D slices (the multipliers, then one axpy per
                     # gradient) vectorize; the same work as one loop of both updates does not
                     # (LLVM gives up on it: 4.5x slower at 64x512->512, bits identical).
+                    # A dropped term is selected away, not multiplied by 0: an inf or NaN x or W
+                    # there gave 0 * inf = NaN gradients, where the forward (and the one-mask
+                    # route, and the CUDA kernels) count it as exactly 0.
                     words = buf[shift:shift + seg]
                     for k in range(seg):
-                        factor[k] = gs if np.uint32(words[k]) < thr else zero
+                        keep[k] = np.uint32(words[k]) < thr
                     gws, xs = gwr[j:j + seg], xr[j:j + seg]
                     for k in range(seg):
-                        gws[k] += factor[k] * xs[k]
+                        gws[k] += gs * xs[k] if keep[k] else zero
                     ps, ws = pr[j:j + seg], wr[j:j + seg]
                     for k in range(seg):
-                        ps[k] += factor[k] * ws[k]
+                        ps[k] += gs * ws[k] if keep[k] else zero
                     j += seg
             gb[o] = gbo
     for e in numba.prange(nn * ni):

@@ -327,3 +327,28 @@ def test_expanded_weight_too_big_for_memory_refused_before_the_draw(per_sample):
     with pytest.raises(MemoryError, match="physical memory"):
         dropconnect_linear(xn, wn, None, 0.3, per_sample=per_sample)
     assert fastdrop._seeds._numpy_source.bit_generator.state == np_state
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_per_sample_backward_skips_dropped_terms_with_non_finite_values(n):
+    """Per-sample DropConnect's CPU backward selects dropped terms away, as its forward, the
+    one-mask route and the CUDA kernels do (tests/cuda/test_linear_cuda.py has the same case): an
+    inf weight or a NaN input at positions every mask drops leaves every gradient finite. The
+    kernel multiplied those terms by 0, and 0 * inf made them NaN."""
+    rng = np.random.default_rng(4)
+    I, O, p, seed = 13, 4, 0.5, 11
+    m = fastdrop.dropout_mask((n, O, I), p, seed)
+    x, w, g = (rng.standard_normal(sh) for sh in ((n, I), (O, I), (n, O)))
+    w[~m.any(0)] = np.inf   # weights dropped for every example
+    x[~m.any(1)] = np.nan   # inputs dropped for every output
+    assert np.isinf(w).any() and np.isnan(x).any()
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    y = fastdrop.dropconnect_linear(xt, wt, None, p, seed=seed, per_sample=True)
+    y.backward(torch.tensor(g))
+    s = 1.0 / (1.0 - p)
+    kept = lambda a: np.where(m, a, 0.0)  # noqa: E731
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(y.detach().numpy(), s * kept(x[:, None, :] * w[None]).sum(2), rtol=1e-12)
+        np.testing.assert_allclose(xt.grad.numpy(), s * kept(g[:, :, None] * w[None]).sum(1), rtol=1e-12)
+        np.testing.assert_allclose(wt.grad.numpy(), s * kept(g[:, :, None] * x[:, None, :]).sum(0), rtol=1e-12)
+    assert np.isfinite(xt.grad.numpy()).all() and np.isfinite(wt.grad.numpy()).all()

@@ -382,6 +382,72 @@ def test_hessian_and_vmapped_jacrev():
         f(torch.randn(3, 4, 5, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+@pytest.mark.parametrize("name", INPLACE)
+def test_forward_ad_of_inplace_calls(name, dtype):
+    """An in-place call under forward-mode AD (torch.func.jvp, forward_ad's dual tensors,
+    gradcheck's forward check) writes x's tangent in place and returns it, as torch's in-place
+    ops do: the tangent is the op on the tangent, with the forward's mask. (The jvp returned a new
+    tensor, which torch refuses for a Function that marked its input dirty.)"""
+    import torch.autograd.forward_ad as fwAD
+    case = CASES[name]
+    x, = operands(case, dtype)
+    t = torch.randn_like(x)
+    y, jt = torch.func.jvp(lambda x: case.call(x * 1, seed=5, inplace=True), (x,), (t,))
+    assert torch.equal(y, case.call(x, seed=5)) and torch.equal(jt, case.call(t, seed=5))
+    for training in (True, False):  # (eval: classic mode's in-place x * (1 - p))
+        with fwAD.dual_level():
+            dual = fwAD.make_dual(x, t) * 1
+            tangent = fwAD.unpack_dual(dual).tangent
+            out = fwAD.unpack_dual(case.call(dual, seed=5, inplace=True, training=training))
+            assert out.tangent is tangent or torch.equal(out.tangent, tangent)
+        assert torch.equal(out.primal, case.call(x, seed=5, training=training))
+        assert torch.equal(out.tangent, case.call(t, seed=5, training=training))
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(lambda x: case.call(x * 1, seed=5, inplace=True),
+                                        (x.clone().requires_grad_(),), check_forward_ad=True)
+
+
+def _grad_through_a_saved_then_written_tensor(write, allow_mutation):
+    """d/da of sum(h * h) + sum(write(h)) with h = a * 1.5 saved by h * h, written by `write`
+    (on h itself under torch's allow_mutation_on_saved_tensors, on a clone without it)."""
+    a = torch.linspace(-2, 2, 60, dtype=torch.float64).reshape(6, 10).requires_grad_()
+    context = torch.autograd.graph.allow_mutation_on_saved_tensors() if allow_mutation \
+        else contextlib.nullcontext()
+    with context:
+        h = a * 1.5
+        loss = (h * h).sum()
+        written = write(h if allow_mutation else h.clone())
+        if written is not None and written.requires_grad:
+            loss = loss + written.sum()
+        loss.backward()
+    return a.grad
+
+
+@pytest.mark.parametrize("write", [f"inplace:{n}" for n in INPLACE] + ["out=", "max_norm_"])
+def test_writes_are_seen_by_allow_mutation_on_saved_tensors(write):
+    """Under torch.autograd.graph.allow_mutation_on_saved_tensors a tensor saved for backward may
+    be written in place: torch's dispatch mode clones it first. fastdrop's kernels write memory
+    behind torch's back, so every write (inplace=True, out=, max_norm_) shows itself to the modes
+    as torch's own in-place op first; the backward read the written values before, silently."""
+    if write == "out=":
+        def fn(h):
+            fastdrop.dropout(h.detach() + 1, 0.5, seed=5, out=h.detach())
+    elif write == "max_norm_":
+        def fn(h):
+            fastdrop.max_norm_(h.detach(), 1.0)
+    else:
+        case = CASES[write.split(":")[1]]
+        for training in (True, False):
+            def fn(h):
+                return case.call(h, seed=5, inplace=True, training=training)
+            torch.testing.assert_close(_grad_through_a_saved_then_written_tensor(fn, True),
+                                       _grad_through_a_saved_then_written_tensor(fn, False), rtol=0, atol=0)
+        return
+    torch.testing.assert_close(_grad_through_a_saved_then_written_tensor(fn, True),
+                               _grad_through_a_saved_then_written_tensor(fn, False), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_func_grad_jvp_and_vmap(name):
     case = CASES[name]

@@ -299,3 +299,51 @@ def test_every_argument_of_the_lane_functions_is_checked_by_the_lane():
         else:
             lane_args_fn = lane_args
         assert params == lane_args_fn, (fn.__name__, params ^ lane_args_fn)
+
+
+# each module, an input of the rank its training lane takes, and its functional op
+MODULE_LANES = [
+    (lambda: fastdrop.nn.Dropout(0.3), (4, 6), lambda x: F.dropout(x, 0.3)),
+    (lambda: fastdrop.nn.Dropout1d(0.3), (4, 6, 5), lambda x: F.dropout1d(x, 0.3)),
+    (lambda: fastdrop.nn.Dropout2d(0.3), (4, 6, 5, 3), lambda x: F.dropout2d(x, 0.3)),
+    (lambda: fastdrop.nn.Dropout3d(0.3), (4, 6, 5, 3, 2), lambda x: F.dropout3d(x, 0.3)),
+    (lambda: fastdrop.nn.DropPath(0.3), (4, 6, 5), lambda x: F.drop_path(x, 0.3)),
+]
+
+
+@pytest.mark.parametrize("make_module, shape, functional", MODULE_LANES,
+                         ids=["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropPath"])
+def test_modules_take_the_lane_their_functional_takes(monkeypatch, make_module, shape, functional):
+    """Every module's training step takes the lane, with its functional op's arguments, and gives
+    the pipeline's output, gradient and draw; a module the lane must not take (eval, in place,
+    classic scaling, p = 0) does not. (A shortcut from the module's forward straight to the lane,
+    skipping the functional op's two Python calls, measured no faster, in steps or alone.)"""
+    taken = counting_lane(monkeypatch)
+    m = make_module()
+    x = hostile(shape, torch.float32).requires_grad_()
+    g = torch.randn(shape)
+    torch.manual_seed(5)
+    y = m(x)
+    y.backward(g)
+    state = torch.get_rng_state()
+    functional(x)
+    assert len(taken) == 2 and taken[0] == taken[1]
+    gx, x.grad = x.grad, None
+    torch.manual_seed(5)
+    y0 = without_lane(monkeypatch, lambda: m(x))
+    y0.backward(g)
+    assert torch.equal(bits(y), bits(y0)) and torch.equal(bits(gx), bits(x.grad))
+    torch.manual_seed(5)
+    without_lane(monkeypatch, lambda: m(x))
+    assert torch.equal(state, torch.get_rng_state())
+    taken.clear()
+    for change in ({"training": False}, {"inplace": True}, {"p": 0.0}):
+        m = make_module()
+        for name, value in change.items():
+            setattr(m, name, value)
+        m(x.detach().clone())
+    if hasattr(m, "mode") and isinstance(m, torch.nn.Dropout):  # (dropout's scaling mode)
+        m = make_module()
+        m.mode = "classic"
+        m(x)
+    assert taken == []

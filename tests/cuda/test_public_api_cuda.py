@@ -180,3 +180,44 @@ def test_cuda_code_loaded_later_is_marked_for_dynamo(tmp_path):
     marked = ["fastdrop._cuda", "fastdrop.kernels.dropout_cuda", "fastdrop.kernels.linear_cuda",
               "fastdrop.kernels.variants_cuda"]
     assert res.stdout.strip() == f"{marked} [0, 0]", res.stdout
+
+
+@pytest.mark.skipif(not SIMULATOR, reason="the simulator's arrays (a GPU's device arrays are checked "
+                                         "through __cuda_array_interface__)")
+@pytest.mark.parametrize("call", [
+    lambda d: fastdrop.dropout(d, 0.5, inplace=True),
+    lambda d: fastdrop.dropout2d(d.reshape(3, 4, 1, 1), 0.5, inplace=True),
+    lambda d: fastdrop.dropout(d, 0.5, inplace=True, training=False, mode="classic"),
+    lambda d: fastdrop.max_norm_(d, 1.0),
+], ids=["dropout", "dropout2d", "classic_eval", "max_norm_"])
+def test_overlapping_simulator_arrays_are_refused_before_the_draw(call):
+    """A broadcast (stride-0) simulator array has rows sharing memory: a write into it is refused as
+    on numpy arrays, before the seed draw, the array untouched. The simulator's arrays export no
+    __cuda_array_interface__, and the check returned early for them: the rows were overwritten."""
+    from fastdrop import _seeds
+    row = np.arange(1, 5, dtype=np.float32) * 5
+    d = cuda.to_device(np.broadcast_to(row, (3, 4)))
+    fastdrop.manual_seed(0)
+    state = _seeds._numpy_source.bit_generator.state
+    with pytest.raises(RuntimeError, match="more than one element"):
+        call(d)
+    np.testing.assert_array_equal(_host(d), np.broadcast_to(row, (3, 4)))
+    assert _seeds._numpy_source.bit_generator.state == state
+
+
+@pytest.mark.skipif(not SIMULATOR, reason="the simulator keeps an ndarray subclass in its device arrays")
+@pytest.mark.parametrize("call", [
+    lambda m: fastdrop.dropout(m, 0.5),
+    lambda m: fastdrop.dropout_linear(m, cuda.to_device(np.ones((2, 4), np.float32)), None, 0.5),
+    lambda m: fastdrop.dropout_linear(cuda.to_device(np.ones((2, 4), np.float32)), m, None, 0.5),
+], ids=["dropout_x", "dropout_linear_x", "dropout_linear_weight"])
+def test_simulator_arrays_of_a_matrix_are_refused_before_the_draw(call):
+    """The simulator's to_device keeps np.matrix (its reshape stays 2-d): the kernels failed with an
+    IndexError after the seed draw. Now a TypeError first."""
+    from fastdrop import _seeds
+    m = cuda.to_device(np.matrix(np.ones((3, 4), np.float32)))
+    fastdrop.manual_seed(0)
+    state = _seeds._numpy_source.bit_generator.state
+    with pytest.raises(TypeError, match="matrix"):
+        call(m)
+    assert _seeds._numpy_source.bit_generator.state == state
