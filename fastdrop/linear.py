@@ -32,6 +32,7 @@ from . import _core, _seeds
 from ._alloc import check_output_bytes
 from ._checks import (CUDA_ARRAY, MAX_U64, TORCH, array_kind, check_array, check_bool, check_companions,
                       check_mode, check_p, check_u64, numpy_view, train_scale)
+from ._torch_state import tracing_dispatch_mode
 from .kernels import linear_cpu
 from .kernels.config import DENSE_PARALLEL_MIN
 from .kernels.philox import kernel_rng_args
@@ -376,8 +377,17 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
     if seed is not None:
         seed = check_u64(seed, "seed")
     x, kind = check_array(x)
-    if kind == TORCH:  # a bfloat16 activation and a float32 weight under autocast, as the other ops
-        x, weight, bias = _core._autocast_mixed((x, weight, bias))
+    if kind == TORCH:
+        torch = sys.modules["torch"]
+        if torch._C._is_tracing() or tracing_dispatch_mode(torch):
+            # a trace would record the torch.Generator it seeds as a constant object: a replay
+            # drew other Gaussians at every call, an explicit seed included, and an exported
+            # seed=None call failed inside torch
+            raise RuntimeError("moment-matching inference (dropconnect_linear at eval with an "
+                               "activation) cannot run under torch.jit.trace, make_fx, FakeTensorMode "
+                               "or torch.export: it samples eagerly from a torch.Generator of its own; "
+                               "call it eagerly, or under torch.compile (it runs eagerly there)")
+        x, weight, bias = _core._autocast_mixed((x, weight, bias))  # autocast's mixed dtypes, as the other ops
     weight, bias = check_companions(x, kind, [("weight", weight), ("bias", bias)])
     _check((x, weight, bias), ())
     if kind == CUDA_ARRAY:

@@ -101,11 +101,12 @@ def max_norm_(weight, max_value, dim=1, eps=1e-7):
 def _max_norm(weight, max_value, dim, eps):
     kind, max_value, dims, eps = _checked(weight, max_value, dim, eps)
     if kind == NUMPY:
-        if weight.dtype == np.float16:
-            tmp = weight.astype(np.float32)
-            weight[...] = _max_norm_numpy(tmp, max_value, dims, eps)
-            return weight
-        return _max_norm_numpy(weight, max_value, dims, eps)
+        w = weight.view(np.ndarray) if type(weight) is np.matrix else weight  # (its memory: a matrix's
+        if w.dtype == np.float16:                                              # operators mean others)
+            w[...] = _max_norm_numpy(w.astype(np.float32), max_value, dims, eps)
+        else:
+            _max_norm_numpy(w, max_value, dims, eps)
+        return weight
     if kind == TORCH:
         torch = sys.modules["torch"]
         # make_fx and torch.jit.trace record torch's ops only (a write through a numpy view would
@@ -165,9 +166,9 @@ def _checked(weight, max_value, dim, eps):
     if not is_torch_tensor(weight):
         refuse_while_tracing(weight, "weight")
     kind = array_kind(weight, "weight")
-    if kind == NUMPY and type(weight) not in WRITABLE_NUMPY:
-        raise TypeError(f"weight must be a numpy.ndarray or np.memmap (max_norm_ writes in place), got "
-                        f"{type(weight).__name__}")
+    if kind == NUMPY and type(weight) not in WRITABLE_NUMPY and type(weight) is not np.matrix:
+        raise TypeError(f"weight must be a numpy.ndarray, np.memmap or np.matrix (max_norm_ writes in "
+                        f"place), got {type(weight).__name__}")
     if kind == NUMPY and not weight.dtype.isnative:
         raise TypeError(f"weight has non-native byte order ({weight.dtype}); convert it first")
     # (an object with only __cuda_array_interface__ comes back with the shape its interface gives)

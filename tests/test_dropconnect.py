@@ -352,3 +352,32 @@ def test_per_sample_backward_skips_dropped_terms_with_non_finite_values(n):
         np.testing.assert_allclose(xt.grad.numpy(), s * kept(g[:, :, None] * w[None]).sum(1), rtol=1e-12)
         np.testing.assert_allclose(wt.grad.numpy(), s * kept(g[:, :, None] * x[:, None, :]).sum(0), rtol=1e-12)
     assert np.isfinite(xt.grad.numpy()).all() and np.isfinite(wt.grad.numpy()).all()
+
+
+@pytest.mark.parametrize("seed", [9, None])
+@pytest.mark.parametrize("tracer", ["export", "jit.trace", "make_fx", "fake"])
+def test_moment_matching_refuses_traces_before_the_draw(tracer, seed):
+    """Moment-matching inference samples from a torch.Generator of its own, which a trace records
+    as a constant object: a traced or exported program drew other Gaussians at every call (an
+    explicit seed too) and an exported seed=None call failed inside torch. Refused with a clear
+    error, before any draw and without a TracerWarning of fastdrop's; eager calls repeat."""
+    import warnings
+    from torch.fx.experimental.proxy_tensor import make_fx
+    x, w = torch.randn(4, 6), torch.randn(3, 6)
+
+    class MomentMatching(torch.nn.Module):
+        def forward(self, x):
+            return dropconnect_linear(x, w, None, 0.3, False, activation=torch.relu, seed=seed)
+    trace = {"export": lambda m: torch.export.export(m, (x,)),
+             "jit.trace": lambda m: torch.jit.trace(m, (x,), check_trace=False),
+             "make_fx": lambda m: make_fx(m)(x),
+             "fake": lambda m: make_fx(m, tracing_mode="fake")(x)}[tracer]
+    state = torch.get_rng_state()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match="moment-matching inference .* cannot run under"):
+            trace(MomentMatching())
+    assert torch.equal(state, torch.get_rng_state())
+    assert not [c for c in caught if issubclass(c.category, torch.jit.TracerWarning)]
+    if seed is not None:
+        assert torch.equal(MomentMatching()(x), MomentMatching()(x))

@@ -185,6 +185,17 @@ def test_max_norm_non_contiguous_half_and_numpy():
     np.testing.assert_allclose(n, ref, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("dim", [0, 1])
+def test_max_norm_of_an_np_matrix_writes_it(dtype, dim):
+    """np.matrix is taken as the in-place dropout ops take it (README, inputs): written in place
+    and returned, with the values of the plain array (it was refused with a TypeError)."""
+    a = (np.random.default_rng(1).standard_normal((5, 8)) * 3).astype(dtype)
+    m = np.matrix(a.copy())
+    assert fastdrop.max_norm_(m, 2.0, dim=dim) is m and type(m) is np.matrix
+    np.testing.assert_array_equal(np.asarray(m), fastdrop.max_norm_(a, 2.0, dim=dim))
+
+
 def test_max_norm_errors_name_the_value():
     w = torch.randn(3, 4)
     with pytest.raises(ValueError, match="dim 2 is out of range"):
