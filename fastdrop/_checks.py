@@ -282,10 +282,10 @@ def check_array(x, name="x"):
             # a fault on a GPU ends the process's CUDA context (every later launch fails)
             raise ValueError(f"{name}'s __cuda_array_interface__ has a null data pointer for "
                              f"shape {tuple(cai['shape'])}")
-    elif type(getattr(x, "_ary", None)) not in (np.ndarray, type(None)):
-        # the simulator's to_device keeps an ndarray subclass (np.matrix, whose reshape stays 2-d:
-        # the simulated kernels indexed past it with an IndexError, after the seed draw); a GPU's
-        # device array holds plain memory
+    elif isinstance(getattr(x, "_ary", None), np.matrix):
+        # the simulator's to_device keeps an ndarray subclass, and np.matrix's reshape stays 2-d:
+        # the simulated kernels indexed past it with an IndexError, after the seed draw (a memmap
+        # is fine; a GPU's device array holds plain memory)
         raise TypeError(f"{name} is a CUDA-simulator array holding a {type(x._ary).__name__}, not "
                         f"a plain ndarray; pass cuda.to_device(np.asarray(...))")
     dtype = np.dtype(x.dtype)
@@ -355,7 +355,7 @@ def check_writable(x, kind, name="x"):
         shape, strides, item = x.shape, x.strides, x.itemsize
     elif kind == TORCH:
         torch = sys.modules["torch"]
-        if _tracing(torch, x):
+        if traced(torch, x):
             # A traced graph writes through torch's own ops (the functional op, then copy_ into x),
             # which refuse these targets themselves; and the Python checks below would put guards
             # on symbolic strides (sorting them breaks the graph under dynamic shapes). Asked of x,
@@ -387,7 +387,7 @@ def check_writable(x, kind, name="x"):
                            f"performing the operation ({what} on an overlapping view: {name}).")
 
 
-def _tracing(torch, *tensors):
+def traced(torch, *tensors):
     """Are these tensors being traced (Dynamo, a FakeTensorMode, or fake tensors, possibly
     functional around a fake: non-strict export, AOT tracing) rather than tensors with memory?
     is_compiling alone is the whole process's flag (set while another thread compiles), so it is
@@ -447,7 +447,7 @@ def check_out(x, kind, out, inplace):
         torch = sys.modules["torch"]
         if (x.requires_grad or out.requires_grad) and torch.is_grad_enabled():
             raise RuntimeError(_OUT_AUTOGRAD)
-        if not _tracing(torch, x, out):
+        if not traced(torch, x, out):
             # (a wrapper subclass or a fake tensor has address 0: refused here, before the seed
             # draw and before its span could pass the overlap check as disjoint from x)
             check_plain_memory(out, "out")
@@ -552,8 +552,9 @@ def announce_write(torch, t):
     ATen returns from at once), so a mode that acts on writes sees it.
     `torch.autograd.graph.allow_mutation_on_saved_tensors` clones a tensor saved for backward
     there, before it changes; without this its backward read the written values, silently (its
-    version checks are off). Below autograd and the version counter: the write's own bump follows."""
-    if torch._C._len_torch_dispatch_stack():
+    version checks are off). Below autograd and the version counter: the write's own bump follows.
+    Not for an inference tensor, which no graph saves (and whose copy_ raises under such a mode)."""
+    if torch._C._len_torch_dispatch_stack() and not t.is_inference():
         with torch._C._AutoDispatchBelowADInplaceOrView():
             t.copy_(t)
 

@@ -43,7 +43,7 @@ from ._alloc import PHYSICAL_BYTES, check_output_bytes, empty_like
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, announce_write, check_array,
                       check_bool, check_companions, check_out, check_out_is_x, check_p, check_plain_memory, check_u64,
                       check_writable, fill_torch_floats, is_subclass_like, mark_written, numpy_view,
-                      quiet_under_jit_trace)
+                      quiet_under_jit_trace, traced)
 from ._dynamo_skip import MARKED, keep_dynamo_out
 from ._grouped import groups_are_runs, native_grouped, native_layout
 from ._torch_state import (NO_LEVELS, autocast_state, batched_for_vmap, batched_levels, capturing, compiling,
@@ -672,6 +672,8 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
                 raise InplaceLeafError("inplace dropout on a view of a leaf tensor that requires grad is "
                                        "not allowed (torch: a view of a leaf Variable that requires grad "
                                        "is being used in an in-place operation)")
+            if base is not None and not traced(sys.modules["torch"], x):  # (a trace: torch's ops check)
+                _check_view_rebase(sys.modules["torch"], x)
     B = BACKENDS[kind]
     if not training or p == 0.0:
         factor = eval_factor if not training else 1.0
@@ -987,6 +989,24 @@ def _native_groups(x, g, p):
         return None
     n = x.numel()
     return native_layout(x, g, p, n, n * x.element_size())
+
+
+def _check_view_rebase(torch, x):
+    """torch's refusal of an in-place op on a view that its autograd cannot rebase (a view made by
+    chunk / split / unbind, under no_grad or inference_mode, or inside a custom Function), here
+    before the seed draw: torch raises it from the Function's mark_dirty, after the kernel wrote."""
+    meta = torch._C._autograd._get_creation_meta(x)
+    kinds = torch._C._autograd.CreationMeta
+    if meta == kinds.DEFAULT:
+        return
+    made = {kinds.MULTI_OUTPUT_NODE: "is one of several views one function returned (chunk, split, "
+                                     "unbind, ...)",
+            kinds.NO_GRAD_MODE: "was made in no_grad mode",
+            kinds.INFERENCE_MODE: "was made in inference mode",
+            kinds.IN_CUSTOM_FUNCTION: "was made inside a custom autograd Function"}.get(meta, f"({meta})")
+    raise RuntimeError(f"inplace=True on a view that {made} and requires grad: torch does not allow "
+                       f"modifying such a view in place under grad mode (its autograd cannot rebase "
+                       f"it); call the op out of place, or clone the view first")
 
 
 def training_lane(x, p, g, ndim=None):

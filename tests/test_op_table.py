@@ -408,6 +408,27 @@ def test_forward_ad_of_inplace_calls(name, dtype):
                                         (x.clone().requires_grad_(),), check_forward_ad=True)
 
 
+@pytest.mark.parametrize("name", INPLACE)
+def test_inplace_on_a_view_torch_cannot_rebase_is_refused_before_the_draw(name):
+    """inplace=True on a view returned with others by one function (chunk, split, unbind), which
+    requires grad under grad mode: torch refuses to modify such a view in place. torch raised it
+    from the Function's mark_dirty, after the kernel had written the view; now refused first, the
+    view and torch's generator untouched. Without grad mode, or on a plain view, the call runs."""
+    case = CASES[name]
+    x, = operands(case)
+    base = torch.cat([x, x], dim=0).requires_grad_() * 1
+    for view in (base.chunk(2, 0)[0], base.split(x.shape[0], 0)[1], base.unbind(0)[0].unsqueeze(0)):
+        before, state = view.detach().clone(), torch.get_rng_state()
+        with pytest.raises(RuntimeError, match="several views one function returned"):
+            case.call(view, inplace=True)
+        assert torch.equal(view.detach(), before) and torch.equal(state, torch.get_rng_state())
+    with torch.no_grad():
+        view = base.chunk(2, 0)[0]
+        assert case.call(view, seed=3, inplace=True) is view
+    view = base[:x.shape[0]]
+    case.call(view, seed=3, inplace=True).sum().backward()
+
+
 def _grad_through_a_saved_then_written_tensor(write, allow_mutation):
     """d/da of sum(h * h) + sum(write(h)) with h = a * 1.5 saved by h * h, written by `write`
     (on h itself under torch's allow_mutation_on_saved_tensors, on a clone without it)."""
@@ -446,6 +467,19 @@ def test_writes_are_seen_by_allow_mutation_on_saved_tensors(write):
         return
     torch.testing.assert_close(_grad_through_a_saved_then_written_tensor(fn, True),
                                _grad_through_a_saved_then_written_tensor(fn, False), rtol=0, atol=0)
+
+
+def test_inference_tensors_are_written_under_allow_mutation_on_saved_tensors():
+    """An inference tensor, which no graph saves, is written as without the context (showing its
+    write to the modes raised torch's "Inference tensors do not track version counter", after the
+    seed draw)."""
+    with torch.autograd.graph.allow_mutation_on_saved_tensors(), torch.inference_mode():
+        x = torch.randn(4, 5)
+        expected = fastdrop.dropout(x, 0.5, seed=2)
+        assert fastdrop.dropout(x, 0.5, seed=2, inplace=True) is x and torch.equal(x, expected)
+        w = torch.randn(3, 4) * 5
+        fastdrop.max_norm_(w, 1.0)
+        torch.testing.assert_close(w.norm(dim=1), torch.ones(3))
 
 
 @pytest.mark.parametrize("name", NAMES)

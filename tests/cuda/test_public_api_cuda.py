@@ -221,3 +221,18 @@ def test_simulator_arrays_of_a_matrix_are_refused_before_the_draw(call):
     with pytest.raises(TypeError, match="matrix"):
         call(m)
     assert _seeds._numpy_source.bit_generator.state == state
+
+
+@pytest.mark.skipif(not SIMULATOR, reason="the simulator keeps an ndarray subclass in its device arrays")
+def test_simulator_arrays_of_a_memmap_are_taken(tmp_path):
+    """Only np.matrix is refused in a simulator array: one holding an np.memmap (np.load's
+    mmap_mode) gives the numpy route's bits, out of place and in place, and max_norm_ takes it."""
+    a = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32) * 3
+    np.save(tmp_path / "a.npy", a)
+    d = cuda.to_device(np.load(tmp_path / "a.npy", mmap_mode="r"))
+    np.testing.assert_array_equal(_host(fastdrop.dropout(d, 0.5, seed=1)), fastdrop.dropout(a, 0.5, seed=1))
+    assert fastdrop.dropout(d, 0.5, seed=1, inplace=True) is d
+    np.testing.assert_array_equal(_host(d), fastdrop.dropout(a, 0.5, seed=1))
+    d = cuda.to_device(np.load(tmp_path / "a.npy", mmap_mode="r"))
+    fastdrop.max_norm_(d, 1.0)
+    np.testing.assert_allclose(_host(d), fastdrop.max_norm_(a.copy(), 1.0), rtol=1e-6)
