@@ -664,7 +664,10 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
                 else f"with strides in whole elements, got strides {given.strides} for itemsize {given.itemsize}"
             raise TypeError(f"inplace=True needs x {why} (the result would go into a converted copy)")
         check_writable(x, kind)
-        if kind == TORCH and x.requires_grad and grad_enabled():
+        # (not while tracing: the traced call writes x with torch's in-place ops, which check this
+        # themselves, and Dynamo recorded x._base as a graph getattr that failed in the compiled
+        # graph for a view made before a graph break)
+        if kind == TORCH and x.requires_grad and grad_enabled() and not traced(sys.modules["torch"], x):
             if x.is_leaf:
                 raise InplaceLeafError("inplace dropout on a leaf tensor that requires grad is not allowed")
             base = x._base
@@ -672,7 +675,7 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
                 raise InplaceLeafError("inplace dropout on a view of a leaf tensor that requires grad is "
                                        "not allowed (torch: a view of a leaf Variable that requires grad "
                                        "is being used in an in-place operation)")
-            if base is not None and not traced(sys.modules["torch"], x):  # (a trace: torch's ops check)
+            if base is not None:
                 _check_view_rebase(sys.modules["torch"], x)
     B = BACKENDS[kind]
     if not training or p == 0.0:

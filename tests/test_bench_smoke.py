@@ -76,6 +76,26 @@ def test_report_tiny(runs):
     assert all("error" not in r and r["speedup"] > 0 for r in steps), steps
     assert all(set(r["timings"]) == {"torch", "fastdrop", "bare", "none"} for r in steps)
     assert "## Training step: timm-style models" in md and "| convnext | 2 |" in md
+    # the tiny mode shrinks the models: their step rows get no verdict on the issue's target
+    step_targets = [line for line in md.splitlines() if "training step, batch" in line]
+    assert len(step_targets) == 3 and all(line.endswith("| - |") for line in step_targets), step_targets
+
+
+def test_saved_bytes_counts_views_of_the_layers_own_tensors_as_theirs():
+    """The memory table's "extra": torch's Linear saves W.t(), a view of the parameter, which is
+    the layer's own memory (it was counted as extra); its dropout's mask and dropped x are extra."""
+    import torch
+    sys.path.insert(0, BENCH)
+    try:
+        import report
+    finally:
+        sys.path.remove(BENCH)
+    lin = torch.nn.Linear(32, 16)
+    x = torch.randn(8, 32, requires_grad=True)
+    total, extra = report.saved_bytes(lambda: lin(x).sum().backward())
+    assert total > 0 and extra == 0
+    total, extra = report.saved_bytes(lambda: lin(torch.nn.functional.dropout(x, 0.5)).sum().backward())
+    assert extra == 2 * 8 * 32 * 4  # the dropped x and the mask (both float32)
 
 
 def test_report_only_sections(tmp_path):

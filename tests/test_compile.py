@@ -273,3 +273,28 @@ def test_moment_matching_runs_eagerly_under_compile():
     torch._dynamo.reset()
     with pytest.raises(Exception, match="moment-matching inference"):
         torch.compile(f, backend="aot_eager", fullgraph=True)(x, w, b)
+
+
+@pytest.mark.parametrize("call", [lambda v: fastdrop.dropout(v, 0.5, seed=3, inplace=True),
+                                  lambda v: fastdrop.dropout2d(v, 0.5, seed=3, inplace=True)],
+                         ids=["dropout", "dropout2d"])
+def test_compiled_inplace_on_a_view_made_before_a_graph_break(call):
+    """In-place dropout on a view of a non-leaf made before a graph break (so the view is an input
+    of the compiled graph): Dynamo recorded the eager checks' x._base as a graph getattr, and the
+    compiled graph failed with "'NoneType' object has no attribute 'is_leaf'". Traced calls leave
+    those checks to torch's in-place ops; values and gradients are eager's."""
+    def f(a):
+        b = a * 1
+        v = b.narrow(0, 1, 2)
+        torch._dynamo.graph_break()
+        call(v)
+        return (b * b).sum()
+    a = torch.randn(4, 3, 2, 2, requires_grad=True)
+    torch._dynamo.reset()
+    loss = torch.compile(f, backend="aot_eager")(a)
+    loss.backward()
+    ga, a.grad = a.grad, None
+    eager = f(a)
+    eager.backward()
+    torch.testing.assert_close(loss, eager, rtol=0, atol=0)
+    torch.testing.assert_close(ga, a.grad, rtol=0, atol=0)
