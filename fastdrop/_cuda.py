@@ -329,6 +329,7 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
         src = x.detach() if x.is_contiguous() else x.detach().contiguous()
         direct = out.is_contiguous()
         dst = out.detach() if direct else torch.empty_like(src)
+    result = dst  # (bfloat16: its own dtype, for the copy back below)
     if bf16:
         src, dst = src.view(torch.int16), dst.view(torch.int16)
     # The group mask buffer comes from torch's allocator, stream-ordered like the rest.
@@ -343,7 +344,9 @@ def apply_tensor(x, p, seed, offset, scale, group_ndim, out=None):
             stream = cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)
             _launch_tensor(lambda t: cuda.as_cuda_array(t, sync=False), src, dst, keep, seeds, stream, *args)
     if not direct:
-        out.copy_(dst)  # e.g. channels_last: the result keeps torch's layout for x
+        # e.g. channels_last: the result keeps torch's layout for x. From the bfloat16 tensor, not
+        # its int16 view, whose copy_ converted the bits' integer values into bfloat16 numbers.
+        out.copy_(result)
     return out
 
 
@@ -560,9 +563,13 @@ def dense_call(name, x, w, b, rng, per_sample=None, grad=None, **options):
             def dev(t, rows=False):  # rows: x or grad, 2-D even when 1-D (one row)
                 if t is None:
                     return None
-                t = t.detach()
-                return cuda.as_cuda_array((t.reshape(-1, t.shape[-1]) if rows or t.dim() > 1 else t)
-                                          .contiguous(), sync=False)
+                # torch's __cuda_array_interface__ hands out the memory of a negated view (neg
+                # bit) as it is: resolved first, as the CPU route does. Explicit sizes: reshape's
+                # -1 cannot be inferred for 0 features (in or out), which the core lets through.
+                t = t.detach().resolve_neg()
+                if rows or t.dim() > 1:
+                    t = t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
+                return cuda.as_cuda_array(t.contiguous(), sync=False)
             first = (dev(grad, True), dev(x, True), dev(w)) if grad is not None else \
                 (dev(x, True), dev(w), dev(b))
             res = launcher(*first, rng.p, seed, offset, rng.scale, *extra, stream=stream, empty=empty,

@@ -232,6 +232,30 @@ def test_strided_inputs(view):
         assert_same(f(xg, 0.3, seed=SEED, offset=OFFSET), f(xc, 0.3, seed=SEED, offset=OFFSET), True)
 
 
+@pytest.mark.parametrize("case", ["neg_x", "neg_weight", "neg_bias", "no_in_features", "no_out_features"])
+def test_per_sample_dropconnect_operands(case):
+    """Per-sample DropConnect's CUDA kernels read operands through __cuda_array_interface__, which
+    hands out a negated view's memory as it is (the CPU route resolves the neg bit), and its
+    reshape could not infer -1 for 0 features: both are the CPU's results now (written without a
+    GPU, 2026-12-05; first run on the next GPU session)."""
+    n, i, o = {"no_in_features": (3, 0, 4), "no_out_features": (3, 5, 0)}.get(case, (3, 5, 4))
+    x, w, b = torch.randn(n, i, dtype=torch.float64), torch.randn(o, i, dtype=torch.float64), \
+        torch.randn(o, dtype=torch.float64)
+    neg = {"neg_x": 0, "neg_weight": 1, "neg_bias": 2}.get(case)
+
+    def run(device):
+        ops = [t.to(device).requires_grad_() for t in (x, w, b)]
+        used = [torch._neg_view(t) if k == neg else t for k, t in enumerate(ops)]
+        y = fastdrop.dropconnect_linear(*used, 0.4, per_sample=True, seed=SEED, offset=OFFSET)
+        grads = torch.autograd.grad(y, ops, torch.ones_like(y))
+        return y, grads
+    y, grads = run(DEV)
+    y_cpu, grads_cpu = run("cpu")
+    assert_same(y, y_cpu, False, rtol=1e-12)
+    for got, ref in zip(grads, grads_cpu):
+        assert_same(got, ref, False, rtol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_large_sizes_cross_the_grid_stride(dtype):
     """More elements than one grid covers (CUDA_MAX_BLOCKS x CUDA_THREADS threads, 4 elements
