@@ -1,7 +1,9 @@
 """The torch CUDA route of the masked ops (`_cuda.apply_tensor`: layout choice, flat views of
 permuted memory, storage offsets, the copy back into a strided `out`, bfloat16 as int16 bits, the
-direct launcher's argument packing) without a GPU: CPU tensors go through it, and the launches run
-the simulated kernels over the tensors' own memory. Compared with the CPU route bit for bit.
+arguments each kernel receives) without a GPU: CPU tensors go through it, and the launches run the
+simulated kernels over the tensors' own memory (the launcher's packing and cuda.core's launch are
+replaced here; tests/test_direct_launch.py checks the packing). Compared with the CPU route bit
+for bit.
 
 Simulator only: on a GPU, tests/gpu runs the same route on real CUDA tensors. Written after a
 bfloat16 result that took the copy back (channels_last, strided out=, in place on a strided view)
@@ -80,7 +82,30 @@ def test_torch_route_equals_the_cpu_in_every_layout(launches, dtype):
         inplace = torch.empty_strided(x.shape, x.stride(), dtype=dtype).copy_(x)
         assert _cuda.apply_tensor(inplace, P, SEED, OFFSET, 1 / (1 - P), group_ndim, inplace) is inplace
         assert torch.equal(_bits(inplace), _bits(expected)), case
-        out = torch.empty_like(x)
-        _cuda.apply_tensor(x, P, SEED, OFFSET, 1 / (1 - P), group_ndim, out)
-        assert torch.equal(_bits(out), _bits(expected)), case
+        for out in (torch.empty_like(x), torch.empty(x.shape[::-1], dtype=dtype).permute(3, 2, 1, 0)):
+            _cuda.apply_tensor(x, P, SEED, OFFSET, 1 / (1 - P), group_ndim, out)
+            assert torch.equal(_bits(out), _bits(expected)), case
     assert launches  # the direct launcher ran the kernels (not numba's dispatch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_dense_permuted_layouts_run_in_place_of_a_copy(launches, dtype):
+    """A channels_last or transposed x (out with its strides) is indexed where it lies: the
+    transposed kernel elementwise, the grouped kernels over its flat memory; no contiguous copy and
+    copy back (bfloat16 elementwise takes the copy, its kernel has no transposed form)."""
+    x = _layouts(dtype)["channels_last"]
+    launches.clear()
+    _cuda.apply_tensor(x, P, SEED, OFFSET, 1 / (1 - P), 0)
+    assert launches == ["dropout_transposed"]
+    launches.clear()
+    _cuda.apply_tensor(_layouts(dtype)["transposed"], P, SEED, OFFSET, 1 / (1 - P), 0)
+    assert launches == ["dropout_transposed"]
+    copies = []
+    real_copy = torch.Tensor.copy_
+    torch.Tensor.copy_ = lambda self, src, *a, **k: (copies.append(1), real_copy(self, src, *a, **k))[1]
+    try:
+        for group_ndim in (1, 2):
+            _cuda.apply_tensor(x, P, SEED, OFFSET, 1 / (1 - P), group_ndim)
+    finally:
+        torch.Tensor.copy_ = real_copy
+    assert not copies
