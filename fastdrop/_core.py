@@ -659,7 +659,8 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
     if inplace and (p > 0.0 if training else eval_factor != 1.0):
         # (only where x is written: at eval with inverted scaling, or p = 0, the op returns x
         # untouched, as torch's dropout does for any x, read-only, expanded or a leaf)
-        if kind == NUMPY and x is not given and not np.shares_memory(x, given):
+        # (an empty array shares no memory with anything, and nothing is written into it)
+        if kind == NUMPY and x is not given and x.size and not np.shares_memory(x, given):
             why = f"in the machine's byte order, got dtype {given.dtype.str}" if not given.dtype.isnative \
                 else f"with strides in whole elements, got strides {given.strides} for itemsize {given.itemsize}"
             raise TypeError(f"inplace=True needs x {why} (the result would go into a converted copy)")

@@ -40,14 +40,16 @@ _lock = threading.Lock()
 _numpy_source = np.random.default_rng()
 _forked = False  # a forked child that has not yet re-seeded its inherited numpy source
 _rank_streams = True
+_events = 0  # draws from and re-seeds of the numpy source (`draw_numpy_seed_undoably`)
 
 
 def reseed_numpy(seed):
     """Re-seed the numpy source (seed: an int in [0, 2**64), checked by fastdrop.manual_seed)."""
-    global _numpy_source, _forked
+    global _numpy_source, _forked, _events
     with _lock:
         _numpy_source = np.random.default_rng(seed)
         _forked = False
+        _events += 1
 
 
 def _after_fork_in_child():
@@ -78,25 +80,53 @@ def _reseed_forked():
 
 
 def draw_numpy_seed():
+    global _events
     with _lock:
         if _forked:
             _reseed_forked()
+        _events += 1
         return int(_numpy_source.integers(0, 1 << 63))
 
 
-def numpy_source_state():
-    """The numpy source as it is now, for `restore_numpy_source` (a call that fails after its draw
-    gives the draw back)."""
+# Undoable draws: a call that fails after its seed=None draw (an activation or a model that cannot
+# take its input) gives the draw back, so that a failed call changes nothing, but only while that
+# draw is still the last thing that happened to the generator. Restoring an older state
+# unconditionally rewound the draws other threads made meanwhile (two later calls then drew the
+# same seed: the same masks) and a manual_seed made meanwhile.
+
+def draw_numpy_seed_undoably():
+    """(seed, undo): `draw_numpy_seed`, and a function that gives the draw back if no draw or
+    re-seed of the numpy source has happened since."""
+    global _events
     with _lock:
-        return _numpy_source, _numpy_source.bit_generator.state, _forked
+        source, state, forked = _numpy_source, _numpy_source.bit_generator.state, _forked
+        if _forked:
+            _reseed_forked()
+        _events += 1
+        mine = _events
+        seed = int(_numpy_source.integers(0, 1 << 63))
+
+    def undo():
+        global _numpy_source, _forked
+        with _lock:
+            if _events == mine:
+                source.bit_generator.state = state
+                _numpy_source, _forked = source, forked
+    return seed, undo
 
 
-def restore_numpy_source(saved):
-    global _numpy_source, _forked
-    source, state, forked = saved
-    with _lock:
-        source.bit_generator.state = state
-        _numpy_source, _forked = source, forked
+def draw_torch_seed_undoably(torch):
+    """(seed, undo): `draw_torch_seed`, and a function that gives the draw back if torch's CPU
+    generator is still as the draw left it (no other draw since, in any thread: torch has no lock
+    to hold, so a draw made between the check and the restore is the one case not seen)."""
+    before = torch.get_rng_state()
+    seed = draw_torch_seed()
+    after = torch.get_rng_state()
+
+    def undo():
+        if torch.equal(torch.get_rng_state(), after):
+            torch.set_rng_state(before)
+    return seed, undo
 
 
 _SEED_HIGH = (1 << 63) - 1

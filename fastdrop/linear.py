@@ -405,19 +405,12 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
         return _moment_matching_samples(x, weight, bias, p, 0, activation, samples, kind)
     # a call that fails after the draw (an activation that cannot take the moments, memory) gives
     # the draw back, as mc_predict does
-    if kind == TORCH:
-        torch = sys.modules["torch"]
-        before = torch.get_rng_state()
-        seed = _seeds.draw_torch_seed()
-        restore = lambda: torch.set_rng_state(before)  # noqa: E731
-    else:
-        before = _seeds.numpy_source_state()
-        seed = _seeds.draw_numpy_seed()
-        restore = lambda: _seeds.restore_numpy_source(before)  # noqa: E731
+    seed, undo = _seeds.draw_torch_seed_undoably(sys.modules["torch"]) if kind == TORCH \
+        else _seeds.draw_numpy_seed_undoably()
     try:
         return _moment_matching_samples(x, weight, bias, p, seed, activation, samples, kind)
     except BaseException:
-        restore()
+        undo()
         raise
 
 

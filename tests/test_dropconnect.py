@@ -381,3 +381,50 @@ def test_moment_matching_refuses_traces_before_the_draw(tracer, seed):
     assert not [c for c in caught if issubclass(c.category, torch.jit.TracerWarning)]
     if seed is not None:
         assert torch.equal(MomentMatching()(x), MomentMatching()(x))
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_a_failed_call_gives_its_draw_back_only_if_nothing_drew_since(kind):
+    """Moment matching gives its seed=None draw back when its activation fails, so a failed call
+    changes nothing; but a draw another thread made meanwhile stays drawn (the whole generator
+    went back: that thread's draw was repeated by the next call, the same mask twice)."""
+    import threading
+    if kind == "numpy":
+        x, w = np.ones((1, 64), np.float32), np.ones((3, 64), np.float32)
+        fastdrop.manual_seed(11)
+    else:
+        x, w = torch.ones(1, 64), torch.ones(3, 64)
+        torch.manual_seed(11)
+
+    def draw():
+        return fastdrop.dropout(x[0], 0.5)
+    drew, go = threading.Event(), threading.Event()
+
+    def failing(_):
+        drew.set()
+        go.wait(10)
+        raise RuntimeError("boom")
+
+    def failing_call():
+        with pytest.raises(RuntimeError, match="boom"):
+            dropconnect_linear(x, w, None, 0.5, training=False, activation=failing)
+    t = threading.Thread(target=failing_call)
+    t.start()
+    assert drew.wait(10)
+    meanwhile = draw()  # another thread's seed=None call while the failing call holds its draw
+    go.set()
+    t.join()
+    later = [draw() for _ in range(3)]
+    assert not any((np.asarray(y) == np.asarray(meanwhile)).all() for y in later)
+    # alone, the failed call leaves the generator as it found it
+    state = _generator_state(kind)
+    with pytest.raises(ZeroDivisionError):
+        dropconnect_linear(x, w, None, 0.5, training=False, activation=lambda u: 1 / 0)
+    assert _generator_state(kind) == state
+
+
+def _generator_state(kind):
+    from fastdrop import _seeds
+    if kind == "numpy":
+        return str(_seeds._numpy_source.bit_generator.state)
+    return bytes(torch.get_rng_state().numpy())

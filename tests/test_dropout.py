@@ -367,6 +367,19 @@ def test_out_refuses_autograd_and_inplace_together():
         fastdrop.dropout(y, 0.5, inplace=True, out=torch.empty(4, 4))
 
 
+@pytest.mark.parametrize("make", ["matrix", "memmap", "memmap_4d"])
+def test_inplace_on_an_empty_matrix_or_memmap_returns_it(make, tmp_path):
+    """In place on an empty np.matrix / np.memmap: nothing to write, the array given back (the
+    check that the converted array shares x's memory said no for every empty array, and the call
+    was refused with a TypeError about strides it did not have)."""
+    np.zeros(4, np.float32).tofile(tmp_path / "e.bin")
+    x = {"matrix": lambda: np.matrix(np.ones((1, 0), np.float32)),
+         "memmap": lambda: np.memmap(tmp_path / "e.bin", np.float32, "r+", shape=(0,)),
+         "memmap_4d": lambda: np.memmap(tmp_path / "e.bin", np.float32, "r+", shape=(0, 2, 2, 2))}[make]()
+    fn = fastdrop.dropout2d if x.ndim == 4 else fastdrop.dropout
+    assert fn(x, 0.5, inplace=True) is x
+
+
 def test_memmaps_take_results(tmp_path):
     """np.memmap, which fastdrop takes as input, is also a valid out= (a disk-backed result),
     max_norm_ weight and dropout_mask out: written through to the file, returned as given."""

@@ -742,3 +742,35 @@ def test_input_the_model_unwraps_is_not_refused():
     x = torch.nested.nested_tensor([torch.randn(3, 4), torch.randn(2, 4)], layout=torch.jagged)
     r = mc_predict(model, x, samples=4, seed=1)
     assert r.mean.shape == (2, 3, 2) and (r.var > 0).any()
+
+
+def test_a_failed_call_gives_its_draw_back_only_if_nothing_drew_since():
+    """mc_predict with seed=None gives its draw back when the model fails, but a draw another
+    thread made from torch's generator meanwhile stays drawn (the whole generator went back: that
+    thread's draw came out again at the next call)."""
+    import threading
+    drew, go = threading.Event(), threading.Event()
+
+    class Failing(torch.nn.Module):
+        def forward(self, h):
+            drew.set()
+            go.wait(10)
+            raise RuntimeError("boom")
+    model = torch.nn.Sequential(fnn.Dropout(0.5), Failing()).eval()
+
+    def failing_call():
+        with pytest.raises(RuntimeError, match="boom"):
+            mc_predict(model, torch.randn(2, 8), samples=2, chunk=1)
+    torch.manual_seed(3)
+    t = threading.Thread(target=failing_call)
+    t.start()
+    assert drew.wait(10)
+    meanwhile = fastdrop.dropout(torch.ones(64), 0.5)  # another seed=None draw
+    go.set()
+    t.join()
+    assert not any(torch.equal(fastdrop.dropout(torch.ones(64), 0.5), meanwhile) for _ in range(3))
+    x = torch.randn(2, 8)
+    state = torch.get_rng_state()  # alone, a failed call leaves the generator as it found it
+    with pytest.raises(RuntimeError, match="boom"):
+        mc_predict(model, x, samples=2, chunk=1)
+    assert torch.equal(torch.get_rng_state(), state)

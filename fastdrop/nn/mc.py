@@ -426,10 +426,10 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                                "pass seed= explicitly for a fixed set of masks, or call it eagerly")
         # the generator as it was: a call that fails (a model error, an input the model cannot
         # take) gives back its draw, as every op's refusal leaves the stream untouched
-        rng_before = torch.get_rng_state()
-        seed, base = _seeds.draw_torch_seed(), _seeds.stream_offset(offset)
+        seed, give_back = _seeds.draw_torch_seed_undoably(torch)
+        base = _seeds.stream_offset(offset)
     else:
-        rng_before = None
+        give_back = None
         base = offset  # an explicit seed names one set of masks, the same on every rank
 
     prefix, rest = None, model
@@ -508,8 +508,8 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                 merger.add(y, logits)
                 t0 += n
     except BaseException:
-        if rng_before is not None:  # (the model's own draws in the failed call go back too)
-            torch.set_rng_state(rng_before)
+        if give_back is not None:  # (if nothing drew since: not the model's own draws, nor another thread's)
+            give_back()
         raise
 
     out_dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
