@@ -43,8 +43,14 @@ class CpuKernel:
         functools.update_wrapper(self, fn)
         self.parallel = numba.njit(parallel=True, **options)(fn)
         self.serial = numba.njit(parallel=False, **options)(_serial_clone(fn))
-        self._route(self.serial if _forked_serial else self.parallel)
+        self._route(self.serial if _forked_serial else self.parallel if _pool_started else self._first_launch)
         _KERNELS.append(self)
+
+    def _first_launch(self, *args, **kwargs):
+        """The first parallel call of the process: start Numba's pool first, keeping torch's
+        thread count, then route every kernel straight to its dispatcher."""
+        _start_pool()
+        return self.parallel(*args, **kwargs)
 
     def _route(self, dispatcher):
         # `__call__` is the dispatcher itself, as a staticmethod: a call adds no Python frame
@@ -89,6 +95,27 @@ def cpu_kernel(fn=None, *, parallel=True, **options):
 
 _KERNELS = []            # every CpuKernel, for the fork hook
 _forked_serial = False   # True in a child forked while a GNU OpenMP team may have existed
+_pool_started = False    # Numba's thread pool has been started (by `_start_pool`)
+
+
+def _start_pool():
+    """Start Numba's thread pool, and leave torch's intra-op thread count as it was. Numba's omp
+    layer sets the OpenMP thread count to NUMBA_NUM_THREADS when it starts, and torch shares that
+    runtime (docs/threads.md): a `torch.set_num_threads(1)` or OMP_NUM_THREADS=1 (torchrun sets it
+    per rank) silently became the core count at fastdrop's first parallel kernel, and a compiled
+    graph, guarded on the count, recompiled. Numba passes its own count to every parallel region,
+    so its kernels keep NUMBA_NUM_THREADS threads. Then every kernel is routed to its dispatcher
+    directly (the serial twin where a fork made the pool unsafe)."""
+    global _pool_started
+    from numba.np.ufunc import parallel
+    torch = sys.modules.get("torch")  # (kernels import nothing: torch only if the user has it)
+    threads = torch.get_num_threads() if torch is not None else None
+    parallel._launch_threads()
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    _pool_started = True
+    for k in _KERNELS:
+        k._route(k.serial if _forked_serial else k.parallel)
 
 
 def _pool_unsafe_after_fork():

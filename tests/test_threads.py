@@ -199,3 +199,33 @@ def test_numba_and_torch_share_one_openmp_runtime(order, tmp_path):
     torch_lib = [t for u, t in found.items() if u.startswith("libtorch_cpu")]
     assert numba_lib and torch_lib, found
     assert numba_lib == torch_lib, found
+
+
+KEEP_COUNT_SCRIPT = r"""
+import sys
+import numpy as np, torch
+torch.set_num_threads(1)
+import numba, fastdrop
+from torch._dynamo.utils import counters
+m = fastdrop.nn.DropConnectLinear(8, 8, p=0.5, per_sample=True)  # per-sample: Numba's pool
+compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+x = torch.randn(4, 8)
+for _ in range(3):
+    compiled(x)
+fastdrop.dropout(np.ones(1 << 22, np.float32), 0.5, seed=0)  # the parallel numpy kernel
+print(torch.get_num_threads(), numba.threading_layer(), numba.get_num_threads(),
+      counters["stats"]["unique_graphs"])
+"""
+
+
+def test_the_first_parallel_kernel_keeps_torchs_thread_count():
+    """Numba's omp layer sets the OpenMP thread count when its pool starts, and torch shares that
+    runtime: a user's torch.set_num_threads(1) (or torchrun's OMP_NUM_THREADS=1) became the core
+    count at fastdrop's first parallel kernel, and a compiled model recompiled on its guard. Fresh
+    interpreter: the count stays 1, one graph, while Numba's kernels keep their own threads."""
+    res = subprocess.run([sys.executable, "-c", KEEP_COUNT_SCRIPT], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "NUMBA_NUM_THREADS": "2"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    torch_threads, layer, numba_threads, graphs = res.stdout.split()
+    assert (torch_threads, numba_threads, graphs) == ("1", "2", "1"), res.stdout
+    assert layer in ("omp", "tbb", "workqueue")
