@@ -298,3 +298,31 @@ def test_compiled_inplace_on_a_view_made_before_a_graph_break(call):
     eager.backward()
     torch.testing.assert_close(loss, eager, rtol=0, atol=0)
     torch.testing.assert_close(ga, a.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("view", ["sequence_first", "channels_last_mlp"])
+def test_compiled_dropout_linear_on_a_permuted_input_equals_eager(view):
+    """DropoutLinear on a permuted 3-D/4-D input (a sequence-first transformer's (L, N, D)
+    transposed, ConvNeXt's NHWC MLP): torch's F.linear on such an input picks its GEMM route from
+    the calling context, and the compiled op's output was an ulp off eager's (masks equal). The
+    masked input goes to the GEMM as 2-D rows: outputs and gradients are eager's bits."""
+    torch.manual_seed(0)
+    m = fastdrop.nn.DropoutLinear(8, 8, p=0.3)
+    base = torch.randn(4, 8, 3, 3)
+    make = {"sequence_first": lambda b: b.reshape(4, 8, 9).permute(2, 0, 1),
+            "channels_last_mlp": lambda b: b.permute(0, 2, 3, 1)}[view]
+
+    def f(b):
+        return m(make(b))
+    torch._dynamo.reset()
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    results = []
+    for fn in (f, compiled):
+        m.zero_grad()
+        b = base.clone().requires_grad_()
+        torch.manual_seed(1)
+        y = fn(b)
+        (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+        results.append((y.detach(), m.weight.grad.clone(), m.bias.grad.clone(), b.grad.clone()))
+    for eager, comp in zip(*results):
+        assert torch.equal(eager, comp)
