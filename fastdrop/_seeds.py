@@ -53,8 +53,9 @@ def reseed_numpy(seed):
 
 
 def _after_fork_in_child():
-    global _forked, _lock
+    global _forked, _lock, _events
     _forked = True
+    _events += 1  # (an undo made in the child must not restore the parent's source)
     _lock = threading.Lock()  # a lock held by another parent thread at the fork stays held here
 
 
@@ -117,14 +118,18 @@ def draw_numpy_seed_undoably():
 
 def draw_torch_seed_undoably(torch):
     """(seed, undo): `draw_torch_seed`, and a function that gives the draw back if torch's CPU
-    generator is still as the draw left it (no other draw since, in any thread: torch has no lock
-    to hold, so a draw made between the check and the restore is the one case not seen)."""
+    generator is exactly one such draw past the state before it: no other draw happened before,
+    with or after it, in any thread (the state one draw on is replayed on a private generator, so
+    a draw of another thread between the snapshot and this one counts too). torch has no lock to
+    hold: a draw made between undo's check and its restore is the one case not seen."""
     before = torch.get_rng_state()
     seed = draw_torch_seed()
-    after = torch.get_rng_state()
 
     def undo():
-        if torch.equal(torch.get_rng_state(), after):
+        replay = torch.Generator(device="cpu")
+        replay.set_state(before)
+        torch.empty((), dtype=torch.int64, device="cpu").random_(0, _SEED_HIGH, generator=replay)
+        if torch.equal(torch.get_rng_state(), replay.get_state()):
             torch.set_rng_state(before)
     return seed, undo
 

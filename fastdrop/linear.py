@@ -82,7 +82,8 @@ def _dl_forward(B, operands, rng, params, out=None):
     x, w, b = operands
     xm = B.mask(x, rng, parallel_min=DENSE_PARALLEL_MIN)
     if B is _core.TorchBackend and xm.dim() > 2:
-        # as 2-D rows (a view of a contiguous xm): on a permuted 3-D input torch's F.linear picks
+        # as 2-D rows (a view of a contiguous xm; a permuted one is copied, as F.linear's own
+        # reshape copied it): on a permuted 3-D input torch's F.linear picks
         # its GEMM route from the calling context, and the eager Function and a compiled graph's
         # custom op gave results an ulp apart
         return B.linear(_core.rows(xm), w, b).reshape(tuple(x.shape[:-1]) + (w.shape[0],))

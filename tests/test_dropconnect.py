@@ -428,3 +428,23 @@ def _generator_state(kind):
     if kind == "numpy":
         return str(_seeds._numpy_source.bit_generator.state)
     return bytes(torch.get_rng_state().numpy())
+
+
+def test_a_draw_of_another_thread_right_after_the_failed_call_s_own_stays_drawn(monkeypatch):
+    """The torch undo replays its one draw on a private generator: a draw another thread makes
+    between the call's snapshot and its check, here right after the call's own draw, is seen
+    (a snapshot taken after the draw missed it, and undo rewound that thread's draw)."""
+    from fastdrop import _seeds
+    real = _seeds.draw_torch_seed
+    other = []
+
+    def draw_then_another_thread_draws():
+        seed = real()
+        other.append(fastdrop.dropout(torch.ones(64), 0.5))  # stands in for a thread switch
+        return seed
+    monkeypatch.setattr(_seeds, "draw_torch_seed", draw_then_another_thread_draws)
+    torch.manual_seed(4)
+    _, undo = _seeds.draw_torch_seed_undoably(torch)
+    monkeypatch.setattr(_seeds, "draw_torch_seed", real)
+    undo()
+    assert not any(torch.equal(fastdrop.dropout(torch.ones(64), 0.5), other[0]) for _ in range(3))

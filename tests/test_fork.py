@@ -245,6 +245,28 @@ def test_forked_workers_draw_their_own_numpy_seeds():
     assert not np.array_equal(child, fastdrop.dropout(np.ones(256, np.float32), 0.5))
 
 
+def test_an_undo_in_a_forked_child_keeps_the_child_s_own_stream():
+    """A call that fails after its seed=None draw gives the draw back (`_seeds.draw_numpy_seed_undoably`);
+    if the failing call forked, the child's undo restored the parent's source as it was: parent
+    and child then drew the same seeds. The fork counts as an event of the source: no restore."""
+    from fastdrop import _seeds
+    fastdrop.manual_seed(7)
+    _, undo = _seeds.draw_numpy_seed_undoably()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            undo()
+            os.write(w, str(_seeds.draw_numpy_seed()).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    undo()
+    child = int(_read_all(r))
+    os.waitpid(pid, 0)
+    assert child != _seeds.draw_numpy_seed()
+
+
 def _read_all(fd):
     chunks = []
     while True:
