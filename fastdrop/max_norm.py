@@ -101,8 +101,9 @@ def max_norm_(weight, max_value, dim=1, eps=1e-7):
 def _max_norm(weight, max_value, dim, eps):
     kind, max_value, dims, eps = _checked(weight, max_value, dim, eps)
     if kind == NUMPY:
-        w = weight.view(np.ndarray) if type(weight) is np.matrix else weight  # (its memory: a matrix's
-        if w.dtype == np.float16:                                              # operators mean others)
+        # an np.matrix through a plain view of its memory (a matrix's operators mean other things)
+        w = weight.view(np.ndarray) if type(weight) is np.matrix else weight
+        if w.dtype == np.float16:
             w[...] = _max_norm_numpy(w.astype(np.float32), max_value, dims, eps)
         else:
             _max_norm_numpy(w, max_value, dims, eps)
