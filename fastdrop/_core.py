@@ -847,7 +847,7 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
             # transform around it falls back to eager (the graph breaks there), where the op's
             # own Function serves it. vmap alone keeps the custom op and its vmap rule.
             return _eager_torch_call(torch)(op, operands, params, p, seed, offset, scale, inplace, out)
-        seed_t = torch.ops.fastdrop.draw_seed(trace_token(), device=_CPU) if seed is None else \
+        seed_t = torch.ops.fastdrop.draw_seed(trace_token(), device="cpu") if seed is None else \
             _explicit_seed_tensor(torch, seed)
         return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream)
     if _SEED_OPS is None:
@@ -1296,7 +1296,6 @@ def _c_apply(torch, function):
 # ---- torch.compile: the custom ops ----------------------------------------------------------------
 
 _SEED_OPS = None
-_CPU = None  # torch.device("cpu"), set with the seed ops
 # the torch queries `training_lane` asks on every call, bound once (set with the seed ops)
 _LANE_QUERIES = None
 
@@ -1310,13 +1309,15 @@ def _seed_ops():
 
         @torch.library.custom_op("fastdrop::draw_seed", mutates_args=(),
                                  tags=(torch.Tag.nondeterministic_seeded, torch.Tag.cudagraph_unsafe),
-                                 schema="(int token, *, Device device) -> Tensor")
+                                 schema="(int token, *, str device) -> Tensor")
         def draw_seed(token, *, device):
             """`token` is ignored; see `trace_token`. Tagged nondeterministic_seeded, so Inductor
             neither replaces the draw with its own RNG, nor merges draws, nor recomputes one.
             `device` names the generator drawn from, always the CPU's: activation checkpointing
             inside a compiled graph saves and restores that device's RNG state around the op (it
-            reads the device from this keyword), so the recomputed forward draws the same seed."""
+            reads the device from this keyword), so the recomputed forward draws the same seed.
+            A string, not a Device: Inductor's C++ wrapper cannot pass a Device to a custom op
+            (torch 2.13; test_inductor_cpp_wrapper_runs_every_op)."""
             return torch.tensor(_seeds.draw_torch_seed(), dtype=torch.int64, device="cpu")
 
         @draw_seed.register_fake
@@ -1341,8 +1342,7 @@ def _seed_ops():
             # layers' draws apart; assume_constant_result bakes it in without a guard.
             return next(tokens)
 
-        global _LANE_QUERIES, _CPU
-        _CPU = torch.device("cpu")
+        global _LANE_QUERIES
         _LANE_QUERIES = (torch.Tensor, torch.compiler.is_compiling, torch.is_grad_enabled, torch.strided,
                          torch._C._are_functorch_transforms_active,
                          torch._C._functorch.is_functorch_wrapped_tensor, torch._C._is_tracing,
