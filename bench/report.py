@@ -7,7 +7,8 @@ would trust it.
 
 How it measures (bench/bench_cases.py defines every case):
 - every provider is warmed up first (JIT compile or cache load, thread pools, page faults);
-- each timing sample runs the provider `number` times (calibrated so a sample lasts >= a few ms) and
+- each timing sample runs the provider `number` times (calibrated so a sample lasts >= 30 ms for the micro rows, >= 5 ms for the
+  small calls; a training step is one step per sample) and
   divides; providers are interleaved inside every round (fastdrop, torch, floor, then reversed);
 - the median over rounds is reported, with the interquartile range as the spread;
 - the floor is measured in the same process, interleaved like the providers.
