@@ -213,6 +213,72 @@ def test_drop_path_rate_schedule_over_a_model():
     assert abs(kept - 0.6) < 6 * np.sqrt(0.24 / 2000)
 
 
+_FX_MODULES = {  # every fastdrop module, with an input shape it takes
+    "Dropout": (lambda: fnn.Dropout(0.3), (4, 8)),
+    "Dropout1d": (lambda: fnn.Dropout1d(0.4), (2, 4, 8)),
+    "Dropout2d": (lambda: fnn.Dropout2d(0.4), (2, 4, 2, 8)),
+    "Dropout3d": (lambda: fnn.Dropout3d(0.4), (2, 4, 2, 2, 8)),
+    "DropPath": (lambda: fnn.DropPath(0.4), (6, 8)),
+    "DropoutLinear": (lambda: fnn.DropoutLinear(8, 5, p=0.3), (4, 8)),
+    "DropConnectLinear": (lambda: fnn.DropConnectLinear(8, 5, p=0.3, per_sample=True), (4, 8)),
+}
+
+
+def _fx_equal(model, traced, x):
+    """traced(x) equals model(x) in both modes, with torch's generator at the same state."""
+    for mode in ("train", "eval"):
+        getattr(model, mode)(), getattr(traced, mode)()
+        torch.manual_seed(5)
+        expected = model(x)
+        torch.manual_seed(5)
+        assert torch.equal(traced(x), expected), mode
+
+
+@pytest.mark.parametrize("scope", ["module", "global"])
+@pytest.mark.parametrize("name", list(_FX_MODULES))
+def test_fx_symbolic_trace_runs_forward_hooks_once(name, scope):
+    """fx's tracer runs a non-torch module's __call__, so the module's forward hooks (and global
+    ones) are recorded in the graph; the graph's call of the module must not run them again (they
+    ran twice: outputs of 204 where eager gave 102)."""
+    from torch.nn.modules import module as module_hooks
+    import torch.fx
+    make, shape = _FX_MODULES[name]
+    model = torch.nn.Sequential(torch.nn.Identity(), make())
+    if scope == "module":
+        handles = [model[1].register_forward_pre_hook(lambda m, a: (a[0] * 2,)),
+                   model[1].register_forward_hook(lambda m, a, o: o + 100)]
+    else:
+        def pre(m, a):
+            return (a[0] * 2,) if m is model[1] else None
+
+        handles = [module_hooks.register_module_forward_pre_hook(pre),
+                   module_hooks.register_module_forward_hook(lambda m, a, o: o + 100 if m is model[1] else None)]
+    try:
+        traced = torch.fx.symbolic_trace(model)
+        _fx_equal(model, traced, torch.randn(shape) + 0.5)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("name", list(_FX_MODULES))
+def test_fx_symbolic_trace_of_a_module_alone(name):
+    """A fastdrop module traced as the root (there is no attribute path for a call_module node:
+    the graph failed to build) traces to its functional form with the mode of the trace, as fx
+    traces torch's own root modules."""
+    import torch.fx
+    make, shape = _FX_MODULES[name]
+    x = torch.randn(shape) + 0.5
+    for mode in ("train", "eval"):
+        model = getattr(make(), mode)()
+        traced = torch.fx.symbolic_trace(model)
+        torch.manual_seed(5)
+        expected = model(x)
+        torch.manual_seed(5)
+        assert torch.equal(traced(x), expected), mode
+        assert not [n for n in traced.graph.nodes if n.op == "call_module"]
+
+
 def test_fx_symbolic_trace_keeps_every_module_a_leaf():
     """torch.fx.symbolic_trace (torchvision's feature extraction, FX quantization) records
     fastdrop's modules as call_module nodes, as it records torch's nn.Dropout: the traced graph

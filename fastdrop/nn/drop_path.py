@@ -79,7 +79,9 @@ class DropPath(torch.nn.Module):
             return scripted_dropout(x, self.training, self._p, self.scaling == "classic", self.inplace, "DropPath",
                                     self._ranks)
         if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: a leaf, as torch's modules
-            return traced_as_leaf(self, x)
+            return traced_as_leaf(self, x, drop_path, (x, self.p), dict(
+                training=self.training, scale_by_keep=self.scale_by_keep, mode=self.mode, scaling=self.scaling,
+                inplace=self.inplace))
         if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
             sample = _mc_state.sampler()
             if sample is not None:

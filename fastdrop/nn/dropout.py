@@ -45,7 +45,8 @@ class _DropoutNd:
             return scripted_dropout(input, self.training, self.p, self.mode == "classic", self.inplace, self._name,
                                     self._ranks)
         if type(input) is not torch.Tensor and is_fx_proxy(input):  # torch.fx: a leaf, as torch's modules
-            return traced_as_leaf(self, input)
+            return traced_as_leaf(self, input, self._fn, (input, self.p, self.training, self.inplace),
+                                  {"mode": self.mode})
         if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
             sample = _mc_state.sampler()
             if sample is not None:

@@ -47,7 +47,8 @@ class DropoutLinear(_DropLinear):
             return scripted_linear(input, self.weight, self.bias, self.training, self.p, self.mode == "classic",
                                    "DropoutLinear")
         if type(input) is not torch.Tensor and is_fx_proxy(input):  # torch.fx: a leaf, as torch's modules
-            return traced_as_leaf(self, input)
+            return traced_as_leaf(self, input, L.dropout_linear, (input, self.weight, self.bias, self.p),
+                                  {"training": self.training, "mode": self.mode})
         if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
             sample = _mc_state.sampler()
             if sample is not None:
@@ -76,7 +77,8 @@ class DropConnectLinear(_DropLinear):
             return scripted_linear(input, self.weight, self.bias, self.training, self.p, False,
                                    "DropConnectLinear")
         if type(input) is not torch.Tensor and is_fx_proxy(input):
-            return traced_as_leaf(self, input)
+            return traced_as_leaf(self, input, L.dropconnect_linear, (input, self.weight, self.bias, self.p),
+                                  {"training": self.training, "per_sample": self.per_sample})
         if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
             sample = _mc_state.sampler()
             if sample is not None:
