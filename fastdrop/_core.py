@@ -1450,8 +1450,11 @@ def _check_library_scalars(op, x, seed, p, scale, params):
 
 
 def _scalars(args):
-    # (seed, p, offset, scale, params, rank_stream): rank_stream may be left out (its default)
-    return (*args, False) if len(args) == 5 else tuple(args)
+    # (seed, p, offset, scale, params, rank_stream): rank_stream may be left out (its default);
+    # params None is the empty list: AOTInductor's runtime passes an empty int[] as None (torch
+    # 2.13), hence the schema's int[]?
+    seed, p, offset, scale, params, *rank_stream = args
+    return seed, p, offset, scale, () if params is None else params, rank_stream[0] if rank_stream else False
 
 
 def _run_offset(offset, rank_stream):
@@ -1471,7 +1474,7 @@ def library_op(op):
     n = len(op.operands)
     schema = "(" + ", ".join(f"Tensor{'?' if i in op.optional else ''} {name}"
                              for i, name in enumerate(op.operands)) + \
-        ", Tensor seed, float p, SymInt offset, float scale, int[] params, bool rank_stream=False) -> Tensor"
+        ", Tensor seed, float p, SymInt offset, float scale, int[]? params, bool rank_stream=False) -> Tensor"
 
     def impl(*args):
         operands, (seed, p, offset, scale, params, rank_stream) = args[:n], _scalars(args[n:])
@@ -1505,7 +1508,7 @@ def library_op(op):
     # torch.compile's CUDA-graph mode (mode="reduce-overhead") splits the graph around the op.
     lib = torch.library.custom_op(f"fastdrop::{op.name}", impl, mutates_args=(), schema=schema,
                                   tags=(torch.Tag.cudagraph_unsafe,))
-    lib.register_fake(lambda *args: op.fake(args[:n], tuple(args[n + 4])))  # (params)
+    lib.register_fake(lambda *args: op.fake(args[:n], tuple(_scalars(args[n:])[4])))  # (params)
 
     def setup_context(ctx, inputs, output):
         operands, (seed, p, offset, scale, params, rank_stream) = inputs[:n], _scalars(inputs[n:])
