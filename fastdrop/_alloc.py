@@ -238,8 +238,12 @@ def empty_like(x):
         return torch.empty_like(x)
     check_output_bytes(nbytes)
     size = size_class(nbytes) + ALIGN
-    if size > MAX_CACHED_BYTES or not x.is_contiguous() or x.dtype not in _NUMPY:
-        return torch.empty_like(x)  # never cacheable, or a layout torch keeps better
+    if size > MAX_CACHED_BYTES or not x.is_contiguous() or x.dtype not in _NUMPY or \
+            type(x) not in (torch.Tensor, torch.nn.Parameter):
+        # never cacheable, a layout torch keeps better, or a subclass: torch.empty_like gives the
+        # output x's subclass through its __torch_function__, as torch's ops do (a Parameter's
+        # is a plain tensor, as the cached block is)
+        return torch.empty_like(x)
     block = _take(size)
     if block is None:
         block = _new_block(size)

@@ -374,3 +374,30 @@ def test_failed_allocation_releases_the_cache_retries_and_stays_consistent(monke
     del y
     assert torch.equal(ys[0], _reference(x, 0.5, 1))
     assert _alloc.cache_stats()["free_blocks"] == 1
+
+
+def test_outputs_of_pooled_sizes_keep_the_input_s_subclass(monkeypatch):
+    """A tensor subclass with torch's default __torch_function__ comes back as itself from
+    torch's ops at every size; pooled outputs (from_numpy of a cached block) were plain tensors, so
+    the output's type depended on its size. A Parameter's output is a plain tensor, as torch's."""
+    import torch
+    import fastdrop
+
+    class Tagged(torch.Tensor):
+        pass
+
+    monkeypatch.setattr(_alloc, "MIN_BYTES", 1 << 16)  # pool outputs at this test's sizes
+    x = torch.randn(4, 64, 32, 32)  # 1 MiB: the parallel routes, which take pooled outputs
+    calls = [lambda t: fastdrop.dropout(t, 0.3), lambda t: fastdrop.dropout2d(t, 0.3),
+             lambda t: fastdrop.drop_path(t, 0.3), lambda t: fastdrop.dropout(t, 0.3, seed=1)]
+    for call in calls:
+        for grad in (False, True):
+            t = x.clone().as_subclass(Tagged).requires_grad_(grad)
+            assert type(torch.nn.functional.dropout(t, 0.3)) is Tagged  # torch's own op
+            torch.manual_seed(0)
+            y = call(t)
+            torch.manual_seed(0)
+            plain = call(x)
+            assert type(y) is Tagged and type(plain) is torch.Tensor
+            assert torch.equal(y.as_subclass(torch.Tensor), plain)
+        assert type(call(torch.nn.Parameter(x.clone()))) is torch.Tensor
