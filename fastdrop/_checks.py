@@ -136,34 +136,20 @@ def is_fx_proxy(x):
 
 
 def traced_as_leaf(module, x, fn, args, kwargs):
-    """module(x) recorded in the torch.fx trace x belongs to, as torch.fx records torch's own
-    nn.Dropout: a call_module node, so the graph calls the module at run time and reads its
-    train / eval mode then (a functional call would bake the mode of the trace into the graph).
-    fx's default tracer takes only torch.nn's modules as leaves, so it reached this forward through
-    the module's __call__, which has already run (and fx recorded) the module's forward hooks:
-    with hooks, the node calls the forward alone (`forward_without_hooks`) on the module, so the
-    hooks run once, as recorded. The traced root itself has no path to call: fn(*args, **kwargs),
-    the module's functional form with its state of the trace, as fx traces torch's root modules."""
+    """A fastdrop module's forward on x, a torch.fx Proxy. fx's tracer takes only torch.nn's modules
+    as leaves, so the modules' own __call__ (`fastdrop.nn._leaf.FxLeaf`) records their calls as
+    call_module nodes before fx runs their hooks or forward. A forward reached here anyway is the
+    traced root's (fx calls the root's forward, which has no attribute path to call), or one a
+    tracer calls directly: the root records fn(*args, **kwargs), the module's functional form with
+    its state of the trace, as fx traces torch's root modules; marked as wrapped, so the graph's
+    code keeps it a leaf function when it is traced again (unpickling a GraphModule does)."""
     tracer = x.tracer
     path = tracer.path_of_module(module)
-    if not path:
-        return tracer.create_proxy("call_function", fn, args, kwargs)
-    if not _runs_forward_hooks(module):
+    if path:
         return tracer.create_proxy("call_module", path, (x,), {})
-    return tracer.create_proxy("call_function", forward_without_hooks,
-                               (tracer.create_proxy("get_attr", path, (), {}), x), {})
-
-
-def _runs_forward_hooks(module):
-    """Does module.__call__ run forward (pre-)hooks, the module's own or global ones?"""
-    hooks = sys.modules["torch.nn.modules.module"]
-    return bool(module._forward_hooks or module._forward_pre_hooks or hooks._global_forward_hooks or
-                hooks._global_forward_pre_hooks)
-
-
-def forward_without_hooks(module, x):
-    """A traced graph's call of a fastdrop module whose forward hooks the trace recorded."""
-    return module.forward(x)
+    proxy = tracer.create_proxy("call_function", fn, args, kwargs)
+    proxy.node.meta["is_wrapped"] = True
+    return proxy
 
 
 def array_kind(x, name="x"):

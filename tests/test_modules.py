@@ -236,47 +236,77 @@ def _fx_equal(model, traced, x):
 
 @pytest.mark.parametrize("scope", ["module", "global"])
 @pytest.mark.parametrize("name", list(_FX_MODULES))
-def test_fx_symbolic_trace_runs_forward_hooks_once(name, scope):
-    """fx's tracer runs a non-torch module's __call__, so the module's forward hooks (and global
-    ones) are recorded in the graph; the graph's call of the module must not run them again (they
-    ran twice: outputs of 204 where eager gave 102)."""
+def test_fx_symbolic_trace_runs_hooks_at_run_time_as_torch_does(name, scope):
+    """fx's tracer traced through non-torch.nn modules, running their forward hooks on Proxies:
+    the graph then ran tensor-valued hooks twice (outputs of 204 where eager gave 102), and hooks
+    with side effects or backward hooks at trace time only. fastdrop's modules are leaves now, as
+    torch's: the graph calls them, and their hooks, at run time, once per call, including hooks
+    registered after the trace; the traced graph still scripts."""
     from torch.nn.modules import module as module_hooks
     import torch.fx
     make, shape = _FX_MODULES[name]
     model = torch.nn.Sequential(torch.nn.Identity(), make())
+    seen = []
     if scope == "module":
         handles = [model[1].register_forward_pre_hook(lambda m, a: (a[0] * 2,)),
-                   model[1].register_forward_hook(lambda m, a, o: o + 100)]
+                   model[1].register_forward_hook(lambda m, a, o: seen.append("fwd") or o + 100),
+                   model[1].register_full_backward_hook(lambda m, gi, go: seen.append("bwd"))]
     else:
         def pre(m, a):
             return (a[0] * 2,) if m is model[1] else None
 
+        def post(m, a, o):
+            if m is model[1]:
+                seen.append("fwd")
+                return o + 100
+
         handles = [module_hooks.register_module_forward_pre_hook(pre),
-                   module_hooks.register_module_forward_hook(lambda m, a, o: o + 100 if m is model[1] else None)]
+                   module_hooks.register_module_forward_hook(post)]
     try:
         traced = torch.fx.symbolic_trace(model)
-        _fx_equal(model, traced, torch.randn(shape) + 0.5)
+        assert [n.target for n in traced.graph.nodes if n.op == "call_module"] == ["0", "1"]
+        assert seen == []  # tracing ran no hook
+        x = (torch.randn(shape) + 0.5).requires_grad_()
+        _fx_equal(model, traced, x)
+        seen.clear()
+        traced.train()(x).sum().backward()
+        assert seen == (["fwd", "bwd"] if scope == "module" else ["fwd"])
     finally:
         for h in handles:
             h.remove()
+    model[1].register_forward_hook(lambda m, a, o: o * 3)  # after the trace: runs, as torch's would
+    traced.eval(), model.eval()
+    assert torch.equal(traced(x), model(x))
+    model[1]._forward_hooks.clear()
+    scripted = torch.jit.script(traced)  # a graph of call_module nodes scripts, as torch's does
+    assert torch.equal(scripted(x), model(x))
 
 
 @pytest.mark.parametrize("name", list(_FX_MODULES))
 def test_fx_symbolic_trace_of_a_module_alone(name):
     """A fastdrop module traced as the root (there is no attribute path for a call_module node:
-    the graph failed to build) traces to its functional form with the mode of the trace, as fx
-    traces torch's own root modules."""
+    the graph failed to build) traces to its functional call with the mode of the trace, as fx
+    traces torch's root modules; the call is marked wrapped, so the graph pickles, saves and
+    traces again (each of which retraces its code)."""
+    import io
+    import pickle
     import torch.fx
     make, shape = _FX_MODULES[name]
     x = torch.randn(shape) + 0.5
     for mode in ("train", "eval"):
         model = getattr(make(), mode)()
         traced = torch.fx.symbolic_trace(model)
+        assert not [n for n in traced.graph.nodes if n.op == "call_module"]
+        buf = io.BytesIO()
+        torch.save(traced, buf)
+        buf.seek(0)
+        copies = [pickle.loads(pickle.dumps(traced)), torch.load(buf, weights_only=False),
+                  torch.fx.symbolic_trace(traced)]
         torch.manual_seed(5)
         expected = model(x)
-        torch.manual_seed(5)
-        assert torch.equal(traced(x), expected), mode
-        assert not [n for n in traced.graph.nodes if n.op == "call_module"]
+        for g in [traced] + copies:
+            torch.manual_seed(5)
+            assert torch.equal(g(x), expected), mode
 
 
 def test_fx_symbolic_trace_keeps_every_module_a_leaf():

@@ -10,10 +10,11 @@ from torch.jit import is_scripting
 from .._checks import check_mode, check_p, is_fx_proxy, module_inplace_flag, traced_as_leaf
 from ..functional import DROP_PATH_MODES, drop_path
 from . import _mc_state
+from ._leaf import FxLeaf
 from ._script import ANY_RANK, scripted_dropout
 
 
-class DropPath(torch.nn.Module):
+class DropPath(FxLeaf, torch.nn.Module):
     """Drops whole samples of a residual branch in training; see fastdrop.drop_path.
 
     Args:
@@ -78,7 +79,7 @@ class DropPath(torch.nn.Module):
         if is_scripting():  # TorchScript compiles this branch alone (fastdrop/nn/_script.py)
             return scripted_dropout(x, self.training, self._p, self.scaling == "classic", self.inplace, "DropPath",
                                     self._ranks)
-        if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: a leaf, as torch's modules
+        if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: the traced root (FxLeaf)
             return traced_as_leaf(self, x, drop_path, (x, self.p), dict(
                 training=self.training, scale_by_keep=self.scale_by_keep, mode=self.mode, scaling=self.scaling,
                 inplace=self.inplace))

@@ -15,10 +15,11 @@ from torch.jit import is_scripting
 from .. import functional as F
 from .._checks import check_mode, is_fx_proxy, module_inplace_flag, traced_as_leaf
 from . import _mc_state
+from ._leaf import FxLeaf
 from ._script import ANY_RANK, scripted_dropout
 
 
-class _DropoutNd:
+class _DropoutNd(FxLeaf):
     """The fastdrop half of each module: mixed in before torch's class, so torch's __init__ and
     attributes stay, and this forward (fastdrop's op) replaces torch's."""
     __constants__ = ["p", "inplace", "mode", "_name", "_ranks"]
@@ -44,7 +45,7 @@ class _DropoutNd:
         if is_scripting():  # TorchScript compiles this branch alone (fastdrop/nn/_script.py)
             return scripted_dropout(input, self.training, self.p, self.mode == "classic", self.inplace, self._name,
                                     self._ranks)
-        if type(input) is not torch.Tensor and is_fx_proxy(input):  # torch.fx: a leaf, as torch's modules
+        if type(input) is not torch.Tensor and is_fx_proxy(input):  # torch.fx: the traced root (FxLeaf)
             return traced_as_leaf(self, input, self._fn, (input, self.p, self.training, self.inplace),
                                   {"mode": self.mode})
         if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler

@@ -10,10 +10,11 @@ from torch.jit import is_scripting
 from .. import linear as L
 from .._checks import check_bool, check_mode, check_p, is_fx_proxy, traced_as_leaf
 from . import _mc_state
+from ._leaf import FxLeaf
 from ._script import scripted_linear
 
 
-class _DropLinear(torch.nn.Linear):
+class _DropLinear(FxLeaf, torch.nn.Linear):
     """nn.Linear (same __init__, reset_parameters, state_dict) plus a drop probability."""
 
     def __init__(self, in_features, out_features, bias=True, p=0.5, device=None, dtype=None):
@@ -46,7 +47,7 @@ class DropoutLinear(_DropLinear):
         if is_scripting():  # TorchScript compiles this branch alone (fastdrop/nn/_script.py)
             return scripted_linear(input, self.weight, self.bias, self.training, self.p, self.mode == "classic",
                                    "DropoutLinear")
-        if type(input) is not torch.Tensor and is_fx_proxy(input):  # torch.fx: a leaf, as torch's modules
+        if type(input) is not torch.Tensor and is_fx_proxy(input):  # torch.fx: the traced root (FxLeaf)
             return traced_as_leaf(self, input, L.dropout_linear, (input, self.weight, self.bias, self.p),
                                   {"training": self.training, "mode": self.mode})
         if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler

@@ -1,0 +1,21 @@
+"""torch.fx leaves: fastdrop's modules are recorded as call_module nodes, as torch.nn's are."""
+import torch
+
+from .._checks import is_fx_proxy
+
+
+class FxLeaf:
+    """Mixin of every fastdrop module. fx's default tracer takes only torch.nn's modules as leaves:
+    it traced through fastdrop's, running their forward hooks on Proxies and recording what the
+    hooks computed, so the graph ran them twice (once as recorded, once in the module's call) and
+    hooks with side effects or backward hooks ran at trace time only. Here the module's call on a
+    Proxy becomes the call_module node itself, before fx or the hooks see it: the graph calls the
+    module at run time, hooks and train / eval mode included, as it calls torch's nn.Dropout.
+    Every other call is torch.nn.Module's (looked up per call: fx and Dynamo patch it)."""
+
+    def __call__(self, *args, **kwargs):
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        if type(x) is not torch.Tensor and is_fx_proxy(x):
+            tracer = x.tracer
+            return tracer.create_proxy("call_module", tracer.path_of_module(self), args, kwargs)
+        return torch.nn.Module.__call__(self, *args, **kwargs)
