@@ -137,7 +137,7 @@ def is_fx_proxy(x):
 
 def traced_as_leaf(module, x, fn, args, kwargs):
     """A fastdrop module's forward on x, a torch.fx Proxy. fx's tracer takes only torch.nn's modules
-    as leaves, so the modules' own __call__ (`fastdrop.nn._leaf.FxLeaf`) records their calls as
+    as leaves, so the modules' own __call__ (`fastdrop.nn.leaf.FxLeaf`) records their calls as
     call_module nodes before fx runs their hooks or forward. A forward reached here anyway is the
     traced root's (fx calls the root's forward, which has no attribute path to call), or one a
     tracer calls directly: the root records fn(*args, **kwargs), the module's functional form with

@@ -49,6 +49,20 @@ def keep_dynamo_out():
                 eval_frame.set_code_exec_strategy(code, skip)
 
 
+def compile_callees_only(function):
+    """Dynamo runs function's own frame as plain Python and compiles the frames it calls, as it
+    treats torch.nn.Module.__call__: `torch.compile(module)` starts at the module's __call__, and
+    a compiled __call__ shared by every module class would recompile per module instance (its
+    guards name the instance) up to Dynamo's limit, where torch's own modules compile their
+    forward. Inlining ignores the mark, as above."""
+    eval_frame = getattr(getattr(sys.modules["torch"]._C, "_dynamo", None), "eval_frame", None)
+    action = getattr(eval_frame, "_FrameAction", None)
+    if action is not None and hasattr(eval_frame, "set_code_exec_strategy"):
+        eval_frame.set_code_exec_strategy(function.__code__,
+                                          eval_frame._FrameExecStrategy(action.SKIP, action.DEFAULT))
+    return function
+
+
 def _code_objects(value, seen=None):
     """The code objects of a function (with the functions and classes it defines inside), a
     class's methods (properties' accessors included), or a Numba dispatcher's Python function."""

@@ -283,6 +283,25 @@ def test_fx_symbolic_trace_runs_hooks_at_run_time_as_torch_does(name, scope):
 
 
 @pytest.mark.parametrize("name", list(_FX_MODULES))
+def test_compiling_a_module_alone_equals_eager(name):
+    """torch.compile(module, fullgraph=True) of each fastdrop module: the module's own __call__ is
+    the compiled frame (it was marked to run as plain Python: "found no compiled frames")."""
+    make, shape = _FX_MODULES[name]
+    m = make()
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    x = (torch.randn(shape) + 0.5).requires_grad_()
+    for mode in ("train", "eval"):
+        getattr(m, mode)()
+        torch.manual_seed(5)
+        y = compiled(x)
+        g, = torch.autograd.grad(y.sum(), x)
+        torch.manual_seed(5)
+        y_e = m(x)
+        g_e, = torch.autograd.grad(y_e.sum(), x)
+        assert torch.equal(y, y_e) and torch.equal(g, g_e), mode
+
+
+@pytest.mark.parametrize("name", list(_FX_MODULES))
 def test_fx_symbolic_trace_of_a_module_alone(name):
     """A fastdrop module traced as the root (there is no attribute path for a call_module node:
     the graph failed to build) traces to its functional call with the mode of the trace, as fx

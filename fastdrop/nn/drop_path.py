@@ -10,7 +10,7 @@ from torch.jit import is_scripting
 from .._checks import check_mode, check_p, is_fx_proxy, module_inplace_flag, traced_as_leaf
 from ..functional import DROP_PATH_MODES, drop_path
 from . import _mc_state
-from ._leaf import FxLeaf
+from .leaf import FxLeaf
 from ._script import ANY_RANK, scripted_dropout
 
 

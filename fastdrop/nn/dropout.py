@@ -15,7 +15,7 @@ from torch.jit import is_scripting
 from .. import functional as F
 from .._checks import check_mode, is_fx_proxy, module_inplace_flag, traced_as_leaf
 from . import _mc_state
-from ._leaf import FxLeaf
+from .leaf import FxLeaf
 from ._script import ANY_RANK, scripted_dropout
 
 

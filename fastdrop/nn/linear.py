@@ -10,7 +10,7 @@ from torch.jit import is_scripting
 from .. import linear as L
 from .._checks import check_bool, check_mode, check_p, is_fx_proxy, traced_as_leaf
 from . import _mc_state
-from ._leaf import FxLeaf
+from .leaf import FxLeaf
 from ._script import scripted_linear
 
 

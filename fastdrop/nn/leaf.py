@@ -2,6 +2,7 @@
 import torch
 
 from .._checks import is_fx_proxy
+from .._dynamo_skip import compile_callees_only
 
 
 class FxLeaf:
@@ -11,8 +12,12 @@ class FxLeaf:
     hooks with side effects or backward hooks ran at trace time only. Here the module's call on a
     Proxy becomes the call_module node itself, before fx or the hooks see it: the graph calls the
     module at run time, hooks and train / eval mode included, as it calls torch's nn.Dropout.
-    Every other call is torch.nn.Module's (looked up per call: fx and Dynamo patch it)."""
+    Every other call is torch.nn.Module's (looked up per call: fx and Dynamo patch it). A public
+    module, so `keep_dynamo_out` leaves this __call__ alone (its mark would run the forward of
+    `torch.compile(module)` as plain Python, with all it calls); Dynamo compiles the frames it
+    calls instead, the modules' forward, as it does for torch's modules (`compile_callees_only`)."""
 
+    @compile_callees_only
     def __call__(self, *args, **kwargs):
         x = args[0] if args else next(iter(kwargs.values()), None)
         if type(x) is not torch.Tensor and is_fx_proxy(x):
