@@ -241,9 +241,12 @@ class TorchStream:
         try:  # the first launch of an overload on a device: a refusal turns the route off
             _DRIVER["launch"](self.core, _config(grid, block), fn, *pack(ov.packs, args))
         except Exception as e:  # (a launch that is refused enqueues nothing)
-            del ov.functions[self.device]
+            ov.functions.pop(self.device, None)  # (two threads may fail the same first launch)
+            # an earlier kernel's error, which CUDA reports at the next driver call, lands here
+            # too; the context is lost then, and numba's launch of this call raises it again
             raise turn_off(f"cuda.core refused the first direct launch of {ov.kernel} "
-                           f"({type(e).__name__}: {e})") from e
+                           f"({type(e).__name__}: {e}; if an earlier kernel failed, this is "
+                           f"its error)") from e
 
 
 def _primary_context(device):

@@ -289,3 +289,20 @@ def test_a_refused_first_launch_turns_the_route_off(fake_device, monkeypatch):
     monkeypatch.setitem(D._DRIVER, "launch", refuse)
     with pytest.raises(RuntimeError, match="INVALID_HANDLE"):
         _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep, seeds, args)
+
+
+def test_a_first_launch_refused_in_two_threads_falls_back_in_both(fake_device, monkeypatch):
+    """Two threads failing the first launch of one overload on one device: the second found the
+    compiled function already dropped by the first, and its KeyError reached the user instead of
+    numba's dispatch. Here the other thread's drop happens inside the refused launch."""
+    def refuse_after_the_other_thread(*a):
+        for ov in D._OVERLOADS.values():
+            ov.functions.clear()
+        raise RuntimeError("CUDA_ERROR_INVALID_HANDLE")
+    monkeypatch.setitem(D._DRIVER, "launch", refuse_after_the_other_thread)
+    monkeypatch.setattr(D, "torch_stream", lambda torch, device: D.TorchStream(0, "core stream"))
+    label, src, dst, keep, seeds, opt = _routes()[0]
+    args = (0.3, 1, 0, 1 / 0.7, opt["group_ndim"], opt["bf16"], opt["layout"], opt["transposed"])
+    with pytest.warns(RuntimeWarning, match="refused the first direct launch"):
+        assert not _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep, seeds, args)
+    assert not D.enabled()
