@@ -301,6 +301,28 @@ def test_compiling_a_module_alone_equals_eager(name):
         assert torch.equal(y, y_e) and torch.equal(g, g_e), mode
 
 
+def test_fx_tracer_subclasses_see_every_module_call():
+    """A tracer that overrides call_module (torchvision's feature extraction names nodes there;
+    quantization tracers keep scopes) sees fastdrop's module calls, as it sees torch's leaves."""
+    import torch.fx
+
+    class Recording(torch.fx.Tracer):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def call_module(self, m, forward, args, kwargs):
+            self.seen.append(self.path_of_module(m))
+            return super().call_module(m, forward, args, kwargs)
+
+    model = torch.nn.Sequential(*(make() for make, _ in [_FX_MODULES["DropoutLinear"], _FX_MODULES["Dropout"],
+                                                           _FX_MODULES["DropPath"]]), torch.nn.Dropout(0.2))
+    tracer = Recording()
+    graph = tracer.trace(model)
+    assert tracer.seen == ["0", "1", "2", "3"]
+    assert [n.target for n in graph.nodes if n.op == "call_module"] == ["0", "1", "2", "3"]
+
+
 @pytest.mark.parametrize("name", list(_FX_MODULES))
 def test_fx_symbolic_trace_of_a_module_alone(name):
     """A fastdrop module traced as the root (there is no attribute path for a call_module node:

@@ -20,7 +20,14 @@ class FxLeaf:
     @compile_callees_only
     def __call__(self, *args, **kwargs):
         x = args[0] if args else next(iter(kwargs.values()), None)
-        if type(x) is not torch.Tensor and is_fx_proxy(x):
+        if type(x) is not _TENSOR and is_fx_proxy(x):
+            # through the tracer's call_module (its scope and a subclass's bookkeeping, such as
+            # torchvision's feature-extraction names), with the leaf node for its "forward"
             tracer = x.tracer
-            return tracer.create_proxy("call_module", tracer.path_of_module(self), args, kwargs)
-        return torch.nn.Module.__call__(self, *args, **kwargs)
+            path = tracer.path_of_module(self)
+            return tracer.call_module(self, lambda *a, **k: tracer.create_proxy("call_module", path, a, k),
+                                      args, kwargs)
+        return _MODULE.__call__(self, *args, **kwargs)
+
+
+_TENSOR, _MODULE = torch.Tensor, torch.nn.Module  # (a module call's cost is counted in microseconds)
