@@ -774,3 +774,28 @@ def test_a_failed_call_gives_its_draw_back_only_if_nothing_drew_since():
     with pytest.raises(RuntimeError, match="boom"):
         mc_predict(model, x, samples=2, chunk=1)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_sequence_first_attention_runs_one_sample_at_a_time(batch_first):
+    """torch's transformer layers default to (L, N, E): stacking the samples along dim 0 made one
+    longer sequence of them, which attention mixed silently (a converted nn.TransformerEncoder's
+    mean and variance were 0.04 / 0.10 off chunk=1's). A sequence-first MultiheadAttention in the
+    model runs the samples one at a time (a warning where chunk was asked for); batch-first
+    models keep batching, with chunk=1's statistics."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.2, batch_first=batch_first)
+    model = fnn.convert(torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)).double().eval()
+    x = torch.randn(4, 5, 16, dtype=torch.float64)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # (its eval fast path skips the dropout modules)
+    try:
+        ref = mc_predict(model, x, samples=6, seed=SEED, chunk=1, fused=False)
+        torch.testing.assert_close(mc_predict(model, x, samples=6, seed=SEED), ref, rtol=1e-10, atol=1e-10)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            given = mc_predict(model, x, samples=6, seed=SEED, chunk=3, fused=False)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    assert any("sequence-first" in str(w.message) for w in caught) == (not batch_first)
+    torch.testing.assert_close(given, ref, rtol=1e-10, atol=1e-10)

@@ -353,7 +353,9 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     Batching samples assumes the model treats examples independently (every layer in eval mode
     does): a forward that mixes the rows of its batch with plain torch ops (`h - h.mean(0)`,
     attention across the batch), or whose number of dropout calls depends on the data, gives other
-    statistics with chunk > 1 and cannot be detected: pass chunk=1 for such a model.
+    statistics with chunk > 1 and cannot be detected: pass chunk=1 for such a model. A model with a
+    sequence-first nn.MultiheadAttention (batch_first=False, torch's default, also inside
+    nn.Transformer* layers) runs one sample at a time: its dim 0 is the sequence.
 
     Args:
         model: a torch.nn.Module mapping x (N, ...) to (N, ...) outputs, with at least one fastdrop
@@ -405,6 +407,16 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     elif chunk > 1 and not others_eval:
         raise ValueError("mc_predict: chunk > 1 needs every non-dropout module in eval mode "
                          "(call model.eval() first; mc_predict keeps fastdrop's dropout active)")
+    seq_first = [name or type(model).__name__ for name, m in model.named_modules()
+                 if isinstance(m, torch.nn.MultiheadAttention) and not m.batch_first]
+    if chunk > 1 and seq_first:
+        # torch's default attention layout, (L, N, E): stacking the samples along dim 0 makes one
+        # longer sequence of them, which attention mixes (not detectable from the shapes)
+        if not auto_chunk:
+            warnings.warn(f"mc_predict: chunk={chunk} stacks the samples along dim 0 of the input, and "
+                          f"{seq_first[0]} is a sequence-first nn.MultiheadAttention (batch_first=False), "
+                          f"whose dim 0 is the sequence: the samples run one at a time", stacklevel=2)
+        chunk = 1
     if torch._C._is_tracing() or tracing_dispatch_mode(torch):
         # its samples run eagerly (host-side masks, streaming statistics, a seed read as an int):
         # under fake tensors the first int() failed with torch's DataDependentOutputException
