@@ -56,11 +56,15 @@ from .kernels.philox import kernel_rng_args
 
 
 class Rng(NamedTuple):
-    """What a mask is a function of. `seed` is an int, or a 0-d int64 tensor under torch.compile."""
+    """What a mask is a function of. `seed` is an int, or a 0-d int64 tensor under torch.compile.
+    rank_stream: the offset still lacks this process's rank stream offset, which the custom op
+    adds when it runs (the backward and vmap rule of a recorded seed=None call: a compiled
+    backward graph is traced once, maybe on another rank, whose offset it must not keep)."""
     p: float
     seed: object
     offset: int
     scale: float
+    rank_stream: bool = False
 
 
 _new_tuple = tuple.__new__
@@ -69,7 +73,7 @@ _new_tuple = tuple.__new__
 def _rng(p, seed, offset, scale):
     """Rng(p, seed, offset, scale) without the NamedTuple's Python-level __new__ (half the cost;
     this runs on every call)."""
-    return _new_tuple(Rng, (p, seed, offset, scale))
+    return _new_tuple(Rng, (p, seed, offset, scale, False))
 
 
 def _seed_int(seed):
@@ -968,7 +972,7 @@ def torch_apply(op, operands, params, rng, inplace=False):
     """op on tensors with autograd, rng resolved: the eager Function, or the custom op when the
     seed is a tensor (inside a compiled graph or a compiled backward)."""
     if not isinstance(rng.seed, int):
-        return library_op(op)(*operands, rng.seed, rng.p, rng.offset, rng.scale, list(params))
+        return library_op(op)(*operands, rng.seed, rng.p, rng.offset, rng.scale, list(params), rng.rank_stream)
     apply = _recording_apply(sys.modules["torch"], operands)
     if apply is None:
         # Skip autograd's bookkeeping (in-place results stay the same object, as in torch).
@@ -1513,8 +1517,10 @@ def library_op(op):
     def setup_context(ctx, inputs, output):
         operands, (seed, p, offset, scale, params, rank_stream) = inputs[:n], _scalars(inputs[n:])
         ctx.save_for_backward(*(operands[i] for i in op.saves), seed)
-        # the forward's offset (rank stream included), so the backward's masks are its masks
-        ctx.scalars, ctx.params = (p, _to_i64(_run_offset(offset, rank_stream)), scale), tuple(params)
+        # the forward's offset, the rank stream left to the backward's ops to add when they run,
+        # as the forward's op does: AOTAutograd runs this while tracing, and a compiled backward
+        # graph (cached on disk, maybe by another rank) would keep the tracing process's rank
+        ctx.scalars, ctx.params, ctx.rank_stream = (p, offset, scale), tuple(params), rank_stream
         ctx.autocast = autocast_state(operands[0])
         ctx.op, ctx.half = op, _upcast_dtype(op, operands[0])
 
@@ -1525,7 +1531,8 @@ def library_op(op):
             saved[i] = t
         p, offset, scale = ctx.scalars
         needs = ctx.needs_input_grad[:n]
-        grads = _op_backward(ctx, TorchAutogradBackend, grad, saved, Rng(p, seed, offset, scale), needs)
+        grads = _op_backward(ctx, TorchAutogradBackend, grad, saved, Rng(p, seed, offset, scale, ctx.rank_stream),
+                             needs)
         return (*(g if need else None for g, need in zip(grads, needs)), None, None, None, None, None, None)
 
     lib.register_autograd(backward, setup_context=setup_context)
@@ -1539,9 +1546,9 @@ def library_op(op):
         if in_dims[n] is not None:  # pragma: no cover - the seed is drawn outside the transform
             raise RuntimeError(f"fastdrop.{op.name}: a batched seed tensor under torch.func.vmap")
         apply = lambda B, ops, rng, prm: (  # noqa: E731  (the rule's torch_apply: this op, traced)
-            lib(*ops, rng.seed, rng.p, rng.offset, rng.scale, list(prm)))
-        return op.vmap(info, in_dims[:n], operands, Rng(p, seed, _to_i64(_run_offset(offset, rank_stream)), scale),
-                       tuple(params), apply)
+            lib(*ops, rng.seed, rng.p, rng.offset, rng.scale, list(prm), rng.rank_stream))
+        # the rank stream added by the ops it calls, when they run (a traced rule runs once)
+        return op.vmap(info, in_dims[:n], operands, Rng(p, seed, offset, scale, rank_stream), tuple(params), apply)
 
     lib.register_vmap(vmap_rule)
     op._library_op = lib

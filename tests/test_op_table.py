@@ -748,6 +748,48 @@ def test_recorded_graphs_take_the_rank_stream_of_the_process_running_them(name, 
         assert torch.equal(fixed(*ops), case.call(*ops, seed=5))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_compiled_backward_takes_the_rank_stream_of_the_process_running_it(name, monkeypatch):
+    """A compiled graph traced on rank 1 and run on rank 0 (DDP ranks sharing Inductor's on-disk
+    caches), or run after set_rank_streams(False): outputs and gradients equal the eager call's
+    in the process running it. The backward graph kept the tracing rank's offset (AOTAutograd runs
+    the op's setup_context while tracing), so gradients flowed through another mask than the
+    forward's. Also the compiled vmap rule."""
+    case = CASES[name]
+    ops = operands(case)
+    compiled = torch.compile(lambda *a: case.call(*a), backend="aot_eager", fullgraph=True)
+
+    def run(fn, seed):
+        leaves = tuple(o.detach().requires_grad_() for o in ops)
+        torch.manual_seed(seed)
+        y = fn(*leaves)
+        return [y.detach(), *torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(
+            y.shape)).sum(), leaves)]
+
+    monkeypatch.setattr(_seeds, "_rank", lambda: 1)
+    run(compiled, 3)  # traced (forward and backward) on rank 1
+    for rank, streams in ((0, True), (2, True), (1, False)):
+        monkeypatch.setattr(_seeds, "_rank", lambda r=rank: r)
+        previous = fastdrop.set_rank_streams(streams)
+        try:
+            for seed in (3, 4):
+                for a, b in zip(run(compiled, seed), run(case.call, seed)):
+                    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=f"rank {rank}")
+        finally:
+            fastdrop.set_rank_streams(previous)
+    if case.op is DROPOUT:
+        vmapped = torch.func.vmap(lambda t: case.call(t), randomness="different")
+        compiled_vmap = torch.compile(vmapped, backend="aot_eager", fullgraph=True)
+        x = ops[0].expand(3, *ops[0].shape).contiguous()
+        monkeypatch.setattr(_seeds, "_rank", lambda: 1)
+        compiled_vmap(x)
+        monkeypatch.setattr(_seeds, "_rank", lambda: 0)
+        torch.manual_seed(5)
+        got = compiled_vmap(x)
+        torch.manual_seed(5)
+        assert torch.equal(got, vmapped(x))
+
+
 def _bad_inputs(case):
     """(label, operands, exception) variants of a good call that must be refused."""
     ops = operands(case)
