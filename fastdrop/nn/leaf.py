@@ -9,9 +9,10 @@ class FxLeaf:
     """Mixin of every fastdrop module. fx's default tracer takes only torch.nn's modules as leaves:
     it traced through fastdrop's, running their forward hooks on Proxies and recording what the
     hooks computed, so the graph ran them twice (once as recorded, once in the module's call) and
-    hooks with side effects or backward hooks ran at trace time only. Here the module's call on a
-    Proxy becomes the call_module node itself, before fx or the hooks see it: the graph calls the
-    module at run time, hooks and train / eval mode included, as it calls torch's nn.Dropout.
+    hooks with side effects or backward hooks ran at trace time only. Here a call on a Proxy goes
+    to the tracer's call_module with a call_module node as its "forward", before the hooks see
+    it: the graph calls the module at run time, hooks and train / eval mode included, as it calls
+    torch's nn.Dropout.
     Every other call is torch.nn.Module's (looked up per call: fx and Dynamo patch it). A public
     module, so `keep_dynamo_out` leaves this __call__ alone (its mark would run the forward of
     `torch.compile(module)` as plain Python, with all it calls); Dynamo compiles the frames it
