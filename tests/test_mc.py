@@ -799,3 +799,27 @@ def test_sequence_first_attention_runs_one_sample_at_a_time(batch_first):
         torch.backends.mha.set_fastpath_enabled(fastpath)
     assert any("sequence-first" in str(w.message) for w in caught) == (not batch_first)
     torch.testing.assert_close(given, ref, rtol=1e-10, atol=1e-10)
+
+
+class _Recurrent(torch.nn.Module):
+    """Dropout before an LSTM, its output at every step: shapes that stack along dim 0 either way,
+    and a recurrence that carries across dim 0 when that is the sequence."""
+
+    def __init__(self, batch_first):
+        super().__init__()
+        self.drop, self.rnn = fnn.Dropout(0.3), torch.nn.LSTM(6, 5, batch_first=batch_first)
+
+    def forward(self, x):
+        return self.rnn(self.drop(x))[0]
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_sequence_first_recurrence_runs_one_sample_at_a_time(batch_first):
+    """An LSTM with torch's default (L, N, H) layout carried its state from one stacked sample to
+    the next (every shape check passed: the outputs stack along dim 0). The RNN rule runs the
+    samples one at a time, with chunk=1's statistics; a batch-first LSTM keeps batching."""
+    torch.manual_seed(0)
+    model = _Recurrent(batch_first).double().eval()
+    x = torch.randn(4, 3, 6, dtype=torch.float64)
+    ref = mc_predict(model, x, samples=5, seed=SEED, chunk=1, fused=False)
+    torch.testing.assert_close(mc_predict(model, x, samples=5, seed=SEED), ref, rtol=1e-10, atol=1e-10)

@@ -354,8 +354,8 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     does): a forward that mixes the rows of its batch with plain torch ops (`h - h.mean(0)`,
     attention across the batch), or whose number of dropout calls depends on the data, gives other
     statistics with chunk > 1 and cannot be detected: pass chunk=1 for such a model. A model with a
-    sequence-first nn.MultiheadAttention (batch_first=False, torch's default, also inside
-    nn.Transformer* layers) runs one sample at a time: its dim 0 is the sequence.
+    sequence-first nn.MultiheadAttention or nn.RNN / LSTM / GRU (batch_first=False, torch's default,
+    also inside nn.Transformer* layers) runs one sample at a time: its dim 0 is the sequence.
 
     Args:
         model: a torch.nn.Module mapping x (N, ...) to (N, ...) outputs, with at least one fastdrop
@@ -407,14 +407,15 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     elif chunk > 1 and not others_eval:
         raise ValueError("mc_predict: chunk > 1 needs every non-dropout module in eval mode "
                          "(call model.eval() first; mc_predict keeps fastdrop's dropout active)")
-    seq_first = [name or type(model).__name__ for name, m in model.named_modules()
-                 if isinstance(m, torch.nn.MultiheadAttention) and not m.batch_first]
+    seq_first = [(name or type(model).__name__, type(m).__name__) for name, m in model.named_modules()
+                 if isinstance(m, (torch.nn.MultiheadAttention, torch.nn.RNNBase)) and not m.batch_first]
     if chunk > 1 and seq_first:
-        # torch's default attention layout, (L, N, E): stacking the samples along dim 0 makes one
-        # longer sequence of them, which attention mixes (not detectable from the shapes)
+        # torch's default attention / RNN layout, (L, N, E): stacking the samples along dim 0 makes
+        # one longer sequence of them, which attention mixes and a recurrence carries from sample
+        # to sample (not detectable from the shapes)
         if not auto_chunk:
             warnings.warn(f"mc_predict: chunk={chunk} stacks the samples along dim 0 of the input, and "
-                          f"{seq_first[0]} is a sequence-first nn.MultiheadAttention (batch_first=False), "
+                          f"{seq_first[0][0]} is a sequence-first nn.{seq_first[0][1]} (batch_first=False), "
                           f"whose dim 0 is the sequence: the samples run one at a time", stacklevel=2)
         chunk = 1
     if torch._C._is_tracing() or tracing_dispatch_mode(torch):
