@@ -323,6 +323,39 @@ def test_fx_tracer_subclasses_see_every_module_call():
     assert [n.target for n in graph.nodes if n.op == "call_module"] == ["0", "1", "2", "3"]
 
 
+class _Doubled(fnn.Dropout):
+    def __call__(self, *args, **kwargs):  # a subclass wrapping the module call
+        return super().__call__(*args, **kwargs) * 2
+
+
+class _Biased(fnn.Dropout):
+    def forward(self, input, bias):  # an extra argument, passed by keyword after it
+        return super().forward(input + bias)
+
+
+def test_fx_traces_subclasses_that_wrap_the_call_or_take_more_arguments():
+    """A subclass overriding __call__ had the override applied twice by the traced graph (recorded,
+    then run again by the call_module node); a call passing the Proxy as a later keyword was not
+    seen as traced, and the graph dropped the other argument. Both equal eager, in both modes,
+    also after a pickle round trip (which traces the graph's code again)."""
+    import pickle
+    import torch.fx
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.doubled, self.biased = torch.nn.Linear(4, 4), _Doubled(0.3), _Biased(0.3)
+
+        def forward(self, x):
+            return self.biased(bias=1.0, input=self.doubled(self.lin(x)))
+
+    model = Model()
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(3, 4)
+    _fx_equal(model, traced, x)
+    _fx_equal(model, pickle.loads(pickle.dumps(traced)), x)
+
+
 @pytest.mark.parametrize("name", list(_FX_MODULES))
 def test_fx_symbolic_trace_of_a_module_alone(name):
     """A fastdrop module traced as the root (there is no attribute path for a call_module node:
