@@ -416,7 +416,8 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
         if not auto_chunk:
             warnings.warn(f"mc_predict: chunk={chunk} stacks the samples along dim 0 of the input, and "
                           f"{seq_first[0][0]} is a sequence-first nn.{seq_first[0][1]} (batch_first=False), "
-                          f"whose dim 0 is the sequence: the samples run one at a time", stacklevel=2)
+                          f"whose input's dim 0 is the sequence: the samples run one at a time (also "
+                          f"where the model moves its batch dim to dim 1 first)", stacklevel=2)
         chunk = 1
     if torch._C._is_tracing() or tracing_dispatch_mode(torch):
         # its samples run eagerly (host-side masks, streaming statistics, a seed read as an int):
