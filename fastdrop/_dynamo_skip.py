@@ -26,11 +26,10 @@ def keep_dynamo_out():
     code of fastdrop's private modules and kernels, and the private (_-named) functions of the
     public modules. Runs when torch's ops register and when fastdrop.nn loads; a torch
     without the strategy API is left alone."""
-    eval_frame = getattr(getattr(sys.modules["torch"]._C, "_dynamo", None), "eval_frame", None)
-    action = getattr(eval_frame, "_FrameAction", None)
-    if action is None or not hasattr(eval_frame, "set_code_exec_strategy"):
+    eval_frame = _eval_frame()
+    if eval_frame is None:
         return
-    skip = eval_frame._FrameExecStrategy(action.SKIP, action.SKIP)
+    skip = eval_frame._FrameExecStrategy(eval_frame._FrameAction.SKIP, eval_frame._FrameAction.SKIP)
     for name, module in list(sys.modules.items()):
         if module is None or name in MARKED or not (name == "fastdrop" or name.startswith("fastdrop.")):
             continue
@@ -55,12 +54,21 @@ def compile_callees_only(function):
     a compiled __call__ shared by every module class would recompile per module instance (its
     guards name the instance) up to Dynamo's limit, where torch's own modules compile their
     forward. Inlining ignores the mark, as above."""
-    eval_frame = getattr(getattr(sys.modules["torch"]._C, "_dynamo", None), "eval_frame", None)
-    action = getattr(eval_frame, "_FrameAction", None)
-    if action is not None and hasattr(eval_frame, "set_code_exec_strategy"):
+    eval_frame = _eval_frame()
+    if eval_frame is not None:
+        action = eval_frame._FrameAction
         eval_frame.set_code_exec_strategy(function.__code__,
                                           eval_frame._FrameExecStrategy(action.SKIP, action.DEFAULT))
     return function
+
+
+def _eval_frame():
+    """torch's per-code frame strategy API (torch._C._dynamo.eval_frame), or None for a torch
+    without it (the marks are then left out)."""
+    eval_frame = getattr(getattr(sys.modules["torch"]._C, "_dynamo", None), "eval_frame", None)
+    if getattr(eval_frame, "_FrameAction", None) is None or not hasattr(eval_frame, "set_code_exec_strategy"):
+        return None
+    return eval_frame
 
 
 def _code_objects(value, seen=None):

@@ -268,6 +268,16 @@ def test_a_parameter_mismatch_turns_the_route_off(fake_device, monkeypatch):
     assert "differs from numba-cuda's" in D.why_off()
 
 
+def _first_route_launcher(monkeypatch, launch):
+    """The first dropout route launched directly on a fake device whose driver launch is `launch`:
+    a function that runs it and returns whether the direct launcher took it."""
+    monkeypatch.setitem(D._DRIVER, "launch", launch)
+    monkeypatch.setattr(D, "torch_stream", lambda torch, device: D.TorchStream(0, "core stream"))
+    label, src, dst, keep, seeds, opt = _routes()[0]
+    args = (0.3, 1, 0, 1 / 0.7, opt["group_ndim"], opt["bf16"], opt["layout"], opt["transposed"])
+    return lambda: _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep, seeds, args)
+
+
 def test_a_refused_first_launch_turns_the_route_off(fake_device, monkeypatch):
     """cuda.core refusing the first launch of an overload (a context or handle it does not take):
     a warning, the route off, numba's dispatch instead; a later launch's error is not swallowed."""
@@ -275,20 +285,17 @@ def test_a_refused_first_launch_turns_the_route_off(fake_device, monkeypatch):
 
     def refuse(*a):
         raise RuntimeError("CUDA_ERROR_INVALID_HANDLE")
-    monkeypatch.setitem(D._DRIVER, "launch", refuse)
-    monkeypatch.setattr(D, "torch_stream", lambda torch, device: D.TorchStream(0, "core stream"))
-    label, src, dst, keep, seeds, opt = _routes()[0]
-    args = (0.3, 1, 0, 1 / 0.7, opt["group_ndim"], opt["bf16"], opt["layout"], opt["transposed"])
+    run = _first_route_launcher(monkeypatch, refuse)
     with pytest.warns(RuntimeWarning, match="refused the first direct launch"):
-        assert not _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep, seeds, args)
+        assert not run()
     assert not D.enabled() and "CUDA_ERROR_INVALID_HANDLE" in D.why_off()
     # after a first launch went through, an error of a later launch propagates
     monkeypatch.setattr(D, "_state", {"on": True, "why_off": None})
     monkeypatch.setitem(D._DRIVER, "launch", lambda *a: launched.append(a))
-    assert _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep, seeds, args)
+    assert run()
     monkeypatch.setitem(D._DRIVER, "launch", refuse)
     with pytest.raises(RuntimeError, match="INVALID_HANDLE"):
-        _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep, seeds, args)
+        run()
 
 
 def test_a_first_launch_refused_in_two_threads_falls_back_in_both(fake_device, monkeypatch):
@@ -299,10 +306,7 @@ def test_a_first_launch_refused_in_two_threads_falls_back_in_both(fake_device, m
         for ov in D._OVERLOADS.values():
             ov.functions.clear()
         raise RuntimeError("CUDA_ERROR_INVALID_HANDLE")
-    monkeypatch.setitem(D._DRIVER, "launch", refuse_after_the_other_thread)
-    monkeypatch.setattr(D, "torch_stream", lambda torch, device: D.TorchStream(0, "core stream"))
-    label, src, dst, keep, seeds, opt = _routes()[0]
-    args = (0.3, 1, 0, 1 / 0.7, opt["group_ndim"], opt["bf16"], opt["layout"], opt["transposed"])
+    run = _first_route_launcher(monkeypatch, refuse_after_the_other_thread)
     with pytest.warns(RuntimeWarning, match="refused the first direct launch"):
-        assert not _cuda._launched_directly(torch, torch.device("cpu"), src, dst, keep, seeds, args)
+        assert not run()
     assert not D.enabled()

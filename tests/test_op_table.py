@@ -70,6 +70,21 @@ def test_compile_matches_eager(name, backend):
     assert any(not torch.equal(first, _run(compiled, ops, s)[0][0]) for s in range(2, 18))
 
 
+def _every_op(*ops):
+    """Every case of the table in one program, seed=None and an explicit seed; ops: its cases'
+    operands in table order (`_every_op_operands`)."""
+    outs, i = [], 0
+    for case in CASES.values():
+        args = ops[i:i + len(case.shapes)]
+        i += len(case.shapes)
+        outs += [case.call(*args), case.call(*args, seed=2**64 - 5, offset=2**63 + 1)]
+    return tuple(outs)
+
+
+def _every_op_operands():
+    return tuple(o for case in CASES.values() for o in operands(case, torch.float32))
+
+
 def test_inductor_cpp_wrapper_runs_every_op():
     """Inductor's C++ wrapper (`torch._inductor.config.cpp_wrapper`, also AOTInductor's codegen)
     calls custom ops through the stable dispatcher, which could not pass a Device argument in
@@ -77,20 +92,11 @@ def test_inductor_cpp_wrapper_runs_every_op():
     device as a string. Every op in one graph (one C++ build), seed=None and explicit seeds,
     forward and backward equal to eager."""
     import torch._inductor.config as inductor_config
-
-    def fn(*ops):
-        outs, i = [], 0
-        for case in CASES.values():
-            args = ops[i:i + len(case.shapes)]
-            i += len(case.shapes)
-            outs += [case.call(*args), case.call(*args, seed=2**64 - 5, offset=2**63 + 1)]
-        return tuple(outs)
-
-    ops = tuple(o for case in CASES.values() for o in operands(case, torch.float32))
+    ops = _every_op_operands()
     with inductor_config.patch(cpp_wrapper=True):
-        compiled = torch.compile(fn, fullgraph=True, backend="inductor")
+        compiled = torch.compile(_every_op, fullgraph=True, backend="inductor")
         y_c, g_c = _run(compiled, ops, 1)
-    y_e, g_e = _run(fn, ops, 1)
+    y_e, g_e = _run(_every_op, ops, 1)
     for a, b in zip(y_c + list(g_c), y_e + list(g_e)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
@@ -103,14 +109,9 @@ def test_aot_inductor_package_runs_every_op(tmp_path):
 
     class AllOps(torch.nn.Module):
         def forward(self, *ops):
-            outs, i = [], 0
-            for case in CASES.values():
-                args = ops[i:i + len(case.shapes)]
-                i += len(case.shapes)
-                outs += [case.call(*args), case.call(*args, seed=2**64 - 5, offset=2**63 + 1)]
-            return tuple(outs)
+            return _every_op(*ops)
 
-    ops = tuple(o for case in CASES.values() for o in operands(case, torch.float32))
+    ops = _every_op_operands()
     path = torch._inductor.aoti_compile_and_package(torch.export.export(AllOps(), ops),
                                                     package_path=str(tmp_path / "ops.pt2"))
     loaded = torch._inductor.aoti_load_package(path)
