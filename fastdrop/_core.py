@@ -41,14 +41,14 @@ import numpy as np
 from . import _cpu, _seeds
 from ._alloc import PHYSICAL_BYTES, check_output_bytes, empty_like
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, announce_write, check_array,
-                      check_bool, check_companions, check_out, check_out_is_x, check_p, check_plain_memory, check_u64,
-                      check_writable, fill_torch_floats, is_subclass_like, mark_written, numpy_view,
-                      quiet_under_jit_trace, traced)
+                      check_bool, check_companions, check_out, check_out_is_x, check_p, check_plain_memory,
+                      check_storage, check_u64, check_writable, fill_torch_floats, is_subclass_like, mark_written,
+                      numpy_view, quiet_under_jit_trace, traced)
 from ._dynamo_skip import MARKED, keep_dynamo_out
 from ._grouped import groups_are_runs, native_grouped, native_layout
 from ._torch_state import (NO_LEVELS, autocast_state, batched_for_vmap, batched_levels, capturing, compiling,
                            forward_ad_active, functorch_interpreters, grad_enabled, grad_levels_active,
-                           grad_transform_active, tracing_dispatch_mode, vmap_levels)
+                           grad_transform_active, tracing_dispatch_mode, unwrapped, vmap_levels)
 from .kernels import dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial
 from .kernels.config import CPU_PARALLEL_MIN
@@ -685,6 +685,10 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
     B = BACKENDS[kind]
     if not training or p == 0.0:
         factor = eval_factor if not training else 1.0
+        if kind == TORCH and (factor != 1.0 or len(operands) > 1) and not traced(sys.modules["torch"], x):
+            for a in operands:  # read (a GEMM, x scaled): torch's ops would crash on such memory
+                if a is not None:
+                    check_storage(a, "x" if a is operands[0] else "an operand")
         if kind == TORCH:  # torch's half GEMMs accumulate in float32 and round once themselves
             y = op.plain(B, operands, params, factor, inplace)
         else:  # numpy's float16 GEMMs round every partial sum: the ops' upcast, as in training
@@ -892,9 +896,15 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         if refusal is not None:
             raise refusal
         operands = batched_for_vmap(torch, operands)
+    transforms = torch._C._are_functorch_transforms_active()
     for a in operands:  # before the seed draw: the kernels cannot take such a tensor
-        if a is not None and type(a) not in _PLAIN_TENSORS:
-            check_plain_memory(a, "x" if a is operands[0] else "an operand")
+        if a is not None:
+            name = "x" if a is operands[0] else "an operand"
+            if type(a) not in _PLAIN_TENSORS:
+                check_plain_memory(a, name)
+            memory = unwrapped(torch, a) if transforms else a
+            if not is_legacy_batched(memory):  # (torch's legacy vmap: torch's ops, `_materialized_mask`)
+                check_storage(memory, name)
     if seed is None and operands[0].is_cuda and capturing(torch, operands[0].device):
         # CUDA-graph capture: the seed is drawn on the stream by torch's CUDA generator, whose
         # state every replay advances, and the kernels read it from device memory; the custom op
@@ -1045,13 +1055,16 @@ def training_lane(x, p, g, ndim=None):
         return None
     recorded = x.requires_grad and grad_enabled()
     n = x.numel()
-    nbytes = n * x.element_size()
+    itemsize = x.element_size()
+    nbytes = n * itemsize
     if g and recorded:
         layout = native_layout(x, g, p, n, nbytes)
         if not layout:
             return None
     elif n == 0 or nbytes > PHYSICAL_BYTES:
         return None  # empty (no draw) or an output too big (refused): the general route
+    if x.untyped_storage().nbytes() < nbytes + x.storage_offset() * itemsize or not x.is_contiguous():
+        check_storage(x)  # memory short of x's elements (refused before the draw, as `call` does)
     offset = _seeds.stream_offset(0)
     if offset >= 1 << 63:
         return None  # a rank of 2^15 or more: the general route
@@ -1493,6 +1506,9 @@ def library_op(op):
             # checks here, so an integer or sparse tensor gets their TypeError, not a Numba
             # typing error or numpy's conversion error from inside the kernels' call.
             _, _, checked, params = validate(op, operands, tuple(params), autocast=False)
+            for a in checked:
+                if a is not None:
+                    check_storage(a, "x" if a is checked[0] else "an operand")
             _check_library_scalars(op, checked[0], seed, p, scale, params)
             if seed.is_cuda:  # a CUDA-graph capture's seed, read by the kernels (`_torch_call`)
                 rng = Rng(p, seed, _run_offset(offset, rank_stream), scale)

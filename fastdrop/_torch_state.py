@@ -22,6 +22,15 @@ def batched_levels(torch, operands):
     return batched
 
 
+def unwrapped(torch, a):
+    """a with torch.func's wrappers (grad and vmap levels) taken off: the tensor whose memory the
+    kernels get once the transforms' Function calls have unwrapped it."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(a):
+        a = functorch.get_unwrapped(a)
+    return a
+
+
 def batched_for_vmap(torch, operands):
     """operands with x batched at the innermost vmap level when no operand is and that level's
     randomness is "different" (the dropout family; `_vmap_refusal` refused every other case): x

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _core
 from ._checks import (NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, announce_write, array_kind, check_array,
-                      check_plain_memory, check_writable, is_torch_tensor, mark_written, numpy_view,
+                      check_plain_memory, check_storage, check_writable, is_torch_tensor, mark_written, numpy_view,
                       quiet_under_jit_trace, refuse_while_tracing)
 from ._torch_state import tracing_dispatch_mode
 from .kernels import max_norm_cpu
@@ -116,6 +116,7 @@ def _max_norm(weight, max_value, dim, eps):
         if torch.compiler.is_compiling() or torch._C._is_tracing() or tracing_dispatch_mode(torch):
             return _max_norm_traced(weight, max_value, dims, eps)
         check_plain_memory(weight, "weight")  # a wrapper subclass: no memory to write
+        check_storage(weight, "weight")
         return _max_norm_tensor(weight, max_value, dims, eps)
     _max_norm_device(weight, max_value, dims, eps)
     return weight  # the object given (a CuPy array stays one), written in place

@@ -421,3 +421,21 @@ def test_fx_symbolic_trace_keeps_every_module_a_leaf():
     with pytest.raises(TypeError, match="torch.fx Proxy"):
         torch.fx.symbolic_trace(lambda t: fastdrop.dropout(t, 0.5))
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("name", list(_FX_MODULES))
+def test_modules_refuse_tensors_without_memory(name):
+    """FSDP frees a parameter's unsharded storage (resize_ to 0 bytes) between its uses: a module
+    called on such an input, or holding such a weight, raises ValueError in training (with and
+    without grad) where the kernels would read past the memory (torch's dropout segfaults)."""
+    make, shape = _FX_MODULES[name]
+    for freed in ("input", "weight"):
+        m = make()
+        if freed == "weight" and not hasattr(m, "weight"):
+            continue
+        x = torch.randn(shape)
+        victim = x if freed == "input" else m.weight
+        victim.data.untyped_storage().resize_(0)
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad), pytest.raises(ValueError, match="no memory for its elements"):
+                m(x)

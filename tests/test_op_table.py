@@ -800,6 +800,9 @@ def _bad_inputs(case):
     yield "nested", (torch.nested.nested_tensor([x[0], x[-1]]),) + rest, TypeError
     yield "meta", (x.to("meta"),) + rest, ValueError
     yield "list", (x.tolist(),) + rest, TypeError
+    yield "freed", (_freed(x),) + rest, ValueError  # FSDP's free of an unsharded parameter
+    yield "short", (_freed(x, x.nbytes - 8),) + rest, ValueError
+    yield "short-view", (_freed(x.clone().mT, x.nbytes - 8),) + rest, ValueError  # gaps: the exact rule
     # x-sized arrays (the output, a masked copy) larger than physical memory from an expanded
     # (tiny) x: the rows (dim -2 of dropout_matmul's a, which b's batch cannot stretch) grown to
     # 2**40 elements; the per-sample grad W op's grad and x share that dim, so both grow
@@ -817,9 +820,43 @@ def _bad_inputs(case):
         yield "dtype-mismatch", (x.float(),) + rest, TypeError
         yield "meta-operand", (x, rest[0].to("meta")) + rest[1:], ValueError
         yield "kind-mismatch", (x, rest[0].numpy()) + rest[1:], TypeError
+        yield "freed-operand", (x, _freed(rest[0])) + rest[1:], ValueError
         rows = case.op in (DROPOUT_MATMUL, SAMPLE_GRAD_X, SAMPLE_GRAD_W)  # their shared dim is -2
         cut = rest[0][..., :-1, :] if rows else rest[0][..., :-1]
         yield "shape", (x, cut) + rest[1:], ValueError
+
+
+def _freed(t, nbytes=0):
+    """A copy of t whose storage is cut to nbytes: a tensor with no memory for its elements."""
+    t = t.clone() if t.is_contiguous() or t.dim() < 2 else t
+    t.untyped_storage().resize_(nbytes)
+    return t
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tensors_without_memory_are_refused_in_every_route(name):
+    """A tensor whose storage was freed (FSDP resizes an unsharded parameter's storage to 0
+    bytes between its uses) or cut short: ValueError, where the kernels would read and write
+    past its memory (a segfault; torch's own dropout segfaults there). In training (with and
+    without grad: the training lane and the general route), at eval where the op reads its
+    operands, as out=, and in the custom op a replayed graph or a direct call runs."""
+    case = CASES[name]
+    ops = operands(case, torch.float32)
+    for i in range(len(ops)):
+        for grad in (False, True):
+            bad = tuple(_freed(a) if j == i else a.clone().requires_grad_(grad) for j, a in enumerate(ops))
+            for training in (True, False):
+                if not training and len(ops) == 1 and "classic" not in name:
+                    continue  # eval returns x untouched, as torch's dropout does
+                with pytest.raises(ValueError, match="no memory for its elements"):
+                    case.call(*bad, training=training)
+    lib = getattr(torch.ops.fastdrop, case.op.name)
+    bad = (_freed(ops[0]),) + ops[1:]
+    with pytest.raises(ValueError, match="no memory for its elements"):
+        lib(*bad, *[None] * (len(case.op.operands) - len(bad)), torch.tensor(3), 0.3, 0, 1 / 0.7, [])
+    if case.op is DROPOUT and not name.startswith("drop_path"):  # (the ops with out=)
+        with pytest.raises(ValueError, match="out has no memory"):
+            case.call(*ops, out=_freed(torch.empty_like(ops[0])))
 
 
 def assert_bits_equal(a, b):

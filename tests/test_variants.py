@@ -708,3 +708,11 @@ def test_mc_sample_kernels_parallel_and_serial_follow_the_contract(broadcast):
         out = np.empty((T, L), np.float32)
         kern(xs, out, lo, hi, key_lo, key_hi, thr, np.float32(1 / 0.7))
         np.testing.assert_array_equal(out, expected)
+
+
+def test_max_norm_refuses_a_weight_without_memory():
+    """A weight whose storage FSDP freed (or a user cut short): ValueError, not a write past it."""
+    w = torch.randn(5, 6)
+    w.untyped_storage().resize_(8)
+    with pytest.raises(ValueError, match="weight has no memory for its elements"):
+        fastdrop.max_norm_(w, 1.0)
