@@ -11,7 +11,11 @@
   seed (which torch varies by worker and by epoch, from the parent's torch generator), else its
   pid. Workers and epochs then draw different masks, and DataLoader workers reproducible ones
   when the parent called `fastdrop.manual_seed` and `torch.manual_seed`; a `manual_seed` in the
-  child (a worker_init_fn) is kept as it is.
+  child (a worker_init_fn) is kept as it is. A DataLoader worker started by `spawn` or
+  `forkserver` (macOS's and Windows' default) imports fastdrop afresh, with OS entropy: its first
+  draw re-seeds the source from the worker's seed alone, so its masks too follow the parent's
+  `torch.manual_seed` and differ by worker and epoch, as torch seeds numpy's own global generator
+  in such workers.
 Every drawn seed is a 63-bit integer.
 
 Rank streams. DDP programs call `torch.manual_seed(s)` with the same `s` on every rank, so the
@@ -39,16 +43,17 @@ RANK_SHIFT = 48
 _lock = threading.Lock()
 _numpy_source = np.random.default_rng()
 _forked = False  # a forked child that has not yet re-seeded its inherited numpy source
+_fresh = True  # the source is still the import's OS-entropy one: nothing drew from it or re-seeded it
 _rank_streams = True
 _events = 0  # draws from and re-seeds of the numpy source (`draw_numpy_seed_undoably`)
 
 
 def reseed_numpy(seed):
     """Re-seed the numpy source (seed: an int in [0, 2**64), checked by fastdrop.manual_seed)."""
-    global _numpy_source, _forked, _events
+    global _numpy_source, _forked, _fresh, _events
     with _lock:
         _numpy_source = np.random.default_rng(seed)
-        _forked = False
+        _forked = _fresh = False
         _events += 1
 
 
@@ -62,11 +67,32 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _child_key():
-    """A torch DataLoader worker's seed (base seed + worker id, new each epoch), else the pid."""
+def _worker_seed():
+    """A torch DataLoader worker's seed (base seed + worker id, new each epoch), else None."""
     data = sys.modules.get("torch.utils.data")
     info = data.get_worker_info() if data is not None else None
-    return int(info.seed) if info is not None else os.getpid()
+    return None if info is None else int(info.seed)
+
+
+def _child_key():
+    """A forked child's key: its DataLoader worker seed, else its pid."""
+    key = _worker_seed()
+    return os.getpid() if key is None else key
+
+
+def _reseed_before_a_draw():
+    """A forked child's first draw: its own source (`_reseed_forked`); a fresh process's first
+    draw in a DataLoader worker (spawned, so not forked): a source from the worker's seed (with
+    _lock held)."""
+    global _numpy_source, _fresh
+    if _forked:
+        _reseed_forked()
+    elif _fresh:
+        key = _worker_seed()
+        if key is not None:
+            _numpy_source = np.random.Generator(np.random.PCG64(
+                np.random.SeedSequence([key & MAX_U64, key >> 64, 0x7370776E])))  # "spwn"
+    _fresh = False
 
 
 def _reseed_forked():
@@ -83,8 +109,8 @@ def _reseed_forked():
 def draw_numpy_seed():
     global _events
     with _lock:
-        if _forked:
-            _reseed_forked()
+        if _forked or _fresh:
+            _reseed_before_a_draw()
         _events += 1
         return int(_numpy_source.integers(0, 1 << 63))
 
@@ -100,19 +126,19 @@ def draw_numpy_seed_undoably():
     re-seed of the numpy source has happened since."""
     global _events
     with _lock:
-        source, state, forked = _numpy_source, _numpy_source.bit_generator.state, _forked
-        if _forked:
-            _reseed_forked()
+        source, state, forked, fresh = _numpy_source, _numpy_source.bit_generator.state, _forked, _fresh
+        if _forked or _fresh:
+            _reseed_before_a_draw()
         _events += 1
         mine = _events
         seed = int(_numpy_source.integers(0, 1 << 63))
 
     def undo():
-        global _numpy_source, _forked
+        global _numpy_source, _forked, _fresh
         with _lock:
             if _events == mine:
                 source.bit_generator.state = state
-                _numpy_source, _forked = source, forked
+                _numpy_source, _forked, _fresh = source, forked, fresh
     return seed, undo
 
 

@@ -245,6 +245,26 @@ def test_forked_workers_draw_their_own_numpy_seeds():
     assert not np.array_equal(child, fastdrop.dropout(np.ones(256, np.float32), 0.5))
 
 
+def test_spawned_workers_draw_numpy_seeds_from_their_worker_seed():
+    """A worker started by spawn (macOS's and Windows' default) imports fastdrop afresh, with OS
+    entropy: its first draw re-seeds from its DataLoader worker seed, so the parent's
+    torch.manual_seed gives the same masks again, and workers and epochs differ (before, every
+    spawned worker drew from OS entropy: no run was reproducible)."""
+    def run():
+        torch.manual_seed(6)
+        out = []
+        for _ in range(2):
+            loader = torch.utils.data.DataLoader(_SeedNoneDataset(), batch_size=None, num_workers=2,
+                                                 multiprocessing_context="spawn", timeout=TIMEOUT_S)
+            out += [item.numpy() != 0 for item in loader]
+        return out
+    first, second = run(), run()
+    assert len(first) == 8
+    assert not any(np.array_equal(first[i], first[j]) for i in range(8) for j in range(i))
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_an_undo_in_a_forked_child_keeps_the_child_s_own_stream():
     """A call that fails after its seed=None draw gives the draw back (`_seeds.draw_numpy_seed_undoably`);
     if the failing call forked, the child's undo restored the parent's source as it was: parent
