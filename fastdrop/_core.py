@@ -896,15 +896,10 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         if refusal is not None:
             raise refusal
         operands = batched_for_vmap(torch, operands)
-    transforms = torch._C._are_functorch_transforms_active()
     for a in operands:  # before the seed draw: the kernels cannot take such a tensor
-        if a is not None:
-            name = "x" if a is operands[0] else "an operand"
-            if type(a) not in _PLAIN_TENSORS:
-                check_plain_memory(a, name)
-            memory = unwrapped(torch, a) if transforms else a
-            if not is_legacy_batched(memory):  # (torch's legacy vmap: torch's ops, `_materialized_mask`)
-                check_storage(memory, name)
+        if a is not None and type(a) not in _PLAIN_TENSORS:
+            check_plain_memory(a, "x" if a is operands[0] else "an operand")
+    _check_storages(torch, operands)
     if seed is None and operands[0].is_cuda and capturing(torch, operands[0].device):
         # CUDA-graph capture: the seed is drawn on the stream by torch's CUDA generator, whose
         # state every replay advances, and the kernels read it from device memory; the custom op
@@ -921,6 +916,18 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
     if out is not None:  # checked: no autograd records this call
         return mark_written(op.forward(TorchBackend, operands, rng, params, out=out))
     return torch_apply(op, operands, params, rng, inplace)
+
+
+def _check_storages(torch, operands, names=("x", "an operand")):
+    """`check_storage` of every tensor among operands (x first) with memory the kernels or
+    torch's ops will read: torch.func's wrappers taken off, torch's legacy vmap tensors skipped
+    (torch's ops take them, `_materialized_mask`)."""
+    transforms = torch._C._are_functorch_transforms_active()
+    for a in operands:
+        if a is not None:
+            memory = unwrapped(torch, a) if transforms else a
+            if not is_legacy_batched(memory):
+                check_storage(memory, names[0] if a is operands[0] else names[1])
 
 
 def _explicit_seed_tensor(torch, seed):
@@ -1149,6 +1156,11 @@ def _op_backward(ctx, B, grad, saved, rng, needs):
     operands computed in float32 and rounded once (`_kernel_forward`; ctx.half), and the GEMMs
     under the forward's autocast (ctx.autocast; torch's custom_bwd)."""
     op = ctx.op
+    torch = sys.modules["torch"]
+    if op.saves and not torch.compiler.is_compiling():
+        # an operand freed since the forward (FSDP frees an unsharded weight after its use; its
+        # backward hooks gather it again, a hand-written free does not)
+        _check_storages(torch, [saved[i] for i in op.saves], ("a saved operand",) * 2)
     if ctx.half is not None:
         grad, saved = grad.float(), [None if t is None else t.float() for t in saved]
     if ctx.autocast is None:

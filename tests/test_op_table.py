@@ -839,7 +839,8 @@ def test_tensors_without_memory_are_refused_in_every_route(name):
     bytes between its uses) or cut short: ValueError, where the kernels would read and write
     past its memory (a segfault; torch's own dropout segfaults there). In training (with and
     without grad: the training lane and the general route), at eval where the op reads its
-    operands, as out=, and in the custom op a replayed graph or a direct call runs."""
+    operands, as out=, in the custom op a replayed graph or a direct call runs, and as a saved
+    operand freed before the backward."""
     case = CASES[name]
     ops = operands(case, torch.float32)
     for i in range(len(ops)):
@@ -854,6 +855,14 @@ def test_tensors_without_memory_are_refused_in_every_route(name):
     bad = (_freed(ops[0]),) + ops[1:]
     with pytest.raises(ValueError, match="no memory for its elements"):
         lib(*bad, *[None] * (len(case.op.operands) - len(bad)), torch.tensor(3), 0.3, 0, 1 / 0.7, [])
+    if case.op.saves:  # an operand freed between the forward and its backward
+        leaves = tuple(a.clone().requires_grad_(True) for a in ops)
+        y = case.call(*leaves)
+        for i in case.op.saves:
+            if leaves[i] is not None:
+                leaves[i].data.untyped_storage().resize_(0)
+        with pytest.raises(ValueError, match="a saved operand has no memory"):
+            y.sum().backward()
     if case.op is DROPOUT and not name.startswith("drop_path"):  # (the ops with out=)
         with pytest.raises(ValueError, match="out has no memory"):
             case.call(*ops, out=_freed(torch.empty_like(ops[0])))
