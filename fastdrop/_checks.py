@@ -88,9 +88,9 @@ def check_u64(value, name):
     return value
 
 
-def check_mode(mode):
+def check_mode(mode, name="mode"):
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"{name} must be one of {MODES}, got {mode!r}")
     return mode
 
 

@@ -194,7 +194,7 @@ def drop_path(x, p=0.0, training=True, scale_by_keep=True, *, drop_prob=None, se
     p = check_p(p)
     if mode not in DROP_PATH_MODES:
         raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode!r}")
-    check_mode(scaling)
+    check_mode(scaling, "scaling")
     scale_by_keep = check_bool(scale_by_keep, "scale_by_keep")
     checked = check_array(x)  # once: the op core takes the result
     if len(checked[0].shape) == 0 and mode == "row" and check_bool(training, "training") and p > 0.0:

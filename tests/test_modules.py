@@ -439,3 +439,32 @@ def test_modules_refuse_tensors_without_memory(name):
         for grad in (False, True):
             with torch.set_grad_enabled(grad), pytest.raises(ValueError, match="no memory for its elements"):
                 m(x)
+
+
+@pytest.mark.parametrize("name", ["Dropout", "Dropout2d", "DropPath"])
+def test_inplace_assigned_after_construction_follows_the_constructor(name):
+    """torch's modules read inplace's truth; fastdrop's constructor takes 0 / 1 as bools and refuses
+    anything else: an `m.inplace = 1` made later (as a torch recipe would) writes in place, as
+    inplace=1 at construction does, and a string is refused, naming the value."""
+    make, shape = _FX_MODULES[name]
+    m = make()
+    m.inplace = 1
+    x = torch.randn(shape) + 2.0
+    torch.manual_seed(3)
+    y = m(x)
+    assert y is x and bool((x == 0).any())
+    m.inplace = "False"
+    with pytest.raises(TypeError, match="inplace must be a bool, got str 'False'"):
+        m(torch.randn(shape))
+
+
+def test_drop_path_scaling_errors_name_scaling():
+    """A bad DropPath `scaling` was reported as a bad `mode` (DropPath has both)."""
+    with pytest.raises(ValueError, match="^scaling must be one of"):
+        fnn.DropPath(0.1, mode="row", scaling="Classic")
+    with pytest.raises(ValueError, match="^scaling must be one of"):
+        fastdrop.drop_path(torch.ones(4, 3), 0.1, mode="row", scaling="Classic")
+    m = fnn.DropPath(0.1)
+    m.scaling = "Classic"
+    with pytest.raises(ValueError, match="^scaling must be one of"):
+        m(torch.ones(4, 3))

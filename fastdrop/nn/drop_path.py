@@ -51,7 +51,7 @@ class DropPath(FxLeaf, torch.nn.Module):
             raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode!r}")
         self.scale_by_keep = bool(scale_by_keep)
         self.mode = mode
-        self.scaling = check_mode(scaling)
+        self.scaling = check_mode(scaling, "scaling")
         self.inplace = module_inplace_flag(inplace)
 
     @property
@@ -79,13 +79,16 @@ class DropPath(FxLeaf, torch.nn.Module):
         if is_scripting():  # TorchScript compiles this branch alone (fastdrop/nn/_script.py)
             return scripted_dropout(x, self.training, self._p, self.scaling == "classic", self.inplace, "DropPath",
                                     self._ranks)
+        inplace = self.inplace
+        if inplace is not False and inplace is not True:  # assigned since: torch's modules take 0 / 1
+            inplace = module_inplace_flag(inplace)
         if type(x) is not torch.Tensor and is_fx_proxy(x):  # torch.fx: the traced root (FxLeaf)
             return traced_as_leaf(self, x, drop_path, (x, self.p), dict(
                 training=self.training, scale_by_keep=self.scale_by_keep, mode=self.mode, scaling=self.scaling,
-                inplace=self.inplace))
+                inplace=inplace))
         if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
             sample = _mc_state.sampler()
             if sample is not None:
                 return sample(self, x)
         return drop_path(x, self.p, training=self.training, scale_by_keep=self.scale_by_keep,
-                         mode=self.mode, scaling=self.scaling, inplace=self.inplace)
+                         mode=self.mode, scaling=self.scaling, inplace=inplace)

@@ -45,14 +45,17 @@ class _DropoutNd(FxLeaf):
         if is_scripting():  # TorchScript compiles this branch alone (fastdrop/nn/_script.py)
             return scripted_dropout(input, self.training, self.p, self.mode == "classic", self.inplace, self._name,
                                     self._ranks)
+        inplace = self.inplace
+        if inplace is not False and inplace is not True:  # assigned since: torch's modules take 0 / 1
+            inplace = module_inplace_flag(inplace)
         if type(input) is not torch.Tensor and is_fx_proxy(input):  # torch.fx: the traced root (FxLeaf)
-            return traced_as_leaf(self, input, self._fn, (input, self.p, self.training, self.inplace),
+            return traced_as_leaf(self, input, self._fn, (input, self.p, self.training, inplace),
                                   {"mode": self.mode})
         if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
             sample = _mc_state.sampler()
             if sample is not None:
                 return sample(self, input)
-        return self._fn(input, self.p, self.training, self.inplace, mode=self.mode)
+        return self._fn(input, self.p, self.training, inplace, mode=self.mode)
 
 
 class Dropout(_DropoutNd, torch.nn.Dropout):
