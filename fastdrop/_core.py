@@ -685,10 +685,13 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
     B = BACKENDS[kind]
     if not training or p == 0.0:
         factor = eval_factor if not training else 1.0
-        if kind == TORCH and (factor != 1.0 or len(operands) > 1) and not traced(sys.modules["torch"], x):
-            for a in operands:  # read (a GEMM, x scaled): torch's ops would crash on such memory
-                if a is not None:
-                    check_storage(a, "x" if a is operands[0] else "an operand")
+        if factor != 1.0 or len(operands) > 1:  # a GEMM, or x scaled: operands read, an output made
+            if kind == TORCH and not traced(sys.modules["torch"], x):
+                for a in operands:  # torch's ops would crash on such memory
+                    if a is not None:
+                        check_storage(a, "x" if a is operands[0] else "an operand")
+            if out is None and not inplace:
+                _check_host_output(op, x, kind, operands)
         if kind == TORCH:  # torch's half GEMMs accumulate in float32 and round once themselves
             y = op.plain(B, operands, params, factor, inplace)
         else:  # numpy's float16 GEMMs round every partial sum: the ops' upcast, as in training
@@ -697,15 +700,8 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
             out[...] = y
             return out
         return given if inplace else y
-    if out is None and not inplace and (kind == NUMPY or kind == TORCH and x.is_cpu and not compiling()):
-        # x-sized arrays (the output, the dense ops' masked x or a) and the output in host memory,
-        # refused before the draw (an expanded x is small memory); not while compiling, where it
-        # would be a guard on the symbolic sizes
-        n = math.prod(x.shape) if op.out_numel is None else max(math.prod(x.shape), op.out_numel(operands))
-        itemsize = x.element_size() if kind == TORCH else x.dtype.itemsize
-        if op.upcast_half and itemsize == 2:
-            itemsize = 4  # on the host a GEMM op's half operands are computed in float32 copies (`_upcast`)
-        check_output_bytes(n * itemsize)
+    if out is None and not inplace:
+        _check_host_output(op, x, kind, operands)
     if kind == CUDA_ARRAY:  # no GPU (nor the simulator): refused before the draw
         _cuda = cuda_module()
         _cuda.require_gpu()
@@ -726,6 +722,19 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
                                                       (ops[0] if inplace else None)), inplace)
     # in place: x itself, also where x was viewed as a plain ndarray (np.matrix, np.memmap)
     return given if inplace else y
+
+
+def _check_host_output(op, x, kind, operands):
+    """MemoryError, before the draw, where the output or an x-sized working array (the dense ops'
+    masked x or a) in host memory would be larger than physical memory: an expanded x is small
+    memory with a huge logical size. Not while compiling, where it would be a guard on the
+    symbolic sizes, nor for device memory."""
+    if kind == NUMPY or kind == TORCH and x.is_cpu and not compiling():
+        n = math.prod(x.shape) if op.out_numel is None else max(math.prod(x.shape), op.out_numel(operands))
+        itemsize = x.element_size() if kind == TORCH else x.dtype.itemsize
+        if op.upcast_half and itemsize == 2:
+            itemsize = 4  # on the host a GEMM op's half operands are computed in float32 copies (`_upcast`)
+        check_output_bytes(n * itemsize)
 
 
 def validate(op, operands, params, checked=None, autocast=True):

@@ -105,7 +105,10 @@ def dropout_mask(shape, p, seed, offset=0, *, out=None):
         check_writable(out, NUMPY, "out")
     else:
         _check_allocatable(math.prod(shape))
-    flat = out if out is not None and out.flags.c_contiguous else np.empty(shape, dtype=np.bool_)
+    try:
+        flat = out if out is not None and out.flags.c_contiguous else np.empty(shape, dtype=np.bool_)
+    except ValueError:  # an empty shape whose other sizes overflow numpy's size arithmetic
+        raise ValueError(f"dropout_mask: shape {shape} is too large for a numpy array") from None
     if flat.size:
         fill_keep_mask(flat, p, seed, offset)
     if out is None:

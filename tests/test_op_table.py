@@ -927,6 +927,28 @@ def test_bad_input_refused_before_the_seed_draw(name):
         assert _seeds._numpy_source.bit_generator.state == np_state, label
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_outputs_larger_than_memory_are_memory_errors(name):
+    """At eval an op that makes an output (a GEMM, classic scaling) from operands larger than
+    physical memory (expanded: small memory) gets the training call's MemoryError, not torch's
+    allocator error or numpy's (or the OOM killer, where the OS would overcommit); an op that
+    returns x untouched returns it."""
+    case = CASES[name]
+    for label, ops, _ in _bad_inputs(case):
+        if not label.startswith("too-big"):
+            continue
+        if len(ops) == 1 and "classic" not in name:
+            assert case.call(*ops, training=False) is ops[0]
+        else:
+            with pytest.raises(MemoryError, match="physical memory"):
+                case.call(*ops, training=False)
+
+
+def test_dropout_mask_of_an_empty_shape_too_large_for_numpy_names_the_shape():
+    with pytest.raises(ValueError, match="dropout_mask: shape .* is too large for a numpy array"):
+        fastdrop.dropout_mask((2**62, 0, 4), 0.5, 1)
+
+
 @pytest.mark.parametrize("name", INPLACE)
 def test_inplace_that_writes_nothing_takes_any_x(name):
     """At p = 0, and at eval where the rule is x itself (inverted scaling), an in-place call writes
