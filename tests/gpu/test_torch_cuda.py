@@ -646,3 +646,20 @@ def test_large_device_array_and_strided_device_array():
     assert not d.is_c_contiguous()
     got = fastdrop.dropout(d, 0.5, seed=SEED, offset=OFFSET)
     np.testing.assert_array_equal(got.copy_to_host(), fastdrop.dropout(m[:, ::3], 0.5, seed=SEED, offset=OFFSET))
+
+
+@pytest.mark.parametrize("name", ALL_CASES)
+def test_cuda_tensors_without_memory_are_refused(name):
+    """A CUDA tensor whose storage was freed (FSDP's resize_(0) of an unsharded parameter) as x or
+    as any operand: the CPU's ValueError before the seed draw, not an illegal memory access (a
+    sticky error that ends the process's CUDA context)."""
+    case = CASES[name]
+    ops = on_gpu(operands(case, torch.float32))
+    for i in range(len(ops)):
+        bad = tuple(a.clone() for a in ops)
+        bad[i].untyped_storage().resize_(0)
+        state = torch.get_rng_state()
+        with pytest.raises(ValueError, match="no memory for its elements"):
+            case.call(*bad)
+        assert torch.equal(torch.get_rng_state(), state)
+    torch.cuda.synchronize()  # the context still works
