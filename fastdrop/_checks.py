@@ -508,8 +508,12 @@ def check_storage(t, name="x"):
     resized to 0 bytes (FSDP frees a parameter's unsharded storage so between its uses), or cut
     short by `untyped_storage().resize_()`. The kernels would read and write past the memory's
     end (a segfault, or another allocation's bytes); torch's own ops segfault or read garbage
-    there. About 0.4 us (contiguous)."""
-    have = t.untyped_storage().nbytes()
+    there. About 0.4 us (contiguous). A tensor without a storage of its own (torch's legacy vmap
+    BatchedTensor, whose values torch's ops read) passes: its callers unwrap functorch's."""
+    try:
+        have = t.untyped_storage().nbytes()
+    except NotImplementedError:
+        return
     if t.is_contiguous():
         need = t.nbytes and t.nbytes + t.storage_offset() * t.element_size()  # (empty: none)
     else:  # the last element's offset, plus one (torch has no negative strides)

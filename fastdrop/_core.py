@@ -686,12 +686,12 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
     if not training or p == 0.0:
         factor = eval_factor if not training else 1.0
         if factor != 1.0 or len(operands) > 1:  # a GEMM, or x scaled: operands read, an output made
-            if kind == TORCH and not traced(sys.modules["torch"], x):
-                for a in operands:  # torch's ops would crash on such memory
-                    if a is not None:
-                        check_storage(a, "x" if a is operands[0] else "an operand")
-            if out is None and not inplace:
-                _check_host_output(op, x, kind, operands)
+            # (not on the fake or symbolic tensors of a trace: no memory, and no guards to add)
+            if kind == NUMPY or kind == TORCH and not _tracing(sys.modules["torch"], operands):
+                if kind == TORCH:
+                    _check_storages(sys.modules["torch"], operands)  # torch's ops would crash on such memory
+                if out is None and not inplace:
+                    _check_host_output(op, x, kind, operands)
         if kind == TORCH:  # torch's half GEMMs accumulate in float32 and round once themselves
             y = op.plain(B, operands, params, factor, inplace)
         else:  # numpy's float16 GEMMs round every partial sum: the ops' upcast, as in training
@@ -729,7 +729,7 @@ def _check_host_output(op, x, kind, operands):
     masked x or a) in host memory would be larger than physical memory: an expanded x is small
     memory with a huge logical size. Not while compiling, where it would be a guard on the
     symbolic sizes, nor for device memory."""
-    if kind == NUMPY or kind == TORCH and x.is_cpu and not compiling():
+    if kind == NUMPY or kind == TORCH and not compiling() and x.is_cpu:
         n = math.prod(x.shape) if op.out_numel is None else max(math.prod(x.shape), op.out_numel(operands))
         itemsize = x.element_size() if kind == TORCH else x.dtype.itemsize
         if op.upcast_half and itemsize == 2:
@@ -894,6 +894,8 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
                                f"records fastdrop's custom ops, which torch.func cannot differentiate; "
                                f"run the transform eagerly, or under torch.compile (it runs the "
                                f"transform eagerly around fastdrop's op)")
+        if not traced(torch, *operands):  # (real tensors, as torch.jit.trace's: refused before the draw)
+            _check_storages(torch, operands)
         if seed is None:
             seed_t = _seeds.torch_seed_tensor(torch)  # (outside any torch.func transform)
         else:
@@ -929,14 +931,20 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
 
 def _check_storages(torch, operands, names=("x", "an operand")):
     """`check_storage` of every tensor among operands (x first) with memory the kernels or
-    torch's ops will read: torch.func's wrappers taken off, torch's legacy vmap tensors skipped
-    (torch's ops take them, `_materialized_mask`)."""
+    torch's ops will read, torch.func's wrappers taken off (torch's legacy vmap tensors, which
+    torch's ops take, `_materialized_mask`, pass). Real tensors only: not inside a trace."""
     transforms = torch._C._are_functorch_transforms_active()
     for a in operands:
         if a is not None:
-            memory = unwrapped(torch, a) if transforms else a
-            if not is_legacy_batched(memory):
-                check_storage(memory, names[0] if a is operands[0] else names[1])
+            check_storage(unwrapped(torch, a) if transforms else a, names[0] if a is operands[0] else names[1])
+
+
+def _tracing(torch, tensors):
+    """Is this call traced (Dynamo, AOT or make_fx on fake or symbolic tensors, a dispatch mode
+    that records torch's ops, torch.jit.trace), so that tensors may have no memory or symbolic
+    sizes to check?"""
+    return torch.compiler.is_compiling() or torch._C._is_tracing() or tracing_dispatch_mode(torch) or \
+        traced(torch, *tensors)
 
 
 def _explicit_seed_tensor(torch, seed):
@@ -1166,7 +1174,7 @@ def _op_backward(ctx, B, grad, saved, rng, needs):
     under the forward's autocast (ctx.autocast; torch's custom_bwd)."""
     op = ctx.op
     torch = sys.modules["torch"]
-    if op.saves and not torch.compiler.is_compiling():
+    if op.saves and not _tracing(torch, [t for t in saved if t is not None]):
         # an operand freed since the forward (FSDP frees an unsharded weight after its use; its
         # backward hooks gather it again, a hand-written free does not)
         _check_storages(torch, [saved[i] for i in op.saves], ("a saved operand",) * 2)

@@ -141,6 +141,7 @@ def _register_max_norm_op():
         # saw (an overlapping view, an inference tensor; the eager backend), and an exported
         # graph may call it with any arguments.
         _, max_value, dims, eps = _checked(weight, max_value, dims, eps)
+        check_storage(weight, "weight")
         _max_norm_tensor(weight, max_value, dims, eps)
 
     @op.register_fake

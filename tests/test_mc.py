@@ -823,3 +823,15 @@ def test_sequence_first_recurrence_runs_one_sample_at_a_time(batch_first):
     x = torch.randn(4, 3, 6, dtype=torch.float64)
     ref = mc_predict(model, x, samples=5, seed=SEED, chunk=1, fused=False)
     torch.testing.assert_close(mc_predict(model, x, samples=5, seed=SEED), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_fused_head_refuses_an_input_without_memory():
+    """[Dropout, Linear] runs all samples in one kernel call over the input's memory: an input
+    whose storage was cut short gets check_storage's ValueError (it read past the storage:
+    garbage in the mean), one freed to 0 bytes that error instead of numpy's."""
+    model = torch.nn.Sequential(fnn.Dropout(0.3), torch.nn.Linear(6, 3))
+    for nbytes in (16, 0):
+        x = torch.randn(5000, 6)
+        x.untyped_storage().resize_(nbytes)
+        with pytest.raises(ValueError, match="no memory for its elements"):
+            mc_predict(model, x, samples=4, seed=1)

@@ -855,6 +855,12 @@ def test_tensors_without_memory_are_refused_in_every_route(name):
     bad = (_freed(ops[0]),) + ops[1:]
     with pytest.raises(ValueError, match="no memory for its elements"):
         lib(*bad, *[None] * (len(case.op.operands) - len(bad)), torch.tensor(3), 0.3, 0, 1 / 0.7, [])
+    with warnings.catch_warnings():  # torch.jit.trace: refused before the trace's seed draw
+        warnings.simplefilter("ignore")
+        state = torch.get_rng_state()
+        with pytest.raises(ValueError, match="no memory for its elements"):
+            torch.jit.trace(lambda *a: case.call(*a), (_freed(ops[0]),) + ops[1:], check_trace=False)
+        assert torch.equal(torch.get_rng_state(), state)
     if case.op.saves:  # an operand freed between the forward and its backward
         leaves = tuple(a.clone().requires_grad_(True) for a in ops)
         y = case.call(*leaves)
@@ -942,6 +948,34 @@ def test_eval_outputs_larger_than_memory_are_memory_errors(name):
         else:
             with pytest.raises(MemoryError, match="physical memory"):
                 case.call(*ops, training=False)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_calls_under_transforms_and_symbolic_traces(name):
+    """The eval checks of an op that reads its operands (a GEMM, classic scaling: their memory,
+    the output's size) take torch.func's wrappers off and stay out of traces: eval under
+    torch.func.grad / vmap equals eager autograd, and make_fx(symbolic) traces the eval call, a
+    data-dependent size included, and a training backward, without guards on the sizes."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    case = CASES[name]
+    ops = operands(case)
+    x, rest = ops[0], ops[1:]
+    leaves = tuple(a.clone().requires_grad_(True) for a in ops)
+    make_fx(lambda *a: torch.autograd.grad(case.call(*a, seed=1).sum(), a), tracing_mode="symbolic")(*leaves)
+    if case.op in (SAMPLE_GRAD_X, SAMPLE_GRAD_W):
+        return  # (internal ops of a training backward: no eval call)
+    leaf = x.clone().requires_grad_(True)
+    expected, = torch.autograd.grad(case.call(leaf, *rest, training=False).sum(), leaf)
+    got = torch.func.grad(lambda t: case.call(t, *rest, training=False).sum())(x)
+    torch.testing.assert_close(got, expected)
+    batched = torch.func.vmap(lambda t: case.call(t, *rest, training=False), randomness="different")(
+        torch.stack([x, x + 1]))
+    torch.testing.assert_close(batched[1], case.call(x + 1, *rest, training=False))
+    traced = make_fx(lambda *a: case.call(*a, training=False), tracing_mode="symbolic")(*ops)
+    assert not traced.shape_env.guards
+    if len(ops) == 1:  # x's batch size known only at run time
+        make_fx(lambda t: case.call(t[t.reshape(len(t), -1)[:, 0] > -100], training=False),
+                tracing_mode="symbolic")(x)
 
 
 def test_dropout_mask_of_an_empty_shape_too_large_for_numpy_names_the_shape():

@@ -716,3 +716,7 @@ def test_max_norm_refuses_a_weight_without_memory():
     w.untyped_storage().resize_(8)
     with pytest.raises(ValueError, match="weight has no memory for its elements"):
         fastdrop.max_norm_(w, 1.0)
+    compiled = torch.compile(lambda t: fastdrop.max_norm_(t, 1.0), backend="eager")  # the custom op's body
+    compiled(torch.randn(5, 6))
+    with pytest.raises(ValueError, match="weight has no memory for its elements"):
+        compiled(w)

@@ -38,7 +38,7 @@ from .. import _core, _seeds
 from . import _mc_state
 from ..functional import drop_path
 from ..linear import DROPOUT_LINEAR, dropconnect_linear, dropout_linear
-from .._checks import check_mode, check_p, check_u64, numpy_view
+from .._checks import check_mode, check_p, check_storage, check_u64, numpy_view
 from .._torch_state import tracing_dispatch_mode
 from ..kernels import mc_dropout_cpu
 from ..kernels.philox import kernel_rng_args
@@ -258,6 +258,7 @@ def _run_fused_head(h, head, seed, offsets):
     """All samples of [Dropout, Linear] on h at once: one kernel call writes the n masked copies
     of h (mask t with offsets[t]), one torch GEMM multiplies them by the weight."""
     p, mode, weight, bias, _ = head
+    check_storage(h, "the head's input")  # (before torch's copy, which would read past it too)
     h2 = h.detach().resolve_neg().contiguous()
     if h2.numel() == 0:  # no mask to make (and numpy may not view an empty (0, 2**58, ...) tensor)
         return torch.nn.functional.linear(h2.new_empty((len(offsets),) + tuple(h2.shape)), weight, bias)
