@@ -27,6 +27,7 @@ layer's of the tail, or a global module hook) or an instance-level forward would
 
 Imports torch (fastdrop re-exports mc_predict lazily, so `import fastdrop` does not).
 """
+import contextlib
 import math
 import warnings
 from typing import NamedTuple, Optional
@@ -48,6 +49,8 @@ from .dropout import Dropout, _DropoutNd
 from .linear import DropConnectLinear, DropoutLinear
 
 _U64 = (1 << 64) - 1
+# modules whose eval path torch may fuse, skipping their dropout modules (`_mc_state.attention_fastpath_off`)
+_FUSED_ATTENTION = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder, torch.nn.MultiheadAttention)
 _STOCHASTIC = (_DropoutNd, DropPath, DropoutLinear, DropConnectLinear)
 # The batched DropConnect path holds n masked copies of the weight; above this many elements it
 # runs one sample slice at a time instead (same masks, no n-fold weight memory).
@@ -310,10 +313,8 @@ def _output(y):
 
 # A model whose fastdrop modules exist but do not run: every sample would be the same output
 _NONE_RAN = ("mc_predict: none of the model's fastdrop stochastic modules ran in its forward, so every "
-             "sample would be the same (zero variance). torch's nn.TransformerEncoderLayer takes a "
-             "fused path in eval mode without autograd that skips its dropout modules: turn it off "
-             "with torch.backends.mha.set_fastpath_enabled(False) (the attention's own dropout, a "
-             "float inside nn.MultiheadAttention, is not a module and never samples)")
+             "sample would be the same (zero variance); the attention's own dropout, a float inside "
+             "nn.MultiheadAttention, is not a module and never samples")
 
 
 def _positive_int(v, name, none_ok=False):
@@ -466,8 +467,10 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
 
     sampler = _Sampler(seed, base)
     merger = _Merger()
+    attention = any(isinstance(m, _FUSED_ATTENTION) for m in model.modules())
     try:
-        with _mc_state.sampling(sampler), torch.no_grad():
+        with _mc_state.sampling(sampler), torch.no_grad(), \
+                _mc_state.attention_fastpath_off(torch) if attention else contextlib.nullcontext():
             h = prefix(x) if prefix is not None else x
             # (the fused GEMM takes the layer's weight as it is: an h of another dtype takes the
             # model's own forward, which refuses it as the eager call does)
