@@ -847,3 +847,43 @@ def test_fused_head_refuses_an_input_without_memory():
         x.untyped_storage().resize_(nbytes)
         with pytest.raises(ValueError, match="no memory for its elements"):
             mc_predict(model, x, samples=4, seed=1)
+
+
+class _UnbatchedSequence(torch.nn.Module):
+    """Dropout, then batch-first attention or an LSTM: torch's layers take a 2-d input (L, E) as
+    one unbatched sequence, whatever batch_first."""
+
+    def __init__(self, kind, embed=False):
+        super().__init__()
+        self.embed = torch.nn.Embedding(20, 8) if embed else None
+        self.drop = fnn.Dropout(0.5)
+        self.kind = kind
+        self.layer = torch.nn.MultiheadAttention(8, 2, batch_first=True) if kind == "attention" else \
+            torch.nn.LSTM(8, 8, batch_first=True)
+
+    def forward(self, x):
+        h = self.drop(self.embed(x) if self.embed is not None else x)
+        return self.layer(h, h, h, need_weights=False)[0] if self.kind == "attention" else self.layer(h)[0]
+
+
+@pytest.mark.parametrize("kind", ["attention", "lstm"])
+def test_an_unbatched_sequence_runs_one_sample_at_a_time(kind):
+    """A 2-d float input (L, E) of a model with attention or a recurrence may be one unbatched
+    sequence: stacked along dim 0 the samples made one longer sequence, which attention mixed and
+    the LSTM carried from sample to sample (means 0.16 / 0.11 off chunk=1's, silently). Such input
+    runs one sample at a time (a warning where chunk was asked for); batched input, (N, L, E) or
+    token ids (N, L), keeps batching, with chunk=1's statistics."""
+    torch.manual_seed(0)
+    model = _UnbatchedSequence(kind).double().eval()
+    x = torch.randn(6, 8, dtype=torch.float64)
+    ref = mc_predict(model, x, samples=6, seed=SEED, chunk=1)
+    torch.testing.assert_close(mc_predict(model, x, samples=6, seed=SEED), ref, rtol=1e-10, atol=1e-10)
+    with pytest.warns(UserWarning, match="may be one unbatched sequence"):
+        torch.testing.assert_close(mc_predict(model, x, samples=6, seed=SEED, chunk=3), ref, rtol=1e-10, atol=1e-10)
+    batched = torch.randn(3, 6, 8, dtype=torch.float64)
+    tokens = torch.randint(0, 20, (3, 6))
+    for m, inp in ((model, batched), (_UnbatchedSequence(kind, embed=True).double().eval(), tokens)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # batched: no fallback, no warning
+            got = mc_predict(m, inp, samples=6, seed=SEED, chunk=3)
+        torch.testing.assert_close(got, mc_predict(m, inp, samples=6, seed=SEED, chunk=1), rtol=1e-10, atol=1e-10)

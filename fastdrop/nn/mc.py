@@ -357,7 +357,9 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     attention across the batch), or whose number of dropout calls depends on the data, gives other
     statistics with chunk > 1 and cannot be detected: pass chunk=1 for such a model. A model with a
     sequence-first nn.MultiheadAttention or nn.RNN / LSTM / GRU (batch_first=False, torch's default,
-    also inside nn.Transformer* layers) runs one sample at a time: its dim 0 is the sequence.
+    also inside nn.Transformer* layers) runs one sample at a time: its dim 0 is the sequence; so does
+    a 2-d float input of a model with any attention or recurrent layer, which may be one unbatched
+    sequence (L, E) (token ids, integers, batch).
 
     Args:
         model: a torch.nn.Module mapping x (N, ...) to (N, ...) outputs, with at least one fastdrop
@@ -409,8 +411,10 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     elif chunk > 1 and not others_eval:
         raise ValueError("mc_predict: chunk > 1 needs every non-dropout module in eval mode "
                          "(call model.eval() first; mc_predict keeps fastdrop's dropout active)")
-    seq_first = [(name or type(model).__name__, type(m).__name__) for name, m in model.named_modules()
-                 if isinstance(m, (torch.nn.MultiheadAttention, torch.nn.RNNBase)) and not m.batch_first]
+    sequence_layers = [(name or type(model).__name__, type(m).__name__, m.batch_first)
+                       for name, m in model.named_modules()
+                       if isinstance(m, (torch.nn.MultiheadAttention, torch.nn.RNNBase))]
+    seq_first = [layer for layer in sequence_layers if not layer[2]]
     if chunk > 1 and seq_first:
         # torch's default attention / RNN layout, (L, N, E): stacking the samples along dim 0 makes
         # one longer sequence of them, which attention mixes and a recurrence carries from sample
@@ -478,13 +482,20 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                 (head[3] is None or h.dtype == head[3].dtype)
             if use_fused:
                 head = _checked_head(h, head)
-            if chunk > 1 and not use_fused and h.dim() < 2:
+            if chunk > 1 and not use_fused and (h.dim() < 2 or h.dim() == 2 and h.is_floating_point()
+                                                and sequence_layers):
                 # an unbatched input: its dim 0 is a feature dim, which the model's layers mix (a
-                # Linear, a softmax), so the samples cannot be stacked along it
+                # Linear, a softmax), so the samples cannot be stacked along it. A 2-d float input
+                # of a model with attention or a recurrence may be one unbatched sequence (L, E),
+                # which torch's layers take whatever their batch_first: stacked, the samples would
+                # be one longer sequence, mixed by attention, carried by a recurrence (token ids,
+                # (N, L) integers, are batched)
                 if not auto_chunk:
+                    what = "has no batch dim" if h.dim() < 2 else \
+                        f"may be one unbatched sequence of {sequence_layers[0][0]} (nn.{sequence_layers[0][1]})"
                     warnings.warn(f"mc_predict: chunk={chunk} stacks the samples along dim 0 of the input, "
-                                  f"and this input of shape {tuple(h.shape)} has no batch dim: the "
-                                  f"samples run one at a time", stacklevel=2)
+                                  f"and this input of shape {tuple(h.shape)} {what}: the samples run "
+                                  f"one at a time", stacklevel=2)
                 chunk = 1
             if chunk > 1 and not use_fused:
                 sampler.shapes = []  # sample 0 alone first: the shapes batched forwards must stack
