@@ -657,18 +657,26 @@ def test_fused_attention_path_is_off_while_sampling(others):
     """torch's TransformerEncoderLayer(batch_first=True) takes a fused path in eval mode without
     autograd that skips its (converted) dropout modules: alone, every sample was the same (refused);
     with another fastdrop layer in the model, the layer's dropouts were silently left out (a
-    variance 11% low). mc_predict turns the path off while it samples and back on after: the
-    statistics equal those with the path off, and the switch is as it was."""
+    variance 11% low). mc_predict keeps the calling thread off that path while it samples (a
+    torch-function mode that changes nothing), without torch's process-wide switch, which other
+    threads' forwards read (it stays on during the call): the statistics equal those with the
+    switch off."""
+    class Switch(torch.nn.Module):
+        def forward(self, h):
+            seen.append(torch.backends.mha.get_fastpath_enabled())
+            return h
+
+    seen = []
     torch.manual_seed(0)
     layers = [torch.nn.Linear(4, 16), torch.nn.Dropout(0.2)] if others else [torch.nn.Linear(4, 16)]
     model = fnn.convert(torch.nn.Sequential(
-        *layers, torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.3, batch_first=True),
+        *layers, torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.3, batch_first=True), Switch(),
         torch.nn.Linear(16, 3))).eval()
     x = torch.randn(3, 5, 4)
     enabled = torch.backends.mha.get_fastpath_enabled()
     assert enabled  # (torch's default: the case that skipped the dropouts)
     got = mc_predict(model, x, samples=8, seed=1)
-    assert torch.backends.mha.get_fastpath_enabled() == enabled
+    assert seen and all(seen)
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         ref = mc_predict(model, x, samples=8, seed=1, chunk=1, fused=False)
@@ -887,3 +895,45 @@ def test_an_unbatched_sequence_runs_one_sample_at_a_time(kind):
             warnings.simplefilter("error")  # batched: no fallback, no warning
             got = mc_predict(m, inp, samples=6, seed=SEED, chunk=3)
         torch.testing.assert_close(got, mc_predict(m, inp, samples=6, seed=SEED, chunk=1), rtol=1e-10, atol=1e-10)
+
+
+class _Counted(torch.nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.layer, self.calls = layer, 0
+
+    def forward(self, h):
+        self.calls += 1
+        return self.layer(h)
+
+
+def test_batched_two_d_inputs_of_sequence_models_keep_batching():
+    """Only a 2-d float input as wide as the embedding of an attention / recurrent layer is taken
+    for one unbatched sequence: a batch of series (N, L) unsqueezed for an LSTM(input_size=1), or
+    a batch of feature rows (N, F) embedded for attention, keep batching (two forwards for 8
+    samples: sample 0 alone, then the rest), with chunk=1's statistics."""
+    class Series(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.drop, self.rnn = fnn.Dropout(0.3), torch.nn.LSTM(1, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(self.drop(x).unsqueeze(-1))[0][:, -1]
+
+    class Tabular(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.drop = torch.nn.Linear(1, 8), fnn.Dropout(0.3)
+            self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            h = self.embed(self.drop(x).unsqueeze(-1))
+            return self.attn(h, h, h, need_weights=False)[0].mean(1)
+
+    torch.manual_seed(0)
+    for inner, x in ((Series(), torch.randn(5, 7)), (Tabular(), torch.randn(5, 6))):
+        model = _Counted(inner.double()).eval()
+        ref = mc_predict(model, x.double(), samples=8, seed=SEED, chunk=1)
+        model.calls = 0
+        torch.testing.assert_close(mc_predict(model, x.double(), samples=8, seed=SEED), ref, rtol=1e-10, atol=1e-10)
+        assert model.calls == 2, type(inner).__name__

@@ -49,8 +49,22 @@ from .dropout import Dropout, _DropoutNd
 from .linear import DropConnectLinear, DropoutLinear
 
 _U64 = (1 << 64) - 1
-# modules whose eval path torch may fuse, skipping their dropout modules (`_mc_state.attention_fastpath_off`)
-_FUSED_ATTENTION = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder, torch.nn.MultiheadAttention)
+
+
+class _UnfusedEncoderLayers(torch.overrides.TorchFunctionMode):
+    """A torch-function mode that changes nothing, on while mc_predict samples a model with an
+    nn.TransformerEncoderLayer, on the calling thread only. In eval mode without autograd, as
+    mc_predict runs it, torch computes such a layer (and nn.TransformerEncoder's nested-tensor
+    path) in one fused op that never calls the layer's dropout modules: their samples were all
+    the same, silently where other fastdrop layers of the model ran. A tensor argument "with a
+    torch function", as any argument is under a mode, is one of the conditions that keeps torch
+    on the unfused path. torch's process-wide switch (torch.backends.mha.set_fastpath_enabled)
+    would do it for every thread: another thread's forward of the same model would change (its
+    padded positions are zeros only on the fused path), and a toggle from another thread during
+    the call would bring the skipped dropouts back."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
 _STOCHASTIC = (_DropoutNd, DropPath, DropoutLinear, DropConnectLinear)
 # The batched DropConnect path holds n masked copies of the weight; above this many elements it
 # runs one sample slice at a time instead (same masks, no n-fold weight memory).
@@ -358,8 +372,10 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     statistics with chunk > 1 and cannot be detected: pass chunk=1 for such a model. A model with a
     sequence-first nn.MultiheadAttention or nn.RNN / LSTM / GRU (batch_first=False, torch's default,
     also inside nn.Transformer* layers) runs one sample at a time: its dim 0 is the sequence; so does
-    a 2-d float input of a model with any attention or recurrent layer, which may be one unbatched
-    sequence (L, E) (token ids, integers, batch).
+    a 2-d float input as wide as an nn.MultiheadAttention's embed_dim or an RNN's input_size that
+    the samples reach, taken for one unbatched sequence (L, E) (token ids, integers, batch). An
+    unbatched sequence projected first (Linear, then attention), or hand-written attention over
+    it, is not detected: pass chunk=1.
 
     Args:
         model: a torch.nn.Module mapping x (N, ...) to (N, ...) outputs, with at least one fastdrop
@@ -411,10 +427,8 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     elif chunk > 1 and not others_eval:
         raise ValueError("mc_predict: chunk > 1 needs every non-dropout module in eval mode "
                          "(call model.eval() first; mc_predict keeps fastdrop's dropout active)")
-    sequence_layers = [(name or type(model).__name__, type(m).__name__, m.batch_first)
-                       for name, m in model.named_modules()
-                       if isinstance(m, (torch.nn.MultiheadAttention, torch.nn.RNNBase))]
-    seq_first = [layer for layer in sequence_layers if not layer[2]]
+    seq_first = [(name or type(model).__name__, type(m).__name__) for name, m in model.named_modules()
+                 if isinstance(m, (torch.nn.MultiheadAttention, torch.nn.RNNBase)) and not m.batch_first]
     if chunk > 1 and seq_first:
         # torch's default attention / RNN layout, (L, N, E): stacking the samples along dim 0 makes
         # one longer sequence of them, which attention mixes and a recurrence carries from sample
@@ -471,10 +485,13 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
 
     sampler = _Sampler(seed, base)
     merger = _Merger()
-    attention = any(isinstance(m, _FUSED_ATTENTION) for m in model.modules())
+    encoders = any(isinstance(m, torch.nn.TransformerEncoderLayer) for m in rest.modules())
+    # the attention / recurrent layers the samples reach, whose 2-d input may be one sequence
+    sequence_dims = {m.embed_dim if isinstance(m, torch.nn.MultiheadAttention) else m.input_size
+                     for m in rest.modules() if isinstance(m, (torch.nn.MultiheadAttention, torch.nn.RNNBase))}
     try:
         with _mc_state.sampling(sampler), torch.no_grad(), \
-                _mc_state.attention_fastpath_off(torch) if attention else contextlib.nullcontext():
+                _UnfusedEncoderLayers() if encoders else contextlib.nullcontext():
             h = prefix(x) if prefix is not None else x
             # (the fused GEMM takes the layer's weight as it is: an h of another dtype takes the
             # model's own forward, which refuses it as the eager call does)
@@ -483,16 +500,16 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
             if use_fused:
                 head = _checked_head(h, head)
             if chunk > 1 and not use_fused and (h.dim() < 2 or h.dim() == 2 and h.is_floating_point()
-                                                and sequence_layers):
+                                                and h.shape[-1] in sequence_dims):
                 # an unbatched input: its dim 0 is a feature dim, which the model's layers mix (a
                 # Linear, a softmax), so the samples cannot be stacked along it. A 2-d float input
-                # of a model with attention or a recurrence may be one unbatched sequence (L, E),
-                # which torch's layers take whatever their batch_first: stacked, the samples would
-                # be one longer sequence, mixed by attention, carried by a recurrence (token ids,
-                # (N, L) integers, are batched)
+                # as wide as the embedding of an attention or recurrent layer the samples reach is
+                # taken for one unbatched sequence (L, E), which torch's layers take whatever their
+                # batch_first: stacked, the samples would be one longer sequence, mixed by
+                # attention, carried by a recurrence (token ids, (N, L) integers, batch)
                 if not auto_chunk:
                     what = "has no batch dim" if h.dim() < 2 else \
-                        f"may be one unbatched sequence of {sequence_layers[0][0]} (nn.{sequence_layers[0][1]})"
+                        "may be one unbatched sequence (L, E) of the model's attention or recurrent layer"
                     warnings.warn(f"mc_predict: chunk={chunk} stacks the samples along dim 0 of the input, "
                                   f"and this input of shape {tuple(h.shape)} {what}: the samples run "
                                   f"one at a time", stacklevel=2)
