@@ -937,3 +937,26 @@ def test_batched_two_d_inputs_of_sequence_models_keep_batching():
         model.calls = 0
         torch.testing.assert_close(mc_predict(model, x.double(), samples=8, seed=SEED), ref, rtol=1e-10, atol=1e-10)
         assert model.calls == 2, type(inner).__name__
+
+
+def test_a_compiled_encoder_layer_that_skips_its_dropouts_is_refused():
+    """Dynamo traces torch's fused-path condition of a compiled TransformerEncoderLayer as it finds
+    it, so the sampling thread's torch-function mode cannot keep that layer off the fused path,
+    which skips its dropout modules: refused, naming the layer and the switch (the samples lacked
+    the layer's dropouts, silently); with torch's switch off the compiled layer samples as eager."""
+    torch.manual_seed(0)
+    enc = fnn.convert(torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.3, batch_first=True))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), fnn.Dropout(0.2), enc, torch.nn.Linear(16, 3)).eval()
+    x = torch.randn(3, 5, 4)
+    ref = mc_predict(model, x, samples=6, seed=SEED, chunk=1, fused=False)
+    model[2] = torch.compile(enc, backend="eager")
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError, match="nn.TransformerEncoderLayer.*did not run"):
+        mc_predict(model, x, samples=6, seed=None)
+    assert torch.equal(torch.get_rng_state(), state)  # the draw given back
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        torch.testing.assert_close(mc_predict(model, x, samples=6, seed=SEED), ref, rtol=1e-5, atol=1e-6)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)

@@ -128,6 +128,7 @@ class _Sampler:
         self.seed, self.base = seed, base
         self.t0, self.n, self.k = 0, 1, 0
         self.shapes = None
+        self.ran = set()  # ids of the modules sample 0 ran
 
     def offsets(self):
         """The offsets of this call (k) for the n samples; modulo 2**64 as the rank streams are."""
@@ -139,8 +140,10 @@ class _Sampler:
     def __call__(self, m, x):
         if self.n > 1:
             self._check_stacked(x)
-        elif self.t0 == 0 and self.shapes is not None:
-            self.shapes.append(tuple(x.shape))
+        elif self.t0 == 0:
+            self.ran.add(id(m))
+            if self.shapes is not None:
+                self.shapes.append(tuple(x.shape))
         return _batched(m, x, self.seed, self.offsets())
 
     def _check_stacked(self, x):
@@ -329,6 +332,21 @@ def _output(y):
 _NONE_RAN = ("mc_predict: none of the model's fastdrop stochastic modules ran in its forward, so every "
              "sample would be the same (zero variance); the attention's own dropout, a float inside "
              "nn.MultiheadAttention, is not a module and never samples")
+
+
+def _check_encoder_dropouts_ran(model, ran):
+    """ValueError where an nn.TransformerEncoderLayer with fastdrop dropout modules ran none of
+    them in sample 0: the layer took torch's fused path, which `_UnfusedEncoderLayers` cannot turn
+    off where the layer is compiled (Dynamo traces its fast-path condition as it finds it)."""
+    for name, layer in model.named_modules():
+        if isinstance(layer, torch.nn.TransformerEncoderLayer):
+            drops = [id(m) for m in layer.modules() if isinstance(m, _STOCHASTIC)]
+            if drops and not ran.intersection(drops):
+                raise ValueError(f"mc_predict: the dropout modules of {name or type(model).__name__} "
+                                 f"(nn.TransformerEncoderLayer) did not run: torch's fused encoder path of "
+                                 f"eval mode skips them, and mc_predict keeps it off only where the layer "
+                                 f"runs eagerly (a compiled layer takes it): sample the uncompiled model, "
+                                 f"or turn the path off with torch.backends.mha.set_fastpath_enabled(False)")
 
 
 def _positive_int(v, name, none_ok=False):
@@ -531,6 +549,8 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                         y = _output(rest(hin))
                         if sampler.k == 0 and t0 == 0:
                             raise ValueError(_NONE_RAN)
+                        if t0 == 0 and encoders:
+                            _check_encoder_dropouts_ran(rest, sampler.ran)
                         if t0 == 0:
                             one_shape = tuple(y.shape)  # sample 0's output, run alone
                         elif n > 1 and tuple(y.shape) != (n * one_shape[0],) + one_shape[1:]:
