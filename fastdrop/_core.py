@@ -1051,6 +1051,9 @@ def _check_view_rebase(torch, x):
                        f"it); call the op out of place, or clone the view first")
 
 
+_CHANNELS_LAST = None  # torch.channels_last, set with the lane's queries
+
+
 def training_lane(x, p, g, ndim=None):
     """The common call of dropout (g = 0) or a grouped op (g > 0) in training mode, without the
     general pipeline: a plain CPU float32/float64 tensor, 0 < p < 1, inverted scaling, seed=None
@@ -1087,8 +1090,12 @@ def training_lane(x, p, g, ndim=None):
             return None
     elif n == 0 or nbytes > PHYSICAL_BYTES:
         return None  # empty (no draw) or an output too big (refused): the general route
-    if x.untyped_storage().nbytes() < nbytes + x.storage_offset() * itemsize or not x.is_contiguous():
-        check_storage(x)  # memory short of x's elements (refused before the draw, as `call` does)
+    if x.untyped_storage().nbytes() < nbytes + x.storage_offset() * itemsize or not (
+            x.is_contiguous() or x.dim() == 4 and x.is_contiguous(memory_format=_CHANNELS_LAST)):
+        # memory short of x's elements, or a layout with gaps (a dense x spans its n elements:
+        # contiguous, or timm's ConvNeXt branch permuted back to channels_last): the exact rule,
+        # refused before the draw, as `call` refuses it
+        check_storage(x)
     offset = _seeds.stream_offset(0)
     if offset >= 1 << 63:
         return None  # a rank of 2^15 or more: the general route
@@ -1388,7 +1395,8 @@ def _seed_ops():
             # layers' draws apart; assume_constant_result bakes it in without a guard.
             return next(tokens)
 
-        global _LANE_QUERIES
+        global _LANE_QUERIES, _CHANNELS_LAST
+        _CHANNELS_LAST = torch.channels_last
         _LANE_QUERIES = (torch.Tensor, torch.compiler.is_compiling, torch.is_grad_enabled, torch.strided,
                          torch._C._are_functorch_transforms_active,
                          torch._C._functorch.is_functorch_wrapped_tensor, torch._C._is_tracing,
