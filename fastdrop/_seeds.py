@@ -11,11 +11,11 @@
   seed (which torch varies by worker and by epoch, from the parent's torch generator), else its
   pid. Workers and epochs then draw different masks, and DataLoader workers reproducible ones
   when the parent called `fastdrop.manual_seed` and `torch.manual_seed`; a `manual_seed` in the
-  child (a worker_init_fn) is kept as it is. A DataLoader worker started by `spawn` or
-  `forkserver` (macOS's and Windows' default) imports fastdrop afresh, with OS entropy: its first
-  draw re-seeds the source from the worker's seed alone, so its masks too follow the parent's
-  `torch.manual_seed` and differ by worker and epoch, as torch seeds numpy's own global generator
-  in such workers.
+  child (a worker_init_fn) is kept as it is. Where nothing called `fastdrop.manual_seed` (the
+  source is OS entropy), a DataLoader worker, forked or started by `spawn` / `forkserver` (macOS's
+  and Windows' default, which import fastdrop afresh), re-seeds it from its worker seed alone on
+  its first draw: its masks follow the parent's `torch.manual_seed` and differ by worker and
+  epoch, as torch seeds numpy's own global generator in workers.
 Every drawn seed is a 63-bit integer.
 
 Rank streams. DDP programs call `torch.manual_seed(s)` with the same `s` on every rank, so the
@@ -44,16 +44,18 @@ _lock = threading.Lock()
 _numpy_source = np.random.default_rng()
 _forked = False  # a forked child that has not yet re-seeded its inherited numpy source
 _fresh = True  # the source is still the import's OS-entropy one: nothing drew from it or re-seeded it
+_seeded = False  # fastdrop.manual_seed ran in this process, or in the parent it was forked from
 _rank_streams = True
 _events = 0  # draws from and re-seeds of the numpy source (`draw_numpy_seed_undoably`)
 
 
 def reseed_numpy(seed):
     """Re-seed the numpy source (seed: an int in [0, 2**64), checked by fastdrop.manual_seed)."""
-    global _numpy_source, _forked, _fresh, _events
+    global _numpy_source, _forked, _fresh, _seeded, _events
     with _lock:
         _numpy_source = np.random.default_rng(seed)
         _forked = _fresh = False
+        _seeded = True
         _events += 1
 
 
@@ -81,18 +83,18 @@ def _child_key():
 
 
 def _reseed_before_a_draw():
-    """A forked child's first draw: its own source (`_reseed_forked`); a fresh process's first
-    draw in a DataLoader worker (spawned, so not forked): a source from the worker's seed (with
-    _lock held)."""
-    global _numpy_source, _fresh
-    if _forked:
+    """The first draw of a forked child or a fresh process (with _lock held). A DataLoader worker
+    whose source is OS entropy (no fastdrop.manual_seed here or in its parent), forked or spawned:
+    a source from its worker seed alone, which the parent's torch.manual_seed reproduces. Any
+    other forked child: its own source from the inherited one (`_reseed_forked`)."""
+    global _numpy_source, _forked, _fresh
+    key = _worker_seed() if not _seeded else None
+    if key is not None:
+        _numpy_source = np.random.Generator(np.random.PCG64(
+            np.random.SeedSequence([key & MAX_U64, key >> 64, 0x776B7272])))  # "wkrr"
+    elif _forked:
         _reseed_forked()
-    elif _fresh:
-        key = _worker_seed()
-        if key is not None:
-            _numpy_source = np.random.Generator(np.random.PCG64(
-                np.random.SeedSequence([key & MAX_U64, key >> 64, 0x7370776E])))  # "spwn"
-    _fresh = False
+    _forked = _fresh = False
 
 
 def _reseed_forked():

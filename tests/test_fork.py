@@ -265,6 +265,37 @@ def test_spawned_workers_draw_numpy_seeds_from_their_worker_seed():
         np.testing.assert_array_equal(a, b)
 
 
+_UNSEEDED_WORKERS = """
+import hashlib, numpy as np, torch, fastdrop
+class Data(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+    def __getitem__(self, i):
+        return fastdrop.dropout(np.ones(256, np.float32), 0.5)
+if __name__ == "__main__":
+    torch.manual_seed(6)
+    masks = []
+    for _ in range(2):
+        loader = torch.utils.data.DataLoader(Data(), batch_size=None, num_workers=2,
+                                             multiprocessing_context="fork", timeout=300)
+        masks += [(item.numpy() != 0).tobytes() for item in loader]
+    print(len(set(masks)), hashlib.sha256(b"".join(masks)).hexdigest())
+"""
+
+
+def test_forked_workers_of_an_unseeded_parent_follow_torch_manual_seed(tmp_path):
+    """Without fastdrop.manual_seed the numpy source is OS entropy, which forked workers inherited:
+    their seed=None masks differed from run to run whatever torch.manual_seed said. Each worker now
+    re-seeds from its worker seed alone: two fresh processes with the same torch.manual_seed give
+    the same 8 masks (2 workers x 2 items x 2 epochs), all distinct."""
+    script = tmp_path / "unseeded_workers.py"
+    script.write_text(_UNSEEDED_WORKERS)
+    runs = [subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=TIMEOUT_S,
+                           check=True).stdout.split() for _ in range(2)]
+    assert runs[0][0] == "8"
+    assert runs[0] == runs[1]
+
+
 def test_an_undo_in_a_forked_child_keeps_the_child_s_own_stream():
     """A call that fails after its seed=None draw gives the draw back (`_seeds.draw_numpy_seed_undoably`);
     if the failing call forked, the child's undo restored the parent's source as it was: parent
