@@ -1210,8 +1210,15 @@ def _kernel_forward(op, operands, rng, params, inplace):
     the Function saves the operands themselves for backward, not float32 copies of twice their
     size (an upcast around the Function saved those, and a later in-place change of x went
     unnoticed)."""
-    return _upcast(op, TorchBackend, operands, lambda ops: op.forward(
+    y = _upcast(op, TorchBackend, operands, lambda ops: op.forward(
         TorchBackend, ops, rng, params, out=ops[0] if inplace else None), inplace)
+    if not inplace and y._is_view():
+        # a reshape of the op's own result (the dense ops' 2-d GEMM output, back to x's leading
+        # dims): a Function's output that is a view of a tensor made inside it cannot be changed
+        # in place (`h = layer(x); h += x` raised where nn.Linear's output takes it); the same
+        # memory, as a tensor of its own, as aten's matmul returns its reshaped product
+        y = sys.modules["torch"].ops.aten._unsafe_view(y, y.shape)
+    return y
 
 
 def _backward_route(torch, ctx):

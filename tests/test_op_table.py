@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import fastdrop
 from fastdrop import _core, _seeds
 from fastdrop.functional import DROPOUT
-from fastdrop.linear import DROPCONNECT_SAMPLE, SAMPLE_GRAD_W, SAMPLE_GRAD_X
+from fastdrop.linear import DROPCONNECT, DROPCONNECT_SAMPLE, DROPOUT_LINEAR, SAMPLE_GRAD_W, SAMPLE_GRAD_X
 from fastdrop.matmul import DROPOUT_MATMUL
 from op_table import CASES, numpy_operands, operands
 
@@ -931,6 +931,33 @@ def test_bad_input_refused_before_the_seed_draw(name):
             case.call(*ops)
         assert torch.equal(torch.get_rng_state(), state), label
         assert _seeds._numpy_source.bit_generator.state == np_state, label
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", ["table", "3d", "1d"])
+def test_outputs_take_inplace_ops_under_autograd(name, shape):
+    """`h = layer(x); h += r` (a residual added in place, common in transformer code) works on
+    every op's output under autograd, as on nn.Linear's: the dense ops returned a reshape of their
+    2-d GEMM result from the eager Function for inputs of rank other than 2 (and per-sample
+    DropConnect for any), a view made inside a custom Function, which autograd refuses to change
+    in place. The gradient is the op's own."""
+    case = CASES[name]
+    ops = operands(case)
+    if shape != "table":  # the dense layers on x of other ranks (their GEMM takes 2-d rows)
+        if case.op not in (DROPOUT_LINEAR, DROPCONNECT, DROPCONNECT_SAMPLE) or \
+                case.op is DROPCONNECT_SAMPLE and shape == "1d":
+            pytest.skip("the dense layers' rank variants (per-sample DropConnect needs a batch dim)")
+        x = ops[0].reshape(-1, ops[0].shape[-1])
+        ops = (x.unsqueeze(0) if shape == "3d" else x[0],) + ops[1:]
+    leaves = tuple(a.clone().requires_grad_(True) for a in ops)
+    y = case.call(*leaves, seed=7)
+    h = y.clone()
+    y += 1.0
+    y.sum().backward()
+    expected = torch.autograd.grad(case.call(*leaves, seed=7).sum(), leaves)
+    for got, want in zip((a.grad for a in leaves), expected):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(y.detach(), h.detach() + 1.0)
 
 
 @pytest.mark.parametrize("name", NAMES)
