@@ -45,6 +45,7 @@ _numpy_source = np.random.default_rng()
 _forked = False  # a forked child that has not yet re-seeded its inherited numpy source
 _fresh = True  # the source is still the import's OS-entropy one: nothing drew from it or re-seeded it
 _seeded = False  # fastdrop.manual_seed ran in this process, or in the parent it was forked from
+_forked_in_worker = False  # this process was forked by a DataLoader worker (`_after_fork_in_child`)
 _rank_streams = True
 _events = 0  # draws from and re-seeds of the numpy source (`draw_numpy_seed_undoably`)
 
@@ -60,8 +61,11 @@ def reseed_numpy(seed):
 
 
 def _after_fork_in_child():
-    global _forked, _lock, _events
+    global _forked, _forked_in_worker, _lock, _events
     _forked = True
+    # forked by a DataLoader worker (torch sets a worker's info after the worker's own fork, so a
+    # worker sees none here): the worker's children share its worker seed, which cannot key them
+    _forked_in_worker = _worker_seed() is not None
     _events += 1  # (an undo made in the child must not restore the parent's source)
     _lock = threading.Lock()  # a lock held by another parent thread at the fork stays held here
 
@@ -77,8 +81,9 @@ def _worker_seed():
 
 
 def _child_key():
-    """A forked child's key: its DataLoader worker seed, else its pid."""
-    key = _worker_seed()
+    """A forked child's key: its DataLoader worker seed, else (any other child, a worker's own
+    children included) its pid."""
+    key = None if _forked_in_worker else _worker_seed()
     return os.getpid() if key is None else key
 
 
@@ -86,9 +91,10 @@ def _reseed_before_a_draw():
     """The first draw of a forked child or a fresh process (with _lock held). A DataLoader worker
     whose source is OS entropy (no fastdrop.manual_seed here or in its parent), forked or spawned:
     a source from its worker seed alone, which the parent's torch.manual_seed reproduces. Any
-    other forked child: its own source from the inherited one (`_reseed_forked`)."""
+    other forked child (a worker's own children too: they share its worker seed): its own source
+    from the inherited one and its key (`_reseed_forked`)."""
     global _numpy_source, _forked, _fresh
-    key = _worker_seed() if not _seeded else None
+    key = _worker_seed() if not (_seeded or _forked_in_worker) else None
     if key is not None:
         _numpy_source = np.random.Generator(np.random.PCG64(
             np.random.SeedSequence([key & MAX_U64, key >> 64, 0x776B7272])))  # "wkrr"

@@ -296,6 +296,50 @@ def test_forked_workers_of_an_unseeded_parent_follow_torch_manual_seed(tmp_path)
     assert runs[0] == runs[1]
 
 
+_WORKER_CHILDREN = """
+import os, numpy as np, torch, fastdrop
+def mask():
+    return fastdrop.dropout(np.ones(32, np.float32), 0.5)
+def in_child():
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, mask().tobytes())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while True:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        data += chunk
+    os.waitpid(pid, 0)
+    return np.frombuffer(data, np.float32)
+class Data(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+    def __getitem__(self, i):
+        return np.stack([mask(), in_child(), mask(), in_child()])
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(Data(), batch_size=None, num_workers=1,
+                                         multiprocessing_context="fork", timeout=300)
+    print(len({m.tobytes() for m in next(iter(loader)).numpy()}))
+"""
+
+
+def test_children_of_an_unseeded_worker_draw_their_own_masks(tmp_path):
+    """A worker's own forked children (a pool inside __getitem__) inherit its worker info: they
+    re-seeded from the worker seed alone and repeated the worker's stream, every child the same
+    masks. They re-seed from the inherited state and their pid: the worker's two draws and its
+    two children's are four different masks."""
+    script = tmp_path / "worker_children.py"
+    script.write_text(_WORKER_CHILDREN)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=TIMEOUT_S,
+                         check=True).stdout.split()
+    assert out == ["4"]
+
+
 def test_an_undo_in_a_forked_child_keeps_the_child_s_own_stream():
     """A call that fails after its seed=None draw gives the draw back (`_seeds.draw_numpy_seed_undoably`);
     if the failing call forked, the child's undo restored the parent's source as it was: parent

@@ -960,3 +960,36 @@ def test_a_compiled_encoder_layer_that_skips_its_dropouts_is_refused():
         torch.testing.assert_close(mc_predict(model, x, samples=6, seed=SEED), ref, rtol=1e-5, atol=1e-6)
     finally:
         torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+class _TwoEncoders(torch.nn.Module):
+    """Two encoder layers, the second never called (a spare head, an early exit)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True)
+        self.b = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True)
+
+    def forward(self, x):
+        return self.a(x).mean(1)
+
+
+def test_an_encoder_layer_the_model_never_calls_is_not_refused():
+    """The check for compiled encoder layers that skipped their dropouts looks at compiled layers
+    only, and not while torch's switch is off: an eager layer the model never calls samples as
+    before (it was refused, whatever the switch said), and a compiled one that it never calls runs
+    with the switch off, as the refusal's message says."""
+    torch.manual_seed(0)
+    model = fnn.convert(_TwoEncoders()).eval()
+    x = torch.randn(3, 5, 8)
+    ref = mc_predict(model, x, samples=4, seed=SEED)
+    assert ref.var.max() > 0
+    model.b = torch.compile(model.b, backend="eager")
+    with pytest.raises(ValueError, match="compiled nn.TransformerEncoderLayer"):
+        mc_predict(model, x, samples=4, seed=SEED)
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        torch.testing.assert_close(mc_predict(model, x, samples=4, seed=SEED), ref)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)

@@ -334,19 +334,34 @@ _NONE_RAN = ("mc_predict: none of the model's fastdrop stochastic modules ran in
              "nn.MultiheadAttention, is not a module and never samples")
 
 
-def _check_encoder_dropouts_ran(model, ran):
-    """ValueError where an nn.TransformerEncoderLayer with fastdrop dropout modules ran none of
-    them in sample 0: the layer took torch's fused path, which `_UnfusedEncoderLayers` cannot turn
-    off where the layer is compiled (Dynamo traces its fast-path condition as it finds it)."""
-    for name, layer in model.named_modules():
-        if isinstance(layer, torch.nn.TransformerEncoderLayer):
-            drops = [id(m) for m in layer.modules() if isinstance(m, _STOCHASTIC)]
-            if drops and not ran.intersection(drops):
-                raise ValueError(f"mc_predict: the dropout modules of {name or type(model).__name__} "
-                                 f"(nn.TransformerEncoderLayer) did not run: torch's fused encoder path of "
-                                 f"eval mode skips them, and mc_predict keeps it off only where the layer "
-                                 f"runs eagerly (a compiled layer takes it): sample the uncompiled model, "
-                                 f"or turn the path off with torch.backends.mha.set_fastpath_enabled(False)")
+def _compiled_encoder_layers(model):
+    """(name, layer) of the nn.TransformerEncoderLayers inside compiled parts of model (a
+    torch.compile'd module or one whose .compile() ran): Dynamo traces torch's fused-path
+    condition there as it finds it, so `_UnfusedEncoderLayers` cannot keep them off that path."""
+    found = {}
+    for name, m in model.named_modules():
+        if _is_compiled(m) or getattr(m, "_compiled_call_impl", None) is not None:
+            for sub, layer in m.named_modules():
+                if isinstance(layer, torch.nn.TransformerEncoderLayer) and id(layer) not in found:
+                    found[id(layer)] = (".".join(p for p in (name, sub) if p), layer)
+    return list(found.values())
+
+
+def _check_encoder_dropouts_ran(layers, ran):
+    """ValueError where a compiled nn.TransformerEncoderLayer ran none of its fastdrop dropout
+    modules in sample 0: it took torch's fused path, which skips them (or the model never calls
+    it: the switch off then says so), while torch's switch allows that path."""
+    if not torch.backends.mha.get_fastpath_enabled():
+        return
+    for name, layer in layers:
+        drops = [id(m) for m in layer.modules() if isinstance(m, _STOCHASTIC)]
+        if drops and not ran.intersection(drops):
+            raise ValueError(f"mc_predict: the dropout modules of {name} (a compiled nn.TransformerEncoderLayer) "
+                             f"did not run: a compiled layer takes torch's fused encoder path of eval mode, "
+                             f"which skips them (mc_predict keeps only eagerly run layers off it): sample "
+                             f"the uncompiled model, or turn the path off with "
+                             f"torch.backends.mha.set_fastpath_enabled(False) (also the way on where the "
+                             f"model does not call this layer)")
 
 
 def _positive_int(v, name, none_ok=False):
@@ -504,6 +519,7 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     sampler = _Sampler(seed, base)
     merger = _Merger()
     encoders = any(isinstance(m, torch.nn.TransformerEncoderLayer) for m in rest.modules())
+    compiled_encoders = _compiled_encoder_layers(rest) if encoders else []
     # the attention / recurrent layers the samples reach, whose 2-d input may be one sequence
     sequence_dims = {m.embed_dim if isinstance(m, torch.nn.MultiheadAttention) else m.input_size
                      for m in rest.modules() if isinstance(m, (torch.nn.MultiheadAttention, torch.nn.RNNBase))}
@@ -549,8 +565,8 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                         y = _output(rest(hin))
                         if sampler.k == 0 and t0 == 0:
                             raise ValueError(_NONE_RAN)
-                        if t0 == 0 and encoders:
-                            _check_encoder_dropouts_ran(rest, sampler.ran)
+                        if t0 == 0 and compiled_encoders:
+                            _check_encoder_dropouts_ran(compiled_encoders, sampler.ran)
                         if t0 == 0:
                             one_shape = tuple(y.shape)  # sample 0's output, run alone
                         elif n > 1 and tuple(y.shape) != (n * one_shape[0],) + one_shape[1:]:
