@@ -50,6 +50,11 @@ from .linear import DropConnectLinear, DropoutLinear
 
 _U64 = (1 << 64) - 1
 
+_STOCHASTIC = (_DropoutNd, DropPath, DropoutLinear, DropConnectLinear)
+# The batched DropConnect path holds n masked copies of the weight; above this many elements it
+# runs one sample slice at a time instead (same masks, no n-fold weight memory).
+_DROPCONNECT_BATCH_MAX = 1 << 24
+
 
 class _UnfusedEncoderLayers(torch.overrides.TorchFunctionMode):
     """A torch-function mode that changes nothing, on while mc_predict samples a model with an
@@ -65,10 +70,6 @@ class _UnfusedEncoderLayers(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         return func(*args, **(kwargs or {}))
-_STOCHASTIC = (_DropoutNd, DropPath, DropoutLinear, DropConnectLinear)
-# The batched DropConnect path holds n masked copies of the weight; above this many elements it
-# runs one sample slice at a time instead (same masks, no n-fold weight memory).
-_DROPCONNECT_BATCH_MAX = 1 << 24
 
 
 class MCResult(NamedTuple):
