@@ -1550,9 +1550,7 @@ def library_op(op):
             # checks here, so an integer or sparse tensor gets their TypeError, not a Numba
             # typing error or numpy's conversion error from inside the kernels' call.
             _, _, checked, params = validate(op, operands, tuple(params), autocast=False)
-            for a in checked:
-                if a is not None:
-                    check_storage(a, "x" if a is checked[0] else "an operand")
+            _check_storages(torch, checked)
             _check_library_scalars(op, checked[0], seed, p, scale, params)
             if seed.is_cuda:  # a CUDA-graph capture's seed, read by the kernels (`_torch_call`)
                 rng = Rng(p, seed, _run_offset(offset, rank_stream), scale)

@@ -116,7 +116,6 @@ def _max_norm(weight, max_value, dim, eps):
         if torch.compiler.is_compiling() or torch._C._is_tracing() or tracing_dispatch_mode(torch):
             return _max_norm_traced(weight, max_value, dims, eps)
         check_plain_memory(weight, "weight")  # a wrapper subclass: no memory to write
-        check_storage(weight, "weight")
         return _max_norm_tensor(weight, max_value, dims, eps)
     _max_norm_device(weight, max_value, dims, eps)
     return weight  # the object given (a CuPy array stays one), written in place
@@ -141,7 +140,6 @@ def _register_max_norm_op():
         # saw (an overlapping view, an inference tensor; the eager backend), and an exported
         # graph may call it with any arguments.
         _, max_value, dims, eps = _checked(weight, max_value, dims, eps)
-        check_storage(weight, "weight")
         _max_norm_tensor(weight, max_value, dims, eps)
 
     @op.register_fake
@@ -245,6 +243,7 @@ def max_norm_hook(optimizer, targets, max_value, dim=1, eps=1e-7):
 
 def _max_norm_tensor(w, max_value, dims, eps):
     import torch
+    check_storage(w, "weight")  # (eager and the custom op's body: the kernels write w's memory)
     if w.numel() == 0:  # no row to renorm (and numpy cannot view (0, 2**62), which torch holds)
         return w
     with torch.no_grad():
