@@ -402,15 +402,13 @@ def small_call_providers(shape, p, dtype="float32"):
     scale = 1.0 / (1.0 - p)
     np_scale = np.dtype(dtype).type(scale)
     try:
-        thr = np.uint32(keep_threshold(p))  # the README's T(p), the kernels' type
+        thr = int(keep_threshold(p))  # the README's T(p), as the kernel takes it
     except ImportError:  # internals moved: `kernel` raises when called, as above
         thr = None
-    zero = np.uint64(0)
 
     def kernel(src, dst, seed):
-        """The serial kernel on two contiguous tensors' memory, offset 0."""
-        dropout_flat_serial_at(src.data_ptr(), dst.data_ptr(), src.numel(), np.uint64(seed & 0xFFFFFFFF),
-                               np.uint64(seed >> 32), zero, zero, thr, np_scale)
+        """The serial kernel on two contiguous tensors' memory, offset 0 (seed < 2^63, as drawn)."""
+        dropout_flat_serial_at(src.data_ptr(), dst.data_ptr(), src.numel(), seed, 0, thr, np_scale)
 
     class BareDropout(torch.autograd.Function):
         @staticmethod

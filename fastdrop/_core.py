@@ -52,7 +52,7 @@ from ._torch_state import (NO_LEVELS, autocast_state, batched_for_vmap, batched_
 from .kernels import dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial
 from .kernels.config import CPU_PARALLEL_MIN
-from .kernels.philox import kernel_rng_args
+from .kernels.philox import kernel_rng_args, kernel_threshold
 
 
 class Rng(NamedTuple):
@@ -184,13 +184,22 @@ def _small_dense_dropout(x, p, seed, offset, scale):
 
 
 def _serial_args(dtype, p, seed, offset, scale):
-    """The serial kernel's arguments after the data: (key_lo, key_hi, off_lo, off_hi, threshold,
-    scale) as the kernel's numpy scalars, for a torch float32/float64 dtype."""
-    key = (dtype, scale)
-    kernel_scale = _SCALES.get(key)  # a numpy scalar costs more to make than to look up
-    if kernel_scale is None:
-        kernel_scale = _new_kernel_scale(key)
-    return (*kernel_rng_args(seed, offset, p), kernel_scale)
+    """The serial `*_at` kernels' arguments after the data, for a torch float32/float64 dtype:
+    (seed, offset) as the int64 bits of their uint64 values, T(p) as an int, and the scale as the
+    kernel's numpy scalar (its dtype picks the kernel's); Python ints are the arguments Numba's
+    dispatcher types fastest (dropout_cpu._int_rng_args)."""
+    key = (dtype, p, scale)
+    constants = _SERIAL_CONSTANTS.get(key)  # a numpy scalar costs more to make than to look up
+    if constants is None:
+        if len(_SERIAL_CONSTANTS) >= 256:  # p from a schedule: bounded
+            _SERIAL_CONSTANTS.clear()
+        constants = _SERIAL_CONSTANTS[key] = (int(kernel_threshold(p)), _FLAT_SCALARS[dtype](scale))
+    return (seed - _TWO_64 if seed > _MAX_I64 else seed, offset - _TWO_64 if offset > _MAX_I64 else offset,
+            *constants)
+
+
+_SERIAL_CONSTANTS = {}  # (torch dtype, p, scale) -> (T(p) as an int, the kernel's scale scalar)
+_TWO_64, _MAX_I64 = 1 << 64, (1 << 63) - 1
 
 
 def _serial_dropout(x, args):

@@ -329,24 +329,39 @@ def zero_dropped_runs(address, n, run, factors):
                 fs[k] = zero
 
 
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _int_rng_args(seed, offset, thr):
+    """(key_lo, key_hi, off_lo, off_hi, threshold) from the int64 bits of a uint64 seed and
+    offset and an integer threshold: the `*_serial_at` kernels take those three as Python ints,
+    which Numba's dispatcher types several times faster than numpy scalars (~0.35 us a call for
+    the five of `philox.kernel_rng_args`, twice per small layer's step)."""
+    s = np.uint64(seed)
+    o = np.uint64(offset)
+    low = np.uint64(0xFFFFFFFF)
+    return s & low, s >> np.uint64(32), o & low, o >> np.uint64(32), np.uint32(thr)
+
+
 @cpu_kernel(parallel=False)
-def dropout_flat_serial_at(x_address, out_address, n, key_lo, key_hi, off_lo, off_hi, thr, scale):
+def dropout_flat_serial_at(x_address, out_address, n, seed, offset, thr, scale):
     """`dropout_flat_serial` on n contiguous elements of scale's dtype at two addresses (torch
     tensors' data_ptr(), not overlapping): the small calls of a training step. Addresses, not
     numpy views: a view (`Tensor.numpy()`, reshape) costs about 1 us per tensor, the kernel's
-    whole call ~10 us at 64x512, and torch marks a storage lent to numpy as not resizable."""
+    whole call ~10 us at 64x512, and torch marks a storage lent to numpy as not resizable.
+    seed, offset: the int64 bits of the uint64 values; thr: T(p) as an int (`_int_rng_args`)."""
     x = _view_at(x_address, n, scale)
     out = _view_at(out_address, n, scale)
+    key_lo, key_hi, off_lo, off_hi, thr = _int_rng_args(seed, offset, thr)
     buf = np.empty(CHUNK, np.uint16)
     for c in range((n + CHUNK - 1) // CHUNK):
         _dropout_chunk(x, out, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale)
 
 
 @cpu_kernel(parallel=False)
-def dropout_flat_inplace_serial_at(address, n, key_lo, key_hi, off_lo, off_hi, thr, scale):
+def dropout_flat_inplace_serial_at(address, n, seed, offset, thr, scale):
     """`dropout_flat_inplace` on the calling thread over n contiguous elements of scale's dtype at
-    an address (see `dropout_flat_serial_at`): a small in-place call on a torch tensor."""
+    an address (arguments as `dropout_flat_serial_at`): a small in-place call on a torch tensor."""
     x = _view_at(address, n, scale)
+    key_lo, key_hi, off_lo, off_hi, thr = _int_rng_args(seed, offset, thr)
     buf = np.empty(CHUNK, np.uint16)
     for c in range((n + CHUNK - 1) // CHUNK):
         _dropout_chunk_inplace(x, c, buf, key_lo, key_hi, off_lo, off_hi, thr, scale)

@@ -40,6 +40,27 @@ def test_small_dense_matches_numpy_route(dtype, shape):
     assert torch.equal(gx, torch.from_numpy(fastdrop.dropout(g.numpy().copy(), 0.3, seed=11, offset=5)))
 
 
+@pytest.mark.parametrize("seed, offset", [(0, 0), (2**63 - 1, 2**63 - 1), (2**63, 2**63), (2**64 - 1, 2**64 - 1),
+                                          (2**32 + 7, 2**40 + 3)])
+def test_small_dense_kernels_take_every_uint64_seed_and_offset(seed, offset):
+    """The serial `*_at` kernels take seed and offset as the int64 bits of their uint64 values (a
+    faster dispatch than numpy scalars): the numpy route's result at both ends of the range, out of
+    place, in place, into out= and in backward."""
+    x = torch.randn(64, 33, dtype=torch.float64, requires_grad=True)
+    expected = torch.from_numpy(fastdrop.dropout(x.detach().numpy().copy(), 0.3, seed=seed, offset=offset))
+    y = fastdrop.dropout(x, 0.3, seed=seed, offset=offset)
+    assert torch.equal(y.detach(), expected)
+    g = torch.randn(64, 33, dtype=torch.float64)
+    (gx,) = torch.autograd.grad(y, x, g)
+    assert torch.equal(gx, torch.from_numpy(fastdrop.dropout(g.numpy().copy(), 0.3, seed=seed, offset=offset)))
+    out = torch.empty(64, 33, dtype=torch.float64)
+    fastdrop.dropout(x.detach(), 0.3, seed=seed, offset=offset, out=out)
+    assert torch.equal(out, expected)
+    z = x.detach().clone()
+    fastdrop.dropout(z, 0.3, seed=seed, offset=offset, inplace=True)
+    assert torch.equal(z, expected)
+
+
 def test_small_dense_shortcut_is_taken(monkeypatch):
     """A test of the shortcut, not of the general route: count its launches (the training lane's
     Function calls the shortcut's kernel call, `_serial_dropout`, directly)."""
