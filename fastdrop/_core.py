@@ -1402,13 +1402,16 @@ def _seed_ops():
         def _(seed):
             return torch.empty((), dtype=torch.int64, device="cpu")
 
-        tokens = itertools.count()
+        # AOTAutograd's CSE merges argument-equal calls of ops tagged nondeterministic_seeded:
+        # it exempts only the ops on its list of random ops, where the draw goes too. Where
+        # that list is missing (another torch), a distinct constant per call site keeps two
+        # layers' draws apart instead, except in a graph traced again (an exported program
+        # called twice inside a compiled function repeats its baked-in tokens).
+        tokens = itertools.repeat(0) if _exempt_from_cse(torch.ops.fastdrop.draw_seed) else itertools.count()
 
         @torch.compiler.assume_constant_result
         def token():
-            # AOTAutograd's CSE merges argument-equal calls of ops tagged nondeterministic_seeded
-            # (only aten's own random ops are exempt): a distinct constant per call site keeps two
-            # layers' draws apart; assume_constant_result bakes it in without a guard.
+            # (assume_constant_result bakes the value in without a guard)
             return next(tokens)
 
         global _LANE_QUERIES, _CHANNELS_LAST
@@ -1426,6 +1429,21 @@ def _seed_ops():
 
 def trace_token():
     return _seed_ops()()
+
+
+def _exempt_from_cse(op):
+    """Put op on AOTAutograd's list of random ops, which its CSE pass never merges
+    (`torch._functorch.compile_utils.fx_graph_cse`); False where torch has no such list."""
+    try:
+        from torch._functorch import compile_utils
+    except ImportError:
+        return False
+    exempt = getattr(compile_utils, "rand_ops", None)
+    if not isinstance(exempt, list):
+        return False
+    if op not in exempt:
+        exempt.append(op)
+    return True
 
 
 def register_when_torch_loads():

@@ -326,3 +326,25 @@ def test_compiled_dropout_linear_on_a_permuted_input_equals_eager(view):
         results.append((y.detach(), m.weight.grad.clone(), m.bias.grad.clone(), b.grad.clone()))
     for eager, comp in zip(*results):
         assert torch.equal(eager, comp)
+
+
+def test_exported_program_called_twice_in_a_compiled_function_draws_twice():
+    """An exported program's seed draws are `fastdrop::draw_seed` nodes with their arguments baked
+    in; called twice inside a compiled function (a reused block, an MC-dropout loop), the two
+    copies were argument-equal and AOTAutograd's CSE merged them: one mask for both calls, zero
+    MC variance (helper hunt, 2026-12-06). The draw is on CSE's list of random ops now: each call
+    draws, and the compiled function gives eager's masks after the same torch.manual_seed."""
+    torch._dynamo.reset()
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8), fastdrop.nn.Dropout(0.5))
+    gm = torch.export.export(m, (torch.randn(4, 8),)).module()
+    x = torch.randn(4, 8, requires_grad=True)
+
+    def f(t):
+        return torch.stack([gm(t) for _ in range(3)])
+
+    torch.manual_seed(1)
+    want = f(x)
+    torch.manual_seed(1)
+    got = torch.compile(f, backend="aot_eager")(x)
+    assert not torch.equal(got[0], got[1]) and not torch.equal(got[1], got[2])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
