@@ -241,6 +241,20 @@ def test_model_without_any_dropout_is_refused():
         mc_predict(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU()), torch.randn(2, 3))
 
 
+def test_exported_program_is_refused_with_what_to_do():
+    """An exported program's module calls fastdrop's ops without its modules, so mc_predict cannot
+    drive it; the refusal said the model had no stochastic module and every sample would be the
+    same forward, which is false (each call draws its own masks; helper hunt, 2026-12-06)."""
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), fnn.Dropout(0.5), torch.nn.Linear(8, 2))
+    program = torch.export.export(model, (torch.randn(3, 6),)).module()
+    x = torch.randn(3, 6)
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError, match="traced graph .* pass the model before export"):
+        mc_predict(program, x)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(program(torch.ones(3, 6)), program(torch.ones(3, 6)))  # what the message says
+
+
 @pytest.mark.parametrize("seed", [None, 3])
 def test_tracing_modes_are_refused_before_the_seed_draw(seed):
     """mc_predict samples eagerly: under FakeTensorMode / make_fx it refuses with a message that

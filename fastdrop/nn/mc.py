@@ -95,6 +95,16 @@ def _foreign_dropout(model):
     return found
 
 
+def _graph_calls_fastdrop(model):
+    """Does a torch.fx graph in the model (an exported program's module, a traced GraphModule)
+    call one of fastdrop's torch ops?"""
+    for m in model.modules():
+        graph = getattr(m, "graph", None) if isinstance(m, torch.fx.GraphModule) else None
+        if graph is not None and any(getattr(n.target, "namespace", None) == "fastdrop" for n in graph.nodes):
+            return True
+    return False
+
+
 def _stochastic_modules(model):
     drops = [m for m in model.modules() if isinstance(m, _STOCHASTIC)]
     foreign = _foreign_dropout(model)
@@ -104,6 +114,12 @@ def _stochastic_modules(model):
         raise ValueError(f"mc_predict: the model has no fastdrop stochastic module, only dropout "
                          f"layers mc_predict does not drive: {', '.join(foreign)}; every sample would "
                          f"be the same forward (zero variance); {hint}")
+    if not drops and _graph_calls_fastdrop(model):
+        raise ValueError("mc_predict: the model calls fastdrop's ops from a traced graph (a torch.export "
+                         "program's .module(), a torch.fx GraphModule) instead of through fastdrop's modules, "
+                         "which mc_predict drives to batch and count the samples: pass the model before "
+                         "export or tracing, or call the program once per sample yourself (each call draws "
+                         "its own masks)")
     if not drops:
         raise ValueError("mc_predict: the model has no stochastic module (fastdrop.nn.Dropout*, DropPath, "
                          "DropoutLinear, DropConnectLinear): every sample would be the same forward")
