@@ -650,6 +650,65 @@ def test_compiled_models_and_submodules():
         torch.testing.assert_close(mc_predict(model, x, samples=8, seed=3), ref, rtol=1e-6, atol=1e-6)
 
 
+def test_another_threads_mc_predict_leaves_compiled_models_alone():
+    """Every fastdrop module's forward asks whether its thread is inside mc_predict. It read a
+    process-wide count of running calls, which Dynamo guarded on: a compiled model recompiled
+    whenever another thread started or ended an mc_predict call (fullgraph=True then failed at the
+    recompile limit; `fail_on_recompile` at the first), and a count changed during a trace left a
+    graph that skipped the sampler (helper hunt, 2026-12-06). The question is thread-local now:
+    while another thread samples (held inside its forward), this thread's compiled model runs its
+    graph without recompiling, and the sampling thread's statistics equal a run alone."""
+    import threading
+    torch._dynamo.reset()
+    inside, release = threading.Event(), threading.Event()
+
+    class Hold(torch.nn.Module):
+        def forward(self, h):
+            inside.set()
+            assert release.wait(60)
+            return h
+
+    sampled = torch.nn.Sequential(torch.nn.Linear(6, 8), fnn.Dropout(0.5), Hold(), torch.nn.Linear(8, 2)).eval()
+    x = torch.randn(3, 6)
+    ref = mc_predict(torch.nn.Sequential(*[m for m in sampled if not isinstance(m, Hold)]), x, samples=4, seed=2)
+    inside.clear()
+    compiled = torch.compile(torch.nn.Sequential(torch.nn.Linear(6, 8), fnn.Dropout(0.5), fnn.DropPath(0.2)),
+                             fullgraph=True, backend="aot_eager")
+    x2 = torch.randn(4, 6)
+    compiled(x2)
+    got = {}
+    worker = threading.Thread(target=lambda: got.setdefault("r", mc_predict(sampled, x, samples=4, seed=2)))
+    worker.start()
+    try:
+        assert inside.wait(60)
+        with torch.compiler.set_stance("fail_on_recompile"):
+            for _ in range(3):
+                compiled(x2)
+    finally:
+        release.set()
+        worker.join(60)
+    torch.testing.assert_close(got["r"], ref, rtol=0, atol=0)
+
+
+def test_a_compiled_block_first_run_in_eval_samples_under_mc_predict():
+    """A compiled block (Linear + Dropout) first run by a plain eval forward, then sampled: its
+    graph for "no sampler on this thread" must not be reused inside mc_predict (a version of the
+    thread-local question whose guard Dynamo read through the class attribute did reuse it:
+    variance 0.016 against 0.17). Equal to the same modules uncompiled."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Linear(8, 8), fnn.Dropout(0.5))
+    model = torch.nn.Sequential(torch.compile(block, backend="aot_eager"), fnn.Dropout(0.1),
+                                torch.nn.Linear(8, 2)).eval()
+    plain = torch.nn.Sequential(block, model[1], model[2]).eval()
+    x = torch.randn(16, 8)
+    with torch.no_grad():
+        model(x)
+    got = mc_predict(model, x, samples=16, seed=1, chunk=1)
+    want = mc_predict(plain, x, samples=16, seed=1, chunk=1)
+    assert torch.equal(got.mean, want.mean) and torch.equal(got.var, want.var)
+
+
 class _Unused(torch.nn.Module):
     def __init__(self):
         super().__init__()

@@ -316,8 +316,8 @@ MODULE_LANES = [
 def test_modules_take_the_lane_their_functional_takes(monkeypatch, make_module, shape, functional):
     """Every module's training step takes the lane, with its functional op's arguments, and gives
     the pipeline's output, gradient and draw; a module the lane must not take (eval, in place,
-    classic scaling, p = 0) does not. (A shortcut from the module's forward straight to the lane,
-    skipping the functional op's two Python calls, measured no faster, in steps or alone.)"""
+    classic scaling, p = 0) does not. The modules call the lane from their forward, before the
+    functional op (which tries it again only where it said no): the same arguments."""
     taken = counting_lane(monkeypatch)
     m = make_module()
     x = hostile(shape, torch.float32).requires_grad_()

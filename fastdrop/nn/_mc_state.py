@@ -2,34 +2,54 @@
 
 mc_predict does not change the model: no module is switched to training and no forward is
 replaced. It installs a sampler for its own thread; the forward of each fastdrop stochastic module
-asks for it first and, inside an mc_predict call, hands its input to the sampler instead of its
-op. Other threads running the same model (eval forwards, other mc_predict calls) see their own
-sampler or none, so they are not affected.
+asks whether its thread has one (`thread.sampler`, None outside an mc_predict call) and, if so,
+hands its input to it (`sample`) instead of its op. Other threads running the same model (eval
+forwards, other mc_predict calls) see their own sampler or none, so they are not affected.
+
+The question is thread-local on purpose, for torch.compile too: Dynamo guards a compiled module
+on what its forward read. It read a process-wide count of running mc_predict calls until
+2026-12-06, so a compiled model recompiled whenever another thread started or ended one (the
+recompile limit then failed `fullgraph=True`), and a count that changed while Dynamo traced left a
+graph that skipped the sampler under a guard saying it was taken (silently too little variance).
+Dynamo guards an instance attribute of a threading.local through getattr, which reads the calling
+thread's value: `sampler` is set per thread in `_Thread.__init__` (a class-level default was
+guarded through the class and the instance dict, and a graph compiled outside mc_predict ran
+inside it unsampled), and nothing about the sampler object is guarded, since `sample` is opaque to
+Dynamo (a sampler is new in every mc_predict call). Asking costs ~40 ns a module call.
 """
 import contextlib
 import threading
 
-active = 0  # mc_predict calls running now, in all threads: the modules look further only when > 0
-_count_lock = threading.Lock()
-_local = threading.local()
+import torch
+
+
+class _Thread(threading.local):
+    """Per-thread state: `sampler`, None outside an mc_predict call."""
+
+    def __init__(self):  # (runs in each thread on its first access)
+        self.sampler = None
+
+
+thread = _Thread()
 
 
 def sampler():
     """The sampler of this thread's running mc_predict call, or None."""
-    return getattr(_local, "sampler", None)
+    return thread.sampler
+
+
+@torch.compiler.disable  # a compiled submodule hands its input over eagerly (Numba kernels)
+def sample(module, x):
+    """Module's output for x from this thread's sampler (the caller checked there is one)."""
+    return thread.sampler(module, x)
 
 
 @contextlib.contextmanager
 def sampling(s):
     """s drives this thread's fastdrop modules inside the block (the previous sampler after it)."""
-    global active
     previous = sampler()
-    with _count_lock:
-        active += 1
-    _local.sampler = s
+    thread.sampler = s
     try:
         yield
     finally:
-        _local.sampler = previous
-        with _count_lock:
-            active -= 1
+        thread.sampler = previous

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch.jit import is_scripting
 
+from .. import _core
 from .._checks import check_mode, check_p, is_fx_proxy, module_inplace_flag, traced_as_leaf
 from ..functional import DROP_PATH_MODES, drop_path
 from . import _mc_state
@@ -86,9 +87,14 @@ class DropPath(FxLeaf, torch.nn.Module):
             return traced_as_leaf(self, x, drop_path, (x, self.p), dict(
                 training=self.training, scale_by_keep=self.scale_by_keep, mode=self.mode, scaling=self.scaling,
                 inplace=inplace))
-        if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
-            sample = _mc_state.sampler()
-            if sample is not None:
-                return sample(self, x)
+        if _mc_state.thread.sampler is not None:  # inside an mc_predict call on this thread
+            return _mc_state.sample(self, x)
+        p = self._p
+        if inplace is False and self.training is True and type(p) is float and 0.0 < p < 1.0 and \
+                self.mode == "row" and self.scale_by_keep is True and self.scaling == "inverted":
+            # a training step's call: the lane drop_path tries first, two Python calls sooner
+            y = _core.training_lane(x, p, 1, None)
+            if y is not None:
+                return y
         return drop_path(x, self.p, training=self.training, scale_by_keep=self.scale_by_keep,
                          mode=self.mode, scaling=self.scaling, inplace=inplace)

@@ -12,7 +12,7 @@ import numbers
 import torch
 from torch.jit import is_scripting
 
-from .. import functional as F
+from .. import _core, functional as F
 from .._checks import check_mode, is_fx_proxy, module_inplace_flag, traced_as_leaf
 from . import _mc_state
 from .leaf import FxLeaf
@@ -26,6 +26,7 @@ class _DropoutNd(FxLeaf):
     _fn = None  # the functional op, set by each subclass
     _name = ""  # the class's name, for TorchScript's messages (set by each subclass)
     _ranks = ANY_RANK  # the ranks x may have in eval mode too (TorchScript's branch checks them)
+    _lane = (0, None)  # training_lane's (g, ndim): the mask-shape rule and rank _fn gives it
 
     def __init__(self, p: float = 0.5, inplace: bool = False, mode: str = "inverted"):
         # torch compares p with 0 and 1 and would let bools, strings-with-__lt__ or NaN through.
@@ -51,11 +52,17 @@ class _DropoutNd(FxLeaf):
         if type(input) is not torch.Tensor and is_fx_proxy(input):  # torch.fx: the traced root (FxLeaf)
             return traced_as_leaf(self, input, self._fn, (input, self.p, self.training, inplace),
                                   {"mode": self.mode})
-        if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
-            sample = _mc_state.sampler()
-            if sample is not None:
-                return sample(self, input)
-        return self._fn(input, self.p, self.training, inplace, mode=self.mode)
+        if _mc_state.thread.sampler is not None:  # inside an mc_predict call on this thread
+            return _mc_state.sample(self, input)
+        p = self.p
+        if inplace is False and self.training is True and type(p) is float and 0.0 < p < 1.0 and \
+                self.mode == "inverted":
+            # a training step's call: the lane that self._fn tries first (functional._lane), two
+            # Python calls sooner; None when it is not the lane's, and self._fn goes on
+            y = _core.training_lane(input, p, *self._lane)
+            if y is not None:
+                return y
+        return self._fn(input, p, self.training, inplace, mode=self.mode)
 
 
 class Dropout(_DropoutNd, torch.nn.Dropout):
@@ -67,6 +74,7 @@ class Dropout(_DropoutNd, torch.nn.Dropout):
 class Dropout1d(_DropoutNd, torch.nn.Dropout1d):
     """Zeroes whole channels of (N, C, L) / (C, L) input; see fastdrop.dropout1d."""
     _name = "Dropout1d"
+    _lane = (2, 3)
     _ranks = (2, 3)  # F.dropout1d's rank rule, which holds at eval too
     _fn = staticmethod(F.dropout1d)
 
@@ -74,10 +82,12 @@ class Dropout1d(_DropoutNd, torch.nn.Dropout1d):
 class Dropout2d(_DropoutNd, torch.nn.Dropout2d):
     """Zeroes whole channels of (N, C, H, W) input; see fastdrop.dropout2d."""
     _name = "Dropout2d"
+    _lane = (2, 4)
     _fn = staticmethod(F.dropout2d)
 
 
 class Dropout3d(_DropoutNd, torch.nn.Dropout3d):
     """Zeroes whole channels of (N, C, D, H, W) / (C, D, H, W) input; see fastdrop.dropout3d."""
     _name = "Dropout3d"
+    _lane = (2, 5)
     _fn = staticmethod(F.dropout3d)

@@ -50,10 +50,8 @@ class DropoutLinear(_DropLinear):
         if type(input) is not torch.Tensor and is_fx_proxy(input):  # torch.fx: the traced root (FxLeaf)
             return traced_as_leaf(self, input, L.dropout_linear, (input, self.weight, self.bias, self.p),
                                   {"training": self.training, "mode": self.mode})
-        if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
-            sample = _mc_state.sampler()
-            if sample is not None:
-                return sample(self, input)
+        if _mc_state.thread.sampler is not None:  # inside an mc_predict call on this thread
+            return _mc_state.sample(self, input)
         return L.dropout_linear(input, self.weight, self.bias, self.p, training=self.training, mode=self.mode)
 
 
@@ -80,9 +78,7 @@ class DropConnectLinear(_DropLinear):
         if type(input) is not torch.Tensor and is_fx_proxy(input):
             return traced_as_leaf(self, input, L.dropconnect_linear, (input, self.weight, self.bias, self.p),
                                   {"training": self.training, "per_sample": self.per_sample})
-        if _mc_state.active:  # inside an mc_predict call (in some thread): its sampler
-            sample = _mc_state.sampler()
-            if sample is not None:
-                return sample(self, input)
+        if _mc_state.thread.sampler is not None:  # inside an mc_predict call on this thread
+            return _mc_state.sample(self, input)
         return L.dropconnect_linear(input, self.weight, self.bias, self.p, training=self.training,
                                     per_sample=self.per_sample)

@@ -153,8 +153,7 @@ class _Sampler:
         self.k += 1
         return [(self.base + (self.t0 + t) * (1 << 32) + k) & _U64 for t in range(self.n)]
 
-    @torch.compiler.disable  # a compiled submodule hands its input over eagerly (Numba kernels)
-    def __call__(self, m, x):
+    def __call__(self, m, x):  # (through _mc_state.sample, which Dynamo leaves eager)
         if self.n > 1:
             self._check_stacked(x)
         elif self.t0 == 0:
