@@ -172,6 +172,16 @@ def _layer_loads(layer):
         return False
 
 
+def _numba_started_gnu_team():
+    """Did this process's Numba start its pool on GNU OpenMP (a fastdrop parallel kernel ran)?"""
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # not initialized: no kernel launched a team
+        return False
+    omppool = sys.modules.get("numba.np.ufunc.omppool")
+    return layer == "omp" and getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+
+
 def _after_fork_in_child():
     global _forked_serial
     # held by this thread since _before_fork; no other thread of the parent exists here
@@ -180,6 +190,14 @@ def _after_fork_in_child():
         _forked_serial = True
         for k in _KERNELS:
             k._route(k.serial)
+    torch = sys.modules.get("torch")
+    if torch is not None and _numba_started_gnu_team() and hasattr(torch, "set_num_threads"):
+        # The parent's team is fastdrop's doing, and torch shares its libgomp: torch's first
+        # parallel region here (an elementwise op, a GEMM inside dropout_linear or mc_predict)
+        # would wait forever for the team's missing threads, where without fastdrop the child
+        # would have had no team. One thread, as DataLoader workers run torch: no region starts.
+        # (A team torch's own ops started hangs torch's children with or without fastdrop.)
+        torch.set_num_threads(1)
 
 
 def _before_fork():

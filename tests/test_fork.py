@@ -423,6 +423,47 @@ def test_child_of_a_torch_parent_runs_serial_twins_instead_of_hanging():
     assert r.stdout.split() == ["serial", "same", "0"], r.stdout + r.stderr
 
 
+# A parent that ran only fastdrop's kernels, on numpy data: Numba's pool started the GNU OpenMP
+# team torch shares. In the child, torch's own parallel regions inside fastdrop's torch ops (the
+# dense layers' GEMMs, mc_predict's stacking) waited for the team's missing threads forever, where
+# without fastdrop the child would have had no team (helper hunt, 2026-12-06).
+FASTDROP_PARENT_CHILD = """
+import os, time, numpy as np, torch, fastdrop
+import fastdrop.nn as fnn
+
+def work():
+    model = torch.nn.Sequential(fnn.Dropout(0.5)).eval()
+    r = fastdrop.mc_predict(model, torch.ones(64, 2048), samples=32, seed=1)
+    w = torch.randn(512, 512, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    x = torch.randn(256, 512, generator=torch.Generator().manual_seed(1))
+    y = fastdrop.dropout_linear(x, w, None, 0.3, seed=5)
+    g, = torch.autograd.grad(y.sum(), w)
+    return r.mean.numpy().tobytes() + y.detach().numpy().tobytes() + g.numpy().tobytes()
+
+torch.set_num_threads(1)
+want = work()  # the reference on one torch thread, before any parallel region
+torch.set_num_threads(2)
+fastdrop.dropout(np.ones({big}, np.float32), 0.5, seed=0)  # a parallel kernel: Numba's pool
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    same = work() == want
+    os.write(w, f"{{torch.get_num_threads()}} {{'same' if same else 'different'}}".encode())
+    os._exit(0)
+""" + WAIT_FOR_CHILD + """os.close(w)
+print(os.read(r, 100).decode(), os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_child_of_a_fastdrop_parent_runs_torch_ops_on_one_thread_instead_of_hanging():
+    """The fork hook sets torch to one thread in a child whose parent's team is Numba's (as
+    DataLoader workers run torch): fastdrop's torch ops there finish, with the parent's bits."""
+    code = FASTDROP_PARENT_CHILD.format(big=BIG, timeout=TIMEOUT_S - 60)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.split() == ["1", "same", "0"], r.stdout + r.stderr
+
+
 def test_child_of_a_process_without_a_pool_stays_parallel():
     """Only a possible GNU OpenMP team makes a child serial: a fork before any parallel kernel
     ran, in a process where no OpenMP runtime is loaded, keeps the parallel kernels (and the child
