@@ -1163,13 +1163,21 @@ def _setup(ctx, op, params, rng, inplace, operands, forward_ad):
     ctx.half = _upcast_dtype(op, operands[0])
     ctx.autocast = autocast_state(operands[0])
     if op.saves:  # saved_tensors is () without the call
-        ctx.save_for_backward(*(operands[i] for i in op.saves))
+        ctx.save_for_backward(*(_savable(operands[i]) for i in op.saves))
     if forward_ad:
         ctx.present = [a is not None for a in operands]
         ctx.inplace = inplace  # (jvp's arguments are tangents, None for inplace itself)
         ctx.save_for_forward(*(a for a in operands if a is not None))
     if inplace:
         ctx.mark_dirty(operands[0])
+
+
+def _savable(t):
+    """t as the backward can keep it: an inference tensor (made under torch.inference_mode, e.g. a
+    frozen backbone's features) cannot be saved for backward, so it is saved as a copy, as torch's
+    `F.linear(F.dropout(x), W)` saves the dropout's output, a tensor of its own; a copy of an
+    operand, never a mask."""
+    return t.clone() if t is not None and t.is_inference() else t
 
 
 def _function_backward(ctx, grad):
@@ -1601,7 +1609,7 @@ def library_op(op):
 
     def setup_context(ctx, inputs, output):
         operands, (seed, p, offset, scale, params, rank_stream) = inputs[:n], _scalars(inputs[n:])
-        ctx.save_for_backward(*(operands[i] for i in op.saves), seed)
+        ctx.save_for_backward(*(_savable(operands[i]) for i in op.saves), seed)
         # the forward's offset, the rank stream left to the backward's ops to add when they run,
         # as the forward's op does: AOTAutograd runs this while tracing, and a compiled backward
         # graph (cached on disk, maybe by another rank) would keep the tracing process's rank

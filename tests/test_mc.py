@@ -302,6 +302,13 @@ def test_argument_errors():
         mc_predict(model, x, chunk=0)
     with pytest.raises(ValueError, match="offset"):
         mc_predict(model, x, samples=4, offset=2 ** 64 - 10)
+    # flags must be bools: the string "False" is truthy, and logits="False" returned softmax
+    # statistics (helper hunt, 2026-12-06)
+    state = torch.get_rng_state()
+    for flag in ("logits", "fused"):
+        with pytest.raises(TypeError, match=flag):
+            mc_predict(model, x, samples=4, **{flag: "False"})
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 # ----------------------------------------------------------------------------- seeds and ranks

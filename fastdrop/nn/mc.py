@@ -39,7 +39,7 @@ from .. import _core, _seeds
 from . import _mc_state
 from ..functional import drop_path
 from ..linear import DROPOUT_LINEAR, dropconnect_linear, dropout_linear
-from .._checks import check_mode, check_p, check_storage, check_u64, numpy_view
+from .._checks import check_bool, check_mode, check_p, check_storage, check_u64, numpy_view
 from .._torch_state import tracing_dispatch_mode
 from ..kernels import mc_dropout_cpu
 from ..kernels.philox import kernel_rng_args
@@ -456,6 +456,7 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
         raise ValueError("mc_predict: x must have a batch dim (N, ...), got a 0-d tensor")
     samples = _positive_int(samples, "samples")
     chunk = _positive_int(chunk, "chunk", none_ok=True)
+    logits, fused = check_bool(logits, "logits"), check_bool(fused, "fused")  # "False" is truthy
     offset = check_u64(offset, "offset")
     if offset + samples * (1 << 32) > _U64 + 1:  # the last sample's offsets end at offset + samples*2**32 - 1
         raise ValueError(f"offset {offset} leaves no room for {samples} samples (offset + samples*2**32 "
