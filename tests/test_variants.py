@@ -426,7 +426,8 @@ def test_max_norm_hook_refuses_weights_made_from_other_parameters():
     (dict(dim=None), TypeError, "dim must be an int"), (dict(dim=1.0), TypeError, "dim must be an int"),
     (dict(dim=True), TypeError, "dim must be an int"), (dict(dim=(0, 1.5)), TypeError, "dim must be an int"),
     (dict(dim=2), ValueError, "out of range"), (dict(eps=None), TypeError, "eps"),
-    (dict(eps=-1.0), ValueError, "eps"),
+    (dict(eps=-1.0), ValueError, "eps"), (dict(eps=float("inf")), ValueError, "eps"),
+    (dict(eps=float("nan")), ValueError, "eps"),
 ])
 def test_max_norm_argument_errors_name_the_argument(kw, exc, match):
     w = np.ones((3, 3), np.float32)
