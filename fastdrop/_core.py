@@ -49,7 +49,7 @@ from ._grouped import groups_are_runs, native_grouped, native_layout
 from ._torch_state import (NO_LEVELS, autocast_state, batched_for_vmap, batched_levels, capturing, compiling,
                            forward_ad_active, functorch_interpreters, grad_enabled, grad_levels_active,
                            grad_transform_active, tracing_dispatch_mode, unwrapped, vmap_levels)
-from .kernels import dropout_cpu
+from .kernels import config, dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial
 from .kernels.config import CPU_PARALLEL_MIN
 from .kernels.philox import kernel_rng_args, kernel_threshold
@@ -1174,9 +1174,10 @@ def _setup(ctx, op, params, rng, inplace, operands, forward_ad):
 
 def _savable(t):
     """t as the backward can keep it: an inference tensor (made under torch.inference_mode, e.g. a
-    frozen backbone's features) cannot be saved for backward, so it is saved as a copy, as torch's
-    `F.linear(F.dropout(x), W)` saves the dropout's output, a tensor of its own; a copy of an
-    operand, never a mask."""
+    frozen backbone's features) cannot be saved for backward, so it is saved as a copy (torch's
+    `F.linear(F.dropout(x), W)` saves the dropout's output, a tensor of its own); a copy of an
+    operand, never a mask. (Under torch.compile AOTAutograd saves graph inputs itself, before this
+    runs: an inference weight is refused there, as for F.linear.)"""
     return t.clone() if t is not None and t.is_inference() else t
 
 
@@ -1479,6 +1480,7 @@ def register_when_torch_loads():
 
             def exec_then_register(module):
                 exec_module(module)
+                config.keep_torch_off_a_forked_team(module)  # (a forked child importing torch)
                 register_torch_ops()
             spec.loader.exec_module = exec_then_register
             return spec

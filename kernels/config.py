@@ -191,12 +191,19 @@ def _after_fork_in_child():
         for k in _KERNELS:
             k._route(k.serial)
     torch = sys.modules.get("torch")
-    if torch is not None and _numba_started_gnu_team() and hasattr(torch, "set_num_threads"):
-        # The parent's team is fastdrop's doing, and torch shares its libgomp: torch's first
-        # parallel region here (an elementwise op, a GEMM inside dropout_linear or mc_predict)
-        # would wait forever for the team's missing threads, where without fastdrop the child
-        # would have had no team. One thread, as DataLoader workers run torch: no region starts.
-        # (A team torch's own ops started hangs torch's children with or without fastdrop.)
+    if torch is not None:
+        keep_torch_off_a_forked_team(torch)
+
+
+def keep_torch_off_a_forked_team(torch):
+    """torch on one thread in a forked child whose parent's GNU OpenMP team Numba started (a
+    fastdrop parallel kernel ran there): torch binds the same libgomp, and its first parallel
+    region (an elementwise op, a GEMM inside dropout_linear or mc_predict) would wait forever for
+    the team's missing threads, where without fastdrop the child would have had no team. One
+    thread, as DataLoader workers run torch: no region starts. Called at the fork when torch is
+    loaded, else by fastdrop's import hook once the child imports torch. (A team torch's own ops
+    started hangs torch's children with or without fastdrop.)"""
+    if _forked_serial and _numba_started_gnu_team() and hasattr(torch, "set_num_threads"):
         torch.set_num_threads(1)
 
 

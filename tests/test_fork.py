@@ -464,6 +464,32 @@ def test_child_of_a_fastdrop_parent_runs_torch_ops_on_one_thread_instead_of_hang
     assert r.stdout.split() == ["1", "same", "0"], r.stdout + r.stderr
 
 
+def test_child_importing_torch_after_the_fork_runs_it_on_one_thread():
+    """The same for a parent that never imported torch (numpy only): the child's first import of
+    torch goes through fastdrop's import hook, which sets the one thread there (a review found the
+    fork-time hook alone left such a child hanging at its first torch parallel region)."""
+    code = (
+        "import os, sys, time, numpy as np, fastdrop\n"
+        f"fastdrop.dropout(np.ones({BIG}, np.float32), 0.5, seed=0)\n"
+        "assert 'torch' not in sys.modules\n"
+        "r, w = os.pipe()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    import torch\n"
+        "    y = fastdrop.dropout_linear(torch.randn(64, 256), torch.randn(256, 256, requires_grad=True), None,"
+        " 0.3, seed=5)\n"
+        "    y.sum().backward()\n"
+        "    torch.randn(1 << 22).exp()\n"
+        "    os.write(w, str(torch.get_num_threads()).encode())\n"
+        "    os._exit(0)\n"
+        + WAIT_FOR_CHILD.format(timeout=TIMEOUT_S - 60) +
+        "os.close(w)\n"
+        "print(os.read(r, 100).decode(), os.waitstatus_to_exitcode(status))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.split() == ["1", "0"], r.stdout + r.stderr
+
+
 def test_child_of_a_process_without_a_pool_stays_parallel():
     """Only a possible GNU OpenMP team makes a child serial: a fork before any parallel kernel
     ran, in a process where no OpenMP runtime is loaded, keeps the parallel kernels (and the child

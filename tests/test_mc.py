@@ -253,6 +253,11 @@ def test_exported_program_is_refused_with_what_to_do():
         mc_predict(program, x)
     assert torch.equal(torch.get_rng_state(), state)
     assert not torch.equal(program(torch.ones(3, 6)), program(torch.ones(3, 6)))  # what the message says
+    # a fastdrop module traced as torch.fx's root records its functional call (a review found the
+    # check saw only fastdrop's torch ops)
+    traced = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.fx.symbolic_trace(fnn.Dropout(0.5)))
+    with pytest.raises(ValueError, match="traced graph"):
+        mc_predict(traced, x)
 
 
 @pytest.mark.parametrize("seed", [None, 3])

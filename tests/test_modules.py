@@ -469,3 +469,25 @@ def test_drop_path_scaling_errors_name_scaling():
     m.scaling = "Classic"
     with pytest.raises(ValueError, match="^scaling must be one of"):
         m(torch.ones(4, 3))
+
+
+def test_droppath_subclass_overriding_p_is_honoured_in_training():
+    """A DropPath subclass whose `p` property computes the rate (a schedule) runs with that rate on
+    every route: the training lane's call from forward read the stored `_p` (a review caught it:
+    0.1 instead of 0.9 for float32, 0.9 for float16, which the lane does not take)."""
+    class Scheduled(fastdrop.nn.DropPath):
+        @property
+        def p(self):
+            return min(1.0, self._p * 9)
+
+        @p.setter
+        def p(self, value):
+            fastdrop.nn.DropPath.p.fset(self, value)
+
+    m = Scheduled(0.1)
+    for dtype in (torch.float32, torch.float16):
+        x = torch.ones(64, 3, dtype=dtype, requires_grad=True)
+        torch.manual_seed(4)
+        y = m(x)
+        torch.manual_seed(4)
+        assert torch.equal(y, fastdrop.drop_path(x, m.p)), dtype

@@ -301,8 +301,9 @@ def test_inference_tensor_operands_work_under_autograd(name):
     """Each operand in turn made under torch.inference_mode (a frozen backbone's features, a
     frozen weight), the others needing grad: torch cannot save an inference tensor for backward,
     and the ops that save their operands raised its error after the seed draw, where torch's own
-    composites (which save the dropout's output) work (helper hunt, 2026-12-06). The operand is
-    saved as a copy: outputs and gradients equal those of the same call on normal tensors."""
+    composites work for an inference x (they save the dropout's output; helper hunt, 2026-12-06;
+    torch's F.linear refuses an inference weight). The operand is saved as a copy: outputs and
+    gradients equal those of the same call on normal tensors."""
     case = CASES[name]
     for i in range(len(case.shapes)):
         if case.shapes[i] is None or len(case.shapes) == 1:

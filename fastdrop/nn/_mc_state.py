@@ -15,7 +15,7 @@ Dynamo guards an instance attribute of a threading.local through getattr, which 
 thread's value: `sampler` is set per thread in `_Thread.__init__` (a class-level default was
 guarded through the class and the instance dict, and a graph compiled outside mc_predict ran
 inside it unsampled), and nothing about the sampler object is guarded, since `sample` is opaque to
-Dynamo (a sampler is new in every mc_predict call). Asking costs ~40 ns a module call.
+Dynamo (a sampler is new in every mc_predict call). Asking costs 40-60 ns a module call.
 """
 import contextlib
 import threading

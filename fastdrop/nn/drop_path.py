@@ -89,12 +89,12 @@ class DropPath(FxLeaf, torch.nn.Module):
                 inplace=inplace))
         if _mc_state.thread.sampler is not None:  # inside an mc_predict call on this thread
             return _mc_state.sample(self, x)
-        p = self._p
+        p = self.p  # (the property: a subclass may override it, as a drop-rate schedule does)
         if inplace is False and self.training is True and type(p) is float and 0.0 < p < 1.0 and \
                 self.mode == "row" and self.scale_by_keep is True and self.scaling == "inverted":
             # a training step's call: the lane drop_path tries first, two Python calls sooner
             y = _core.training_lane(x, p, 1, None)
             if y is not None:
                 return y
-        return drop_path(x, self.p, training=self.training, scale_by_keep=self.scale_by_keep,
+        return drop_path(x, p, training=self.training, scale_by_keep=self.scale_by_keep,
                          mode=self.mode, scaling=self.scaling, inplace=inplace)

@@ -97,10 +97,14 @@ def _foreign_dropout(model):
 
 def _graph_calls_fastdrop(model):
     """Does a torch.fx graph in the model (an exported program's module, a traced GraphModule)
-    call one of fastdrop's torch ops?"""
+    call fastdrop: one of its torch ops, or one of its functions (a fastdrop module traced as the
+    root of torch.fx.symbolic_trace records its functional call)?"""
+    def is_fastdrop(target):
+        return getattr(target, "namespace", None) == "fastdrop" or \
+            str(getattr(target, "__module__", None)).startswith("fastdrop.")
     for m in model.modules():
         graph = getattr(m, "graph", None) if isinstance(m, torch.fx.GraphModule) else None
-        if graph is not None and any(getattr(n.target, "namespace", None) == "fastdrop" for n in graph.nodes):
+        if graph is not None and any(is_fastdrop(n.target) for n in graph.nodes):
             return True
     return False
 
