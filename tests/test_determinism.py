@@ -117,6 +117,14 @@ def parallel_workload():
     # channels_last-like (C innermost): the keep mask, then rows of C with contiguous keep flags
     x4_cl = np.ascontiguousarray(x4.transpose(0, 2, 1)).transpose(0, 2, 1)
     out["keep_mask + apply_group_mask_inner"] = fastdrop.dropout2d(x4_cl, 0.5, seed=SEED, offset=OFFSET)
+    # ... with few channels (the long-loop kernel), and with the runs of C a step apart (the last
+    # dim sliced; and 33 channels above): the strided inner kernel
+    x16 = rng.standard_normal((8, 16, SMALL // 128 + 1))
+    x16_cl = np.ascontiguousarray(x16.transpose(0, 2, 1)).transpose(0, 2, 1)
+    out["keep_mask + apply_group_mask_inner, C = 16"] = fastdrop.dropout2d(x16_cl, 0.5, seed=SEED, offset=OFFSET)
+    x4w = rng.standard_normal((8, 33, 2 * (SMALL // 264 + 1)))
+    x4_cls = np.ascontiguousarray(x4w.transpose(0, 2, 1)).transpose(0, 2, 1)[:, :, ::2]
+    out["keep_mask + apply_group_mask_inner_strided"] = fastdrop.dropout2d(x4_cls, 0.5, seed=SEED, offset=OFFSET)
     # C outermost: the keep mask, then the strided apply
     x4_cn = np.ascontiguousarray(x4.transpose(1, 0, 2)).transpose(1, 0, 2)
     out["keep_mask + apply_group_mask"] = fastdrop.dropout2d(x4_cn, 0.5, seed=SEED, offset=OFFSET)

@@ -219,17 +219,29 @@ def _grouped_layouts(dtype):
          _channels_last(rng, (4, 64, 24, CPU_PARALLEL_MIN // 6144 + 1), dtype), 2),
         ("dropout3d channels_last_3d", fastdrop.dropout3d, cl3d, 2),
         ("drop_path batch innermost", fastdrop.drop_path, batch_inner, 1),
+        # runs of C not one after another (W sliced with a step): the strided inner kernel
+        ("dropout2d channels_last, W sliced", fastdrop.dropout2d, _channels_last(rng, (3, 70, 5, 12), dtype)[..., ::2],
+         2),
+        ("dropout2d channels_last, W sliced, big", fastdrop.dropout2d,
+         _channels_last(rng, (4, 64, 24, 2 * (CPU_PARALLEL_MIN // 6144 + 1)), dtype)[..., ::2], 2),
+        # few channels: the long-loop kernel's chunks of whole runs (_cpu.INNER_ROWS_MAX_C)
+        ("dropout2d channels_last, C = 3", fastdrop.dropout2d, _channels_last(rng, (5, 3, 7, 9), dtype), 2),
+        ("dropout2d channels_last, C = 4, big", fastdrop.dropout2d,
+         _channels_last(rng, (2, 4, 128, CPU_PARALLEL_MIN // 1024 + 1), dtype), 2),
     ]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(8))
 @pytest.mark.parametrize("inplace", [False, True])
 def test_grouped_inner_layouts_match_the_contract(dtype, case, inplace, spy_kernels):
     name, fn, x, group_ndim = _grouped_layouts(dtype)[case]
     assert _cpu._inner_group_views(x, x, group_ndim) is not None, name
     want = _reference(x, group_ndim=group_ndim)
-    calls = spy_kernels("apply_group_mask_inner", "apply_group_mask_inner_serial")
+    runs = x.shape[group_ndim - 1]
+    strided = "sliced" in name or runs > _cpu.INNER_ROWS_MAX_C
+    kernel = "apply_group_mask_inner_strided" if strided else "apply_group_mask_inner"
+    calls = spy_kernels(kernel, kernel + "_serial")
     y = fn(x, P, seed=SEED, offset=OFFSET, inplace=inplace)
     assert calls, f"{name}: the inner-group kernel did not run"
     assert (y is x) == inplace
