@@ -738,33 +738,64 @@ def apply_group_mask(x, out, keep, scale):
                 orow[k] = zero
 
 
+_INNER_ROWS = 256  # elements per step of the inner-group kernels below (whole runs of the group dim)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _inner_pattern(keep, na, nb):
+    """keep's flags of `_INNER_ROWS // nb` whole runs of nb, for each of the na rows."""
+    per = max(1, _INNER_ROWS // nb)
+    pattern = np.empty((na, per * nb), np.bool_)
+    for a in range(na):
+        for k in range(per * nb):
+            pattern[a, k] = keep[a * nb + k % nb]
+    return pattern
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _inner_chunk(x, out, pattern, r, chunks, scale):
+    """Step r of an inner-group kernel: one pattern's width of row r // chunks."""
+    width = pattern.shape[1]
+    a = r // chunks
+    start = (r - a * chunks) * width
+    xa, oa, pa = x[a], out[a], pattern[a]
+    zero = x.dtype.type(0)
+    for k in range(min(width, x.shape[1] - start)):
+        y = _scaled(xa[start + k], scale)  # then selected, as in _dropout_chunk
+        oa[start + k] = y if pa[k] else zero
+
+
 @cpu_kernel
 def apply_group_mask_inner(x, out, keep, nb, scale):
     """out[a, j] = x[a, j] * scale if keep[a * nb + j % nb] else 0, for 2-D (A, L * nb) views whose
     rows are contiguous and hold L runs of nb elements, the groups' innermost index: channels_last
-    spatial dropout as (N, H*W*C). The keep flags of `_INNER_ROWS` whole runs are laid out once per
-    a, so the loop runs over ~256 elements at a time and vectorizes whatever nb is: a loop per run
-    of nb (`apply_group_mask_inner_strided`) ran 2.3x torch's time for C = 16, 8x for C = 4
-    (8x16x32x32: 45.7 -> 19.9 us; 1x4x512x512: 1064 -> 130 us; the same bits)."""
+    spatial dropout as (N, H*W*C). The keep flags of whole runs are laid out once per row
+    (`_inner_pattern`), so the loop runs over ~256 elements at a time and vectorizes whatever nb
+    is: a loop per run of nb (`apply_group_mask_inner_strided`) ran 2.3x torch's time for C = 16,
+    8x for C = 4 (8x16x32x32: 45.7 -> 19.9 us; 1x4x512x512: 1064 -> 130 us; the same bits)."""
     na, n = x.shape
-    per = max(1, _INNER_ROWS // nb)
-    width = per * nb
-    pattern = np.empty((na, width), np.bool_)
-    for a in range(na):
-        for k in range(width):
-            pattern[a, k] = keep[a * nb + k % nb]
-    chunks = (n + width - 1) // width
-    zero = x.dtype.type(0)
+    pattern = _inner_pattern(keep, na, nb)
+    chunks = (n + pattern.shape[1] - 1) // pattern.shape[1]
     for r in numba.prange(na * chunks):
-        a = r // chunks
-        start = (r - a * chunks) * width
-        xa, oa, pa = x[a], out[a], pattern[a]
-        for k in range(min(width, n - start)):
-            y = _scaled(xa[start + k], scale)  # then selected, as in _dropout_chunk
-            oa[start + k] = y if pa[k] else zero
+        _inner_chunk(x, out, pattern, r, chunks, scale)
 
 
-_INNER_ROWS = 256  # elements per step of `apply_group_mask_inner` (whole runs of the group dim)
+@cpu_kernel
+def dropout_groups_inner_at(x_address, out_address, n, na, nb, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """`apply_group_mask_inner` on n contiguous elements of scale's dtype at two addresses (torch
+    tensors' data_ptr(): a channels_last tensor's (N, H, W, C) memory, na = N rows of runs of
+    nb = C), drawing the keep flags of its na * nb groups itself: one launch and no numpy views,
+    as `dropout_groups_flat_at` for groups that are runs of memory."""
+    x = _view_at(x_address, n, scale).reshape((na, n // na))
+    out = _view_at(out_address, n, scale).reshape((na, n // na))
+    words = _group_words(na * nb, key_lo, key_hi, off_lo, off_hi)
+    keep = np.empty(na * nb, np.bool_)
+    for g in range(na * nb):
+        keep[g] = np.uint32(words[g]) < thr
+    pattern = _inner_pattern(keep, na, nb)
+    chunks = (n // na + pattern.shape[1] - 1) // pattern.shape[1]
+    for r in numba.prange(na * chunks):
+        _inner_chunk(x, out, pattern, r, chunks, scale)
 
 
 @cpu_kernel
@@ -794,5 +825,6 @@ dropout_flat_inplace_serial = dropout_flat_inplace.serial
 apply_group_mask_serial = apply_group_mask.serial
 apply_group_mask_inner_serial = apply_group_mask_inner.serial
 apply_group_mask_inner_strided_serial = apply_group_mask_inner_strided.serial
+dropout_groups_inner_at_serial = dropout_groups_inner_at.serial
 dropout_groups_flat_serial = dropout_groups_flat.serial
 dropout_groups_flat_at_serial = dropout_groups_flat_at.serial

@@ -122,6 +122,10 @@ def parallel_workload():
     x16 = rng.standard_normal((8, 16, SMALL // 128 + 1))
     x16_cl = np.ascontiguousarray(x16.transpose(0, 2, 1)).transpose(0, 2, 1)
     out["keep_mask + apply_group_mask_inner, C = 16"] = fastdrop.dropout2d(x16_cl, 0.5, seed=SEED, offset=OFFSET)
+    # a channels_last torch tensor with few channels: the one-launch kernel on its memory
+    x16_t = torch.from_numpy(rng.standard_normal((8, 16, 4, SMALL // 512 + 1))).contiguous(
+        memory_format=torch.channels_last)
+    out["dropout_groups_inner_at"] = fastdrop.dropout2d(x16_t, 0.5, seed=SEED, offset=OFFSET).numpy()
     x4w = rng.standard_normal((8, 33, 2 * (SMALL // 264 + 1)))
     x4_cls = np.ascontiguousarray(x4w.transpose(0, 2, 1)).transpose(0, 2, 1)[:, :, ::2]
     out["keep_mask + apply_group_mask_inner_strided"] = fastdrop.dropout2d(x4_cls, 0.5, seed=SEED, offset=OFFSET)

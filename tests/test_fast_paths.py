@@ -61,6 +61,26 @@ def test_small_dense_kernels_take_every_uint64_seed_and_offset(seed, offset):
     assert torch.equal(z, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (8, 16, 32, 32), (2, 4, 128, 300), (3, 2, 5, 4, 6)])
+def test_few_channels_last_take_the_one_launch_inner_kernel(shape, dtype, spy_kernels):
+    """Spatial dropout of a channels_last (channels_last_3d) tensor with at most INNER_ROWS_MAX_C
+    channels launches `dropout_groups_inner_at` on its memory (serial or parallel by size): the
+    numpy route's result on the same values, in x's layout, forward and backward."""
+    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    op = fastdrop.dropout2d if len(shape) == 4 else fastdrop.dropout3d
+    x = torch.randn(shape, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
+    calls = spy_kernels("dropout_groups_inner_at", "dropout_groups_inner_at_serial")
+    y = op(x, 0.4, seed=9, offset=3)
+    g = torch.randn(shape, dtype=dtype).contiguous(memory_format=fmt)
+    (gx,) = torch.autograd.grad(y, x, g)
+    assert len(calls) == 2, calls
+    assert y.is_contiguous(memory_format=fmt)
+    want = torch.from_numpy(op(x.detach().contiguous().numpy(), 0.4, seed=9, offset=3))
+    assert torch.equal(y.detach().contiguous(), want)
+    assert torch.equal(gx.contiguous(), torch.from_numpy(op(g.contiguous().numpy(), 0.4, seed=9, offset=3)))
+
+
 def test_small_dense_shortcut_is_taken(monkeypatch):
     """A test of the shortcut, not of the general route: count its launches (the training lane's
     Function calls the shortcut's kernel call, `_serial_dropout`, directly)."""
