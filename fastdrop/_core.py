@@ -215,10 +215,7 @@ def _dense_grouped_dropout(x, p, seed, offset, scale, group_ndim, n):
     memory (addresses), as _cpu.grouped_dropout_into would pick it for C-contiguous data, without
     its dtype and layout dispatch (a forward and a backward per layer per step). The output has
     x's strides (torch's layout rule)."""
-    key = (x.dtype, scale)
-    kernel_scale = _SCALES.get(key)
-    if kernel_scale is None:
-        kernel_scale = _new_kernel_scale(key)
+    kernel_scale = _kernel_scale(x.dtype, scale)
     groups = 1
     for d in x.shape[:group_ndim]:
         groups *= d
@@ -245,13 +242,17 @@ def _dense_inner_grouped_dropout(x, p, seed, offset, scale, n):
     the numpy views, keep-mask launch and layout walk of `_cpu.grouped_dropout_into` (a no-grad
     call at 8x16x32x32 took 71.5 us there, the kernel ~20; a forward and a backward per layer per
     step). The output keeps x's layout (torch's rule)."""
-    key = (x.dtype, scale)
-    kernel_scale = _SCALES.get(key)
-    if kernel_scale is None:
-        kernel_scale = _new_kernel_scale(key)
     out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)
-    _cpu.groups_inner_at(x.data_ptr(), out.data_ptr(), n, x.shape[0], x.shape[1], p, seed, offset, kernel_scale)
+    _cpu.groups_inner_at(x.data_ptr(), out.data_ptr(), n, x.shape[0], x.shape[1], p, seed, offset,
+                         _kernel_scale(x.dtype, scale))
     return out
+
+
+def _kernel_scale(dtype, scale):
+    """The kernels' scale scalar for a torch float32/float64 dtype (looked up: a numpy scalar costs
+    more to make than to find)."""
+    kernel_scale = _SCALES.get((dtype, scale))
+    return _new_kernel_scale((dtype, scale)) if kernel_scale is None else kernel_scale
 
 
 def _new_kernel_scale(key):

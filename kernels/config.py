@@ -133,10 +133,13 @@ def _pool_unsafe_after_fork():
         if not _libgomp_mapped():
             return False
         layer = _layer_numba_will_pick()
-    if layer != "omp":
-        return False
+    return _gnu_omp(layer)
+
+
+def _gnu_omp(layer):
+    """Is Numba's threading layer `layer` its omp one on GNU OpenMP (libgomp, fork-unsafe)?"""
     omppool = sys.modules.get("numba.np.ufunc.omppool")
-    return getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+    return layer == "omp" and getattr(omppool, "openmp_vendor", "GNU") == "GNU"
 
 
 def _libgomp_mapped():
@@ -178,8 +181,7 @@ def _numba_started_gnu_team():
         layer = numba.threading_layer()
     except ValueError:  # not initialized: no kernel launched a team
         return False
-    omppool = sys.modules.get("numba.np.ufunc.omppool")
-    return layer == "omp" and getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+    return _gnu_omp(layer)
 
 
 def _after_fork_in_child():

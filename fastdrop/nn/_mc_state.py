@@ -33,11 +33,6 @@ class _Thread(threading.local):
 thread = _Thread()
 
 
-def sampler():
-    """The sampler of this thread's running mc_predict call, or None."""
-    return thread.sampler
-
-
 @torch.compiler.disable  # a compiled submodule hands its input over eagerly (Numba kernels)
 def sample(module, x):
     """Module's output for x from this thread's sampler (the caller checked there is one)."""
@@ -47,7 +42,7 @@ def sample(module, x):
 @contextlib.contextmanager
 def sampling(s):
     """s drives this thread's fastdrop modules inside the block (the previous sampler after it)."""
-    previous = sampler()
+    previous = thread.sampler
     thread.sampler = s
     try:
         yield

@@ -12,7 +12,7 @@ import numbers
 import torch
 from torch.jit import is_scripting
 
-from .. import _core, functional as F
+from .. import functional as F
 from .._checks import check_mode, is_fx_proxy, module_inplace_flag, traced_as_leaf
 from . import _mc_state
 from .leaf import FxLeaf
@@ -26,7 +26,7 @@ class _DropoutNd(FxLeaf):
     _fn = None  # the functional op, set by each subclass
     _name = ""  # the class's name, for TorchScript's messages (set by each subclass)
     _ranks = ANY_RANK  # the ranks x may have in eval mode too (TorchScript's branch checks them)
-    _lane = (0, None)  # training_lane's (g, ndim): the mask-shape rule and rank _fn gives it
+    _lane = (0, None)  # functional._lane's (g, ndim): the mask-shape rule and rank _fn gives it
 
     def __init__(self, p: float = 0.5, inplace: bool = False, mode: str = "inverted"):
         # torch compares p with 0 and 1 and would let bools, strings-with-__lt__ or NaN through.
@@ -54,15 +54,13 @@ class _DropoutNd(FxLeaf):
                                   {"mode": self.mode})
         if _mc_state.thread.sampler is not None:  # inside an mc_predict call on this thread
             return _mc_state.sample(self, input)
-        p = self.p
-        if inplace is False and self.training is True and type(p) is float and 0.0 < p < 1.0 and \
-                self.mode == "inverted":
-            # a training step's call: the lane that self._fn tries first (functional._lane), two
-            # Python calls sooner; None when it is not the lane's, and self._fn goes on
-            y = _core.training_lane(input, p, *self._lane)
-            if y is not None:
-                return y
-        return self._fn(input, p, self.training, inplace, mode=self.mode)
+        p, training, mode = self.p, self.training, self.mode
+        # a training step's call: the lane self._fn tries first, one Python call sooner; None
+        # when it is not the lane's, and self._fn goes on
+        y = F._lane(input, p, training, inplace, None, 0, mode, None, *self._lane)
+        if y is not None:
+            return y
+        return self._fn(input, p, training, inplace, mode=mode)
 
 
 class Dropout(_DropoutNd, torch.nn.Dropout):
