@@ -36,7 +36,7 @@ def probes(x):
         ("torch.empty_like", lambda: torch.empty_like(xd)),
         ("numpy view of a tensor (a copy if permuted)", xd.numpy if xd.is_contiguous() else xd.contiguous),
         ("Numba launch, serial grouped kernel", lambda: dropout_cpu.dropout_groups_flat_serial(
-            xn, out, xn.size // x.shape[0], *args, scale)),
+            xn, out, xn.size // x.shape[0], x.shape[0], *args, scale)),
         ("fastdrop.drop_path (no grad)", lambda: fastdrop.drop_path(xd, 0.1)),
         ("torch x * 1.0", lambda: xd * 1.0),
     ]

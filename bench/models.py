@@ -68,9 +68,10 @@ class _BareGrouped(torch.autograd.Function):
 
     @staticmethod
     def run(x, p, seed, group_ndim):
-        from fastdrop._grouped import _groups_outermost
+        from fastdrop._grouped import grouped_runs
         from fastdrop._cpu import groups_flat_into
-        if not _groups_outermost(x, group_ndim):
+        runs = grouped_runs(x, group_ndim)
+        if runs is None or runs[0] != 1:
             x = x.contiguous()
         out = torch.empty_like(x)  # x's strides: the same run order
         n = x.numel()

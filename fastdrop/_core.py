@@ -45,7 +45,7 @@ from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, annou
                       check_storage, check_u64, check_writable, fill_torch_floats, is_subclass_like, mark_written,
                       numpy_view, quiet_under_jit_trace, traced)
 from ._dynamo_skip import MARKED, keep_dynamo_out
-from ._grouped import groups_are_runs, native_grouped, native_layout
+from ._grouped import grouped_layout, native_grouped, native_layout
 from ._torch_state import (NO_LEVELS, autocast_state, batched_for_vmap, batched_levels, capturing, compiling,
                            forward_ad_active, functorch_interpreters, grad_enabled, grad_levels_active,
                            grad_transform_active, tracing_dispatch_mode, unwrapped, vmap_levels)
@@ -209,21 +209,16 @@ def _serial_dropout(x, args):
     return out
 
 
-def _dense_grouped_dropout(x, p, seed, offset, scale, group_ndim, n):
-    """Spatial dropout / DropPath of a float32/float64 CPU tensor whose groups are contiguous runs
-    of memory (`_grouped._groups_outermost`; no autograd): the one-launch grouped kernel on the flat
-    memory (addresses), as _cpu.grouped_dropout_into would pick it for C-contiguous data, without
-    its dtype and layout dispatch (a forward and a backward per layer per step). The output has
-    x's strides (torch's layout rule)."""
-    kernel_scale = _kernel_scale(x.dtype, scale)
-    groups = 1
-    for d in x.shape[:group_ndim]:
-        groups *= d
-    if x.is_contiguous():
-        out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)
-    else:
-        out = torch_empty_like(x)  # dense x: the same strides, so the same run order
-    _cpu.groups_flat_at(x.data_ptr(), out.data_ptr(), n, groups, p, seed, offset, kernel_scale)
+def _dense_grouped_dropout(x, p, seed, offset, scale, layout, n):
+    """Spatial dropout / DropPath of a float32/float64 CPU tensor whose groups lie in runs of
+    memory (`_grouped.grouped_layout`, which gave `layout`; no autograd): the one-launch grouped
+    kernel on the flat memory (addresses), as _cpu.grouped_dropout_into would pick it, without its
+    dtype and layout dispatch (a forward and a backward per layer per step). The output has x's
+    strides (torch's layout rule for a dense x), so the same runs."""
+    groups, _, run = layout
+    out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)  # a dense x's strides either way
+    _cpu.groups_flat_at(x.data_ptr(), out.data_ptr(), n, groups, p, seed, offset, _kernel_scale(x.dtype, scale),
+                        run=run)
     return out
 
 
@@ -354,9 +349,10 @@ class TorchBackend:
                 else:
                     dropout_cpu.dropout_flat_serial_at(x.data_ptr(), out.data_ptr(), n, *args)
                 return out
-        if out is None and group_ndim > 0 and n > 0 and x.dtype in _FLAT_SCALARS and \
-                groups_are_runs(x, group_ndim):
-            return _dense_grouped_dropout(x, rng.p, seed, offset, rng.scale, group_ndim, n)
+        layout = out is None and group_ndim > 0 and n > 0 and x.dtype in _FLAT_SCALARS and \
+            grouped_layout(x, group_ndim)
+        if layout:
+            return _dense_grouped_dropout(x, rng.p, seed, offset, rng.scale, layout, n)
         if out is None and group_ndim == 2 and n > 0 and x.dtype in _FLAT_SCALARS and _few_channels_last(x):
             return _dense_inner_grouped_dropout(x, rng.p, seed, offset, rng.scale, n)
         if out is None:
@@ -1140,9 +1136,9 @@ def training_lane(x, p, g, ndim=None):
     if not recorded:  # nothing records the result: the kernel, as torch_apply runs it then
         if small:
             return _serial_dropout(x, _serial_args(x.dtype, p, seed, offset, scale))
-        if g and n and not x.is_neg() and groups_are_runs(x, g) and \
-                not is_legacy_batched(x):
-            return _dense_grouped_dropout(x, p, seed, offset, scale, g, n)  # TorchBackend.mask's pick
+        layout = g and n and not x.is_neg() and not is_legacy_batched(x) and grouped_layout(x, g)
+        if layout:
+            return _dense_grouped_dropout(x, p, seed, offset, scale, layout, n)  # TorchBackend.mask's pick
         return _mask(TorchBackend, (x,), _rng(p, seed, offset, scale), (g,))
     if g:
         y = native_grouped(x, p, seed, offset, scale, g, layout)

@@ -14,6 +14,7 @@ import numpy as np
 
 from .kernels import dropout_cpu
 from .kernels.config import CPU_PARALLEL_MIN
+from .kernels.layout import group_runs
 from .kernels.philox import LANES, kernel_rng_args
 
 
@@ -187,6 +188,11 @@ def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, *, bf16=Fal
     if x.flags.c_contiguous and out.flags.c_contiguous:  # the common case: one launch, flat views
         groups_flat_into(x, out, groups, p, seed, offset, scale_type(scale), parallel_min)
         return out_given
+    runs = _group_runs_views(x, out, group_ndim)
+    if runs is not None:  # dense, each group in runs of memory: (L, N, D) seen as (N, L, D)
+        xf, of, run = runs
+        groups_flat_into(xf, of, groups, p, seed, offset, scale_type(scale), parallel_min, run)
+        return out_given
     keep = np.empty(groups, dtype=np.bool_)
     fill_keep_mask(keep, p, seed, offset)
     big = x.size >= parallel_min
@@ -226,6 +232,24 @@ def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, *, bf16=Fal
     return out_given
 
 
+def _group_runs_views(x, out, group_ndim):
+    """(x, out, run): flat views of x's and out's memory in memory order, when both have the same
+    dense layout with each group in runs of `run` elements (kernels/layout.py, `group_runs`), else
+    None. Runs of at least LANES elements: shorter ones (a transposed matrix's columns) keep the
+    general route below."""
+    if x.strides != out.strides or not _positive_strides(x):
+        return None
+    item = x.itemsize
+    if any(s % item for s in x.strides):
+        return None
+    layout = group_runs(x.shape, [s // item for s in x.strides], group_ndim)
+    if layout is None or layout[1] < LANES:
+        return None
+    flat = (x.size,)
+    return (np.lib.stride_tricks.as_strided(x, shape=flat, strides=(item,)),
+            np.lib.stride_tricks.as_strided(out, shape=flat, strides=(out.itemsize,)), layout[1])
+
+
 # `apply_group_mask_inner` (long loops over whole runs) for runs of at most this many elements,
 # the loop per run above: Dropout2d channels_last forward+backward against torch's, same process
 # (2026-12-06): C = 3 at 8x3x224x224 0.27x -> 0.90x, C = 4 at 1x4x512x512 0.39x -> 0.88x, but
@@ -253,23 +277,27 @@ def _inner_group_views(x, out, group_ndim):
     return xv, ov
 
 
-def groups_flat_into(x, out, groups, p, seed, offset, scale, parallel_min=None):
-    """The one-launch grouped kernel on C-contiguous kernel views x, out (the dtypes the kernels
-    take, scale already of the compute type): `groups` consecutive runs of equal length, run g kept
-    iff mask element g is. Parallel from parallel_min elements (default CPU_PARALLEL_MIN)."""
+def groups_flat_into(x, out, groups, p, seed, offset, scale, parallel_min=None, run=None):
+    """The one-launch grouped kernel on kernel views x, out that are flat in memory order (the
+    dtypes the kernels take, scale already of the compute type): runs of `run` elements (default
+    one run per group, x.size // groups), run r of group r % groups (kernels/layout.py,
+    `group_runs`), kept iff mask element r % groups is. Parallel from parallel_min elements
+    (default CPU_PARALLEL_MIN)."""
     if parallel_min is None:
         parallel_min = CPU_PARALLEL_MIN
     kernel = dropout_cpu.dropout_groups_flat if x.size >= parallel_min else dropout_cpu.dropout_groups_flat_serial
-    kernel(x.reshape(-1), out.reshape(-1), x.size // groups, *kernel_rng_args(seed, offset, p), scale)
+    kernel(x.reshape(-1), out.reshape(-1), x.size // groups if run is None else run, groups,
+           *kernel_rng_args(seed, offset, p), scale)
 
 
-def groups_flat_at(x_address, out_address, n, groups, p, seed, offset, scale, parallel_min=None):
-    """`groups_flat_into` on n contiguous elements of scale's dtype (float32 / float64) at two
-    addresses: torch tensors' memory, without numpy views (`_core._dense_grouped_dropout`)."""
+def groups_flat_at(x_address, out_address, n, groups, p, seed, offset, scale, parallel_min=None, run=None):
+    """`groups_flat_into` on n elements of scale's dtype (float32 / float64) at two addresses, in
+    memory order: torch tensors' memory, without numpy views (`_core._dense_grouped_dropout`)."""
     if parallel_min is None:
         parallel_min = CPU_PARALLEL_MIN
     kernel = dropout_cpu.dropout_groups_flat_at if n >= parallel_min else dropout_cpu.dropout_groups_flat_at_serial
-    kernel(x_address, out_address, n, n // groups, *kernel_rng_args(seed, offset, p), scale)
+    kernel(x_address, out_address, n, n // groups if run is None else run, groups,
+           *kernel_rng_args(seed, offset, p), scale)
 
 
 def groups_inner_at(x_address, out_address, n, na, nb, p, seed, offset, scale, parallel_min=None):

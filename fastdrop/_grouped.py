@@ -17,8 +17,8 @@ import numpy as np
 
 from .kernels import dropout_cpu
 from .kernels.config import TORCH_GRAIN_SIZE
-from .kernels.layout import groups_outermost
-from .kernels.philox import kernel_threshold
+from .kernels.layout import group_runs
+from .kernels.philox import LANES, kernel_threshold
 
 
 # Grouped ops under autograd below this many output bytes take torch's own multiply
@@ -32,23 +32,25 @@ NATIVE_GROUPED_MAX_BYTES = 32 << 20
 NATIVE_ZERO_MAX_BYTES = 512 << 10
 
 
-def _groups_outermost(x, group_ndim):
-    """x's memory is dense with its first group_ndim dims outermost, in order (kernels/layout.py)."""
-    return groups_outermost(x.shape, x.stride(), group_ndim)
-
-
-def groups_are_runs(x, group_ndim):
-    """x's groups (one per index of its first group_ndim dims) are consecutive runs of memory in
-    group order: x is contiguous, or dense with those dims outermost."""
-    return x.is_contiguous() or _groups_outermost(x, group_ndim)
+def grouped_runs(x, group_ndim):
+    """(outer, run) when x's memory is dense with each group (an index over its first group_ndim
+    dims) in `outer` runs of `run` elements, run r of group r % groups (kernels/layout.py,
+    `group_runs`): one run per group for contiguous data and timm's permuted ConvNeXt branch;
+    L runs of D per sample for a sequence-first (L, N, D) tensor seen as (N, L, D). Runs shorter
+    than LANES elements with several per group (a transposed matrix's columns) give None: a run
+    per element would cost the flat kernels more than the general route's copy."""
+    layout = group_runs(x.shape, x.stride(), group_ndim)
+    if layout is None or layout[0] > 1 and layout[1] < LANES:
+        return None
+    return layout
 
 
 def native_layout(x, g, p, n, nbytes):
-    """The layout `native_grouped` needs, (groups, the shape of the factors), for x with mask-shape
-    rule g > 0 (a CPU float32/float64 tensor of a plain class, checked by the caller, with n
-    elements of nbytes bytes in all), when the route applies, else None: x's groups are
-    consecutive runs of memory (`grouped_layout`: contiguous, or timm's permuted ConvNeXt branch;
-    not channels_last spatial dropout), its output is one the output cache would not serve, and
+    """The layout `native_grouped` needs, (groups, the shape of the factors, run), for x with
+    mask-shape rule g > 0 (a CPU float32/float64 tensor of a plain class, checked by the caller,
+    with n elements of nbytes bytes in all), when the route applies, else None: x's groups lie in
+    runs of memory (`grouped_layout`: contiguous, timm's permuted ConvNeXt branch, a sequence-first
+    tensor seen batch-first; not channels_last spatial dropout), its output is one the output cache would not serve, and
     its dropped groups are expected (p of x) to fit NATIVE_ZERO_MAX_BYTES twice over (the draw
     decides; this only saves drawing factors that would not be used)."""
     if n == 0 or nbytes >= NATIVE_GROUPED_MAX_BYTES or p * nbytes > 2 * NATIVE_ZERO_MAX_BYTES:
@@ -56,16 +58,16 @@ def native_layout(x, g, p, n, nbytes):
     return grouped_layout(x, g)
 
 
-# (shape, strides, g) -> (groups, factor shape), or False where the groups are not consecutive
-# runs: a training step meets a few shapes per layer, and for a permuted x the pure-Python layout
+# (shape, strides, g) -> (groups, factor shape, run), or False where the groups are not runs of
+# memory: a training step meets a few shapes per layer, and for a permuted x the pure-Python layout
 # check cost more than the multiply's own bookkeeping (bounded: shapes from a varying batch or
 # resolution are cleared, not kept forever)
 GROUPED_LAYOUTS = {}
 
 
 def grouped_layout(x, g):
-    """(groups, factor shape) of x with mask-shape rule g > 0 when its groups are consecutive
-    runs of memory (`groups_are_runs`), else None."""
+    """(groups, factor shape, run) of x with mask-shape rule g > 0 when its groups lie in runs of
+    `run` elements of memory (`grouped_runs`), else None."""
     shape = x.shape
     key = (shape, x.stride(), g)
     layout = GROUPED_LAYOUTS.get(key)
@@ -73,8 +75,9 @@ def grouped_layout(x, g):
         if len(GROUPED_LAYOUTS) >= 256:
             GROUPED_LAYOUTS.clear()
         layout = False
-        if groups_are_runs(x, g):
-            layout = (math.prod(shape[:g]), tuple(shape[:g]) + (1,) * (len(shape) - g))
+        runs = grouped_runs(x, g) if x.numel() else None
+        if runs is not None:
+            layout = (math.prod(shape[:g]), tuple(shape[:g]) + (1,) * (len(shape) - g), runs[1])
         GROUPED_LAYOUTS[key] = layout
     return layout or None
 
@@ -92,7 +95,7 @@ def native_grouped(x, p, seed, offset, scale, g, layout):
     backward: f, one value per group, never a mask of x's size. Not under forward-mode AD, whose
     tangent t * f would have the same NaN. seed, offset: ints below 2^63."""
     torch = sys.modules["torch"]
-    groups, factor_shape = layout
+    groups, factor_shape, run = layout
     factors = np.empty(factor_shape, np.float32 if x.element_size() == 4 else np.float64)
     count = dropout_cpu.group_factors(factors, seed, offset, kernel_threshold(p), scale)
     n = x.numel()
@@ -102,22 +105,26 @@ def native_grouped(x, p, seed, offset, scale, g, layout):
     if count:
         # x's dense layout and dtype, which torch's multiply keeps: the zeros go straight to y's
         # memory (the kernel writes n elements of factors' dtype there, so both are checked)
-        if _zeroable_in_place(torch, y, x, g):
+        if _zeroable_in_place(torch, y, x, g, run):
             # on the threads that wrote y, where torch's multiply ran on several (kernel docstring)
             zero = dropout_cpu.zero_dropped_runs if n >= TORCH_GRAIN_SIZE and torch.get_num_threads() > 1 \
                 else dropout_cpu.zero_dropped_runs.serial
-            zero(y.data_ptr(), n, n // groups, factors)
+            zero(y.data_ptr(), n, run, factors)
         else:  # not met for a dense x; the general tool, in case a torch lays y out otherwise
             with torch.no_grad():
                 y.masked_fill_(torch.from_numpy(factors) == 0, 0.0)
     return y
 
 
-def _zeroable_in_place(torch, y, x, g):
+def _zeroable_in_place(torch, y, x, g, run):
     """Can `zero_dropped_runs` write y's dropped groups through its flat memory: a plain tensor
     with memory (a dispatch mode may hand back a subclass: under FakeTensorMode with real inputs
     y is a fake tensor whose data_ptr() is 0, and writing there crashed the process), x's dtype
-    and shape, and its groups consecutive runs in group order (y with x's shape and strides has
-    the layout `grouped_layout` checked for x)?"""
-    return type(y) is torch.Tensor and y.dtype == x.dtype and y.shape == x.shape and \
-        (y.stride() == x.stride() or _groups_outermost(y, g))
+    and shape, and its groups in the runs `grouped_layout` found in x (y with x's strides has them;
+    torch's multiply keeps a dense input's strides, up to those of size-1 dims)?"""
+    return type(y) is torch.Tensor and y.dtype == x.dtype and y.shape == x.shape and (
+        y.stride() == x.stride() or group_runs(y.shape, y.stride(), g) == (y.numel() // (run * _groups(y, g)), run))
+
+
+def _groups(x, g):
+    return math.prod(x.shape[:g])

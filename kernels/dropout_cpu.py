@@ -308,23 +308,27 @@ def _view_at_overload(address, n, like):
 def zero_dropped_runs(address, n, run, factors):
     """Exact zeros over the dropped groups (factor 0, see group_factors) of a grouped op's output:
     n elements of factors' dtype at `address` (a torch tensor's data_ptr(): the caller checked its
-    memory is dense with the groups as consecutive runs of `run` elements, in group order). An
-    address, not a numpy view of the tensor: the view (detach, numpy, reshape) cost more than the
-    zeros inside a training step, where every call runs cold.
+    memory is dense in runs of `run` elements, run r of group r % groups, kernels/layout.py
+    `group_runs`). An address, not a numpy view of the tensor: the view (detach, numpy, reshape)
+    cost more than the zeros inside a training step, where every call runs cold.
 
-    Parallel over the groups, in equal contiguous shares, as torch's multiply that wrote the
+    Parallel over the runs, in equal contiguous shares, as torch's multiply that wrote the
     output split it across the same OpenMP threads: each thread zeroes lines its own core wrote
     and still holds. Serial on the main thread, the zeros of the other thread's half pulled those
     lines across cores, and the next call's multiply pulled them back: a Dropout2d forward of
     8x16x32x32 spent 25 us in the multiply and zero pass, 12 us this way (docs/cpu_kernels.md)."""
     f = factors.reshape(-1)
+    groups = f.size
     out = numba.carray(_address_as_pointer(address), n, factors.dtype)
     zero = f.dtype.type(0)
-    for g in numba.prange(f.size):
-        if f[g] == zero:
-            # a slice per run: LLVM then proves the stores in bounds and makes them a memset
+    pieces, size = _run_pieces(run)  # long runs in pieces, as the flat kernels split them
+    for i in numba.prange((n // run) * pieces):
+        r = i // pieces
+        if f[r % groups] == zero:
+            # a slice per piece: LLVM then proves the stores in bounds and makes them a memset
             # (indexing the whole array ran 7x slower: 29 vs 4 us for 256 KiB)
-            fs = out[g * run:(g + 1) * run]
+            start = r * run + (i - r * pieces) * size
+            fs = out[start:min(start + size, (r + 1) * run)]
             for k in range(fs.size):
                 fs[k] = zero
 
@@ -676,26 +680,29 @@ def dropout_tiled(xb, x_strides, ob, o_strides, shape, a, key_lo, key_hi, off_lo
 
 
 @cpu_kernel
-def dropout_groups_flat(x, out, length, key_lo, key_hi, off_lo, off_hi, thr, scale):
-    """Spatial dropout / DropPath on flat contiguous x, out: group g (elements [g * length,
-    (g + 1) * length)) is kept, times scale, iff mask word g < thr; otherwise 0. One launch: the
-    group mask (a few thousand words in practice) is generated first, on the calling thread."""
-    ngroups = x.size // length
+def dropout_groups_flat(x, out, length, ngroups, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """Spatial dropout / DropPath on flat x, out in memory order: runs of `length` elements, run r
+    of group r % ngroups (kernels/layout.py, `group_runs`: one run per group for contiguous data,
+    L runs per sample for a sequence-first (L, N, D) tensor seen as (N, L, D)), kept, times scale,
+    iff mask word (r % ngroups) < thr; otherwise 0. One launch: the group mask (a few thousand words
+    in practice) is generated first, on the calling thread."""
     words = _group_words(ngroups, key_lo, key_hi, off_lo, off_hi)
-    for g in numba.prange(ngroups):
-        _apply_group(x, out, g, length, words, thr, scale)
+    pieces, size = _run_pieces(length)
+    for i in numba.prange((x.size // length) * pieces):
+        _apply_piece(x, out, i, pieces, size, length, words, ngroups, thr, scale)
 
 
 @cpu_kernel
-def dropout_groups_flat_at(x_address, out_address, n, length, key_lo, key_hi, off_lo, off_hi, thr, scale):
-    """`dropout_groups_flat` on n contiguous elements of scale's dtype at two addresses (torch
-    tensors' data_ptr(); see `dropout_flat_serial_at`)."""
+def dropout_groups_flat_at(x_address, out_address, n, length, ngroups, key_lo, key_hi, off_lo, off_hi, thr,
+                           scale):
+    """`dropout_groups_flat` on n elements of scale's dtype at two addresses (torch tensors'
+    data_ptr(), their memory in memory order; see `dropout_flat_serial_at`)."""
     x = _view_at(x_address, n, scale)
     out = _view_at(out_address, n, scale)
-    ngroups = n // length
     words = _group_words(ngroups, key_lo, key_hi, off_lo, off_hi)
-    for g in numba.prange(ngroups):
-        _apply_group(x, out, g, length, words, thr, scale)
+    pieces, size = _run_pieces(length)
+    for i in numba.prange((n // length) * pieces):
+        _apply_piece(x, out, i, pieces, size, length, words, ngroups, thr, scale)
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
@@ -706,17 +713,34 @@ def _group_words(ngroups, key_lo, key_hi, off_lo, off_hi):
     return words
 
 
+# Runs longer than this many elements are split into equal pieces, so that few long runs (DropPath
+# of one sample, 1x196x768) still spread over the threads: the pieces of a run are consecutive
+# loop indices, so the static schedule still gives each thread one contiguous share of memory.
+RUN_PIECE = 1 << 14
+
+
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _apply_group(x, out, g, length, words, thr, scale):
-    """Group g of a flat grouped op: its `length` elements times scale if kept, else 0."""
-    xs = x[g * length:(g + 1) * length]
-    os = out[g * length:(g + 1) * length]
-    if np.uint32(words[g]) < thr:
-        for k in range(length):
+def _run_pieces(length):
+    """(pieces per run, elements per piece) for runs of `length` elements."""
+    pieces = max(1, (length + RUN_PIECE - 1) // RUN_PIECE)
+    return pieces, (length + pieces - 1) // pieces
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _apply_piece(x, out, i, pieces, size, length, words, ngroups, thr, scale):
+    """Piece i % pieces of run i // pieces of a flat grouped op: its elements times scale if its
+    group's mask word is below thr, else 0."""
+    r = i // pieces
+    start = r * length + (i - r * pieces) * size
+    stop = min(start + size, (r + 1) * length)
+    xs = x[start:stop]
+    os = out[start:stop]
+    if np.uint32(words[r % ngroups]) < thr:
+        for k in range(xs.size):
             os[k] = _scaled(xs[k], scale)
     else:
         zero = x.dtype.type(0)
-        for k in range(length):
+        for k in range(xs.size):
             os[k] = zero
 
 

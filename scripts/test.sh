@@ -19,5 +19,5 @@ NUMBA_BOUNDSCHECK=1 NUMBA_CACHE_DIR=build/numba-boundscheck PYTHONPATH=tests \
     $PY -m pytest -q -p boundscheck_plugin tests/test_dropout.py tests/test_philox.py \
     tests/test_hostile.py tests/test_determinism.py tests/test_properties.py tests/test_linear.py \
     tests/test_dropconnect.py tests/test_variants.py tests/test_half.py tests/test_tiled_layouts.py \
-    tests/test_prefetch_path.py tests/test_native_grouped.py "$@"
+    tests/test_prefetch_path.py tests/test_native_grouped.py tests/test_group_runs.py "$@"
 NUMBA_ENABLE_CUDASIM=1 $PY -m pytest -q tests/cuda "$@"
