@@ -1086,7 +1086,7 @@ def _check_view_rebase(torch, x):
 _CHANNELS_LAST = None  # torch.channels_last, set with the lane's queries
 
 
-def training_lane(x, p, g, ndim=None):
+def training_lane(x, p, g, ndim=None, inplace=False):
     """The common call of dropout (g = 0) or a grouped op (g > 0) in training mode, without the
     general pipeline: a plain CPU float32/float64 tensor, 0 < p < 1, inverted scaling, seed=None
     at offset 0, not in place, no out= (the callers check those arguments). Every check `call`
@@ -1097,7 +1097,8 @@ def training_lane(x, p, g, ndim=None):
     MC-dropout sampling) the op's forward on the kernels. Skipping the pipeline's Python saves
     about a tenth of a small call (docs/cpu_kernels.md, "The training lane"). None, having
     touched nothing, when any condition fails: the caller goes on to `call`. ndim: the rank x
-    must have (spatial dropout's batched rank), or None for any rank >= g."""
+    must have (spatial dropout's batched rank), or None for any rank >= g. inplace: write x
+    (`_inplace_lane`)."""
     if _LANE_QUERIES is None:  # torch's ops not registered yet: `call` registers them
         return None
     tensor, compiling, grad_enabled, strided, transforms_active, wrapped, tracing, forward_ad = _LANE_QUERIES
@@ -1116,6 +1117,8 @@ def training_lane(x, p, g, ndim=None):
     n = x.numel()
     itemsize = x.element_size()
     nbytes = n * itemsize
+    if inplace:
+        return _inplace_lane(x, p, g, recorded, n, nbytes)
     if g and recorded:
         layout = native_layout(x, g, p, n, nbytes)
         if not layout:
@@ -1149,6 +1152,46 @@ def training_lane(x, p, g, ndim=None):
         return _functions()[3](x, _rng(p, seed, offset, scale), _serial_args(x.dtype, p, seed, offset, scale))
     # dropout, or a grouped op with many groups dropped: the Function route torch_apply takes
     return _functions()[2](DROPOUT, (g,), _rng(p, seed, offset, scale), False, x)
+
+
+def _inplace_lane(x, p, g, recorded, n, nbytes):
+    """`training_lane` in place, on the routes whose checks are few: a small contiguous
+    elementwise call (the serial in-place kernel) or a grouped op on groups in runs of memory
+    (the flat grouped kernel over x's memory, or under autograd torch's `x.mul_(factors)` and
+    the zero pass, `native_grouped`), with nothing recorded, or recorded on a tensor that is
+    neither a leaf nor a view (an activation), where `call`'s in-place checks (a leaf, a view of
+    one, a view autograd cannot rebase) pass. Every other in-place call, and any x torch would
+    refuse to write (an inference tensor, a lazily negated view), goes to `call`, which checks
+    and refuses it before the draw. x, its version counter bumped, as torch's in-place ops."""
+    if n == 0 or x.is_neg() or x.is_inference() or is_legacy_batched(x):
+        return None
+    small = not g and n < _cpu.CPU_PARALLEL_MIN and x.is_contiguous()
+    if recorded:
+        if small or x.is_leaf or x._base is not None:
+            return None
+        layout = g and native_layout(x, g, p, n, nbytes)
+    else:
+        layout = g and grouped_layout(x, g)
+    if not (small or layout):
+        return None
+    check_storage(x)
+    offset = _seeds.stream_offset(0)
+    if offset >= 1 << 63:
+        return None
+    seed, scale = _seeds.draw_torch_seed_eager(sys.modules["torch"]), 1.0 / (1.0 - p)
+    if recorded:
+        y = native_grouped(x, p, seed, offset, scale, g, layout, inplace=True)
+        if y is None:  # many groups dropped: the Function, in place, with this draw
+            y = _functions()[2](DROPOUT, (g,), _rng(p, seed, offset, scale), True, x)
+        return y
+    announce_write(sys.modules["torch"], x)  # to a dispatch mode that acts on writes, as `call` does
+    if small:
+        dropout_cpu.dropout_flat_inplace_serial_at(x.data_ptr(), n, *_serial_args(x.dtype, p, seed, offset, scale))
+    else:
+        groups, _, run = layout
+        _cpu.groups_flat_at(x.data_ptr(), x.data_ptr(), n, groups, p, seed, offset, _kernel_scale(x.dtype, scale),
+                            run=run)
+    return mark_written(x)
 
 
 def _recording_apply(torch, operands):

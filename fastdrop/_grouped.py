@@ -82,7 +82,7 @@ def grouped_layout(x, g):
     return layout or None
 
 
-def native_grouped(x, p, seed, offset, scale, g, layout):
+def native_grouped(x, p, seed, offset, scale, g, layout, inplace=False):
     """Spatial dropout / DropPath of a tensor under autograd (`_native_groups` said yes),
     recorded with torch's own multiply: y = x * f, f the per-group factors (scale or 0,
     `group_factors`), then the dropped groups of y set to exact zeros outside autograd (x * 0
@@ -93,7 +93,8 @@ def native_grouped(x, p, seed, offset, scale, g, layout):
     gradient, up to the sign of a zero (grad * 0); an inf or NaN incoming gradient in a dropped
     group gives NaN there, as torch's own dropout does, where the kernel gives 0. Saved for
     backward: f, one value per group, never a mask of x's size. Not under forward-mode AD, whose
-    tangent t * f would have the same NaN. seed, offset: ints below 2^63."""
+    tangent t * f would have the same NaN. seed, offset: ints below 2^63. inplace: x.mul_(f),
+    then the zeros in x (an activation, not a leaf nor a view: the caller checked)."""
     torch = sys.modules["torch"]
     groups, factor_shape, run = layout
     factors = np.empty(factor_shape, np.float32 if x.element_size() == 4 else np.float64)
@@ -101,7 +102,7 @@ def native_grouped(x, p, seed, offset, scale, g, layout):
     n = x.numel()
     if count * (n // groups) * x.element_size() > NATIVE_ZERO_MAX_BYTES:
         return None
-    y = x * torch.from_numpy(factors)
+    y = x.mul_(torch.from_numpy(factors)) if inplace else x * torch.from_numpy(factors)
     if count:
         # x's dense layout and dtype, which torch's multiply keeps: the zeros go straight to y's
         # memory (the kernel writes n elements of factors' dtype there, so both are checked)

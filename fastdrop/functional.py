@@ -42,8 +42,9 @@ def _lane(x, p, training, inplace, seed, offset, mode, out, g, ndim=None):
     """A training step's call (these arguments) through `_core.training_lane` with mask-shape
     rule g; None when the arguments or x are not the lane's, and the caller goes on to `_call`."""
     if training is True and type(p) is float and 0.0 < p < 1.0 and seed is None and \
-            type(offset) is int and offset == 0 and inplace is False and out is None and mode == "inverted":
-        return _core.training_lane(x, p, g, ndim)
+            type(offset) is int and offset == 0 and (inplace is False or inplace is True) and out is None \
+            and mode == "inverted":
+        return _core.training_lane(x, p, g, ndim, inplace)
     return None
 
 

@@ -185,7 +185,8 @@ def test_gradcheck_and_double_backward_on_the_native_route():
 
 def test_the_lane_only_takes_default_calls(monkeypatch):
     """training_lane sees only calls whose arguments it can take (seed=None, offset 0, inverted
-    scaling, not in place, no out=, training); others reach the pipeline and its checks."""
+    scaling, no out=, training); others reach the pipeline and its checks. (In place it takes
+    too: tests/test_training_lane.py, test_inplace_lane_*.)"""
     taken = []
     original = _core.training_lane
     monkeypatch.setattr(_core, "training_lane", lambda *a, **k: taken.append(a[1:]) or original(*a, **k))
@@ -196,7 +197,7 @@ def test_the_lane_only_takes_default_calls(monkeypatch):
     for call in (lambda: F.dropout2d(x, 0.2, seed=1), lambda: F.dropout2d(x, 0.2, offset=1),
                  lambda: F.dropout2d(x, 0.2, mode="classic"), lambda: F.dropout2d(x, 0.2, training=False),
                  lambda: F.drop_path(x, 0.2, scale_by_keep=False), lambda: F.drop_path(x, 0.2, mode="batch"),
-                 lambda: F.dropout2d(x, 1), lambda: F.dropout2d(x.detach(), 0.2, inplace=True)):
+                 lambda: F.dropout2d(x, 1)):
         call()
     assert len(taken) == 2
     with pytest.raises(ValueError):

@@ -337,7 +337,7 @@ def test_modules_take_the_lane_their_functional_takes(monkeypatch, make_module, 
     without_lane(monkeypatch, lambda: m(x))
     assert torch.equal(state, torch.get_rng_state())
     taken.clear()
-    for change in ({"training": False}, {"inplace": True}, {"p": 0.0}):
+    for change in ({"training": False}, {"p": 0.0}):  # (in place: test_inplace_lane_*)
         m = make_module()
         for name, value in change.items():
             setattr(m, name, value)
@@ -347,3 +347,75 @@ def test_modules_take_the_lane_their_functional_takes(monkeypatch, make_module, 
         m.mode = "classic"
         m(x)
     assert taken == []
+
+
+# (call, shape, grouped): the lane's in-place calls. Without autograd it takes a small contiguous
+# elementwise x and grouped ops on groups in runs of memory; under autograd the grouped ops on an
+# activation (not a leaf, not a view: torch's own mul_ then zeroes in place)
+INPLACE_OPS = [
+    (lambda x, p, **kw: F.dropout(x, p, **kw), (64, 512), False),
+    (lambda x, p, **kw: F.dropout(x, p, **kw), (256, 1024), False),  # large: the pipeline
+    (lambda x, p, **kw: F.dropout2d(x, p, **kw), (3, 5, 4, 6), True),
+    (lambda x, p, **kw: F.dropout2d(x, p, **kw), (16, 32, 16, 16), True),  # parallel kernel, zero pass
+    (lambda x, p, **kw: F.drop_path(x, p, **kw), (7, 3, 10), True),
+    (lambda x, p, **kw: F.drop_path(x, p, **kw), "sequence first", True),
+]
+
+
+@pytest.mark.parametrize("recorded", [False, True], ids=["no grad", "activation under autograd"])
+@pytest.mark.parametrize("call,shape,grouped", INPLACE_OPS, ids=str)
+def test_inplace_lane_equals_the_pipeline(monkeypatch, call, shape, grouped, recorded):
+    """In place through the lane: x itself back, its version bumped, the pipeline's bits, draw and
+    (under autograd) gradient values; only the calls the lane is for take it."""
+    taken = counting_lane(monkeypatch)
+    if shape == "sequence first":
+        base = hostile((6, 4, 40), torch.float32).transpose(0, 1)
+    else:
+        base = hostile(shape, torch.float32)
+    g = torch.randn(base.shape)
+
+    def run():
+        leaf = base.clone(memory_format=torch.preserve_format).requires_grad_(recorded)
+        a = leaf * 1.0 if recorded else leaf  # an activation, or a tensor that needs no grad
+        version = a._version
+        torch.manual_seed(7)
+        y = call(a, 0.4, inplace=True)
+        assert y is a and a._version > version and a.stride() == base.stride()
+        gx = torch.autograd.grad(y, leaf, g)[0] if recorded else None
+        return y.detach().clone(), gx, torch.get_rng_state()
+
+    y, gx, state = run()
+    small = base.numel() < fastdrop._cpu.CPU_PARALLEL_MIN
+    assert len(taken) == (1 if grouped or small and not recorded else 0)
+    y0, gx0, state0 = without_lane(monkeypatch, run)
+    assert torch.equal(bits(y), bits(y0)) and torch.equal(state, state0)
+    if recorded:
+        assert torch.equal(gx, gx0)  # values: a dropped group's gradient is grad * 0 on the native route
+
+
+def test_inplace_lane_leaves_refusals_to_the_pipeline(monkeypatch):
+    """In-place calls torch refuses (a leaf or a view of one that needs grad, an inference tensor
+    outside inference mode) and views of activations reach the pipeline, which refuses before the
+    draw or records the view's rebase."""
+    taken = counting_lane(monkeypatch)
+    leaf = torch.randn(4, 6, 5, 3, requires_grad=True)
+    with torch.inference_mode():
+        frozen = torch.randn(4, 6, 5, 3)
+    state = torch.get_rng_state()
+    for x in (leaf, leaf[1:]):
+        with pytest.raises(RuntimeError, match="leaf"):
+            F.dropout2d(x, 0.3, inplace=True)
+    with pytest.raises(RuntimeError, match="inference"):
+        F.dropout2d(frozen, 0.3, inplace=True)
+    assert torch.equal(state, torch.get_rng_state()) and taken == []
+    a = leaf * 1.0
+    view = a[1:]
+    y = F.dropout2d(view, 0.3, inplace=True)
+    assert y is view and taken == []
+    a.sum().backward()  # through the view's rebased history
+    assert leaf.grad[0].eq(1).all()  # the rows outside the view pass their gradient unchanged
+    assert torch.equal(leaf.grad[1:] == 0, y == 0)
+    for m in (fastdrop.nn.Dropout2d(0.3, inplace=True), fastdrop.nn.DropPath(0.3, inplace=True)):
+        a = leaf * 1.0
+        assert m(a) is a  # a module in place takes the lane, as its functional op does
+    assert len(taken) == 2
