@@ -215,7 +215,7 @@ def _dense_grouped_dropout(x, p, seed, offset, scale, layout, n):
     kernel on the flat memory (addresses), as _cpu.grouped_dropout_into would pick it, without its
     dtype and layout dispatch (a forward and a backward per layer per step). The output has x's
     strides (torch's layout rule for a dense x), so the same runs."""
-    groups, _, run = layout
+    groups, _, run, _ = layout
     out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)  # a dense x's strides either way
     _cpu.groups_flat_at(x.data_ptr(), out.data_ptr(), n, groups, p, seed, offset, _kernel_scale(x.dtype, scale),
                         run=run)
@@ -1188,7 +1188,7 @@ def _inplace_lane(x, p, g, recorded, n, nbytes):
     if small:
         dropout_cpu.dropout_flat_inplace_serial_at(x.data_ptr(), n, *_serial_args(x.dtype, p, seed, offset, scale))
     else:
-        groups, _, run = layout
+        groups, _, run, _ = layout
         _cpu.groups_flat_at(x.data_ptr(), x.data_ptr(), n, groups, p, seed, offset, _kernel_scale(x.dtype, scale),
                             run=run)
     return mark_written(x)

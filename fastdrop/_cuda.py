@@ -52,7 +52,7 @@ from .kernels import sample_cuda as S
 from .kernels.variants_cuda import max_norm_device  # noqa: F401
 from .kernels.config import (CUDA_FILL_THREADS, CUDA_MAX_BLOCKS, CUDA_MAX_SPLITS, SPLIT_MIN_REDUCTION,
                              launch_shape)
-from .kernels.layout import dense_after, groups_outermost
+from .kernels.layout import channels_innermost, dense_after, groups_outermost
 from .kernels.philox import LANES, MAX_U64, kernel_rng_args
 
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
@@ -228,12 +228,9 @@ def group_layout(shape, strides, group_ndim):
     n = math.prod(shape)
     if groups_outermost(shape, strides, group_ndim):
         return n // math.prod(shape[:group_ndim]), 1
-    c = group_ndim - 1
-    if shape[c] > 1 and strides[c] == 1:
-        after = dense_after(shape[c], sorted(zip(strides[group_ndim:], shape[group_ndim:])))
-        lead = [(strides[d], shape[d]) for d in range(c - 1, -1, -1)]
-        if after is not None and dense_after(after, lead) is not None:
-            return n // math.prod(shape[:c]), shape[c]
+    if channels_innermost(shape, strides, group_ndim):
+        c = group_ndim - 1
+        return n // math.prod(shape[:c]), shape[c]
     return None
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .kernels import dropout_cpu
 from .kernels.config import TORCH_GRAIN_SIZE
-from .kernels.layout import group_runs
+from .kernels.layout import channels_innermost, group_runs
 from .kernels.philox import LANES, kernel_threshold
 
 
@@ -46,40 +46,53 @@ def grouped_runs(x, group_ndim):
 
 
 def native_layout(x, g, p, n, nbytes):
-    """The layout `native_grouped` needs, (groups, the shape of the factors, run), for x with
-    mask-shape rule g > 0 (a CPU float32/float64 tensor of a plain class, checked by the caller,
-    with n elements of nbytes bytes in all), when the route applies, else None: x's groups lie in
-    runs of memory (`grouped_layout`: contiguous, timm's permuted ConvNeXt branch, a sequence-first
-    tensor seen batch-first; not channels_last spatial dropout), its output is one the output cache would not serve, and
+    """The layout `native_grouped` needs, (groups, the shape of the factors, run, channels), for
+    x with mask-shape rule g > 0 (a CPU float32/float64 tensor of a plain class, checked by the
+    caller, with n elements of nbytes bytes in all), when the route applies, else None: x's groups
+    lie in runs of memory (`grouped_layout`: contiguous, timm's permuted ConvNeXt branch, a
+    sequence-first tensor seen batch-first) or its channels innermost (`_channels_layout`:
+    channels_last spatial dropout), its output is one the output cache would not serve, and
     its dropped groups are expected (p of x) to fit NATIVE_ZERO_MAX_BYTES twice over (the draw
     decides; this only saves drawing factors that would not be used)."""
     if n == 0 or nbytes >= NATIVE_GROUPED_MAX_BYTES or p * nbytes > 2 * NATIVE_ZERO_MAX_BYTES:
         return None
-    return grouped_layout(x, g)
+    return grouped_layout(x, g) or _channels_layout(x, g)
 
 
-# (shape, strides, g) -> (groups, factor shape, run), or False where the groups are not runs of
-# memory: a training step meets a few shapes per layer, and for a permuted x the pure-Python layout
-# check cost more than the multiply's own bookkeeping (bounded: shapes from a varying batch or
-# resolution are cleared, not kept forever)
+# (shape, strides, g) -> (groups in runs, channels innermost): the answers of `grouped_layout` and
+# `_channels_layout`, False for no; a training step meets a few shapes per layer, and for a
+# permuted x the pure-Python layout check cost more than the multiply's own bookkeeping (bounded:
+# shapes from a varying batch or resolution are cleared, not kept forever)
 GROUPED_LAYOUTS = {}
 
 
-def grouped_layout(x, g):
-    """(groups, factor shape, run) of x with mask-shape rule g > 0 when its groups lie in runs of
-    `run` elements of memory (`grouped_runs`), else None."""
+def _layouts(x, g):
     shape = x.shape
     key = (shape, x.stride(), g)
-    layout = GROUPED_LAYOUTS.get(key)
-    if layout is None:
+    layouts = GROUPED_LAYOUTS.get(key)
+    if layouts is None:
         if len(GROUPED_LAYOUTS) >= 256:
             GROUPED_LAYOUTS.clear()
-        layout = False
         runs = grouped_runs(x, g) if x.numel() else None
-        if runs is not None:
-            layout = (math.prod(shape[:g]), tuple(shape[:g]) + (1,) * (len(shape) - g), runs[1])
-        GROUPED_LAYOUTS[key] = layout
-    return layout or None
+        groups, factor_shape = math.prod(shape[:g]), tuple(shape[:g]) + (1,) * (len(shape) - g)
+        inner = runs is None and x.numel() and channels_innermost(shape, x.stride(), g)
+        layouts = (runs is not None and (groups, factor_shape, runs[1], 0),
+                   bool(inner) and (groups, factor_shape, 0, shape[g - 1]))
+        GROUPED_LAYOUTS[key] = layouts
+    return layouts
+
+
+def grouped_layout(x, g):
+    """(groups, factor shape, run, 0) of x with mask-shape rule g > 0 when its groups lie in runs
+    of `run` elements of memory (`grouped_runs`), else None."""
+    return _layouts(x, g)[0] or None
+
+
+def _channels_layout(x, g):
+    """(groups, factor shape, 0, C) of x with mask-shape rule g > 0 when its last group dim, C,
+    is innermost in memory (channels_last spatial dropout: kernels/layout.py,
+    `channels_innermost`), else None."""
+    return _layouts(x, g)[1] or None
 
 
 def native_grouped(x, p, seed, offset, scale, g, layout, inplace=False):
@@ -96,7 +109,7 @@ def native_grouped(x, p, seed, offset, scale, g, layout, inplace=False):
     tangent t * f would have the same NaN. seed, offset: ints below 2^63. inplace: x.mul_(f),
     then the zeros in x (an activation, not a leaf nor a view: the caller checked)."""
     torch = sys.modules["torch"]
-    groups, factor_shape, run = layout
+    groups, factor_shape, run, channels = layout
     factors = np.empty(factor_shape, np.float32 if x.element_size() == 4 else np.float64)
     count = dropout_cpu.group_factors(factors, seed, offset, kernel_threshold(p), scale)
     n = x.numel()
@@ -108,9 +121,13 @@ def native_grouped(x, p, seed, offset, scale, g, layout, inplace=False):
         # memory (the kernel writes n elements of factors' dtype there, so both are checked)
         if _zeroable_in_place(torch, y, x, g, run):
             # on the threads that wrote y, where torch's multiply ran on several (kernel docstring)
-            zero = dropout_cpu.zero_dropped_runs if n >= TORCH_GRAIN_SIZE and torch.get_num_threads() > 1 \
-                else dropout_cpu.zero_dropped_runs.serial
-            zero(y.data_ptr(), n, run, factors)
+            parallel = n >= TORCH_GRAIN_SIZE and torch.get_num_threads() > 1
+            if channels:
+                zero = dropout_cpu.zero_dropped_inner if parallel else dropout_cpu.zero_dropped_inner.serial
+                zero(y.data_ptr(), n, groups // channels, channels, factors)
+            else:
+                zero = dropout_cpu.zero_dropped_runs if parallel else dropout_cpu.zero_dropped_runs.serial
+                zero(y.data_ptr(), n, run, factors)
         else:  # not met for a dense x; the general tool, in case a torch lays y out otherwise
             with torch.no_grad():
                 y.masked_fill_(torch.from_numpy(factors) == 0, 0.0)
@@ -121,10 +138,13 @@ def _zeroable_in_place(torch, y, x, g, run):
     """Can `zero_dropped_runs` write y's dropped groups through its flat memory: a plain tensor
     with memory (a dispatch mode may hand back a subclass: under FakeTensorMode with real inputs
     y is a fake tensor whose data_ptr() is 0, and writing there crashed the process), x's dtype
-    and shape, and its groups in the runs `grouped_layout` found in x (y with x's strides has them;
-    torch's multiply keeps a dense input's strides, up to those of size-1 dims)?"""
+    and shape, and its groups where `native_layout` found x's, in runs of `run` or (run 0) with
+    the channels innermost (y with x's strides has them; torch's multiply keeps a dense input's
+    strides, up to those of size-1 dims)?"""
     return type(y) is torch.Tensor and y.dtype == x.dtype and y.shape == x.shape and (
-        y.stride() == x.stride() or group_runs(y.shape, y.stride(), g) == (y.numel() // (run * _groups(y, g)), run))
+        y.stride() == x.stride() or
+        (group_runs(y.shape, y.stride(), g) == (y.numel() // (run * _groups(y, g)), run) if run else
+         channels_innermost(y.shape, y.stride(), g)))
 
 
 def _groups(x, g):

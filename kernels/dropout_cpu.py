@@ -824,6 +824,33 @@ def dropout_groups_inner_at(x_address, out_address, n, na, nb, key_lo, key_hi, o
 
 
 @cpu_kernel
+def zero_dropped_inner(address, n, na, nb, factors):
+    """`zero_dropped_runs` for groups with their channels innermost (kernels/layout.py,
+    `channels_innermost`: channels_last spatial dropout): n elements of factors' dtype at
+    `address`, na rows of runs of nb (N rows of H*W runs of C), element j of row a zeroed iff
+    factor a * nb + j % nb is 0. Every element is read and written back (a dropped channel is
+    every nb-th element), in the long loops of `apply_group_mask_inner`, and in contiguous shares
+    over the threads, as torch's multiply that wrote them split its range."""
+    f = factors.reshape(-1)
+    out = numba.carray(_address_as_pointer(address), n, factors.dtype).reshape((na, n // na))
+    keep = np.empty(na * nb, np.bool_)
+    for g in range(na * nb):
+        keep[g] = f[g] != 0
+    pattern = _inner_pattern(keep, na, nb)
+    width = pattern.shape[1]
+    chunks = (n // na + width - 1) // width
+    zero = f.dtype.type(0)
+    for r in numba.prange(na * chunks):
+        a = r // chunks
+        start = (r - a * chunks) * width
+        oa = out[a, start:min(start + width, n // na)]
+        pa = pattern[a]
+        for k in range(oa.size):
+            y = oa[k]
+            oa[k] = y if pa[k] else zero
+
+
+@cpu_kernel
 def apply_group_mask_inner_strided(x, out, keep, scale):
     """out[a, l, b] = x[a, l, b] * scale if keep[a * B + b] else 0, for 3-D (A, L, B) strided views
     whose last dim is the groups' innermost index and has unit stride, where the runs are not

@@ -46,3 +46,16 @@ def group_runs(shape, strides, group_ndim):
     after_groups = dense_after(first, gdims)
     end = None if after_groups is None else dense_after(after_groups, outer)
     return None if end is None else (end // after_groups, first)
+
+
+def channels_innermost(shape, strides, group_ndim):
+    """Is an array of `shape` and element `strides` dense with its last group dim (the channels,
+    C) innermost at stride 1, the other dims dense outside it and the leading group dims outermost,
+    in order: channels_last spatial dropout, (N, C, H, W) laid out as (N, H, W, C)? Group (a, c)
+    is then every C-th element of row a (N rows). Size-1 dims are skipped."""
+    c = group_ndim - 1
+    if group_ndim < 1 or shape[c] < 2 or strides[c] != 1:
+        return False
+    after = dense_after(shape[c], sorted(zip(strides[group_ndim:], shape[group_ndim:])))
+    return after is not None and dense_after(after, [(strides[d], shape[d]) for d in range(c - 1, -1, -1)]) \
+        is not None

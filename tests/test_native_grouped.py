@@ -105,6 +105,42 @@ def test_sequence_first_drop_path_runs_where_it_lies(shape, p, dtype):
     assert torch.equal(xg.grad, F.drop_path(grad, p))
 
 
+def _channels_innermost(shape, dtype):
+    """hostile values in memory order (N, *spatial, C), viewed as (N, C, *spatial)."""
+    nd = len(shape)
+    perm = (0,) + tuple(range(2, nd)) + (1,)
+    x = hostile(tuple(shape[d] for d in perm), dtype)
+    return x.permute(0, nd - 1, *range(1, nd - 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("p", [0.2, 0.5])
+@pytest.mark.parametrize("call,shape", [
+    (F.dropout2d, (3, 5, 4, 6)),        # channels_last, serial zero pass
+    (F.dropout2d, (8, 16, 32, 32)),     # the parallel zero pass (torch's multiply on its threads)
+    (F.dropout2d, (2, 300, 3, 2)),      # more channels than one pattern row
+    (F.dropout3d, (2, 3, 2, 3, 5)),     # channels_last_3d
+    (F.dropout1d, (4, 6, 9)),           # (N, L, C) memory
+], ids=str)
+def test_channels_innermost_native_route(call, shape, p, dtype):
+    """Spatial dropout with the channels innermost in memory (channels_last) under autograd: torch's
+    multiply keeps the layout, then every dropped channel's elements are zeroed in one pass over
+    the rows (`zero_dropped_inner`). The kernel's bits and x's strides; gradients as the kernel's."""
+    x = _channels_innermost(shape, dtype)
+    torch.manual_seed(4)
+    expected = call(x, p)
+    xg = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+    assert xg.stride() == x.stride()
+    torch.manual_seed(4)
+    y = call(xg, p)
+    assert route(y) == "MulBackward0" and y.stride() == x.stride()
+    assert torch.equal(bits(y), bits(expected))
+    grad = torch.randn(shape, dtype=dtype)
+    y.backward(grad)
+    torch.manual_seed(4)
+    assert torch.equal(xg.grad, call(grad, p))
+
+
 def test_saves_one_factor_per_group_only():
     x = torch.randn(8, 16, 5, 5, requires_grad=True)
     saved = []
@@ -119,21 +155,22 @@ def test_saves_one_factor_per_group_only():
 @pytest.mark.parametrize("case", ["channels_last", "float16", "many_dropped", "drawn_many_dropped",
                                   "large", "subclass", "batch_mode"])
 def test_other_inputs_keep_the_function_route(case):
-    """Where the native route does not apply: groups that are not runs of memory, half types,
+    """Where the native route does not apply: groups neither in runs of memory nor with their
+    channels innermost, half types,
     dropped groups spanning more than NATIVE_ZERO_MAX_BYTES (zeroing them would cost more than
     the Function's backward), outputs of NATIVE_GROUPED_MAX_BYTES, tensor subclasses, DropPath's
     batch mode. Same values either way."""
     call, p = F.dropout2d, 0.5
     x = torch.randn(2, 8, 3, 3)
-    if case == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
+    if case == "channels_last":  # with gaps (W sliced): neither runs nor channels innermost
+        x = torch.randn(2, 8, 3, 6).contiguous(memory_format=torch.channels_last)[..., ::2]
     elif case == "float16":
         x = x.half()
     elif case == "many_dropped":  # ~90% of 64 x 64 channels of 4 KiB expected dropped: ~15 MiB
         x, p = torch.randn(64, 64, 32, 32), 0.9
     elif case == "drawn_many_dropped":  # expected 922 KiB passes the first check; the draw does not
         x, p = torch.randn(16, 16, 32, 32), 0.9
-        assert _core._native_groups(x, 2, p) == (256, (16, 16, 1, 1), 1024)  # so the draw decides
+        assert _core._native_groups(x, 2, p) == (256, (16, 16, 1, 1), 1024, 0)  # so the draw decides
     elif case == "large":
         x = torch.randn(32 << 20 >> 2 >> 10, 1024)
         call = F.drop_path
@@ -142,6 +179,9 @@ def test_other_inputs_keep_the_function_route(case):
     elif case == "batch_mode":
         call = lambda t, p, **kw: F.drop_path(t, p, mode="batch", **kw)  # noqa: E731
     xg = x.detach().clone().requires_grad_()
+    if case == "channels_last":  # (clone would make it dense)
+        xg = x._base.clone(memory_format=torch.channels_last).requires_grad_()[..., ::2]
+        assert xg.stride() == x.stride()
     for seed in (None, 5):
         torch.manual_seed(0)
         y = call(xg, p, seed=seed)
@@ -268,12 +308,14 @@ def test_grouped_layout_is_asked_per_shape_and_strides():
     channels_last = contiguous.contiguous(memory_format=torch.channels_last)
     sequence_first = torch.randn(7, 4, 16).transpose(0, 1)
     for _ in range(2):  # asked, then answered from the cache: the same answers
-        assert _grouped.grouped_layout(contiguous, 2) == (12, (4, 3, 1, 1), 30)
-        assert _grouped.grouped_layout(permuted, 1) == (4, (4, 1, 1, 1), 90)
+        assert _grouped.grouped_layout(contiguous, 2) == (12, (4, 3, 1, 1), 30, 0)
+        assert _grouped.grouped_layout(permuted, 1) == (4, (4, 1, 1, 1), 90, 0)
         assert _grouped.grouped_layout(permuted, 2) is None          # channels interleaved in a row
         assert _grouped.grouped_layout(channels_last, 2) is None
-        assert _grouped.grouped_layout(channels_last, 1) == (4, (4, 1, 1, 1), 90)
-        assert _grouped.grouped_layout(sequence_first, 1) == (4, (4, 1, 1), 16)  # 7 runs per sample
+        assert _grouped._channels_layout(channels_last, 2) == (12, (4, 3, 1, 1), 0, 3)
+        assert _grouped._channels_layout(contiguous, 2) is None
+        assert _grouped.grouped_layout(channels_last, 1) == (4, (4, 1, 1, 1), 90, 0)
+        assert _grouped.grouped_layout(sequence_first, 1) == (4, (4, 1, 1), 16, 0)  # 7 runs per sample
     for n in range(1, 400):
         _grouped.grouped_layout(torch.empty(n, 2), 1)
     assert len(_grouped.GROUPED_LAYOUTS) <= 256
