@@ -260,8 +260,11 @@ def empty_like(x):
         _live[id(h)] = h
     if strides is None:
         return torch.from_numpy(arr)
-    # x's dense order (channels_last, a transpose): the strides torch.empty_like would give
-    return torch.from_numpy(arr).as_strided(tuple(x.shape), strides)
+    # x's dense order (channels_last, a transpose): the strides torch.empty_like would give, made
+    # by numpy, so the tensor is not a view (a view made under no_grad cannot be changed in place
+    # under grad mode later, as a fresh output can)
+    item = arr.itemsize
+    return torch.from_numpy(np.lib.stride_tricks.as_strided(arr, tuple(x.shape), tuple(s * item for s in strides)))
 
 
 def _dense_strides(x):

@@ -263,6 +263,11 @@ def check_array(x, name="x"):
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):  # array_kind's answer, first for tensors
         _check_tensor(x, name)
+        if not torch.compiler.is_compiling() and x._is_zerotensor():  # (Dynamo cannot trace the query)
+            # torch's efficient zeros (forward-mode AD's zero tangents) have no memory: data_ptr()
+            # is 0 and a kernel segfaulted on it; torch's ops read them as zeros, so do the kernels,
+            # on the materialized copy torch's own message points to (in place is refused: `_call`)
+            return x.clone(), TORCH
         return x, TORCH
     refuse_while_tracing(x, name)
     kind = array_kind(x, name)

@@ -700,6 +700,9 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
             why = f"in the machine's byte order, got dtype {given.dtype.str}" if not given.dtype.isnative \
                 else f"with strides in whole elements, got strides {given.strides} for itemsize {given.itemsize}"
             raise TypeError(f"inplace=True needs x {why} (the result would go into a converted copy)")
+        if kind == TORCH and x is not given and not compiling() and given._is_zerotensor():
+            raise RuntimeError("ZeroTensors are immutable (torch's rule); inplace=True needs a tensor "
+                               "with memory: use x.clone()")
         check_writable(x, kind)
         # (not while tracing: the traced call writes x with torch's in-place ops, which check this
         # themselves, and Dynamo recorded x._base as a graph getattr that failed in the compiled
@@ -1108,7 +1111,7 @@ def training_lane(x, p, g, ndim=None, inplace=False):
         return None
     # the cheap refusals (half types, CUDA) before the functorch and tracing queries
     if x.dtype not in _FLAT_SCALARS or not x.is_cpu or x.is_nested or x.layout != strided or \
-            (x.dim() < g if ndim is None else x.dim() != ndim):
+            (x.dim() < g if ndim is None else x.dim() != ndim) or x._is_zerotensor():
         return None
     if transforms_active() or wrapped(x) or tracing() or forward_ad._current_level >= 0 or \
             tracing_dispatch_mode(sys.modules["torch"]):
@@ -1182,6 +1185,7 @@ def _inplace_lane(x, p, g, recorded, n, nbytes):
     if recorded:
         y = native_grouped(x, p, seed, offset, scale, g, layout, inplace=True)
         if y is None:  # many groups dropped: the Function, in place, with this draw
+            announce_write(sys.modules["torch"], x)  # the kernel writes behind the modes' back, as in `call`
             y = _functions()[2](DROPOUT, (g,), _rng(p, seed, offset, scale), True, x)
         return y
     announce_write(sys.modules["torch"], x)  # to a dispatch mode that acts on writes, as `call` does

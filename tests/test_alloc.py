@@ -106,6 +106,11 @@ def test_large_outputs_of_dense_layouts_are_pooled_in_x_s_layout(layout):
     assert _alloc.cache_stats()["misses"] + _alloc.cache_stats()["hits"] > before
     assert y.stride() == x.stride() == torch.empty_like(x).stride()
     assert torch.equal(y, _reference(x.detach().contiguous(), 0.4, 5))
+    with torch.no_grad():  # a fresh tensor, not a view (as_strided's view made under no_grad
+        z = fastdrop.drop_path(x, 0.4)  # could not be changed in place under grad mode; the lane)
+    assert not z._is_view() and z.stride() == x.stride()
+    z.mul_(torch.ones(1, requires_grad=True))
+    del z
     (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
     assert torch.equal(g, _reference(torch.ones(x.shape), 0.4, 5))
     del y, g

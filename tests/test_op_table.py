@@ -1792,3 +1792,26 @@ def test_a_wrapper_subclass_gradient_is_refused_in_backward():
     g = torch.randn(64, 64)
     with pytest.raises(TypeError, match="tensor subclass"):
         y.backward(TwoTensor(g, g.clone()))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_tensors_read_as_zeros(name):
+    """torch's efficient zeros (`_efficientzerotensor`: forward-mode AD's zero tangents) have no
+    memory (data_ptr() 0; the kernels segfaulted on them): every operand of every op may be one,
+    and reads as zeros, as in torch's ops; in place on one is refused as torch refuses it
+    ("ZeroTensors are immutable"), before the draw."""
+    case = CASES[name]
+    ops = operands(case, torch.float32)
+    for i in range(len(ops)):
+        zero = tuple(torch._efficientzerotensor(a.shape, dtype=a.dtype) if j == i else a for j, a in enumerate(ops))
+        dense = tuple(torch.zeros_like(a) if j == i else a for j, a in enumerate(ops))
+        for seed in (None, 3):
+            torch.manual_seed(1)
+            got = case.call(*zero, seed=seed)
+            torch.manual_seed(1)
+            assert torch.equal(got, case.call(*dense, seed=seed))
+    if case.inplace:
+        state = torch.get_rng_state()
+        with pytest.raises(RuntimeError, match="ZeroTensors are immutable"):
+            case.call(torch._efficientzerotensor(ops[0].shape), inplace=True)
+        assert torch.equal(state, torch.get_rng_state())

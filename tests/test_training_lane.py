@@ -419,3 +419,22 @@ def test_inplace_lane_leaves_refusals_to_the_pipeline(monkeypatch):
         a = leaf * 1.0
         assert m(a) is a  # a module in place takes the lane, as its functional op does
     assert len(taken) == 2
+
+
+def test_inplace_lane_fallback_is_seen_by_allow_mutation_on_saved_tensors(monkeypatch):
+    """In place under autograd with many groups dropped, the lane's native route gives way to the
+    in-place Function, whose kernel writes x behind torch's back: the dispatch modes are told first
+    (as `call` tells them), so allow_mutation_on_saved_tensors clones the tensor exp() saved; the
+    backward read the written values before (a 10x wrong gradient on kept rows, a reviewer found)."""
+    def grad():
+        leaf = torch.randn(8, 32768, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        with torch.autograd.graph.allow_mutation_on_saved_tensors():
+            a = leaf.exp()  # saves a
+            torch.manual_seed(3)
+            F.drop_path(a, 0.9, inplace=True)
+            a.sum().backward()
+        return leaf.grad
+    taken = counting_lane(monkeypatch)
+    got = grad()
+    assert len(taken) == 1
+    torch.testing.assert_close(got, without_lane(monkeypatch, grad), rtol=0, atol=0)
