@@ -1092,7 +1092,7 @@ _CHANNELS_LAST = None  # torch.channels_last, set with the lane's queries
 def training_lane(x, p, g, ndim=None, inplace=False):
     """The common call of dropout (g = 0) or a grouped op (g > 0) in training mode, without the
     general pipeline: a plain CPU float32/float64 tensor, 0 < p < 1, inverted scaling, seed=None
-    at offset 0, not in place, no out= (the callers check those arguments). Every check `call`
+    at offset 0, no out= (the callers check those arguments; in place: `_inplace_lane`). Every check `call`
     runs passes for such a call, and its result is `call`'s, bit for bit, with the same draw from
     torch's generator: the route `torch_apply` would take. Under autograd that is the eager
     Function (a small contiguous elementwise call: `LaneDropout`; a grouped op:
