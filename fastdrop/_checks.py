@@ -379,6 +379,9 @@ def check_writable(x, kind, name="x"):
         if x.is_neg():
             raise ValueError(f"{name} is a lazily negated view (torch's neg bit): fastdrop writes "
                              f"memory directly; pass {name}.resolve_neg()")
+        if x._is_zerotensor():
+            raise RuntimeError(f"ZeroTensors are immutable (torch's rule): {what} needs a tensor with "
+                               f"memory; pass {name}.clone()")
         if x.is_inference() and not torch.is_inference_mode_enabled():
             raise RuntimeError(f"Inplace update to inference tensor outside InferenceMode is not "
                                f"allowed ({name} was made under torch.inference_mode)")

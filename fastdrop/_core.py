@@ -325,6 +325,8 @@ class TorchBackend:
             x = x.detach()
         if x.is_neg():
             x = x.resolve_neg()
+        if not compiling() and x._is_zerotensor():  # (Dynamo cannot trace the query)
+            x = x.clone()  # an incoming gradient of torch's efficient zeros: no memory to read
         offset = rng.offset & MAX_U64
         if x.is_cuda:
             _cuda = cuda_module()
@@ -734,6 +736,8 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
         if out is not None:
             out[...] = y
             return out
+        if kind == TORCH and y is x and x is not given:
+            return given  # x unchanged, as torch's dropout returns it (a ZeroTensor's copy was made to read it)
         return given if inplace else y
     if out is None and not inplace:
         _check_host_output(op, x, kind, operands)
@@ -1420,7 +1424,7 @@ def _functions():
                 # to the output's dtype, the check keeps that an assumption nobody relies on; a
                 # subclass-like gradient, a legacy vmap batch among them, has no memory to read)
                 if B is TorchBackend and grad.dtype == ctx.dtype and grad.is_contiguous() and \
-                        not grad.is_neg() and not is_subclass_like(grad):
+                        not grad.is_neg() and not is_subclass_like(grad) and not grad._is_zerotensor():
                     return _serial_dropout(grad, ctx.args), None, None
                 # else an expanded or strided gradient (of a sum, a transpose), create_graph, a
                 # transform or compiled autograd: the op's backward, as the eager Function runs it

@@ -160,7 +160,10 @@ def _host(a):
     def make(shape, zeros=False):
         t = (torch.zeros if zeros else torch.empty)(shape, dtype=dtype, device="cpu")  # not the default device
         return numpy_view(t)[0], t
-    return numpy_view(a.detach().contiguous().resolve_neg())[0], make
+    a = a.detach()
+    if not torch.compiler.is_compiling() and a._is_zerotensor():
+        a = a.clone()  # torch's efficient zeros (an incoming gradient): no memory to view
+    return numpy_view(a.contiguous().resolve_neg())[0], make
 
 
 def _sample_forward(B, operands, rng, params, out=None):

@@ -1815,3 +1815,37 @@ def test_zero_tensors_read_as_zeros(name):
         with pytest.raises(RuntimeError, match="ZeroTensors are immutable"):
             case.call(torch._efficientzerotensor(ops[0].shape), inplace=True)
         assert torch.equal(state, torch.get_rng_state())
+    if len(ops) == 1 and "classic" not in name:  # at eval the op hands back x itself, as torch's
+        z = torch._efficientzerotensor(ops[0].shape)
+        assert case.call(z, training=False) is z
+    # an incoming gradient of efficient zeros (every backward route: the lane's Function, the
+    # native route, the general Function, the dense layers): zeros, as torch's ops give
+    leaves = tuple(a.clone().requires_grad_() for a in ops)
+    y = case.call(*leaves)
+    grads = torch.autograd.grad(y, leaves, torch._efficientzerotensor(y.shape), allow_unused=True)
+    assert all(g is None or not g.any() for g in grads)
+
+
+@pytest.mark.parametrize("shape", [(4, 5), (64, 64, 32, 32)])  # the lane's Function; the general one
+def test_zero_tensor_gradients_of_the_kernel_routes(shape):
+    for call in (lambda x: fastdrop.dropout(x, 0.5), lambda x: fastdrop.drop_path(x, 0.5, mode="batch"),
+                 lambda x: fastdrop.dropout2d(x, 0.9) if x.dim() == 4 else fastdrop.dropout(x, 0.9)):
+        x = torch.randn(shape, requires_grad=True)
+        (g,) = torch.autograd.grad(call(x), x, torch._efficientzerotensor(shape))
+        assert not g.any()
+
+
+def test_zero_tensor_targets_of_writes_are_refused_before_the_draw():
+    """out= and max_norm_ write: a ZeroTensor target is refused as torch refuses it."""
+    x, x4 = torch.randn(4, 5), torch.randn(2, 3, 4, 5)
+    state = torch.get_rng_state()
+    for call in (lambda: fastdrop.dropout(x, 0.5, out=torch._efficientzerotensor((4, 5))),
+                 lambda: fastdrop.dropout(x, 0.5, seed=1, out=torch._efficientzerotensor((4, 5))),
+                 lambda: fastdrop.dropout2d(x4, 0.5, out=torch._efficientzerotensor((2, 3, 4, 5))),
+                 lambda: fastdrop.max_norm_(torch._efficientzerotensor((4, 5)), 1.0)):
+        with pytest.raises(RuntimeError, match="ZeroTensors are immutable"):
+            call()
+    z = torch._efficientzerotensor((4, 5))
+    with pytest.raises(RuntimeError, match="ZeroTensors are immutable"):
+        fastdrop.dropout(z, 0.5, out=z)
+    assert torch.equal(state, torch.get_rng_state())
