@@ -56,7 +56,9 @@ def native_layout(x, g, p, n, nbytes):
     decides; this only saves drawing factors that would not be used)."""
     if n == 0 or nbytes >= NATIVE_GROUPED_MAX_BYTES or p * nbytes > 2 * NATIVE_ZERO_MAX_BYTES:
         return None
-    return grouped_layout(x, g) or _channels_layout(x, g)
+    key = (x.shape, x.stride(), g)
+    layouts = GROUPED_LAYOUTS.get(key) or _new_layouts(x, g, key)
+    return layouts[0] or layouts[1] or None
 
 
 # (shape, strides, g) -> (groups in runs, channels innermost): the answers of `grouped_layout` and
@@ -66,33 +68,31 @@ def native_layout(x, g, p, n, nbytes):
 GROUPED_LAYOUTS = {}
 
 
-def _layouts(x, g):
+def _new_layouts(x, g, key):
     shape = x.shape
-    key = (shape, x.stride(), g)
-    layouts = GROUPED_LAYOUTS.get(key)
-    if layouts is None:
-        if len(GROUPED_LAYOUTS) >= 256:
-            GROUPED_LAYOUTS.clear()
-        runs = grouped_runs(x, g) if x.numel() else None
-        groups, factor_shape = math.prod(shape[:g]), tuple(shape[:g]) + (1,) * (len(shape) - g)
-        inner = runs is None and x.numel() and channels_innermost(shape, x.stride(), g)
-        layouts = (runs is not None and (groups, factor_shape, runs[1], 0),
-                   bool(inner) and (groups, factor_shape, 0, shape[g - 1]))
-        GROUPED_LAYOUTS[key] = layouts
+    if len(GROUPED_LAYOUTS) >= 256:
+        GROUPED_LAYOUTS.clear()
+    runs = grouped_runs(x, g) if x.numel() else None
+    groups, factor_shape = math.prod(shape[:g]), tuple(shape[:g]) + (1,) * (len(shape) - g)
+    inner = runs is None and x.numel() and channels_innermost(shape, x.stride(), g)
+    layouts = GROUPED_LAYOUTS[key] = (runs is not None and (groups, factor_shape, runs[1], 0),
+                                      bool(inner) and (groups, factor_shape, 0, shape[g - 1]))
     return layouts
 
 
 def grouped_layout(x, g):
     """(groups, factor shape, run, 0) of x with mask-shape rule g > 0 when its groups lie in runs
     of `run` elements of memory (`grouped_runs`), else None."""
-    return _layouts(x, g)[0] or None
+    key = (x.shape, x.stride(), g)
+    return (GROUPED_LAYOUTS.get(key) or _new_layouts(x, g, key))[0] or None
 
 
 def _channels_layout(x, g):
     """(groups, factor shape, 0, C) of x with mask-shape rule g > 0 when its last group dim, C,
     is innermost in memory (channels_last spatial dropout: kernels/layout.py,
     `channels_innermost`), else None."""
-    return _layouts(x, g)[1] or None
+    key = (x.shape, x.stride(), g)
+    return (GROUPED_LAYOUTS.get(key) or _new_layouts(x, g, key))[1] or None
 
 
 def native_grouped(x, p, seed, offset, scale, g, layout, inplace=False):
