@@ -200,11 +200,21 @@ def grouped_dropout_into(x, out, p, seed, offset, scale, group_ndim, *, bf16=Fal
     if inner is not None:  # channels_last: the last group dim (C) innermost in memory
         xv, ov = inner
         nb = xv.shape[2]
+        inplace = _data_address(xv) == _data_address(ov) and xv.strides == ov.strides
         if nb <= INNER_ROWS_MAX_C and xv.strides[1] == nb * xv.itemsize and ov.strides[1] == nb * ov.itemsize:
             # few channels, each a's runs one contiguous row (N, H*W*C): the long-loop kernel
             rows = (xv.shape[0], xv.shape[1] * nb)
-            apply = dropout_cpu.apply_group_mask_inner if big else dropout_cpu.apply_group_mask_inner_serial
-            apply(xv.reshape(rows), ov.reshape(rows), keep, nb, scale_type(scale))
+            if inplace:  # (one array: the loop vectorizes, as it does not over two views of one memory)
+                apply = dropout_cpu.apply_group_mask_inner_inplace if big else \
+                    dropout_cpu.apply_group_mask_inner_inplace_serial
+                apply(xv.reshape(rows), keep, nb, scale_type(scale))
+            else:
+                apply = dropout_cpu.apply_group_mask_inner if big else dropout_cpu.apply_group_mask_inner_serial
+                apply(xv.reshape(rows), ov.reshape(rows), keep, nb, scale_type(scale))
+        elif inplace:
+            apply = dropout_cpu.apply_group_mask_inner_strided_inplace if big else \
+                dropout_cpu.apply_group_mask_inner_strided_inplace_serial
+            apply(xv, keep, scale_type(scale))
         else:
             apply = dropout_cpu.apply_group_mask_inner_strided if big else \
                 dropout_cpu.apply_group_mask_inner_strided_serial

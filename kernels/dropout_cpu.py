@@ -869,6 +869,47 @@ def apply_group_mask_inner_strided(x, out, keep, scale):
             orow[k] = y if kr[k] else zero
 
 
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _inner_chunk_inplace(x, pattern, r, chunks, scale):
+    """`_inner_chunk` with x its own output: one array, so LLVM vectorizes the loop (two views of
+    one memory fail its runtime overlap check and run its scalar fallback: in-place Dropout2d on
+    channels_last ran 2x its out-of-place time, a tester found)."""
+    width = pattern.shape[1]
+    a = r // chunks
+    start = (r - a * chunks) * width
+    xa = x[a, start:min(start + width, x.shape[1])]
+    pa = pattern[a]
+    zero = x.dtype.type(0)
+    for k in range(xa.size):
+        y = _scaled(xa[k], scale)
+        xa[k] = y if pa[k] else zero
+
+
+@cpu_kernel
+def apply_group_mask_inner_inplace(x, keep, nb, scale):
+    """`apply_group_mask_inner` in place (out is x)."""
+    na, n = x.shape
+    pattern = _inner_pattern(keep, na, nb)
+    chunks = (n + pattern.shape[1] - 1) // pattern.shape[1]
+    for r in numba.prange(na * chunks):
+        _inner_chunk_inplace(x, pattern, r, chunks, scale)
+
+
+@cpu_kernel
+def apply_group_mask_inner_strided_inplace(x, keep, scale):
+    """`apply_group_mask_inner_strided` in place (out is x): one array, so the row loop vectorizes."""
+    nl = x.shape[1]
+    nb = x.shape[2]
+    zero = x.dtype.type(0)
+    for r in numba.prange(x.shape[0] * nl):
+        a = r // nl
+        xr = x[a, r - a * nl]
+        kr = keep[a * nb:(a + 1) * nb]
+        for k in range(nb):
+            y = _scaled(xr[k], scale)
+            xr[k] = y if kr[k] else zero
+
+
 # The serial twins the launchers pick below their thresholds (fastdrop/_cpu.py, fastdrop/mask.py):
 # the per-channel masks of spatial dropout and the masks of small calls are a few thousand elements.
 keep_mask_serial = keep_mask.serial
@@ -877,6 +918,8 @@ dropout_flat_inplace_serial = dropout_flat_inplace.serial
 apply_group_mask_serial = apply_group_mask.serial
 apply_group_mask_inner_serial = apply_group_mask_inner.serial
 apply_group_mask_inner_strided_serial = apply_group_mask_inner_strided.serial
+apply_group_mask_inner_inplace_serial = apply_group_mask_inner_inplace.serial
+apply_group_mask_inner_strided_inplace_serial = apply_group_mask_inner_strided_inplace.serial
 dropout_groups_inner_at_serial = dropout_groups_inner_at.serial
 dropout_groups_flat_serial = dropout_groups_flat.serial
 dropout_groups_flat_at_serial = dropout_groups_flat_at.serial

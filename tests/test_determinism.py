@@ -129,6 +129,13 @@ def parallel_workload():
     x4w = rng.standard_normal((8, 33, 2 * (SMALL // 264 + 1)))
     x4_cls = np.ascontiguousarray(x4w.transpose(0, 2, 1)).transpose(0, 2, 1)[:, :, ::2]
     out["keep_mask + apply_group_mask_inner_strided"] = fastdrop.dropout2d(x4_cls, 0.5, seed=SEED, offset=OFFSET)
+    # ... and in place (one array: the in-place twins), many channels and few
+    out["apply_group_mask_inner_strided_inplace"] = fastdrop.dropout2d(
+        np.ascontiguousarray(x4w.transpose(0, 2, 1)).transpose(0, 2, 1), 0.5, seed=SEED, offset=OFFSET,
+        inplace=True)
+    x4_few = np.ascontiguousarray(rng.standard_normal((4, big // 12, 3), np.float32)).transpose(0, 2, 1)
+    out["apply_group_mask_inner_inplace"] = fastdrop.dropout2d(x4_few, 0.5, seed=SEED, offset=OFFSET,
+                                                              inplace=True)
     # C outermost: the keep mask, then the strided apply
     x4_cn = np.ascontiguousarray(x4.transpose(1, 0, 2)).transpose(1, 0, 2)
     out["keep_mask + apply_group_mask"] = fastdrop.dropout2d(x4_cn, 0.5, seed=SEED, offset=OFFSET)
