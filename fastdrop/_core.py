@@ -1167,19 +1167,22 @@ def _inplace_lane(x, p, g, recorded, n, nbytes):
     (the flat grouped kernel over x's memory, or under autograd torch's `x.mul_(factors)` and
     the zero pass, `native_grouped`), with nothing recorded, or recorded on a tensor that is
     neither a leaf nor a view (an activation), where `call`'s in-place checks (a leaf, a view of
-    one, a view autograd cannot rebase) pass. Every other in-place call, and any x torch would
+    one, a view autograd cannot rebase) pass; there a contiguous elementwise call takes the
+    in-place Function `call` would apply. Every other in-place call, and any x torch would
     refuse to write (an inference tensor, a lazily negated view), goes to `call`, which checks
     and refuses it before the draw. x, its version counter bumped, as torch's in-place ops."""
     if n == 0 or x.is_neg() or x.is_inference() or is_legacy_batched(x):
         return None
     small = not g and n < _cpu.CPU_PARALLEL_MIN and x.is_contiguous()
     if recorded:
-        if small or x.is_leaf or x._base is not None:
+        if x.is_leaf or x._base is not None:
             return None
         layout = g and native_layout(x, g, p, n, nbytes)
+        # elementwise: the in-place Function `call` would apply (contiguous: no overlapping memory)
+        function = not g and x.is_contiguous()
     else:
-        layout = g and grouped_layout(x, g)
-    if not (small or layout):
+        layout, function = g and grouped_layout(x, g), False
+    if not (small and not recorded or layout or function):
         return None
     check_storage(x)
     offset = _seeds.stream_offset(0)
@@ -1187,8 +1190,8 @@ def _inplace_lane(x, p, g, recorded, n, nbytes):
         return None
     seed, scale = _seeds.draw_torch_seed_eager(sys.modules["torch"]), 1.0 / (1.0 - p)
     if recorded:
-        y = native_grouped(x, p, seed, offset, scale, g, layout, inplace=True)
-        if y is None:  # many groups dropped: the Function, in place, with this draw
+        y = native_grouped(x, p, seed, offset, scale, g, layout, inplace=True) if g else None
+        if y is None:  # elementwise, or many groups dropped: the Function, in place, with this draw
             announce_write(sys.modules["torch"], x)  # the kernel writes behind the modes' back, as in `call`
             y = _functions()[2](DROPOUT, (g,), _rng(p, seed, offset, scale), True, x)
         return y
