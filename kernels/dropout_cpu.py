@@ -830,24 +830,19 @@ def zero_dropped_inner(address, n, na, nb, factors):
     `address`, na rows of runs of nb (N rows of H*W runs of C), element j of row a zeroed iff
     factor a * nb + j % nb is 0. Every element is read and written back (a dropped channel is
     every nb-th element), in the long loops of `apply_group_mask_inner`, and in contiguous shares
-    over the threads, as torch's multiply that wrote them split its range."""
+    over the threads, as torch's multiply that wrote them split its range. The kept elements pass
+    `_inner_chunk_inplace` at scale 1 (exact: y * 1 is y, and torch's multiply left no signalling
+    NaN to quiet)."""
     f = factors.reshape(-1)
     out = numba.carray(_address_as_pointer(address), n, factors.dtype).reshape((na, n // na))
     keep = np.empty(na * nb, np.bool_)
     for g in range(na * nb):
         keep[g] = f[g] != 0
     pattern = _inner_pattern(keep, na, nb)
-    width = pattern.shape[1]
-    chunks = (n // na + width - 1) // width
-    zero = f.dtype.type(0)
+    chunks = (n // na + pattern.shape[1] - 1) // pattern.shape[1]
+    one = f.dtype.type(1)
     for r in numba.prange(na * chunks):
-        a = r // chunks
-        start = (r - a * chunks) * width
-        oa = out[a, start:min(start + width, n // na)]
-        pa = pattern[a]
-        for k in range(oa.size):
-            y = oa[k]
-            oa[k] = y if pa[k] else zero
+        _inner_chunk_inplace(out, pattern, r, chunks, one)
 
 
 @cpu_kernel
