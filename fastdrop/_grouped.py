@@ -13,8 +13,6 @@ Measurements: docs/cpu_kernels.md, "Grouped ops under autograd".
 import math
 import sys
 
-import numpy as np
-
 from .kernels import dropout_cpu
 from .kernels.config import TORCH_GRAIN_SIZE
 from .kernels.layout import channels_innermost, group_runs
@@ -30,6 +28,15 @@ NATIVE_GROUPED_MAX_BYTES = 32 << 20
 # bytes (about a core's L2 here); above, the one-pass kernel's Python backward costs less than that
 # pass (docs/cpu_kernels.md, "Grouped ops under autograd").
 NATIVE_ZERO_MAX_BYTES = 512 << 10
+
+
+# The zero pass runs on torch's threads (the lines the multiply wrote on each core) from this
+# many zeroed bytes; below, on the calling thread. Inside a training step, where other layers
+# have evicted those lines anyway, the serial pass cost 5.3 vs 11.0 us (ResNet-like, batch 8, one
+# of 8 samples dropped: 64 KiB) and 10.9 vs 13.3 us (Dropout2d CNN, batch 8: ~100 KiB); in a
+# warm loop over one layer (Dropout2d 8x16x32x32, p = 0.5: ~256 KiB) the parallel pass wins,
+# 74.6 vs 95.7 us fwd+bwd (docs/cpu_kernels.md, "Grouped ops under autograd").
+ZERO_PARALLEL_MIN_BYTES = 128 << 10
 
 
 def grouped_runs(x, group_ndim):
@@ -98,7 +105,7 @@ def _channels_layout(x, g):
 def native_grouped(x, p, seed, offset, scale, g, layout, inplace=False):
     """Spatial dropout / DropPath of a tensor under autograd (`_native_groups` said yes),
     recorded with torch's own multiply: y = x * f, f the per-group factors (scale or 0,
-    `group_factors`), then the dropped groups of y set to exact zeros outside autograd (x * 0
+    `group_factors_at`), then the dropped groups of y set to exact zeros outside autograd (x * 0
     keeps x's inf and NaN, and gives -0.0 for negative x). Backward is torch's C++ multiply,
     grad * f, instead of a Python autograd.Function, which inside a training step, where every
     call runs cold, cost more than the kernel (docs/cpu_kernels.md, "Grouped ops under
@@ -110,32 +117,37 @@ def native_grouped(x, p, seed, offset, scale, g, layout, inplace=False):
     then the zeros in x (an activation, not a leaf nor a view: the caller checked)."""
     torch = sys.modules["torch"]
     groups, factor_shape, run, channels = layout
-    factors = np.empty(factor_shape, np.float32 if x.element_size() == 4 else np.float64)
-    count = dropout_cpu.group_factors(factors, seed, offset, kernel_threshold(p), scale)
+    f64, thr = x.element_size() == 8, kernel_threshold(p)
+    factors = x.new_empty(factor_shape)  # x's dtype, on the CPU
+    count = dropout_cpu.group_factors_at(factors.data_ptr(), groups, seed, offset, thr, scale, f64)
     n = x.numel()
-    if count * (n // groups) * x.element_size() > NATIVE_ZERO_MAX_BYTES:
+    zero_bytes = count * (n // groups) * x.element_size()
+    if zero_bytes > NATIVE_ZERO_MAX_BYTES:
         return None
-    y = x.mul_(torch.from_numpy(factors)) if inplace else x * torch.from_numpy(factors)
+    y = x.mul_(factors) if inplace else x * factors
     if count:
         # x's dense layout and dtype, which torch's multiply keeps: the zeros go straight to y's
-        # memory (the kernel writes n elements of factors' dtype there, so both are checked)
+        # memory (the kernel writes n elements of x's dtype there, so both are checked)
         if _zeroable_in_place(torch, y, x, g, run):
-            # on the threads that wrote y, where torch's multiply ran on several (kernel docstring)
-            parallel = n >= TORCH_GRAIN_SIZE and torch.get_num_threads() > 1
+            # on the threads that wrote y, where torch's multiply ran on several (kernel
+            # docstring), unless the zeros are few (ZERO_PARALLEL_MIN_BYTES; channels innermost:
+            # every element is read and written)
+            parallel = n >= TORCH_GRAIN_SIZE and torch.get_num_threads() > 1 and (
+                channels or zero_bytes >= ZERO_PARALLEL_MIN_BYTES)
             if channels:
-                zero = dropout_cpu.zero_dropped_inner if parallel else dropout_cpu.zero_dropped_inner.serial
-                zero(y.data_ptr(), n, groups // channels, channels, factors)
+                zero = dropout_cpu.zero_dropped_inner_at if parallel else dropout_cpu.zero_dropped_inner_at.serial
+                zero(y.data_ptr(), n, groups // channels, channels, seed, offset, thr, f64)
             else:
-                zero = dropout_cpu.zero_dropped_runs if parallel else dropout_cpu.zero_dropped_runs.serial
-                zero(y.data_ptr(), n, run, factors)
+                zero = dropout_cpu.zero_dropped_runs_at if parallel else dropout_cpu.zero_dropped_runs_at.serial
+                zero(y.data_ptr(), n, run, groups, seed, offset, thr, f64)
         else:  # not met for a dense x; the general tool, in case a torch lays y out otherwise
             with torch.no_grad():
-                y.masked_fill_(torch.from_numpy(factors) == 0, 0.0)
+                y.masked_fill_(factors == 0, 0.0)
     return y
 
 
 def _zeroable_in_place(torch, y, x, g, run):
-    """Can `zero_dropped_runs` write y's dropped groups through its flat memory: a plain tensor
+    """Can `zero_dropped_runs_at` write y's dropped groups through its flat memory: a plain tensor
     with memory (a dispatch mode may hand back a subclass: under FakeTensorMode with real inputs
     y is a fake tensor whose data_ptr() is 0, and writing there crashed the process), x's dtype
     and shape, and its groups where `native_layout` found x's, in runs of `run` or (run 0) with

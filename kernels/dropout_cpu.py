@@ -250,32 +250,33 @@ def keep_mask(out, key_lo, key_hi, off_lo, off_hi, thr):
 
 
 @cpu_kernel(parallel=False)
-def group_factors(factors, seed, offset, thr, scale):
+def group_factors_at(address, groups, seed, offset, thr, scale, f64):
     """The factors torch's own multiply applies for a grouped op (fastdrop/_grouped.py,
-    `native_grouped`): factors.flat[g] = scale if mask element g is kept else 0; returns how
-    many groups were dropped. factors is a C-contiguous float32/float64 array of any rank (it is
-    made in the shape it broadcasts in, saving a reshape per call); seed and offset are int64
-    (seeds torch's generator draws and rank offsets fit), thr is T(p) (philox.kernel_threshold)
-    and scale a float64 rounded once to factors' dtype, as the kernels' scale scalars are, never
-    0 (p < 1). One value per sample or channel, a few thousand at most: serial."""
-    flat = factors.reshape(-1)
-    n = flat.size
-    key_lo, key_hi = np.uint64(seed) & np.uint64(0xFFFFFFFF), np.uint64(seed) >> np.uint64(32)
-    off_lo, off_hi = np.uint64(offset) & np.uint64(0xFFFFFFFF), np.uint64(offset) >> np.uint64(32)
-    t = np.uint32(thr)
-    kept = flat.dtype.type(scale)
-    zero = flat.dtype.type(0)
-    buf = np.empty(CHUNK, np.uint16)
+    `native_grouped`): factor g = scale if mask element g is kept else 0, written to `groups`
+    contiguous float64 (f64) or float32 elements at `address` (a torch tensor's data_ptr(), made
+    in the shape it broadcasts in); returns how many groups were dropped. seed, offset: the int64
+    bits of the uint64 values; thr: T(p) as an int; scale: a Python float rounded once to the
+    factors' dtype, as the kernels' scale scalars are, never 0 (p < 1). Every argument a Python
+    int or float: Numba's dispatcher types those fastest, where an array argument cost ~1 us
+    more inside a training step, where every call runs cold. One value per sample or channel, a
+    few thousand at most: serial."""
+    key_lo, key_hi, off_lo, off_hi, t = _int_rng_args(seed, offset, thr)
+    words = _group_words(groups, key_lo, key_hi, off_lo, off_hi)
+    if f64:
+        return _write_factors(_view_at(address, groups, 0.0), words, t, scale)
+    return _write_factors(_view_at(address, groups, np.float32(0)), words, t, np.float32(scale))
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _write_factors(factors, words, t, kept):
+    zero = factors.dtype.type(0)
     count = 0
-    for start in range(0, n, CHUNK):
-        m = min(CHUNK, n - start)
-        fill_words(buf, start // LANES, (m + LANES - 1) // LANES, off_lo, off_hi, key_lo, key_hi)
-        for k in range(m):
-            if np.uint32(buf[k]) < t:
-                flat[start + k] = kept
-            else:
-                flat[start + k] = zero
-                count += 1
+    for g in range(factors.size):
+        if np.uint32(words[g]) < t:
+            factors[g] = kept
+        else:
+            factors[g] = zero
+            count += 1
     return count
 
 
@@ -305,32 +306,42 @@ def _view_at_overload(address, n, like):
 
 
 @cpu_kernel
-def zero_dropped_runs(address, n, run, factors):
-    """Exact zeros over the dropped groups (factor 0, see group_factors) of a grouped op's output:
-    n elements of factors' dtype at `address` (a torch tensor's data_ptr(): the caller checked its
-    memory is dense in runs of `run` elements, run r of group r % groups, kernels/layout.py
-    `group_runs`). An address, not a numpy view of the tensor: the view (detach, numpy, reshape)
-    cost more than the zeros inside a training step, where every call runs cold.
+def zero_dropped_runs_at(address, n, run, groups, seed, offset, thr, f64):
+    """Exact zeros over the dropped groups of a grouped op's output (mask word >= thr: the groups
+    whose factor `group_factors_at` made 0, drawn again from the same seed): n float64 (f64) or
+    float32 elements at `address` (a torch tensor's data_ptr(): the caller checked its memory is
+    dense in runs of `run` elements, run r of group r % groups, kernels/layout.py `group_runs`).
+    An address and ints, not a numpy view of the tensor nor the factors array: the view (detach,
+    numpy, reshape) cost more than the zeros inside a training step, where every call runs cold.
 
     Parallel over the runs, in equal contiguous shares, as torch's multiply that wrote the
     output split it across the same OpenMP threads: each thread zeroes lines its own core wrote
     and still holds. Serial on the main thread, the zeros of the other thread's half pulled those
     lines across cores, and the next call's multiply pulled them back: a Dropout2d forward of
     8x16x32x32 spent 25 us in the multiply and zero pass, 12 us this way (docs/cpu_kernels.md)."""
-    f = factors.reshape(-1)
-    groups = f.size
-    out = numba.carray(_address_as_pointer(address), n, factors.dtype)
-    zero = f.dtype.type(0)
+    key_lo, key_hi, off_lo, off_hi, t = _int_rng_args(seed, offset, thr)
+    words = _group_words(groups, key_lo, key_hi, off_lo, off_hi)
+    out64 = _view_at(address, n if f64 else 0, 0.0)
+    out32 = _view_at(address, 0 if f64 else n, np.float32(0))
     pieces, size = _run_pieces(run)  # long runs in pieces, as the flat kernels split them
     for i in numba.prange((n // run) * pieces):
         r = i // pieces
-        if f[r % groups] == zero:
-            # a slice per piece: LLVM then proves the stores in bounds and makes them a memset
-            # (indexing the whole array ran 7x slower: 29 vs 4 us for 256 KiB)
+        if np.uint32(words[r % groups]) >= t:
             start = r * run + (i - r * pieces) * size
-            fs = out[start:min(start + size, (r + 1) * run)]
-            for k in range(fs.size):
-                fs[k] = zero
+            stop = min(start + size, (r + 1) * run)
+            if f64:
+                _zero_slice(out64[start:stop])
+            else:
+                _zero_slice(out32[start:stop])
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _zero_slice(fs):
+    # a slice per piece: LLVM then proves the stores in bounds and makes them a memset
+    # (indexing the whole array ran 7x slower: 29 vs 4 us for 256 KiB)
+    zero = fs.dtype.type(0)
+    for k in range(fs.size):
+        fs[k] = zero
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
@@ -824,25 +835,29 @@ def dropout_groups_inner_at(x_address, out_address, n, na, nb, key_lo, key_hi, o
 
 
 @cpu_kernel
-def zero_dropped_inner(address, n, na, nb, factors):
-    """`zero_dropped_runs` for groups with their channels innermost (kernels/layout.py,
-    `channels_innermost`: channels_last spatial dropout): n elements of factors' dtype at
+def zero_dropped_inner_at(address, n, na, nb, seed, offset, thr, f64):
+    """`zero_dropped_runs_at` for groups with their channels innermost (kernels/layout.py,
+    `channels_innermost`: channels_last spatial dropout): n float64 (f64) or float32 elements at
     `address`, na rows of runs of nb (N rows of H*W runs of C), element j of row a zeroed iff
-    factor a * nb + j % nb is 0. Every element is read and written back (a dropped channel is
-    every nb-th element), in the long loops of `apply_group_mask_inner`, and in contiguous shares
-    over the threads, as torch's multiply that wrote them split its range. The kept elements pass
-    `_inner_chunk_inplace` at scale 1 (exact: y * 1 is y, and torch's multiply left no signalling
-    NaN to quiet)."""
-    f = factors.reshape(-1)
-    out = numba.carray(_address_as_pointer(address), n, factors.dtype).reshape((na, n // na))
+    group a * nb + j % nb is dropped. Every element is read and written back (a dropped channel
+    is every nb-th element), in the long loops of `apply_group_mask_inner`, and in contiguous
+    shares over the threads, as torch's multiply that wrote them split its range. The kept
+    elements pass `_inner_chunk_inplace` at scale 1 (exact: y * 1 is y, and torch's multiply
+    left no signalling NaN to quiet)."""
+    key_lo, key_hi, off_lo, off_hi, t = _int_rng_args(seed, offset, thr)
+    words = _group_words(na * nb, key_lo, key_hi, off_lo, off_hi)
     keep = np.empty(na * nb, np.bool_)
     for g in range(na * nb):
-        keep[g] = f[g] != 0
+        keep[g] = np.uint32(words[g]) < t
     pattern = _inner_pattern(keep, na, nb)
     chunks = (n // na + pattern.shape[1] - 1) // pattern.shape[1]
-    one = f.dtype.type(1)
+    out64 = _view_at(address, n if f64 else 0, 0.0).reshape((na if f64 else 0, n // na))
+    out32 = _view_at(address, 0 if f64 else n, np.float32(0)).reshape((0 if f64 else na, n // na))
     for r in numba.prange(na * chunks):
-        _inner_chunk_inplace(out, pattern, r, chunks, one)
+        if f64:
+            _inner_chunk_inplace(out64, pattern, r, chunks, 1.0)
+        else:
+            _inner_chunk_inplace(out32, pattern, r, chunks, np.float32(1))
 
 
 @cpu_kernel

@@ -142,10 +142,10 @@ def parallel_workload():
     # the grouped ops' native route under autograd: torch's multiply, then the zero pass on the
     # threads' shares of the output (from torch's grain size on, with torch on several threads)
     xz = torch.from_numpy(rng.standard_normal((8, 16, 1024), np.float32)).requires_grad_()
-    out["zero_dropped_runs"] = fastdrop.dropout1d(xz, 0.5, seed=SEED, offset=OFFSET).detach().numpy()
+    out["zero_dropped_runs_at"] = fastdrop.dropout1d(xz, 0.5, seed=SEED, offset=OFFSET).detach().numpy()
     # ... and with the channels innermost (channels_last): the pass over every row
     xzc = torch.from_numpy(rng.standard_normal((8, 32, 32, 16), np.float32)).permute(0, 3, 1, 2).requires_grad_()
-    out["zero_dropped_inner"] = fastdrop.dropout2d(xzc, 0.5, seed=SEED, offset=OFFSET).detach().numpy()
+    out["zero_dropped_inner_at"] = fastdrop.dropout2d(xzc, 0.5, seed=SEED, offset=OFFSET).detach().numpy()
     ctr = rng.integers(0, 2**32, (small // 4 + 1, 4), dtype=np.uint64)
     out["philox4x32_array"] = fastdrop.philox4x32(ctr, [SEED & 0xFFFFFFFF, SEED >> 32])
     w = rng.standard_normal((515, 257), np.float32)

@@ -125,7 +125,7 @@ def _channels_innermost(shape, dtype):
 def test_channels_innermost_native_route(call, shape, p, dtype):
     """Spatial dropout with the channels innermost in memory (channels_last) under autograd: torch's
     multiply keeps the layout, then every dropped channel's elements are zeroed in one pass over
-    the rows (`zero_dropped_inner`). The kernel's bits and x's strides; gradients as the kernel's."""
+    the rows (`zero_dropped_inner_at`). The kernel's bits and x's strides; gradients as the kernel's."""
     x = _channels_innermost(shape, dtype)
     torch.manual_seed(4)
     expected = call(x, p)
@@ -139,6 +139,47 @@ def test_channels_innermost_native_route(call, shape, p, dtype):
     y.backward(grad)
     torch.manual_seed(4)
     assert torch.equal(xg.grad, call(grad, p))
+
+
+class _TwinSpy:
+    """Stands in for a CpuKernel: records which twin ran (the call: the parallel dispatcher)."""
+
+    def __init__(self, kernel, ran):
+        self.kernel, self.ran = kernel, ran
+
+    def __call__(self, *args):
+        self.ran.append("parallel")
+        return self.kernel.parallel(*args)
+
+    def serial(self, *args):
+        self.ran.append("serial")
+        return self.kernel.serial(*args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("few_zeros", [False, True])
+@pytest.mark.parametrize("kernel,make", [
+    ("zero_dropped_runs_at", lambda dtype: hostile((16, 4, 1024), dtype)),
+    ("zero_dropped_inner_at", lambda dtype: _channels_innermost((8, 16, 32, 32), dtype)),
+])
+def test_zero_pass_twins_give_the_kernel_bits(monkeypatch, kernel, make, few_zeros, dtype):
+    """The zero pass runs serially below ZERO_PARALLEL_MIN_BYTES zeroed bytes (groups in runs;
+    with the channels innermost every element is written, so the parallel twin always), on
+    torch's threads above: both twins, both dtypes, the kernel's bits."""
+    from fastdrop.kernels import dropout_cpu
+    ran = []
+    monkeypatch.setattr(dropout_cpu, kernel, _TwinSpy(getattr(dropout_cpu, kernel), ran))
+    monkeypatch.setattr(_grouped, "ZERO_PARALLEL_MIN_BYTES", 1 << 40 if few_zeros else 0)
+    x = make(dtype)
+    call = F.drop_path if x.dim() == 3 else F.dropout2d
+    torch.manual_seed(4)
+    expected = call(x, 0.5)
+    xg = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+    torch.manual_seed(4)
+    y = call(xg, 0.5)
+    assert route(y) == "MulBackward0" and torch.equal(bits(y), bits(expected))
+    parallel = torch.get_num_threads() > 1 and (kernel == "zero_dropped_inner_at" or not few_zeros)
+    assert ran == ["parallel" if parallel else "serial"]
 
 
 def test_saves_one_factor_per_group_only():
