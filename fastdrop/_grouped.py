@@ -16,7 +16,7 @@ import sys
 from .kernels import dropout_cpu
 from .kernels.config import TORCH_GRAIN_SIZE
 from .kernels.layout import channels_innermost, group_runs
-from .kernels.philox import LANES, kernel_threshold
+from .kernels.philox import LANES, keep_threshold
 
 
 # Grouped ops under autograd below this many output bytes take torch's own multiply
@@ -117,7 +117,7 @@ def native_grouped(x, p, seed, offset, scale, g, layout, inplace=False):
     then the zeros in x (an activation, not a leaf nor a view: the caller checked)."""
     torch = sys.modules["torch"]
     groups, factor_shape, run, channels = layout
-    f64, thr = x.element_size() == 8, kernel_threshold(p)
+    f64, thr = x.element_size() == 8, _INT_THRESHOLDS.get(p) or _int_threshold(p)
     factors = x.new_empty(factor_shape)  # x's dtype, on the CPU
     count = dropout_cpu.group_factors_at(factors.data_ptr(), groups, seed, offset, thr, scale, f64)
     n = x.numel()
@@ -144,6 +144,19 @@ def native_grouped(x, p, seed, offset, scale, g, layout, inplace=False):
             with torch.no_grad():
                 y.masked_fill_(factors == 0, 0.0)
     return y
+
+
+# p -> T(p) as a Python int (`kernels/philox.keep_threshold`): Numba's dispatcher types an int
+# faster than the numpy scalar `kernel_threshold` caches, and a step reuses a few p's (bounded, as
+# a schedule's p's are)
+_INT_THRESHOLDS = {}
+
+
+def _int_threshold(p):
+    if len(_INT_THRESHOLDS) >= 256:
+        _INT_THRESHOLDS.clear()
+    thr = _INT_THRESHOLDS[p] = keep_threshold(p)
+    return thr
 
 
 def _zeroable_in_place(torch, y, x, g, run):

@@ -8,7 +8,8 @@ import torch
 from torch.jit import is_scripting
 
 from .._checks import check_mode, check_p, is_fx_proxy, module_inplace_flag, traced_as_leaf
-from ..functional import DROP_PATH_MODES, _lane, drop_path
+from .. import _core
+from ..functional import DROP_PATH_MODES, drop_path
 from . import _mc_state
 from .leaf import FxLeaf
 from ._script import ANY_RANK, scripted_dropout
@@ -89,9 +90,11 @@ class DropPath(FxLeaf, torch.nn.Module):
         if _mc_state.thread.sampler is not None:  # inside an mc_predict call on this thread
             return _mc_state.sample(self, x)
         p = self.p  # (the property: a subclass may override it, as a drop-rate schedule does)
-        if self.mode == "row" and self.scale_by_keep is True:
-            # a training step's call: the lane drop_path tries first, one Python call sooner
-            y = _lane(x, p, self.training, inplace, None, 0, self.scaling, None, 1)
+        if self.training is True and type(p) is float and 0.0 < p < 1.0 and self.mode == "row" and \
+                self.scale_by_keep is True and self.scaling == "inverted":
+            # a training step's call: the lane drop_path tries first (`functional._lane`'s
+            # conditions, which a module's call meets but for these), two Python calls sooner
+            y = _core.training_lane(x, p, 1, None, inplace)
             if y is not None:
                 return y
         return drop_path(x, p, training=self.training, scale_by_keep=self.scale_by_keep,

@@ -13,6 +13,7 @@ import torch
 from torch.jit import is_scripting
 
 from .. import functional as F
+from .. import _core
 from .._checks import check_mode, is_fx_proxy, module_inplace_flag, traced_as_leaf
 from . import _mc_state
 from .leaf import FxLeaf
@@ -55,11 +56,14 @@ class _DropoutNd(FxLeaf):
         if _mc_state.thread.sampler is not None:  # inside an mc_predict call on this thread
             return _mc_state.sample(self, input)
         p, training, mode = self.p, self.training, self.mode
-        # a training step's call: the lane self._fn tries first, one Python call sooner; None
-        # when it is not the lane's, and self._fn goes on
-        y = F._lane(input, p, training, inplace, None, 0, mode, None, *self._lane)
-        if y is not None:
-            return y
+        if training is True and type(p) is float and 0.0 < p < 1.0 and mode == "inverted":
+            # a training step's call: the lane self._fn tries first (`functional._lane`'s
+            # conditions, which a module's call meets but for these), two Python calls sooner;
+            # None when it is not the lane's, and self._fn goes on
+            g, ndim = self._lane
+            y = _core.training_lane(input, p, g, ndim, inplace)
+            if y is not None:
+                return y
         return self._fn(input, p, training, inplace, mode=mode)
 
 
