@@ -117,8 +117,18 @@ def native_grouped(x, p, seed, offset, scale, g, layout, inplace=False):
     then the zeros in x (an activation, not a leaf nor a view: the caller checked)."""
     torch = sys.modules["torch"]
     groups, factor_shape, run, channels = layout
-    f64, thr = x.element_size() == 8, _INT_THRESHOLDS.get(p) or _int_threshold(p)
-    factors = x.new_empty(factor_shape)  # x's dtype, on the CPU
+    f64, thr = x.element_size() == 8, _INT_THRESHOLDS.get(p)
+    if thr is None:  # (T(p) may be 0: p within 2^-16 of 1)
+        thr = _int_threshold(p)
+    C = torch._C
+    if C._len_torch_dispatch_stack() or C._is_torch_function_mode_enabled():
+        # a mode could hand back something else (a wrapper subclass without memory, another
+        # dtype): the kernel writes through the address, so the factors are made past the modes
+        # (they see the multiply, as they saw torch.from_numpy's tensor before 2026-12-06)
+        with C._DisableTorchDispatch(), C.DisableTorchFunction():
+            factors = x.new_empty(factor_shape)
+    else:
+        factors = x.new_empty(factor_shape)  # x's dtype, on the CPU
     count = dropout_cpu.group_factors_at(factors.data_ptr(), groups, seed, offset, thr, scale, f64)
     n = x.numel()
     zero_bytes = count * (n // groups) * x.element_size()

@@ -383,3 +383,65 @@ def test_fake_output_of_a_dispatch_mode_is_not_written_through_its_address():
     """)
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "ok", (res.returncode, res.stdout, res.stderr[-2000:])
+
+
+def test_factors_are_made_past_modes_that_change_new_empty():
+    """The factors are written through their address, so under a dispatch or torch-function mode
+    they are made with the modes off: a mode that wraps every output in a wrapper subclass (no
+    memory, data_ptr() 0) crashed the process (SIGSEGV), one that makes new buffers float32
+    corrupted the heap for float64 x. Both now give the kernel's values, the modes seeing the
+    multiply as before. In a subprocess: a regression kills the interpreter."""
+    script = textwrap.dedent("""
+        import torch, fastdrop
+        from torch.overrides import TorchFunctionMode
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_map
+
+        class Wrapped(torch.Tensor):
+            @staticmethod
+            def __new__(cls, elem):
+                r = torch.Tensor._make_wrapper_subclass(cls, elem.shape, strides=elem.stride(), dtype=elem.dtype,
+                                                        device=elem.device, requires_grad=elem.requires_grad)
+                r.elem = elem
+                return r
+
+            @classmethod
+            def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+                unwrap = lambda t: t.elem if isinstance(t, Wrapped) else t
+                return tree_map(lambda t: Wrapped(t) if isinstance(t, torch.Tensor) else t,
+                                func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs or {})))
+
+        class WrapOutputs(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                unwrap = lambda t: t.elem if isinstance(t, Wrapped) else t
+                out = func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs or {}))
+                return tree_map(lambda t: Wrapped(t) if isinstance(t, torch.Tensor) else t, out)
+
+        class NewEmptyFloat32(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                if func is torch.Tensor.new_empty:
+                    kwargs = {**kwargs, "dtype": torch.float32}
+                return func(*args, **kwargs)
+
+        for call, shape in ((fastdrop.dropout2d, (8, 3, 4, 4)), (fastdrop.drop_path, (8, 5, 6))):
+            for seed in range(4):
+                x = torch.randn(shape, requires_grad=True)
+                torch.manual_seed(seed)
+                expected = call(x.detach(), 0.5)
+                with WrapOutputs():
+                    torch.manual_seed(seed)
+                    y = call(x, 0.5)
+                assert type(y).__name__ == "Wrapped" and torch.equal(y.elem, expected)
+                x64 = x.detach().double().requires_grad_()
+                torch.manual_seed(seed)
+                expected = call(x64.detach(), 0.5)
+                with NewEmptyFloat32():
+                    torch.manual_seed(seed)
+                    y = call(x64, 0.5)
+                assert y.dtype == torch.float64 and type(y.grad_fn).__name__ == "MulBackward0"
+                assert torch.equal(y.detach(), expected)
+        print("ok")
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", (res.returncode, res.stdout, res.stderr[-2000:])
