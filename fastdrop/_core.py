@@ -45,7 +45,7 @@ from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, annou
                       check_storage, check_u64, check_writable, fill_torch_floats, is_subclass_like, mark_written,
                       numpy_view, quiet_under_jit_trace, traced)
 from ._dynamo_skip import MARKED, keep_dynamo_out
-from ._grouped import grouped_layout, native_grouped, native_layout
+from ._grouped import grouped_layout, native_grouped, native_layout, one_element_groups
 from ._torch_state import (NO_LEVELS, autocast_state, batched_for_vmap, batched_levels, capturing, compiling,
                            forward_ad_active, functorch_interpreters, grad_enabled, grad_levels_active,
                            grad_transform_active, tracing_dispatch_mode, unwrapped, vmap_levels)
@@ -127,6 +127,8 @@ class NumpyBackend:
     def mask(x, rng, group_ndim=0, out=None, parallel_min=None):
         if out is None:
             out = np.empty_like(x)
+        if group_ndim and one_element_groups(x.shape, group_ndim):
+            group_ndim = 0  # the same mask (`one_element_groups`)
         if group_ndim:
             return _cpu.grouped_dropout_into(x, out, rng.p, rng.seed, rng.offset, rng.scale, group_ndim)
         return _cpu.dropout_into(x, out, rng.p, rng.seed, rng.offset, rng.scale, parallel_min=parallel_min)
@@ -336,6 +338,8 @@ class TorchBackend:
         check_plain_memory(x, "x (or its gradient)")  # before any kernel takes its address
         seed = _seed_int(rng.seed)
         n = x.numel()
+        if group_ndim > 0 and one_element_groups(x.shape, group_ndim):
+            group_ndim = 0  # the same mask (`one_element_groups`)
         small = n < CPU_PARALLEL_MIN
         if not group_ndim and parallel_min is None and 0 < n < _cpu.CPU_PARALLEL_MIN \
                 and x.dtype in _FLAT_SCALARS and x.is_contiguous():

@@ -79,12 +79,25 @@ def _new_layouts(x, g, key):
     shape = x.shape
     if len(GROUPED_LAYOUTS) >= 256:
         GROUPED_LAYOUTS.clear()
-    runs = grouped_runs(x, g) if x.numel() else None
     groups, factor_shape = math.prod(shape[:g]), tuple(shape[:g]) + (1,) * (len(shape) - g)
+    if groups == x.numel():  # one element per group: the elementwise kernels (`one_element_groups`)
+        layouts = GROUPED_LAYOUTS[key] = (False, False)
+        return layouts
+    runs = grouped_runs(x, g) if x.numel() else None
     inner = runs is None and x.numel() and channels_innermost(shape, x.stride(), g)
     layouts = GROUPED_LAYOUTS[key] = (runs is not None and (groups, factor_shape, runs[1], 0),
                                       bool(inner) and (groups, factor_shape, 0, shape[g - 1]))
     return layouts
+
+
+def one_element_groups(shape, g):
+    """Is every group of a grouped op (mask-shape rule g > 0) on this shape one element: the dims
+    after the first g all 1 (pooled (N, C, 1, 1) features under spatial dropout, a 1-D batch under
+    DropPath)? Group i is then element i in row-major order, so the group mask is the elementwise
+    mask of the same seed and offset, bit for bit (README, "The mask"), and the elementwise
+    kernels serve the op: the grouped kernels walk a run per element (Dropout2d of 256x4096x1x1
+    took 9.3 ms, 0.7x torch's time, where elementwise dropout of 2^20 elements takes ~0.4 ms)."""
+    return g > 0 and all(d == 1 for d in shape[g:])
 
 
 def grouped_layout(x, g):

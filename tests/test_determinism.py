@@ -114,6 +114,11 @@ def parallel_workload():
     out["dropout_groups_flat"] = fastdrop.dropout2d(x4, 0.5, seed=SEED, offset=OFFSET)
     # torch tensors: the same kernel on the tensors' addresses
     out["dropout_groups_flat_at"] = fastdrop.dropout2d(torch.from_numpy(x4), 0.5, seed=SEED, offset=OFFSET).numpy()
+    # short runs: tiles of whole runs, flags per element below TINY_RUN (runs of 3), not (runs of 49)
+    x3 = rng.standard_normal((8, SMALL // 24 + 1, 3)).astype(np.float32)
+    out["dropout_groups_flat, runs of 3"] = fastdrop.dropout1d(x3, 0.5, seed=SEED, offset=OFFSET)
+    x49 = torch.from_numpy(rng.standard_normal((8, SMALL // 392 + 1, 49)).astype(np.float32))
+    out["dropout_groups_flat_at, runs of 49"] = fastdrop.dropout1d(x49, 0.5, seed=SEED, offset=OFFSET).numpy()
     # channels_last-like (C innermost): the keep mask, then rows of C with contiguous keep flags
     x4_cl = np.ascontiguousarray(x4.transpose(0, 2, 1)).transpose(0, 2, 1)
     out["keep_mask + apply_group_mask_inner"] = fastdrop.dropout2d(x4_cl, 0.5, seed=SEED, offset=OFFSET)
@@ -143,6 +148,8 @@ def parallel_workload():
     # threads' shares of the output (from torch's grain size on, with torch on several threads)
     xz = torch.from_numpy(rng.standard_normal((8, 16, 1024), np.float32)).requires_grad_()
     out["zero_dropped_runs_at"] = fastdrop.dropout1d(xz, 0.5, seed=SEED, offset=OFFSET).detach().numpy()
+    xzs = torch.from_numpy(rng.standard_normal((8, 4096, 16), np.float32)).requires_grad_()  # short runs: tiles
+    out["zero_dropped_runs_at, runs of 16"] = fastdrop.dropout1d(xzs, 0.1, seed=SEED, offset=OFFSET).detach().numpy()
     # ... and with the channels innermost (channels_last): the pass over every row
     xzc = torch.from_numpy(rng.standard_normal((8, 32, 32, 16), np.float32)).permute(0, 3, 1, 2).requires_grad_()
     out["zero_dropped_inner_at"] = fastdrop.dropout2d(xzc, 0.5, seed=SEED, offset=OFFSET).detach().numpy()

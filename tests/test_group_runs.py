@@ -99,3 +99,67 @@ def test_torch_sequence_first_no_grad(dtype):
     y = fastdrop.drop_path(x, P, seed=SEED, offset=OFFSET)
     assert y.stride() == x.stride()
     assert torch.equal(y, fastdrop.drop_path(x.contiguous(), P, seed=SEED, offset=OFFSET))
+
+
+# ---- one element per group, and short runs ---------------------------------------------------
+ONE_ELEMENT = [  # (op, shape): every dim after the groups' is 1
+    (fastdrop.dropout2d, (64, 48, 1, 1)),   # pooled features
+    (fastdrop.dropout1d, (9, 700, 1)),
+    (fastdrop.drop_path, (1500,)),          # a 1-D batch
+    (fastdrop.drop_path, (300, 1, 1)),
+    (fastdrop.dropout3d, (4, 6, 1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("op,shape", ONE_ELEMENT, ids=str)
+@pytest.mark.parametrize("kind", ["numpy", "torch", "torch_grad"])
+def test_one_element_groups_take_the_elementwise_kernels(op, shape, kind, spy_kernels):
+    """Where every group is one element, the group mask is the elementwise mask of the same seed
+    and offset (group i is element i), so elementwise dropout's kernels run it: the same values
+    as the README's recipe, no grouped kernel called (they walked a run per element: Dropout2d of
+    256x4096x1x1 took 9.3 ms, 0.7x torch's time), and the same gradient."""
+    rng = np.random.default_rng(7)
+    xn = rng.standard_normal(shape).astype(np.float32)
+    xn.reshape(-1)[:3] = [np.inf, -np.inf, np.nan]  # exact zeros where dropped, whatever x holds
+    groups = int(np.prod([d for d in shape if d != 1] or [1]))
+    keep = dropout_mask((groups,), P, SEED, OFFSET).reshape(shape)
+    want = np.where(keep, xn * np.float32(1 / (1 - P)), np.float32(0))
+    calls = spy_kernels("dropout_groups_flat", "dropout_groups_flat_serial", "dropout_groups_flat_at",
+                        "dropout_groups_flat_at_serial", "apply_group_mask", "apply_group_mask_serial")
+    if kind == "numpy":
+        y = op(xn, P, seed=SEED, offset=OFFSET)
+    else:
+        x = torch.from_numpy(xn.copy()).requires_grad_(kind == "torch_grad")
+        y = op(x, P, seed=SEED, offset=OFFSET)
+        if kind == "torch_grad":
+            g = torch.randn(shape)
+            y.backward(g)
+            want_grad = np.where(keep, g.numpy() * np.float32(1 / (1 - P)), np.float32(0))
+            np.testing.assert_array_equal(x.grad.numpy(), want_grad)
+        y = y.detach().numpy()
+    assert calls == []
+    np.testing.assert_array_equal(y, want)
+    np.testing.assert_array_equal(y, fastdrop.dropout(xn, P, seed=SEED, offset=OFFSET))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("run", [2, 3, 7, 15, 16, 17, 49, 1023, 1024])  # tiles, flagged and not; pieces
+@pytest.mark.parametrize("rows", [5, 700])  # serial; parallel
+def test_short_runs_match_the_reference(run, rows, dtype):
+    """The flat grouped kernels take runs shorter than RUN_TILE elements a tile of whole runs at a
+    time (flags per element below TINY_RUN), and partial last tiles: the README's recipe bit for
+    bit, numpy contiguous and torch sequence-first (run r of group r % groups)."""
+    rng = np.random.default_rng(run)
+    shape = (rows, 3, run)
+    xn = rng.standard_normal(shape).astype(dtype)
+    keep = dropout_mask(shape[:2], P, SEED, OFFSET)[..., None]
+    compute = np.float64 if dtype == np.float64 else np.float32
+    want = np.where(keep, (xn.astype(compute) * compute(1 / (1 - P))).astype(dtype), 0).astype(dtype)
+    np.testing.assert_array_equal(fastdrop.dropout1d(xn, P, seed=SEED, offset=OFFSET), want)
+    if dtype != np.float16:
+        # groups in runs between other dims: (L, N, D) seen as (N, L, D), runs of D
+        xs = torch.from_numpy(np.ascontiguousarray(xn.transpose(1, 0, 2))).transpose(0, 1)
+        ys = fastdrop.drop_path(xs, P, seed=SEED, offset=OFFSET)
+        keep_rows = dropout_mask((rows,), P, SEED, OFFSET)[:, None, None]
+        want_rows = np.where(keep_rows, (xn.astype(compute) * compute(1 / (1 - P))).astype(dtype), 0)
+        np.testing.assert_array_equal(ys.numpy(), want_rows.astype(dtype))
