@@ -262,10 +262,12 @@ def _group_runs_views(x, out, group_ndim):
 
 # `apply_group_mask_inner` (long loops over whole runs) for runs of at most this many elements,
 # the loop per run above: Dropout2d channels_last forward+backward against torch's, same process
-# (2026-12-06): C = 3 at 8x3x224x224 0.27x -> 0.90x, C = 4 at 1x4x512x512 0.39x -> 0.88x, but
-# C = 64 at 32x64x56x56 1.06x -> 0.62x (not understood: the kernel alone, on a reused output,
-# measured 1040 -> 920 us); C = 32 unmeasured.
-INNER_ROWS_MAX_C = 16
+# (2026-12-06): C = 3 at 8x3x224x224 0.27x -> 0.90x, C = 4 at 1x4x512x512 0.39x -> 0.88x. Limited
+# to 16 while C = 64 ran slower (32x64x56x56 1.06x -> 0.62x): its apply loop indexed the row at
+# start + k and ran scalar; with slices (session 36) the serial kernel takes 1.50 ms against 1.52
+# for the loop per run at C = 64, 49 vs 77 us at 8x32x32x32, and the same from C = 128 on;
+# without grad, torch tensors: 8x32x32x32 82 -> 27 us, 8x64x28x28 91 -> 53 us (torch's 20-45).
+INNER_ROWS_MAX_C = 64
 
 
 def _inner_group_views(x, out, group_ndim):

@@ -882,8 +882,11 @@ def _inner_pattern(keep, na, nb):
     per = max(1, _INNER_ROWS // nb)
     pattern = np.empty((na, per * nb), np.bool_)
     for a in range(na):
-        for k in range(per * nb):
-            pattern[a, k] = keep[a * nb + k % nb]
+        row = pattern[a]
+        flags = keep[a * nb:(a + 1) * nb]
+        for j in range(per):  # (not `k % nb` per element: an integer division each)
+            for c in range(nb):
+                row[j * nb + c] = flags[c]
     return pattern
 
 
@@ -893,11 +896,14 @@ def _inner_chunk(x, out, pattern, r, chunks, scale):
     width = pattern.shape[1]
     a = r // chunks
     start = (r - a * chunks) * width
-    xa, oa, pa = x[a], out[a], pattern[a]
+    stop = min(start + width, x.shape[1])
+    # slices indexed from 0, as every apply loop here (module docstring): indexed at start + k the
+    # loop ran scalar, 4.4x slower (Dropout2d 8x16x32x32 channels_last: 54 vs 12 us serial)
+    xs, os, pa = x[a, start:stop], out[a, start:stop], pattern[a]
     zero = x.dtype.type(0)
-    for k in range(min(width, x.shape[1] - start)):
-        y = _scaled(xa[start + k], scale)  # then selected, as in _dropout_chunk
-        oa[start + k] = y if pa[k] else zero
+    for k in range(xs.size):
+        y = _scaled(xs[k], scale)  # then selected, as in _dropout_chunk
+        os[k] = y if pa[k] else zero
 
 
 @cpu_kernel

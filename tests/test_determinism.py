@@ -134,9 +134,11 @@ def parallel_workload():
     x4w = rng.standard_normal((8, 33, 2 * (SMALL // 264 + 1)))
     x4_cls = np.ascontiguousarray(x4w.transpose(0, 2, 1)).transpose(0, 2, 1)[:, :, ::2]
     out["keep_mask + apply_group_mask_inner_strided"] = fastdrop.dropout2d(x4_cls, 0.5, seed=SEED, offset=OFFSET)
-    # ... and in place (one array: the in-place twins), many channels and few
+    # ... and in place (one array: the in-place twins), many channels (more than INNER_ROWS_MAX_C)
+    # and few
+    x80 = rng.standard_normal((8, 80, SMALL // 640 + 1))
     out["apply_group_mask_inner_strided_inplace"] = fastdrop.dropout2d(
-        np.ascontiguousarray(x4w.transpose(0, 2, 1)).transpose(0, 2, 1), 0.5, seed=SEED, offset=OFFSET,
+        np.ascontiguousarray(x80.transpose(0, 2, 1)).transpose(0, 2, 1), 0.5, seed=SEED, offset=OFFSET,
         inplace=True)
     x4_few = np.ascontiguousarray(rng.standard_normal((4, big // 12, 3), np.float32)).transpose(0, 2, 1)
     out["apply_group_mask_inner_inplace"] = fastdrop.dropout2d(x4_few, 0.5, seed=SEED, offset=OFFSET,

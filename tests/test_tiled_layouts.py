@@ -228,11 +228,12 @@ def _grouped_layouts(dtype):
         ("dropout2d channels_last, C = 3", fastdrop.dropout2d, _channels_last(rng, (5, 3, 7, 9), dtype), 2),
         ("dropout2d channels_last, C = 4, big", fastdrop.dropout2d,
          _channels_last(rng, (2, 4, 128, CPU_PARALLEL_MIN // 1024 + 1), dtype), 2),
+        ("dropout2d channels_last, C = 48", fastdrop.dropout2d, _channels_last(rng, (3, 48, 5, 7), dtype), 2),
     ]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(9))
 @pytest.mark.parametrize("inplace", [False, True])
 def test_grouped_inner_layouts_match_the_contract(dtype, case, inplace, spy_kernels):
     name, fn, x, group_ndim = _grouped_layouts(dtype)[case]

@@ -212,9 +212,9 @@ def _sample_masks(src, p, scale, seed, offsets):
     key_lo, key_hi, _, _, thr = kernel_rng_args(seed, 0, p)
     kern = mc_dropout_cpu.dropout_samples if out.size >= mc_dropout_cpu.PARALLEL_MIN else \
         mc_dropout_cpu.dropout_samples_serial
-    # The fused head and DropConnect mask n copies of one row: a stride-0 view, never copied.
-    src = src if src.shape[0] == n else np.broadcast_to(src, out.shape)
-    kern(src, out, lo, hi, key_lo, key_hi, thr, src.dtype.type(scale))
+    # The fused head and DropConnect mask n copies of one row: the kernel reads that (1, L) row for
+    # every sample, never copied (a stride-0 broadcast view ran its loop scalar)
+    kern(np.ascontiguousarray(src), out, lo, hi, key_lo, key_hi, thr, src.dtype.type(scale))
     return out
 
 
