@@ -786,10 +786,9 @@ RUN_TILE = 1024
 
 @numba.njit(inline="always", **JIT_OPTIONS)
 def _apply_runs(x, out, first, count, length, words, ngroups, thr, scale):
-    """Runs first .. first + count - 1 of a flat grouped op (short runs of `length` elements): each
-    run's keep flag copied to its elements, then one loop over the tile that selects x * scale or
-    0 per element, as the elementwise kernels' apply loops do (it vectorizes; a loop per run of a
-    few elements does not)."""
+    """Runs first .. first + count - 1 of a flat grouped op (runs of TINY_RUN to RUN_TILE
+    elements): each run's elements times scale, or 0, in a loop of its own (one vector step or
+    more per run), without the loop step per run of `_apply_piece`."""
     start = first * length
     m = count * length
     xs = x[start:start + m]
