@@ -243,12 +243,24 @@ def set_rank_streams(enabled=True):
 _dist_available = None
 
 
+# torch.distributed's `_World` object, whose `_default_pg` is the default process group (None until
+# init_process_group, again after destroy_process_group): `_rank` reads it, where
+# `dist.is_initialized()` is three Python calls (it, the WORLD class property, `default_pg`), ~2 us
+# of every seed=None call inside a training step, where every call runs cold. None where a torch
+# keeps it otherwise: then `is_initialized()`.
+_world = None
+
+
 def note_torch():
     """Ask torch's build what `_rank` needs to know, now (torch is imported)."""
-    global _dist_available
+    global _dist_available, _world
     dist = sys.modules.get("torch.distributed")
     if dist is not None and _dist_available is None:
         _dist_available = dist.is_available()
+        world = getattr(getattr(dist, "distributed_c10d", None), "_world", None) if _dist_available else None
+        if world is not None and "_default_pg" in getattr(world, "__dict__", ()) and \
+                (world._default_pg is None) == (not dist.is_initialized()):
+            _world = world
 
 
 def _rank():
@@ -257,7 +269,10 @@ def _rank():
         return 0
     if _dist_available is None:
         note_torch()
-    if not _dist_available or not dist.is_initialized():
+    if not _dist_available:
+        return 0
+    world = _world
+    if (world._default_pg is None) if world is not None else not dist.is_initialized():
         return 0
     return dist.get_rank()
 

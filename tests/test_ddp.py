@@ -209,6 +209,23 @@ def test_ddp_without_dropout_matches_global_batch(ranks):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_rank_reads_the_default_group_as_is_initialized_does(tmp_path):
+    """`_seeds._rank` reads torch.distributed's world object instead of calling
+    `is_initialized()` (three Python calls a seed draw): the two agree before a process group
+    exists, while one does and after it is destroyed (a one-rank gloo group in this process)."""
+    import torch.distributed as dist
+    _distributed.note_torch()
+    world = _distributed._world
+    assert world is dist.distributed_c10d._world
+    assert (world._default_pg is None) == (not dist.is_initialized()) and _distributed._rank() == 0
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert dist.is_initialized() and world._default_pg is not None and _distributed._rank() == 0
+    finally:
+        dist.destroy_process_group()
+    assert not dist.is_initialized() and world._default_pg is None and _distributed._rank() == 0
+
+
 def test_stream_offset_without_distributed():
     assert _distributed.stream_offset(5) == 5  # no process group in this process: rank 0
     with pytest.raises(TypeError):

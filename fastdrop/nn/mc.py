@@ -206,6 +206,8 @@ def _one_sample(m, x, seed, offset):
 def _sample_masks(src, p, scale, seed, offsets):
     """(n, L) array: row t = src[t] (or src[0], broadcast) with sample t's mask, one kernel call."""
     n = len(offsets)
+    if src.shape[0] not in (1, n):  # the kernel reads row t, or row 0 for every sample
+        raise ValueError(f"_sample_masks: src has {src.shape[0]} rows for {n} samples (1 or {n})")
     out = np.empty((n, src.shape[1]), src.dtype)
     lo = np.array([o & 0xFFFFFFFF for o in offsets], np.uint64)
     hi = np.array([o >> 32 for o in offsets], np.uint64)
