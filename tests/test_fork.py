@@ -29,6 +29,7 @@ BIG_MASK = config.DENSE_PARALLEL_MIN  # dense layers' masks run on the pool from
 # such as linear_cpu.mask_pair once the dense layers mask with dropout_cpu's kernels, is not listed).
 REACHED = {"keep_mask", "dropout_flat", "dropout_flat_inplace", "dropout_strided", "dropout_tiled",
            "apply_group_mask", "apply_group_mask_inner", "dropout_groups_flat", "dropout_groups_flat_at",
+           "dropout_groups_inner_at", "zero_dropped_runs_at",
            "philox4x32_array",
            "dropconnect_sample_fwd", "dropconnect_sample_bwd", "dropout_samples", "dropout_pair",
            "max_norm_rows", "max_norm_cols"}
@@ -66,6 +67,12 @@ def _ops(seed):
         out["dropout2d_channels_last"] = fastdrop.dropout2d(channels_last, 0.5, seed=seed + 6).numpy()
         c_major = np.ascontiguousarray(f32(2, 3, 4, 5).transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
         out["dropout2d_c_major"] = fastdrop.dropout2d(c_major, 0.5, seed=seed + 6)  # apply_group_mask
+        # numpy memory (N, H, W, C) seen as (N, C, H, W): apply_group_mask_inner; and under autograd
+        # the native route's zero pass
+        cl_numpy = np.ascontiguousarray(f32(2, 16, 8, BIG // 256).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        out["dropout2d_channels_last_numpy"] = fastdrop.dropout2d(cl_numpy, 0.5, seed=seed + 6)
+        runs = torch.from_numpy(f32(8, 16, 512)).requires_grad_()
+        out["dropout1d_native"] = fastdrop.dropout1d(runs, 0.3, seed=seed + 6).detach().numpy()  # zero_dropped_runs_at
         out["dropout_mask"] = fastdrop.dropout_mask((8, 8), 0.5, seed + 8)
         out["philox4x32"] = fastdrop.philox4x32(rng.integers(0, 2**32, (16, 4), dtype=np.uint32),
                                                 [seed, 7])
