@@ -52,7 +52,8 @@ from ._torch_state import (NO_LEVELS, autocast_state, batched_for_vmap, batched_
 from .kernels import config, dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial
 from .kernels.config import CPU_PARALLEL_MIN
-from .kernels.philox import kernel_rng_args, kernel_threshold
+from .kernels.layout import tiled_layout
+from .kernels.philox import LANES, kernel_rng_args, kernel_threshold
 
 
 class Rng(NamedTuple):
@@ -211,6 +212,61 @@ def _serial_dropout(x, args):
     return out
 
 
+def _permuted_dropout(x, p, seed, offset, scale, out, parallel_min):
+    """Elementwise dropout of a float32/float64 CPU tensor that is not C-contiguous, into out
+    (None: a new tensor in torch's layout for x's dropout) or None (nothing done) where out has
+    another dtype or lazy negation. The mask follows the logical index, so: where x and out share
+    a unit-stride dim other than the last (channels_last, a transposed matrix, other permuted
+    dense views) the tiled kernel on their memory by address, as `_cpu.dropout_into` would run it
+    without its numpy views (~40 us of views and layout checks a call: channels_last 8x32x14x14
+    89 -> ~40 us); otherwise (a sliced or expanded x, whose fresh output is contiguous) a small x
+    copied to C order and the serial kernel run in place on the copy; None for a large one (the
+    strided kernel, `_cpu.dropout_into`). Bit for bit those kernels' results. docs/cpu_kernels.md,
+    "Permuted layouts without numpy"."""
+    n = x.numel()
+    limit = _cpu.CPU_PARALLEL_MIN if parallel_min is None else parallel_min  # (tests raise it)
+    fresh = out is None
+    if fresh:
+        # large outputs from the output cache, small ones fresh from torch (heap memory)
+        out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)
+    elif out.dtype != x.dtype or out.is_neg():
+        return None
+    else:
+        check_plain_memory(out, "out")  # before the kernel takes its address
+    plan = tiled_layout(x.shape, x.stride(), out.stride(), LANES)
+    if n < limit and (fresh or out.is_contiguous()) and (
+            plan is None or n <= _COPY_MAX_ELEMENTS or plan[0][plan[3]] < _COPY_BELOW_ROWS):
+        # small, and no tiled walk, or one whose tiles would be mostly empty: a C-order copy
+        xc = x.contiguous()  # a copy: x is not C-contiguous
+        args = _serial_args(x.dtype, p, seed, offset, scale)
+        if out.is_contiguous():
+            dropout_cpu.dropout_flat_serial_at(xc.data_ptr(), out.data_ptr(), n, *args)
+            return out
+        dropout_cpu.dropout_flat_inplace_serial_at(xc.data_ptr(), n, *args)
+        return out.copy_(xc)  # (our own fresh output: no autograd, no caller's version counter)
+    if plan is None:
+        return None
+    shape, xs, os, a = plan
+    kernel = dropout_cpu.dropout_tiled_at if n >= limit else dropout_cpu.dropout_tiled_at_serial
+    kernel(x.data_ptr(), _span(shape, xs), out.data_ptr(), _span(shape, os), np.array(shape + xs + os, np.int64), a,
+           *_serial_args(x.dtype, p, seed, offset, scale))
+    return out
+
+
+# Below CPU_PARALLEL_MIN, a permuted x is copied to C order (two copies with a fresh permuted
+# output) instead of walked in tiles when it has at most this many elements, or fewer than this
+# many unit-stride rows per tile (channels_last with C < 16): the tiles' fixed costs (their word
+# buffers, Philox across few rows) made the tiled kernel slower there (8x3x16x16 channels_last:
+# 33 vs 13 us; 8x16x16x16: 37 vs 43; a transposed 16x64: 7.0 vs 5.4, 32x128: 8.2 vs 10.4).
+_COPY_MAX_ELEMENTS = 2048
+_COPY_BELOW_ROWS = 16
+
+
+def _span(shape, strides):
+    """Elements from the first to the last of an array of `shape` and non-negative `strides`."""
+    return 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
+
+
 def _dense_grouped_dropout(x, p, seed, offset, scale, layout, n):
     """Spatial dropout / DropPath of a float32/float64 CPU tensor whose groups lie in runs of
     memory (`_grouped.grouped_layout`, which gave `layout`; no autograd): the one-launch grouped
@@ -355,6 +411,10 @@ class TorchBackend:
                 else:
                     dropout_cpu.dropout_flat_serial_at(x.data_ptr(), out.data_ptr(), n, *args)
                 return out
+        if not group_ndim and n and x.dtype in _FLAT_SCALARS and not x.is_contiguous():
+            y = _permuted_dropout(x, rng.p, seed, offset, rng.scale, out, parallel_min)
+            if y is not None:
+                return y
         layout = out is None and group_ndim > 0 and n > 0 and x.dtype in _FLAT_SCALARS and \
             grouped_layout(x, group_ndim)
         if layout:

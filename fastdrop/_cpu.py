@@ -14,7 +14,7 @@ import numpy as np
 
 from .kernels import dropout_cpu
 from .kernels.config import CPU_PARALLEL_MIN
-from .kernels.layout import group_runs
+from .kernels.layout import group_runs, merge_runs, unit_stride_dim
 from .kernels.philox import LANES, kernel_rng_args
 
 
@@ -113,51 +113,18 @@ def _dropout_views(x, out, args, scale, parallel_min=None):
 
 
 def _merge_runs(x, out):
-    """x and out with every two neighbouring dims that form one run of memory in both merged into
-    one (stride[d - 1] == shape[d] * stride[d]; size-1 dims already dropped). The logical C-order
-    index of every element stays the same, so the mask does; the kernels get longer rows:
-    channels_last (N, C, H, W) becomes (N, C, H*W), so the tiled kernel's rows run over H*W
-    instead of W (at W = 14 a row was two Philox blocks). Merging leaves the unit-stride dim
-    unit-stride (it can only absorb the dims before it)."""
-    shape = list(x.shape[:1])
-    xs, os = x.strides, out.strides
-    for d in range(1, x.ndim):
-        if xs[d - 1] == x.shape[d] * xs[d] and os[d - 1] == x.shape[d] * os[d]:
-            shape[-1] *= x.shape[d]
-        else:
-            shape.append(x.shape[d])
+    """x and out as views with their runs of memory merged (kernels/layout.py, `merge_runs`)."""
+    shape, xs, os = merge_runs(x.shape, x.strides, out.strides)
     if len(shape) == x.ndim:
         return x, out
-    return _runs_view(x, shape), _runs_view(out, shape)
-
-
-def _runs_view(a, shape):
-    """a (whose dims merge into `shape` as `_merge_runs` found) viewed with that shape: each merged
-    dim keeps the stride of its innermost dim. A view, never a copy (as_strided keeps a read-only
-    array read-only)."""
-    strides, d = [], a.ndim
-    for n in reversed(shape):
-        d -= 1
-        strides.append(a.strides[d])
-        size = a.shape[d]
-        while size < n:
-            d -= 1
-            size *= a.shape[d]
-    return np.lib.stride_tricks.as_strided(a, shape=tuple(shape), strides=tuple(reversed(strides)))
+    # as_strided keeps a read-only array read-only
+    return (np.lib.stride_tricks.as_strided(x, shape=shape, strides=xs),
+            np.lib.stride_tricks.as_strided(out, shape=shape, strides=os))
 
 
 def _unit_stride_dim(x, out):
-    """The dim `dropout_tiled` walks memory along: one of size > 1 with unit stride in both x and
-    out, other than the last dim (the strided kernel's rows are contiguous there); None if none
-    or if the last dim has size 1 (rows of one element: nothing to tile; _dropout_views drops
-    size-1 dims first)."""
-    if x.ndim < 2 or x.shape[-1] == 1:
-        return None
-    item = x.itemsize
-    for d in range(x.ndim - 1):
-        if x.shape[d] > 1 and x.strides[d] == item and out.strides[d] == out.itemsize:
-            return d
-    return None
+    """The dim `dropout_tiled` walks memory along (kernels/layout.py, `unit_stride_dim`)."""
+    return unit_stride_dim(x.shape, x.strides, out.strides, x.itemsize, out.itemsize)
 
 
 def _view3(a, shape3):

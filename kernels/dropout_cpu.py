@@ -643,11 +643,41 @@ def dropout_tiled(xb, x_strides, ob, o_strides, shape, a, key_lo, key_hi, off_lo
     unit-stride elements at a time (docs/cpu_kernels.md). xb / ob are 1-D views of the
     memory spans, strides in elements (positive), shape the logical shape.
     """
+    tasks, grid = _tile_grid(shape, a, xb.itemsize)
+    for task in numba.prange(tasks):
+        _tile_task(task, grid, xb, x_strides, ob, o_strides, shape, a, key_lo, key_hi, off_lo, off_hi, thr, scale)
+
+
+@cpu_kernel
+def dropout_tiled_at(x_address, x_span, out_address, o_span, layout, a, seed, offset, thr, scale):
+    """`dropout_tiled` on the memory of torch tensors of scale's dtype: x_span / o_span elements
+    from the two addresses (their data_ptr()), layout one int64 array (shape, x's strides, out's
+    strides; in elements, as kernels/layout.py `tiled_layout` gives them), seed, offset and thr
+    as `dropout_flat_serial_at` takes them. Addresses and one small array, not numpy views: the
+    views and their layout checks cost ~40 us a call, more than the kernel below ~10^5 elements
+    (docs/cpu_kernels.md, "Permuted layouts without numpy")."""
+    nd = layout.size // 3
+    shape = layout[:nd]
+    x_strides = layout[nd:2 * nd]
+    o_strides = layout[2 * nd:]
+    xb = _view_at(x_address, x_span, scale)
+    ob = _view_at(out_address, o_span, scale)
+    key_lo, key_hi, off_lo, off_hi, t = _int_rng_args(seed, offset, thr)
+    tasks, grid = _tile_grid(shape, a, xb.itemsize)
+    for task in numba.prange(tasks):
+        _tile_task(task, grid, xb, x_strides, ob, o_strides, shape, a, key_lo, key_hi, off_lo, off_hi, t, scale)
+
+
+@numba.njit(**JIT_OPTIONS)
+def _tile_grid(shape, a, itemsize):
+    """(task count, grid) of `dropout_tiled`'s tiles: grid = (na_el, nl_el, lstride_a, na, nl, line),
+    the sizes of dims a and l, the logical (C-order) stride of dim a, the tile counts along a and
+    l, and the elements per 64-byte cache line. Tasks: outer dims x na x nl."""
     nd = shape.size
     l = nd - 1
     na_el = shape[a]
     nl_el = shape[l]
-    lstride_a = 1  # logical (C-order) stride of dim a
+    lstride_a = 1
     for d in range(a + 1, nd):
         lstride_a *= shape[d]
     outer = 1
@@ -656,54 +686,61 @@ def dropout_tiled(xb, x_strides, ob, o_strides, shape, a, key_lo, key_hi, off_lo
             outer *= shape[d]
     na = (na_el + TILED_A - 1) // TILED_A
     nl = (nl_el + TILED_L - 1) // TILED_L
+    return outer * na * nl, (na_el, nl_el, lstride_a, na, nl, max(1, 64 // itemsize))
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _tile_task(task, grid, xb, x_strides, ob, o_strides, shape, a, key_lo, key_hi, off_lo, off_hi, thr, scale):
+    """Tile `task` of `dropout_tiled`: its words, then its elements in memory order."""
+    na_el, nl_el, lstride_a, na, nl, line = grid
+    nd = shape.size
+    l = nd - 1
     xsl = x_strides[l]
     osl = o_strides[l]
     zero = xb.dtype.type(0)
-    line = max(1, 64 // xb.itemsize)  # elements per 64-byte cache line
-    for task in numba.prange(outer * na * nl):
-        o = task // (na * nl)
-        r = task - o * (na * nl)
-        ab = r // nl
-        lb = r - ab * nl
-        # this tile's origin: the other dims' indices from o (C order), as memory offsets and as
-        # the logical index of element (.., a = 0, .., l = 0)
-        rem = o
-        xo = 0
-        oo = 0
-        lo = 0
-        lst = 1
-        for d in range(nd - 1, -1, -1):
-            if d != a and d != l:
-                idx = rem % shape[d]
-                rem //= shape[d]
-                xo += idx * x_strides[d]
-                oo += idx * o_strides[d]
-                lo += idx * lst
-            lst *= shape[d]
-        a0 = ab * TILED_A
-        ta = min(na_el - a0, TILED_A)
-        l0 = lb * TILED_L
-        tl = min(nl_el - l0, TILED_L)
-        # words[(il + shift) * TILED_A + ia]: the mask word of tile element (ia, il)
-        words = np.empty(TILED_A * (TILED_L + 2 * LANES), np.uint16)
-        first = lo + a0 * lstride_a + l0  # logical index of tile element (0, 0)
-        xr0 = xo + l0 * xsl + a0  # memory offsets of tile element (0, 0)
-        or0 = oo + l0 * osl + a0
-        if lstride_a % LANES == 0:
-            shift = _tile_words_by_rows(words, first, lstride_a // LANES, ta, tl, xb, ob, xr0, or0,
-                                        xsl, osl, line, off_lo, off_hi, key_lo, key_hi)
-        else:
-            shift = _tile_words_phased(words, first, lstride_a, ta, tl, xb, ob, xr0, or0, xsl, osl,
-                                       line, off_lo, off_hi, key_lo, key_hi)
-        for il in range(tl):
-            xr = xo + (l0 + il) * xsl + a0
-            orow = oo + (l0 + il) * osl + a0
-            xs = xb[xr:xr + ta]  # unit stride along a: slices, so the loop vectorizes
-            os = ob[orow:orow + ta]
-            ws = words[(il + shift) * TILED_A:(il + shift) * TILED_A + ta]
-            for k in range(ta):
-                y = _scaled(xs[k], scale)  # then selected, as in _dropout_chunk
-                os[k] = y if np.uint32(ws[k]) < thr else zero
+    o = task // (na * nl)
+    r = task - o * (na * nl)
+    ab = r // nl
+    lb = r - ab * nl
+    # this tile's origin: the other dims' indices from o (C order), as memory offsets and as
+    # the logical index of element (.., a = 0, .., l = 0)
+    rem = o
+    xo = 0
+    oo = 0
+    lo = 0
+    lst = 1
+    for d in range(nd - 1, -1, -1):
+        if d != a and d != l:
+            idx = rem % shape[d]
+            rem //= shape[d]
+            xo += idx * x_strides[d]
+            oo += idx * o_strides[d]
+            lo += idx * lst
+        lst *= shape[d]
+    a0 = ab * TILED_A
+    ta = min(na_el - a0, TILED_A)
+    l0 = lb * TILED_L
+    tl = min(nl_el - l0, TILED_L)
+    # words[(il + shift) * TILED_A + ia]: the mask word of tile element (ia, il)
+    words = np.empty(TILED_A * (TILED_L + 2 * LANES), np.uint16)
+    first = lo + a0 * lstride_a + l0  # logical index of tile element (0, 0)
+    xr0 = xo + l0 * xsl + a0  # memory offsets of tile element (0, 0)
+    or0 = oo + l0 * osl + a0
+    if lstride_a % LANES == 0:
+        shift = _tile_words_by_rows(words, first, lstride_a // LANES, ta, tl, xb, ob, xr0, or0,
+                                    xsl, osl, line, off_lo, off_hi, key_lo, key_hi)
+    else:
+        shift = _tile_words_phased(words, first, lstride_a, ta, tl, xb, ob, xr0, or0, xsl, osl,
+                                   line, off_lo, off_hi, key_lo, key_hi)
+    for il in range(tl):
+        xr = xo + (l0 + il) * xsl + a0
+        orow = oo + (l0 + il) * osl + a0
+        xs = xb[xr:xr + ta]  # unit stride along a: slices, so the loop vectorizes
+        os = ob[orow:orow + ta]
+        ws = words[(il + shift) * TILED_A:(il + shift) * TILED_A + ta]
+        for k in range(ta):
+            y = _scaled(xs[k], scale)  # then selected, as in _dropout_chunk
+            os[k] = y if np.uint32(ws[k]) < thr else zero
 
 
 @cpu_kernel
@@ -1029,6 +1066,7 @@ def apply_group_mask_inner_strided_inplace(x, keep, scale):
 # the per-channel masks of spatial dropout and the masks of small calls are a few thousand elements.
 keep_mask_serial = keep_mask.serial
 dropout_tiled_serial = dropout_tiled.serial
+dropout_tiled_at_serial = dropout_tiled_at.serial
 dropout_flat_inplace_serial = dropout_flat_inplace.serial
 apply_group_mask_serial = apply_group_mask.serial
 apply_group_mask_inner_serial = apply_group_mask_inner.serial

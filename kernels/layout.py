@@ -59,3 +59,59 @@ def channels_innermost(shape, strides, group_ndim):
     after = dense_after(shape[c], sorted(zip(strides[group_ndim:], shape[group_ndim:])))
     return after is not None and dense_after(after, [(strides[d], shape[d]) for d in range(c - 1, -1, -1)]) \
         is not None
+
+
+def unit_stride_dim(shape, x_strides, o_strides, x_unit=1, o_unit=1):
+    """The dim `dropout_tiled` walks memory along: one of size > 1 whose stride is one element in
+    both x and out (x_unit / o_unit: an element's size in the strides' unit), other than the
+    last dim (the strided kernel's rows are contiguous there); None if none or if the last dim
+    has size 1 (rows of one element: nothing to tile; callers drop size-1 dims first)."""
+    if len(shape) < 2 or shape[-1] == 1:
+        return None
+    for d in range(len(shape) - 1):
+        if shape[d] > 1 and x_strides[d] == x_unit and o_strides[d] == o_unit:
+            return d
+    return None
+
+
+def merge_runs(shape, x_strides, o_strides):
+    """(shape, x_strides, o_strides) with every two neighbouring dims that form one run of memory
+    in both x and out merged into one (stride[d - 1] == shape[d] * stride[d]; size-1 dims already
+    dropped), each merged dim keeping the stride of its innermost dim. The logical C-order index
+    of every element stays the same, so the mask does, and the tiled kernel gets longer rows:
+    channels_last (N, C, H, W) becomes (N, C, H*W), rows over H*W instead of W (at W = 14 a row
+    was two Philox blocks). A unit-stride dim stays unit-stride (it can only absorb the dims
+    before it). Strides in any one unit per array."""
+    merged_shape, xs, os = [shape[0]], [x_strides[0]], [o_strides[0]]
+    for d in range(1, len(shape)):
+        if x_strides[d - 1] == shape[d] * x_strides[d] and o_strides[d - 1] == shape[d] * o_strides[d]:
+            merged_shape[-1] *= shape[d]
+            xs[-1], os[-1] = x_strides[d], o_strides[d]
+        else:
+            merged_shape.append(shape[d])
+            xs.append(x_strides[d])
+            os.append(o_strides[d])
+    return tuple(merged_shape), tuple(xs), tuple(os)
+
+
+def tiled_layout(shape, x_strides, o_strides, lanes):
+    """(shape, x_strides, o_strides, a) as `dropout_tiled` takes them for x and out of `shape`
+    with these element strides (non-negative): size-1 dims dropped (they change no logical
+    index), then, where the rows after the unit-stride dim `a` are not whole Philox blocks of
+    `lanes` words, runs merged (`merge_runs`: longer rows spread the tile's fixed costs; with
+    rows whole blocks apart larger tiles ran 0-8% slower, docs/cpu_kernels.md). None when no dim
+    but the last has unit stride in both (the strided kernel's case)."""
+    dims = [d for d in range(len(shape)) if shape[d] != 1]
+    shape = tuple(shape[d] for d in dims)
+    x_strides = tuple(x_strides[d] for d in dims)
+    o_strides = tuple(o_strides[d] for d in dims)
+    a = unit_stride_dim(shape, x_strides, o_strides)
+    if a is None:
+        return None
+    rows = 1
+    for n in shape[a + 1:]:
+        rows *= n
+    if rows % lanes:
+        shape, x_strides, o_strides = merge_runs(shape, x_strides, o_strides)
+        a = unit_stride_dim(shape, x_strides, o_strides)
+    return shape, x_strides, o_strides, a

@@ -107,6 +107,7 @@ def parallel_workload():
     out["dropout_flat"] = fastdrop.dropout(x, 0.3, seed=SEED, offset=OFFSET)
     out["dropout_flat torch"] = fastdrop.dropout(torch.from_numpy(x).double(), 0.3, seed=SEED).numpy()
     out["dropout_tiled"] = fastdrop.dropout(x.T, 0.6, seed=SEED, offset=OFFSET)  # a permuted layout
+    out["dropout_tiled_at"] = fastdrop.dropout(torch.from_numpy(x).T, 0.6, seed=SEED, offset=OFFSET).numpy()  # torch's
     out["dropout_flat_inplace"] = fastdrop.dropout(x.copy(), 0.3, seed=SEED, offset=OFFSET, inplace=True)
     out["dropout_strided"] = fastdrop.dropout(x[:, ::2], 0.6, seed=SEED, offset=OFFSET)  # no unit stride
     out["keep_mask"] = fastdrop.dropout_mask((3, small // 3 + 1), 0.25, SEED, OFFSET)

@@ -27,7 +27,7 @@ BIG = config.CPU_PARALLEL_MIN * 2  # elements: above the elementwise parallel th
 BIG_MASK = config.DENSE_PARALLEL_MIN  # dense layers' masks run on the pool from here
 # The parallel kernels `_ops` reaches through the public API (a kernel the API no longer calls,
 # such as linear_cpu.mask_pair once the dense layers mask with dropout_cpu's kernels, is not listed).
-REACHED = {"keep_mask", "dropout_flat", "dropout_flat_inplace", "dropout_strided", "dropout_tiled",
+REACHED = {"keep_mask", "dropout_flat", "dropout_flat_inplace", "dropout_strided", "dropout_tiled", "dropout_tiled_at",
            "apply_group_mask", "apply_group_mask_inner", "dropout_groups_flat", "dropout_groups_flat_at",
            "dropout_groups_inner_at", "zero_dropped_runs_at",
            "philox4x32_array",
@@ -50,8 +50,9 @@ def _ops(seed):
         out["dropout"] = fastdrop.dropout(x8, 0.5, seed=seed)
         out["dropout_transposed"] = fastdrop.dropout(x8.T, 0.3, seed=seed + 1)  # dropout_tiled
         out["dropout_strided"] = fastdrop.dropout(x8[:, ::2], 0.3, seed=seed + 1)  # no unit stride
-        out["dropout_channels_last_big"] = fastdrop.dropout(torch.from_numpy(
+        out["dropout_channels_last_big"] = fastdrop.dropout(torch.from_numpy(  # dropout_tiled_at
             f32(2, 64, 32, BIG // 4096)).contiguous(memory_format=torch.channels_last), 0.3, seed=seed + 1).numpy()
+        out["dropout_transposed_big"] = fastdrop.dropout(f32(BIG // 256, 256).T, 0.3, seed=seed + 1)  # dropout_tiled
         out["dropout_big"] = fastdrop.dropout(f32(BIG // 256, 256), 0.5, seed=seed + 2)
         out["dropout_big_inplace"] = fastdrop.dropout(f32(BIG // 256, 256), 0.5, seed=seed + 2, inplace=True)
         big = torch.from_numpy(f32(BIG // 256, 256)).requires_grad_()

@@ -311,3 +311,100 @@ def test_random_layouts_grouped(dtype):
         keep = torch.from_numpy(mask(lead, p, seed, offset)).reshape(lead + (1,) * (nd - group_ndim))
         want = _apply_torch(src, keep, 1 / (1 - p))
         assert torch.equal(y, want), f"{fn.__name__} shape {shape} perm {perm} inplace {inplace}"
+
+
+# ---- torch tensors: the same walks on their memory by address, no numpy views ------------------
+
+def test_tiled_layout_drops_ones_and_merges_rows_that_start_mid_block():
+    """kernels/layout.py `tiled_layout`, on element strides: channels_last 14x14 (H*W % 8 != 0)
+    gets rows over H*W, 28x28 keeps its dims, size-1 dims go first, and without a unit-stride dim
+    in both x and out (C-contiguous, or a transposed out) there is no tiled walk."""
+    from fastdrop.kernels.layout import tiled_layout
+
+    def cl(n, c, h, w):
+        return (h * w * c, 1, w * c, c)
+    assert tiled_layout((2, 70, 14, 14), cl(2, 70, 14, 14), cl(2, 70, 14, 14), 8) == \
+        ((2, 70, 196), (13720, 1, 70), (13720, 1, 70), 1)
+    assert tiled_layout((2, 70, 28, 28), cl(2, 70, 28, 28), cl(2, 70, 28, 28), 8) == \
+        ((2, 70, 28, 28), cl(2, 70, 28, 28), cl(2, 70, 28, 28), 1)
+    assert tiled_layout((1, 70, 1, 9), cl(1, 70, 1, 9), cl(1, 70, 1, 9), 8) == ((70, 9), (1, 70), (1, 70), 0)
+    assert tiled_layout((4, 5, 6), (30, 6, 1), (30, 6, 1), 8) is None
+    assert tiled_layout((4, 5), (1, 4), (5, 1), 8) is None  # x transposed, out contiguous
+    assert tiled_layout((1, 1), (1, 1), (1, 1), 8) is None
+
+
+def _torch_routes(spy_kernels, monkeypatch):
+    """Spies on the kernels the torch launcher's permuted route may take; the numpy launcher
+    made to fail (the route must not reach it)."""
+    def no_numpy(*args, **kwargs):
+        raise AssertionError("the permuted torch route went through numpy views")
+    monkeypatch.setattr(_cpu, "dropout_into", no_numpy)
+    return spy_kernels("dropout_tiled_at", "dropout_tiled_at_serial", "dropout_flat_serial_at",
+                       "dropout_flat_inplace_serial_at")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", range(11))
+@pytest.mark.parametrize("how", ["new", "out", "inplace", "parallel"])
+def test_torch_permuted_layouts_by_address(dtype, case, how, spy_kernels, monkeypatch):
+    """Elementwise dropout of a permuted torch tensor: the contract's bits, torch's layout for the
+    output, and the tiled kernel on the tensors' memory (or, small and with few unit-stride rows
+    or few elements, the serial kernel on a C-order copy), never the numpy launcher."""
+    name, x, a, _ = _layouts(np.float32 if dtype == torch.float32 else np.float64)[case]
+    want = _reference(x)
+    t = torch.from_numpy(x.copy(order="K"))
+    assert t.stride() == tuple(s // x.itemsize for s in x.strides), name
+    if how == "parallel":  # every size on the pool
+        monkeypatch.setattr(_cpu, "CPU_PARALLEL_MIN", 1)
+    calls = _torch_routes(spy_kernels, monkeypatch)
+    if how == "out":
+        out = torch.empty_like(t)
+        y = fastdrop.dropout(t, P, seed=SEED, offset=OFFSET, out=out)
+        assert y is out
+    elif how == "inplace":
+        y = fastdrop.dropout(t, P, seed=SEED, offset=OFFSET, inplace=True)
+        assert y is t
+    else:
+        y = fastdrop.dropout(t, P, seed=SEED, offset=OFFSET)
+        assert y.stride() == torch.empty_like(t).stride()
+    assert np.array_equal(y.numpy(), want), name
+    from fastdrop._core import _COPY_BELOW_ROWS, _COPY_MAX_ELEMENTS
+    from fastdrop.kernels.layout import tiled_layout
+    shape, _, _, a = tiled_layout(t.shape, t.stride(), t.stride(), 8)
+    copied = how == "new" and t.numel() < CPU_PARALLEL_MIN and (
+        t.numel() <= _COPY_MAX_ELEMENTS or shape[a] < _COPY_BELOW_ROWS)
+    expected = ("dropout_flat_inplace_serial_at" if copied else
+                "dropout_tiled_at" if how == "parallel" or t.numel() >= CPU_PARALLEL_MIN else "dropout_tiled_at_serial")
+    assert calls == [expected], (name, calls)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_random_layouts_elementwise(dtype):
+    """Random memory orders, sometimes sliced with steps (then no tiled walk: a small x is
+    copied to C order, the strided kernel takes a large one), fresh, in place and into a given
+    out of x's layout or a contiguous one, under autograd too: the contract's bits."""
+    rng = np.random.default_rng(321)
+    for trial in range(80):
+        shape = tuple(int(s) for s in rng.integers(1, 40, int(rng.integers(1, 5))))
+        x = _random_layout(rng, rng.standard_normal(shape))
+        t = torch.from_numpy(x.copy(order="K")).to(dtype)
+        p = float(rng.choice([0.1, 0.5, 0.9]))
+        seed, offset = int(rng.integers(0, 2**63)), int(rng.integers(0, 999))
+        want = _reference(t.numpy().copy(), p, seed, offset)
+        how = ["new", "inplace", "out", "out_contiguous", "grad"][trial % 5]
+        if how == "inplace":
+            y = fastdrop.dropout(t, p, seed=seed, offset=offset, inplace=True)
+            assert y is t
+        elif how.startswith("out"):
+            out = torch.empty(t.shape, dtype=dtype) if how == "out_contiguous" else torch.empty_like(t)
+            assert fastdrop.dropout(t, p, seed=seed, offset=offset, out=out) is out
+            y = out
+        elif how == "grad":
+            t.requires_grad_()
+            y = fastdrop.dropout(t, p, seed=seed, offset=offset)
+            (g,) = torch.autograd.grad(y, t, torch.ones_like(y))
+            assert np.array_equal(g.numpy(), _reference(np.ones(want.shape, want.dtype), p, seed, offset)), (shape, t.stride())
+            y = y.detach()
+        else:
+            y = fastdrop.dropout(t, p, seed=seed, offset=offset)
+        assert np.array_equal(y.numpy(), want), f"{how}: shape {shape}, strides {t.stride()}"
