@@ -793,9 +793,13 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
                     _check_storages(sys.modules["torch"], operands)  # torch's ops would crash on such memory
                 if out is None and not inplace:
                     _check_host_output(op, x, kind, operands)
-        if kind == TORCH:  # torch's half GEMMs accumulate in float32 and round once themselves
+        if kind == TORCH and factor == 1.0:
+            # torch's half GEMMs accumulate in float32 and round once themselves: nn.Linear's bits
             y = op.plain(B, operands, params, factor, inplace)
-        else:  # numpy's float16 GEMMs round every partial sum: the ops' upcast, as in training
+        else:
+            # numpy's float16 GEMMs round every partial sum, and a classic eval's x * (1 - p) (or
+            # product * (1 - p)) in a half type would be a second rounding: the ops' upcast, as
+            # in training (one rounding, numpy's and torch's bits alike)
             y = _upcast(op, B, operands, lambda ops: op.plain(B, ops, params, factor, inplace), inplace)
         if out is not None:
             out[...] = y

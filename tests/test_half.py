@@ -361,3 +361,28 @@ def test_float16_eval_paths_round_once_like_training_and_like_torch():
         got = fastdrop.dropout_linear(xs, w, b, **kw)
         assert got.dtype == np.float16
         np.testing.assert_allclose(got.astype(np.float32), ref.astype(np.float32), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_classic_eval_of_the_gemm_ops_rounds_once_on_torch_too(dtype):
+    """A classic eval's x * (1 - p) (dropout_linear) or product * (1 - p) (dropout_matmul) on
+    half torch tensors is computed in float32 and rounded once, as in training and on numpy: not
+    x * (1 - p) rounded to the half type before torch's half GEMM (a second rounding, an ulp
+    apart from numpy's result; found by a review on 2026-12-06). The gradient likewise."""
+    torch.manual_seed(0)
+    x, w, b = torch.randn(17, 33).to(dtype), torch.randn(7, 33).to(dtype), torch.randn(7).to(dtype)
+    want = torch.nn.functional.linear(x.float() * 0.7, w.float(), b.float()).to(dtype)
+    xr = x.clone().requires_grad_()
+    y = fastdrop.dropout_linear(xr, w, b, 0.3, False, mode="classic")
+    assert torch.equal(y, want)
+    g = torch.randn(17, 7).to(dtype)
+    (gx,) = torch.autograd.grad(y, xr, g)
+    assert torch.equal(gx, ((g.float() @ w.float()) * 0.7).to(dtype))
+    if dtype == torch.float16:  # (numpy has no bfloat16)
+        got_np = fastdrop.dropout_linear(x.numpy(), w.numpy(), b.numpy(), 0.3, False, mode="classic")
+        assert np.array_equal(got_np.view(np.uint16), want.numpy().view(np.uint16))
+    a, v = torch.rand(4, 9, 33).to(dtype), torch.randn(33, 5).to(dtype)
+    want = ((a.float() @ v.float()) * 0.7).to(dtype)
+    assert torch.equal(fastdrop.dropout_matmul(a, v, 0.3, False, mode="classic"), want)
+    # inverted scaling at eval is torch's own half GEMM, nn.Linear's bits
+    assert torch.equal(fastdrop.dropout_linear(x, w, b, 0.3, False), torch.nn.functional.linear(x, w, b))

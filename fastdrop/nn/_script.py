@@ -63,6 +63,13 @@ def scripted_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
                     p: float, classic: bool, name: str) -> torch.Tensor:
     """DropoutLinear (classic: x * (1 - p) at eval) and DropConnectLinear under TorchScript."""
     factor = _factor(x, training, p, classic, name)
-    if factor != 1.0:
-        x = x * factor
-    return F.linear(x, weight, bias)
+    if factor == 1.0:
+        return F.linear(x, weight, bias)
+    if x.dtype == torch.float16 or x.dtype == torch.bfloat16:
+        # computed in float32 and rounded once, as the eager op upcasts a classic eval's half
+        # operands (x * (1 - p) rounded to the half type would be a second rounding)
+        b32: Optional[torch.Tensor] = None
+        if bias is not None:
+            b32 = bias.float()
+        return F.linear(x.float() * factor, weight.float(), b32).to(x.dtype)
+    return F.linear(x * factor, weight, bias)
