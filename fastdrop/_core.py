@@ -753,7 +753,7 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
     given = operands[0]
     x, kind, operands, params = validate(op, operands, params, checked)
     if out is not None:
-        if out is x or out is operands[0]:
+        if out is x or out is operands[0] or out is given:  # (given: a memmap or matrix x, viewed)
             check_out_is_x(x, kind, inplace)
             inplace, out = True, None
         else:

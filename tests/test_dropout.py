@@ -338,6 +338,33 @@ def test_out_is_x_means_inplace():
     assert torch.equal(x, ref)
 
 
+@pytest.mark.parametrize("make", ["memmap", "matrix", "big_endian", "neg_view"])
+def test_out_is_x_means_inplace_for_arrays_fastdrop_views(make, tmp_path):
+    """out=x names the object the caller passed, which fastdrop views as a plain array (a memmap,
+    an np.matrix): in place on it, as inplace=True (before 2026-12-06 the view was compared, and
+    out=x refused as memory shared with x). Where inplace=True is refused (a big-endian array, a
+    torch neg view: results would go into a converted copy), out=x is refused the same way."""
+    data = np.arange(1.0, 25.0, dtype=np.float32).reshape(4, 6)
+    ref = fastdrop.dropout(data, 0.5, seed=3)
+    if make == "memmap":
+        x = np.memmap(tmp_path / "x.bin", np.float32, "w+", shape=(4, 6))
+        x[:] = data
+    elif make == "matrix":
+        x = np.asmatrix(data.copy())
+    elif make == "big_endian":
+        x = data.astype(">f4")
+    else:
+        x = torch._neg_view(torch.from_numpy(-data))
+    if make in ("big_endian", "neg_view"):
+        with pytest.raises((TypeError, ValueError, RuntimeError)) as refused:
+            fastdrop.dropout(x, 0.5, seed=3, inplace=True)
+        with pytest.raises(type(refused.value)):
+            fastdrop.dropout(x, 0.5, seed=3, out=x)
+        return
+    assert fastdrop.dropout(x, 0.5, seed=3, out=x) is x
+    np.testing.assert_array_equal(np.asarray(x), ref)
+
+
 @pytest.mark.parametrize("bad, exc, match", [
     (lambda x: x.numpy().copy(), TypeError, "same kind"),
     (lambda x: torch.empty(5, 7), ValueError, "shape"),
