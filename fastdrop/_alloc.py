@@ -242,12 +242,12 @@ def empty_like(x):
     size = size_class(nbytes) + ALIGN
     contiguous = x.is_contiguous()
     strides = None if contiguous else _dense_strides(x)
-    if size > MAX_CACHED_BYTES or (strides is None and not contiguous) or x.dtype not in _NUMPY or \
-            type(x) not in (torch.Tensor, torch.nn.Parameter):
-        # never cacheable, a layout with gaps or overlaps (torch.empty_like makes it contiguous),
-        # or a subclass: torch.empty_like gives the output x's subclass through its
-        # __torch_function__, as torch's ops do (a Parameter's is a plain tensor, as the block is)
+    if size > MAX_CACHED_BYTES or x.dtype not in _NUMPY or type(x) not in (torch.Tensor, torch.nn.Parameter):
+        # never cacheable, or a subclass: torch.empty_like gives the output x's subclass through
+        # its __torch_function__, as torch's ops do (a Parameter's is a plain tensor, as the block is)
         return torch.empty_like(x)
+    # (a layout with gaps or overlaps, strides None: a contiguous output, as torch.empty_like
+    # makes it; the expanded gradient of a sum is one, every backward step)
     block = _take(size)
     if block is None:
         block = _new_block(size)

@@ -214,15 +214,21 @@ def _serial_dropout(x, args):
 
 def _permuted_dropout(x, p, seed, offset, scale, out, parallel_min):
     """Elementwise dropout of a float32/float64 CPU tensor that is not C-contiguous, into out
-    (None: a new tensor in torch's layout for x's dropout) or None (nothing done) where out has
-    another dtype or lazy negation. The mask follows the logical index, so: where x and out share
-    a unit-stride dim other than the last (channels_last, a transposed matrix, other permuted
-    dense views) the tiled kernel on their memory by address, as `_cpu.dropout_into` would run it
-    without its numpy views (~40 us of views and layout checks a call: channels_last 8x32x14x14
-    89 -> ~40 us); otherwise (a sliced or expanded x, whose fresh output is contiguous) a small x
-    copied to C order and the serial kernel run in place on the copy; None for a large one (the
-    strided kernel, `_cpu.dropout_into`). Bit for bit those kernels' results. docs/cpu_kernels.md,
-    "Permuted layouts without numpy"."""
+    (None: a new tensor in torch's layout for x's dropout), or None (nothing done: the numpy
+    launcher's route) where out has another dtype or lazy negation. The mask follows the logical
+    index, so:
+    - where x and out share a unit-stride dim other than the last (channels_last, a transposed
+      matrix, other permuted dense views), the tiled kernel on their memory by address, as
+      `_cpu.dropout_into` would run it without its numpy views (~40 us of views and layout
+      checks a call);
+    - a sliced or expanded x (no tiled walk; its fresh output is contiguous): x's values copied
+      into the output, C order, and the flat kernel in place there. An expanded x is the
+      incoming gradient of a sum or mean: its copy is a fill, where the strided kernel ran
+      scalar (4096x4096 backward: 20 ms, torch's 12.8, a contiguous gradient 2.6);
+    - a small x whose tiles would be mostly empty, or that has few elements: x copied to C order
+      and the serial flat kernel (then torch's copy into a permuted fresh output).
+    Bit for bit the kernels' results (one word per logical index; copies move bits unchanged).
+    docs/cpu_kernels.md, "Permuted layouts without numpy"."""
     n = x.numel()
     limit = _cpu.CPU_PARALLEL_MIN if parallel_min is None else parallel_min  # (tests raise it)
     fresh = out is None
@@ -234,16 +240,25 @@ def _permuted_dropout(x, p, seed, offset, scale, out, parallel_min):
     else:
         check_plain_memory(out, "out")  # before the kernel takes its address
     plan = tiled_layout(x.shape, x.stride(), out.stride(), LANES)
-    if n < limit and (fresh or out.is_contiguous()) and (
-            plan is None or n <= _COPY_MAX_ELEMENTS or plan[0][plan[3]] < _COPY_BELOW_ROWS):
-        # small, and no tiled walk, or one whose tiles would be mostly empty: a C-order copy
+    small = n < limit
+    copied = plan is None or small and (n <= _COPY_MAX_ELEMENTS or plan[0][plan[3]] < _COPY_BELOW_ROWS)
+    if copied and fresh and out.is_contiguous():
+        out.copy_(x)  # (our own fresh output: no autograd, no caller's version counter)
+        if small:
+            dropout_cpu.dropout_flat_inplace_serial_at(out.data_ptr(), n, *_serial_args(x.dtype, p, seed, offset, scale))
+        else:
+            view, _ = numpy_view(out)
+            dropout_cpu.dropout_flat_inplace(view.reshape(-1), *kernel_rng_args(seed, offset, p),
+                                             _serial_args(x.dtype, p, seed, offset, scale)[3])
+        return out
+    if copied and small and (fresh or out.is_contiguous()):
         xc = x.contiguous()  # a copy: x is not C-contiguous
         args = _serial_args(x.dtype, p, seed, offset, scale)
         if out.is_contiguous():
             dropout_cpu.dropout_flat_serial_at(xc.data_ptr(), out.data_ptr(), n, *args)
             return out
         dropout_cpu.dropout_flat_inplace_serial_at(xc.data_ptr(), n, *args)
-        return out.copy_(xc)  # (our own fresh output: no autograd, no caller's version counter)
+        return out.copy_(xc)  # (fresh: ours)
     if plan is None:
         return None
     shape, xs, os, a = plan

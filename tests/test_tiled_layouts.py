@@ -333,14 +333,14 @@ def test_tiled_layout_drops_ones_and_merges_rows_that_start_mid_block():
     assert tiled_layout((1, 1), (1, 1), (1, 1), 8) is None
 
 
-def _torch_routes(spy_kernels, monkeypatch):
-    """Spies on the kernels the torch launcher's permuted route may take; the numpy launcher
-    made to fail (the route must not reach it)."""
+def _torch_routes(spy_kernels, monkeypatch, *more):
+    """Spies on the kernels the torch launcher's permuted route may take (and `more`); the numpy
+    launcher made to fail (the route must not reach it)."""
     def no_numpy(*args, **kwargs):
         raise AssertionError("the permuted torch route went through numpy views")
     monkeypatch.setattr(_cpu, "dropout_into", no_numpy)
     return spy_kernels("dropout_tiled_at", "dropout_tiled_at_serial", "dropout_flat_serial_at",
-                       "dropout_flat_inplace_serial_at")
+                       "dropout_flat_inplace_serial_at", *more)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -408,3 +408,25 @@ def test_torch_random_layouts_elementwise(dtype):
         else:
             y = fastdrop.dropout(t, p, seed=seed, offset=offset)
         assert np.array_equal(y.numpy(), want), f"{how}: shape {shape}, strides {t.stride()}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size", ["small", "big"])
+@pytest.mark.parametrize("make", ["expanded", "sliced"])
+def test_torch_sliced_and_expanded_copied_into_the_output(dtype, size, make, spy_kernels, monkeypatch):
+    """No tiled walk (a sliced or expanded x: its fresh output is contiguous): x's values go into
+    the output, and the flat kernel runs in place there, serial or on the pool; an expanded x is
+    the incoming gradient of a sum, whose backward ran the strided kernel's scalar loop before
+    (2026-12-06). The contract's bits, forward and as that backward."""
+    cols = 96 if size == "small" else CPU_PARALLEL_MIN // 64 + 8
+    base = torch.from_numpy(np.random.default_rng(2).standard_normal((64, 2 * cols))).to(dtype)
+    x = base[:1, :cols].expand(64, cols) if make == "expanded" else base[:, ::2]
+    want = _reference(x.contiguous().numpy())
+    calls = _torch_routes(spy_kernels, monkeypatch, "dropout_flat_inplace")
+    y = fastdrop.dropout(x, P, seed=SEED, offset=OFFSET)
+    assert y.is_contiguous() and np.array_equal(y.numpy(), want)
+    assert calls == ["dropout_flat_inplace_serial_at" if size == "small" else "dropout_flat_inplace"], calls
+    monkeypatch.undo()  # (a big contiguous forward takes the numpy launcher)
+    t = torch.zeros(64, cols, dtype=dtype, requires_grad=True)
+    (g,) = torch.autograd.grad(fastdrop.dropout(t, P, seed=SEED, offset=OFFSET).sum(), t)
+    assert np.array_equal(g.numpy(), _reference(np.ones((64, cols), want.dtype)))
