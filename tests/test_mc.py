@@ -1078,3 +1078,37 @@ def test_an_encoder_layer_the_model_never_calls_is_not_refused():
         torch.testing.assert_close(mc_predict(model, x, samples=4, seed=SEED), ref)
     finally:
         torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+class _DropsInPlace(torch.nn.Module):
+    """A forward that relies on the in-place write, its result unused (torch's
+    Dropout(inplace=True) allows it)."""
+
+    def __init__(self, drop):
+        super().__init__()
+        self.lin, self.drop, self.out = torch.nn.Linear(6, 8), drop, torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.lin(x))
+        self.drop(h)
+        return self.out(h)
+
+
+@pytest.mark.parametrize("make", [
+    lambda inplace: fnn.Dropout(0.5, inplace=inplace), lambda inplace: fnn.Dropout1d(0.5, inplace=inplace),
+    lambda inplace: fnn.DropPath(0.5, inplace=inplace), lambda inplace: fnn.DropPath(0.5, mode="batch", inplace=inplace)])
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_inplace_modules_write_their_input_under_mc_predict(make, chunk):
+    """An inplace module samples in place under mc_predict as in a forward: the model that only
+    uses the write gets the same predictions as the same model using the result (before
+    2026-12-06 the sample was a new tensor, the write never happened, and the variance was 0)."""
+    torch.manual_seed(0)
+    writes = _DropsInPlace(make(True)).eval()
+    torch.manual_seed(0)
+    reference = _DropsInPlace(make(False)).eval()
+    reference.forward = lambda x: reference.out(reference.drop(torch.relu(reference.lin(x))))
+    x = torch.randn(4, 6)
+    got = mc_predict(writes, x, samples=16, seed=3, chunk=chunk)
+    want = mc_predict(reference, x, samples=16, seed=3, chunk=chunk)
+    assert torch.equal(got.mean, want.mean) and torch.equal(got.var, want.var)
+    assert got.var.max() > 0

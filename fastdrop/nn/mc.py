@@ -39,7 +39,7 @@ from .. import _core, _seeds
 from . import _mc_state
 from ..functional import drop_path
 from ..linear import DROPOUT_LINEAR, dropconnect_linear, dropout_linear
-from .._checks import check_bool, check_mode, check_p, check_storage, check_u64, numpy_view
+from .._checks import check_bool, check_mode, check_p, check_storage, check_u64, module_inplace_flag, numpy_view
 from .._torch_state import tracing_dispatch_mode
 from ..kernels import mc_dropout_cpu
 from ..kernels.philox import kernel_rng_args
@@ -164,7 +164,14 @@ class _Sampler:
             self.ran.add(id(m))
             if self.shapes is not None:
                 self.shapes.append(tuple(x.shape))
-        return _batched(m, x, self.seed, self.offsets())
+        y = _batched(m, x, self.seed, self.offsets())
+        inplace = getattr(m, "inplace", False)
+        if inplace is not False and module_inplace_flag(inplace):
+            # the module's in-place write, which a model may rely on (`self.drop(h)`, its result
+            # unused, as torch's Dropout(inplace=True) allows): x is this sample's activation (the
+            # samples' input is a copy or a repeat of the prefix's output, never shared)
+            return x.copy_(y)
+        return y
 
     def _check_stacked(self, x):
         k, n = self.k, self.n
