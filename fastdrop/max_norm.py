@@ -115,6 +115,13 @@ def _max_norm(weight, max_value, dim, eps):
         # memory: all take the custom op, as torch.compile does
         if torch.compiler.is_compiling() or torch._C._is_tracing() or tracing_dispatch_mode(torch):
             return _max_norm_traced(weight, max_value, dims, eps)
+        if weight.grad_fn is not None and torch.is_grad_enabled():
+            # torch's renorm_ would be recorded (the gradient through the projection); the kernels
+            # write outside autograd, so backward would take the projection for the identity
+            raise RuntimeError(f"max_norm_ of a tensor computed by autograd "
+                               f"({type(weight.grad_fn).__name__}) would not be recorded: its gradient "
+                               f"would be wrong. Constrain the leaf it is made from (a parameter), or "
+                               f"call it under torch.no_grad() on a tensor whose gradient you do not need")
         check_plain_memory(weight, "weight")  # a wrapper subclass: no memory to write
         return _max_norm_tensor(weight, max_value, dims, eps)
     _max_norm_device(weight, max_value, dims, eps)

@@ -225,6 +225,24 @@ def test_max_norm_bumps_the_autograd_version():
         y.backward()
 
 
+@pytest.mark.parametrize("make", [lambda p: p * 1.0, lambda p: p[:, :3]])
+def test_max_norm_of_a_tensor_autograd_records_is_refused(make):
+    """A tensor computed by autograd (or a view of a parameter) under grad mode: torch's renorm_
+    would be recorded, the kernels' write would not, and backward took the projection for the
+    identity (found by a review on 2026-12-06): refused, the tensor untouched; under no_grad, or
+    on the parameter itself, it is projected."""
+    p = torch.tensor([[3.0, 4.0, 0.0, 1.0]], requires_grad=True)
+    w = make(p)
+    before = w.detach().clone()
+    with pytest.raises(RuntimeError, match="computed by autograd"):
+        fastdrop.max_norm_(w, 1.0)
+    assert torch.equal(w.detach(), before)
+    with torch.no_grad():
+        w = make(p)
+        fastdrop.max_norm_(w, 1.0)
+        assert torch.allclose(w.norm(), torch.tensor(1.0))
+
+
 @pytest.mark.parametrize("tracing_mode", ["real", "fake"])
 def test_max_norm_under_make_fx_is_recorded(tracing_mode):
     """make_fx records max_norm_ as its custom op (the kernel's write through a numpy view was
