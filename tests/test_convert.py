@@ -195,3 +195,24 @@ def test_integer_inplace_flags_carry_over():
             fnn.Dropout2d(0.5, inplace=bad)
         with pytest.raises(TypeError, match="inplace must be a bool"):
             fnn.DropPath(0.5, inplace=bad)
+
+
+def test_a_layer_compiled_on_its_own_is_refused_before_anything_changes():
+    """torch.compile(nn.Dropout(p)) is a wrapper whose compiled forward is bound to torch's layer:
+    swapping its `_orig_mod` changed nothing that ran (torch's masks, and mc_predict refusing the
+    model; found by a review on 2026-12-06). Refused naming the layer, the model untouched; a
+    compiled block containing the layer converts and runs fastdrop's masks."""
+    first = torch.nn.Dropout(0.5)
+    model = torch.nn.Sequential(first, torch.compile(torch.nn.Dropout(0.5), backend="eager"))
+    with pytest.raises(TypeError, match="model.1 is a Dropout compiled on its own"):
+        fnn.convert(model)
+    assert model[0] is first
+    with pytest.raises(TypeError, match="compiled on its own"):
+        fnn.convert(torch.compile(torch.nn.Dropout(0.5), backend="eager"))
+    block = torch.compile(torch.nn.Sequential(torch.nn.Identity(), torch.nn.Dropout(0.5)), backend="eager")
+    fnn.convert(block)
+    x = torch.ones(1000)
+    torch.manual_seed(0)
+    got = block(x)
+    torch.manual_seed(0)
+    assert torch.equal(got, fastdrop.dropout(x, 0.5))

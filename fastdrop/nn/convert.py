@@ -4,6 +4,8 @@ What every user moving a real model writes by hand, in the spirit of
 `torch.nn.SyncBatchNorm.convert_sync_batchnorm`. timm and torchvision are recognised by class name,
 module and attributes, never imported (neither is a dependency).
 """
+import sys
+
 import torch
 
 from .drop_path import DropPath
@@ -33,6 +35,10 @@ def _prob(p):
     e.g. a drop-path rate taken from torch.linspace) as its float; anything else as it is (the
     fastdrop constructor checks it)."""
     return p.item() if isinstance(p, torch.Tensor) and p.dim() == 0 else p
+
+
+def _replaceable(m):
+    return type(m) in _TORCH_TO_FASTDROP or is_timm_drop_path(m) or is_torchvision_stochastic_depth(m)
 
 
 def _replacement(m):
@@ -69,7 +75,23 @@ def convert(model):
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _refuse_compiled_layers(model)  # before anything is replaced
     return _convert(model, {})
+
+
+def _refuse_compiled_layers(model):
+    """A dropout layer compiled on its own (`torch.compile(nn.Dropout(p))`) sits in a wrapper whose
+    forward is bound to it: replacing the wrapper's `_orig_mod` would leave torch's layer running,
+    silently. A compiled block or model that contains the layer converts as any other."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # (not loaded: nothing was compiled)
+    wrapper = getattr(eval_frame, "OptimizedModule", None)
+    if wrapper is None:
+        return
+    for name, m in model.named_modules(prefix="model"):
+        if isinstance(m, wrapper) and _replaceable(m._orig_mod):
+            raise TypeError(f"fastdrop.nn.convert: {name} is a {type(m._orig_mod).__name__} compiled on its "
+                            f"own (torch.compile), whose compiled forward would keep running torch's layer; "
+                            f"convert before compiling: torch.compile(fastdrop.nn.convert(model))")
 
 
 def _convert(m, done):
