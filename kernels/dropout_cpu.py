@@ -126,7 +126,10 @@ def f32_to_bf16(f):
     u = _f32_bits(f)
     nan = _u32(_u32(u >> _u32(16)) | _u32(0x40))
     rounded = _u32(_u32(_u32(u + _u32(0x7FFF)) + _u32(_u32(u >> _u32(16)) & _u32(1))) >> _u32(16))
-    return np.int16(np.uint16(nan if _u32(u & _u32(0x7FFFFFFF)) > _u32(0x7F800000) else rounded))
+    # a select by mask, not `nan if ... else rounded`: inlined into the apply loops, the branch's
+    # phi made Numba warn "variable ... is not in scope" (NumbaIRAssumptionWarning) at compile time
+    pick_nan = _u32(0) - _u32(_u32(u & _u32(0x7FFFFFFF)) > _u32(0x7F800000))
+    return np.int16(np.uint16(rounded ^ _u32(_u32(rounded ^ nan) & pick_nan)))
 
 
 def _native_f16():
