@@ -246,8 +246,12 @@ def empty_like(x):
         # never cacheable, or a subclass: torch.empty_like gives the output x's subclass through
         # its __torch_function__, as torch's ops do (a Parameter's is a plain tensor, as the block is)
         return torch.empty_like(x)
-    # (a layout with gaps or overlaps, strides None: a contiguous output, as torch.empty_like
-    # makes it; the expanded gradient of a sum is one, every backward step)
+    if strides is None and not contiguous:
+        # a layout with gaps or overlaps (a slice, the expanded gradient of a sum, every backward
+        # step): torch.empty_like makes it dense in x's stride order (C order for those two, not
+        # for a sliced channels_last tensor); its strides, read from a meta tensor (~1 us)
+        like = torch.empty_like(x, device="meta")
+        strides = None if like.is_contiguous() else like.stride()
     block = _take(size)
     if block is None:
         block = _new_block(size)

@@ -120,15 +120,20 @@ def test_large_outputs_of_dense_layouts_are_pooled_in_x_s_layout(layout):
     _consistent(stats)
 
 
-@pytest.mark.parametrize("make", ["sliced", "expanded"])
-def test_gapped_and_expanded_layouts_get_a_pooled_contiguous_output(make):
-    """A layout with gaps (a slice with a step) or overlaps (the expanded gradient of a sum) is not
-    dense: its output is contiguous, as torch.empty_like makes it, and comes from the pool (since
-    2026-12-06; torch's fresh memory cost ~11 ms of page faults per 64 MiB backward)."""
-    x = torch.randn(ROWS, 2 * COLS)[:, ::2] if make == "sliced" else torch.randn(1, COLS).expand(ROWS, COLS)
+@pytest.mark.parametrize("make", ["sliced", "expanded", "sliced_transposed", "sliced_channels_last"])
+def test_gapped_and_expanded_layouts_get_a_pooled_output_in_torchs_layout(make):
+    """A layout with gaps (a slice) or overlaps (the expanded gradient of a sum) is not dense: its
+    output has torch.empty_like's layout, dense in x's stride order (C order for a plain slice or
+    an expansion, not for a sliced transpose or channels_last tensor), and comes from the pool
+    (since 2026-12-06; torch's fresh memory cost ~11 ms of page faults per 64 MiB backward)."""
+    x = {"sliced": lambda: torch.randn(ROWS, 2 * COLS)[:, ::2],
+         "expanded": lambda: torch.randn(1, COLS).expand(ROWS, COLS),
+         "sliced_transposed": lambda: torch.randn(ROWS, COLS + 8)[:, :COLS].t(),
+         "sliced_channels_last": lambda: torch.randn(2, ROWS, COLS // 2, 6).contiguous(
+             memory_format=torch.channels_last)[..., :4]}[make]()
     before = _alloc.cache_stats()
     y = fastdrop.dropout(x, 0.5, seed=1)
-    assert y.is_contiguous()
+    assert y.stride() == torch.empty_like(x).stride()
     assert torch.equal(y, _reference(x.contiguous(), 0.5, 1))
     assert _alloc.cache_stats()["in_use_blocks"] == before["in_use_blocks"] + 1
 
