@@ -221,10 +221,10 @@ def _permuted_dropout(x, p, seed, offset, scale, out, parallel_min):
       matrix, other permuted dense views), the tiled kernel on their memory by address, as
       `_cpu.dropout_into` would run it without its numpy views (~40 us of views and layout
       checks a call);
-    - a sliced or expanded x (no tiled walk; its fresh output is contiguous): x's values copied
-      into the output, C order, and the flat kernel in place there. An expanded x is the
-      incoming gradient of a sum or mean: its copy is a fill, where the strided kernel ran
-      scalar (4096x4096 backward: 20 ms, torch's 12.8, a contiguous gradient 2.6);
+    - no such dim, and a C-contiguous fresh output (a plain slice; an expanded x, the incoming
+      gradient of a sum or mean): x's values copied into the output and the flat kernel in
+      place there; the copy of an expanded x is a fill, where the strided kernel ran scalar
+      (4096x4096 backward: 20 ms, torch's 12.8, a contiguous gradient 2.6);
     - a small x whose tiles would be mostly empty, or that has few elements: x copied to C order
       and the serial flat kernel (then torch's copy into a permuted fresh output).
     Bit for bit the kernels' results (one word per logical index; copies move bits unchanged).
