@@ -50,7 +50,7 @@ from ._torch_state import (NO_LEVELS, autocast_state, batched_for_vmap, batched_
                            forward_ad_active, functorch_interpreters, grad_enabled, grad_levels_active,
                            grad_transform_active, tracing_dispatch_mode, unwrapped, vmap_levels)
 from .kernels import config, dropout_cpu
-from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial
+from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial_at
 from .kernels.config import CPU_PARALLEL_MIN
 from .kernels.layout import tiled_layout
 from .kernels.philox import LANES, kernel_rng_args, kernel_threshold
@@ -412,7 +412,9 @@ class TorchBackend:
         if group_ndim > 0 and one_element_groups(x.shape, group_ndim):
             group_ndim = 0  # the same mask (`one_element_groups`)
         small = n < CPU_PARALLEL_MIN
-        if not group_ndim and parallel_min is None and 0 < n < _cpu.CPU_PARALLEL_MIN \
+        # (below the caller's parallel threshold too: the dense layers pass theirs, and their
+        # small masks went through numpy views, ~10 us of a DropoutLinear 8x512 forward)
+        if not group_ndim and 0 < n < (_cpu.CPU_PARALLEL_MIN if parallel_min is None else parallel_min) \
                 and x.dtype in _FLAT_SCALARS and x.is_contiguous():
             if out is None:
                 return _small_dense_dropout(x, rng.p, seed, offset, rng.scale)
@@ -470,7 +472,13 @@ class TorchBackend:
         a, b = a.detach().resolve_neg().contiguous(), b.detach().resolve_neg().contiguous()
         oa, ob = torch.empty_like(a), torch.empty_like(b)
         big = a.numel() >= (CPU_PARALLEL_MIN if parallel_min is None else parallel_min)
-        kernel = dropout_pair if big else dropout_pair_serial
+        if not big:  # by address (a small layer's backward: no numpy views)
+            for t in (a, b):
+                check_plain_memory(t, "x (or its gradient)")
+            dropout_pair_serial_at(a.data_ptr(), b.data_ptr(), oa.data_ptr(), ob.data_ptr(), a.numel(),
+                                   *_serial_args(a.dtype, rng.p, _seed_int(rng.seed), rng.offset & MAX_U64, rng.scale))
+            return oa, ob
+        kernel = dropout_pair
         an, bn, oan, obn = (numpy_view(t)[0].reshape(-1) for t in (a, b, oa, ob))
         kernel(an, bn, oan, obn, *kernel_rng_args(_seed_int(rng.seed), rng.offset & MAX_U64, rng.p),
                an.dtype.type(rng.scale))
