@@ -262,3 +262,10 @@ def test_grouped_routes_probe_runs_every_route():
     line = next(l for l in out.splitlines() if l.startswith("cnn_dropout2d"))
     for variant in ("torch", "none", "function", "native", "lane"):
         assert f" {variant} " in line, line
+
+
+def test_sweep_vs_torch_tiny_prints_its_table():
+    """bench/sweep_vs_torch.py --tiny: two cases, one round each, in its markdown table."""
+    out = _finish(_start([os.path.join(BENCH, "sweep_vs_torch.py"), "--tiny"]))
+    rows = [line for line in out.splitlines() if line.startswith("| Dropout")]
+    assert len(rows) == 2 and all(" us | " in row and row.rstrip().endswith("|") for row in rows), out
