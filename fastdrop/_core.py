@@ -212,7 +212,7 @@ def _serial_dropout(x, args):
     return out
 
 
-def _permuted_dropout(x, p, seed, offset, scale, out, parallel_min):
+def _permuted_dropout(x, p, seed, offset, scale, out, limit):
     """Elementwise dropout of a float32/float64 CPU tensor that is not C-contiguous, into out
     (None: a new tensor in torch's layout for x's dropout), or None (nothing done: the numpy
     launcher's route) where out has another dtype or lazy negation. The mask follows the logical
@@ -228,9 +228,9 @@ def _permuted_dropout(x, p, seed, offset, scale, out, parallel_min):
     - a small x whose tiles would be mostly empty, or that has few elements: x copied to C order
       and the serial flat kernel (then torch's copy into a permuted fresh output).
     Bit for bit the kernels' results (one word per logical index; copies move bits unchanged).
+    limit: the element count from which the parallel kernels run (`TorchBackend.mask`'s).
     docs/cpu_kernels.md, "Permuted layouts without numpy"."""
     n = x.numel()
-    limit = _cpu.CPU_PARALLEL_MIN if parallel_min is None else parallel_min  # (tests raise it)
     fresh = out is None
     if fresh:
         # large outputs from the output cache, small ones fresh from torch (heap memory)
@@ -412,9 +412,11 @@ class TorchBackend:
         if group_ndim > 0 and one_element_groups(x.shape, group_ndim):
             group_ndim = 0  # the same mask (`one_element_groups`)
         small = n < CPU_PARALLEL_MIN
-        # (below the caller's parallel threshold too: the dense layers pass theirs, and their
-        # small masks went through numpy views, ~10 us of a DropoutLinear 8x512 forward)
-        if not group_ndim and 0 < n < (_cpu.CPU_PARALLEL_MIN if parallel_min is None else parallel_min) \
+        # the caller's parallel threshold, or the elementwise one (looked up per call: tests raise it)
+        limit = _cpu.CPU_PARALLEL_MIN if parallel_min is None else parallel_min
+        # (below the caller's threshold too: the dense layers pass theirs, and their small masks
+        # went through numpy views, ~10 us of a DropoutLinear 8x512 forward)
+        if not group_ndim and 0 < n < limit \
                 and x.dtype in _FLAT_SCALARS and x.is_contiguous():
             if out is None:
                 return _small_dense_dropout(x, rng.p, seed, offset, rng.scale)
@@ -429,7 +431,7 @@ class TorchBackend:
                     dropout_cpu.dropout_flat_serial_at(x.data_ptr(), out.data_ptr(), n, *args)
                 return out
         if not group_ndim and n and x.dtype in _FLAT_SCALARS and not x.is_contiguous():
-            y = _permuted_dropout(x, rng.p, seed, offset, rng.scale, out, parallel_min)
+            y = _permuted_dropout(x, rng.p, seed, offset, rng.scale, out, limit)
             if y is not None:
                 return y
         layout = out is None and group_ndim > 0 and n > 0 and x.dtype in _FLAT_SCALARS and \
