@@ -31,7 +31,7 @@ import numpy as np
 from . import _core, _seeds
 from ._alloc import check_output_bytes
 from ._checks import (CUDA_ARRAY, MAX_U64, TORCH, array_kind, check_array, check_bool, check_companions,
-                      check_mode, check_p, check_u64, numpy_view, train_scale)
+                      check_mode, check_p, check_storage, check_u64, numpy_view, train_scale)
 from ._torch_state import tracing_dispatch_mode
 from .kernels import linear_cpu
 from .kernels.config import DENSE_PARALLEL_MIN
@@ -292,6 +292,116 @@ SAMPLE_GRAD_W = _core.MaskedOp(
     fake=lambda ops, params: ops[0].new_empty((ops[0].shape[-1], ops[1].shape[-1])))
 
 
+# ---- the training lane ---------------------------------------------------------------------------
+# A small dense layer spends most of its time in Python: at 8x512 -> 512 the general route
+# (`_core.call`: validate, resolve the seed, `_torch_call`, the eager Function's setup for half
+# types, autocast and forward-mode AD, its backward's route) cost ~70 us of a ~290 us forward +
+# backward against torch's Dropout + Linear at ~225 (docs/cpu_kernels.md, "The dense layers'
+# lane"). Like `_core.training_lane` for dropout, the lane takes only calls every check of the
+# pipeline passes, refuses anything else before the seed draw (the caller goes on to the
+# pipeline, which checks and raises or serves it), and runs the op's own declared forward and
+# backward (above) on `_core.TorchBackend`: the same kernels and torch GEMMs on the same tensors,
+# so the same bits, the same draw from torch's generator at the same rank-stream offset, and the
+# same saved tensors (x and W, never a mask).
+
+def dense_lane(op, x, w, b, p):
+    """op (DROPOUT_LINEAR or DROPCONNECT) on (x, w, b) in training mode with inverted scaling,
+    seed=None at offset 0 (the caller checked those arguments, and 0 < p < 1 a float), or None,
+    having touched nothing, when the call is not the lane's: plain CPU float32/float64 tensors
+    of one dtype with the shapes the op takes, x contiguous, nothing tracing, transforming,
+    autocasting or in forward-mode AD. Under autograd the lane's Function (`_lane_function`);
+    with nothing to record, the op's forward."""
+    queries = _core._LANE_QUERIES
+    if queries is None:  # torch's ops not registered yet: `call` registers them
+        return None
+    tensor, compiling, grad_enabled, strided, transforms_active, wrapped, tracing, forward_ad = queries
+    if compiling() or tracing() or type(x) is not tensor:  # (traced shapes: no comparisons below)
+        return None
+    plain, flat = _core._PLAIN_TENSORS, _core._FLAT_SCALARS
+    dtype = x.dtype
+    if type(w) not in plain or dtype not in flat or w.dtype != dtype or not x.is_cpu or not w.is_cpu or \
+            x.layout != strided or w.layout != strided or x.is_nested or w.is_nested or w.dim() != 2 or x.dim() < 1 or \
+            x.shape[-1] != w.shape[1] or not x.is_contiguous() or x.is_neg() or w.is_neg() or \
+            x._is_zerotensor() or w._is_zerotensor():
+        return None
+    if b is not None and (type(b) not in plain or b.dtype != dtype or not b.is_cpu or b.layout != strided or
+                          b.is_nested or b.shape != (w.shape[0],) or b.is_neg() or b._is_zerotensor()):
+        return None
+    n = x.numel()
+    if n == 0 or w.numel() == 0:
+        return None  # an empty operand: the pipeline draws no seed
+    torch = sys.modules["torch"]
+    if transforms_active() or forward_ad._current_level >= 0 or wrapped(x) or wrapped(w) or \
+            b is not None and wrapped(b) or tracing_dispatch_mode(torch) or \
+            torch.is_autocast_enabled("cpu") or _core.is_legacy_batched(x) or _core.is_legacy_batched(w):
+        return None
+    recorded = grad_enabled() and (x.requires_grad or w.requires_grad or b is not None and b.requires_grad)
+    if recorded and (x.is_inference() or w.is_inference()):
+        return None  # the pipeline saves a copy of such an operand (`_core._savable`)
+    # an output or working copy beyond physical memory, or memory short of the elements (a weight
+    # FSDP freed): refused before the draw, as `call` refuses them
+    check_output_bytes(max(n, n // x.shape[-1] * w.shape[0], w.numel()) * x.element_size())
+    check_storage(x)
+    check_storage(w, "an operand")
+    if b is not None:
+        check_storage(b, "an operand")
+    offset = _seeds.stream_offset(0)
+    if offset >= 1 << 63:
+        return None  # a rank of 2^15 or more: the general route
+    rng = _core._rng(p, _seeds.draw_torch_seed_eager(torch), offset, 1.0 / (1.0 - p))
+    if recorded:
+        return _lane_function()(op, rng, x, w, b)
+    return _forward(torch, op, (x, w, b), rng)
+
+
+def _forward(torch, op, operands, rng):
+    y = op.forward(_core.TorchBackend, operands, rng, ())
+    if y._is_view():  # x of 3 or more dims: as `_core._kernel_forward` returns it
+        y = torch.ops.aten._unsafe_view(y, y.shape)
+    return y
+
+
+_LANE_FUNCTION = None
+
+
+def _lane_function():
+    """The apply (torch's C method, `_core._c_apply`) of the lane's autograd.Function, made on
+    first use (`import fastdrop` needs no torch)."""
+    global _LANE_FUNCTION
+    if _LANE_FUNCTION is None:
+        import torch
+        is_compiling, transforms_active = torch.compiler.is_compiling, torch._C._are_functorch_transforms_active
+        grad_enabled = torch.is_grad_enabled
+
+        class LaneDense(torch.autograd.Function):
+            """The op's declared forward and backward; saves x and W, as the eager Function."""
+
+            @staticmethod
+            def forward(ctx, op, rng, x, w, b):
+                ctx.op, ctx.rng = op, rng
+                ctx.save_for_backward(x, w)
+                return _forward(torch, op, (x, w, b), rng)
+
+            @staticmethod
+            def backward(ctx, grad):
+                x, w = ctx.saved_tensors
+                if not is_compiling() and not transforms_active() and not grad_enabled():
+                    # the common case, `_core._backward_route`'s TorchBackend answer asked inline;
+                    # a saved operand freed since the forward refused as `_core._op_backward` does
+                    B, rng = _core.TorchBackend, ctx.rng
+                    check_storage(x, "a saved operand")
+                    check_storage(w, "a saved operand")
+                else:  # create_graph, a torch.func transform, compiled autograd
+                    B, rng = _core._backward_route(torch, ctx)
+                    if not _core._tracing(torch, [x, w]):
+                        _core._check_storages(torch, [x, w], ("a saved operand",) * 2)
+                gx, gw, gb = ctx.op.backward(B, grad, (x, w, None), rng, (), ctx.needs_input_grad[2:])
+                return None, None, gx, gw, gb
+
+        _LANE_FUNCTION = _core._c_apply(torch, LaneDense)
+    return _LANE_FUNCTION
+
+
 # ---- public API ---------------------------------------------------------------------------------
 
 def dropout_linear(x, weight, bias=None, p=0.5, training=True, *, seed=None, offset=0, mode="inverted"):
@@ -312,6 +422,18 @@ def dropout_linear(x, weight, bias=None, p=0.5, training=True, *, seed=None, off
     Example:
         >>> y = fastdrop.dropout_linear(np.ones((4, 3), np.float32), np.ones((2, 3), np.float32), p=0.5, seed=0)
     """
+    if training is True and seed is None and mode == "inverted" and type(p) is float and 0.0 < p < 1.0 and \
+            type(offset) is int and offset == 0:
+        # a training step's call: the dense lane first (`dense_lane`; None: not the lane's)
+        y = dense_lane(DROPOUT_LINEAR, x, weight, bias, p)
+        if y is not None:
+            return y
+    return dropout_linear_call(x, weight, bias, p, training, seed, offset, mode)
+
+
+def dropout_linear_call(x, weight, bias, p, training, seed, offset, mode):
+    """`dropout_linear` through the general pipeline (the module's call after its own try of the
+    lane: its weight and bias read once, so a parametrization runs once per forward)."""
     p = check_p(p)
     check_mode(mode)
     return _core.call(DROPOUT_LINEAR, (x, weight, bias), p=p, training=training, seed=seed,
@@ -342,6 +464,18 @@ def dropconnect_linear(x, weight, bias=None, p=0.5, training=True, *, seed=None,
     Example:
         >>> y = fastdrop.dropconnect_linear(np.ones((4, 3)), np.ones((2, 3)), p=0.5, seed=0, per_sample=True)
     """
+    if training is True and seed is None and per_sample is False and activation is None and \
+            type(p) is float and 0.0 < p < 1.0 and type(offset) is int and offset == 0 and \
+            type(samples) is int and samples >= 1:
+        # a training step's call: the dense lane first (`dense_lane`; None: not the lane's)
+        y = dense_lane(DROPCONNECT, x, weight, bias, p)
+        if y is not None:
+            return y
+    return dropconnect_linear_call(x, weight, bias, p, training, seed, offset, per_sample, activation, samples)
+
+
+def dropconnect_linear_call(x, weight, bias, p, training, seed, offset, per_sample, activation, samples):
+    """`dropconnect_linear` without the lane (see `dropout_linear_call`)."""
     p = check_p(p)
     # checked here, not only in the pipeline: the moment-matching branch below does not reach it
     training = check_bool(training, "training")

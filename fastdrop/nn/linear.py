@@ -52,7 +52,16 @@ class DropoutLinear(_DropLinear):
                                   {"training": self.training, "mode": self.mode})
         if _mc_state.thread.sampler is not None:  # inside an mc_predict call on this thread
             return _mc_state.sample(self, input)
-        return L.dropout_linear(input, self.weight, self.bias, self.p, training=self.training, mode=self.mode)
+        # (weight and bias read once: a parametrization, spectral_norm's power iteration or a
+        # weight-noise draw, runs once per forward)
+        p, training, mode, weight, bias = self.p, self.training, self.mode, self.weight, self.bias
+        if training is True and type(p) is float and 0.0 < p < 1.0 and mode == "inverted":
+            # a training step's call: the dense lane `L.dropout_linear` tries first, one Python
+            # call sooner (None: not the lane's, and the pipeline goes on, without a second try)
+            y = L.dense_lane(L.DROPOUT_LINEAR, input, weight, bias, p)
+            if y is not None:
+                return y
+        return L.dropout_linear_call(input, weight, bias, p, training, None, 0, mode)
 
 
 class DropConnectLinear(_DropLinear):
@@ -80,5 +89,11 @@ class DropConnectLinear(_DropLinear):
                                   {"training": self.training, "per_sample": self.per_sample})
         if _mc_state.thread.sampler is not None:  # inside an mc_predict call on this thread
             return _mc_state.sample(self, input)
-        return L.dropconnect_linear(input, self.weight, self.bias, self.p, training=self.training,
-                                    per_sample=self.per_sample)
+        p, training, per_sample, weight, bias = self.p, self.training, self.per_sample, self.weight, self.bias
+        if training is True and per_sample is False and type(p) is float and 0.0 < p < 1.0:
+            # a training step's call: the dense lane first, as in DropoutLinear
+            y = L.dense_lane(L.DROPCONNECT, input, weight, bias, p)
+            if y is not None:
+                return y
+        return L.dropconnect_linear_call(input, weight, bias, p, training, None, 0, per_sample, None,
+                                         L.DEFAULT_SAMPLES)
