@@ -113,15 +113,17 @@ def _max_norm(weight, max_value, dim, eps):
         # make_fx and torch.jit.trace record torch's ops only (a write through a numpy view would
         # be lost from the graph: a traced max_norm_ replayed as nothing) and a fake tensor has no
         # memory: all take the custom op, as torch.compile does
+        if torch.is_grad_enabled() and weight.requires_grad and not weight.is_leaf:
+            # (grad_fn is not None, asked in the form Dynamo traces: compiled and traced calls too,
+            # whose custom op has no derivative either) torch's renorm_ would be recorded (the
+            # gradient through the projection); the kernels write outside autograd, so backward
+            # would take the projection for the identity
+            raise RuntimeError("max_norm_ of a tensor computed by autograd would not be recorded: "
+                               "its gradient would be wrong. Constrain the leaf it is made from (a "
+                               "parameter), or call it under torch.no_grad() on a tensor whose gradient "
+                               "you do not need")
         if torch.compiler.is_compiling() or torch._C._is_tracing() or tracing_dispatch_mode(torch):
             return _max_norm_traced(weight, max_value, dims, eps)
-        if weight.grad_fn is not None and torch.is_grad_enabled():
-            # torch's renorm_ would be recorded (the gradient through the projection); the kernels
-            # write outside autograd, so backward would take the projection for the identity
-            raise RuntimeError(f"max_norm_ of a tensor computed by autograd "
-                               f"({type(weight.grad_fn).__name__}) would not be recorded: its gradient "
-                               f"would be wrong. Constrain the leaf it is made from (a parameter), or "
-                               f"call it under torch.no_grad() on a tensor whose gradient you do not need")
         check_plain_memory(weight, "weight")  # a wrapper subclass: no memory to write
         return _max_norm_tensor(weight, max_value, dims, eps)
     _max_norm_device(weight, max_value, dims, eps)
@@ -233,8 +235,9 @@ def max_norm_hook(optimizer, targets, max_value, dim=1, eps=1e-7):
         >>> fastdrop.max_norm_hook(opt, [model[0], model[2]], max_value=3.0)
     """
     weights = _weights_of(targets)
-    for w in weights:  # every argument before any weight changes
-        _checked(w, max_value, dim, eps)
+    for w in weights:  # every argument before any weight changes, and every weight's memory (a
+        _checked(w, max_value, dim, eps)  # parameter FSDP freed), as max_norm_ checks it later
+        check_storage(w, "weight")
     if not callable(getattr(optimizer, "register_step_post_hook", None)):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     # Constrain the starting point too, so every iterate the optimizer sees lies in the ball.

@@ -243,6 +243,40 @@ def test_max_norm_of_a_tensor_autograd_records_is_refused(make):
         assert torch.allclose(w.norm(), torch.tensor(1.0))
 
 
+@pytest.mark.parametrize("how", ["compile", "compile-fullgraph", "jit.trace"])
+def test_compiled_and_traced_max_norm_of_a_tensor_autograd_records_is_refused(how):
+    """The same refusal inside torch.compile and torch.jit.trace (found by a review on
+    2026-12-06: the custom op has no derivative either, and the traced gradient was the
+    identity's, 3 * arange where renorm's is another)."""
+    x = torch.randn(3, 5, requires_grad=True)
+
+    def f(x):
+        w = x * 3
+        fastdrop.max_norm_(w, 1.0)
+        return (w * torch.arange(5.0)).sum()
+    if how == "jit.trace":
+        with pytest.raises(RuntimeError, match="computed by autograd"):
+            torch.jit.trace(f, (x,))
+        return
+    fn = torch.compile(f, backend="aot_eager", fullgraph=how == "compile-fullgraph")
+    with pytest.raises(Exception, match="computed by autograd"):
+        fn(x)
+
+
+def test_max_norm_hook_refuses_a_freed_weight_before_projecting_any():
+    """Every target's memory is checked with its arguments, before the first projection: a
+    parameter FSDP freed (storage resized to 0) among the targets left the earlier ones projected."""
+    l1, l2 = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    with torch.no_grad():
+        l1.weight.mul_(10)
+    before = l1.weight.detach().clone()
+    l2.weight.untyped_storage().resize_(0)
+    opt = torch.optim.SGD(l1.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="no memory"):
+        fastdrop.max_norm_hook(opt, [l1, l2], 1.0)
+    assert torch.equal(before, l1.weight.detach()) and not opt._optimizer_step_post_hooks
+
+
 @pytest.mark.parametrize("tracing_mode", ["real", "fake"])
 def test_max_norm_under_make_fx_is_recorded(tracing_mode):
     """make_fx records max_norm_ as its custom op (the kernel's write through a numpy view was
