@@ -523,7 +523,7 @@ def all_cases(mode="default"):
     cases += [dropout_case((8, 16, 32, 32), 0.5, "float32", True, spatial=True),
               dropout_case((32, 64, 56, 56), 0.5, "float32", True, spatial=True),
               dropout_case((32, 64, 56, 56), 0.5, "float32", True, spatial=True, channels_last=True)]
-    for n, fin, fout in [(64, 512, 512), (256, 1024, 1024), (8192, 512, 512)]:
+    for n, fin, fout in [(8, 512, 512), (64, 512, 512), (256, 1024, 1024), (8192, 512, 512)]:
         cases.append(dropout_linear_case(n, fin, fout, 0.5, "float32"))
     if mode == "full":
         cases.append(dropout_linear_case(256, 1024, 1024, 0.5, "float64"))

@@ -40,6 +40,7 @@ row("dropout fwd, f32, channels_last", "dropout_fwd[channels_last]|32x256x14x14|
 row("Dropout2d fwd+bwd, f32", "dropout2d_fwd_bwd|8x16x32x32|p=0.5|float32", note="")
 row("Dropout2d fwd+bwd, f32", "dropout2d_fwd_bwd|32x64x56x56|p=0.5|float32")
 row("Dropout2d fwd+bwd, f32, channels_last", "dropout2d_fwd_bwd[channels_last]|32x64x56x56|p=0.5|float32")
+row("DropoutLinear fwd+bwd (vs Dropout+Linear)", "dropout_linear_fwd_bwd|8x512x512|p=0.5|float32", "8x512->512")
 row("DropoutLinear fwd+bwd (vs Dropout+Linear)", "dropout_linear_fwd_bwd|256x1024x1024|p=0.5|float32", "256x1024->1024")
 row("DropoutLinear fwd+bwd", "dropout_linear_fwd_bwd|8192x512x512|p=0.5|float32", "8192x512->512")
 row("DropConnect, one mask (vs `F.linear(x, F.dropout(W))`)", "dropconnect_fwd_bwd|256x1024x1024|p=0.5|float32", "256x1024->1024")
