@@ -103,7 +103,7 @@ def dropout_mask(shape, p, seed, offset=0, *, out=None):
         if out.shape != shape:
             raise ValueError(f"out has shape {out.shape}, expected {shape}")
         check_writable(out, NUMPY, "out")
-    else:
+    if out is None or not out.flags.c_contiguous:  # (a strided out takes a C-order working copy)
         _check_allocatable(math.prod(shape))
     try:
         flat = out if out is not None and out.flags.c_contiguous else np.empty(shape, dtype=np.bool_)

@@ -529,3 +529,21 @@ def test_small_inplace_and_out_on_tensors_match_numpy(dtype):
         fastdrop.dropout(view, 0.3, seed=9, offset=5, inplace=True)
         assert np.array_equal(base[1].numpy(), expected)
         assert torch.equal(base[0], before[0]) and torch.equal(base[2], before[2])
+
+
+def test_dropout_mask_strided_out_checks_its_working_copy_fits(monkeypatch):
+    """A strided out is filled through a C-order working copy of its size: that copy is checked
+    against physical memory before it is allocated, as a fresh output is (a strided view of a
+    memmap larger than RAM got the process killed instead of a MemoryError). Physical memory is
+    faked to 1 MiB here; a contiguous out of the same size takes no copy and is filled."""
+    import os
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 256 if name == "SC_PHYS_PAGES" else real(name))
+    page = real("SC_PAGE_SIZE")
+    n = 2 * 256 * page  # twice the faked memory of 256 pages
+    strided = np.zeros((n, 2), bool)[:, 0]
+    with pytest.raises(MemoryError):
+        fastdrop.dropout_mask((n,), 0.5, 1, out=strided)
+    assert not strided.any()
+    out = np.zeros(n, bool)
+    assert fastdrop.dropout_mask((n,), 0.5, 1, out=out) is out and out.any()
