@@ -305,6 +305,12 @@ def check_array(x, name="x"):
     dtype = np.dtype(x.dtype)
     if dtype.type not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have a floating point dtype (float16, float32, float64), got {dtype}")
+    if not dtype.isnative:
+        # (numba cannot type a big-endian device array: a GPU's launch failed inside Numba, after
+        # the seed draw; the simulator ran it, and wrote an in-place call byte-swapped)
+        raise TypeError(f"{name} is a CUDA device array in non-native byte order ({dtype.str}); device "
+                        f"memory has no byte-order conversion here: convert it before copying it to the "
+                        f"device (np.asarray(a, a.dtype.newbyteorder('=')))")
     return x, kind
 
 

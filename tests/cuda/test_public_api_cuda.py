@@ -223,6 +223,26 @@ def test_simulator_arrays_of_a_matrix_are_refused_before_the_draw(call):
     assert _seeds._numpy_source.bit_generator.state == state
 
 
+@pytest.mark.parametrize("call", [
+    lambda d: fastdrop.dropout(d, 0.5), lambda d: fastdrop.dropout(d, 0.5, inplace=True),
+    lambda d: fastdrop.dropout_linear(cuda.to_device(np.ones((2, 4), np.float32)), d, None, 0.5),
+    lambda d: fastdrop.max_norm_(d, 1.0),
+], ids=["dropout", "dropout_inplace", "dropout_linear_weight", "max_norm_"])
+def test_big_endian_device_arrays_are_refused_before_the_draw(call):
+    """Numba cannot type a big-endian device array, so on a GPU the launch failed inside Numba
+    after the seed draw (the simulator ran it and wrote in place byte-swapped; a review,
+    2026-12-06): a TypeError first, the array untouched."""
+    from fastdrop import _seeds
+    host = (np.arange(8).reshape(2, 4) + 5).astype(">f4")
+    d = cuda.to_device(host)
+    fastdrop.manual_seed(0)
+    state = _seeds._numpy_source.bit_generator.state
+    with pytest.raises(TypeError, match="byte order"):
+        call(d)
+    assert _seeds._numpy_source.bit_generator.state == state
+    np.testing.assert_array_equal(d.copy_to_host(), host)
+
+
 @pytest.mark.skipif(not SIMULATOR, reason="the simulator keeps an ndarray subclass in its device arrays")
 def test_simulator_arrays_of_a_memmap_are_taken(tmp_path):
     """Only np.matrix is refused in a simulator array: one holding an np.memmap (np.load's
