@@ -1112,3 +1112,53 @@ def test_inplace_modules_write_their_input_under_mc_predict(make, chunk):
     want = mc_predict(reference, x, samples=16, seed=3, chunk=chunk)
     assert torch.equal(got.mean, want.mean) and torch.equal(got.var, want.var)
     assert got.var.max() > 0
+
+
+class _AlwaysOnDropout(torch.nn.Dropout):
+    """The common MC-dropout recipe: a torch dropout subclass that stays on in eval."""
+
+    def forward(self, x):
+        return torch.nn.functional.dropout(x, self.p, True)
+
+
+class _InputNoise(torch.nn.Module):
+    def forward(self, x):
+        return x + torch.randn_like(x)
+
+
+@pytest.mark.parametrize("prefix_layer", ["always-on dropout subclass", "noise layer"])
+def test_a_random_prefix_is_not_run_once(prefix_layer):
+    """The layers before the first fastdrop module ran once for all samples, freezing any
+    randomness there (a review, 2026-12-06: variance 0.019 against a loop's 0.038). A detected
+    foreign dropout layer in the prefix, or chunk=1 asked for, now runs the whole forward per
+    sample: mc_predict's statistics are those of the model's own forwards."""
+    torch.manual_seed(0)
+    random = _AlwaysOnDropout(0.5) if prefix_layer == "always-on dropout subclass" else _InputNoise()
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), random, torch.nn.Linear(16, 16),
+                                fnn.Dropout(0.1), torch.nn.Linear(16, 2)).eval()
+    x = torch.randn(3, 6)
+    kw = {} if prefix_layer == "always-on dropout subclass" else dict(chunk=1, fused=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the foreign-dropout warning)
+        r = mc_predict(model, x, 600, seed=1, **kw)
+    model[3].train()  # the loop's forwards with fastdrop's dropout on, as mc_predict samples it
+    with torch.no_grad():
+        loop = torch.stack([model(x) for _ in range(600)])
+    # the prefix's randomness dominates: a frozen prefix has about half the loop's variance
+    ratio = (r.var.mean() / loop.var(0).mean()).item()
+    assert 0.8 < ratio < 1.25, ratio
+
+
+@pytest.mark.parametrize("shape", ["(N,)", "(N, 1)"])
+def test_logits_without_a_class_dim_is_refused(shape):
+    """logits=True on one logit per example took the softmax over the batch (an (N,) output) or
+    over one class: refused with a ValueError (a review, 2026-12-06), and the draw given back."""
+    layers = [torch.nn.Linear(4, 8), fnn.Dropout(0.5), torch.nn.Linear(8, 1)]
+    if shape == "(N,)":
+        layers.append(torch.nn.Flatten(0))
+    model = torch.nn.Sequential(*layers).eval()
+    x = torch.randn(6, 4)
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError, match="class dim"):
+        mc_predict(model, x, 8, logits=True)
+    assert torch.equal(state, torch.get_rng_state())

@@ -128,9 +128,10 @@ def _stochastic_modules(model):
         raise ValueError("mc_predict: the model has no stochastic module (fastdrop.nn.Dropout*, DropPath, "
                          "DropoutLinear, DropConnectLinear): every sample would be the same forward")
     if foreign:
-        warnings.warn(f"mc_predict: these dropout layers are not fastdrop's and are left as they are "
-                      f"(off in eval mode), so the variance leaves them out: {', '.join(foreign)}; "
-                      f"{hint}", stacklevel=3)
+        warnings.warn(f"mc_predict: these dropout layers are not fastdrop's and run as they are (off in "
+                      f"eval mode, unless a subclass's forward keeps them on), so fastdrop's mask "
+                      f"contract does not cover them: {', '.join(foreign)}; {hint} (a subclass with its "
+                      f"own forward is not converted)", stacklevel=3)
     return drops
 
 
@@ -327,6 +328,13 @@ class _Merger:
         # y: (c, N, ...) outputs of c samples
         y = y.double()
         if logits:
+            if y.dim() < 3 or y.shape[-1] < 2:
+                # softmax over the batch (an (N,) output) or over one class is no predictive
+                # distribution: refused, not silently computed (the call gives its draw back)
+                raise ValueError(f"mc_predict(logits=True) needs outputs (N, ..., K) with a class dim of "
+                                 f"K >= 2 last, got a sample's output of shape {tuple(y.shape[1:])}; for "
+                                 f"one logit per example z (a sigmoid classifier) return "
+                                 f"torch.stack([z, torch.zeros_like(z)], -1), or pass logits=False")
             y = torch.softmax(y, -1)
             ent = -(y * torch.log(y.clamp_min(1e-300))).sum(-1).sum(0)
             self.h_sum = ent if self.h_sum is None else self.h_sum + ent
@@ -422,7 +430,10 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     seed=None call does (`fastdrop.set_rank_streams`).
 
     Fast paths (same masks, same contract): for an nn.Sequential (or a subclass that keeps its
-    forward), the layers before the first stochastic module are deterministic and run once;
+    forward), the layers before the first stochastic module run once, taken for deterministic
+    (not where one of them is a dropout layer fastdrop does not drive, which a subclass may keep
+    on in eval, nor with chunk=1 given: a prefix with randomness of its own, a noise layer, needs
+    chunk=1);
     samples are evaluated `chunk` at a time as one batched forward (auto: when no other module is
     in training mode); and a tail `[fastdrop.nn.Dropout, nn.Linear]` (or a DropoutLinear that keeps
     its class's forward) is evaluated for all samples of a
@@ -532,10 +543,16 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     prefix, rest = None, model
     # the split and the fused tail call layers, not the model: only where no hook is bypassed
     plain = not _hooked(model) and not _global_hooks()
-    if plain and others_eval and _runs_forward_of(model, torch.nn.Sequential):
+    # The prefix runs once only where it is deterministic as far as can be seen: no dropout layer
+    # that is not fastdrop's (a subclass whose forward keeps it on in eval draws anew per call),
+    # and not when the caller asked for one sample per forward (chunk=1), which then runs the
+    # whole forward, prefix and all, once per sample (a noise layer cannot be detected)
+    if plain and others_eval and not (chunk == 1 and not auto_chunk) and \
+            _runs_forward_of(model, torch.nn.Sequential):
         first = next((i for i, layer in enumerate(model)
                       if any(id(s) in drop_ids for s in layer.modules())), None)
-        if first is not None and first > 0:
+        if first is not None and first > 0 and \
+                not any(_foreign_dropout(layer) for layer in list(model)[:first]):
             # plain Sequentials of its layers: slicing calls the model's class, whose __init__ a
             # subclass may have changed (torchvision.ops.MLP)
             layers = list(model)
