@@ -305,13 +305,20 @@ def check_array(x, name="x"):
     dtype = np.dtype(x.dtype)
     if dtype.type not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have a floating point dtype (float16, float32, float64), got {dtype}")
-    if not dtype.isnative:
-        # (numba cannot type a big-endian device array: a GPU's launch failed inside Numba, after
-        # the seed draw; the simulator ran it, and wrote an in-place call byte-swapped)
-        raise TypeError(f"{name} is a CUDA device array in non-native byte order ({dtype.str}); device "
-                        f"memory has no byte-order conversion here: convert it before copying it to the "
-                        f"device (np.asarray(a, a.dtype.newbyteorder('=')))")
     return x, kind
+
+
+def check_device_byte_order(arrays, names=("x", "an operand")):
+    """TypeError for a CUDA device array in non-native byte order among arrays (x first), asked
+    where a kernel would run on them (an op that returns x untouched, at eval or p = 0, takes any):
+    numba cannot type such an array, so a GPU's launch failed inside Numba after the seed draw,
+    and the simulator ran it and wrote an in-place call byte-swapped."""
+    for a in arrays:
+        if a is not None and not np.dtype(a.dtype).isnative:
+            name = names[0] if a is arrays[0] else names[1]
+            raise TypeError(f"{name} is a CUDA device array in non-native byte order ({np.dtype(a.dtype).str}); "
+                            f"device memory has no byte-order conversion here: convert it before copying it "
+                            f"to the device (np.asarray(a, a.dtype.newbyteorder('=')))")
 
 
 def strides_in_items(a):

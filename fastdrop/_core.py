@@ -41,9 +41,9 @@ import numpy as np
 from . import _cpu, _seeds
 from ._alloc import PHYSICAL_BYTES, check_output_bytes, empty_like
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, announce_write, check_array,
-                      check_bool, check_companions, check_out, check_out_is_x, check_p, check_plain_memory,
-                      check_storage, check_u64, check_writable, fill_torch_floats, is_subclass_like, mark_written,
-                      numpy_view, quiet_under_jit_trace, traced)
+                      check_bool, check_companions, check_device_byte_order, check_out, check_out_is_x, check_p,
+                      check_plain_memory, check_storage, check_u64, check_writable, fill_torch_floats,
+                      is_subclass_like, mark_written, numpy_view, quiet_under_jit_trace, traced)
 from ._dynamo_skip import MARKED, keep_dynamo_out
 from ._grouped import grouped_layout, native_grouped, native_layout, one_element_groups
 from ._torch_state import (NO_LEVELS, autocast_state, batched_for_vmap, batched_levels, capturing, compiling,
@@ -830,6 +830,8 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
                     _check_storages(sys.modules["torch"], operands)  # torch's ops would crash on such memory
                 if out is None and not inplace:
                     _check_host_output(op, x, kind, operands)
+            elif kind == CUDA_ARRAY:  # (a kernel scales x or multiplies)
+                check_device_byte_order(operands)
         if kind == TORCH and factor == 1.0:
             # torch's half GEMMs accumulate in float32 and round once themselves: nn.Linear's bits
             y = op.plain(B, operands, params, factor, inplace)
@@ -846,9 +848,10 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
         return given if inplace else y
     if out is None and not inplace:
         _check_host_output(op, x, kind, operands)
-    if kind == CUDA_ARRAY:  # no GPU (nor the simulator): refused before the draw
+    if kind == CUDA_ARRAY:  # no GPU (nor the simulator), or arrays numba cannot type: refused before the draw
         _cuda = cuda_module()
         _cuda.require_gpu()
+        check_device_byte_order(operands)
     if seed is None and (p == 1.0 or any(0 in a.shape for a in operands if a is not None)):
         # The result does not depend on the mask, so none is drawn, as torch's own dropout draws
         # none at p = 1 or for an empty x: at p = 1 every mask element is dropped whatever the

@@ -14,9 +14,9 @@ import sys
 import numpy as np
 
 from . import _core
-from ._checks import (NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, announce_write, array_kind, check_array,
-                      check_plain_memory, check_storage, check_writable, is_torch_tensor, mark_written, numpy_view,
-                      quiet_under_jit_trace, refuse_while_tracing)
+from ._checks import (CUDA_ARRAY, NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, announce_write, array_kind,
+                      check_array, check_device_byte_order, check_plain_memory, check_storage, check_writable,
+                      is_torch_tensor, mark_written, numpy_view, quiet_under_jit_trace, refuse_while_tracing)
 from ._torch_state import tracing_dispatch_mode
 from .kernels import max_norm_cpu
 
@@ -182,8 +182,10 @@ def _checked(weight, max_value, dim, eps):
     if kind == NUMPY and not weight.dtype.isnative:
         raise TypeError(f"weight has non-native byte order ({weight.dtype}); convert it first")
     # (an object with only __cuda_array_interface__ comes back with the shape its interface gives)
-    max_value, dims, eps = _check_max_norm_args(len(check_array(weight, "weight")[0].shape), max_value,
-                                                dim, eps)
+    checked = check_array(weight, "weight")[0]
+    if kind == CUDA_ARRAY:  # (max_norm_ always runs its kernel)
+        check_device_byte_order([checked], ("weight", "weight"))
+    max_value, dims, eps = _check_max_norm_args(len(checked.shape), max_value, dim, eps)
     if kind == NUMPY and not weight.flags.writeable:
         raise ValueError("max_norm_ writes in place; weight is read-only")
     # an expanded or otherwise self-overlapping view: refused as torch's renorm_ refuses it (each

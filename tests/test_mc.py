@@ -1162,3 +1162,20 @@ def test_logits_without_a_class_dim_is_refused(shape):
     with pytest.raises(ValueError, match="class dim"):
         mc_predict(model, x, 8, logits=True)
     assert torch.equal(state, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("kind", ["vector", "image"])
+def test_logits_of_an_unbatched_input_are_its_classes(kind):
+    """An unbatched input (a 1-d vector, a (C, H, W) image) gives a (K,) output: its classes, not
+    a batch, so logits=True takes it (a review found the first class-dim check refused it)."""
+    torch.manual_seed(0)
+    if kind == "vector":
+        model, x = torch.nn.Sequential(torch.nn.Linear(8, 16), fnn.Dropout(0.3), torch.nn.Linear(16, 4)), \
+            torch.randn(8)
+    else:
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(0), fnn.Dropout(0.3),
+                                    torch.nn.Linear(4 * 6 * 6, 5))
+        x = torch.randn(3, 8, 8)
+    r = mc_predict(model.eval(), x, 6, seed=1, logits=True)
+    assert r.mean.shape == (model[-1].out_features,) and r.entropy.shape == ()
+    assert torch.allclose(r.mean.sum(), torch.tensor(1.0, dtype=r.mean.dtype))

@@ -143,17 +143,16 @@ def test_a_subclass_with_its_own_forward_is_not_silently_replaced():
         _script(Gained(4, 3, p=0.2).eval())
 
 
-@pytest.mark.parametrize("wrong", ["weight", "bias"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_scripted_classic_eval_refuses_a_dtype_mismatch_as_eager(dtype, wrong):
-    """A classic eval of half inputs is computed in float32; that upcast hid a weight or bias of
-    another dtype, which the scripted layer then accepted where eager refuses it (a review,
-    2026-12-06)."""
-    layer = fnn.DropoutLinear(5, 3, p=0.3, mode="classic").eval().to(dtype)
-    getattr(layer, wrong).data = getattr(layer, wrong).data.float()
-    x = torch.randn(2, 5, dtype=dtype)
-    message = f"x and {wrong} must have the same dtype, got {dtype} and torch.float32"
-    with pytest.raises(TypeError, match=message):
-        layer(x)
-    with pytest.raises(Exception, match=message):  # (TorchScript raises its own Error type)
-        torch.jit.script(layer)(x)
+
+def test_scripted_classic_eval_under_autocast_equals_eager():
+    """Under torch.autocast a bfloat16 activation meets a layer's float32 weight; eager casts the
+    operands to autocast's dtype and the scripted layer (whose F.linear autocasts) gives eager's
+    result. A dtype check in the scripted half branch refused this (it cannot ask TorchScript
+    whether CPU autocast is on: `torch.is_autocast_cpu_enabled()` crashes a scripted call under
+    autocast), so such a check stays out (a review, 2026-12-06)."""
+    torch.manual_seed(0)
+    layer = fnn.DropoutLinear(6, 4, p=0.3, mode="classic").eval()
+    scripted = _script(layer)
+    x = torch.randn(3, 6).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(scripted(x), layer(x))

@@ -59,13 +59,6 @@ def scripted_dropout(x: torch.Tensor, training: bool, p: float, classic: bool, i
     return x * factor
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    """torch's name of a float dtype (TorchScript's str of a dtype is its number)."""
-    names = {torch.float16: "torch.float16", torch.bfloat16: "torch.bfloat16", torch.float32: "torch.float32",
-             torch.float64: "torch.float64"}
-    return names.get(dtype, "a dtype of number " + str(dtype))
-
-
 def scripted_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], training: bool,
                     p: float, classic: bool, name: str) -> torch.Tensor:
     """DropoutLinear (classic: x * (1 - p) at eval) and DropConnectLinear under TorchScript."""
@@ -74,17 +67,9 @@ def scripted_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
         return F.linear(x, weight, bias)
     if x.dtype == torch.float16 or x.dtype == torch.bfloat16:
         # computed in float32 and rounded once, as the eager op upcasts a classic eval's half
-        # operands (x * (1 - p) rounded to the half type would be a second rounding); the
-        # upcast would hide a dtype mismatch F.linear refuses, so it is refused here first,
-        # with the eager op's message
-        if weight.dtype != x.dtype:
-            raise TypeError("x and weight must have the same dtype, got " + _dtype_name(x.dtype) + " and " +
-                            _dtype_name(weight.dtype))
+        # operands (x * (1 - p) rounded to the half type would be a second rounding)
         b32: Optional[torch.Tensor] = None
         if bias is not None:
-            if bias.dtype != x.dtype:
-                raise TypeError("x and bias must have the same dtype, got " + _dtype_name(x.dtype) + " and " +
-                                _dtype_name(bias.dtype))
             b32 = bias.float()
         return F.linear(x.float() * factor, weight.float(), b32).to(x.dtype)
     return F.linear(x * factor, weight, bias)

@@ -318,6 +318,22 @@ def _run_fused_head(h, head, seed, offsets):
 
 
 # ----------------------------------------------------------------------------- statistics
+def _check_class_dim(out_shape, x):
+    """logits=True takes softmax over the output's last dim: refused where that is no class dim
+    of 2 or more: one logit (K = 1), or a batched input's (N,) output, whose softmax would run over
+    the batch (the call gives its draw back). An unbatched input's (K,) output is its classes; an x
+    of 2 or more dims whose first size is the output's only one is taken for a batch (an unbatched
+    image with as many channels as classes would need x[None])."""
+    if out_shape and out_shape[-1] >= 2 and not (len(out_shape) == 1 and x.dim() >= 2 and
+                                                 out_shape[0] == x.shape[0]):
+        return
+    raise ValueError(f"mc_predict(logits=True) needs outputs (N, ..., K) (or (K,) for an unbatched input) "
+                     f"with a class dim of K >= 2 last, got a sample's output of shape {out_shape} for "
+                     f"an input of shape {tuple(x.shape)}; for one logit per example z (a sigmoid "
+                     f"classifier) return torch.stack([z, torch.zeros_like(z)], -1), or pass "
+                     f"logits=False (an unbatched input with as many channels as classes: pass x[None])")
+
+
 class _Merger:
     """Chan et al.'s pairwise merge of (count, mean, M2): streaming mean/variance over chunks."""
 
@@ -325,16 +341,9 @@ class _Merger:
         self.n, self.mean, self.m2, self.h_sum = 0, None, None, None
 
     def add(self, y, logits):
-        # y: (c, N, ...) outputs of c samples
+        # y: (c, N, ...) outputs of c samples (an unbatched input's: (c, K))
         y = y.double()
         if logits:
-            if y.dim() < 3 or y.shape[-1] < 2:
-                # softmax over the batch (an (N,) output) or over one class is no predictive
-                # distribution: refused, not silently computed (the call gives its draw back)
-                raise ValueError(f"mc_predict(logits=True) needs outputs (N, ..., K) with a class dim of "
-                                 f"K >= 2 last, got a sample's output of shape {tuple(y.shape[1:])}; for "
-                                 f"one logit per example z (a sigmoid classifier) return "
-                                 f"torch.stack([z, torch.zeros_like(z)], -1), or pass logits=False")
             y = torch.softmax(y, -1)
             ent = -(y * torch.log(y.clamp_min(1e-300))).sum(-1).sum(0)
             self.h_sum = ent if self.h_sum is None else self.h_sum + ent
@@ -634,6 +643,8 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                                           f"{why}: the samples run one at a time", stacklevel=2)
                         chunk = 1
                         continue
+                if logits and t0 == 0:
+                    _check_class_dim(tuple(y.shape[1:]), x)
                 merger.add(y, logits)
                 t0 += n
     except BaseException:

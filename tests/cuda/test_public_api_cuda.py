@@ -225,7 +225,7 @@ def test_simulator_arrays_of_a_matrix_are_refused_before_the_draw(call):
 
 @pytest.mark.parametrize("call", [
     lambda d: fastdrop.dropout(d, 0.5), lambda d: fastdrop.dropout(d, 0.5, inplace=True),
-    lambda d: fastdrop.dropout_linear(cuda.to_device(np.ones((2, 4), np.float32)), d, None, 0.5),
+    lambda d: fastdrop.dropout_linear(cuda.to_device(np.ones((2, 4), ">f4")), d, None, 0.5),
     lambda d: fastdrop.max_norm_(d, 1.0),
 ], ids=["dropout", "dropout_inplace", "dropout_linear_weight", "max_norm_"])
 def test_big_endian_device_arrays_are_refused_before_the_draw(call):
@@ -241,6 +241,15 @@ def test_big_endian_device_arrays_are_refused_before_the_draw(call):
         call(d)
     assert _seeds._numpy_source.bit_generator.state == state
     np.testing.assert_array_equal(d.copy_to_host(), host)
+
+
+@pytest.mark.parametrize("call", [lambda d: fastdrop.dropout(d, 0.5, training=False),
+                                  lambda d: fastdrop.dropout(d, 0.0)], ids=["eval", "p=0"])
+def test_big_endian_device_arrays_pass_where_no_kernel_runs(call):
+    """At eval with inverted scaling, or p = 0, the op returns x untouched, as torch's dropout
+    returns any x: the byte-order refusal is where a kernel would run (a review, 2026-12-06)."""
+    d = cuda.to_device((np.arange(8).reshape(2, 4) + 5).astype(">f4"))
+    assert call(d) is d
 
 
 @pytest.mark.skipif(not SIMULATOR, reason="the simulator keeps an ndarray subclass in its device arrays")
