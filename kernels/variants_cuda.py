@@ -9,6 +9,7 @@ norm exceeds c. The launcher presents any weight as a 2-D (rows, cols) view, row
 """
 import math
 
+import numba
 import numpy as np
 from numba import cuda
 
@@ -44,8 +45,17 @@ def max_norm_rows(w, max_value, eps):
         cuda.syncthreads()  # everyone has read partial[0] before the next row overwrites it
         if norm > max_value:
             s = max_value / (norm + eps)
-            for k in range(tid, ncols, MAX_NORM_THREADS):
-                w[r, k] = w[r, k] * s
+            if w.itemsize == 8:
+                for k in range(tid, ncols, MAX_NORM_THREADS):
+                    w[r, k] = w[r, k] * s
+            else:
+                # the CPU kernels' product: a float32 weight times float32(s), one rounding (a
+                # float64 s made it a float64 product rounded once to float32, an ulp apart from
+                # the CPU in about a quarter of the elements); float16 weights in float32, as the
+                # CPU computes them, rounded once on the store
+                s32 = numba.float32(s)
+                for k in range(tid, ncols, MAX_NORM_THREADS):
+                    w[r, k] = w[r, k] * s32
 
 
 # ----------------------------------------------------------------------------- launchers
