@@ -320,8 +320,8 @@ def dense_lane(op, x, w, b, p):
     plain, flat = _core._PLAIN_TENSORS, _core._FLAT_SCALARS
     dtype = x.dtype
     if type(w) not in plain or dtype not in flat or w.dtype != dtype or not x.is_cpu or not w.is_cpu or \
-            x.layout != strided or w.layout != strided or x.is_nested or w.is_nested or w.dim() != 2 or x.dim() < 1 or \
-            x.shape[-1] != w.shape[1] or not x.is_contiguous() or x.is_neg() or w.is_neg() or \
+            x.layout != strided or w.layout != strided or x.is_nested or w.is_nested or w.dim() != 2 or \
+            x.dim() < 1 or x.shape[-1] != w.shape[1] or not x.is_contiguous() or x.is_neg() or w.is_neg() or \
             x._is_zerotensor() or w._is_zerotensor():
         return None
     if b is not None and (type(b) not in plain or b.dtype != dtype or not b.is_cpu or b.layout != strided or
