@@ -1415,11 +1415,16 @@ def _kernel_forward(op, operands, rng, params, inplace):
     unnoticed)."""
     y = _upcast(op, TorchBackend, operands, lambda ops: op.forward(
         TorchBackend, ops, rng, params, out=ops[0] if inplace else None), inplace)
-    if not inplace and y._is_view():
-        # a reshape of the op's own result (the dense ops' 2-d GEMM output, back to x's leading
-        # dims): a Function's output that is a view of a tensor made inside it cannot be changed
-        # in place (`h = layer(x); h += x` raised where nn.Linear's output takes it); the same
-        # memory, as a tensor of its own, as aten's matmul returns its reshaped product
+    return y if inplace else own_output(y)
+
+
+def own_output(y):
+    """An op's fresh result y as a tensor of its own where it is a view: a reshape of the op's
+    own result (the dense ops' 2-d GEMM output, back to x's leading dims). A Function's output
+    that is a view of a tensor made inside it cannot be changed in place (`h = layer(x); h += x`
+    raised where nn.Linear's output takes it); the same memory, as a tensor of its own, as aten's
+    matmul returns its reshaped product."""
+    if y._is_view():
         y = sys.modules["torch"].ops.aten._unsafe_view(y, y.shape)
     return y
 

@@ -351,14 +351,12 @@ def dense_lane(op, x, w, b, p):
     rng = _core._rng(p, _seeds.draw_torch_seed_eager(torch), offset, 1.0 / (1.0 - p))
     if recorded:
         return _lane_function()(op, rng, x, w, b)
-    return _forward(torch, op, (x, w, b), rng)
+    return _forward(op, (x, w, b), rng)
 
 
-def _forward(torch, op, operands, rng):
-    y = op.forward(_core.TorchBackend, operands, rng, ())
-    if y._is_view():  # x of 3 or more dims: as `_core._kernel_forward` returns it
-        y = torch.ops.aten._unsafe_view(y, y.shape)
-    return y
+def _forward(op, operands, rng):
+    # (an x of 3 or more dims: the GEMM's output reshaped, as `_core._kernel_forward` returns it)
+    return _core.own_output(op.forward(_core.TorchBackend, operands, rng, ()))
 
 
 _LANE_FUNCTION = None
@@ -380,7 +378,7 @@ def _lane_function():
             def forward(ctx, op, rng, x, w, b):
                 ctx.op, ctx.rng = op, rng
                 ctx.save_for_backward(x, w)
-                return _forward(torch, op, (x, w, b), rng)
+                return _forward(op, (x, w, b), rng)
 
             @staticmethod
             def backward(ctx, grad):
