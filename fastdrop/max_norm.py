@@ -113,7 +113,7 @@ def _max_norm(weight, max_value, dim, eps):
         # make_fx and torch.jit.trace record torch's ops only (a write through a numpy view would
         # be lost from the graph: a traced max_norm_ replayed as nothing) and a fake tensor has no
         # memory: all take the custom op, as torch.compile does
-        if torch.is_grad_enabled() and weight.requires_grad and not weight.is_leaf:
+        if torch.is_grad_enabled() and weight.requires_grad and (not weight.is_leaf or _view_of_recorded(torch, weight)):
             # (grad_fn is not None, asked in the form Dynamo traces: compiled and traced calls too,
             # whose custom op has no derivative either) torch's renorm_ would be recorded (the
             # gradient through the projection); the kernels write outside autograd, so backward
@@ -128,6 +128,17 @@ def _max_norm(weight, max_value, dim, eps):
         return _max_norm_tensor(weight, max_value, dims, eps)
     _max_norm_device(weight, max_value, dims, eps)
     return weight  # the object given (a CuPy array stays one), written in place
+
+
+def _view_of_recorded(torch, weight):
+    """Is weight a view, made under no_grad, of a tensor autograd computed? Such a view is a leaf
+    (no grad_fn) whose writes land in that tensor: torch's renorm_ refuses it under grad mode, and
+    the kernels' write would reach the recorded tensor unrecorded. (A no_grad view of a parameter
+    is projected, as the parameter is.) Not asked while compiling: Dynamo's tensors are traced."""
+    if torch.compiler.is_compiling():
+        return False
+    base = weight._base
+    return base is not None and base.requires_grad and not base.is_leaf
 
 
 _MAX_NORM_OP = None

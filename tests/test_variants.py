@@ -243,6 +243,27 @@ def test_max_norm_of_a_tensor_autograd_records_is_refused(make):
         assert torch.allclose(w.norm(), torch.tensor(1.0))
 
 
+def test_max_norm_of_a_no_grad_view_of_a_recorded_tensor_is_refused():
+    """A view made under no_grad of a tensor autograd computed is a leaf whose writes reach that
+    tensor: torch's renorm_ refuses it under grad mode, and so does max_norm_ (it wrote before
+    2026-12-06), the tensor untouched; a no_grad view of the parameter itself is projected."""
+    p = torch.tensor([[3.0, 4.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]], requires_grad=True)
+    h = p * 1.0
+    with torch.no_grad():
+        v = h[:1]
+    assert v.is_leaf and v.requires_grad
+    with pytest.raises(RuntimeError, match="no_grad"):
+        v.renorm_(2, 0, 1.0)  # torch's own refusal of the same write
+    before = h.detach().clone()
+    with pytest.raises(RuntimeError, match="computed by autograd"):
+        fastdrop.max_norm_(v, 1.0)
+    assert torch.equal(h.detach(), before)
+    with torch.no_grad():
+        u = p[:1]
+    fastdrop.max_norm_(u, 1.0)
+    assert torch.allclose(p[0].detach().norm(), torch.tensor(1.0))
+
+
 @pytest.mark.parametrize("how", ["compile", "compile-fullgraph", "jit.trace"])
 def test_compiled_and_traced_max_norm_of_a_tensor_autograd_records_is_refused(how):
     """The same refusal inside torch.compile and torch.jit.trace (found by a review on
