@@ -725,6 +725,10 @@ def _vmap_refusal(torch, op, operands, inplace):
         return _no_vmap(op, inplace)
     if any(levels[level] not in ("different", "same") for level in batched) or \
             any(r == "error" for level, r in levels.items() if level not in batched):
+        if op.vmap is None:  # (only its operands shared by the batch reach here: one mask for all)
+            return RuntimeError(f"fastdrop.{op.name} draws a random mask: under torch.func.vmap over "
+                                f"operands the batch shares pass randomness='same' (one mask for all); "
+                                f"it does not support a mask per example (randomness='different')")
         return RuntimeError(_RANDOMNESS_REFUSAL)
     if different and different != [functorch_interpreters(torch)[-1].level()]:
         return RuntimeError(f"fastdrop.{op.name} under torch.func.vmap(randomness='different'): its "
@@ -1049,11 +1053,17 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
             # (a constant of the trace: the point, not a TracerWarning's worry)
             seed_t = quiet_under_jit_trace(torch.tensor, _to_i64(seed), dtype=torch.int64, device="cpu")
         return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream)
+    jvp_in_place = False
     if torch._C._are_functorch_transforms_active():
-        refusal = _vmap_refusal(torch, op, operands, inplace)
+        refusal = _vmap_refusal(torch, op, operands, inplace) or _nested_jvp_refusal(torch, op)
         if refusal is not None:
             raise refusal
         operands = batched_for_vmap(torch, operands)
+        # in place under torch.func.jvp: the Function's jvp must write x's tangent in place, which
+        # functorch refuses for the transform's own input ("mutate a captured Tensor", raised
+        # after the kernel wrote x); out of place, then torch's copy_ into x, which carries the
+        # tangent as torch's own in-place dropout does (the same values)
+        jvp_in_place = inplace and _jvp_levels(torch) > 0
     for a in operands:  # before the seed draw: the kernels cannot take such a tensor
         if a is not None and type(a) not in _PLAIN_TENSORS:
             check_plain_memory(a, "x" if a is operands[0] else "an operand")
@@ -1073,7 +1083,29 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         announce_write(torch, operands[0] if out is None else out)
     if out is not None:  # checked: no autograd records this call
         return mark_written(op.forward(TorchBackend, operands, rng, params, out=out))
+    if jvp_in_place:
+        return operands[0].copy_(torch_apply(op, operands, params, rng))
     return torch_apply(op, operands, params, rng, inplace)
+
+
+def _jvp_levels(torch):
+    """How many torch.func.jvp transforms are active (jacfwd's among them)."""
+    jvp = torch._C._functorch.TransformType.Jvp
+    return sum(1 for i in functorch_interpreters(torch) if i.key() == jvp)
+
+
+def _nested_jvp_refusal(torch, op):
+    """A RuntimeError for a bilinear op (several operands: the dense layers, dropout_matmul)
+    under nested torch.func.jvp, else None: its jvp rule reads the primals saved for forward,
+    which torch's autograd.Function hands back without the outer level's tangent, so the second
+    derivative came out 0, silently (a plain Function shows the same). Asked before the draw.
+    The dropout ops are linear in x (their jvp applies the mask to the tangent): nested jvp holds."""
+    if len(op.operands) < 2 or _jvp_levels(torch) < 2:
+        return None
+    return RuntimeError(f"fastdrop.{op.name} under nested torch.func.jvp (a jvp of a jvp) is not supported: "
+                        f"torch's autograd.Function loses the outer tangent of the inputs its jvp rule "
+                        f"reads, and the second derivative would be 0; use torch.func.grad / jacrev for "
+                        f"the outer derivative (jvp of grad and grad of jvp are supported)")
 
 
 def _check_storages(torch, operands, names=("x", "an operand")):

@@ -610,6 +610,55 @@ def test_func_grad_jvp_and_vmap(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_nested_jvp(name):
+    """jvp of jvp: the dropout ops are linear in x, so nested jvp gives torch's answer for the
+    same mask; an op with several operands (the dense layers, dropout_matmul), whose jvp rule
+    reads saved primals that torch's autograd.Function hands back without the outer tangent (the
+    second derivative came out 0, silently; a review on 2026-12-06), is refused before the
+    seed draw, and jvp of grad still holds for it."""
+    case = CASES[name]
+    ops = [o.double() for o in operands(case)]
+    one = torch.tensor(1.0, dtype=torch.float64)
+
+    def g(s):  # second derivative in s: 2 * sum(f(x) - f(0)) for every op affine in x (fixed mask)
+        return (case.call(s * ops[0], *ops[1:], seed=5) * s).sum()
+    d2 = lambda fn: torch.func.jvp(lambda u: torch.func.jvp(fn, (u,), (one,))[1], (one,), (one,))[1]  # noqa: E731
+    state = torch.get_rng_state()
+    if len(case.op.operands) > 1:
+        with pytest.raises(RuntimeError, match="nested torch.func.jvp"):
+            d2(g)
+        assert torch.equal(state, torch.get_rng_state())
+        expected = torch.func.grad(lambda u: torch.func.jvp(g, (u,), (one,))[1])(one)
+    else:
+        expected = d2(g)
+    exact = 2 * (case.call(ops[0], *ops[1:], seed=5) - case.call(0 * ops[0], *ops[1:], seed=5)).sum()
+    torch.testing.assert_close(expected, exact)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if CASES[n].inplace])
+def test_in_place_under_jvp(name):
+    """In place on torch.func.jvp's own input: torch's in-place dropout works there; fastdrop's
+    in-place Function wrote the tangent in place, which functorch refuses for the transform's
+    input, after the kernel wrote x (a review on 2026-12-06). x and its tangent now equal the
+    out-of-place op's."""
+    case = CASES[name]
+    x, t = operands(case)[0], torch.randn_like(operands(case)[0])
+    y_ref, t_ref = torch.func.jvp(lambda i: case.call(i, seed=5), (x,), (t,))
+
+    def inplace(i):
+        r = case.call(i, seed=5, inplace=True)
+        assert r is i
+        return r
+    # (tangents cloned: an in-place op on jvp's input writes the tangent given, as torch's do)
+    y, ty = torch.func.jvp(inplace, (x.clone(),), (t.clone(),))
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    torch.testing.assert_close(ty, t_ref, rtol=0, atol=0)
+    _, ty = torch.func.jvp(lambda i: case.call(i[1:], seed=5, inplace=True) * 1, (x.clone(),), (t.clone(),))
+    _, t_ref = torch.func.jvp(lambda i: case.call(i[1:], seed=5), (x,), (t.clone(),))  # a view of the input
+    torch.testing.assert_close(ty, t_ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_vmap_over_operands_the_batch_shares(name):
     """Operands not batched at a vmap level (a closure variable, in_dims=None: the input of an
     ensemble vmapped over stacked weights) make the op a random op on a shared value, as torch's
@@ -622,9 +671,12 @@ def test_vmap_over_operands_the_batch_shares(name):
     scale = torch.tensor([1.0, 2.0, 3.0])  # the batched argument: the op's own operands are shared
     call = lambda si, seed=None: case.call(*ops, seed=seed) * si  # noqa: E731
     state = torch.get_rng_state()
-    with pytest.raises(RuntimeError, match="randomness"):
+    with pytest.raises(RuntimeError, match="randomness") as refused:
         torch.func.vmap(call)(scale)
     assert torch.equal(state, torch.get_rng_state())
+    # the way out it names is one the op takes (the ops without a mask per example: 'same' only)
+    assert ("'different'" in str(refused.value).split("pass")[1].split(";")[0]) == (
+        case.op is fastdrop.functional.DROPOUT)
     same = torch.func.vmap(lambda si: call(si, 7), randomness="same")(scale)
     for i in range(3):
         torch.testing.assert_close(same[i], case.call(*ops, seed=7) * scale[i])
