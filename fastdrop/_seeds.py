@@ -9,8 +9,10 @@
   (DataLoader workers, servers) inherits the parent's state, so its first draw re-seeds its own
   source from two words of the inherited one and the child's key: a torch DataLoader worker's
   seed (which torch varies by worker and by epoch, from the parent's torch generator), else its
-  pid. Workers and epochs then draw different masks, and DataLoader workers reproducible ones
-  when the parent called `fastdrop.manual_seed` and `torch.manual_seed`; a `manual_seed` in the
+  place in the fork tree (the how-manieth fork of its parent, and so on up: pids differ from run
+  to run, so a pid key made a forked child's masks unreproducible). Workers, epochs and forked
+  children then draw different masks, and reproducible ones when the parent called
+  `fastdrop.manual_seed` (and, for DataLoader workers, `torch.manual_seed`); a `manual_seed` in the
   child (a worker_init_fn) is kept as it is. Where nothing called `fastdrop.manual_seed` (the
   source is OS entropy), a DataLoader worker, forked or started by `spawn` / `forkserver` (macOS's
   and Windows' default, which import fastdrop afresh), re-seeds it from its worker seed alone on
@@ -48,6 +50,8 @@ _seeded = False  # fastdrop.manual_seed ran in this process, or in the parent it
 _forked_in_worker = False  # this process was forked by a DataLoader worker (`_after_fork_in_child`)
 _rank_streams = True
 _events = 0  # draws from and re-seeds of the numpy source (`draw_numpy_seed_undoably`)
+_forks = 0  # forks this process has made (`_before_fork`)
+_fork_path = ()  # this process's place in the fork tree: its index among its parent's forks, and up
 
 
 def reseed_numpy(seed):
@@ -60,9 +64,15 @@ def reseed_numpy(seed):
         _events += 1
 
 
+def _before_fork():
+    global _forks
+    _forks += 1  # (in the parent: the child inherits the new count as its index)
+
+
 def _after_fork_in_child():
-    global _forked, _forked_in_worker, _lock, _events
+    global _forked, _forked_in_worker, _lock, _events, _forks, _fork_path
     _forked = True
+    _fork_path, _forks = _fork_path + (_forks,), 0
     # forked by a DataLoader worker (torch sets a worker's info after the worker's own fork, so a
     # worker sees none here): the worker's children share its worker seed, which cannot key them
     _forked_in_worker = _worker_seed() is not None
@@ -70,7 +80,7 @@ def _after_fork_in_child():
     _lock = threading.Lock()  # a lock held by another parent thread at the fork stays held here
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 def _worker_seed():
@@ -81,10 +91,15 @@ def _worker_seed():
 
 
 def _child_key():
-    """A forked child's key: its DataLoader worker seed, else (any other child, a worker's own
-    children included) its pid."""
+    """A forked child's key, as 64-bit words: its DataLoader worker seed, else (any other child, a
+    worker's own children included) its place in the fork tree, which the same program makes
+    again run after run (a pid does not). A child that forks before its first draw passes its
+    inherited source on unchanged, so the path, not the last index alone, tells its children
+    from their siblings and from it."""
     key = None if _forked_in_worker else _worker_seed()
-    return os.getpid() if key is None else key
+    if key is None:
+        return [0x70617468, len(_fork_path)] + list(_fork_path)  # "path"
+    return [0x776B6572, key & MAX_U64, key >> 64]  # "wker"
 
 
 def _reseed_before_a_draw():
@@ -108,9 +123,8 @@ def _reseed_forked():
     _lock held)."""
     global _numpy_source, _forked
     inherited = [int(w) for w in _numpy_source.integers(0, 1 << 63, 2)]
-    key = _child_key()
     _numpy_source = np.random.Generator(np.random.PCG64(
-        np.random.SeedSequence(inherited + [key & MAX_U64, key >> 64, 0x666F726B])))  # "fork"
+        np.random.SeedSequence(inherited + _child_key() + [0x666F726B])))  # "fork"
     _forked = False
 
 

@@ -339,13 +339,62 @@ if __name__ == "__main__":
 def test_children_of_an_unseeded_worker_draw_their_own_masks(tmp_path):
     """A worker's own forked children (a pool inside __getitem__) inherit its worker info: they
     re-seeded from the worker seed alone and repeated the worker's stream, every child the same
-    masks. They re-seed from the inherited state and their pid: the worker's two draws and its
-    two children's are four different masks."""
+    masks. They re-seed from the inherited state and their place in the fork tree: the worker's
+    two draws and its two children's are four different masks."""
     script = tmp_path / "worker_children.py"
     script.write_text(_WORKER_CHILDREN)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=TIMEOUT_S,
                          check=True).stdout.split()
     assert out == ["4"]
+
+
+_FORK_TREE = """
+import hashlib, os, sys
+import numpy as np
+import fastdrop
+
+def mask_hash():
+    return hashlib.md5((fastdrop.dropout(np.ones(256, np.float32), 0.5) != 0).tobytes()).hexdigest()[:12]
+
+def child(w, depth):
+    if depth:  # a grandchild forked before the child's own first draw, then the child's draw
+        grand(w)
+    os.write(w, (mask_hash() + "\\n").encode())
+    os._exit(0)
+
+def grand(w):
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, ("g" + mask_hash() + "\\n").encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+fastdrop.manual_seed(int(sys.argv[1]))
+r, w = os.pipe()
+for depth in (1, 0):
+    pid = os.fork()
+    if pid == 0:
+        child(w, depth)
+    os.waitpid(pid, 0)
+os.close(w)
+print(os.read(r, 1 << 16).decode().split(), mask_hash())
+"""
+
+
+def test_forked_children_masks_follow_fastdrop_manual_seed(tmp_path):
+    """Forked children (not DataLoader workers: a multiprocessing fork pool, a pre-fork server)
+    re-seed from the inherited source and their place in the fork tree, so the parent's
+    fastdrop.manual_seed reproduces their masks run after run; they were keyed on the pid, which
+    differs every run (a review on 2026-12-06). Children, a grandchild forked before its parent's
+    first draw, and the parent all draw different masks."""
+    script = tmp_path / "fork_tree.py"
+    script.write_text(_FORK_TREE)
+    runs = [subprocess.run([sys.executable, str(script), seed], capture_output=True, text=True,
+                           timeout=TIMEOUT_S, check=True).stdout for seed in ("3", "3", "4")]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+    masks = [m.strip("[]',g") for m in runs[0].split()]
+    assert len(masks) == 4 and len(set(masks)) == 4, runs[0]
 
 
 def test_an_undo_in_a_forked_child_keeps_the_child_s_own_stream():
