@@ -721,6 +721,10 @@ def _vmap_refusal(torch, op, operands, inplace):
         return None
     batched = batched_levels(torch, operands)
     different = [level for level, r in levels.items() if r == "different" and level not in batched]
+    if different and not batched and op.vmap is None and not inplace:
+        return RuntimeError(f"fastdrop.{op.name} does not support torch.func.vmap with a mask per example "
+                            f"(randomness='different'); over operands the batch shares pass "
+                            f"randomness='same' (one mask for all)")
     if (batched or different) and (op.vmap is None or inplace):
         return _no_vmap(op, inplace)
     if any(levels[level] not in ("different", "same") for level in batched) or \
@@ -1055,15 +1059,17 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream)
     jvp_in_place = False
     if torch._C._are_functorch_transforms_active():
-        refusal = _vmap_refusal(torch, op, operands, inplace) or _nested_jvp_refusal(torch, op)
+        refusal = _vmap_refusal(torch, op, operands, inplace) or _nested_jvp_refusal(torch, op, operands)
         if refusal is not None:
             raise refusal
         operands = batched_for_vmap(torch, operands)
-        # in place under torch.func.jvp: the Function's jvp must write x's tangent in place, which
-        # functorch refuses for the transform's own input ("mutate a captured Tensor", raised
-        # after the kernel wrote x); out of place, then torch's copy_ into x, which carries the
-        # tangent as torch's own in-place dropout does (the same values)
-        jvp_in_place = inplace and _jvp_levels(torch) > 0
+        # in place on a tensor with a tangent under torch.func.jvp (the transform's input, or a
+        # view of it): the Function's jvp must write x's tangent in place, which functorch
+        # refuses there ("mutate a captured Tensor", raised after the kernel wrote x); out of
+        # place, then torch's copy_ into x, which carries the tangent as torch's own in-place
+        # dropout does (the same values). A tensor without a tangent (captured from outside the
+        # transform) keeps the in-place Function, which writes it as before.
+        jvp_in_place = inplace and bool(_jvp_wrapped(torch, operands[0]))
     for a in operands:  # before the seed draw: the kernels cannot take such a tensor
         if a is not None and type(a) not in _PLAIN_TENSORS:
             check_plain_memory(a, "x" if a is operands[0] else "an operand")
@@ -1088,24 +1094,39 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
     return torch_apply(op, operands, params, rng, inplace)
 
 
-def _jvp_levels(torch):
-    """How many torch.func.jvp transforms are active (jacfwd's among them)."""
-    jvp = torch._C._functorch.TransformType.Jvp
-    return sum(1 for i in functorch_interpreters(torch) if i.key() == jvp)
+def _jvp_wrapped(torch, a):
+    """The torch.func.jvp levels (jacfwd's among them) at which tensor a carries a tangent: the
+    levels of its functorch wrappers that are jvp transforms."""
+    functorch = torch._C._functorch
+    jvp = functorch.TransformType.Jvp
+    levels = {i.level() for i in functorch_interpreters(torch) if i.key() == jvp}
+    found = set()
+    while a is not None and levels and functorch.is_functorch_wrapped_tensor(a):
+        level = functorch.maybe_get_level(a)
+        if level in levels:
+            found.add(level)
+        a = functorch.get_unwrapped(a)
+    return found
 
 
-def _nested_jvp_refusal(torch, op):
-    """A RuntimeError for a bilinear op (several operands: the dense layers, dropout_matmul)
-    under nested torch.func.jvp, else None: its jvp rule reads the primals saved for forward,
-    which torch's autograd.Function hands back without the outer level's tangent, so the second
-    derivative came out 0, silently (a plain Function shows the same). Asked before the draw.
-    The dropout ops are linear in x (their jvp applies the mask to the tangent): nested jvp holds."""
-    if len(op.operands) < 2 or _jvp_levels(torch) < 2:
+def _nested_jvp_refusal(torch, op, operands):
+    """A RuntimeError for an op with several operands (the dense layers, dropout_matmul) under
+    nested torch.func.jvp with tangents on two or more of its operands, else None: its jvp rule
+    (bilinear: t_x W + x t_W) reads the primals saved for forward, which torch's
+    autograd.Function hands back without their tangents at the other jvp level, so a second
+    derivative through both came out 0, silently (a plain Function shows the same). With one
+    operand carrying tangents the lost tangents multiply nothing and nested jvp holds; the
+    dropout ops are linear in x. Asked before the draw."""
+    if len(op.operands) < 2:
         return None
-    return RuntimeError(f"fastdrop.{op.name} under nested torch.func.jvp (a jvp of a jvp) is not supported: "
-                        f"torch's autograd.Function loses the outer tangent of the inputs its jvp rule "
-                        f"reads, and the second derivative would be 0; use torch.func.grad / jacrev for "
-                        f"the outer derivative (jvp of grad and grad of jvp are supported)")
+    levels = [_jvp_wrapped(torch, a) for a in operands if a is not None]
+    if len(set().union(*levels)) < 2 or sum(1 for found in levels if found) < 2:
+        return None
+    return RuntimeError(f"fastdrop.{op.name} under nested torch.func.jvp (a jvp of a jvp) with tangents on "
+                        f"several of its operands is not supported: torch's autograd.Function hands its "
+                        f"jvp rule the saved operands without their outer tangents, and the second "
+                        f"derivative would be 0; use torch.func.grad / jacrev for one of the derivatives "
+                        f"(jvp of grad and grad of jvp are supported), or perturb one operand")
 
 
 def _check_storages(torch, operands, names=("x", "an operand")):
@@ -1448,6 +1469,15 @@ def _kernel_forward(op, operands, rng, params, inplace):
     y = _upcast(op, TorchBackend, operands, lambda ops: op.forward(
         TorchBackend, ops, rng, params, out=ops[0] if inplace else None), inplace)
     return y if inplace else own_output(y)
+
+
+def in_dtype_of(a, ref):
+    """a in ref's dtype: a backward's GEMM result, which under torch.autocast comes back in
+    autocast's half type, before the mask scales it as the gradient of ref (a float32 operand),
+    as torch's composite scales it (its dropout's backward runs after autocast's cast node, in
+    float32: in the half type 1/(1-p) overflowed float16 to inf and rounded twice). Arrays and
+    matching dtypes pass through."""
+    return a if a.dtype == ref.dtype else a.to(ref.dtype)
 
 
 def own_output(y):

@@ -95,10 +95,11 @@ def _dl_backward(B, grad, operands, rng, params, needs):
     nx, nw, nb = needs
     gx = gw = None
     if nx and nw:
-        gx, xm = B.mask_pair(B.matmul(grad, w), x, rng, DENSE_PARALLEL_MIN)  # one Philox pass for both
+        # (one Philox pass for both; the GEMM's result in x's dtype first: `_core.in_dtype_of`)
+        gx, xm = B.mask_pair(_core.in_dtype_of(B.matmul(grad, w), x), x, rng, DENSE_PARALLEL_MIN)
         gw = B.matmul(B.mT(_core.rows(grad)), _core.rows(xm))
     elif nx:
-        gx = B.mask(B.matmul(grad, w), rng, parallel_min=DENSE_PARALLEL_MIN)
+        gx = B.mask(_core.in_dtype_of(B.matmul(grad, w), x), rng, parallel_min=DENSE_PARALLEL_MIN)
     elif nw:
         gw = B.matmul(B.mT(_core.rows(grad)), _core.rows(B.mask(x, rng, parallel_min=DENSE_PARALLEL_MIN)))
     return gx, gw, _core.rows(grad).sum(0) if nb else None
@@ -120,7 +121,7 @@ def _dc_backward(B, grad, operands, rng, params, needs):
     x, w, _ = operands
     nx, nw, nb = needs
     gx = B.matmul(grad, B.mask(w, rng, parallel_min=DENSE_PARALLEL_MIN)) if nx else None
-    gw = B.mask(B.matmul(B.mT(_core.rows(grad)), _core.rows(x)), rng,
+    gw = B.mask(_core.in_dtype_of(B.matmul(B.mT(_core.rows(grad)), _core.rows(x)), w), rng,
                 parallel_min=DENSE_PARALLEL_MIN) if nw else None
     return gx, gw, _core.rows(grad).sum(0) if nb else None
 

@@ -63,7 +63,7 @@ def _backward(B, grad, operands, rng, params, needs):
     na, nb = needs
     ga = gb = None
     if na:
-        ga = B.sum_to(B.matmul(grad, B.mT(b)), a.shape)
+        ga = _core.in_dtype_of(B.sum_to(B.matmul(grad, B.mT(b)), a.shape), a)
     if na and nb:
         ga, am = B.mask_pair(ga, a, rng)  # one Philox pass for both
     elif na:

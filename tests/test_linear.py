@@ -382,11 +382,15 @@ def test_torch_compile_fullgraph_matches_eager():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("op", ["dropout_linear", "dropconnect_linear", "dropout_matmul"])
-def test_autocast_backward_runs_in_the_forwards_autocast_region(op):
-    """Under torch.autocast the forward's GEMMs run in bfloat16; the backward's GEMMs must too (as
-    torch.amp.custom_bwd does), or a bfloat16 gradient meets a float32 saved weight. Gradients
-    equal the torch composite with the same mask under the same autocast."""
+def test_autocast_backward_runs_in_the_forwards_autocast_region(op, dtype):
+    """Under torch.autocast the forward's GEMMs run in the half type; the backward's GEMMs must too
+    (as torch.amp.custom_bwd does), or a half gradient meets a float32 saved weight. Gradients
+    equal the torch composite with the same mask under the same autocast, bit for bit: the mask
+    scales the GEMM's result in the float32 operand's dtype, as the composite's dropout backward
+    does after autocast's cast (it scaled in the half type: rounded twice, and a float16 gradient
+    of 40000 * 2 became inf where the composite gives 80000; a review, 2026-12-06)."""
     torch.manual_seed(0)
     x = torch.randn(6, 8, requires_grad=True)
     w = torch.randn(5, 8, requires_grad=True)
@@ -395,28 +399,49 @@ def test_autocast_backward_runs_in_the_forwards_autocast_region(op):
     if op == "dropout_linear":
         fd = lambda: fastdrop.dropout_linear(x, w, b, p, seed=4)
         m = torch.from_numpy(fastdrop.dropout_mask((6, 8), p, 4))
-        ref = lambda: torch.nn.functional.linear(x * m * s, w, b)
+        ref = lambda: torch.nn.functional.linear(torch.where(m, x * s, 0.0), w, b)
         params = [x, w, b]
     elif op == "dropconnect_linear":
         fd = lambda: fastdrop.dropconnect_linear(x, w, b, p, seed=4)
         m = torch.from_numpy(fastdrop.dropout_mask((5, 8), p, 4))
-        ref = lambda: torch.nn.functional.linear(x, w * m * s, b)
+        ref = lambda: torch.nn.functional.linear(x, torch.where(m, w * s, 0.0), b)
         params = [x, w, b]
     else:
         v = torch.randn(8, 5, requires_grad=True)
         fd = lambda: fastdrop.dropout_matmul(x, v, p, seed=4)
         m = torch.from_numpy(fastdrop.dropout_mask((6, 8), p, 4))
-        ref = lambda: torch.matmul(x * m * s, v)
+        ref = lambda: torch.matmul(torch.where(m, x * s, 0.0), v)
         params = [x, v]
     grads = []
     for fn in (fd, ref):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype):
             y = fn()
-        assert y.dtype == torch.bfloat16
-        grads.append(torch.autograd.grad(y.float().sum(), params))
+        assert y.dtype == dtype
+        grads.append(torch.autograd.grad(y, params, torch.linspace(-3, 3, y.numel()).view(y.shape)))
     for g, r in zip(*grads):
         assert g.dtype == r.dtype == torch.float32
-        torch.testing.assert_close(g, r, rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(g, r, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("op", ["dropout_linear", "dropconnect_linear", "dropout_matmul"])
+def test_autocast_float16_gradient_scaled_past_float16s_range(op):
+    """A float16 GEMM gradient of 40000 scaled by 1/(1-p) = 2 is 80000, past float16's range:
+    torch's composite scales it in float32 (its dropout's backward follows autocast's cast node),
+    and so does fastdrop now; it gave inf (the scale applied in float16), which a GradScaler reads
+    as an overflow and skips the step (a review, 2026-12-06)."""
+    one = lambda *shape: torch.ones(*shape, requires_grad=True)  # noqa: E731
+    x, w = one(1, 4), one(1, 4)
+    with torch.autocast("cpu", dtype=torch.float16):
+        if op == "dropout_linear":
+            y, wrt, masked = fastdrop.dropout_linear(x, w, None, 0.5, seed=0), x, (1, 4)
+        elif op == "dropconnect_linear":
+            y, wrt, masked = fastdrop.dropconnect_linear(x, w, None, 0.5, seed=0), w, (1, 4)
+        else:
+            w = one(4, 1)
+            y, wrt, masked = fastdrop.dropout_matmul(x, w, 0.5, seed=0), x, (1, 4)
+    (g,) = torch.autograd.grad(y, wrt, torch.full_like(y, 40000.0))
+    m = torch.from_numpy(fastdrop.dropout_mask(masked, 0.5, 0))
+    torch.testing.assert_close(g, torch.where(m, 80000.0, 0.0), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("op", ["dropout_linear", "dropconnect_linear", "dropout_matmul"])

@@ -611,28 +611,33 @@ def test_func_grad_jvp_and_vmap(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_nested_jvp(name):
-    """jvp of jvp: the dropout ops are linear in x, so nested jvp gives torch's answer for the
-    same mask; an op with several operands (the dense layers, dropout_matmul), whose jvp rule
-    reads saved primals that torch's autograd.Function hands back without the outer tangent (the
-    second derivative came out 0, silently; a review on 2026-12-06), is refused before the
-    seed draw, and jvp of grad still holds for it."""
+    """jvp of jvp with one operand perturbed gives the exact second derivative for every op (the
+    dropout ops are linear in x; a bilinear op's lost tangents multiply nothing). An op with
+    several operands perturbed at the two levels, whose jvp rule reads saved operands that torch's
+    autograd.Function hands back without their outer tangents (the second derivative came out 0,
+    silently; reviews on 2026-12-06), is refused before the seed draw, and grad of jvp still gives
+    the exact value there."""
     case = CASES[name]
     ops = [o.double() for o in operands(case)]
     one = torch.tensor(1.0, dtype=torch.float64)
+    f = lambda *a: case.call(*a, seed=5)  # noqa: E731
+    d2 = lambda fn: torch.func.jvp(lambda u: torch.func.jvp(fn, (u,), (one,))[1], (one,), (one,))[1]  # noqa: E731
 
     def g(s):  # second derivative in s: 2 * sum(f(x) - f(0)) for every op affine in x (fixed mask)
-        return (case.call(s * ops[0], *ops[1:], seed=5) * s).sum()
-    d2 = lambda fn: torch.func.jvp(lambda u: torch.func.jvp(fn, (u,), (one,))[1], (one,), (one,))[1]  # noqa: E731
+        return (f(s * ops[0], *ops[1:]) * s).sum()
+    exact = 2 * (f(*ops) - f(0 * ops[0], *ops[1:])).sum()
+    torch.testing.assert_close(d2(g), exact)
+    if len(case.op.operands) < 2:
+        return
+
+    def both(s):  # x and the second operand scaled: f(s x, s w) = s^2 (f(x, w) - f(0, w)) + f(0, 0)
+        return f(s * ops[0], s * ops[1], *ops[2:]).sum()
     state = torch.get_rng_state()
-    if len(case.op.operands) > 1:
-        with pytest.raises(RuntimeError, match="nested torch.func.jvp"):
-            d2(g)
-        assert torch.equal(state, torch.get_rng_state())
-        expected = torch.func.grad(lambda u: torch.func.jvp(g, (u,), (one,))[1])(one)
-    else:
-        expected = d2(g)
-    exact = 2 * (case.call(ops[0], *ops[1:], seed=5) - case.call(0 * ops[0], *ops[1:], seed=5)).sum()
-    torch.testing.assert_close(expected, exact)
+    with pytest.raises(RuntimeError, match="nested torch.func.jvp"):
+        d2(both)
+    assert torch.equal(state, torch.get_rng_state())
+    torch.testing.assert_close(torch.func.grad(lambda u: torch.func.jvp(both, (u,), (one,))[1])(one),
+                               2 * (f(*ops) - f(0 * ops[0], *ops[1:])).sum())
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if CASES[n].inplace])
@@ -656,6 +661,12 @@ def test_in_place_under_jvp(name):
     _, ty = torch.func.jvp(lambda i: case.call(i[1:], seed=5, inplace=True) * 1, (x.clone(),), (t.clone(),))
     _, t_ref = torch.func.jvp(lambda i: case.call(i[1:], seed=5), (x,), (t.clone(),))  # a view of the input
     torch.testing.assert_close(ty, t_ref, rtol=0, atol=0)
+    # a tensor captured from outside the transform (no tangent) is written in place, as before
+    c = x.clone()
+    y, ty = torch.func.jvp(lambda s: case.call(c, seed=5, inplace=True) * s, (torch.tensor(2.0),),
+                           (torch.tensor(1.0),))
+    torch.testing.assert_close(c, y_ref, rtol=0, atol=0)
+    torch.testing.assert_close(ty, y_ref, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", NAMES)
