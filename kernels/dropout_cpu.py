@@ -83,11 +83,17 @@ _u32 = np.uint32
 
 @numba.njit(inline="always", **JIT_OPTIONS)
 def f16_to_f32_bits(h):
-    """float16 bits (uint16) -> float32, exact. The 15 magnitude bits, shifted into float32
-    position and multiplied by 2^112 (the exponent bias 127 - 15), give the value of normals and
-    subnormals alike; an exponent field of 31 lands at >= 2^16 and becomes Inf/NaN, payload kept."""
+    """float16 bits (uint16) -> float32, exact. A normal's 15 magnitude bits, shifted into float32
+    position and multiplied by 2^112 (the exponent bias 127 - 15), give its value; an exponent
+    field of 31 lands at >= 2^16 and becomes Inf/NaN, payload kept. A subnormal (m * 2^-24) is
+    0.5 + m * 2^-24 (its mantissa under 0.5's exponent) minus 0.5: float32 normals only, where
+    the shift made a float32 subnormal, which a thread with denormals-are-zero on
+    (`torch.set_flush_denormal(True)`) read as 0 (a review, 2026-12-06)."""
     u = _u32(h)
-    f = _f32_from_bits(_u32(_u32(u & _u32(0x7FFF)) << _u32(13))) * np.float32(2.0 ** 112)
+    mag = _u32(u & _u32(0x7FFF))
+    normal = _f32_from_bits(_u32(mag << _u32(13))) * np.float32(2.0 ** 112)
+    sub = _f32_from_bits(_u32(_u32(0x3F000000) | mag)) - np.float32(0.5)
+    f = sub if mag < _u32(0x400) else normal
     inf_nan = _u32(0x7F800000) if f >= np.float32(65536.0) else _u32(0)
     return _f32_from_bits(_u32(_u32(_f32_bits(f) | inf_nan) | _u32(_u32(u & _u32(0x8000)) << _u32(16))))
 

@@ -71,6 +71,13 @@ def test_f16_to_f32_exhaustive():
     ref = ALL16.view(np.float16).astype(np.float32).view(np.uint32)
     # the bit code is exact on every pattern, NaN payloads (signalling ones too) included
     assert np.array_equal(_widen_all(dropout_cpu.f16_to_f32_bits, ALL16), ref)
+    # also on a thread with denormals-are-zero on: float16 subnormals went through float32
+    # subnormals there, read as 0 (a review, 2026-12-06); the serial loop runs on this thread
+    if torch.set_flush_denormal(True):
+        try:
+            assert np.array_equal(_widen_all(dropout_cpu.f16_to_f32_bits, ALL16), ref)
+        finally:
+            torch.set_flush_denormal(False)
     if dropout_cpu.NATIVE_F16:
         # vcvtph2ps quiets a signalling NaN; the product with the scale would anyway
         got = _widen_all(dropout_cpu.f16_to_f32_hw, ALL16)
