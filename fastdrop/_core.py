@@ -895,7 +895,7 @@ def _check_host_output(op, x, kind, operands):
 def validate(op, operands, params, checked=None, autocast=True):
     """(x, kind, operands, params): op's operands checked (x first, then its companions, then the
     op's own shape rule), converted as check_array converts them; TypeError/ValueError otherwise.
-    autocast: give mixed-dtype GEMM operands autocast's dtype (`_autocast_mixed`), as the public
+    autocast: give mixed-dtype GEMM operands one dtype (`_autocast_mixed`), as the public
     call does; the custom op's body, whose operands the traced graph already cast, does not."""
     x, kind = check_array(operands[0], op.operands[0]) if checked is None else checked
     if len(operands) > 1:
@@ -912,11 +912,16 @@ def validate(op, operands, params, checked=None, autocast=True):
 
 def _autocast_mixed(operands, always=False):
     """Tensor operands of a GEMM op with mixed float dtypes under torch.autocast (a bfloat16
-    activation meeting a layer's float32 weight, as in every layer after an autocast one) all in
-    autocast's dtype, as torch's linear / matmul take them there (float64 aside: autocast leaves it,
-    and torch refuses the mix, as check_companions then does); otherwise unchanged (matching
-    dtypes are left to the GEMMs' own autocast, as in torch's Dropout + Linear; always: cast
-    matching ones too, for an op whose products are its own kernel's, not an autocast GEMM)."""
+    activation meeting a layer's float32 weight, as in every layer after an autocast one) in one
+    dtype: the half ones in float32 (exact), so the op masks its operand in that operand's own
+    precision and its GEMMs' autocast casts the masked product, as torch's Dropout + Linear
+    composite does (casting the float32 operand to the half type first rounded its masked product
+    twice, and its float16 gradient scaled past 65504 became inf; a review, 2026-12-06). The GEMMs
+    give autocast's dtype, and autograd hands each operand its gradient in its own dtype. float64
+    aside (autocast leaves it, and torch refuses the mix, as check_companions then does); matching
+    dtypes are left to the GEMMs' own autocast, but for a half type that is not autocast's (below);
+    always: every operand in autocast's dtype, for an op whose products are its own kernel's,
+    not an autocast GEMM (per-sample DropConnect)."""
     torch = sys.modules["torch"]
     present = [a for a in operands if a is not None]
     if not all(isinstance(a, torch.Tensor) for a in present):
@@ -933,6 +938,9 @@ def _autocast_mixed(operands, always=False):
         # not autocast's (float16 operands under bfloat16 autocast) is cast, as torch's linear
         # casts it: the op's float32 computation of half operands came back in the operands' type
         return operands
+    if not always and len(dtypes) > 1:
+        return tuple(a.float() if a is not None and a.dtype in (torch.float16, torch.bfloat16) else a
+                     for a in operands)
     return tuple(a.to(dtype) if a is not None and a.is_floating_point() else a for a in operands)
 
 

@@ -444,38 +444,45 @@ def test_autocast_float16_gradient_scaled_past_float16s_range(op):
     torch.testing.assert_close(g, torch.where(m, 80000.0, 0.0), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("half_x", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("op", ["dropout_linear", "dropconnect_linear", "dropout_matmul"])
-def test_autocast_with_mixed_dtypes(op):
-    """Under torch.autocast a layer after an autocast one gets a bfloat16 activation and its own
-    float32 weight: torch's linear / matmul cast both to bfloat16, and so do the dense ops (they
-    refused the mixed dtypes before). Output and gradients against the torch composite with the
-    same mask, each gradient in its operand's dtype."""
+def test_autocast_with_mixed_dtypes(op, dtype, half_x):
+    """Under torch.autocast a layer after an autocast one gets a half activation and its own
+    float32 weight (half_x), or the mirror case: torch's composite masks its operand in that
+    operand's dtype and the GEMM's autocast casts the product; so do the dense ops (they refused
+    the mixed dtypes once, then cast every operand to the half type before the mask: DropConnect's
+    float32 weight was rounded twice, and its float16 gradient scaled past 65504 was inf; a review,
+    2026-12-06). Output and gradients equal the composite with the same mask bit for bit, each
+    gradient in its operand's dtype, also for gradients that overflow float16 if scaled there."""
     torch.manual_seed(0)
-    x = torch.randn(6, 8).bfloat16().requires_grad_()
-    w = torch.randn(5, 8, requires_grad=True)
+    x = torch.randn(6, 8)
+    w = torch.randn(8, 5) if op == "dropout_matmul" else torch.randn(5, 8)
+    x = (x.to(dtype) if half_x else x).requires_grad_()
+    w = (w if half_x else w.to(dtype)).requires_grad_()
     p, s = 0.3, 1 / 0.7
     if op == "dropout_linear":
         m = torch.from_numpy(fastdrop.dropout_mask((6, 8), p, 4))
-        fd = lambda: fastdrop.dropout_linear(x, w, None, p, seed=4)
-        ref = lambda: torch.nn.functional.linear(torch.where(m, x * s, 0), w)
+        fd = lambda: fastdrop.dropout_linear(x, w, None, p, seed=4)  # noqa: E731
+        ref = lambda: torch.nn.functional.linear(torch.where(m, x * s, 0), w)  # noqa: E731
     elif op == "dropconnect_linear":
         m = torch.from_numpy(fastdrop.dropout_mask((5, 8), p, 4))
-        fd = lambda: fastdrop.dropconnect_linear(x, w, None, p, seed=4)
-        ref = lambda: torch.nn.functional.linear(x, torch.where(m, w.bfloat16() * s, 0))
+        fd = lambda: fastdrop.dropconnect_linear(x, w, None, p, seed=4)  # noqa: E731
+        ref = lambda: torch.nn.functional.linear(x, torch.where(m, w * s, 0))  # noqa: E731
     else:
-        w = torch.randn(8, 5, requires_grad=True)
         m = torch.from_numpy(fastdrop.dropout_mask((6, 8), p, 4))
-        fd = lambda: fastdrop.dropout_matmul(x, w, p, seed=4)
-        ref = lambda: torch.matmul(torch.where(m, x * s, 0), w)
-    results = []
-    for fn in (fd, ref):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = fn()
-        assert y.dtype == torch.bfloat16
-        results.append((y, *torch.autograd.grad(y.float().sum(), (x, w))))
-    for a, b in zip(*results):
-        assert a.dtype == b.dtype
-        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
+        fd = lambda: fastdrop.dropout_matmul(x, w, p, seed=4)  # noqa: E731
+        ref = lambda: torch.matmul(torch.where(m, x * s, 0), w)  # noqa: E731
+    for upstream in (1.0, 30000.0):  # 30000 * 8 weights * s: past float16's range if scaled there
+        results = []
+        for fn in (fd, ref):
+            with torch.autocast("cpu", dtype=dtype):
+                y = fn()
+            assert y.dtype == dtype
+            results.append((y, *torch.autograd.grad(y, (x, w), torch.full_like(y, upstream))))
+        for a, b in zip(*results):
+            assert a.dtype == b.dtype
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("half, autocast_dtype", [(torch.float16, torch.bfloat16), (torch.bfloat16, torch.float16)])
