@@ -1179,3 +1179,41 @@ def test_logits_of_an_unbatched_input_are_its_classes(kind):
     r = mc_predict(model.eval(), x, 6, seed=1, logits=True)
     assert r.mean.shape == (model[-1].out_features,) and r.entropy.shape == ()
     assert torch.allclose(r.mean.sum(), torch.tensor(1.0, dtype=r.mean.dtype))
+
+
+class _FusedAttention(torch.nn.Module):
+    """timm's Attention with fused_attn=True: attn_drop's p goes to scaled_dot_product_attention,
+    the module itself is never called."""
+
+    def __init__(self, fused=True):
+        super().__init__()
+        self.fused = fused
+        self.qkv, self.proj = torch.nn.Linear(16, 48), torch.nn.Linear(16, 16)
+        self.attn_drop, self.proj_drop = fnn.Dropout(0.5), fnn.Dropout(0.1)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, 4, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.fused:
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        else:
+            o = self.attn_drop((q @ k.mT * 0.5).softmax(-1)) @ v
+        return self.proj_drop(self.proj(o.transpose(1, 2).reshape(B, N, C)))
+
+
+def test_modules_the_forward_never_calls_and_attention_floats_are_named():
+    """Attention dropout that mc_predict cannot sample is named in a warning, not left out
+    silently (a review, 2026-12-06): a fastdrop module the forward never calls (timm's fused
+    attention passes attn_drop.p to scaled_dot_product_attention: zero variance from it), and
+    nn.MultiheadAttention's dropout, a float inside the layer (nn.TransformerEncoderLayer after
+    convert). A model whose modules all run warns of neither."""
+    x = torch.randn(3, 5, 16)
+    with pytest.warns(UserWarning, match=r"did not run .*model\.attn_drop \(Dropout\)"):
+        mc_predict(_FusedAttention().eval(), x, samples=4, seed=SEED)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mc_predict(_FusedAttention(fused=False).eval(), x, samples=4, seed=SEED).var.max() > 0
+    enc = fnn.convert(torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.2, batch_first=True)).eval()
+    with pytest.warns(UserWarning, match=r"MultiheadAttention .*model\.self_attn \(dropout=0\.2\)"):
+        mc_predict(enc, x, samples=4, seed=SEED)

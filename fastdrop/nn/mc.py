@@ -132,7 +132,24 @@ def _stochastic_modules(model):
                       f"eval mode, unless a subclass's forward keeps them on), so fastdrop's mask "
                       f"contract does not cover them: {', '.join(foreign)}; {hint} (a subclass with its "
                       f"own forward is not converted)", stacklevel=3)
+    attention = [f"{name} (dropout={m.dropout})" for name, m in model.named_modules(prefix="model")
+                 if isinstance(m, torch.nn.MultiheadAttention) and m.dropout > 0]
+    if attention:
+        # (nn.TransformerEncoderLayer's attention among them: fastdrop.nn.convert replaces its
+        # Dropout modules, not this float; a review, 2026-12-06)
+        warnings.warn(f"mc_predict: these nn.MultiheadAttention layers drop attention weights with a "
+                      f"float inside the layer, not a module, which mc_predict cannot sample (off in "
+                      f"eval mode): {', '.join(attention)}; the samples' variance leaves that dropout "
+                      f"out. Write the attention with fastdrop.dropout_matmul in a module of your own, "
+                      f"or set their dropout to 0 to silence this", stacklevel=3)
     return drops
+
+
+def _not_run(model, ran):
+    """'name (class)' of the model's fastdrop stochastic modules that sample 0's forward did not
+    call (ran: the ids it called)."""
+    return [f"{name} ({type(m).__name__})" for name, m in model.named_modules(prefix="model")
+            if isinstance(m, _STOCHASTIC) and id(m) not in ran]
 
 
 # ----------------------------------------------------------------------------- one module, n samples
@@ -621,6 +638,15 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                         y = _output(rest(hin))
                         if sampler.k == 0 and t0 == 0:
                             raise ValueError(_NONE_RAN)
+                        if t0 == 0:  # (the prefix split off holds no stochastic module)
+                            idle = _not_run(model, sampler.ran)
+                            if idle:  # (a review, 2026-12-06: timm's fused attention never calls attn_drop)
+                                warnings.warn(f"mc_predict: these fastdrop stochastic modules did not run in "
+                                              f"the model's forward, so they add no variance: "
+                                              f"{', '.join(idle)} (a block may pass a dropout module's p to "
+                                              f"F.scaled_dot_product_attention instead of calling it, as "
+                                              f"timm's fused attention does: turn that off, e.g. "
+                                              f"fused_attn=False)", stacklevel=2)
                         if t0 == 0 and compiled_encoders:
                             _check_encoder_dropouts_ran(compiled_encoders, sampler.ran)
                         if t0 == 0:
