@@ -328,9 +328,10 @@ def strides_in_items(a):
     return all(st % item == 0 for st, n in zip(a.strides, a.shape) if n > 1)
 
 
-def check_companions(x, kind, others, first="x"):
+def check_companions(x, kind, others, first="x", dtypes=None):
     """Companion operands [(name, array or None)] of x (weight, bias, b): same kind, device and
-    dtype as x; returned converted as check_array converts x."""
+    dtype as x (dtypes: a set of dtypes they may take instead, the mixed half / float32 operands
+    autocast casts in its GEMMs); returned converted as check_array converts x."""
     out = []
     for name, a in others:
         if a is not None:
@@ -340,7 +341,7 @@ def check_companions(x, kind, others, first="x"):
             if kind == TORCH and a.device != x.device:
                 raise ValueError(f"{first} is on {x.device} but {name} is on {a.device}")
             a, _ = check_array(a, name)
-            if a.dtype != x.dtype:
+            if a.dtype != x.dtype and (dtypes is None or a.dtype not in dtypes):
                 raise TypeError(f"{first} and {name} must have the same dtype, got {x.dtype} and {a.dtype}")
         out.append(a)
     return out

@@ -32,6 +32,7 @@ so its masks are the custom ops. During CUDA-graph capture a seed=None call on a
 the custom op too, eagerly, with its seed drawn on the device (`capturing`): the kernels read it
 from memory, so every replay draws a new mask.
 """
+import contextlib
 import math
 import sys
 from typing import NamedTuple
@@ -899,10 +900,11 @@ def validate(op, operands, params, checked=None, autocast=True):
     call does; the custom op's body, whose operands the traced graph already cast, does not."""
     x, kind = check_array(operands[0], op.operands[0]) if checked is None else checked
     if len(operands) > 1:
+        mixed = None
         if autocast and kind == TORCH and op.upcast_half:
-            operands = _autocast_mixed((x, *operands[1:]), always=op.own_products)
+            operands, mixed = _autocast_mixed((x, *operands[1:]), always=op.own_products)
             x = operands[0]
-        operands = (x, *check_companions(x, kind, zip(op.operands[1:], operands[1:]), op.operands[0]))
+        operands = (x, *check_companions(x, kind, zip(op.operands[1:], operands[1:]), op.operands[0], mixed))
     elif x is not operands[0]:
         operands = (x,)
     if op.check is not None:
@@ -911,37 +913,38 @@ def validate(op, operands, params, checked=None, autocast=True):
 
 
 def _autocast_mixed(operands, always=False):
-    """Tensor operands of a GEMM op with mixed float dtypes under torch.autocast (a bfloat16
-    activation meeting a layer's float32 weight, as in every layer after an autocast one) in one
-    dtype: the half ones in float32 (exact), so the op masks its operand in that operand's own
-    precision and its GEMMs' autocast casts the masked product, as torch's Dropout + Linear
-    composite does (casting the float32 operand to the half type first rounded its masked product
-    twice, and its float16 gradient scaled past 65504 became inf; a review, 2026-12-06). The GEMMs
-    give autocast's dtype, and autograd hands each operand its gradient in its own dtype. float64
-    aside (autocast leaves it, and torch refuses the mix, as check_companions then does); matching
-    dtypes are left to the GEMMs' own autocast, but for a half type that is not autocast's (below);
-    always: every operand in autocast's dtype, for an op whose products are its own kernel's,
-    not an autocast GEMM (per-sample DropConnect)."""
+    """(operands, mixed) for the tensor operands of a GEMM op under torch.autocast. Mixed half /
+    float32 dtypes (a bfloat16 activation meeting a layer's float32 weight, as in every layer after
+    an autocast one) are left as they are, and mixed is the set of dtypes the op then takes: it
+    computes its half operands in float32 (`_upcast`), masks its operand in that operand's own
+    precision, and its GEMMs' autocast casts the masked product, as torch's Dropout + Linear
+    composite does; each gradient comes back in its operand's dtype, and only the operands
+    themselves are saved for backward. (They were all cast to the half type first: a float32
+    operand's masked product was rounded twice, and its float16 gradient scaled past 65504 became
+    inf; a review, 2026-12-06.) float64 aside (autocast leaves it, and torch refuses the mix, as
+    check_companions then does). Matching dtypes are left to the GEMMs' own autocast, but for a
+    half type that is not autocast's (float16 operands under bfloat16 autocast), cast as torch's
+    linear casts it; always: every operand in autocast's dtype, for an op whose products are its
+    own kernel's, not an autocast GEMM (per-sample DropConnect). mixed is None otherwise."""
     torch = sys.modules["torch"]
     present = [a for a in operands if a is not None]
     if not all(isinstance(a, torch.Tensor) for a in present):
-        return operands  # (other kinds: check_companions says what is wrong)
+        return operands, None  # (other kinds: check_companions says what is wrong)
     dtypes = {a.dtype for a in present}
     if torch.float64 in dtypes or (not always and dtypes == {torch.float32}):
-        return operands  # (autocast leaves float64; float32 alone is the GEMMs' own autocast's)
+        return operands, None  # (autocast leaves float64; float32 alone is the GEMMs' own autocast's)
     device = "cuda" if operands[0].is_cuda else "cpu"
     if not torch.is_autocast_enabled(device):
-        return operands
+        return operands, None
     dtype = torch.get_autocast_dtype(device)
     if len(dtypes) < 2 and not always and dtypes <= {dtype, torch.float32}:
         # float32 ones too: the GEMMs' own autocast computes them in its dtype. A half type that is
         # not autocast's (float16 operands under bfloat16 autocast) is cast, as torch's linear
         # casts it: the op's float32 computation of half operands came back in the operands' type
-        return operands
-    if not always and len(dtypes) > 1:
-        return tuple(a.float() if a is not None and a.dtype in (torch.float16, torch.bfloat16) else a
-                     for a in operands)
-    return tuple(a.to(dtype) if a is not None and a.is_floating_point() else a for a in operands)
+        return operands, None
+    if not always and len(dtypes) > 1 and dtypes <= {torch.float32, torch.float16, torch.bfloat16}:
+        return operands, dtypes
+    return tuple(a.to(dtype) if a is not None and a.is_floating_point() else a for a in operands), None
 
 
 def _autocast_gemm_operands(operands):
@@ -966,7 +969,8 @@ def _upcast(op, B, operands, run, inplace=False):
     if not (op.upcast_half and _is_half(operands[0])) or _native_half(op, B, operands[0]):
         return run(operands)
     y = run(tuple(None if a is None else _astype(B, a, np.float32) for a in operands))
-    y = _astype(B, y, operands[0].dtype)
+    if not _is_half(y):  # (a half y: autocast's GEMM gave its own dtype, as for mixed operands)
+        y = _astype(B, y, operands[0].dtype)
     if inplace:
         operands[0][...] = y
         return operands[0]
@@ -1407,6 +1411,7 @@ _FUNCTIONS = None
 def _setup(ctx, op, params, rng, inplace, operands, forward_ad):
     ctx.op, ctx.params, ctx.rng, ctx.n = op, params, rng, len(operands)
     ctx.half = _upcast_dtype(op, operands[0])
+    ctx.dtypes = tuple(None if a is None else a.dtype for a in operands)  # (mixed under autocast)
     ctx.autocast = autocast_state(operands[0])
     if op.saves:  # saved_tensors is () without the call
         ctx.save_for_backward(*(_savable(operands[i]) for i in op.saves))
@@ -1456,8 +1461,8 @@ def _op_backward(ctx, B, grad, saved, rng, needs):
     else:
         with sys.modules["torch"].autocast(*ctx.autocast):
             grads = op.backward(B, grad, saved, rng, ctx.params, needs)
-    if ctx.half is not None:
-        grads = [None if g is None else g.to(ctx.half) for g in grads]
+    if ctx.half is not None:  # (each in its operand's dtype: a float32 weight among half operands)
+        grads = [None if g is None else g.to(d or ctx.half) for g, d in zip(grads, ctx.dtypes)]
     return grads
 
 
@@ -1538,12 +1543,14 @@ def _traced_rng(torch, rng):
 def _jvp(ctx, _op, _params, _rng, _inplace, *tangents):
     it = iter(ctx.saved_tensors)
     primals = [next(it) if here else None for here in ctx.present]
-    if ctx.half is None:
-        out = ctx.op.jvp(TorchAutogradBackend, primals, tangents, ctx.rng, ctx.params)
-    else:
-        up = lambda ts: [None if t is None else t.float() for t in ts]  # noqa: E731  (as the forward)
-        out = ctx.op.jvp(TorchAutogradBackend, up(primals), up(tangents), ctx.rng, ctx.params)
-        out = None if out is None else out.to(ctx.half)
+    # (under the forward's autocast, as its GEMMs ran: mixed half / float32 operands need it)
+    with contextlib.nullcontext() if ctx.autocast is None else sys.modules["torch"].autocast(*ctx.autocast):
+        if ctx.half is None:
+            out = ctx.op.jvp(TorchAutogradBackend, primals, tangents, ctx.rng, ctx.params)
+        else:
+            up = lambda ts: [None if t is None else t.float() for t in ts]  # noqa: E731  (as the forward)
+            out = ctx.op.jvp(TorchAutogradBackend, up(primals), up(tangents), ctx.rng, ctx.params)
+            out = None if out is None or _is_half(out) else out.to(ctx.half)
     if ctx.inplace and out is not None and tangents[0] is not None:
         # the forward wrote x in place (mark_dirty): torch requires x's tangent written in place
         # too, and returned, as its own in-place ops do (a new tensor is refused)
@@ -1888,6 +1895,7 @@ def library_op(op):
         ctx.scalars, ctx.params, ctx.rank_stream = (p, offset, scale), tuple(params), rank_stream
         ctx.autocast = autocast_state(operands[0])
         ctx.op, ctx.half = op, _upcast_dtype(op, operands[0])
+        ctx.dtypes = tuple(None if a is None else a.dtype for a in operands)
 
     def backward(ctx, grad):
         *kept, seed = ctx.saved_tensors

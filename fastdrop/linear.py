@@ -530,9 +530,12 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
                                "activation) cannot run under torch.jit.trace, make_fx, FakeTensorMode "
                                "or torch.export: it samples eagerly from a torch.Generator of its own; "
                                "call it eagerly, or under torch.compile (it runs eagerly there)")
-        # autocast's mixed dtypes in one, as the other ops; the result in autocast's dtype, as theirs
-        cast = _core._autocast_mixed((x, weight, bias))
-        if any(a is not b for a, b in zip(cast, (x, weight, bias))):
+        # autocast's mixed dtypes: in float32 (where the samples are summed anyway), the result in
+        # autocast's dtype, as the other ops give it
+        cast, mixed = _core._autocast_mixed((x, weight, bias))
+        if mixed is not None:
+            cast = [None if a is None else a.float() for a in cast]
+        if mixed is not None or any(a is not b for a, b in zip(cast, (x, weight, bias))):
             y = _moment_matching(*cast, p, seed, activation, samples)
             return y.to(torch.get_autocast_dtype("cuda" if x.is_cuda else "cpu"))
     weight, bias = check_companions(x, kind, [("weight", weight), ("bias", bias)])

@@ -560,3 +560,29 @@ def test_layer_constructors_refuse_before_drawing_weights(make):
     with pytest.raises((TypeError, ValueError)):
         make()
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("op", ["dropout_linear", "dropconnect_linear", "dropout_matmul"])
+def test_autocast_mixed_dtypes_save_the_operands_themselves(op):
+    """Mixed half / float32 operands under autocast go into the op as they are: it saves them
+    for backward, not float32 copies of a half activation (twice its size; a first version of the
+    mixed-dtype fix saved those, a review, 2026-12-06), so an in-place change of the activation
+    after the forward is caught by torch's version counter, as in torch's composite."""
+    x = (torch.randn(6, 8).bfloat16() * 1).requires_grad_()
+    h = x * 1  # an activation (not a leaf): written in place below
+    w = torch.randn(*((8, 5) if op == "dropout_matmul" else (5, 8)), requires_grad=True)
+    call = {"dropout_linear": lambda: fastdrop.dropout_linear(h, w, None, 0.3, seed=4),
+            "dropconnect_linear": lambda: fastdrop.dropconnect_linear(h, w, None, 0.3, seed=4),
+            "dropout_matmul": lambda: fastdrop.dropout_matmul(h, w, 0.3, seed=4)}[op]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = call()
+    mine = [t for t in saved if t.dim() > 0 and t.numel() == h.numel() and t.dtype == torch.float32]
+    assert not mine, "a float32 copy of the half activation was saved"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # (no hooks: they skip the version check)
+        y = call()
+    with torch.no_grad():
+        h.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.float().sum().backward()
