@@ -638,17 +638,17 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                         y = _output(rest(hin))
                         if sampler.k == 0 and t0 == 0:
                             raise ValueError(_NONE_RAN)
-                        if t0 == 0:  # (the prefix split off holds no stochastic module)
+                        if t0 == 0 and compiled_encoders:
+                            _check_encoder_dropouts_ran(compiled_encoders, sampler.ran)
+                        if t0 == 0:  # (after that refusal; the prefix split off holds no stochastic module)
                             idle = _not_run(model, sampler.ran)
                             if idle:  # (a review, 2026-12-06: timm's fused attention never calls attn_drop)
                                 warnings.warn(f"mc_predict: these fastdrop stochastic modules did not run in "
-                                              f"the model's forward, so they add no variance: "
-                                              f"{', '.join(idle)} (a block may pass a dropout module's p to "
-                                              f"F.scaled_dot_product_attention instead of calling it, as "
-                                              f"timm's fused attention does: turn that off, e.g. "
-                                              f"fused_attn=False)", stacklevel=2)
-                        if t0 == 0 and compiled_encoders:
-                            _check_encoder_dropouts_ran(compiled_encoders, sampler.ran)
+                                              f"the first sample's forward, so they add no variance: "
+                                              f"{', '.join(idle)} (a module the forward calls only in training "
+                                              f"mode, or one whose p a block passes to "
+                                              f"F.scaled_dot_product_attention instead of calling it, as timm's "
+                                              f"fused attention does: fused_attn=False samples it)", stacklevel=2)
                         if t0 == 0:
                             one_shape = tuple(y.shape)  # sample 0's output, run alone
                         elif n > 1 and tuple(y.shape) != (n * one_shape[0],) + one_shape[1:]:
