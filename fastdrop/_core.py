@@ -1454,6 +1454,7 @@ def _op_backward(ctx, B, grad, saved, rng, needs):
         # an operand freed since the forward (FSDP frees an unsharded weight after its use; its
         # backward hooks gather it again, a hand-written free does not)
         _check_storages(torch, [saved[i] for i in op.saves], ("a saved operand",) * 2)
+    incoming = grad.dtype
     if ctx.half is not None:
         grad, saved = grad.float(), [None if t is None else t.float() for t in saved]
     if ctx.autocast is None:
@@ -1461,8 +1462,12 @@ def _op_backward(ctx, B, grad, saved, rng, needs):
     else:
         with sys.modules["torch"].autocast(*ctx.autocast):
             grads = op.backward(B, grad, saved, rng, ctx.params, needs)
-    if ctx.half is not None:  # (each in its operand's dtype: a float32 weight among half operands)
-        grads = [None if g is None else g.to(d or ctx.half) for g, d in zip(grads, ctx.dtypes)]
+    if ctx.half is not None:
+        # each in its operand's dtype (a float32 weight among half operands); the bias's sum first
+        # in the incoming gradient's dtype, as the composite's GEMM (autocast's) sums it, then
+        # cast to a float32 bias as autocast's cast node casts it (a review, 2026-12-06)
+        grads = [None if g is None else (g.to(incoming) if i == op.bias else g).to(d or ctx.half)
+                 for i, (g, d) in enumerate(zip(grads, ctx.dtypes))]
     return grads
 
 
@@ -1550,7 +1555,7 @@ def _jvp(ctx, _op, _params, _rng, _inplace, *tangents):
         else:
             up = lambda ts: [None if t is None else t.float() for t in ts]  # noqa: E731  (as the forward)
             out = ctx.op.jvp(TorchAutogradBackend, up(primals), up(tangents), ctx.rng, ctx.params)
-            out = None if out is None or _is_half(out) else out.to(ctx.half)
+            out = out if out is None or _is_half(out) else out.to(ctx.half)
     if ctx.inplace and out is not None and tangents[0] is not None:
         # the forward wrote x in place (mark_dirty): torch requires x's tangent written in place
         # too, and returned, as its own in-place ops do (a new tensor is refused)

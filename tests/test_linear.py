@@ -460,29 +460,41 @@ def test_autocast_with_mixed_dtypes(op, dtype, half_x):
     w = torch.randn(8, 5) if op == "dropout_matmul" else torch.randn(5, 8)
     x = (x.to(dtype) if half_x else x).requires_grad_()
     w = (w if half_x else w.to(dtype)).requires_grad_()
+    b = torch.randn(5, requires_grad=True)  # float32, as a layer's bias (the matmul has none)
     p, s = 0.3, 1 / 0.7
     if op == "dropout_linear":
         m = torch.from_numpy(fastdrop.dropout_mask((6, 8), p, 4))
-        fd = lambda: fastdrop.dropout_linear(x, w, None, p, seed=4)  # noqa: E731
-        ref = lambda: torch.nn.functional.linear(torch.where(m, x * s, 0), w)  # noqa: E731
+        fd = lambda b=b: fastdrop.dropout_linear(x, w, b, p, seed=4)  # noqa: E731
+        ref = lambda b=b: torch.nn.functional.linear(torch.where(m, x * s, 0), w, b)  # noqa: E731
     elif op == "dropconnect_linear":
         m = torch.from_numpy(fastdrop.dropout_mask((5, 8), p, 4))
-        fd = lambda: fastdrop.dropconnect_linear(x, w, None, p, seed=4)  # noqa: E731
-        ref = lambda: torch.nn.functional.linear(x, torch.where(m, w * s, 0))  # noqa: E731
+        fd = lambda b=b: fastdrop.dropconnect_linear(x, w, b, p, seed=4)  # noqa: E731
+        ref = lambda b=b: torch.nn.functional.linear(x, torch.where(m, w * s, 0), b)  # noqa: E731
     else:
+        b = None
         m = torch.from_numpy(fastdrop.dropout_mask((6, 8), p, 4))
         fd = lambda: fastdrop.dropout_matmul(x, w, p, seed=4)  # noqa: E731
         ref = lambda: torch.matmul(torch.where(m, x * s, 0), w)  # noqa: E731
-    for upstream in (1.0, 30000.0):  # 30000 * 8 weights * s: past float16's range if scaled there
+    wrt = (x, w) if b is None else (x, w, b)
+    # a random upstream (the bias's sum rounds as the composite's: in the GEMM's dtype), and one
+    # of 30000 (* 8 weights * s: past float16's range if scaled there)
+    for upstream in (torch.randn(6, 5, generator=torch.Generator().manual_seed(1)), 30000.0):
         results = []
         for fn in (fd, ref):
             with torch.autocast("cpu", dtype=dtype):
                 y = fn()
             assert y.dtype == dtype
-            results.append((y, *torch.autograd.grad(y, (x, w), torch.full_like(y, upstream))))
-        for a, b in zip(*results):
-            assert a.dtype == b.dtype
-            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+            g = upstream.to(dtype) if isinstance(upstream, torch.Tensor) else torch.full_like(y, upstream)
+            results.append((y, *torch.autograd.grad(y, wrt, g)))
+        for a, r in zip(*results):
+            assert a.dtype == r.dtype
+            torch.testing.assert_close(a, r, rtol=0, atol=0, equal_nan=True)
+    if op != "dropout_matmul":  # forward-mode AD under autocast, without a bias: a tangent of y's dtype
+        t = torch.ones_like(x)
+        call = fastdrop.dropout_linear if op == "dropout_linear" else fastdrop.dropconnect_linear
+        with torch.autocast("cpu", dtype=dtype):
+            y, ty = torch.func.jvp(lambda xx: call(xx, w, None, p, seed=4), (x.detach(),), (t,))
+        assert ty is not None and ty.dtype == y.dtype and torch.isfinite(ty).all()
 
 
 @pytest.mark.parametrize("half, autocast_dtype", [(torch.float16, torch.bfloat16), (torch.bfloat16, torch.float16)])
