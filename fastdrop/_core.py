@@ -665,7 +665,10 @@ class MaskedOp:
             term = B.op(self, tuple(args), rng, params)
             out = term if out is None else out + term
         if self.bias is not None and tangents[self.bias] is not None:
-            out = tangents[self.bias] if out is None else out + tangents[self.bias]
+            tb = tangents[self.bias]
+            if out is not None and out.dtype != tb.dtype and _is_half(out):
+                tb = tb.to(out.dtype)  # (autocast's GEMMs gave a half out: the bias as they cast it)
+            out = tb if out is None else out + tb
         return out
 
 
@@ -1555,7 +1558,11 @@ def _jvp(ctx, _op, _params, _rng, _inplace, *tangents):
         else:
             up = lambda ts: [None if t is None else t.float() for t in ts]  # noqa: E731  (as the forward)
             out = ctx.op.jvp(TorchAutogradBackend, up(primals), up(tangents), ctx.rng, ctx.params)
-            out = out if out is None or _is_half(out) else out.to(ctx.half)
+    # in the output's dtype (a float32 bias tangent promoted the sum: a float32 tangent of a
+    # bfloat16 output under autocast)
+    out_dtype = getattr(ctx, "out_dtype", None) or ctx.half
+    if out is not None and out_dtype is not None and out.dtype != out_dtype:
+        out = out.to(out_dtype)
     if ctx.inplace and out is not None and tangents[0] is not None:
         # the forward wrote x in place (mark_dirty): torch requires x's tangent written in place
         # too, and returned, as its own in-place ops do (a new tensor is refused)
@@ -1578,7 +1585,9 @@ def _functions():
             def forward(ctx, op, params, rng, inplace, *operands):
                 _setup(ctx, op, params, rng, inplace, operands,
                        torch.autograd.forward_ad._current_level >= 0)
-                return _kernel_forward(op, operands, rng, params, inplace)
+                y = _kernel_forward(op, operands, rng, params, inplace)
+                ctx.out_dtype = y.dtype  # (jvp's tangent: the output's dtype, autocast's too)
+                return y
 
             backward = staticmethod(_function_backward)
             jvp = staticmethod(_jvp)
@@ -1592,6 +1601,7 @@ def _functions():
             def setup_context(ctx, inputs, output):
                 op, params, rng, inplace, *operands = inputs
                 _setup(ctx, op, params, rng, inplace, operands, True)
+                ctx.out_dtype = output.dtype
                 ctx.vmap_levels = vmap_levels(torch)  # a backward under others: one mask for all
 
             backward = staticmethod(_function_backward)

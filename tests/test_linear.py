@@ -489,12 +489,17 @@ def test_autocast_with_mixed_dtypes(op, dtype, half_x):
         for a, r in zip(*results):
             assert a.dtype == r.dtype
             torch.testing.assert_close(a, r, rtol=0, atol=0, equal_nan=True)
-    if op != "dropout_matmul":  # forward-mode AD under autocast, without a bias: a tangent of y's dtype
-        t = torch.ones_like(x)
+    if op != "dropout_matmul":
+        # forward-mode AD under autocast: a tangent of y's dtype, without a bias (it was lost: a
+        # half GEMM tangent replaced by None) and with a perturbed float32 bias (its tangent
+        # promoted the sum to float32 under a half y)
         call = fastdrop.dropout_linear if op == "dropout_linear" else fastdrop.dropconnect_linear
         with torch.autocast("cpu", dtype=dtype):
-            y, ty = torch.func.jvp(lambda xx: call(xx, w, None, p, seed=4), (x.detach(),), (t,))
-        assert ty is not None and ty.dtype == y.dtype and torch.isfinite(ty).all()
+            y, ty = torch.func.jvp(lambda xx: call(xx, w, None, p, seed=4), (x.detach(),), (torch.ones_like(x),))
+            yb, tyb = torch.func.jvp(lambda xx, bb: call(xx, w, bb, p, seed=4), (x.detach(), b.detach()),
+                                     (torch.ones_like(x), torch.ones_like(b)))
+        for out, tangent in ((y, ty), (yb, tyb)):
+            assert tangent is not None and tangent.dtype == out.dtype and torch.isfinite(tangent).all()
 
 
 @pytest.mark.parametrize("half, autocast_dtype", [(torch.float16, torch.bfloat16), (torch.bfloat16, torch.float16)])
