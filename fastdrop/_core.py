@@ -712,6 +712,14 @@ def _no_vmap(op, inplace=False):
     return RuntimeError(f"fastdrop.{op.name} does not support torch.func.vmap" + (" in place" if inplace else ""))
 
 
+def _same_only(op):
+    """The refusal for an op without a vmap rule over operands the batch shares, under a
+    randomness other than 'same': the one it takes."""
+    return RuntimeError(f"fastdrop.{op.name} does not support torch.func.vmap with a mask per example "
+                        f"(randomness='different'); over operands the batch shares pass "
+                        f"randomness='same' (one mask for all)")
+
+
 def _vmap_refusal(torch, op, operands, inplace):
     """The RuntimeError torch.func.vmap's rule for op (`FunctorchFunction.vmap`, `_vmap`) raises
     for these operands, or None: asked before the seed draw, so a refused call leaves torch's
@@ -726,18 +734,13 @@ def _vmap_refusal(torch, op, operands, inplace):
     batched = batched_levels(torch, operands)
     different = [level for level, r in levels.items() if r == "different" and level not in batched]
     if different and not batched and op.vmap is None and not inplace:
-        return RuntimeError(f"fastdrop.{op.name} does not support torch.func.vmap with a mask per example "
-                            f"(randomness='different'); over operands the batch shares pass "
-                            f"randomness='same' (one mask for all)")
+        return _same_only(op)
     if (batched or different) and (op.vmap is None or inplace):
         return _no_vmap(op, inplace)
     if any(levels[level] not in ("different", "same") for level in batched) or \
             any(r == "error" for level, r in levels.items() if level not in batched):
-        if op.vmap is None:  # (only its operands shared by the batch reach here: one mask for all)
-            return RuntimeError(f"fastdrop.{op.name} draws a random mask: under torch.func.vmap over "
-                                f"operands the batch shares pass randomness='same' (one mask for all); "
-                                f"it does not support a mask per example (randomness='different')")
-        return RuntimeError(_RANDOMNESS_REFUSAL)
+        # (an op without a vmap rule reaches here only with every operand shared: one mask for all)
+        return _same_only(op) if op.vmap is None else RuntimeError(_RANDOMNESS_REFUSAL)
     if different and different != [functorch_interpreters(torch)[-1].level()]:
         return RuntimeError(f"fastdrop.{op.name} under torch.func.vmap(randomness='different'): its "
                             f"input is not batched at an outer vmap level (or another transform runs "
@@ -1074,7 +1077,8 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream)
     jvp_in_place = False
     if torch._C._are_functorch_transforms_active():
-        refusal = _vmap_refusal(torch, op, operands, inplace) or _nested_jvp_refusal(torch, op, operands)
+        tangents = _tangent_levels(torch, operands)
+        refusal = _vmap_refusal(torch, op, operands, inplace) or _nested_jvp_refusal(op, tangents)
         if refusal is not None:
             raise refusal
         operands = batched_for_vmap(torch, operands)
@@ -1084,7 +1088,7 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         # place, then torch's copy_ into x, which carries the tangent as torch's own in-place
         # dropout does (the same values). A tensor without a tangent (captured from outside the
         # transform) keeps the in-place Function, which writes it as before.
-        jvp_in_place = inplace and bool(_jvp_wrapped(torch, operands[0]))
+        jvp_in_place = inplace and bool(tangents[0])
     for a in operands:  # before the seed draw: the kernels cannot take such a tensor
         if a is not None and type(a) not in _PLAIN_TENSORS:
             check_plain_memory(a, "x" if a is operands[0] else "an operand")
@@ -1109,33 +1113,34 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
     return torch_apply(op, operands, params, rng, inplace)
 
 
-def _jvp_wrapped(torch, a):
-    """The torch.func.jvp levels (jacfwd's among them) at which tensor a carries a tangent: the
-    levels of its functorch wrappers that are jvp transforms."""
+def _tangent_levels(torch, operands):
+    """For each operand, the torch.func.jvp levels (jacfwd's among them) at which it carries a
+    tangent: the levels of its functorch wrappers that are jvp transforms (empty for None)."""
     functorch = torch._C._functorch
     jvp = functorch.TransformType.Jvp
     levels = {i.level() for i in functorch_interpreters(torch) if i.key() == jvp}
-    found = set()
-    while a is not None and levels and functorch.is_functorch_wrapped_tensor(a):
-        level = functorch.maybe_get_level(a)
-        if level in levels:
-            found.add(level)
-        a = functorch.get_unwrapped(a)
-    return found
+    out = []
+    for a in operands:
+        found = set()
+        while a is not None and levels and functorch.is_functorch_wrapped_tensor(a):
+            level = functorch.maybe_get_level(a)
+            if level in levels:
+                found.add(level)
+            a = functorch.get_unwrapped(a)
+        out.append(found)
+    return out
 
 
-def _nested_jvp_refusal(torch, op, operands):
+def _nested_jvp_refusal(op, tangents):
     """A RuntimeError for an op with several operands (the dense layers, dropout_matmul) under
-    nested torch.func.jvp with tangents on two or more of its operands, else None: its jvp rule
+    nested torch.func.jvp with tangents on two or more of its operands (tangents: their
+    `_tangent_levels`), else None: its jvp rule
     (bilinear: t_x W + x t_W) reads the primals saved for forward, which torch's
     autograd.Function hands back without their tangents at the other jvp level, so a second
     derivative through both came out 0, silently (a plain Function shows the same). With one
     operand carrying tangents the lost tangents multiply nothing and nested jvp holds; the
     dropout ops are linear in x. Asked before the draw."""
-    if len(op.operands) < 2:
-        return None
-    levels = [_jvp_wrapped(torch, a) for a in operands if a is not None]
-    if len(set().union(*levels)) < 2 or sum(1 for found in levels if found) < 2:
+    if len(op.operands) < 2 or len(set().union(*tangents)) < 2 or sum(1 for found in tangents if found) < 2:
         return None
     return RuntimeError(f"fastdrop.{op.name} under nested torch.func.jvp (a jvp of a jvp) with tangents on "
                         f"several of its operands is not supported: torch's autograd.Function hands its "
@@ -1560,9 +1565,8 @@ def _jvp(ctx, _op, _params, _rng, _inplace, *tangents):
             out = ctx.op.jvp(TorchAutogradBackend, up(primals), up(tangents), ctx.rng, ctx.params)
     # in the output's dtype (a float32 bias tangent promoted the sum: a float32 tangent of a
     # bfloat16 output under autocast)
-    out_dtype = getattr(ctx, "out_dtype", None) or ctx.half
-    if out is not None and out_dtype is not None and out.dtype != out_dtype:
-        out = out.to(out_dtype)
+    if out is not None and out.dtype != ctx.out_dtype:
+        out = out.to(ctx.out_dtype)
     if ctx.inplace and out is not None and tangents[0] is not None:
         # the forward wrote x in place (mark_dirty): torch requires x's tangent written in place
         # too, and returned, as its own in-place ops do (a new tensor is refused)

@@ -535,7 +535,7 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
         cast, mixed = _core._autocast_mixed((x, weight, bias))
         if mixed is not None:
             cast = [None if a is None else a.float() for a in cast]
-        if mixed is not None or any(a is not b for a, b in zip(cast, (x, weight, bias))):
+        if any(a is not b for a, b in zip(cast, (x, weight, bias))):  # (mixed: a half one became float32)
             y = _moment_matching(*cast, p, seed, activation, samples)
             return y.to(torch.get_autocast_dtype("cuda" if x.is_cuda else "cpu"))
     weight, bias = check_companions(x, kind, [("weight", weight), ("bias", bias)])
