@@ -629,7 +629,10 @@ class MaskedOp:
         bias: index of the operand the output is affine in (for jvp), or None.
         upcast_half: compute float16/bfloat16 in float32 (ops built on GEMMs).
         own_products: the products are the op's own kernel's, which torch.autocast does not see
-            (per-sample DropConnect): under autocast its operands go to autocast's dtype.
+            (per-sample DropConnect): under autocast its operands go to autocast's dtype, but for
+            a float32 masked operand.
+        masked: index of the operand the mask multiplies (its float32 gradient is scaled in
+            float32 under autocast), or None where the mask is on a product of two (a gradient op).
         vmap: rule under torch.func.vmap, or None (a clear error).
         params_rule(x, params): checks the op's integer parameters where a caller other than the
             public functions passes them (a direct call of its custom op); None: it takes none.
@@ -639,15 +642,15 @@ class MaskedOp:
     """
 
     def __init__(self, name, operands, forward, backward, plain, fake, check=None, saves=(),
-                 optional=(), bias=None, upcast_half=False, own_products=False, vmap=None, out_numel=None,
-                 params_rule=None):
+                 optional=(), bias=None, upcast_half=False, own_products=False, masked=0, vmap=None,
+                 out_numel=None, params_rule=None):
         self.name, self.operands = name, tuple(operands)
         self.params_rule = params_rule
         self.out_numel = out_numel
         self.forward, self.backward, self.plain, self.fake = forward, backward, plain, fake
         self.check = check
         self.saves, self.optional, self.bias = tuple(saves), tuple(optional), bias
-        self.upcast_half, self.own_products, self.vmap = upcast_half, own_products, vmap
+        self.upcast_half, self.own_products, self.masked, self.vmap = upcast_half, own_products, masked, vmap
         self._library_op = None
         OPS.append(self)
 
@@ -899,17 +902,21 @@ def _check_host_output(op, x, kind, operands):
         check_output_bytes(n * itemsize)
 
 
-def validate(op, operands, params, checked=None, autocast=True):
+def validate(op, operands, params, checked=None, autocast=True, mixed_ok=False):
     """(x, kind, operands, params): op's operands checked (x first, then its companions, then the
     op's own shape rule), converted as check_array converts them; TypeError/ValueError otherwise.
     autocast: give mixed-dtype GEMM operands one dtype (`_autocast_mixed`), as the public
-    call does; the custom op's body, whose operands the traced graph already cast, does not."""
+    call does; the custom op's body, whose operands the traced graph already gave those dtypes,
+    does not, and takes mixed ones where it runs under autocast (mixed_ok: `_autocast_arg`)."""
     x, kind = check_array(operands[0], op.operands[0]) if checked is None else checked
     if len(operands) > 1:
         mixed = None
-        if autocast and kind == TORCH and op.upcast_half:
-            operands, mixed = _autocast_mixed((x, *operands[1:]), always=op.own_products)
-            x = operands[0]
+        if kind == TORCH and op.upcast_half:
+            if autocast:
+                operands, mixed = _autocast_mixed(op, (x, *operands[1:]))
+                x = operands[0]
+            elif mixed_ok:
+                mixed = _mixed_dtypes(op, (x, *operands[1:]))
         operands = (x, *check_companions(x, kind, zip(op.operands[1:], operands[1:]), op.operands[0], mixed))
     elif x is not operands[0]:
         operands = (x,)
@@ -918,7 +925,25 @@ def validate(op, operands, params, checked=None, autocast=True):
     return x, kind, operands, params
 
 
-def _autocast_mixed(operands, always=False):
+def _mixed_dtypes(op, operands):
+    """The dtypes of a GEMM op's tensor operands where they are a mix the op computes under autocast
+    (`_autocast_mixed`): float32 and half types, x half for an op whose kernels take x's dtype
+    (`_upcast` computes every operand in float32 then); else None (check_companions refuses)."""
+    torch = sys.modules["torch"]
+    if not all(a is None or isinstance(a, torch.Tensor) for a in operands):
+        return None
+    dtypes = {a.dtype for a in operands if a is not None}
+    if len(dtypes) < 2 or not dtypes <= set(_lower(torch)) or (op.own_products and not _is_half(operands[0])):
+        return None
+    return dtypes
+
+
+def _lower(torch):
+    """The dtypes autocast casts to its own for a GEMM (float64 it leaves)."""
+    return torch.float32, torch.float16, torch.bfloat16
+
+
+def _autocast_mixed(op, operands):
     """(operands, mixed) for the tensor operands of a GEMM op under torch.autocast. Mixed half /
     float32 dtypes (a bfloat16 activation meeting a layer's float32 weight, as in every layer after
     an autocast one) are left as they are, and mixed is the set of dtypes the op then takes: it
@@ -930,43 +955,64 @@ def _autocast_mixed(operands, always=False):
     inf; a review, 2026-12-06.) float64 aside (autocast leaves it, and torch refuses the mix, as
     check_companions then does). Matching dtypes are left to the GEMMs' own autocast, but for a
     half type that is not autocast's (float16 operands under bfloat16 autocast), cast as torch's
-    linear casts it; always: every operand in autocast's dtype, for an op whose products are its
-    own kernel's, not an autocast GEMM (per-sample DropConnect). mixed is None otherwise."""
+    linear casts it. An op whose products are its own kernel's, not an autocast GEMM (per-sample
+    DropConnect), gets its operands in autocast's dtype as autocast would cast them, but for a
+    float32 masked operand (`_autocast_cast`). mixed is None where the operands have one dtype."""
     torch = sys.modules["torch"]
     present = [a for a in operands if a is not None]
     if not all(isinstance(a, torch.Tensor) for a in present):
         return operands, None  # (other kinds: check_companions says what is wrong)
     dtypes = {a.dtype for a in present}
-    if torch.float64 in dtypes or (not always and dtypes == {torch.float32}):
+    if torch.float64 in dtypes or (not op.own_products and dtypes == {torch.float32}):
         return operands, None  # (autocast leaves float64; float32 alone is the GEMMs' own autocast's)
     device = "cuda" if operands[0].is_cuda else "cpu"
     if not torch.is_autocast_enabled(device):
         return operands, None
     dtype = torch.get_autocast_dtype(device)
-    if len(dtypes) < 2 and not always and dtypes <= {dtype, torch.float32}:
+    if op.own_products:
+        operands = _autocast_cast(op, operands, dtype)
+        dtypes = {a.dtype for a in operands if a is not None}
+        return operands, dtypes if len(dtypes) > 1 else None
+    if len(dtypes) < 2 and dtypes <= {dtype, torch.float32}:
         # float32 ones too: the GEMMs' own autocast computes them in its dtype. A half type that is
         # not autocast's (float16 operands under bfloat16 autocast) is cast, as torch's linear
         # casts it: the op's float32 computation of half operands came back in the operands' type
         return operands, None
-    if not always and len(dtypes) > 1 and dtypes <= {torch.float32, torch.float16, torch.bfloat16}:
+    if len(dtypes) > 1 and dtypes <= set(_lower(torch)):
         return operands, dtypes
     return tuple(a.to(dtype) if a is not None and a.is_floating_point() else a for a in operands), None
 
 
-def _autocast_gemm_operands(operands):
-    """A GEMM op's float32 operands in autocast's dtype while autocast is on, as torch's own linear
-    and matmul take them there. Eager calls get this from the GEMMs inside the op (autocast is on
-    while they run); a custom op's body runs where autocast is off, so the traced graph casts first
-    (and on the CPU the op computes the half operands in float32, rounding once)."""
+def _autocast_cast(op, operands, dtype):
+    """op's float32 / half operands in autocast's dtype, as autocast casts a GEMM's operands, but
+    for the masked operand where it is float32: the mask scales it (and its gradient) in float32,
+    and the op takes the pair as mixed operands."""
     torch = sys.modules["torch"]
-    x = operands[0]
-    device = "cuda" if x.is_cuda else "cpu"
-    if not torch.is_autocast_enabled(device):
-        return operands
-    dtype = torch.get_autocast_dtype(device)
-    # float32 and the other half type (float16 under bfloat16 autocast), as torch's linear takes them
-    lower = (torch.float32, torch.float16, torch.bfloat16)
-    return tuple(a.to(dtype) if a is not None and a.dtype in lower and a.dtype != dtype else a for a in operands)
+    return tuple(a if a is None or a.dtype == dtype or a.dtype not in _lower(torch)
+                 or (i == op.masked and a.dtype == torch.float32) else a.to(dtype)
+                 for i, a in enumerate(operands))
+
+
+def _autocast_arg(op, x):
+    """The autocast dtype a GEMM op's custom op gets (its `autocast` argument) where autocast is
+    on for x's device, else None. Its body runs where the compiled graph calls it, with autocast
+    off: it re-enters this one around its checks and its forward (`_library_autocast`), and its
+    backward too, so a compiled call takes the operands the eager call takes (mixed half /
+    float32 ones as they are, the masked product cast by its GEMMs' autocast) and gives eager's
+    bits. (The graph cast every operand first: a float32 masked operand's product was rounded
+    twice, and its float16 gradient scaled past 65504 was inf where eager's is finite.)"""
+    if not op.upcast_half:
+        return None
+    state = autocast_state(x)
+    return None if state is None else state[1]
+
+
+def _library_autocast(op, x, dtype):
+    """The region a custom op's body runs its checks and forward in: autocast to dtype (its
+    `autocast` argument) on x's device, or none."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return sys.modules["torch"].autocast("cuda" if x.is_cuda else "cpu", dtype=dtype)
 
 
 def _upcast(op, B, operands, run, inplace=False):
@@ -1201,11 +1247,11 @@ def _eager_torch_call(torch):
 def _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream=False):
     """op through its custom op (a compiled graph, a torch.jit trace), seed a 0-d int64 tensor;
     rank_stream: the op adds the rank stream offset to offset when it runs."""
-    if op.upcast_half and not op.own_products:
-        operands = _autocast_gemm_operands(operands)
-    # half operands go in as they are: the op computes them in float32 inside (`_kernel_forward`,
-    # and its backward), so the graph saves the operands, not float32 copies of twice their size
-    y = library_op(op)(*operands, seed_t, p, _to_i64(offset), scale, list(params), rank_stream)
+    # operands go in as they are (half ones too: the op computes them in float32 inside, and its
+    # backward, so the graph saves the operands, not float32 copies of twice their size), with
+    # autocast's dtype, which the body re-enters (`_autocast_arg`)
+    y = library_op(op)(*operands, seed_t, p, _to_i64(offset), scale, list(params), rank_stream,
+                       _autocast_arg(op, operands[0]))
     if out is not None:
         return out.copy_(y)
     if not inplace:
@@ -1226,7 +1272,8 @@ def torch_apply(op, operands, params, rng, inplace=False):
     """op on tensors with autograd, rng resolved: the eager Function, or the custom op when the
     seed is a tensor (inside a compiled graph or a compiled backward)."""
     if not isinstance(rng.seed, int):
-        return library_op(op)(*operands, rng.seed, rng.p, rng.offset, rng.scale, list(params), rng.rank_stream)
+        return library_op(op)(*operands, rng.seed, rng.p, rng.offset, rng.scale, list(params), rng.rank_stream,
+                              _autocast_arg(op, operands[0]))
     apply = _recording_apply(sys.modules["torch"], operands)
     if apply is None:
         # Skip autograd's bookkeeping (in-place results stay the same object, as in torch).
@@ -1844,11 +1891,12 @@ def _check_library_scalars(op, x, seed, p, scale, params):
 
 
 def _scalars(args):
-    # (seed, p, offset, scale, params, rank_stream): rank_stream may be left out (its default);
-    # params None is the empty list: AOTInductor's runtime passes an empty int[] as None (torch
-    # 2.13), hence the schema's int[]?
-    seed, p, offset, scale, params, *rank_stream = args
-    return seed, p, offset, scale, () if params is None else params, rank_stream[0] if rank_stream else False
+    # (seed, p, offset, scale, params, rank_stream, autocast): rank_stream and autocast may be left
+    # out (their defaults: a graph made before autocast was an argument); params None is the empty
+    # list: AOTInductor's runtime passes an empty int[] as None (torch 2.13), hence the schema's int[]?
+    seed, p, offset, scale, params, *rest = args
+    rank_stream, autocast = (*rest, *(False, None)[len(rest):])
+    return seed, p, offset, scale, () if params is None else params, rank_stream, autocast
 
 
 def _run_offset(offset, rank_stream):
@@ -1868,10 +1916,11 @@ def library_op(op):
     n = len(op.operands)
     schema = "(" + ", ".join(f"Tensor{'?' if i in op.optional else ''} {name}"
                              for i, name in enumerate(op.operands)) + \
-        ", Tensor seed, float p, SymInt offset, float scale, int[]? params, bool rank_stream=False) -> Tensor"
+        ", Tensor seed, float p, SymInt offset, float scale, int[]? params, bool rank_stream=False, " \
+        "ScalarType? autocast=None) -> Tensor"
 
     def impl(*args):
-        operands, (seed, p, offset, scale, params, rank_stream) = args[:n], _scalars(args[n:])
+        operands, (seed, p, offset, scale, params, rank_stream, autocast) = args[:n], _scalars(args[n:])
         tracing = torch._C._get_tracing_state()
         if tracing is not None:
             # under torch.jit.trace, which records this op as one node: its body runs untraced
@@ -1882,7 +1931,8 @@ def library_op(op):
             # without the public call's checks (a call of torch.ops.fastdrop.<name> too): the same
             # checks here, so an integer or sparse tensor gets their TypeError, not a Numba
             # typing error or numpy's conversion error from inside the kernels' call.
-            _, _, checked, params = validate(op, operands, tuple(params), autocast=False)
+            _, _, checked, params = validate(op, operands, tuple(params), autocast=False,
+                                             mixed_ok=autocast is not None)
             _check_storages(torch, checked)
             _check_library_scalars(op, checked[0], seed, p, scale, params)
             if seed.is_cuda:  # a CUDA-graph capture's seed, read by the kernels (`_torch_call`)
@@ -1891,7 +1941,8 @@ def library_op(op):
                 raise _compiled_capture_error(op)
             else:
                 rng = Rng(p, _seed_int(seed), _run_offset(offset, rank_stream), scale)
-            y = _kernel_forward(op, checked, rng, params, False)
+            with _library_autocast(op, checked[0], autocast):
+                y = _kernel_forward(op, checked, rng, params, False)
         finally:
             if tracing is not None:
                 torch._C._set_tracing_state(tracing)
@@ -1903,16 +1954,25 @@ def library_op(op):
     # torch.compile's CUDA-graph mode (mode="reduce-overhead") splits the graph around the op.
     lib = torch.library.custom_op(f"fastdrop::{op.name}", impl, mutates_args=(), schema=schema,
                                   tags=(torch.Tag.cudagraph_unsafe,))
-    lib.register_fake(lambda *args: op.fake(args[:n], tuple(_scalars(args[n:])[4])))  # (params)
+
+    def fake(*args):
+        *_, params, _, autocast = _scalars(args[n:])
+        y = op.fake(args[:n], tuple(params))
+        if autocast is None or op.own_products or y.dtype not in _lower(torch) or y.dtype == autocast:
+            return y
+        return y.new_empty(y.shape, dtype=autocast)  # (its GEMMs' autocast gives autocast's dtype)
+
+    lib.register_fake(fake)
 
     def setup_context(ctx, inputs, output):
-        operands, (seed, p, offset, scale, params, rank_stream) = inputs[:n], _scalars(inputs[n:])
+        operands, (seed, p, offset, scale, params, rank_stream, autocast) = inputs[:n], _scalars(inputs[n:])
         ctx.save_for_backward(*(_savable(operands[i]) for i in op.saves), seed)
         # the forward's offset, the rank stream left to the backward's ops to add when they run,
         # as the forward's op does: AOTAutograd runs this while tracing, and a compiled backward
         # graph (cached on disk, maybe by another rank) would keep the tracing process's rank
         ctx.scalars, ctx.params, ctx.rank_stream = (p, offset, scale), tuple(params), rank_stream
-        ctx.autocast = autocast_state(operands[0])
+        # (the backward's GEMMs under the forward's autocast, which the body re-entered)
+        ctx.autocast = None if autocast is None else ("cuda" if operands[0].is_cuda else "cpu", autocast)
         ctx.op, ctx.half = op, _upcast_dtype(op, operands[0])
         ctx.dtypes = tuple(None if a is None else a.dtype for a in operands)
 
@@ -1925,7 +1985,7 @@ def library_op(op):
         needs = ctx.needs_input_grad[:n]
         grads = _op_backward(ctx, TorchAutogradBackend, grad, saved, Rng(p, seed, offset, scale, ctx.rank_stream),
                              needs)
-        return (*(g if need else None for g, need in zip(grads, needs)), None, None, None, None, None, None)
+        return (*(g if need else None for g, need in zip(grads, needs)), None, None, None, None, None, None, None)
 
     lib.register_autograd(backward, setup_context=setup_context)
 
@@ -1934,11 +1994,11 @@ def library_op(op):
         # without a rule torch would loop over the examples with one seed, one mask for all
         if op.vmap is None:
             raise _no_vmap(op)
-        operands, (seed, p, offset, scale, params, rank_stream) = args[:n], _scalars(args[n:])
+        operands, (seed, p, offset, scale, params, rank_stream, autocast) = args[:n], _scalars(args[n:])
         if in_dims[n] is not None:  # pragma: no cover - the seed is drawn outside the transform
             raise RuntimeError(f"fastdrop.{op.name}: a batched seed tensor under torch.func.vmap")
         apply = lambda B, ops, rng, prm: (  # noqa: E731  (the rule's torch_apply: this op, traced)
-            lib(*ops, rng.seed, rng.p, rng.offset, rng.scale, list(prm), rng.rank_stream))
+            lib(*ops, rng.seed, rng.p, rng.offset, rng.scale, list(prm), rng.rank_stream, autocast))
         # the rank stream added by the ops it calls, when they run (a traced rule runs once)
         return op.vmap(info, in_dims[:n], operands, Rng(p, seed, offset, scale, rank_stream), tuple(params), apply)
 

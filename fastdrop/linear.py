@@ -132,7 +132,7 @@ def _mean_network(B, operands, params, factor, inplace=False):
 
 DROPCONNECT = _core.MaskedOp("dropconnect", _OPERANDS, forward=_dc_forward, backward=_dc_backward,
                              plain=_mean_network, fake=_fake, check=_check, saves=(0, 1),
-                             optional=(2,), bias=2, upcast_half=True, out_numel=_out_numel)
+                             optional=(2,), bias=2, upcast_half=True, masked=1, out_numel=_out_numel)
 
 
 # ---- DropConnect, one mask per example (its own kernels: no vendor op exists) ----------------------
@@ -259,7 +259,7 @@ def _not_public(B, operands, params, factor, inplace=False):
 DROPCONNECT_SAMPLE = _core.MaskedOp("dropconnect_sample", _OPERANDS, forward=_sample_forward,
                                     backward=_sample_backward, plain=_mean_network, fake=_fake,
                                     check=_check, saves=(0, 1), optional=(2,), bias=2, upcast_half=True,
-                                    own_products=True, out_numel=_out_numel)
+                                    own_products=True, masked=1, out_numel=_out_numel)
 def _host_only(a):
     if array_kind(a) == CUDA_ARRAY:
         raise TypeError("the per-sample DropConnect gradient ops take numpy arrays or torch tensors")
@@ -285,11 +285,11 @@ def _check_gw(operands, params):
 
 SAMPLE_GRAD_X = _core.MaskedOp(
     "dropconnect_sample_grad_x", ("grad", "weight"), forward=_gx_forward, backward=_gx_backward,
-    plain=_not_public, check=_check_gx, saves=(0, 1), upcast_half=True, own_products=True,
+    plain=_not_public, check=_check_gx, saves=(0, 1), upcast_half=True, own_products=True, masked=1,
     fake=lambda ops, params: ops[0].new_empty((*ops[0].shape[:-1], ops[1].shape[1])))
 SAMPLE_GRAD_W = _core.MaskedOp(
     "dropconnect_sample_grad_w", ("grad", "x"), forward=_gw_forward, backward=_gw_backward,
-    plain=_not_public, check=_check_gw, saves=(0, 1), upcast_half=True, own_products=True,
+    plain=_not_public, check=_check_gw, saves=(0, 1), upcast_half=True, own_products=True, masked=None,
     fake=lambda ops, params: ops[0].new_empty((ops[0].shape[-1], ops[1].shape[-1])))
 
 
@@ -530,14 +530,16 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
                                "activation) cannot run under torch.jit.trace, make_fx, FakeTensorMode "
                                "or torch.export: it samples eagerly from a torch.Generator of its own; "
                                "call it eagerly, or under torch.compile (it runs eagerly there)")
-        # autocast's mixed dtypes: in float32 (where the samples are summed anyway), the result in
-        # autocast's dtype, as the other ops give it
-        cast, mixed = _core._autocast_mixed((x, weight, bias))
-        if mixed is not None:
-            cast = [None if a is None else a.float() for a in cast]
-        if any(a is not b for a, b in zip(cast, (x, weight, bias))):  # (mixed: a half one became float32)
-            y = _moment_matching(*cast, p, seed, activation, samples)
-            return y.to(torch.get_autocast_dtype("cuda" if x.is_cuda else "cpu"))
+        # under autocast: in float32 (where the samples are summed anyway), the result in
+        # autocast's dtype, as the other ops and torch's linear give it (float32 operands too)
+        device = "cuda" if x.is_cuda else "cpu"
+        present = [a for a in (x, weight, bias) if a is not None]
+        if torch.is_autocast_enabled(device) and \
+                all(isinstance(a, torch.Tensor) and a.dtype in _core._lower(torch) for a in present):
+            cast = [None if a is None else a.float() for a in (x, weight, bias)]
+            with torch.autocast(device, enabled=False):
+                y = _moment_matching(*cast, p, seed, activation, samples)
+            return y.to(torch.get_autocast_dtype(device))
     weight, bias = check_companions(x, kind, [("weight", weight), ("bias", bias)])
     _check((x, weight, bias), ())
     if kind == CUDA_ARRAY:

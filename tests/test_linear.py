@@ -423,22 +423,25 @@ def test_autocast_backward_runs_in_the_forwards_autocast_region(op, dtype):
         torch.testing.assert_close(g, r, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("op", ["dropout_linear", "dropconnect_linear", "dropout_matmul"])
-def test_autocast_float16_gradient_scaled_past_float16s_range(op):
+def test_autocast_float16_gradient_scaled_past_float16s_range(op, compiled):
     """A float16 GEMM gradient of 40000 scaled by 1/(1-p) = 2 is 80000, past float16's range:
     torch's composite scales it in float32 (its dropout's backward follows autocast's cast node),
     and so does fastdrop now; it gave inf (the scale applied in float16), which a GradScaler reads
-    as an overflow and skips the step (a review, 2026-12-06)."""
+    as an overflow and skips the step (a review, 2026-12-06). Compiled too: the graph cast the
+    float32 operands to float16 before the custom op, whose backward then scaled in float16."""
     one = lambda *shape: torch.ones(*shape, requires_grad=True)  # noqa: E731
-    x, w = one(1, 4), one(1, 4)
+    x, w = one(1, 4), one(4, 1) if op == "dropout_matmul" else one(1, 4)
+    call = {"dropout_linear": lambda x, w: fastdrop.dropout_linear(x, w, None, 0.5, seed=0),
+            "dropconnect_linear": lambda x, w: fastdrop.dropconnect_linear(x, w, None, 0.5, seed=0),
+            "dropout_matmul": lambda x, w: fastdrop.dropout_matmul(x, w, 0.5, seed=0)}[op]
+    if compiled:
+        torch._dynamo.reset()
+        call = torch.compile(call, backend="aot_eager", fullgraph=True)
     with torch.autocast("cpu", dtype=torch.float16):
-        if op == "dropout_linear":
-            y, wrt, masked = fastdrop.dropout_linear(x, w, None, 0.5, seed=0), x, (1, 4)
-        elif op == "dropconnect_linear":
-            y, wrt, masked = fastdrop.dropconnect_linear(x, w, None, 0.5, seed=0), w, (1, 4)
-        else:
-            w = one(4, 1)
-            y, wrt, masked = fastdrop.dropout_matmul(x, w, 0.5, seed=0), x, (1, 4)
+        y = call(x, w)
+    wrt, masked = (w, (1, 4)) if op == "dropconnect_linear" else (x, (1, 4))
     (g,) = torch.autograd.grad(y, wrt, torch.full_like(y, 40000.0))
     m = torch.from_numpy(fastdrop.dropout_mask(masked, 0.5, 0))
     torch.testing.assert_close(g, torch.where(m, 80000.0, 0.0), rtol=0, atol=0)
@@ -478,17 +481,22 @@ def test_autocast_with_mixed_dtypes(op, dtype, half_x):
     wrt = (x, w) if b is None else (x, w, b)
     # a random upstream (the bias's sum rounds as the composite's: in the GEMM's dtype), and one
     # of 30000 (* 8 weights * s: past float16's range if scaled there)
+    # compiled too: the graph passes the operands as they are and the custom op's body re-enters
+    # autocast (a half x's float32 weight was cast to the half type before DropConnect's mask)
+    torch._dynamo.reset()
+    compiled = torch.compile(fd, backend="aot_eager", fullgraph=True)
     for upstream in (torch.randn(6, 5, generator=torch.Generator().manual_seed(1)), 30000.0):
         results = []
-        for fn in (fd, ref):
+        for fn in (ref, fd, compiled):
             with torch.autocast("cpu", dtype=dtype):
                 y = fn()
             assert y.dtype == dtype
             g = upstream.to(dtype) if isinstance(upstream, torch.Tensor) else torch.full_like(y, upstream)
             results.append((y, *torch.autograd.grad(y, wrt, g)))
-        for a, r in zip(*results):
-            assert a.dtype == r.dtype
-            torch.testing.assert_close(a, r, rtol=0, atol=0, equal_nan=True)
+        for got in results[1:]:
+            for a, r in zip(got, results[0]):
+                assert a.dtype == r.dtype
+                torch.testing.assert_close(a, r, rtol=0, atol=0, equal_nan=True)
     if op != "dropout_matmul":
         # forward-mode AD under autocast: a tangent of y's dtype, without a bias (it was lost: a
         # half GEMM tangent replaced by None) and with a perturbed float32 bias (its tangent
@@ -550,18 +558,33 @@ def test_autocast_leaves_float64_alone():
 
 
 def test_per_sample_dropconnect_follows_autocast():
-    """Its products come from its own kernel, not an autocast GEMM: under autocast the operands go
-    to autocast's dtype (as torch's bernoulli + einsum composite computes in it), the output is
-    bfloat16 and the gradients come back in the operands' dtypes."""
+    """Its products come from its own kernel, not an autocast GEMM: under autocast x and the bias go
+    to autocast's dtype, as autocast casts a GEMM's operands, and the float32 weight the mask
+    multiplies stays float32, as torch's composite masks it before its GEMM's cast (every operand
+    was cast: the weight's masked product was rounded twice, and its float16 gradient scaled past
+    65504 was inf). The kernel computes in float32, the output is bfloat16 (rounded once) and the
+    gradients come back in the operands' dtypes, the weight's scaled in float32."""
     x = torch.randn(4, 6, requires_grad=True)
     w = torch.randn(3, 6, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = fastdrop.dropconnect_linear(x, w, None, 0.4, per_sample=True, seed=2)
     assert y.dtype == torch.bfloat16
-    ref = fastdrop.dropconnect_linear(x.bfloat16(), w.bfloat16(), None, 0.4, per_sample=True, seed=2)
-    assert torch.equal(y, ref)
-    gx, gw = torch.autograd.grad(y.float().sum(), (x, w))
+    xr = x.detach().bfloat16().float().requires_grad_()
+    ref = fastdrop.dropconnect_linear(xr, w, None, 0.4, per_sample=True, seed=2)
+    assert torch.equal(y, ref.bfloat16())
+    g = torch.linspace(-2, 2, y.numel()).view(y.shape).bfloat16()
+    gx, gw = torch.autograd.grad(y, (x, w), g)
+    rx, rw = torch.autograd.grad(ref, (xr, w), g.float())
     assert gx.dtype == gw.dtype == torch.float32
+    assert torch.equal(gw, rw) and torch.equal(gx, rx.bfloat16().float())
+    # a float16 gradient of 40000 through a kept weight: 80000 in float32, not inf
+    one = lambda *shape: torch.ones(*shape, requires_grad=True)  # noqa: E731
+    x, w = one(1, 4), one(1, 4)
+    with torch.autocast("cpu", dtype=torch.float16):
+        y = fastdrop.dropconnect_linear(x, w, None, 0.5, per_sample=True, seed=0)
+    (gw,) = torch.autograd.grad(y, w, torch.full_like(y, 40000.0))
+    m = torch.from_numpy(fastdrop.dropout_mask((1, 1, 4), 0.5, 0))[0]
+    assert torch.equal(gw, torch.where(m, 80000.0, 0.0))
 
 
 @pytest.mark.parametrize("make", [
