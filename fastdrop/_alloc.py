@@ -19,7 +19,8 @@ while any tensor still refers to it.
   (its callback failed) is found dead by the same drain, so a block is never leaked.
 - Bound: at most MAX_CACHED_BYTES of free blocks (env FASTDROP_CACHE_MAX_BYTES, read at import,
   default 512 MiB; 0 turns the cache off); the least recently returned are freed first.
-- Out of memory: a request larger than physical memory raises MemoryError before allocating (with
+- Out of memory: a request larger than physical memory (or the process's cgroup memory limit,
+  where lower) raises MemoryError before allocating (with
   overcommit the allocation would succeed and the kernel's writes get the process killed); a
   failed allocation releases the free blocks and tries once more before raising MemoryError.
 
@@ -71,10 +72,57 @@ def _max_bytes_from_env():
 
 
 def _physical_bytes():
+    """The memory this process may use: the machine's, or its control group's limit where that is
+    lower (a container's or a job scheduler's: past it the kernel's OOM killer ends the process,
+    where a refusal gives a MemoryError)."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
-        return 1 << 63
+        machine = 1 << 63
+    try:
+        with open("/proc/self/cgroup") as f:
+            text = f.read()
+    except OSError:
+        return machine
+    limit = cgroup_memory_limit(text)
+    return machine if limit is None else min(machine, limit)
+
+
+def cgroup_memory_limit(proc_self_cgroup, root="/sys/fs/cgroup"):
+    """The lowest memory limit, in bytes, of this process's control group and its ancestors, from
+    the text of /proc/self/cgroup (v2's memory.max, v1's memory.limit_in_bytes), or None where
+    none is set or readable. Inside a container's cgroup namespace the group's path is "/" and
+    its limit sits at the hierarchy's root."""
+    limits = []
+    for line in proc_self_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            base, name = root, "memory.max"  # v2: the unified hierarchy
+        elif "memory" in controllers.split(","):
+            base, name = os.path.join(root, controllers), "memory.limit_in_bytes"
+        else:
+            continue
+        rel = path.strip("/")
+        while True:  # the group, then each ancestor up to the hierarchy's root
+            limits.append(_read_limit(os.path.join(base, rel, name)))
+            if not rel:
+                break
+            rel = os.path.dirname(rel)
+    # v1 writes "no limit" as the largest page-aligned int64 (9223372036854771712)
+    found = [n for n in limits if n is not None and n < 1 << 62]
+    return min(found) if found else None
+
+
+def _read_limit(path):
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except (OSError, ValueError):
+        return None
+    return int(text) if text.isdigit() else None  # ("max": no limit)
 
 
 MAX_CACHED_BYTES = _max_bytes_from_env()  # free blocks kept for reuse, in all
@@ -217,12 +265,13 @@ _NUMPY = {}  # torch dtype -> numpy dtype, filled on first use so this module ne
 
 
 def check_output_bytes(nbytes):
-    """MemoryError for an output larger than physical memory (asked before a call draws its seed:
-    an expanded tensor or broadcast array has a small memory and a huge logical size)."""
+    """MemoryError for an output larger than physical memory, or the process's cgroup memory limit
+    where lower (asked before a call draws its seed: an expanded tensor or broadcast array has a
+    small memory and a huge logical size)."""
     if nbytes > PHYSICAL_BYTES:
         raise MemoryError(f"fastdrop: the output (or a working copy of an operand) needs {nbytes} "
-                          f"bytes, more than this machine's "
-                          f"{PHYSICAL_BYTES} bytes of physical memory")
+                          f"bytes, more than this process's "
+                          f"{PHYSICAL_BYTES} bytes of memory (physical memory, or its cgroup's limit)")
 
 
 def empty_like(x):

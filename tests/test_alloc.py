@@ -383,10 +383,39 @@ def test_request_larger_than_ram_is_a_memory_error(tmp_path):
     keep = _alloc.empty_like(torch.empty(ROWS, COLS))
     del keep
     before = _alloc.cache_stats()
-    with pytest.raises(MemoryError, match="more than this machine's .* bytes of physical memory"):
+    with pytest.raises(MemoryError, match="more than this process's .* bytes of memory"):
         _alloc.empty_like(huge)
     assert _alloc.cache_stats() == before
     _consistent(before)
+
+
+def _limits(root, files):
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_cgroup_memory_limit(tmp_path):
+    """A container's or a scheduler's memory limit lowers the size refused before the draw (past
+    it the OOM killer ends the process where fastdrop would raise MemoryError): the lowest of the
+    group's and its ancestors' limits, cgroup v2 and v1; "max" and v1's largest int mean none."""
+    root = tmp_path / "cg"
+    _limits(root, {"memory.max": "max\n", "job/memory.max": "8589934592\n",
+                   "job/step/memory.max": "max\n", "job/step/task/memory.max": "17179869184\n"})
+    assert _alloc.cgroup_memory_limit("0::/job/step/task\n", str(root)) == 8 << 30
+    assert _alloc.cgroup_memory_limit("0::/\n", str(root)) is None  # (the root's "max")
+    assert _alloc.cgroup_memory_limit("0::/other\n", str(root)) is None  # (no files: unreadable)
+    v1 = tmp_path / "v1"
+    _limits(v1, {"memory/memory.limit_in_bytes": "9223372036854771712\n",
+                 "memory/docker/abc/memory.limit_in_bytes": "2147483648\n"})
+    text = "12:pids:/docker/abc\n4:memory:/docker/abc\n1:name=systemd:/docker/abc\n"
+    assert _alloc.cgroup_memory_limit(text, str(v1)) == 2 << 30
+    assert _alloc.cgroup_memory_limit("4:memory:/\n", str(v1)) is None
+    # joined controllers (v1 "cpu,memory") and a hybrid host's v2 line: the lowest of all
+    _limits(v1, {"cpu,memory/g/memory.limit_in_bytes": "4096\n"})
+    assert _alloc.cgroup_memory_limit("3:cpu,memory:/g\n0::/job\n", str(v1)) == 4096
+    assert _alloc.cgroup_memory_limit("garbage", str(v1)) is None
 
 
 def test_failed_allocation_releases_the_cache_retries_and_stays_consistent(monkeypatch):
