@@ -336,6 +336,7 @@ def _new_kernel_scale(key):
 
 
 _PLAIN_TENSORS = ()  # torch.Tensor and nn.Parameter (subclasses keep the Function route)
+_HALF_SCALARS = ()  # torch float16 and bfloat16 (the grouped ops' native route takes them small)
 
 
 def _not_batched(t):
@@ -374,12 +375,13 @@ def _materialized_mask(x, rng, group_ndim):
 
 
 def _fill_flat_scalars():
-    global _PLAIN_TENSORS, is_legacy_batched
+    global _PLAIN_TENSORS, _HALF_SCALARS, is_legacy_batched
     import torch
     # (a torch without the query has no legacy batched tensors to find)
     is_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", _not_batched)
     _FLAT_SCALARS.update({torch.float32: np.float32, torch.float64: np.float64})
     _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+    _HALF_SCALARS = (torch.float16, torch.bfloat16)
     # here, when torch's ops register, not on the first check: filled inside a torch.compile
     # trace, the checks' dtype table changed under Dynamo's guard and the call compiled twice
     fill_torch_floats(torch)
@@ -1293,8 +1295,10 @@ def torch_apply(op, operands, params, rng, inplace=False):
 
 def _native_groups(x, g, p):
     """`_grouped.native_layout` for a tensor under autograd with mask-shape rule g > 0, when it
-    is a CPU float32/float64 tensor of a plain class (the route's kernels take no other), else None."""
-    if x.dtype not in _FLAT_SCALARS or not x.is_cpu or type(x) not in _PLAIN_TENSORS:
+    is a CPU float32/float64 tensor of a plain class (the route's kernels take no other) or a small
+    float16/bfloat16 one (computed in float32, `native_grouped`), else None."""
+    if (x.dtype not in _FLAT_SCALARS and x.dtype not in _HALF_SCALARS) or not x.is_cpu or \
+            type(x) not in _PLAIN_TENSORS:
         return None
     n = x.numel()
     return native_layout(x, g, p, n, n * x.element_size())
@@ -1341,14 +1345,18 @@ def training_lane(x, p, g, ndim=None, inplace=False):
     # traces nothing below it (it cannot trace the functorch queries)
     if compiling() or type(x) is not tensor:
         return None
-    # the cheap refusals (half types, CUDA) before the functorch and tracing queries
-    if x.dtype not in _FLAT_SCALARS or not x.is_cpu or x.is_nested or x.layout != strided or \
-            (x.dim() < g if ndim is None else x.dim() != ndim) or x._is_zerotensor():
+    # the cheap refusals (CUDA; half types but for a grouped op's native route, below) before the
+    # functorch and tracing queries
+    half = x.dtype in _HALF_SCALARS
+    if (x.dtype not in _FLAT_SCALARS and not (g and half and not inplace)) or not x.is_cpu or x.is_nested or \
+            x.layout != strided or (x.dim() < g if ndim is None else x.dim() != ndim) or x._is_zerotensor():
         return None
     if transforms_active() or wrapped(x) or tracing() or forward_ad._current_level >= 0 or \
             tracing_dispatch_mode(sys.modules["torch"]):
         return None
     recorded = x.requires_grad and grad_enabled()
+    if half and not recorded:
+        return None  # (the kernels, through `call`)
     n = x.numel()
     itemsize = x.element_size()
     nbytes = n * itemsize

@@ -1,7 +1,7 @@
 """The native route of the grouped masks under autograd, and the layout questions it asks.
 
 Spatial dropout and DropPath rows draw one mask element per group. For a small CPU float32/float64
-tensor that needs grad, the op is recorded as torch's own multiply by per-group factors, y = x * f
+tensor that needs grad (or a smaller float16/bfloat16 one, computed in float32), the op is recorded as torch's own multiply by per-group factors, y = x * f
 (f = scale or 0, one value per group), whose backward is torch's C++ grad * f, instead of the
 Python autograd.Function around the one-pass kernel: inside a training step, where every call runs
 cold, the Function's Python cost more than the kernel. The dropped groups of y are then set to
@@ -22,6 +22,12 @@ from .kernels.philox import LANES, keep_threshold
 # Grouped ops under autograd below this many output bytes take torch's own multiply
 # (`native_grouped`); above it the one-pass kernel and the output cache (`_alloc.MIN_BYTES`) win.
 NATIVE_GROUPED_MAX_BYTES = 32 << 20
+
+# float16/bfloat16 below this many bytes too, computed in float32: y = (x * f).to(x.dtype), f in
+# float32 (a half f would round the scale 1/(1-p), and the product twice). Two passes and a float32
+# temporary where the kernel makes one pass: the small calls, where the Function's Python is most
+# of the time (docs/cpu_kernels.md, "Grouped ops under autograd").
+NATIVE_HALF_MAX_BYTES = 256 << 10
 
 
 # ... and while the dropped groups, which it zeroes in a pass of its own, span at most this many
@@ -61,7 +67,8 @@ def native_layout(x, g, p, n, nbytes):
     channels_last spatial dropout), its output is one the output cache would not serve, and
     its dropped groups are expected (p of x) to fit NATIVE_ZERO_MAX_BYTES twice over (the draw
     decides; this only saves drawing factors that would not be used)."""
-    if n == 0 or nbytes >= NATIVE_GROUPED_MAX_BYTES or p * nbytes > 2 * NATIVE_ZERO_MAX_BYTES:
+    if n == 0 or nbytes >= (NATIVE_HALF_MAX_BYTES if x.element_size() == 2 else NATIVE_GROUPED_MAX_BYTES) or \
+            p * nbytes > 2 * NATIVE_ZERO_MAX_BYTES:
         return None
     key = (x.shape, x.stride(), g)
     layouts = GROUPED_LAYOUTS.get(key) or _new_layouts(x, g, key)
@@ -127,9 +134,13 @@ def native_grouped(x, p, seed, offset, scale, g, layout, inplace=False):
     group gives NaN there, as torch's own dropout does, where the kernel gives 0. Saved for
     backward: f, one value per group, never a mask of x's size. Not under forward-mode AD, whose
     tangent t * f would have the same NaN. seed, offset: ints below 2^63. inplace: x.mul_(f),
-    then the zeros in x (an activation, not a leaf nor a view: the caller checked)."""
+    then the zeros in x (an activation, not a leaf nor a view: the caller checked). A float16 /
+    bfloat16 x (small, not in place: the callers checked) is multiplied by float32 factors, the
+    zeros go into the float32 product, which is then rounded to x's dtype once, as the kernel
+    rounds it: y = (x * f).to(x.dtype)."""
     torch = sys.modules["torch"]
     groups, factor_shape, run, channels = layout
+    half = x.element_size() == 2
     f64, thr = x.element_size() == 8, _INT_THRESHOLDS.get(p)
     if thr is None:  # (T(p) may be 0: p within 2^-16 of 1)
         thr = _int_threshold(p)
@@ -139,19 +150,19 @@ def native_grouped(x, p, seed, offset, scale, g, layout, inplace=False):
         # dtype): the kernel writes through the address, so the factors are made past the modes
         # (they see the multiply, as they saw torch.from_numpy's tensor before 2026-12-06)
         with C._DisableTorchDispatch(), C.DisableTorchFunction():
-            factors = x.new_empty(factor_shape)
+            factors = x.new_empty(factor_shape, dtype=torch.float32 if half else x.dtype)
     else:
-        factors = x.new_empty(factor_shape)  # x's dtype, on the CPU
+        factors = x.new_empty(factor_shape, dtype=torch.float32 if half else x.dtype)  # on the CPU
     count = dropout_cpu.group_factors_at(factors.data_ptr(), groups, seed, offset, thr, scale, f64)
     n = x.numel()
-    zero_bytes = count * (n // groups) * x.element_size()
+    zero_bytes = count * (n // groups) * factors.element_size()
     if zero_bytes > NATIVE_ZERO_MAX_BYTES:
         return None
-    y = x.mul_(factors) if inplace else x * factors
+    y = x.mul_(factors) if inplace else x * factors  # (a half x: the float32 product, type promotion)
     if count:
         # x's dense layout and dtype, which torch's multiply keeps: the zeros go straight to y's
         # memory (the kernel writes n elements of x's dtype there, so both are checked)
-        if _zeroable_in_place(torch, y, x, g, run):
+        if _zeroable_in_place(torch, y, x, g, run, factors.dtype):
             # on the threads that wrote y, where torch's multiply ran on several (kernel
             # docstring), unless the zeros are few (ZERO_PARALLEL_MIN_BYTES; channels innermost:
             # every element is read and written)
@@ -166,7 +177,7 @@ def native_grouped(x, p, seed, offset, scale, g, layout, inplace=False):
         else:  # not met for a dense x; the general tool, in case a torch lays y out otherwise
             with torch.no_grad():
                 y.masked_fill_(factors == 0, 0.0)
-    return y
+    return y.to(x.dtype) if half else y
 
 
 # p -> T(p) as a Python int (`kernels/philox.keep_threshold`): Numba's dispatcher types an int
@@ -182,14 +193,14 @@ def _int_threshold(p):
     return thr
 
 
-def _zeroable_in_place(torch, y, x, g, run):
+def _zeroable_in_place(torch, y, x, g, run, dtype):
     """Can `zero_dropped_runs_at` write y's dropped groups through its flat memory: a plain tensor
     with memory (a dispatch mode may hand back a subclass: under FakeTensorMode with real inputs
-    y is a fake tensor whose data_ptr() is 0, and writing there crashed the process), x's dtype
-    and shape, and its groups where `native_layout` found x's, in runs of `run` or (run 0) with
+    y is a fake tensor whose data_ptr() is 0, and writing there crashed the process), of dtype (the
+    factors', which the kernel writes: x's, float32 for a half x) and x's shape, and its groups where `native_layout` found x's, in runs of `run` or (run 0) with
     the channels innermost (y with x's strides has them; torch's multiply keeps a dense input's
     strides, up to those of size-1 dims)?"""
-    return type(y) is torch.Tensor and y.dtype == x.dtype and y.shape == x.shape and (
+    return type(y) is torch.Tensor and y.dtype == dtype and y.shape == x.shape and (
         y.stride() == x.stride() or
         (group_runs(y.shape, y.stride(), g) == (y.numel() // (run * _groups(y, g)), run) if run else
          channels_innermost(y.shape, y.stride(), g)))
