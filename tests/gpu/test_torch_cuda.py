@@ -585,6 +585,38 @@ def test_torch_compile_inductor_equals_eager():
     _compile_case("inductor")
 
 
+@pytest.mark.parametrize("half_x", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("op", ["dropout_linear", "dropconnect_linear", "dropout_matmul", "per_sample"])
+def test_autocast_compiled_equals_eager(op, dtype, half_x):
+    """Under torch.autocast on CUDA tensors a compiled call (its custom op re-enters autocast,
+    `_core._autocast_arg`) gives eager's output and gradients bit for bit, in eager's dtypes, for
+    float32 operands and a half activation meeting a float32 weight, with an upstream gradient
+    whose GEMMs overflow float16 (an inf is eager's too; the CPU suite checks on CPU tensors that
+    a masked float32 operand's gradient scaled past 65504 stays finite)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 64, generator=g)
+    w = torch.randn(64, 32, generator=g) if op == "dropout_matmul" else torch.randn(32, 64, generator=g)
+    x = (x.to(dtype) if half_x else x).to(DEV)
+    w = w.to(DEV)
+    call = {"dropout_linear": lambda x, w: fastdrop.dropout_linear(x, w, None, 0.5, seed=4),
+            "dropconnect_linear": lambda x, w: fastdrop.dropconnect_linear(x, w, None, 0.5, seed=4),
+            "dropout_matmul": lambda x, w: fastdrop.dropout_matmul(x, w, 0.5, seed=4),
+            "per_sample": lambda x, w: fastdrop.dropconnect_linear(x, w, None, 0.5, per_sample=True,
+                                                                   seed=4)}[op]
+    torch._dynamo.reset()
+    results = []
+    for fn in (call, torch.compile(call, backend="aot_eager", fullgraph=True)):
+        xs, ws = x.detach().requires_grad_(), w.detach().requires_grad_()
+        with torch.autocast("cuda", dtype=dtype):
+            y = fn(xs, ws)
+        upstream = torch.full_like(y, 30000.0)
+        results.append((y, *torch.autograd.grad(y, (xs, ws), upstream)))
+    for got, ref in zip(*results):
+        assert got.dtype == ref.dtype
+        assert_same(got, ref.cpu(), True)
+
+
 # ------------------------------------------------------------------------------ CUDA device arrays
 
 DEVICE_ARRAY_OPS = [n for n in ALL_CASES if "matmul" not in n and "_grad_" not in n]
