@@ -1009,6 +1009,24 @@ def _autocast_arg(op, x):
     return None if state is None else state[1]
 
 
+def _library_autocast_dtype(op, x, autocast):
+    """The autocast dtype a custom op runs its body and backward under: its `autocast` argument, or,
+    where it is None (a graph made before the argument, a direct call, a program exported or traced
+    outside autocast and run inside it), the autocast in effect at the call, under which an eager
+    call's body runs; None for an op without GEMMs. ValueError for a dtype autocast does not take
+    (the fake would announce an output of that dtype, and the body give another)."""
+    torch = sys.modules["torch"]
+    if autocast is not None and autocast not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"fastdrop::{op.name}: autocast must be torch.float16, torch.bfloat16 or None, "
+                         f"got {autocast}")
+    if not op.upcast_half:
+        return None
+    if autocast is None:
+        state = autocast_state(x)
+        return None if state is None else state[1]
+    return autocast
+
+
 def _library_autocast(op, x, dtype):
     """The region a custom op's body runs its checks and forward in: autocast to dtype (its
     `autocast` argument) on x's device, or none."""
@@ -1935,6 +1953,7 @@ def library_op(op):
             # (traced, x.shape would give 0-d tensors, which the kernels' size math cannot take)
             torch._C._set_tracing_state(None)
         try:  # (the refusals too: the tracing state is restored whatever happens)
+            autocast = _library_autocast_dtype(op, operands[0], autocast)
             # A torch.jit.trace or make_fx graph replays this op on whatever its caller passes,
             # without the public call's checks (a call of torch.ops.fastdrop.<name> too): the same
             # checks here, so an integer or sparse tensor gets their TypeError, not a Numba
@@ -1965,6 +1984,7 @@ def library_op(op):
 
     def fake(*args):
         *_, params, _, autocast = _scalars(args[n:])
+        autocast = _library_autocast_dtype(op, args[0], autocast)
         y = op.fake(args[:n], tuple(params))
         if autocast is None or op.own_products or y.dtype not in _lower(torch) or y.dtype == autocast:
             return y
@@ -1979,7 +1999,8 @@ def library_op(op):
         # as the forward's op does: AOTAutograd runs this while tracing, and a compiled backward
         # graph (cached on disk, maybe by another rank) would keep the tracing process's rank
         ctx.scalars, ctx.params, ctx.rank_stream = (p, offset, scale), tuple(params), rank_stream
-        # (the backward's GEMMs under the forward's autocast, which the body re-entered)
+        # (the backward's GEMMs under the forward's autocast, which the body ran under)
+        autocast = _library_autocast_dtype(op, operands[0], autocast)
         ctx.autocast = None if autocast is None else ("cuda" if operands[0].is_cuda else "cpu", autocast)
         ctx.op, ctx.half = op, _upcast_dtype(op, operands[0])
         ctx.dtypes = tuple(None if a is None else a.dtype for a in operands)

@@ -1332,7 +1332,11 @@ def test_direct_op_calls_check_their_scalars(name):
            (ValueError, "p=1.5", (seed, 1.5, offset, scale, params)),
            (ValueError, "scale", (seed, p, offset, float("inf"), params)),
            (ValueError, "scale", (seed, p, offset, float("nan"), params)),
-           (ValueError, "params", (seed, p, offset, scale, [*params, 0, 0]))]
+           (ValueError, "params", (seed, p, offset, scale, [*params, 0, 0])),
+           # autocast's dtype: a half type (the fake announced any dtype, the body gave another)
+           (ValueError, "autocast", (seed, p, offset, scale, params, False, torch.float64)),
+           (ValueError, "autocast", (seed, p, offset, scale, params, False, torch.float32)),
+           (ValueError, "autocast", (seed, p, offset, scale, params, False, torch.int32))]
     if params:  # the mask rule g: -1 <= g <= x.dim()
         bad += [(ValueError, "params", (seed, p, offset, scale, [ops[0].dim() + 1])),
                 (ValueError, "params", (seed, p, offset, scale, [-2])),
@@ -1340,6 +1344,36 @@ def test_direct_op_calls_check_their_scalars(name):
     for error, what, args in bad:
         with pytest.raises(error, match=what):
             lib(*full, *args)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_graph_made_outside_autocast_runs_inside_it(name):
+    """A custom op called without its autocast argument under torch.autocast (a program exported
+    or traced outside autocast and run inside it, a graph made before the argument, a direct
+    call) runs under the autocast in effect, as the eager call does: the same output and
+    gradients, bit for bit. Its backward ran without autocast, and a dense op's half gradient met
+    its float32 weight in a GEMM (RuntimeError; a review). Per-sample DropConnect's products are
+    its own kernel's: autocast's cast of its operands is the public call's, in the graph, so a
+    graph made without it computes as outside autocast."""
+    case = CASES[name]
+    n = len(case.op.operands)
+
+    def run(fn, autocast=True):
+        ops = tuple(o.detach().requires_grad_() for o in operands(case, torch.float32, seed=4))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = fn(*ops)
+        return (y, *torch.autograd.grad(y, ops, torch.ones_like(y)))
+
+    from torch.fx.experimental.proxy_tensor import make_fx
+    graph = make_fx(lambda *a: case.call(*a, seed=3, offset=5))(*operands(case))
+    node = next(nd for nd in graph.graph.nodes if str(nd.target).startswith("fastdrop."))
+    seed, p, offset, scale, params = node.args[n:n + 5]  # (the old form: no rank_stream, no autocast)
+    lib = getattr(torch.ops.fastdrop, case.op.name)
+    direct = lambda *ops: lib(*ops, *[None] * (n - len(ops)), torch.tensor(3), p, offset, scale, params)  # noqa: E731
+    eager = run(lambda *ops: case.call(*ops, seed=3, offset=5), autocast=not case.op.own_products)
+    for got, want in zip(run(direct), eager):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("tracing_mode", ["real", "fake", "pre_dispatch"])
@@ -1732,12 +1766,12 @@ def test_public_functions_and_modules_compile_as_the_top_frame():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_compiled_under_autocast_matches_eager(name):
-    """Under torch.autocast a compiled call returns eager's output and gradients bit for bit, in
-    their dtypes. A GEMM op's custom-op body runs where autocast is off: the graph casts the
-    operands autocast would cast but the float32 masked one, and the body re-enters autocast for
-    that mixed pair (`_core.library_mixed`). (All were cast first: the masked product was rounded
-    twice, values differed from eager's by bfloat16 rounding, and a float16 gradient scaled past
-    65504 was inf where eager's is finite.)"""
+    """Under torch.autocast a compiled call (aot_eager) returns eager's output and gradients bit
+    for bit, in their dtypes. A GEMM op's custom-op body runs where autocast is off: the graph
+    passes the operands as they are with autocast's dtype, and the body and its backward re-enter
+    autocast (`_core._autocast_arg`). (Every float32 operand was cast first: the masked product
+    was rounded twice, values differed from eager's by bfloat16 rounding, and a float16 gradient
+    scaled past 65504 was inf where eager's is finite.)"""
     case = CASES[name]
 
     def run(fn):
