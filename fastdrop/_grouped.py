@@ -137,7 +137,8 @@ def native_grouped(x, p, seed, offset, scale, g, layout, inplace=False):
     then the zeros in x (an activation, not a leaf nor a view: the caller checked). A float16 /
     bfloat16 x (small, not in place: the callers checked) is multiplied by float32 factors, the
     zeros go into the float32 product, which is then rounded to x's dtype once, as the kernel
-    rounds it: y = (x * f).to(x.dtype)."""
+    rounds it: y = (x * f).to(x.dtype), the kernel's bits but for a NaN's (torch's conversion
+    writes its own NaN bits)."""
     torch = sys.modules["torch"]
     groups, factor_shape, run, channels = layout
     half = x.element_size() == 2
