@@ -190,6 +190,23 @@ def test_compiled_grad_of_a_vmap_matches_eager(name):
         assert torch.equal(torch.compile(fn, backend="aot_eager")(xb), ref)
 
 
+def test_later_compiled_vmaps_compile_after_a_nested_transform_broke():
+    """The README says which frames a graph break inside a transform marks for good (the function
+    given to grad and fastdrop's public function): later compiled torch.func.vmaps are not among
+    them, also after grad(vmap(f)) and vmap(vmap(f)) (it said they ran eagerly until
+    torch._dynamo.reset(); an audit found them compiling with torch 2.13)."""
+    torch._dynamo.reset()
+    w, xs = torch.randn(4), torch.randn(3, 4)
+    inner = lambda r: fastdrop.dropout(r * w, 0.5)  # noqa: E731
+    torch.compile(torch.func.grad(lambda w_, b: torch.func.vmap(
+        lambda r: fastdrop.dropout(r * w_, 0.5), randomness="different")(b).sum()), backend="aot_eager")(w, xs)
+    torch.compile(torch.func.vmap(torch.func.vmap(inner, randomness="different"), randomness="different"),
+                  backend="aot_eager")(xs.reshape(3, 2, 2).repeat(1, 1, 2))
+    cos = torch.compile(lambda z: torch.func.vmap(torch.cos)(z), fullgraph=True, backend="aot_eager")
+    assert torch.equal(cos(xs), torch.cos(xs))
+    torch._dynamo.reset()
+
+
 def test_fullgraph_refusal_of_an_eager_transform_names_the_reason():
     """Where the op must run eagerly under a transform (here a vmap whose input the batch shares),
     fullgraph=True refuses the graph break naming fastdrop's reason, not Dynamo's refusal to trace
