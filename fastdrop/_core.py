@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _cpu, _seeds
+from . import _autocast, _cpu, _seeds
 from ._alloc import PHYSICAL_BYTES, check_output_bytes, empty_like
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, announce_write, check_array,
                       check_bool, check_companions, check_device_byte_order, check_out, check_out_is_x, check_p,
@@ -47,7 +47,7 @@ from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, annou
                       is_subclass_like, mark_written, numpy_view, quiet_under_jit_trace, traced)
 from ._dynamo_skip import MARKED, keep_dynamo_out
 from ._grouped import grouped_layout, native_grouped, native_layout, one_element_groups
-from ._torch_state import (NO_LEVELS, autocast_state, batched_for_vmap, batched_levels, capturing, compiling,
+from ._torch_state import (NO_LEVELS, batched_for_vmap, batched_levels, capturing, compiling,
                            forward_ad_active, functorch_interpreters, grad_enabled, grad_levels_active,
                            grad_transform_active, tracing_dispatch_mode, unwrapped, vmap_levels)
 from .kernels import config, dropout_cpu
@@ -907,132 +907,24 @@ def _check_host_output(op, x, kind, operands):
 def validate(op, operands, params, checked=None, autocast=True, mixed_ok=False):
     """(x, kind, operands, params): op's operands checked (x first, then its companions, then the
     op's own shape rule), converted as check_array converts them; TypeError/ValueError otherwise.
-    autocast: give mixed-dtype GEMM operands one dtype (`_autocast_mixed`), as the public
+    autocast: give mixed-dtype GEMM operands one dtype (`_autocast.gemm_operands`), as the public
     call does; the custom op's body, whose operands the traced graph already gave those dtypes,
-    does not, and takes mixed ones where it runs under autocast (mixed_ok: `_autocast_arg`)."""
+    does not, and takes mixed ones where it runs under autocast (mixed_ok: `_autocast.library_arg`)."""
     x, kind = check_array(operands[0], op.operands[0]) if checked is None else checked
     if len(operands) > 1:
         mixed = None
         if kind == TORCH and op.upcast_half:
             if autocast:
-                operands, mixed = _autocast_mixed(op, (x, *operands[1:]))
+                operands, mixed = _autocast.gemm_operands(op, (x, *operands[1:]))
                 x = operands[0]
             elif mixed_ok:
-                mixed = _mixed_dtypes(op, (x, *operands[1:]))
+                mixed = _autocast.mixed_dtypes(op, (x, *operands[1:]))
         operands = (x, *check_companions(x, kind, zip(op.operands[1:], operands[1:]), op.operands[0], mixed))
     elif x is not operands[0]:
         operands = (x,)
     if op.check is not None:
         params = op.check(operands, params)
     return x, kind, operands, params
-
-
-def _mixed_dtypes(op, operands):
-    """The dtypes of a GEMM op's tensor operands where they are a mix the op computes under autocast
-    (`_autocast_mixed`): float32 and half types, x half for an op whose kernels take x's dtype
-    (`_upcast` computes every operand in float32 then); else None (check_companions refuses)."""
-    torch = sys.modules["torch"]
-    if not all(a is None or isinstance(a, torch.Tensor) for a in operands):
-        return None
-    dtypes = {a.dtype for a in operands if a is not None}
-    if len(dtypes) < 2 or not dtypes <= set(_lower(torch)) or (op.own_products and not _is_half(operands[0])):
-        return None
-    return dtypes
-
-
-def _lower(torch):
-    """The dtypes autocast casts to its own for a GEMM (float64 it leaves)."""
-    return torch.float32, torch.float16, torch.bfloat16
-
-
-def _autocast_mixed(op, operands):
-    """(operands, mixed) for the tensor operands of a GEMM op under torch.autocast. Mixed half /
-    float32 dtypes (a bfloat16 activation meeting a layer's float32 weight, as in every layer after
-    an autocast one) are left as they are, and mixed is the set of dtypes the op then takes: it
-    computes its half operands in float32 (`_upcast`), masks its operand in that operand's own
-    precision, and its GEMMs' autocast casts the masked product, as torch's Dropout + Linear
-    composite does; each gradient comes back in its operand's dtype, and only the operands
-    themselves are saved for backward. (They were all cast to the half type first: a float32
-    operand's masked product was rounded twice, and its float16 gradient scaled past 65504 became
-    inf; a review, 2026-12-06.) float64 aside (autocast leaves it, and torch refuses the mix, as
-    check_companions then does). Matching dtypes are left to the GEMMs' own autocast, but for a
-    half type that is not autocast's (float16 operands under bfloat16 autocast), cast as torch's
-    linear casts it. An op whose products are its own kernel's, not an autocast GEMM (per-sample
-    DropConnect), gets its operands in autocast's dtype as autocast would cast them, but for a
-    float32 masked operand (`_autocast_cast`). mixed is None where the operands have one dtype."""
-    torch = sys.modules["torch"]
-    present = [a for a in operands if a is not None]
-    if not all(isinstance(a, torch.Tensor) for a in present):
-        return operands, None  # (other kinds: check_companions says what is wrong)
-    dtypes = {a.dtype for a in present}
-    if torch.float64 in dtypes or (not op.own_products and dtypes == {torch.float32}):
-        return operands, None  # (autocast leaves float64; float32 alone is the GEMMs' own autocast's)
-    device = "cuda" if operands[0].is_cuda else "cpu"
-    if not torch.is_autocast_enabled(device):
-        return operands, None
-    dtype = torch.get_autocast_dtype(device)
-    if op.own_products:
-        operands = _autocast_cast(op, operands, dtype)
-        dtypes = {a.dtype for a in operands if a is not None}
-        return operands, dtypes if len(dtypes) > 1 else None
-    if len(dtypes) < 2 and dtypes <= {dtype, torch.float32}:
-        # float32 ones too: the GEMMs' own autocast computes them in its dtype. A half type that is
-        # not autocast's (float16 operands under bfloat16 autocast) is cast, as torch's linear
-        # casts it: the op's float32 computation of half operands came back in the operands' type
-        return operands, None
-    if len(dtypes) > 1 and dtypes <= set(_lower(torch)):
-        return operands, dtypes
-    return tuple(a.to(dtype) if a is not None and a.is_floating_point() else a for a in operands), None
-
-
-def _autocast_cast(op, operands, dtype):
-    """op's float32 / half operands in autocast's dtype, as autocast casts a GEMM's operands, but
-    for the masked operand where it is float32: the mask scales it (and its gradient) in float32,
-    and the op takes the pair as mixed operands."""
-    torch = sys.modules["torch"]
-    return tuple(a if a is None or a.dtype == dtype or a.dtype not in _lower(torch)
-                 or (i == op.masked and a.dtype == torch.float32) else a.to(dtype)
-                 for i, a in enumerate(operands))
-
-
-def _autocast_arg(op, x):
-    """The autocast dtype a GEMM op's custom op gets (its `autocast` argument) where autocast is
-    on for x's device, else None. Its body runs where the compiled graph calls it, with autocast
-    off: it re-enters this one around its checks and its forward (`_library_autocast`), and its
-    backward too, so a compiled call takes the operands the eager call takes (mixed half /
-    float32 ones as they are, the masked product cast by its GEMMs' autocast) and gives eager's
-    bits. (The graph cast every operand first: a float32 masked operand's product was rounded
-    twice, and its float16 gradient scaled past 65504 was inf where eager's is finite.)"""
-    if not op.upcast_half:
-        return None
-    state = autocast_state(x)
-    return None if state is None else state[1]
-
-
-def _library_autocast_dtype(op, x, autocast):
-    """The autocast dtype a custom op runs its body and backward under: its `autocast` argument, or,
-    where it is None (a graph made before the argument, a direct call, a program exported or traced
-    outside autocast and run inside it), the autocast in effect at the call, under which an eager
-    call's body runs; None for an op without GEMMs. ValueError for a dtype autocast does not take
-    (the fake would announce an output of that dtype, and the body give another)."""
-    torch = sys.modules["torch"]
-    if autocast is not None and autocast not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"fastdrop::{op.name}: autocast must be torch.float16, torch.bfloat16 or None, "
-                         f"got {autocast}")
-    if not op.upcast_half:
-        return None
-    if autocast is None:
-        state = autocast_state(x)
-        return None if state is None else state[1]
-    return autocast
-
-
-def _library_autocast(op, x, dtype):
-    """The region a custom op's body runs its checks and forward in: autocast to dtype (its
-    `autocast` argument) on x's device, or none."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return sys.modules["torch"].autocast("cuda" if x.is_cuda else "cpu", dtype=dtype)
 
 
 def _upcast(op, B, operands, run, inplace=False):
@@ -1269,9 +1161,9 @@ def _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, 
     rank_stream: the op adds the rank stream offset to offset when it runs."""
     # operands go in as they are (half ones too: the op computes them in float32 inside, and its
     # backward, so the graph saves the operands, not float32 copies of twice their size), with
-    # autocast's dtype, which the body re-enters (`_autocast_arg`)
+    # autocast's dtype, which the body re-enters (`_autocast.library_arg`)
     y = library_op(op)(*operands, seed_t, p, _to_i64(offset), scale, list(params), rank_stream,
-                       _autocast_arg(op, operands[0]))
+                       _autocast.library_arg(op, operands[0]))
     if out is not None:
         return out.copy_(y)
     if not inplace:
@@ -1293,7 +1185,7 @@ def torch_apply(op, operands, params, rng, inplace=False):
     seed is a tensor (inside a compiled graph or a compiled backward)."""
     if not isinstance(rng.seed, int):
         return library_op(op)(*operands, rng.seed, rng.p, rng.offset, rng.scale, list(params), rng.rank_stream,
-                              _autocast_arg(op, operands[0]))
+                              _autocast.library_arg(op, operands[0]))
     apply = _recording_apply(sys.modules["torch"], operands)
     if apply is None:
         # Skip autograd's bookkeeping (in-place results stay the same object, as in torch).
@@ -1493,7 +1385,7 @@ def _setup(ctx, op, params, rng, inplace, operands, forward_ad):
     ctx.op, ctx.params, ctx.rng, ctx.n = op, params, rng, len(operands)
     ctx.half = _upcast_dtype(op, operands[0])
     ctx.dtypes = tuple(None if a is None else a.dtype for a in operands)  # (mixed under autocast)
-    ctx.autocast = autocast_state(operands[0])
+    ctx.autocast = _autocast.autocast_state(operands[0])
     if op.saves:  # saved_tensors is () without the call
         ctx.save_for_backward(*(_savable(operands[i]) for i in op.saves))
     if forward_ad:
@@ -1568,15 +1460,6 @@ def _kernel_forward(op, operands, rng, params, inplace):
     y = _upcast(op, TorchBackend, operands, lambda ops: op.forward(
         TorchBackend, ops, rng, params, out=ops[0] if inplace else None), inplace)
     return y if inplace else own_output(y)
-
-
-def in_dtype_of(a, ref):
-    """a in ref's dtype: a backward's GEMM result, which under torch.autocast comes back in
-    autocast's half type, before the mask scales it as the gradient of ref (a float32 operand),
-    as torch's composite scales it (its dropout's backward runs after autocast's cast node, in
-    float32: in the half type 1/(1-p) overflowed float16 to inf and rounded twice). Arrays and
-    matching dtypes pass through."""
-    return a if a.dtype == ref.dtype else a.to(ref.dtype)
 
 
 def own_output(y):
@@ -1953,7 +1836,7 @@ def library_op(op):
             # (traced, x.shape would give 0-d tensors, which the kernels' size math cannot take)
             torch._C._set_tracing_state(None)
         try:  # (the refusals too: the tracing state is restored whatever happens)
-            autocast = _library_autocast_dtype(op, operands[0], autocast)
+            autocast = _autocast.library_dtype(op, operands[0], autocast)
             # A torch.jit.trace or make_fx graph replays this op on whatever its caller passes,
             # without the public call's checks (a call of torch.ops.fastdrop.<name> too): the same
             # checks here, so an integer or sparse tensor gets their TypeError, not a Numba
@@ -1968,7 +1851,7 @@ def library_op(op):
                 raise _compiled_capture_error(op)
             else:
                 rng = Rng(p, _seed_int(seed), _run_offset(offset, rank_stream), scale)
-            with _library_autocast(op, checked[0], autocast):
+            with _autocast.library_region(op, checked[0], autocast):
                 y = _kernel_forward(op, checked, rng, params, False)
         finally:
             if tracing is not None:
@@ -1984,9 +1867,10 @@ def library_op(op):
 
     def fake(*args):
         *_, params, _, autocast = _scalars(args[n:])
-        autocast = _library_autocast_dtype(op, args[0], autocast)
+        autocast = _autocast.library_dtype(op, args[0], autocast)
         y = op.fake(args[:n], tuple(params))
-        if autocast is None or op.own_products or y.dtype not in _lower(torch) or y.dtype == autocast:
+        if autocast is None or op.own_products or y.dtype not in _autocast.lower_dtypes(torch) or \
+                y.dtype == autocast:
             return y
         return y.new_empty(y.shape, dtype=autocast)  # (its GEMMs' autocast gives autocast's dtype)
 
@@ -2000,7 +1884,7 @@ def library_op(op):
         # graph (cached on disk, maybe by another rank) would keep the tracing process's rank
         ctx.scalars, ctx.params, ctx.rank_stream = (p, offset, scale), tuple(params), rank_stream
         # (the backward's GEMMs under the forward's autocast, which the body ran under)
-        autocast = _library_autocast_dtype(op, operands[0], autocast)
+        autocast = _autocast.library_dtype(op, operands[0], autocast)
         ctx.autocast = None if autocast is None else ("cuda" if operands[0].is_cuda else "cpu", autocast)
         ctx.op, ctx.half = op, _upcast_dtype(op, operands[0])
         ctx.dtypes = tuple(None if a is None else a.dtype for a in operands)

@@ -1,5 +1,5 @@
 """What torch is doing around a call: compiling, tracing, a dispatch mode, torch.func transforms
-and their vmap levels, forward-mode AD, autocast, CUDA-graph capture.
+and their vmap levels, forward-mode AD, CUDA-graph capture (autocast: `_autocast`).
 
 The pipeline (`_core`) asks these before it picks a route: each such state needs the custom op, a
 refusal, or the eager Function instead of the kernels on raw memory. Every query takes torch as
@@ -150,17 +150,3 @@ def vmap_levels(torch):
     """{level: randomness} of the torch.func.vmap transforms active now."""
     vmap = torch._C._functorch.TransformType.Vmap
     return {i.level(): i.randomness() for i in functorch_interpreters(torch) if i.key() == vmap}
-
-
-def autocast_state(x):
-    """(device type, dtype) of the autocast region the forward runs in for x's device, or None.
-    Backward runs outside any autocast region unless it re-enters the forward's, as
-    torch.amp.custom_bwd does; without that, a bfloat16 gradient of an autocast GEMM meets a
-    float32 saved weight in the backward's GEMM."""
-    if x is None:
-        return None
-    torch = sys.modules["torch"]
-    device = "cuda" if x.is_cuda else "cpu"  # the only devices _checks lets through
-    if not torch.is_autocast_enabled(device):
-        return None
-    return device, torch.get_autocast_dtype(device)

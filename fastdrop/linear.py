@@ -28,7 +28,7 @@ import sys
 
 import numpy as np
 
-from . import _core, _seeds
+from . import _autocast, _core, _seeds
 from ._alloc import check_output_bytes
 from ._checks import (CUDA_ARRAY, MAX_U64, TORCH, array_kind, check_array, check_bool, check_companions,
                       check_mode, check_p, check_storage, check_u64, numpy_view, train_scale)
@@ -95,11 +95,11 @@ def _dl_backward(B, grad, operands, rng, params, needs):
     nx, nw, nb = needs
     gx = gw = None
     if nx and nw:
-        # (one Philox pass for both; the GEMM's result in x's dtype first: `_core.in_dtype_of`)
-        gx, xm = B.mask_pair(_core.in_dtype_of(B.matmul(grad, w), x), x, rng, DENSE_PARALLEL_MIN)
+        # (one Philox pass for both; the GEMM's result in x's dtype first: `_autocast.in_dtype_of`)
+        gx, xm = B.mask_pair(_autocast.in_dtype_of(B.matmul(grad, w), x), x, rng, DENSE_PARALLEL_MIN)
         gw = B.matmul(B.mT(_core.rows(grad)), _core.rows(xm))
     elif nx:
-        gx = B.mask(_core.in_dtype_of(B.matmul(grad, w), x), rng, parallel_min=DENSE_PARALLEL_MIN)
+        gx = B.mask(_autocast.in_dtype_of(B.matmul(grad, w), x), rng, parallel_min=DENSE_PARALLEL_MIN)
     elif nw:
         gw = B.matmul(B.mT(_core.rows(grad)), _core.rows(B.mask(x, rng, parallel_min=DENSE_PARALLEL_MIN)))
     return gx, gw, _core.rows(grad).sum(0) if nb else None
@@ -121,7 +121,7 @@ def _dc_backward(B, grad, operands, rng, params, needs):
     x, w, _ = operands
     nx, nw, nb = needs
     gx = B.matmul(grad, B.mask(w, rng, parallel_min=DENSE_PARALLEL_MIN)) if nx else None
-    gw = B.mask(_core.in_dtype_of(B.matmul(B.mT(_core.rows(grad)), _core.rows(x)), w), rng,
+    gw = B.mask(_autocast.in_dtype_of(B.matmul(B.mT(_core.rows(grad)), _core.rows(x)), w), rng,
                 parallel_min=DENSE_PARALLEL_MIN) if nw else None
     return gx, gw, _core.rows(grad).sum(0) if nb else None
 
@@ -535,7 +535,7 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
         device = "cuda" if x.is_cuda else "cpu"
         present = [a for a in (x, weight, bias) if a is not None]
         if torch.is_autocast_enabled(device) and \
-                all(isinstance(a, torch.Tensor) and a.dtype in _core._lower(torch) for a in present):
+                all(isinstance(a, torch.Tensor) and a.dtype in _autocast.lower_dtypes(torch) for a in present):
             cast = [None if a is None else a.float() for a in (x, weight, bias)]
             with torch.autocast(device, enabled=False):
                 y = _moment_matching(*cast, p, seed, activation, samples)

@@ -11,7 +11,7 @@ shape, so a stretched a keeps one mask for every batch element it meets, as drop
 """
 import math
 
-from . import _core
+from . import _autocast, _core
 from .kernels.config import CPU_PARALLEL_MIN
 from ._checks import CUDA_ARRAY, RankError, array_kind, check_mode, check_p, train_scale
 
@@ -63,7 +63,7 @@ def _backward(B, grad, operands, rng, params, needs):
     na, nb = needs
     ga = gb = None
     if na:
-        ga = _core.in_dtype_of(B.sum_to(B.matmul(grad, B.mT(b)), a.shape), a)
+        ga = _autocast.in_dtype_of(B.sum_to(B.matmul(grad, B.mT(b)), a.shape), a)
     if na and nb:
         ga, am = B.mask_pair(ga, a, rng)  # one Philox pass for both
     elif na:

@@ -1786,7 +1786,7 @@ def test_compiled_under_autocast_matches_eager(name):
     """Under torch.autocast a compiled call (aot_eager) returns eager's output and gradients bit
     for bit, in their dtypes. A GEMM op's custom-op body runs where autocast is off: the graph
     passes the operands as they are with autocast's dtype, and the body and its backward re-enter
-    autocast (`_core._autocast_arg`). (Every float32 operand was cast first: the masked product
+    autocast (`_autocast.library_arg`). (Every float32 operand was cast first: the masked product
     was rounded twice, values differed from eager's by bfloat16 rounding, and a float16 gradient
     scaled past 65504 was inf where eager's is finite.)"""
     case = CASES[name]

@@ -590,7 +590,7 @@ def test_torch_compile_inductor_equals_eager():
 @pytest.mark.parametrize("op", ["dropout_linear", "dropconnect_linear", "dropout_matmul", "per_sample"])
 def test_autocast_compiled_equals_eager(op, dtype, half_x):
     """Under torch.autocast on CUDA tensors a compiled call (its custom op re-enters autocast,
-    `_core._autocast_arg`) gives eager's output and gradients bit for bit, in eager's dtypes, for
+    `_autocast.library_arg`) gives eager's output and gradients bit for bit, in eager's dtypes, for
     float32 operands and a half activation meeting a float32 weight, with an upstream gradient
     whose GEMMs overflow float16 (an inf is eager's too; the CPU suite checks on CPU tensors that
     a masked float32 operand's gradient scaled past 65504 stays finite)."""
