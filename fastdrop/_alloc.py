@@ -106,13 +106,16 @@ def cgroup_memory_limit(proc_self_cgroup, root="/sys/fs/cgroup"):
         else:
             continue
         rel = path.strip("/")
+        if ".." in rel.split("/"):
+            continue  # a group outside this process's cgroup namespace: not below the mount's root
         while True:  # the group, then each ancestor up to the hierarchy's root
             limits.append(_read_limit(os.path.join(base, rel, name)))
             if not rel:
                 break
             rel = os.path.dirname(rel)
-    # v1 writes "no limit" as the largest page-aligned int64 (9223372036854771712)
-    found = [n for n in limits if n is not None and n < 1 << 62]
+    # v1 writes "no limit" as the largest page-aligned int64 (9223372036854771712); 0, which no
+    # running process can have, is taken as none too
+    found = [n for n in limits if n is not None and 0 < n < 1 << 62]
     return min(found) if found else None
 
 

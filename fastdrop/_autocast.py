@@ -117,22 +117,44 @@ def library_arg(op, x):
     return None if state is None else state[1]
 
 
-def library_dtype(op, x, autocast):
-    """The autocast dtype a custom op runs its body and backward under: its `autocast` argument, or,
-    where it is None (a graph made before the argument, a direct call, a program exported or traced
-    outside autocast and run inside it), the autocast in effect at the call, under which an eager
-    call's body runs; None for an op without GEMMs. ValueError for a dtype autocast does not take
-    (the fake would announce an output of that dtype, and the body give another)."""
+def library_dtype(op, autocast):
+    """The autocast dtype a custom op runs its body and backward under: its `autocast` argument,
+    which `register_autocast_kernels` fills in where a call under autocast leaves it None (a
+    graph made outside autocast or before the argument, a direct call); None for an op without
+    GEMMs. ValueError for a dtype autocast does not take (the fake would announce an output of
+    that dtype, and the body give another)."""
     torch = sys.modules["torch"]
     if autocast is not None and autocast not in (torch.float16, torch.bfloat16):
         raise ValueError(f"fastdrop::{op.name}: autocast must be torch.float16, torch.bfloat16 or None, "
                          f"got {autocast}")
-    if not op.upcast_half:
-        return None
-    if autocast is None:
-        state = autocast_state(x)
-        return None if state is None else state[1]
-    return autocast
+    return autocast if op.upcast_half else None
+
+
+_KERNELS = []  # the torch.library.Library holding the autocast kernels (alive as long as the ops)
+
+
+def register_autocast_kernels(op, overload, n):
+    """AutocastCPU / AutocastCUDA kernels for a GEMM op's custom op (n tensor operands): a call
+    made under autocast with its `autocast` argument None gets autocast's dtype there, then goes
+    on below autocast. The dispatcher runs this before autograd, fake tensors and tracing modes,
+    so the real call, its fake and a graph traced under autocast (a program exported outside
+    autocast, compiled inside it) all see the dtype the body runs under; reading torch's
+    autocast state inside the body instead, a compiled graph (where it is off) and the fake gave
+    float32 where the eager call gave autocast's dtype (a review)."""
+    torch = sys.modules["torch"]
+    if not _KERNELS:
+        _KERNELS.append(torch.library.Library("fastdrop", "IMPL"))
+    for device in ("cpu", "cuda"):
+        key = "Autocast" + torch._C._dispatch_key_for_device(device)
+        excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+        def kernel(_, *args, device=device, excluded=excluded):
+            if len(args) < n + 7 or args[n + 6] is None:  # (the old form leaves the defaults out)
+                args = (*args[:n + 5], args[n + 5] if len(args) > n + 5 else False,
+                        torch.get_autocast_dtype(device))
+            with torch._C._ExcludeDispatchKeyGuard(excluded):
+                return overload(*args)
+        _KERNELS[0].impl(op.name, kernel, key, with_keyset=True)
 
 
 def library_region(op, x, dtype):

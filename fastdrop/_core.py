@@ -1836,7 +1836,7 @@ def library_op(op):
             # (traced, x.shape would give 0-d tensors, which the kernels' size math cannot take)
             torch._C._set_tracing_state(None)
         try:  # (the refusals too: the tracing state is restored whatever happens)
-            autocast = _autocast.library_dtype(op, operands[0], autocast)
+            autocast = _autocast.library_dtype(op, autocast)
             # A torch.jit.trace or make_fx graph replays this op on whatever its caller passes,
             # without the public call's checks (a call of torch.ops.fastdrop.<name> too): the same
             # checks here, so an integer or sparse tensor gets their TypeError, not a Numba
@@ -1867,7 +1867,7 @@ def library_op(op):
 
     def fake(*args):
         *_, params, _, autocast = _scalars(args[n:])
-        autocast = _autocast.library_dtype(op, args[0], autocast)
+        autocast = _autocast.library_dtype(op, autocast)
         y = op.fake(args[:n], tuple(params))
         if autocast is None or op.own_products or y.dtype not in _autocast.lower_dtypes(torch) or \
                 y.dtype == autocast:
@@ -1884,7 +1884,7 @@ def library_op(op):
         # graph (cached on disk, maybe by another rank) would keep the tracing process's rank
         ctx.scalars, ctx.params, ctx.rank_stream = (p, offset, scale), tuple(params), rank_stream
         # (the backward's GEMMs under the forward's autocast, which the body ran under)
-        autocast = _autocast.library_dtype(op, operands[0], autocast)
+        autocast = _autocast.library_dtype(op, autocast)
         ctx.autocast = None if autocast is None else ("cuda" if operands[0].is_cuda else "cpu", autocast)
         ctx.op, ctx.half = op, _upcast_dtype(op, operands[0])
         ctx.dtypes = tuple(None if a is None else a.dtype for a in operands)
@@ -1916,5 +1916,7 @@ def library_op(op):
         return op.vmap(info, in_dims[:n], operands, Rng(p, seed, offset, scale, rank_stream), tuple(params), apply)
 
     lib.register_vmap(vmap_rule)
+    if op.upcast_half:
+        _autocast.register_autocast_kernels(op, getattr(torch.ops.fastdrop, op.name).default, n)
     op._library_op = lib
     return lib

@@ -10,14 +10,13 @@ kernels/philox.py):
     keep  = h(i) < T(p),   T(p) = floor((1 - p) * 2^16)   (float64; T(0) = 2^16 keeps all, T(1) = 0 drops all)
 """
 import math
-import os
 
 import numpy as np
 
 from .kernels import philox
 from .kernels.philox import kernel_rng_args, philox4x32_array  # noqa: F401
 
-from . import _core, _seeds
+from . import _alloc, _core, _seeds
 from ._cpu import fill_keep_mask
 from ._checks import NUMPY, WRITABLE_NUMPY, check_p, check_shape, check_u64, check_writable
 
@@ -69,16 +68,13 @@ def philox4x32(counter, key, rounds=10):
 
 
 def _check_allocatable(nbytes):
-    """Refuse, before allocating, a request larger than the machine's physical memory: with
-    memory overcommit numpy's allocation can succeed and the kernel's writes then get the
-    process killed instead of raising."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        total = 1 << 63
-    if nbytes > total:
+    """Refuse, before allocating, a request larger than the process's memory (physical memory, or
+    its cgroup's limit where lower: `_alloc.PHYSICAL_BYTES`): with memory overcommit numpy's
+    allocation can succeed and the kernel's writes then get the process killed instead of raising."""
+    if nbytes > _alloc.PHYSICAL_BYTES:
         raise MemoryError(f"dropout_mask: the requested mask needs {nbytes} bytes, more than this "
-                          f"machine's {total} bytes of physical memory")
+                          f"process's {_alloc.PHYSICAL_BYTES} bytes of memory (physical memory, or its "
+                          f"cgroup's limit)")
 
 
 def dropout_mask(shape, p, seed, offset=0, *, out=None):

@@ -396,6 +396,17 @@ def _limits(root, files):
         path.write_text(text)
 
 
+def test_dropout_mask_refuses_past_the_process_memory(monkeypatch):
+    """dropout_mask's own refusal reads the same limit as the outputs' (a cgroup limit lowers it;
+    it read physical memory itself, a review): stood in for here by a 1 MiB limit."""
+    monkeypatch.setattr(_alloc, "PHYSICAL_BYTES", 1 << 20)
+    with pytest.raises(MemoryError, match="dropout_mask: .* more than this process's 1048576 bytes"):
+        fastdrop.dropout_mask((4 << 20,), 0.5, 1)
+    with pytest.raises(MemoryError, match="1048576 bytes"):
+        fastdrop.dropout(np.ones(1 << 19, np.float32), 0.5, seed=1)
+    assert fastdrop.dropout_mask((1 << 19,), 0.5, 1).size == 1 << 19
+
+
 def test_cgroup_memory_limit(tmp_path):
     """A container's or a scheduler's memory limit lowers the size refused before the draw (past
     it the OOM killer ends the process where fastdrop would raise MemoryError): the lowest of the
@@ -416,6 +427,11 @@ def test_cgroup_memory_limit(tmp_path):
     _limits(v1, {"cpu,memory/g/memory.limit_in_bytes": "4096\n"})
     assert _alloc.cgroup_memory_limit("3:cpu,memory:/g\n0::/job\n", str(v1)) == 4096
     assert _alloc.cgroup_memory_limit("garbage", str(v1)) is None
+    # a group outside the process's cgroup namespace ("/../x") or a zero limit: not read / not used
+    _limits(tmp_path, {"memory.max": "4096\n"})
+    assert _alloc.cgroup_memory_limit("0::/../x\n", str(root)) is None
+    _limits(root, {"zero/memory.max": "0\n"})
+    assert _alloc.cgroup_memory_limit("0::/zero\n", str(root)) is None
 
 
 def test_failed_allocation_releases_the_cache_retries_and_stays_consistent(monkeypatch):

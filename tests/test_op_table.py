@@ -1366,9 +1366,9 @@ def test_direct_op_calls_check_their_scalars(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_graph_made_outside_autocast_runs_inside_it(name):
     """A custom op called without its autocast argument under torch.autocast (a program exported
-    or traced outside autocast and run inside it, a graph made before the argument, a direct
-    call) runs under the autocast in effect, as the eager call does: the same output and
-    gradients, bit for bit. Its backward ran without autocast, and a dense op's half gradient met
+    or traced outside autocast and run or compiled inside it, a graph made before the argument, a
+    direct call) runs under the autocast in effect, as the eager call does: the same output and
+    gradients, bit for bit, and a fake of that dtype. Its backward ran without autocast, and a dense op's half gradient met
     its float32 weight in a GEMM (RuntimeError; a review). Per-sample DropConnect's products are
     its own kernel's: autocast's cast of its operands is the public call's, in the graph, so a
     graph made without it computes as outside autocast."""
@@ -1385,12 +1385,25 @@ def test_graph_made_outside_autocast_runs_inside_it(name):
     graph = make_fx(lambda *a: case.call(*a, seed=3, offset=5))(*operands(case))
     node = next(nd for nd in graph.graph.nodes if str(nd.target).startswith("fastdrop."))
     seed, p, offset, scale, params = node.args[n:n + 5]  # (the old form: no rank_stream, no autocast)
+    params = list(params)  # (fx's immutable list, which Dynamo cannot pass on)
     lib = getattr(torch.ops.fastdrop, case.op.name)
     direct = lambda *ops: lib(*ops, *[None] * (n - len(ops)), torch.tensor(3), p, offset, scale, params)  # noqa: E731
     eager = run(lambda *ops: case.call(*ops, seed=3, offset=5), autocast=not case.op.own_products)
-    for got, want in zip(run(direct), eager):
-        assert got.dtype == want.dtype
-        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    torch._dynamo.reset()
+    # compiled inside autocast too, and its fake: the op's autocast kernel fills the argument in
+    # before tracing sees the call (the body read torch's autocast state, which a compiled graph
+    # and the fake see off: float32 where the eager call gave bfloat16; a review)
+    for fn in (direct, torch.compile(direct, backend="aot_eager", fullgraph=True)):
+        for got, want in zip(run(fn), eager):
+            assert got.dtype == want.dtype
+            torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    ops = operands(case, torch.float32, seed=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        real = direct(*ops)
+        with FakeTensorMode() as mode:
+            fake = direct(*(mode.from_tensor(o) for o in ops))
+    assert fake.dtype == real.dtype and fake.shape == real.shape
 
 
 @pytest.mark.parametrize("tracing_mode", ["real", "fake", "pre_dispatch"])
