@@ -26,8 +26,8 @@ NATIVE_GROUPED_MAX_BYTES = 32 << 20
 # float16/bfloat16 below this many bytes too, computed in float32: y = (x * f).to(x.dtype), f in
 # float32 (a half f would round the scale 1/(1-p), and the product twice). Two passes and a float32
 # temporary where the kernel makes one pass: the small calls, where the Function's Python is most
-# of the time (docs/cpu_kernels.md, "Grouped ops under autograd").
-NATIVE_HALF_MAX_BYTES = 256 << 10
+# of the time (docs/cpu_kernels.md, "Half types on the native route": ahead at 256 KiB, behind at 512).
+NATIVE_HALF_MAX_BYTES = 384 << 10
 
 
 # ... and while the dropped groups, which it zeroes in a pass of its own, span at most this many
