@@ -14,7 +14,8 @@ there. The dense ops follow that rule exactly:
 An op whose products are its own kernel's (per-sample DropConnect) gets every operand in h, as
 autocast would cast a GEMM's, but for a float32 masked operand, so its gradient is scaled in
 float32 too. A compiled graph calls a custom op's body where autocast is off: the op takes
-autocast's dtype as an argument (`library_arg`) and re-enters it (`library_region`).
+autocast's dtype as an argument (`library_arg`; filled in by its autocast kernel where a call
+under autocast leaves it out, `register_autocast_kernels`) and re-enters it (`library_region`).
 """
 import contextlib
 import sys
@@ -163,7 +164,6 @@ def library_region(op, x, dtype):
     if dtype is None:
         return contextlib.nullcontext()
     return sys.modules["torch"].autocast("cuda" if x.is_cuda else "cpu", dtype=dtype)
-
 
 
 def in_dtype_of(a, ref):
