@@ -294,8 +294,9 @@ def _dense_grouped_dropout(x, p, seed, offset, scale, layout, n):
     strides (torch's layout rule for a dense x), so the same runs."""
     groups, _, run, _ = layout
     out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)  # a dense x's strides either way
-    _cpu.groups_flat_at(x.data_ptr(), out.data_ptr(), n, groups, p, seed, offset, _kernel_scale(x.dtype, scale),
-                        run=run)
+    like = _HALF_BITS.get(x.dtype)  # (float16 / bfloat16: their bits, computed in float32)
+    _cpu.groups_flat_at(x.data_ptr(), out.data_ptr(), n, groups, p, seed, offset,
+                        _kernel_scale(x.dtype, scale) if like is None else np.float32(scale), run=run, like=like)
     return out
 
 
@@ -337,6 +338,7 @@ def _new_kernel_scale(key):
 
 _PLAIN_TENSORS = ()  # torch.Tensor and nn.Parameter (subclasses keep the Function route)
 _HALF_SCALARS = ()  # torch float16 and bfloat16 (the grouped ops' native route takes them small)
+_HALF_BITS = {}  # torch float16 / bfloat16 -> the numpy zero whose type the kernels read their bits as
 
 
 def _not_batched(t):
@@ -382,6 +384,7 @@ def _fill_flat_scalars():
     _FLAT_SCALARS.update({torch.float32: np.float32, torch.float64: np.float64})
     _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
     _HALF_SCALARS = (torch.float16, torch.bfloat16)
+    _HALF_BITS.update({torch.float16: np.uint16(0), torch.bfloat16: np.int16(0)})
     # here, when torch's ops register, not on the first check: filled inside a torch.compile
     # trace, the checks' dtype table changed under Dynamo's guard and the call compiled twice
     fill_torch_floats(torch)
@@ -441,8 +444,8 @@ class TorchBackend:
             y = _permuted_dropout(x, rng.p, seed, offset, rng.scale, out, limit)
             if y is not None:
                 return y
-        layout = out is None and group_ndim > 0 and n > 0 and x.dtype in _FLAT_SCALARS and \
-            grouped_layout(x, group_ndim)
+        layout = out is None and group_ndim > 0 and n > 0 and (x.dtype in _FLAT_SCALARS or x.dtype in _HALF_BITS) \
+            and grouped_layout(x, group_ndim)
         if layout:
             return _dense_grouped_dropout(x, rng.p, seed, offset, rng.scale, layout, n)
         if out is None and group_ndim == 2 and n > 0 and x.dtype in _FLAT_SCALARS and _few_channels_last(x):
@@ -1255,8 +1258,8 @@ def training_lane(x, p, g, ndim=None, inplace=False):
     # traces nothing below it (it cannot trace the functorch queries)
     if compiling() or type(x) is not tensor:
         return None
-    # the cheap refusals (CUDA; half types but for a grouped op's native route, below) before the
-    # functorch and tracing queries
+    # the cheap refusals (CUDA; half types but for a grouped op not in place: the native route or
+    # the grouped kernel by address) before the functorch and tracing queries
     half = x.dtype in _HALF_SCALARS
     if (x.dtype not in _FLAT_SCALARS and not (g and half and not inplace)) or not x.is_cpu or x.is_nested or \
             x.layout != strided or (x.dim() < g if ndim is None else x.dim() != ndim) or x._is_zerotensor():
@@ -1265,8 +1268,6 @@ def training_lane(x, p, g, ndim=None, inplace=False):
             tracing_dispatch_mode(sys.modules["torch"]):
         return None
     recorded = x.requires_grad and grad_enabled()
-    if half and not recorded:
-        return None  # (the kernels, through `call`)
     n = x.numel()
     itemsize = x.element_size()
     nbytes = n * itemsize

@@ -269,14 +269,16 @@ def groups_flat_into(x, out, groups, p, seed, offset, scale, parallel_min=None, 
            *kernel_rng_args(seed, offset, p), scale)
 
 
-def groups_flat_at(x_address, out_address, n, groups, p, seed, offset, scale, parallel_min=None, run=None):
-    """`groups_flat_into` on n elements of scale's dtype (float32 / float64) at two addresses, in
-    memory order: torch tensors' memory, without numpy views (`_core._dense_grouped_dropout`)."""
+def groups_flat_at(x_address, out_address, n, groups, p, seed, offset, scale, parallel_min=None, run=None,
+                   like=None):
+    """`groups_flat_into` on n elements of scale's dtype (float32 / float64), or of like's (a numpy
+    uint16 / int16 zero: float16 / bfloat16 bits, scale float32), at two addresses, in memory
+    order: torch tensors' memory, without numpy views (`_core._dense_grouped_dropout`)."""
     if parallel_min is None:
         parallel_min = CPU_PARALLEL_MIN
     kernel = dropout_cpu.dropout_groups_flat_at if n >= parallel_min else dropout_cpu.dropout_groups_flat_at_serial
     kernel(x_address, out_address, n, n // groups if run is None else run, groups,
-           *kernel_rng_args(seed, offset, p), scale)
+           *kernel_rng_args(seed, offset, p), scale, scale if like is None else like)
 
 
 def groups_inner_at(x_address, out_address, n, na, nb, p, seed, offset, scale, parallel_min=None):

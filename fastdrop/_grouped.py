@@ -1,14 +1,15 @@
 """The native route of the grouped masks under autograd, and the layout questions it asks.
 
 Spatial dropout and DropPath rows draw one mask element per group. For a small CPU float32/float64
-tensor that needs grad (or a smaller float16/bfloat16 one, computed in float32), the op is recorded as torch's own multiply by per-group factors, y = x * f
-(f = scale or 0, one value per group), whose backward is torch's C++ grad * f, instead of the
-Python autograd.Function around the one-pass kernel: inside a training step, where every call runs
-cold, the Function's Python cost more than the kernel. The dropped groups of y are then set to
-exact zeros outside autograd (x * 0 keeps inf and NaN, and gives -0.0 for a negative x), so the
-output is the kernel's, bit for bit. The pipeline (`_core.torch_apply`) and the training lane
-(`_core.training_lane`) have checked x (a plain CPU float32/float64 tensor) before they ask.
-Measurements: docs/cpu_kernels.md, "Grouped ops under autograd".
+tensor that needs grad (or a smaller float16/bfloat16 one, computed in float32), the op is
+recorded as torch's own multiply by per-group factors, y = x * f (f = scale or 0, one value per
+group), whose backward is torch's C++ grad * f, instead of the Python autograd.Function around the
+one-pass kernel: inside a training step, where every call runs cold, the Function's Python cost
+more than the kernel. The dropped groups of y are then set to exact zeros outside autograd (x * 0
+keeps inf and NaN, and gives -0.0 for a negative x), so the output is the kernel's, bit for bit.
+The pipeline (`_core.torch_apply`) and the training lane (`_core.training_lane`) have checked x (a
+plain CPU tensor of those dtypes) before they ask. Measurements: docs/cpu_kernels.md, "Grouped ops
+under autograd" and "Half types on the native route, and by address".
 """
 import math
 import sys
@@ -26,8 +27,9 @@ NATIVE_GROUPED_MAX_BYTES = 32 << 20
 # float16/bfloat16 below this many bytes too, computed in float32: y = (x * f).to(x.dtype), f in
 # float32 (a half f would round the scale 1/(1-p), and the product twice). Two passes and a float32
 # temporary where the kernel makes one pass: the small calls, where the Function's Python is most
-# of the time (docs/cpu_kernels.md, "Half types on the native route": ahead at 256 KiB, behind at 512).
-NATIVE_HALF_MAX_BYTES = 384 << 10
+# of the time (docs/cpu_kernels.md, "Half types on the native route, and by address": ahead of the
+# Function at 192 KiB, behind at 256 since the Function's kernels take half tensors by address).
+NATIVE_HALF_MAX_BYTES = 256 << 10
 
 
 # ... and while the dropped groups, which it zeroes in a pass of its own, span at most this many
@@ -198,9 +200,10 @@ def _zeroable_in_place(torch, y, x, g, run, dtype):
     """Can `zero_dropped_runs_at` write y's dropped groups through its flat memory: a plain tensor
     with memory (a dispatch mode may hand back a subclass: under FakeTensorMode with real inputs
     y is a fake tensor whose data_ptr() is 0, and writing there crashed the process), of dtype (the
-    factors', which the kernel writes: x's, float32 for a half x) and x's shape, and its groups where `native_layout` found x's, in runs of `run` or (run 0) with
-    the channels innermost (y with x's strides has them; torch's multiply keeps a dense input's
-    strides, up to those of size-1 dims)?"""
+    factors', which the kernel writes: x's, float32 for a half x) and x's shape, and its groups
+    where `native_layout` found x's, in runs of `run` or (run 0) with the channels innermost (y
+    with x's strides has them; torch's multiply keeps a dense input's strides, up to those of
+    size-1 dims)?"""
     return type(y) is torch.Tensor and y.dtype == dtype and y.shape == x.shape and (
         y.stride() == x.stride() or
         (group_runs(y.shape, y.stride(), g) == (y.numel() // (run * _groups(y, g)), run) if run else

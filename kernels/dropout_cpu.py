@@ -777,11 +777,12 @@ def dropout_groups_flat(x, out, length, ngroups, key_lo, key_hi, off_lo, off_hi,
 
 @cpu_kernel
 def dropout_groups_flat_at(x_address, out_address, n, length, ngroups, key_lo, key_hi, off_lo, off_hi, thr,
-                           scale):
-    """`dropout_groups_flat` on n elements of scale's dtype at two addresses (torch tensors'
-    data_ptr(), their memory in memory order; see `dropout_flat_serial_at`)."""
-    x = _view_at(x_address, n, scale)
-    out = _view_at(out_address, n, scale)
+                           scale, like):
+    """`dropout_groups_flat` on n elements of like's type at two addresses (torch tensors'
+    data_ptr(), their memory in memory order; see `dropout_flat_serial_at`): float32 / float64
+    (like is scale), or float16 / bfloat16 bits (like a numpy uint16 / int16, scale float32)."""
+    x = _view_at(x_address, n, like)
+    out = _view_at(out_address, n, like)
     words = _group_words(ngroups, key_lo, key_hi, off_lo, off_hi)
     runs = n // length
     if length < TINY_RUN:  # runs of a few elements: tiles, flags per element (`_apply_runs_flagged`)
