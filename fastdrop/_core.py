@@ -287,8 +287,9 @@ def _span(shape, strides):
 
 
 def _dense_grouped_dropout(x, p, seed, offset, scale, layout, n):
-    """Spatial dropout / DropPath of a float32/float64 CPU tensor whose groups lie in runs of
-    memory (`_grouped.grouped_layout`, which gave `layout`; no autograd): the one-launch grouped
+    """Spatial dropout / DropPath of a float32/float64 CPU tensor, or a float16/bfloat16 one (its
+    bits, computed in float32), whose groups lie in runs of memory (`_grouped.grouped_layout`,
+    which gave `layout`; no autograd): the one-launch grouped
     kernel on the flat memory (addresses), as _cpu.grouped_dropout_into would pick it, without its
     dtype and layout dispatch (a forward and a backward per layer per step). The output has x's
     strides (torch's layout rule for a dense x), so the same runs."""
@@ -1240,8 +1241,9 @@ _CHANNELS_LAST = None  # torch.channels_last, set with the lane's queries
 
 def training_lane(x, p, g, ndim=None, inplace=False):
     """The common call of dropout (g = 0) or a grouped op (g > 0) in training mode, without the
-    general pipeline: a plain CPU float32/float64 tensor, 0 < p < 1, inverted scaling, seed=None
-    at offset 0, no out= (the callers check those arguments; in place: `_inplace_lane`). Every check `call`
+    general pipeline: a plain CPU float32/float64 tensor (float16/bfloat16 for a grouped op not in
+    place), 0 < p < 1, inverted scaling, seed=None at offset 0, no out= (the callers check those
+    arguments; in place: `_inplace_lane`). Every check `call`
     runs passes for such a call, and its result is `call`'s, bit for bit, with the same draw from
     torch's generator: the route `torch_apply` would take. Under autograd that is the eager
     Function (a small contiguous elementwise call: `LaneDropout`; a grouped op:
