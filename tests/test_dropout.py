@@ -534,13 +534,12 @@ def test_small_inplace_and_out_on_tensors_match_numpy(dtype):
 def test_dropout_mask_strided_out_checks_its_working_copy_fits(monkeypatch):
     """A strided out is filled through a C-order working copy of its size: that copy is checked
     against physical memory before it is allocated, as a fresh output is (a strided view of a
-    memmap larger than RAM got the process killed instead of a MemoryError). Physical memory is
-    faked to 1 MiB here; a contiguous out of the same size takes no copy and is filled."""
-    import os
-    real = os.sysconf
-    monkeypatch.setattr(os, "sysconf", lambda name: 256 if name == "SC_PHYS_PAGES" else real(name))
-    page = real("SC_PAGE_SIZE")
-    n = 2 * 256 * page  # twice the faked memory of 256 pages
+    memmap larger than RAM got the process killed instead of a MemoryError). The process's
+    memory (`_alloc.PHYSICAL_BYTES`: physical memory or its cgroup's limit) is faked to 1 MiB
+    here; a contiguous out of the same size takes no copy and is filled."""
+    from fastdrop import _alloc
+    monkeypatch.setattr(_alloc, "PHYSICAL_BYTES", 1 << 20)
+    n = 2 << 20  # twice the faked memory
     strided = np.zeros((n, 2), bool)[:, 0]
     with pytest.raises(MemoryError):
         fastdrop.dropout_mask((n,), 0.5, 1, out=strided)
