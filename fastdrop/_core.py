@@ -338,8 +338,9 @@ def _new_kernel_scale(key):
 
 
 _PLAIN_TENSORS = ()  # torch.Tensor and nn.Parameter (subclasses keep the Function route)
-_HALF_SCALARS = ()  # torch float16 and bfloat16 (the grouped ops' native route takes them small)
-_HALF_BITS = {}  # torch float16 / bfloat16 -> the numpy zero whose type the kernels read their bits as
+# torch float16 / bfloat16 -> the numpy zero whose type the kernels read their bits as (the grouped
+# ops take half tensors by address, and small ones on the native route)
+_HALF_BITS = {}
 
 
 def _not_batched(t):
@@ -378,13 +379,12 @@ def _materialized_mask(x, rng, group_ndim):
 
 
 def _fill_flat_scalars():
-    global _PLAIN_TENSORS, _HALF_SCALARS, is_legacy_batched
+    global _PLAIN_TENSORS, is_legacy_batched
     import torch
     # (a torch without the query has no legacy batched tensors to find)
     is_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", _not_batched)
     _FLAT_SCALARS.update({torch.float32: np.float32, torch.float64: np.float64})
     _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
-    _HALF_SCALARS = (torch.float16, torch.bfloat16)
     _HALF_BITS.update({torch.float16: np.uint16(0), torch.bfloat16: np.int16(0)})
     # here, when torch's ops register, not on the first check: filled inside a torch.compile
     # trace, the checks' dtype table changed under Dynamo's guard and the call compiled twice
@@ -1211,7 +1211,7 @@ def _native_groups(x, g, p):
     """`_grouped.native_layout` for a tensor under autograd with mask-shape rule g > 0, when it
     is a CPU float32/float64 tensor of a plain class (the route's kernels take no other) or a small
     float16/bfloat16 one (computed in float32, `native_grouped`), else None."""
-    if (x.dtype not in _FLAT_SCALARS and x.dtype not in _HALF_SCALARS) or not x.is_cpu or \
+    if (x.dtype not in _FLAT_SCALARS and x.dtype not in _HALF_BITS) or not x.is_cpu or \
             type(x) not in _PLAIN_TENSORS:
         return None
     n = x.numel()
@@ -1262,7 +1262,7 @@ def training_lane(x, p, g, ndim=None, inplace=False):
         return None
     # the cheap refusals (CUDA; half types but for a grouped op not in place: the native route or
     # the grouped kernel by address) before the functorch and tracing queries
-    half = x.dtype in _HALF_SCALARS
+    half = x.dtype in _HALF_BITS
     if (x.dtype not in _FLAT_SCALARS and not (g and half and not inplace)) or not x.is_cpu or x.is_nested or \
             x.layout != strided or (x.dim() < g if ndim is None else x.dim() != ndim) or x._is_zerotensor():
         return None

@@ -532,14 +532,13 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
                                "call it eagerly, or under torch.compile (it runs eagerly there)")
         # under autocast: in float32 (where the samples are summed anyway), the result in
         # autocast's dtype, as the other ops and torch's linear give it (float32 operands too)
-        device = "cuda" if x.is_cuda else "cpu"
+        autocast = _autocast.autocast_state(x)
         present = [a for a in (x, weight, bias) if a is not None]
-        if torch.is_autocast_enabled(device) and \
-                all(isinstance(a, torch.Tensor) and a.dtype in _autocast.lower_dtypes(torch) for a in present):
+        if autocast and all(isinstance(a, torch.Tensor) and a.dtype in _autocast.lower_dtypes(torch) for a in present):
             cast = [None if a is None else a.float() for a in (x, weight, bias)]
-            with torch.autocast(device, enabled=False):
+            with torch.autocast(autocast[0], enabled=False):
                 y = _moment_matching(*cast, p, seed, activation, samples)
-            return y.to(torch.get_autocast_dtype(device))
+            return y.to(autocast[1])
     weight, bias = check_companions(x, kind, [("weight", weight), ("bias", bias)])
     _check((x, weight, bias), ())
     if kind == CUDA_ARRAY:
