@@ -88,7 +88,7 @@ def test_replaces_each_kind_with_the_same_settings():
     assert type(m[3][0]) is fnn.Dropout and m[3][0].p == 0.5
     assert type(b.path) is fnn.DropPath and b.path.drop_prob == 0.1 and b.path.scale_by_keep is False
     assert b.path.mode == "row" and b.path.training is False and b.drop2d.training is True
-    assert type(b.depth) is fnn.DropPath and b.depth.p == 0.3 and b.depth.mode == "batch"
+    assert type(b.depth) is fnn.StochasticDepth and b.depth.p == 0.3 and b.depth.mode == "batch"
     assert all(getattr(b, name) is mod for name, mod in keep.items())  # Alpha*, subclasses, ours: untouched
     assert all(mod.mode == "inverted" for mod in m.modules() if isinstance(mod, fnn.Dropout) and mod is not b.ours)
 
@@ -121,9 +121,34 @@ def test_root_module_is_returned_converted():
     assert type(new) is fnn.Dropout and new.p == 0.25 and new.inplace and not new.training
     assert repr(new) == repr(torch.nn.Dropout(0.25, inplace=True))
     new = fnn.convert(StochasticDepth(0.2, "row"))
-    assert type(new) is fnn.DropPath and new.p == 0.2 and new.mode == "row"
+    assert type(new) is fnn.StochasticDepth and new.p == 0.2 and new.mode == "row"
     alpha = torch.nn.AlphaDropout(0.1)
     assert fnn.convert(alpha) is alpha
+
+
+def test_converted_stochastic_depth_keeps_torchvisions_signatures():
+    """torchvision's layer is called as `sd(input=h)` (its forward's name) and built as
+    StochasticDepth(p, mode): both still work after convert (a DropPath's forward takes x), under
+    TorchScript too, and the repr is torchvision's."""
+    new = fnn.convert(StochasticDepth(0.4, "row"))
+    assert isinstance(new, fnn.DropPath) and repr(new) == "StochasticDepth(p=0.4, mode=row)"
+    x = torch.randn(16, 3, 5)
+    torch.manual_seed(2)
+    y = new(input=x)
+    torch.manual_seed(2)
+    assert torch.equal(y, fastdrop.drop_path(x, 0.4, mode="row"))
+    assert torch.equal(fnn.StochasticDepth(0.4, "batch").eval()(input=x), x)
+    scripted = torch.jit.script(new)  # (scripted: eval only, README "TorchScript")
+    assert torch.equal(scripted.eval()(input=x), x)
+    with pytest.raises(torch.jit.Error, match="scripted fastdrop.nn.StochasticDepth runs in eval mode only"):
+        scripted.train()(x)
+    compiled = torch.compile(new.train(), backend="aot_eager", fullgraph=True)
+    torch.manual_seed(3)
+    y = compiled(input=x)
+    torch.manual_seed(3)
+    assert torch.equal(y, fastdrop.drop_path(x, 0.4, mode="row"))
+    with pytest.raises(ValueError, match="mode"):
+        fnn.StochasticDepth(0.4, "rows")
 
 
 def test_shared_module_stays_shared_and_second_convert_changes_nothing():
@@ -168,7 +193,7 @@ def test_probabilities_held_as_0d_tensors():
     rates = torch.linspace(0, 0.2, 3)
     m = fnn.convert(torch.nn.Sequential(DropPath(rates[1]), torch.nn.Dropout(torch.tensor(0.25)),
                                         StochasticDepth(torch.tensor(0.5), "row")))
-    assert [type(c) for c in m] == [fnn.DropPath, fnn.Dropout, fnn.DropPath]
+    assert [type(c) for c in m] == [fnn.DropPath, fnn.Dropout, fnn.StochasticDepth]
     assert m[0].p == pytest.approx(0.1) and m[1].p == 0.25 and m[2].p == 0.5
     assert all(isinstance(c.p, float) for c in m)
 

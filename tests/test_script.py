@@ -24,6 +24,7 @@ MODULES = {
     "DropPath": (lambda p: fnn.DropPath(p), (4, 3, 8)),
     "DropPath_classic_batch_inplace": (
         lambda p: fnn.DropPath(p, mode="batch", scaling="classic", inplace=True), (4, 3, 8)),
+    "StochasticDepth": (lambda p: fnn.StochasticDepth(p, "row"), (4, 3, 8)),
     "DropoutLinear": (lambda p: fnn.DropoutLinear(8, 5, p=p), (4, 8)),
     "DropoutLinear_classic": (lambda p: fnn.DropoutLinear(8, 5, p=p, mode="classic"), (4, 8)),
     "DropConnectLinear": (lambda p: fnn.DropConnectLinear(8, 5, p=p), (4, 8)),

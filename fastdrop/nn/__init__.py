@@ -1,12 +1,12 @@
 """Drop-in torch.nn modules backed by fastdrop's kernels (imports torch)."""
 from .convert import convert
-from .drop_path import DropPath
+from .drop_path import DropPath, StochasticDepth
 from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 from .linear import DropoutLinear, DropConnectLinear
 from .mc import MCResult, mc_predict
 
 __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropoutLinear", "DropConnectLinear", "DropPath",
-           "convert", "mc_predict", "MCResult"]
+           "StochasticDepth", "convert", "mc_predict", "MCResult"]
 
 from .._dynamo_skip import keep_dynamo_out as _keep_dynamo_out
 

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from .drop_path import DropPath
+from .drop_path import DropPath, StochasticDepth
 from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 
 # Exact types only: a user's subclass of nn.Dropout may override forward, which a swap would lose.
@@ -49,7 +49,7 @@ def _replacement(m):
     if is_timm_drop_path(m):
         return DropPath(_prob(m.drop_prob), scale_by_keep=bool(m.scale_by_keep))
     if is_torchvision_stochastic_depth(m):
-        return DropPath(p=_prob(m.p), mode=m.mode)
+        return StochasticDepth(_prob(m.p), m.mode)
     return None
 
 
@@ -58,8 +58,9 @@ def convert(model):
 
     Replaced: `torch.nn.Dropout`, `Dropout1d`, `Dropout2d`, `Dropout3d` (exact classes, not user
     subclasses, whose forward may differ) by `fastdrop.nn.Dropout*` with the same `p` and `inplace`;
-    timm's `DropPath(drop_prob, scale_by_keep)` and torchvision's `StochasticDepth(p, mode)` by
-    `fastdrop.nn.DropPath` with the same probability, `scale_by_keep` and mode. Every new module
+    timm's `DropPath(drop_prob, scale_by_keep)` by `fastdrop.nn.DropPath` and torchvision's
+    `StochasticDepth(p, mode)` by `fastdrop.nn.StochasticDepth` (DropPath with torchvision's
+    signatures) with the same probability, `scale_by_keep` and mode. Every new module
     takes its predecessor's training flag. Not replaced: `AlphaDropout` and `FeatureAlphaDropout`
     (SELU dropout: fastdrop has no kernel for it), modules that are already fastdrop's, and
     anything else. Dropout layers hold no parameters or buffers, so the `state_dict` is unchanged,

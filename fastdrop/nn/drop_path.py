@@ -2,6 +2,8 @@
 
 The probability is timm's `drop_prob` or torchvision's `p` (the same value: `.drop_prob` is a live
 alias of `.p`, so drop-path-rate schedules that assign `m.drop_prob` change what forward uses).
+`StochasticDepth` is DropPath under torchvision's signatures, `StochasticDepth(p, mode)` and
+`forward(input)`, which `fastdrop.nn.convert` puts in torchvision's layer's place.
 """
 import numpy as np
 import torch
@@ -99,3 +101,29 @@ class DropPath(FxLeaf, torch.nn.Module):
                 return y
         return drop_path(x, p, training=self.training, scale_by_keep=self.scale_by_keep,
                          mode=self.mode, scaling=self.scaling, inplace=inplace)
+
+
+class StochasticDepth(DropPath):
+    """DropPath with torchvision's signatures: `StochasticDepth(p, mode)` and `forward(input)`.
+
+    What `fastdrop.nn.convert` puts in place of `torchvision.ops.StochasticDepth`, so that a call
+    by keyword, `sd(input=h)`, as torchvision's forward names its argument, keeps working.
+
+    Args:
+        p: drop probability per sample (mode "row") or for the whole batch (mode "batch").
+        mode: "row" or "batch".
+    Example:
+        >>> x = x + StochasticDepth(0.2, "row")(block(x))
+    """
+
+    def __init__(self, p: float, mode: str):
+        super().__init__(p=p, mode=mode)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mode={self.mode}"  # torchvision's repr
+
+    def forward(self, input):
+        if is_scripting():  # (TorchScript cannot call DropPath.forward: the same branch)
+            return scripted_dropout(input, self.training, self._p, self.scaling == "classic", self.inplace,
+                                    "StochasticDepth", self._ranks)
+        return DropPath.forward(self, input)
