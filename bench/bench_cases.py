@@ -408,7 +408,7 @@ def small_call_providers(shape, p, dtype="float32"):
 
     def kernel(src, dst, seed):
         """The serial kernel on two contiguous tensors' memory, offset 0 (seed < 2^63, as drawn)."""
-        dropout_flat_serial_at(src.data_ptr(), dst.data_ptr(), src.numel(), seed, 0, thr, np_scale)
+        dropout_flat_serial_at(src.data_ptr(), dst.data_ptr(), src.numel(), seed, 0, thr, np_scale, np_scale)
 
     class BareDropout(torch.autograd.Function):
         @staticmethod

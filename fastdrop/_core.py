@@ -191,21 +191,27 @@ def _small_dense_dropout(x, p, seed, offset, scale):
 
 
 def _serial_args(dtype, p, seed, offset, scale):
-    """The serial `*_at` kernels' arguments after the data, for a torch float32/float64 dtype:
-    (seed, offset) as the int64 bits of their uint64 values, T(p) as an int, and the scale as the
-    kernel's numpy scalar (its dtype picks the kernel's); Python ints are the arguments Numba's
-    dispatcher types fastest (dropout_cpu._int_rng_args)."""
+    """The elementwise `*_at` kernels' arguments after the data, for a torch float32/float64 or
+    float16/bfloat16 dtype: (seed, offset) as the int64 bits of their uint64 values, T(p) as an
+    int, the scale as the kernel's numpy scalar, and the element type the kernel reads (the
+    scale's own for float32/float64; for a half type its bits, `_HALF_BITS`, with a float32 scale:
+    computed in float32, rounded once); Python ints are the arguments Numba's dispatcher types
+    fastest (dropout_cpu._int_rng_args). The pair kernel takes the first four (no half types)."""
     key = (dtype, p, scale)
     constants = _SERIAL_CONSTANTS.get(key)  # a numpy scalar costs more to make than to look up
     if constants is None:
         if len(_SERIAL_CONSTANTS) >= 256:  # p from a schedule: bounded
             _SERIAL_CONSTANTS.clear()
-        constants = _SERIAL_CONSTANTS[key] = (int(kernel_threshold(p)), _FLAT_SCALARS[dtype](scale))
+        like = _HALF_BITS.get(dtype)
+        kernel_scale = _FLAT_SCALARS[dtype](scale) if like is None else np.float32(scale)
+        constants = _SERIAL_CONSTANTS[key] = (int(kernel_threshold(p)), kernel_scale,
+                                              kernel_scale if like is None else like)
     return (seed - _TWO_64 if seed > _MAX_I64 else seed, offset - _TWO_64 if offset > _MAX_I64 else offset,
             *constants)
 
 
-_SERIAL_CONSTANTS = {}  # (torch dtype, p, scale) -> (T(p) as an int, the kernel's scale scalar)
+# (torch dtype, p, scale) -> (T(p) as an int, the kernel's scale scalar, the element type's scalar)
+_SERIAL_CONSTANTS = {}
 _TWO_64, _MAX_I64 = 1 << 64, (1 << 63) - 1
 
 
@@ -425,7 +431,7 @@ class TorchBackend:
         # (below the caller's threshold too: the dense layers pass theirs, and their small masks
         # went through numpy views, ~10 us of a DropoutLinear 8x512 forward)
         if not group_ndim and 0 < n < limit \
-                and x.dtype in _FLAT_SCALARS and x.is_contiguous():
+                and (x.dtype in _FLAT_SCALARS or x.dtype in _HALF_BITS) and x.is_contiguous():
             # (by address: x needs no detached copy, ~1 us of a small layer's forward)
             if out is None:
                 return _small_dense_dropout(x, rng.p, seed, offset, rng.scale)
@@ -494,7 +500,7 @@ class TorchBackend:
             empty = sys.modules["torch"].empty_like
             oa, ob = empty(a), empty(b)
             dropout_pair_serial_at(a.data_ptr(), b.data_ptr(), oa.data_ptr(), ob.data_ptr(), n,
-                                   *_serial_args(a.dtype, rng.p, _seed_int(rng.seed), rng.offset & MAX_U64, rng.scale))
+                                   *_serial_args(a.dtype, rng.p, _seed_int(rng.seed), rng.offset & MAX_U64, rng.scale)[:4])
             return oa, ob
         torch = sys.modules["torch"]
         a, b = a.detach().resolve_neg().contiguous(), b.detach().resolve_neg().contiguous()
@@ -1241,8 +1247,8 @@ _CHANNELS_LAST = None  # torch.channels_last, set with the lane's queries
 
 def training_lane(x, p, g, ndim=None, inplace=False):
     """The common call of dropout (g = 0) or a grouped op (g > 0) in training mode, without the
-    general pipeline: a plain CPU float32/float64 tensor (float16/bfloat16 for a grouped op not in
-    place), 0 < p < 1, inverted scaling, seed=None at offset 0, no out= (the callers check those
+    general pipeline: a plain CPU float32/float64 tensor (float16/bfloat16 not in place: a grouped
+    op, or dropout of fewer than CPU_PARALLEL_MIN contiguous elements), 0 < p < 1, inverted scaling, seed=None at offset 0, no out= (the callers check those
     arguments; in place: `_inplace_lane`). Every check `call`
     runs passes for such a call, and its result is `call`'s, bit for bit, with the same draw from
     torch's generator: the route `torch_apply` would take. Under autograd that is the eager
@@ -1260,10 +1266,11 @@ def training_lane(x, p, g, ndim=None, inplace=False):
     # traces nothing below it (it cannot trace the functorch queries)
     if compiling() or type(x) is not tensor:
         return None
-    # the cheap refusals (CUDA; half types but for a grouped op not in place: the native route or
-    # the grouped kernel by address) before the functorch and tracing queries
+    # the cheap refusals (CUDA; half types but not in place: a grouped op's native route or
+    # grouped kernel by address, a small elementwise call's serial kernel by address) before the
+    # functorch and tracing queries
     half = x.dtype in _HALF_BITS
-    if (x.dtype not in _FLAT_SCALARS and not (g and half and not inplace)) or not x.is_cpu or x.is_nested or \
+    if (x.dtype not in _FLAT_SCALARS and not (half and not inplace)) or not x.is_cpu or x.is_nested or \
             x.layout != strided or (x.dim() < g if ndim is None else x.dim() != ndim) or x._is_zerotensor():
         return None
     if transforms_active() or wrapped(x) or tracing() or forward_ad._current_level >= 0 or \
@@ -1273,6 +1280,8 @@ def training_lane(x, p, g, ndim=None, inplace=False):
     n = x.numel()
     itemsize = x.element_size()
     nbytes = n * itemsize
+    if half and not g and not (0 < n < _cpu.CPU_PARALLEL_MIN and x.is_contiguous() and not x.is_neg()):
+        return None  # a half x's elementwise call on the serial kernel only (`small` below)
     if inplace:
         return _inplace_lane(x, p, g, recorded, n, nbytes)
     if g and recorded:

@@ -382,14 +382,16 @@ def _int_rng_args(seed, offset, thr):
 
 
 @cpu_kernel(parallel=False)
-def dropout_flat_serial_at(x_address, out_address, n, seed, offset, thr, scale):
-    """`dropout_flat_serial` on n contiguous elements of scale's dtype at two addresses (torch
+def dropout_flat_serial_at(x_address, out_address, n, seed, offset, thr, scale, like):
+    """`dropout_flat_serial` on n contiguous elements of like's type at two addresses (torch
     tensors' data_ptr(), not overlapping): the small calls of a training step. Addresses, not
     numpy views: a view (`Tensor.numpy()`, reshape) costs about 1 us per tensor, the kernel's
     whole call ~10 us at 64x512, and torch marks a storage lent to numpy as not resizable.
-    seed, offset: the int64 bits of the uint64 values; thr: T(p) as an int (`_int_rng_args`)."""
-    x = _view_at(x_address, n, scale)
-    out = _view_at(out_address, n, scale)
+    seed, offset: the int64 bits of the uint64 values; thr: T(p) as an int (`_int_rng_args`);
+    like: scale for float32 / float64, or float16 / bfloat16 bits (a numpy uint16 / int16, scale
+    float32: computed in float32, rounded once, as `dropout_groups_flat_at`)."""
+    x = _view_at(x_address, n, like)
+    out = _view_at(out_address, n, like)
     key_lo, key_hi, off_lo, off_hi, thr = _int_rng_args(seed, offset, thr)
     buf = np.empty(CHUNK, np.uint16)
     for c in range((n + CHUNK - 1) // CHUNK):
@@ -397,10 +399,10 @@ def dropout_flat_serial_at(x_address, out_address, n, seed, offset, thr, scale):
 
 
 @cpu_kernel(parallel=False)
-def dropout_flat_inplace_serial_at(address, n, seed, offset, thr, scale):
-    """`dropout_flat_inplace` on the calling thread over n contiguous elements of scale's dtype at
+def dropout_flat_inplace_serial_at(address, n, seed, offset, thr, scale, like):
+    """`dropout_flat_inplace` on the calling thread over n contiguous elements of like's type at
     an address (arguments as `dropout_flat_serial_at`): a small in-place call on a torch tensor."""
-    x = _view_at(address, n, scale)
+    x = _view_at(address, n, like)
     key_lo, key_hi, off_lo, off_hi, thr = _int_rng_args(seed, offset, thr)
     buf = np.empty(CHUNK, np.uint16)
     for c in range((n + CHUNK - 1) // CHUNK):
@@ -658,19 +660,19 @@ def dropout_tiled(xb, x_strides, ob, o_strides, shape, a, key_lo, key_hi, off_lo
 
 
 @cpu_kernel
-def dropout_tiled_at(x_address, x_span, out_address, o_span, layout, a, seed, offset, thr, scale):
-    """`dropout_tiled` on the memory of torch tensors of scale's dtype: x_span / o_span elements
+def dropout_tiled_at(x_address, x_span, out_address, o_span, layout, a, seed, offset, thr, scale, like):
+    """`dropout_tiled` on the memory of torch tensors of like's type: x_span / o_span elements
     from the two addresses (their data_ptr()), layout one int64 array (shape, x's strides, out's
-    strides; in elements, as kernels/layout.py `tiled_layout` gives them), seed, offset and thr
-    as `dropout_flat_serial_at` takes them. Addresses and one small array, not numpy views: the
+    strides; in elements, as kernels/layout.py `tiled_layout` gives them), seed, offset, thr,
+    scale and like as `dropout_flat_serial_at` takes them. Addresses and one small array, not numpy views: the
     views and their layout checks cost ~40 us a call, more than the kernel below ~10^5 elements
     (docs/cpu_kernels.md, "Permuted layouts without numpy")."""
     nd = layout.size // 3
     shape = layout[:nd]
     x_strides = layout[nd:2 * nd]
     o_strides = layout[2 * nd:]
-    xb = _view_at(x_address, x_span, scale)
-    ob = _view_at(out_address, o_span, scale)
+    xb = _view_at(x_address, x_span, like)
+    ob = _view_at(out_address, o_span, like)
     key_lo, key_hi, off_lo, off_hi, t = _int_rng_args(seed, offset, thr)
     tasks, grid = _tile_grid(shape, a, xb.itemsize)
     for task in numba.prange(tasks):

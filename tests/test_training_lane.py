@@ -15,7 +15,7 @@ F = fastdrop
 
 
 def bits(t):
-    return t.detach().view(torch.int64 if t.dtype == torch.float64 else torch.int32)
+    return t.detach().view({torch.float64: torch.int64, torch.float32: torch.int32}.get(t.dtype, torch.int16))
 
 
 def hostile(shape, dtype, seed=0):
@@ -57,7 +57,7 @@ def make(shape, dtype):
     return hostile(shape, dtype) if shape and 0 not in shape else torch.randn(shape, dtype=dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_lane_equals_the_pipeline_bit_for_bit(monkeypatch, shape, p, dtype):
@@ -73,11 +73,12 @@ def test_lane_equals_the_pipeline_bit_for_bit(monkeypatch, shape, p, dtype):
         return y, gx, torch.get_rng_state(), type(y.grad_fn).__name__
 
     y, gx, state, node = run()
-    empty = x.numel() == 0  # (the lane leaves it to the pipeline, which draws no seed for it)
-    assert len(taken) == (0 if empty else 1)
-    y0, gx0, state0, node0 = without_lane(monkeypatch, run)
-    assert len(taken) == (0 if empty else 1)
     small = x.is_contiguous() and 0 < x.numel() < fastdrop._cpu.CPU_PARALLEL_MIN
+    # (empty: the lane leaves it to the pipeline, which draws no seed for it; a half x: small ones only)
+    lane = x.numel() > 0 and (small or x.element_size() > 2)
+    assert len(taken) == lane
+    y0, gx0, state0, node0 = without_lane(monkeypatch, run)
+    assert len(taken) == lane
     assert node0 == "EagerFunctionBackward"
     assert node == ("LaneDropoutBackward" if small else node0)
     assert torch.equal(bits(y), bits(y0))  # NaN, inf and the sign of zeros included
@@ -109,7 +110,9 @@ def test_the_lane_only_takes_default_calls(monkeypatch):
     for call in (lambda: F.dropout(x, 0.2, seed=1), lambda: F.dropout(x, 0.2, offset=1),
                  lambda: F.dropout(x, 0.2, mode="classic"), lambda: F.dropout(x, 0.2, training=False),
                  lambda: F.dropout(x, 1), lambda: F.dropout(x, 0.0), lambda: F.dropout(x, 1.0),
-                 lambda: F.dropout(x.half(), 0.2), lambda: F.dropout(x.bfloat16(), 0.2),
+                 # half types: a small contiguous call only (below), not a big or strided one nor in place
+                 lambda: F.dropout(torch.randn(fastdrop._cpu.CPU_PARALLEL_MIN, dtype=torch.bfloat16, requires_grad=True), 0.2),
+                 lambda: F.dropout(x.half().t(), 0.2), lambda: F.dropout(x.bfloat16(), 0.2, inplace=True),
                  lambda: F.dropout(torch.nn.Parameter(torch.randn(3)), 0.2),
                  lambda: F.dropout(x.detach().numpy(), 0.2)):
         call()
@@ -118,6 +121,9 @@ def test_the_lane_only_takes_default_calls(monkeypatch):
     with torch.no_grad():
         F.dropout(x, 0.2)
     assert len(taken) == 3
+    F.dropout(x.half(), 0.2)  # a small contiguous half call: the serial kernel by address
+    F.dropout(x.detach().bfloat16(), 0.2)
+    assert len(taken) == 5
     with pytest.raises(ValueError):
         F.dropout(x, 1.5)
     with pytest.raises(TypeError):
@@ -126,7 +132,7 @@ def test_the_lane_only_takes_default_calls(monkeypatch):
         F.dropout(torch.randn(3, requires_grad=True, dtype=torch.complex64), 0.2)
     with pytest.raises(RuntimeError, match="out="):
         F.dropout(x, 0.2, out=torch.empty(6, 7))
-    assert len(taken) == 3
+    assert len(taken) == 5
 
 
 def test_the_lane_runs_at_the_rank_stream(monkeypatch):
