@@ -34,10 +34,13 @@ def check_p(p, name="p"):
         return p
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
         raise TypeError(f"{name} must be a real number in [0, 1], got {type(p).__name__} {p!r}")
-    p = float(p)
-    if math.isnan(p) or not 0.0 <= p <= 1.0:
+    try:
+        p_float = float(p)
+    except OverflowError:  # a finite real past float's range (10**400, a Fraction of such ints)
+        p_float = math.inf if p > 0 else -math.inf
+    if math.isnan(p_float) or not 0.0 <= p_float <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {name}={p}")
-    return p
+    return p_float
 
 
 def check_bool(value, name):

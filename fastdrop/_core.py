@@ -873,8 +873,10 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
         if out is not None:
             out[...] = y
             return out
-        if kind == TORCH and y is x and x is not given:
-            return given  # x unchanged, as torch's dropout returns it (a ZeroTensor's copy was made to read it)
+        if (kind == TORCH or kind == CUDA_ARRAY) and y is x and x is not given:
+            # x unchanged, as torch's dropout returns it: the object given (a ZeroTensor's copy was
+            # made to read it; a __cuda_array_interface__ object was wrapped to read its shape)
+            return given
         return given if inplace else y
     if out is None and not inplace:
         _check_host_output(op, x, kind, operands)

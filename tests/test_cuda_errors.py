@@ -63,6 +63,12 @@ def test_an_object_with_only_the_interface_is_checked_on_it():
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         fastdrop.dropout(InterfaceOnly(), 0.5)
     assert fastdrop._seeds._numpy_source.bit_generator.state == state
+    # the trivial calls return the object given, not the wrapper that read its interface (a review)
+    x = InterfaceOnly()
+    for call in (lambda: fastdrop.dropout(x, 0.5, training=False), lambda: fastdrop.dropout(x, 0.0),
+                 lambda: fastdrop.dropout2d(x, 0.0), lambda: fastdrop.drop_path(x, 0.5, training=False),
+                 lambda: fastdrop.dropout(x, 0.5, training=False, inplace=True)):
+        assert call() is x
 
 
 @needs_no_gpu

@@ -3,6 +3,7 @@ impossible sizes) before any work, and changes no state: the input is not modifi
 fastdrop's numpy seed stream nor torch's generator is consumed. docs/robustness.md lists them."""
 import copy
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -178,6 +179,10 @@ CASES = [
     ("max-norm-expanded", lambda: torch.tensor([[1.0], [2.0], [3.0]]), lambda x: F.max_norm_(x.expand(3, 4), 1.0),
      RuntimeError, "single memory location"),
     ("keep-threshold-2", x_np, lambda x: F.keep_threshold(2.0), ValueError, "between 0 and 1"),
+    # finite reals past float's range: ValueError, not float()'s OverflowError (a review)
+    ("p-huge-int", x_np, lambda x: F.dropout(x, 10**400), ValueError, "between 0 and 1"),
+    ("p-huge-fraction", x_t, lambda x: F.dropout(x, Fraction(10**400, 3)), ValueError, "between 0 and 1"),
+    ("p-huge-negative", x_t, lambda x: F.dropout2d(x, -10**400), ValueError, "between 0 and 1"),
     ("keep-threshold-bool", x_np, lambda x: F.keep_threshold(True), TypeError, "real number"),
     ("keep-threshold-str", x_np, lambda x: F.keep_threshold("0.5"), TypeError, "real number"),
     ("keep-threshold-tensor", x_np, lambda x: F.keep_threshold(torch.tensor(0.5)), TypeError, "real number"),
