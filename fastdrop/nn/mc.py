@@ -134,6 +134,15 @@ def _stochastic_modules(model):
                       f"own forward is not converted)", stacklevel=3)
     attention = [f"{name} (dropout={m.dropout})" for name, m in model.named_modules(prefix="model")
                  if isinstance(m, torch.nn.MultiheadAttention) and m.dropout > 0]
+    # the same for torch's recurrent layers: dropout between stacked layers, a float (a review)
+    recurrent = [f"{name} (dropout={m.dropout})" for name, m in model.named_modules(prefix="model")
+                 if isinstance(m, torch.nn.RNNBase) and m.dropout > 0 and m.num_layers > 1]
+    if recurrent:
+        warnings.warn(f"mc_predict: these recurrent layers drop between their stacked layers with a "
+                      f"float inside the layer, not a module, which mc_predict cannot sample (off in "
+                      f"eval mode): {', '.join(recurrent)}; the samples' variance leaves that dropout "
+                      f"out. Stack one-layer nn.RNN / LSTM / GRU modules with fastdrop.nn.Dropout between "
+                      f"them, or set their dropout to 0 to silence this", stacklevel=3)
     if attention:
         # (nn.TransformerEncoderLayer's attention among them: fastdrop.nn.convert replaces its
         # Dropout modules, not this float; a review, 2026-12-06)
@@ -397,34 +406,23 @@ _NONE_RAN = ("mc_predict: none of the model's fastdrop stochastic modules ran in
              "nn.MultiheadAttention, is not a module and never samples")
 
 
-def _compiled_encoder_layers(model):
-    """(name, layer) of the nn.TransformerEncoderLayers inside compiled parts of model (a
-    torch.compile'd module or one whose .compile() ran): Dynamo traces torch's fused-path
-    condition there as it finds it, so `_UnfusedEncoderLayers` cannot keep them off that path."""
-    found = {}
-    for name, m in model.named_modules():
-        if _is_compiled(m) or getattr(m, "_compiled_call_impl", None) is not None:
-            for sub, layer in m.named_modules():
-                if isinstance(layer, torch.nn.TransformerEncoderLayer) and id(layer) not in found:
-                    found[id(layer)] = (".".join(p for p in (name, sub) if p), layer)
-    return list(found.values())
+def _compiled_parts(model):
+    """Does model hold compiled code that would run while it samples: a submodule that is a
+    torch.compile wrapper, or any module whose .compile() ran (nn.Module.compile, torch's in-place
+    form), the model itself included (a root wrapper is unwrapped before)?"""
+    return any(_is_compiled(m) or getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
 
 
-def _check_encoder_dropouts_ran(layers, ran):
-    """ValueError where a compiled nn.TransformerEncoderLayer ran none of its fastdrop dropout
-    modules in sample 0: it took torch's fused path, which skips them (or the model never calls
-    it: the switch off then says so), while torch's switch allows that path."""
-    if not torch.backends.mha.get_fastpath_enabled():
-        return
-    for name, layer in layers:
-        drops = [id(m) for m in layer.modules() if isinstance(m, _STOCHASTIC)]
-        if drops and not ran.intersection(drops):
-            raise ValueError(f"mc_predict: the dropout modules of {name} (a compiled nn.TransformerEncoderLayer) "
-                             f"did not run: a compiled layer takes torch's fused encoder path of eval mode, "
-                             f"which skips them (mc_predict keeps only eagerly run layers off it): sample "
-                             f"the uncompiled model, or turn the path off with "
-                             f"torch.backends.mha.set_fastpath_enabled(False) (also the way on where the "
-                             f"model does not call this layer)")
+def _eagerly(compiled):
+    """The context the samples run in: for a model with compiled parts (`_compiled_parts`), torch's
+    "force_eager" stance, which runs them as their original modules. Compiled, they reach the
+    sampler through a graph break (`_mc_state.sample` is opaque to Dynamo), which fullgraph=True
+    refuses (Dynamo's "Unsupported" from inside the forward; a review, 2026-12-06), and a compiled
+    nn.TransformerEncoderLayer takes torch's fused eval path, which skips its dropout modules
+    (Dynamo traces the path's condition as it finds it: `_UnfusedEncoderLayers` cannot reach it).
+    torch's stance is process-wide: while such a call samples, compiled code that other threads
+    run runs eagerly too (the same values, without the compiled speed)."""
+    return torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext()
 
 
 def _positive_int(v, name, none_ok=False):
@@ -514,7 +512,7 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     if seed is not None:
         seed = check_u64(seed, "seed")
     # a torch.compile'd model samples through its original module, eagerly: the compiled graph
-    # holds the modules' ops, not the sampler's per-sample masks
+    # holds the modules' ops, not the sampler's per-sample masks (compiled parts inside it: `_eagerly`)
     model = getattr(model, "_orig_mod", model) if _is_compiled(model) else model
     drops = _stochastic_modules(model)  # refusals come before the seed draw
     drop_ids = {id(m) for m in drops}
@@ -592,12 +590,11 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     sampler = _Sampler(seed, base)
     merger = _Merger()
     encoders = any(isinstance(m, torch.nn.TransformerEncoderLayer) for m in rest.modules())
-    compiled_encoders = _compiled_encoder_layers(rest) if encoders else []
     # the attention / recurrent layers the samples reach, whose 2-d input may be one sequence
     sequence_dims = {m.embed_dim if isinstance(m, torch.nn.MultiheadAttention) else m.input_size
                      for m in rest.modules() if isinstance(m, (torch.nn.MultiheadAttention, torch.nn.RNNBase))}
     try:
-        with _mc_state.sampling(sampler), torch.no_grad(), \
+        with _mc_state.sampling(sampler), torch.no_grad(), _eagerly(_compiled_parts(model)), \
                 _UnfusedEncoderLayers() if encoders else contextlib.nullcontext():
             h = prefix(x) if prefix is not None else x
             # (the fused GEMM takes the layer's weight as it is: an h of another dtype takes the
@@ -638,9 +635,7 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                         y = _output(rest(hin))
                         if sampler.k == 0 and t0 == 0:
                             raise ValueError(_NONE_RAN)
-                        if t0 == 0 and compiled_encoders:
-                            _check_encoder_dropouts_ran(compiled_encoders, sampler.ran)
-                        if t0 == 0:  # (after that refusal; the prefix split off holds no stochastic module)
+                        if t0 == 0:  # (the prefix split off holds no stochastic module)
                             idle = _not_run(model, sampler.ran)
                             if idle:  # (a review, 2026-12-06: timm's fused attention never calls attn_drop)
                                 warnings.warn(f"mc_predict: these fastdrop stochastic modules did not run in "
