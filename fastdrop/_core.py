@@ -724,7 +724,8 @@ _RANDOMNESS_REFUSAL = ("fastdrop's dropout draws random masks: under torch.func.
 
 
 def _no_vmap(op, inplace=False):
-    return RuntimeError(f"fastdrop.{op.name} does not support torch.func.vmap" + (" in place" if inplace else ""))
+    return RuntimeError(f"fastdrop.{op.name} does not support torch.func.vmap" + (" in place" if inplace else "")
+                        + ("" if inplace else _jacobian_hint(op)))
 
 
 def _same_only(op):
@@ -732,7 +733,20 @@ def _same_only(op):
     randomness other than 'same': the one it takes."""
     return RuntimeError(f"fastdrop.{op.name} does not support torch.func.vmap with a mask per example "
                         f"(randomness='different'); over operands the batch shares pass "
-                        f"randomness='same' (one mask for all)")
+                        f"randomness='same' (one mask for all)" + _jacobian_hint(op))
+
+
+def _jacobian_hint(op):
+    """Where an op without a vmap rule is refused, the Jacobian route it does take: jacfwd and
+    hessian vmap forward-mode tangents (the refusal came from there, whatever randomness they
+    were given; a review found the message pointed at randomness='same', which fails again)."""
+    if op.vmap is not None:
+        return ""
+    if op.name.startswith("dropconnect_sample"):  # (its backward ops too: not batched either, README)
+        return ("; torch.func.jacfwd / jacrev / hessian batch this op, which they cannot: take "
+                "gradients one output at a time (torch.autograd.grad)")
+    return ("; torch.func.jacfwd and hessian batch forward-mode tangents, which this op cannot: its "
+            "Jacobian takes torch.func.jacrev, its Hessian jacrev(jacrev(f))")
 
 
 def _vmap_refusal(torch, op, operands, inplace):

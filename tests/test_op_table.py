@@ -101,6 +101,27 @@ def test_inductor_cpp_wrapper_runs_every_op():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_inductor_keeps_eagers_half_bits_with_emulated_casts(dtype):
+    """float16/bfloat16 operands: the dense ops compute in float32 and round outputs and
+    gradients once; Inductor fused away the float32 -> half -> float32 round trips of the graph
+    around them, so a gradient flowing on through other ops (a ReLU after each op here) differed
+    by an ulp from eager's (a review; README, "to within rounding").
+    `torch._inductor.config.emulate_precision_casts` keeps the round trips: every op in one graph,
+    outputs and gradients equal eager's bit for bit."""
+    import torch._inductor.config as inductor_config
+
+    def chained(*ops):
+        return tuple(torch.relu(y) * 1.5 for y in _every_op(*ops))
+    ops = tuple(o.to(dtype) for o in _every_op_operands())
+    torch._dynamo.reset()
+    with inductor_config.patch(emulate_precision_casts=True):
+        y_c, g_c = _run(torch.compile(chained, fullgraph=True, backend="inductor"), ops, 1)
+    y_e, g_e = _run(chained, ops, 1)
+    for a, b in zip(y_c + list(g_c), y_e + list(g_e)):
+        assert a.dtype == b.dtype and torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
 def test_aot_inductor_package_runs_every_op(tmp_path):
     """An exported program with every op (seed=None and explicit seeds) compiled by AOTInductor,
     packaged, loaded and run (MC-dropout inference shipped as a .pt2): outputs equal eager's with
@@ -458,6 +479,32 @@ def test_jacrev_and_vmap_of_a_vjp(name):
         basis = torch.eye(y.numel(), dtype=y.dtype).reshape(y.numel(), *y.shape)
         (rows,) = torch.func.vmap(vjp_fn, randomness=randomness)(basis)
         torch.testing.assert_close(rows.reshape(looped.shape), looped)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jacfwd_and_hessian_refusals_name_the_route_that_works(name):
+    """torch.func.jacfwd and hessian vmap forward-mode tangents, whatever randomness they are
+    given: an op without a vmap rule (the dense ops) refuses them, and the message named
+    randomness='same', which fails again (a review). It names the route that works: jacrev (and
+    jacrev of jacrev for the Hessian), which the test then takes; per-sample DropConnect, whose
+    backward has no vmap rule either, says to take the gradients one at a time."""
+    case = CASES[name]
+    if case.op.vmap is not None:
+        return  # the dropout family: jacfwd works (test_func_grad_jvp_and_vmap)
+    ops = operands(case)
+    rest = ops[1:]
+    f = lambda x: case.call(x, *rest, seed=3)  # noqa: E731
+    per_sample = case.op in (DROPCONNECT_SAMPLE, SAMPLE_GRAD_X, SAMPLE_GRAD_W)
+    hint = "one output at a time" if per_sample else r"takes torch.func.jacrev, its Hessian jacrev\(jacrev"
+    for refused in (lambda: torch.func.jacfwd(f)(ops[0]), lambda: torch.func.jacfwd(f, randomness="same")(ops[0]),
+                    lambda: torch.func.hessian(lambda x: (f(x) ** 3).sum())(ops[0])):
+        with pytest.raises(RuntimeError, match=hint):
+            refused()
+    if not per_sample:
+        torch.testing.assert_close(torch.func.jacrev(f)(ops[0]), torch.autograd.functional.jacobian(f, ops[0]))
+        loss = lambda x: (f(x) ** 3).sum()  # noqa: E731
+        torch.testing.assert_close(torch.func.jacrev(torch.func.jacrev(loss))(ops[0]),
+                                   torch.autograd.functional.hessian(loss, ops[0]))
 
 
 def test_hessian_and_vmapped_jacrev():
