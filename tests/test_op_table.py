@@ -108,18 +108,23 @@ def test_inductor_keeps_eagers_half_bits_with_emulated_casts(dtype):
     around them, so a gradient flowing on through other ops (a ReLU after each op here) differed
     by an ulp from eager's (a review; README, "to within rounding").
     `torch._inductor.config.emulate_precision_casts` keeps the round trips: every op in one graph,
-    outputs and gradients equal eager's bit for bit."""
+    outputs and gradients equal eager's bit for bit, and so under autocast with float32 operands."""
     import torch._inductor.config as inductor_config
 
     def chained(*ops):
         return tuple(torch.relu(y) * 1.5 for y in _every_op(*ops))
-    ops = tuple(o.to(dtype) for o in _every_op_operands())
-    torch._dynamo.reset()
-    with inductor_config.patch(emulate_precision_casts=True):
-        y_c, g_c = _run(torch.compile(chained, fullgraph=True, backend="inductor"), ops, 1)
-    y_e, g_e = _run(chained, ops, 1)
-    for a, b in zip(y_c + list(g_c), y_e + list(g_e)):
-        assert a.dtype == b.dtype and torch.equal(a.view(torch.int16), b.view(torch.int16))
+    def under_autocast(*ops):  # float32 operands, autocast's dtype (a float32 bias's gradient)
+        with torch.autocast("cpu", dtype=dtype):
+            return chained(*ops)
+    for fn, ops in ((chained, tuple(o.to(dtype) for o in _every_op_operands())),
+                    (under_autocast, _every_op_operands())):
+        torch._dynamo.reset()
+        with inductor_config.patch(emulate_precision_casts=True):
+            y_c, g_c = _run(torch.compile(fn, fullgraph=True, backend="inductor"), ops, 1)
+        y_e, g_e = _run(fn, ops, 1)
+        for a, b in zip(y_c + list(g_c), y_e + list(g_e)):
+            bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+            assert a.dtype == b.dtype and torch.equal(a.view(bits), b.view(bits))
 
 
 def test_aot_inductor_package_runs_every_op(tmp_path):
