@@ -34,13 +34,20 @@ def check_p(p, name="p"):
         return p
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
         raise TypeError(f"{name} must be a real number in [0, 1], got {type(p).__name__} {p!r}")
+    # an int or Fraction compared exactly: float() would round 1 + 10**-400 to 1.0 (accepted) and
+    # raise OverflowError for 10**400 (not this ValueError)
+    exact = isinstance(p, numbers.Rational) and not 0 <= p <= 1
+    if exact or math.isnan(p := float(p)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {name}={shown_number(p)}")
+    return p
+
+
+def shown_number(v):
+    """v for a message: str() of an int past Python's digit limit (4300) raises a ValueError."""
     try:
-        p_float = float(p)
-    except OverflowError:  # a finite real past float's range (10**400, a Fraction of such ints)
-        p_float = math.inf if p > 0 else -math.inf
-    if math.isnan(p_float) or not 0.0 <= p_float <= 1.0:
-        raise ValueError(f"dropout probability has to be between 0 and 1, but got {name}={p}")
-    return p_float
+        return str(v)
+    except ValueError:
+        return f"{'-' if v < 0 else ''}about 10**{int(math.log10(int(abs(v)) or 1))} ({type(v).__name__})"
 
 
 def check_bool(value, name):

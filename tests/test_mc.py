@@ -694,6 +694,85 @@ def test_fullgraph_compiled_parts_and_in_place_compile_sample_eagerly():
             assert torch.equal(model(x), plain(x))  # its graph, compiled before
 
 
+def test_overlapping_calls_share_the_eager_stance_and_put_it_back():
+    """torch's stance is one process-wide value that each set_stance saves and puts back: two
+    mc_predict calls on models with compiled parts, overlapping on two threads, put it back out
+    of order, so the second sampled its fullgraph block compiled (Dynamo's Unsupported) and the
+    process stayed in force_eager, compiling nothing more (a review). The first to enter sets it,
+    the last to leave puts back the stance found."""
+    import threading
+    import torch._dynamo.eval_frame as eval_frame
+    torch._dynamo.reset()
+    b_inside, a_done = threading.Event(), threading.Event()
+
+    class Gate(torch.nn.Module):
+        def __init__(self, wait, announce):
+            super().__init__()
+            self.wait, self.announce = wait, announce
+
+        def forward(self, h):
+            if self.announce is not None:
+                self.announce.set()
+            if self.wait is not None:
+                assert self.wait.wait(60)
+            return h
+
+    def model(wait, announce):
+        torch.manual_seed(0)
+        block = torch.nn.Sequential(torch.nn.Linear(4, 4), fnn.Dropout(0.5))
+        block.compile(backend="aot_eager", fullgraph=True)
+        return torch.nn.Sequential(Gate(wait, announce), block).eval()
+    x = torch.randn(3, 4)
+    ref = mc_predict(model(None, None), x, samples=2, seed=5, chunk=1)  # alone
+    got = {}
+
+    def run(key, m, after=None):
+        try:
+            got[key] = mc_predict(m, x, samples=2, seed=5, chunk=1)
+        except Exception as e:  # (reported below)
+            got[key] = e
+        if after is not None:
+            after.set()
+    a = threading.Thread(target=run, args=("a", model(b_inside, None), a_done))
+    b = threading.Thread(target=run, args=("b", model(a_done, b_inside)))
+    a.start()
+    b.start()
+    a.join(60)
+    b.join(60)
+    assert eval_frame._stance.stance == "default"
+    for key in "ab":
+        assert not isinstance(got[key], Exception), got[key]
+        torch.testing.assert_close(got[key], ref, rtol=0, atol=0)
+
+
+def test_compiled_functions_inside_the_forward_are_named_and_calls_from_compiled_code_run_eagerly():
+    """A function compiled with fullgraph=True inside the forward (a decorated forward, a compiled
+    method set as an attribute) cannot hand a fastdrop module's input to the sampler, and
+    mc_predict sees modules, not functions: refused with a message saying what to compile
+    instead, the draw given back (it was Dynamo's bare Unsupported). mc_predict called from a
+    compiled function runs eagerly (it failed at torch's set_stance inside the trace)."""
+    class Decorated(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.drop = torch.nn.Linear(4, 4), fnn.Dropout(0.5)
+
+        @torch.compile(backend="eager", fullgraph=True)
+        def forward(self, h):
+            return self.drop(self.lin(h))
+    x, decorated = torch.randn(3, 4), Decorated().eval()
+    state = torch.get_rng_state()
+    with pytest.raises(RuntimeError, match="compile the module instead"):
+        mc_predict(decorated, x, samples=2)
+    assert torch.equal(state, torch.get_rng_state())
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Linear(4, 4), fnn.Dropout(0.5))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), copy.deepcopy(block)).eval()
+    model[1].compile(backend="aot_eager", fullgraph=True)
+    want = mc_predict(torch.nn.Sequential(model[0], block).eval(), x, samples=3, seed=2).var
+    got = torch.compile(lambda t: mc_predict(model, t, samples=3, seed=2).var, backend="aot_eager")(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_another_threads_mc_predict_leaves_compiled_models_alone():
     """Every fastdrop module's forward asks whether its thread is inside mc_predict. It read a
     process-wide count of running calls, which Dynamo guarded on: a compiled model recompiled

@@ -14,7 +14,7 @@ from torch.jit import is_scripting
 
 from .. import functional as F
 from .. import _core
-from .._checks import check_mode, is_fx_proxy, module_inplace_flag, traced_as_leaf
+from .._checks import check_mode, is_fx_proxy, module_inplace_flag, shown_number, traced_as_leaf
 from . import _mc_state
 from .leaf import FxLeaf
 from ._script import ANY_RANK, scripted_dropout
@@ -33,8 +33,10 @@ class _DropoutNd(FxLeaf):
         # torch compares p with 0 and 1 and would let bools, strings-with-__lt__ or NaN through.
         if isinstance(p, bool) or not isinstance(p, numbers.Real):
             raise TypeError(f"p must be a real number in [0, 1], got {type(p).__name__} {p!r}")
-        if math.isnan(p):
-            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        # NaN, which torch lets through; an int or Fraction compared exactly (math.isnan(10**400)
+        # is an OverflowError, and torch's float comparison takes 1 + 10**-400 for 1): torch's message
+        if (not 0 <= p <= 1) if isinstance(p, numbers.Rational) else math.isnan(p):
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {shown_number(p)}")
         # torch's range check and message; p stored as given, like torch
         super().__init__(p, module_inplace_flag(inplace))
         self.mode = check_mode(mode)

@@ -29,6 +29,7 @@ Imports torch (fastdrop re-exports mc_predict lazily, so `import fastdrop` does 
 """
 import contextlib
 import math
+import threading
 import warnings
 from typing import NamedTuple, Optional
 
@@ -131,7 +132,7 @@ def _stochastic_modules(model):
         warnings.warn(f"mc_predict: these dropout layers are not fastdrop's and run as they are (off in "
                       f"eval mode, unless a subclass's forward keeps them on), so fastdrop's mask "
                       f"contract does not cover them: {', '.join(foreign)}; {hint} (a subclass with its "
-                      f"own forward is not converted)", stacklevel=3)
+                      f"own forward is not converted)", stacklevel=4)
     attention = [f"{name} (dropout={m.dropout})" for name, m in model.named_modules(prefix="model")
                  if isinstance(m, torch.nn.MultiheadAttention) and m.dropout > 0]
     # the same for torch's recurrent layers: dropout between stacked layers, a float (a review)
@@ -142,7 +143,7 @@ def _stochastic_modules(model):
                       f"float inside the layer, not a module, which mc_predict cannot sample (off in "
                       f"eval mode): {', '.join(recurrent)}; the samples' variance leaves that dropout "
                       f"out. Stack one-layer nn.RNN / LSTM / GRU modules with fastdrop.nn.Dropout between "
-                      f"them, or set their dropout to 0 to silence this", stacklevel=3)
+                      f"them, or set their dropout to 0 to silence this", stacklevel=4)
     if attention:
         # (nn.TransformerEncoderLayer's attention among them: fastdrop.nn.convert replaces its
         # Dropout modules, not this float; a review, 2026-12-06)
@@ -150,7 +151,7 @@ def _stochastic_modules(model):
                       f"float inside the layer, not a module, which mc_predict cannot sample (off in "
                       f"eval mode): {', '.join(attention)}; the samples' variance leaves that dropout "
                       f"out. Write the attention with fastdrop.dropout_matmul in a module of your own, "
-                      f"or set their dropout to 0 to silence this", stacklevel=3)
+                      f"or set their dropout to 0 to silence this", stacklevel=4)
     return drops
 
 
@@ -413,6 +414,7 @@ def _compiled_parts(model):
     return any(_is_compiled(m) or getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
 
 
+@contextlib.contextmanager
 def _eagerly(compiled):
     """The context the samples run in: for a model with compiled parts (`_compiled_parts`), torch's
     "force_eager" stance, which runs them as their original modules. Compiled, they reach the
@@ -420,9 +422,49 @@ def _eagerly(compiled):
     refuses (Dynamo's "Unsupported" from inside the forward; a review, 2026-12-06), and a compiled
     nn.TransformerEncoderLayer takes torch's fused eval path, which skips its dropout modules
     (Dynamo traces the path's condition as it finds it: `_UnfusedEncoderLayers` cannot reach it).
-    torch's stance is process-wide: while such a call samples, compiled code that other threads
-    run runs eagerly too (the same values, without the compiled speed)."""
-    return torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext()
+    torch's stance is process-wide, one value that each set_stance saves and puts back: calls on
+    several threads at once share one stance, set by the first to enter and put back by the last
+    to leave (each restoring its own, two overlapping calls put them back out of order: the
+    second sampled compiled and the process stayed in force_eager; a review). While any such call
+    samples, compiled code that other threads run runs eagerly too (the same values, without the
+    compiled speed)."""
+    if not compiled:
+        yield
+        return
+    global _EAGER_CALLS, _EAGER_STANCE
+    with _EAGER_LOCK:
+        if _EAGER_CALLS == 0:
+            _EAGER_STANCE = torch.compiler.set_stance("force_eager")  # (set now; its __exit__ restores)
+        _EAGER_CALLS += 1
+    try:
+        yield
+    finally:
+        with _EAGER_LOCK:
+            _EAGER_CALLS -= 1
+            if _EAGER_CALLS == 0:
+                _EAGER_STANCE.__exit__(None, None, None)
+                _EAGER_STANCE = None
+
+
+def _compiled_function_broke(e):
+    """Is e Dynamo's refusal of the sampler's graph break (`_mc_state.sample`, a disabled function)
+    under fullgraph=True, from a compiled function inside the forward (`@torch.compile` on a method,
+    `self.body = torch.compile(fn)`), which `_compiled_parts` cannot see (it sees modules)?"""
+    return type(e).__name__ == "Unsupported" and type(e).__module__.startswith("torch._dynamo") and \
+        "disable" in str(e)
+
+
+_COMPILED_FUNCTION = (
+    "mc_predict: a function compiled with fullgraph=True inside the model's forward reaches a "
+    "fastdrop module, which hands its input to mc_predict's sampler outside the graph (a graph "
+    "break fullgraph refuses); mc_predict runs compiled modules eagerly (torch.compile(module), "
+    "module.compile()) but cannot see compiled functions: compile the module instead, or compile "
+    "the function without fullgraph=True")
+
+
+_EAGER_LOCK = threading.Lock()
+_EAGER_CALLS = 0  # mc_predict calls sampling under `_eagerly`'s stance now
+_EAGER_STANCE = None  # the set_stance object of the first of them (it holds the stance to put back)
 
 
 def _positive_int(v, name, none_ok=False):
@@ -435,6 +477,10 @@ def _positive_int(v, name, none_ok=False):
 
 
 # ----------------------------------------------------------------------------- the driver
+# Called from compiled code, it runs eagerly (a graph break): it samples eagerly by design, and
+# Dynamo tracing into it failed at torch's set_stance (forbidden in a compiled region; `_eagerly`).
+# The wrapper is one frame more between the caller and the warnings (their stacklevel counts it).
+@torch.compiler.disable
 def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk=None, fused=True):
     """MC dropout: predictive statistics over `samples` stochastic forward passes.
 
@@ -535,7 +581,7 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
             warnings.warn(f"mc_predict: chunk={chunk} stacks the samples along dim 0 of the input, and "
                           f"{seq_first[0][0]} is a sequence-first nn.{seq_first[0][1]} (batch_first=False), "
                           f"whose input's dim 0 is the sequence: the samples run one at a time (also "
-                          f"where the model moves its batch dim to dim 1 first)", stacklevel=2)
+                          f"where the model moves its batch dim to dim 1 first)", stacklevel=3)
         chunk = 1
     if torch._C._is_tracing() or tracing_dispatch_mode(torch):
         # its samples run eagerly (host-side masks, streaming statistics, a seed read as an int):
@@ -616,7 +662,7 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                         "may be one unbatched sequence (L, E) of the model's attention or recurrent layer"
                     warnings.warn(f"mc_predict: chunk={chunk} stacks the samples along dim 0 of the input, "
                                   f"and this input of shape {tuple(h.shape)} {what}: the samples run "
-                                  f"one at a time", stacklevel=2)
+                                  f"one at a time", stacklevel=3)
                 chunk = 1
             if chunk > 1 and not use_fused:
                 sampler.shapes = []  # sample 0 alone first: the shapes batched forwards must stack
@@ -643,7 +689,7 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                                               f"{', '.join(idle)} (a module the forward calls only in training "
                                               f"mode, or one whose p a block passes to "
                                               f"F.scaled_dot_product_attention instead of calling it, as timm's "
-                                              f"fused attention does: fused_attn=False samples it)", stacklevel=2)
+                                              f"fused attention does: fused_attn=False samples it)", stacklevel=3)
                         if t0 == 0:
                             one_shape = tuple(y.shape)  # sample 0's output, run alone
                         elif n > 1 and tuple(y.shape) != (n * one_shape[0],) + one_shape[1:]:
@@ -656,12 +702,14 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                         # the batching (an unbatched image into a Conv2d: its channels repeated): these
                         # samples and the rest run one at a time, where a model's own error shows again
                         if n == 1:
+                            if _compiled_function_broke(e):
+                                raise RuntimeError(_COMPILED_FUNCTION) from e
                             raise
                         if not auto_chunk:
                             why = "" if isinstance(e, _NotStacked) else f" ({type(e).__name__}: {e})"
                             warnings.warn(f"mc_predict: chunk={chunk} needs every fastdrop module's input to "
                                           f"stack the samples along its dim 0, and this model's does not"
-                                          f"{why}: the samples run one at a time", stacklevel=2)
+                                          f"{why}: the samples run one at a time", stacklevel=3)
                         chunk = 1
                         continue
                 if logits and t0 == 0:
