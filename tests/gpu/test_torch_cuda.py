@@ -680,6 +680,24 @@ def test_large_device_array_and_strided_device_array():
     np.testing.assert_array_equal(got.copy_to_host(), fastdrop.dropout(m[:, ::3], 0.5, seed=SEED, offset=OFFSET))
 
 
+def test_float16_device_array_conversions_keep_nan_payloads():
+    """float16 device arrays go through `_cuda.astype` (float16 -> float32 -> float16 around
+    max_norm_ and the dense layers' kernels), whose float32 -> float16 store is a hardware
+    conversion on a GPU, which may write the canonical NaN where numpy's astype on the CPU keeps
+    sign and payload (a review of the simulator, 2026-12-06: the simulator converts with numpy, so
+    only a GPU can tell). max_norm_ leaves a row whose norm is NaN as it is: its bits must be the
+    CPU's, payloads included (quiet NaNs: a signalling one is quieted on a GPU, README)."""
+    from numba import cuda
+    w = np.random.default_rng(3).standard_normal((4, 6)).astype(np.float16) * np.float16(3)
+    bits = w.view(np.uint16)
+    bits[0, 1], bits[1, 4], bits[2, 0] = 0x7E01, 0xFE55, 0x7F80  # quiet NaNs, payloads, a negative one
+    d = cuda.to_device(w.copy())
+    fastdrop.max_norm_(d, 1.0)
+    cpu = w.copy()
+    fastdrop.max_norm_(cpu, 1.0)
+    np.testing.assert_array_equal(d.copy_to_host().view(np.uint16)[:3], cpu.view(np.uint16)[:3])
+
+
 @pytest.mark.parametrize("name", ALL_CASES)
 def test_cuda_tensors_without_memory_are_refused(name):
     """A CUDA tensor whose storage was freed (FSDP's resize_(0) of an unsharded parameter) as x or
