@@ -80,8 +80,10 @@ def _physical_bytes():
     except (AttributeError, ValueError, OSError):
         machine = 1 << 63
     try:
-        with open("/proc/self/cgroup") as f:
-            text = f.read()
+        # bytes, decoded without failing: a group's name may be any bytes (a non-UTF-8 name made
+        # `import fastdrop` fail with UnicodeDecodeError; a review), and it only names a path
+        with open("/proc/self/cgroup", "rb") as f:
+            text = f.read().decode("utf-8", "surrogateescape")
     except OSError:
         return machine
     limit = cgroup_memory_limit(text)
@@ -121,11 +123,13 @@ def cgroup_memory_limit(proc_self_cgroup, root="/sys/fs/cgroup"):
 
 def _read_limit(path):
     try:
-        with open(path) as f:
+        with open(path, "rb") as f:
             text = f.read().strip()
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # (ValueError: a path with a NUL byte)
         return None
-    return int(text) if text.isdigit() else None  # ("max": no limit)
+    # ASCII digits only, and not more than an int64's: a limit file is kernel-written ("max": no
+    # limit), and anything else (str.isdigit takes "²", int() refuses past 4300 digits) is none
+    return int(text) if text.isdigit() and len(text) <= 19 else None
 
 
 MAX_CACHED_BYTES = _max_bytes_from_env()  # free blocks kept for reuse, in all

@@ -3,6 +3,7 @@ only once no tensor refers to them, size classes, 64-byte alignment, a bound tha
 variable sets, and faults (GC re-entry, KeyboardInterrupt, out of memory) that leave it consistent."""
 import collections
 import gc
+import io
 import os
 import subprocess
 import sys
@@ -432,6 +433,23 @@ def test_cgroup_memory_limit(tmp_path):
     assert _alloc.cgroup_memory_limit("0::/../x\n", str(root)) is None
     _limits(root, {"zero/memory.max": "0\n"})
     assert _alloc.cgroup_memory_limit("0::/zero\n", str(root)) is None
+    # contents no kernel writes, and a group name that is not UTF-8: none, never an exception
+    # (one at import made `import fastdrop` fail; a review)
+    _limits(root, {"odd/memory.max": "\u00b2\n", "odd/long/memory.max": "9" * 5000 + "\n"})
+    assert _alloc.cgroup_memory_limit("0::/odd/long\n", str(root)) is None
+    assert _alloc.cgroup_memory_limit("0::/caf\udce9\n", str(root)) is None
+
+
+def test_a_non_utf8_cgroup_name_does_not_break_the_import(monkeypatch):
+    """/proc/self/cgroup names the group, and a group's name may be any bytes."""
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/self/cgroup":
+            return io.BytesIO(b"0::/caf\xe9\n")
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(_alloc, "open", fake_open, raising=False)
+    assert _alloc._physical_bytes() > 0
 
 
 def test_failed_allocation_releases_the_cache_retries_and_stays_consistent(monkeypatch):
