@@ -318,13 +318,15 @@ def _few_channels_last(x):
 
 def _dense_inner_grouped_dropout(x, p, seed, offset, scale, n):
     """Spatial dropout (group_ndim 2) of a channels_last float32/float64 tensor with few channels
-    (`_few_channels_last`; no autograd): the one-launch inner-group kernel on its memory, without
-    the numpy views, keep-mask launch and layout walk of `_cpu.grouped_dropout_into` (a no-grad
-    call at 8x16x32x32 took 71.5 us there, the kernel ~20; a forward and a backward per layer per
-    step). The output keeps x's layout (torch's rule)."""
+    (`_few_channels_last`; no autograd), or a float16/bfloat16 one (its bits, computed in float32):
+    the one-launch inner-group kernel on its memory, without the numpy views, keep-mask launch and
+    layout walk of `_cpu.grouped_dropout_into` (a no-grad call at 8x16x32x32 took 71.5 us there,
+    the kernel ~20; a forward and a backward per layer per step; bfloat16 fwd+bwd there: 251 us
+    against float32's 90). The output keeps x's layout (torch's rule)."""
     out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)
+    like = _HALF_BITS.get(x.dtype)
     _cpu.groups_inner_at(x.data_ptr(), out.data_ptr(), n, x.shape[0], x.shape[1], p, seed, offset,
-                         _kernel_scale(x.dtype, scale))
+                         _kernel_scale(x.dtype, scale) if like is None else np.float32(scale), like=like)
     return out
 
 
@@ -455,7 +457,8 @@ class TorchBackend:
             and grouped_layout(x, group_ndim)
         if layout:
             return _dense_grouped_dropout(x, rng.p, seed, offset, rng.scale, layout, n)
-        if out is None and group_ndim == 2 and n > 0 and x.dtype in _FLAT_SCALARS and _few_channels_last(x):
+        if out is None and group_ndim == 2 and n > 0 and (x.dtype in _FLAT_SCALARS or x.dtype in _HALF_BITS) \
+                and _few_channels_last(x):
             return _dense_inner_grouped_dropout(x, rng.p, seed, offset, rng.scale, n)
         if out is None:
             # torch's layout rules: a dense layout (channels_last...) is kept; only large outputs

@@ -281,14 +281,15 @@ def groups_flat_at(x_address, out_address, n, groups, p, seed, offset, scale, pa
            *kernel_rng_args(seed, offset, p), scale, scale if like is None else like)
 
 
-def groups_inner_at(x_address, out_address, n, na, nb, p, seed, offset, scale, parallel_min=None):
-    """Spatial dropout of a channels_last float32/float64 tensor with nb <= INNER_ROWS_MAX_C
-    channels, on its memory at two addresses ((N, H, W, C): na = N rows of runs of nb = C), one
-    launch (`_core._dense_inner_grouped_dropout`)."""
+def groups_inner_at(x_address, out_address, n, na, nb, p, seed, offset, scale, parallel_min=None, like=None):
+    """Spatial dropout of a channels_last float32/float64 tensor (or float16 / bfloat16 bits with
+    like, as `groups_flat_at`) with nb <= INNER_ROWS_MAX_C channels, on its memory at two
+    addresses ((N, H, W, C): na = N rows of runs of nb = C), one launch
+    (`_core._dense_inner_grouped_dropout`)."""
     if parallel_min is None:
         parallel_min = CPU_PARALLEL_MIN
     kernel = dropout_cpu.dropout_groups_inner_at if n >= parallel_min else dropout_cpu.dropout_groups_inner_at_serial
-    kernel(x_address, out_address, n, na, nb, *kernel_rng_args(seed, offset, p), scale)
+    kernel(x_address, out_address, n, na, nb, *kernel_rng_args(seed, offset, p), scale, scale if like is None else like)
 
 
 def fill_keep_mask(keep, p, seed, offset):

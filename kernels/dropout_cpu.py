@@ -971,13 +971,15 @@ def apply_group_mask_inner(x, out, keep, nb, scale):
 
 
 @cpu_kernel
-def dropout_groups_inner_at(x_address, out_address, n, na, nb, key_lo, key_hi, off_lo, off_hi, thr, scale):
-    """`apply_group_mask_inner` on n contiguous elements of scale's dtype at two addresses (torch
+def dropout_groups_inner_at(x_address, out_address, n, na, nb, key_lo, key_hi, off_lo, off_hi, thr, scale,
+                            like):
+    """`apply_group_mask_inner` on n contiguous elements of like's type at two addresses (torch
     tensors' data_ptr(): a channels_last tensor's (N, H, W, C) memory, na = N rows of runs of
     nb = C), drawing the keep flags of its na * nb groups itself: one launch and no numpy views,
-    as `dropout_groups_flat_at` for groups that are runs of memory."""
-    x = _view_at(x_address, n, scale).reshape((na, n // na))
-    out = _view_at(out_address, n, scale).reshape((na, n // na))
+    as `dropout_groups_flat_at` for groups that are runs of memory; like as there (scale itself
+    for float32 / float64, a numpy uint16 / int16 for float16 / bfloat16 bits, scale float32)."""
+    x = _view_at(x_address, n, like).reshape((na, n // na))
+    out = _view_at(out_address, n, like).reshape((na, n // na))
     words = _group_words(na * nb, key_lo, key_hi, off_lo, off_hi)
     keep = np.empty(na * nb, np.bool_)
     for g in range(na * nb):

@@ -255,6 +255,46 @@ def test_torch_small_elementwise_half_by_address_keeps_every_bit(monkeypatch, dt
     assert np.array_equal(bits_of(leaf.grad), want(_all_patterns(SMALL, seed=1), seed, 0))
 
 
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("shape", [(2, 6, 5, 7), (8, 16, 32, 32)], ids=["serial", "parallel"])
+def test_torch_channels_last_half_by_address_keeps_every_bit(monkeypatch, dtype, shape):
+    """A channels_last float16/bfloat16 tensor with few channels takes the inner-group kernel on
+    its memory by address, as float32 does (it took numpy views: bfloat16 8x16x32x32 Dropout2d
+    fwd+bwd 251 us against float32's 90, the sweep of 2026-12-06), with nothing to record and
+    under autograd, forward and backward; the numpy-view route's bits over every 16-bit pattern,
+    NaN payloads included, serial and parallel kernel."""
+    bits = _all_patterns(shape)
+    x = _torch_half(bits, dtype).contiguous(memory_format=torch.channels_last)
+    bf16 = dtype == torch.bfloat16
+    calls = []
+    for name in ("dropout_groups_inner_at", "dropout_groups_inner_at_serial"):
+        kernel = getattr(dropout_cpu, name)
+        monkeypatch.setattr(dropout_cpu, name, lambda *a, _k=kernel: (calls.append(a[-1]), _k(*a))[1])
+
+    def want(t):  # the numpy-view route on t's memory in channels_last order
+        src = t.permute(0, 2, 3, 1).contiguous().view(torch.int16).numpy().view(np.uint16 if bf16 else np.float16)
+        out = np.empty_like(src)
+        _cpu.grouped_dropout_into(src.transpose(0, 3, 1, 2), out.transpose(0, 3, 1, 2), 0.3, 7, 0, 1 / 0.7, 2,
+                                  bf16=bf16)
+        return out.view(np.uint16)
+
+    def bits_of(t):
+        assert t.is_contiguous(memory_format=torch.channels_last)
+        return t.detach().permute(0, 2, 3, 1).contiguous().view(torch.int16).numpy().view(np.uint16)
+    got = fastdrop.dropout2d(x, 0.3, seed=7)
+    assert calls and type(calls[-1]) is (np.int16 if bf16 else np.uint16)
+    assert np.array_equal(bits_of(got), want(x))
+    calls.clear()
+    leaf = x.clone().requires_grad_(True)
+    y = fastdrop.dropout2d(leaf, 0.3, seed=7)
+    grad = _torch_half(_all_patterns(shape, seed=1), dtype).contiguous(memory_format=torch.channels_last)
+    y.backward(grad)
+    assert np.array_equal(bits_of(y), want(x))
+    assert np.array_equal(bits_of(leaf.grad), want(grad))
+    # (below 256 KiB the native route: torch's multiply by float32 factors, no kernel launch)
+    assert len(calls) == (0 if x.numel() * 2 < 256 << 10 else 2)
+
+
 def test_torch_backward_half():
     x = _torch_half(_all_patterns(SMALL), torch.float16)
     x = torch.where(torch.isfinite(x), x, torch.zeros_like(x)).requires_grad_(True)
