@@ -502,8 +502,8 @@ class TorchBackend:
             check_plain_memory(b, "x (or its gradient)")
             empty = sys.modules["torch"].empty_like
             oa, ob = empty(a), empty(b)
-            dropout_pair_serial_at(a.data_ptr(), b.data_ptr(), oa.data_ptr(), ob.data_ptr(), n,
-                                   *_serial_args(a.dtype, rng.p, _seed_int(rng.seed), rng.offset & MAX_U64, rng.scale)[:4])
+            args = _serial_args(a.dtype, rng.p, _seed_int(rng.seed), rng.offset & MAX_U64, rng.scale)
+            dropout_pair_serial_at(a.data_ptr(), b.data_ptr(), oa.data_ptr(), ob.data_ptr(), n, *args[:4])
             return oa, ob
         torch = sys.modules["torch"]
         a, b = a.detach().resolve_neg().contiguous(), b.detach().resolve_neg().contiguous()
@@ -1267,8 +1267,9 @@ _CHANNELS_LAST = None  # torch.channels_last, set with the lane's queries
 def training_lane(x, p, g, ndim=None, inplace=False):
     """The common call of dropout (g = 0) or a grouped op (g > 0) in training mode, without the
     general pipeline: a plain CPU float32/float64 tensor (float16/bfloat16 not in place: a grouped
-    op, or dropout of fewer than CPU_PARALLEL_MIN contiguous elements), 0 < p < 1, inverted scaling, seed=None at offset 0, no out= (the callers check those
-    arguments; in place: `_inplace_lane`). Every check `call`
+    op, or dropout of fewer than CPU_PARALLEL_MIN contiguous elements), 0 < p < 1, inverted
+    scaling, seed=None at offset 0, no out= (the callers check those arguments; in place:
+    `_inplace_lane`). Every check `call`
     runs passes for such a call, and its result is `call`'s, bit for bit, with the same draw from
     torch's generator: the route `torch_apply` would take. Under autograd that is the eager
     Function (a small contiguous elementwise call: `LaneDropout`; a grouped op:
