@@ -34,12 +34,18 @@ def check_p(p, name="p"):
         return p
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
         raise TypeError(f"{name} must be a real number in [0, 1], got {type(p).__name__} {p!r}")
-    # an int or Fraction compared exactly: float() would round 1 + 10**-400 to 1.0 (accepted) and
-    # raise OverflowError for 10**400 (not this ValueError)
-    exact = isinstance(p, numbers.Rational) and not 0 <= p <= 1
-    if exact or math.isnan(p := float(p)) or not 0.0 <= p <= 1.0:
+    if outside_unit_interval(p):
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {name}={shown_number(p)}")
-    return p
+    return float(p)
+
+
+def outside_unit_interval(p):
+    """Is a real p NaN or outside [0, 1]? An int or Fraction is compared exactly: float() would
+    round 1 + 10**-400 to 1.0 (inside) and raise OverflowError for 10**400."""
+    if isinstance(p, numbers.Rational):
+        return not 0 <= p <= 1
+    p = float(p)
+    return math.isnan(p) or not 0.0 <= p <= 1.0
 
 
 def shown_number(v):

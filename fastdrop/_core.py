@@ -202,10 +202,9 @@ def _serial_args(dtype, p, seed, offset, scale):
     if constants is None:
         if len(_SERIAL_CONSTANTS) >= 256:  # p from a schedule: bounded
             _SERIAL_CONSTANTS.clear()
-        like = _HALF_BITS.get(dtype)
-        kernel_scale = _FLAT_SCALARS[dtype](scale) if like is None else np.float32(scale)
+        kernel_scale = _kernel_scale(dtype, scale)
         constants = _SERIAL_CONSTANTS[key] = (int(kernel_threshold(p)), kernel_scale,
-                                              kernel_scale if like is None else like)
+                                              _HALF_BITS.get(dtype, kernel_scale))
     return (seed - _TWO_64 if seed > _MAX_I64 else seed, offset - _TWO_64 if offset > _MAX_I64 else offset,
             *constants)
 
@@ -301,9 +300,8 @@ def _dense_grouped_dropout(x, p, seed, offset, scale, layout, n):
     strides (torch's layout rule for a dense x), so the same runs."""
     groups, _, run, _ = layout
     out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)  # a dense x's strides either way
-    like = _HALF_BITS.get(x.dtype)  # (float16 / bfloat16: their bits, computed in float32)
-    _cpu.groups_flat_at(x.data_ptr(), out.data_ptr(), n, groups, p, seed, offset,
-                        _kernel_scale(x.dtype, scale) if like is None else np.float32(scale), run=run, like=like)
+    _cpu.groups_flat_at(x.data_ptr(), out.data_ptr(), n, groups, p, seed, offset, _kernel_scale(x.dtype, scale),
+                        run=run, like=_HALF_BITS.get(x.dtype))  # (float16 / bfloat16: their bits)
     return out
 
 
@@ -324,15 +322,15 @@ def _dense_inner_grouped_dropout(x, p, seed, offset, scale, n):
     the kernel ~20; a forward and a backward per layer per step; bfloat16 fwd+bwd there: 251 us
     against float32's 90). The output keeps x's layout (torch's rule)."""
     out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)
-    like = _HALF_BITS.get(x.dtype)
     _cpu.groups_inner_at(x.data_ptr(), out.data_ptr(), n, x.shape[0], x.shape[1], p, seed, offset,
-                         _kernel_scale(x.dtype, scale) if like is None else np.float32(scale), like=like)
+                         _kernel_scale(x.dtype, scale), like=_HALF_BITS.get(x.dtype))
     return out
 
 
 def _kernel_scale(dtype, scale):
-    """The kernels' scale scalar for a torch float32/float64 dtype (looked up: a numpy scalar costs
-    more to make than to find)."""
+    """The kernels' scale scalar for a torch float32/float64 dtype, float32 for float16/bfloat16
+    (computed in float32, rounded once) (looked up: a numpy scalar costs more to make than to
+    find)."""
     kernel_scale = _SCALES.get((dtype, scale))
     return _new_kernel_scale((dtype, scale)) if kernel_scale is None else kernel_scale
 
@@ -341,7 +339,7 @@ def _new_kernel_scale(key):
     if len(_SCALES) >= 256:  # p from a schedule: bounded, not one entry per value forever
         _SCALES.clear()
     dtype, scale = key
-    s = _SCALES[key] = _FLAT_SCALARS[dtype](scale)
+    s = _SCALES[key] = _FLAT_SCALARS.get(dtype, np.float32)(scale)
     return s
 
 
@@ -1300,10 +1298,11 @@ def training_lane(x, p, g, ndim=None, inplace=False):
     n = x.numel()
     itemsize = x.element_size()
     nbytes = n * itemsize
-    if half and not g and not (0 < n < _cpu.CPU_PARALLEL_MIN and x.is_contiguous() and not x.is_neg()):
-        return None  # a half x's elementwise call on the serial kernel only (`small` below)
     if inplace:
         return _inplace_lane(x, p, g, recorded, n, nbytes)
+    small = not g and 0 < n < _cpu.CPU_PARALLEL_MIN and x.is_contiguous() and not x.is_neg()
+    if half and not g and not small:
+        return None  # a half x's elementwise call on the serial kernel only
     if g and recorded:
         layout = native_layout(x, g, p, n, nbytes)
         if not layout:
@@ -1320,7 +1319,6 @@ def training_lane(x, p, g, ndim=None, inplace=False):
     if offset >= 1 << 63:
         return None  # a rank of 2^15 or more: the general route
     seed, scale = _seeds.draw_torch_seed_eager(sys.modules["torch"]), 1.0 / (1.0 - p)
-    small = not g and 0 < n < _cpu.CPU_PARALLEL_MIN and x.is_contiguous() and not x.is_neg()
     if not recorded:  # nothing records the result: the kernel, as torch_apply runs it then
         if small:
             return _serial_dropout(x, _serial_args(x.dtype, p, seed, offset, scale))

@@ -6,7 +6,6 @@ same constructor (p, inplace) and validation, `extra_repr`, empty `state_dict`, 
 behaviour as torch's modules. `mode="classic"` selects the original paper's scaling. seed=None on
 every call: masks come from torch's generator, so `torch.manual_seed` makes them reproducible.
 """
-import math
 import numbers
 
 import torch
@@ -14,7 +13,8 @@ from torch.jit import is_scripting
 
 from .. import functional as F
 from .. import _core
-from .._checks import check_mode, is_fx_proxy, module_inplace_flag, shown_number, traced_as_leaf
+from .._checks import check_mode, is_fx_proxy, module_inplace_flag, outside_unit_interval, shown_number, \
+    traced_as_leaf
 from . import _mc_state
 from .leaf import FxLeaf
 from ._script import ANY_RANK, scripted_dropout
@@ -33,11 +33,11 @@ class _DropoutNd(FxLeaf):
         # torch compares p with 0 and 1 and would let bools, strings-with-__lt__ or NaN through.
         if isinstance(p, bool) or not isinstance(p, numbers.Real):
             raise TypeError(f"p must be a real number in [0, 1], got {type(p).__name__} {p!r}")
-        # NaN, which torch lets through; an int or Fraction compared exactly (math.isnan(10**400)
-        # is an OverflowError, and torch's float comparison takes 1 + 10**-400 for 1): torch's message
-        if (not 0 <= p <= 1) if isinstance(p, numbers.Rational) else math.isnan(p):
+        # torch's range check lets NaN through, raises OverflowError for 10**400 and takes
+        # 1 + 10**-400 for 1 (`outside_unit_interval`): refused with torch's message
+        if outside_unit_interval(p):
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {shown_number(p)}")
-        # torch's range check and message; p stored as given, like torch
+        # p stored as given, like torch
         super().__init__(p, module_inplace_flag(inplace))
         self.mode = check_mode(mode)
 
