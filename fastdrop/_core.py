@@ -222,7 +222,8 @@ def _serial_dropout(x, args):
 
 
 def _permuted_dropout(x, p, seed, offset, scale, out, limit):
-    """Elementwise dropout of a float32/float64 CPU tensor that is not C-contiguous, into out
+    """Elementwise dropout of a float32/float64 CPU tensor that is not C-contiguous, or a
+    float16/bfloat16 one (its bits, computed in float32: `_serial_args`' element type), into out
     (None: a new tensor in torch's layout for x's dropout), or None (nothing done: the numpy
     launcher's route) where out has another dtype or lazy negation. The mask follows the logical
     index, so:
@@ -256,9 +257,10 @@ def _permuted_dropout(x, p, seed, offset, scale, out, limit):
         if small:
             dropout_cpu.dropout_flat_inplace_serial_at(out.data_ptr(), n, *_serial_args(x.dtype, p, seed, offset, scale))
         else:
-            view, _ = numpy_view(out)
-            dropout_cpu.dropout_flat_inplace(view.reshape(-1), *kernel_rng_args(seed, offset, p),
-                                             _serial_args(x.dtype, p, seed, offset, scale)[3])
+            args = _serial_args(x.dtype, p, seed, offset, scale)
+            view, _ = numpy_view(out)  # (a half type's bits: as the element type the kernels read)
+            dropout_cpu.dropout_flat_inplace(view.reshape(-1).view(type(args[4])), *kernel_rng_args(seed, offset, p),
+                                             args[3])
         return out
     if copied and small and (fresh or out.is_contiguous()):
         xc = x.contiguous()  # a copy: x is not C-contiguous
@@ -447,7 +449,7 @@ class TorchBackend:
                 return out
         if x.requires_grad:  # (the routes below view x with numpy, or copy it with torch's ops)
             x = x.detach()
-        if not group_ndim and n and x.dtype in _FLAT_SCALARS and not x.is_contiguous():
+        if not group_ndim and n and (x.dtype in _FLAT_SCALARS or x.dtype in _HALF_BITS) and not x.is_contiguous():
             y = _permuted_dropout(x, rng.p, seed, offset, rng.scale, out, limit)
             if y is not None:
                 return y

@@ -378,6 +378,60 @@ def test_torch_permuted_layouts_by_address(dtype, case, how, spy_kernels, monkey
     assert calls == [expected], (name, calls)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", range(11))
+@pytest.mark.parametrize("how", ["new", "out", "inplace", "parallel", "grad"])
+def test_torch_permuted_half_layouts_by_address(dtype, case, how, spy_kernels, monkeypatch):
+    """A permuted float16/bfloat16 tensor takes the same kernels on its memory as float32 (it took
+    numpy views before 2026-12-07), the element type its bits: every 16-bit pattern (NaN payloads,
+    subnormals, infs) in each layout gives the numpy-view route's bits, fresh, out=, in place, on
+    the pool, and as the forward and backward under autograd."""
+    name, shaped, _, _ = _layouts(np.float32)[case]
+    bf16 = dtype == torch.bfloat16
+    bits = np.empty_like(shaped, dtype=np.uint16)  # shaped's memory order
+    bits[...] = np.random.default_rng(case).permutation(np.resize(np.arange(1 << 16, dtype=np.uint32),
+                                                                  bits.size)).astype(np.uint16).reshape(bits.shape)
+
+    def want(b):  # the numpy launcher on a view of b's memory
+        out = np.empty_like(b)
+        typed = (lambda a: a) if bf16 else (lambda a: a.view(np.float16))
+        _cpu.dropout_into(typed(b), typed(out), P, SEED, OFFSET, 1 / (1 - P), bf16=bf16)
+        return out
+
+    def bits_of(t):
+        return t.detach().view(torch.int16).numpy().view(np.uint16)
+
+    def as_torch(b):
+        return torch.from_numpy(b.view(np.int16)).view(dtype)
+    expected = want(bits)
+    t = as_torch(bits.copy(order="K"))
+    assert t.stride() == tuple(s // 2 for s in bits.strides), name
+    if how == "parallel":
+        monkeypatch.setattr(_cpu, "CPU_PARALLEL_MIN", 1)
+    if how == "grad":
+        grad_bits = np.empty_like(bits)
+        grad_bits[...] = np.random.default_rng(99).integers(0, 1 << 16, bits.shape).astype(np.uint16)
+        grad_expected = want(grad_bits)
+    calls = _torch_routes(spy_kernels, monkeypatch, "dropout_flat_inplace")
+    if how == "out":
+        out = torch.empty_like(t)
+        y = fastdrop.dropout(t, P, seed=SEED, offset=OFFSET, out=out)
+        assert y is out
+    elif how == "inplace":
+        y = fastdrop.dropout(t, P, seed=SEED, offset=OFFSET, inplace=True)
+        assert y is t
+    elif how == "grad":
+        leaf = t.clone().requires_grad_(True)  # (clone keeps a dense layout)
+        y = fastdrop.dropout(leaf, P, seed=SEED, offset=OFFSET)
+        y.backward(as_torch(grad_bits.copy(order="K")))
+        assert np.array_equal(bits_of(leaf.grad), grad_expected), name
+    else:
+        y = fastdrop.dropout(t, P, seed=SEED, offset=OFFSET)
+    assert y.stride() == torch.empty_like(t).stride()
+    assert np.array_equal(bits_of(y), expected), name
+    assert calls and len(calls) == (2 if how == "grad" else 1), calls
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_torch_random_layouts_elementwise(dtype):
     """Random memory orders, sometimes sliced with steps (then no tiled walk: a small x is
@@ -430,3 +484,26 @@ def test_torch_sliced_and_expanded_copied_into_the_output(dtype, size, make, spy
     t = torch.zeros(64, cols, dtype=dtype, requires_grad=True)
     (g,) = torch.autograd.grad(fastdrop.dropout(t, P, seed=SEED, offset=OFFSET).sum(), t)
     assert np.array_equal(g.numpy(), _reference(np.ones((64, cols), want.dtype)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("size", ["small", "big"])
+@pytest.mark.parametrize("make", ["expanded", "sliced"])
+def test_torch_sliced_and_expanded_half_copied_into_the_output(dtype, size, make, spy_kernels, monkeypatch):
+    """`test_torch_sliced_and_expanded_copied_into_the_output` for float16/bfloat16: x's bits go
+    into the output, and the flat kernel runs in place there on the element type's bits (serial
+    by address, or parallel on a view of the output as that type); the bits of the numpy-view
+    route over every 16-bit pattern."""
+    cols = 96 if size == "small" else CPU_PARALLEL_MIN // 64 + 8
+    bits = np.resize(np.arange(1 << 16, dtype=np.uint32), 64 * 2 * cols).astype(np.uint16).reshape(64, 2 * cols)
+    base = torch.from_numpy(np.random.default_rng(3).permutation(bits).view(np.int16)).view(dtype)
+    x = base[:1, :cols].expand(64, cols) if make == "expanded" else base[:, ::2]
+    src = x.contiguous().view(torch.int16).numpy().view(np.uint16)
+    bf16 = dtype == torch.bfloat16
+    want = np.empty_like(src)
+    typed = (lambda a: a) if bf16 else (lambda a: a.view(np.float16))
+    _cpu.dropout_into(typed(src), typed(want), P, SEED, OFFSET, 1 / (1 - P), bf16=bf16)
+    calls = _torch_routes(spy_kernels, monkeypatch, "dropout_flat_inplace")
+    y = fastdrop.dropout(x, P, seed=SEED, offset=OFFSET)
+    assert y.is_contiguous() and np.array_equal(y.view(torch.int16).numpy().view(np.uint16), want)
+    assert calls == ["dropout_flat_inplace_serial_at" if size == "small" else "dropout_flat_inplace"], calls
