@@ -307,22 +307,24 @@ def _dense_grouped_dropout(x, p, seed, offset, scale, layout, n):
     return out
 
 
-def _few_channels_last(x):
-    """Is x a dense channels_last (4-D) / channels_last_3d (5-D) tensor with 2 to
-    INNER_ROWS_MAX_C channels, not a negative view (`_dense_inner_grouped_dropout` takes it)?"""
+def _dense_channels_last(x):
+    """Is x a dense channels_last (4-D) / channels_last_3d (5-D) tensor with at least 2 channels,
+    not a negative view (`_dense_inner_grouped_dropout` takes it)?"""
     torch = sys.modules["torch"]
     nd = x.dim()
-    return (nd == 4 or nd == 5) and 1 < x.shape[1] <= _cpu.INNER_ROWS_MAX_C and not x.is_neg() and \
+    return (nd == 4 or nd == 5) and x.shape[1] > 1 and not x.is_neg() and \
         x.is_contiguous(memory_format=torch.channels_last if nd == 4 else torch.channels_last_3d)
 
 
 def _dense_inner_grouped_dropout(x, p, seed, offset, scale, n):
-    """Spatial dropout (group_ndim 2) of a channels_last float32/float64 tensor with few channels
-    (`_few_channels_last`; no autograd), or a float16/bfloat16 one (its bits, computed in float32):
-    the one-launch inner-group kernel on its memory, without the numpy views, keep-mask launch and
-    layout walk of `_cpu.grouped_dropout_into` (a no-grad call at 8x16x32x32 took 71.5 us there,
-    the kernel ~20; a forward and a backward per layer per step; bfloat16 fwd+bwd there: 251 us
-    against float32's 90). The output keeps x's layout (torch's rule)."""
+    """Spatial dropout (group_ndim 2) of a channels_last float32/float64 tensor
+    (`_dense_channels_last`; no autograd), or a float16/bfloat16 one (its bits, computed in
+    float32): the one-launch inner-group kernel on its memory, without the numpy views, keep-mask
+    launch and layout walk of `_cpu.grouped_dropout_into` (a no-grad call at 8x16x32x32 took 71.5
+    us there, the kernel ~20; a forward and a backward per layer per step; bfloat16 fwd+bwd there:
+    251 us against float32's 90). Any channel count: with more than `_cpu.INNER_ROWS_MAX_C` its
+    steps are one run of C each, which ran as fast as the numpy route's per-row loop and saves its
+    views (8x128x16x16 no grad, docs/cpu_kernels.md). The output keeps x's layout (torch's rule)."""
     out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)
     _cpu.groups_inner_at(x.data_ptr(), out.data_ptr(), n, x.shape[0], x.shape[1], p, seed, offset,
                          _kernel_scale(x.dtype, scale), like=_HALF_BITS.get(x.dtype))
@@ -458,7 +460,7 @@ class TorchBackend:
         if layout:
             return _dense_grouped_dropout(x, rng.p, seed, offset, rng.scale, layout, n)
         if out is None and group_ndim == 2 and n > 0 and (x.dtype in _FLAT_SCALARS or x.dtype in _HALF_BITS) \
-                and _few_channels_last(x):
+                and _dense_channels_last(x):
             return _dense_inner_grouped_dropout(x, rng.p, seed, offset, rng.scale, n)
         if out is None:
             # torch's layout rules: a dense layout (channels_last...) is kept; only large outputs

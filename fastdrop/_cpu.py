@@ -283,7 +283,7 @@ def groups_flat_at(x_address, out_address, n, groups, p, seed, offset, scale, pa
 
 def groups_inner_at(x_address, out_address, n, na, nb, p, seed, offset, scale, parallel_min=None, like=None):
     """Spatial dropout of a channels_last float32/float64 tensor (or float16 / bfloat16 bits with
-    like, as `groups_flat_at`) with nb <= INNER_ROWS_MAX_C channels, on its memory at two
+    like, as `groups_flat_at`) with nb channels (any number), on its memory at two
     addresses ((N, H, W, C): na = N rows of runs of nb = C), one launch
     (`_core._dense_inner_grouped_dropout`)."""
     if parallel_min is None:

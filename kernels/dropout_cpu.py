@@ -962,7 +962,9 @@ def apply_group_mask_inner(x, out, keep, nb, scale):
     (`_inner_pattern`), so the loop runs over ~256 elements at a time and vectorizes whatever nb
     is: with a loop per run of nb (`apply_group_mask_inner_strided`) the kernel alone took 2.6x
     torch's whole Dropout2d for C = 16 and 1.7-2.8x for C = 4 (this kernel: 8x16x32x32 45.7 ->
-    19.9 us, 1x4x512x512 1064 -> 130 us, the same bits). For C <= `_cpu.INNER_ROWS_MAX_C` (64)."""
+    19.9 us, 1x4x512x512 1064 -> 130 us, the same bits). The numpy launcher takes it for C <=
+    `_cpu.INNER_ROWS_MAX_C` (64); torch tensors take its by-address twin for any C (one run of C a
+    step above 256 elements)."""
     na, n = x.shape
     pattern = _inner_pattern(keep, na, nb)
     chunks = (n + pattern.shape[1] - 1) // pattern.shape[1]

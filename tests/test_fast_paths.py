@@ -63,10 +63,12 @@ def test_small_dense_kernels_take_every_uint64_seed_and_offset(seed, offset):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (8, 16, 32, 32), (2, 4, 128, 300), (3, 2, 5, 4, 6),
-                                   (4, 48, 16, 16), (2, 64, 32, 40)])
-def test_few_channels_last_take_the_one_launch_inner_kernel(shape, dtype, spy_kernels):
-    """Spatial dropout of a channels_last (channels_last_3d) tensor with at most INNER_ROWS_MAX_C
-    channels launches `dropout_groups_inner_at` on its memory (serial or parallel by size): the
+                                   (4, 48, 16, 16), (2, 64, 32, 40), (2, 65, 3, 5), (8, 128, 16, 16),
+                                   (3, 300, 2, 3), (2, 96, 56, 56), (2, 70, 2, 3, 4)])
+def test_channels_last_take_the_one_launch_inner_kernel(shape, dtype, spy_kernels):
+    """Spatial dropout of a channels_last (channels_last_3d) tensor, few channels or many (more
+    than INNER_ROWS_MAX_C: one run per step; the numpy views before 2026-12-07), launches
+    `dropout_groups_inner_at` on its memory (serial or parallel by size): the
     numpy route's result on the same values, in x's layout, on x and on a gradient. (Under
     autograd small ones take the native route: test_native_grouped.py.)"""
     fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d

@@ -256,7 +256,8 @@ def test_torch_small_elementwise_half_by_address_keeps_every_bit(monkeypatch, dt
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=str)
-@pytest.mark.parametrize("shape", [(2, 6, 5, 7), (8, 16, 32, 32)], ids=["serial", "parallel"])
+@pytest.mark.parametrize("shape", [(2, 6, 5, 7), (8, 16, 32, 32), (3, 100, 6, 7), (4, 130, 16, 16)],
+                         ids=["serial", "parallel", "serial-many-channels", "parallel-many-channels"])
 def test_torch_channels_last_half_by_address_keeps_every_bit(monkeypatch, dtype, shape):
     """A channels_last float16/bfloat16 tensor with few channels takes the inner-group kernel on
     its memory by address, as float32 does (it took numpy views: bfloat16 8x16x32x32 Dropout2d
