@@ -32,6 +32,10 @@ def check_p(p, name="p"):
     """p must be a real number in [0, 1]; returns it as a Python float."""
     if type(p) is float and 0.0 <= p <= 1.0:  # the common case, first (NaN fails the comparison)
         return p
+    if isinstance(p, (np.generic, np.ndarray)) and p.ndim == 0:
+        # a numpy scalar (or 0-d array) as its Python number: under torch.compile Dynamo sees a
+        # numpy scalar as a 0-d array, which fails the Real check below (and its repr, untraceable)
+        p = p.item()
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
         raise TypeError(f"{name} must be a real number in [0, 1], got {type(p).__name__} {p!r}")
     if outside_unit_interval(p):
@@ -96,6 +100,13 @@ def check_u64(value, name):
     """Seeds and offsets are integers in [0, 2**64)."""
     if type(value) is int and 0 <= value <= MAX_U64:  # the common case, first
         return value
+    if isinstance(value, (np.generic, np.ndarray)) and value.ndim == 0:
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.compiler.is_compiling():
+            # Dynamo traces a numpy scalar as a 0-d array whose value (int(), .item()) it does not
+            # specialize, and a Python int is what the seed's checks and the custom op take
+            raise TypeError(f"{name}: a numpy integer cannot be read under torch.compile; pass int({name})")
+        value = value.item()  # a numpy scalar as check_p takes it
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int in [0, 2**64), got {type(value).__name__} {value!r}")
     value = int(value)

@@ -1850,6 +1850,22 @@ def _run_offset(offset, rank_stream):
     return _seeds.stream_offset(offset) if rank_stream else offset
 
 
+def _refuse_meta_among_real(torch, op, operands, seed):
+    """A custom op's fake function also runs as its Meta kernel, which torch's dispatch picks for
+    a call with one meta tensor among real ones (torch.ops.fastdrop.<name> called directly): the
+    body and its checks never ran, and the fake's output was a real tensor of uninitialized
+    memory. Refused as the public call refuses mixed devices. (Under a fake mode every tensor is
+    fake; meta operands with a real CPU seed are shape inference, as a compiled graph's seed is
+    a host tensor beside operands on any device.)"""
+    is_fake = torch._subclasses.fake_tensor.is_fake
+    named = [(name, t) for name, t in zip(op.operands, operands) if t is not None]
+    meta = [name for name, t in named if t.is_meta] + (["seed"] if seed.is_meta else [])
+    real = [(name, t) for name, t in named if not t.is_meta and not is_fake(t)]
+    if meta and real:
+        raise ValueError(f"torch.ops.fastdrop.{op.name}: {real[0][0]} is on {real[0][1].device} but {meta[0]} is "
+                         f"on meta; pass every tensor on one device (meta tensors give shapes only)")
+
+
 def library_op(op):
     """The torch.library custom op fastdrop::<op.name>, made on first use."""
     if op._library_op is not None:
@@ -1900,6 +1916,7 @@ def library_op(op):
                                   tags=(torch.Tag.cudagraph_unsafe,))
 
     def fake(*args):
+        _refuse_meta_among_real(torch, op, args[:n], args[n])
         *_, params, _, autocast = _scalars(args[n:])
         autocast = _autocast.library_dtype(op, autocast)
         y = op.fake(args[:n], tuple(params))

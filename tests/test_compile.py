@@ -348,3 +348,34 @@ def test_exported_program_called_twice_in_a_compiled_function_draws_twice():
     got = torch.compile(f, backend="aot_eager")(x)
     assert not torch.equal(got[0], got[1]) and not torch.equal(got[1], got[2])
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_numpy_scalars_for_p_compile_and_numpy_seeds_get_a_clear_error():
+    """A numpy p (a closure's constant, a schedule's np.linspace value, a module built with one)
+    compiles with fullgraph=True to eager's result: Dynamo sees a numpy scalar as a 0-d array,
+    which failed the Real check and then its repr (an untraceable repr() error naming no
+    argument). A numpy seed or offset, whose value Dynamo does not give as a number, gets a
+    TypeError saying what to pass; eager takes both, and a 0-d array as a scalar."""
+    x = torch.randn(4, 6)
+    calls = [lambda v: fastdrop.dropout(v, np.float64(0.3)),
+             lambda v: fastdrop.dropout2d(v[None, None], np.float32(0.5), seed=3),
+             lambda v: fastdrop.drop_path(v, np.float16(0.5)),
+             fastdrop.nn.Dropout(np.float64(0.3)), fastdrop.nn.Dropout1d(np.float32(0.4)),
+             fastdrop.nn.DropPath(np.float64(0.2))]
+    for call in calls:
+        torch.manual_seed(0)
+        want = call(x)
+        torch.manual_seed(0)
+        assert torch.equal(torch.compile(call, backend="aot_eager", fullgraph=True)(x), want)
+    assert type(fastdrop.nn.Dropout(np.float32(0.25)).p) is float
+    for kw in ({"seed": np.int64(3)}, {"seed": 3, "offset": np.uint32(5)}):
+        with pytest.raises(Exception, match="cannot be read under torch.compile; pass int"):
+            torch.compile(lambda v: fastdrop.dropout(v, 0.3, **kw), backend="aot_eager", fullgraph=True)(x)
+        eager = {k: int(v) for k, v in kw.items()}
+        assert torch.equal(fastdrop.dropout(x, 0.3, **kw), fastdrop.dropout(x, 0.3, **eager))
+    assert torch.equal(fastdrop.dropout(x, np.array(0.25), seed=np.array(7)), fastdrop.dropout(x, 0.25, seed=7))
+    for bad in (np.array([0.3]), np.complex128(0.3)):
+        with pytest.raises(TypeError, match="p must be a real number"):
+            fastdrop.dropout(x, bad)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        fastdrop.dropout(x, 0.3, seed=np.float64(3.0))

@@ -1379,6 +1379,34 @@ def test_direct_op_calls_take_or_refuse_0d_operands(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_direct_op_calls_refuse_a_meta_tensor_among_real_ones(name):
+    """One meta tensor (an operand or the seed) among real ones sends a direct
+    torch.ops.fastdrop.<name> call to the op's Meta kernel, its fake function: refused with the
+    public call's ValueError for mixed devices (it returned a real tensor of uninitialized memory,
+    the body and its checks never run); all operands on meta still give a meta output of the
+    real call's shape (the seed a real host tensor, as in compiled graphs)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    case = CASES[name]
+    ops = operands(case)
+    graph = make_fx(lambda *a: case.call(*a, seed=3, offset=5))(*ops)
+    node = next(n for n in graph.graph.nodes if str(n.target).startswith("fastdrop."))
+    lib = getattr(torch.ops.fastdrop, case.op.name)
+    n = len(case.op.operands)
+    _, p, offset, scale, params = node.args[n:]
+    full = (*ops, *[None] * (n - len(ops)))
+    want = lib(*full, torch.tensor(3), p, offset, scale, params)
+    state = torch.get_rng_state()
+    for i in [*(range(len(ops)) if len(ops) > 1 else ()), "seed"]:  # (one operand on meta: all are)
+        mixed = tuple(a.to("meta") if j == i else a for j, a in enumerate(full))
+        seed = torch.tensor(3, device="meta" if i == "seed" else "cpu")
+        with pytest.raises(ValueError, match="on meta"):
+            lib(*mixed, seed, p, offset, scale, params)
+    assert torch.equal(torch.get_rng_state(), state)
+    on_meta = lib(*(None if a is None else a.to("meta") for a in full), torch.tensor(3), p, offset, scale, params)
+    assert on_meta.is_meta and on_meta.shape == want.shape and on_meta.dtype == want.dtype
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_direct_op_calls_check_their_scalars(name):
     """The custom op's scalar arguments, which the public call makes, are checked in its body too:
     a direct torch.ops.fastdrop.<name> call with a float or 1-d seed, p outside [0, 1], a scale that

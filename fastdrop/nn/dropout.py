@@ -8,6 +8,8 @@ every call: masks come from torch's generator, so `torch.manual_seed` makes them
 """
 import numbers
 
+import numpy as np
+
 import torch
 from torch.jit import is_scripting
 
@@ -37,7 +39,10 @@ class _DropoutNd(FxLeaf):
         # 1 + 10**-400 for 1 (`outside_unit_interval`): refused with torch's message
         if outside_unit_interval(p):
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {shown_number(p)}")
-        # p stored as given, like torch
+        # p stored as given, like torch, but a numpy scalar as its Python number: torch.compile
+        # does not read a module's numpy attribute as a constant (torch's own modules fail there)
+        if isinstance(p, np.generic):
+            p = p.item()
         super().__init__(p, module_inplace_flag(inplace))
         self.mode = check_mode(mode)
 
