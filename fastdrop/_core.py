@@ -1530,7 +1530,9 @@ def _backward_route(torch, ctx):
             # the forward drew one mask for all (no vmap, or randomness="same"): replay it
             return TorchReplayBackend, rng
         return TorchAutogradBackend, rng
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or forward_ad_active(torch):
+        # (a dual gradient, forward-over-reverse AD without create_graph: the raw kernels would
+        # return it without its tangent; torch's ops carry it, grad mode or not)
         return TorchAutogradBackend, rng
     return TorchBackend, rng
 
@@ -1609,6 +1611,7 @@ def _functions():
 
         is_compiling, transforms_active = torch.compiler.is_compiling, torch._C._are_functorch_transforms_active
         grad_enabled, subclass_like = torch.is_grad_enabled, torch._C._dispatch_isTensorSubclassLike
+        forward_ad = torch.autograd.forward_ad
 
         class LaneDropout(torch.autograd.Function):
             """DROPOUT (g = 0) of a small C-contiguous CPU tensor in a training step
@@ -1631,7 +1634,7 @@ def _functions():
                 # Python calls fewer: ~1 us of a 64x512 layer's forward+backward); a subclass-like
                 # gradient, which the C query cannot tell from a dispatch mode's, goes the long way.
                 if not is_compiling() and not transforms_active() and not grad_enabled() and \
-                        grad.dtype == ctx.dtype and grad.is_contiguous() and not grad.is_neg() and \
+                        forward_ad._current_level < 0 and grad.dtype == ctx.dtype and grad.is_contiguous() and not grad.is_neg() and \
                         not subclass_like(grad) and not grad._is_zerotensor():
                     return _serial_dropout(grad, ctx.args), None, None
                 B, rng = _backward_route(torch, ctx)

@@ -370,7 +370,7 @@ def _lane_function():
     if _LANE_FUNCTION is None:
         import torch
         is_compiling, transforms_active = torch.compiler.is_compiling, torch._C._are_functorch_transforms_active
-        grad_enabled = torch.is_grad_enabled
+        grad_enabled, forward_ad = torch.is_grad_enabled, torch.autograd.forward_ad
 
         class LaneDense(torch.autograd.Function):
             """The op's declared forward and backward; saves x and W, as the eager Function."""
@@ -384,13 +384,14 @@ def _lane_function():
             @staticmethod
             def backward(ctx, grad):
                 x, w = ctx.saved_tensors
-                if not is_compiling() and not transforms_active() and not grad_enabled():
+                if not is_compiling() and not transforms_active() and not grad_enabled() and \
+                        forward_ad._current_level < 0:
                     # the common case, `_core._backward_route`'s TorchBackend answer asked inline;
                     # a saved operand freed since the forward refused as `_core._op_backward` does
                     B, rng = _core.TorchBackend, ctx.rng
                     check_storage(x, "a saved operand")
                     check_storage(w, "a saved operand")
-                else:  # create_graph, a torch.func transform, compiled autograd
+                else:  # create_graph, a torch.func transform, compiled autograd, a dual level
                     B, rng = _core._backward_route(torch, ctx)
                     if not _core._tracing(torch, [x, w]):
                         _core._check_storages(torch, [x, w], ("a saved operand",) * 2)

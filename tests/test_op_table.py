@@ -372,6 +372,50 @@ def test_gradcheck_and_gradgradcheck(name):
     assert torch.autograd.gradgradcheck(fn, ops)
 
 
+def _forward_over_reverse(f, ops, create_graph):
+    """The tangent of d(sum f(ops)^2)/d ops[0] along a fixed direction of ops[0]: a backward of
+    dual tensors (a Hessian-vector product by forward-over-reverse AD)."""
+    import torch.autograd.forward_ad as fwAD
+    x = ops[0].detach().clone().requires_grad_()
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype)
+    with fwAD.dual_level():
+        loss = (f(fwAD.make_dual(x, v), *ops[1:]) ** 2).sum()
+        (g,) = torch.autograd.grad(loss, x, create_graph=create_graph)
+        return fwAD.unpack_dual(g).tangent
+
+
+def _modules_in_training():
+    nn = fastdrop.nn
+    return {"Dropout": (nn.Dropout(0.4), (4, 6)), "Dropout2d": (nn.Dropout2d(0.4), (2, 3, 4, 4)),
+            "DropPath": (nn.DropPath(0.4), (4, 3, 5)), "DropoutLinear": (nn.DropoutLinear(6, 5, p=0.4), (4, 6)),
+            "DropConnectLinear": (nn.DropConnectLinear(6, 5, p=0.4), (4, 6))}
+
+
+@pytest.mark.parametrize("name", NAMES + [f"module:{m}" for m in _modules_in_training()])
+def test_forward_over_reverse_keeps_the_tangent(name):
+    """A backward that receives a dual gradient without create_graph (forward-over-reverse AD: a
+    Hessian-vector product as torch.autograd.grad inside forward_ad.dual_level) gives its tangent,
+    the same as with create_graph; the raw-kernel backward, the small-dropout lane's and the dense
+    layers' lane returned the gradient without it (None), silently. Every op and the modules'
+    training lanes."""
+    if name.startswith("module:"):
+        module, shape = _modules_in_training()[name[7:]]
+        module = module.double()
+        ops = (torch.randn(shape, dtype=torch.float64),)
+
+        def f(x):
+            torch.manual_seed(4)
+            return module(x)
+    else:
+        case = CASES[name]
+        ops = operands(case)
+        f = lambda *a: case.call(*a, seed=11, offset=3)  # noqa: E731
+    got = _forward_over_reverse(f, ops, create_graph=False)
+    want = _forward_over_reverse(f, ops, create_graph=True)
+    assert got is not None and want is not None, name
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12), name
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_compiled_autograd(name):
     """Compiled autograd traces the eager Function's backward with Dynamo: its masks go through
