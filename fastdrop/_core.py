@@ -748,10 +748,10 @@ def _jacobian_hint(op):
     if op.vmap is not None:
         return ""
     if op.name.startswith("dropconnect_sample"):  # (its backward ops too: not batched either, README)
-        return ("; torch.func.jacfwd / jacrev / hessian batch this op, which they cannot: take "
-                "gradients one output at a time (torch.autograd.grad)")
-    return ("; torch.func.jacfwd and hessian batch forward-mode tangents, which this op cannot: its "
-            "Jacobian takes torch.func.jacrev, its Hessian jacrev(jacrev(f))")
+        return ("; where this vmap comes from torch.func.jacfwd / jacrev / hessian, which batch this op, "
+                "take gradients one output at a time (torch.autograd.grad)")
+    return ("; where this vmap comes from torch.func.jacfwd or hessian, which batch forward-mode "
+            "tangents: its Jacobian takes torch.func.jacrev, its Hessian jacrev(jacrev(f))")
 
 
 def _vmap_refusal(torch, op, operands, inplace):
@@ -1128,8 +1128,12 @@ def _nested_jvp_refusal(op, tangents):
     autograd.Function hands back without their tangents at the other jvp level, so a second
     derivative through both came out 0, silently (a plain Function shows the same). With one
     operand carrying tangents the lost tangents multiply nothing and nested jvp holds; the
-    dropout ops are linear in x. Asked before the draw."""
-    if len(op.operands) < 2 or len(set().union(*tangents)) < 2 or sum(1 for found in tangents if found) < 2:
+    dropout ops are linear in x, and the dense layers affine in their bias (its tangent adds,
+    multiplying nothing: not counted). Asked before the draw. (An operand made inside the
+    transforms from a constant, W.t() of a captured W, is wrapped at their levels without a
+    tangent and counted: functorch shows an outer level's tangent to none of its inner levels.)"""
+    tangents = [found for i, found in enumerate(tangents) if i != op.bias]
+    if len(tangents) < 2 or len(set().union(*tangents)) < 2 or sum(1 for found in tangents if found) < 2:
         return None
     return RuntimeError(f"fastdrop.{op.name} under nested torch.func.jvp (a jvp of a jvp) with tangents on "
                         f"several of its operands is not supported: torch's autograd.Function hands its "

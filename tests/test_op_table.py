@@ -751,6 +751,15 @@ def test_nested_jvp(name):
     assert torch.equal(state, torch.get_rng_state())
     torch.testing.assert_close(torch.func.grad(lambda u: torch.func.jvp(both, (u,), (one,))[1])(one),
                                2 * (f(*ops) - f(0 * ops[0], *ops[1:])).sum())
+    b = case.op.bias
+    if b is None or b >= len(ops):
+        return
+
+    def x_and_bias(s, t):  # x perturbed at the inner jvp, the bias at the outer: an affine operand,
+        shifted = [o + t * o if i == b else o for i, o in enumerate(ops)]  # not refused
+        return torch.tanh(f(s * ops[0], *shifted[1:])).sum()
+    inner = lambda t: torch.func.jvp(lambda s: x_and_bias(s, t), (one,), (one,))[1]  # noqa: E731
+    torch.testing.assert_close(torch.func.jvp(inner, (one,), (one,))[1], torch.func.grad(inner)(one))
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if CASES[n].inplace])
