@@ -162,18 +162,19 @@ def is_fx_proxy(x):
     return fx is not None and isinstance(x, fx.Proxy)
 
 
-def traced_as_leaf(module, x, fn, args, kwargs):
+def traced_as_leaf(module, x, fn, args, kwargs, inputs=None):
     """A fastdrop module's forward on x, a torch.fx Proxy. fx's tracer takes only torch.nn's modules
     as leaves, so the modules' own __call__ (`fastdrop.nn.leaf.FxLeaf`) records their calls as
     call_module nodes before fx runs their hooks or forward. A forward reached here anyway is the
     traced root's (fx calls the root's forward, which has no attribute path to call), or one a
     tracer calls directly: the root records fn(*args, **kwargs), the module's functional form with
     its state of the trace, as fx traces torch's root modules; marked as wrapped, so the graph's
-    code keeps it a leaf function when it is traced again (unpickling a GraphModule does)."""
+    code keeps it a leaf function when it is traced again (unpickling a GraphModule does).
+    inputs: the module call's arguments where it takes more than x (DropoutMatmul's a, b)."""
     tracer = x.tracer
     path = tracer.path_of_module(module)
     if path:
-        return tracer.create_proxy("call_module", path, (x,), {})
+        return tracer.create_proxy("call_module", path, (x,) if inputs is None else inputs, {})
     proxy = tracer.create_proxy("call_function", fn, args, kwargs)
     proxy.node.meta["is_wrapped"] = True
     return proxy

@@ -1342,3 +1342,68 @@ def test_a_stacked_recurrent_layers_dropout_float_is_named():
         warnings.simplefilter("error")
         for model in (_StackedLSTM(2, 0.0), _StackedLSTM(1, 0.0)):
             assert mc_predict(model.eval(), x, samples=4, seed=SEED).var.max() > 0
+
+
+class _Attention(torch.nn.Module):
+    """A ViT-style attention block whose attention dropout is fastdrop.nn.DropoutMatmul; values
+    from the input (stacked with the scores) or a shared parameter (broadcast over the batch)."""
+
+    def __init__(self, shared_values=False, d=8, heads=2, length=5):
+        super().__init__()
+        self.heads, self.shared = heads, shared_values
+        self.qkv, self.proj = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, 3)
+        self.values = torch.nn.Parameter(torch.randn(heads, length, d // heads))
+        self.drop, self.rec = fnn.DropoutMatmul(0.3), Record()
+        self.seen = []  # (scores, values) handed to the dropout, per forward
+
+    def forward(self, x):
+        n, length, d = x.shape
+        q, k, v = self.qkv(x).reshape(n, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = torch.softmax(q @ k.mT / (d // self.heads) ** 0.5, -1)
+        v = self.values if self.shared else v
+        self.seen.append((attn, v))
+        out = self.rec(self.drop(attn, v))
+        return self.proj(out.transpose(1, 2).reshape(n, length, d)).mean(1)
+
+
+@pytest.mark.parametrize("shared_values", [False, True])
+def test_attention_dropout_module_is_sampled_by_the_contract(shared_values):
+    """fastdrop.nn.DropoutMatmul (attention's dropout(attn) @ v) is sampled as the other modules:
+    sample t's output is the public op on that sample's scores with (seed, offset + t * 2**32),
+    batched chunks equal one sample at a time, and the samples differ. A functional
+    dropout_matmul call in a forward follows the eval flag (mc_predict cannot sample it), and
+    torch's MultiheadAttention warning named that call as the way out (session 42)."""
+    torch.manual_seed(0)
+    model = _Attention(shared_values).double().eval()
+    x = torch.randn(4, 5, 8, dtype=torch.float64)
+    ref, ys_ref = run(model, model.rec, x, chunk=1, fused=False)
+    scores = model.seen[0]
+    for t in range(T):
+        want = fastdrop.dropout_matmul(*scores, 0.3, seed=SEED, offset=OFFSET + t * 2 ** 32)
+        assert torch.equal(ys_ref[t], want.detach())
+    assert any(not torch.equal(ys_ref[0], ys_ref[t]) for t in range(1, T))
+    for chunk in (3, None):
+        model.seen.clear()
+        r, ys = run(model, model.rec, x, chunk=chunk, fused=True)
+        assert len(model.seen) <= 3  # sample 0, then the other six stacked in chunks (not one by one)
+        torch.testing.assert_close(ys, ys_ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(r, ref, rtol=1e-10, atol=1e-12)
+    assert (ref.var > 0).any()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.proj(torch.matmul(*model.seen[-1]).transpose(1, 2)
+                                                        .reshape(4, 5, 8)).mean(1))  # eval: attn @ v
+
+
+def test_multihead_attention_warning_names_the_module_that_is_sampled():
+    model = torch.nn.Sequential(fnn.Dropout(0.2), torch.nn.MultiheadAttention(8, 2, dropout=0.1, batch_first=True))
+
+    class Self(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x):
+            h = self.inner[0](x)
+            return self.inner[1](h, h, h, need_weights=False)[0]
+    with pytest.warns(UserWarning, match="fastdrop.nn.DropoutMatmul"):
+        mc_predict(Self().eval(), torch.randn(2, 3, 8), samples=2, seed=1)

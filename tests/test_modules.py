@@ -491,3 +491,54 @@ def test_droppath_subclass_overriding_p_is_honoured_in_training():
         y = m(x)
         torch.manual_seed(4)
         assert torch.equal(y, fastdrop.drop_path(x, m.p)), dtype
+
+
+def test_dropout_matmul_module():
+    """fastdrop.nn.DropoutMatmul(p, mode): in training the functional dropout_matmul with a seed
+    from torch's generator (the same after the same manual_seed, gradients included), at eval
+    a @ b (times 1 - p under classic scaling); no parameters or state; recorded by torch.fx as a
+    leaf call with both inputs; torch.compile(fullgraph=True) gives eager's outputs and grads."""
+    m = fnn.DropoutMatmul(0.3)
+    assert repr(m) == "DropoutMatmul(p=0.3)" and repr(fnn.DropoutMatmul(0.2, "classic")) == \
+        "DropoutMatmul(p=0.2, mode=classic)"
+    assert not list(m.parameters()) and m.state_dict() == {}
+    a = torch.softmax(torch.randn(2, 3, 5, 5), -1).requires_grad_()
+    b = torch.randn(2, 3, 5, 4, requires_grad=True)
+    torch.manual_seed(7)
+    y = m(a, b)
+    ga, gb = torch.autograd.grad(y.square().sum(), (a, b))
+    torch.manual_seed(7)
+    y_ref = fastdrop.dropout_matmul(a, b, 0.3)
+    ga_ref, gb_ref = torch.autograd.grad(y_ref.square().sum(), (a, b))
+    assert torch.equal(y, y_ref) and torch.equal(ga, ga_ref) and torch.equal(gb, gb_ref)
+    m.eval()
+    assert torch.equal(m(a, b), a @ b)
+    torch.testing.assert_close(fnn.DropoutMatmul(0.2, "classic").eval()(a, b), (a @ b) * 0.8)
+    with pytest.raises(ValueError, match="dropout probability"):
+        fnn.DropoutMatmul(1.5)
+    with pytest.raises(ValueError, match="mode"):
+        fnn.DropoutMatmul(0.1, mode="inverse")
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.drop = fnn.DropoutMatmul(0.3)
+
+        def forward(self, a, b):
+            return self.drop(a, b) + 1
+    block = Block()
+    graph = torch.fx.symbolic_trace(block)
+    calls = [n for n in graph.graph.nodes if n.op == "call_module"]
+    assert [(n.target, len(n.args)) for n in calls] == [("drop", 2)]
+    torch.manual_seed(3)
+    want = block(a, b)
+    torch.manual_seed(3)
+    assert torch.equal(graph(a, b), want)
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    for fn in (block, compiled):
+        torch.manual_seed(5)
+        out = fn(a, b)
+        grads = torch.autograd.grad(out.sum(), (a, b))
+        if fn is block:
+            ref = (out, grads)
+    assert torch.equal(out, ref[0]) and all(torch.equal(g, r) for g, r in zip(grads, ref[1]))

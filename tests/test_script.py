@@ -30,7 +30,24 @@ MODULES = {
     "DropConnectLinear": (lambda p: fnn.DropConnectLinear(8, 5, p=p), (4, 8)),
     "DropConnectLinear_nobias": (lambda p: fnn.DropConnectLinear(8, 5, bias=False, p=p), (4, 8)),
     "DropConnectLinear_per_sample": (lambda p: fnn.DropConnectLinear(8, 5, p=p, per_sample=True), (4, 8)),
+    "DropoutMatmul": (lambda p: fnn.DropoutMatmul(p), (2, 3, 4, 8)),
+    "DropoutMatmul_classic": (lambda p: fnn.DropoutMatmul(p, mode="classic"), (2, 3, 4, 8)),
 }
+
+
+class SelfProduct(torch.nn.Module):
+    """A one-input stand-in for a DropoutMatmul row: drop(x, x^T), scores times values."""
+
+    def __init__(self, drop):
+        super().__init__()
+        self.drop = drop
+
+    def forward(self, x):
+        return self.drop(x, x.transpose(-1, -2))
+
+
+def _one_input(module):
+    return SelfProduct(module) if isinstance(module, fnn.DropoutMatmul) else module
 
 
 def _script(module):
@@ -59,7 +76,7 @@ def test_every_module_class_has_a_row():
 def test_scripted_eval_equals_eager_eval(name, dtype):
     factory, shape = MODULES[name]
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Identity(), factory(0.3)).to(dtype).eval()
+    model = torch.nn.Sequential(torch.nn.Identity(), _one_input(factory(0.3))).to(dtype).eval()
     x = torch.randn(shape, dtype=dtype)
     expected = model(x.clone())  # (before scripting: scripting must not change the eager model)
     kinds = [type(m) for m in model.modules()]
@@ -81,15 +98,15 @@ def test_scripted_eval_equals_eager_eval(name, dtype):
 def test_scripted_training_call_is_refused_and_p0_is_x(name):
     factory, shape = MODULES[name]
     module = factory(0.3).train()
-    scripted = _script(torch.nn.Sequential(module))
+    scripted = _script(torch.nn.Sequential(_one_input(module)))
     assert module.training  # (scripting leaves the flag)
     x = torch.randn(shape)
     with pytest.raises(Exception, match=f"scripted fastdrop.nn.{type(module).__name__} runs in eval mode only"):
         scripted(x)
-    layer = factory(0.0).train()
+    layer = _one_input(factory(0.0).train())
     assert torch.equal(_script(layer)(x), layer(x))
     with pytest.raises(Exception, match="floating point dtype"):
-        _script(factory(0.3).eval())(torch.ones(shape, dtype=torch.int64))
+        _script(_one_input(factory(0.3).eval()))(torch.ones(shape, dtype=torch.int64))
 
 
 def times_ten(module, inputs: Tuple[torch.Tensor], output: torch.Tensor) -> torch.Tensor:

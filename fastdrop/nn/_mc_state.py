@@ -34,9 +34,10 @@ thread = _Thread()
 
 
 @torch.compiler.disable  # a compiled submodule hands its input over eagerly (Numba kernels)
-def sample(module, x):
-    """Module's output for x from this thread's sampler (the caller checked there is one)."""
-    return thread.sampler(module, x)
+def sample(module, x, *rest):
+    """Module's output for x (and DropoutMatmul's b) from this thread's sampler (the caller
+    checked there is one)."""
+    return thread.sampler(module, x, *rest)
 
 
 @contextlib.contextmanager

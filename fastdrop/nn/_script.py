@@ -11,6 +11,7 @@ the training op; TorchScript cannot run it):
     dropout family, DropPath   y = x * f
     DropoutLinear              y = linear(x * f, W, b)
     DropConnectLinear          y = linear(x, W, b)   (the mean network)
+    DropoutMatmul              y = (a @ b) * f
 
 with f = 1 - p at eval under classic scaling, else 1 (y is x itself); in training with p = 0, f = 1.
 
@@ -73,3 +74,18 @@ def scripted_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
             b32 = bias.float()
         return F.linear(x.float() * factor, weight.float(), b32).to(x.dtype)
     return F.linear(x * factor, weight, bias)
+
+
+def scripted_matmul(a: torch.Tensor, b: torch.Tensor, training: bool, p: float, classic: bool,
+                    name: str) -> torch.Tensor:
+    """DropoutMatmul under TorchScript: the product, times 1 - p at a classic eval (half types in
+    float32, rounded once, as the eager op computes it)."""
+    if a.dim() < 2 or b.dim() < 2:
+        raise ValueError("dropout_matmul needs a (..., M, K) and b (..., K, N) with at least 2 dims, got "
+                         "shapes " + str(a.shape) + " and " + str(b.shape))
+    factor = _factor(a, training, p, classic, name)
+    if factor == 1.0:
+        return torch.matmul(a, b)
+    if a.dtype == torch.float16 or a.dtype == torch.bfloat16:
+        return (torch.matmul(a.float(), b.float()) * factor).to(a.dtype)
+    return torch.matmul(a, b) * factor

@@ -1,6 +1,6 @@
 """MC dropout (Gal & Ghahramani 2016): predictive statistics over T stochastic forward passes.
 
-mc_predict keeps fastdrop's stochastic modules (fastdrop.nn.Dropout*, DropPath, DropoutLinear,
+mc_predict keeps fastdrop's stochastic modules (fastdrop.nn.Dropout*, DropPath, DropoutLinear, DropoutMatmul,
 DropConnectLinear) active, leaves every other module as it is, and streams the statistics (Chan et
 al.'s pairwise merge of mean and M2), so memory does not grow with T. It changes nothing in the
 model: a sampler installed for the calling thread (fastdrop/nn/_mc_state.py) receives each
@@ -48,10 +48,12 @@ from .convert import is_timm_drop_path, is_torchvision_stochastic_depth
 from .drop_path import DropPath
 from .dropout import Dropout, _DropoutNd
 from .linear import DropConnectLinear, DropoutLinear
+from .matmul import DropoutMatmul
+from ..matmul import dropout_matmul
 
 _U64 = (1 << 64) - 1
 
-_STOCHASTIC = (_DropoutNd, DropPath, DropoutLinear, DropConnectLinear)
+_STOCHASTIC = (_DropoutNd, DropPath, DropoutLinear, DropConnectLinear, DropoutMatmul)
 # The batched DropConnect path holds n masked copies of the weight; above this many elements it
 # runs one sample slice at a time instead (same masks, no n-fold weight memory).
 _DROPCONNECT_BATCH_MAX = 1 << 24
@@ -150,7 +152,7 @@ def _stochastic_modules(model):
         warnings.warn(f"mc_predict: these nn.MultiheadAttention layers drop attention weights with a "
                       f"float inside the layer, not a module, which mc_predict cannot sample (off in "
                       f"eval mode): {', '.join(attention)}; the samples' variance leaves that dropout "
-                      f"out. Write the attention with fastdrop.dropout_matmul in a module of your own, "
+                      f"out. Write the attention with fastdrop.nn.DropoutMatmul (dropout(attn) @ v), "
                       f"or set their dropout to 0 to silence this", stacklevel=4)
     return drops
 
@@ -185,14 +187,14 @@ class _Sampler:
         self.k += 1
         return [(self.base + (self.t0 + t) * (1 << 32) + k) & _U64 for t in range(self.n)]
 
-    def __call__(self, m, x):  # (through _mc_state.sample, which Dynamo leaves eager)
+    def __call__(self, m, x, *rest):  # (through _mc_state.sample, which Dynamo leaves eager)
         if self.n > 1:
             self._check_stacked(x)
         elif self.t0 == 0:
             self.ran.add(id(m))
             if self.shapes is not None:
                 self.shapes.append(tuple(x.shape))
-        y = _batched(m, x, self.seed, self.offsets())
+        y = _batched(m, x, self.seed, self.offsets(), rest)
         inplace = getattr(m, "inplace", False)
         if inplace is not False and module_inplace_flag(inplace):
             # the module's in-place write, which a model may rely on (`self.drop(h)`, its result
@@ -224,9 +226,11 @@ def _scale(p, mode):
     return 1.0 if (mode == "classic" or p == 1.0) else 1.0 / (1.0 - p)
 
 
-def _one_sample(m, x, seed, offset):
-    """m's stochastic op on one sample's input, through the public op with (seed, offset).
-    Never in place: x may be the prefix output that every sample reuses."""
+def _one_sample(m, x, seed, offset, rest=()):
+    """m's stochastic op on one sample's input (rest: DropoutMatmul's b), through the public op
+    with (seed, offset). Never in place: x may be the prefix output that every sample reuses."""
+    if isinstance(m, DropoutMatmul):
+        return dropout_matmul(x, *rest, m.p, seed=seed, offset=offset, mode=m.mode)
     if isinstance(m, DropoutLinear):
         return dropout_linear(x, m.weight, m.bias, m.p, seed=seed, offset=offset, mode=m.mode)
     if isinstance(m, DropConnectLinear):
@@ -259,11 +263,12 @@ def _kernel_ok(x):
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
 
-def _batched(m, x, seed, offsets):
-    """m on the rows of n samples stacked along dim 0, sample t's rows with offsets[t]."""
+def _batched(m, x, seed, offsets, rest=()):
+    """m on the rows of n samples stacked along dim 0, sample t's rows with offsets[t] (rest:
+    DropoutMatmul's b, split with x where it stacks the samples too, else shared)."""
     n = len(offsets)
     if n == 1:
-        return _one_sample(m, x, seed, offsets[0])
+        return _one_sample(m, x, seed, offsets[0], rest)
     if x.shape[0] % n:
         raise ValueError(f"mc_predict: a dropout input of shape {tuple(x.shape)} cannot be split into "
                          f"{n} samples along dim 0; pass chunk=1")
@@ -280,6 +285,15 @@ def _batched(m, x, seed, offsets):
         y = torch.bmm(x.reshape(n, rows, x.shape[-1]), wm.reshape(n, *m.weight.shape).mT)
         y = y.reshape(*x.shape[:-1], m.weight.shape[0])
         return y if m.bias is None else y + m.bias
+    if isinstance(m, DropoutMatmul):
+        (b,) = rest
+        if b.dim() == x.dim() and b.shape[0] == x.shape[0]:  # (attention's V: stacked as the scores)
+            parts = zip(x.chunk(n, 0), b.chunk(n, 0))
+        elif b.dim() < x.dim() or b.shape[0] == 1:  # broadcast over the batch: every sample's
+            parts = ((xs, b) for xs in x.chunk(n, 0))
+        else:  # b's dim 0 stretches x's (a 1-row x): not the samples stacked
+            raise _NotStacked
+        return torch.cat([_one_sample(m, xs, seed, off, (bs,)) for (xs, bs), off in zip(parts, offsets)], 0)
     # Dropout1d/2d/3d, DropPath, per-sample DropConnect, CUDA and half inputs: one op per sample.
     return torch.cat([_one_sample(m, xs, seed, off) for xs, off in zip(x.chunk(n, 0), offsets)], 0)
 
