@@ -284,8 +284,17 @@ def check_output_bytes(nbytes):
 def empty_like(x):
     """torch.empty_like(x) for a CPU tensor; contiguous float outputs of MIN_BYTES and more are
     pooled (64-byte aligned, not resizable in place). Raises MemoryError for a request larger than
-    physical memory or one that cannot be allocated."""
+    physical memory or one that cannot be allocated. Made past the thread's dispatch and
+    torch-function modes, as the kernels write through its address (`_torch_state.past_modes`)."""
     import torch
+    C = torch._C
+    if C._len_torch_dispatch_stack() or C._is_torch_function_mode_enabled():
+        with C._DisableTorchDispatch(), C.DisableTorchFunction():
+            return _empty_like(torch, x)
+    return _empty_like(torch, x)
+
+
+def _empty_like(torch, x):
     if not _NUMPY:
         _NUMPY.update({torch.float32: np.float32, torch.float64: np.float64})
     if _returned:  # release dead outputs beyond the bound now, not at the next large call

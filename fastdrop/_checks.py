@@ -601,7 +601,9 @@ def _typestr(dtype):
     if dtype == torch.bfloat16:  # no numpy type: its bits, as uint16
         entry = ("<u2", 2, True)
     else:
-        d = np.dtype(torch.empty((), dtype=dtype, device="cpu").numpy().dtype)  # a throwaway tensor's numpy dtype
+        C = torch._C  # (a throwaway tensor's numpy dtype; made past the thread's modes, which
+        with C._DisableTorchDispatch(), C.DisableTorchFunction():  # could hand back a wrapper)
+            d = np.dtype(torch.empty((), dtype=dtype, device="cpu").numpy().dtype)
         entry = (d.str, d.itemsize, False)
     _TYPESTRS[dtype] = entry
     return entry

@@ -49,7 +49,7 @@ from ._dynamo_skip import MARKED, keep_dynamo_out
 from ._grouped import grouped_layout, native_grouped, native_layout, one_element_groups
 from ._torch_state import (NO_LEVELS, batched_for_vmap, batched_levels, capturing, compiling,
                            forward_ad_active, functorch_interpreters, grad_enabled, grad_levels_active,
-                           grad_transform_active, tracing_dispatch_mode, unwrapped, vmap_levels)
+                           grad_transform_active, past_modes, tracing_dispatch_mode, unwrapped, vmap_levels)
 from .kernels import config, dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial_at
 from .kernels.config import CPU_PARALLEL_MIN
@@ -174,6 +174,7 @@ class NumpyBackend:
         return np.swapaxes(a, -1, -2)
 
 
+@past_modes  # (the kernels write through its address)
 def torch_empty_like(t):
     return sys.modules["torch"].empty_like(t)
 
@@ -216,7 +217,7 @@ _TWO_64, _MAX_I64 = 1 << 64, (1 << 63) - 1
 
 def _serial_dropout(x, args):
     """`_small_dense_dropout` with its kernel arguments already made (`_serial_args`)."""
-    out = sys.modules["torch"].empty_like(x)  # contiguous, as x
+    out = torch_empty_like(x)  # contiguous, as x
     dropout_cpu.dropout_flat_serial_at(x.data_ptr(), out.data_ptr(), x.numel(), *args)
     return out
 
@@ -410,6 +411,7 @@ class TorchBackend:
     raw_ok = NumpyBackend.raw_ok
 
     @staticmethod
+    @past_modes  # (its allocations and copies: the kernels write through their addresses)
     def mask(x, rng, group_ndim=0, out=None, parallel_min=None):
         if is_legacy_batched(x):
             y = _materialized_mask(x, rng, group_ndim)
@@ -485,6 +487,7 @@ class TorchBackend:
         return out
 
     @classmethod
+    @past_modes
     def mask_pair(cls, a, b, rng, parallel_min=None):
         """(mask(a), mask(b)) for two tensors of one shape: one Philox pass for both on the CPU
         (on Numba's pool from parallel_min elements, below it on the calling thread)."""

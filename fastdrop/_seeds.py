@@ -235,7 +235,10 @@ def _new_seed_buffer(torch):
     # A normal tensor even when the first draw runs under torch.inference_mode (an inference
     # tensor could not be written in place by later draws outside that mode), and a CPU one
     # whatever torch.set_default_device says (the seed comes from the CPU generator).
-    with torch.inference_mode(False):
+    # Past the thread's modes too: a dispatch mode could hand back a tensor without memory,
+    # which .numpy() cannot view (the first draw of a process inside one failed)
+    C = torch._C
+    with torch.inference_mode(False), C._DisableTorchDispatch(), C.DisableTorchFunction():
         return torch.empty((), dtype=torch.int64, device="cpu")
 
 

@@ -63,6 +63,24 @@ def capturing(torch, device):
         return torch.cuda.is_current_stream_capturing()
 
 
+def past_modes(fn):
+    """fn run with the thread's Python dispatch and torch-function modes off, where one is on: a
+    kernel route that allocates, copies and then writes through addresses. A mode could hand
+    back another tensor from torch.empty_like or .contiguous() (a wrapper subclass without
+    memory, another dtype or size): the kernels wrote through address 0 or past the buffer's
+    end (a segfault, a heap overflow; a review, 2026-12-07). The modes still see what the route
+    does to the caller's tensors (`announce_write` before a write, torch's multiply and GEMMs
+    outside these routes); an allocation of fastdrop's own is not theirs to change."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        C = sys.modules["torch"]._C
+        if C._len_torch_dispatch_stack() or C._is_torch_function_mode_enabled():
+            with C._DisableTorchDispatch(), C.DisableTorchFunction():
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+    return run
+
+
 def tracing_dispatch_mode(torch):
     """Is a make_fx trace (torch's proxy mode) or fake-tensor propagation (FakeTensorMode, which
     also takes real tensors with allow_non_fake_inputs) running on this thread? Both see torch's

@@ -32,7 +32,7 @@ from . import _autocast, _core, _seeds
 from ._alloc import check_output_bytes
 from ._checks import (CUDA_ARRAY, MAX_U64, TORCH, array_kind, check_array, check_bool, check_companions,
                       check_mode, check_p, check_storage, check_u64, numpy_view, train_scale)
-from ._torch_state import tracing_dispatch_mode
+from ._torch_state import past_modes, tracing_dispatch_mode
 from .kernels import linear_cpu
 from .kernels.config import DENSE_PARALLEL_MIN
 from .kernels.philox import kernel_rng_args
@@ -167,6 +167,7 @@ def _host(a):
     return numpy_view(a.contiguous().resolve_neg())[0], make
 
 
+@past_modes  # (its outputs and copies: the kernels write and read through their memory)
 def _sample_forward(B, operands, rng, params, out=None):
     x, w, b = operands
     lead = tuple(x.shape[:-1])
@@ -183,6 +184,7 @@ def _sample_forward(B, operands, rng, params, out=None):
     return y.reshape(lead + (wn.shape[0],))
 
 
+@past_modes
 def _sample_grads(grad, x, w, rng):
     """(gx, gw) of the per-sample product in one pass of the fused kernel (no autograd)."""
     if getattr(x, "is_cuda", False):
