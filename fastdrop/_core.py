@@ -174,9 +174,15 @@ class NumpyBackend:
         return np.swapaxes(a, -1, -2)
 
 
-@past_modes  # (the kernels write through its address)
 def torch_empty_like(t):
-    return sys.modules["torch"].empty_like(t)
+    """torch.empty_like(t), past the thread's modes where one is on (`past_modes`: the kernels
+    write through its address; inline, a call fewer on the small calls' path)."""
+    torch = sys.modules["torch"]
+    C = torch._C
+    if C._len_torch_dispatch_stack() or C._is_torch_function_mode_enabled():
+        with C._DisableTorchDispatch(), C.DisableTorchFunction():
+            return torch.empty_like(t)
+    return torch.empty_like(t)
 
 
 _FLAT_SCALARS = {}  # torch float32/float64 -> numpy scalar type; filled on first use (no torch at import)
