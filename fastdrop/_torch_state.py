@@ -73,8 +73,9 @@ def past_modes(fn):
     outside these routes); an allocation of fastdrop's own is not theirs to change."""
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        C = sys.modules["torch"]._C
-        if C._len_torch_dispatch_stack() or C._is_torch_function_mode_enabled():
+        torch = sys.modules.get("torch")  # (numpy calls run without torch imported)
+        C = None if torch is None else torch._C
+        if C is not None and (C._len_torch_dispatch_stack() or C._is_torch_function_mode_enabled()):
             with C._DisableTorchDispatch(), C.DisableTorchFunction():
                 return fn(*args, **kwargs)
         return fn(*args, **kwargs)

@@ -1,4 +1,5 @@
 """`import fastdrop` is light: no torch, no numba.cuda; the numpy API works with torch absent."""
+import os
 import subprocess
 import sys
 
@@ -8,6 +9,12 @@ sys.modules['torch'] = None  # any 'import torch' now raises ImportError
 import numpy as np, fastdrop
 y = fastdrop.dropout(np.ones((4, 5), np.float32), 0.5, seed=1)
 assert (y == np.where(fastdrop.dropout_mask((4, 5), 0.5, 1), 2.0, 0.0)).all()
+sys.path.insert(0, TESTS)
+from op_table import CASES  # every op on numpy operands (per-sample DropConnect's kernels too)
+rng = np.random.default_rng(0)
+for name, case in CASES.items():
+    ops = [rng.standard_normal(shape) for shape in case.shapes if shape is not None]
+    case.call(*ops, seed=3)
 try:
     fastdrop.nn
 except ImportError:
@@ -25,7 +32,7 @@ def _run(script):
 
 
 def test_numpy_api_without_torch():
-    res = _run(SCRIPT_NO_TORCH)
+    res = _run(f"TESTS = {os.path.dirname(os.path.abspath(__file__))!r}\n" + SCRIPT_NO_TORCH)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
 
