@@ -316,11 +316,22 @@ def _dense_grouped_dropout(x, p, seed, offset, scale, layout, n):
 
 def _dense_channels_last(x):
     """Is x a dense channels_last (4-D) / channels_last_3d (5-D) tensor with at least 2 channels,
-    not a negative view (`_dense_inner_grouped_dropout` takes it)?"""
+    not a negative view, that `_dense_inner_grouped_dropout` takes: up to `_cpu.INNER_ROWS_MAX_C`
+    channels, any count for a half type or below _MANY_CHANNELS_MAX elements?"""
     torch = sys.modules["torch"]
     nd = x.dim()
-    return (nd == 4 or nd == 5) and x.shape[1] > 1 and not x.is_neg() and \
-        x.is_contiguous(memory_format=torch.channels_last if nd == 4 else torch.channels_last_3d)
+    c = x.shape[1] if nd == 4 or nd == 5 else 0
+    return c > 1 and (c <= _cpu.INNER_ROWS_MAX_C or x.dtype in _HALF_BITS or x.numel() < _MANY_CHANNELS_MAX) and \
+        not x.is_neg() and x.is_contiguous(memory_format=torch.channels_last if nd == 4 else torch.channels_last_3d)
+
+
+# Above INNER_ROWS_MAX_C channels a float32/float64 tensor takes the by-address kernel below this
+# many elements, the numpy launcher's per-row loop from it: same process, toggled by round, the
+# no-grad calls gained at every size (8x128x16x16 71 -> 41 us, 32x512x7x7 112 -> 81) but
+# forward+backward at 8x96x56x56 and 32x128x28x28 (2.4M, 3.2M elements) read 15-20% slower in
+# three runs (1320 -> 1585 us, 2174 -> 2501), with the two kernels alone equal on those shapes
+# (309 vs 313 us, alternating inputs): not explained, so not taken there (docs/cpu_kernels.md).
+_MANY_CHANNELS_MAX = 1 << 20
 
 
 def _dense_inner_grouped_dropout(x, p, seed, offset, scale, n):
@@ -329,9 +340,9 @@ def _dense_inner_grouped_dropout(x, p, seed, offset, scale, n):
     float32): the one-launch inner-group kernel on its memory, without the numpy views, keep-mask
     launch and layout walk of `_cpu.grouped_dropout_into` (a no-grad call at 8x16x32x32 took 71.5
     us there, the kernel ~20; a forward and a backward per layer per step; bfloat16 fwd+bwd there:
-    251 us against float32's 90). Any channel count: with more than `_cpu.INNER_ROWS_MAX_C` its
-    steps are one run of C each, which ran as fast as the numpy route's per-row loop and saves its
-    views (8x128x16x16 no grad, docs/cpu_kernels.md). The output keeps x's layout (torch's rule)."""
+    251 us against float32's 90). More than `_cpu.INNER_ROWS_MAX_C` channels too (`_dense_channels_last`):
+    its steps are then one or two runs of C, as fast as the numpy route's per-row loop, without its
+    views. The output keeps x's layout (torch's rule)."""
     out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)
     _cpu.groups_inner_at(x.data_ptr(), out.data_ptr(), n, x.shape[0], x.shape[1], p, seed, offset,
                          _kernel_scale(x.dtype, scale), like=_HALF_BITS.get(x.dtype))

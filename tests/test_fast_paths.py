@@ -215,3 +215,21 @@ def test_threads_have_their_own_seed_buffer():
     here = _seeds._seed_buffers.pair[0]
     there = _in_fresh_thread(lambda: (_seeds.draw_torch_seed(), _seeds._seed_buffers.pair[0])[1])
     assert there is not here
+
+
+def test_many_channels_last_above_the_limit_keep_the_numpy_launcher(spy_kernels):
+    """float32 channels_last with more than INNER_ROWS_MAX_C channels and at least
+    _MANY_CHANNELS_MAX elements keeps the numpy launcher's per-row kernel (forward+backward read
+    slower by address there, docs/cpu_kernels.md); a half type takes the kernel by address at any
+    size. The same bits either way."""
+    from fastdrop._core import _MANY_CHANNELS_MAX
+    shape = (4, 80, 64, 64)
+    assert 4 * 80 * 64 * 64 >= _MANY_CHANNELS_MAX
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    calls = spy_kernels("dropout_groups_inner_at", "dropout_groups_inner_at_serial")
+    y = fastdrop.dropout2d(x, 0.4, seed=9)
+    assert calls == []
+    want = torch.from_numpy(fastdrop.dropout2d(x.contiguous().numpy(), 0.4, seed=9))
+    assert y.is_contiguous(memory_format=torch.channels_last) and torch.equal(y.contiguous(), want)
+    fastdrop.dropout2d(x.bfloat16(), 0.4, seed=9)  # (its bits: test_half.py, every 16-bit pattern)
+    assert calls == ["dropout_groups_inner_at"]
