@@ -1431,6 +1431,17 @@ def test_direct_op_calls_take_or_refuse_0d_operands(name):
                 pass
 
 
+def _recorded_library_call(case):
+    """(the custom op, the case's operands, the operands padded with None to the op's count, the
+    scalar arguments (seed, p, offset, scale, params)) of the case's call as make_fx records it."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    ops = operands(case)
+    graph = make_fx(lambda *a: case.call(*a, seed=3, offset=5))(*ops)
+    node = next(n for n in graph.graph.nodes if str(n.target).startswith("fastdrop."))
+    n = len(case.op.operands)
+    return getattr(torch.ops.fastdrop, case.op.name), ops, (*ops, *[None] * (n - len(ops))), node.args[n:]
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_direct_op_calls_refuse_a_meta_tensor_among_real_ones(name):
     """One meta tensor (an operand or the seed) among real ones sends a direct
@@ -1438,15 +1449,8 @@ def test_direct_op_calls_refuse_a_meta_tensor_among_real_ones(name):
     public call's ValueError for mixed devices (it returned a real tensor of uninitialized memory,
     the body and its checks never run); all operands on meta still give a meta output of the
     real call's shape (the seed a real host tensor, as in compiled graphs)."""
-    from torch.fx.experimental.proxy_tensor import make_fx
     case = CASES[name]
-    ops = operands(case)
-    graph = make_fx(lambda *a: case.call(*a, seed=3, offset=5))(*ops)
-    node = next(n for n in graph.graph.nodes if str(n.target).startswith("fastdrop."))
-    lib = getattr(torch.ops.fastdrop, case.op.name)
-    n = len(case.op.operands)
-    _, p, offset, scale, params = node.args[n:]
-    full = (*ops, *[None] * (n - len(ops)))
+    lib, ops, full, (_, p, offset, scale, params) = _recorded_library_call(case)
     want = lib(*full, torch.tensor(3), p, offset, scale, params)
     state = torch.get_rng_state()
     for i in [*(range(len(ops)) if len(ops) > 1 else ()), "seed"]:  # (one operand on meta: all are)
@@ -1465,16 +1469,9 @@ def test_direct_op_calls_check_their_scalars(name):
     a direct torch.ops.fastdrop.<name> call with a float or 1-d seed, p outside [0, 1], a scale that
     is not finite, or params the op does not take gets a TypeError / ValueError naming the
     argument, not a truncated seed, a misread mask rule or inf written into the output."""
-    from torch.fx.experimental.proxy_tensor import make_fx
     case = CASES[name]
-    ops = operands(case)
-    graph = make_fx(lambda *a: case.call(*a, seed=3, offset=5))(*ops)
-    node = next(n for n in graph.graph.nodes if str(n.target).startswith("fastdrop."))
-    lib = getattr(torch.ops.fastdrop, case.op.name)
-    n = len(case.op.operands)
-    seed, p, offset, scale, params = node.args[n:]
+    lib, ops, full, (_, p, offset, scale, params) = _recorded_library_call(case)
     seed = torch.tensor(3)
-    full = (*ops, *[None] * (n - len(ops)))
     assert torch.equal(lib(*full, seed, p, offset, scale, params), case.call(*ops, seed=3, offset=5))
     bad = [(TypeError, "seed", (seed.double(), p, offset, scale, params)),
            (TypeError, "seed", (seed.int(), p, offset, scale, params)),

@@ -343,6 +343,22 @@ def _torch_routes(spy_kernels, monkeypatch, *more):
                        "dropout_flat_inplace_serial_at", *more)
 
 
+def _dropout_how(t, how):
+    """fastdrop.dropout of t into a given out= of t's layout, in place, or fresh (in torch's
+    layout for t's dropout), checked to return what each promises."""
+    if how == "out":
+        out = torch.empty_like(t)
+        y = fastdrop.dropout(t, P, seed=SEED, offset=OFFSET, out=out)
+        assert y is out
+    elif how == "inplace":
+        y = fastdrop.dropout(t, P, seed=SEED, offset=OFFSET, inplace=True)
+        assert y is t
+    else:
+        y = fastdrop.dropout(t, P, seed=SEED, offset=OFFSET)
+        assert y.stride() == torch.empty_like(t).stride()
+    return y
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", range(11))
 @pytest.mark.parametrize("how", ["new", "out", "inplace", "parallel"])
@@ -357,16 +373,7 @@ def test_torch_permuted_layouts_by_address(dtype, case, how, spy_kernels, monkey
     if how == "parallel":  # every size on the pool
         monkeypatch.setattr(_cpu, "CPU_PARALLEL_MIN", 1)
     calls = _torch_routes(spy_kernels, monkeypatch)
-    if how == "out":
-        out = torch.empty_like(t)
-        y = fastdrop.dropout(t, P, seed=SEED, offset=OFFSET, out=out)
-        assert y is out
-    elif how == "inplace":
-        y = fastdrop.dropout(t, P, seed=SEED, offset=OFFSET, inplace=True)
-        assert y is t
-    else:
-        y = fastdrop.dropout(t, P, seed=SEED, offset=OFFSET)
-        assert y.stride() == torch.empty_like(t).stride()
+    y = _dropout_how(t, how)
     assert np.array_equal(y.numpy(), want), name
     from fastdrop._core import _COPY_BELOW_ROWS, _COPY_MAX_ELEMENTS
     from fastdrop.kernels.layout import tiled_layout
@@ -413,20 +420,13 @@ def test_torch_permuted_half_layouts_by_address(dtype, case, how, spy_kernels, m
         grad_bits[...] = np.random.default_rng(99).integers(0, 1 << 16, bits.shape).astype(np.uint16)
         grad_expected = want(grad_bits)
     calls = _torch_routes(spy_kernels, monkeypatch, "dropout_flat_inplace")
-    if how == "out":
-        out = torch.empty_like(t)
-        y = fastdrop.dropout(t, P, seed=SEED, offset=OFFSET, out=out)
-        assert y is out
-    elif how == "inplace":
-        y = fastdrop.dropout(t, P, seed=SEED, offset=OFFSET, inplace=True)
-        assert y is t
-    elif how == "grad":
+    if how == "grad":
         leaf = t.clone().requires_grad_(True)  # (clone keeps a dense layout)
         y = fastdrop.dropout(leaf, P, seed=SEED, offset=OFFSET)
         y.backward(as_torch(grad_bits.copy(order="K")))
         assert np.array_equal(bits_of(leaf.grad), grad_expected), name
     else:
-        y = fastdrop.dropout(t, P, seed=SEED, offset=OFFSET)
+        y = _dropout_how(t, how)
     assert y.stride() == torch.empty_like(t).stride()
     assert np.array_equal(bits_of(y), expected), name
     assert calls and len(calls) == (2 if how == "grad" else 1), calls
