@@ -36,6 +36,7 @@ import weakref
 
 import numpy as np
 
+from ._torch_state import modes_off, modes_on
 from .kernels.layout import dense_after
 
 MIN_BYTES = 32 << 20          # smaller outputs come from glibc's heap, already faulted in
@@ -287,9 +288,8 @@ def empty_like(x):
     physical memory or one that cannot be allocated. Made past the thread's dispatch and
     torch-function modes, as the kernels write through its address (`_torch_state.past_modes`)."""
     import torch
-    C = torch._C
-    if C._len_torch_dispatch_stack() or C._is_torch_function_mode_enabled():
-        with C._DisableTorchDispatch(), C.DisableTorchFunction():
+    if modes_on(torch):
+        with modes_off():
             return _empty_like(torch, x)
     return _empty_like(torch, x)
 

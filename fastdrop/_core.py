@@ -49,7 +49,8 @@ from ._dynamo_skip import MARKED, keep_dynamo_out
 from ._grouped import grouped_layout, native_grouped, native_layout, one_element_groups
 from ._torch_state import (NO_LEVELS, batched_for_vmap, batched_levels, capturing, compiling,
                            forward_ad_active, functorch_interpreters, grad_enabled, grad_levels_active,
-                           grad_transform_active, past_modes, tracing_dispatch_mode, unwrapped, vmap_levels)
+                           grad_transform_active, modes_off, modes_on, past_modes, tracing_dispatch_mode,
+                           unwrapped, vmap_levels)
 from .kernels import config, dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial_at
 from .kernels.config import CPU_PARALLEL_MIN
@@ -179,8 +180,8 @@ def torch_empty_like(t):
     write through its address; inline, a call fewer on the small calls' path)."""
     torch = sys.modules["torch"]
     C = torch._C
-    if C._len_torch_dispatch_stack() or C._is_torch_function_mode_enabled():
-        with C._DisableTorchDispatch(), C.DisableTorchFunction():
+    if C._len_torch_dispatch_stack() or C._len_torch_function_stack():
+        with modes_off():
             return torch.empty_like(t)
     return torch.empty_like(t)
 
@@ -1009,6 +1010,9 @@ def _astype(B, a, dtype):
     if B is CudaArrayBackend:  # a float16 device array: converted on the device
         _cuda = cuda_module()
         return _cuda.astype(a, dtype)
+    if B is TorchBackend and modes_on(sys.modules["torch"]):
+        with modes_off():  # (the kernels read the copy's memory: `past_modes`)
+            return a.float() if dtype is np.float32 else a.to(dtype)
     return a.float() if dtype is np.float32 else a.to(dtype)
 
 

@@ -39,6 +39,7 @@ import threading
 
 import numpy as np
 
+from ._torch_state import modes_off
 from .kernels.philox import MAX_U64
 
 RANK_SHIFT = 48
@@ -237,8 +238,7 @@ def _new_seed_buffer(torch):
     # whatever torch.set_default_device says (the seed comes from the CPU generator).
     # Past the thread's modes too: a dispatch mode could hand back a tensor without memory,
     # which .numpy() cannot view (the first draw of a process inside one failed)
-    C = torch._C
-    with torch.inference_mode(False), C._DisableTorchDispatch(), C.DisableTorchFunction():
+    with torch.inference_mode(False), modes_off():
         return torch.empty((), dtype=torch.int64, device="cpu")
 
 

@@ -63,20 +63,43 @@ def capturing(torch, device):
         return torch.cuda.is_current_stream_capturing()
 
 
+def modes_on(torch):
+    """Is a Python dispatch mode or a torch-function mode on for this thread?"""
+    C = torch._C
+    return bool(C._len_torch_dispatch_stack() or C._len_torch_function_stack())
+
+
+class modes_off:
+    """The thread's Python dispatch modes off and its torch-function modes lifted for the block
+    (put back after it); a subclass's own __torch_function__ still runs, so a subclass input's
+    output keeps its type (torch's DisableTorchFunction turned that off too, a review found)."""
+
+    def __enter__(self):
+        C = sys.modules["torch"]._C
+        self._dispatch = C._DisableTorchDispatch()
+        self._dispatch.__enter__()
+        self._modes = [C._pop_torch_function_stack() for _ in range(C._len_torch_function_stack())]
+
+    def __exit__(self, *exc):
+        C = sys.modules["torch"]._C
+        for mode in reversed(self._modes):
+            C._push_on_torch_function_stack(mode)
+        self._dispatch.__exit__(*exc)
+
+
 def past_modes(fn):
-    """fn run with the thread's Python dispatch and torch-function modes off, where one is on: a
-    kernel route that allocates, copies and then writes through addresses. A mode could hand
-    back another tensor from torch.empty_like or .contiguous() (a wrapper subclass without
-    memory, another dtype or size): the kernels wrote through address 0 or past the buffer's
-    end (a segfault, a heap overflow; a review, 2026-12-07). The modes still see what the route
-    does to the caller's tensors (`announce_write` before a write, torch's multiply and GEMMs
-    outside these routes); an allocation of fastdrop's own is not theirs to change."""
+    """fn run with the thread's modes off (`modes_off`), where one is on: a kernel route that
+    allocates, copies and then writes through addresses. A mode could hand back another tensor
+    from torch.empty_like or .contiguous() (a wrapper subclass without memory, another dtype or
+    size): the kernels wrote through address 0 or past the buffer's end (a segfault, a heap
+    overflow; a review, 2026-12-07). The modes still see what the route does to the caller's
+    tensors (`announce_write` before a write, torch's multiply and GEMMs outside these routes);
+    an allocation of fastdrop's own is not theirs to change."""
     @functools.wraps(fn)
     def run(*args, **kwargs):
         torch = sys.modules.get("torch")  # (numpy calls run without torch imported)
-        C = None if torch is None else torch._C
-        if C is not None and (C._len_torch_dispatch_stack() or C._is_torch_function_mode_enabled()):
-            with C._DisableTorchDispatch(), C.DisableTorchFunction():
+        if torch is not None and modes_on(torch):
+            with modes_off():
                 return fn(*args, **kwargs)
         return fn(*args, **kwargs)
     return run

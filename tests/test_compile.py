@@ -367,7 +367,9 @@ def test_numpy_scalars_for_p_compile_and_numpy_seeds_get_a_clear_error():
         want = call(x)
         torch.manual_seed(0)
         assert torch.equal(torch.compile(call, backend="aot_eager", fullgraph=True)(x), want)
-    assert type(fastdrop.nn.Dropout(np.float32(0.25)).p) is float
+    for p in (np.float32(0.25), np.array(0.25)):  # (a 0-d array too, as torch's nn.Dropout takes it)
+        for module in (fastdrop.nn.Dropout, fastdrop.nn.Dropout2d, fastdrop.nn.DropPath, fastdrop.nn.DropoutMatmul):
+            assert type(module(p).p) is float and module(p).p == 0.25
     for kw in ({"seed": np.int64(3)}, {"seed": 3, "offset": np.uint32(5)}):
         with pytest.raises(Exception, match="cannot be read under torch.compile; pass int"):
             torch.compile(lambda v: fastdrop.dropout(v, 0.3, **kw), backend="aot_eager", fullgraph=True)(x)

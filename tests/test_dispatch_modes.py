@@ -70,6 +70,9 @@ def _calls():
             if size > 1:
                 ops = (ops[0].repeat(size, *[1] * (ops[0].dim() - 1)),)
             yield name, size, lambda ops=ops, case=case: case.call(*ops, seed=5, offset=2)
+    for name in ("dropout_linear", "dropconnect_sample", "dropout_matmul"):  # half: float32 copies
+        ops = tuple(o.bfloat16() for o in operands(CASES[name], dtype=torch.float32))
+        yield name, "bfloat16", lambda ops=ops, case=CASES[name]: case.call(*ops, seed=5, offset=2)
     modules = [("Dropout", lambda: fnn.Dropout(0.3), (64, 512), False),
                ("Dropout2d", lambda: fnn.Dropout2d(0.3), (8, 16, 8, 8), False),
                ("Dropout2d channels_last", lambda: fnn.Dropout2d(0.3), (8, 16, 8, 8), True),
@@ -111,6 +114,35 @@ def main(mode_name, when):
                 bad.append((name, variant))
     print("BAD", bad)
     print("DONE")
+
+
+class _Sub(torch.Tensor):
+    pass
+
+
+class _Passing(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_subclass_input_keeps_its_type_under_a_torch_function_mode():
+    """The modes are lifted for fastdrop's allocations, not a subclass's own __torch_function__:
+    under `with torch.device(...)` (a torch-function mode) or any other, a subclass input's
+    output keeps its type, as without the mode and as torch's dropout gives it (torch's
+    DisableTorchFunction, used first, turned subclasses off too: plain tensors came back)."""
+    import fastdrop
+    x = torch.randn(64, 512).as_subclass(_Sub)
+    x2 = torch.randn(8, 16, 8, 8).contiguous(memory_format=torch.channels_last).as_subclass(_Sub)
+    w = torch.randn(5, 512)
+    calls = [lambda: fastdrop.dropout(x, 0.3, seed=1), lambda: fastdrop.dropout2d(x2, 0.3, seed=1),
+             lambda: fastdrop.dropout(torch.cat([x, x]), 0.3, seed=1),
+             lambda: fastdrop.dropout_linear(x, w.as_subclass(_Sub), None, 0.3, seed=1)]
+    want = [call() for call in calls]
+    for mode in (torch.device("cpu"), _Passing()):
+        with mode:
+            for call, w_ in zip(calls, want):
+                got = call()
+                assert type(got) is type(w_) is _Sub and torch.equal(got, w_)
 
 
 @pytest.mark.parametrize("mode, when", [("wrapping", "later"), ("narrowing", "later"), ("wrapping", "first")])

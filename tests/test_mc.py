@@ -1407,3 +1407,27 @@ def test_multihead_attention_warning_names_the_module_that_is_sampled():
             return self.inner[1](h, h, h, need_weights=False)[0]
     with pytest.warns(UserWarning, match="fastdrop.nn.DropoutMatmul"):
         mc_predict(Self().eval(), torch.randn(2, 3, 8), samples=2, seed=1)
+
+
+def test_attention_dropout_module_with_a_matrix_operand_batches():
+    """DropoutMatmul(h, W) with a 2-D W (no batch dims: a matrix every sample shares) runs the
+    samples stacked, as chunk=1's masks, without the 'does not stack' warning (it ran them one at
+    a time and blamed the model; a review, 2026-12-07)."""
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.drop = torch.nn.Parameter(torch.randn(16, 5)), fnn.DropoutMatmul(0.3)
+            self.calls = 0
+
+        def forward(self, h):
+            self.calls += 1
+            return self.drop(h, self.w)
+    torch.manual_seed(0)
+    model, x = Head().double().eval(), torch.randn(8, 16, dtype=torch.float64)
+    ref = mc_predict(model, x, samples=8, seed=SEED, chunk=1)
+    model.calls = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = mc_predict(model, x, samples=8, seed=SEED, chunk=4)
+    assert model.calls == 3  # sample 0, then two chunks of four
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)

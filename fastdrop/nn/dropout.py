@@ -32,6 +32,10 @@ class _DropoutNd(FxLeaf):
     _lane = (0, None)  # functional._lane's (g, ndim): the mask-shape rule and rank _fn gives it
 
     def __init__(self, p: float = 0.5, inplace: bool = False, mode: str = "inverted"):
+        # a numpy p (a scalar or 0-d array) as its Python number: torch.compile does not read a
+        # module's numpy attribute as a constant (torch's own modules fail there)
+        if isinstance(p, (np.generic, np.ndarray)) and p.ndim == 0:
+            p = p.item()
         # torch compares p with 0 and 1 and would let bools, strings-with-__lt__ or NaN through.
         if isinstance(p, bool) or not isinstance(p, numbers.Real):
             raise TypeError(f"p must be a real number in [0, 1], got {type(p).__name__} {p!r}")
@@ -39,11 +43,7 @@ class _DropoutNd(FxLeaf):
         # 1 + 10**-400 for 1 (`outside_unit_interval`): refused with torch's message
         if outside_unit_interval(p):
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {shown_number(p)}")
-        # p stored as given, like torch, but a numpy scalar as its Python number: torch.compile
-        # does not read a module's numpy attribute as a constant (torch's own modules fail there)
-        if isinstance(p, np.generic):
-            p = p.item()
-        super().__init__(p, module_inplace_flag(inplace))
+        super().__init__(p, module_inplace_flag(inplace))  # p stored as given, like torch
         self.mode = check_mode(mode)
 
     def extra_repr(self) -> str:

@@ -287,10 +287,10 @@ def _batched(m, x, seed, offsets, rest=()):
         return y if m.bias is None else y + m.bias
     if isinstance(m, DropoutMatmul):
         (b,) = rest
-        if b.dim() == x.dim() and b.shape[0] == x.shape[0]:  # (attention's V: stacked as the scores)
+        if b.dim() > 2 and b.dim() == x.dim() and b.shape[0] == x.shape[0]:  # (attention's V, stacked)
             parts = zip(x.chunk(n, 0), b.chunk(n, 0))
-        elif b.dim() < x.dim() or b.shape[0] == 1:  # broadcast over the batch: every sample's
-            parts = ((xs, b) for xs in x.chunk(n, 0))
+        elif b.dim() == 2 or b.dim() < x.dim() or b.shape[0] == 1:  # a matrix, or broadcast over the
+            parts = ((xs, b) for xs in x.chunk(n, 0))                 # batch: every sample's
         else:  # b's dim 0 stretches x's (a 1-row x): not the samples stacked
             raise _NotStacked
         return torch.cat([_one_sample(m, xs, seed, off, (bs,)) for (xs, bs), off in zip(parts, offsets)], 0)
