@@ -1712,11 +1712,14 @@ def _seed_ops():
             inside a compiled graph saves and restores that device's RNG state around the op (it
             reads the device from this keyword), so the recomputed forward draws the same seed.
             A string, not a Device: Inductor's C++ wrapper cannot pass a Device to a custom op
-            (torch 2.13; test_inductor_cpp_wrapper_runs_every_op)."""
+            (torch 2.13; test_inductor_cpp_wrapper_runs_every_op). Any other device is refused
+            (a direct call naming "cuda" drew from the CPU's generator, silently)."""
+            _check_seed_device(device)
             return torch.tensor(_seeds.draw_torch_seed(), dtype=torch.int64, device="cpu")
 
         @draw_seed.register_fake
         def _(token, *, device):
+            _check_seed_device(device)
             return torch.empty((), dtype=torch.int64, device="cpu")
 
         @torch.library.custom_op("fastdrop::seed_tensor", mutates_args=(), schema="(SymInt seed) -> Tensor")
@@ -1871,6 +1874,11 @@ def _scalars(args):
     seed, p, offset, scale, params, *rest = args
     rank_stream, autocast = (*rest, *(False, None)[len(rest):])
     return seed, p, offset, scale, () if params is None else params, rank_stream, autocast
+
+
+def _check_seed_device(device):
+    if device != "cpu":
+        raise ValueError(f"fastdrop::draw_seed draws from the CPU generator: device must be 'cpu', got {device!r}")
 
 
 def _run_offset(offset, rank_stream):

@@ -381,3 +381,17 @@ def test_numpy_scalars_for_p_compile_and_numpy_seeds_get_a_clear_error():
             fastdrop.dropout(x, bad)
     with pytest.raises(TypeError, match="seed must be an int"):
         fastdrop.dropout(x, 0.3, seed=np.float64(3.0))
+
+
+def test_draw_seed_op_refuses_a_device_other_than_the_cpu():
+    """fastdrop::draw_seed always draws from the CPU generator (its device keyword is what
+    checkpointing reads to save that generator's state): another device, named in a direct call,
+    is refused before the draw (it drew from the CPU's silently), real and fake."""
+    state = torch.get_rng_state()
+    for device in ("cuda", "junk"):
+        with pytest.raises(ValueError, match="device must be 'cpu'"):
+            torch.ops.fastdrop.draw_seed(0, device=device)
+        with torch._subclasses.fake_tensor.FakeTensorMode(), pytest.raises(ValueError, match="device must be 'cpu'"):
+            torch.ops.fastdrop.draw_seed(0, device=device)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.ops.fastdrop.draw_seed(0, device="cpu").dtype == torch.int64
