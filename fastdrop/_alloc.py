@@ -36,7 +36,6 @@ import weakref
 
 import numpy as np
 
-from ._torch_state import modes_off, modes_on
 from .kernels.layout import dense_after
 
 MIN_BYTES = 32 << 20          # smaller outputs come from glibc's heap, already faulted in
@@ -285,16 +284,9 @@ def check_output_bytes(nbytes):
 def empty_like(x):
     """torch.empty_like(x) for a CPU tensor; contiguous float outputs of MIN_BYTES and more are
     pooled (64-byte aligned, not resizable in place). Raises MemoryError for a request larger than
-    physical memory or one that cannot be allocated. Made past the thread's dispatch and
-    torch-function modes, as the kernels write through its address (`_torch_state.past_modes`)."""
+    physical memory or one that cannot be allocated. (fastdrop's routes call it past the thread's
+    modes: `_core.empty_like`.)"""
     import torch
-    if modes_on(torch):
-        with modes_off():
-            return _empty_like(torch, x)
-    return _empty_like(torch, x)
-
-
-def _empty_like(torch, x):
     if not _NUMPY:
         _NUMPY.update({torch.float32: np.float32, torch.float64: np.float64})
     if _returned:  # release dead outputs beyond the bound now, not at the next large call

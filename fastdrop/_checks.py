@@ -12,7 +12,6 @@ import warnings
 import numba
 import numpy as np
 
-from ._torch_state import modes_off
 from .kernels.philox import MAX_U64  # noqa: F401  (re-exported: every seed and offset check)
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
@@ -602,8 +601,8 @@ def _typestr(dtype):
     if dtype == torch.bfloat16:  # no numpy type: its bits, as uint16
         entry = ("<u2", 2, True)
     else:
-        # (a throwaway tensor's numpy dtype; made past the thread's modes, which could hand back
-        with modes_off():  # a wrapper)
+        C = torch._C  # (a throwaway tensor's numpy dtype; made past the thread's modes, which
+        with C._DisableTorchDispatch(), C.DisableTorchFunction():  # could hand back a wrapper)
             d = np.dtype(torch.empty((), dtype=dtype, device="cpu").numpy().dtype)
         entry = (d.str, d.itemsize, False)
     _TYPESTRS[dtype] = entry

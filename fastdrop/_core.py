@@ -40,7 +40,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _autocast, _cpu, _seeds
-from ._alloc import PHYSICAL_BYTES, check_output_bytes, empty_like
+from ._alloc import PHYSICAL_BYTES, check_output_bytes
+from ._alloc import empty_like as _pooled_empty_like
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, announce_write, check_array,
                       check_bool, check_companions, check_device_byte_order, check_out, check_out_is_x, check_p,
                       check_plain_memory, check_storage, check_u64, check_writable, fill_torch_floats,
@@ -173,6 +174,12 @@ class NumpyBackend:
     @staticmethod
     def mT(a):
         return np.swapaxes(a, -1, -2)
+
+
+@past_modes  # (the kernels write through its address)
+def empty_like(x):
+    """`_alloc.empty_like` (a pooled output from 32 MiB) past the thread's modes."""
+    return _pooled_empty_like(x)
 
 
 def torch_empty_like(t):

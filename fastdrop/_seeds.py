@@ -39,7 +39,6 @@ import threading
 
 import numpy as np
 
-from ._torch_state import modes_off
 from .kernels.philox import MAX_U64
 
 RANK_SHIFT = 48
@@ -238,7 +237,9 @@ def _new_seed_buffer(torch):
     # whatever torch.set_default_device says (the seed comes from the CPU generator).
     # Past the thread's modes too: a dispatch mode could hand back a tensor without memory,
     # which .numpy() cannot view (the first draw of a process inside one failed)
-    with torch.inference_mode(False), modes_off():
+    # (a factory call: nothing of a subclass to keep, so torch's own switches)
+    C = torch._C
+    with torch.inference_mode(False), C._DisableTorchDispatch(), C.DisableTorchFunction():
         return torch.empty((), dtype=torch.int64, device="cpu")
 
 
