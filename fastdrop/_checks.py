@@ -32,15 +32,22 @@ def check_p(p, name="p"):
     """p must be a real number in [0, 1]; returns it as a Python float."""
     if type(p) is float and 0.0 <= p <= 1.0:  # the common case, first (NaN fails the comparison)
         return p
-    if isinstance(p, (np.generic, np.ndarray)) and p.ndim == 0:
-        # a numpy scalar (or 0-d array) as its Python number: under torch.compile Dynamo sees a
-        # numpy scalar as a 0-d array, which fails the Real check below (and its repr, untraceable)
-        p = p.item()
+    p = python_number(p)
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
         raise TypeError(f"{name} must be a real number in [0, 1], got {type(p).__name__} {p!r}")
     if outside_unit_interval(p):
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {name}={shown_number(p)}")
     return float(p)
+
+
+def python_number(v):
+    """v as its Python number when it is a numpy scalar or 0-d array, else v as given. Under
+    torch.compile Dynamo sees a numpy scalar as a 0-d array, which fails a numbers.Real check (and
+    whose repr it cannot trace); a module given a numpy p stores the Python number, which compile
+    reads as a constant (torch's own modules fail there)."""
+    if isinstance(v, (np.generic, np.ndarray)) and v.ndim == 0:
+        return v.item()
+    return v
 
 
 def outside_unit_interval(p):
@@ -106,7 +113,7 @@ def check_u64(value, name):
             # Dynamo traces a numpy scalar as a 0-d array whose value (int(), .item()) it does not
             # specialize, and a Python int is what the seed's checks and the custom op take
             raise TypeError(f"{name}: a numpy integer cannot be read under torch.compile; pass int({name})")
-        value = value.item()  # a numpy scalar as check_p takes it
+        value = python_number(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int in [0, 2**64), got {type(value).__name__} {value!r}")
     value = int(value)

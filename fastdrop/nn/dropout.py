@@ -8,15 +8,13 @@ every call: masks come from torch's generator, so `torch.manual_seed` makes them
 """
 import numbers
 
-import numpy as np
-
 import torch
 from torch.jit import is_scripting
 
 from .. import functional as F
 from .. import _core
-from .._checks import check_mode, is_fx_proxy, module_inplace_flag, outside_unit_interval, shown_number, \
-    traced_as_leaf
+from .._checks import check_mode, is_fx_proxy, module_inplace_flag, outside_unit_interval, python_number, \
+    shown_number, traced_as_leaf
 from . import _mc_state
 from .leaf import FxLeaf
 from ._script import ANY_RANK, scripted_dropout
@@ -32,10 +30,7 @@ class _DropoutNd(FxLeaf):
     _lane = (0, None)  # functional._lane's (g, ndim): the mask-shape rule and rank _fn gives it
 
     def __init__(self, p: float = 0.5, inplace: bool = False, mode: str = "inverted"):
-        # a numpy p (a scalar or 0-d array) as its Python number: torch.compile does not read a
-        # module's numpy attribute as a constant (torch's own modules fail there)
-        if isinstance(p, (np.generic, np.ndarray)) and p.ndim == 0:
-            p = p.item()
+        p = python_number(p)  # a numpy p as its Python number, which torch.compile reads as a constant
         # torch compares p with 0 and 1 and would let bools, strings-with-__lt__ or NaN through.
         if isinstance(p, bool) or not isinstance(p, numbers.Real):
             raise TypeError(f"p must be a real number in [0, 1], got {type(p).__name__} {p!r}")
