@@ -67,6 +67,18 @@ def shown_number(v):
         return f"{'-' if v < 0 else ''}about 10**{int(math.log10(int(abs(v)) or 1))} ({type(v).__name__})"
 
 
+def shown(v):
+    """repr(v) for a message, where an int past Python's digit limit for str() (4300 digits),
+    alone or in a tuple or list, reads as `shown_number` writes it instead of raising."""
+    if isinstance(v, (tuple, list)):
+        inner = ", ".join(shown(e) for e in v)
+        return f"[{inner}]" if isinstance(v, list) else f"({inner}{',' if len(v) == 1 else ''})"
+    try:
+        return repr(v)
+    except ValueError:
+        return shown_number(v) if isinstance(v, numbers.Integral) else f"<{type(v).__name__}>"
+
+
 def check_bool(value, name):
     """A flag must be a bool (or numpy's): truthiness would make "False" (a string from a config
     file) or 0.5 switch the flag on. Returns it as a Python bool."""
@@ -118,7 +130,7 @@ def check_u64(value, name):
         raise TypeError(f"{name} must be an int in [0, 2**64), got {type(value).__name__} {value!r}")
     value = int(value)
     if not 0 <= value <= MAX_U64:
-        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
+        raise ValueError(f"{name} must be in [0, 2**64), got {shown_number(value)}")
     return value
 
 
@@ -129,18 +141,21 @@ def check_mode(mode, name="mode"):
 
 
 def check_shape(shape):
-    """A shape: a sequence of non-negative ints (or a single int)."""
+    """A shape: a sequence of non-negative ints (or a single int, a numpy one or a 0-d array)."""
+    shape = python_number(shape)
     if isinstance(shape, numbers.Integral):
         shape = (shape,)
     try:
         shape = tuple(shape)
     except TypeError:
-        raise TypeError(f"shape must be a sequence of ints, got {shape!r}") from None
+        raise TypeError(f"shape must be a sequence of ints, got {type(shape).__name__} {shown(shape)}") from None
     for s in shape:
-        if isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Integral) or s < 0:
-            raise ValueError(f"shape must be a sequence of non-negative ints, got {shape!r}")
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Integral):
+            raise TypeError(f"shape must be a sequence of ints, got {type(s).__name__} {shown(s)} in {shown(shape)}")
+        if s < 0:
+            raise ValueError(f"shape must be a sequence of non-negative ints, got {shown(shape)}")
         if s >= 1 << 63:  # numpy's limit per dim (an empty array may still have such a dim)
-            raise ValueError(f"shape {shape!r} has a dim of 2**63 or more, beyond any array's")
+            raise ValueError(f"shape {shown(shape)} has a dim of 2**63 or more, beyond any array's")
     return tuple(int(s) for s in shape)
 
 

@@ -249,6 +249,8 @@ def set_rank_streams(enabled=True):
     Returns the previous setting.
     """
     global _rank_streams
+    if isinstance(enabled, np.bool_):  # numpy's bool, as every flag takes it (`_checks.check_bool`)
+        enabled = bool(enabled)
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be a bool, got {type(enabled).__name__} {enabled!r}")
     previous, _rank_streams = _rank_streams, enabled

@@ -31,7 +31,7 @@ import numpy as np
 from . import _autocast, _core, _seeds
 from ._alloc import check_output_bytes
 from ._checks import (CUDA_ARRAY, MAX_U64, TORCH, array_kind, check_array, check_bool, check_companions,
-                      check_mode, check_p, check_storage, check_u64, numpy_view, train_scale)
+                      check_mode, check_p, check_storage, check_u64, numpy_view, shown, train_scale)
 from ._torch_state import past_modes, tracing_dispatch_mode
 from .kernels import linear_cpu
 from .kernels.config import DENSE_PARALLEL_MIN
@@ -486,7 +486,7 @@ def dropconnect_linear_call(x, weight, bias, p, training, seed, offset, per_samp
     if activation is not None and not callable(activation):
         raise TypeError(f"activation must be a callable or None, got {type(activation).__name__}")
     if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
+        raise ValueError(f"samples must be a positive int, got {shown(samples)}")
     if not training and activation is not None and 0.0 < p:
         # under torch.compile: run eagerly (a graph break; fullgraph=True names the reason)
         return (_EAGER_MOMENT_MATCHING or _moment_matching)(x, weight, bias, p, seed, activation, int(samples))

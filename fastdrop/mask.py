@@ -10,6 +10,7 @@ kernels/philox.py):
     keep  = h(i) < T(p),   T(p) = floor((1 - p) * 2^16)   (float64; T(0) = 2^16 keeps all, T(1) = 0 drops all)
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from .kernels.philox import kernel_rng_args, philox4x32_array  # noqa: F401
 
 from . import _alloc, _core, _seeds
 from ._cpu import fill_keep_mask
-from ._checks import NUMPY, WRITABLE_NUMPY, check_p, check_shape, check_u64, check_writable
+from ._checks import NUMPY, WRITABLE_NUMPY, check_p, check_shape, check_u64, check_writable, shown
 
 
 def keep_threshold(p):
@@ -48,7 +49,10 @@ def philox4x32(counter, key, rounds=10):
     """
     c = np.asarray(counter)
     k = np.asarray(key)
-    for name, a in (("counter", c), ("key", k)):
+    for name, given, a in (("counter", counter, c), ("key", key, k)):
+        if a.dtype.kind in "fO" and _python_ints(given, a):
+            # ints that numpy holds only as floats or objects: 2^64 or more, or below -2^63
+            raise ValueError(f"{name} values must lie in [0, 2^32)")
         if a.dtype.kind not in "ui":
             raise TypeError(f"{name} must hold integers, got dtype {a.dtype}")
         if a.size and (a.min() < 0 or a.max() > 0xFFFFFFFF):
@@ -58,13 +62,22 @@ def philox4x32(counter, key, rounds=10):
     if k.shape != (2,):
         raise ValueError(f"key must have shape (2,), got {k.shape}")
     if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)):
-        raise TypeError(f"rounds must be an int, got {type(rounds).__name__} {rounds!r}")
+        raise TypeError(f"rounds must be an int, got {type(rounds).__name__} {shown(rounds)}")
     if not 0 <= rounds <= 1 << 20:  # the kernel counts rounds in an int64; more is no generator anyone uses
-        raise ValueError(f"rounds must be in [0, 2**20], got {rounds!r}")
+        raise ValueError(f"rounds must be in [0, 2**20], got {shown(rounds)}")
     flat = np.ascontiguousarray(c.reshape(-1, 4), dtype=np.uint32)
     out = np.empty_like(flat)
     philox4x32_array(flat, np.ascontiguousarray(k, dtype=np.uint32), int(rounds), out)
     return out.reshape(c.shape)
+
+
+def _python_ints(given, a):
+    """Is `given` (not a numpy array), which numpy read as the float or object array a, made of
+    Python / numpy integers (not bools) only?"""
+    if isinstance(given, np.ndarray) or not a.size:
+        return False
+    items = np.asarray(given, dtype=object).ravel()
+    return all(isinstance(e, numbers.Integral) and not isinstance(e, (bool, np.bool_)) for e in items)
 
 
 def _check_allocatable(nbytes):

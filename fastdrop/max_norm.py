@@ -16,38 +16,49 @@ import numpy as np
 from . import _core
 from ._checks import (CUDA_ARRAY, NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, announce_write, array_kind,
                       check_array, check_device_byte_order, check_plain_memory, check_storage, check_writable,
-                      is_torch_tensor, mark_written, numpy_view, quiet_under_jit_trace, refuse_while_tracing)
+                      is_torch_tensor, mark_written, numpy_view, quiet_under_jit_trace, refuse_while_tracing, shown,
+                      shown_number)
 from ._torch_state import tracing_dispatch_mode
 from .kernels import max_norm_cpu
 
 __all__ = ["max_norm_", "max_norm_hook"]
 
 
+def _as_float(v, name, what):
+    """float(v) of a real v, refused with a ValueError where it overflows a float (an int or
+    Fraction of 10**400): float() raises OverflowError there, which names nothing."""
+    try:
+        return float(v)
+    except OverflowError:
+        raise ValueError(f"{name} must be a {what} finite number, got {shown_number(v)}") from None
+
+
 def _check_max_norm_args(ndim, max_value, dim, eps):
     if isinstance(max_value, bool) or not isinstance(max_value, numbers.Real):
         raise TypeError(f"max_value must be a positive real number, got {type(max_value).__name__}")
-    max_value = float(max_value)
+    max_value = _as_float(max_value, "max_value", "positive")
     # comparisons, not math.isfinite: under torch.compile a max_value that changes between calls
     # is a symbolic float, which Dynamo compares but cannot pass to math (NaN fails both)
     if not (0.0 < max_value < math.inf):
         raise ValueError(f"max_value must be a positive finite number, got {max_value}")
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a non-negative real number, got {type(eps).__name__} {eps!r}")
-    if not 0.0 <= float(eps) < math.inf:  # (inf would zero every vector over the limit)
+    if not 0.0 <= _as_float(eps, "eps", "non-negative") < math.inf:  # (inf would zero every vector over the limit)
         raise ValueError(f"eps must be a non-negative finite number, got {eps!r}")
     if ndim == 0:
         raise ValueError("max_norm_ needs a weight with at least 1 dimension, got a 0-d tensor")
     if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (numbers.Integral, tuple, list)):
-        raise TypeError(f"dim must be an int or a tuple/list of ints, got {type(dim).__name__} {dim!r}")
+        raise TypeError(f"dim must be an int or a tuple/list of ints, got {type(dim).__name__} {shown(dim)}")
     dims = (dim,) if isinstance(dim, numbers.Integral) else tuple(dim)
     if not dims:
         raise ValueError("dim must name at least one dimension")
     norm_dims = []
     for d in dims:
         if isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral):
-            raise TypeError(f"dim must be an int or a tuple/list of ints, got {type(d).__name__} {d!r} in {dim!r}")
+            raise TypeError(f"dim must be an int or a tuple/list of ints, got {type(d).__name__} {shown(d)} in "
+                            f"{shown(dim)}")
         if not -ndim <= d < ndim:
-            raise ValueError(f"dim {d!r} is out of range for a weight with {ndim} dimensions "
+            raise ValueError(f"dim {shown(d)} is out of range for a weight with {ndim} dimensions "
                              f"(expected an int in [{-ndim}, {ndim - 1}])")
         norm_dims.append(int(d) % ndim)
     if len(set(norm_dims)) != len(norm_dims):

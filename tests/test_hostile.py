@@ -118,7 +118,7 @@ CASES = [
     ("module-mode", x_t, lambda x: F.nn.Dropout(0.1, mode="x"), ValueError, "mode must be one of"),
     ("manual_seed-neg", x_np, lambda x: F.manual_seed(-1), ValueError, "seed must be in"),
     ("mask-neg-shape", x_np, lambda x: F.dropout_mask((-1, 3), 0.5, 1), ValueError, "non-negative"),
-    ("mask-float-shape", x_np, lambda x: F.dropout_mask((2.0,), 0.5, 1), ValueError, "non-negative"),
+    ("mask-float-shape", x_np, lambda x: F.dropout_mask((2.0,), 0.5, 1), TypeError, "sequence of ints"),
     ("mask-none-shape", x_np, lambda x: F.dropout_mask(None, 0.5, 1), TypeError, "sequence of ints"),
     ("mask-seed-2^64", x_np, lambda x: F.dropout_mask((3,), 0.5, 2**64), ValueError, "seed must be in"),
     ("mask-p-nan", x_np, lambda x: F.dropout_mask((3,), NAN, 1), ValueError, "p=nan"),
@@ -185,6 +185,29 @@ CASES = [
     ("p-huge-negative", x_t, lambda x: F.dropout2d(x, -10**400), ValueError, "between 0 and 1"),
     ("p-huge-module", x_t, lambda x: fastdrop.nn.Dropout2d(10**400)(x), ValueError, "between 0 and 1"),
     ("p-over-4300-digits", x_t, lambda x: F.dropout(x, 10**5000), ValueError, "between 0 and 1, but got p=about"),
+    # ints past float's range or str()'s 4300 digits elsewhere: the argument named, the value shown
+    ("max-norm-huge-int", x_np, lambda x: F.max_norm_(x, 10**400), ValueError,
+     "max_value must be a positive finite number, got 1000"),
+    ("max-norm-huge-fraction", x_t, lambda x: F.max_norm_(x, Fraction(10**400)), ValueError, "max_value must be"),
+    ("max-norm-eps-huge", x_np, lambda x: F.max_norm_(x, 1.0, eps=10**400), ValueError, "eps must be"),
+    ("max-norm-dim-4300-digits", x_np, lambda x: F.max_norm_(x, 1.0, dim=10**5000), ValueError,
+     "dim about 10"),
+    ("seed-4300-digits", x_t, lambda x: F.dropout(x, 0.5, seed=10**5000), ValueError,
+     "got about 10"),
+    ("offset-4300-digits", x_np, lambda x: F.dropout(x, 0.5, seed=1, offset=10**5000), ValueError,
+     "offset must be in"),
+    ("mask-shape-4300-digits", x_np, lambda x: F.dropout_mask((10**5000,), 0.5, 1), ValueError, "about 10"),
+    ("mask-str-shape", x_np, lambda x: F.dropout_mask("ab", 0.5, 1), TypeError, "sequence of ints, got str 'a'"),
+    ("philox-key-2^64", x_np, lambda x: F.philox4x32([0, 0, 0, 0], [2**64 - 1, 0]), ValueError,
+     "key values must lie in"),
+    ("philox-counter-2^70", x_np, lambda x: F.philox4x32([[0, 0, 0, 2**70]], [0, 0]), ValueError,
+     "counter values must lie in"),
+    ("philox-key-float", x_np, lambda x: F.philox4x32([0, 0, 0, 0], [0.5, 0]), TypeError, "must hold integers"),
+    ("philox-rounds-4300-digits", x_np, lambda x: F.philox4x32([0, 0, 0, 0], [0, 0], 10**5000), ValueError,
+     "rounds must be in"),
+    ("samples-4300-digits", x_np, lambda x: F.dropconnect_linear(x, np.ones((2, 4), np.float32), training=False,
+                                                                 activation=np.tanh, samples=-10**5000),
+     ValueError, "samples must be a positive int, got -about"),
     ("p-just-above-1", x_t, lambda x: fastdrop.nn.Dropout(Fraction(10**400 + 1, 10**400))(x), ValueError,
      "between 0 and 1"),
     ("keep-threshold-bool", x_np, lambda x: F.keep_threshold(True), TypeError, "real number"),
@@ -342,6 +365,18 @@ def test_read_only_numpy_input_is_fine(make):
     b = np.broadcast_to(np.float32(3), (5, 7))
     np.testing.assert_array_equal(fastdrop.dropout(b, 0.5, seed=1),
                                   np.where(fastdrop.dropout_mask((5, 7), 0.5, 1), np.float32(6), 0))
+
+
+def test_numpy_integers_where_python_ints_are_taken():
+    """numpy scalars and 0-d arrays read as the Python numbers they hold, as p and seed take them:
+    a mask's shape, and set_rank_streams' flag (a numpy bool, as every flag takes it)."""
+    np.testing.assert_array_equal(fastdrop.dropout_mask(np.array(5), 0.5, 1), fastdrop.dropout_mask((5,), 0.5, 1))
+    np.testing.assert_array_equal(fastdrop.dropout_mask(np.int64(3), 0.5, 1), fastdrop.dropout_mask(3, 0.5, 1))
+    previous = fastdrop.set_rank_streams(np.False_)
+    try:
+        assert fastdrop.set_rank_streams(np.True_) is False
+    finally:
+        fastdrop.set_rank_streams(previous)
 
 
 @pytest.mark.parametrize("to", [np.asarray, torch.from_numpy])
