@@ -904,7 +904,7 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
             # (not on the fake or symbolic tensors of a trace: no memory, and no guards to add)
             if kind == NUMPY or kind == TORCH and not _tracing(sys.modules["torch"], operands):
                 if kind == TORCH:
-                    _check_storages(sys.modules["torch"], operands)  # torch's ops would crash on such memory
+                    _check_storages(sys.modules["torch"], operands, op.operands)  # torch's ops would crash on such memory
                 if out is None and not inplace:
                     _check_host_output(op, x, kind, operands)
             elif kind == CUDA_ARRAY:  # (a kernel scales x or multiplies)
@@ -1088,7 +1088,7 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
                                f"run the transform eagerly, or under torch.compile (it runs the "
                                f"transform eagerly around fastdrop's op)")
         if not traced(torch, *operands):  # (real tensors, as torch.jit.trace's: refused before the draw)
-            _check_storages(torch, operands)
+            _check_storages(torch, operands, op.operands)
         if seed is None:
             seed_t = _seeds.torch_seed_tensor(torch)  # (outside any torch.func transform)
         else:
@@ -1109,10 +1109,10 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         # dropout does (the same values). A tensor without a tangent (captured from outside the
         # transform) keeps the in-place Function, which writes it as before.
         jvp_in_place = inplace and bool(tangents[0])
-    for a in operands:  # before the seed draw: the kernels cannot take such a tensor
+    for i, a in enumerate(operands):  # before the seed draw: the kernels cannot take such a tensor
         if a is not None and type(a) not in _PLAIN_TENSORS:
-            check_plain_memory(a, "x" if a is operands[0] else "an operand")
-    _check_storages(torch, operands)
+            check_plain_memory(a, op.operands[i] if i < len(op.operands) else "an operand")
+    _check_storages(torch, operands, op.operands)
     if seed is None and operands[0].is_cuda and capturing(torch, operands[0].device):
         # CUDA-graph capture: the seed is drawn on the stream by torch's CUDA generator, whose
         # state every replay advances, and the kernels read it from device memory; the custom op
@@ -1173,14 +1173,16 @@ def _nested_jvp_refusal(op, tangents):
                         f"(jvp of grad and grad of jvp are supported), or perturb one operand")
 
 
-def _check_storages(torch, operands, names=("x", "an operand")):
-    """`check_storage` of every tensor among operands (x first) with memory the kernels or
-    torch's ops will read, torch.func's wrappers taken off (torch's legacy vmap tensors, which
-    torch's ops take, `_materialized_mask`, pass). Real tensors only: not inside a trace."""
+def _check_storages(torch, operands, names):
+    """`check_storage` of every tensor among operands with memory the kernels or torch's ops will
+    read, torch.func's wrappers taken off (torch's legacy vmap tensors, which torch's ops take,
+    `_materialized_mask`, pass), each named in the error by names (the op's `operands`: x, weight,
+    bias; a, b). Real tensors only: not inside a trace."""
     transforms = torch._C._are_functorch_transforms_active()
-    for a in operands:
+    names = tuple(names) + ("an operand",) * (len(operands) - len(names))
+    for a, name in zip(operands, names):
         if a is not None:
-            check_storage(unwrapped(torch, a) if transforms else a, names[0] if a is operands[0] else names[1])
+            check_storage(unwrapped(torch, a) if transforms else a, name)
 
 
 def _tracing(torch, tensors):
@@ -1495,7 +1497,7 @@ def _op_backward(ctx, B, grad, saved, rng, needs):
     if op.saves and not _tracing(torch, [t for t in saved if t is not None]):
         # an operand freed since the forward (FSDP frees an unsharded weight after its use; its
         # backward hooks gather it again, a hand-written free does not)
-        _check_storages(torch, [saved[i] for i in op.saves], ("a saved operand",) * 2)
+        _check_storages(torch, [saved[i] for i in op.saves], ("a saved operand",) * len(op.saves))
     incoming = grad.dtype
     if ctx.half is not None:
         grad, saved = grad.float(), [None if t is None else t.float() for t in saved]
@@ -1939,7 +1941,7 @@ def library_op(op):
             # typing error or numpy's conversion error from inside the kernels' call.
             _, _, checked, params = validate(op, operands, tuple(params), autocast=False,
                                              mixed_ok=autocast is not None)
-            _check_storages(torch, checked)
+            _check_storages(torch, checked, op.operands)
             _check_library_scalars(op, checked[0], seed, p, scale, params)
             if seed.is_cuda:  # a CUDA-graph capture's seed, read by the kernels (`_torch_call`)
                 rng = Rng(p, seed, _run_offset(offset, rank_stream), scale)

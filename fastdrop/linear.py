@@ -345,9 +345,9 @@ def dense_lane(op, x, w, b, p):
     # FSDP freed): refused before the draw, as `call` refuses them
     check_output_bytes(max(n, n // x.shape[-1] * w.shape[0], w.numel()) * x.element_size())
     check_storage(x)
-    check_storage(w, "an operand")
+    check_storage(w, "weight")
     if b is not None:
-        check_storage(b, "an operand")
+        check_storage(b, "bias")
     offset = _seeds.stream_offset(0)
     if offset >= 1 << 63:
         return None  # a rank of 2^15 or more: the general route
@@ -544,6 +544,8 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
             return y.to(autocast[1])
     weight, bias = check_companions(x, kind, [("weight", weight), ("bias", bias)])
     _check((x, weight, bias), ())
+    if kind == TORCH:  # memory the GEMMs below read: a freed or cut-short storage crashed them
+        _core._check_storages(sys.modules["torch"], (x, weight, bias), _OPERANDS)
     if kind == CUDA_ARRAY:
         raise TypeError("moment-matching inference takes numpy arrays or torch tensors; wrap CUDA "
                         "device arrays with torch.as_tensor")

@@ -449,3 +449,18 @@ def test_a_draw_of_another_thread_right_after_the_failed_call_s_own_stays_drawn(
     monkeypatch.setattr(_seeds, "draw_torch_seed", real)
     undo()
     assert not any(torch.equal(fastdrop.dropout(torch.ones(64), 0.5), other[0]) for _ in range(3))
+
+
+@pytest.mark.parametrize("seed", [9, None])
+@pytest.mark.parametrize("which", ["x", "weight", "bias"])
+@pytest.mark.parametrize("nbytes", [0, 16])
+def test_moment_matching_refuses_operands_without_memory(which, nbytes, seed):
+    """Moment-matching inference reads its operands in torch's GEMMs: one whose storage was freed
+    (FSDP) or cut short is refused with the pipeline's ValueError naming it, before any draw (it
+    segfaulted for a cut-short x, or returned what lay past its memory: a review)."""
+    ops = {"x": torch.ones(64, 256), "weight": torch.ones(5, 256), "bias": torch.ones(5)}
+    ops[which].untyped_storage().resize_(nbytes)
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError, match=f"^{which} has no memory for its elements"):
+        dropconnect_linear(ops["x"], ops["weight"], ops["bias"], 0.3, False, activation=torch.relu, seed=seed)
+    assert torch.equal(torch.get_rng_state(), state)
