@@ -156,12 +156,14 @@ def _host(a):
                            "(torch.autograd.grad(..., is_grads_batched=True), jacobian / hessian with "
                            "vectorize=True): its (N, O, I) mask is never materialized; take the "
                            "gradients one at a time (vectorize=False)")
-    dtype = a.dtype
+    a = a.detach()
+    like = a
 
     def make(shape, zeros=False):
-        t = (torch.zeros if zeros else torch.empty)(shape, dtype=dtype, device="cpu")  # not the default device
+        # a's class, CPU and dtype (torch.set_default_device does not apply to new_*): a subclass
+        # input gives its class back, as torch's F.linear and fastdrop's other dense ops do
+        t = like.new_zeros(shape) if zeros else like.new_empty(shape)
         return numpy_view(t)[0], t
-    a = a.detach()
     if not torch.compiler.is_compiling() and a._is_zerotensor():
         a = a.clone()  # torch's efficient zeros (an incoming gradient): no memory to view
     return numpy_view(a.contiguous().resolve_neg())[0], make
@@ -192,9 +194,9 @@ def _sample_grads(grad, x, w, rng):
         gx, gw, _ = _cuda.dense_call("dropconnect_backward", x, w, None, rng, True, grad=grad,
                                      bias_grad=False)  # the op's formula has gb = g.sum(0)
         return gx.reshape(x.shape), gw
-    x2, make = _host(_core.rows(x))
+    x2, _ = _host(_core.rows(x))
     wn, _ = _host(w)
-    g2, _ = _host(_core.rows(grad))
+    g2, make = _host(_core.rows(grad))  # (the gradients of grad's class, as torch's backward formulas give them)
     (gxn, gx), (gwn, gw) = make(x2.shape, True), make(wn.shape, True)
     if g2.size and x2.size:
         # A fixed number of partial gx buffers (not one per thread), so the summation order and

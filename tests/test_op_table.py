@@ -2114,3 +2114,23 @@ def test_zero_tensor_targets_of_writes_are_refused_before_the_draw():
     with pytest.raises(RuntimeError, match="ZeroTensors are immutable"):
         fastdrop.dropout(z, 0.5, out=z)
     assert torch.equal(state, torch.get_rng_state())
+
+
+class _Tagged(torch.Tensor):
+    """A plain tensor subclass (memory of its own, no __torch_dispatch__), as users tag tensors."""
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_subclass_input_keeps_its_class(name):
+    """Every op gives a plain subclass input's class back, with the plain tensor's values, under
+    autograd or not, as torch's ops give it (per-sample DropConnect returned a plain Tensor, its
+    output made by torch.empty: a review)."""
+    case = CASES[name]
+    ops = operands(case, torch.float32)
+    for grad in (False, True):
+        plain = tuple(a.clone().requires_grad_(grad) for a in ops)
+        tagged = (plain[0].detach().as_subclass(_Tagged).requires_grad_(grad),) + plain[1:]
+        want = case.call(*plain, seed=7)
+        got = case.call(*tagged, seed=7)
+        assert type(got) is _Tagged, type(got)
+        assert torch.equal(got.as_subclass(torch.Tensor).detach(), want.detach())
