@@ -135,10 +135,31 @@ def _with_numba_threads(fn, threads):
     return run
 
 
-def dropout_case(shape, p, dtype, backward, spatial=False, numba_threads=None, channels_last=False):
+def _without_output_cache(fn):
+    """fn run with fastdrop's output cache off (`fastdrop._alloc`, as FASTDROP_CACHE_MAX_BYTES=0
+    sets it; restored after): every output of 32 MiB or more is then fresh memory whose pages
+    fault in during the call, as torch's outputs are. The default rows let fastdrop reuse the
+    blocks of the outputs the timing loop drops, torch's allocator cannot; these rows separate the
+    kernels' speed from that allocation policy (a benchmark review, 2026-12-07)."""
+    from fastdrop import _alloc
+
+    def run():
+        prev = _alloc.MAX_CACHED_BYTES
+        _alloc.MAX_CACHED_BYTES = 0
+        _alloc.empty_cache()  # the blocks of earlier calls' outputs: released, not reused
+        try:
+            fn()
+        finally:
+            _alloc.MAX_CACHED_BYTES = prev
+    return run
+
+
+def dropout_case(shape, p, dtype, backward, spatial=False, numba_threads=None, channels_last=False,
+                 output_cache=True):
     """numba_threads=1: fastdrop with Numba's pool serial (a diagnostic row: is the parallel
     fork/join worth it at this size, and on a loaded machine?). channels_last: a 4-D input in
-    torch.channels_last memory format (the tiled kernel for elementwise dropout)."""
+    torch.channels_last memory format (the tiled kernel for elementwise dropout). output_cache=False:
+    fastdrop's outputs freshly allocated on every call, as torch's are (`_without_output_cache`)."""
     n = math.prod(shape)
     itemsize = np.dtype(dtype).itemsize
     passes = 2 if backward else 1  # fwd: read x, write y; bwd: read g, write grad_x
@@ -147,6 +168,8 @@ def dropout_case(shape, p, dtype, backward, spatial=False, numba_threads=None, c
         op += f"[numba_threads={numba_threads}]"
     if channels_last:
         op += "[channels_last]"
+    if not output_cache:
+        op += "[output_cache=off]"
 
     def build(device):
         import torch
@@ -170,6 +193,8 @@ def dropout_case(shape, p, dtype, backward, spatial=False, numba_threads=None, c
                    "torch": _fwd_bwd(lambda: th(x), [x], g, sync), "floor": floor}
         if numba_threads:
             fns["fastdrop"] = _with_numba_threads(fns["fastdrop"], numba_threads)
+        if not output_cache:
+            fns["fastdrop"] = _without_output_cache(fns["fastdrop"])
         return fns
 
     return Case(op, tuple(shape), p, dtype, "memory", 2 * passes * n * itemsize, build,
@@ -243,8 +268,9 @@ def dropconnect_case(n, fin, fout, p, dtype, per_sample):
 
 
 # ---------------------------------------------------------------------------------------- variants
-def drop_path_case(shape, p, dtype):
-    """fastdrop.drop_path vs timm's composite (x * bernoulli keep per sample / (1 - p)), fwd+bwd."""
+def drop_path_case(shape, p, dtype, output_cache=True):
+    """fastdrop.drop_path vs timm's composite (x * bernoulli keep per sample / (1 - p)), fwd+bwd.
+    output_cache=False: fastdrop's outputs freshly allocated, as torch's (`_without_output_cache`)."""
     n = math.prod(shape)
     itemsize = np.dtype(dtype).itemsize
 
@@ -259,20 +285,24 @@ def drop_path_case(shape, p, dtype):
         def th():
             keep = x.new_empty((shape[0],) + (1,) * (len(shape) - 1)).bernoulli_(1 - p)
             return x * keep.div_(1 - p)
-        return {"fastdrop": _fwd_bwd(lambda: fastdrop.drop_path(x, p), [x], g, sync),
+        fd = _fwd_bwd(lambda: fastdrop.drop_path(x, p), [x], g, sync)
+        return {"fastdrop": fd if output_cache else _without_output_cache(fd),
                 "torch": _fwd_bwd(th, [x], g, sync),
                 "floor": _copy_floor(n * itemsize, 2, dtype, device)}
 
-    return Case("drop_path_fwd_bwd", tuple(shape), p, dtype, "memory", 4 * n * itemsize, build,
+    op = "drop_path_fwd_bwd" + ("" if output_cache else "[output_cache=off]")
+    return Case(op, tuple(shape), p, dtype, "memory", 4 * n * itemsize, build,
                 requires="drop_path", floor_name="numpy copy x2", size=n)
 
 
 def max_norm_case(shape, dtype):
     """fastdrop.max_norm_(W, c, dim=1) vs W.renorm_(2, 0, c): rows of an (out, in) weight onto the
-    L2 ball. c is set below the typical row norm, so the untimed warm-up call projects every row;
-    the timed calls are the steady state of a training loop's max-norm hook, rows on the ball (at
-    4096x4096 about a third still rewritten, by a factor that rounds to 1, the rest only read;
-    torch's renorm_ writes every row). So the rate counts the bytes read once: the weight."""
+    L2 ball, every row over the limit, as after an optimizer step that grew them all. Each call
+    lowers c by 0.1% (the same sequence on both sides), so every call rewrites every row: a
+    constant c left the rows on the ball after the warm-up, and the timed calls only read them
+    where torch's renorm_ still writes every row (a benchmark review, 2026-12-07). The rate counts
+    the bytes of one read and one write of the weight (fastdrop's pass over each row; renorm_
+    reads it twice); the floor is one copy, which moves as many."""
     n = math.prod(shape)
     itemsize = np.dtype(dtype).itemsize
 
@@ -284,19 +314,27 @@ def max_norm_case(shape, dtype):
         c = 0.5 * math.sqrt(shape[1])
         w1 = torch.randn(shape, dtype=td, device=device)
         w2 = w1.clone()
+        calls = {"fastdrop": 0, "torch": 0}
+
+        def limit(side):  # c * 0.999**k at a side's k-th call: below every row's norm from call k-1
+            calls[side] += 1
+            return c * MAX_NORM_SHRINK ** calls[side]
 
         def fd():
-            fastdrop.max_norm_(w1, c, dim=1)
+            fastdrop.max_norm_(w1, limit("fastdrop"), dim=1)
             sync()
 
         def th():
             with torch.no_grad():
-                w2.renorm_(2, 0, c)
+                w2.renorm_(2, 0, limit("torch"))
             sync()
         return {"fastdrop": fd, "torch": th, "floor": _copy_floor(n * itemsize, 1, dtype, device)}
 
-    return Case("max_norm_", tuple(shape), 0.0, dtype, "memory", n * itemsize, build,
+    return Case("max_norm_", tuple(shape), 0.0, dtype, "memory", 2 * n * itemsize, build,
                 requires="max_norm_", floor_name="numpy copy x1", size=n)
+
+
+MAX_NORM_SHRINK = 0.999
 
 
 def _mlp(fin, hidden, fout, p, dropout_cls, dtype, device):
@@ -487,7 +525,9 @@ def all_cases(mode="default"):
                 dropout_linear_case(4, 8, 6, 0.5, "float32"),
                 dropconnect_case(4, 8, 6, 0.5, "float32", per_sample=False),
                 dropconnect_case(4, 8, 6, 0.5, "float32", per_sample=True),
+                dropout_case((8, 16), 0.5, "float32", True, output_cache=False),
                 drop_path_case((4, 3, 5), 0.5, "float32"),
+                drop_path_case((4, 3, 5), 0.5, "float32", output_cache=False),
                 max_norm_case((8, 16), "float32"),
                 mc_predict_case(4, 3, 0.5, "float32", fin=8, hidden=16, fout=3),
                 dropout_matmul_case(1, 2, 8, 4, 0.5, "float32")]
@@ -512,6 +552,9 @@ def all_cases(mode="default"):
             cases += [dropout_case(big, 0.1, "float32", backward),
                       dropout_case(big, 0.9, "float32", backward),
                       dropout_case(big, 0.5, "float64", backward)]
+        # The big rows again with fastdrop's outputs freshly allocated, as torch's are: the
+        # kernels' speed apart from the output cache's reuse of the dropped outputs' blocks
+        cases += [dropout_case(big, 0.5, "float32", backward, output_cache=False) for backward in (False, True)]
         # Diagnostic rows: the same kernels with Numba's pool serial.
         for shape in [(64, 512), (256, 1024), big]:
             cases.append(dropout_case(shape, 0.5, "float32", False, numba_threads=1))
@@ -530,6 +573,7 @@ def all_cases(mode="default"):
     cases += [dropconnect_case(256, 1024, 1024, 0.5, "float32", per_sample=False),
               dropconnect_case(64, 512, 512, 0.5, "float32", per_sample=True),
               drop_path_case((256, 197, 384), 0.1, "float32"),
+              drop_path_case((256, 197, 384), 0.1, "float32", output_cache=False),
               max_norm_case(big, "float32"),
               mc_predict_case(256, 32, 0.5, "float32"),
               dropout_matmul_case(8, 8, 256, 64, 0.1, "float32")]

@@ -34,6 +34,8 @@ for s in ("1024x1024", "8192x1024", "4096x4096"):
     row("dropout fwd, f32", f"dropout_fwd|{s}|p=0.5|float32")
 row("dropout fwd, f64", "dropout_fwd|4096x4096|p=0.5|float64")
 row("dropout fwd+bwd, f32", "dropout_fwd_bwd|4096x4096|p=0.5|float32")
+row("dropout fwd, f32, output cache off", "dropout_fwd[output_cache=off]|4096x4096|p=0.5|float32")
+row("dropout fwd+bwd, f32, output cache off", "dropout_fwd_bwd[output_cache=off]|4096x4096|p=0.5|float32")
 row("dropout fwd, f32, one Numba thread", "dropout_fwd[numba_threads=1]|4096x4096|p=0.5|float32")
 row("dropout fwd, f32, channels_last", "dropout_fwd[channels_last]|32x128x28x28|p=0.5|float32")
 row("dropout fwd, f32, channels_last", "dropout_fwd[channels_last]|32x256x14x14|p=0.5|float32")
@@ -46,9 +48,10 @@ row("DropoutLinear fwd+bwd", "dropout_linear_fwd_bwd|8192x512x512|p=0.5|float32"
 row("DropConnect, one mask (vs `F.linear(x, F.dropout(W))`)", "dropconnect_fwd_bwd|256x1024x1024|p=0.5|float32", "256x1024->1024")
 row("DropConnect per sample (vs bernoulli_ + einsum)", "dropconnect_per_sample_fwd_bwd|64x512x512|p=0.5|float32", "64x512->512", note="")
 row("drop_path fwd+bwd", "drop_path_fwd_bwd|256x197x384|p=0.1|float32")
+row("drop_path fwd+bwd, output cache off", "drop_path_fwd_bwd[output_cache=off]|256x197x384|p=0.1|float32")
 r = m["mc_predict|256x64x512x10x32|p=0.5|float32"]
 row("mc_predict T=32 (vs 32 forwards)", "mc_predict|256x64x512x10x32|p=0.5|float32", "256 x 64-512-512-10",
-    note=f"{med(r,'fastdrop')/r['timings']['floor']['median_s']:.3g}x one forward")
+    note=f"{med(r,'fastdrop')/r['timings']['floor']['median_s']:.3g}x one eval forward of all 32x256 rows")
 row("max_norm_ (vs renorm_)", "max_norm_|4096x4096|p=0.0|float32", note="")
 row("dropout_matmul fwd+bwd", "dropout_matmul_fwd_bwd|8x8x256x256x64|p=0.1|float32", "8x8x256x256 @ 256x64")
 sc = d['small_calls']['timings']
@@ -64,7 +67,9 @@ for k, (label, inp) in names.items():
     a, b = ts[k][8], ts[k][32]
     g = lambda x, p: x[p]['median_s']
     print(f"| {label} | batch 8 / 32, {inp} | {t(g(a,'fastdrop'))} / {t(g(b,'fastdrop'))} | {t(g(a,'torch'))} / {t(g(b,'torch'))} | "
-          f"{g(a,'torch')/g(a,'fastdrop'):.2f}x / {g(b,'torch')/g(b,'fastdrop'):.2f}x | bare Function: {t(g(a,'bare'))} / {t(g(b,'bare'))} |")
+          f"{g(a,'torch')/g(a,'fastdrop'):.2f}x / {g(b,'torch')/g(b,'fastdrop'):.2f}x | drop layers (step - no-dropout "
+          f"step): {t(g(a,'fastdrop')-g(a,'none'))} / {t(g(b,'fastdrop')-g(b,'none'))} vs torch's "
+          f"{t(g(a,'torch')-g(a,'none'))} / {t(g(b,'torch')-g(b,'none'))} |")
 e = d['e2e']['providers']
 print(f"| digits MLP epoch (end to end) | 64-512-512-10 | {t(e['fastdrop']['epoch_median_s'])} | {t(e['torch']['epoch_median_s'])} | "
       f"{e['torch']['epoch_median_s']/e['fastdrop']['epoch_median_s']:.3g}x | same test accuracy (p = {d['e2e']['accuracy_test']['p_value']:.2f}) |")
