@@ -392,6 +392,8 @@ def check_companions(x, kind, others, first="x", dtypes=None):
                 raise ValueError(f"{first} is on {x.device} but {name} is on {a.device}")
             a, _ = check_array(a, name)
             if a.dtype != x.dtype and (dtypes is None or a.dtype not in dtypes):
+                if kind == CUDA_ARRAY:  # float32 against >f4: the byte order's own error, not a dtype one
+                    check_device_byte_order([x, a], (first, name))
                 raise TypeError(f"{first} and {name} must have the same dtype, got {x.dtype} and {a.dtype}")
         out.append(a)
     return out

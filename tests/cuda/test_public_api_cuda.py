@@ -226,8 +226,12 @@ def test_simulator_arrays_of_a_matrix_are_refused_before_the_draw(call):
 @pytest.mark.parametrize("call", [
     lambda d: fastdrop.dropout(d, 0.5), lambda d: fastdrop.dropout(d, 0.5, inplace=True),
     lambda d: fastdrop.dropout_linear(cuda.to_device(np.ones((2, 4), ">f4")), d, None, 0.5),
+    # one operand big-endian, the other native: the byte order's error, not "the same dtype"'s
+    lambda d: fastdrop.dropout_linear(cuda.to_device(np.ones((2, 4), "<f4")), d, None, 0.5),
+    lambda d: fastdrop.dropconnect_linear(d, cuda.to_device(np.ones((3, 4), "<f4")), None, 0.5),
     lambda d: fastdrop.max_norm_(d, 1.0),
-], ids=["dropout", "dropout_inplace", "dropout_linear_weight", "max_norm_"])
+], ids=["dropout", "dropout_inplace", "dropout_linear_weight", "dropout_linear_mixed_order",
+        "dropconnect_mixed_order", "max_norm_"])
 def test_big_endian_device_arrays_are_refused_before_the_draw(call):
     """Numba cannot type a big-endian device array, so on a GPU the launch failed inside Numba
     after the seed draw (the simulator ran it and wrote in place byte-swapped; a review,
