@@ -145,9 +145,9 @@ def _without_output_cache(fn):
 
     def run():
         prev = _alloc.MAX_CACHED_BYTES
-        _alloc.MAX_CACHED_BYTES = 0
-        _alloc.empty_cache()  # the blocks of earlier calls' outputs: released, not reused
         try:
+            _alloc.MAX_CACHED_BYTES = 0
+            _alloc.empty_cache()  # the blocks of earlier calls' outputs: released, not reused
             fn()
         finally:
             _alloc.MAX_CACHED_BYTES = prev

@@ -34,7 +34,7 @@ def check_p(p, name="p"):
         return p
     p = python_number(p)
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
-        raise TypeError(f"{name} must be a real number in [0, 1], got {type(p).__name__} {p!r}")
+        raise TypeError(f"{name} must be a real number in [0, 1], got {type(p).__name__} {shown(p)}")
     if outside_unit_interval(p):
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {name}={shown_number(p)}")
     return float(p)
@@ -67,11 +67,12 @@ def shown_number(v):
         return f"{'-' if v < 0 else ''}about 10**{int(math.log10(int(abs(v)) or 1))} ({type(v).__name__})"
 
 
-def shown(v):
+def shown(v, _depth=0):
     """repr(v) for a message, where an int past Python's digit limit for str() (4300 digits),
-    alone or in a tuple or list, reads as `shown_number` writes it instead of raising."""
-    if isinstance(v, (tuple, list)):
-        inner = ", ".join(shown(e) for e in v)
+    alone or in a (not deeply nested) tuple or list, reads as `shown_number` writes it instead of
+    raising; another value whose repr raises (a Fraction of such ints) by its type's name."""
+    if isinstance(v, (tuple, list)) and _depth < 2:
+        inner = ", ".join(shown(e, _depth + 1) for e in v)
         return f"[{inner}]" if isinstance(v, list) else f"({inner}{',' if len(v) == 1 else ''})"
     try:
         return repr(v)
@@ -127,7 +128,7 @@ def check_u64(value, name):
             raise TypeError(f"{name}: a numpy integer cannot be read under torch.compile; pass int({name})")
         value = python_number(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int in [0, 2**64), got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be an int in [0, 2**64), got {type(value).__name__} {shown(value)}")
     value = int(value)
     if not 0 <= value <= MAX_U64:
         raise ValueError(f"{name} must be in [0, 2**64), got {shown_number(value)}")

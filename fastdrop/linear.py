@@ -137,11 +137,12 @@ DROPCONNECT = _core.MaskedOp("dropconnect", _OPERANDS, forward=_dc_forward, back
 
 # ---- DropConnect, one mask per example (its own kernels: no vendor op exists) ----------------------
 
-def _host(a):
+def _host(a, keep_class=True):
     """(2-D C-contiguous numpy view of a CPU tensor / numpy array, output maker): the maker's
     `make(shape, zeros)` gives (the numpy array a kernel writes, the output of a's kind). Torch
     outputs are torch's own tensors written through a view (`numpy_view`: a tensor made by
-    torch.from_numpy, like one lent to numpy by .numpy(), could never be resize_d)."""
+    torch.from_numpy, like one lent to numpy by .numpy(), could never be resize_d), of a's class
+    where keep_class and a is a subclass (as torch's F.linear gives it back)."""
     if isinstance(a, np.ndarray):
         a = np.ascontiguousarray(a)
 
@@ -156,14 +157,15 @@ def _host(a):
                            "(torch.autograd.grad(..., is_grads_batched=True), jacobian / hessian with "
                            "vectorize=True): its (N, O, I) mask is never materialized; take the "
                            "gradients one at a time (vectorize=False)")
-    a = a.detach()
-    like = a
+    dtype = a.dtype
+    cls = type(a) if keep_class and type(a) not in (torch.Tensor, torch.nn.Parameter) else None
 
     def make(shape, zeros=False):
-        # a's class, CPU and dtype (torch.set_default_device does not apply to new_*): a subclass
-        # input gives its class back, as torch's F.linear and fastdrop's other dense ops do
-        t = like.new_zeros(shape) if zeros else like.new_empty(shape)
-        return numpy_view(t)[0], t
+        t = (torch.zeros if zeros else torch.empty)(shape, dtype=dtype, device="cpu")  # not the default device
+        # made plain, then seen as a's class (as_subclass runs no __torch_function__): the kernel
+        # writes into memory the subclass had no say in (its new_empty could hand back any tensor)
+        return numpy_view(t)[0], (t if cls is None else t.as_subclass(cls))
+    a = a.detach()
     if not torch.compiler.is_compiling() and a._is_zerotensor():
         a = a.clone()  # torch's efficient zeros (an incoming gradient): no memory to view
     return numpy_view(a.contiguous().resolve_neg())[0], make
@@ -194,9 +196,10 @@ def _sample_grads(grad, x, w, rng):
         gx, gw, _ = _cuda.dense_call("dropconnect_backward", x, w, None, rng, True, grad=grad,
                                      bias_grad=False)  # the op's formula has gb = g.sum(0)
         return gx.reshape(x.shape), gw
-    x2, _ = _host(_core.rows(x))
+    # plain gradients, as torch's C++ backward formulas give them whatever the classes around
+    x2, make = _host(_core.rows(x), keep_class=False)
     wn, _ = _host(w)
-    g2, make = _host(_core.rows(grad))  # (the gradients of grad's class, as torch's backward formulas give them)
+    g2, _ = _host(_core.rows(grad))
     (gxn, gx), (gwn, gw) = make(x2.shape, True), make(wn.shape, True)
     if g2.size and x2.size:
         # A fixed number of partial gx buffers (not one per thread), so the summation order and
@@ -540,6 +543,7 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
         autocast = _autocast.autocast_state(x)
         present = [a for a in (x, weight, bias) if a is not None]
         if autocast and all(isinstance(a, torch.Tensor) and a.dtype in _autocast.lower_dtypes(torch) for a in present):
+            _core._check_storages(torch, (x, weight, bias), _OPERANDS)  # before the casts read them
             cast = [None if a is None else a.float() for a in (x, weight, bias)]
             with torch.autocast(autocast[0], enabled=False):
                 y = _moment_matching(*cast, p, seed, activation, samples)

@@ -44,7 +44,7 @@ def _check_max_norm_args(ndim, max_value, dim, eps):
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a non-negative real number, got {type(eps).__name__} {eps!r}")
     if not 0.0 <= _as_float(eps, "eps", "non-negative") < math.inf:  # (inf would zero every vector over the limit)
-        raise ValueError(f"eps must be a non-negative finite number, got {eps!r}")
+        raise ValueError(f"eps must be a non-negative finite number, got {shown(eps)}")
     if ndim == 0:
         raise ValueError("max_norm_ needs a weight with at least 1 dimension, got a 0-d tensor")
     if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (numbers.Integral, tuple, list)):

@@ -453,14 +453,61 @@ def test_a_draw_of_another_thread_right_after_the_failed_call_s_own_stays_drawn(
 
 @pytest.mark.parametrize("seed", [9, None])
 @pytest.mark.parametrize("which", ["x", "weight", "bias"])
-@pytest.mark.parametrize("nbytes", [0, 16])
+@pytest.mark.parametrize("nbytes", [0, 4])
 def test_moment_matching_refuses_operands_without_memory(which, nbytes, seed):
     """Moment-matching inference reads its operands in torch's GEMMs: one whose storage was freed
     (FSDP) or cut short is refused with the pipeline's ValueError naming it, before any draw (it
     segfaulted for a cut-short x, or returned what lay past its memory: a review)."""
-    ops = {"x": torch.ones(64, 256), "weight": torch.ones(5, 256), "bias": torch.ones(5)}
-    ops[which].untyped_storage().resize_(nbytes)
-    state = torch.get_rng_state()
-    with pytest.raises(ValueError, match=f"^{which} has no memory for its elements"):
-        dropconnect_linear(ops["x"], ops["weight"], ops["bias"], 0.3, False, activation=torch.relu, seed=seed)
-    assert torch.equal(torch.get_rng_state(), state)
+    for dtype, autocast in ((torch.float32, False), (torch.bfloat16, True)):  # (autocast casts them first)
+        ops = {"x": torch.ones(64, 256, dtype=dtype), "weight": torch.ones(5, 256, dtype=dtype),
+               "bias": torch.ones(5, dtype=dtype)}
+        ops[which].untyped_storage().resize_(nbytes)
+        state = torch.get_rng_state()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            with pytest.raises(ValueError, match=f"^{which} has no memory for its elements"):
+                dropconnect_linear(ops["x"], ops["weight"], ops["bias"], 0.3, False, activation=torch.relu,
+                                   seed=seed)
+        assert torch.equal(torch.get_rng_state(), state)
+
+
+class _Sub(torch.Tensor):
+    """A plain tensor subclass."""
+
+
+class _OddAllocator(torch.Tensor):
+    """A subclass whose new_empty / new_zeros hand back a one-element tensor: fastdrop's kernels
+    must not write into memory such a class made (they wrote past it: heap corruption)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.Tensor.new_empty, torch.Tensor.new_zeros):
+            return torch.zeros(1)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+@pytest.mark.parametrize("x_sub", [False, True])
+@pytest.mark.parametrize("g_sub", [False, True])
+def test_per_sample_classes_follow_torch_linear(x_sub, g_sub):
+    """Per-sample DropConnect's output and gradients have the classes torch's F.linear gives for
+    the same operands: a subclass x gives its class back; a subclass incoming gradient alone
+    does not make the gradients its class (torch's C++ backward formulas)."""
+    import torch.nn.functional as F
+    x, w = torch.randn(4, 6), torch.randn(3, 6)
+    x = x.as_subclass(_Sub) if x_sub else x
+    g = torch.ones(4, 3)
+    g = g.as_subclass(_Sub) if g_sub else g
+    classes = []
+    for f in (lambda a, b: dropconnect_linear(a, b, None, 0.5, per_sample=True, seed=3), F.linear):
+        xr, wr = x.detach().requires_grad_(), w.clone().requires_grad_()
+        y = f(xr, wr)
+        gx, gw = torch.autograd.grad(y, (xr, wr), g)
+        classes.append((type(y), type(gx), type(gw)))
+    assert classes[0] == classes[1]
+
+
+def test_per_sample_outputs_are_not_a_subclass_s_allocations():
+    x = torch.randn(4, 6)
+    want = dropconnect_linear(x, torch.ones(3, 6), None, 0.5, per_sample=True, seed=3)
+    got = dropconnect_linear(x.as_subclass(_OddAllocator), torch.ones(3, 6), None, 0.5, per_sample=True, seed=3)
+    assert type(got) is _OddAllocator and got.shape == (4, 3)
+    assert torch.equal(got.as_subclass(torch.Tensor), want)

@@ -13,6 +13,8 @@ import fastdrop
 from fastdrop import _seeds
 
 NAN, INF = float("nan"), float("inf")
+_SELF_CONTAINING = []
+_SELF_CONTAINING.append(_SELF_CONTAINING)  # a list holding itself: its repr is [[...]]
 
 
 class Interface:
@@ -208,6 +210,12 @@ CASES = [
     ("samples-4300-digits", x_np, lambda x: F.dropconnect_linear(x, np.ones((2, 4), np.float32), training=False,
                                                                  activation=np.tanh, samples=-10**5000),
      ValueError, "samples must be a positive int, got -about"),
+    ("seed-fraction-4300-digits", x_np, lambda x: F.dropout(x, 0.5, seed=Fraction(10**5000, 3)), TypeError,
+     "seed must be an int in"),
+    ("max-norm-eps-fraction-4300-digits", x_np, lambda x: F.max_norm_(x, 1.0, eps=Fraction(-(10**5000 + 1), 10**5000)),
+     ValueError, "eps must be a non-negative finite number"),
+    ("mask-self-containing-shape", x_np, lambda x: F.dropout_mask(_SELF_CONTAINING, 0.5, 1), TypeError,
+     "shape must be a sequence of ints"),
     ("p-just-above-1", x_t, lambda x: fastdrop.nn.Dropout(Fraction(10**400 + 1, 10**400))(x), ValueError,
      "between 0 and 1"),
     ("keep-threshold-bool", x_np, lambda x: F.keep_threshold(True), TypeError, "real number"),
