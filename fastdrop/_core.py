@@ -50,7 +50,7 @@ from ._dynamo_skip import MARKED, keep_dynamo_out
 from ._grouped import grouped_layout, native_grouped, native_layout, one_element_groups
 from ._torch_state import (NO_LEVELS, batched_for_vmap, batched_levels, capturing, compiling,
                            forward_ad_active, functorch_interpreters, grad_enabled, grad_levels_active,
-                           grad_transform_active, modes_off, modes_on, past_modes, tracing_dispatch_mode,
+                           grad_transform_active, modes_off, past_modes, tracing_dispatch_mode,
                            unwrapped, vmap_levels)
 from .kernels import config, dropout_cpu
 from .kernels.mask_pair_cpu import dropout_pair, dropout_pair_serial_at
@@ -1017,9 +1017,13 @@ def _astype(B, a, dtype):
     if B is CudaArrayBackend:  # a float16 device array: converted on the device
         _cuda = cuda_module()
         return _cuda.astype(a, dtype)
-    if B is TorchBackend and modes_on(sys.modules["torch"]):
-        with modes_off():  # (the kernels read the copy's memory: `past_modes`)
-            return a.float() if dtype is np.float32 else a.to(dtype)
+    if B is TorchBackend:
+        return _torch_astype(a, dtype)
+    return a.float() if dtype is np.float32 else a.to(dtype)
+
+
+@past_modes  # (the kernels read the copy's memory)
+def _torch_astype(a, dtype):
     return a.float() if dtype is np.float32 else a.to(dtype)
 
 
