@@ -324,22 +324,21 @@ def _dense_grouped_dropout(x, p, seed, offset, scale, layout, n):
 
 def _dense_channels_last(x):
     """Is x a dense channels_last (4-D) / channels_last_3d (5-D) tensor with at least 2 channels,
-    not a negative view, that `_dense_inner_grouped_dropout` takes: up to `_cpu.INNER_ROWS_MAX_C`
-    channels, any count for a half type or below _MANY_CHANNELS_MAX elements?"""
+    not a negative view, that `_dense_inner_grouped_dropout` takes (any channel count)?"""
     torch = sys.modules["torch"]
     nd = x.dim()
     c = x.shape[1] if nd == 4 or nd == 5 else 0
-    return c > 1 and (c <= _cpu.INNER_ROWS_MAX_C or x.dtype in _HALF_BITS or x.numel() < _MANY_CHANNELS_MAX) and \
-        not x.is_neg() and x.is_contiguous(memory_format=torch.channels_last if nd == 4 else torch.channels_last_3d)
+    return c > 1 and not x.is_neg() and \
+        x.is_contiguous(memory_format=torch.channels_last if nd == 4 else torch.channels_last_3d)
 
 
-# Above INNER_ROWS_MAX_C channels a float32/float64 tensor takes the by-address kernel below this
-# many elements, the numpy launcher's per-row loop from it: same process, toggled by round, the
-# no-grad calls gained at every size (8x128x16x16 71 -> 41 us, 32x512x7x7 112 -> 81) but
-# forward+backward at 8x96x56x56 and 32x128x28x28 (2.4M, 3.2M elements) read 15-20% slower in
-# three runs (1320 -> 1585 us, 2174 -> 2501), with the two kernels alone equal on those shapes
-# (309 vs 313 us, alternating inputs): not explained, so not taken there (docs/cpu_kernels.md).
-_MANY_CHANNELS_MAX = 1 << 20
+# More than `_cpu.INNER_ROWS_MAX_C` channels took the by-address kernel only below 2^20 elements
+# until 2026-12-07: forward+backward at 8x96x56x56 and 32x128x28x28 had read 15-20% slower by
+# address. With 16 pattern rows a step (kernels/dropout_cpu.py, `_INNER_STEP_ROWS`), same process,
+# toggled by round, two runs: no-grad forward by address faster at 4 of 5 shapes in one and 5 of 5
+# in the other (32x128x16x16 337 -> 222-273 us, 32x256x14x14 627-640 -> 434-475, 32x128x28x28
+# 965-996 -> 873-879; 8x96x56x56 671 -> 715 then 692 -> 638), forward+backward within the
+# allocator's noise (docs/cpu_kernels.md).
 
 
 def _dense_inner_grouped_dropout(x, p, seed, offset, scale, n):
@@ -349,8 +348,8 @@ def _dense_inner_grouped_dropout(x, p, seed, offset, scale, n):
     launch and layout walk of `_cpu.grouped_dropout_into` (a no-grad call at 8x16x32x32 took 71.5
     us there, the kernel ~20; a forward and a backward per layer per step; bfloat16 fwd+bwd there:
     251 us against float32's 90). More than `_cpu.INNER_ROWS_MAX_C` channels too (`_dense_channels_last`):
-    its steps are then one or two runs of C, as fast as the numpy route's per-row loop, without its
-    views. The output keeps x's layout (torch's rule)."""
+    its pattern rows are then one or two runs of C, 16 rows a parallel step. The output keeps
+    x's layout (torch's rule)."""
     out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)
     _cpu.groups_inner_at(x.data_ptr(), out.data_ptr(), n, x.shape[0], x.shape[1], p, seed, offset,
                          _kernel_scale(x.dtype, scale), like=_HALF_BITS.get(x.dtype))
