@@ -316,17 +316,26 @@ def max_norm_case(shape, dtype):
         w2 = w1.clone()
         calls = {"fastdrop": 0, "torch": 0}
 
-        def limit(side):  # c * 0.999**k at a side's k-th call: below every row's norm from call k-1
+        def limit(side, w):
+            """c * 0.999**k at a side's k-th call of a cycle: below every row's norm from call
+            k - 1. Every MAX_NORM_CYCLE calls the rows, then on the ball of c * 0.999**CYCLE,
+            are scaled back onto the ball of c (one multiply per cycle, the same on both sides)
+            and the cycle starts again: a limit lowered forever underflowed float32 after ~87k
+            calls (pytest-benchmark's rounds can make that many)."""
             calls[side] += 1
-            return c * MAX_NORM_SHRINK ** calls[side]
+            k = (calls[side] - 1) % MAX_NORM_CYCLE + 1
+            if k == 1 and calls[side] > 1:
+                with torch.no_grad():
+                    w.mul_(MAX_NORM_SHRINK ** -MAX_NORM_CYCLE)
+            return c * MAX_NORM_SHRINK ** k
 
         def fd():
-            fastdrop.max_norm_(w1, limit("fastdrop"), dim=1)
+            fastdrop.max_norm_(w1, limit("fastdrop", w1), dim=1)
             sync()
 
         def th():
             with torch.no_grad():
-                w2.renorm_(2, 0, limit("torch"))
+                w2.renorm_(2, 0, limit("torch", w2))
             sync()
         return {"fastdrop": fd, "torch": th, "floor": _copy_floor(n * itemsize, 1, dtype, device)}
 
@@ -335,6 +344,7 @@ def max_norm_case(shape, dtype):
 
 
 MAX_NORM_SHRINK = 0.999
+MAX_NORM_CYCLE = 1000  # calls per cycle of limits (`max_norm_case`)
 
 
 def _mlp(fin, hidden, fout, p, dropout_cls, dtype, device):
