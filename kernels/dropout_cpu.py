@@ -922,16 +922,32 @@ def apply_group_mask(x, out, keep, scale):
 
 
 _INNER_ROWS = 256  # elements of one pattern row of the inner-group kernels below (whole runs of the group dim)
-# Pattern rows per parallel step: one row (256 elements) a step ran 1.25x torch's broadcast multiply
-# on channels_last Dropout2d 32x64x56x56 float32 with x and out in DRAM (2155 vs 1613 us, 2 threads;
-# 16 rows: 1729, copy_ 1569), and as fast when both sat in the L3 (docs/cpu_kernels.md).
+# Pattern rows per parallel step: one row (256 elements) a step ran 1.23x torch's broadcast multiply
+# on channels_last Dropout2d 32x64x56x56 float32 with x and out in DRAM (2099 vs 1568 us, 2 threads;
+# 16 rows: 1711), and as fast when both sat in the L3 (docs/cpu_kernels.md, "Sixteen pattern rows
+# a step"). Fewer where 16 would leave a call fewer than 64 steps (`_inner_step_rows`).
 _INNER_STEP_ROWS = 16
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _inner_steps(n, pattern):
-    """Parallel steps per row of n elements of an inner-group kernel (`_inner_chunk`)."""
-    step = pattern.shape[1] * _INNER_STEP_ROWS
+def _inner_step_rows(na, n, pattern):
+    """Pattern rows per parallel step of an inner-group kernel over na rows of n elements:
+    `_INNER_STEP_ROWS`, or fewer (at least 1) so that a call has `_INNER_MIN_STEPS` steps where
+    it has as many pattern rows (a single sample of 2048 channels at 8x8, 2^17 elements, would
+    otherwise be 4 steps). A constant, not the thread count: `numba.get_num_threads()` in a
+    kernel keeps Numba from caching it."""
+    widths = na * ((n + pattern.shape[1] - 1) // pattern.shape[1])
+    return max(1, min(_INNER_STEP_ROWS, widths // _INNER_MIN_STEPS))
+
+
+_INNER_MIN_STEPS = 64
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _inner_steps(n, pattern, rows):
+    """Parallel steps per row of n elements of an inner-group kernel, `rows` pattern rows each
+    (`_inner_chunk`)."""
+    step = pattern.shape[1] * rows
     return (n + step - 1) // step
 
 
@@ -950,13 +966,13 @@ def _inner_pattern(keep, na, nb):
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _inner_chunk(x, out, pattern, r, chunks, scale):
-    """Step r of an inner-group kernel: `_INNER_STEP_ROWS` pattern widths of row r // chunks
-    (chunks = `_inner_steps`), one pattern width at a time."""
+def _inner_chunk(x, out, pattern, r, chunks, rows, scale):
+    """Step r of an inner-group kernel: `rows` pattern widths of row r // chunks (chunks =
+    `_inner_steps`), one pattern width at a time."""
     width = pattern.shape[1]
     a = r // chunks
-    start = (r - a * chunks) * width * _INNER_STEP_ROWS
-    end = min(start + width * _INNER_STEP_ROWS, x.shape[1])
+    start = (r - a * chunks) * width * rows
+    end = min(start + width * rows, x.shape[1])
     pa = pattern[a]
     zero = x.dtype.type(0)
     for s in range(start, end, width):
@@ -978,13 +994,14 @@ def apply_group_mask_inner(x, out, keep, nb, scale):
     is: with a loop per run of nb (`apply_group_mask_inner_strided`) the kernel alone took 2.6x
     torch's whole Dropout2d for C = 16 and 1.7-2.8x for C = 4 (this kernel: 8x16x32x32 45.7 ->
     19.9 us, 1x4x512x512 1064 -> 130 us, the same bits). The numpy launcher takes it for C <=
-    `_cpu.INNER_ROWS_MAX_C` (64); torch tensors take its by-address twin for any C (one run of C a
-    step above 256 elements)."""
+    `_cpu.INNER_ROWS_MAX_C` (64); torch tensors take its by-address twin for any C (above 256
+    channels a pattern row is one run of C)."""
     na, n = x.shape
     pattern = _inner_pattern(keep, na, nb)
-    chunks = _inner_steps(n, pattern)
+    rows = _inner_step_rows(na, n, pattern)
+    chunks = _inner_steps(n, pattern, rows)
     for r in numba.prange(na * chunks):
-        _inner_chunk(x, out, pattern, r, chunks, scale)
+        _inner_chunk(x, out, pattern, r, chunks, rows, scale)
 
 
 @cpu_kernel
@@ -1002,9 +1019,10 @@ def dropout_groups_inner_at(x_address, out_address, n, na, nb, key_lo, key_hi, o
     for g in range(na * nb):
         keep[g] = np.uint32(words[g]) < thr
     pattern = _inner_pattern(keep, na, nb)
-    chunks = _inner_steps(n // na, pattern)
+    rows = _inner_step_rows(na, n // na, pattern)
+    chunks = _inner_steps(n // na, pattern, rows)
     for r in numba.prange(na * chunks):
-        _inner_chunk(x, out, pattern, r, chunks, scale)
+        _inner_chunk(x, out, pattern, r, chunks, rows, scale)
 
 
 @cpu_kernel
@@ -1023,14 +1041,15 @@ def zero_dropped_inner_at(address, n, na, nb, seed, offset, thr, f64):
     for g in range(na * nb):
         keep[g] = np.uint32(words[g]) < t
     pattern = _inner_pattern(keep, na, nb)
-    chunks = _inner_steps(n // na, pattern)
+    rows = _inner_step_rows(na, n // na, pattern)
+    chunks = _inner_steps(n // na, pattern, rows)
     out64 = _view_at(address, n if f64 else 0, 0.0).reshape((na if f64 else 0, n // na))
     out32 = _view_at(address, 0 if f64 else n, np.float32(0)).reshape((0 if f64 else na, n // na))
     for r in numba.prange(na * chunks):
         if f64:
-            _inner_chunk_inplace(out64, pattern, r, chunks, 1.0)
+            _inner_chunk_inplace(out64, pattern, r, chunks, rows, 1.0)
         else:
-            _inner_chunk_inplace(out32, pattern, r, chunks, np.float32(1))
+            _inner_chunk_inplace(out32, pattern, r, chunks, rows, np.float32(1))
 
 
 @cpu_kernel
@@ -1053,14 +1072,14 @@ def apply_group_mask_inner_strided(x, out, keep, scale):
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _inner_chunk_inplace(x, pattern, r, chunks, scale):
+def _inner_chunk_inplace(x, pattern, r, chunks, rows, scale):
     """`_inner_chunk` with x its own output: one array, so LLVM vectorizes the loop (two views of
     one memory fail its runtime overlap check and run its scalar fallback: in-place Dropout2d on
     channels_last ran 2x its out-of-place time, a tester found)."""
     width = pattern.shape[1]
     a = r // chunks
-    start = (r - a * chunks) * width * _INNER_STEP_ROWS
-    end = min(start + width * _INNER_STEP_ROWS, x.shape[1])
+    start = (r - a * chunks) * width * rows
+    end = min(start + width * rows, x.shape[1])
     pa = pattern[a]
     zero = x.dtype.type(0)
     for s in range(start, end, width):
@@ -1075,9 +1094,10 @@ def apply_group_mask_inner_inplace(x, keep, nb, scale):
     """`apply_group_mask_inner` in place (out is x)."""
     na, n = x.shape
     pattern = _inner_pattern(keep, na, nb)
-    chunks = _inner_steps(n, pattern)
+    rows = _inner_step_rows(na, n, pattern)
+    chunks = _inner_steps(n, pattern, rows)
     for r in numba.prange(na * chunks):
-        _inner_chunk_inplace(x, pattern, r, chunks, scale)
+        _inner_chunk_inplace(x, pattern, r, chunks, rows, scale)
 
 
 @cpu_kernel
