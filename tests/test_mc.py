@@ -663,6 +663,23 @@ def test_compiled_models_and_submodules():
         torch.testing.assert_close(mc_predict(model, x, samples=8, seed=3), ref, rtol=1e-6, atol=1e-6)
 
 
+def test_hooks_on_a_compiled_wrapper_run():
+    """Hooks registered on the torch.compile wrapper itself run in every sample, as its own call
+    runs them (mc_predict unwrapped it to the original module and lost them; a review,
+    2026-12-07); the masks are the eager hooked model's."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 8), fnn.Dropout(0.3), torch.nn.Linear(8, 2)).eval()
+    x = torch.randn(3, 4)
+    compiled = torch.compile(m, backend="eager")
+    compiled.register_forward_pre_hook(lambda mod, args: (args[0] * 0.5 + 1,))
+    eager = copy.deepcopy(m)
+    eager.register_forward_pre_hook(lambda mod, args: (args[0] * 0.5 + 1,))
+    want = mc_predict(eager, x, samples=6, seed=4)
+    got = mc_predict(compiled, x, samples=6, seed=4)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(got.mean, mc_predict(m, x, samples=6, seed=4).mean)  # the hook ran
+
+
 class _InPlaceCompiled(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -1431,3 +1448,59 @@ def test_attention_dropout_module_with_a_matrix_operand_batches():
         got = mc_predict(model, x, samples=8, seed=SEED, chunk=4)
     assert model.calls == 3  # sample 0, then two chunks of four
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+class _PlainMLP(torch.nn.Module):
+    """Not a Sequential: its first fastdrop layer's input comes out of a GEMM on the stacked
+    copies, whose rows BLAS may round differently by position."""
+
+    def __init__(self, fin=64, hidden=512):
+        super().__init__()
+        self.fc1, self.drop, self.fc2 = torch.nn.Linear(fin, hidden), fnn.Dropout(0.5), torch.nn.Linear(hidden, 10)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.fc2(self.drop(torch.relu(self.fc1(x))))
+
+
+@pytest.mark.parametrize("dtype, n, chunk", [(torch.float64, 1, None), (torch.float64, 3, None),
+                                             (torch.float32, 1, 8), (torch.float32, 3, None)])
+def test_a_gemm_before_the_first_layer_still_batches(dtype, n, chunk):
+    """Copies of one row out of a GEMM differ in their last bits by position (28 of 31 float64 rows
+    of `lin(h.repeat(31, 1))` equal to row 0 here): the stacking check takes them for copies, so
+    the samples run batched (sample 0 alone, then one forward for the rest), without a warning,
+    and give the one-at-a-time statistics."""
+    torch.manual_seed(0)
+    m = _PlainMLP().to(dtype).eval()
+    x = torch.randn(n, 64, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = mc_predict(m, x, samples=32, seed=2, chunk=chunk)
+    assert m.calls == (2 if chunk is None else 1 + -(-31 // chunk))
+    ref = mc_predict(m, x, samples=32, seed=2, chunk=1)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(r, ref, rtol=tol, atol=tol)
+
+
+def test_rows_reordered_across_examples_are_still_caught():
+    """What the check is for survives its tolerance: a sequence-first flatten ((N, L, D) seen as
+    (L * N, D)) before the first fastdrop layer puts rows of other positions into a sample's
+    slice, whose values differ by far more than rounding: the samples run one at a time (with the
+    warning, chunk having been asked for) and give the one-at-a-time statistics."""
+    class SequenceFirst(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.drop = torch.nn.Linear(8, 8), fnn.Dropout(0.5)
+
+        def forward(self, x):
+            h = self.fc(x)  # (N, L, D)
+            flat = h.transpose(0, 1).reshape(-1, h.shape[-1])  # (L * N, D), position-major
+            return self.drop(flat).reshape(h.shape[1], h.shape[0], -1).transpose(0, 1)
+
+    torch.manual_seed(0)
+    m = SequenceFirst().eval()
+    x = torch.randn(3, 4, 8)
+    with pytest.warns(UserWarning, match="stack the samples"):
+        r = mc_predict(m, x, samples=5, seed=1, chunk=5)
+    torch.testing.assert_close(r, mc_predict(m, x, samples=5, seed=1, chunk=1))

@@ -216,10 +216,25 @@ class _Sampler:
             # input cost a tenth of an MLP's mc_predict): a slice mixing other rows differs there
             probe = slices[:, ::max(1, slices.shape[1] // 4096)]
             first = probe[:1].expand(n - 1, -1)
-            # (NaN equals itself here: a NaN in the input is in every repeated slice)
-            if not torch.equal(probe[1:], first) and not \
-                    bool(((probe[1:] == first) | (probe[1:].isnan() & first.isnan())).all()):
+            if not torch.equal(probe[1:], first) and not _repeats(probe[1:], first):
                 raise _NotStacked
+
+
+def _repeats(rest, first):
+    """Are the slices `rest` copies of `first` up to rounding? A GEMM before the first stochastic
+    layer (a plain module's `fc1`, not a Sequential's prefix, which runs once) gives a repeated
+    row other last bits at other positions in the batch (BLAS's blocking: 28 of 31 float64 rows
+    equal to row 0, a review, 2026-12-07), where a reordering of rows across examples gives other
+    values: compared to 2**10 ulps of the probe's largest finite magnitude (1/16 at most, for the
+    half types), NaN equal to NaN (a NaN in the input is in every slice). Integer and bool
+    slices compare exactly."""
+    same = (rest == first) | (rest.isnan() & first.isnan())
+    if not rest.is_floating_point() or bool(same.all()):
+        return bool(same.all())
+    finite = first.isfinite()
+    scale = float(torch.where(finite, first.abs(), 0).max()) if finite.any() else 0.0
+    tol = min(1024 * torch.finfo(rest.dtype).eps, 1 / 16) * scale
+    return bool((same | ((rest - first).abs() <= tol)).all())
 
 
 def _scale(p, mode):
@@ -572,8 +587,13 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     if seed is not None:
         seed = check_u64(seed, "seed")
     # a torch.compile'd model samples through its original module, eagerly: the compiled graph
-    # holds the modules' ops, not the sampler's per-sample masks (compiled parts inside it: `_eagerly`)
-    model = getattr(model, "_orig_mod", model) if _is_compiled(model) else model
+    # holds the modules' ops, not the sampler's per-sample masks (compiled parts inside it:
+    # `_eagerly`). Hooks on the wrapper itself run as its call runs them: the samples then go
+    # through the wrapper, under torch's force_eager stance (a review, 2026-12-07: they were lost)
+    wrapper = model if _is_compiled(model) else None
+    model = getattr(model, "_orig_mod", model) if wrapper is not None else model
+    if wrapper is not None and not _hooked(wrapper):
+        wrapper = None
     drops = _stochastic_modules(model)  # refusals come before the seed draw
     drop_ids = {id(m) for m in drops}
     # Batching samples and running the deterministic prefix once are valid only when nothing else
@@ -624,9 +644,9 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
         give_back = None
         base = offset  # an explicit seed names one set of masks, the same on every rank
 
-    prefix, rest = None, model
+    prefix, rest = None, model if wrapper is None else wrapper
     # the split and the fused tail call layers, not the model: only where no hook is bypassed
-    plain = not _hooked(model) and not _global_hooks()
+    plain = not _hooked(model) and not _global_hooks() and wrapper is None
     # The prefix runs once only where it is deterministic as far as can be seen: no dropout layer
     # that is not fastdrop's (a subclass whose forward keeps it on in eval draws anew per call),
     # and not when the caller asked for one sample per forward (chunk=1), which then runs the
@@ -654,7 +674,7 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     sequence_dims = {m.embed_dim if isinstance(m, torch.nn.MultiheadAttention) else m.input_size
                      for m in rest.modules() if isinstance(m, (torch.nn.MultiheadAttention, torch.nn.RNNBase))}
     try:
-        with _mc_state.sampling(sampler), torch.no_grad(), _eagerly(_compiled_parts(model)), \
+        with _mc_state.sampling(sampler), torch.no_grad(), _eagerly(wrapper is not None or _compiled_parts(model)), \
                 _UnfusedEncoderLayers() if encoders else contextlib.nullcontext():
             h = prefix(x) if prefix is not None else x
             # (the fused GEMM takes the layer's weight as it is: an h of another dtype takes the
