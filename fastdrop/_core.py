@@ -1486,9 +1486,22 @@ def _function_backward(ctx, grad):
         for i, t in zip(op.saves, ctx.saved_tensors):
             saved[i] = t
     needs = ctx.needs_input_grad[4:]
-    B, rng = _backward_route(sys.modules["torch"], ctx)
-    grads = _op_backward(ctx, B, grad, saved, rng, needs)
-    return (None, None, None, None, *(g if n else None for g, n in zip(grads, needs)))
+    torch = sys.modules["torch"]
+    B, rng = _backward_route(torch, ctx)
+    grads = _op_backward(ctx, B, plain_class(torch, grad), saved, rng, needs)
+    return (None, None, None, None, *(plain_class(torch, g) if n else None for g, n in zip(grads, needs)))
+
+
+def plain_class(torch, t):
+    """t seen as a plain torch.Tensor when it is of a Python subclass without its own dispatch
+    (`as_subclass`: the same tensor and autograd history, no copy): gradients come out plain, as
+    torch's C++ backward formulas give them whatever the classes of the incoming gradient and
+    the saved operands (a subclass gradient's `empty_like` and GEMMs went through its
+    __torch_function__ and gave gradients of its class). None, plain tensors, tensor-subclass-
+    likes (functorch's wrappers, a __torch_dispatch__ subclass) and non-tensors as they are."""
+    if t is None or type(t) is torch.Tensor or not isinstance(t, torch.Tensor) or is_subclass_like(t):
+        return t
+    return t.as_subclass(torch.Tensor)
 
 
 def _op_backward(ctx, B, grad, saved, rng, needs):
@@ -1651,6 +1664,7 @@ def _functions():
 
         is_compiling, transforms_active = torch.compiler.is_compiling, torch._C._are_functorch_transforms_active
         grad_enabled, subclass_like = torch.is_grad_enabled, torch._C._dispatch_isTensorSubclassLike
+        tensor = torch.Tensor
         forward_ad = torch.autograd.forward_ad
 
         class LaneDropout(torch.autograd.Function):
@@ -1673,6 +1687,8 @@ def _functions():
                 # The common case first, `_backward_route`'s TorchBackend answer asked inline (two
                 # Python calls fewer: ~1 us of a 64x512 layer's forward+backward); a subclass-like
                 # gradient, which the C query cannot tell from a dispatch mode's, goes the long way.
+                if type(grad) is not tensor:  # a Python subclass's: a plain gradient, as torch's
+                    grad = plain_class(torch, grad)
                 if not is_compiling() and not transforms_active() and not grad_enabled() and \
                         forward_ad._current_level < 0 and grad.dtype == ctx.dtype and grad.is_contiguous() and not grad.is_neg() and \
                         not subclass_like(grad) and not grad._is_zerotensor():

@@ -378,6 +378,7 @@ def _lane_function():
         import torch
         is_compiling, transforms_active = torch.compiler.is_compiling, torch._C._are_functorch_transforms_active
         grad_enabled, forward_ad = torch.is_grad_enabled, torch.autograd.forward_ad
+        plain = _core.plain_class
 
         class LaneDense(torch.autograd.Function):
             """The op's declared forward and backward; saves x and W, as the eager Function."""
@@ -402,8 +403,10 @@ def _lane_function():
                     B, rng = _core._backward_route(torch, ctx)
                     if not _core._tracing(torch, [x, w]):
                         _core._check_storages(torch, [x, w], ("a saved operand",) * 2)
-                gx, gw, gb = ctx.op.backward(B, grad, (x, w, None), rng, (), ctx.needs_input_grad[2:])
-                return None, None, gx, gw, gb
+                gx, gw, gb = ctx.op.backward(B, plain(torch, grad), (x, w, None), rng, (), ctx.needs_input_grad[2:])
+                # plain gradients, as torch's F.linear gives them, whatever the classes of the
+                # incoming gradient and of x and W (their GEMMs ran through __torch_function__)
+                return None, None, plain(torch, gx), plain(torch, gw), plain(torch, gb)
 
         _LANE_FUNCTION = _core._c_apply(torch, LaneDense)
     return _LANE_FUNCTION

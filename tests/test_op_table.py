@@ -2059,6 +2059,31 @@ def test_a_wrapper_subclass_gradient_is_refused_in_backward():
         y.backward(TwoTensor(g, g.clone()))
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if CASES[n].op not in (SAMPLE_GRAD_X, SAMPLE_GRAD_W)])
+@pytest.mark.parametrize("size", ["case", "large"])
+def test_a_subclass_incoming_gradient_gives_plain_gradients(name, size):
+    """Plain operands and an incoming gradient of a plain subclass (memory of its own): the
+    operands' gradients are plain tensors with the plain gradient's values, as torch's C++
+    backward formulas give them (the Python backwards made them through the subclass's
+    __torch_function__, so of its class). "large": 64 times the rows (dim 0, a matmul's a:
+    dim -2), past the small calls' serial kernels."""
+    case = CASES[name]
+    ops = list(operands(case, torch.float32))
+    if size == "large":
+        dim = -2 if case.op is DROPOUT_MATMUL else 0
+        shape = list(ops[0].shape)
+        shape[dim] *= 64
+        ops[0] = torch.randn(shape)
+    leaves = tuple(a.clone().requires_grad_() for a in ops)
+    y = case.call(*leaves, seed=3)
+    g = torch.randn(y.shape)
+    want = torch.autograd.grad(y, leaves, g, retain_graph=True)
+    got = torch.autograd.grad(y, leaves, g.as_subclass(_Tagged))
+    for a, b in zip(got, want):
+        assert type(a) is torch.Tensor, (name, type(a))
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_zero_tensors_read_as_zeros(name):
     """torch's efficient zeros (`_efficientzerotensor`: forward-mode AD's zero tangents) have no
