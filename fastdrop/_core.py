@@ -760,11 +760,13 @@ def _no_vmap(op, inplace=False):
                         + ("" if inplace else _jacobian_hint(op)))
 
 
-def _same_only(op):
+def _same_only(op, randomness="different"):
     """The refusal for an op without a vmap rule over operands the batch shares, under a
-    randomness other than 'same': the one it takes."""
-    return RuntimeError(f"fastdrop.{op.name} does not support torch.func.vmap with a mask per example "
-                        f"(randomness='different'); over operands the batch shares pass "
+    randomness other than 'same' (the one given: 'different', or 'error', which refuses random
+    ops there): the one it takes."""
+    what = "with a mask per example" if randomness == "different" else "over operands the batch shares"
+    return RuntimeError(f"fastdrop.{op.name} does not support torch.func.vmap {what} "
+                        f"(randomness={randomness!r}); over operands the batch shares pass "
                         f"randomness='same' (one mask for all)" + _jacobian_hint(op))
 
 
@@ -801,7 +803,7 @@ def _vmap_refusal(torch, op, operands, inplace):
     if any(levels[level] not in ("different", "same") for level in batched) or \
             any(r == "error" for level, r in levels.items() if level not in batched):
         # (an op without a vmap rule reaches here only with every operand shared: one mask for all)
-        return _same_only(op) if op.vmap is None else RuntimeError(_RANDOMNESS_REFUSAL)
+        return _same_only(op, "error") if op.vmap is None else RuntimeError(_RANDOMNESS_REFUSAL)
     if different and different != [functorch_interpreters(torch)[-1].level()]:
         return RuntimeError(f"fastdrop.{op.name} under torch.func.vmap(randomness='different'): its "
                             f"input is not batched at an outer vmap level (or another transform runs "

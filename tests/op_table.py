@@ -59,6 +59,9 @@ CASES = {
                            ((2, 4, 5), (2, 5, 3))),
     "dropout_matmul_bcast": Case(DROPOUT_MATMUL, lambda a, b, p=0.3, **kw: F.dropout_matmul(a, b, p, **kw),
                                  ((2, 4, 5), (5, 3))),
+    # a 2-D a broadcast over b's batch: its gradient is one GEMM over the batch's columns
+    "dropout_matmul_bcast_a": Case(DROPOUT_MATMUL, lambda a, b, p=0.3, **kw: F.dropout_matmul(a, b, p, **kw),
+                                   ((4, 5), (2, 5, 3))),
     # size-1 batch dims on both sides (torch.matmul's broadcasting): a's gradient sums over b's heads
     "dropout_matmul_bcast1": Case(DROPOUT_MATMUL, lambda a, b, p=0.3, **kw: F.dropout_matmul(a, b, p, **kw),
                                   ((2, 1, 4, 5), (1, 3, 5, 3))),
