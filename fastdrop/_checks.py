@@ -574,8 +574,8 @@ def check_plain_memory(t, name="x"):
     tensors."""
     if is_subclass_like(t):
         raise TypeError(f"{name} is a {type(t).__name__}, a tensor subclass whose data fastdrop's kernels "
-                        f"cannot reach (a __torch_dispatch__ wrapper or a fake tensor): fastdrop reads "
-                        f"and writes tensor memory directly; pass a plain tensor")
+                        f"cannot reach (a __torch_dispatch__ wrapper, a fake tensor or a functionalization "
+                        f"wrapper): fastdrop reads and writes tensor memory directly; pass a plain tensor")
 
 
 def check_storage(t, name="x"):

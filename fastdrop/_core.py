@@ -1115,7 +1115,8 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         # transform) keeps the in-place Function, which writes it as before.
         jvp_in_place = inplace and bool(tangents[0])
     for i, a in enumerate(operands):  # before the seed draw: the kernels cannot take such a tensor
-        if a is not None and type(a) not in _PLAIN_TENSORS:
+        # (a functionalization wrapper is of the plain class, its data_ptr() 0: a review)
+        if a is not None and (type(a) not in _PLAIN_TENSORS or torch._is_functional_tensor(a)):
             check_plain_memory(a, op.operands[i] if i < len(op.operands) else "an operand")
     _check_storages(torch, operands, op.operands)
     if seed is None and operands[0].is_cuda and capturing(torch, operands[0].device):
@@ -1265,12 +1266,18 @@ def torch_apply(op, operands, params, rng, inplace=False):
         y = _kernel_forward(op, operands, rng, params, inplace)
         return mark_written(y) if inplace else y
     # the native route records torch's multiply, whose forward-mode tangent (t * f) keeps an inf or
-    # NaN tangent of a dropped group; the Function's jvp applies the op: forward AD keeps it
-    if op is DROPOUT and not inplace and apply is _FUNCTIONS[2] and len(params) == 1 and params[0] > 0 \
-            and sys.modules["torch"].autograd.forward_ad._current_level < 0:
-        layout = _native_groups(operands[0], params[0], rng.p)
+    # NaN tangent of a dropped group; the Function's jvp applies the op: forward AD keeps it. In
+    # place (x.mul_(f)) where `_inplace_lane` takes it, so both routes record the same op (a
+    # review: the lane's in-place DropPath / Dropout2d on an activation had MulBackward0, the
+    # pipeline's the Function, whose gradients differ in a dropped group's sign of zero and NaN):
+    # a float32/float64 activation, neither a leaf nor a view
+    x = operands[0]
+    if op is DROPOUT and apply is _FUNCTIONS[2] and len(params) == 1 and params[0] > 0 \
+            and sys.modules["torch"].autograd.forward_ad._current_level < 0 and \
+            (not inplace or x.dtype in _FLAT_SCALARS and not x.is_leaf and x._base is None):
+        layout = _native_groups(x, params[0], rng.p)
         if layout and rng.seed < 1 << 63 and rng.offset < 1 << 63:
-            y = native_grouped(operands[0], rng.p, rng.seed, rng.offset, rng.scale, params[0], layout)
+            y = native_grouped(x, rng.p, rng.seed, rng.offset, rng.scale, params[0], layout, inplace=inplace)
             if y is not None:
                 return y
     return apply(op, params, rng, inplace, *operands)
@@ -1281,8 +1288,8 @@ def _native_groups(x, g, p):
     is a CPU float32/float64 tensor of a plain class (the route's kernels take no other) or a small
     float16/bfloat16 one (computed in float32, `native_grouped`), else None."""
     if (x.dtype not in _FLAT_SCALARS and x.dtype not in _HALF_BITS) or not x.is_cpu or \
-            type(x) not in _PLAIN_TENSORS:
-        return None
+            type(x) not in _PLAIN_TENSORS or is_subclass_like(x):
+        return None  # (a functionalization wrapper is of the plain class, without memory: a review)
     n = x.numel()
     return native_layout(x, g, p, n, n * x.element_size())
 
@@ -1325,7 +1332,8 @@ def training_lane(x, p, g, ndim=None, inplace=False):
     (`_inplace_lane`)."""
     if _LANE_QUERIES is None:  # torch's ops not registered yet: `call` registers them
         return None
-    tensor, compiling, grad_enabled, strided, transforms_active, wrapped, tracing, forward_ad = _LANE_QUERIES
+    tensor, compiling, grad_enabled, strided, transforms_active, wrapped, tracing, forward_ad, \
+        subclass_like = _LANE_QUERIES
     # compiling before any query on x: Dynamo reads torch.compiler.is_compiling() as True and
     # traces nothing below it (it cannot trace the functorch queries)
     if compiling() or type(x) is not tensor:
@@ -1336,6 +1344,12 @@ def training_lane(x, p, g, ndim=None, inplace=False):
     half = x.dtype in _HALF_BITS
     if (x.dtype not in _FLAT_SCALARS and not (half and not inplace)) or not x.is_cpu or x.is_nested or \
             x.layout != strided or (x.dim() < g if ndim is None else x.dim() != ndim) or x._is_zerotensor():
+        return None
+    if subclass_like(x) and is_subclass_like(x):
+        # a plain-typed tensor whose memory is not its values (a functionalization wrapper, whose
+        # data_ptr() is 0: the kernels wrote to address 0; a legacy vmap batch): the general
+        # route, which checks and refuses (a review). (The C query says yes for every tensor
+        # while a dispatch mode is on; `is_subclass_like` asks again past the modes.)
         return None
     if transforms_active() or wrapped(x) or tracing() or forward_ad._current_level >= 0 or \
             tracing_dispatch_mode(sys.modules["torch"]):
@@ -1778,7 +1792,7 @@ def _seed_ops():
         _LANE_QUERIES = (torch.Tensor, torch.compiler.is_compiling, torch.is_grad_enabled, torch.strided,
                          torch._C._are_functorch_transforms_active,
                          torch._C._functorch.is_functorch_wrapped_tensor, torch._C._is_tracing,
-                         torch.autograd.forward_ad)
+                         torch.autograd.forward_ad, torch._C._dispatch_isTensorSubclassLike)
         # made now, not while Dynamo traces (`_eager_torch_call`); assume_constant_result above
         # has loaded torch._dynamo
         _eager_torch_call(torch)

@@ -31,7 +31,8 @@ import numpy as np
 from . import _autocast, _core, _seeds
 from ._alloc import check_output_bytes
 from ._checks import (CUDA_ARRAY, MAX_U64, TORCH, array_kind, check_array, check_bool, check_companions,
-                      check_mode, check_p, check_storage, check_u64, numpy_view, shown, train_scale)
+                      check_mode, check_p, check_storage, check_u64, is_subclass_like, numpy_view, shown,
+                      train_scale)
 from ._torch_state import past_modes, tracing_dispatch_mode
 from .kernels import linear_cpu
 from .kernels.config import DENSE_PARALLEL_MIN
@@ -322,8 +323,13 @@ def dense_lane(op, x, w, b, p):
     queries = _core._LANE_QUERIES
     if queries is None:  # torch's ops not registered yet: `call` registers them
         return None
-    tensor, compiling, grad_enabled, strided, transforms_active, wrapped, tracing, forward_ad = queries
+    tensor, compiling, grad_enabled, strided, transforms_active, wrapped, tracing, forward_ad, subclass_like = queries
     if compiling() or tracing() or type(x) is not tensor:  # (traced shapes: no comparisons below)
+        return None
+    if subclass_like(x) and is_subclass_like(x) or subclass_like(w) and is_subclass_like(w) or \
+            b is not None and subclass_like(b) and is_subclass_like(b):
+        # plain-typed operands whose memory is not their values (a functionalization wrapper:
+        # data_ptr() 0): the general route checks and refuses them (`_core.training_lane`)
         return None
     plain, flat = _core._PLAIN_TENSORS, _core._FLAT_SCALARS
     dtype = x.dtype

@@ -396,7 +396,48 @@ def test_inplace_lane_equals_the_pipeline(monkeypatch, call, shape, grouped, rec
     y0, gx0, state0 = without_lane(monkeypatch, run)
     assert torch.equal(bits(y), bits(y0)) and torch.equal(state, state0)
     if recorded:
-        assert torch.equal(gx, gx0)  # values: a dropped group's gradient is grad * 0 on the native route
+        # bits: the same route records the same op (the pipeline took the in-place Function where
+        # the lane took the native route's mul_, whose dropped groups' gradients are grad * 0:
+        # -0.0 for a negative incoming gradient; a review)
+        assert torch.equal(bits(gx), bits(gx0))
+
+
+@pytest.mark.parametrize("module", [lambda: fastdrop.nn.DropPath(0.5, inplace=True),
+                                    lambda: fastdrop.nn.Dropout2d(0.5, inplace=True)])
+@pytest.mark.parametrize("fill", [-1.0, float("inf")])
+def test_inplace_grouped_activation_records_one_op_on_both_routes(monkeypatch, module, fill):
+    """In place on an activation under autograd, the lane and the pipeline record the same op
+    (the native route's x.mul_(factors)): the same grad_fn and the same gradient bits, also for
+    an incoming gradient that is negative (a dropped group's -0.0) or inf (its NaN)."""
+    def run():
+        leaf = torch.randn(4, 3, 5, 2, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        a = leaf * 1.0
+        torch.manual_seed(0)
+        y = module()(a)
+        gx = torch.autograd.grad(y, leaf, torch.full_like(y, fill))[0]
+        return type(y.grad_fn).__name__, gx
+    name, gx = run()
+    name0, gx0 = without_lane(monkeypatch, run)
+    assert name == name0 == "MulBackward0"
+    assert torch.equal(bits(gx), bits(gx0))
+
+
+@pytest.mark.parametrize("call", [lambda x: fastdrop.nn.Dropout(0.5)(x),
+                                  lambda x: fastdrop.nn.Dropout(0.5, inplace=True)(x),
+                                  lambda x: fastdrop.nn.Dropout2d(0.5)(x.requires_grad_()),
+                                  lambda x: fastdrop.nn.DropPath(0.5)(x),
+                                  lambda x: fastdrop.dropout(x, 0.5),
+                                  lambda x: fastdrop.dropout_linear(x.reshape(-1, 3), torch.ones(2, 3), None, 0.5),
+                                  lambda x: fastdrop.dropconnect_linear(x.reshape(-1, 3), torch.ones(2, 3), None, 0.5)])
+def test_a_functionalization_wrapper_is_refused_before_the_draw(call):
+    """A C++ functionalization wrapper is of the plain class with data_ptr() 0: the lanes and the
+    native route took its address (a segfault, a review); now the TypeError naming it, before
+    the seed draw, the tensor untouched."""
+    x = torch._to_functional_tensor(torch.randn(4, 6, 5, 3))
+    state = torch.get_rng_state()
+    with pytest.raises(TypeError, match="functionalization"):
+        call(x)
+    assert torch.equal(state, torch.get_rng_state())
 
 
 def test_inplace_lane_leaves_refusals_to_the_pipeline(monkeypatch):
