@@ -348,8 +348,9 @@ def _dense_inner_grouped_dropout(x, p, seed, offset, scale, n):
     launch and layout walk of `_cpu.grouped_dropout_into` (a no-grad call at 8x16x32x32 took 71.5
     us there, the kernel ~20; a forward and a backward per layer per step; bfloat16 fwd+bwd there:
     251 us against float32's 90). More than `_cpu.INNER_ROWS_MAX_C` channels too (`_dense_channels_last`):
-    its pattern rows are then one or two runs of C, 16 rows a parallel step. The output keeps
-    x's layout (torch's rule)."""
+    a pattern row is then 256 // C whole runs of C (one above 128 channels), up to 16 rows a
+    parallel step (`kernels/dropout_cpu._inner_step_rows`). The output keeps x's layout (torch's
+    rule)."""
     out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)
     _cpu.groups_inner_at(x.data_ptr(), out.data_ptr(), n, x.shape[0], x.shape[1], p, seed, offset,
                          _kernel_scale(x.dtype, scale), like=_HALF_BITS.get(x.dtype))

@@ -67,7 +67,7 @@ def test_small_dense_kernels_take_every_uint64_seed_and_offset(seed, offset):
                                    (3, 300, 2, 3), (2, 96, 56, 56), (2, 70, 2, 3, 4)])
 def test_channels_last_take_the_one_launch_inner_kernel(shape, dtype, spy_kernels):
     """Spatial dropout of a channels_last (channels_last_3d) tensor, few channels or many (more
-    than INNER_ROWS_MAX_C: a pattern row of one or two runs; the numpy views before 2026-12-07), launches
+    than INNER_ROWS_MAX_C: a pattern row of 256 // C runs, at least one; the numpy views before 2026-12-07), launches
     `dropout_groups_inner_at` on its memory (serial or parallel by size): the
     numpy route's result on the same values, in x's layout, on x and on a gradient. (Under
     autograd small ones take the native route: test_native_grouped.py.)"""

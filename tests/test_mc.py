@@ -1504,3 +1504,42 @@ def test_rows_reordered_across_examples_are_still_caught():
     with pytest.warns(UserWarning, match="stack the samples"):
         r = mc_predict(m, x, samples=5, seed=1, chunk=5)
     torch.testing.assert_close(r, mc_predict(m, x, samples=5, seed=1, chunk=1))
+
+
+def test_one_large_feature_does_not_hide_a_reorder():
+    """The stacking check's rounding allowance is each element's own (plus the probe's median
+    magnitude), not the probe's largest: with one feature at 1e6, a sequence-first flatten of the
+    other features (differences of order 1) is still caught (a review: 2**10 ulps of 1e6 let
+    them through, and the samples ran batched with other masks than chunk=1's)."""
+    class SequenceFirst(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.drop = fnn.Dropout(0.5)
+
+        def forward(self, x):
+            flat = (x * 1.0).transpose(0, 1).reshape(-1, x.shape[-1])  # (L * N, D), position-major
+            return self.drop(flat).reshape(x.shape[1], x.shape[0], -1).transpose(0, 1)
+
+    x = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(0))
+    x[..., 0] = 1e6
+    m = SequenceFirst().eval()
+    with pytest.warns(UserWarning, match="stack the samples"):
+        r = mc_predict(m, x, samples=5, seed=1, chunk=5)
+    torch.testing.assert_close(r, mc_predict(m, x, samples=5, seed=1, chunk=1))
+
+
+def test_a_compiled_model_without_hooks_keeps_the_prefix_split():
+    """A torch.compile wrapper without hooks of its own samples through its original module with
+    the fast paths: the deterministic prefix of a Sequential runs once (torch sets every wrapper's
+    `forward` on the instance, which the hook check took for a hook: the prefix ran for every
+    batch of samples; a review). With a hook on the wrapper the samples go through it."""
+    seen = []
+    m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), fnn.Dropout(0.5), torch.nn.Linear(16, 3)).eval()
+    m[0].register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    x = torch.randn(4, 8)
+    want = mc_predict(m, x, samples=8, seed=1)
+    assert seen == [4]
+    seen.clear()
+    got = mc_predict(torch.compile(m, backend="eager"), x, samples=8, seed=1)
+    assert seen == [4]
+    torch.testing.assert_close(got, want)
