@@ -110,7 +110,13 @@ def _start_pool():
     from numba.np.ufunc import parallel
     torch = sys.modules.get("torch")  # (kernels import nothing: torch only if the user has it)
     threads = torch.get_num_threads() if torch is not None else None
-    parallel._launch_threads()
+    # under the compiler lock, which the fork hook holds across a fork: a fork while another
+    # thread launched the pool left the child Numba's launch locks held by a thread it does not
+    # have (its first parallel kernel waited forever, and the parent's next launch on the shared
+    # process lock with it; a review). The lock order is the dispatcher's own: a kernel loaded
+    # from the cache launches the pool under this lock too.
+    with global_compiler_lock:
+        parallel._launch_threads()
     if threads is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     _pool_started = True

@@ -603,6 +603,43 @@ def test_child_forked_while_another_thread_holds_a_lock_does_not_hang(which):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+# A child forked while another parent thread launches Numba's thread pool (fastdrop's first
+# parallel kernel, numpy only: the child stays parallel). The launch's window (loading the
+# threading layer) is widened by a sleep inside it, so the fork lands there deterministically.
+FORK_DURING_POOL_LAUNCH = """
+import os, sys, threading, time, numpy as np, fastdrop
+from numba.np.ufunc import parallel
+assert "torch" not in sys.modules
+check = parallel._check_tbb_version_compatible
+inside = threading.Event()
+def slow():  # runs inside _launch_threads, under its launch locks
+    inside.set()
+    time.sleep(1.0)
+    return check()
+parallel._check_tbb_version_compatible = slow
+x = np.random.rand(1 << 18).astype(np.float32)
+t = threading.Thread(target=lambda: fastdrop.dropout(x, 0.3, seed=1))
+t.start()
+inside.wait()
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if parallel._backend_init_thread_lock.acquire(timeout=5) else 3)
+t.join()
+""" + WAIT_FOR_CHILD + """raise SystemExit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_child_forked_during_the_pool_launch_gets_free_launch_locks():
+    """The pool's launch runs under the compiler lock the fork hook holds, so a fork waits for it
+    to end: the child inherits Numba's launch locks free. Before, a child forked inside another
+    thread's launch inherited them held by a thread it does not have: its first parallel kernel
+    waited forever, and the parent's next launch waited on the process-shared lock with it (a
+    review)."""
+    code = FORK_DURING_POOL_LAUNCH.format(timeout=TIMEOUT_S - 60)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 # ---- the decorator itself --------------------------------------------------------------------
 
 def test_parallel_kernels_carry_a_serial_twin_with_its_own_cache_entry():
