@@ -349,7 +349,7 @@ def _dense_inner_grouped_dropout(x, p, seed, offset, scale, n):
     us there, the kernel ~20; a forward and a backward per layer per step; bfloat16 fwd+bwd there:
     251 us against float32's 90). More than `_cpu.INNER_ROWS_MAX_C` channels too (`_dense_channels_last`):
     a pattern row is then 256 // C whole runs of C (one above 128 channels), up to 16 rows a
-    parallel step (`kernels/dropout_cpu._inner_step_rows`). The output keeps x's layout (torch's
+    parallel step (`kernels/dropout_cpu._inner_steps`). The output keeps x's layout (torch's
     rule)."""
     out = torch_empty_like(x) if n < CPU_PARALLEL_MIN else empty_like(x)
     _cpu.groups_inner_at(x.data_ptr(), out.data_ptr(), n, x.shape[0], x.shape[1], p, seed, offset,
@@ -1333,8 +1333,7 @@ def training_lane(x, p, g, ndim=None, inplace=False):
     (`_inplace_lane`)."""
     if _LANE_QUERIES is None:  # torch's ops not registered yet: `call` registers them
         return None
-    tensor, compiling, grad_enabled, strided, transforms_active, wrapped, tracing, forward_ad, \
-        subclass_like = _LANE_QUERIES
+    tensor, compiling, grad_enabled, strided, transforms_active, wrapped, tracing, forward_ad = _LANE_QUERIES
     # compiling before any query on x: Dynamo reads torch.compiler.is_compiling() as True and
     # traces nothing below it (it cannot trace the functorch queries)
     if compiling() or type(x) is not tensor:
@@ -1346,11 +1345,10 @@ def training_lane(x, p, g, ndim=None, inplace=False):
     if (x.dtype not in _FLAT_SCALARS and not (half and not inplace)) or not x.is_cpu or x.is_nested or \
             x.layout != strided or (x.dim() < g if ndim is None else x.dim() != ndim) or x._is_zerotensor():
         return None
-    if subclass_like(x) and is_subclass_like(x):
+    if is_subclass_like(x):
         # a plain-typed tensor whose memory is not its values (a functionalization wrapper, whose
         # data_ptr() is 0: the kernels wrote to address 0; a legacy vmap batch): the general
-        # route, which checks and refuses (a review). (The C query says yes for every tensor
-        # while a dispatch mode is on; `is_subclass_like` asks again past the modes.)
+        # route, which checks and refuses (a review)
         return None
     if transforms_active() or wrapped(x) or tracing() or forward_ad._current_level >= 0 or \
             tracing_dispatch_mode(sys.modules["torch"]):
@@ -1793,7 +1791,7 @@ def _seed_ops():
         _LANE_QUERIES = (torch.Tensor, torch.compiler.is_compiling, torch.is_grad_enabled, torch.strided,
                          torch._C._are_functorch_transforms_active,
                          torch._C._functorch.is_functorch_wrapped_tensor, torch._C._is_tracing,
-                         torch.autograd.forward_ad, torch._C._dispatch_isTensorSubclassLike)
+                         torch.autograd.forward_ad)
         # made now, not while Dynamo traces (`_eager_torch_call`); assume_constant_result above
         # has loaded torch._dynamo
         _eager_torch_call(torch)

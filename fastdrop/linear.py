@@ -323,11 +323,10 @@ def dense_lane(op, x, w, b, p):
     queries = _core._LANE_QUERIES
     if queries is None:  # torch's ops not registered yet: `call` registers them
         return None
-    tensor, compiling, grad_enabled, strided, transforms_active, wrapped, tracing, forward_ad, subclass_like = queries
+    tensor, compiling, grad_enabled, strided, transforms_active, wrapped, tracing, forward_ad = queries
     if compiling() or tracing() or type(x) is not tensor:  # (traced shapes: no comparisons below)
         return None
-    if subclass_like(x) and is_subclass_like(x) or subclass_like(w) and is_subclass_like(w) or \
-            b is not None and subclass_like(b) and is_subclass_like(b):
+    if is_subclass_like(x) or is_subclass_like(w) or b is not None and is_subclass_like(b):
         # plain-typed operands whose memory is not their values (a functionalization wrapper:
         # data_ptr() 0): the general route checks and refuses them (`_core.training_lane`)
         return None

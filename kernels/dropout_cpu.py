@@ -925,30 +925,33 @@ _INNER_ROWS = 256  # elements of one pattern row of the inner-group kernels belo
 # Pattern rows per parallel step: one row (256 elements) a step ran 1.23x torch's broadcast multiply
 # on channels_last Dropout2d 32x64x56x56 float32 with x and out in DRAM (2099 vs 1568 us, 2 threads;
 # 16 rows: 1711), and as fast when both sat in the L3 (docs/cpu_kernels.md, "Sixteen pattern rows
-# a step"). Fewer where 16 would leave a call fewer than 64 steps (`_inner_step_rows`).
+# a step"). Fewer where 16 would leave a call fewer than 64 steps (`_inner_steps`).
 _INNER_STEP_ROWS = 16
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _inner_step_rows(na, n, pattern):
-    """Pattern rows per parallel step of an inner-group kernel over na rows of n elements:
-    `_INNER_STEP_ROWS`, or fewer (at least 1) so that a call has `_INNER_MIN_STEPS` steps where
-    it has as many pattern rows (a single sample of 2048 channels at 8x8, 2^17 elements, would
-    otherwise be 4 steps). A constant, not the thread count: `numba.get_num_threads()` in a
-    kernel keeps Numba from caching it."""
-    widths = na * ((n + pattern.shape[1] - 1) // pattern.shape[1])
-    return max(1, min(_INNER_STEP_ROWS, widths // _INNER_MIN_STEPS))
+def _inner_steps(na, n, pattern):
+    """(rows, chunks) of an inner-group kernel over na rows of n elements: pattern rows per
+    parallel step, `_INNER_STEP_ROWS` or fewer (at least 1) so that a call has `_INNER_MIN_STEPS`
+    steps where it has as many pattern rows (a single sample of 2048 channels at 8x8, 2^17
+    elements, would otherwise be 4 steps), and the steps per row (`_inner_span`). A constant, not
+    the thread count: `numba.get_num_threads()` in a kernel keeps Numba from caching it."""
+    width = pattern.shape[1]
+    widths = na * ((n + width - 1) // width)
+    rows = max(1, min(_INNER_STEP_ROWS, widths // _INNER_MIN_STEPS))
+    return rows, (n + width * rows - 1) // (width * rows)
 
 
 _INNER_MIN_STEPS = 64
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
-def _inner_steps(n, pattern, rows):
-    """Parallel steps per row of n elements of an inner-group kernel, `rows` pattern rows each
-    (`_inner_chunk`)."""
-    step = pattern.shape[1] * rows
-    return (n + step - 1) // step
+def _inner_span(r, chunks, rows, width, n):
+    """(row a, start, end) of step r of an inner-group kernel: `rows` pattern widths of row
+    r // chunks ((rows, chunks) from `_inner_steps`), rows n elements long."""
+    a = r // chunks
+    start = (r - a * chunks) * width * rows
+    return a, start, min(start + width * rows, n)
 
 
 @numba.njit(inline="always", **JIT_OPTIONS)
@@ -967,12 +970,9 @@ def _inner_pattern(keep, na, nb):
 
 @numba.njit(inline="always", **JIT_OPTIONS)
 def _inner_chunk(x, out, pattern, r, chunks, rows, scale):
-    """Step r of an inner-group kernel: `rows` pattern widths of row r // chunks (chunks =
-    `_inner_steps`), one pattern width at a time."""
+    """Step r of an inner-group kernel (`_inner_span`), one pattern width at a time."""
     width = pattern.shape[1]
-    a = r // chunks
-    start = (r - a * chunks) * width * rows
-    end = min(start + width * rows, x.shape[1])
+    a, start, end = _inner_span(r, chunks, rows, width, x.shape[1])
     pa = pattern[a]
     zero = x.dtype.type(0)
     for s in range(start, end, width):
@@ -998,8 +998,7 @@ def apply_group_mask_inner(x, out, keep, nb, scale):
     channels a pattern row is one run of C)."""
     na, n = x.shape
     pattern = _inner_pattern(keep, na, nb)
-    rows = _inner_step_rows(na, n, pattern)
-    chunks = _inner_steps(n, pattern, rows)
+    rows, chunks = _inner_steps(na, n, pattern)
     for r in numba.prange(na * chunks):
         _inner_chunk(x, out, pattern, r, chunks, rows, scale)
 
@@ -1019,8 +1018,7 @@ def dropout_groups_inner_at(x_address, out_address, n, na, nb, key_lo, key_hi, o
     for g in range(na * nb):
         keep[g] = np.uint32(words[g]) < thr
     pattern = _inner_pattern(keep, na, nb)
-    rows = _inner_step_rows(na, n // na, pattern)
-    chunks = _inner_steps(n // na, pattern, rows)
+    rows, chunks = _inner_steps(na, n // na, pattern)
     for r in numba.prange(na * chunks):
         _inner_chunk(x, out, pattern, r, chunks, rows, scale)
 
@@ -1041,8 +1039,7 @@ def zero_dropped_inner_at(address, n, na, nb, seed, offset, thr, f64):
     for g in range(na * nb):
         keep[g] = np.uint32(words[g]) < t
     pattern = _inner_pattern(keep, na, nb)
-    rows = _inner_step_rows(na, n // na, pattern)
-    chunks = _inner_steps(n // na, pattern, rows)
+    rows, chunks = _inner_steps(na, n // na, pattern)
     out64 = _view_at(address, n if f64 else 0, 0.0).reshape((na if f64 else 0, n // na))
     out32 = _view_at(address, 0 if f64 else n, np.float32(0)).reshape((0 if f64 else na, n // na))
     for r in numba.prange(na * chunks):
@@ -1077,9 +1074,7 @@ def _inner_chunk_inplace(x, pattern, r, chunks, rows, scale):
     one memory fail its runtime overlap check and run its scalar fallback: in-place Dropout2d on
     channels_last ran 2x its out-of-place time, a tester found)."""
     width = pattern.shape[1]
-    a = r // chunks
-    start = (r - a * chunks) * width * rows
-    end = min(start + width * rows, x.shape[1])
+    a, start, end = _inner_span(r, chunks, rows, width, x.shape[1])
     pa = pattern[a]
     zero = x.dtype.type(0)
     for s in range(start, end, width):
@@ -1094,8 +1089,7 @@ def apply_group_mask_inner_inplace(x, keep, nb, scale):
     """`apply_group_mask_inner` in place (out is x)."""
     na, n = x.shape
     pattern = _inner_pattern(keep, na, nb)
-    rows = _inner_step_rows(na, n, pattern)
-    chunks = _inner_steps(n, pattern, rows)
+    rows, chunks = _inner_steps(na, n, pattern)
     for r in numba.prange(na * chunks):
         _inner_chunk_inplace(x, pattern, r, chunks, rows, scale)
 

@@ -234,12 +234,14 @@ def _repeats(rest, first):
     one dominant feature makes nearly equal) passes: its samples are valid MC samples, with other
     masks than chunk=1's (README)."""
     same = (rest == first) | (rest.isnan() & first.isnan())
-    if not rest.is_floating_point() or bool(same.all()):
-        return bool(same.all())
+    exact = bool(same.all())
+    if exact or not rest.is_floating_point():
+        return exact
     ulps = min(256 * torch.finfo(rest.dtype).eps, 1 / 16)
-    finite = first.isfinite() & rest.isfinite()
+    first_finite = first.isfinite()
+    finite = first_finite & rest.isfinite()
     size = torch.where(finite, torch.maximum(first.abs(), rest.abs()), 0)
-    floor = float(first.abs()[first.isfinite()].median()) if bool(first.isfinite().any()) else 0.0
+    floor = float(first.abs()[first_finite].median()) if bool(first_finite.any()) else 0.0
     return bool((same | (finite & ((rest - first).abs() <= ulps * (size + floor)))).all())
 
 
@@ -596,12 +598,11 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     # holds the modules' ops, not the sampler's per-sample masks (compiled parts inside it:
     # `_eagerly`). Hooks on the wrapper itself run as its call runs them: the samples then go
     # through the wrapper, under torch's force_eager stance (a review, 2026-12-07: they were lost)
-    wrapper = model if _is_compiled(model) else None
-    model = getattr(model, "_orig_mod", model) if wrapper is not None else model
     # (not `_hooked`: torch sets every wrapper's own `forward` on the instance, which would keep
     # every compiled model off the prefix split and the fused head; a review)
-    if wrapper is not None and not (wrapper._forward_hooks or wrapper._forward_pre_hooks):
-        wrapper = None
+    compiled = _is_compiled(model)
+    wrapper = model if compiled and (model._forward_hooks or model._forward_pre_hooks) else None
+    model = getattr(model, "_orig_mod", model) if compiled else model
     drops = _stochastic_modules(model)  # refusals come before the seed draw
     drop_ids = {id(m) for m in drops}
     # Batching samples and running the deterministic prefix once are valid only when nothing else
