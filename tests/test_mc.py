@@ -939,6 +939,9 @@ def _fast_path_models():
         # no prefix: a first layer writing its input in place changed x for every later sample
         "inplace-first-layer": torch.nn.Sequential(torch.nn.Sequential(torch.nn.ELU(inplace=True), fnn.Dropout(0.5)),
                                                    torch.nn.Linear(4, 3)),
+        # the prefix ran on x itself: its in-place first layer wrote the caller's tensor (a review)
+        "inplace-prefix": torch.nn.Sequential(torch.nn.ReLU(inplace=True), torch.nn.Linear(4, 8), fnn.Dropout(0.5),
+                                              torch.nn.Linear(8, 3)),
         # the fused head stood in for a DropoutLinear subclass's forward
         "dropout-linear-subclass-tail": torch.nn.Sequential(torch.nn.Linear(4, 8), _ReluDropoutLinear(8, 3, p=0.3)),
         "dropout-linear-subclass": _ReluDropoutLinear(4, 3, p=0.3),
@@ -1543,3 +1546,37 @@ def test_a_compiled_model_without_hooks_keeps_the_prefix_split():
     got = mc_predict(torch.compile(m, backend="eager"), x, samples=8, seed=1)
     assert seen == [4]
     torch.testing.assert_close(got, want)
+
+
+class _Upcast(torch.nn.Module):
+    def __init__(self, dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x):
+        return x.to(self.dtype)
+
+
+@pytest.mark.parametrize("chunk", [1, None])
+def test_statistics_come_in_the_models_output_dtype(chunk):
+    """The statistics come in the dtype of the model's output, not x's (a review: a float64 model
+    fed token ids gave float32, a model that casts a float16 input up gave float16, rounding
+    small variances away); an integer output's in torch's default dtype."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 10, (4, 3))
+    emb = torch.nn.Sequential(torch.nn.Embedding(10, 6).double(), fnn.Dropout(0.3), torch.nn.Linear(6, 5).double()).eval()
+    r = mc_predict(emb, ids, samples=4, seed=1, chunk=chunk, logits=True)
+    assert {t.dtype for t in r} == {torch.float64}
+    up = torch.nn.Sequential(_Upcast(torch.float32), torch.nn.Linear(6, 5), fnn.Dropout(0.3)).eval()
+    x = torch.randn(4, 6).half()
+    r = mc_predict(up, x, samples=4, seed=1, chunk=chunk)
+    assert r.mean.dtype == r.var.dtype == torch.float32
+    ref = mc_predict(up, x.float(), samples=4, seed=1, chunk=chunk)
+    assert torch.equal(r.var, ref.var)
+    argmax = torch.nn.Sequential(torch.nn.Linear(6, 5), fnn.Dropout(0.3), _Argmax()).eval()
+    assert mc_predict(argmax, torch.randn(4, 6), samples=4, seed=1, chunk=chunk).mean.dtype == torch.get_default_dtype()
+
+
+class _Argmax(torch.nn.Module):
+    def forward(self, x):
+        return x.argmax(-1)

@@ -402,10 +402,11 @@ class _Merger:
     """Chan et al.'s pairwise merge of (count, mean, M2): streaming mean/variance over chunks."""
 
     def __init__(self):
-        self.n, self.mean, self.m2, self.h_sum = 0, None, None, None
+        self.n, self.mean, self.m2, self.h_sum, self.dtype = 0, None, None, None, None
 
     def add(self, y, logits):
         # y: (c, N, ...) outputs of c samples (an unbatched input's: (c, K))
+        self.dtype = y.dtype
         y = y.double()
         if logits:
             y = torch.softmax(y, -1)
@@ -571,7 +572,9 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
         fused: use the fused [Dropout, Linear] head when the model ends in one.
     Returns:
         MCResult(mean, var, entropy, mutual_info); var is the unbiased sample variance
-        (zeros when samples == 1); entropy and mutual_info are None unless logits=True.
+        (zeros when samples == 1); entropy and mutual_info are None unless logits=True. All in the
+        dtype of the model's output (torch's default float dtype for an integer output); computed
+        in float64.
     Raises:
         ValueError: the model has no fastdrop stochastic module (the message names the torch, timm
             or torchvision dropout layers found, which fastdrop.nn.convert replaces), or bad
@@ -685,7 +688,9 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     try:
         with _mc_state.sampling(sampler), torch.no_grad(), _eagerly(wrapper is not None or _compiled_parts(model)), \
                 _UnfusedEncoderLayers() if encoders else contextlib.nullcontext():
-            h = prefix(x) if prefix is not None else x
+            # the prefix on a copy of x: its first layer may write its input in place
+            # (nn.ReLU(inplace=True)), which must not change the caller's tensor (a review)
+            h = prefix(x.clone()) if prefix is not None else x
             # (the fused GEMM takes the layer's weight as it is: an h of another dtype takes the
             # model's own forward, which refuses it as the eager call does)
             use_fused = head is not None and _kernel_ok(h) and h.dtype == head[2].dtype and \
@@ -764,7 +769,9 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
             give_back()
         raise
 
-    out_dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    # the statistics in the model's output dtype (a float64 model fed token ids, a half input cast
+    # up by the model's first layer); an integer or bool output's in torch's default float dtype
+    out_dtype = merger.dtype if merger.dtype.is_floating_point else torch.get_default_dtype()
     var = merger.m2 / (merger.n - 1) if merger.n > 1 else torch.zeros_like(merger.m2)
     if not logits:
         return MCResult(merger.mean.to(out_dtype), var.to(out_dtype))
