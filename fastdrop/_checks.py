@@ -441,7 +441,12 @@ def check_writable(x, kind, name="x"):
             # which refuse these targets themselves; and the Python checks below would put guards
             # on symbolic strides (sorting them breaks the graph under dynamic shapes). Asked of x,
             # not only of is_compiling: that flag is the whole process's, so an eager call in
-            # another thread while a graph compiles is still checked.
+            # another thread while a graph compiles is still checked. But a dim of stride 0 (an
+            # expanded x) is refused here: the float in-place write (fill_ + add_) is not refused
+            # by torch's traced ops, and such an x was written with the sum of its aliases (a
+            # review). (A dynamic dim's size is known >= 2 and its stride >= 1: no guard added.)
+            if any(st == 0 and n > 1 for n, st in zip(x.shape, x.stride())):
+                _refuse_overlap(what, name)
             return
         if x.is_neg():
             raise ValueError(f"{name} is a lazily negated view (torch's neg bit): fastdrop writes "
@@ -466,9 +471,13 @@ def check_writable(x, kind, name="x"):
         else:
             shape, strides, item = tuple(cai["shape"]), tuple(cai["strides"]), np.dtype(cai["typestr"]).itemsize
     if _overlaps(shape, strides, item):
-        raise RuntimeError(f"unsupported operation: more than one element of the written-to tensor "
-                           f"refers to a single memory location. Please clone() the tensor before "
-                           f"performing the operation ({what} on an overlapping view: {name}).")
+        _refuse_overlap(what, name)
+
+
+def _refuse_overlap(what, name):
+    raise RuntimeError(f"unsupported operation: more than one element of the written-to tensor "
+                       f"refers to a single memory location. Please clone() the tensor before "
+                       f"performing the operation ({what} on an overlapping view: {name}).")
 
 
 def traced(torch, *tensors):
@@ -500,7 +509,7 @@ def check_out_is_x(x, kind, inplace):
 WRITABLE_NUMPY = (np.ndarray, np.memmap)
 
 
-def check_out(x, kind, out, inplace):
+def check_out(x, kind, out, inplace, given=None):
     """An `out=` target: the kind, shape, dtype and device of x, writable, not overlapping itself,
     sharing no memory with x (out=x is inplace=True), and no autograd to record (torch's rule for
     out= ops)."""
@@ -538,7 +547,9 @@ def check_out(x, kind, out, inplace):
             check_storage(out, "out")
             if _tensors_overlap(x, out):
                 raise ValueError("out shares memory with x: pass inplace=True to write into x")
-    elif np.shares_memory(out, x):
+    elif np.shares_memory(out, x) or given is not None and given is not x and np.shares_memory(out, given):
+        # (given: the caller's array, when x is a converted copy of it, a big-endian or packed
+        # one: out over the caller's memory is the aliasing the rule refuses, a review)
         raise ValueError("out shares memory with x: pass inplace=True to write into x")
     check_writable(out, kind, "out")
 
@@ -559,11 +570,22 @@ def _tensors_overlap(a, b):
     (alo, ahi), (blo, bhi) = span(a), span(b)
     if not (alo < bhi and blo < ahi):
         return False
-    if a.is_cpu and b.is_cpu and not (a.is_contiguous() and b.is_contiguous()) and \
-            not (a.is_neg() or a.is_conj() or b.is_neg() or b.is_conj()):
+    if a.is_cpu and b.is_cpu and not (a.is_contiguous() and b.is_contiguous()):
         # spans that meet with gaps in them (strided views of one buffer) may still share nothing
-        return bool(np.shares_memory(numpy_view(a.detach())[0], numpy_view(b.detach())[0]))
+        return bool(np.shares_memory(_memory_of(a), _memory_of(b)))
     return True  # contiguous memory covers its whole span
+
+
+def _memory_of(t):
+    """A numpy array of opaque items over CPU tensor t's memory (its shape and strides), for
+    questions about the memory only: any dtype, a negative or conjugate bit (a lazily negated
+    view is memory like any other: a review found one refused as overlapping a disjoint out)."""
+    memory = _TensorMemory()
+    memory.tensor = t
+    item = t.element_size()
+    memory.__array_interface__ = {"shape": tuple(t.shape), "typestr": f"|V{item}", "data": (t.data_ptr(), True),
+                                  "strides": tuple(s * item for s in t.stride()), "version": 3}
+    return np.asarray(memory)
 
 
 def check_plain_memory(t, name="x"):

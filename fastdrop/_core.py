@@ -873,7 +873,7 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
             check_out_is_x(x, kind, inplace)
             inplace, out = True, None
         else:
-            check_out(x, kind, out, inplace)
+            check_out(x, kind, out, inplace, given if kind == NUMPY and isinstance(given, np.ndarray) else None)
     if inplace and (p > 0.0 if training else eval_factor != 1.0):
         # (only where x is written: at eval with inverted scaling, or p = 0, the op returns x
         # untouched, as torch's dropout does for any x, read-only, expanded or a leaf)
@@ -902,7 +902,9 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
     B = BACKENDS[kind]
     if not training or p == 0.0:
         factor = eval_factor if not training else 1.0
-        if factor != 1.0 or len(operands) > 1:  # a GEMM, or x scaled: operands read, an output made
+        if factor != 1.0 or len(operands) > 1 or out is not None:
+            # a GEMM, x scaled, or x copied into out: operands read, an output made (a freed x's
+            # storage read by the copy into out= crashed the process: a review)
             # (not on the fake or symbolic tensors of a trace: no memory, and no guards to add)
             if kind == NUMPY or kind == TORCH and not _tracing(sys.modules["torch"], operands):
                 if kind == TORCH:

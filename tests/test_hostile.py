@@ -321,6 +321,46 @@ def test_out_may_be_another_part_of_xs_storage_or_empty():
     assert F.dropout(torch.empty(0, 3), 0.5, seed=1, out=torch.empty(0, 3)).shape == (0, 3)
 
 
+@pytest.mark.parametrize("call", [
+    lambda x, out: F.dropout(x, 0.5, training=False, out=out),
+    lambda x, out: F.dropout(x, 0.0, out=out),
+    lambda x, out: F.dropout2d(x.reshape(4, 8, 4, 4), 0.5, training=False, out=out.reshape(4, 8, 4, 4))])
+def test_out_copy_of_an_unchanged_x_refuses_freed_memory(call):
+    """Eval or p = 0 with out=: x is copied into out, so x's memory is read and checked as on
+    every other route (a freed storage, FSDP-style, crashed the process: a review)."""
+    x = torch.randn(512)
+    x.untyped_storage().resize_(0)
+    out = torch.zeros(512)
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError, match="no memory"):
+        call(x, out)
+    assert torch.equal(out, torch.zeros(512)) and torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_out_over_the_memory_of_a_converted_x_is_refused(training):
+    """A big-endian x is computed from a converted copy; an out over the caller's x's memory still
+    shares memory with x and is refused (a review: accepted, and x overwritten)."""
+    x = np.arange(1, 9, dtype=">f4")
+    out = x.view("<f4")
+    before = x.copy()
+    with pytest.raises(ValueError, match="shares memory"):
+        F.dropout(x, 0.5, training=training, seed=0, out=out)
+    assert np.array_equal(x, before)
+
+
+def test_out_disjoint_from_a_negated_view_is_accepted():
+    """A lazily negated view of one half of a buffer and out= over the other half share no
+    element (a review: refused as overlapping); the result is the resolved x's."""
+    base = torch.randn(6, 2, 8)
+    x, out = base[:, 0]._neg_view(), base[:, 1]
+    want = F.dropout(x.resolve_neg(), 0.5, seed=3)
+    assert F.dropout(x, 0.5, seed=3, out=out) is out
+    assert torch.equal(out, want)
+    with pytest.raises(ValueError, match="shares memory"):
+        F.dropout(base[:, 0]._neg_view(), 0.5, seed=3, out=base[:, 0, :])
+
+
 def test_dropconnect_meta_device_changes_no_state():
     x = torch.ones(4, 3, device="meta")
     state = torch.get_rng_state()
