@@ -34,6 +34,11 @@ def check_p(p, name="p"):
         return p
     p = python_number(p)
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(p, torch.Tensor):
+            # (not its repr, which a compiled graph cannot trace: the reason got lost there)
+            raise TypeError(f"{name} must be a real number in [0, 1], got a tensor: pass a Python float "
+                            f"({name}.item())")
         raise TypeError(f"{name} must be a real number in [0, 1], got {type(p).__name__} {shown(p)}")
     if outside_unit_interval(p):
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {name}={shown_number(p)}")

@@ -395,3 +395,12 @@ def test_draw_seed_op_refuses_a_device_other_than_the_cpu():
             torch.ops.fastdrop.draw_seed(0, device=device)
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.ops.fastdrop.draw_seed(0, device="cpu").dtype == torch.int64
+
+
+def test_compiled_tensor_p_is_refused_with_the_reason():
+    """A tensor p under fullgraph: the refusal's reason reaches the user (its message read the
+    tensor's repr, which Dynamo cannot trace: only "repr() on tensor" came out, a review)."""
+    torch._dynamo.reset()
+    f = torch.compile(lambda x, p: fastdrop.dropout(x, p), fullgraph=True, backend="aot_eager")
+    with pytest.raises(Exception, match=r"p must be a real number in \[0, 1\], got a tensor"):
+        f(torch.randn(4), torch.tensor(0.3))
