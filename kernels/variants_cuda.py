@@ -5,7 +5,8 @@ Imported lazily (only for CUDA data), so `import fastdrop` never loads numba.cud
 
 `max_norm_rows`: one block per row (grid-stride over rows); the block's threads stride over the
 row accumulating float64 partial sums, reduce them in shared memory, then scale the row if its
-norm exceeds c. The launcher presents any weight as a 2-D (rows, cols) view, rows = the vectors.
+norm exceeds c. The CPU kernels (kernels/max_norm_cpu.py) sum in this order, every product and sum
+rounded on its own as there, so the norms, and the results, are the CPU's bits. The launcher presents any weight as a 2-D (rows, cols) view, rows = the vectors.
 """
 import math
 
@@ -14,6 +15,19 @@ import numpy as np
 from numba import cuda
 
 from .config import CUDA_JIT_OPTIONS
+
+if numba.config.ENABLE_CUDASIM:
+    def _square(v):  # (Python's float product: no fused multiply-add to avoid)
+        return v * v
+else:
+    from numba.cuda import libdevice
+
+    def _square(v):
+        """v * v rounded on its own (mul.rn): NVVM contracts a product and the sum it goes into
+        into one fused multiply-add by default, rounding once where the CPU rounds twice, so the
+        norms of a float64 weight would differ in the last bits from the CPU's."""
+        return libdevice.dmul_rn(v, v)
+    _square = cuda.jit(device=True, **CUDA_JIT_OPTIONS)(_square)
 
 
 # Threads per block of max_norm_rows (a power of two for the tree reduction).
@@ -31,8 +45,7 @@ def max_norm_rows(w, max_value, eps):
     for r in range(cuda.blockIdx.x, w.shape[0], cuda.gridDim.x):
         acc = 0.0
         for k in range(tid, ncols, MAX_NORM_THREADS):
-            v = np.float64(w[r, k])
-            acc += v * v
+            acc += _square(np.float64(w[r, k]))
         partial[tid] = acc
         cuda.syncthreads()
         step = MAX_NORM_THREADS // 2
