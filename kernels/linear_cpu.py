@@ -108,8 +108,9 @@ def dropconnect_sample_bwd(g, x, w, gx_part, gx, gw, gb, key_lo, key_hi, off_lo,
                     # gradient) vectorize; the same work as one loop of both updates does not
                     # (LLVM gives up on it: 4.5x slower at 64x512->512, bits identical).
                     # A dropped term is selected away, not multiplied by 0: an inf or NaN x or W
-                    # there gave 0 * inf = NaN gradients, where the forward (and the one-mask
-                    # route, and the CUDA kernels) count it as exactly 0.
+                    # there gave 0 * inf = NaN gradients, where the forward and the CUDA kernels
+                    # count it as exactly 0 (the one-mask route, a masked W through the GEMM,
+                    # does so for a non-finite W only: README, "The mask").
                     words = buf[shift:shift + seg]
                     for k in range(seg):
                         keep[k] = np.uint32(words[k]) < thr

@@ -332,8 +332,9 @@ def test_expanded_weight_too_big_for_memory_refused_before_the_draw(per_sample):
 
 @pytest.mark.parametrize("n", [1, 3])
 def test_per_sample_backward_skips_dropped_terms_with_non_finite_values(n):
-    """Per-sample DropConnect's CPU backward selects dropped terms away, as its forward, the
-    one-mask route and the CUDA kernels do (tests/cuda/test_linear_cuda.py has the same case): an
+    """Per-sample DropConnect's CPU backward selects dropped terms away, as its forward and the
+    CUDA kernels do (tests/cuda/test_linear_cuda.py has the same case; the one-mask route does
+    for a non-finite W, whose dropped entries are zeros in the masked W): an
     inf weight or a NaN input at positions every mask drops leaves every gradient finite. The
     kernel multiplied those terms by 0, and 0 * inf made them NaN."""
     rng = np.random.default_rng(4)
