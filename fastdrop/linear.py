@@ -326,18 +326,21 @@ def dense_lane(op, x, w, b, p):
     tensor, compiling, grad_enabled, strided, transforms_active, wrapped, tracing, forward_ad = queries
     if compiling() or tracing() or type(x) is not tensor:  # (traced shapes: no comparisons below)
         return None
-    if is_subclass_like(x) or is_subclass_like(w) or b is not None and is_subclass_like(b):
+    plain, flat = _core._PLAIN_TENSORS, _core._FLAT_SCALARS
+    # (the types first: the subclass query takes tensors only, and a numpy or device-array
+    # weight gave torch's own TypeError instead of the general route's, a review)
+    if type(w) not in plain or b is not None and type(b) not in plain or \
+            is_subclass_like(x) or is_subclass_like(w) or b is not None and is_subclass_like(b):
         # plain-typed operands whose memory is not their values (a functionalization wrapper:
         # data_ptr() 0): the general route checks and refuses them (`_core.training_lane`)
         return None
-    plain, flat = _core._PLAIN_TENSORS, _core._FLAT_SCALARS
     dtype = x.dtype
-    if type(w) not in plain or dtype not in flat or w.dtype != dtype or not x.is_cpu or not w.is_cpu or \
+    if dtype not in flat or w.dtype != dtype or not x.is_cpu or not w.is_cpu or \
             x.layout != strided or w.layout != strided or x.is_nested or w.is_nested or w.dim() != 2 or \
             x.dim() < 1 or x.shape[-1] != w.shape[1] or not x.is_contiguous() or x.is_neg() or w.is_neg() or \
             x._is_zerotensor() or w._is_zerotensor():
         return None
-    if b is not None and (type(b) not in plain or b.dtype != dtype or not b.is_cpu or b.layout != strided or
+    if b is not None and (b.dtype != dtype or not b.is_cpu or b.layout != strided or
                           b.is_nested or b.shape != (w.shape[0],) or b.is_neg() or b._is_zerotensor()):
         return None
     n = x.numel()

@@ -138,6 +138,13 @@ CASES = [
     ("linear-x-0d", lambda: np.ones((), np.float32), lambda x: F.dropout_linear(x, np.ones((2, 1), np.float32)),
      ValueError, "at least 1 dimension"),
     ("linear-kinds", x_np, lambda x: F.dropout_linear(x, torch.ones(2, 4)), TypeError, "same kind"),
+    # a torch x with a numpy weight or bias on the default call (the dense lane asked torch's
+    # subclass query of the array: torch's "incompatible function arguments", a review)
+    ("linear-kinds-torch-x", x_t, lambda x: F.dropout_linear(x, np.ones((2, 4), np.float32)), TypeError, "same kind"),
+    ("dropconnect-kinds-torch-x", x_t, lambda x: F.dropconnect_linear(x, torch.ones(2, 4), np.ones(2, np.float32)),
+     TypeError, "same kind"),
+    ("dropconnect-w-kinds-torch-x", x_t, lambda x: F.dropconnect_linear(x, np.ones((2, 4), np.float32)), TypeError,
+     "same kind"),
     ("linear-torch-dtype", x_t, lambda x: F.dropout_linear(x, torch.ones(2, 4, dtype=torch.float64)),
      TypeError, "must have the same dtype"),
     ("linear-devices", x_t, lambda x: F.dropout_linear(x, torch.ones(2, 4, device="meta")), ValueError, "on meta"),
