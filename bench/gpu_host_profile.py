@@ -280,9 +280,11 @@ def _configure_cache():
     CUDADispatcher.configure, keyed by the Stream object among others), or None."""
     try:
         from numba.cuda.dispatcher import CUDADispatcher
-        return CUDADispatcher.configure
+        configure = CUDADispatcher.configure
     except Exception:
         return None
+    # (an lru_cache only on some numba-cuda versions: without cache_info the section is skipped)
+    return configure if callable(getattr(configure, "cache_info", None)) else None
 
 
 def gpu_steps(torch, x, step, iters):

@@ -299,18 +299,20 @@ def test_registers_grid_loops_over_row_groups(rng, monkeypatch):
         close(a, r, 1e-12)
 
 
-def test_sample_kernel_switch_is_read_and_checked_at_import():
-    """FASTDROP_SAMPLE_KERNEL picks the kernels; anything else is refused when fastdrop._cuda loads."""
+def test_sample_kernel_switch_is_read_and_checked_at_import(tmp_path):
+    """FASTDROP_SAMPLE_KERNEL picks the kernels; anything else is refused when fastdrop._cuda loads.
+    (Run outside the checkout: there ./fastdrop, without kernels/, would shadow an import through
+    scripts/gpu_check.sh's shim, as on the GPU machine, where nothing is installed.)"""
     import subprocess
     import sys
     code = "import fastdrop._cuda as C; print(C.SAMPLE_KERNEL)"
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     for value, want in (("registers", "registers"), (" Tiled ", "tiled")):
         out = subprocess.run([sys.executable, "-c", code], env=dict(env, FASTDROP_SAMPLE_KERNEL=value),
-                             capture_output=True, text=True, check=True).stdout.split()[-1]
+                             capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()[-1]
         assert out == want
     bad = subprocess.run([sys.executable, "-c", code], env=dict(env, FASTDROP_SAMPLE_KERNEL="fast"),
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode != 0 and "FASTDROP_SAMPLE_KERNEL must be 'tiled' or 'registers'" in bad.stderr
 
 

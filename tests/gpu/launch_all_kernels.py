@@ -234,6 +234,10 @@ def main(argv=None):
         return 3
     names = instrument()
     log(f"{len(names)} kernels in kernels/*_cuda.py: {' '.join(names)}")
+    if not names:  # (another numba-cuda's dispatcher class: nothing recognised, nothing checked)
+        log("FAIL: no kernel recognised in kernels/*_cuda.py (numba-cuda's dispatcher layout?): "
+            "the sanitizer pass would check nothing")
+        return 2
     device_arrays(args.shared_only)
     log("device arrays done")
     if not (args.shared_only or args.no_torch or simulator):
