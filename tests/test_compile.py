@@ -404,3 +404,21 @@ def test_compiled_tensor_p_is_refused_with_the_reason():
     f = torch.compile(lambda x, p: fastdrop.dropout(x, p), fullgraph=True, backend="aot_eager")
     with pytest.raises(Exception, match=r"p must be a real number in \[0, 1\], got a tensor"):
         f(torch.randn(4), torch.tensor(0.3))
+
+
+def test_inductor_with_torch_random_ops_matches_eager_under_fallback_random(monkeypatch):
+    """README: a graph that also holds torch's own random ops matches eager under Inductor with
+    `fallback_random = True`, which keeps eager's order of draws from the generator (without it,
+    Inductor draws torch's ops' seeds at the graph's start)."""
+    import torch._inductor.config as inductor_config
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+
+    def fn(x):
+        return fastdrop.dropout(torch.nn.functional.dropout(x, 0.3) + torch.rand_like(x), 0.5)
+    x = torch.randn(4, 8)
+    torch.manual_seed(3)
+    want = fn(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend="inductor")
+    torch.manual_seed(3)
+    assert torch.equal(compiled(x), want)

@@ -752,8 +752,11 @@ def test_mc_predict_restores_state_and_leaves_batchnorm_alone():
     # A model left in training mode: BatchNorm would see the batch, so samples are not batched.
     model.train()
     model[3].eval()
+    before = bn.running_mean.clone()
     fastdrop.mc_predict(model, x, samples=3, seed=0)
     assert model[3].training is False and model[1].training is True
+    # (README: its other modules run as they are, so BatchNorm in training mode updates its stats)
+    assert not torch.equal(bn.running_mean, before)
     with pytest.raises(ValueError, match="eval mode"):
         fastdrop.mc_predict(model, x, samples=3, seed=0, chunk=2)
 
