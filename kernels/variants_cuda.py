@@ -5,8 +5,10 @@ Imported lazily (only for CUDA data), so `import fastdrop` never loads numba.cud
 
 `max_norm_rows`: one block per row (grid-stride over rows); the block's threads stride over the
 row accumulating float64 partial sums, reduce them in shared memory, then scale the row if its
-norm exceeds c. The CPU kernels (kernels/max_norm_cpu.py) sum in this order, every product and sum
-rounded on its own as there, so the norms, and the results, are the CPU's bits. The launcher presents any weight as a 2-D (rows, cols) view, rows = the vectors.
+norm exceeds c. Each square is rounded on its own, as the CPU kernels (kernels/max_norm_cpu.py)
+round it; the CPU adds them in another order (a reassociated, vectorized sum), so float64 norms can
+differ from the CPU's in the last bits (float32 and half results: the CPU's, the norm rounded
+into a float32 scale). The launcher presents any weight as a 2-D (rows, cols) view, rows = the vectors.
 """
 import math
 
@@ -23,9 +25,9 @@ else:
     from numba.cuda import libdevice
 
     def _square(v):
-        """v * v rounded on its own (mul.rn): NVVM contracts a product and the sum it goes into
-        into one fused multiply-add by default, rounding once where the CPU rounds twice, so the
-        norms of a float64 weight would differ in the last bits from the CPU's."""
+        """v * v rounded on its own (mul.rn), as the CPU rounds it: NVVM contracts a product and
+        the sum it goes into into one fused multiply-add by default, rounding once where the CPU
+        rounds twice (and the simulator, Python's arithmetic, as the CPU)."""
         return libdevice.dmul_rn(v, v)
     _square = cuda.jit(device=True, **CUDA_JIT_OPTIONS)(_square)
 

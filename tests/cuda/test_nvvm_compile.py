@@ -136,10 +136,10 @@ def test_no_double_precision_arithmetic_in_float32_and_half_kernels(report):
 
 
 def test_max_norm_sums_without_fused_multiply_adds(report):
-    """The CPU kernels round each square and each sum on its own; NVVM contracts a product and the
-    add it feeds into one fma by default (7 fma.rn.f64 per specialization before 2026-12-07),
-    which would make a real GPU's float64 norms differ from the CPU's in the last bits, where the
-    simulator (Python arithmetic) agreed. The squares are mul.rn, which is never contracted."""
+    """The CPU kernels and the simulator round each square and each sum on its own; NVVM contracts
+    a product and the add it feeds into one fma by default (7 fma.rn.f64 per specialization
+    before 2026-12-07), a rounding the other two do not make. The squares are mul.rn, which is
+    never contracted."""
     paths = sorted(Path(report["ptx_dir"]).glob("variants_cuda.max_norm_rows.*.ptx"))
     assert paths
     for path in paths:
