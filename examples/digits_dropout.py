@@ -10,7 +10,7 @@ A small training set (300 images) makes a 64-256-256-10 MLP overfit without drop
                      of radius 3 (fastdrop.max_norm_hook), same learning rate
 Then fastdrop.mc_predict (T = 64) on the test images, clean and corrupted (noise + occlusion).
 
-Run:  .venv/bin/python examples/digits_dropout.py   (writes examples/digits_dropout.png, ~1-2 min)
+Run:  .venv/bin/python examples/digits_dropout.py   (writes examples/digits_dropout.png, ~15 s)
 """
 from pathlib import Path
 
