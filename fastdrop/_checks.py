@@ -4,6 +4,7 @@ any memory is touched or any kernel compiles, so a refused call changes nothing.
 Also the one place that decides where data lives (numpy array, torch tensor, CUDA device array)
 and turns numpy's odd-but-valid inputs (np.matrix, big-endian arrays) into plain arrays.
 """
+import collections.abc
 import math
 import numbers
 import sys
@@ -151,10 +152,11 @@ def check_shape(shape):
     shape = python_number(shape)
     if isinstance(shape, numbers.Integral):
         shape = (shape,)
-    try:
-        shape = tuple(shape)
-    except TypeError:
-        raise TypeError(f"shape must be a sequence of ints, got {type(shape).__name__} {shown(shape)}") from None
+    # a sequence, as numpy takes (a set, a dict's keys or a generator has no order a shape could
+    # take: a set {1, 8} came out as (8, 1), a review)
+    if not isinstance(shape, (collections.abc.Sequence, np.ndarray)):
+        raise TypeError(f"shape must be a sequence of ints, got {type(shape).__name__} {shown(shape)}")
+    shape = tuple(shape)
     for s in shape:
         if isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Integral):
             raise TypeError(f"shape must be a sequence of ints, got {type(s).__name__} {shown(s)} in {shown(shape)}")

@@ -16,8 +16,8 @@ import numpy as np
 from . import _core
 from ._checks import (CUDA_ARRAY, NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, announce_write, array_kind,
                       check_array, check_device_byte_order, check_plain_memory, check_storage, check_writable,
-                      is_torch_tensor, mark_written, numpy_view, quiet_under_jit_trace, refuse_while_tracing, shown,
-                      shown_number)
+                      is_torch_tensor, mark_written, numpy_view, python_number, quiet_under_jit_trace,
+                      refuse_while_tracing, shown, shown_number)
 from ._torch_state import tracing_dispatch_mode
 from .kernels import max_norm_cpu
 
@@ -34,6 +34,8 @@ def _as_float(v, name, what):
 
 
 def _check_max_norm_args(ndim, max_value, dim, eps):
+    # a numpy scalar or 0-d array as its Python number, as p is taken (a 0-d array was refused)
+    max_value, eps = python_number(max_value), python_number(eps)
     if isinstance(max_value, bool) or not isinstance(max_value, numbers.Real):
         raise TypeError(f"max_value must be a positive real number, got {type(max_value).__name__}")
     max_value = _as_float(max_value, "max_value", "positive")

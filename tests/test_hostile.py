@@ -502,3 +502,23 @@ def test_boundscheck_pass_is_effective():
     x, out = np.ones(4096, np.float32), np.empty(4000, np.float32)
     with pytest.raises(IndexError):
         dropout_cpu.dropout_flat(x, out, *kernel_rng_args(1, 0, 0.5), np.float32(2))
+
+
+@pytest.mark.parametrize("shape", [{1, 8}, {8: "a", 1: "b"}, (s for s in (2, 3))])
+def test_dropout_mask_refuses_a_shape_without_order(shape):
+    """A set, a dict or a generator is no shape (numpy refuses them): {1, 8} came out as (8, 1), in
+    the set's hash order (a review)."""
+    with pytest.raises(TypeError, match="shape must be a sequence of ints"):
+        F.dropout_mask(shape, 0.3, 1)
+    assert F.dropout_mask(np.array([2, 3]), 0.3, 1).shape == (2, 3)  # an array of ints is a sequence
+    assert F.dropout_mask(torch.Size([2, 3]), 0.3, 1).shape == (2, 3)
+
+
+def test_max_norm_takes_numpy_scalars_as_p_takes_them():
+    """max_value and eps as numpy 0-d arrays or scalars, as p is taken (a 0-d max_value was refused:
+    a review); the result is the Python number's."""
+    w = np.random.default_rng(0).standard_normal((4, 6)) * 3
+    want = F.max_norm_(w.copy(), 1.5, eps=1e-7)
+    for c, eps in ((np.array(1.5), np.array(1e-7)), (np.float32(1.5), np.float64(1e-7))):
+        np.testing.assert_array_equal(F.max_norm_(w.copy(), c, eps=eps), F.max_norm_(w.copy(), float(c), eps=float(eps)))
+    np.testing.assert_array_equal(F.max_norm_(w.copy(), np.array(1.5), eps=np.array(1e-7)), want)
