@@ -445,7 +445,8 @@ def check_writable(x, kind, name="x"):
         torch = sys.modules["torch"]
         if traced(torch, x):
             # A traced graph writes through torch's own ops (the functional op, then copy_ into x),
-            # which refuse these targets themselves; and the Python checks below would put guards
+            # which accept other overlapping layouts as torch's own traced in-place dropout does
+            # (an as_strided view whose rows overlap); and the Python checks below would put guards
             # on symbolic strides (sorting them breaks the graph under dynamic shapes). Asked of x,
             # not only of is_compiling: that flag is the whole process's, so an eager call in
             # another thread while a graph compiles is still checked. But a dim of stride 0 (an

@@ -67,7 +67,9 @@ snapshot() {  # every log and new benchmark file so far in one archive (after ea
         # plus the benchmark's .md and the summary in the clear.
         mkdir -p "$COPY_TO/gpu-check"
         find "$REPO/bench/results" -newermt "@$T_START" -type f -exec cp {} "$LOGDIR/" \; 2>/dev/null
-        tar czf "$COPY_TO/gpu-check/gpu-check.tgz" -C "$LOGDIR" .
+        # (written aside, then renamed: a kill during the write leaves the previous archive whole)
+        tar czf "$COPY_TO/gpu-check/gpu-check.tgz.part" -C "$LOGDIR" . &&
+            mv -f "$COPY_TO/gpu-check/gpu-check.tgz.part" "$COPY_TO/gpu-check/gpu-check.tgz"
         find "$LOGDIR" -maxdepth 1 \( -name "*.md" -o -name summary.txt \) -exec cp {} "$COPY_TO/gpu-check/" \; 2>/dev/null
         [ "${1:-}" = quiet ] || echo "  logs and new benchmark files: $COPY_TO/gpu-check/gpu-check.tgz"
     fi
@@ -78,11 +80,23 @@ package() {  # at exit, however the script ends
     snapshot
     rm -rf "$WORK"
 }
-STEP_PID=
+STEP_PID= STEP_I=
+interrupted() {  # TERM or INT while a step runs: stop it (SIGINT: pytest prints its summary), give
+                 # it up to 8 s to write that, mark it, then exit (the EXIT trap packages)
+    if [ -n "$STEP_PID" ]; then
+        kill -INT "$STEP_PID" 2>/dev/null
+        local t
+        for t in 1 2 3 4 5 6 7 8; do kill -0 "$STEP_PID" 2>/dev/null || break; sleep 1; done
+        kill -KILL "$STEP_PID" 2>/dev/null
+        STATUS[$STEP_I]="FAIL (interrupted: $1)"
+    fi
+    exit $2
+}
 trap package EXIT
 # a step runs in the background and the script waits for it, so a TERM (the device tool's limit)
 # is handled at once: the step is stopped, and the archive written, instead of after the step
-trap '[ -n "$STEP_PID" ] && kill -INT "$STEP_PID" 2>/dev/null; exit 143' TERM INT
+trap 'interrupted TERM 143' TERM
+trap 'interrupted INT 130' INT
 
 # ---- import fastdrop from this checkout, installing nothing -------------------------------------
 mkdir -p "$WORK/shim/fastdrop"
@@ -147,7 +161,7 @@ run_step() {
     t0=$(date +%s)
     # SIGINT first: pytest then prints its summary of what ran; KILL 15 s later
     timeout -s INT -k 15 "$limit" "$@" >"$LOGDIR/$name.log" 2>&1 </dev/null &
-    STEP_PID=$!
+    STEP_PID=$! STEP_I=$i
     wait "$STEP_PID"
     rc=$?
     STEP_PID=

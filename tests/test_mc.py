@@ -1559,9 +1559,9 @@ class _Upcast(torch.nn.Module):
 
 @pytest.mark.parametrize("chunk", [1, None])
 def test_statistics_come_in_the_models_output_dtype(chunk):
-    """The statistics come in the dtype of the model's output, not x's (a review: a float64 model
-    fed token ids gave float32, a model that casts a float16 input up gave float16, rounding
-    small variances away); an integer output's in torch's default dtype."""
+    """The statistics come in the wider of x's and the model output's float dtypes (a review: a
+    float64 model fed token ids gave float32, a model that casts a float16 input up gave float16,
+    rounding small variances away); an integer output's in x's dtype or torch's default."""
     torch.manual_seed(0)
     ids = torch.randint(0, 10, (4, 3))
     emb = torch.nn.Sequential(torch.nn.Embedding(10, 6).double(), fnn.Dropout(0.3), torch.nn.Linear(6, 5).double()).eval()
@@ -1575,6 +1575,12 @@ def test_statistics_come_in_the_models_output_dtype(chunk):
     assert torch.equal(r.var, ref.var)
     argmax = torch.nn.Sequential(torch.nn.Linear(6, 5), fnn.Dropout(0.3), _Argmax()).eval()
     assert mc_predict(argmax, torch.randn(4, 6), samples=4, seed=1, chunk=chunk).mean.dtype == torch.get_default_dtype()
+    # a float32 model under half autocast: float32 statistics, not the half output's (a review:
+    # every small variance came back 0 in float16)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), fnn.Dropout(0.3), torch.nn.Linear(8, 5)).eval()
+    with torch.autocast("cpu", dtype=torch.float16):
+        r = mc_predict(model, torch.randn(4, 6) * 1e-3, samples=4, seed=1, chunk=chunk)
+    assert r.mean.dtype == r.var.dtype == torch.float32 and (r.var > 0).all()
 
 
 class _Argmax(torch.nn.Module):

@@ -572,9 +572,9 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
         fused: use the fused [Dropout, Linear] head when the model ends in one.
     Returns:
         MCResult(mean, var, entropy, mutual_info); var is the unbiased sample variance
-        (zeros when samples == 1); entropy and mutual_info are None unless logits=True. All in the
-        dtype of the model's output (torch's default float dtype for an integer output); computed
-        in float64.
+        (zeros when samples == 1); entropy and mutual_info are None unless logits=True. Computed in
+        float64, returned in the wider of x's and the model output's float dtypes (torch's default
+        float dtype stands for an integer x or output).
     Raises:
         ValueError: the model has no fastdrop stochastic module (the message names the torch, timm
             or torchvision dropout layers found, which fastdrop.nn.convert replaces), or bad
@@ -769,9 +769,12 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
             give_back()
         raise
 
-    # the statistics in the model's output dtype (a float64 model fed token ids, a half input cast
-    # up by the model's first layer); an integer or bool output's in torch's default float dtype
-    out_dtype = merger.dtype if merger.dtype.is_floating_point else torch.get_default_dtype()
+    # the statistics in the wider of x's and the model output's float dtypes (a float64 model fed
+    # token ids: float64; a half input cast up by the first layer, or a float32 model under half
+    # autocast: float32, where a half result rounded small variances to 0); an integer or bool
+    # output's in x's float dtype, or torch's default
+    out = merger.dtype if merger.dtype.is_floating_point else torch.get_default_dtype()
+    out_dtype = torch.promote_types(out, x.dtype) if x.is_floating_point() else out
     var = merger.m2 / (merger.n - 1) if merger.n > 1 else torch.zeros_like(merger.m2)
     if not logits:
         return MCResult(merger.mean.to(out_dtype), var.to(out_dtype))
