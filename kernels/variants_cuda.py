@@ -7,8 +7,8 @@ Imported lazily (only for CUDA data), so `import fastdrop` never loads numba.cud
 row accumulating float64 partial sums, reduce them in shared memory, then scale the row if its
 norm exceeds c. Each square is rounded on its own, as the CPU kernels (kernels/max_norm_cpu.py)
 round it; the CPU adds them in another order (a reassociated, vectorized sum), so float64 norms can
-differ from the CPU's in the last bits (float32 and half results: the CPU's, the norm rounded
-into a float32 scale). The launcher presents any weight as a 2-D (rows, cols) view, rows = the vectors.
+differ from the CPU's in the last bits (float32 and half results nearly always equal the CPU's:
+the norm is rounded into a float32 scale). The launcher presents any weight as a 2-D (rows, cols) view, rows = the vectors.
 """
 import math
 
