@@ -406,12 +406,13 @@ def test_compiled_tensor_p_is_refused_with_the_reason():
         f(torch.randn(4), torch.tensor(0.3))
 
 
-def test_inductor_with_torch_random_ops_matches_eager_under_fallback_random(monkeypatch):
+def test_inductor_with_torch_random_ops_matches_eager_under_fallback_random():
     """README: a graph that also holds torch's own random ops matches eager under Inductor with
     `fallback_random = True`, which keeps eager's order of draws from the generator (without it,
-    Inductor draws torch's ops' seeds at the graph's start)."""
+    Inductor draws torch's ops' seeds at the graph's start). (torch's config patch, not pytest's
+    monkeypatch: undoing a setattr deleted the option from torch's config module, and every later
+    compile in the process failed.)"""
     import torch._inductor.config as inductor_config
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
 
     def fn(x):
         return fastdrop.dropout(torch.nn.functional.dropout(x, 0.3) + torch.rand_like(x), 0.5)
@@ -419,6 +420,8 @@ def test_inductor_with_torch_random_ops_matches_eager_under_fallback_random(monk
     torch.manual_seed(3)
     want = fn(x)
     torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True, backend="inductor")
-    torch.manual_seed(3)
-    assert torch.equal(compiled(x), want)
+    with inductor_config.patch(fallback_random=True):
+        compiled = torch.compile(fn, fullgraph=True, backend="inductor")
+        torch.manual_seed(3)
+        assert torch.equal(compiled(x), want)
+    torch._dynamo.reset()
