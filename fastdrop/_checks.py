@@ -520,7 +520,7 @@ WRITABLE_NUMPY = (np.ndarray, np.memmap)
 def check_out(x, kind, out, inplace, given=None):
     """An `out=` target: the kind, shape, dtype and device of x, writable, not overlapping itself,
     sharing no memory with x (out=x is inplace=True), and no autograd to record (torch's rule for
-    out= ops)."""
+    out= ops). given: the x the caller passed, where x may be a converted copy of it."""
     if inplace:
         raise ValueError("pass either inplace=True or out=, not both")
     if kind == CUDA_ARRAY:
@@ -555,7 +555,7 @@ def check_out(x, kind, out, inplace, given=None):
             check_storage(out, "out")
             if _tensors_overlap(x, out):
                 raise ValueError("out shares memory with x: pass inplace=True to write into x")
-    elif np.shares_memory(out, x) or given is not None and given is not x and np.shares_memory(out, given):
+    elif np.shares_memory(out, x) or given is not x and isinstance(given, np.ndarray) and np.shares_memory(out, given):
         # (given: the caller's array, when x is a converted copy of it, a big-endian or packed
         # one: out over the caller's memory is the aliasing the rule refuses, a review)
         raise ValueError("out shares memory with x: pass inplace=True to write into x")

@@ -873,7 +873,7 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
             check_out_is_x(x, kind, inplace)
             inplace, out = True, None
         else:
-            check_out(x, kind, out, inplace, given if kind == NUMPY and isinstance(given, np.ndarray) else None)
+            check_out(x, kind, out, inplace, given)
     if inplace and (p > 0.0 if training else eval_factor != 1.0):
         # (only where x is written: at eval with inverted scaling, or p = 0, the op returns x
         # untouched, as torch's dropout does for any x, read-only, expanded or a leaf)
