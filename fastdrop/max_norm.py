@@ -20,6 +20,7 @@ from ._checks import (CUDA_ARRAY, NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, 
                       refuse_while_tracing, shown, shown_number)
 from ._torch_state import tracing_dispatch_mode
 from .kernels import max_norm_cpu
+from .kernels.config import CPU_PARALLEL_MIN
 
 __all__ = ["max_norm_", "max_norm_hook"]
 
@@ -81,16 +82,23 @@ def _max_norm_numpy(w, max_value, dims, eps):
         v.shape = (rows, cols)
     except AttributeError:  # not expressible as a 2-D view: constrain a copy and write it back
         tmp = np.ascontiguousarray(t).reshape(rows, cols)
-        max_norm_cpu.max_norm_rows(tmp, max_value, eps)
+        _launch("max_norm_rows", tmp, max_value, eps)
         t[...] = tmp.reshape(t.shape)
         return w
     if v.strides[0] == v.itemsize and v.strides[1] != v.itemsize and cols > 1:
         # The reduced axis is the strided one (e.g. dim=0 of a C-contiguous (out, in) weight):
         # walk memory in order and keep per-column sums.
-        max_norm_cpu.max_norm_cols(v.T, max_value, eps)
+        _launch("max_norm_cols", v.T, max_value, eps)
     else:
-        max_norm_cpu.max_norm_rows(v, max_value, eps)
+        _launch("max_norm_rows", v, max_value, eps)
     return w
+
+
+def _launch(name, w2d, max_value, eps):
+    # a small weight on the calling thread: waking the thread pool costs more than the threads
+    # save (CPU_PARALLEL_MIN, as for the elementwise kernels); the serial twin gives the same bits
+    kernel = getattr(max_norm_cpu, name if w2d.size >= CPU_PARALLEL_MIN else name + "_serial")
+    kernel(w2d, max_value, eps)
 
 
 def max_norm_(weight, max_value, dim=1, eps=1e-7):

@@ -147,6 +147,56 @@ def test_max_norm_columns_match_torch_renorm(shape):
     torch.testing.assert_close(w, ref, atol=1e-12, rtol=0)
 
 
+def blocked_column_norms(w):
+    """The column kernel's summation order, in numpy: squares added row by row in float64 within
+    each block of MAX_NORM_ROW_BLOCK rows, then the blocks' sums added in block order."""
+    from fastdrop.kernels.max_norm_cpu import MAX_NORM_ROW_BLOCK as rb
+    total = None
+    for r0 in range(0, w.shape[0], rb):
+        acc = np.zeros(w.shape[1])
+        for row in w[r0:r0 + rb].astype(np.float64):
+            acc = acc + row * row
+        total = acc if total is None else total + acc
+    return np.sqrt(total)
+
+
+@pytest.mark.parametrize("kernel", ["parallel", "serial"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_norm_columns_in_blocks_and_tiles_bit_for_bit(kernel, dtype):
+    # 2 row blocks and 3 rows (not a multiple of the 4 rows summed per pass), 2 column tiles, the
+    # second partial; tile 0 has columns on both sides of the limit, tile 1 only columns inside
+    # (never written) but its first, which stays inside too: the flag is per tile
+    from fastdrop.kernels import max_norm_cpu as K
+    rows, cols = 2 * K.MAX_NORM_ROW_BLOCK + 3, K.MAX_NORM_COL_TILE + 37
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((rows, cols)).astype(dtype)
+    w[:, K.MAX_NORM_COL_TILE:] *= 0.01
+    w[:, :K.MAX_NORM_COL_TILE:3] *= 4
+    c = float(np.median(blocked_column_norms(w)[:K.MAX_NORM_COL_TILE]))
+    norms = blocked_column_norms(w)
+    out = norms > c
+    assert out[:K.MAX_NORM_COL_TILE].any() and not out.all() and not out[K.MAX_NORM_COL_TILE:].any()
+    expect = np.where(out, w * (c / (norms + 1e-7)).astype(dtype), w)
+    got = w.copy()
+    getattr(K.max_norm_cols, kernel)(got, c, 1e-7)
+    np.testing.assert_array_equal(got, expect)
+    # the public call on the transposed view (dim=1 of w.T: the reduced axis strided) takes this kernel
+    got_t = w.T.copy(order="F")
+    fastdrop.max_norm_(got_t, c, dim=1)
+    np.testing.assert_array_equal(got_t.T, expect)
+    np.testing.assert_allclose(np.linalg.norm(got.astype(np.float64), axis=0)[out], c, rtol=1e-6)
+
+
+def test_max_norm_columns_of_a_tall_narrow_and_a_short_wide_weight():
+    # an embedding table (many row blocks, one narrow tile) and few rows of many tiles
+    for shape in [(70001, 16), (5, 3 * 4096 + 1)]:
+        w = np.random.default_rng(1).standard_normal(shape)
+        c = 0.999 * float(np.median(np.linalg.norm(w, axis=0)))
+        ref = ref_max_norm(w, c, [0])
+        fastdrop.max_norm_(w, c, dim=0)
+        np.testing.assert_allclose(w, ref, rtol=1e-13, atol=0)
+
+
 @pytest.mark.parametrize("dims", [(1, 2, 3), (0,), (1, 3), (-1,), (0, 1, 2, 3)])
 def test_max_norm_conv_and_odd_dims(dims):
     w = np.random.randn(6, 3, 5, 4)
