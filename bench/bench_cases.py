@@ -295,9 +295,10 @@ def drop_path_case(shape, p, dtype, output_cache=True):
                 requires="drop_path", floor_name="numpy copy x2", size=n)
 
 
-def max_norm_case(shape, dtype):
+def max_norm_case(shape, dtype, dim=1):
     """fastdrop.max_norm_(W, c, dim=1) vs W.renorm_(2, 0, c): rows of an (out, in) weight onto the
-    L2 ball, every row over the limit, as after an optimizer step that grew them all. Each call
+    L2 ball, every row over the limit, as after an optimizer step that grew them all (dim=0:
+    columns, the strided axis, vs W.renorm_(2, 1, c); op "max_norm_dim0"). Each call
     lowers c by 0.1% (the same sequence on both sides), so every call rewrites every row: a
     constant c left the rows on the ball after the warm-up, and the timed calls only read them
     where torch's renorm_ still writes every row (a benchmark review, 2026-12-07). The rate counts
@@ -311,7 +312,7 @@ def max_norm_case(shape, dtype):
         import fastdrop
         sync = _sync(device)
         td = _tdtype(dtype)
-        c = 0.5 * math.sqrt(shape[1])
+        c = 0.5 * math.sqrt(shape[1 - dim])
         w1 = torch.randn(shape, dtype=td, device=device)
         w2 = w1.clone()
         calls = {"fastdrop": 0, "torch": 0}
@@ -330,16 +331,16 @@ def max_norm_case(shape, dtype):
             return c * MAX_NORM_SHRINK ** k
 
         def fd():
-            fastdrop.max_norm_(w1, limit("fastdrop", w1), dim=1)
+            fastdrop.max_norm_(w1, limit("fastdrop", w1), dim=dim)
             sync()
 
         def th():
             with torch.no_grad():
-                w2.renorm_(2, 0, limit("torch", w2))
+                w2.renorm_(2, 1 - dim, limit("torch", w2))  # renorm_'s dim is the one kept
             sync()
         return {"fastdrop": fd, "torch": th, "floor": _copy_floor(n * itemsize, 1, dtype, device)}
 
-    return Case("max_norm_", tuple(shape), 0.0, dtype, "memory", 2 * n * itemsize, build,
+    return Case("max_norm_" if dim == 1 else "max_norm_dim0", tuple(shape), 0.0, dtype, "memory", 2 * n * itemsize, build,
                 requires="max_norm_", floor_name="numpy copy x1", size=n)
 
 
@@ -539,6 +540,7 @@ def all_cases(mode="default"):
                 drop_path_case((4, 3, 5), 0.5, "float32"),
                 drop_path_case((4, 3, 5), 0.5, "float32", output_cache=False),
                 max_norm_case((8, 16), "float32"),
+                max_norm_case((8, 16), "float32", dim=0),
                 mc_predict_case(4, 3, 0.5, "float32", fin=8, hidden=16, fout=3),
                 dropout_matmul_case(1, 2, 8, 4, 0.5, "float32")]
     big = (4096, 4096)
@@ -585,6 +587,7 @@ def all_cases(mode="default"):
               drop_path_case((256, 197, 384), 0.1, "float32"),
               drop_path_case((256, 197, 384), 0.1, "float32", output_cache=False),
               max_norm_case(big, "float32"),
+              max_norm_case(big, "float32", dim=0),
               mc_predict_case(256, 32, 0.5, "float32"),
               dropout_matmul_case(8, 8, 256, 64, 0.1, "float32")]
     return cases

@@ -53,6 +53,8 @@ r = m["mc_predict|256x64x512x10x32|p=0.5|float32"]
 row("mc_predict T=32 (vs 32 forwards)", "mc_predict|256x64x512x10x32|p=0.5|float32", "256 x 64-512-512-10",
     note=f"{med(r,'fastdrop')/r['timings']['floor']['median_s']:.3g}x one eval forward of all 32x256 rows")
 row("max_norm_ (vs renorm_)", "max_norm_|4096x4096|p=0.0|float32", note="")
+if "max_norm_dim0|4096x4096|p=0.0|float32" in m:  # (reports from session 46 on)
+    row("max_norm_ dim=0 (vs renorm_ over columns)", "max_norm_dim0|4096x4096|p=0.0|float32", note="")
 row("dropout_matmul fwd+bwd", "dropout_matmul_fwd_bwd|8x8x256x256x64|p=0.1|float32", "8x8x256x256 @ 256x64")
 sc = d['small_calls']['timings']
 def s(k): return sc[k]['median_s']
