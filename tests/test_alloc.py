@@ -511,3 +511,45 @@ def test_outputs_of_pooled_sizes_keep_the_input_s_subclass(monkeypatch):
             assert type(y) is Tagged and type(plain) is torch.Tensor
             assert torch.equal(y.as_subclass(torch.Tensor), plain)
         assert type(call(torch.nn.Parameter(x.clone()))) is torch.Tensor
+
+
+# ----------------------------------------------------------------------------- huge pages
+THP = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def _vm_flags(address):
+    """The VmFlags of the mapping holding address, from /proc/self/smaps."""
+    flags, inside = None, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(None, 1)[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "VmFlags:":
+                flags = line.split()[1:]
+    return flags
+
+
+@pytest.mark.skipif(not os.path.exists(THP), reason="no transparent huge pages (Linux only)")
+@pytest.mark.parametrize("advise", [True, False])
+def test_uncached_large_outputs_are_advised_huge_pages(monkeypatch, advise):
+    # cache off: the output is torch's fresh allocation, whose whole 2 MiB pages are advised
+    # MADV_HUGEPAGE ("hg" in the mapping's VmFlags) before the kernel writes them
+    monkeypatch.setattr(_alloc, "MAX_CACHED_BYTES", 0)
+    monkeypatch.setattr(_alloc, "HUGEPAGES", advise)
+    x = torch.randn(ROWS + 1, COLS)
+    y = fastdrop.dropout(x, 0.5, seed=3)
+    torch.testing.assert_close(y, _reference(x, 0.5, 3), rtol=0, atol=0)
+    inner = -(-y.data_ptr() // _alloc.HUGE_PAGE) * _alloc.HUGE_PAGE
+    flags = _vm_flags(inner)
+    assert flags is not None
+    assert ("hg" in flags) == advise, flags
+    small = torch.randn(64, 512)  # below MIN_BYTES: torch's heap memory, never advised
+    assert "hg" not in (_vm_flags(fastdrop.dropout(small, 0.5, seed=3).data_ptr()) or [])
+
+
+def test_env_var_turns_huge_page_advice_off():
+    script = "from fastdrop import _alloc; print(_alloc.HUGEPAGES)"
+    assert _run(script, env={"FASTDROP_HUGEPAGES": "0"}).stdout.strip() == "False"
+    assert _run(script, env={"FASTDROP_HUGEPAGES": ""}).stdout.strip() == str(sys.platform.startswith("linux"))

@@ -162,12 +162,14 @@ def blocked_column_norms(w):
 
 @pytest.mark.parametrize("kernel", ["parallel", "serial"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_max_norm_columns_in_blocks_and_tiles_bit_for_bit(kernel, dtype):
-    # 2 row blocks and 3 rows (not a multiple of the 4 rows summed per pass), 2 column tiles, the
-    # second partial; tile 0 has columns on both sides of the limit, tile 1 only columns inside
-    # (never written) but its first, which stays inside too: the flag is per tile
+@pytest.mark.parametrize("blocks", [3, 1])
+def test_max_norm_columns_in_blocks_and_tiles_bit_for_bit(kernel, dtype, blocks):
+    # 2 row blocks and 3 rows (not a multiple of the 4 rows summed per pass), or one block (its
+    # own code path: each tile summed and scaled by one task); 2 column tiles, the second partial;
+    # tile 0 has columns on both sides of the limit, tile 1 only columns inside (never written)
     from fastdrop.kernels import max_norm_cpu as K
-    rows, cols = 2 * K.MAX_NORM_ROW_BLOCK + 3, K.MAX_NORM_COL_TILE + 37
+    rows = (blocks - 1) * K.MAX_NORM_ROW_BLOCK + 3 + (blocks == 1) * 34
+    cols = K.MAX_NORM_COL_TILE + 37
     rng = np.random.default_rng(5)
     w = rng.standard_normal((rows, cols)).astype(dtype)
     w[:, K.MAX_NORM_COL_TILE:] *= 0.01
