@@ -67,6 +67,37 @@ def _add_squares(acc, w, r0, r1, c0):
         r += 1
 
 
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _column_scales(total, scale, out, max_value, eps):
+    """scale[j] and out[j] of the columns whose squares sum to total[j]; how many are out."""
+    nout = 0
+    for j in range(total.size):
+        norm = math.sqrt(total[j])
+        out[j] = norm > max_value
+        scale[j] = max_value / (norm + eps) if out[j] else 1.0
+        nout += out[j]
+    return nout
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _scale_columns(w, r0, r1, c0, scale, out, nout):
+    """w[r, c0 + j] *= scale[j] where out[j], for rows r0 <= r < r1 (nout of the columns are out).
+    Columns inside the ball are not written (as the row kernel leaves rows inside): a store of
+    x * 1 would quiet a signalling NaN and could undo another thread's write. The conditional
+    store vectorizes as a masked one, 8-16% slower than a plain one, which a tile with every
+    column out takes."""
+    n = scale.size
+    for r in range(r0, r1):
+        row = w[r, c0:c0 + n]
+        if nout == n:
+            for j in range(n):
+                row[j] *= scale[j]
+        else:
+            for j in range(n):
+                if out[j]:
+                    row[j] *= scale[j]
+
+
 @cpu_kernel
 def max_norm_cols(w, max_value, eps):
     """Constrain each column of the 2-D array w (any strides; fast when its rows are contiguous)
@@ -74,15 +105,18 @@ def max_norm_cols(w, max_value, eps):
 
     1. each (row block, column tile) task adds its rows' squares into its own row of `part`,
        walking every row's tile in memory order;
-    2. each column's norm is the sum of its row blocks' partial sums, in block order; its scale is
-       set, and a tile with a column outside the ball is flagged;
-    3. flagged tiles are scaled, walked as in 1; columns inside the ball are multiplied by 1.
+    2. each column's norm is the sum of its row blocks' partial sums, in block order, which sets
+       its scale; each tile counts its columns outside the ball;
+    3. the columns outside the ball in flagged tiles are scaled, walked as in 1.
 
     Pass 3 reads the weight a second time (the norms need every row first): 2 reads and a write,
     against the row kernel's read and write. A weight of one row block (at most
-    MAX_NORM_ROW_BLOCK rows) takes one pass instead, a task per tile doing all three. Walking columns down the rows instead (a task per
-    block of 64 columns, every step a new row 16 KiB on) took 6-12x the row kernel's time."""
+    MAX_NORM_ROW_BLOCK rows) takes one pass instead, a task per tile doing all three. Walking
+    columns down the rows instead (a task per block of 64 columns, every step a new row 16 KiB
+    on) took 4-9x the row kernel's time (docs/cpu_kernels.md)."""
     nrows, ncols = w.shape
+    if nrows == 0 or ncols == 0:
+        return
     nrb = (nrows + MAX_NORM_ROW_BLOCK - 1) // MAX_NORM_ROW_BLOCK
     ntiles = (ncols + MAX_NORM_COL_TILE - 1) // MAX_NORM_COL_TILE
     if nrb == 1:
@@ -90,20 +124,13 @@ def max_norm_cols(w, max_value, eps):
         # while it is still in cache (16 rows of a tile are 256 KiB of float32)
         for tile in numba.prange(ntiles):
             c0 = tile * MAX_NORM_COL_TILE
-            acc = np.zeros(min(ncols, c0 + MAX_NORM_COL_TILE) - c0, np.float64)
+            n = min(ncols, c0 + MAX_NORM_COL_TILE) - c0
+            acc = np.zeros(n, np.float64)
             _add_squares(acc, w, 0, nrows, c0)
-            s = np.ones(acc.size, w.dtype)
-            any_out = False
-            for j in range(acc.size):
-                norm = math.sqrt(acc[j])
-                if norm > max_value:
-                    s[j] = max_value / (norm + eps)
-                    any_out = True
-            if any_out:
-                for r in range(nrows):
-                    row = w[r, c0:c0 + acc.size]
-                    for j in range(acc.size):
-                        row[j] *= s[j]
+            scale, out = np.empty(n, w.dtype), np.empty(n, np.bool_)
+            nout = _column_scales(acc, scale, out, max_value, eps)
+            if nout:
+                _scale_columns(w, 0, nrows, c0, scale, out, nout)
         return
     part = np.empty((nrb, ncols), np.float64)
     for t in numba.prange(nrb * ntiles):
@@ -112,8 +139,8 @@ def max_norm_cols(w, max_value, eps):
         acc = np.zeros(min(ncols, c0 + MAX_NORM_COL_TILE) - c0, np.float64)
         _add_squares(acc, w, rb * MAX_NORM_ROW_BLOCK, min(nrows, (rb + 1) * MAX_NORM_ROW_BLOCK), c0)
         part[rb, c0:c0 + acc.size] = acc
-    scale = np.ones(ncols, w.dtype)
-    tile_out = np.zeros(ntiles, np.bool_)
+    # filled by pass 2, tile by tile (np.ones / np.zeros here would each be a parallel region)
+    scale, out, tile_out = np.empty(ncols, w.dtype), np.empty(ncols, np.bool_), np.empty(ntiles, np.int64)
     for tile in numba.prange(ntiles):
         c0 = tile * MAX_NORM_COL_TILE
         c1 = min(ncols, c0 + MAX_NORM_COL_TILE)
@@ -122,22 +149,15 @@ def max_norm_cols(w, max_value, eps):
             pr = part[rb, c0:c1]
             for j in range(c1 - c0):
                 total[j] += pr[j]
-        for j in range(c1 - c0):
-            norm = math.sqrt(total[j])
-            if norm > max_value:
-                scale[c0 + j] = max_value / (norm + eps)
-                tile_out[tile] = True
+        tile_out[tile] = _column_scales(total, scale[c0:c1], out[c0:c1], max_value, eps)  # how many out
     for t in numba.prange(nrb * ntiles):
         tile = t % ntiles
         if tile_out[tile]:
             rb = t // ntiles
             c0 = tile * MAX_NORM_COL_TILE
             c1 = min(ncols, c0 + MAX_NORM_COL_TILE)
-            s = scale[c0:c1]
-            for r in range(rb * MAX_NORM_ROW_BLOCK, min(nrows, (rb + 1) * MAX_NORM_ROW_BLOCK)):
-                row = w[r, c0:c1]
-                for j in range(c1 - c0):
-                    row[j] *= s[j]
+            _scale_columns(w, rb * MAX_NORM_ROW_BLOCK, min(nrows, (rb + 1) * MAX_NORM_ROW_BLOCK), c0,
+                           scale[c0:c1], out[c0:c1], tile_out[tile])
 
 
 # The serial twins, under the names the launcher picks below CPU_PARALLEL_MIN elements
