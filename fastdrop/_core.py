@@ -535,9 +535,8 @@ class TorchBackend:
             args = _serial_args(a.dtype, rng.p, _seed_int(rng.seed), rng.offset & MAX_U64, rng.scale)
             dropout_pair_serial_at(a.data_ptr(), b.data_ptr(), oa.data_ptr(), ob.data_ptr(), n, *args[:4])
             return oa, ob
-        torch = sys.modules["torch"]
         a, b = a.detach().resolve_neg().contiguous(), b.detach().resolve_neg().contiguous()
-        oa, ob = torch.empty_like(a), torch.empty_like(b)
+        oa, ob = empty_like(a), empty_like(b)  # from the output cache from 32 MiB, as `mask`'s
         kernel = dropout_pair
         an, bn, oan, obn = (numpy_view(t)[0].reshape(-1) for t in (a, b, oa, ob))
         kernel(an, bn, oan, obn, *kernel_rng_args(_seed_int(rng.seed), rng.offset & MAX_U64, rng.p),
