@@ -19,12 +19,13 @@ while any tensor still refers to it.
   (its callback failed) is found dead by the same drain, so a block is never leaked.
 - Bound: at most MAX_CACHED_BYTES of free blocks (env FASTDROP_CACHE_MAX_BYTES, read at import,
   default 512 MiB; 0 turns the cache off); the least recently returned are freed first.
-- Huge pages: an output of MIN_BYTES and more that the cache does not serve (cache off or full,
-  a subclass) is torch's own allocation, fresh from the OS; it is advised to Linux as
-  MADV_HUGEPAGE, so its first writes fault 2 MiB pages instead of 4 KiB ones, as numpy advises
-  its own large arrays (the cache's blocks among them): a fresh 64 MiB dropout output took 22-25
-  ms, 7-11.5 ms advised, 5.6-7 ms reused (2 threads; `docs/cpu_kernels.md`, "Fresh outputs in huge
-  pages"). Only advice: where transparent huge pages are off it changes nothing. Env
+- Huge pages: a plain tensor output of MIN_BYTES and more that the cache does not serve (cache
+  off or full, a half type) is torch's own allocation, which glibc maps fresh from the OS at that
+  size; it is advised to Linux as MADV_HUGEPAGE, so its first writes fault 2 MiB pages instead of
+  4 KiB ones, as numpy advises its own large arrays (the cache's blocks among them): a fresh 64
+  MiB dropout output took 22-25 ms, 7-11.5 ms advised, 5.6-7 ms reused (2 threads;
+  `docs/cpu_kernels.md`, "Fresh outputs in huge pages", also for the first calls of a process,
+  slower). Only advice: where transparent huge pages are off it changes nothing. Env
   FASTDROP_HUGEPAGES=0 (read at import) turns it off.
 - Out of memory: a request larger than physical memory (or the process's cgroup memory limit,
   where lower) raises MemoryError before allocating (with
@@ -339,7 +340,8 @@ def empty_like(x):
         # never cacheable, or a subclass: torch.empty_like gives the output x's subclass through
         # its __torch_function__, as torch's ops do (a Parameter's is a plain tensor, as the block is)
         out = torch.empty_like(x)
-        if type(out) is torch.Tensor:  # (a subclass's data pointer may not be memory at all)
+        if type(out) is torch.Tensor and out.layout == torch.strided and out.device.type == "cpu":
+            # (a subclass's, a meta or a sparse tensor's data pointer is no memory of its own)
             advise_hugepages(out.data_ptr(), nbytes)  # fresh from glibc's mmap, as the size says
         return out
     if strides is None and not contiguous:
