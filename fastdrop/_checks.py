@@ -465,6 +465,8 @@ def check_writable(x, kind, name="x"):
         if x.is_inference() and not torch.is_inference_mode_enabled():
             raise RuntimeError(f"Inplace update to inference tensor outside InferenceMode is not "
                                f"allowed ({name} was made under torch.inference_mode)")
+        if x.is_contiguous():  # (the common case, ~3 us of the general rule saved)
+            return
         item = x.element_size()
         shape, strides = tuple(x.shape), tuple(s * item for s in x.stride())
     else:

@@ -870,3 +870,25 @@ def test_max_norm_refuses_a_weight_without_memory():
     compiled(torch.randn(5, 6))
     with pytest.raises(ValueError, match="weight has no memory for its elements"):
         compiled(w)
+
+
+@pytest.mark.parametrize("ndim, max_value, dim, eps", [(2, 3.0, 1, 1e-7), (2, 0.5, -1, 0.0), (3, 1e300, 0, 1e-3),
+                                                       (1, 2.0, 0, 1e-7), (4, 7.5, -3, 2.5)])
+def test_max_norm_fast_argument_path_equals_the_general_one(ndim, max_value, dim, eps):
+    # plain float / int arguments take a shortcut; numpy scalars the general rule: the same result
+    from fastdrop.max_norm import _check_max_norm_args
+    fast = _check_max_norm_args(ndim, max_value, dim, eps)
+    general = _check_max_norm_args(ndim, np.float64(max_value), np.int64(dim), np.float64(eps))
+    assert fast == general and all(type(a) is type(b) for a, b in zip(fast, general))
+    assert type(fast[0]) is float and type(fast[2]) is float and fast[1] == [dim % ndim]
+
+
+@pytest.mark.parametrize("max_value, dim, eps", [(float("nan"), 1, 1e-7), (float("inf"), 1, 1e-7), (-1.0, 1, 1e-7),
+                                                 (0.0, 1, 1e-7), (1.0, 2, 1e-7), (1.0, -3, 1e-7), (1.0, 1, -1e-7),
+                                                 (1.0, 1, float("inf")), (1.0, 1, float("nan"))])
+def test_max_norm_plain_float_arguments_out_of_range_are_refused(max_value, dim, eps):
+    w = torch.randn(4, 3)
+    before = w.clone()
+    with pytest.raises(ValueError):
+        fastdrop.max_norm_(w, max_value, dim=dim, eps=eps)
+    assert torch.equal(w, before)
