@@ -20,7 +20,7 @@ while any tensor still refers to it.
 - Bound: at most MAX_CACHED_BYTES of free blocks (env FASTDROP_CACHE_MAX_BYTES, read at import,
   default 512 MiB; 0 turns the cache off); the least recently returned are freed first.
 - Huge pages: a plain tensor output of MIN_BYTES and more that the cache does not serve (cache
-  off or full, a half type) is torch's own allocation, which glibc maps fresh from the OS at that
+  off, larger than its bound, a half type) is torch's own allocation, which glibc maps fresh from the OS at that
   size; it is advised to Linux as MADV_HUGEPAGE, so its first writes fault 2 MiB pages instead of
   4 KiB ones, as numpy advises its own large arrays (the cache's blocks among them): a fresh 64
   MiB dropout output took 22-25 ms, 7-11.5 ms advised, 5.6-7 ms reused (2 threads;

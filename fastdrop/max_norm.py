@@ -306,7 +306,8 @@ def _max_norm_tensor(w, max_value, dims, eps):
     if w.is_cuda:
         with torch.no_grad():
             _max_norm_device(w.detach(), max_value, dims, eps)
-    else:  # (no torch op below: no grad mode to set, ~1.5 us a call)
+    else:  # (only detach below, and the kernels: no grad mode to set, ~1.5 us a call; a dispatch
+        # mode now sees announce_write's copy_ and the detach with grad mode on, as the caller set it)
         _max_norm_numpy(numpy_view(w.detach())[0], max_value, dims, eps)
     mark_written(w)  # the kernels wrote through a numpy/device view
     return w

@@ -567,3 +567,25 @@ def test_env_var_turns_huge_page_advice_off():
     script = "from fastdrop import _alloc; print(_alloc.HUGEPAGES)"
     assert _run(script, env={"FASTDROP_HUGEPAGES": "0"}).stdout.strip() == "False"
     assert _run(script, env={"FASTDROP_HUGEPAGES": ""}).stdout.strip() == str(sys.platform.startswith("linux"))
+
+
+def test_dropout_matmul_backward_masks_come_from_the_output_cache(monkeypatch):
+    # mask_pair (the backward's one Philox pass over the operand and its gradient) takes its two
+    # large outputs as `mask` does: pooled blocks, not torch's fresh allocations
+    monkeypatch.setattr(_alloc, "MIN_BYTES", 1 << 16)  # pool outputs at this test's sizes
+    a = torch.randn(4, 256, 256, requires_grad=True)   # 2^18 elements: the parallel mask_pair
+    b = torch.randn(256, 8, requires_grad=True)  # (its gradient needs the masked a: the pair)
+    before = _alloc.cache_stats()
+    pooled = []
+    real = _alloc.empty_like
+    monkeypatch.setattr(_alloc, "empty_like", lambda x: pooled.append(tuple(x.shape)) or real(x))
+    monkeypatch.setattr(fastdrop._core, "_pooled_empty_like", _alloc.empty_like)
+    y = fastdrop.dropout_matmul(a, b, 0.3, seed=4)
+    pooled.clear()
+    y.backward(torch.ones_like(y))
+    assert pooled.count((4, 256, 256)) >= 2, pooled
+    after = _alloc.cache_stats()
+    assert after["hits"] + after["misses"] >= before["hits"] + before["misses"] + 2
+    ref_mask = torch.from_numpy(fastdrop.dropout_mask(a.shape, 0.3, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(a.grad, torch.where(ref_mask, (torch.ones(4, 256, 8) @ b.T) / 0.7, 0.0))
