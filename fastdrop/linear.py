@@ -43,6 +43,11 @@ __all__ = ["dropout_linear", "dropconnect_linear", "DROPOUT_LINEAR", "DROPCONNEC
 
 DEFAULT_SAMPLES = 128
 SAMPLE_GRAD_PARTS = 8  # partial gx buffers of the per-sample backward kernel (parallel tasks)
+# ... fewer (never under 2, so both cores still work) where 8 x-sized buffers would pass this many
+# bytes: a review found 8 x a 2 GiB x, allocated in backward with no check, enough to get the
+# process killed. The count is a function of the shapes only, so the bits still do not depend on
+# the thread count.
+SAMPLE_GRAD_PART_BYTES = 1 << 30
 _OPERANDS = ("x", "weight", "bias")
 
 
@@ -205,7 +210,9 @@ def _sample_grads(grad, x, w, rng):
     if g2.size and x2.size:
         # A fixed number of partial gx buffers (not one per thread), so the summation order and
         # the bits do not depend on the thread count; never more than there are output rows.
-        part = np.empty((max(1, min(SAMPLE_GRAD_PARTS, wn.shape[0])),) + x2.shape, x2.dtype)
+        parts = max(1, min(SAMPLE_GRAD_PARTS, wn.shape[0], max(2, SAMPLE_GRAD_PART_BYTES // x2.nbytes)))
+        check_output_bytes(parts * x2.nbytes)  # a MemoryError, not the OOM killer
+        part = np.empty((parts,) + x2.shape, x2.dtype)
         linear_cpu.dropconnect_sample_bwd(g2, x2, wn, part, gxn, gwn, np.empty(wn.shape[0], x2.dtype),
                                           *_kernel_args(rng, x2.dtype))
     return gx.reshape(tuple(x.shape)), gw
@@ -567,10 +574,11 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
         raise TypeError("moment-matching inference takes numpy arrays or torch tensors; wrap CUDA "
                         "device arrays with torch.as_tensor")
     if kind != TORCH or x.is_cpu:
-        # its working arrays (x-sized copies, (N, out) moments and samples) in host memory, refused
-        # before the draw as the pipeline refuses an output larger than memory
+        # its working arrays (x-sized copies, (N, out) moments and samples, and the weight-sized
+        # W * W and float copy of W, which an expanded weight makes large from small memory) in
+        # host memory, refused before the draw as the pipeline refuses an output larger than memory
         itemsize = max(x.element_size() if kind == TORCH else x.dtype.itemsize, 4)  # halves in float32
-        check_output_bytes(max(math.prod(x.shape), math.prod(x.shape[:-1]) * weight.shape[0]) * itemsize)
+        check_output_bytes(max(math.prod(x.shape), _out_numel((x, weight, bias))) * itemsize)
     if seed is not None:
         return _moment_matching_samples(x, weight, bias, p, seed, activation, samples, kind)
     # none drawn for an empty operand, whose result does not depend on it, as the pipeline

@@ -164,6 +164,35 @@ def test_per_sample_memory_does_not_grow_with_n_out_in():
     assert peak < min(4 * words + 64 * 1024, n * o * i // 4), peak
 
 
+def test_per_sample_backward_takes_fewer_partials_for_a_large_x(monkeypatch):
+    """Where 8 x-sized partial gx buffers would pass SAMPLE_GRAD_PART_BYTES, the backward takes
+    fewer (2 here, its floor): the same gradients up to the summation order, and a smaller peak
+    (a review: 8 x a 2 GiB x, unchecked in backward, could get the process killed)."""
+    import fastdrop.linear as lin
+    from fastdrop._core import NumpyBackend, Rng
+    n, i, o = 64, 256, 64
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, i))
+    w = rng.standard_normal((o, i))
+    g = rng.standard_normal((n, o))
+    rng_ = Rng(0.5, 3, 0, 2.0)
+
+    def backward():
+        lin.DROPCONNECT_SAMPLE.backward(NumpyBackend, g, (x, w, None), rng_, (), (True, True, False))
+        tracemalloc.start()
+        grads = lin.DROPCONNECT_SAMPLE.backward(NumpyBackend, g, (x, w, None), rng_, (), (True, True, False))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return grads, peak
+
+    (gx8, gw8, _), peak8 = backward()
+    monkeypatch.setattr(lin, "SAMPLE_GRAD_PART_BYTES", x.nbytes)  # 8 buffers would pass it
+    (gx2, gw2, _), peak2 = backward()
+    np.testing.assert_allclose(gx2, gx8, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(gw2, gw8)  # (each task owns its rows of gW: no partials)
+    assert peak8 - peak2 >= 5 * x.nbytes, (peak8, peak2)
+
+
 def test_eval_is_the_mean_network():
     x, w, b = torch.randn(4, 6), torch.randn(3, 6), torch.randn(3)
     for per_sample in (False, True):

@@ -289,6 +289,11 @@ CASES = [
     ("moment-matching-output-2^44-numpy", lambda: np.broadcast_to(np.float32(1), (2**20, 1)),
      lambda x: F.dropconnect_linear(x, np.broadcast_to(np.float32(1), (2**24, 1)), training=False,
                                     activation=np.tanh), MemoryError, "physical memory"),
+    # a review (2026-12-07): the weight-sized working arrays (W * W, its float copy) of an
+    # expanded weight, 2^38 elements from 4 bytes, with an output of 2^22: torch's allocator error
+    ("moment-matching-weight-2^38", lambda: torch.ones(1, 2**16),
+     lambda x: F.dropconnect_linear(x, torch.zeros(1, 1).expand(2**22, 2**16), training=False, seed=1,
+                                    activation=torch.relu), MemoryError, "physical memory"),
     ("moment-matching-activation-fails", x_t,
      lambda x: F.dropconnect_linear(x, torch.ones(2, x.shape[-1]), training=False,
                                     activation=lambda t: t.reshape(-1, 7)), RuntimeError, "invalid"),
