@@ -593,8 +593,12 @@ def _memory_of(t):
     memory = _TensorMemory()
     memory.tensor = t
     item = t.element_size()
-    memory.__array_interface__ = {"shape": tuple(t.shape), "typestr": f"|V{item}", "data": (t.data_ptr(), True),
-                                  "strides": tuple(s * item for s in t.stride()), "version": 3}
+    # without t's size-1 dims, which address nothing: torch allows more dims than numpy's 64, and
+    # any stride on them (2**61 overflowed numpy's byte strides; a review)
+    dims = [(n, s * item) for n, s in zip(t.shape, t.stride()) if n != 1]
+    memory.__array_interface__ = {"shape": tuple([n for n, _ in dims]), "typestr": f"|V{item}",
+                                  "data": (t.data_ptr(), True), "strides": tuple([s for _, s in dims]),
+                                  "version": 3}
     return np.asarray(memory)
 
 
@@ -673,18 +677,39 @@ def numpy_view(t):
     the output) could no longer be `resize_`d; the kernels use the view only during the call.
     t must be a plain CPU tensor without grad, negative or conjugate bit (the callers detach and
     resolve; the bits are checked, a view would read the unresolved values). About 1.4 us
-    (contiguous) against 0.55 for `.numpy()`: the hot paths take addresses instead."""
+    (contiguous) against 0.55 for `.numpy()`: the hot paths take addresses instead. A tensor of
+    more than numpy's 64 dims is viewed without its size-1 dims (`squeeze_past_numpy`)."""
     check_plain_memory(t)
     if t.is_neg() or t.is_conj() or t.requires_grad:
         raise RuntimeError("fastdrop internal error: numpy_view of a tensor with a negative or conjugate "
                            "bit, or that requires grad")
     typestr, itemsize, bf16 = _TYPESTRS.get(t.dtype) or _typestr(t.dtype)
+    if t.dim() > 64:  # torch allows more dims than numpy: the view without t's size-1 dims
+        t = squeeze_past_numpy(t)[0]  # (same elements in the same C order; callers that index dims
+        # squeeze first)
     memory = _TensorMemory()
     memory.tensor = t
-    strides = None if t.is_contiguous() else tuple([s * itemsize for s in t.stride()])  # None: C order
+    # None: C order; a size-1 dim's stride addresses nothing and may be any size (2**61 overflowed
+    # numpy's byte strides: a review), so it is 0 here
+    strides = None if t.is_contiguous() else tuple([s * itemsize if n != 1 else 0 for n, s in zip(t.shape, t.stride())])
     memory.__array_interface__ = {"shape": t.shape, "typestr": typestr, "data": (t.data_ptr(), False),
                                   "strides": strides, "version": 3}
     return np.asarray(memory), bf16
+
+
+def squeeze_past_numpy(t, g=0):
+    """(t, g) for a tensor of at most numpy's 64 dims; for more (torch allows them), t without its
+    size-1 dims and g, the number of leading dims that index a grouped op's groups, counted again
+    (each part keeps one dim: g > 0 stays > 0). The elements and their C order do not change, so
+    neither does the mask of the logical index, nor which group an element is in. A view of t's
+    memory (for an output: its writes are t's)."""
+    nd = t.dim()
+    if nd <= 64:
+        return t, g
+    head = [d for d in range(g) if t.shape[d] != 1] or list(range(min(g, 1)))
+    tail = [d for d in range(g, nd) if t.shape[d] != 1] or list(range(g, min(g + 1, nd)))
+    keep = head + tail  # (torch's squeeze of a dims tuple takes at most 64 dims itself)
+    return t.as_strided([t.shape[d] for d in keep], [t.stride(d) for d in keep], t.storage_offset()), len(head)
 
 
 def announce_write(torch, t):

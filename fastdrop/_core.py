@@ -45,7 +45,7 @@ from ._alloc import empty_like as _pooled_empty_like
 from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, announce_write, check_array,
                       check_bool, check_companions, check_device_byte_order, check_out, check_out_is_x, check_p,
                       check_plain_memory, check_storage, check_u64, check_writable, fill_torch_floats,
-                      is_subclass_like, mark_written, numpy_view, quiet_under_jit_trace, traced)
+                      is_subclass_like, mark_written, numpy_view, quiet_under_jit_trace, squeeze_past_numpy, traced)
 from ._dynamo_skip import MARKED, keep_dynamo_out
 from ._grouped import grouped_layout, native_grouped, native_layout, one_element_groups
 from ._torch_state import (NO_LEVELS, batched_for_vmap, batched_levels, capturing, compiling,
@@ -502,8 +502,9 @@ class TorchBackend:
             return out
         # out requires grad only in place on x; a fresh output needs no detach (~1 us)
         target = out.detach() if out.requires_grad else out
+        x, group_ndim = squeeze_past_numpy(x, group_ndim)  # (more dims than numpy's 64: torch allows them)
         xn, bf16 = numpy_view(x)
-        on, _ = numpy_view(target)
+        on, _ = numpy_view(squeeze_past_numpy(target, group_ndim)[0])
         kw = {"bf16": True} if bf16 else {}
         if group_ndim:
             _cpu.grouped_dropout_into(xn, on, rng.p, seed, offset, rng.scale, group_ndim, **kw)
@@ -889,15 +890,17 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
         # themselves, and Dynamo recorded x._base as a graph getattr that failed in the compiled
         # graph for a view made before a graph break)
         if kind == TORCH and x.requires_grad and grad_enabled() and not traced(sys.modules["torch"], x):
-            if x.is_leaf:
-                raise InplaceLeafError("inplace dropout on a leaf tensor that requires grad is not allowed")
+            # torch's order (check_inplace): a view autograd cannot rebase, a view of a leaf, a
+            # leaf (a view made under no_grad is a leaf itself, and was refused as one: a review)
             base = x._base
-            if base is not None and base.is_leaf and base.requires_grad:
-                raise InplaceLeafError("inplace dropout on a view of a leaf tensor that requires grad is "
-                                       "not allowed (torch: a view of a leaf Variable that requires grad "
-                                       "is being used in an in-place operation)")
             if base is not None:
                 _check_view_rebase(sys.modules["torch"], x)
+                if base.is_leaf and base.requires_grad:
+                    raise InplaceLeafError("inplace dropout on a view of a leaf tensor that requires grad is "
+                                           "not allowed (torch: a view of a leaf Variable that requires grad "
+                                           "is being used in an in-place operation)")
+            if x.is_leaf:
+                raise InplaceLeafError("inplace dropout on a leaf tensor that requires grad is not allowed")
     B = BACKENDS[kind]
     if not training or p == 0.0:
         factor = eval_factor if not training else 1.0

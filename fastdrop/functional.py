@@ -124,6 +124,7 @@ def dropout2d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mo
     if y is not None:
         return y
     checked = check_array(x)
+    _draws(p, training)  # a bad p or training refused before the rank warnings, as torch's (a review)
     ndim = len(checked[0].shape)
     if ndim < 2:
         _deprecated_rank("dropout2d", ndim)
@@ -147,6 +148,7 @@ def dropout3d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mo
     if y is not None:
         return y
     checked = check_array(x)
+    _draws(p, training)  # a bad p or training refused before the rank warnings, as torch's (a review)
     ndim = len(checked[0].shape)
     if ndim not in (4, 5):
         if ndim == 0:

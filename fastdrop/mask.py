@@ -116,8 +116,11 @@ def dropout_mask(shape, p, seed, offset=0, *, out=None):
         _check_allocatable(math.prod(shape))
     try:
         flat = out if out is not None and out.flags.c_contiguous else np.empty(shape, dtype=np.bool_)
-    except ValueError:  # an empty shape whose other sizes overflow numpy's size arithmetic
-        raise ValueError(f"dropout_mask: shape {shape} is too large for a numpy array") from None
+    except ValueError:  # numpy's limits: more than 64 dims, or an empty shape whose other sizes
+        # overflow numpy's size arithmetic
+        why = f"has {len(shape)} dims (a numpy array has at most 64)" if len(shape) > 64 else \
+            "is too large for a numpy array"
+        raise ValueError(f"dropout_mask: shape {shape} {why}") from None
     if flat.size:
         fill_keep_mask(flat, p, seed, offset)
     if out is None:

@@ -527,3 +527,119 @@ def test_max_norm_takes_numpy_scalars_as_p_takes_them():
     for c, eps in ((np.array(1.5), np.array(1e-7)), (np.float32(1.5), np.float64(1e-7))):
         np.testing.assert_array_equal(F.max_norm_(w.copy(), c, eps=eps), F.max_norm_(w.copy(), float(c), eps=float(eps)))
     np.testing.assert_array_equal(F.max_norm_(w.copy(), np.array(1.5), eps=np.array(1e-7)), want)
+
+
+# ---- shapes torch allows and numpy does not (a review, 2026-12-07) -------------------------------
+# More than 64 dims, and size-1 dims with strides past numpy's byte-stride range: every route that
+# views tensor memory with numpy failed on them after the seed draw (numpy's ValueError, or an
+# OverflowError). The mask follows the logical index, which size-1 dims do not change.
+
+def _masked(x, p, seed, g=0):
+    """x times the README's mask: one element per element (g = 0) or per index of the first g dims."""
+    groups = math.prod(x.shape[:g]) if g else x.numel()
+    keep = torch.from_numpy(fastdrop.dropout_mask((groups,), p, seed)).to(x.dtype)
+    return (x.reshape(groups, -1) * keep[:, None] / (1 - p)).reshape(x.shape)
+
+
+def _many_dims(*sizes, ones=60):
+    return torch.randn(*sizes, *[1] * ones)
+
+
+MANY_DIMS_CASES = {
+    "dropout transposed": (lambda: _many_dims(2, 3, 4).transpose(0, 1), lambda x: F.dropout(x, 0.5, seed=3), 0),
+    "dropout2d": (lambda: _many_dims(2, 3, 4).transpose(2, 0), lambda x: F.dropout2d(x, 0.5, seed=4), 2),
+    "drop_path, its groups after ones": (lambda: torch.randn(*[1] * 40, 3, 4, *[1] * 30).transpose(40, 41),
+                                         lambda x: F.drop_path(x, 0.5, seed=5), 1),
+    "drop_path, grad": (lambda: _many_dims(2, 3, 4).transpose(0, 2).requires_grad_(),
+                        lambda x: F.drop_path(x, 0.5, seed=6), 1),
+    "dropout, grad": (lambda: _many_dims(2, 3, 4).transpose(0, 2).requires_grad_(),
+                      lambda x: F.dropout(x, 0.5, seed=7), 0),
+    "size-1 dim strided 2**61": (lambda: torch.as_strided(torch.randn(24), (4, 1, 6), (1, 2**61, 4)),
+                                 lambda x: F.drop_path(x, 0.5, seed=8), 1),
+    "dropout1d, size-1 dim strided 2**61": (lambda: torch.as_strided(torch.randn(24), (4, 1, 6), (1, 2**61, 4)),
+                                            lambda x: F.dropout1d(x, 0.5, seed=1), 2),
+}
+
+
+@pytest.mark.parametrize("case", list(MANY_DIMS_CASES))
+def test_shapes_past_numpy_get_the_mask_of_their_logical_index(case):
+    make, call, g = MANY_DIMS_CASES[case]
+    x = make()
+    y = call(x)
+    assert y.shape == x.shape
+    assert torch.equal(y.detach(), _masked(x.detach(), 0.5, _seed_of(call), g))
+    if x.requires_grad:
+        gx, = torch.autograd.grad(y, x, torch.ones_like(y))
+        assert torch.equal(gx, _masked(torch.ones_like(x), 0.5, _seed_of(call), g))
+
+
+def _seed_of(call):
+    """The seed= a case's lambda passes (its last int constant)."""
+    return [c for c in call.__code__.co_consts if type(c) is int][-1]
+
+
+@pytest.mark.parametrize("where", ["out=", "in place", "seed drawn"])
+def test_more_than_64_dims_out_and_in_place(where):
+    x = _many_dims(2, 3, 4)
+    ref = _masked(x, 0.5, 9)
+    if where == "out=":
+        out = torch.empty(3, 2, *x.shape[2:]).transpose(0, 1)  # a permuted out: the numpy-view route
+        assert F.dropout(x, 0.5, seed=9, out=out) is out and torch.equal(out, ref)
+    elif where == "in place":
+        xi = x.transpose(0, 1).contiguous().transpose(0, 1)  # x's values, permuted memory
+        assert F.dropout(xi, 0.5, seed=9, inplace=True) is xi and torch.equal(xi, ref)
+    else:  # seed=None: the same draw as a contiguous x of the same shape
+        xt = x.transpose(0, 1)
+        torch.manual_seed(0)
+        y = F.dropout(xt, 0.5)
+        torch.manual_seed(0)
+        assert torch.equal(y, F.dropout(xt.contiguous(), 0.5))
+
+
+@pytest.mark.parametrize("dim,low", [(1, 1), (0, 0), ((0, 1), (0, 1)), (65, 3), (-1, -1)])
+@pytest.mark.parametrize("lead", [1, 3])
+def test_max_norm_past_64_dims_equals_the_squeezed_weight(dim, low, lead):
+    """max_norm_ of a 66-dim weight equals max_norm_ of the same values with 4 dims: the dims it
+    norms over are renumbered past the dropped size-1 dims, never taken as others."""
+    w = torch.randn(lead, 4, *[1] * 63, 5) * 3
+    small = w.reshape(lead, 4, 1, 5).clone()
+    fastdrop.max_norm_(w, 1.0, dim=dim)
+    fastdrop.max_norm_(small, 1.0, dim=low)
+    assert torch.equal(w.reshape(small.shape), small)
+
+
+def test_out_with_a_size_1_dim_strided_past_numpy():
+    x = torch.randn(4, 1, 6)
+    out = torch.as_strided(torch.empty(24), (4, 1, 6), (1, 2**61, 4))
+    F.dropout(x, 0.5, seed=1, out=out)
+    assert torch.equal(out, _masked(x, 0.5, 1))
+
+
+def test_dropout_mask_names_numpy_dims_limit():
+    with pytest.raises(ValueError, match="has 65 dims"):
+        fastdrop.dropout_mask((1,) * 65, 0.5, 1)
+
+
+def test_in_place_on_a_view_made_under_no_grad_gets_torchs_reason():
+    """Such a view is a leaf: it was refused as one ("a leaf tensor that requires grad"), where torch
+    says why (made in no_grad mode); before the draw either way."""
+    a = torch.ones(3, 4, requires_grad=True) * 1
+    with torch.no_grad():
+        v = a[1:]
+    state = torch.get_rng_state()
+    with pytest.raises(RuntimeError, match="made in no_grad mode"):
+        F.dropout(v, 0.5, inplace=True)
+    assert torch.equal(state, torch.get_rng_state()) and torch.equal(v, torch.ones(2, 4))
+
+
+@pytest.mark.parametrize("call", [lambda: F.dropout2d(torch.randn(2, 3, 4), 2.0),
+                                  lambda: F.dropout3d(torch.randn(2, 3, 4), NAN),
+                                  lambda: F.dropout2d(torch.randn(3), 0.5, training=2)])
+def test_bad_arguments_refused_before_the_rank_warnings(call):
+    """torch's dropout2d/3d raise for a bad p without warning about the rank first."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises((ValueError, TypeError)):
+            call()
+    assert not caught
