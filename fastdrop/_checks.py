@@ -697,19 +697,22 @@ def numpy_view(t):
     return np.asarray(memory), bf16
 
 
-def squeeze_past_numpy(t, g=0):
-    """(t, g) for a tensor of at most numpy's 64 dims; for more (torch allows them), t without its
-    size-1 dims and g, the number of leading dims that index a grouped op's groups, counted again
-    (each part keeps one dim: g > 0 stays > 0). The elements and their C order do not change, so
-    neither does the mask of the logical index, nor which group an element is in. A view of t's
-    memory (for an output: its writes are t's)."""
+def squeeze_past_numpy(t, marked=()):
+    """(t, marked) for a tensor of at most numpy's 64 dims; for more (torch allows them), a view of
+    t's memory without its size-1 dims, and `marked` (dims that mean something to the caller: a
+    grouped op's leading group dims, max_norm_'s normed dims) renumbered to match. The marked dims
+    and the rest each keep one dim, so neither part becomes empty. The elements and their C order
+    do not change, so neither does the mask of the logical index, which group an element is in,
+    or which vector max_norm_ scales it with (for an output: its writes are t's)."""
     nd = t.dim()
     if nd <= 64:
-        return t, g
-    head = [d for d in range(g) if t.shape[d] != 1] or list(range(min(g, 1)))
-    tail = [d for d in range(g, nd) if t.shape[d] != 1] or list(range(g, min(g + 1, nd)))
-    keep = head + tail  # (torch's squeeze of a dims tuple takes at most 64 dims itself)
-    return t.as_strided([t.shape[d] for d in keep], [t.stride(d) for d in keep], t.storage_offset()), len(head)
+        return t, marked
+    inside = [d for d in marked if t.shape[d] != 1] or list(marked)[:1]
+    rest = [d for d in range(nd) if d not in marked]
+    keep = sorted(inside + ([d for d in rest if t.shape[d] != 1] or rest[:1]))
+    # (torch's squeeze of a dims tuple takes at most 64 dims itself)
+    view = t.as_strided([t.shape[d] for d in keep], [t.stride(d) for d in keep], t.storage_offset())
+    return view, [keep.index(d) for d in inside]
 
 
 def announce_write(torch, t):

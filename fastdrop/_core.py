@@ -502,9 +502,11 @@ class TorchBackend:
             return out
         # out requires grad only in place on x; a fresh output needs no detach (~1 us)
         target = out.detach() if out.requires_grad else out
-        x, group_ndim = squeeze_past_numpy(x, group_ndim)  # (more dims than numpy's 64: torch allows them)
+        groups = range(group_ndim)  # (more dims than numpy's 64, which torch allows: views without size-1 dims)
+        on, _ = numpy_view(squeeze_past_numpy(target, groups)[0])
+        x, groups = squeeze_past_numpy(x, groups)
+        group_ndim = len(groups)
         xn, bf16 = numpy_view(x)
-        on, _ = numpy_view(squeeze_past_numpy(target, group_ndim)[0])
         kw = {"bf16": True} if bf16 else {}
         if group_ndim:
             _cpu.grouped_dropout_into(xn, on, rng.p, seed, offset, rng.scale, group_ndim, **kw)

@@ -124,11 +124,11 @@ def dropout2d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mo
     if y is not None:
         return y
     checked = check_array(x)
-    _draws(p, training)  # a bad p or training refused before the rank warnings, as torch's (a review)
+    draws = _draws(p, training)  # a bad p or training refused before the rank warnings, as torch's (a review)
     ndim = len(checked[0].shape)
     if ndim < 2:
         _deprecated_rank("dropout2d", ndim)
-        if _draws(p, training) and math.prod(checked[0].shape):  # (torch passes empty input through)
+        if draws and math.prod(checked[0].shape):  # (torch passes empty input through)
             raise RankError(f"dropout2d: Feature dropout requires at least 2 dimensions in the input, "
                             f"got shape {tuple(x.shape)}")
         return _call(x, p, training, inplace, seed, offset, mode, -1, out, checked)
@@ -148,12 +148,12 @@ def dropout3d(x, p=0.5, training=True, inplace=False, *, seed=None, offset=0, mo
     if y is not None:
         return y
     checked = check_array(x)
-    _draws(p, training)  # a bad p or training refused before the rank warnings, as torch's (a review)
+    draws = _draws(p, training)  # a bad p or training refused before the rank warnings, as torch's (a review)
     ndim = len(checked[0].shape)
     if ndim not in (4, 5):
         if ndim == 0:
             _deprecated_rank("dropout3d", ndim)
-            if _draws(p, training):
+            if draws:
                 raise RankError(f"dropout3d: Feature dropout requires at least 2 dimensions in the input "
                                 f"(a 0-D input is read as unbatched, shape (1,)), got shape ()")
             return _call(x, p, training, inplace, seed, offset, mode, -1, out, checked)

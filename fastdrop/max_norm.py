@@ -17,7 +17,7 @@ from . import _core
 from ._checks import (CUDA_ARRAY, NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, announce_write, array_kind,
                       check_array, check_device_byte_order, check_plain_memory, check_storage, check_writable,
                       is_torch_tensor, mark_written, numpy_view, python_number, quiet_under_jit_trace,
-                      refuse_while_tracing, shown, shown_number)
+                      refuse_while_tracing, shown, shown_number, squeeze_past_numpy)
 from ._torch_state import tracing_dispatch_mode
 from .kernels import max_norm_cpu
 from .kernels.config import CPU_PARALLEL_MIN
@@ -308,25 +308,10 @@ def _max_norm_tensor(w, max_value, dims, eps):
             _max_norm_device(w.detach(), max_value, dims, eps)
     else:  # (only detach below, and the kernels: no grad mode to set, ~1.5 us a call; a dispatch
         # mode now sees announce_write's copy_ and the detach with grad mode on, as the caller set it)
-        v, vdims = _fewer_dims(w.detach(), dims)
+        v, vdims = squeeze_past_numpy(w.detach(), dims)  # (more dims than numpy's 64: torch allows them)
         _max_norm_numpy(numpy_view(v)[0], max_value, vdims, eps)
     mark_written(w)  # the kernels wrote through a numpy/device view
     return w
-
-
-def _fewer_dims(w, dims):
-    """(w, dims), or for a tensor of more than numpy's 64 dims (torch allows them) a view of w
-    without its size-1 dims and dims renumbered to match: a size-1 dim changes no vector's
-    elements (the normed part and the rest each keep one dim, so neither becomes empty)."""
-    nd = w.dim()
-    if nd <= 64:
-        return w, dims
-    normed = [d for d in dims if w.shape[d] != 1] or list(dims[:1])
-    rest = [d for d in range(nd) if d not in dims]
-    rest = [d for d in rest if w.shape[d] != 1] or rest[:1]
-    keep = sorted(normed + rest)
-    view = w.as_strided([w.shape[d] for d in keep], [w.stride(d) for d in keep], w.storage_offset())
-    return view, [keep.index(d) for d in normed]
 
 
 def _max_norm_device(w, max_value, dims, eps):

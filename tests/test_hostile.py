@@ -545,37 +545,32 @@ def _many_dims(*sizes, ones=60):
     return torch.randn(*sizes, *[1] * ones)
 
 
-MANY_DIMS_CASES = {
-    "dropout transposed": (lambda: _many_dims(2, 3, 4).transpose(0, 1), lambda x: F.dropout(x, 0.5, seed=3), 0),
-    "dropout2d": (lambda: _many_dims(2, 3, 4).transpose(2, 0), lambda x: F.dropout2d(x, 0.5, seed=4), 2),
+MANY_DIMS_CASES = {  # name: (x, the call on x, its seed, its group dims)
+    "dropout transposed": (lambda: _many_dims(2, 3, 4).transpose(0, 1), lambda x: F.dropout(x, 0.5, seed=3), 3, 0),
+    "dropout2d": (lambda: _many_dims(2, 3, 4).transpose(2, 0), lambda x: F.dropout2d(x, 0.5, seed=4), 4, 2),
     "drop_path, its groups after ones": (lambda: torch.randn(*[1] * 40, 3, 4, *[1] * 30).transpose(40, 41),
-                                         lambda x: F.drop_path(x, 0.5, seed=5), 1),
+                                         lambda x: F.drop_path(x, 0.5, seed=5), 5, 1),
     "drop_path, grad": (lambda: _many_dims(2, 3, 4).transpose(0, 2).requires_grad_(),
-                        lambda x: F.drop_path(x, 0.5, seed=6), 1),
+                        lambda x: F.drop_path(x, 0.5, seed=6), 6, 1),
     "dropout, grad": (lambda: _many_dims(2, 3, 4).transpose(0, 2).requires_grad_(),
-                      lambda x: F.dropout(x, 0.5, seed=7), 0),
+                      lambda x: F.dropout(x, 0.5, seed=7), 7, 0),
     "size-1 dim strided 2**61": (lambda: torch.as_strided(torch.randn(24), (4, 1, 6), (1, 2**61, 4)),
-                                 lambda x: F.drop_path(x, 0.5, seed=8), 1),
+                                 lambda x: F.drop_path(x, 0.5, seed=8), 8, 1),
     "dropout1d, size-1 dim strided 2**61": (lambda: torch.as_strided(torch.randn(24), (4, 1, 6), (1, 2**61, 4)),
-                                            lambda x: F.dropout1d(x, 0.5, seed=1), 2),
+                                            lambda x: F.dropout1d(x, 0.5, seed=1), 1, 2),
 }
 
 
 @pytest.mark.parametrize("case", list(MANY_DIMS_CASES))
 def test_shapes_past_numpy_get_the_mask_of_their_logical_index(case):
-    make, call, g = MANY_DIMS_CASES[case]
+    make, call, seed, g = MANY_DIMS_CASES[case]
     x = make()
     y = call(x)
     assert y.shape == x.shape
-    assert torch.equal(y.detach(), _masked(x.detach(), 0.5, _seed_of(call), g))
+    assert torch.equal(y.detach(), _masked(x.detach(), 0.5, seed, g))
     if x.requires_grad:
         gx, = torch.autograd.grad(y, x, torch.ones_like(y))
-        assert torch.equal(gx, _masked(torch.ones_like(x), 0.5, _seed_of(call), g))
-
-
-def _seed_of(call):
-    """The seed= a case's lambda passes (its last int constant)."""
-    return [c for c in call.__code__.co_consts if type(c) is int][-1]
+        assert torch.equal(gx, _masked(torch.ones_like(x), 0.5, seed, g))
 
 
 @pytest.mark.parametrize("where", ["out=", "in place", "seed drawn"])
