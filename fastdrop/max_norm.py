@@ -182,7 +182,9 @@ def _register_max_norm_op():
 
     # cudagraph_unsafe as every fastdrop op: Numba's launches have not been checked under capture
     @torch.library.custom_op("fastdrop::max_norm_", mutates_args=("weight",), tags=(torch.Tag.cudagraph_unsafe,))
-    def op(weight: torch.Tensor, max_value: float, dims: list[int], eps: float) -> None:
+    # max_value a Scalar, as renorm_'s maxnorm: Dynamo specializes a `float` argument, a graph per
+    # value for a changing max_value where renorm_ takes one symbolic float
+    def op(weight: torch.Tensor, max_value: torch.types.Number, dims: list[int], eps: float) -> None:
         # Every check again on the real weight: a graph may run the op on a tensor the trace never
         # saw (an overlapping view, an inference tensor; the eager backend), and an exported
         # graph may call it with any arguments.
