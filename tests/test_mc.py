@@ -1586,3 +1586,92 @@ def test_statistics_come_in_the_models_output_dtype(chunk):
 class _Argmax(torch.nn.Module):
     def forward(self, x):
         return x.argmax(-1)
+
+
+class _LastStep(torch.nn.Module):
+    """Takes an nn.LSTM's (output, (h, c)) and drops and classifies the last step's output."""
+
+    def __init__(self, batch_first):
+        super().__init__()
+        self.batch_first, self.drop, self.fc = batch_first, fnn.Dropout(0.3), torch.nn.Linear(8, 3)
+
+    def forward(self, out_and_state):
+        out, _ = out_and_state
+        return self.fc(self.drop(out[:, -1] if self.batch_first else out[-1]))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_a_prefix_that_returns_a_tuple_runs_with_the_rest(batch_first):
+    """The layers before the first stochastic module of a Sequential run once, and their output
+    went to the rest as a tensor: an nn.LSTM's (output, (h, c)) there raised AttributeError
+    ('tuple' object has no attribute 'dim' / 'clone'; a review). The whole model now runs per
+    sample, with chunk=1's statistics, and the seed draw stays one."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.LSTM(4, 8, batch_first=batch_first), _LastStep(batch_first))
+    model = model.double().eval()
+    x = torch.randn(5, 6, 4, dtype=torch.float64)
+    ref = mc_predict(model, x, samples=8, seed=SEED, chunk=1, fused=False)
+    # (batched, the LSTM's GEMMs may round otherwise)
+    torch.testing.assert_close(mc_predict(model, x, samples=8, seed=SEED), ref, rtol=0, atol=1e-12)
+    state = torch.get_rng_state()
+    drawn = mc_predict(model, x, samples=8)
+    after = torch.get_rng_state()
+    torch.set_rng_state(state)
+    seed = _seeds.draw_torch_seed()
+    assert torch.equal(torch.get_rng_state(), after)  # one draw, as every seed=None call
+    torch.testing.assert_close(drawn, mc_predict(model, x, samples=8, seed=seed, chunk=1), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("norm", [lambda: torch.nn.BatchNorm1d(16, track_running_stats=False),
+                                  lambda: torch.nn.BatchNorm1d(16, affine=False, track_running_stats=False)])
+def test_batchnorm_without_running_statistics_runs_one_sample_at_a_time(norm):
+    """A BatchNorm with track_running_stats=False normalizes by its batch's statistics in eval
+    mode too: stacked samples shared them, and the default chunk gave other statistics than
+    chunk=1, silently (mean off by 0.13 in a review's model). The samples run one at a time; a
+    given chunk warns."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), fnn.Dropout(0.5), norm(), torch.nn.Linear(16, 3))
+    model = model.double().eval()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    ref = mc_predict(model, x, samples=16, seed=SEED, chunk=1, fused=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(mc_predict(model, x, samples=16, seed=SEED), ref, rtol=0, atol=0)
+    with pytest.warns(UserWarning, match="track_running_stats=False"):
+        given = mc_predict(model, x, samples=16, seed=SEED, chunk=4)
+    torch.testing.assert_close(given, ref, rtol=0, atol=0)
+    # by the contract: sample t's Dropout at offset t * 2**32, the rest of the model as it is
+    with torch.no_grad():
+        ys = torch.stack([model[3](model[2](fastdrop.dropout(model[0](x), 0.5, seed=SEED, offset=t << 32)))
+                          for t in range(16)])
+    torch.testing.assert_close(ref.mean, ys.mean(0), rtol=0, atol=1e-12)
+    torch.testing.assert_close(ref.var, ys.var(0), rtol=0, atol=1e-12)
+
+
+class _Spectrum(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.drop = fnn.Dropout(0.5)
+
+    def forward(self, x):
+        return torch.fft.rfft(self.drop(x), dim=-1)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3])
+def test_complex_outputs_keep_their_imaginary_part(chunk):
+    """A complex output (an FFT of the dropped signal) went through .double(): its imaginary part
+    was dropped (torch warned, nothing else did; a review). The mean is complex, the variance
+    real, E|y - mean|^2 as torch.var gives it, in the output's precision; logits=True refuses a
+    complex output with a TypeError."""
+    x = torch.randn(3, 8, dtype=torch.float64)
+    r = mc_predict(_Spectrum().eval(), x, samples=7, seed=SEED, chunk=chunk)
+    ys = torch.stack([torch.fft.rfft(fastdrop.dropout(x, 0.5, seed=SEED, offset=t << 32), dim=-1) for t in range(7)])
+    assert r.mean.dtype == torch.complex128 and r.var.dtype == torch.float64
+    torch.testing.assert_close(r.mean, ys.mean(0), rtol=0, atol=1e-12)
+    torch.testing.assert_close(r.var, ys.var(0), rtol=0, atol=1e-12)
+    r32 = mc_predict(_Spectrum().eval(), x.float(), samples=2, seed=SEED, chunk=chunk)
+    assert r32.mean.dtype == torch.complex64 and r32.var.dtype == torch.float32
+    state = torch.get_rng_state()
+    with pytest.raises(TypeError, match="real logits"):
+        mc_predict(_Spectrum().eval(), x, samples=2, logits=True, chunk=chunk)
+    assert torch.equal(state, torch.get_rng_state())

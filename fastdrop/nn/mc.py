@@ -407,22 +407,36 @@ class _Merger:
     def add(self, y, logits):
         # y: (c, N, ...) outputs of c samples (an unbatched input's: (c, K))
         self.dtype = y.dtype
-        y = y.double()
+        y = y.to(torch.complex128) if y.is_complex() else y.double()
         if logits:
             y = torch.softmax(y, -1)
             ent = -(y * torch.log(y.clamp_min(1e-300))).sum(-1).sum(0)
             self.h_sum = ent if self.h_sum is None else self.h_sum + ent
         c = y.shape[0]
         mean_b = y.mean(0)
-        m2_b = ((y - mean_b) ** 2).sum(0)
+        m2_b = _squared(y - mean_b).sum(0)
         if self.n == 0:
             self.n, self.mean, self.m2 = c, mean_b, m2_b
             return
         n = self.n + c
         delta = mean_b - self.mean
         self.mean = self.mean + delta * (c / n)
-        self.m2 = self.m2 + m2_b + delta * delta * (self.n * c / n)
+        self.m2 = self.m2 + m2_b + _squared(delta) * (self.n * c / n)
         self.n = n
+
+
+_REAL_OF = {torch.complex32: torch.float16, torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
+def _squared(d):
+    """|d|^2: a complex output's variance is E|y - mean|^2, real, as torch.var's and numpy's."""
+    return d.real ** 2 + d.imag ** 2 if d.is_complex() else d ** 2
+
+
+def _sequence_dims(model):
+    """The widths of the attention and recurrent layers in model, whose 2-d input may be one sequence."""
+    return {m.embed_dim if isinstance(m, torch.nn.MultiheadAttention) else m.input_size
+            for m in model.modules() if isinstance(m, (torch.nn.MultiheadAttention, torch.nn.RNNBase))}
 
 
 def _is_compiled(model):
@@ -541,18 +555,21 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     forward), the layers before the first stochastic module run once, taken for deterministic
     (not where one of them is a dropout layer fastdrop does not drive, which a subclass may keep
     on in eval, nor with chunk=1 given: a prefix with randomness of its own, a noise layer, needs
-    chunk=1);
+    chunk=1; and a prefix whose output is not one tensor, an nn.LSTM's tuple, is run again with
+    the rest in every sample);
     samples are evaluated `chunk` at a time as one batched forward (auto: when no other module is
     in training mode); and a tail `[fastdrop.nn.Dropout, nn.Linear]` (or a DropoutLinear that keeps
     its class's forward) is evaluated for all samples of a
     chunk with one mask-kernel call (T masked copies of the hidden activation) and one torch GEMM
     (`fused=True`, CPU float32/float64). `chunk=1, fused=False` evaluates one sample at a time.
-    Batching samples assumes the model treats examples independently (every layer in eval mode
-    does): a forward that mixes the rows of its batch with plain torch ops (`h - h.mean(0)`,
+    Batching samples assumes the model treats examples independently (every torch layer in eval
+    mode does, but the BatchNorm below): a forward that mixes the rows of its batch with plain torch ops (`h - h.mean(0)`,
     attention across the batch), or whose number of dropout calls depends on the data, gives other
     statistics with chunk > 1 and cannot be detected: pass chunk=1 for such a model. A model with a
     sequence-first nn.MultiheadAttention or nn.RNN / LSTM / GRU (batch_first=False, torch's default,
-    also inside nn.Transformer* layers) runs one sample at a time: its dim 0 is the sequence; so does
+    also inside nn.Transformer* layers) runs one sample at a time: its dim 0 is the sequence; so
+    does one with a BatchNorm without running statistics (track_running_stats=False: batch
+    statistics in eval mode too), and
     a 2-d float input as wide as an nn.MultiheadAttention's embed_dim or an RNN's input_size that
     the samples reach, taken for one unbatched sequence (L, E) (token ids, integers, batch). An
     unbatched sequence projected first (Linear, then attention), or hand-written attention over
@@ -574,7 +591,8 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
         MCResult(mean, var, entropy, mutual_info); var is the unbiased sample variance
         (zeros when samples == 1); entropy and mutual_info are None unless logits=True. Computed in
         float64, returned in the wider of x's and the model output's float dtypes (torch's default
-        float dtype stands for an integer x or output).
+        float dtype stands for an integer x or output). A complex output (an FFT) gets a complex
+        mean and a real variance E|y - mean|^2, as torch.var's.
     Raises:
         ValueError: the model has no fastdrop stochastic module (the message names the torch, timm
             or torchvision dropout layers found, which fastdrop.nn.convert replaces), or bad
@@ -619,6 +637,18 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                          "(call model.eval() first; mc_predict keeps fastdrop's dropout active)")
     seq_first = [(name or type(model).__name__, type(m).__name__) for name, m in model.named_modules()
                  if isinstance(m, (torch.nn.MultiheadAttention, torch.nn.RNNBase)) and not m.batch_first]
+    # a BatchNorm without running statistics (track_running_stats=False) normalizes by the
+    # batch's own statistics in eval mode too: stacked samples would share them (a review)
+    batch_stats = [(name or type(model).__name__, type(m).__name__) for name, m in model.named_modules()
+                   if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is None
+                   and m.running_var is None]
+    if chunk > 1 and batch_stats:
+        if not auto_chunk:
+            warnings.warn(f"mc_predict: chunk={chunk} stacks the samples along dim 0 of the input, and "
+                          f"{batch_stats[0][0]} is an nn.{batch_stats[0][1]} without running statistics "
+                          f"(track_running_stats=False), which normalizes by its batch's own statistics "
+                          f"in eval mode too: the samples run one at a time", stacklevel=3)
+        chunk = 1
     if chunk > 1 and seq_first:
         # torch's default attention / RNN layout, (L, N, E): stacking the samples along dim 0 makes
         # one longer sequence of them, which attention mixes and a recurrence carries from sample
@@ -683,14 +713,19 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     merger = _Merger()
     encoders = any(isinstance(m, torch.nn.TransformerEncoderLayer) for m in rest.modules())
     # the attention / recurrent layers the samples reach, whose 2-d input may be one sequence
-    sequence_dims = {m.embed_dim if isinstance(m, torch.nn.MultiheadAttention) else m.input_size
-                     for m in rest.modules() if isinstance(m, (torch.nn.MultiheadAttention, torch.nn.RNNBase))}
+    sequence_dims = _sequence_dims(rest)
     try:
         with _mc_state.sampling(sampler), torch.no_grad(), _eagerly(wrapper is not None or _compiled_parts(model)), \
                 _UnfusedEncoderLayers() if encoders else contextlib.nullcontext():
             # the prefix on a copy of x: its first layer may write its input in place
             # (nn.ReLU(inplace=True)), which must not change the caller's tensor (a review)
             h = prefix(x.clone()) if prefix is not None else x
+            if type(h) is not torch.Tensor:
+                # the prefix's output is what its next layer takes, not always one tensor (an
+                # nn.LSTM's (output, (h, c)), a dict): the samples go through the whole model,
+                # which takes x (a review: h was used as a tensor)
+                prefix, rest, head, h = None, model, None, x
+                sequence_dims = _sequence_dims(rest)
             # (the fused GEMM takes the layer's weight as it is: an h of another dtype takes the
             # model's own forward, which refuses it as the eager call does)
             use_fused = head is not None and _kernel_ok(h) and h.dtype == head[2].dtype and \
@@ -761,6 +796,8 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
                         chunk = 1
                         continue
                 if logits and t0 == 0:
+                    if y.is_complex():
+                        raise TypeError(f"mc_predict: logits=True needs real logits, got a {y.dtype} output")
                     _check_class_dim(tuple(y.shape[1:]), x)
                 merger.add(y, logits)
                 t0 += n
@@ -773,11 +810,11 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     # token ids: float64; a half input cast up by the first layer, or a float32 model under half
     # autocast: float32, where a half result rounded small variances to 0); an integer or bool
     # output's in x's float dtype, or torch's default
-    out = merger.dtype if merger.dtype.is_floating_point else torch.get_default_dtype()
+    out = merger.dtype if merger.dtype.is_floating_point or merger.dtype.is_complex else torch.get_default_dtype()
     out_dtype = torch.promote_types(out, x.dtype) if x.is_floating_point() else out
     var = merger.m2 / (merger.n - 1) if merger.n > 1 else torch.zeros_like(merger.m2)
-    if not logits:
-        return MCResult(merger.mean.to(out_dtype), var.to(out_dtype))
+    if not logits:  # (a complex output: a complex mean, a real variance of the same precision)
+        return MCResult(merger.mean.to(out_dtype), var.to(_REAL_OF.get(out_dtype, out_dtype)))
     mean = merger.mean
     entropy = -(mean * torch.log(mean.clamp_min(1e-300))).sum(-1)
     mutual_info = (entropy - merger.h_sum / merger.n).clamp_min(0.0)
