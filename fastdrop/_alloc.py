@@ -355,18 +355,39 @@ def empty_like(x):
         block = _new_block(size)
     start = -block.ctypes.data % ALIGN
     arr = block[start:start + nbytes].view(_NUMPY[x.dtype])
-    if strides is None:
+    item = arr.itemsize
+    # a geometry numpy cannot hold (torch's can): more than 64 dims, or a size-1 dim whose stride
+    # in bytes passes int64 (as_strided); (numpy's errors came after the seed draw: a review)
+    numpy_geometry = x.dim() <= 64 and (strides is None or all(
+        n != 1 or abs(st) <= _MAX_STRIDE // item for n, st in zip(x.shape, strides)))
+    if strides is None and numpy_geometry:
         arr = arr.reshape(tuple(x.shape))
     h = _Handle(arr, block, _returned.append)
     with _lock:
         _live[id(h)] = h
+    if not numpy_geometry:
+        # the block's storage given x's geometry by set_, which makes no view either
+        out = torch.from_numpy(arr)
+        return out.set_(out.untyped_storage(), 0, tuple(x.shape),
+                        _c_strides(x.shape) if strides is None else tuple(strides))
     if strides is None:
         return torch.from_numpy(arr)
     # x's dense order (channels_last, a transpose): the strides torch.empty_like would give, made
     # by numpy, so the tensor is not a view (a view made under no_grad cannot be changed in place
     # under grad mode later, as a fresh output can)
-    item = arr.itemsize
     return torch.from_numpy(np.lib.stride_tricks.as_strided(arr, tuple(x.shape), tuple(s * item for s in strides)))
+
+
+_MAX_STRIDE = (1 << 63) - 1  # numpy's byte strides are int64
+
+
+def _c_strides(shape):
+    """C-order strides in elements, as torch gives a contiguous tensor of this shape."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
 
 
 def _dense_strides(x):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fastdrop
-from fastdrop import _seeds
+from fastdrop import _alloc, _seeds
 
 NAN, INF = float("nan"), float("inf")
 _SELF_CONTAINING = []
@@ -567,6 +567,36 @@ def test_shapes_past_numpy_get_the_mask_of_their_logical_index(case):
     x = make()
     y = call(x)
     assert y.shape == x.shape
+    assert torch.equal(y.detach(), _masked(x.detach(), 0.5, seed, g))
+    if x.requires_grad:
+        gx, = torch.autograd.grad(y, x, torch.ones_like(y))
+        assert torch.equal(gx, _masked(torch.ones_like(x), 0.5, seed, g))
+
+
+# The same at the output cache's sizes (fastdrop/_alloc.py, MIN_BYTES: 32 MiB and more), whose
+# blocks were cut with numpy's geometry: numpy's errors after the draw, forward and backward (a
+# review). 8.4M float32 elements, 33.6 MiB.
+BIG_GEOMETRY_CASES = {
+    "dropout, 66 dims, grad": (lambda: torch.randn(4096, 2050, *[1] * 64).requires_grad_(),
+                               lambda x: F.dropout(x, 0.5, seed=11), 11, 0),
+    "dropout, 66 dims transposed": (lambda: torch.randn(2050, 4096, *[1] * 64).transpose(0, 1),
+                                    lambda x: F.dropout(x, 0.5, seed=12), 12, 0),
+    "dropout, size-1 dim strided 2**61": (lambda: torch.as_strided(torch.randn(4096 * 2050), (4096, 1, 2050),
+                                                                   (1, 2**61, 4096)),
+                                          lambda x: F.dropout(x, 0.5, seed=13), 13, 0),
+    "drop_path, size-1 dim strided 2**61": (lambda: torch.as_strided(torch.randn(4096 * 2050), (4096, 1, 2050),
+                                                                     (1, 2**61, 4096)),
+                                            lambda x: F.drop_path(x, 0.5, seed=14), 14, 1),
+}
+
+
+@pytest.mark.parametrize("case", list(BIG_GEOMETRY_CASES))
+def test_cached_outputs_take_geometries_past_numpy(case):
+    make, call, seed, g = BIG_GEOMETRY_CASES[case]
+    x = make()
+    assert x.numel() * 4 >= _alloc.MIN_BYTES
+    y = call(x)
+    assert y.shape == x.shape and y.stride() == torch.empty_like(x).stride() and y._base is None
     assert torch.equal(y.detach(), _masked(x.detach(), 0.5, seed, g))
     if x.requires_grad:
         gx, = torch.autograd.grad(y, x, torch.ones_like(y))
