@@ -1675,3 +1675,31 @@ def test_complex_outputs_keep_their_imaginary_part(chunk):
     with pytest.raises(TypeError, match="real logits"):
         mc_predict(_Spectrum().eval(), x, samples=2, logits=True, chunk=chunk)
     assert torch.equal(state, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("fail", ["no class dim", "the model raises"])
+def test_a_failed_call_gives_back_the_buffers_training_modules_wrote(fail):
+    """A model left in training mode updates its BatchNorm's running statistics in every sample's
+    forward; a call refused after the first sample (logits=True on one logit per example) kept
+    that update (a review). A failed call now gives them back, as it gives back its seed draw."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 1 if fail == "no class dim" else 3)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), fnn.Dropout(0.3), head)
+    if fail == "the model raises":
+        calls = []
+
+        def third_sample_fails(module, args):
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("the model's own error")
+        head.register_forward_pre_hook(third_sample_fails)
+    x = torch.randn(5, 6)
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    with pytest.raises(ValueError if fail == "no class dim" else RuntimeError):
+        mc_predict(model, x, samples=8, logits=True)
+    assert torch.equal(rng, torch.get_rng_state())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, buffers[k]), k
+    r = mc_predict(model.eval(), x, samples=2, seed=SEED, logits=fail != "no class dim")  # usable after
+    assert torch.isfinite(r.mean).all()

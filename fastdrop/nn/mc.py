@@ -540,7 +540,9 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     DropConnectLinear) sample, whatever their training flag; BatchNorm and every other module run
     as they are. The model itself is not changed (no flag set, no forward replaced), so other
     threads may use it meanwhile. Statistics are accumulated in a streaming way
-    (Welford/Chan merges of chunks), so memory does not grow with `samples`.
+    (Welford/Chan merges of chunks), so memory does not grow with `samples`. A call that fails
+    gives back its seed draw and what its forwards wrote into the buffers of modules left in
+    training mode (a BatchNorm's running statistics).
 
     Mask contract: in MC sample t (0 <= t < samples), the k-th call of a fastdrop stochastic module
     in the forward (k = 0, 1, ... in execution order) uses `seed` and offset `offset + t * 2**32 + k`,
@@ -711,6 +713,11 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
 
     sampler = _Sampler(seed, base)
     merger = _Merger()
+    # what the forwards change in modules left in training mode (a BatchNorm's running statistics,
+    # every sample's forward updates them), kept to be given back if the call fails: a refusal of
+    # the first sample's output (logits without a class dim) changed them (a review)
+    trained = [] if others_eval else [(b, b.clone()) for m in model.modules() if m.training and id(m) not in drop_ids
+                                      for b in m.buffers(recurse=False)]
     encoders = any(isinstance(m, torch.nn.TransformerEncoderLayer) for m in rest.modules())
     # the attention / recurrent layers the samples reach, whose 2-d input may be one sequence
     sequence_dims = _sequence_dims(rest)
@@ -804,6 +811,9 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     except BaseException:
         if give_back is not None:  # (if nothing drew since: not the model's own draws, nor another thread's)
             give_back()
+        with torch.no_grad():
+            for buffer, before in trained:
+                buffer.copy_(before)
         raise
 
     # the statistics in the wider of x's and the model output's float dtypes (a float64 model fed
