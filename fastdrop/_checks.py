@@ -80,6 +80,11 @@ def shown(v, _depth=0):
     if isinstance(v, (tuple, list)) and _depth < 2:
         inner = ", ".join(shown(e, _depth + 1) for e in v)
         return f"[{inner}]" if isinstance(v, list) else f"({inner}{',' if len(v) == 1 else ''})"
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(v, torch.Tensor) and torch.compiler.is_compiling():
+        # a compiled graph cannot trace a tensor's repr: Dynamo's "repr() on tensor" replaced the
+        # whole message (a review)
+        return "(a tensor; pass a Python number: .item())"
     try:
         return repr(v)
     except ValueError:
@@ -93,7 +98,7 @@ def check_bool(value, name):
         return value
     if isinstance(value, np.bool_):
         return bool(value)
-    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {shown(value)}")
 
 
 def module_inplace_flag(inplace):
@@ -143,7 +148,7 @@ def check_u64(value, name):
 
 def check_mode(mode, name="mode"):
     if mode not in MODES:
-        raise ValueError(f"{name} must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"{name} must be one of {MODES}, got {shown(mode)}")
     return mode
 
 

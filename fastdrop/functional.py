@@ -22,7 +22,7 @@ import warnings
 
 from . import _core
 from ._core import DROPOUT
-from ._checks import RankError, check_array, check_bool, check_mode, check_p, train_scale
+from ._checks import RankError, check_array, check_bool, check_mode, check_p, shown, train_scale
 
 __all__ = ["dropout", "dropout1d", "dropout2d", "dropout3d", "drop_path", "RankError", "DROPOUT"]
 
@@ -187,7 +187,7 @@ def drop_path(x, p=0.0, training=True, scale_by_keep=True, *, drop_prob=None, se
     """
     if drop_prob is not None:
         if not (type(p) is float and p == 0.0):
-            raise TypeError(f"drop_path got both p={p!r} and drop_prob={drop_prob!r} (timm's name for p): "
+            raise TypeError(f"drop_path got both p={shown(p)} and drop_prob={shown(drop_prob)} (timm's name for p): "
                             f"pass one")
         p = drop_prob
     y = _lane(x, p, training, inplace, seed, offset, scaling, None, 1) \
@@ -196,7 +196,7 @@ def drop_path(x, p=0.0, training=True, scale_by_keep=True, *, drop_prob=None, se
         return y
     p = check_p(p)
     if mode not in DROP_PATH_MODES:
-        raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode!r}")
+        raise ValueError(f"mode has to be either 'batch' or 'row', but got {shown(mode)}")
     check_mode(scaling, "scaling")
     scale_by_keep = check_bool(scale_by_keep, "scale_by_keep")
     checked = check_array(x)  # once: the op core takes the result

@@ -48,7 +48,7 @@ def _check_max_norm_args(ndim, max_value, dim, eps):
     if not (0.0 < max_value < math.inf):
         raise ValueError(f"max_value must be a positive finite number, got {max_value}")
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps must be a non-negative real number, got {type(eps).__name__} {eps!r}")
+        raise TypeError(f"eps must be a non-negative real number, got {type(eps).__name__} {shown(eps)}")
     if not 0.0 <= _as_float(eps, "eps", "non-negative") < math.inf:  # (inf would zero every vector over the limit)
         raise ValueError(f"eps must be a non-negative finite number, got {shown(eps)}")
     if ndim == 0:
@@ -182,9 +182,9 @@ def _register_max_norm_op():
 
     # cudagraph_unsafe as every fastdrop op: Numba's launches have not been checked under capture
     @torch.library.custom_op("fastdrop::max_norm_", mutates_args=("weight",), tags=(torch.Tag.cudagraph_unsafe,))
-    # max_value a Scalar, as renorm_'s maxnorm: Dynamo specializes a `float` argument, a graph per
+    # max_value (and eps) a Scalar, as renorm_'s maxnorm: Dynamo specializes a `float` argument, a graph per
     # value for a changing max_value where renorm_ takes one symbolic float
-    def op(weight: torch.Tensor, max_value: torch.types.Number, dims: list[int], eps: float) -> None:
+    def op(weight: torch.Tensor, max_value: torch.types.Number, dims: list[int], eps: torch.types.Number) -> None:
         # Every check again on the real weight: a graph may run the op on a tensor the trace never
         # saw (an overlapping view, an inference tensor; the eager backend), and an exported
         # graph may call it with any arguments.

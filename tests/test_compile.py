@@ -406,6 +406,24 @@ def test_compiled_tensor_p_is_refused_with_the_reason():
         f(torch.randn(4), torch.tensor(0.3))
 
 
+@pytest.mark.parametrize("name, call, value, reason", [
+    ("seed", lambda x, v: fastdrop.dropout(x, 0.3, seed=v), torch.tensor(3), r"seed must be an int"),
+    ("offset", lambda x, v: fastdrop.dropout(x, 0.3, seed=1, offset=v), torch.tensor(3), r"offset must be an int"),
+    ("training", lambda x, v: fastdrop.dropout(x, 0.3, training=v), torch.tensor(True), r"training must be a bool"),
+    ("scale_by_keep", lambda x, v: fastdrop.drop_path(x, 0.3, scale_by_keep=v), torch.tensor(True),
+     r"scale_by_keep must be a bool"),
+    ("scaling", lambda x, v: fastdrop.drop_path(x, 0.3, scaling=v), torch.tensor(1), r"scaling must be one of"),
+    ("eps", lambda x, v: fastdrop.max_norm_(x, 1.0, eps=v), torch.tensor(1e-7), r"eps must be a non-negative"),
+])
+def test_compiled_tensor_arguments_are_refused_with_the_reason(name, call, value, reason):
+    """The same for every scalar argument: the messages of seed, offset, the flags, scaling and
+    max_norm_'s eps read the tensor's repr too (a review); they say what to pass instead."""
+    torch._dynamo.reset()
+    f = torch.compile(call, fullgraph=True, backend="eager")
+    with pytest.raises(Exception, match=reason + r".*a tensor; pass a Python number"), torch.no_grad():
+        f(torch.randn(4, 6), value)
+
+
 def test_inductor_with_torch_random_ops_matches_eager_under_fallback_random():
     """README: a graph that also holds torch's own random ops matches eager under Inductor with
     `fallback_random = True`, which keeps eager's order of draws from the generator (without it,
