@@ -428,6 +428,25 @@ class _Merger:
 _REAL_OF = {torch.complex32: torch.float16, torch.complex64: torch.float32, torch.complex128: torch.float64}
 
 
+def _batch_mixing_layer(model):
+    """What in model mixes stacked samples, in words, or None: a sequence-first attention or
+    recurrent layer, torch's default (L, N, E) layout, whose dim 0 is the sequence (stacked samples
+    make one longer sequence, which attention mixes and a recurrence carries from sample to sample:
+    not detectable from the shapes); a BatchNorm without running statistics, which normalizes by
+    its batch's own statistics in eval mode too (stacked samples would share them; a review)."""
+    for name, m in model.named_modules():
+        where = name or type(model).__name__
+        if isinstance(m, (torch.nn.MultiheadAttention, torch.nn.RNNBase)) and not m.batch_first:
+            return (f"{where} is a sequence-first nn.{type(m).__name__} (batch_first=False), whose input's "
+                    f"dim 0 is the sequence (also where the model moves its batch dim to dim 1 first)")
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is None and \
+                m.running_var is None:
+            return (f"{where} is an nn.{type(m).__name__} without running statistics "
+                    f"(track_running_stats=False), which normalizes by its batch's own statistics in "
+                    f"eval mode too")
+    return None
+
+
 def _squared(d):
     """|d|^2: a complex output's variance is E|y - mean|^2, real, as torch.var's and numpy's."""
     return d.real ** 2 + d.imag ** 2 if d.is_complex() else d ** 2
@@ -637,29 +656,11 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     elif chunk > 1 and not others_eval:
         raise ValueError("mc_predict: chunk > 1 needs every non-dropout module in eval mode "
                          "(call model.eval() first; mc_predict keeps fastdrop's dropout active)")
-    seq_first = [(name or type(model).__name__, type(m).__name__) for name, m in model.named_modules()
-                 if isinstance(m, (torch.nn.MultiheadAttention, torch.nn.RNNBase)) and not m.batch_first]
-    # a BatchNorm without running statistics (track_running_stats=False) normalizes by the
-    # batch's own statistics in eval mode too: stacked samples would share them (a review)
-    batch_stats = [(name or type(model).__name__, type(m).__name__) for name, m in model.named_modules()
-                   if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is None
-                   and m.running_var is None]
-    if chunk > 1 and batch_stats:
+    mixing = _batch_mixing_layer(model)
+    if chunk > 1 and mixing:
         if not auto_chunk:
             warnings.warn(f"mc_predict: chunk={chunk} stacks the samples along dim 0 of the input, and "
-                          f"{batch_stats[0][0]} is an nn.{batch_stats[0][1]} without running statistics "
-                          f"(track_running_stats=False), which normalizes by its batch's own statistics "
-                          f"in eval mode too: the samples run one at a time", stacklevel=3)
-        chunk = 1
-    if chunk > 1 and seq_first:
-        # torch's default attention / RNN layout, (L, N, E): stacking the samples along dim 0 makes
-        # one longer sequence of them, which attention mixes and a recurrence carries from sample
-        # to sample (not detectable from the shapes)
-        if not auto_chunk:
-            warnings.warn(f"mc_predict: chunk={chunk} stacks the samples along dim 0 of the input, and "
-                          f"{seq_first[0][0]} is a sequence-first nn.{seq_first[0][1]} (batch_first=False), "
-                          f"whose input's dim 0 is the sequence: the samples run one at a time (also "
-                          f"where the model moves its batch dim to dim 1 first)", stacklevel=3)
+                          f"{mixing}: the samples run one at a time", stacklevel=3)
         chunk = 1
     if torch._C._is_tracing() or tracing_dispatch_mode(torch):
         # its samples run eagerly (host-side masks, streaming statistics, a seed read as an int):
