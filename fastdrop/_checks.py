@@ -57,9 +57,10 @@ def python_number(v):
 
 
 def outside_unit_interval(p):
-    """Is a real p NaN or outside [0, 1]? An int or Fraction is compared exactly: float() would
-    round 1 + 10**-400 to 1.0 (inside) and raise OverflowError for 10**400."""
-    if isinstance(p, numbers.Rational):
+    """Is a real p NaN or outside [0, 1]? An int, Fraction or numpy float (a longdouble) is
+    compared exactly: float() would round 1 + 10**-400 or np.longdouble(1) + 2**-60 to 1.0
+    (inside) and raise OverflowError for 10**400 (a NaN fails the comparison: outside)."""
+    if isinstance(p, (numbers.Rational, np.floating)):
         return not 0 <= p <= 1
     p = float(p)
     return math.isnan(p) or not 0.0 <= p <= 1.0

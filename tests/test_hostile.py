@@ -225,6 +225,13 @@ CASES = [
      "shape must be a sequence of ints"),
     ("p-just-above-1", x_t, lambda x: fastdrop.nn.Dropout(Fraction(10**400 + 1, 10**400))(x), ValueError,
      "between 0 and 1"),
+    # a numpy longdouble just past [0, 1] (float() rounds it into the interval; a review)
+    ("p-longdouble-just-above-1", x_np, lambda x: F.dropout(x, np.longdouble(1) + np.longdouble(2) ** -60),
+     ValueError, "between 0 and 1"),
+    ("p-longdouble-just-below-0", x_t, lambda x: F.dropout(x, -(np.longdouble(2) ** -1100)), ValueError,
+     "between 0 and 1"),
+    ("mask-longdouble-p", x_np, lambda x: F.dropout_mask((4,), np.longdouble(1) + np.longdouble(2) ** -60, 1),
+     ValueError, "between 0 and 1"),
     ("keep-threshold-bool", x_np, lambda x: F.keep_threshold(True), TypeError, "real number"),
     ("keep-threshold-str", x_np, lambda x: F.keep_threshold("0.5"), TypeError, "real number"),
     ("keep-threshold-tensor", x_np, lambda x: F.keep_threshold(torch.tensor(0.5)), TypeError, "real number"),
