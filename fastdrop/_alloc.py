@@ -366,10 +366,10 @@ def empty_like(x):
     with _lock:
         _live[id(h)] = h
     if not numpy_geometry:
-        # the block's storage given x's geometry by set_, which makes no view either
+        # the block's storage given torch.empty_like's geometry (read from a meta tensor) by set_,
+        # which makes no view either
         out = torch.from_numpy(arr)
-        return out.set_(out.untyped_storage(), 0, tuple(x.shape),
-                        _c_strides(x.shape) if strides is None else tuple(strides))
+        return out.set_(out.untyped_storage(), 0, x.shape, torch.empty_like(x, device="meta").stride())
     if strides is None:
         return torch.from_numpy(arr)
     # x's dense order (channels_last, a transpose): the strides torch.empty_like would give, made
@@ -379,15 +379,6 @@ def empty_like(x):
 
 
 _MAX_STRIDE = (1 << 63) - 1  # numpy's byte strides are int64
-
-
-def _c_strides(shape):
-    """C-order strides in elements, as torch gives a contiguous tensor of this shape."""
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
 
 
 def _dense_strides(x):

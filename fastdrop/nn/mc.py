@@ -425,9 +425,6 @@ class _Merger:
         self.n = n
 
 
-_REAL_OF = {torch.complex32: torch.float16, torch.complex64: torch.float32, torch.complex128: torch.float64}
-
-
 def _batch_mixing_layer(model):
     """What in model mixes stacked samples, in words, or None: a sequence-first attention or
     recurrent layer, torch's default (L, N, E) layout, whose dim 0 is the sequence (stacked samples
@@ -825,7 +822,7 @@ def mc_predict(model, x, samples=32, seed=None, *, offset=0, logits=False, chunk
     out_dtype = torch.promote_types(out, x.dtype) if x.is_floating_point() else out
     var = merger.m2 / (merger.n - 1) if merger.n > 1 else torch.zeros_like(merger.m2)
     if not logits:  # (a complex output: a complex mean, a real variance of the same precision)
-        return MCResult(merger.mean.to(out_dtype), var.to(_REAL_OF.get(out_dtype, out_dtype)))
+        return MCResult(merger.mean.to(out_dtype), var.to(out_dtype.to_real()))
     mean = merger.mean
     entropy = -(mean * torch.log(mean.clamp_min(1e-300))).sum(-1)
     mutual_info = (entropy - merger.h_sum / merger.n).clamp_min(0.0)
