@@ -21,7 +21,10 @@ w (out, in), b (out,) or None, g (N, out); masks (s = multiplier of kept element
     dropout_linear         M = dropout_mask((N, in), p, seed, offset) on x
     batch DropConnect      M = dropout_mask((out, in), p, seed, offset) on W
     per-sample DropConnect M = dropout_mask((N, out, in), p, seed, offset), never materialized
-and the products, each one fused launch that regenerates the mask inside:
+and the products, each one fused launch that regenerates the mask inside (the public ops use
+these fused launchers for per-sample DropConnect only: dropout_linear and one-mask DropConnect run
+the mask kernel, then torch's cuBLAS GEMM on torch tensors or `masked_gemm` with the mask off on
+device arrays; the fused ones stay for the tests' references):
     dropout_linear   y = (x⊙M s) Wᵀ + b     gx = M s ⊙ (g W)     gW = gᵀ (x⊙M s)
     DropConnect      y = x (W⊙M s)ᵀ + b     gx = g (W⊙M s)       gW = M s ⊙ (gᵀ x)
     per-sample       y[n] = (W⊙M[n] s) x[n] + b, gx[n] = (W⊙M[n] s)ᵀ g[n], gW = Σ_n M[n] s ⊙ g[n] x[n]ᵀ

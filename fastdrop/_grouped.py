@@ -62,8 +62,8 @@ def grouped_runs(x, group_ndim):
 
 def native_layout(x, g, p, n, nbytes):
     """The layout `native_grouped` needs, (groups, the shape of the factors, run, channels), for
-    x with mask-shape rule g > 0 (a CPU float32/float64 tensor of a plain class, checked by the
-    caller, with n elements of nbytes bytes in all), when the route applies, else None: x's groups
+    x with mask-shape rule g > 0 (a CPU tensor of a plain class, float32/float64 or a smaller
+    float16/bfloat16 one, checked by the caller, with n elements of nbytes bytes in all), when the route applies, else None: x's groups
     lie in runs of memory (`grouped_layout`: contiguous, timm's permuted ConvNeXt branch, a
     sequence-first tensor seen batch-first) or its channels innermost (`_channels_layout`:
     channels_last spatial dropout), its output is one the output cache would not serve, and

@@ -264,7 +264,7 @@ CPU_PARALLEL_MIN = 1 << 17
 # (at::internal::GRAIN_SIZE), each thread taking an equal contiguous share; the grouped ops' zero
 # pass over torch's output follows the same split (fastdrop/_grouped.py, native_grouped)
 TORCH_GRAIN_SIZE = 1 << 15
-# The dense layers' and dropout_matmul's masks sit between torch GEMMs: there the parallel mask
+# The dense layers' masks sit between torch GEMMs: there the parallel mask
 # paid off only from 2^21 elements (docs/threads.md, section 2).
 DENSE_PARALLEL_MIN = 1 << 21
 

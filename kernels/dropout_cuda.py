@@ -8,8 +8,9 @@ arithmetic is the same as on the CPU, so masks are bit-identical across devices 
 
 Every kernel is a grid-stride loop over flat arrays: C-contiguous data, or, for the grouped kernel,
 the memory of a dense permuted layout whose groups it can index directly (channels_last spatial
-dropout, DropPath with the batch dim outermost); the launchers in fastdrop/_cuda.py make a
-contiguous copy of anything else. A kept element is x * scale with `scale` in the compute
+dropout, DropPath with the batch dim outermost), or, for float16/32/64 elementwise dropout, a
+batched transpose (`dropout_transposed`: channels_last, transposed matrices); the launchers in
+fastdrop/_cuda.py make a contiguous copy of anything else. A kept element is x * scale with `scale` in the compute
 type (x's dtype; float32 for float16 data, rounded once on the store; bfloat16 data comes as its
 bits to the `_bf16` kernels, below).
 

@@ -1,6 +1,6 @@
 """CPU kernels for MC dropout: T dropout samples of one input in one call.
 
-Sample t draws its mask with its own offset (fastdrop.variants.mc_predict documents which), so a
+Sample t draws its mask with its own offset (fastdrop/nn/mc.py, mc_predict, documents which), so a
 task (t, chunk of elements) generates words with offset offsets[t] at the element's index within
 the sample, exactly the words `dropout_mask(sample_shape, p, seed, offsets[t])` would give.
 
@@ -9,7 +9,7 @@ activation h in one call and hands them to a single torch GEMM. (Not a stride-0 
 Numba types that as a non-contiguous array and the apply loop ran scalar, 1.86 vs 0.22 ms for
 32 samples of 32768 elements.) (A kernel that multiplied each
 masked tile by np.dot inside prange was dropped: it nests scipy's OpenBLAS pool inside Numba's
-OpenMP pool, see dropout_matmul_cpu.)
+OpenMP pool, docs/threads.md.)
 """
 import numpy as np
 import numba

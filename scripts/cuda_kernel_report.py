@@ -392,7 +392,7 @@ def markdown(report):
         "and lmem: local memory in bytes (ptxas 12+ reports it as the stack frame; any spill or local",
         "memory fails the test); smem: static shared memory per block",
         "(bytes); threads: the launchers' block size; occupancy: theoretical resident warps / 64 per SM",
-        "at that block size (65536 registers allocated per warp in units of 256, 2048 threads, 32 blocks,",
+        "at that block size (65536 registers per SM, allocated per warp in units of 256; 2048 threads, 32 blocks,",
         "164 KiB (sm_80) / 228 KiB (sm_90) shared memory per SM with 1 KiB reserved per block), and the",
         "resource that limits it.",
         "",
