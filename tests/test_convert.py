@@ -241,3 +241,48 @@ def test_a_layer_compiled_on_its_own_is_refused_before_anything_changes():
     got = block(x)
     torch.manual_seed(0)
     assert torch.equal(got, fastdrop.dropout(x, 0.5))
+
+
+def test_hooks_on_a_replaced_layer_run_on_its_replacement():
+    """Forward, pre-forward and backward hooks registered on torch's layer were dropped by the
+    swap (a review): an output-rewriting hook's model gave other eval outputs after convert. They
+    run on the replacement, and the handles the user holds still remove them."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.3), torch.nn.Linear(4, 2)).eval()
+    seen, grads = [], []
+    rewrite = net[1].register_forward_hook(lambda mod, args, out: out * 2)
+    clamp = net[1].register_forward_pre_hook(lambda mod, args: (args[0].clamp(-0.1, 0.1),))
+    net[1].register_forward_hook(lambda mod, args, out: seen.append(type(mod)))
+    net[1].register_full_backward_hook(lambda mod, gin, gout: grads.append(type(mod)))
+    x = torch.randn(5, 4, requires_grad=True)
+    expected = net(x)
+    seen.clear()
+    fnn.convert(net)
+    assert type(net[1]) is fnn.Dropout
+    got = net(x)
+    assert torch.equal(got, expected) and seen == [fnn.Dropout]
+    got.sum().backward()
+    assert grads == [fnn.Dropout]
+    rewrite.remove()
+    clamp.remove()
+    assert len(net[1]._forward_hooks) == 1 and not net[1]._forward_pre_hooks
+    assert not torch.equal(net(x), expected)
+
+
+def test_a_layer_inside_a_scripted_or_traced_module_is_refused_before_anything_changes():
+    """A torch.jit.script / trace module runs its compiled code, whatever its Python attributes
+    say: convert changed nothing there and said nothing (a review). Refused naming the layer; a
+    model scripted after convert, or one with no dropout layer, passes through unchanged."""
+    first = torch.nn.Dropout(0.5)
+    scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.5)))
+    with pytest.raises(TypeError, match=r"model\.1 is a dropout layer inside model, a RecursiveScriptModule"):
+        fnn.convert(scripted)
+    traced = torch.jit.trace(torch.nn.Sequential(torch.nn.Dropout2d(0.5)).eval(), torch.ones(2, 3, 4, 4))
+    outer = torch.nn.Sequential(first, traced)
+    with pytest.raises(TypeError, match=r"model\.1\.0 is a dropout layer inside model\.1, a TopLevelTracedModule"):
+        fnn.convert(outer)
+    assert outer[0] is first
+    done = torch.jit.script(fnn.convert(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.5))).eval())
+    assert fnn.convert(done) is done
+    plain = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(3, 3)))
+    assert fnn.convert(plain) is plain

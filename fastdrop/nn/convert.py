@@ -65,7 +65,17 @@ def convert(model):
     (SELU dropout: fastdrop has no kernel for it), modules that are already fastdrop's, and
     anything else. Dropout layers hold no parameters or buffers, so the `state_dict` is unchanged,
     and the eval outputs are unchanged. A module reachable under several names is replaced by one
-    shared fastdrop module. Hooks registered on a replaced module are not carried over.
+    shared fastdrop module. Hooks registered on a replaced module (forward, pre-forward, backward,
+    state-dict) are carried over: they run on its replacement, and their handles still remove
+    them; other attributes a user set on it are not. Dropout inside other layers, as a float
+    (`nn.MultiheadAttention(dropout=...)`, stacked `nn.RNN` / `LSTM` / `GRU`) or a call to
+    `F.dropout` in a forward, is not a module and stays torch's.
+
+    A dropout layer inside a `torch.jit.script` / `torch.jit.trace` module is refused (TypeError):
+    the module's compiled code would keep running torch's layer; convert before scripting or
+    tracing. A drop-path schedule that
+    finds its layers by timm's or torchvision's class must look for `fastdrop.nn.DropPath` after
+    the swap (or be set up before it).
 
     Args:
         model: a torch.nn.Module.
@@ -76,6 +86,7 @@ def convert(model):
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _refuse_scripted_layers(model)
     _refuse_compiled_layers(model)  # before anything is replaced
     return _convert(model, {})
 
@@ -95,6 +106,47 @@ def _refuse_compiled_layers(model):
                             f"convert before compiling: torch.compile(fastdrop.nn.convert(model))")
 
 
+def _scripted_replaceable(s):
+    """A module of a torch.jit.script / trace whose Python class was one `convert` replaces, read
+    from its TorchScript type's qualified name (`__torch__.<module>.<class>`, with torch's
+    `___torch_mangle_N` parts when a class was scripted twice)."""
+    try:
+        qualified = s._c._type().qualified_name()
+    except AttributeError:
+        return False
+    *module, cls = [part for part in qualified.split(".")[1:] if not part.startswith("___torch_mangle")]
+    module = ".".join(module)
+    return (module == "torch.nn.modules.dropout" and cls in {c.__name__ for c in _TORCH_TO_FASTDROP}
+            or module.startswith("timm") and cls == "DropPath"
+            or module.startswith("torchvision") and cls == "StochasticDepth")
+
+
+def _refuse_scripted_layers(model):
+    """A dropout layer inside a `torch.jit.script` / `trace` module runs from the module's
+    compiled code, whatever its Python attributes say: a swap there would change nothing, silently
+    (a review). Refused before anything is replaced."""
+    for name, m in model.named_modules(prefix="model"):
+        if isinstance(m, torch.jit.ScriptModule):  # (a traced module is one too)
+            inner = [n for n, s in m.named_modules(prefix=name) if _scripted_replaceable(s)]
+            if inner:
+                raise TypeError(f"fastdrop.nn.convert: {inner[0]} is a dropout layer inside "
+                                f"{name}, a {type(m).__name__} (torch.jit.script / trace), whose compiled "
+                                f"code would keep running torch's layer; convert before scripting or "
+                                f"tracing: torch.jit.script(fastdrop.nn.convert(model))")
+
+
+def _carry_hooks(old, new):
+    """The hooks registered on old (forward, pre-forward, backward, state-dict) run on new: its
+    hook dicts become old's, the same objects, so the handles the user holds still remove them.
+    A forward hook that rewrites the layer's output would otherwise be lost, and the eval outputs
+    change (a review)."""
+    for name, value in vars(old).items():
+        if "hook" in name and name in vars(new):
+            if isinstance(value, dict) and getattr(new, name):
+                raise RuntimeError(f"fastdrop.nn.convert: {type(new).__name__} has its own {name}")  # (none has)
+            setattr(new, name, value)
+
+
 def _convert(m, done):
     if id(m) in done:
         return done[id(m)]
@@ -109,5 +161,6 @@ def _convert(m, done):
                     setattr(m, name, converted)
     else:
         new.train(m.training)
+        _carry_hooks(m, new)
     done[id(m)] = new
     return new
