@@ -256,8 +256,9 @@ def _check_tensor(x, name):
         raise TypeError(f"{name} must be a dense tensor, got a nested tensor")
     if x.layout != torch.strided:
         raise TypeError(f"{name} must be a dense (strided) tensor, got layout {x.layout}")
-    if x.device.type not in ("cpu", "cuda"):
-        raise ValueError(f"fastdrop runs on CPU and CUDA tensors, got {name} on device {x.device}")
+    if x.device.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"fastdrop runs on CPU and CUDA tensors (and meta tensors, for their shapes), got "
+                         f"{name} on device {x.device}")
     if x.dtype not in _TORCH_FLOATS:
         raise TypeError(f"{name} must have a floating point dtype (float16, bfloat16, float32, float64), "
                         f"got {x.dtype}")
@@ -556,7 +557,7 @@ def check_out(x, kind, out, inplace, given=None):
         torch = sys.modules["torch"]
         if (x.requires_grad or out.requires_grad) and torch.is_grad_enabled():
             raise RuntimeError(_OUT_AUTOGRAD)
-        if not traced(torch, x, out):
+        if not traced(torch, x, out) and not x.is_meta:  # (meta: shapes only, no memory)
             # (a wrapper subclass or a fake tensor has address 0: refused here, before the seed
             # draw and before its span could pass the overlap check as disjoint from x)
             check_plain_memory(out, "out")

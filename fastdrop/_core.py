@@ -1074,6 +1074,12 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream)
     if _SEED_OPS is None:
         register_torch_ops()
+    if operands[0].is_meta:
+        # shapes only, as torch's ops give on meta tensors (a model's forward for its output
+        # shapes, FLOP counting): the custom op's fake function, with autograd; no seed is drawn
+        # (there are no values to mask), as torch's dropout draws none on meta
+        seed_t = torch.tensor(0 if seed is None else _to_i64(seed), dtype=torch.int64, device="cpu")
+        return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream)
     if torch._C._is_tracing() or tracing_dispatch_mode(torch):
         # torch.jit.trace and make_fx record torch's ops only, not the kernels' writes (a traced
         # kernel call would return its uninitialized output), and fake tensors have no memory: the
@@ -1836,18 +1842,32 @@ def register_when_torch_loads():
         return
     import importlib.abc
     import importlib.util
+    import threading
 
     class TorchImportHook(importlib.abc.MetaPathFinder):
+        """Wraps the loader of every spec found for torch, and leaves sys.meta_path only when torch
+        runs: a probe (`importlib.util.find_spec("torch")`, as transformers' and accelerate's
+        `is_torch_available()` do) finds a spec that is never executed, and removing the hook
+        there left the later import unhooked, the ops unregistered (a saved torch.export program
+        then failed to load: a review)."""
+        finding = threading.local()  # this hook's own find_spec below, not to be answered again
+
         def find_spec(self, name, path=None, target=None):
-            if name != "torch":
+            if name != "torch" or getattr(self.finding, "active", False):
                 return None
-            sys.meta_path.remove(self)
-            spec = importlib.util.find_spec(name)
+            self.finding.active = True
+            try:
+                spec = importlib.util.find_spec(name)
+            finally:
+                self.finding.active = False
             if spec is None or spec.loader is None:
                 return spec
             exec_module = spec.loader.exec_module
+            hook = self
 
             def exec_then_register(module):
+                if hook in sys.meta_path:
+                    sys.meta_path.remove(hook)
                 exec_module(module)
                 config.keep_torch_off_a_forked_team(module)  # (a forked child importing torch)
                 register_torch_ops()

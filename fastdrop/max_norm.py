@@ -151,6 +151,8 @@ def _max_norm(weight, max_value, dim, eps):
                                "you do not need")
         if torch.compiler.is_compiling() or torch._C._is_tracing() or tracing_dispatch_mode(torch):
             return _max_norm_traced(weight, max_value, dims, eps)
+        if weight.is_meta:  # no values to project: the weight as it is, as torch's renorm_ gives
+            return weight
         check_plain_memory(weight, "weight")  # a wrapper subclass: no memory to write
         return _max_norm_tensor(weight, max_value, dims, eps)
     _max_norm_device(weight, max_value, dims, eps)

@@ -102,7 +102,8 @@ CASES = [
     ("complex-tensor", lambda: torch.ones(3, dtype=torch.complex64), lambda x: F.dropout(x, 0.5), TypeError, "floating point"),
     ("list", lambda: [1.0, 2.0], lambda x: F.dropout(x, 0.5), TypeError, "numpy array, a torch tensor"),
     ("python-float", lambda: 1.0, lambda x: F.dropout(x, 0.5), TypeError, "numpy array, a torch tensor"),
-    ("meta-tensor", lambda: torch.ones(3, device="meta"), lambda x: F.dropout(x, 0.5), ValueError, "device meta"),
+    ("meta-with-cpu-weight", lambda: torch.ones(3, 4, device="meta"),
+     lambda x: F.dropout_linear(x, torch.ones(2, 4)), ValueError, "x is on meta but weight is on cpu"),
     ("read-only-inplace", lambda: read_only(x_np()), lambda x: F.dropout(x, 0.5, inplace=True), ValueError, "read-only"),
     ("inplace-leaf", lambda: torch.ones(3, requires_grad=True),
      lambda x: F.dropout(x, 0.5, inplace=True), ValueError, "leaf"),
@@ -380,12 +381,12 @@ def test_out_disjoint_from_a_negated_view_is_accepted():
         F.dropout(base[:, 0]._neg_view(), 0.5, seed=3, out=base[:, 0, :])
 
 
-def test_dropconnect_meta_device_changes_no_state():
+def test_dropconnect_on_meta_gives_shapes_and_changes_no_state():
     x = torch.ones(4, 3, device="meta")
     state = torch.get_rng_state()
-    with pytest.raises(ValueError, match="device meta"):
-        F.dropconnect_linear(x, torch.ones(2, 3, device="meta"))
-    assert torch.equal(torch.get_rng_state(), state)
+    y = F.dropconnect_linear(x, torch.ones(2, 3, device="meta"))
+    assert y.is_meta and y.shape == (4, 2)
+    assert torch.equal(torch.get_rng_state(), state)  # no seed drawn: no values to mask
 
 
 def snapshot(x):

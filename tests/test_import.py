@@ -76,3 +76,24 @@ def test_internal_code_is_marked_for_dynamo_whatever_the_import_order():
                              timeout=300)
         assert res.returncode == 0, res.stderr
         assert res.stdout.strip() == "[0, 0, 0, 0, 0] 1", (order, res.stdout)
+
+
+SCRIPT_PROBED = """
+import importlib.util, sys
+import fastdrop
+assert importlib.util.find_spec("torch") is not None  # transformers' is_torch_available(), twice
+assert importlib.util.find_spec("torch") is not None
+import torch
+print(hasattr(torch.ops.fastdrop, "dropout"), hasattr(torch.ops.fastdrop, "draw_seed"),
+      [type(f).__name__ for f in sys.meta_path if type(f).__name__ == "TorchImportHook"])
+"""
+
+
+def test_a_probe_for_torch_before_its_import_keeps_the_registration_hook():
+    """importlib.util.find_spec("torch") between `import fastdrop` and `import torch` (libraries'
+    is-torch-available checks) took the one-shot hook off sys.meta_path with a spec that never ran,
+    so torch's import registered no fastdrop op and a saved torch.export program failed to load (a
+    review). The ops register when torch runs, and the hook leaves then."""
+    res = _run(SCRIPT_PROBED)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "True True []"

@@ -277,8 +277,8 @@ def test_validation_errors_name_the_problem(fn):
     with pytest.raises(TypeError, match="torch.float32.*torch.float64"):
         fn(torch.ones(3, 4), torch.ones(5, 4, dtype=torch.float64), seed=0)
     state = torch.get_rng_state()
-    with pytest.raises(ValueError, match="device meta"):
-        fn(torch.ones(3, 4, device="meta"), torch.ones(5, 4, device="meta"))
+    with pytest.raises(ValueError, match="x is on cpu but weight is on meta"):
+        fn(torch.ones(3, 4), torch.ones(5, 4, device="meta"))
     assert torch.equal(state, torch.get_rng_state())  # refused before drawing a seed
 
 

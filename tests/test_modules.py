@@ -542,3 +542,30 @@ def test_dropout_matmul_module():
         if fn is block:
             ref = (out, grads)
     assert torch.equal(out, ref[0]) and all(torch.equal(g, r) for g, r in zip(grads, ref[1]))
+
+
+@pytest.mark.parametrize("ours, theirs, shape", PAIRS)
+def test_modules_run_on_meta_tensors_as_torchs(ours, theirs, shape):
+    """A model on the meta device (run for its output shapes, or a FLOP count) ran torch's dropout
+    modules and refused fastdrop's (ValueError, train and eval; a review). Same shapes and strides
+    as torch's module gives, channels_last included, no seed drawn; a converted model built on
+    meta runs forward and backward; max_norm_ leaves a meta weight as it is, as renorm_ does."""
+    state = torch.get_rng_state()
+    x = torch.empty(shape, device="meta", requires_grad=True)
+    layouts = [x] + ([x.detach().to(memory_format=torch.channels_last).requires_grad_()] if len(shape) == 4 else [])
+    for t in layouts:
+        for training in (True, False):
+            got, want = ours(0.3).train(training)(t), theirs(0.3).train(training)(t)
+            assert got.is_meta and got.shape == want.shape and got.stride() == want.stride()
+            if got.requires_grad:
+                got.sum().backward()
+    with torch.device("meta"):
+        model = fnn.convert(torch.nn.Sequential(torch.nn.Linear(shape[-1], 4), theirs(0.3), fnn.DropPath(0.2),
+                                                fnn.DropoutLinear(4, 3, p=0.1)))
+        w = model[0].weight
+        assert fastdrop.max_norm_(w, 1.0) is w
+    y = model(torch.empty(shape, device="meta"))
+    assert y.is_meta and y.shape == shape[:-1] + (3,)
+    y.sum().backward()
+    assert model[0].weight.grad.is_meta
+    assert torch.equal(torch.get_rng_state(), state)

@@ -1009,7 +1009,6 @@ def _bad_inputs(case):
     yield "int", (x.long(),) + rest, TypeError
     yield "sparse", (x.to_sparse(),) + rest, TypeError
     yield "nested", (torch.nested.nested_tensor([x[0], x[-1]]),) + rest, TypeError
-    yield "meta", (x.to("meta"),) + rest, ValueError
     yield "list", (x.tolist(),) + rest, TypeError
     yield "freed", (_freed(x),) + rest, ValueError  # FSDP's free of an unsharded parameter
     yield "short", (_freed(x, x.nbytes - 8),) + rest, ValueError
@@ -1143,6 +1142,40 @@ def test_bad_input_refused_before_the_seed_draw(name):
             case.call(*ops)
         assert torch.equal(torch.get_rng_state(), state), label
         assert _seeds._numpy_source.bit_generator.state == np_state, label
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_meta_tensors_give_shapes_as_torchs_ops_do(name, layout):
+    """Every op on meta operands (a model run on the meta device for its output shapes, FLOP
+    counting) gives a meta output of the real call's shape, dtype and strides, training and eval,
+    and its backward meta gradients of the operands' shapes, drawing no seed, as torch's dropout
+    and linear do there; they were refused (ValueError), so fastdrop's modules broke forwards on
+    meta that torch's run (a review). In place and out= give x / out back. A meta operand among
+    real ones stays refused (test_bad_input_refused_before_the_seed_draw: "meta-operand")."""
+    case = CASES[name]
+    real = operands(case)
+    if layout == "transposed":
+        real = tuple(a.mT.contiguous().mT if a.dim() > 1 else a for a in real)
+    meta = tuple(a.to("meta").requires_grad_(True) for a in real)
+    state, np_state = torch.get_rng_state(), _seeds._numpy_source.bit_generator.state
+    internal = case.op in (SAMPLE_GRAD_X, SAMPLE_GRAD_W)  # (called in training only)
+    for training in (True,) if internal else (True, False):
+        want, got = case.call(*real, seed=3, training=training), case.call(*meta, training=training)
+        assert got.is_meta and got.shape == want.shape and got.dtype == want.dtype, training
+        assert got.stride() == want.stride(), (training, got.stride(), want.stride())
+        if got.requires_grad:
+            grads = torch.autograd.grad(got.sum(), meta, allow_unused=True)
+            for g, a in zip(grads, meta):
+                assert g is None or (g.is_meta and g.shape == a.shape), training
+    if case.inplace:
+        x = real[0].to("meta")
+        assert case.call(x, inplace=True) is x
+    if case.inplace and not name.startswith("drop_path"):  # the ops that take out=
+        out = torch.empty_like(want, device="meta")
+        assert case.call(real[0].to("meta"), out=out) is out
+    assert torch.equal(torch.get_rng_state(), state)
+    assert _seeds._numpy_source.bit_generator.state == np_state
 
 
 @pytest.mark.parametrize("name", NAMES)
