@@ -15,14 +15,37 @@ import os
 import sys
 import threading
 import types
+import warnings
 
 import numba
+import numba.core.caching
 from numba.core.compiler_lock import global_compiler_lock
+
+
+
+def _disk_cache_available():
+    """Can Numba store this folder's compiled kernels somewhere? It tries NUMBA_CACHE_DIR, the
+    source's __pycache__, then the user's cache dir; where none is writable (a read-only install
+    with a read-only HOME, as in a container with a read-only root filesystem), cache=True made
+    `import fastdrop` fail ("cannot cache function ...: no locator available": a review). Then the
+    kernels compile in each process instead, and a warning says how to get the cache back."""
+    def probe():
+        pass
+    try:
+        numba.core.caching.FunctionCache(probe)  # (the locator search cache=True makes, same folder)
+        return True
+    except RuntimeError:
+        warnings.warn("fastdrop: Numba finds no writable cache directory for fastdrop's kernels (the "
+                      "install's __pycache__ and the user's cache dir are read-only), so each process "
+                      "compiles the kernels it calls anew (seconds per kernel); set NUMBA_CACHE_DIR to a "
+                      "writable directory to keep them", RuntimeWarning, stacklevel=2)
+        return False
 
 # cache=True: compiled machine code is stored next to the source (__pycache__), so only the
 # first call in a fresh checkout pays the LLVM compile; error_model="numpy": division by zero
 # follows IEEE instead of raising, and no Python exception path is compiled into inner loops.
-JIT_OPTIONS = dict(cache=True, nogil=True, error_model="numpy")
+DISK_CACHE = _disk_cache_available()
+JIT_OPTIONS = dict(cache=DISK_CACHE, nogil=True, error_model="numpy")
 
 
 class CpuKernel:
@@ -270,7 +293,7 @@ DENSE_PARALLEL_MIN = 1 << 21
 
 # cache=True for every CUDA kernel too: NVVM takes ~1 s per kernel specialization, in every process
 # and every DDP rank, without it (cached PTX/cubin lands next to the source, like the CPU cache).
-CUDA_JIT_OPTIONS = dict(cache=True)
+CUDA_JIT_OPTIONS = dict(cache=DISK_CACHE)
 
 # CUDA launch shape: threads per block for the elementwise kernels (grid-stride loops).
 CUDA_THREADS = 256

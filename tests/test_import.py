@@ -97,3 +97,27 @@ def test_a_probe_for_torch_before_its_import_keeps_the_registration_hook():
     res = _run(SCRIPT_PROBED)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "True True []"
+
+
+SCRIPT_NO_CACHE = """
+import warnings
+import numpy as np
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import fastdrop
+assert not fastdrop.kernels.config.DISK_CACHE
+print([str(w.message)[:60] for w in caught if "no writable cache" in str(w.message)])
+y = fastdrop.dropout(np.ones((4, 5), np.float32), 0.5, seed=1)
+assert (y == np.where(fastdrop.dropout_mask((4, 5), 0.5, 1), 2.0, 0.0)).all()
+"""
+
+
+def test_no_writable_kernel_cache_compiles_in_process_with_a_warning():
+    """Where Numba finds no writable place for the kernels' cache (a read-only install and HOME;
+    here every locator but the zip-import one switched off through Numba's own setting), cache=True
+    made `import fastdrop` raise "cannot cache function ... no locator available" (a review). The
+    kernels compile without the disk cache, and one warning names NUMBA_CACHE_DIR."""
+    res = subprocess.run([sys.executable, "-c", SCRIPT_NO_CACHE], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "['fastdrop: Numba finds no writable cache directory for fastdr']"
