@@ -939,6 +939,8 @@ def _call(op, operands, params, p, training, seed, offset, scale, eval_factor, i
         _cuda = cuda_module()
         _cuda.require_gpu()
         check_device_byte_order(operands)
+    elif kind == TORCH and x.is_cuda and "fastdrop._cuda" not in sys.modules:
+        _require_numba_cuda()  # (a CUDA tensor's kernels: refused before the draw too)
     if seed is None and (p == 1.0 or any(0 in a.shape for a in operands if a is not None)):
         # The result does not depend on the mask, so none is drawn, as torch's own dropout draws
         # none at p = 1 or for an empty x: at p = 1 every mask element is dropped whatever the
@@ -1895,12 +1897,26 @@ def register_torch_ops():
 TORCH_OP_REGISTRARS = []
 
 
+def _require_numba_cuda():
+    """numba-cuda is an extra, not a dependency (no macOS wheel): CUDA data without it gets this
+    error, not numba's deprecated built-in CUDA target (which numba 0.68 would still import)."""
+    import importlib.util
+    if importlib.util.find_spec("numba_cuda") is None:
+        raise RuntimeError("fastdrop got CUDA data (a torch CUDA tensor or an object with "
+                           "__cuda_array_interface__); its CUDA kernels need the numba-cuda package, which "
+                           "is not installed: pip install 'fastdrop[cuda12]' (torch +cu12x) or "
+                           "'fastdrop[cuda13]' (torch +cu13x), or 'fastdrop[cuda]' with a CUDA toolkit "
+                           "(or for NUMBA_ENABLE_CUDASIM=1)")
+
+
 def cuda_module():
     """fastdrop._cuda, imported on the first CUDA input (numba.cuda takes a second to load).
 
     It loads after the marking of keep_dynamo_out ran, so its code and the CUDA kernels' are
     marked here, on the first call once torch is loaded (without torch, the later import of torch
     marks them: TorchImportHook -> register_torch_ops)."""
+    if "fastdrop._cuda" not in sys.modules:
+        _require_numba_cuda()
     from . import _cuda
     if "fastdrop._cuda" not in MARKED and "torch" in sys.modules:
         keep_dynamo_out()

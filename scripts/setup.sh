@@ -10,6 +10,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# The pins are for Python >= 3.11 (numpy 2.4.6 and cuda-bindings 13.5 have no 3.10 wheels); pip's
+# own message for it, a ResolutionImpossible over numpy<2.5 and ==2.4.6, does not say so (a review).
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "scripts/setup.sh: ci/constraints.txt pins packages that need Python >= 3.11, got $("$PY" -V 2>&1);" \
+         "set PYTHON to a newer python3, or (fastdrop itself runs on 3.10) pip install -e '.[torch,test]' without the pins" >&2
+    exit 1
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi

@@ -121,3 +121,32 @@ def test_no_writable_kernel_cache_compiles_in_process_with_a_warning():
                          env={**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"})
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "['fastdrop: Numba finds no writable cache directory for fastdr']"
+
+
+SCRIPT_NO_NUMBA_CUDA = """
+import sys
+sys.modules['numba_cuda'] = None  # not installed: numba-cuda is an extra (no macOS wheel)
+import numpy as np, fastdrop
+from fastdrop import _seeds
+
+
+class DeviceArray:  # what fastdrop reads of a CUDA array: its interface
+    __cuda_array_interface__ = {"shape": (4,), "typestr": "<f4", "data": (1 << 20, False), "version": 3}
+
+
+state = _seeds._numpy_source.bit_generator.state
+try:
+    fastdrop.dropout(DeviceArray(), 0.5)
+except RuntimeError as e:
+    print("fastdrop[cuda12]" in str(e), _seeds._numpy_source.bit_generator.state == state)
+print(fastdrop.dropout(np.ones(4, np.float32), 0.5, seed=1).shape)
+"""
+
+
+def test_cuda_data_without_numba_cuda_names_the_extra():
+    """numba-cuda is an extra (it has no macOS wheel, and the CPU kernels need numba alone: a
+    review); CUDA data without it gets a RuntimeError naming the extras, before the seed draw; the
+    CPU API works."""
+    res = _run(SCRIPT_NO_NUMBA_CUDA)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[:2] == ["True True", "(4,)"]
