@@ -20,19 +20,33 @@ __version__ = "0.2.0"
 _core.register_when_torch_loads()
 
 
+_NEEDS_TORCH = ("nn", "mc_predict")
+
+
 def __getattr__(name):
     # fastdrop.nn and mc_predict need torch: imported on first use, so the numpy API works without it.
     import importlib
-    if name == "nn":
-        return importlib.import_module(".nn", __name__)
-    if name == "mc_predict":
-        return importlib.import_module(".nn.mc", __name__).mc_predict
-    raise AttributeError(f"module 'fastdrop' has no attribute {name!r}")
+    if name not in _NEEDS_TORCH:
+        raise AttributeError(f"module 'fastdrop' has no attribute {name!r}")
+    try:
+        nn = importlib.import_module(".nn", __name__)
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        raise ModuleNotFoundError(f"fastdrop.{name} needs torch, which is not installed: pip install "
+                                  f"'fastdrop[torch]' (the numpy API works without it)", name="torch") from e
+    return nn if name == "nn" else importlib.import_module(".nn.mc", __name__).mc_predict
 
 
+def _torch_installed():
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None
+
+
+# `from fastdrop import *` without torch installed exports the numpy API (it failed on nn: a review)
 __all__ = ["dropout", "dropout1d", "dropout2d", "dropout3d", "dropout_mask", "philox4x32",
            "keep_threshold", "manual_seed", "register_torch_ops", "set_rank_streams", "RankError",
-           "InplaceLeafError", "nn",
-           "dropout_linear", "dropconnect_linear",
-           "drop_path", "dropout_matmul", "max_norm_", "max_norm_hook", "mc_predict",
-           "empty_cache", "cache_stats"]
+           "InplaceLeafError", "dropout_linear", "dropconnect_linear", "drop_path", "dropout_matmul",
+           "max_norm_", "max_norm_hook", "empty_cache", "cache_stats"]
+if _torch_installed():
+    __all__ += ["nn", "mc_predict"]

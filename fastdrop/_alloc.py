@@ -46,6 +46,7 @@ import weakref
 
 import numpy as np
 
+from .kernels.config import ON_OFF, env_choice
 from .kernels.layout import dense_after
 
 MIN_BYTES = 32 << 20          # smaller outputs come from glibc's heap, already faulted in
@@ -56,7 +57,7 @@ ENV_MAX_BYTES = "FASTDROP_CACHE_MAX_BYTES"
 HUGE_PAGE = 2 << 20           # bytes of a transparent huge page (x86-64, arm64 with 4 KiB pages)
 MADV_HUGEPAGE = 14            # <asm-generic/mman-common.h>
 ENV_HUGEPAGES = "FASTDROP_HUGEPAGES"
-HUGEPAGES = sys.platform.startswith("linux") and os.environ.get(ENV_HUGEPAGES, "1").strip() != "0"
+HUGEPAGES = env_choice(ENV_HUGEPAGES, ON_OFF, "1") and sys.platform.startswith("linux")
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _LIMIT_RE = re.compile(r"\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)

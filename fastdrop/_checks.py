@@ -240,6 +240,19 @@ def array_kind(x, name="x"):
 _TORCH_FLOATS = ()
 
 
+def import_torch(what):
+    """torch, or for a torch-only entry point without torch installed a ModuleNotFoundError that
+    names the extra (the bare 'No module named torch' did not say fastdrop's numpy API works)."""
+    try:
+        import torch
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        raise ModuleNotFoundError(f"{what} needs torch, which is not installed: pip install 'fastdrop[torch]' "
+                                  f"(the numpy API works without it)", name="torch") from e
+    return torch
+
+
 def fill_torch_floats(torch):
     global _TORCH_FLOATS
     _TORCH_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)

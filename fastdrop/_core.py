@@ -42,7 +42,7 @@ import numpy as np
 from . import _autocast, _cpu, _seeds
 from ._alloc import PHYSICAL_BYTES, check_output_bytes
 from ._alloc import empty_like as _pooled_empty_like
-from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, announce_write, check_array,
+from ._checks import (CUDA_ARRAY, MAX_U64, NUMPY, TORCH, InplaceLeafError, announce_write, check_array, import_torch,
                       check_bool, check_companions, check_device_byte_order, check_out, check_out_is_x, check_p,
                       check_plain_memory, check_storage, check_u64, check_writable, fill_torch_floats,
                       is_subclass_like, mark_written, numpy_view, quiet_under_jit_trace, squeeze_past_numpy, traced)
@@ -1884,6 +1884,7 @@ def register_torch_ops():
 
     torch.compile can only trace ops that exist: this runs when fastdrop is imported after torch,
     when fastdrop.nn is imported, and on the first eager call on a tensor."""
+    import_torch("fastdrop.register_torch_ops")
     _seed_ops()
     for op in OPS:
         library_op(op)

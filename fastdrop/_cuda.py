@@ -41,7 +41,6 @@ reads a new seed and the backward the forward's; every launcher below takes such
 `seeds` (default: the empty one, the host seed).
 """
 import math
-import os
 
 import numba
 import numpy as np
@@ -53,7 +52,7 @@ from .kernels import linear_cuda as L
 from .kernels import sample_cuda as S
 # max_norm_'s kernel, loaded (and marked for Dynamo: _core.cuda_module) with the others
 from .kernels.variants_cuda import max_norm_device  # noqa: F401
-from .kernels.config import (CUDA_FILL_THREADS, CUDA_MAX_BLOCKS, CUDA_MAX_SPLITS, SPLIT_MIN_REDUCTION,
+from .kernels.config import (CUDA_FILL_THREADS, CUDA_MAX_BLOCKS, CUDA_MAX_SPLITS, SPLIT_MIN_REDUCTION, env_choice,
                              launch_shape)
 from .kernels.layout import channels_innermost, dense_after, groups_outermost
 from .kernels.philox import LANES, MAX_U64, kernel_rng_args
@@ -401,9 +400,8 @@ MAX_GRID_Y = 65535  # the kernels loop over the rest
 # Per-example DropConnect's kernels: "registers" (kernels/sample_cuda.py: mask bits in registers,
 # split-K for small products) or "tiled" (linear_cuda.sample_gemm, the kernel the 2026-12-04 H200 run
 # measured). Read once, at import.
-SAMPLE_KERNEL = os.environ.get("FASTDROP_SAMPLE_KERNEL", "tiled").strip().lower()
-if SAMPLE_KERNEL not in ("tiled", "registers"):
-    raise ValueError(f"FASTDROP_SAMPLE_KERNEL must be 'tiled' or 'registers', got {SAMPLE_KERNEL!r}")
+# (another value warns and keeps "tiled": it failed every CUDA op, per-sample DropConnect or not)
+SAMPLE_KERNEL = env_choice("FASTDROP_SAMPLE_KERNEL", {"tiled": "tiled", "registers": "registers"}, "tiled")
 
 
 def _tiles(M, Nc):

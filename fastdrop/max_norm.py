@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from . import _core
-from ._checks import (CUDA_ARRAY, NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, announce_write, array_kind,
+from ._checks import (CUDA_ARRAY, NUMPY, TORCH, WRITABLE_NUMPY, InterfaceArray, announce_write, array_kind, import_torch,
                       check_array, check_device_byte_order, check_plain_memory, check_storage, check_writable,
                       is_torch_tensor, mark_written, numpy_view, python_number, quiet_under_jit_trace,
                       refuse_while_tracing, shown, shown_number, squeeze_past_numpy)
@@ -278,6 +278,7 @@ def max_norm_hook(optimizer, targets, max_value, dim=1, eps=1e-7):
     Example:
         >>> fastdrop.max_norm_hook(opt, [model[0], model[2]], max_value=3.0)
     """
+    import_torch("fastdrop.max_norm_hook")
     weights = _weights_of(targets)
     for w in weights:  # every argument before any weight changes, and every weight's memory (a
         _checked(w, max_value, dim, eps)  # parameter FSDP freed), as max_norm_ checks it later

@@ -23,6 +23,25 @@ from numba.core.compiler_lock import global_compiler_lock
 
 
 
+def env_choice(name, choices, default):
+    """choices[value] for the environment variable name (compared lower-case, stripped); unset or
+    empty: choices[default]. Any other value warns (a RuntimeWarning naming the accepted ones) and
+    keeps the default: a tuning knob must not make `import fastdrop` fail, nor be ignored in
+    silence (FASTDROP_HUGEPAGES=false left huge pages on: a review)."""
+    text = os.environ.get(name, "").strip().lower()
+    if not text:
+        return choices[default]
+    if text not in choices:
+        warnings.warn(f"{name}={os.environ[name]!r} is not one of {', '.join(map(repr, choices))}; using "
+                      f"{default!r}", RuntimeWarning, stacklevel=3)
+        return choices[default]
+    return choices[text]
+
+
+# the spellings of a switch
+ON_OFF = {"1": True, "on": True, "true": True, "yes": True, "0": False, "off": False, "false": False, "no": False}
+
+
 def _disk_cache_available():
     """Can Numba store this folder's compiled kernels somewhere? It tries NUMBA_CACHE_DIR, the
     source's __pycache__, then the user's cache dir; where none is writable (a read-only install

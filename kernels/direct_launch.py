@@ -36,13 +36,14 @@ CUDADispatcher.compile, _Kernel.argument_types, _Kernel._codelibrary.get_cufunc(
 the check only, _Kernel._prepare_args.
 """
 import ctypes
-import os
 import warnings
 
 import numpy as np
 
+from .config import env_choice
+
 ENV = "FASTDROP_CUDA_LAUNCH"
-_state = {"on": os.environ.get(ENV, "direct").strip().lower() != "numba", "why_off": None}
+_state = {"on": env_choice(ENV, {"direct": True, "numba": False}, "direct"), "why_off": None}
 if not _state["on"]:
     _state["why_off"] = f"{ENV}=numba"
 

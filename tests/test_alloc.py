@@ -566,6 +566,11 @@ def test_huge_page_advice_only_for_large_plain_cpu_memory(monkeypatch):
 def test_env_var_turns_huge_page_advice_off():
     script = "from fastdrop import _alloc; print(_alloc.HUGEPAGES)"
     assert _run(script, env={"FASTDROP_HUGEPAGES": "0"}).stdout.strip() == "False"
+    linux = str(sys.platform.startswith("linux"))
+    for off in ("false", "Off", "no"):  # (only "0" turned it off: a review)
+        assert _run(script, env={"FASTDROP_HUGEPAGES": off}).stdout.strip() == "False", off
+    bad = _run(script, env={"FASTDROP_HUGEPAGES": "maybe"})
+    assert bad.stdout.strip() == linux and "FASTDROP_HUGEPAGES='maybe' is not one of" in bad.stderr
     assert _run(script, env={"FASTDROP_HUGEPAGES": ""}).stdout.strip() == str(sys.platform.startswith("linux"))
 
 

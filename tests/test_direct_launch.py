@@ -194,6 +194,11 @@ def test_environment_turns_the_route_off():
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["False", "FASTDROP_CUDA_LAUNCH=numba", "None"]
+    # another value keeps the route on, saying so (it was ignored silently: a review)
+    env["FASTDROP_CUDA_LAUNCH"] = "off"
+    code = "from fastdrop.kernels import direct_launch as D; print(D.enabled())"
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert res.stdout.split()[0] == "True" and "FASTDROP_CUDA_LAUNCH='off' is not one of" in res.stderr
 
 
 class _FakeKernel:

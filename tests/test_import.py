@@ -150,3 +150,27 @@ def test_cuda_data_without_numba_cuda_names_the_extra():
     res = _run(SCRIPT_NO_NUMBA_CUDA)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split("\n")[:2] == ["True True", "(4,)"]
+
+
+SCRIPT_STAR_WITHOUT_TORCH = """
+import sys
+sys.modules['torch'] = None
+import fastdrop
+from fastdrop import *
+print('nn' in fastdrop.__all__, callable(dropout))
+for use in (lambda: fastdrop.nn, lambda: fastdrop.mc_predict, lambda: fastdrop.register_torch_ops(),
+            lambda: fastdrop.max_norm_hook(None, [], 1.0)):
+    try:
+        use()
+    except ModuleNotFoundError as e:
+        print("fastdrop[torch]" in str(e), e.name)
+"""
+
+
+def test_star_import_and_torch_entry_points_without_torch():
+    """Without torch, `from fastdrop import *` failed on `nn` in __all__, and the torch-only entry
+    points said only "No module named 'torch'" (a review): the star import gives the numpy API,
+    and each entry point names the extra."""
+    res = _run(SCRIPT_STAR_WITHOUT_TORCH)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "True"] + ["True", "torch"] * 4

@@ -300,7 +300,8 @@ def test_registers_grid_loops_over_row_groups(rng, monkeypatch):
 
 
 def test_sample_kernel_switch_is_read_and_checked_at_import(tmp_path):
-    """FASTDROP_SAMPLE_KERNEL picks the kernels; anything else is refused when fastdrop._cuda loads.
+    """FASTDROP_SAMPLE_KERNEL picks the kernels; anything else warns when fastdrop._cuda loads and
+    keeps "tiled" (it raised there, which failed every CUDA op, not only per-sample DropConnect).
     (Run outside the checkout: there ./fastdrop, without kernels/, would shadow an import through
     scripts/gpu_check.sh's shim, as on the GPU machine, where nothing is installed.)"""
     import subprocess
@@ -312,8 +313,9 @@ def test_sample_kernel_switch_is_read_and_checked_at_import(tmp_path):
                              capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()[-1]
         assert out == want
     bad = subprocess.run([sys.executable, "-c", code], env=dict(env, FASTDROP_SAMPLE_KERNEL="fast"),
-                         capture_output=True, text=True, cwd=tmp_path)
-    assert bad.returncode != 0 and "FASTDROP_SAMPLE_KERNEL must be 'tiled' or 'registers'" in bad.stderr
+                         capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert bad.stdout.split()[-1] == "tiled"
+    assert "FASTDROP_SAMPLE_KERNEL='fast' is not one of 'tiled', 'registers'; using 'tiled'" in bad.stderr
 
 
 def test_registers_forward_makes_each_philox_block_once(rng, monkeypatch):
