@@ -38,6 +38,15 @@ def env_choice(name, choices, default):
     return choices[text]
 
 
+def jit_off_hint():
+    """What to add to the error of an njit-only helper reached from Python: with NUMBA_DISABLE_JIT=1
+    the kernels run as Python and reach them (the bare message did not say why: a review)."""
+    if not numba.config.DISABLE_JIT:
+        return ""
+    return ("; fastdrop's kernels need Numba's JIT, which NUMBA_DISABLE_JIT=1 turns off: unset it (the "
+            "mask functions, dropout_mask and philox4x32, still run as Python)")
+
+
 # the spellings of a switch
 ON_OFF = {"1": True, "on": True, "true": True, "yes": True, "0": False, "off": False, "false": False, "no": False}
 

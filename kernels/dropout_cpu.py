@@ -34,6 +34,7 @@ from llvmlite import binding as llvm_binding, ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic, overload
 
+from .config import jit_off_hint
 from .config import (CPU_BLOCKS_PER_CHUNK, CPU_PREFETCH_GROUP, CPU_PREFETCH_MIN_BYTES, JIT_OPTIONS, TILED_A,
                      TILED_L, cpu_kernel)
 from .philox import HALF_MASK, LANES, SHIFT16, philox_block_cpu
@@ -155,7 +156,7 @@ f32_to_f16 = f32_to_f16_hw if NATIVE_F16 else f32_to_f16_bits
 
 def _scaled(v, scale):
     """v * scale in v's own format (the element op of every kernel below); compiled code only."""
-    raise NotImplementedError("fastdrop.kernels.dropout_cpu._scaled runs inside compiled kernels")
+    raise NotImplementedError("fastdrop.kernels.dropout_cpu._scaled runs inside compiled kernels" + jit_off_hint())
 
 
 @overload(_scaled, inline="always", jit_options=JIT_OPTIONS)
@@ -302,7 +303,7 @@ def _address_as_pointer(typingctx, address):
 
 def _view_at(address, n, like):
     """n contiguous elements of like's type at an integer address, as a 1-D array (njit only)."""
-    raise NotImplementedError("_view_at is for njit code")
+    raise NotImplementedError("_view_at is for njit code" + jit_off_hint())
 
 
 @overload(_view_at, inline="always")
