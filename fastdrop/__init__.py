@@ -31,7 +31,7 @@ def __getattr__(name):
     try:
         nn = importlib.import_module(".nn", __name__)
     except ModuleNotFoundError as e:
-        if e.name != "torch":
+        if e.name != "torch" and not (e.name or "").startswith("torch."):
             raise
         raise ModuleNotFoundError(f"fastdrop.{name} needs torch, which is not installed: pip install "
                                   f"'fastdrop[torch]' (the numpy API works without it)", name="torch") from e
@@ -40,7 +40,9 @@ def __getattr__(name):
 
 def _torch_installed():
     import importlib.util
-    return importlib.util.find_spec("torch") is not None
+    spec = importlib.util.find_spec("torch")
+    # (a bare torch/ folder on the path is a namespace package, not torch: no origin; a review)
+    return spec is not None and spec.origin not in (None, "namespace")
 
 
 # `from fastdrop import *` without torch installed exports the numpy API (it failed on nn: a review)

@@ -246,7 +246,7 @@ def import_torch(what):
     try:
         import torch
     except ModuleNotFoundError as e:
-        if e.name != "torch":
+        if e.name != "torch" and not (e.name or "").startswith("torch."):
             raise
         raise ModuleNotFoundError(f"{what} needs torch, which is not installed: pip install 'fastdrop[torch]' "
                                   f"(the numpy API works without it)", name="torch") from e

@@ -686,12 +686,15 @@ class MaskedOp:
         out_numel(operands): the output's number of elements, where it can exceed x's (on host
             memory x-sized arrays and the output are refused before the draw when larger than
             physical memory); None: x-sized.
+        flops(operand shapes, output shape): the floating-point operations of its GEMMs, for
+            torch's FlopCounterMode; None: no GEMM (elementwise work, which torch counts as none).
     """
 
     def __init__(self, name, operands, forward, backward, plain, fake, check=None, saves=(),
                  optional=(), bias=None, upcast_half=False, own_products=False, masked=0, vmap=None,
-                 out_numel=None, params_rule=None):
+                 out_numel=None, params_rule=None, flops=None):
         self.name, self.operands = name, tuple(operands)
+        self.flops = flops
         self.params_rule = params_rule
         self.out_numel = out_numel
         self.forward, self.backward, self.plain, self.fake = forward, backward, plain, fake
@@ -1076,12 +1079,6 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
         return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream)
     if _SEED_OPS is None:
         register_torch_ops()
-    if operands[0].is_meta:
-        # shapes only, as torch's ops give on meta tensors (a model's forward for its output
-        # shapes, FLOP counting): the custom op's fake function, with autograd; no seed is drawn
-        # (there are no values to mask), as torch's dropout draws none on meta
-        seed_t = torch.tensor(0 if seed is None else _to_i64(seed), dtype=torch.int64, device="cpu")
-        return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream)
     if torch._C._is_tracing() or tracing_dispatch_mode(torch):
         # torch.jit.trace and make_fx record torch's ops only, not the kernels' writes (a traced
         # kernel call would return its uninitialized output), and fake tensors have no memory: the
@@ -1115,6 +1112,8 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
             # (a constant of the trace: the point, not a TracerWarning's worry)
             seed_t = quiet_under_jit_trace(torch.tensor, _to_i64(seed), dtype=torch.int64, device="cpu")
         return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream)
+    if operands[0].is_meta:  # (after the traces: a trace on meta records its seed draw as on a CPU tensor)
+        return _meta_call(torch, op, operands, params, p, seed, offset, scale, inplace, out, rank_stream)
     jvp_in_place = False
     if torch._C._are_functorch_transforms_active():
         tangents = _tangent_levels(torch, operands)
@@ -1152,6 +1151,20 @@ def _torch_call(op, operands, params, p, seed, offset, scale, inplace, out=None)
     if jvp_in_place:
         return operands[0].copy_(torch_apply(op, operands, params, rng))
     return torch_apply(op, operands, params, rng, inplace)
+
+
+def _meta_call(torch, op, operands, params, p, seed, offset, scale, inplace, out, rank_stream):
+    """op on meta tensors: shapes only, as torch's ops give there (a model's forward for its output
+    shapes): the custom op's fake function, with autograd; no seed drawn (no values to mask), as
+    torch's dropout draws none on meta. torch.func's grad transforms and forward-mode AD have no
+    formula on that route (the custom op's autograd has no setup_context nor jvp): refused, not a
+    wrong tangent (a review)."""
+    if forward_ad_active(torch) or grad_levels_active(torch):
+        raise RuntimeError(f"fastdrop.{op.name} on meta tensors under forward-mode AD or torch.func.grad / vjp "
+                           f"/ jacrev is not supported: the meta route is the op's custom op, which "
+                           f"torch.func cannot differentiate; run the transform on CPU or CUDA tensors")
+    seed_t = torch.tensor(0 if seed is None else _to_i64(seed), dtype=torch.int64, device="cpu")
+    return _library_call(op, operands, params, p, seed_t, offset, scale, inplace, out, rank_stream)
 
 
 def _tangent_levels(torch, operands):
@@ -2094,5 +2107,23 @@ def library_op(op):
     lib.register_vmap(vmap_rule)
     if op.upcast_half:
         _autocast.register_autocast_kernels(op, getattr(torch.ops.fastdrop, op.name).default, n)
+    if op.flops is not None:
+        _register_flops(torch, op, n)
     op._library_op = lib
     return lib
+
+
+def contracting_last_dim_flops(shapes, out_shape):
+    """A GEMM whose output element sums over the first operand's last dim (x Wᵀ, a @ b, g W):
+    a multiply and an add per term."""
+    return 2 * math.prod(out_shape) * shapes[0][-1]
+
+
+def _register_flops(torch, op, n):
+    """torch's FlopCounterMode counts the op's GEMMs where it sees the custom op (meta tensors,
+    traced graphs); without a formula it counted none (a review)."""
+    from torch.utils.flop_counter import register_flop_formula
+
+    @register_flop_formula(getattr(torch.ops.fastdrop, op.name))
+    def flops(*args, out_shape=None, **kwargs):
+        return op.flops(args[:n], out_shape)

@@ -113,7 +113,8 @@ def _dl_backward(B, grad, operands, rng, params, needs):
 
 DROPOUT_LINEAR = _core.MaskedOp("dropout_linear", _OPERANDS, forward=_dl_forward, backward=_dl_backward,
                                 plain=_plain, fake=_fake, check=_check, saves=(0, 1), optional=(2,),
-                                bias=2, upcast_half=True, out_numel=_out_numel)
+                                bias=2, upcast_half=True, out_numel=_out_numel,
+                                flops=_core.contracting_last_dim_flops)
 
 
 # ---- DropConnect, one mask per call ----------------------------------------------------------------
@@ -138,7 +139,8 @@ def _mean_network(B, operands, params, factor, inplace=False):
 
 DROPCONNECT = _core.MaskedOp("dropconnect", _OPERANDS, forward=_dc_forward, backward=_dc_backward,
                              plain=_mean_network, fake=_fake, check=_check, saves=(0, 1),
-                             optional=(2,), bias=2, upcast_half=True, masked=1, out_numel=_out_numel)
+                             optional=(2,), bias=2, upcast_half=True, masked=1, out_numel=_out_numel,
+                             flops=_core.contracting_last_dim_flops)
 
 
 # ---- DropConnect, one mask per example (its own kernels: no vendor op exists) ----------------------
@@ -274,7 +276,8 @@ def _not_public(B, operands, params, factor, inplace=False):
 DROPCONNECT_SAMPLE = _core.MaskedOp("dropconnect_sample", _OPERANDS, forward=_sample_forward,
                                     backward=_sample_backward, plain=_mean_network, fake=_fake,
                                     check=_check, saves=(0, 1), optional=(2,), bias=2, upcast_half=True,
-                                    own_products=True, masked=1, out_numel=_out_numel)
+                                    own_products=True, masked=1, out_numel=_out_numel,
+                                    flops=_core.contracting_last_dim_flops)
 def _host_only(a):
     if array_kind(a) == CUDA_ARRAY:
         raise TypeError("the per-sample DropConnect gradient ops take numpy arrays or torch tensors")
@@ -301,10 +304,11 @@ def _check_gw(operands, params):
 SAMPLE_GRAD_X = _core.MaskedOp(
     "dropconnect_sample_grad_x", ("grad", "weight"), forward=_gx_forward, backward=_gx_backward,
     plain=_not_public, check=_check_gx, saves=(0, 1), upcast_half=True, own_products=True, masked=1,
-    fake=lambda ops, params: ops[0].new_empty((*ops[0].shape[:-1], ops[1].shape[1])))
+    flops=_core.contracting_last_dim_flops, fake=lambda ops, params: ops[0].new_empty((*ops[0].shape[:-1], ops[1].shape[1])))
 SAMPLE_GRAD_W = _core.MaskedOp(
     "dropconnect_sample_grad_w", ("grad", "x"), forward=_gw_forward, backward=_gw_backward,
     plain=_not_public, check=_check_gw, saves=(0, 1), upcast_half=True, own_products=True, masked=None,
+    flops=lambda shapes, out_shape: 2 * math.prod(out_shape) * math.prod(shapes[0][:-1]),  # gᵀ x over rows
     fake=lambda ops, params: ops[0].new_empty((ops[0].shape[-1], ops[1].shape[-1])))
 
 
@@ -579,6 +583,10 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
         # host memory, refused before the draw as the pipeline refuses an output larger than memory
         itemsize = max(x.element_size() if kind == TORCH else x.dtype.itemsize, 4)  # halves in float32
         check_output_bytes(max(math.prod(x.shape), _out_numel((x, weight, bias))) * itemsize)
+    if kind == TORCH and x.is_meta:
+        # shapes only: the samples' mean has activation(mu)'s shape and dtype, no seed drawn (a
+        # torch.Generator on meta raised "not an accelerator": a review)
+        return _meta_moment_matching(x, weight, bias, activation)
     if seed is not None:
         return _moment_matching_samples(x, weight, bias, p, seed, activation, samples, kind)
     # none drawn for an empty operand, whose result does not depend on it, as the pipeline
@@ -593,6 +601,15 @@ def _moment_matching(x, weight, bias, p, seed, activation, samples):
     except BaseException:
         undo()
         raise
+
+
+def _meta_moment_matching(x, weight, bias, activation):
+    """Moment matching on meta tensors: the output a real call gives, in shape and dtype."""
+    torch = sys.modules["torch"]
+    work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    with torch.autocast("cpu", enabled=False):
+        mu = torch.nn.functional.linear(x.to(work), weight.to(work), None if bias is None else bias.to(work))
+        return activation(mu).to(x.dtype)
 
 
 def _moment_matching_samples(x, weight, bias, p, seed, activation, samples, kind):

@@ -102,7 +102,7 @@ def _out_numel(operands):
 
 DROPOUT_MATMUL = _core.MaskedOp("dropout_matmul", ("a", "b"), forward=_forward, backward=_backward,
                                 plain=_plain, fake=_fake, check=_check, saves=(0, 1), upcast_half=True,
-                                out_numel=_out_numel)
+                                out_numel=_out_numel, flops=_core.contracting_last_dim_flops)
 
 
 def dropout_matmul(a, b, p=0.5, training=True, *, seed=None, offset=0, mode="inverted"):

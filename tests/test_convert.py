@@ -286,3 +286,23 @@ def test_a_layer_inside_a_scripted_or_traced_module_is_refused_before_anything_c
     assert fnn.convert(done) is done
     plain = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(3, 3)))
     assert fnn.convert(plain) is plain
+
+
+def test_carried_hooks_leave_the_old_layer_and_follow_the_new_one():
+    """The hooks move (a review of the hook carry): the old layer keeps none, a hook registered
+    later on either module fires on that one only, and a load_state_dict pre-hook, which torch
+    stores with its module, gets the replacement, also once the old layer is gone ("dead Module")."""
+    import gc
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.2))
+    old, seen = net[1], []
+    old.register_load_state_dict_pre_hook(lambda mod, *args: seen.append(type(mod)))
+    old.register_forward_hook(lambda mod, args, out: seen.append("carried"))
+    fnn.convert(net)
+    assert not old._forward_hooks and not old._load_state_dict_pre_hooks
+    old.register_forward_hook(lambda mod, args, out: seen.append("old"))
+    net(torch.ones(1, 3))
+    assert seen == ["carried"]
+    del old
+    gc.collect()
+    net.load_state_dict(net.state_dict())
+    assert seen == ["carried", fnn.Dropout]

@@ -569,3 +569,41 @@ def test_modules_run_on_meta_tensors_as_torchs(ours, theirs, shape):
     y.sum().backward()
     assert model[0].weight.grad.is_meta
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_meta_edges_traces_transforms_flops_and_moment_matching():
+    """A review of the meta route: (1) a trace made on meta tensors (make_fx, torch.jit.trace)
+    records the seed draw as a trace on CPU tensors does, not the constant 0 the meta route uses,
+    so its replays on CPU draw new masks; (2) torch.func.grad and forward-mode AD on meta are
+    refused with a RuntimeError (the custom op has no formula for them: a silent None tangent);
+    (3) FlopCounterMode counts the dense ops' GEMMs on meta as on CPU (0 before: no formula);
+    (4) moment-matching DropConnect gives its output's shape on meta (a torch.Generator on meta
+    raised), with or without a seed."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.utils.flop_counter import FlopCounterMode
+    import torch.autograd.forward_ad as fwAD
+    meta = torch.empty(64, device="meta")
+    graph = make_fx(lambda t: fastdrop.dropout(t, 0.5))(meta)
+    x = torch.ones(64)
+    assert not torch.equal(graph(x), graph(x))
+    with pytest.raises(RuntimeError, match="on meta tensors under forward-mode AD or torch.func.grad"):
+        torch.func.grad(lambda t: fastdrop.dropout(t, 0.3).sum())(meta)
+    with fwAD.dual_level(), pytest.raises(RuntimeError, match="on meta tensors"):
+        fastdrop.dropout(fwAD.make_dual(meta, meta), 0.3)
+
+    def flops(device, fn):
+        with FlopCounterMode(display=False) as counter:
+            fn(device)
+        return counter.get_total_flops()
+    calls = [lambda d: fastdrop.dropout_linear(torch.ones(8, 4, device=d), torch.ones(16, 4, device=d), None, 0.3),
+             lambda d: fastdrop.dropconnect_linear(torch.ones(8, 4, device=d), torch.ones(16, 4, device=d), None, 0.3),
+             lambda d: fastdrop.dropout_matmul(torch.ones(2, 3, 4, device=d), torch.ones(2, 4, 5, device=d), 0.3)]
+    for call in calls:
+        assert flops("meta", call) == flops("cpu", call) > 0
+    per_sample = lambda d: fastdrop.dropconnect_linear(torch.ones(8, 4, device=d), torch.ones(16, 4, device=d),
+                                                       None, 0.3, per_sample=True)
+    assert flops("meta", per_sample) == flops("cpu", calls[0])
+    for seed in (None, 3):
+        y = fastdrop.dropconnect_linear(torch.empty(5, 4, device="meta"), torch.empty(3, 4, device="meta"), None,
+                                        0.3, training=False, activation=torch.relu, seed=seed)
+        assert y.is_meta and y.shape == (5, 3)

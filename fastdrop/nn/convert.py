@@ -5,6 +5,7 @@ What every user moving a real model writes by hand, in the spirit of
 module and attributes, never imported (neither is a dependency).
 """
 import sys
+import weakref
 
 import torch
 
@@ -136,15 +137,23 @@ def _refuse_scripted_layers(model):
 
 
 def _carry_hooks(old, new):
-    """The hooks registered on old (forward, pre-forward, backward, state-dict) run on new: its
-    hook dicts become old's, the same objects, so the handles the user holds still remove them.
-    A forward hook that rewrites the layer's output would otherwise be lost, and the eval outputs
-    change (a review)."""
-    for name, value in vars(old).items():
-        if "hook" in name and name in vars(new):
-            if isinstance(value, dict) and getattr(new, name):
-                raise RuntimeError(f"fastdrop.nn.convert: {type(new).__name__} has its own {name}")  # (none has)
-            setattr(new, name, value)
+    """The hooks registered on old (forward, pre-forward, backward, state-dict) move to new: old's
+    non-empty hook dicts become new's, the same objects, so the handles the user holds still
+    remove them, and old gets empty ones (no hook registered later on either module fires on the
+    other). A forward hook that rewrites the layer's output would otherwise be lost, and the eval
+    outputs change (a review). A hook torch stored with its module (a load_state_dict pre-hook)
+    is given new, not the old layer, which may be gone by the time it runs."""
+    for name, value in list(vars(old).items()):
+        if "hook" not in name or name not in vars(new) or not isinstance(value, dict) or not value:
+            continue
+        if getattr(new, name):
+            raise RuntimeError(f"fastdrop.nn.convert: {type(new).__name__} has its own {name}")  # (none has)
+        for hook in value.values():
+            if getattr(hook, "with_module", False) and isinstance(getattr(hook, "module", None), weakref.ref):
+                hook.module = weakref.ref(new)
+        setattr(new, name, value)
+        setattr(old, name, type(value)())
+    new._is_full_backward_hook = old._is_full_backward_hook
 
 
 def _convert(m, done):
