@@ -3,7 +3,7 @@
 `import fastdrop` loads no torch and no CUDA: the torch bridge and `fastdrop.nn` import torch when
 used, and the CUDA kernels compile on the first CUDA input.
 """
-from . import _core
+from . import _checks, _core
 from ._alloc import cache_stats, empty_cache
 from ._checks import InplaceLeafError
 from ._core import register_torch_ops
@@ -28,13 +28,8 @@ def __getattr__(name):
     import importlib
     if name not in _NEEDS_TORCH:
         raise AttributeError(f"module 'fastdrop' has no attribute {name!r}")
-    try:
-        nn = importlib.import_module(".nn", __name__)
-    except ModuleNotFoundError as e:
-        if e.name != "torch" and not (e.name or "").startswith("torch."):
-            raise
-        raise ModuleNotFoundError(f"fastdrop.{name} needs torch, which is not installed: pip install "
-                                  f"'fastdrop[torch]' (the numpy API works without it)", name="torch") from e
+    _checks.import_torch(f"fastdrop.{name}")  # (without torch: an error naming the extra)
+    nn = importlib.import_module(".nn", __name__)
     return nn if name == "nn" else importlib.import_module(".nn.mc", __name__).mc_predict
 
 

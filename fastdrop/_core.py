@@ -1878,11 +1878,10 @@ def register_when_torch_loads():
             if spec is None or spec.loader is None:
                 return spec
             exec_module = spec.loader.exec_module
-            hook = self
 
             def exec_then_register(module):
-                if hook in sys.meta_path:
-                    sys.meta_path.remove(hook)
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
                 exec_module(module)
                 config.keep_torch_off_a_forked_team(module)  # (a forked child importing torch)
                 register_torch_ops()

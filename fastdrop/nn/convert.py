@@ -67,8 +67,8 @@ def convert(model):
     anything else. Dropout layers hold no parameters or buffers, so the `state_dict` is unchanged,
     and the eval outputs are unchanged. A module reachable under several names is replaced by one
     shared fastdrop module. Hooks registered on a replaced module (forward, pre-forward, backward,
-    state-dict) are carried over: they run on its replacement, and their handles still remove
-    them; other attributes a user set on it are not. Dropout inside other layers, as a float
+    state-dict) move to its replacement (the old module keeps none), and their handles still
+    remove them; other attributes a user set on it are not carried. Dropout inside other layers, as a float
     (`nn.MultiheadAttention(dropout=...)`, stacked `nn.RNN` / `LSTM` / `GRU`) or a call to
     `F.dropout` in a forward, is not a module and stays torch's.
 
